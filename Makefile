@@ -1,0 +1,137 @@
+# p99: a thin orchestrator over cargo, cmake and ctest.
+#
+#   make            build everything into build/ (Rust release build, staged install,
+#                   C examples into build/bin, C tests)
+#   make test       install what is missing, build, run every test
+#   make parity     install what is missing, build, run the parity benchmark
+#   make install PREFIX=/some/dir
+#   make deps       install missing Debian packages and the pinned cbindgen (root)
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := all
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+CARGO ?= cargo
+JOBS ?= 2
+BUILD := $(CURDIR)/build
+STAGE := $(BUILD)/stage
+BIN := $(BUILD)/bin
+PYTHON := /usr/bin/python3
+
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+V_MAJOR := $(word 1,$(subst ., ,$(VERSION)))
+V_MINOR := $(word 2,$(subst ., ,$(VERSION)))
+V_PATCH := $(word 3,$(subst ., ,$(VERSION)))
+SONAME_VERSION := $(if $(filter 0,$(V_MAJOR)),0.$(V_MINOR),$(V_MAJOR))
+CBINDGEN_VERSION := 0.29.0
+
+DEB_PACKAGES := cmake pkg-config clang libclang-dev memcached libmemcached-tools \
+	python3 python3-pymemcache valgrind bpftool iproute2 ethtool binutils
+
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: all rust stage install c-examples c-tests deps test test-rust test-c test-valgrind \
+	check-header check-abi test-consumer header clean
+
+all: rust stage c-examples c-tests
+
+# --- dependencies -----------------------------------------------------------------------------
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "make deps: missing Debian packages:$$missing"; \
+	    echo "make deps: run as root (or: sudo apt-get install$$missing)"; exit 1; \
+	  fi; \
+	  echo "make deps: installing$$missing"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@if [ "$$(cbindgen --version 2>/dev/null)" != "cbindgen $(CBINDGEN_VERSION)" ]; then \
+	  echo "make deps: installing cbindgen $(CBINDGEN_VERSION)"; \
+	  $(CARGO) install cbindgen --version $(CBINDGEN_VERSION) --locked --quiet; \
+	fi
+
+# --- build ------------------------------------------------------------------------------------
+
+rust:
+	$(CARGO) build --release --lib --bins
+
+# The staged install is what c-examples and c-tests build against, exactly as an outside
+# project would (find_package with CMAKE_PREFIX_PATH).
+stage: rust
+	@$(MAKE) --no-print-directory install PREFIX=$(STAGE) >/dev/null
+
+install:
+	@test -f target/release/libp99.so || { echo "make install: run 'make' first"; exit 1; }
+	install -d $(DESTDIR)$(PREFIX)/lib/cmake/p99 $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include
+	install -m 0755 target/release/libp99.so $(DESTDIR)$(PREFIX)/lib/libp99.so.$(VERSION)
+	ln -sf libp99.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libp99.so.$(SONAME_VERSION)
+	ln -sf libp99.so.$(SONAME_VERSION) $(DESTDIR)$(PREFIX)/lib/libp99.so
+	install -m 0644 target/release/libp99.a $(DESTDIR)$(PREFIX)/lib/libp99.a
+	install -m 0644 include/p99.h $(DESTDIR)$(PREFIX)/include/p99.h
+	sed -e 's|@P99_VERSION@|$(VERSION)|g' -e 's|@P99_SONAME_VERSION@|$(SONAME_VERSION)|g' \
+	    cmake/p99Config.cmake.in > $(DESTDIR)$(PREFIX)/lib/cmake/p99/p99Config.cmake
+	sed -e 's|@P99_VERSION@|$(VERSION)|g' -e 's|@P99_VERSION_MAJOR@|$(V_MAJOR)|g' \
+	    -e 's|@P99_VERSION_MINOR@|$(V_MINOR)|g' \
+	    cmake/p99ConfigVersion.cmake.in > $(DESTDIR)$(PREFIX)/lib/cmake/p99/p99ConfigVersion.cmake
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@P99_VERSION@|$(VERSION)|g' \
+	    cmake/p99.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/p99.pc
+
+c-examples: stage
+	cmake -S c-examples -B $(BUILD)/c-examples -DCMAKE_BUILD_TYPE=Release \
+	    -DCMAKE_PREFIX_PATH=$(STAGE) -DCMAKE_RUNTIME_OUTPUT_DIRECTORY=$(BIN) >/dev/null
+	cmake --build $(BUILD)/c-examples -j $(JOBS)
+
+c-tests: stage
+	cmake -S c-tests -B $(BUILD)/c-tests-asan -DCMAKE_BUILD_TYPE=Debug -DP99_SANITIZE=ON \
+	    -DCMAKE_PREFIX_PATH=$(STAGE) >/dev/null
+	cmake --build $(BUILD)/c-tests-asan -j $(JOBS)
+	cmake -S c-tests -B $(BUILD)/c-tests-valgrind -DCMAKE_BUILD_TYPE=Debug -DP99_VALGRIND=ON \
+	    -DCMAKE_PREFIX_PATH=$(STAGE) >/dev/null
+	cmake --build $(BUILD)/c-tests-valgrind -j $(JOBS)
+
+header:
+	cbindgen --config cbindgen.toml --output include/p99.h
+
+# --- tests ------------------------------------------------------------------------------------
+
+# Module test targets append themselves to TESTS below.
+TESTS := test-rust check-header check-abi test-c test-valgrind test-consumer
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -k $(TESTS)
+	@echo "make test: all tests passed"
+
+test-rust:
+	$(CARGO) test --release
+
+check-header:
+	@tmp=$$(mktemp); cbindgen --config cbindgen.toml --output $$tmp 2>/dev/null; \
+	if ! cmp -s $$tmp include/p99.h; then \
+	  echo "check-header: include/p99.h differs from what src/ffi generates:"; \
+	  diff -u include/p99.h $$tmp | head -40; rm -f $$tmp; \
+	  echo "check-header: run 'make header' and commit the result"; exit 1; \
+	fi; rm -f $$tmp; echo "check-header: include/p99.h matches src/ffi"
+
+check-abi:
+	tests/check-abi.sh target/release/libp99.so $(SONAME_VERSION)
+
+test-c:
+	cd $(BUILD)/c-tests-asan && ctest --output-on-failure -j $(JOBS)
+
+test-valgrind:
+	cd $(BUILD)/c-tests-valgrind && ctest --output-on-failure -j $(JOBS)
+
+test-consumer:
+	tests/consumer/run.sh $(VERSION)
+
+clean:
+	rm -rf $(BUILD)
+	$(CARGO) clean

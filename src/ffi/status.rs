@@ -1,0 +1,167 @@
+//! `p99_status`: the single status type every fallible C entry point returns.
+
+use std::ffi::c_char;
+
+/// Result of a libp99 call. `P99_STATUS_OK` (0) is success; every other value names one
+/// failure. Values are fixed forever: new ones are appended, none is ever reused or
+/// renumbered, so C code may store and compare them as plain integers (the type is 32 bits
+/// wide whatever the C compiler does with enums).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum p99_status {
+    /// Success.
+    Ok = 0,
+    /// A required pointer argument was NULL.
+    NullParameter = 1,
+    /// An argument was out of range or inconsistent (e.g. a zero-length key, a bad flag).
+    InvalidArgument = 2,
+    /// Memory (or another fixed resource such as the cache heap) could not be allocated.
+    OutOfMemory = 3,
+    /// An input is larger than the configured limit (key, value, item, frame).
+    TooLarge = 4,
+    /// The item, connection or object asked for does not exist.
+    NotFound = 5,
+    /// The item already exists (add on a present key, CAS mismatch).
+    Exists = 6,
+    /// The write was not applied by its semantics (replace/append on a missing key).
+    NotStored = 7,
+    /// The resource is busy (e.g. a queue is still held by another socket).
+    Busy = 8,
+    /// The operation would block; retry when the fd is ready.
+    WouldBlock = 9,
+    /// The kernel or device lacks the feature (no io_uring, no zero-copy, ...).
+    Unsupported = 10,
+    /// A system call failed; `p99_last_errno()` gives the errno on this thread.
+    IoError = 11,
+    /// A panic was caught inside libp99; the call had no effect that C can rely on.
+    Panic = 12,
+    /// The call was made from a thread that does not own the object.
+    WrongThread = 13,
+    /// The handle refers to an object that has since been closed or reused.
+    StaleHandle = 14,
+    /// An output buffer is too small; the out-length (if any) holds the size needed.
+    BufferTooSmall = 15,
+    /// incr/decr on a value that is not a decimal 64-bit unsigned number.
+    NonNumeric = 16,
+    /// The object is not in a state where this call is allowed (e.g. commit before the value
+    /// is complete, release twice).
+    InvalidState = 17,
+    /// The object (engine, connection, socket) has been closed or stopped.
+    Closed = 18,
+    /// The operation did not finish within its time limit.
+    TimedOut = 19,
+    /// The caller lacks the privilege the operation needs (e.g. CAP_NET_ADMIN, CAP_BPF).
+    PermissionDenied = 20,
+    /// The named device or queue does not exist.
+    NoDevice = 21,
+}
+
+impl p99_status {
+    /// The status with numeric value `v`, if there is one.
+    pub fn from_u32(v: u32) -> Option<p99_status> {
+        Some(match v {
+            0 => Self::Ok,
+            1 => Self::NullParameter,
+            2 => Self::InvalidArgument,
+            3 => Self::OutOfMemory,
+            4 => Self::TooLarge,
+            5 => Self::NotFound,
+            6 => Self::Exists,
+            7 => Self::NotStored,
+            8 => Self::Busy,
+            9 => Self::WouldBlock,
+            10 => Self::Unsupported,
+            11 => Self::IoError,
+            12 => Self::Panic,
+            13 => Self::WrongThread,
+            14 => Self::StaleHandle,
+            15 => Self::BufferTooSmall,
+            16 => Self::NonNumeric,
+            17 => Self::InvalidState,
+            18 => Self::Closed,
+            19 => Self::TimedOut,
+            20 => Self::PermissionDenied,
+            21 => Self::NoDevice,
+            _ => return None,
+        })
+    }
+
+    /// A short English description, NUL-terminated so C can use it directly.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Ok => "ok\0",
+            Self::NullParameter => "a required pointer argument was NULL\0",
+            Self::InvalidArgument => "invalid argument\0",
+            Self::OutOfMemory => "out of memory\0",
+            Self::TooLarge => "too large\0",
+            Self::NotFound => "not found\0",
+            Self::Exists => "exists\0",
+            Self::NotStored => "not stored\0",
+            Self::Busy => "busy\0",
+            Self::WouldBlock => "would block\0",
+            Self::Unsupported => "not supported by this kernel or device\0",
+            Self::IoError => "I/O error (see p99_last_errno)\0",
+            Self::Panic => "internal panic caught at the C boundary\0",
+            Self::WrongThread => "called from a thread that does not own the object\0",
+            Self::StaleHandle => "stale handle\0",
+            Self::BufferTooSmall => "buffer too small\0",
+            Self::NonNumeric => "value is not a decimal unsigned 64-bit number\0",
+            Self::InvalidState => "object is not in a state that allows this call\0",
+            Self::Closed => "closed\0",
+            Self::TimedOut => "timed out\0",
+            Self::PermissionDenied => "permission denied\0",
+            Self::NoDevice => "no such device or queue\0",
+        }
+    }
+
+    /// The status for an OS error, recording its errno for `p99_last_errno()`.
+    pub fn from_io_error(err: &std::io::Error) -> p99_status {
+        let errno = err.raw_os_error().unwrap_or(0);
+        crate::ffi::boundary::set_last_errno(errno);
+        match errno {
+            libc::ENOMEM => Self::OutOfMemory,
+            libc::EAGAIN => Self::WouldBlock,
+            libc::EBUSY => Self::Busy,
+            libc::EPERM | libc::EACCES => Self::PermissionDenied,
+            libc::ENODEV | libc::ENXIO => Self::NoDevice,
+            libc::EOPNOTSUPP | libc::ENOSYS => Self::Unsupported,
+            libc::ETIMEDOUT => Self::TimedOut,
+            _ => Self::IoError,
+        }
+    }
+}
+
+/// Returns a static, NUL-terminated English description of `status`.
+///
+/// Never returns NULL: an unknown value gives "unknown status". The string is owned by
+/// libp99 and valid for the life of the process. Thread-safe.
+#[no_mangle]
+pub extern "C" fn p99_status_str(status: u32) -> *const c_char {
+    let text = p99_status::from_u32(status)
+        .map(p99_status::message)
+        .unwrap_or("unknown status\0");
+    text.as_ptr().cast()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_dense_and_in_order() {
+        let mut i = 0;
+        while let Some(s) = p99_status::from_u32(i) {
+            assert_eq!(s as u32, i);
+            assert!(s.message().ends_with('\0'));
+            i += 1;
+        }
+        assert_eq!(i, p99_status::NoDevice as u32 + 1, "values must stay dense");
+    }
+
+    #[test]
+    fn unknown_status_has_text() {
+        let p = p99_status_str(9999);
+        let s = unsafe { std::ffi::CStr::from_ptr(p) };
+        assert_eq!(s.to_str().unwrap(), "unknown status");
+    }
+}

@@ -1,0 +1,5 @@
+//! p99: Rust modules for C servers behind a stable C ABI.
+//!
+//! The safe cores live in their own modules; `ffi` is the only place that speaks C.
+
+pub mod ffi;
