@@ -31,9 +31,10 @@
 
 /**
  * Result of a libp99 call. `P99_STATUS_OK` (0) is success; every other value names one
- * failure. Values are fixed forever: new ones are appended, none is ever reused or
- * renumbered, so C code may store and compare them as plain integers (the type is 32 bits
- * wide whatever the C compiler does with enums).
+ * failure. Values are fixed forever: new ones are added, none is ever reused or renumbered,
+ * so C code may store and compare them as plain integers (the type is 32 bits wide whatever
+ * the C compiler does with enums). 0-31 are general; 32-47 belong to the cache module,
+ * 48-63 to the engine, 64-79 to XDP sockets.
  */
 enum p99_status
 #ifdef __cplusplus
