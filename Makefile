@@ -103,6 +103,7 @@ header:
 
 # Module test targets append themselves to TESTS below.
 TESTS := test-rust check-header check-abi test-c test-valgrind test-consumer
+TESTS += test-bench
 
 test: deps
 	@$(MAKE) --no-print-directory all
@@ -131,6 +132,35 @@ test-valgrind:
 
 test-consumer:
 	tests/consumer/run.sh $(VERSION)
+
+# --- parity benchmark -------------------------------------------------------------------------
+#   make parity            full run (< 5 min on 2 cores)
+#   make parity QUICK=1    short run (< 1 min)
+#   make parity PARITY_FLAGS='--scenarios cache --rounds 5'   any p99-parity flag
+QUICK ?=
+PARITY_FLAGS ?=
+
+.PHONY: parity bench-bins storebench test-bench
+all: bench-bins
+
+bench-bins: rust
+	install -d $(BIN)
+	install -m 0755 target/release/p99-bench target/release/p99-parity $(BIN)/
+
+# The in-process store benchmark (C slab store vs libp99's store, one C harness); a separate
+# crate so cc/bindgen never enter libp99's own build. Built only once the C store exists.
+storebench: stage
+	@if [ -f c-examples/mcserver/storage_slab.c ]; then \
+	  $(CARGO) build --release --manifest-path benches/storebench/Cargo.toml && \
+	  install -m 0755 benches/storebench/target/release/p99-storebench $(BIN)/; \
+	else echo "storebench: c-examples/mcserver/storage_slab.c not present, not built"; rm -f $(BIN)/p99-storebench; fi
+
+parity: deps
+	@$(MAKE) --no-print-directory all storebench
+	$(BIN)/p99-parity $(if $(QUICK),--quick) --bin-dir $(BIN) --out $(BUILD)/parity $(PARITY_FLAGS)
+
+test-bench:
+	tests/parity-smoke.sh $(BIN) $(BUILD)/parity-smoke
 
 clean:
 	rm -rf $(BUILD)
