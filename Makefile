@@ -151,7 +151,7 @@ bench-bins: rust
 # crate so cc/bindgen never enter libp99's own build. Built only once the C store exists.
 storebench: stage
 	@if [ -f c-examples/mcserver/storage_slab.c ]; then \
-	  $(CARGO) build --release --manifest-path benches/storebench/Cargo.toml && \
+	  P99_STAGE=$(STAGE) $(CARGO) build --release --manifest-path benches/storebench/Cargo.toml && \
 	  install -m 0755 benches/storebench/target/release/p99-storebench $(BIN)/; \
 	else echo "storebench: c-examples/mcserver/storage_slab.c not present, not built"; rm -f $(BIN)/p99-storebench; fi
 
@@ -159,7 +159,7 @@ parity: deps
 	@$(MAKE) --no-print-directory all storebench
 	$(BIN)/p99-parity $(if $(QUICK),--quick) --bin-dir $(BIN) --out $(BUILD)/parity $(PARITY_FLAGS)
 
-test-bench:
+test-bench: storebench
 	tests/parity-smoke.sh $(BIN) $(BUILD)/parity-smoke
 
 clean:

@@ -7,7 +7,8 @@ BIN=$1
 OUT=$2
 rm -rf "$OUT"
 "$BIN/p99-parity" --scenarios module,ping,cache,udp --rounds 1 --warmup 0.1 --duration 0.3 \
-  --ramp-secs 0.2 --ladder 0.3 --cache-args "--keys 2000" --bin-dir "$BIN" --out "$OUT" >"$OUT.log" 2>&1 || {
+  --ramp-secs 0.2 --ladder 0.3 --cache-args "--keys 2000" \
+  --module-args "--keys 2000 --ops 20000 --rounds 1" --bin-dir "$BIN" --out "$OUT" >"$OUT.log" 2>&1 || {
   cat "$OUT.log"; echo "parity-smoke: p99-parity failed"; exit 1; }
 /usr/bin/python3 - "$OUT" "$BIN" <<'PY'
 import json, os, sys, xml.dom.minidom
@@ -21,6 +22,16 @@ sc = r["scenarios"]
 for name in ("module", "ping", "cache", "udp"):
     if name not in sc:
         fail.append(f"scenario {name} missing")
+mod = sc["module"]
+if os.path.exists(os.path.join(bin_dir, "p99-storebench")):
+    if mod["problem"] or not mod["result"]:
+        fail.append(f"store benchmark: {mod['problem']}")
+    else:
+        for st in mod["result"]["stores"]:
+            if st["problem"] is None and (st["rounds"] < 1 or st["bad_values_or_failed_writes"] or st["misses"]):
+                fail.append(f"store benchmark {st['store']}: wrong values, failed writes or misses")
+elif not (mod["problem"] or "").startswith("not built"):
+    fail.append("store benchmark missing without a 'not built' note")
 mc = [v for v in sc["cache"]["variants"] if v["role"] == "reference"][0]
 if not (mc["median_requests_per_s"] or 0) > 0:
     fail.append(f"memcached has no throughput: {mc.get('problem')}")

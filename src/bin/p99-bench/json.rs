@@ -12,6 +12,9 @@ pub enum J {
     Str(String),
     Arr(Vec<J>),
     Obj(Vec<(String, J)>),
+    /// Text that is already JSON (e.g. another tool's output), written as is.
+    #[allow(dead_code)]
+    Raw(String),
 }
 
 impl J {
@@ -31,6 +34,7 @@ impl J {
         let pad = |out: &mut String, n: usize| out.extend(std::iter::repeat(' ').take(n));
         match self {
             J::Null => out.push_str("null"),
+            J::Raw(r) => out.push_str(r.trim()),
             J::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
             J::Int(i) => {
                 let _ = write!(out, "{i}");
