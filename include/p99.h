@@ -9,6 +9,59 @@
 #include <sys/uio.h>
 
 /**
+ * Eviction policy `P99_CACHE_EVICTION_FIFO`: drop the oldest unpinned segment.
+ */
+#define P99_CACHE_EVICTION_FIFO 0
+
+/**
+ * Eviction policy `P99_CACHE_EVICTION_MERGE` (default): like FIFO, but items read since they
+ * were written are carried forward (up to a quarter of a segment per eviction).
+ */
+#define P99_CACHE_EVICTION_MERGE 1
+
+/**
+ * Commit mode: store unconditionally (memcached `set`).
+ */
+#define P99_CACHE_MODE_SET 0
+
+/**
+ * Commit mode: store only if absent (`add`); else `P99_STATUS_NOT_STORED`.
+ */
+#define P99_CACHE_MODE_ADD 1
+
+/**
+ * Commit mode: store only if present (`replace`); else `P99_STATUS_NOT_STORED`.
+ */
+#define P99_CACHE_MODE_REPLACE 2
+
+/**
+ * Commit mode: store only if present (else `P99_STATUS_NOT_FOUND`) with CAS equal to
+ * `cas_in` (else `P99_STATUS_EXISTS`; always `EXISTS` when CAS is disabled).
+ */
+#define P99_CACHE_MODE_CAS 3
+
+/**
+ * Commit mode: append the value to the present item (else `P99_STATUS_NOT_STORED`),
+ * keeping its flags and expiry (the reservation's are ignored).
+ */
+#define P99_CACHE_MODE_APPEND 4
+
+/**
+ * Commit mode: prepend, otherwise as `P99_CACHE_MODE_APPEND`.
+ */
+#define P99_CACHE_MODE_PREPEND 5
+
+/**
+ * Longest key in bytes (memcached's limit).
+ */
+#define P99_CACHE_KEY_MAX 250
+
+/**
+ * Bytes of worst-case item header counted against `item_max` (key + value + this).
+ */
+#define P99_CACHE_ITEM_HEADER_MAX 23
+
+/**
  * Major version of the header in use. Keep equal to Cargo.toml (checked by tests).
  */
 #define P99_VERSION_MAJOR 0
@@ -135,6 +188,243 @@ enum p99_status
 typedef uint32_t p99_status;
 #endif // __cplusplus
 
+/**
+ * Opaque cache handle. Create with `p99_cache_new`, free with `p99_cache_free`.
+ */
+typedef struct p99_cache p99_cache;
+
+/**
+ * Cache configuration. Fill with `p99_cache_config_defaults`, then change fields.
+ */
+typedef struct p99_cache_config {
+  /**
+   * `sizeof(p99_cache_config)`, set by `p99_cache_config_defaults`.
+   */
+  uint32_t struct_size;
+  /**
+   * Segment size in bytes, 4096..4194304 (default 1 MiB).
+   */
+  uint32_t segment_bytes;
+  /**
+   * Byte budget for item storage (default 64 MiB); never exceeded. The hash table and
+   * segment metadata come on top (see `p99_cache_stats.total_bytes`).
+   */
+  uint64_t heap_bytes;
+  /**
+   * Expected item count, sizes the hash table (7 items per 64-byte bucket, overflow
+   * buckets beyond). 0 (default) = heap_bytes / 128.
+   */
+  uint64_t expected_items;
+  /**
+   * Largest item: key + value + `P99_CACHE_ITEM_HEADER_MAX` must not exceed it
+   * (memcached's -I; default 1 MiB; at most segment_bytes).
+   */
+  uint32_t item_max;
+  /**
+   * 64-bit CAS per item (default true); false behaves as memcached -C.
+   */
+  bool cas;
+  /**
+   * Manual clock for tests (default false = system clock). When true the clock starts at
+   * `manual_clock_start` and moves only with `p99_cache_set_time`.
+   */
+  bool manual_clock;
+  /**
+   * `P99_CACHE_EVICTION_*` (default MERGE).
+   */
+  uint32_t eviction;
+  /**
+   * Shard count, a power of two up to 256; 0 (default) = automatic (up to 16, at least 8
+   * segments each).
+   */
+  uint32_t shards;
+  /**
+   * Start of the manual clock in unix seconds.
+   */
+  uint32_t manual_clock_start;
+} p99_cache_config;
+
+/**
+ * A write in progress (two-phase write), owned by the caller, filled by `p99_cache_reserve`.
+ *
+ * Write the value either in pieces with `p99_cache_reservation_write`, or directly into
+ * `value` followed by `p99_cache_reservation_advance`; then `p99_cache_commit` or
+ * `p99_cache_cancel`. Do not copy the struct: commit/cancel clear it, which is how a second
+ * commit/cancel of the same struct is detected (`P99_STATUS_INVALID_STATE`).
+ */
+typedef struct p99_cache_reservation {
+  /**
+   * `value_len` writable bytes for the value, valid until commit or cancel.
+   */
+  uint8_t *value;
+  /**
+   * Declared value length.
+   */
+  size_t value_len;
+  /**
+   * Private. NULL when the struct holds no reservation.
+   */
+  void *state;
+} p99_cache_reservation;
+
+/**
+ * A pinned item returned by `p99_cache_get`/`p99_cache_get_and_touch`, owned by the caller.
+ *
+ * `key`/`value` point into the store and stay valid and unchanged until
+ * `p99_cache_item_release`, whatever happens to the item meanwhile (replace, delete, expiry,
+ * flush, eviction). Do not copy the struct: release clears it, which is how a second release
+ * is detected (`P99_STATUS_INVALID_STATE`).
+ */
+typedef struct p99_cache_item {
+  /**
+   * The value bytes (binary, not NUL-terminated).
+   */
+  const uint8_t *value;
+  /**
+   * Value length.
+   */
+  size_t value_len;
+  /**
+   * The key bytes.
+   */
+  const uint8_t *key;
+  /**
+   * Key length.
+   */
+  size_t key_len;
+  /**
+   * CAS unique (0 when CAS is disabled).
+   */
+  uint64_t cas;
+  /**
+   * Client flags.
+   */
+  uint32_t flags;
+  /**
+   * Absolute expiry on the cache clock (0 = never).
+   */
+  uint32_t expiry;
+  /**
+   * Private.
+   */
+  uint32_t pin_shard;
+  /**
+   * Private.
+   */
+  uint32_t pin_segment;
+  /**
+   * Private. Nonzero while the item is pinned.
+   */
+  uint64_t pin_magic;
+} p99_cache_item;
+
+/**
+ * Counters and gauges of a cache. Set `struct_size = sizeof(p99_cache_stats)` before
+ * `p99_cache_stats`; later library versions only append fields.
+ */
+typedef struct p99_cache_stats {
+  /**
+   * Set by the caller: `sizeof(p99_cache_stats)`.
+   */
+  uint32_t struct_size;
+  /**
+   * Number of shards.
+   */
+  uint32_t shards;
+  /**
+   * Items linked (some may be expired and not yet reclaimed).
+   */
+  uint64_t items;
+  /**
+   * Bytes of those items in segments (headers, keys, values).
+   */
+  uint64_t item_bytes;
+  /**
+   * Key and value bytes of those items.
+   */
+  uint64_t key_value_bytes;
+  /**
+   * Everything the store allocated: segments, hash table, metadata.
+   */
+  uint64_t total_bytes;
+  /**
+   * Segment memory allocated so far.
+   */
+  uint64_t segment_bytes_allocated;
+  /**
+   * Hash table bytes.
+   */
+  uint64_t hash_bytes;
+  /**
+   * Segment budget in bytes.
+   */
+  uint64_t heap_limit_bytes;
+  /**
+   * Reads that found a live item.
+   */
+  uint64_t hits;
+  /**
+   * Reads that found nothing.
+   */
+  uint64_t misses;
+  /**
+   * Items written (set/add/replace/cas/append/prepend/incr/decr).
+   */
+  uint64_t sets;
+  /**
+   * Items deleted by request.
+   */
+  uint64_t deletes;
+  /**
+   * Items touched.
+   */
+  uint64_t touches;
+  /**
+   * Segments evicted.
+   */
+  uint64_t evictions;
+  /**
+   * Live items dropped by eviction.
+   */
+  uint64_t evicted_items;
+  /**
+   * Items carried forward by merge eviction.
+   */
+  uint64_t merged_items;
+  /**
+   * Expired items removed.
+   */
+  uint64_t expirations;
+  /**
+   * Segments freed because all their items expired.
+   */
+  uint64_t expired_segments;
+  /**
+   * flush_all operations applied.
+   */
+  uint64_t flushes;
+  /**
+   * Segments in the budget.
+   */
+  uint64_t segments_total;
+  /**
+   * Segments holding items.
+   */
+  uint64_t segments_used;
+  /**
+   * Segments free for writing.
+   */
+  uint64_t segments_free;
+  /**
+   * Segments emptied while pinned, waiting for their last reader.
+   */
+  uint64_t segments_retired;
+  /**
+   * Pins held right now.
+   */
+  uint64_t pinned;
+} p99_cache_stats;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -145,6 +435,202 @@ extern "C" {
  * or 0 if none has happened yet. Thread-local, like `errno`; never cleared by success.
  */
 int p99_last_errno(void);
+
+/**
+ * Fills `*config` with the defaults (including `struct_size`). Returns NULL_PARAMETER if
+ * `config` is NULL. Thread-safe; `config` is borrowed until return.
+ */
+p99_status p99_cache_config_defaults(struct p99_cache_config *config);
+
+/**
+ * Creates a cache from `*config` (borrowed until return) and stores it in `*out`; free it
+ * with `p99_cache_free`. INVALID_ARGUMENT for a `struct_size` smaller than this version's
+ * struct or an inconsistent configuration (segment size out of range, heap smaller than a
+ * segment, item_max above segment_bytes or below a maximal key, bad eviction or shard
+ * count). Thread-safe.
+ */
+p99_status p99_cache_new(const struct p99_cache_config *config, struct p99_cache **out);
+
+/**
+ * Frees a cache. NULL is a no-op (OK). Returns BUSY, freeing nothing, while pinned items
+ * are not released. Reservations are independent of the cache's memory but must not be
+ * committed after the free. Not thread-safe: no other call on `cache` may run or follow.
+ */
+p99_status p99_cache_free(struct p99_cache *cache);
+
+/**
+ * Starts a write: `key` (`key_len` bytes, 1..250, borrowed until return and copied), a value
+ * of `value_len` bytes to come, client `flags` and absolute `expiry` (cache clock; 0 =
+ * never). Fills `*out` (caller-owned; previous contents ignored). Errors: NULL_PARAMETER,
+ * INVALID_ARGUMENT (key length 0 or > 250), TOO_LARGE (key + value + 23 > item_max); `*out`
+ * untouched on error. The reservation must end with `p99_cache_commit` or
+ * `p99_cache_cancel` (else its buffer leaks). Thread-safe.
+ */
+p99_status p99_cache_reserve(const struct p99_cache *cache,
+                             const uint8_t *key,
+                             size_t key_len,
+                             size_t value_len,
+                             uint32_t flags,
+                             uint32_t expiry,
+                             struct p99_cache_reservation *out);
+
+/**
+ * Appends the next `len` bytes of the value from `data` (borrowed until return).
+ * INVALID_STATE if `res` holds no reservation or the piece would run past `value_len`
+ * (nothing is written then). One thread at a time per reservation.
+ */
+p99_status p99_cache_reservation_write(struct p99_cache_reservation *res,
+                                       const uint8_t *data,
+                                       size_t len);
+
+/**
+ * Marks `n` more bytes as written after the caller wrote them directly at
+ * `res->value + (bytes written so far)`. INVALID_STATE if `res` holds no reservation or `n`
+ * exceeds what is left. One thread at a time per reservation.
+ */
+p99_status p99_cache_reservation_advance(struct p99_cache_reservation *res, size_t n);
+
+/**
+ * Completes the write in `*res` with `mode` (`P99_CACHE_MODE_*`); `cas_in` is read by
+ * `P99_CACHE_MODE_CAS` only. The reservation is consumed and `*res` cleared whatever the
+ * outcome (except NULL_PARAMETER for `cache`/`res` NULL, and INVALID_STATE when `*res` holds
+ * none). On OK the new item's CAS is stored in `*cas_out` if `cas_out` is not NULL.
+ * Errors: INVALID_STATE (value not completely written, or no reservation), INVALID_ARGUMENT
+ * (bad mode, reservation from another cache), NOT_STORED / NOT_FOUND / EXISTS (by mode),
+ * TOO_LARGE (append/prepend result too large), OUT_OF_MEMORY (every segment of the shard
+ * pinned). Thread-safe on `cache`.
+ */
+p99_status p99_cache_commit(const struct p99_cache *cache,
+                            struct p99_cache_reservation *res,
+                            uint32_t mode,
+                            uint64_t cas_in,
+                            uint64_t *cas_out);
+
+/**
+ * Abandons the write in `*res` and clears it. NULL_PARAMETER for NULL, INVALID_STATE when
+ * `*res` holds no reservation (e.g. a second cancel). Thread-safe per reservation.
+ */
+p99_status p99_cache_cancel(struct p99_cache_reservation *res);
+
+/**
+ * One-call write: like reserve + write + commit with `mode`. `key` and `value` are borrowed
+ * until return. Errors as `p99_cache_reserve` and `p99_cache_commit`; `*cas_out` (optional,
+ * may be NULL) gets the new CAS on OK. Thread-safe.
+ */
+p99_status p99_cache_store(const struct p99_cache *cache,
+                           const uint8_t *key,
+                           size_t key_len,
+                           const uint8_t *value,
+                           size_t value_len,
+                           uint32_t flags,
+                           uint32_t expiry,
+                           uint32_t mode,
+                           uint64_t cas_in,
+                           uint64_t *cas_out);
+
+/**
+ * Looks up `key` (borrowed until return) and, on OK, fills `*item` with the pinned item;
+ * release it with `p99_cache_item_release`. NOT_FOUND on a miss (`*item` untouched).
+ * INVALID_ARGUMENT for a key of length 0 or > 250. Thread-safe.
+ */
+p99_status p99_cache_get(const struct p99_cache *cache,
+                         const uint8_t *key,
+                         size_t key_len,
+                         struct p99_cache_item *item);
+
+/**
+ * Sets `key`'s expiry to `expiry` (absolute; 0 = never) and, on OK, fills `*item` with the
+ * pinned item (memcached gat; an expiry already past returns the item this once and it is
+ * gone after). CAS is unchanged. NOT_FOUND on a miss. Thread-safe.
+ */
+p99_status p99_cache_get_and_touch(const struct p99_cache *cache,
+                                   const uint8_t *key,
+                                   size_t key_len,
+                                   uint32_t expiry,
+                                   struct p99_cache_item *item);
+
+/**
+ * Releases a pinned item and clears `*item`. INVALID_STATE if `*item` holds no pin (e.g. a
+ * second release), INVALID_ARGUMENT if its private fields are not this cache's. Callable
+ * from any thread; the struct must not be used by another thread at the same time.
+ */
+p99_status p99_cache_item_release(const struct p99_cache *cache, struct p99_cache_item *item);
+
+/**
+ * Deletes `key` (borrowed until return). NOT_FOUND if absent. Thread-safe.
+ */
+p99_status p99_cache_delete(const struct p99_cache *cache, const uint8_t *key, size_t key_len);
+
+/**
+ * Sets `key`'s expiry (absolute; 0 = never), keeping value, flags and CAS. NOT_FOUND if
+ * absent. Thread-safe.
+ */
+p99_status p99_cache_touch(const struct p99_cache *cache,
+                           const uint8_t *key,
+                           size_t key_len,
+                           uint32_t expiry);
+
+/**
+ * memcached incr: adds `delta` to the decimal value of `key`, wrapping at 2^64; the new
+ * value goes to `*value_out`, the new CAS to `*cas_out` (optional, may be NULL). A shorter
+ * result is padded with spaces to the old length, a longer one grows the item; flags and
+ * expiry are kept. NOT_FOUND if absent, NON_NUMERIC if the value is not a decimal u64.
+ * Thread-safe.
+ */
+p99_status p99_cache_incr(const struct p99_cache *cache,
+                          const uint8_t *key,
+                          size_t key_len,
+                          uint64_t delta,
+                          uint64_t *value_out,
+                          uint64_t *cas_out);
+
+/**
+ * memcached decr: subtracts `delta`, stopping at 0; otherwise as `p99_cache_incr`.
+ * Thread-safe.
+ */
+p99_status p99_cache_decr(const struct p99_cache *cache,
+                          const uint8_t *key,
+                          size_t key_len,
+                          uint64_t delta,
+                          uint64_t *value_out,
+                          uint64_t *cas_out);
+
+/**
+ * memcached flush_all: every item stored before now + `delay_seconds` is gone from that
+ * moment on (at once when 0). A later call replaces a pending one. Pinned items stay
+ * readable until released. Thread-safe.
+ */
+p99_status p99_cache_flush_all(const struct p99_cache *cache, uint32_t delay_seconds);
+
+/**
+ * The cache clock now, in unix seconds (the time base of every expiry); 0 if `cache` is
+ * NULL. Thread-safe.
+ */
+uint32_t p99_cache_now(const struct p99_cache *cache);
+
+/**
+ * Sets the manual clock (config `manual_clock`) to `unix_seconds`. INVALID_STATE on a cache
+ * using the system clock. Thread-safe.
+ */
+p99_status p99_cache_set_time(const struct p99_cache *cache, uint32_t unix_seconds);
+
+/**
+ * Converts a memcached exptime into an absolute expiry on this cache's clock, as memcached
+ * 1.6 does: 0 = never (0); 1..2592000 (30 days) = seconds from now; larger = absolute unix
+ * time; negative, or an absolute time not in the future = already expired (a nonzero time
+ * not after now: a write with it replaces the old item, and the new one is never returned).
+ * Thread-safe.
+ */
+p99_status p99_cache_expiry_from_exptime(const struct p99_cache *cache,
+                                         int64_t exptime,
+                                         uint32_t *expiry_out);
+
+/**
+ * Fills `*stats` (caller sets `stats->struct_size` first; INVALID_ARGUMENT if smaller than
+ * the first published version of the struct). Only `struct_size` bytes are written, and
+ * `struct_size` is left as the caller set it. Thread-safe (locks each shard briefly).
+ */
+p99_status p99_cache_stats(const struct p99_cache *cache, struct p99_cache_stats *stats);
 
 /**
  * Returns a static, NUL-terminated English description of `status`.

@@ -2,4 +2,5 @@
 //!
 //! The safe cores live in their own modules; `ffi` is the only place that speaks C.
 
+pub mod cache;
 pub mod ffi;

@@ -7,5 +7,6 @@
 #![allow(non_camel_case_types)]
 
 pub mod boundary;
+pub mod cache;
 pub mod status;
 pub mod version;
