@@ -321,6 +321,7 @@ fn run_tcp(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Resul
                 inflight_total += 1;
                 if win.measured(due) {
                     counts.issued += 1;
+                    counts.record_lag(now - due);
                 }
                 dirty.push(i);
             }
@@ -577,6 +578,9 @@ fn run_udp(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Resul
                 sent_sched += 1;
                 let i = rr % socks.len();
                 rr += 1;
+                if win.measured(due) {
+                    counts.record_lag(now - due);
+                }
                 send(&socks[i], &mut pending[i], due, &mut counts, &mut seq);
             }
         }

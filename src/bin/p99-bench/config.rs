@@ -60,6 +60,8 @@ pub struct Config {
     pub udp_engine: UdpEngine,
     pub udp_timeout: f64,
     pub server_pid: Option<u32>,
+    /// The server's core: how busy it was (by anyone) is recorded beside the server's own share.
+    pub server_core: Option<usize>,
     pub cpus: Vec<usize>,
     pub json: Option<String>,
     pub progress: Option<bool>,
@@ -92,6 +94,7 @@ impl Default for Config {
             udp_engine: UdpEngine::Kernel,
             udp_timeout: 0.5,
             server_pid: None,
+            server_core: None,
             cpus: Vec::new(),
             json: None,
             progress: None,
@@ -129,6 +132,7 @@ udp:
       --udp-timeout SECS             an answer later than this counts as lost (default 0.5)
 general:
       --server-pid PID               record this process's CPU use during the run
+      --server-core N                record how busy that core was (by any process)
       --cpus LIST                    pin generator threads to these CPUs (e.g. 1 or 1,3)
       --json PATH                    write the result as JSON (- for stdout)
       --progress / --no-progress     live progress line (default: when stderr is a terminal)
@@ -241,6 +245,7 @@ impl Config {
                 }
                 "--udp-timeout" => c.udp_timeout = num(flag, &take()?)?,
                 "--server-pid" => c.server_pid = Some(num(flag, &take()?)?),
+                "--server-core" => c.server_core = Some(num(flag, &take()?)?),
                 "--cpus" => c.cpus = parse_cpus(&take()?)?,
                 "--json" => c.json = Some(take()?),
                 "--progress" => c.progress = Some(true),
@@ -366,6 +371,9 @@ impl Config {
         }
         if let Some(pid) = self.server_pid {
             p("--server-pid", pid.to_string());
+        }
+        if let Some(core) = self.server_core {
+            p("--server-core", core.to_string());
         }
         if !self.cpus.is_empty() {
             let l: Vec<String> = self.cpus.iter().map(|c| c.to_string()).collect();

@@ -19,6 +19,8 @@ pub struct Report {
     pub rps: f64,
     pub server_cpu_pct: Option<f64>,
     pub generator_cpu_pct: Option<f64>,
+    /// How busy the server's core was, by any process (only with --server-core).
+    pub server_core_busy_pct: Option<f64>,
     pub command: String,
 }
 
@@ -62,9 +64,17 @@ impl Report {
         }
         lat.set("mean", self.counts.hist.mean() / 1000.0);
         o.set("latency_us", lat);
+        if self.config.rate > 0.0 {
+            let mut lag = J::obj();
+            lag.set("p50", pct_us(&self.counts.send_lag, 50.0));
+            lag.set("p99", pct_us(&self.counts.send_lag, 99.0));
+            lag.set("max", pct_us(&self.counts.send_lag, 100.0));
+            o.set("send_lag_us", lag);
+        }
         o.set("server_cpu_pct", self.server_cpu_pct);
         o.set("server_bound", self.server_bound());
         o.set("generator_cpu_pct", self.generator_cpu_pct);
+        o.set("server_core_busy_pct", self.server_core_busy_pct);
         let curve: Vec<J> = stats::percentile_curve(&self.counts.hist, 4)
             .into_iter()
             .map(|(p, us)| J::Arr(vec![J::Num(p), J::Num(us)]))
@@ -101,6 +111,14 @@ impl Report {
         for (name, p) in PERCENTILES {
             s += &format!(" {name} {:.1}", self.pct(p));
         }
+        if c.rate > 0.0 {
+            s += &format!(
+                "\n  generator send lag us: p50 {:.1} p99 {:.1} max {:.1}",
+                pct_us(&self.counts.send_lag, 50.0),
+                pct_us(&self.counts.send_lag, 99.0),
+                pct_us(&self.counts.send_lag, 100.0)
+            );
+        }
         if let Some(p) = self.server_cpu_pct {
             s += &format!("\n  server cpu {p:.1}% of a core");
             if c.rate == 0.0 {
@@ -109,6 +127,9 @@ impl Report {
         }
         if let Some(p) = self.generator_cpu_pct {
             s += &format!(", generator cpu {p:.1}%");
+        }
+        if let Some(p) = self.server_core_busy_pct {
+            s += &format!(", server core busy {p:.1}% (all processes)");
         }
         s
     }
@@ -155,12 +176,20 @@ pub fn run_once(c: &Config) -> Result<Report, String> {
             std::thread::sleep(std::time::Duration::from_millis(20));
             let now = now_ns();
             if server_meter.is_none() && now >= win.warm_end {
-                server_meter = Some((c.server_pid.map(CpuMeter::start), CpuMeter::start(std::process::id())));
+                server_meter = Some((
+                    c.server_pid.map(CpuMeter::start),
+                    CpuMeter::start(std::process::id()),
+                    c.server_core.map(stats::CoreMeter::start),
+                ));
             }
             if !sampled_end && now >= win.end {
                 sampled_end = true;
-                if let Some((s, g)) = &server_meter {
-                    gen_meter = Some((s.as_ref().and_then(|m| m.percent()), g.percent()));
+                if let Some((s, g, core)) = &server_meter {
+                    gen_meter = Some((
+                        s.as_ref().and_then(|m| m.percent()),
+                        g.percent(),
+                        core.as_ref().and_then(|m| m.percent()),
+                    ));
                 }
             }
             if show && now >= last.0 + 1_000_000_000 {
@@ -193,13 +222,14 @@ pub fn run_once(c: &Config) -> Result<Report, String> {
     if total.conn_errors > 0 && total.completed == 0 {
         return Err(format!("{}: every connection failed ({} broken)", c.server, total.conn_errors));
     }
-    let (server_cpu_pct, generator_cpu_pct) = gen_meter.unwrap_or((None, None));
+    let (server_cpu_pct, generator_cpu_pct, server_core_busy_pct) = gen_meter.unwrap_or((None, None, None));
     Ok(Report {
         config: c.clone(),
         rps: total.completed as f64 / c.duration,
         counts: total,
         server_cpu_pct,
         generator_cpu_pct,
+        server_core_busy_pct,
         command: c.command_line(),
     })
 }

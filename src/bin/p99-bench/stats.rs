@@ -32,6 +32,9 @@ pub struct Counts {
     pub issued: u64,
     /// Broken connections (the stream could not be parsed, or the server closed it).
     pub conn_errors: u64,
+    /// Open loop: how late the generator sent each request against its schedule. Large values
+    /// mean the generator, not the server, fell behind (its latency is still charged).
+    pub send_lag: Histogram<u64>,
 }
 
 impl Counts {
@@ -46,7 +49,12 @@ impl Counts {
             clamped: 0,
             issued: 0,
             conn_errors: 0,
+            send_lag: new_histogram(),
         }
+    }
+
+    pub fn record_lag(&mut self, ns: u64) {
+        self.send_lag.record(ns.clamp(1, MAX_NS)).expect("value within bounds");
     }
 
     pub fn record(&mut self, ns: u64) {
@@ -67,6 +75,7 @@ impl Counts {
         self.clamped += o.clamped;
         self.issued += o.issued;
         self.conn_errors += o.conn_errors;
+        self.send_lag.add(&o.send_lag).expect("same bounds");
     }
 }
 
@@ -141,6 +150,36 @@ impl CpuMeter {
     }
 }
 
+/// Busy and total jiffies of one CPU from /proc/stat (busy = everything but idle and iowait).
+pub fn core_jiffies(cpu: usize) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let name = format!("cpu{cpu}");
+    let line = s.lines().find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user)
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// How busy one core was over an interval, whoever ran on it.
+pub struct CoreMeter {
+    cpu: usize,
+    start: Option<(u64, u64)>,
+}
+
+impl CoreMeter {
+    pub fn start(cpu: usize) -> CoreMeter {
+        CoreMeter { cpu, start: core_jiffies(cpu) }
+    }
+
+    pub fn percent(&self) -> Option<f64> {
+        let (b0, t0) = self.start?;
+        let (b1, t1) = core_jiffies(self.cpu)?;
+        (t1 > t0).then(|| (b1 - b0) as f64 / (t1 - t0) as f64 * 100.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +233,14 @@ mod tests {
         let curve = percentile_curve(&a.hist, 5);
         assert!(curve.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
         assert!(curve.last().unwrap().1 >= 4995.0);
+    }
+
+    #[test]
+    fn core_busy_share_is_read() {
+        let m = CoreMeter::start(0);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let p = m.percent().unwrap();
+        assert!((0.0..=100.0).contains(&p), "{p}");
     }
 
     #[test]

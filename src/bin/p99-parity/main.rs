@@ -315,6 +315,14 @@ impl VariantRun {
         median(self.peaks.iter().filter_map(|r| r.server_cpu_pct).collect())
     }
 
+    fn median_gen_cpu(&self) -> Option<f64> {
+        median(self.peaks.iter().filter_map(|r| r.generator_cpu_pct).collect())
+    }
+
+    fn median_core_busy(&self) -> Option<f64> {
+        median(self.peaks.iter().filter_map(|r| r.server_core_busy_pct).collect())
+    }
+
     fn merged_latency(&self) -> Option<Counts> {
         let mut it = self.lats.iter();
         let mut c = it.next()?.counts.clone();
@@ -361,6 +369,7 @@ fn workload(o: &Opts, protocol: Protocol, extra: &[String]) -> Result<Config, St
     c.duration = o.duration;
     c.drain = 1.0;
     c.cpus = vec![o.load_cpu];
+    c.server_core = Some(o.server_cpu);
     c.progress = Some(false);
     Ok(c)
 }
@@ -521,6 +530,27 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
     }
 }
 
+/// Whose limit a closed-loop peak shows: the server's only when its process kept its core at
+/// least 95% busy. Otherwise the generator did not push hard enough, or, when other processes
+/// took a visible share of the server's core, the machine was shared.
+fn peak_label(server_cpu: Option<f64>, core_busy: Option<f64>) -> &'static str {
+    match (server_cpu, core_busy) {
+        (Some(c), _) if c >= run::SERVER_BOUND_PCT => "server's",
+        (Some(c), Some(core)) if core - c > 10.0 => "core shared",
+        (Some(_), _) => "generator-bound",
+        (None, _) => "cpu unknown",
+    }
+}
+
+/// Microseconds with their unit.
+fn fmt_dur(us: f64) -> String {
+    if us >= 1000.0 {
+        format!("{:.1} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} us")
+    }
+}
+
 fn fmt_us(v: f64) -> String {
     if v >= 10_000.0 {
         format!("{:.1}ms", v / 1000.0)
@@ -570,7 +600,7 @@ fn print_table(sc: &Scenario) {
     if ref_col {
         print!(" {:>8}", "x memcd");
     }
-    println!(" {:>6} {:>16} {:>7} {:>7} {:>7} {:>7} {:>9} {:>6}", "cpu%", "peak is", "p50us", "p99us", "p999us", "p9999us", "redline", "errors");
+    println!(" {:>5} {:>5} {:>5} {:>16} {:>7} {:>7} {:>7} {:>7} {:>9} {:>6}", "srv%", "core%", "gen%", "peak is", "p50us", "p99us", "p999us", "p9999us", "redline", "errors");
     for v in &sc.variants {
         if let Some(p) = &v.problem {
             if v.peaks.is_empty() {
@@ -580,11 +610,7 @@ fn print_table(sc: &Scenario) {
         }
         let peak = v.median_peak();
         let cpu = v.median_cpu();
-        let bound = match cpu {
-            Some(c) if c >= run::SERVER_BOUND_PCT => "server's",
-            Some(_) => "generator-bound",
-            None => "cpu unknown",
-        };
+        let bound = peak_label(cpu, v.median_core_busy());
         let lat = v.merged_latency();
         let p = |q: f64| lat.as_ref().map_or("-".into(), |c| fmt_us(stats::pct_us(&c.hist, q)));
         let redline = match &v.ramp {
@@ -600,9 +626,12 @@ fn print_table(sc: &Scenario) {
         if ref_col {
             print!(" {:>8}", f(ratio(peak, ref_peak)));
         }
+        let pc = |x: Option<f64>| x.map_or("-".into(), |c| format!("{c:.0}"));
         println!(
-            " {:>6} {:>16} {:>7} {:>7} {:>7} {:>7} {:>9} {:>6}",
-            cpu.map_or("-".into(), |c| format!("{c:.0}")),
+            " {:>5} {:>5} {:>5} {:>16} {:>7} {:>7} {:>7} {:>7} {:>9} {:>6}",
+            pc(cpu),
+            pc(v.median_core_busy()),
+            pc(v.median_gen_cpu()),
             bound,
             p(50.0),
             p(99.0),
@@ -614,11 +643,31 @@ fn print_table(sc: &Scenario) {
         if let Some(p) = &v.problem {
             println!("{:<22} note: {}", "", p);
         }
+        if let Some(c) = &lat {
+            let (lag99, lagmax) = (stats::pct_us(&c.send_lag, 99.0), stats::pct_us(&c.send_lag, 100.0));
+            if lag99 > 100.0 {
+                println!(
+                    "{:<22} note: the generator fell behind its schedule (send lag p99 {}, max {}): \
+                     its latency figures include that",
+                    "",
+                    fmt_dur(lag99),
+                    fmt_dur(lagmax)
+                );
+            }
+        }
     }
     if base_peak.is_none() {
         if let Some(b) = base {
             println!("   (no ratios: baseline {} has no figures)", b.spec.name);
         }
+    }
+    if sc.variants.iter().any(|v| !v.peaks.is_empty()) {
+        println!(
+            "   req/s: median of closed-loop rounds. srv%: server process CPU, share of one core; core%: how busy\n   \
+             its core was by any process; gen%: generator CPU. A peak is the server's only at srv% >= 95.\n   \
+             Latency: open loop at the fixed rate above, from intended send times, rounds merged.\n   \
+             Redline: highest ramp rate with p99.9 < 1 ms and no errors (ramp at fractions of each peak)."
+        );
     }
     for n in &sc.notes {
         println!("   note: {n}");
@@ -656,12 +705,17 @@ fn scenario_json(sc: &Scenario) -> J {
         j.set("ratio_to_reference", ratio(peak, ref_peak));
         j.set("median_server_cpu_pct", v.median_cpu());
         j.set("server_bound", v.median_cpu().map(|c| c >= run::SERVER_BOUND_PCT));
+        j.set("median_generator_cpu_pct", v.median_gen_cpu());
+        j.set("median_server_core_busy_pct", v.median_core_busy());
         if let Some(c) = v.merged_latency() {
             let mut l = J::obj();
             for (name, p) in stats::PERCENTILES {
                 l.set(name, stats::pct_us(&c.hist, p));
             }
             j.set("latency_us_at_fixed_rate", l);
+            let mut lag = J::obj();
+            lag.set("p99", stats::pct_us(&c.send_lag, 99.0)).set("max", stats::pct_us(&c.send_lag, 100.0));
+            j.set("send_lag_us_at_fixed_rate", lag);
             j.set(
                 "percentile_curve_us",
                 J::Arr(stats::percentile_curve(&c.hist, 4).into_iter().map(|(p, us)| J::Arr(vec![J::Num(p), J::Num(us)])).collect()),
@@ -711,8 +765,9 @@ fn write_plots(o: &Opts, sc: &Scenario) -> Vec<String> {
             let rps: Vec<f64> = v.peaks.iter().map(|r| r.rps).collect();
             let peak = v.median_peak();
             let mut note = ratio(peak, base_peak).map_or(String::new(), |r| format!("({r:.2}x baseline)"));
-            if v.median_cpu().is_some_and(|c| c < run::SERVER_BOUND_PCT) {
-                note += " generator-bound";
+            let label = peak_label(v.median_cpu(), v.median_core_busy());
+            if label != "server's" {
+                note += &format!(" {label}");
             }
             if peak.is_none() {
                 note = v.problem.clone().unwrap_or_else(|| "no figures".into());
