@@ -292,8 +292,12 @@ fn run_tcp(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Resul
     let live = |conns: &Vec<Conn>| conns.iter().filter(|c| !c.dead).count();
     loop {
         let now = now_ns();
-        let issuing = now < win.end && !shared.abort.load(Ordering::Relaxed);
-        if !issuing && (inflight_total == 0 || now >= win.drain_end || shared.abort.load(Ordering::Relaxed)) {
+        let abort = shared.abort.load(Ordering::Relaxed);
+        // Open loop: the schedule is done once every request due before the end went out, even
+        // if the thread woke up late (they are sent late and charged from their due time).
+        let sched_left = !closed && !abort && win.start + ((sent_sched as f64 * interval) as u64) < win.end;
+        let issuing = (now < win.end || sched_left) && !abort;
+        if !issuing && (inflight_total == 0 || now >= win.drain_end || abort) {
             break;
         }
         if live(&conns) == 0 {
@@ -564,9 +568,11 @@ fn run_udp(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Resul
     }
     loop {
         let now = now_ns();
-        let issuing = now < win.end && !shared.abort.load(Ordering::Relaxed);
+        let abort = shared.abort.load(Ordering::Relaxed);
+        let sched_left = !closed && !abort && win.start + ((sent_sched as f64 * interval) as u64) < win.end;
+        let issuing = (now < win.end || sched_left) && !abort;
         let inflight: usize = pending.iter().map(|m| m.len()).sum();
-        if !issuing && (inflight == 0 || now >= win.drain_end || shared.abort.load(Ordering::Relaxed)) {
+        if !issuing && (inflight == 0 || now >= win.drain_end || abort) {
             break;
         }
         if issuing && !closed {
