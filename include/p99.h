@@ -320,7 +320,7 @@ typedef struct p99_cache_item {
 
 /**
  * Counters and gauges of a cache. Set `struct_size = sizeof(p99_cache_stats)` before
- * `p99_cache_stats`; later library versions only append fields.
+ * `p99_cache_get_stats`; later library versions only append fields.
  */
 typedef struct p99_cache_stats {
   /**
@@ -630,7 +630,7 @@ p99_status p99_cache_expiry_from_exptime(const struct p99_cache *cache,
  * the first published version of the struct). Only `struct_size` bytes are written, and
  * `struct_size` is left as the caller set it. Thread-safe (locks each shard briefly).
  */
-p99_status p99_cache_stats(const struct p99_cache *cache, struct p99_cache_stats *stats);
+p99_status p99_cache_get_stats(const struct p99_cache *cache, struct p99_cache_stats *stats);
 
 /**
  * Returns a static, NUL-terminated English description of `status`.
