@@ -72,7 +72,7 @@ fn main() {
     let workers = if cfg.workers == 0 { engine::probe_cpus() } else { cfg.workers };
     cfg.max_conns_per_worker = maxconn.div_ceil(workers.max(1)).max(1);
     let addr = cfg.addr;
-    let mut eng = match Engine::start(cfg, |_| Ping::default()) {
+    let eng = match Engine::start(cfg, |_| Ping::default()) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("pingserver-rs: cannot start: {e}");

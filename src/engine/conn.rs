@@ -164,6 +164,32 @@ impl Conn {
 
 type TimerFn = Box<dyn FnOnce(&mut Worker)>;
 
+thread_local! {
+    static CURRENT: std::cell::Cell<*const Worker> = const { std::cell::Cell::new(std::ptr::null()) };
+}
+
+/// Whether `w` is the worker running on the calling thread. Compares addresses only, so a
+/// pointer from C can be checked before it is ever dereferenced.
+pub fn is_current_worker(w: *const Worker) -> bool {
+    !w.is_null() && CURRENT.with(|c| c.get()) == w
+}
+
+/// Marks `w` as the calling thread's worker for its lifetime on this stack frame.
+pub(crate) struct CurrentGuard;
+
+impl CurrentGuard {
+    pub fn set(w: &Worker) -> CurrentGuard {
+        CURRENT.with(|c| c.set(w as *const Worker));
+        CurrentGuard
+    }
+}
+
+impl Drop for CurrentGuard {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(std::ptr::null()));
+    }
+}
+
 /// One worker's state, handed to every [`Handler`] callback. Belongs to the worker thread:
 /// it is neither `Send` nor `Sync`.
 pub struct Worker {

@@ -68,10 +68,12 @@ pub(crate) fn run<H: Handler, M: FnOnce() -> H>(
     let mut h = make();
     let mut l = Loop { ep, listener: Some(listener), wake_fd, scratch, iov: Vec::with_capacity(MAX_IOV), syscalls: 0 };
     let _ = ready.send(Ok(()));
+    let current = conn::CurrentGuard::set(&w);
     h.on_worker_start(&mut w);
     l.run(&mut w, &mut h);
     w.run_mail(true);
     h.on_worker_stop(&mut w);
+    drop(current);
 }
 
 impl Loop {

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-pub use conn::{ConnId, TimerId, Worker};
+pub use conn::{is_current_worker, ConnId, TimerId, Worker};
 pub use probe::Backend;
 
 /// Number of CPUs in the calling thread's affinity mask: the default worker count.
@@ -242,7 +242,7 @@ pub(crate) struct Shared {
 /// A running engine. Dropping it stops it (with a one-second drain).
 pub struct Engine {
     shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
     port: u16,
     backend: Backend,
 }
@@ -316,14 +316,14 @@ impl Engine {
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
-                    let mut engine = Engine { shared, threads, port, backend };
+                    let engine = Engine { shared, threads: Mutex::new(threads), port, backend };
                     engine.shutdown(Duration::ZERO);
                     return Err(Error::Io(e));
                 }
             }
         }
         drop(ready_tx);
-        let mut engine = Engine { shared, threads, port, backend };
+        let engine = Engine { shared, threads: Mutex::new(threads), port, backend };
         for _ in 0..nworkers {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
@@ -376,22 +376,33 @@ impl Engine {
     /// workers exit and every fd, buffer and thread is released. Blocks until done. Must not
     /// be called from one of this engine's workers ([`Error::WrongThread`]); use
     /// [`Remote::request_stop`] there. Calling it again is a no-op.
-    pub fn stop(&mut self, drain: Duration) -> Result<(), Error> {
-        let me = std::thread::current().id();
-        if self.shared.workers.iter().any(|w| *w.thread.lock() == Some(me)) {
+    pub fn stop(&self, drain: Duration) -> Result<(), Error> {
+        if self.on_worker_thread() {
             return Err(Error::WrongThread);
         }
         self.shutdown(drain);
         Ok(())
     }
 
-    fn shutdown(&mut self, drain: Duration) {
-        if self.threads.is_empty() {
+    /// Asks the workers to stop and returns at once (see [`Remote::request_stop`]).
+    pub fn request_stop(&self, drain: Duration) {
+        request_stop(&self.shared, drain);
+    }
+
+    /// Whether the calling thread is one of this engine's workers.
+    pub fn on_worker_thread(&self) -> bool {
+        let me = std::thread::current().id();
+        self.shared.workers.iter().any(|w| *w.thread.lock() == Some(me))
+    }
+
+    fn shutdown(&self, drain: Duration) {
+        let threads = std::mem::take(&mut *self.threads.lock());
+        if threads.is_empty() {
             return;
         }
         request_stop(&self.shared, drain);
-        for t in self.threads.drain(..) {
-            // A worker that panicked has already been counted out; there is nothing to add.
+        for t in threads {
+            // A worker that panicked has nothing more to release; its error is not ours.
             let _ = t.join();
         }
     }
@@ -399,8 +410,7 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        let me = std::thread::current().id();
-        if self.shared.workers.iter().any(|w| *w.thread.lock() == Some(me)) {
+        if self.on_worker_thread() {
             // Dropped on its own worker: joining would deadlock; ask and detach instead.
             request_stop(&self.shared, Duration::from_secs(1));
             return;

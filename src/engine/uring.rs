@@ -93,10 +93,12 @@ pub(crate) fn run<H: Handler, M: FnOnce() -> H>(
         cqes: Vec::with_capacity(256),
     };
     let _ = ready.send(Ok(()));
+    let current = conn::CurrentGuard::set(&w);
     h.on_worker_start(&mut w);
     l.run(&mut w, &mut h);
     w.run_mail(true);
     h.on_worker_stop(&mut w);
+    drop(current);
     let Loop { ring, mut bufs, listener, .. } = l;
     bufs.unregister(&ring);
     drop(ring);

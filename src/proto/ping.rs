@@ -1,11 +1,11 @@
 //! The ping protocol (DESIGN.md, "Protocols"): a line `PING` (any case) ending in `\r\n` gets
 //! `PONG\r\n`; any other line gets `ERROR\r\n`. A line is everything up to and including `\n`.
-//! A line longer than [`MAX_LINE`] bytes before its `\n` closes the connection, whether its
+//! A line longer than [`PingParser::max_line`] bytes before its `\n` closes the connection, whether its
 //! bytes arrive in one packet or many, so every server answers the same bytes for the same
 //! stream however the stream is split.
 
-/// Longest line accepted, not counting its `\n`.
-pub const MAX_LINE: usize = 1024;
+// Not `pub`: the C header is generated from this crate and must not carry it.
+const MAX_LINE: usize = 1024;
 /// Reply to a ping.
 pub const PONG: &[u8] = b"PONG\r\n";
 /// Reply to anything else.
@@ -16,7 +16,7 @@ pub const ERROR: &[u8] = b"ERROR\r\n";
 pub enum Verdict {
     /// Keep the connection open.
     Continue,
-    /// A line exceeded [`MAX_LINE`]: send the replies produced so far, then close.
+    /// A line exceeded [`PingParser::max_line`]: send the replies produced so far, then close.
     Close,
 }
 
@@ -31,6 +31,11 @@ fn is_ping(line: &[u8]) -> bool {
 }
 
 impl PingParser {
+    /// Longest line accepted, not counting its `\n`: 1 KiB.
+    pub const fn max_line() -> usize {
+        MAX_LINE
+    }
+
     /// A parser with no pending bytes.
     pub fn new() -> Self {
         Self::default()
