@@ -59,8 +59,13 @@ deps:
 
 # --- build ------------------------------------------------------------------------------------
 
+# Rust programs copied into build/bin next to the C ones.
+RUST_BINS := pingserver-rs
+
 rust:
 	$(CARGO) build --release --lib --bins
+	@install -d $(BIN)
+	@for b in $(RUST_BINS); do install -m 0755 target/release/$$b $(BIN)/$$b; done
 
 # The staged install is what c-examples and c-tests build against, exactly as an outside
 # project would (find_package with CMAKE_PREFIX_PATH).
