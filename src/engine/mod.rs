@@ -62,6 +62,9 @@ pub struct Config {
     pub backlog: i32,
     /// Set `TCP_NODELAY` on accepted connections.
     pub tcp_nodelay: bool,
+    /// Backend for this engine; `None` (the default) uses the process-wide choice of
+    /// [`probe::backend`] (probe, or `P99_BACKEND`).
+    pub backend: Option<Backend>,
 }
 
 impl Default for Config {
@@ -79,6 +82,7 @@ impl Default for Config {
             close_linger: Duration::from_secs(2),
             backlog: 1024,
             tcp_nodelay: true,
+            backend: None,
         }
     }
 }
@@ -258,9 +262,13 @@ impl Engine {
     {
         let cfg = Arc::new(config);
         validate(&cfg)?;
-        let backend = match probe::backend() {
-            Ok(b) => b,
-            Err(why) => return Err(Error::Unsupported(why.to_string())),
+        let backend = match cfg.backend {
+            Some(Backend::Uring) => {
+                probe::uring_usable().map_err(Error::Unsupported)?;
+                Backend::Uring
+            }
+            Some(Backend::Epoll) => Backend::Epoll,
+            None => probe::backend().map_err(Error::Unsupported)?,
         };
         let cpus = sys::affinity_cpus();
         let nworkers = if cfg.workers == 0 { cpus.len().max(1) } else { cfg.workers };

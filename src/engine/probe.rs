@@ -35,11 +35,18 @@ struct Choice {
 }
 
 static CHOICE: OnceLock<Choice> = OnceLock::new();
+static URING: OnceLock<Result<&'static str, String>> = OnceLock::new();
+
+/// Whether io_uring passes the probe here (cached per process): Ok names the ring setup it
+/// got, Err says why not.
+pub fn uring_usable() -> Result<&'static str, String> {
+    URING.get_or_init(probe_uring).clone()
+}
 
 fn choose() -> Choice {
     match std::env::var("P99_BACKEND").ok().as_deref() {
         Some("epoll") => Choice { backend: Ok(Backend::Epoll), reason: "forced by P99_BACKEND=epoll".into() },
-        Some("uring") | Some("io_uring") => match probe_uring() {
+        Some("uring") | Some("io_uring") => match uring_usable() {
             Ok(how) => Choice { backend: Ok(Backend::Uring), reason: format!("forced by P99_BACKEND=uring ({how})") },
             Err(why) => Choice { backend: Err(format!("P99_BACKEND=uring but io_uring is unusable: {why}")), reason: why },
         },
@@ -47,7 +54,7 @@ fn choose() -> Choice {
             backend: Err(format!("P99_BACKEND={other}: expected uring or epoll")),
             reason: "bad P99_BACKEND".into(),
         },
-        _ => match probe_uring() {
+        _ => match uring_usable() {
             Ok(how) => Choice { backend: Ok(Backend::Uring), reason: format!("probed ({how})") },
             Err(why) => {
                 eprintln!("p99: io_uring unavailable ({why}); falling back to the epoll backend");

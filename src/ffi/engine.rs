@@ -341,6 +341,7 @@ pub extern "C" fn p99_engine_start(
             close_linger: Duration::from_millis(c.close_linger_ms as u64),
             backlog: c.backlog,
             tcp_nodelay: c.tcp_nodelay,
+            backend: None,
         };
         let shared = Callbacks { cb };
         let inner = Engine::start(cfg, move |_| {
