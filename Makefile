@@ -108,6 +108,7 @@ header:
 
 # Module test targets append themselves to TESTS below.
 TESTS := test-rust check-header check-abi test-c test-valgrind test-consumer
+TESTS += test-engine
 
 test: deps
 	@$(MAKE) --no-print-directory all
@@ -136,6 +137,11 @@ test-valgrind:
 
 test-consumer:
 	tests/consumer/run.sh $(VERSION)
+
+# The engine's tests that need the built programs: the ping servers answer identically.
+.PHONY: test-engine
+test-engine:
+	P99_BIN_DIR=$(BIN) $(CARGO) test --release --test ping_parity -- --ignored
 
 clean:
 	rm -rf $(BUILD)
