@@ -59,8 +59,13 @@ deps:
 
 # --- build ------------------------------------------------------------------------------------
 
+# Rust programs copied into build/bin next to the C ones.
+RUST_BINS := pingserver-rs
+
 rust:
 	$(CARGO) build --release --lib --bins
+	@install -d $(BIN)
+	@for b in $(RUST_BINS); do install -m 0755 target/release/$$b $(BIN)/$$b; done
 
 # The staged install is what c-examples and c-tests build against, exactly as an outside
 # project would (find_package with CMAKE_PREFIX_PATH).
@@ -103,6 +108,7 @@ header:
 
 # Module test targets append themselves to TESTS below.
 TESTS := test-rust check-header check-abi test-c test-valgrind test-consumer
+TESTS += test-engine
 
 test: deps
 	@$(MAKE) --no-print-directory all
@@ -131,6 +137,11 @@ test-valgrind:
 
 test-consumer:
 	tests/consumer/run.sh $(VERSION)
+
+# The engine's tests that need the built programs: the ping servers answer identically.
+.PHONY: test-engine
+test-engine:
+	P99_BIN_DIR=$(BIN) $(CARGO) test --release --test ping_parity -- --ignored
 
 clean:
 	rm -rf $(BUILD)

@@ -83,6 +83,31 @@
 #define P99_VERSION_NUMBER (((P99_VERSION_MAJOR * 1000000) + (P99_VERSION_MINOR * 1000)) + P99_VERSION_PATCH)
 
 /**
+ * Which event loop the engine runs on.
+ */
+enum p99_backend
+#ifdef __cplusplus
+  : uint32_t
+#endif // __cplusplus
+ {
+  /**
+   * No backend can run (P99_BACKEND names one that is unavailable, or an unknown one).
+   */
+  P99_BACKEND_NONE = 0,
+  /**
+   * io_uring: multishot accept and recv, provided buffer ring.
+   */
+  P99_BACKEND_URING = 1,
+  /**
+   * epoll: readiness and non-blocking system calls.
+   */
+  P99_BACKEND_EPOLL = 2,
+};
+#ifndef __cplusplus
+typedef uint32_t p99_backend;
+#endif // __cplusplus
+
+/**
  * Result of a libp99 call. `P99_STATUS_OK` (0) is success; every other value names one
  * failure. Values are fixed forever: new ones are added, none is ever reused or renumbered,
  * so C code may store and compare them as plain integers (the type is 32 bits wide whatever
@@ -192,6 +217,12 @@ typedef uint32_t p99_status;
  * Opaque cache handle. Create with `p99_cache_new`, free with `p99_cache_free`.
  */
 typedef struct p99_cache p99_cache;
+
+/**
+ * A running engine: worker threads, each with its own listener and event loop. Create with
+ * `p99_engine_start`, release with `p99_engine_free`.
+ */
+typedef struct p99_engine p99_engine;
 
 /**
  * Cache configuration. Fill with `p99_cache_config_defaults`, then change fields.
@@ -425,6 +456,182 @@ typedef struct p99_cache_stats {
   uint64_t pinned;
 } p99_cache_stats;
 
+/**
+ * Engine configuration. Fill with `p99_engine_config_defaults`, then change fields.
+ */
+typedef struct p99_engine_config {
+  /**
+   * `sizeof(p99_engine_config)`, set by `p99_engine_config_defaults`.
+   */
+  uint32_t struct_size;
+  /**
+   * IPv4 or IPv6 address to listen on, as text; NULL means "127.0.0.1". Borrowed until
+   * `p99_engine_start` returns.
+   */
+  const char *addr;
+  /**
+   * TCP port; 0 picks a free port (see `p99_engine_port`). Default 0.
+   */
+  uint16_t port;
+  /**
+   * Worker threads; 0 = one per CPU in the process's affinity mask (default).
+   */
+  uint32_t workers;
+  /**
+   * Pin worker i to the i-th CPU of the affinity mask. Default true.
+   */
+  bool pin_workers;
+  /**
+   * Set TCP_NODELAY on accepted connections. Default true.
+   */
+  bool tcp_nodelay;
+  /**
+   * Open connections per worker; further ones are closed at accept. Default 65536.
+   */
+  uint32_t max_conns_per_worker;
+  /**
+   * Bytes per receive buffer. Default 4096.
+   */
+  uint32_t rx_buf_size;
+  /**
+   * Receive buffers per worker, a power of two up to 32768. Default 1024.
+   */
+  uint32_t rx_buf_count;
+  /**
+   * io_uring submission queue entries per worker. Default 256.
+   */
+  uint32_t sq_entries;
+  /**
+   * Queued output bytes above which a connection's receiving pauses until half of it is
+   * sent. Default 1 MiB.
+   */
+  uint64_t out_high_water;
+  /**
+   * How long `p99_worker_close` may flush queued output before cutting. Default 2000 ms.
+   */
+  uint32_t close_linger_ms;
+  /**
+   * listen(2) backlog. Default 1024.
+   */
+  int32_t backlog;
+} p99_engine_config;
+
+/**
+ * One worker of an engine, as handed to callbacks, posted tasks and timers. Owned by the
+ * engine; valid only on its own thread, during the call it was passed to.
+ */
+typedef struct p99_worker {
+  uint8_t _private[0];
+} p99_worker;
+
+/**
+ * A connection handle: worker index, slot and generation in one integer. 0 is never a valid
+ * handle. After `on_close` the handle is stale forever, even if the fd number is reused.
+ */
+typedef uint64_t p99_conn;
+
+/**
+ * Callbacks and the user pointer passed to each. Zero-fill (or use
+ * `p99_engine_callbacks_defaults`), set `struct_size`, then set what you need; only
+ * `on_data` is required. All run on the worker thread that owns the connection.
+ */
+typedef struct p99_engine_callbacks {
+  /**
+   * `sizeof(p99_engine_callbacks)`.
+   */
+  uint32_t struct_size;
+  /**
+   * Passed as the first argument of every callback. Shared by all workers.
+   */
+  void *user;
+  /**
+   * The worker's loop starts. Optional.
+   */
+  void (*on_worker_start)(void *user, struct p99_worker *worker);
+  /**
+   * A connection was accepted; return false to refuse it (closed at once, no `on_close`).
+   * Optional (NULL accepts all).
+   */
+  bool (*on_accept)(void *user, struct p99_worker *worker, p99_conn conn);
+  /**
+   * Bytes arrived; `data` is borrowed until the callback returns. Required.
+   */
+  void (*on_data)(void *user,
+                  struct p99_worker *worker,
+                  p99_conn conn,
+                  const uint8_t *data,
+                  size_t len);
+  /**
+   * A `p99_worker_send_iov` is finished with its memory: `sent` is true when every byte
+   * was written to the socket, false when the connection closed first. Optional.
+   */
+  void (*on_send_done)(void *user,
+                       struct p99_worker *worker,
+                       p99_conn conn,
+                       uint64_t cookie,
+                       bool sent);
+  /**
+   * The connection is closed: exactly once per accepted connection, after all of its
+   * `on_send_done`. The handle is stale afterwards. Optional.
+   */
+  void (*on_close)(void *user, struct p99_worker *worker, p99_conn conn);
+  /**
+   * The worker's loop has ended. Optional.
+   */
+  void (*on_worker_stop)(void *user, struct p99_worker *worker);
+} p99_engine_callbacks;
+
+/**
+ * Work run on a worker thread: posted (`p99_engine_post`) or timed (`p99_worker_add_timer`).
+ */
+typedef void (*p99_task_fn)(void *arg, struct p99_worker *worker);
+
+/**
+ * Counters of one worker (`p99_engine_stats`). Set `struct_size` before the call.
+ */
+typedef struct p99_worker_stats {
+  /**
+   * `sizeof(p99_worker_stats)`, set by the caller.
+   */
+  uint32_t struct_size;
+  /**
+   * Connections accepted.
+   */
+  uint64_t accepted;
+  /**
+   * Connections open now.
+   */
+  uint64_t open;
+  /**
+   * Connections refused (limit reached or `on_accept` returned false).
+   */
+  uint64_t rejected;
+  /**
+   * Bytes received.
+   */
+  uint64_t bytes_in;
+  /**
+   * Bytes sent.
+   */
+  uint64_t bytes_out;
+  /**
+   * io_uring: SQEs submitted. epoll: I/O system calls (accept, recv, sendmsg).
+   */
+  uint64_t submissions;
+  /**
+   * io_uring: io_uring_enter calls. epoll: epoll_wait calls.
+   */
+  uint64_t enters;
+  /**
+   * io_uring: CQEs handled. epoll: events handled.
+   */
+  uint64_t completions;
+  /**
+   * Times the provided buffer ring ran empty (ENOBUFS) and a recv was re-armed.
+   */
+  uint64_t bufring_empty;
+} p99_worker_stats;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -652,6 +859,182 @@ const char *p99_version(void);
  * Thread-safe.
  */
 uint32_t p99_version_number(void);
+
+/**
+ * Fills `*config` with the defaults (see each field) and sets `struct_size`.
+ * Returns `P99_STATUS_NULL_PARAMETER` if `config` is NULL. Thread-safe.
+ */
+p99_status p99_engine_config_defaults(struct p99_engine_config *config);
+
+/**
+ * Zero-fills `*callbacks` (no user pointer, no callbacks) and sets `struct_size`.
+ * Returns `P99_STATUS_NULL_PARAMETER` if `callbacks` is NULL. Thread-safe.
+ */
+p99_status p99_engine_callbacks_defaults(struct p99_engine_callbacks *callbacks);
+
+/**
+ * Binds the listeners, starts the workers and returns once all of them run; `*out` then
+ * owns the engine (free with `p99_engine_free`). `config` and `callbacks` are borrowed until
+ * return (the callbacks are copied). Errors: NULL pointer, `P99_STATUS_INVALID_ARGUMENT`
+ * (bad `struct_size`, bad address, out-of-range value, `on_data` NULL),
+ * `P99_STATUS_UNSUPPORTED` (P99_BACKEND forces an unavailable backend), or the status of the
+ * failed system call (e.g. `P99_STATUS_IO_ERROR` with errno EADDRINUSE). Thread-safe.
+ */
+p99_status p99_engine_start(const struct p99_engine_config *config,
+                            const struct p99_engine_callbacks *callbacks,
+                            struct p99_engine **out);
+
+/**
+ * Writes the TCP port the engine listens on to `*out`. Thread-safe.
+ */
+p99_status p99_engine_port(const struct p99_engine *engine, uint16_t *out);
+
+/**
+ * Writes the number of workers to `*out`. Thread-safe.
+ */
+p99_status p99_engine_workers(const struct p99_engine *engine, uint32_t *out);
+
+/**
+ * The backend engines in this process run on, probing the kernel on the first call (once
+ * per process): `P99_BACKEND_URING` when io_uring works here, else `P99_BACKEND_EPOLL`;
+ * `P99_BACKEND=uring|epoll` in the environment forces one. `P99_BACKEND_NONE` means the
+ * forced backend is unavailable (`p99_engine_start` then fails). Thread-safe.
+ */
+p99_backend p99_engine_backend(void);
+
+/**
+ * Why `p99_engine_backend` chose its backend, e.g. "io_uring unavailable: io_uring_setup:
+ * Operation not permitted (os error 1)". A static NUL-terminated string owned by libp99,
+ * valid for the life of the process; never NULL. Thread-safe.
+ */
+const char *p99_engine_backend_reason(void);
+
+/**
+ * Runs `fn(arg, worker)` on worker `worker_index`'s thread soon. `arg` is passed through
+ * untouched; the task runs exactly once if this returns OK (also while the engine stops).
+ * Errors: NULL `engine`/`fn`, `P99_STATUS_INVALID_ARGUMENT` (no such worker),
+ * `P99_STATUS_CLOSED` (the engine is stopping; the task will not run). Thread-safe.
+ */
+p99_status p99_engine_post(const struct p99_engine *engine,
+                           uint32_t worker_index,
+                           p99_task_fn func,
+                           void *arg);
+
+/**
+ * Asks the engine to stop (see `p99_engine_stop`) and returns at once. Callable from any
+ * thread, including the engine's workers. Thread-safe.
+ */
+p99_status p99_engine_request_stop(const struct p99_engine *engine, uint32_t drain_ms);
+
+/**
+ * Stops the engine and waits for it: listeners close, every connection stops receiving,
+ * flushes queued output for up to `drain_ms`, is closed and gets `on_close`; workers run
+ * `on_worker_stop` and exit; no fd, buffer or thread remains. A second call is a no-op.
+ * Returns `P99_STATUS_WRONG_THREAD` when called on one of the engine's own workers (use
+ * `p99_engine_request_stop` there). Thread-safe otherwise.
+ */
+p99_status p99_engine_stop(const struct p99_engine *engine, uint32_t drain_ms);
+
+/**
+ * Writes worker `worker_index`'s counters to `*out`; `out->struct_size` must be set.
+ * Errors: NULL pointers, `P99_STATUS_INVALID_ARGUMENT` (no such worker or struct_size too
+ * small). Works before and after stop. Thread-safe.
+ */
+p99_status p99_engine_stats(const struct p99_engine *engine,
+                            uint32_t worker_index,
+                            struct p99_worker_stats *out);
+
+/**
+ * Stops the engine if it still runs (1 s drain) and frees it. NULL is a no-op. Must not be
+ * called on one of the engine's own workers: there it only requests the stop and leaves the
+ * engine allocated (joining its own thread would deadlock).
+ */
+void p99_engine_free(struct p99_engine *engine);
+
+/**
+ * The index of the worker that owns `conn` (for `p99_engine_post`). Thread-safe.
+ */
+uint32_t p99_conn_worker(p99_conn conn);
+
+/**
+ * Writes the worker's index to `*out`. Worker thread only.
+ */
+p99_status p99_worker_index(struct p99_worker *worker, uint32_t *out);
+
+/**
+ * Queues a copy of `len` bytes at `data` for sending, ordered after everything queued
+ * before. `data` is borrowed until return. Errors: NULL (with len > 0), WRONG_THREAD,
+ * STALE_HANDLE, CLOSED (the connection is closing). Worker thread only.
+ */
+p99_status p99_worker_send(struct p99_worker *worker,
+                           p99_conn conn,
+                           const uint8_t *data,
+                           size_t len);
+
+/**
+ * Queues `iovcnt` caller buffers for sending without copying them. The buffers stay the
+ * caller's and must stay valid and unchanged until `on_send_done(cookie)` for this
+ * connection, which always comes (sent = false if the connection closed first) unless this
+ * call fails. `iov` itself is borrowed until return. Errors: NULL `iov` with iovcnt > 0,
+ * INVALID_ARGUMENT (iovcnt < 0 or a NULL base with a non-zero length), WRONG_THREAD,
+ * STALE_HANDLE, CLOSED. Worker thread only.
+ */
+p99_status p99_worker_send_iov(struct p99_worker *worker,
+                               p99_conn conn,
+                               const struct iovec *iov,
+                               int iovcnt,
+                               uint64_t cookie);
+
+/**
+ * Stops `on_data` for `conn` until `p99_worker_resume_recv`; bytes that arrive meanwhile are
+ * kept (bounded by what was already in flight) and delivered on resume. Worker thread only.
+ */
+p99_status p99_worker_pause_recv(struct p99_worker *worker, p99_conn conn);
+
+/**
+ * Undoes `p99_worker_pause_recv`. Worker thread only.
+ */
+p99_status p99_worker_resume_recv(struct p99_worker *worker, p99_conn conn);
+
+/**
+ * Closes `conn`: no more `on_data`, queued output is flushed (at most `close_linger_ms`),
+ * then the socket closes and `on_close` runs (later, not inside this call). Closing again is
+ * OK. Worker thread only.
+ */
+p99_status p99_worker_close(struct p99_worker *worker, p99_conn conn);
+
+/**
+ * Stores a pointer with the connection (not dereferenced by libp99). Worker thread only.
+ */
+p99_status p99_worker_set_conn_user(struct p99_worker *worker, p99_conn conn, void *user);
+
+/**
+ * Writes the pointer stored by `p99_worker_set_conn_user` (NULL if none) to `*out`.
+ * Worker thread only.
+ */
+p99_status p99_worker_conn_user(struct p99_worker *worker, p99_conn conn, void **out);
+
+/**
+ * Writes the connection's socket fd to `*out`, for getpeername/setsockopt. The engine owns
+ * it: do not read, write or close it. Worker thread only.
+ */
+p99_status p99_worker_conn_fd(struct p99_worker *worker, p99_conn conn, int *out);
+
+/**
+ * Runs `fn(arg, worker)` on this worker after `delay_ms`; writes the timer id to `*out_id`
+ * (may be NULL if not needed). Worker thread only.
+ */
+p99_status p99_worker_add_timer(struct p99_worker *worker,
+                                uint64_t delay_ms,
+                                p99_task_fn func,
+                                void *arg,
+                                uint64_t *out_id);
+
+/**
+ * Cancels a timer; `P99_STATUS_NOT_FOUND` if it already ran or was cancelled. Worker thread
+ * only.
+ */
+p99_status p99_worker_cancel_timer(struct p99_worker *worker, uint64_t timer_id);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -3,4 +3,6 @@
 //! The safe cores live in their own modules; `ffi` is the only place that speaks C.
 
 pub mod cache;
+pub mod engine;
 pub mod ffi;
+pub mod proto;
