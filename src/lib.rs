@@ -3,3 +3,4 @@
 //! The safe cores live in their own modules; `ffi` is the only place that speaks C.
 
 pub mod ffi;
+pub mod xdp;
