@@ -43,6 +43,8 @@ pub enum Error {
     Busy { what: String, err: io::Error },
     /// The interface MTU is too large for the requested XDP mode.
     MtuTooLarge(io::Error),
+    /// The interface has no such queue.
+    NoQueue { ifindex: u32, queue: u32, err: io::Error },
     /// The verifier rejected the program; the log is included.
     Verifier { err: io::Error, log: String },
     /// The object is in a state that does not allow the call.
@@ -61,6 +63,7 @@ impl Error {
             | Error::Unsupported { err, .. }
             | Error::Busy { err, .. }
             | Error::MtuTooLarge(err)
+            | Error::NoQueue { err, .. }
             | Error::Verifier { err, .. } => err.raw_os_error(),
             _ => None,
         }
@@ -77,6 +80,9 @@ impl fmt::Display for Error {
             Error::Busy { what, err } => write!(f, "{what} is busy ({err})"),
             Error::MtuTooLarge(err) => {
                 write!(f, "interface MTU too large for native XDP (use generic mode or a smaller MTU): {err}")
+            }
+            Error::NoQueue { ifindex, queue, err } => {
+                write!(f, "ifindex {ifindex} has no queue {queue} (bind: {err})")
             }
             Error::Verifier { err, log } => write!(f, "program rejected by the verifier ({err}):\n{log}"),
             Error::State(m) => write!(f, "invalid state: {m}"),

@@ -250,9 +250,20 @@ impl Program {
             AttachMode::Generic => sys::XDP_FLAGS_SKB_MODE,
             AttachMode::Auto => 0,
         };
-        let mut a = BpfAttr::new();
-        a.u32_at(0, self.prog.0 as u32).u32_at(4, ifindex).u32_at(8, sys::BPF_XDP).u32_at(12, flags);
-        let link = sys::bpf(sys::BPF_LINK_CREATE, &mut a).map_err(|e| match e.raw_os_error() {
+        // EBUSY is retried briefly: a link closed an instant ago can still be referenced by a
+        // child process between fork and exec (it holds a copy of the fd table until exec).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+        let link = loop {
+            let mut a = BpfAttr::new();
+            a.u32_at(0, self.prog.0 as u32).u32_at(4, ifindex).u32_at(8, sys::BPF_XDP).u32_at(12, flags);
+            match sys::bpf(sys::BPF_LINK_CREATE, &mut a) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                r => break r,
+            }
+        };
+        let link = link.map_err(|e| match e.raw_os_error() {
             Some(libc::EBUSY) | Some(libc::EEXIST) => Error::Busy {
                 what: format!("XDP hook of ifindex {ifindex} (another program is attached)"),
                 err: e,
@@ -295,7 +306,7 @@ impl Program {
         Ok(())
     }
 
-    /// Removes the socket registered for `queue`.
+    /// Removes the socket registered for `queue` (no-op if the slot is empty).
     pub fn unregister(&self, queue: u32) -> Result<()> {
         if queue >= self.max_queues {
             return Err(Error::Invalid(format!("queue {queue} beyond the map's {} slots", self.max_queues)));
@@ -303,11 +314,11 @@ impl Program {
         let key = queue;
         let mut a = BpfAttr::new();
         a.u32_at(0, self.map.0 as u32).u64_at(8, &key as *const u32 as u64);
-        sys::bpf(sys::BPF_MAP_DELETE_ELEM, &mut a).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOENT) => Error::Invalid(format!("no socket registered for queue {queue}")),
-            _ => Error::os("bpf(BPF_MAP_DELETE_ELEM)", e),
-        })?;
-        Ok(())
+        match sys::bpf(sys::BPF_MAP_DELETE_ELEM, &mut a) {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(Error::os("bpf(BPF_MAP_DELETE_ELEM)", e)),
+        }
     }
 
     /// Runs the program once on `packet` with BPF_PROG_TEST_RUN (no network needed) and

@@ -115,16 +115,20 @@ impl Socket {
 
     fn bind_inner(sh: Arc<Shared>, ifindex: u32, queue: u32, cfg: SocketConfig) -> Result<Socket> {
         let fd = sh.fd.0;
-        // Ring sizes can be set once per socket; a failed earlier bind leaves them in place,
-        // so EBUSY from these setsockopts with identical sizes is harmless.
-        if let Err(e) = sys::set_xdp_opt(fd, sys::XDP_RX_RING, &cfg.rx_size) {
-            if e.raw_os_error() != Some(libc::EBUSY) {
-                return Err(Error::os("XDP_RX_RING", e));
+        // Ring sizes can be set only once per kernel socket; a refused earlier bind leaves them
+        // in place, and a retry must ask for the same sizes.
+        let want = (cfg.rx_size as u64) << 32 | cfg.tx_size as u64;
+        match sh.ring_sizes.load(Ordering::Acquire) {
+            0 => {
+                sys::set_xdp_opt(fd, sys::XDP_RX_RING, &cfg.rx_size).map_err(|e| Error::os("XDP_RX_RING", e))?;
+                sys::set_xdp_opt(fd, sys::XDP_TX_RING, &cfg.tx_size).map_err(|e| Error::os("XDP_TX_RING", e))?;
+                sh.ring_sizes.store(want, Ordering::Release);
             }
-        }
-        if let Err(e) = sys::set_xdp_opt(fd, sys::XDP_TX_RING, &cfg.tx_size) {
-            if e.raw_os_error() != Some(libc::EBUSY) {
-                return Err(Error::os("XDP_TX_RING", e));
+            have if have == want => {}
+            _ => {
+                return Err(Error::Invalid(
+                    "ring sizes differ from an earlier bind attempt on this umem (they are fixed once set)".into(),
+                ))
             }
         }
         let off = sh.offsets;
@@ -166,9 +170,7 @@ impl Socket {
                 }
                 Some(libc::EBUSY) => Error::Busy { what: format!("queue {queue} of ifindex {ifindex}"), err: e },
                 Some(libc::ENODEV) => Error::Os { op: "bind: no such interface", err: e },
-                Some(libc::EINVAL) => Error::Invalid(format!(
-                    "bind to queue {queue} of ifindex {ifindex} refused (the queue does not exist: {e})"
-                )),
+                Some(libc::EINVAL) => Error::NoQueue { ifindex, queue, err: e },
                 _ => Error::os("bind", e),
             });
         }

@@ -3,7 +3,7 @@
 //! checked.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -74,6 +74,9 @@ pub(crate) struct Shared {
     pub offsets: XdpMmapOffsets,
     /// Set once a socket has bound the umem's kernel socket (it can be bound only once).
     pub bound: AtomicBool,
+    /// RX and TX ring sizes once set on the kernel socket (they can be set only once):
+    /// `rx << 32 | tx`, 0 while unset.
+    pub ring_sizes: AtomicU64,
 }
 
 // SAFETY: `area` is a private mapping owned by Shared and accessed only under the frame-state
@@ -208,6 +211,7 @@ impl Umem {
                 frames: Mutex::new(frames),
                 offsets: off,
                 bound: AtomicBool::new(false),
+                ring_sizes: AtomicU64::new(0),
             }),
         })
     }

@@ -179,7 +179,9 @@ pub fn recv_n(rx: &mut Xsk, n: usize, timeout: Duration, mut check: impl FnMut(&
     let deadline = Instant::now() + timeout;
     let mut got = 0;
     let mut descs = vec![XdpDesc::default(); 64];
-    while got < n && Instant::now() < deadline {
+    let mut first = true;
+    while got < n && (first || Instant::now() < deadline) {
+        first = false;
         let k = rx.sock.recv(&mut descs) as usize;
         if k == 0 {
             rx.sock.poll_rx(10).unwrap();
