@@ -3,4 +3,7 @@
 //! The safe cores live in their own modules; `ffi` is the only place that speaks C.
 
 pub mod ffi;
+/// AF_XDP sockets (the C API is in `ffi::xdp`).
+///
+/// cbindgen:ignore
 pub mod xdp;

@@ -9,3 +9,4 @@
 pub mod boundary;
 pub mod status;
 pub mod version;
+pub mod xdp;
