@@ -28,7 +28,7 @@ SONAME_VERSION := $(if $(filter 0,$(V_MAJOR)),0.$(V_MINOR),$(V_MAJOR))
 CBINDGEN_VERSION := 0.29.0
 
 DEB_PACKAGES := cmake pkg-config clang libclang-dev memcached libmemcached-tools \
-	python3 python3-pymemcache valgrind bpftool iproute2 ethtool binutils
+	python3 python3-pymemcache valgrind bpftool iproute2 ethtool binutils iputils-ping
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
@@ -103,6 +103,7 @@ header:
 
 # Module test targets append themselves to TESTS below.
 TESTS := test-rust check-header check-abi test-c test-valgrind test-consumer
+TESTS += test-xdp
 
 test: deps
 	@$(MAKE) --no-print-directory all
@@ -131,6 +132,15 @@ test-valgrind:
 
 test-consumer:
 	tests/consumer/run.sh $(VERSION)
+
+# AF_XDP: the Rust veth suite runs in test-rust; this adds the C responders end to end.
+.PHONY: test-xdp bench-xdp
+test-xdp:
+	tests/xdp/udpping_e2e.sh $(BIN) target/release/p99-xdp-load
+
+# udpping-xdp vs udpping-kernel on a veth pair (root); prints replies/s, RTT and CPU/packet.
+bench-xdp: all
+	benches/udpping_xdp.sh $(BIN) target/release/p99-xdp-load
 
 clean:
 	rm -rf $(BUILD)
