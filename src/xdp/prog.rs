@@ -279,9 +279,15 @@ impl Program {
         Ok(())
     }
 
-    /// Detaches (closes the link). No-op when not attached.
+    /// Detaches (BPF_LINK_DETACH, then closes the link). No-op when not attached. The explicit
+    /// detach makes it immediate even if a forked child still holds a copy of the link fd.
     pub fn detach(&mut self) {
-        self.link = None;
+        if let Some(link) = self.link.take() {
+            let mut a = BpfAttr::new();
+            a.u32_at(0, link.0 as u32);
+            // Errors are ignored: closing the link below detaches it in any case.
+            let _ = sys::bpf(sys::BPF_LINK_DETACH, &mut a);
+        }
         self.mode = None;
     }
 
@@ -334,6 +340,12 @@ impl Program {
             .u32_at(32, 1);
         sys::bpf(sys::BPF_PROG_TEST_RUN, &mut a).map_err(|e| Error::os("bpf(BPF_PROG_TEST_RUN)", e))?;
         Ok(a.get_u32(4))
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        self.detach();
     }
 }
 
