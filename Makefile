@@ -28,7 +28,7 @@ SONAME_VERSION := $(if $(filter 0,$(V_MAJOR)),0.$(V_MINOR),$(V_MAJOR))
 CBINDGEN_VERSION := 0.29.0
 
 DEB_PACKAGES := cmake pkg-config clang libclang-dev memcached libmemcached-tools \
-	python3 python3-pymemcache valgrind bpftool iproute2 ethtool binutils
+	python3 python3-pymemcache valgrind bpftool iproute2 ethtool binutils iputils-ping
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
@@ -109,6 +109,7 @@ header:
 # Module test targets append themselves to TESTS below.
 TESTS := test-rust check-header check-abi test-c test-valgrind test-consumer
 TESTS += test-engine
+TESTS += test-xdp
 
 test: deps
 	@$(MAKE) --no-print-directory all
@@ -142,6 +143,14 @@ test-consumer:
 .PHONY: test-engine
 test-engine:
 	P99_BIN_DIR=$(BIN) $(CARGO) test --release --test ping_parity -- --ignored
+# AF_XDP: the Rust veth suite runs in test-rust; this adds the C responders end to end.
+.PHONY: test-xdp bench-xdp
+test-xdp:
+	tests/xdp/udpping_e2e.sh $(BIN) target/release/p99-xdp-load
+
+# udpping-xdp vs udpping-kernel on a veth pair (root); prints replies/s, RTT and CPU/packet.
+bench-xdp: all
+	benches/udpping_xdp.sh $(BIN) target/release/p99-xdp-load
 
 clean:
 	rm -rf $(BUILD)

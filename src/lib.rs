@@ -6,3 +6,7 @@ pub mod cache;
 pub mod engine;
 pub mod ffi;
 pub mod proto;
+/// AF_XDP sockets (the C API is in `ffi::xdp`).
+///
+/// cbindgen:ignore
+pub mod xdp;

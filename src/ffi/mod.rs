@@ -11,3 +11,4 @@ pub mod cache;
 pub mod status;
 pub mod version;
 pub mod engine;
+pub mod xdp;
