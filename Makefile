@@ -28,7 +28,7 @@ SONAME_VERSION := $(if $(filter 0,$(V_MAJOR)),0.$(V_MINOR),$(V_MAJOR))
 CBINDGEN_VERSION := 0.29.0
 
 DEB_PACKAGES := cmake pkg-config clang libclang-dev memcached libmemcached-tools \
-	python3 python3-pymemcache valgrind bpftool iproute2 ethtool binutils
+	python3 python3-pymemcache valgrind bpftool iproute2 ethtool binutils iputils-ping
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
@@ -59,8 +59,13 @@ deps:
 
 # --- build ------------------------------------------------------------------------------------
 
+# Rust programs copied into build/bin next to the C ones.
+RUST_BINS := pingserver-rs
+
 rust:
 	$(CARGO) build --release --lib --bins
+	@install -d $(BIN)
+	@for b in $(RUST_BINS); do install -m 0755 target/release/$$b $(BIN)/$$b; done
 
 # The staged install is what c-examples and c-tests build against, exactly as an outside
 # project would (find_package with CMAKE_PREFIX_PATH).
@@ -103,6 +108,8 @@ header:
 
 # Module test targets append themselves to TESTS below.
 TESTS := test-rust check-header check-abi test-c test-valgrind test-consumer
+TESTS += test-engine
+TESTS += test-xdp
 TESTS += test-bench
 
 test: deps
@@ -133,6 +140,18 @@ test-valgrind:
 test-consumer:
 	tests/consumer/run.sh $(VERSION)
 
+# The engine's tests that need the built programs: the ping servers answer identically.
+.PHONY: test-engine
+test-engine:
+	P99_BIN_DIR=$(BIN) $(CARGO) test --release --test ping_parity -- --ignored
+# AF_XDP: the Rust veth suite runs in test-rust; this adds the C responders end to end.
+.PHONY: test-xdp bench-xdp
+test-xdp:
+	tests/xdp/udpping_e2e.sh $(BIN) target/release/p99-xdp-load
+
+# udpping-xdp vs udpping-kernel on a veth pair (root); prints replies/s, RTT and CPU/packet.
+bench-xdp: all
+	benches/udpping_xdp.sh $(BIN) target/release/p99-xdp-load
 # --- parity benchmark -------------------------------------------------------------------------
 #   make parity            full run (< 5 min on 2 cores)
 #   make parity QUICK=1    short run (< 1 min)

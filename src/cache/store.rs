@@ -450,6 +450,11 @@ impl Cache {
     /// that time (now, when `delay` is 0; a later call replaces a pending one).
     pub fn flush_all(&self, delay: u32) {
         let now = self.now();
+        // A pending flush that is already due takes effect before this one replaces it.
+        for s in self.shards.iter() {
+            let mut g = s.inner.lock();
+            self.housekeep(&mut g, now);
+        }
         let deadline = now.saturating_add(delay);
         let mut cur = self.flush.load(Ordering::Acquire);
         loop {

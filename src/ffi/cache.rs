@@ -124,7 +124,7 @@ pub struct p99_cache_item {
 }
 
 /// Counters and gauges of a cache. Set `struct_size = sizeof(p99_cache_stats)` before
-/// `p99_cache_stats`; later library versions only append fields.
+/// `p99_cache_get_stats`; later library versions only append fields.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct p99_cache_stats {
@@ -700,7 +700,7 @@ fn stats_to_c(s: &Stats) -> p99_cache_stats {
 /// the first published version of the struct). Only `struct_size` bytes are written, and
 /// `struct_size` is left as the caller set it. Thread-safe (locks each shard briefly).
 #[no_mangle]
-pub unsafe extern "C" fn p99_cache_stats(cache: *const p99_cache, stats: *mut p99_cache_stats) -> p99_status {
+pub unsafe extern "C" fn p99_cache_get_stats(cache: *const p99_cache, stats: *mut p99_cache_stats) -> p99_status {
     guard(|| {
         let c = unsafe { ref_from(cache) }?;
         let size = unsafe { struct_size_of(stats.cast_const().cast(), std::mem::size_of::<p99_cache_stats>()) }?;
