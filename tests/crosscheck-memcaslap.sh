@@ -16,8 +16,12 @@ MC=$!
 trap 'kill $MC 2>/dev/null; wait $MC 2>/dev/null; rm -rf "$TMP"' EXIT
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break; sleep 0.1; done
 printf 'key\n32 32 1\nvalue\n100 100 1\ncmd\n0 0.1\n1 0.9\n' >"$TMP/cfg"
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$MC/stat"; }
 for r in $(seq "$ROUNDS"); do
+  t0=$(cpu_ticks); s0=$(date +%s.%N)
   taskset -c 1 memcaslap -s 127.0.0.1:"$PORT" -T 1 -c 16 -t "${SECS}s" -F "$TMP/cfg" -S "${SECS}s" >"$TMP/mcs.$r" 2>&1
+  t1=$(cpu_ticks); s1=$(date +%s.%N)
+  echo "$t0 $t1 $s0 $s1 $(getconf CLK_TCK)" >"$TMP/mcs.$r.cpu"
   taskset -c 1 "$BIN/p99-bench" -P memcache -s 127.0.0.1:"$PORT" -c 16 -d 1 -w 1 -t "$SECS" --keys 100000 \
     --get-ratio 0.9 --key-size 32 --value-size 100 --server-pid $MC --no-progress --json "$TMP/pb.$r.json" >/dev/null 2>&1
 done
@@ -43,9 +47,11 @@ for r in range(1, rounds + 1):
         if acc >= 0.99 * n:
             p99 = upper
             break
+    t0, t1, s0, s1, hz = map(float, open(f"{tmp}/mcs.{r}.cpu").read().split())
+    mcs_cpu = (t1 - t0) / hz / (s1 - s0) * 100
     pb = json.load(open(f"{tmp}/pb.{r}.json"))["result"]
     rows.append((tps, avg, p99, pb["requests_per_s"], pb["latency_us"]["mean"], pb["latency_us"]["p99"], pb["server_cpu_pct"]))
-    print(f"round {r}: memcaslap {tps:,.0f} ops/s avg {avg:.0f} us p99 <= {p99} us | "
+    print(f"round {r}: memcaslap {tps:,.0f} ops/s avg {avg:.0f} us p99 <= {p99} us (memcached cpu {mcs_cpu:.0f}%) | "
           f"p99-bench {pb['requests_per_s']:,.0f} req/s avg {pb['latency_us']['mean']:.0f} us p99 {pb['latency_us']['p99']:.0f} us "
           f"(memcached cpu {pb['server_cpu_pct']:.0f}%)")
 med = [statistics.median(c) for c in zip(*rows)]
