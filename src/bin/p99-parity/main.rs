@@ -47,9 +47,10 @@ usage: p99-parity [flags]
   --duration SECS          measured time of each run (default 1.5)
   --ramp-secs SECS         length of each redline ramp step (default 0.75)
   --ladder F,F,...         ramp rates as fractions of the variant's median peak
-                           (default 0.5,0.6,0.7,0.8,0.9,1.0)
+                           (default 0.2,0.3,...,1.0; the ramp stops at the first failing step)
   --latency-fraction F     fixed open-loop rate for the latency columns, as a fraction of the
-                           slowest variant's median peak (default 0.5)
+                           slowest variant's median peak (default 0.25: open loop sends one
+                           request per write, which costs a server more than pipelined load)
   --scenarios LIST         any of module,ping,cache,udp (default all)
   --bin-dir DIR            where the servers are (default build/bin)
   --out DIR                results and plots (default build/parity)
@@ -88,8 +89,8 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
         warmup: 0.5,
         duration: 1.5,
         ramp_secs: 0.75,
-        ladder: vec![0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
-        latency_fraction: 0.5,
+        ladder: vec![0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        latency_fraction: 0.25,
         scenarios: ["module", "ping", "cache", "udp"].iter().map(|s| s.to_string()).collect(),
         bin_dir: "build/bin".into(),
         out: "build/parity".into(),
@@ -164,7 +165,7 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
             o.ramp_secs = 0.4;
         }
         if !explicit.contains(&"ladder") {
-            o.ladder = vec![0.5, 0.75, 1.0];
+            o.ladder = vec![0.25, 0.5, 0.75, 1.0];
         }
     }
     for s in &o.scenarios {
