@@ -257,7 +257,7 @@ fn run_tcp(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Resul
     let mut gen = Generator::new(c, plan.seed);
     let ks = gen.ks.clone();
     let mut counts = Counts::new();
-    let mut scratch = Vec::new();
+    let mut scratch = workload::Scratch::default();
     let closed = plan.rate <= 0.0;
     let interval = if closed { 0.0 } else { 1e9 / plan.rate };
     let mut sent_sched: u64 = 0; // open loop: requests scheduled so far
