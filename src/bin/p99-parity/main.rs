@@ -307,6 +307,8 @@ struct VariantRun {
     lats: Vec<Report>,
     ramp: Option<run::RampResult>,
     ladder: Vec<f64>,
+    /// How the server was started (taskset, netns, program, flags).
+    server_command: Option<String>,
 }
 
 impl VariantRun {
@@ -424,6 +426,7 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
             };
             match started {
                 Ok(s) => {
+                    v.server_command = Some(s.command.clone());
                     v.server = Some(s);
                     break;
                 }
@@ -739,6 +742,7 @@ fn scenario_json(sc: &Scenario) -> J {
         );
         j.set("program", v.spec.program.as_ref().ok().map(|p| p.display().to_string()));
         j.set("problem", v.problem.clone());
+        j.set("server_command", v.server_command.clone());
         let peak = v.median_peak();
         j.set("median_requests_per_s", peak);
         j.set("ratio_to_baseline", ratio(peak, base_peak));
@@ -1001,7 +1005,7 @@ fn new_scenario(key: &'static str, title: &str, workload: Config, specs: Vec<Spe
         workload,
         variants: specs
             .into_iter()
-            .map(|spec| VariantRun { spec, server: None, problem: None, peaks: Vec::new(), lats: Vec::new(), ramp: None, ladder: Vec::new() })
+            .map(|spec| VariantRun { spec, server: None, problem: None, peaks: Vec::new(), lats: Vec::new(), ramp: None, ladder: Vec::new(), server_command: None })
             .collect(),
         latency_rate: None,
         notes: Vec::new(),
