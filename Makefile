@@ -59,8 +59,13 @@ deps:
 
 # --- build ------------------------------------------------------------------------------------
 
+# Rust programs copied into build/bin next to the C ones.
+RUST_BINS := pingserver-rs
+
 rust:
 	$(CARGO) build --release --lib --bins
+	@install -d $(BIN)
+	@for b in $(RUST_BINS); do install -m 0755 target/release/$$b $(BIN)/$$b; done
 
 # The staged install is what c-examples and c-tests build against, exactly as an outside
 # project would (find_package with CMAKE_PREFIX_PATH).
@@ -103,7 +108,9 @@ header:
 
 # Module test targets append themselves to TESTS below.
 TESTS := test-rust check-header check-abi test-c test-valgrind test-consumer
+TESTS += test-engine
 TESTS += test-xdp
+TESTS += test-bench
 
 test: deps
 	@$(MAKE) --no-print-directory all
@@ -133,6 +140,10 @@ test-valgrind:
 test-consumer:
 	tests/consumer/run.sh $(VERSION)
 
+# The engine's tests that need the built programs: the ping servers answer identically.
+.PHONY: test-engine
+test-engine:
+	P99_BIN_DIR=$(BIN) $(CARGO) test --release --test ping_parity -- --ignored
 # AF_XDP: the Rust veth suite runs in test-rust; this adds the C responders end to end.
 .PHONY: test-xdp bench-xdp
 test-xdp:
@@ -141,6 +152,34 @@ test-xdp:
 # udpping-xdp vs udpping-kernel on a veth pair (root); prints replies/s, RTT and CPU/packet.
 bench-xdp: all
 	benches/udpping_xdp.sh $(BIN) target/release/p99-xdp-load
+# --- parity benchmark -------------------------------------------------------------------------
+#   make parity            full run (< 5 min on 2 cores)
+#   make parity QUICK=1    short run (< 1 min)
+#   make parity PARITY_FLAGS='--scenarios cache --rounds 5'   any p99-parity flag
+QUICK ?=
+PARITY_FLAGS ?=
+
+.PHONY: parity bench-bins storebench test-bench
+all: bench-bins
+
+bench-bins: rust
+	install -d $(BIN)
+	install -m 0755 target/release/p99-bench target/release/p99-parity $(BIN)/
+
+# The in-process store benchmark (C slab store vs libp99's store, one C harness); a separate
+# crate so cc/bindgen never enter libp99's own build. Built only once the C store exists.
+storebench: stage
+	@if [ -f c-examples/mcserver/storage_slab.c ]; then \
+	  P99_STAGE=$(STAGE) $(CARGO) build --release --manifest-path benches/storebench/Cargo.toml && \
+	  install -m 0755 benches/storebench/target/release/p99-storebench $(BIN)/; \
+	else echo "storebench: c-examples/mcserver/storage_slab.c not present, not built"; rm -f $(BIN)/p99-storebench; fi
+
+parity: deps
+	@$(MAKE) --no-print-directory all storebench
+	$(BIN)/p99-parity $(if $(QUICK),--quick) --bin-dir $(BIN) --out $(BUILD)/parity $(PARITY_FLAGS)
+
+test-bench: storebench
+	tests/parity-smoke.sh $(BIN) $(BUILD)/parity-smoke
 
 clean:
 	rm -rf $(BUILD)

@@ -9,6 +9,59 @@
 #include <sys/uio.h>
 
 /**
+ * Eviction policy `P99_CACHE_EVICTION_FIFO`: drop the oldest unpinned segment.
+ */
+#define P99_CACHE_EVICTION_FIFO 0
+
+/**
+ * Eviction policy `P99_CACHE_EVICTION_MERGE` (default): like FIFO, but items read since they
+ * were written are carried forward (up to a quarter of a segment per eviction).
+ */
+#define P99_CACHE_EVICTION_MERGE 1
+
+/**
+ * Commit mode: store unconditionally (memcached `set`).
+ */
+#define P99_CACHE_MODE_SET 0
+
+/**
+ * Commit mode: store only if absent (`add`); else `P99_STATUS_NOT_STORED`.
+ */
+#define P99_CACHE_MODE_ADD 1
+
+/**
+ * Commit mode: store only if present (`replace`); else `P99_STATUS_NOT_STORED`.
+ */
+#define P99_CACHE_MODE_REPLACE 2
+
+/**
+ * Commit mode: store only if present (else `P99_STATUS_NOT_FOUND`) with CAS equal to
+ * `cas_in` (else `P99_STATUS_EXISTS`; always `EXISTS` when CAS is disabled).
+ */
+#define P99_CACHE_MODE_CAS 3
+
+/**
+ * Commit mode: append the value to the present item (else `P99_STATUS_NOT_STORED`),
+ * keeping its flags and expiry (the reservation's are ignored).
+ */
+#define P99_CACHE_MODE_APPEND 4
+
+/**
+ * Commit mode: prepend, otherwise as `P99_CACHE_MODE_APPEND`.
+ */
+#define P99_CACHE_MODE_PREPEND 5
+
+/**
+ * Longest key in bytes (memcached's limit).
+ */
+#define P99_CACHE_KEY_MAX 250
+
+/**
+ * Bytes of worst-case item header counted against `item_max` (key + value + this).
+ */
+#define P99_CACHE_ITEM_HEADER_MAX 23
+
+/**
  * Major version of the header in use. Keep equal to Cargo.toml (checked by tests).
  */
 #define P99_VERSION_MAJOR 0
@@ -78,6 +131,31 @@
  * XDP action: redirected (to an AF_XDP socket).
  */
 #define P99_XDP_REDIRECT 4
+
+/**
+ * Which event loop the engine runs on.
+ */
+enum p99_backend
+#ifdef __cplusplus
+  : uint32_t
+#endif // __cplusplus
+ {
+  /**
+   * No backend can run (P99_BACKEND names one that is unavailable, or an unknown one).
+   */
+  P99_BACKEND_NONE = 0,
+  /**
+   * io_uring: multishot accept and recv, provided buffer ring.
+   */
+  P99_BACKEND_URING = 1,
+  /**
+   * epoll: readiness and non-blocking system calls.
+   */
+  P99_BACKEND_EPOLL = 2,
+};
+#ifndef __cplusplus
+typedef uint32_t p99_backend;
+#endif // __cplusplus
 
 /**
  * Result of a libp99 call. `P99_STATUS_OK` (0) is success; every other value names one
@@ -186,6 +264,17 @@ typedef uint32_t p99_status;
 #endif // __cplusplus
 
 /**
+ * Opaque cache handle. Create with `p99_cache_new`, free with `p99_cache_free`.
+ */
+typedef struct p99_cache p99_cache;
+
+/**
+ * A running engine: worker threads, each with its own listener and event loop. Create with
+ * `p99_engine_start`, release with `p99_engine_free`.
+ */
+typedef struct p99_engine p99_engine;
+
+/**
  * A loaded XDP program (built in, no compiler needed) with its XSKMAP; attached with a BPF
  * link, so the kernel detaches it when the program is freed or the process dies.
  *
@@ -208,6 +297,414 @@ typedef struct p99_xdp_socket p99_xdp_socket;
  * are single-producer/single-consumer, so drive a umem and its socket from one thread.
  */
 typedef struct p99_xdp_umem p99_xdp_umem;
+
+/**
+ * Cache configuration. Fill with `p99_cache_config_defaults`, then change fields.
+ */
+typedef struct p99_cache_config {
+  /**
+   * `sizeof(p99_cache_config)`, set by `p99_cache_config_defaults`.
+   */
+  uint32_t struct_size;
+  /**
+   * Segment size in bytes, 4096..4194304 (default 1 MiB).
+   */
+  uint32_t segment_bytes;
+  /**
+   * Byte budget for item storage (default 64 MiB); never exceeded. The hash table and
+   * segment metadata come on top (see `p99_cache_stats.total_bytes`).
+   */
+  uint64_t heap_bytes;
+  /**
+   * Expected item count, sizes the hash table (7 items per 64-byte bucket, overflow
+   * buckets beyond). 0 (default) = heap_bytes / 128.
+   */
+  uint64_t expected_items;
+  /**
+   * Largest item: key + value + `P99_CACHE_ITEM_HEADER_MAX` must not exceed it
+   * (memcached's -I; default 1 MiB; at most segment_bytes).
+   */
+  uint32_t item_max;
+  /**
+   * 64-bit CAS per item (default true); false behaves as memcached -C.
+   */
+  bool cas;
+  /**
+   * Manual clock for tests (default false = system clock). When true the clock starts at
+   * `manual_clock_start` and moves only with `p99_cache_set_time`.
+   */
+  bool manual_clock;
+  /**
+   * `P99_CACHE_EVICTION_*` (default MERGE).
+   */
+  uint32_t eviction;
+  /**
+   * Shard count, a power of two up to 256; 0 (default) = automatic (up to 16, at least 8
+   * segments each).
+   */
+  uint32_t shards;
+  /**
+   * Start of the manual clock in unix seconds.
+   */
+  uint32_t manual_clock_start;
+} p99_cache_config;
+
+/**
+ * A write in progress (two-phase write), owned by the caller, filled by `p99_cache_reserve`.
+ *
+ * Write the value either in pieces with `p99_cache_reservation_write`, or directly into
+ * `value` followed by `p99_cache_reservation_advance`; then `p99_cache_commit` or
+ * `p99_cache_cancel`. Do not copy the struct: commit/cancel clear it, which is how a second
+ * commit/cancel of the same struct is detected (`P99_STATUS_INVALID_STATE`).
+ */
+typedef struct p99_cache_reservation {
+  /**
+   * `value_len` writable bytes for the value, valid until commit or cancel.
+   */
+  uint8_t *value;
+  /**
+   * Declared value length.
+   */
+  size_t value_len;
+  /**
+   * Private. NULL when the struct holds no reservation.
+   */
+  void *state;
+} p99_cache_reservation;
+
+/**
+ * A pinned item returned by `p99_cache_get`/`p99_cache_get_and_touch`, owned by the caller.
+ *
+ * `key`/`value` point into the store and stay valid and unchanged until
+ * `p99_cache_item_release`, whatever happens to the item meanwhile (replace, delete, expiry,
+ * flush, eviction). Do not copy the struct: release clears it, which is how a second release
+ * is detected (`P99_STATUS_INVALID_STATE`).
+ */
+typedef struct p99_cache_item {
+  /**
+   * The value bytes (binary, not NUL-terminated).
+   */
+  const uint8_t *value;
+  /**
+   * Value length.
+   */
+  size_t value_len;
+  /**
+   * The key bytes.
+   */
+  const uint8_t *key;
+  /**
+   * Key length.
+   */
+  size_t key_len;
+  /**
+   * CAS unique (0 when CAS is disabled).
+   */
+  uint64_t cas;
+  /**
+   * Client flags.
+   */
+  uint32_t flags;
+  /**
+   * Absolute expiry on the cache clock (0 = never).
+   */
+  uint32_t expiry;
+  /**
+   * Private.
+   */
+  uint32_t pin_shard;
+  /**
+   * Private.
+   */
+  uint32_t pin_segment;
+  /**
+   * Private. Nonzero while the item is pinned.
+   */
+  uint64_t pin_magic;
+} p99_cache_item;
+
+/**
+ * Counters and gauges of a cache. Set `struct_size = sizeof(p99_cache_stats)` before
+ * `p99_cache_get_stats`; later library versions only append fields.
+ */
+typedef struct p99_cache_stats {
+  /**
+   * Set by the caller: `sizeof(p99_cache_stats)`.
+   */
+  uint32_t struct_size;
+  /**
+   * Number of shards.
+   */
+  uint32_t shards;
+  /**
+   * Items linked (some may be expired and not yet reclaimed).
+   */
+  uint64_t items;
+  /**
+   * Bytes of those items in segments (headers, keys, values).
+   */
+  uint64_t item_bytes;
+  /**
+   * Key and value bytes of those items.
+   */
+  uint64_t key_value_bytes;
+  /**
+   * Everything the store allocated: segments, hash table, metadata.
+   */
+  uint64_t total_bytes;
+  /**
+   * Segment memory allocated so far.
+   */
+  uint64_t segment_bytes_allocated;
+  /**
+   * Hash table bytes.
+   */
+  uint64_t hash_bytes;
+  /**
+   * Segment budget in bytes.
+   */
+  uint64_t heap_limit_bytes;
+  /**
+   * Reads that found a live item.
+   */
+  uint64_t hits;
+  /**
+   * Reads that found nothing.
+   */
+  uint64_t misses;
+  /**
+   * Items written (set/add/replace/cas/append/prepend/incr/decr).
+   */
+  uint64_t sets;
+  /**
+   * Items deleted by request.
+   */
+  uint64_t deletes;
+  /**
+   * Items touched.
+   */
+  uint64_t touches;
+  /**
+   * Segments evicted.
+   */
+  uint64_t evictions;
+  /**
+   * Live items dropped by eviction.
+   */
+  uint64_t evicted_items;
+  /**
+   * Items carried forward by merge eviction.
+   */
+  uint64_t merged_items;
+  /**
+   * Expired items removed.
+   */
+  uint64_t expirations;
+  /**
+   * Segments freed because all their items expired.
+   */
+  uint64_t expired_segments;
+  /**
+   * flush_all operations applied.
+   */
+  uint64_t flushes;
+  /**
+   * Segments in the budget.
+   */
+  uint64_t segments_total;
+  /**
+   * Segments holding items.
+   */
+  uint64_t segments_used;
+  /**
+   * Segments free for writing.
+   */
+  uint64_t segments_free;
+  /**
+   * Segments emptied while pinned, waiting for their last reader.
+   */
+  uint64_t segments_retired;
+  /**
+   * Pins held right now.
+   */
+  uint64_t pinned;
+} p99_cache_stats;
+
+/**
+ * Engine configuration. Fill with `p99_engine_config_defaults`, then change fields.
+ */
+typedef struct p99_engine_config {
+  /**
+   * `sizeof(p99_engine_config)`, set by `p99_engine_config_defaults`.
+   */
+  uint32_t struct_size;
+  /**
+   * IPv4 or IPv6 address to listen on, as text; NULL means "127.0.0.1". Borrowed until
+   * `p99_engine_start` returns.
+   */
+  const char *addr;
+  /**
+   * TCP port; 0 picks a free port (see `p99_engine_port`). Default 0.
+   */
+  uint16_t port;
+  /**
+   * Worker threads; 0 = one per CPU in the process's affinity mask (default).
+   */
+  uint32_t workers;
+  /**
+   * Pin worker i to the i-th CPU of the affinity mask. Default true.
+   */
+  bool pin_workers;
+  /**
+   * Set TCP_NODELAY on accepted connections. Default true.
+   */
+  bool tcp_nodelay;
+  /**
+   * Open connections per worker; further ones are closed at accept. Default 65536.
+   */
+  uint32_t max_conns_per_worker;
+  /**
+   * Bytes per receive buffer. Default 4096.
+   */
+  uint32_t rx_buf_size;
+  /**
+   * Receive buffers per worker, a power of two up to 32768. Default 1024.
+   */
+  uint32_t rx_buf_count;
+  /**
+   * io_uring submission queue entries per worker. Default 256.
+   */
+  uint32_t sq_entries;
+  /**
+   * Queued output bytes above which a connection's receiving pauses until half of it is
+   * sent. Default 1 MiB.
+   */
+  uint64_t out_high_water;
+  /**
+   * How long `p99_worker_close` may flush queued output before cutting. Default 2000 ms.
+   */
+  uint32_t close_linger_ms;
+  /**
+   * listen(2) backlog. Default 1024.
+   */
+  int32_t backlog;
+} p99_engine_config;
+
+/**
+ * One worker of an engine, as handed to callbacks, posted tasks and timers. Owned by the
+ * engine; valid only on its own thread, during the call it was passed to.
+ */
+typedef struct p99_worker {
+  uint8_t _private[0];
+} p99_worker;
+
+/**
+ * A connection handle: worker index, slot and generation in one integer. 0 is never a valid
+ * handle. After `on_close` the handle is stale forever, even if the fd number is reused.
+ */
+typedef uint64_t p99_conn;
+
+/**
+ * Callbacks and the user pointer passed to each. Zero-fill (or use
+ * `p99_engine_callbacks_defaults`), set `struct_size`, then set what you need; only
+ * `on_data` is required. All run on the worker thread that owns the connection.
+ */
+typedef struct p99_engine_callbacks {
+  /**
+   * `sizeof(p99_engine_callbacks)`.
+   */
+  uint32_t struct_size;
+  /**
+   * Passed as the first argument of every callback. Shared by all workers.
+   */
+  void *user;
+  /**
+   * The worker's loop starts. Optional.
+   */
+  void (*on_worker_start)(void *user, struct p99_worker *worker);
+  /**
+   * A connection was accepted; return false to refuse it (closed at once, no `on_close`).
+   * Optional (NULL accepts all).
+   */
+  bool (*on_accept)(void *user, struct p99_worker *worker, p99_conn conn);
+  /**
+   * Bytes arrived; `data` is borrowed until the callback returns. Required.
+   */
+  void (*on_data)(void *user,
+                  struct p99_worker *worker,
+                  p99_conn conn,
+                  const uint8_t *data,
+                  size_t len);
+  /**
+   * A `p99_worker_send_iov` is finished with its memory: `sent` is true when every byte
+   * was written to the socket, false when the connection closed first. Optional.
+   */
+  void (*on_send_done)(void *user,
+                       struct p99_worker *worker,
+                       p99_conn conn,
+                       uint64_t cookie,
+                       bool sent);
+  /**
+   * The connection is closed: exactly once per accepted connection, after all of its
+   * `on_send_done`. The handle is stale afterwards. Optional.
+   */
+  void (*on_close)(void *user, struct p99_worker *worker, p99_conn conn);
+  /**
+   * The worker's loop has ended. Optional.
+   */
+  void (*on_worker_stop)(void *user, struct p99_worker *worker);
+} p99_engine_callbacks;
+
+/**
+ * Work run on a worker thread: posted (`p99_engine_post`) or timed (`p99_worker_add_timer`).
+ */
+typedef void (*p99_task_fn)(void *arg, struct p99_worker *worker);
+
+/**
+ * Counters of one worker (`p99_engine_stats`). Set `struct_size` before the call.
+ */
+typedef struct p99_worker_stats {
+  /**
+   * `sizeof(p99_worker_stats)`, set by the caller.
+   */
+  uint32_t struct_size;
+  /**
+   * Connections accepted.
+   */
+  uint64_t accepted;
+  /**
+   * Connections open now.
+   */
+  uint64_t open;
+  /**
+   * Connections refused (limit reached or `on_accept` returned false).
+   */
+  uint64_t rejected;
+  /**
+   * Bytes received.
+   */
+  uint64_t bytes_in;
+  /**
+   * Bytes sent.
+   */
+  uint64_t bytes_out;
+  /**
+   * io_uring: SQEs submitted. epoll: I/O system calls (accept, recv, sendmsg).
+   */
+  uint64_t submissions;
+  /**
+   * io_uring: io_uring_enter calls. epoll: epoll_wait calls.
+   */
+  uint64_t enters;
+  /**
+   * io_uring: CQEs handled. epoll: events handled.
+   */
+  uint64_t completions;
+  /**
+   * Times the provided buffer ring ran empty (ENOBUFS) and a recv was re-armed.
+   */
+  uint64_t bufring_empty;
+} p99_worker_stats;
 
 /**
  * UMEM parameters, filled in by the caller starting from `p99_xdp_umem_config_defaults()`.
@@ -376,6 +873,202 @@ extern "C" {
 int p99_last_errno(void);
 
 /**
+ * Fills `*config` with the defaults (including `struct_size`). Returns NULL_PARAMETER if
+ * `config` is NULL. Thread-safe; `config` is borrowed until return.
+ */
+p99_status p99_cache_config_defaults(struct p99_cache_config *config);
+
+/**
+ * Creates a cache from `*config` (borrowed until return) and stores it in `*out`; free it
+ * with `p99_cache_free`. INVALID_ARGUMENT for a `struct_size` smaller than this version's
+ * struct or an inconsistent configuration (segment size out of range, heap smaller than a
+ * segment, item_max above segment_bytes or below a maximal key, bad eviction or shard
+ * count). Thread-safe.
+ */
+p99_status p99_cache_new(const struct p99_cache_config *config, struct p99_cache **out);
+
+/**
+ * Frees a cache. NULL is a no-op (OK). Returns BUSY, freeing nothing, while pinned items
+ * are not released. Reservations are independent of the cache's memory but must not be
+ * committed after the free. Not thread-safe: no other call on `cache` may run or follow.
+ */
+p99_status p99_cache_free(struct p99_cache *cache);
+
+/**
+ * Starts a write: `key` (`key_len` bytes, 1..250, borrowed until return and copied), a value
+ * of `value_len` bytes to come, client `flags` and absolute `expiry` (cache clock; 0 =
+ * never). Fills `*out` (caller-owned; previous contents ignored). Errors: NULL_PARAMETER,
+ * INVALID_ARGUMENT (key length 0 or > 250), TOO_LARGE (key + value + 23 > item_max); `*out`
+ * untouched on error. The reservation must end with `p99_cache_commit` or
+ * `p99_cache_cancel` (else its buffer leaks). Thread-safe.
+ */
+p99_status p99_cache_reserve(const struct p99_cache *cache,
+                             const uint8_t *key,
+                             size_t key_len,
+                             size_t value_len,
+                             uint32_t flags,
+                             uint32_t expiry,
+                             struct p99_cache_reservation *out);
+
+/**
+ * Appends the next `len` bytes of the value from `data` (borrowed until return).
+ * INVALID_STATE if `res` holds no reservation or the piece would run past `value_len`
+ * (nothing is written then). One thread at a time per reservation.
+ */
+p99_status p99_cache_reservation_write(struct p99_cache_reservation *res,
+                                       const uint8_t *data,
+                                       size_t len);
+
+/**
+ * Marks `n` more bytes as written after the caller wrote them directly at
+ * `res->value + (bytes written so far)`. INVALID_STATE if `res` holds no reservation or `n`
+ * exceeds what is left. One thread at a time per reservation.
+ */
+p99_status p99_cache_reservation_advance(struct p99_cache_reservation *res, size_t n);
+
+/**
+ * Completes the write in `*res` with `mode` (`P99_CACHE_MODE_*`); `cas_in` is read by
+ * `P99_CACHE_MODE_CAS` only. The reservation is consumed and `*res` cleared whatever the
+ * outcome (except NULL_PARAMETER for `cache`/`res` NULL, and INVALID_STATE when `*res` holds
+ * none). On OK the new item's CAS is stored in `*cas_out` if `cas_out` is not NULL.
+ * Errors: INVALID_STATE (value not completely written, or no reservation), INVALID_ARGUMENT
+ * (bad mode, reservation from another cache), NOT_STORED / NOT_FOUND / EXISTS (by mode),
+ * TOO_LARGE (append/prepend result too large), OUT_OF_MEMORY (every segment of the shard
+ * pinned). Thread-safe on `cache`.
+ */
+p99_status p99_cache_commit(const struct p99_cache *cache,
+                            struct p99_cache_reservation *res,
+                            uint32_t mode,
+                            uint64_t cas_in,
+                            uint64_t *cas_out);
+
+/**
+ * Abandons the write in `*res` and clears it. NULL_PARAMETER for NULL, INVALID_STATE when
+ * `*res` holds no reservation (e.g. a second cancel). Thread-safe per reservation.
+ */
+p99_status p99_cache_cancel(struct p99_cache_reservation *res);
+
+/**
+ * One-call write: like reserve + write + commit with `mode`. `key` and `value` are borrowed
+ * until return. Errors as `p99_cache_reserve` and `p99_cache_commit`; `*cas_out` (optional,
+ * may be NULL) gets the new CAS on OK. Thread-safe.
+ */
+p99_status p99_cache_store(const struct p99_cache *cache,
+                           const uint8_t *key,
+                           size_t key_len,
+                           const uint8_t *value,
+                           size_t value_len,
+                           uint32_t flags,
+                           uint32_t expiry,
+                           uint32_t mode,
+                           uint64_t cas_in,
+                           uint64_t *cas_out);
+
+/**
+ * Looks up `key` (borrowed until return) and, on OK, fills `*item` with the pinned item;
+ * release it with `p99_cache_item_release`. NOT_FOUND on a miss (`*item` untouched).
+ * INVALID_ARGUMENT for a key of length 0 or > 250. Thread-safe.
+ */
+p99_status p99_cache_get(const struct p99_cache *cache,
+                         const uint8_t *key,
+                         size_t key_len,
+                         struct p99_cache_item *item);
+
+/**
+ * Sets `key`'s expiry to `expiry` (absolute; 0 = never) and, on OK, fills `*item` with the
+ * pinned item (memcached gat; an expiry already past returns the item this once and it is
+ * gone after). CAS is unchanged. NOT_FOUND on a miss. Thread-safe.
+ */
+p99_status p99_cache_get_and_touch(const struct p99_cache *cache,
+                                   const uint8_t *key,
+                                   size_t key_len,
+                                   uint32_t expiry,
+                                   struct p99_cache_item *item);
+
+/**
+ * Releases a pinned item and clears `*item`. INVALID_STATE if `*item` holds no pin (e.g. a
+ * second release), INVALID_ARGUMENT if its private fields are not this cache's. Callable
+ * from any thread; the struct must not be used by another thread at the same time.
+ */
+p99_status p99_cache_item_release(const struct p99_cache *cache, struct p99_cache_item *item);
+
+/**
+ * Deletes `key` (borrowed until return). NOT_FOUND if absent. Thread-safe.
+ */
+p99_status p99_cache_delete(const struct p99_cache *cache, const uint8_t *key, size_t key_len);
+
+/**
+ * Sets `key`'s expiry (absolute; 0 = never), keeping value, flags and CAS. NOT_FOUND if
+ * absent. Thread-safe.
+ */
+p99_status p99_cache_touch(const struct p99_cache *cache,
+                           const uint8_t *key,
+                           size_t key_len,
+                           uint32_t expiry);
+
+/**
+ * memcached incr: adds `delta` to the decimal value of `key`, wrapping at 2^64; the new
+ * value goes to `*value_out`, the new CAS to `*cas_out` (optional, may be NULL). A shorter
+ * result is padded with spaces to the old length, a longer one grows the item; flags and
+ * expiry are kept. NOT_FOUND if absent, NON_NUMERIC if the value is not a decimal u64.
+ * Thread-safe.
+ */
+p99_status p99_cache_incr(const struct p99_cache *cache,
+                          const uint8_t *key,
+                          size_t key_len,
+                          uint64_t delta,
+                          uint64_t *value_out,
+                          uint64_t *cas_out);
+
+/**
+ * memcached decr: subtracts `delta`, stopping at 0; otherwise as `p99_cache_incr`.
+ * Thread-safe.
+ */
+p99_status p99_cache_decr(const struct p99_cache *cache,
+                          const uint8_t *key,
+                          size_t key_len,
+                          uint64_t delta,
+                          uint64_t *value_out,
+                          uint64_t *cas_out);
+
+/**
+ * memcached flush_all: every item stored before now + `delay_seconds` is gone from that
+ * moment on (at once when 0). A later call replaces a pending one. Pinned items stay
+ * readable until released. Thread-safe.
+ */
+p99_status p99_cache_flush_all(const struct p99_cache *cache, uint32_t delay_seconds);
+
+/**
+ * The cache clock now, in unix seconds (the time base of every expiry); 0 if `cache` is
+ * NULL. Thread-safe.
+ */
+uint32_t p99_cache_now(const struct p99_cache *cache);
+
+/**
+ * Sets the manual clock (config `manual_clock`) to `unix_seconds`. INVALID_STATE on a cache
+ * using the system clock. Thread-safe.
+ */
+p99_status p99_cache_set_time(const struct p99_cache *cache, uint32_t unix_seconds);
+
+/**
+ * Converts a memcached exptime into an absolute expiry on this cache's clock, as memcached
+ * 1.6 does: 0 = never (0); 1..2592000 (30 days) = seconds from now; larger = absolute unix
+ * time; negative, or an absolute time not in the future = already expired (a nonzero time
+ * not after now: a write with it replaces the old item, and the new one is never returned).
+ * Thread-safe.
+ */
+p99_status p99_cache_expiry_from_exptime(const struct p99_cache *cache,
+                                         int64_t exptime,
+                                         uint32_t *expiry_out);
+
+/**
+ * Fills `*stats` (caller sets `stats->struct_size` first; INVALID_ARGUMENT if smaller than
+ * the first published version of the struct). Only `struct_size` bytes are written, and
+ * `struct_size` is left as the caller set it. Thread-safe (locks each shard briefly).
+ */
+p99_status p99_cache_get_stats(const struct p99_cache *cache, struct p99_cache_stats *stats);
+
+/**
  * Returns a static, NUL-terminated English description of `status`.
  *
  * Never returns NULL: an unknown value gives "unknown status". The string is owned by
@@ -395,6 +1088,182 @@ const char *p99_version(void);
  * Thread-safe.
  */
 uint32_t p99_version_number(void);
+
+/**
+ * Fills `*config` with the defaults (see each field) and sets `struct_size`.
+ * Returns `P99_STATUS_NULL_PARAMETER` if `config` is NULL. Thread-safe.
+ */
+p99_status p99_engine_config_defaults(struct p99_engine_config *config);
+
+/**
+ * Zero-fills `*callbacks` (no user pointer, no callbacks) and sets `struct_size`.
+ * Returns `P99_STATUS_NULL_PARAMETER` if `callbacks` is NULL. Thread-safe.
+ */
+p99_status p99_engine_callbacks_defaults(struct p99_engine_callbacks *callbacks);
+
+/**
+ * Binds the listeners, starts the workers and returns once all of them run; `*out` then
+ * owns the engine (free with `p99_engine_free`). `config` and `callbacks` are borrowed until
+ * return (the callbacks are copied). Errors: NULL pointer, `P99_STATUS_INVALID_ARGUMENT`
+ * (bad `struct_size`, bad address, out-of-range value, `on_data` NULL),
+ * `P99_STATUS_UNSUPPORTED` (P99_BACKEND forces an unavailable backend), or the status of the
+ * failed system call (e.g. `P99_STATUS_IO_ERROR` with errno EADDRINUSE). Thread-safe.
+ */
+p99_status p99_engine_start(const struct p99_engine_config *config,
+                            const struct p99_engine_callbacks *callbacks,
+                            struct p99_engine **out);
+
+/**
+ * Writes the TCP port the engine listens on to `*out`. Thread-safe.
+ */
+p99_status p99_engine_port(const struct p99_engine *engine, uint16_t *out);
+
+/**
+ * Writes the number of workers to `*out`. Thread-safe.
+ */
+p99_status p99_engine_workers(const struct p99_engine *engine, uint32_t *out);
+
+/**
+ * The backend engines in this process run on, probing the kernel on the first call (once
+ * per process): `P99_BACKEND_URING` when io_uring works here, else `P99_BACKEND_EPOLL`;
+ * `P99_BACKEND=uring|epoll` in the environment forces one. `P99_BACKEND_NONE` means the
+ * forced backend is unavailable (`p99_engine_start` then fails). Thread-safe.
+ */
+p99_backend p99_engine_backend(void);
+
+/**
+ * Why `p99_engine_backend` chose its backend, e.g. "io_uring unavailable: io_uring_setup:
+ * Operation not permitted (os error 1)". A static NUL-terminated string owned by libp99,
+ * valid for the life of the process; never NULL. Thread-safe.
+ */
+const char *p99_engine_backend_reason(void);
+
+/**
+ * Runs `fn(arg, worker)` on worker `worker_index`'s thread soon. `arg` is passed through
+ * untouched; the task runs exactly once if this returns OK (also while the engine stops).
+ * Errors: NULL `engine`/`fn`, `P99_STATUS_INVALID_ARGUMENT` (no such worker),
+ * `P99_STATUS_CLOSED` (the engine is stopping; the task will not run). Thread-safe.
+ */
+p99_status p99_engine_post(const struct p99_engine *engine,
+                           uint32_t worker_index,
+                           p99_task_fn func,
+                           void *arg);
+
+/**
+ * Asks the engine to stop (see `p99_engine_stop`) and returns at once. Callable from any
+ * thread, including the engine's workers. Thread-safe.
+ */
+p99_status p99_engine_request_stop(const struct p99_engine *engine, uint32_t drain_ms);
+
+/**
+ * Stops the engine and waits for it: listeners close, every connection stops receiving,
+ * flushes queued output for up to `drain_ms`, is closed and gets `on_close`; workers run
+ * `on_worker_stop` and exit; no fd, buffer or thread remains. A second call is a no-op.
+ * Returns `P99_STATUS_WRONG_THREAD` when called on one of the engine's own workers (use
+ * `p99_engine_request_stop` there). Thread-safe otherwise.
+ */
+p99_status p99_engine_stop(const struct p99_engine *engine, uint32_t drain_ms);
+
+/**
+ * Writes worker `worker_index`'s counters to `*out`; `out->struct_size` must be set.
+ * Errors: NULL pointers, `P99_STATUS_INVALID_ARGUMENT` (no such worker or struct_size too
+ * small). Works before and after stop. Thread-safe.
+ */
+p99_status p99_engine_stats(const struct p99_engine *engine,
+                            uint32_t worker_index,
+                            struct p99_worker_stats *out);
+
+/**
+ * Stops the engine if it still runs (1 s drain) and frees it. NULL is a no-op. Must not be
+ * called on one of the engine's own workers: there it only requests the stop and leaves the
+ * engine allocated (joining its own thread would deadlock).
+ */
+void p99_engine_free(struct p99_engine *engine);
+
+/**
+ * The index of the worker that owns `conn` (for `p99_engine_post`). Thread-safe.
+ */
+uint32_t p99_conn_worker(p99_conn conn);
+
+/**
+ * Writes the worker's index to `*out`. Worker thread only.
+ */
+p99_status p99_worker_index(struct p99_worker *worker, uint32_t *out);
+
+/**
+ * Queues a copy of `len` bytes at `data` for sending, ordered after everything queued
+ * before. `data` is borrowed until return. Errors: NULL (with len > 0), WRONG_THREAD,
+ * STALE_HANDLE, CLOSED (the connection is closing). Worker thread only.
+ */
+p99_status p99_worker_send(struct p99_worker *worker,
+                           p99_conn conn,
+                           const uint8_t *data,
+                           size_t len);
+
+/**
+ * Queues `iovcnt` caller buffers for sending without copying them. The buffers stay the
+ * caller's and must stay valid and unchanged until `on_send_done(cookie)` for this
+ * connection, which always comes (sent = false if the connection closed first) unless this
+ * call fails. `iov` itself is borrowed until return. Errors: NULL `iov` with iovcnt > 0,
+ * INVALID_ARGUMENT (iovcnt < 0 or a NULL base with a non-zero length), WRONG_THREAD,
+ * STALE_HANDLE, CLOSED. Worker thread only.
+ */
+p99_status p99_worker_send_iov(struct p99_worker *worker,
+                               p99_conn conn,
+                               const struct iovec *iov,
+                               int iovcnt,
+                               uint64_t cookie);
+
+/**
+ * Stops `on_data` for `conn` until `p99_worker_resume_recv`; bytes that arrive meanwhile are
+ * kept (bounded by what was already in flight) and delivered on resume. Worker thread only.
+ */
+p99_status p99_worker_pause_recv(struct p99_worker *worker, p99_conn conn);
+
+/**
+ * Undoes `p99_worker_pause_recv`. Worker thread only.
+ */
+p99_status p99_worker_resume_recv(struct p99_worker *worker, p99_conn conn);
+
+/**
+ * Closes `conn`: no more `on_data`, queued output is flushed (at most `close_linger_ms`),
+ * then the socket closes and `on_close` runs (later, not inside this call). Closing again is
+ * OK. Worker thread only.
+ */
+p99_status p99_worker_close(struct p99_worker *worker, p99_conn conn);
+
+/**
+ * Stores a pointer with the connection (not dereferenced by libp99). Worker thread only.
+ */
+p99_status p99_worker_set_conn_user(struct p99_worker *worker, p99_conn conn, void *user);
+
+/**
+ * Writes the pointer stored by `p99_worker_set_conn_user` (NULL if none) to `*out`.
+ * Worker thread only.
+ */
+p99_status p99_worker_conn_user(struct p99_worker *worker, p99_conn conn, void **out);
+
+/**
+ * Writes the connection's socket fd to `*out`, for getpeername/setsockopt. The engine owns
+ * it: do not read, write or close it. Worker thread only.
+ */
+p99_status p99_worker_conn_fd(struct p99_worker *worker, p99_conn conn, int *out);
+
+/**
+ * Runs `fn(arg, worker)` on this worker after `delay_ms`; writes the timer id to `*out_id`
+ * (may be NULL if not needed). Worker thread only.
+ */
+p99_status p99_worker_add_timer(struct p99_worker *worker,
+                                uint64_t delay_ms,
+                                p99_task_fn func,
+                                void *arg,
+                                uint64_t *out_id);
+
+/**
+ * Cancels a timer; `P99_STATUS_NOT_FOUND` if it already ran or was cancelled. Worker thread
+ * only.
+ */
+p99_status p99_worker_cancel_timer(struct p99_worker *worker, uint64_t timer_id);
 
 /**
  * Returns a NUL-terminated English description of the most recent failure of a `p99_xdp_*`
