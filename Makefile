@@ -118,7 +118,7 @@ test: deps
 	@echo "make test: all tests passed"
 
 test-rust:
-	$(CARGO) test --release
+	$(CARGO) test --release --no-fail-fast
 
 check-header:
 	@tmp=$$(mktemp); cbindgen --config cbindgen.toml --output $$tmp 2>/dev/null; \
