@@ -24,6 +24,13 @@ pub struct Net {
     pub b: u32,
 }
 
+/// Prints a skip notice straight to stderr (not through the test harness's capture, so it
+/// shows in the output of a passing run).
+pub fn skip_notice(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+}
+
 /// Why namespace tests cannot run here, if they cannot.
 pub fn unavailable() -> Option<String> {
     // SAFETY: plain getter.
@@ -51,7 +58,7 @@ pub fn ip_out(args: &str) -> String {
 /// (after printing why) when the machine cannot run it.
 pub fn with_net<R: Send + 'static>(name: &str, f: impl FnOnce(&Net) -> R + Send + 'static) -> Option<R> {
     if let Some(why) = unavailable() {
-        eprintln!("SKIP {name}: {why}");
+        skip_notice(name, &why);
         return None;
     }
     let h = std::thread::spawn(move || {
@@ -76,7 +83,7 @@ pub fn with_net<R: Send + 'static>(name: &str, f: impl FnOnce(&Net) -> R + Send 
     match h.join() {
         Ok(Ok(r)) => Some(r),
         Ok(Err(why)) => {
-            eprintln!("SKIP {name}: {why}");
+            skip_notice(name, &why);
             None
         }
         Err(p) => std::panic::resume_unwind(p),
