@@ -174,8 +174,10 @@ storebench: stage
 	  install -m 0755 benches/storebench/target/release/p99-storebench $(BIN)/; \
 	else echo "storebench: c-examples/mcserver/storage_slab.c not present, not built"; rm -f $(BIN)/p99-storebench; fi
 
+# Builds what the benchmark runs (library, servers, generator, store benchmark); the C tests
+# are left to make test.
 parity: deps
-	@$(MAKE) --no-print-directory all storebench
+	@$(MAKE) --no-print-directory rust stage c-examples bench-bins storebench
 	$(BIN)/p99-parity $(if $(QUICK),--quick) --bin-dir $(BIN) --out $(BUILD)/parity $(PARITY_FLAGS)
 
 test-bench: storebench
