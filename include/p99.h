@@ -14,8 +14,9 @@
 #define P99_CACHE_EVICTION_FIFO 0
 
 /**
- * Eviction policy `P99_CACHE_EVICTION_MERGE` (default): like FIFO, but items read since they
- * were written are carried forward (up to a quarter of a segment per eviction).
+ * Eviction policy `P99_CACHE_EVICTION_MERGE` (default): like FIFO, but the oldest segment's
+ * live items are carried forward, up to half a segment per eviction (all of them when the
+ * segment is mostly overwritten or deleted space, else the most frequently read first).
  */
 #define P99_CACHE_EVICTION_MERGE 1
 

@@ -42,10 +42,11 @@ pub(crate) const SEGMENT_BYTES_MIN: usize = 4096;
 pub enum Eviction {
     /// The oldest segment of the shard (by creation) that no reader has pinned.
     Fifo,
-    /// Like FIFO, but items read since they were written (frequency > 0) are carried forward
-    /// into the newest segment of their TTL bucket, up to a quarter of a segment per eviction,
-    /// with their frequency reset, so hot items survive and cold ones go. This is Segcache's
-    /// merge eviction reduced to one source segment at a time.
+    /// Like FIFO, but the victim's live items are carried forward into the newest segment of
+    /// their TTL bucket, up to half a segment per eviction: all of them when the victim is
+    /// mostly dead space already (overwritten or deleted items), otherwise the most
+    /// frequently read first, with their frequency reset so only items read again survive
+    /// the next round. This is Segcache's merge eviction with one source segment at a time.
     Merge,
 }
 

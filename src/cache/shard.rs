@@ -595,30 +595,37 @@ impl ShardInner {
         type Survivor = (Vec<u8>, Vec<u8>, u32, u32, u64);
         let mut survivors: Vec<Survivor> = Vec::new();
         if merge {
-            let budget = self.cfg.segment_bytes / 4;
-            let mut kept = 0;
+            // Carry live items forward, up to half a segment: all of them when the segment is
+            // mostly dead already (overwrites, deletes), else the most frequently read first.
+            let budget = self.cfg.segment_bytes / 2;
+            let mut live: Vec<(u8, u32, ItemHeader)> = Vec::new();
             for (off, hdr) in self.items_of(seg) {
                 if hdr.expiry != 0 && hdr.expiry <= now {
                     continue;
                 }
-                if kept + hdr.total_len() > budget {
-                    break;
-                }
-                let key = self.key_at(seg, off, &hdr);
-                let h = hash_key(key);
+                let h = hash_key(self.key_at(seg, off, &hdr));
                 if let Some((_, rec)) = self.table.find_location(h, seg, off) {
-                    if rec.freq() > 0 {
-                        kept += hdr.total_len();
-                        let cas = self.cas_of(seg, off, &hdr);
-                        survivors.push((
-                            key.to_vec(),
-                            self.value_at(seg, off, &hdr).to_vec(),
-                            hdr.flags,
-                            hdr.expiry,
-                            cas,
-                        ));
-                    }
+                    live.push((rec.freq(), off, hdr));
                 }
+            }
+            let total: usize = live.iter().map(|(_, _, h)| h.total_len()).sum();
+            if total > budget {
+                live.sort_by(|a, b| b.0.cmp(&a.0));
+            }
+            let mut kept = 0;
+            for (_, off, hdr) in live {
+                if kept + hdr.total_len() > budget {
+                    continue;
+                }
+                kept += hdr.total_len();
+                let cas = self.cas_of(seg, off, &hdr);
+                survivors.push((
+                    self.key_at(seg, off, &hdr).to_vec(),
+                    self.value_at(seg, off, &hdr).to_vec(),
+                    hdr.flags,
+                    hdr.expiry,
+                    cas,
+                ));
             }
         }
         let n = self.unlink_all(seg);

@@ -181,6 +181,11 @@ impl Table {
     fn new_overflow(&mut self) -> usize {
         let idx = self.main + self.overflow_used;
         if idx == self.buckets.len() {
+            // Grow by 1/16 of the main table at a time, not by doubling: overflow buckets
+            // are a small fraction and doubling would leave most of the growth unused.
+            if self.buckets.len() == self.buckets.capacity() {
+                self.buckets.reserve_exact((self.main / 16).max(1));
+            }
             self.buckets.push(Bucket::default());
         }
         self.overflow_used += 1;
@@ -229,5 +234,33 @@ mod tests {
         t.clear();
         assert_eq!(t.len(), 0);
         assert!(t.find_location(h, 1, 1).is_none());
+    }
+}
+
+#[cfg(test)]
+mod distribution {
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn print_bucket_histogram() {
+        let n = 62_500usize;
+        let mut t = Table::new(n);
+        let mut hist = vec![0usize; 64];
+        let mut counts = vec![0usize; t.main];
+        for i in 0..n * 16 {
+            let k = format!("key:{:028}", i);
+            let h = hash_key(k.as_bytes());
+            if (h >> 32) & 15 != 0 {
+                continue;
+            }
+            counts[t.home(h)] += 1;
+            t.insert_new(h, Record::new(tag_of(h), 1, (i % 1000) as u32));
+        }
+        for c in &counts {
+            hist[(*c).min(63)] += 1;
+        }
+        println!("main {} overflow {} cap {} len {}", t.main, t.overflow_used, t.buckets.capacity(), t.len());
+        println!("hist {:?}", &hist[..20]);
     }
 }
