@@ -212,8 +212,8 @@ typedef struct p99_cache_config {
    */
   uint64_t heap_bytes;
   /**
-   * Expected item count, sizes the hash table (7 items per 64-byte bucket, overflow
-   * buckets beyond). 0 (default) = heap_bytes / 128.
+   * Expected item count, sizes the hash table (8 records per 64-byte bucket at 90% fill;
+   * the table doubles, with a pause, past 93%). 0 (default) = heap_bytes / 128.
    */
   uint64_t expected_items;
   /**
@@ -424,6 +424,10 @@ typedef struct p99_cache_stats {
    * Pins held right now.
    */
   uint64_t pinned;
+  /**
+   * Times a shard's hash table was doubled (more items than `expected_items`).
+   */
+  uint64_t table_grows;
 } p99_cache_stats;
 
 #ifdef __cplusplus

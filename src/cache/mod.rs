@@ -76,8 +76,9 @@ pub struct Config {
     pub heap_bytes: usize,
     /// Segment size, `Cache::SEGMENT_BYTES_MIN..=Cache::SEGMENT_BYTES_MAX`.
     pub segment_bytes: usize,
-    /// Expected number of items, used to size the hash table (7 records per 64-byte bucket;
-    /// more items go to overflow buckets). 0 = `heap_bytes / 128`.
+    /// Expected number of items, used to size the hash table (8 records per 64-byte bucket at
+    /// 90% fill; past 93% a shard doubles its table, pausing that shard for a rebuild).
+    /// 0 = `heap_bytes / 128`.
     pub expected_items: usize,
     /// Largest item (key + value + header), at most `segment_bytes`. memcached's `-I`.
     pub item_max: usize,
@@ -189,4 +190,6 @@ pub struct Stats {
     pub shards: u64,
     /// Pins held by readers right now.
     pub pinned: u64,
+    /// Times a shard's hash table was doubled (items beyond `expected_items`).
+    pub table_grows: u64,
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use super::item::{decode_header, encode_header, header_len, ItemHeader, HEADER_MAX};
-use super::memory::SegmentMemory;
+use super::memory::{Arena, SegmentMemory};
 use super::table::{hash_key, tag_of, Record, Slot, Table, OFF_BITS};
 use super::{Error, Eviction, Mode};
 
@@ -107,6 +107,7 @@ pub(crate) struct Counters {
     pub expirations: u64,
     pub expired_segments: u64,
     pub flushes: u64,
+    pub table_grows: u64,
 }
 
 pub(crate) struct ShardConfig {
@@ -142,6 +143,7 @@ pub(crate) struct ShardInner {
     table: Table,
     segs: Vec<SegMeta>,
     mem: Vec<SegmentMemory>,
+    arena: Arena,
     free: Vec<u32>,
     ttl: Box<[TtlBucket]>,
     pins: Arc<[AtomicU32]>,
@@ -169,9 +171,11 @@ pub(crate) struct Gauges {
 }
 
 impl ShardInner {
-    pub fn new(cfg: ShardConfig, expected_items: usize, pins: Arc<[AtomicU32]>) -> ShardInner {
+    pub fn new(cfg: ShardConfig, expected_items: usize, pins: Arc<[AtomicU32]>) -> std::io::Result<ShardInner> {
         let empty = TtlBucket { head: NONE, tail: NONE, open: NONE };
-        ShardInner {
+        let arena = Arena::new(cfg.max_segments * cfg.segment_bytes)?;
+        Ok(ShardInner {
+            arena,
             table: Table::new(expected_items),
             segs: Vec::new(),
             mem: Vec::new(),
@@ -185,7 +189,7 @@ impl ShardInner {
             live_kv: 0,
             counters: Counters::default(),
             cfg,
-        }
+        })
     }
 
     // --- reading items -----------------------------------------------------------------------
@@ -223,7 +227,7 @@ impl ShardInner {
         };
         let hdr = self.header_at(rec.seg(), rec.off());
         if hdr.expiry != 0 && hdr.expiry <= now {
-            self.unlink(slot, rec, &hdr);
+            self.unlink(slot, h, rec, &hdr);
             self.counters.expirations += 1;
             return None;
         }
@@ -231,8 +235,8 @@ impl ShardInner {
         Some(Found { slot, rec, hdr, cas })
     }
 
-    fn unlink(&mut self, slot: Slot, rec: Record, hdr: &ItemHeader) {
-        self.table.remove(slot);
+    fn unlink(&mut self, slot: Slot, h: u64, rec: Record, hdr: &ItemHeader) {
+        self.table.remove(slot, h);
         self.account_remove(rec.seg(), hdr);
     }
 
@@ -382,11 +386,38 @@ impl ShardInner {
                 self.account_remove(old.seg(), &hdr);
                 self.table.set(slot, rec);
             }
-            None => self.table.insert_new(h, rec),
+            None => self.insert_record(h, rec),
         }
         self.counters.sets += 1;
     }
 
+
+    /// Inserts a record for a key not in the table, doubling the table first if it is full.
+    fn insert_record(&mut self, h: u64, rec: Record) {
+        if self.table.full() {
+            self.grow_table();
+        }
+        self.table.insert_new(h, rec);
+    }
+
+    /// Rebuilds the table at twice the size from the records of the live segments.
+    fn grow_table(&mut self) {
+        let mut t = Table::with_buckets(self.table.bucket_count() * 2);
+        for s in 0..self.segs.len() as u32 {
+            if self.segs[s as usize].state != SegState::Live || self.segs[s as usize].live_items == 0 {
+                continue;
+            }
+            for (off, hdr) in self.items_of(s) {
+                let h = hash_key(self.key_at(s, off, &hdr));
+                if let Some((_, rec)) = self.table.find_location(h, s, off) {
+                    t.insert_new(h, rec);
+                }
+            }
+        }
+        debug_assert_eq!(t.len(), self.table.len());
+        self.table = t;
+        self.counters.table_grows += 1;
+    }
 
     /// A storage command (the commit of a reservation).
     #[allow(clippy::too_many_arguments)]
@@ -436,7 +467,7 @@ impl ShardInner {
     pub fn delete(&mut self, key: &[u8], h: u64, now: u32) -> bool {
         match self.lookup(key, h, now) {
             Some(f) => {
-                self.unlink(f.slot, f.rec, &f.hdr);
+                self.unlink(f.slot, h, f.rec, &f.hdr);
                 self.counters.deletes += 1;
                 true
             }
@@ -501,7 +532,8 @@ impl ShardInner {
             }
             if self.segs.len() < self.cfg.max_segments {
                 self.segs.push(SegMeta::empty());
-                self.mem.push(SegmentMemory::new(self.cfg.segment_bytes));
+                let m = self.arena.segment(self.segs.len() - 1, self.cfg.segment_bytes);
+                self.mem.push(m);
                 return Ok((self.segs.len() - 1) as u32);
             }
             let victim = self.pick_victim().ok_or(Error::OutOfMemory)?;
@@ -546,7 +578,7 @@ impl ShardInner {
         for (off, hdr) in self.items_of(seg) {
             let h = hash_key(self.key_at(seg, off, &hdr));
             if let Some((slot, rec)) = self.table.find_location(h, seg, off) {
-                self.unlink(slot, rec, &hdr);
+                self.unlink(slot, h, rec, &hdr);
                 n += 1;
             }
         }
@@ -635,7 +667,7 @@ impl ShardInner {
         for (key, value, flags, expiry, cas) in survivors {
             let h = hash_key(&key);
             if let Ok((s, off, _)) = self.append_item(now, &key, &[&value], flags, expiry, Some(cas), false) {
-                self.table.insert_new(h, Record::new(tag_of(h), s, off));
+                self.insert_record(h, Record::new(tag_of(h), s, off));
                 merged += 1;
             }
         }

@@ -201,7 +201,8 @@ impl Cache {
     /// memcached's largest relative exptime (30 days).
     pub const EXPTIME_RELATIVE_MAX: i64 = super::clock::EXPTIME_RELATIVE_MAX;
 
-    /// Creates a cache. Segment memory is allocated lazily, up to `heap_bytes`.
+    /// Creates a cache. The segment budget is reserved as address space (no memory is used
+    /// until segments are written); `OutOfMemory` if even that fails.
     pub fn new(cfg: Config) -> Result<Cache, Error> {
         if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&cfg.segment_bytes)
             || cfg.heap_bytes < cfg.segment_bytes
@@ -232,24 +233,23 @@ impl Cache {
         }
         let expected = if cfg.expected_items != 0 { cfg.expected_items } else { cfg.heap_bytes / 128 };
         let shard_bits = nshards.trailing_zeros();
-        let shards = (0..nshards)
-            .map(|i| {
-                let pins: Arc<[AtomicU32]> = (0..per_shard).map(|_| AtomicU32::new(0)).collect();
-                let sc = ShardConfig {
-                    segment_bytes: cfg.segment_bytes,
-                    max_segments: per_shard,
-                    item_max: cfg.item_max,
-                    cas: cfg.cas,
-                    eviction: cfg.eviction,
-                    shard_index: i as u32,
-                    shard_bits,
-                };
-                Shard {
-                    inner: Mutex::new(ShardInner::new(sc, expected.div_ceil(nshards), pins.clone())),
-                    pins,
-                }
-            })
-            .collect();
+        let mut shards = Vec::with_capacity(nshards);
+        for i in 0..nshards {
+            let pins: Arc<[AtomicU32]> = (0..per_shard).map(|_| AtomicU32::new(0)).collect();
+            let sc = ShardConfig {
+                segment_bytes: cfg.segment_bytes,
+                max_segments: per_shard,
+                item_max: cfg.item_max,
+                cas: cfg.cas,
+                eviction: cfg.eviction,
+                shard_index: i as u32,
+                shard_bits,
+            };
+            let inner = ShardInner::new(sc, expected.div_ceil(nshards), pins.clone())
+                .map_err(|_| Error::OutOfMemory)?;
+            shards.push(Shard { inner: Mutex::new(inner), pins });
+        }
+        let shards = shards.into_boxed_slice();
         Ok(Cache {
             shards,
             shard_mask: (nshards - 1) as u64,
@@ -547,6 +547,7 @@ impl Cache {
             st.expirations += c.expirations;
             st.expired_segments += c.expired_segments;
             st.flushes += c.flushes;
+            st.table_grows += c.table_grows;
         }
         st.flushes /= self.shards.len() as u64;
         st.total_bytes = st.segment_bytes_allocated

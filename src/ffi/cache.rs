@@ -56,8 +56,8 @@ pub struct p99_cache_config {
     /// Byte budget for item storage (default 64 MiB); never exceeded. The hash table and
     /// segment metadata come on top (see `p99_cache_stats.total_bytes`).
     pub heap_bytes: u64,
-    /// Expected item count, sizes the hash table (7 items per 64-byte bucket, overflow
-    /// buckets beyond). 0 (default) = heap_bytes / 128.
+    /// Expected item count, sizes the hash table (8 records per 64-byte bucket at 90% fill;
+    /// the table doubles, with a pause, past 93%). 0 (default) = heap_bytes / 128.
     pub expected_items: u64,
     /// Largest item: key + value + `P99_CACHE_ITEM_HEADER_MAX` must not exceed it
     /// (memcached's -I; default 1 MiB; at most segment_bytes).
@@ -179,6 +179,8 @@ pub struct p99_cache_stats {
     pub segments_retired: u64,
     /// Pins held right now.
     pub pinned: u64,
+    /// Times a shard's hash table was doubled (more items than `expected_items`).
+    pub table_grows: u64,
 }
 
 const PIN_MAGIC: u64 = 0x7039_395f_6361_6368; // "p99_cach"
@@ -694,6 +696,7 @@ fn stats_to_c(s: &Stats) -> p99_cache_stats {
         segments_free: s.segments_free,
         segments_retired: s.segments_retired,
         pinned: s.pinned,
+        table_grows: s.table_grows,
     }
 }
 
