@@ -368,8 +368,19 @@ impl ShardInner {
     }
 
     /// Links a freshly appended item for `key`, replacing (and killing) any current one.
-    fn link(&mut self, key: &[u8], h: u64, seg: u32, off: u32) {
+    /// `hint` is where the current one was found before the append; it is used if the
+    /// append (which may evict or rebuild the table) left it in place.
+    fn link(&mut self, key: &[u8], h: u64, seg: u32, off: u32, hint: Option<(Slot, Record)>) {
         let rec = Record::new(tag_of(h), seg, off);
+        if let Some((slot, old)) = hint {
+            if self.table.get(slot) == Some(old) {
+                let hdr = self.header_at(old.seg(), old.off());
+                self.account_remove(old.seg(), &hdr);
+                self.table.set(slot, rec);
+                self.counters.sets += 1;
+                return;
+            }
+        }
         let existing = {
             let this = &*self;
             this.table.find(h, |r| {
@@ -403,6 +414,7 @@ impl ShardInner {
     /// Rebuilds the table at twice the size from the records of the live segments.
     fn grow_table(&mut self) {
         let mut t = Table::with_buckets(self.table.bucket_count() * 2);
+        t.succeed(&self.table);
         for s in 0..self.segs.len() as u32 {
             if self.segs[s as usize].state != SegState::Live || self.segs[s as usize].live_items == 0 {
                 continue;
@@ -433,6 +445,7 @@ impl ShardInner {
         cas_in: u64,
     ) -> Result<u64, Error> {
         let existing = self.lookup(key, h, now);
+        let hint = existing.map(|f| (f.slot, f.rec));
         let (seg, off, cas) = match mode {
             Mode::Set | Mode::Add | Mode::Replace | Mode::Cas => {
                 match (mode, &existing) {
@@ -460,7 +473,7 @@ impl ShardInner {
                 self.append_item(now, key, &parts, flags, expiry, None, true)?
             }
         };
-        self.link(key, h, seg, off);
+        self.link(key, h, seg, off, hint);
         Ok(cas)
     }
 
@@ -485,7 +498,7 @@ impl ShardInner {
         let value = self.value_copy(&f);
         let (seg, off, _) =
             self.append_item(now, key, &[&value], f.hdr.flags, expiry, Some(f.cas), true)?;
-        self.link(key, h, seg, off);
+        self.link(key, h, seg, off, Some((f.slot, f.rec)));
         self.counters.sets -= 1; // a move, not a client write
         Ok(())
     }
@@ -518,7 +531,7 @@ impl ShardInner {
         }
         let (seg, off, cas) =
             self.append_item(now, key, &[&text], f.hdr.flags, f.hdr.expiry, None, true)?;
-        self.link(key, h, seg, off);
+        self.link(key, h, seg, off, Some((f.slot, f.rec)));
         Ok((new, cas))
     }
 
@@ -624,28 +637,31 @@ impl ShardInner {
     }
 
     fn evict(&mut self, now: u32, seg: u32, merge: bool) {
+        // One pass over the segment finds every linked item (one table probe each); all are
+        // unlinked, and with merge the survivors are copied out first.
+        let mut live: Vec<(u8, u32, ItemHeader, u64, Slot)> = Vec::new();
+        for (off, hdr) in self.items_of(seg) {
+            let h = hash_key(self.key_at(seg, off, &hdr));
+            if let Some((slot, rec)) = self.table.find_location(h, seg, off) {
+                live.push((rec.freq(), off, hdr, h, slot));
+            }
+        }
         type Survivor = (Vec<u8>, Vec<u8>, u32, u32, u64);
         let mut survivors: Vec<Survivor> = Vec::new();
         if merge {
             // Carry live items forward, up to half a segment: all of them when the segment is
             // mostly dead already (overwrites, deletes), else the most frequently read first.
             let budget = self.cfg.segment_bytes / 2;
-            let mut live: Vec<(u8, u32, ItemHeader)> = Vec::new();
-            for (off, hdr) in self.items_of(seg) {
-                if hdr.expiry != 0 && hdr.expiry <= now {
-                    continue;
-                }
-                let h = hash_key(self.key_at(seg, off, &hdr));
-                if let Some((_, rec)) = self.table.find_location(h, seg, off) {
-                    live.push((rec.freq(), off, hdr));
-                }
-            }
-            let total: usize = live.iter().map(|(_, _, h)| h.total_len()).sum();
+            let mut order: Vec<usize> = (0..live.len())
+                .filter(|&i| live[i].2.expiry == 0 || live[i].2.expiry > now)
+                .collect();
+            let total: usize = order.iter().map(|&i| live[i].2.total_len()).sum();
             if total > budget {
-                live.sort_by(|a, b| b.0.cmp(&a.0));
+                order.sort_by(|&a, &b| live[b].0.cmp(&live[a].0));
             }
             let mut kept = 0;
-            for (_, off, hdr) in live {
+            for i in order {
+                let (_, off, hdr, _, _) = live[i];
                 if kept + hdr.total_len() > budget {
                     continue;
                 }
@@ -660,7 +676,10 @@ impl ShardInner {
                 ));
             }
         }
-        let n = self.unlink_all(seg);
+        let n = live.len() as u64;
+        for (_, off, hdr, h, slot) in live {
+            self.unlink(slot, h, Record::new(0, seg, off), &hdr);
+        }
         self.release_segment(seg);
         self.counters.evictions += 1;
         let mut merged = 0;

@@ -40,8 +40,9 @@ pub struct Cache {
 /// may be filled on any thread, across as many network reads as the value needs.
 #[derive(Debug)]
 pub struct Reservation {
-    key: Box<[u8]>,
-    value: Box<[u8]>,
+    /// Key then value, in one allocation.
+    buf: Box<[u8]>,
+    klen: usize,
     filled: usize,
     flags: u32,
     expiry: u32,
@@ -51,7 +52,19 @@ pub struct Reservation {
 impl Reservation {
     /// The full value length declared at reserve time.
     pub fn value_len(&self) -> usize {
-        self.value.len()
+        self.buf.len() - self.klen
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.buf[..self.klen]
+    }
+
+    fn value(&self) -> &[u8] {
+        &self.buf[self.klen..]
+    }
+
+    fn value_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.klen..]
     }
 
     /// Bytes written so far.
@@ -63,10 +76,11 @@ impl Reservation {
     /// is refused whole (`InvalidState`), with nothing written.
     pub fn write(&mut self, piece: &[u8]) -> Result<(), Error> {
         let end = self.filled.checked_add(piece.len()).ok_or(Error::InvalidState)?;
-        if end > self.value.len() {
+        if end > self.value_len() {
             return Err(Error::InvalidState);
         }
-        self.value[self.filled..end].copy_from_slice(piece);
+        let filled = self.filled;
+        self.value_mut()[filled..end].copy_from_slice(piece);
         self.filled = end;
         Ok(())
     }
@@ -74,12 +88,13 @@ impl Reservation {
     /// The not-yet-written tail of the value, to receive bytes in place (e.g. `recv` into it);
     /// follow with [`Reservation::advance`].
     pub fn unfilled(&mut self) -> &mut [u8] {
-        &mut self.value[self.filled..]
+        let filled = self.filled;
+        &mut self.value_mut()[filled..]
     }
 
     /// Marks `n` more bytes of the tail as written; `InvalidState` if beyond the length.
     pub fn advance(&mut self, n: usize) -> Result<(), Error> {
-        if n > self.value.len() - self.filled {
+        if n > self.value_len() - self.filled {
             return Err(Error::InvalidState);
         }
         self.filled += n;
@@ -89,7 +104,7 @@ impl Reservation {
     /// The whole value buffer (for writing in place at any offset; `advance` still decides
     /// what counts as written).
     pub fn value_buffer(&mut self) -> &mut [u8] {
-        &mut self.value
+        self.value_mut()
     }
 }
 
@@ -316,9 +331,11 @@ impl Cache {
         if item_size(key.len(), value_len) > self.cfg.item_max {
             return Err(Error::TooLarge);
         }
+        let mut buf = vec![0u8; key.len() + value_len].into_boxed_slice();
+        buf[..key.len()].copy_from_slice(key);
         Ok(Reservation {
-            key: key.into(),
-            value: vec![0u8; value_len].into_boxed_slice(),
+            buf,
+            klen: key.len(),
             filled: 0,
             flags,
             expiry,
@@ -334,10 +351,10 @@ impl Cache {
         if res.cache_id != self.id() {
             return Err(Error::InvalidArgument);
         }
-        if res.filled != res.value.len() {
+        if res.filled != res.value_len() {
             return Err(Error::InvalidState);
         }
-        self.store(&res.key, &res.value, res.flags, res.expiry, mode, cas_in)
+        self.store(res.key(), res.value(), res.flags, res.expiry, mode, cas_in)
     }
 
     /// One-call write (reserve, fill and commit in one): returns the new CAS.

@@ -86,6 +86,8 @@ struct Bucket([u64; 8]);
 pub(crate) struct Slot {
     bucket: u32,
     index: u8,
+    /// The table generation the slot belongs to (a rebuild or clear invalidates slots).
+    generation: u32,
 }
 
 /// Largest fill (records / slots) before the table must grow.
@@ -100,6 +102,7 @@ pub(crate) struct Table {
     passing: Vec<u16>,
     len: usize,
     limit: usize,
+    generation: u32,
 }
 
 impl Table {
@@ -114,6 +117,7 @@ impl Table {
             passing: vec![0; n],
             len: 0,
             limit: ((n * 8) as f64 * MAX_LOAD) as usize,
+            generation: 0,
         }
     }
 
@@ -158,7 +162,8 @@ impl Table {
             let bucket = &self.buckets[b].0;
             for (i, &v) in bucket.iter().enumerate() {
                 if v >> 52 == tag && is_key(Record(v)) {
-                    return Some((Slot { bucket: b as u32, index: i as u8 }, Record(v)));
+                    let slot = Slot { bucket: b as u32, index: i as u8, generation: self.generation };
+                    return Some((slot, Record(v)));
                 }
             }
             if self.passing[b] == 0 {
@@ -171,6 +176,17 @@ impl Table {
     /// Finds the record at exactly (seg, off) for a key with hash `h`.
     pub fn find_location(&self, h: u64, seg: u32, off: u32) -> Option<(Slot, Record)> {
         self.find(h, |r| r.seg() == seg && r.off() == off)
+    }
+
+    /// The record at `slot`, if the slot is still of this table generation.
+    pub fn get(&self, slot: Slot) -> Option<Record> {
+        (slot.generation == self.generation)
+            .then(|| Record(self.buckets[slot.bucket as usize].0[slot.index as usize]))
+    }
+
+    /// A table whose slots are not confused with those of `old` (for a rebuild).
+    pub fn succeed(&mut self, old: &Table) {
+        self.generation = old.generation.wrapping_add(1);
     }
 
     pub fn set(&mut self, slot: Slot, r: Record) {
@@ -209,6 +225,7 @@ impl Table {
         self.buckets.iter_mut().for_each(|b| *b = Bucket::default());
         self.passing.iter_mut().for_each(|p| *p = 0);
         self.len = 0;
+        self.generation = self.generation.wrapping_add(1);
     }
 }
 
