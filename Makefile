@@ -32,7 +32,7 @@ DEB_PACKAGES := cmake pkg-config clang libclang-dev memcached libmemcached-tools
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all rust stage install c-examples c-tests deps test test-rust test-c test-valgrind \
+.PHONY: all rust stage install c-examples c-tests deps test test-rust test-c test-valgrind test-cache \
 	check-header check-abi test-consumer header clean
 
 all: rust stage c-examples c-tests
@@ -103,6 +103,7 @@ header:
 
 # Module test targets append themselves to TESTS below.
 TESTS := test-rust check-header check-abi test-c test-valgrind test-consumer
+TESTS += test-cache
 
 test: deps
 	@$(MAKE) --no-print-directory all
@@ -131,6 +132,12 @@ test-valgrind:
 
 test-consumer:
 	tests/consumer/run.sh $(VERSION)
+
+# The cache store: its Rust tests run in test-rust and its C tests in test-c/test-valgrind;
+# this runs the C benchmark driver end to end on a small store (it fails if the store does
+# not hold every key it loaded).
+test-cache:
+	$(BIN)/cachebench -n 200000 -o 200000 -r 1
 
 clean:
 	rm -rf $(BUILD)
