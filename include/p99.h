@@ -14,9 +14,9 @@
 #define P99_CACHE_EVICTION_FIFO 0
 
 /**
- * Eviction policy `P99_CACHE_EVICTION_MERGE` (default): like FIFO, but the oldest segment's
- * live items are carried forward, up to half a segment per eviction (all of them when the
- * segment is mostly overwritten or deleted space, else the most frequently read first).
+ * Eviction policy `P99_CACHE_EVICTION_MERGE` (default): evict the segment with the fewest
+ * live bytes if under half full, else the oldest, carrying its live items forward, up to half
+ * a segment per eviction (all of them when they fit, else the most frequently read first).
  */
 #define P99_CACHE_EVICTION_MERGE 1
 
@@ -235,8 +235,8 @@ typedef struct p99_cache_config {
    */
   uint32_t eviction;
   /**
-   * Shard count, a power of two up to 256; 0 (default) = automatic (up to 16, at least 8
-   * segments each).
+   * Shard count, a power of two up to 256; 0 (default) = automatic (twice the CPU count
+   * rounded up to a power of two, at most 16, at least 8 segments each).
    */
   uint32_t shards;
   /**

@@ -42,11 +42,12 @@ pub(crate) const SEGMENT_BYTES_MIN: usize = 4096;
 pub enum Eviction {
     /// The oldest segment of the shard (by creation) that no reader has pinned.
     Fifo,
-    /// Like FIFO, but the victim's live items are carried forward into the newest segment of
-    /// their TTL bucket, up to half a segment per eviction: all of them when the victim is
-    /// mostly dead space already (overwritten or deleted items), otherwise the most
-    /// frequently read first, with their frequency reset so only items read again survive
-    /// the next round. This is Segcache's merge eviction with one source segment at a time.
+    /// The victim is the sealed segment with the fewest live bytes when that is under half a
+    /// segment (space of overwritten and deleted items is reclaimed first), else the oldest;
+    /// its live items are carried forward into the newest segment of their TTL bucket, up to
+    /// half a segment per eviction: all of them when they fit, otherwise the most frequently
+    /// read first, with their frequency reset so that only items read again survive the next
+    /// round. This is Segcache's merge eviction with one source segment at a time.
     Merge,
 }
 
@@ -87,8 +88,8 @@ pub struct Config {
     pub cas: bool,
     /// Eviction policy.
     pub eviction: Eviction,
-    /// Number of shards (a power of two, at most 256); 0 = automatic: up to 16, keeping at
-    /// least 8 segments per shard.
+    /// Number of shards (a power of two, at most 256); 0 = automatic: twice the CPU count
+    /// rounded up to a power of two, at most 16, keeping at least 8 segments per shard.
     pub shards: usize,
     /// The clock.
     pub clock: ClockKind,

@@ -556,17 +556,32 @@ impl ShardInner {
         self.free.pop().ok_or(Error::OutOfMemory)
     }
 
+    /// The segment to evict. FIFO: the oldest unpinned one. Merge: the sealed segment with
+    /// the fewest live bytes if that is under half a segment (space held by overwritten and
+    /// deleted items is reclaimed, and all its live items carried forward, before any live
+    /// item has to go); otherwise the oldest, whose coldest items are then dropped.
     fn pick_victim(&self) -> Option<u32> {
-        let mut best: Option<(u64, u32)> = None;
+        let mut oldest: Option<(u64, u32)> = None;
+        let mut emptiest: Option<((u32, u64), u32)> = None;
+        let half = (self.cfg.segment_bytes / 2) as u32;
         for (i, m) in self.segs.iter().enumerate() {
-            if m.state == SegState::Live
-                && self.pins[i].load(Ordering::Relaxed) == 0
-                && best.map_or(true, |(seq, _)| m.seq < seq)
-            {
-                best = Some((m.seq, i as u32));
+            if m.state != SegState::Live || self.pins[i].load(Ordering::Relaxed) != 0 {
+                continue;
+            }
+            if oldest.map_or(true, |(seq, _)| m.seq < seq) {
+                oldest = Some((m.seq, i as u32));
+            }
+            let open = self.ttl[m.bucket as usize].open == i as u32;
+            if !open && m.live_bytes < half && emptiest.map_or(true, |(k, _)| (m.live_bytes, m.seq) < k) {
+                emptiest = Some(((m.live_bytes, m.seq), i as u32));
             }
         }
-        best.map(|(_, i)| i)
+        if self.cfg.eviction == Eviction::Merge {
+            if let Some((_, i)) = emptiest {
+                return Some(i);
+            }
+        }
+        oldest.map(|(_, i)| i)
     }
 
     /// Walks the items of a segment: (offset, header).

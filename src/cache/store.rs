@@ -232,7 +232,11 @@ impl Cache {
         let nshards = if cfg.shards != 0 {
             cfg.shards.min(total_segments.max(1))
         } else {
-            let mut n = 16;
+            // Twice the cores (so two threads rarely meet on a lock), at most 16 (each shard
+            // keeps a partly filled segment per TTL in use, which costs memory), and at least
+            // 8 segments per shard.
+            let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+            let mut n = (2 * cores).next_power_of_two().min(16);
             while n > 1 && total_segments / n < 8 {
                 n /= 2;
             }

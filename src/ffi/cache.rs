@@ -15,9 +15,9 @@ use crate::cache::{
 
 /// Eviction policy `P99_CACHE_EVICTION_FIFO`: drop the oldest unpinned segment.
 pub const P99_CACHE_EVICTION_FIFO: u32 = 0;
-/// Eviction policy `P99_CACHE_EVICTION_MERGE` (default): like FIFO, but the oldest segment's
-/// live items are carried forward, up to half a segment per eviction (all of them when the
-/// segment is mostly overwritten or deleted space, else the most frequently read first).
+/// Eviction policy `P99_CACHE_EVICTION_MERGE` (default): evict the segment with the fewest
+/// live bytes if under half full, else the oldest, carrying its live items forward, up to half
+/// a segment per eviction (all of them when they fit, else the most frequently read first).
 pub const P99_CACHE_EVICTION_MERGE: u32 = 1;
 
 /// Commit mode: store unconditionally (memcached `set`).
@@ -69,8 +69,8 @@ pub struct p99_cache_config {
     pub manual_clock: bool,
     /// `P99_CACHE_EVICTION_*` (default MERGE).
     pub eviction: u32,
-    /// Shard count, a power of two up to 256; 0 (default) = automatic (up to 16, at least 8
-    /// segments each).
+    /// Shard count, a power of two up to 256; 0 (default) = automatic (twice the CPU count
+    /// rounded up to a power of two, at most 16, at least 8 segments each).
     pub shards: u32,
     /// Start of the manual clock in unix seconds.
     pub manual_clock_start: u32,
