@@ -320,6 +320,7 @@ static void report_memory(int cas)
 int main(int argc, char **argv)
 {
 	int opt;
+	setvbuf(stdout, NULL, _IOLBF, 0); /* progress shows line by line even when redirected */
 	while ((opt = getopt(argc, argv, "n:k:v:o:s:S:r:t:w:")) != -1) {
 		switch (opt) {
 		case 'n': nkeys = strtoull(optarg, NULL, 10); break;
