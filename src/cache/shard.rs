@@ -20,6 +20,40 @@ pub(crate) fn item_size(klen: usize, vlen: usize) -> usize {
 /// Set in a segment's pin word when it was emptied while pinned; the last reader frees it.
 pub(crate) const RETIRED: u32 = 1 << 31;
 
+/// Per-segment pin counts of one shard, read and written by readers without the shard lock.
+/// The array is padded by 128 bytes on both sides so that no other shard's data shares its
+/// cache lines (readers of different shards never contend).
+pub(crate) struct PinTable {
+    words: Box<[AtomicU32]>,
+}
+
+const PIN_PAD: usize = 32;
+
+impl PinTable {
+    pub fn new(n: usize) -> PinTable {
+        PinTable { words: (0..n + 2 * PIN_PAD).map(|_| AtomicU32::new(0)).collect() }
+    }
+
+    pub fn get(&self, i: usize) -> Option<&AtomicU32> {
+        if i < self.words.len() - 2 * PIN_PAD {
+            Some(&self.words[PIN_PAD + i])
+        } else {
+            None
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &AtomicU32> {
+        self.words[PIN_PAD..self.words.len() - PIN_PAD].iter()
+    }
+}
+
+impl std::ops::Index<usize> for PinTable {
+    type Output = AtomicU32;
+    fn index(&self, i: usize) -> &AtomicU32 {
+        self.get(i).expect("segment index out of range")
+    }
+}
+
 /// Number of TTL buckets: bucket 0 holds items that never expire; the rest follow Segcache's
 /// four tiers of 256 buckets (widths 8 s, 128 s, 2048 s, 32768 s), plus one for longer TTLs.
 const TTL_BUCKETS: usize = 978;
@@ -146,7 +180,7 @@ pub(crate) struct ShardInner {
     arena: Arena,
     free: Vec<u32>,
     ttl: Box<[TtlBucket]>,
-    pins: Arc<[AtomicU32]>,
+    pins: Arc<PinTable>,
     seq: u64,
     gen_counter: u64,
     /// Last flush epoch applied here.
@@ -171,7 +205,7 @@ pub(crate) struct Gauges {
 }
 
 impl ShardInner {
-    pub fn new(cfg: ShardConfig, expected_items: usize, pins: Arc<[AtomicU32]>) -> std::io::Result<ShardInner> {
+    pub fn new(cfg: ShardConfig, expected_items: usize, pins: Arc<PinTable>) -> std::io::Result<ShardInner> {
         let empty = TtlBucket { head: NONE, tail: NONE, open: NONE };
         let arena = Arena::new(cfg.max_segments * cfg.segment_bytes)?;
         Ok(ShardInner {
@@ -565,7 +599,7 @@ impl ShardInner {
         let mut emptiest: Option<((u32, u64), u32)> = None;
         let half = (self.cfg.segment_bytes / 2) as u32;
         for (i, m) in self.segs.iter().enumerate() {
-            if m.state != SegState::Live || self.pins[i].load(Ordering::Relaxed) != 0 {
+            if m.state != SegState::Live || self.pins[i].load(Ordering::Acquire) != 0 {
                 continue;
             }
             if oldest.map_or(true, |(seq, _)| m.seq < seq) {

@@ -1,14 +1,15 @@
 //! The cache handle: shards, the clock, flush_all, and the two-phase write and pinned read.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crossbeam_utils::CachePadded;
 use parking_lot::{Mutex, MutexGuard};
 
 use super::clock::Clock;
 use super::item::KEY_MAX;
 use super::memory::pinned_slice;
-use super::shard::{item_size, ShardConfig, ShardInner, RETIRED};
+use super::shard::{item_size, PinTable, ShardConfig, ShardInner, RETIRED};
 use super::table::hash_key;
 use super::{Config, Error, Mode, Stats, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 
@@ -17,13 +18,14 @@ const SHARDS_MAX: usize = 256;
 
 struct Shard {
     inner: Mutex<ShardInner>,
-    pins: Arc<[AtomicU32]>,
+    pins: Arc<PinTable>,
 }
 
 /// A segment-structured cache. One handle may be shared by any number of threads (`Sync`);
 /// every operation takes only the lock of the key's shard, for a short critical section.
 pub struct Cache {
-    shards: Box<[Shard]>,
+    /// Cache-line padded so that neighbouring shards' locks never share a line.
+    shards: Box<[CachePadded<Shard>]>,
     shard_mask: u64,
     clock: Clock,
     cfg: Config,
@@ -254,7 +256,7 @@ impl Cache {
         let shard_bits = nshards.trailing_zeros();
         let mut shards = Vec::with_capacity(nshards);
         for i in 0..nshards {
-            let pins: Arc<[AtomicU32]> = (0..per_shard).map(|_| AtomicU32::new(0)).collect();
+            let pins = Arc::new(PinTable::new(per_shard));
             let sc = ShardConfig {
                 segment_bytes: cfg.segment_bytes,
                 max_segments: per_shard,
@@ -266,7 +268,7 @@ impl Cache {
             };
             let inner = ShardInner::new(sc, expected.div_ceil(nshards), pins.clone())
                 .map_err(|_| Error::OutOfMemory)?;
-            shards.push(Shard { inner: Mutex::new(inner), pins });
+            shards.push(CachePadded::new(Shard { inner: Mutex::new(inner), pins }));
         }
         let shards = shards.into_boxed_slice();
         Ok(Cache {
@@ -575,7 +577,7 @@ impl Cache {
             + st.hash_bytes
             + meta
             + std::mem::size_of::<Cache>() as u64
-            + (self.shards.len() * std::mem::size_of::<Shard>()) as u64;
+            + (self.shards.len() * std::mem::size_of::<CachePadded<Shard>>()) as u64;
         st.pinned = self.pinned();
         st
     }
