@@ -16,7 +16,8 @@
 /**
  * Eviction policy `P99_CACHE_EVICTION_MERGE` (default): evict the segment with the fewest
  * live bytes if under half full, else the oldest, carrying its live items forward, up to half
- * a segment per eviction (all of them when they fit, else the most frequently read first).
+ * a segment per eviction (all of them when they fit, else the items read since they were
+ * written, most frequently read first).
  */
 #define P99_CACHE_EVICTION_MERGE 1
 

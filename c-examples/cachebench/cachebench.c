@@ -15,7 +15,10 @@
  *
  * usage: cachebench [-n keys] [-k key_bytes] [-v value_bytes] [-o ops_per_thread]
  *                   [-s segment_bytes] [-S shards] [-r runs] [-t max_threads]
- *                   [-w workload-name-prefix]
+ *                   [-w workload-name-prefix] [-m MiB]
+ *
+ * -m MiB instead measures capacity: how many distinct items a store of that size holds after
+ * twice its size in writes, every one read back and checked.
  */
 #define _GNU_SOURCE
 #include <math.h>
@@ -317,11 +320,68 @@ static void report_memory(int cas)
 	p99_cache_free(c);
 }
 
+/* How many items a store of `mb` MiB holds: load distinct keys until a full extra pass of
+ * writes has gone through the budget, then count the items held and read every one back. */
+static void report_capacity(uint32_t mb)
+{
+	p99_cache_config cfg;
+	p99_cache_config_defaults(&cfg);
+	cfg.heap_bytes = (uint64_t)mb << 20;
+	cfg.segment_bytes = segment_bytes;
+	cfg.item_max = segment_bytes;
+	cfg.shards = shards;
+	p99_cache *c = NULL;
+	uint32_t st = p99_cache_new(&cfg, &c);
+	if (st)
+		die("p99_cache_new", st);
+	size_t total = ((size_t)mb << 20) / (key_len + val_len) * 2;
+	if (total > 9999999999ull)
+		total = 9999999999ull;
+	uint8_t *v = malloc(val_len);
+	for (size_t i = 0; i < total; i++) {
+		for (size_t b = 0; b < val_len; b++)
+			v[b] = (uint8_t)(i * 31 + b);
+		st = p99_cache_store(c, key_at((uint32_t)i), key_len, v, val_len, 0, 0,
+				     P99_CACHE_MODE_SET, 0, NULL);
+		if (st)
+			die("p99_cache_store", st);
+	}
+	size_t held = 0, bad = 0;
+	for (size_t i = 0; i < total; i++) {
+		p99_cache_item it;
+		if (p99_cache_get(c, key_at((uint32_t)i), key_len, &it) != P99_STATUS_OK)
+			continue;
+		held++;
+		for (size_t b = 0; b < val_len; b++)
+			v[b] = (uint8_t)(i * 31 + b);
+		if (it.value_len != val_len || memcmp(it.value, v, val_len) != 0)
+			bad++;
+		p99_cache_item_release(c, &it);
+	}
+	p99_cache_stats sts = {.struct_size = sizeof(sts)};
+	p99_cache_get_stats(c, &sts);
+	printf("capacity: a %u MiB store (%llu shards) holds %zu items of %zu+%zu B after %zu distinct "
+	       "sets (%zu read back corrupt); hash table %.1f MiB on top; segments used %llu of %llu, "
+	       "item bytes %.1f MiB, evictions %llu, items evicted %llu, merged %llu\n",
+	       mb, (unsigned long long)sts.shards, held, key_len, val_len, total, bad,
+	       sts.hash_bytes / 1048576.0, (unsigned long long)sts.segments_used,
+	       (unsigned long long)sts.segments_total, sts.item_bytes / 1048576.0,
+	       (unsigned long long)sts.evictions, (unsigned long long)sts.evicted_items,
+	       (unsigned long long)sts.merged_items);
+	if (bad) {
+		fprintf(stderr, "cachebench: corrupt items read back\n");
+		exit(1);
+	}
+	free(v);
+	p99_cache_free(c);
+}
+
 int main(int argc, char **argv)
 {
 	int opt;
 	setvbuf(stdout, NULL, _IOLBF, 0); /* progress shows line by line even when redirected */
-	while ((opt = getopt(argc, argv, "n:k:v:o:s:S:r:t:w:")) != -1) {
+	uint32_t capacity_mb = 0;
+	while ((opt = getopt(argc, argv, "n:k:v:o:s:S:r:t:w:m:")) != -1) {
 		switch (opt) {
 		case 'n': nkeys = strtoull(optarg, NULL, 10); break;
 		case 'k': key_len = strtoull(optarg, NULL, 10); break;
@@ -332,10 +392,12 @@ int main(int argc, char **argv)
 		case 'r': runs = atoi(optarg); break;
 		case 't': max_threads = atoi(optarg); break;
 		case 'w': only = optarg; break;
+		case 'm': capacity_mb = (uint32_t)strtoul(optarg, NULL, 10); break;
 		default:
 			fprintf(stderr, "usage: %s [-n keys] [-k key_bytes] [-v value_bytes] "
 					"[-o ops_per_thread] [-s segment_bytes] [-S shards] [-r runs] "
-					"[-t max_threads] [-w workload-prefix]\n", argv[0]);
+					"[-t max_threads] [-w workload-prefix] [-m capacity_test_MiB]\n",
+				argv[0]);
 			return 2;
 		}
 	}
@@ -351,6 +413,10 @@ int main(int argc, char **argv)
 	       "%zu ops per thread per run, median of %d runs\n",
 	       p99_version(), nkeys, key_len, val_len, segment_bytes, ops_per_thread, runs);
 
+	if (capacity_mb) {
+		report_capacity(capacity_mb);
+		return 0;
+	}
 	if (!only) {
 		report_memory(1);
 		report_memory(0);

@@ -45,9 +45,9 @@ pub enum Eviction {
     /// The victim is the sealed segment with the fewest live bytes when that is under half a
     /// segment (space of overwritten and deleted items is reclaimed first), else the oldest;
     /// its live items are carried forward into the newest segment of their TTL bucket, up to
-    /// half a segment per eviction: all of them when they fit, otherwise the most frequently
-    /// read first, with their frequency reset so that only items read again survive the next
-    /// round. This is Segcache's merge eviction with one source segment at a time.
+    /// half a segment per eviction: all of them when they fit, otherwise only items read since
+    /// they were written, the most frequently read first, with their frequency reset so that
+    /// only items read again survive the next round. This is Segcache's merge eviction with one source segment at a time.
     Merge,
 }
 

@@ -340,8 +340,17 @@ impl ShardInner {
             if need > self.cfg.segment_bytes {
                 return Err(Error::TooLarge);
             }
-            seg = self.take_segment(now, allow_merge)?;
-            self.open_segment(seg, b, expiry);
+            let fresh = self.take_segment(now, allow_merge)?;
+            // Merge eviction may have opened a segment for this bucket meanwhile (carrying
+            // items forward into it): fill that one first rather than leave it half empty.
+            let cur = self.ttl[b].open;
+            if cur != NONE && fits(self, cur) {
+                self.free.push(fresh);
+                seg = cur;
+            } else {
+                seg = fresh;
+                self.open_segment(seg, b, expiry);
+            }
         }
         let s = seg as usize;
         let off = self.segs[s].write_off;
@@ -698,14 +707,17 @@ impl ShardInner {
         type Survivor = (Vec<u8>, Vec<u8>, u32, u32, u64);
         let mut survivors: Vec<Survivor> = Vec::new();
         if merge {
-            // Carry live items forward, up to half a segment: all of them when the segment is
-            // mostly dead already (overwrites, deletes), else the most frequently read first.
+            // Carry live items forward, up to half a segment: all of them when they fit (the
+            // segment is mostly overwritten or deleted space), else only items read since they
+            // were written, the most frequently read first.
             let budget = self.cfg.segment_bytes / 2;
             let mut order: Vec<usize> = (0..live.len())
                 .filter(|&i| live[i].2.expiry == 0 || live[i].2.expiry > now)
                 .collect();
             let total: usize = order.iter().map(|&i| live[i].2.total_len()).sum();
             if total > budget {
+                // Too many to keep: only items read since written, hottest first.
+                order.retain(|&i| live[i].0 > 0);
                 order.sort_by(|&a, &b| live[b].0.cmp(&live[a].0));
             }
             let mut kept = 0;

@@ -17,7 +17,8 @@ use crate::cache::{
 pub const P99_CACHE_EVICTION_FIFO: u32 = 0;
 /// Eviction policy `P99_CACHE_EVICTION_MERGE` (default): evict the segment with the fewest
 /// live bytes if under half full, else the oldest, carrying its live items forward, up to half
-/// a segment per eviction (all of them when they fit, else the most frequently read first).
+/// a segment per eviction (all of them when they fit, else the items read since they were
+/// written, most frequently read first).
 pub const P99_CACHE_EVICTION_MERGE: u32 = 1;
 
 /// Commit mode: store unconditionally (memcached `set`).
