@@ -460,9 +460,9 @@ pub unsafe extern "C" fn p99_cache_store(
     })
 }
 
-/// Looks up `key` (borrowed until return) and, on OK, fills `*item` with the pinned item;
-/// release it with `p99_cache_item_release`. NOT_FOUND on a miss (`*item` untouched).
-/// INVALID_ARGUMENT for a key of length 0 or > 250. Thread-safe.
+/// Looks up `key` (borrowed until return) and, on OK, fills `*item` (caller-owned) with the
+/// pinned item; release it with `p99_cache_item_release`, from any thread. NOT_FOUND on a
+/// miss (`*item` untouched). INVALID_ARGUMENT for a key of length 0 or > 250. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_get(
     cache: *const p99_cache,
@@ -480,9 +480,11 @@ pub unsafe extern "C" fn p99_cache_get(
     })
 }
 
-/// Sets `key`'s expiry to `expiry` (absolute; 0 = never) and, on OK, fills `*item` with the
-/// pinned item (memcached gat; an expiry already past returns the item this once and it is
-/// gone after). CAS is unchanged. NOT_FOUND on a miss. Thread-safe.
+/// Sets `key`'s expiry to `expiry` (absolute; 0 = never) and, on OK, fills `*item`
+/// (caller-owned) with the pinned item; release it with `p99_cache_item_release` (memcached
+/// gat; an expiry already past returns the item this once and it is gone after). CAS is
+/// unchanged. `key` is borrowed until return. NOT_FOUND on a miss (`*item` untouched).
+/// Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_get_and_touch(
     cache: *const p99_cache,
@@ -549,8 +551,8 @@ pub unsafe extern "C" fn p99_cache_delete(
     })
 }
 
-/// Sets `key`'s expiry (absolute; 0 = never), keeping value, flags and CAS. NOT_FOUND if
-/// absent. Thread-safe.
+/// Sets `key`'s expiry (absolute; 0 = never), keeping value, flags and CAS. `key` is
+/// borrowed until return. NOT_FOUND if absent. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_touch(
     cache: *const p99_cache,
@@ -588,8 +590,9 @@ unsafe fn delta(
     })
 }
 
-/// memcached incr: adds `delta` to the decimal value of `key`, wrapping at 2^64; the new
-/// value goes to `*value_out`, the new CAS to `*cas_out` (optional, may be NULL). A shorter
+/// memcached incr: adds `delta` to the decimal value of `key` (borrowed until return),
+/// wrapping at 2^64; the new value goes to `*value_out`, the new CAS to `*cas_out` (optional,
+/// may be NULL); outputs are written only on OK. A shorter
 /// result is padded with spaces to the old length, a longer one grows the item; flags and
 /// expiry are kept. NOT_FOUND if absent, NON_NUMERIC if the value is not a decimal u64.
 /// Thread-safe.
