@@ -10,3 +10,5 @@ pub mod boundary;
 pub mod cache;
 pub mod status;
 pub mod version;
+pub mod engine;
+pub mod xdp;
