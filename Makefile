@@ -33,7 +33,7 @@ DEB_PACKAGES := cmake pkg-config clang libclang-dev memcached libmemcached-tools
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: all rust stage install c-examples c-tests deps test test-rust test-c test-valgrind \
-	check-header check-abi test-consumer header clean
+	check-header check-abi test-consumer header clean test-mcserver
 
 all: rust stage c-examples c-tests
 
@@ -103,6 +103,7 @@ header:
 
 # Module test targets append themselves to TESTS below.
 TESTS := test-rust check-header check-abi test-c test-valgrind test-consumer
+TESTS += test-mcserver
 
 test: deps
 	@$(MAKE) --no-print-directory all
@@ -131,6 +132,11 @@ test-valgrind:
 
 test-consumer:
 	tests/consumer/run.sh $(VERSION)
+
+# mcserver: protocol, bad-input, differential (against memcached) and memccapable suites on
+# every build/bin/mcserver-* variant.
+test-mcserver:
+	tests/mcserver/run.sh $(BIN) $(PYTHON)
 
 clean:
 	rm -rf $(BUILD)

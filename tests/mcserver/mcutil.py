@@ -23,7 +23,7 @@ class Server:
         for _ in range(20):
             self.port = free_port()
             self.proc = subprocess.Popen(argv + ["-p", str(self.port), "-l", "127.0.0.1"],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if self._wait_ready():
                 return
             self.stop()
