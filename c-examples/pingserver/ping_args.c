@@ -1,0 +1,51 @@
+#define _GNU_SOURCE
+#include "ping_args.h"
+
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static void usage(const char *prog)
+{
+	fprintf(stderr, "usage: %s [-p PORT] [-l ADDR] [-t THREADS] [-c MAXCONN]\n", prog);
+	exit(2);
+}
+
+static int parse_int(const char *s, int lo, int hi, const char *prog)
+{
+	char *end;
+	long v = strtol(s, &end, 10);
+	if (*s == '\0' || *end != '\0' || v < lo || v > hi)
+		usage(prog);
+	return (int)v;
+}
+
+void ping_args_parse(struct ping_args *a, int argc, char **argv, const char *prog)
+{
+	a->addr = "127.0.0.1";
+	a->port = 12321;
+	a->threads = 0;
+	a->maxconn = 65536;
+	int c;
+	while ((c = getopt(argc, argv, "p:l:t:c:")) != -1) {
+		switch (c) {
+		case 'p': a->port = parse_int(optarg, 0, 65535, prog); break;
+		case 'l': a->addr = optarg; break;
+		case 't': a->threads = parse_int(optarg, 0, 255, prog); break;
+		case 'c': a->maxconn = parse_int(optarg, 1, 1 << 24, prog); break;
+		default: usage(prog);
+		}
+	}
+	if (optind != argc)
+		usage(prog);
+}
+
+int ping_affinity_cpus(void)
+{
+	cpu_set_t set;
+	if (sched_getaffinity(0, sizeof(set), &set) != 0)
+		return 1;
+	int n = CPU_COUNT(&set);
+	return n > 0 ? n : 1;
+}

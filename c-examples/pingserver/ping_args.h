@@ -1,0 +1,18 @@
+/* Command-line flags shared by the C ping servers (memcached style). */
+#ifndef PING_ARGS_H
+#define PING_ARGS_H
+
+struct ping_args {
+	const char *addr;   /* -l, default 127.0.0.1 */
+	int port;           /* -p, default 12321; 0 = any free port (printed) */
+	int threads;        /* -t, default 0 = one per CPU of the affinity mask */
+	int maxconn;        /* -c, default 65536 */
+};
+
+/* Parses argv; prints usage and exits on a bad flag. */
+void ping_args_parse(struct ping_args *a, int argc, char **argv, const char *prog);
+
+/* Number of CPUs in the process's affinity mask (at least 1). */
+int ping_affinity_cpus(void);
+
+#endif

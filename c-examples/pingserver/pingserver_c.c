@@ -1,0 +1,324 @@
+/* pingserver-c: the baseline a C shop runs today. Pure C, no libp99: one thread per CPU
+ * (or -t), each pinned, each with its own SO_REUSEPORT listener and a level-triggered epoll
+ * loop; reads into a per-thread buffer, writes replies at once, queues the rest for EPOLLOUT.
+ * SIGINT/SIGTERM stop it. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "ping_args.h"
+#include "ping_proto.h"
+
+#define READ_SIZE 4096
+
+struct conn {
+	int fd;
+	int closing;          /* close once the pending output is written */
+	uint32_t events;      /* current epoll interest */
+	struct ping_parser parser;
+	struct ping_out pending;  /* replies the socket did not take yet */
+	size_t pending_off;
+};
+
+struct worker {
+	pthread_t thread;
+	int index;
+	int cpu;
+	int listen_fd;
+	int stop_fd;          /* eventfd: readable when the server stops */
+	int maxconn;
+	int open;
+};
+
+static int make_listener(const struct sockaddr_storage *ss, socklen_t sslen)
+{
+	int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	int one = 1;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+	    bind(fd, (const struct sockaddr *)ss, sslen) < 0 || listen(fd, 1024) < 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static void conn_free(int epfd, struct conn *c, struct worker *w)
+{
+	epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	close(c->fd);
+	ping_out_free(&c->pending);
+	free(c);
+	w->open--;
+}
+
+static int set_events(int epfd, struct conn *c, uint32_t ev)
+{
+	if (ev == c->events)
+		return 0;
+	struct epoll_event e = { .events = ev, .data.ptr = c };
+	if (epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &e) < 0)
+		return -1;
+	c->events = ev;
+	return 0;
+}
+
+/* Writes what is pending; returns -1 when the connection is dead. */
+static int flush_pending(int epfd, struct conn *c)
+{
+	while (c->pending_off < c->pending.len) {
+		ssize_t n = send(c->fd, c->pending.buf + c->pending_off, c->pending.len - c->pending_off,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EINTR)
+				break;
+			return -1;
+		}
+		c->pending_off += (size_t)n;
+	}
+	if (c->pending_off == c->pending.len) {
+		c->pending.len = 0;
+		c->pending_off = 0;
+	}
+	uint32_t ev = c->closing ? 0 : (EPOLLIN | EPOLLRDHUP);
+	if (c->pending.len > 0)
+		ev |= EPOLLOUT;
+	return set_events(epfd, c, ev);
+}
+
+static void on_readable(int epfd, struct conn *c, struct worker *w, char *buf, struct ping_out *out)
+{
+	ssize_t n = recv(c->fd, buf, READ_SIZE, MSG_DONTWAIT);
+	if (n < 0) {
+		if (errno == EAGAIN || errno == EINTR)
+			return;
+		conn_free(epfd, c, w);
+		return;
+	}
+	if (n == 0) {
+		/* Half-close: answer what was asked, then close. */
+		c->closing = 1;
+	} else {
+		out->len = 0;
+		int r = ping_feed(&c->parser, buf, (size_t)n, out);
+		if (r != 0)
+			c->closing = 1;
+		if (out->len > 0) {
+			size_t off = 0;
+			if (c->pending.len == 0) {
+				ssize_t s = send(c->fd, out->buf, out->len, MSG_NOSIGNAL | MSG_DONTWAIT);
+				if (s < 0 && errno != EAGAIN && errno != EINTR) {
+					conn_free(epfd, c, w);
+					return;
+				}
+				off = s > 0 ? (size_t)s : 0;
+			}
+			if (off < out->len) {
+				/* Queue the remainder behind what is already pending. */
+				size_t need = c->pending.len + (out->len - off);
+				if (need > c->pending.cap) {
+					char *b = realloc(c->pending.buf, need);
+					if (!b) {
+						conn_free(epfd, c, w);
+						return;
+					}
+					c->pending.buf = b;
+					c->pending.cap = need;
+				}
+				memcpy(c->pending.buf + c->pending.len, out->buf + off, out->len - off);
+				c->pending.len = need;
+			}
+		}
+	}
+	if (flush_pending(epfd, c) < 0 || (c->closing && c->pending.len == 0))
+		conn_free(epfd, c, w);
+}
+
+static void accept_all(int epfd, struct worker *w)
+{
+	for (int i = 0; i < 64; i++) {
+		int fd = accept4(w->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0)
+			return;
+		if (w->open >= w->maxconn) {
+			close(fd);
+			continue;
+		}
+		int one = 1;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		struct conn *c = calloc(1, sizeof(*c));
+		if (!c) {
+			close(fd);
+			continue;
+		}
+		c->fd = fd;
+		c->events = EPOLLIN | EPOLLRDHUP;
+		ping_parser_init(&c->parser);
+		struct epoll_event e = { .events = c->events, .data.ptr = c };
+		if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &e) < 0) {
+			close(fd);
+			free(c);
+			continue;
+		}
+		w->open++;
+	}
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	if (w->cpu >= 0) {
+		cpu_set_t set;
+		CPU_ZERO(&set);
+		CPU_SET(w->cpu, &set);
+		pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+	}
+	int epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (epfd < 0) {
+		perror("epoll_create1");
+		exit(1);
+	}
+	/* The listener and the stop eventfd are told apart from connections by these tags. */
+	static char listen_tag, stop_tag;
+	struct epoll_event e = { .events = EPOLLIN, .data.ptr = &listen_tag };
+	epoll_ctl(epfd, EPOLL_CTL_ADD, w->listen_fd, &e);
+	e.data.ptr = &stop_tag;
+	epoll_ctl(epfd, EPOLL_CTL_ADD, w->stop_fd, &e);
+	char *buf = malloc(READ_SIZE);
+	struct ping_out out = { 0 };
+	struct epoll_event evs[256];
+	int running = 1;
+	while (running) {
+		int n = epoll_wait(epfd, evs, 256, -1);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			perror("epoll_wait");
+			exit(1);
+		}
+		for (int i = 0; i < n; i++) {
+			void *p = evs[i].data.ptr;
+			if (p == &listen_tag) {
+				accept_all(epfd, w);
+			} else if (p == &stop_tag) {
+				running = 0;
+			} else {
+				struct conn *c = p;
+				if (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+					if (c->closing) {
+						if (evs[i].events & (EPOLLHUP | EPOLLERR))
+							conn_free(epfd, c, w);
+						continue;
+					}
+					on_readable(epfd, c, w, buf, &out);
+				} else if (evs[i].events & EPOLLOUT) {
+					if (flush_pending(epfd, c) < 0 || (c->closing && c->pending.len == 0))
+						conn_free(epfd, c, w);
+				}
+			}
+		}
+	}
+	free(buf);
+	ping_out_free(&out);
+	close(epfd);
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	struct ping_args a;
+	ping_args_parse(&a, argc, argv, "pingserver-c");
+	int ncpu = ping_affinity_cpus();
+	int nthreads = a.threads > 0 ? a.threads : ncpu;
+
+	struct sockaddr_storage ss;
+	socklen_t sslen;
+	memset(&ss, 0, sizeof(ss));
+	struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+	struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+	if (inet_pton(AF_INET, a.addr, &sin->sin_addr) == 1) {
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons((uint16_t)a.port);
+		sslen = sizeof(*sin);
+	} else if (inet_pton(AF_INET6, a.addr, &sin6->sin6_addr) == 1) {
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = htons((uint16_t)a.port);
+		sslen = sizeof(*sin6);
+	} else {
+		fprintf(stderr, "pingserver-c: bad address %s\n", a.addr);
+		return 2;
+	}
+
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+	cpu_set_t mask;
+	int cpus[CPU_SETSIZE];
+	int ncpus = 0;
+	if (sched_getaffinity(0, sizeof(mask), &mask) == 0)
+		for (int c = 0; c < CPU_SETSIZE; c++)
+			if (CPU_ISSET(c, &mask))
+				cpus[ncpus++] = c;
+
+	struct worker *ws = calloc((size_t)nthreads, sizeof(*ws));
+	int port = a.port;
+	for (int i = 0; i < nthreads; i++) {
+		/* With -p 0 the first bind picks the port; the others join it. */
+		if (ss.ss_family == AF_INET)
+			sin->sin_port = htons((uint16_t)port);
+		else
+			sin6->sin6_port = htons((uint16_t)port);
+		ws[i].listen_fd = make_listener(&ss, sslen);
+		if (ws[i].listen_fd < 0) {
+			perror("pingserver-c: listen");
+			return 1;
+		}
+		struct sockaddr_storage got;
+		socklen_t gl = sizeof(got);
+		getsockname(ws[i].listen_fd, (struct sockaddr *)&got, &gl);
+		port = ntohs(got.ss_family == AF_INET ? ((struct sockaddr_in *)&got)->sin_port
+						       : ((struct sockaddr_in6 *)&got)->sin6_port);
+		ws[i].stop_fd = eventfd(0, EFD_CLOEXEC);
+		ws[i].index = i;
+		ws[i].cpu = ncpus > 0 ? cpus[i % ncpus] : -1;
+		ws[i].maxconn = (a.maxconn + nthreads - 1) / nthreads;
+	}
+	for (int i = 0; i < nthreads; i++)
+		pthread_create(&ws[i].thread, NULL, worker_main, &ws[i]);
+	printf("pingserver-c: listening on %s:%d (backend epoll, %d workers)\n", a.addr, port, nthreads);
+	fflush(stdout);
+
+	int sig;
+	sigwait(&set, &sig);
+	for (int i = 0; i < nthreads; i++) {
+		uint64_t one = 1;
+		if (write(ws[i].stop_fd, &one, sizeof(one)) < 0)
+			perror("pingserver-c: stop");
+	}
+	for (int i = 0; i < nthreads; i++) {
+		pthread_join(ws[i].thread, NULL);
+		close(ws[i].listen_fd);
+		close(ws[i].stop_fd);
+	}
+	free(ws);
+	fprintf(stderr, "pingserver-c: stopped\n");
+	return 0;
+}

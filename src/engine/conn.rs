@@ -1,0 +1,617 @@
+//! The worker-side state both backends share: the connection table with generation-tagged
+//! handles, per-connection ordered output queues, timers and the worker's mailbox.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Config, Error, Handler, Shared, StatCells, Task};
+
+/// A connection handle: worker index, slot and generation. The generation changes every time
+/// a slot is reused, so a handle kept after `on_close` is recognised as stale and can never
+/// reach a later connection that got the same slot or the same fd. The raw value 0 is never a
+/// valid handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnId(u64);
+
+impl ConnId {
+    pub(crate) fn new(worker: usize, slot: u32, gen: u32) -> ConnId {
+        ConnId(((worker as u64) << 56) | ((slot as u64) << 32) | gen as u64)
+    }
+    /// The handle as a plain integer (what C sees as `p99_conn`).
+    pub fn to_raw(self) -> u64 {
+        self.0
+    }
+    /// Rebuilds a handle from [`ConnId::to_raw`]; validity is checked when it is used.
+    pub fn from_raw(raw: u64) -> ConnId {
+        ConnId(raw)
+    }
+    /// Index of the worker that owns the connection.
+    pub fn worker(self) -> usize {
+        (self.0 >> 56) as usize
+    }
+    /// Slot in the worker's connection table: dense, below the per-worker limit, handy for
+    /// indexing per-connection application state.
+    pub fn slot(self) -> u32 {
+        ((self.0 >> 32) & 0xff_ffff) as u32
+    }
+    pub(crate) fn gen(self) -> u32 {
+        self.0 as u32
+    }
+}
+
+/// A timer handle returned by [`Worker::add_timer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TimerId(pub u64);
+
+pub(crate) enum Segment {
+    /// Bytes copied in by `send`; extended in place while not in flight.
+    Copy(Vec<u8>),
+    /// Caller memory, valid until the cookie (if any) is handed back.
+    Borrowed { ptr: *const u8, len: usize, cookie: Option<u64> },
+}
+
+impl Segment {
+    pub fn len(&self) -> usize {
+        match self {
+            Segment::Copy(v) => v.len(),
+            Segment::Borrowed { len, .. } => *len,
+        }
+    }
+    pub fn ptr(&self) -> *const u8 {
+        match self {
+            Segment::Copy(v) => v.as_ptr(),
+            Segment::Borrowed { ptr, .. } => *ptr,
+        }
+    }
+    fn cookie(&self) -> Option<u64> {
+        match self {
+            Segment::Copy(_) => None,
+            Segment::Borrowed { cookie, .. } => *cookie,
+        }
+    }
+}
+
+pub(crate) struct Conn {
+    pub gen: u32,
+    pub live: bool,
+    pub fd: RawFd,
+    pub user: usize,
+    pub out: VecDeque<Segment>,
+    pub out_bytes: usize,
+    /// Bytes of the front segment already sent.
+    pub head_off: usize,
+    /// Segments covered by the send in flight (they must not change until it completes).
+    pub inflight_segs: usize,
+    pub send_inflight: bool,
+    pub recv_armed: bool,
+    pub recv_cancel_sent: bool,
+    pub paused_user: bool,
+    pub paused_hwm: bool,
+    pub eof: bool,
+    /// Close requested: no more input is delivered and no more output accepted; queued
+    /// output is still flushed unless `abort`.
+    pub closing: bool,
+    pub abort: bool,
+    pub shut: bool,
+    /// Input that arrived after receiving was paused, delivered on resume.
+    pub stash: Vec<u8>,
+    pub in_dirty: bool,
+    pub epoll_mask: u32,
+    /// io_uring: iovecs and header of the send in flight (heap-stable while it runs).
+    pub iov: Vec<libc::iovec>,
+    pub msg: Option<Box<libc::msghdr>>,
+}
+
+impl Conn {
+    fn empty() -> Conn {
+        Conn {
+            gen: 1,
+            live: false,
+            fd: -1,
+            user: 0,
+            out: VecDeque::new(),
+            out_bytes: 0,
+            head_off: 0,
+            inflight_segs: 0,
+            send_inflight: false,
+            recv_armed: false,
+            recv_cancel_sent: false,
+            paused_user: false,
+            paused_hwm: false,
+            eof: false,
+            closing: false,
+            abort: false,
+            shut: false,
+            stash: Vec::new(),
+            in_dirty: false,
+            epoll_mask: 0,
+            iov: Vec::new(),
+            msg: None,
+        }
+    }
+
+    /// Whether the backend should be receiving for this connection.
+    pub fn wants_read(&self) -> bool {
+        self.live && !self.closing && !self.eof && !self.paused_user && !self.paused_hwm
+    }
+
+    /// Fills `iov` with up to `max` segments from the head of the queue and returns how many
+    /// segments it covers.
+    pub fn fill_iov(&self, iov: &mut Vec<libc::iovec>, max: usize) -> usize {
+        iov.clear();
+        let mut covered = 0;
+        for (i, seg) in self.out.iter().enumerate() {
+            if iov.len() == max {
+                break;
+            }
+            let off = if i == 0 { self.head_off } else { 0 };
+            let len = seg.len() - off;
+            covered = i + 1;
+            if len == 0 {
+                continue;
+            }
+            // Only the address is formed here; the bytes are read by the kernel while the
+            // segment stays queued.
+            iov.push(libc::iovec { iov_base: seg.ptr().wrapping_add(off) as *mut _, iov_len: len });
+        }
+        covered
+    }
+}
+
+type TimerFn = Box<dyn FnOnce(&mut Worker)>;
+
+thread_local! {
+    static CURRENT: std::cell::Cell<*const Worker> = const { std::cell::Cell::new(std::ptr::null()) };
+}
+
+/// Whether `w` is the worker running on the calling thread. Compares addresses only, so a
+/// pointer from C can be checked before it is ever dereferenced.
+pub fn is_current_worker(w: *const Worker) -> bool {
+    !w.is_null() && CURRENT.with(|c| c.get()) == w
+}
+
+/// Marks `w` as the calling thread's worker for its lifetime on this stack frame.
+pub(crate) struct CurrentGuard;
+
+impl CurrentGuard {
+    pub fn set(w: &Worker) -> CurrentGuard {
+        CURRENT.with(|c| c.set(w as *const Worker));
+        CurrentGuard
+    }
+}
+
+impl Drop for CurrentGuard {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(std::ptr::null()));
+    }
+}
+
+/// One worker's state, handed to every [`Handler`] callback. Belongs to the worker thread:
+/// it is neither `Send` nor `Sync`.
+pub struct Worker {
+    pub(crate) index: usize,
+    pub(crate) conns: Vec<Conn>,
+    free: Vec<u32>,
+    pub(crate) dirty: Vec<u32>,
+    pub(crate) open: usize,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    timer_fns: HashMap<u64, TimerFn>,
+    next_timer: u64,
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) stopping: bool,
+    pub(crate) drain_deadline: Option<Instant>,
+}
+
+pub(crate) const MAX_IOV: usize = 64;
+
+impl Worker {
+    pub(crate) fn new(index: usize, cfg: Arc<Config>, shared: Arc<Shared>) -> Worker {
+        Worker {
+            index,
+            conns: Vec::new(),
+            free: Vec::new(),
+            dirty: Vec::new(),
+            open: 0,
+            timers: BinaryHeap::new(),
+            timer_fns: HashMap::new(),
+            next_timer: 1,
+            cfg,
+            shared,
+            stopping: false,
+            drain_deadline: None,
+        }
+    }
+
+    pub(crate) fn stats(&self) -> &StatCells {
+        &self.shared.workers[self.index].stats
+    }
+
+    /// This worker's index (0-based).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Connections open on this worker.
+    pub fn open_connections(&self) -> usize {
+        self.open
+    }
+
+    pub(crate) fn slot_of(&self, conn: ConnId) -> Result<usize, Error> {
+        if conn.worker() != self.index {
+            return Err(Error::WrongThread);
+        }
+        let slot = conn.slot() as usize;
+        match self.conns.get(slot) {
+            Some(c) if c.live && c.gen == conn.gen() => Ok(slot),
+            _ => Err(Error::StaleHandle),
+        }
+    }
+
+    pub(crate) fn id_of(&self, slot: usize) -> ConnId {
+        ConnId::new(self.index, slot as u32, self.conns[slot].gen)
+    }
+
+    pub(crate) fn mark_dirty(&mut self, slot: usize) {
+        let c = &mut self.conns[slot];
+        if !c.in_dirty {
+            c.in_dirty = true;
+            self.dirty.push(slot as u32);
+        }
+    }
+
+    /// Takes a slot for a freshly accepted fd, or `None` at the connection limit.
+    pub(crate) fn insert(&mut self, fd: RawFd) -> Option<usize> {
+        if self.open >= self.cfg.max_conns_per_worker {
+            return None;
+        }
+        let slot = match self.free.pop() {
+            Some(s) => s as usize,
+            None => {
+                self.conns.push(Conn::empty());
+                self.conns.len() - 1
+            }
+        };
+        let c = &mut self.conns[slot];
+        c.live = true;
+        c.fd = fd;
+        self.open += 1;
+        let st = self.stats();
+        StatCells::add(&st.accepted, 1);
+        st.open.store(self.open as u64, Ordering::Relaxed);
+        Some(slot)
+    }
+
+    /// Undoes `insert` for a connection the handler refused: closes the fd at once.
+    pub(crate) fn refuse(&mut self, slot: usize) {
+        let fd = std::mem::replace(&mut self.conns[slot].fd, -1);
+        // SAFETY: the fd was just accepted, no operation uses it yet, and it is closed once.
+        unsafe { libc::close(fd) };
+        let st = self.stats();
+        StatCells::add(&st.rejected, 1);
+        st.accepted.store(st.accepted.load(Ordering::Relaxed).wrapping_sub(1), Ordering::Relaxed);
+        self.release(slot);
+    }
+
+    /// Returns a slot whose fd is already closed and whose kernel operations are all done.
+    fn release(&mut self, slot: usize) {
+        let c = &mut self.conns[slot];
+        let gen = c.gen.wrapping_add(1).max(1);
+        *c = Conn { gen, iov: std::mem::take(&mut c.iov), msg: c.msg.take(), ..Conn::empty() };
+        self.free.push(slot as u32);
+        self.open -= 1;
+        self.stats().open.store(self.open as u64, Ordering::Relaxed);
+    }
+
+    /// Queues a copy of `data` for sending, after everything queued before it.
+    pub fn send(&mut self, conn: ConnId, data: &[u8]) -> Result<(), Error> {
+        let slot = self.slot_of(conn)?;
+        let c = &mut self.conns[slot];
+        if c.closing {
+            return Err(Error::Closed);
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let extendable = c.out.len() > c.inflight_segs;
+        match c.out.back_mut() {
+            Some(Segment::Copy(v)) if extendable => v.extend_from_slice(data),
+            _ => {
+                let mut v = Vec::with_capacity(data.len().max(256));
+                v.extend_from_slice(data);
+                c.out.push_back(Segment::Copy(v));
+            }
+        }
+        c.out_bytes += data.len();
+        self.after_queue(slot);
+        Ok(())
+    }
+
+    /// Queues caller memory for sending without copying it; `on_send_done(cookie)` reports
+    /// when the engine no longer uses it (after the bytes are sent, or the connection closed).
+    ///
+    /// # Safety
+    /// Every `iov[i]` must describe readable memory that stays valid and unchanged until
+    /// `on_send_done` is called with `cookie` for this connection.
+    pub unsafe fn send_borrowed(&mut self, conn: ConnId, iov: &[libc::iovec], cookie: u64) -> Result<(), Error> {
+        let slot = self.slot_of(conn)?;
+        let c = &mut self.conns[slot];
+        if c.closing {
+            return Err(Error::Closed);
+        }
+        let mut total = 0usize;
+        for (i, v) in iov.iter().enumerate() {
+            let last = i + 1 == iov.len();
+            c.out.push_back(Segment::Borrowed {
+                ptr: v.iov_base as *const u8,
+                len: v.iov_len,
+                cookie: if last { Some(cookie) } else { None },
+            });
+            total += v.iov_len;
+        }
+        if iov.is_empty() {
+            // Still answered in order, after what is queued before it.
+            c.out.push_back(Segment::Borrowed { ptr: std::ptr::null(), len: 0, cookie: Some(cookie) });
+        }
+        c.out_bytes += total;
+        self.after_queue(slot);
+        Ok(())
+    }
+
+    fn after_queue(&mut self, slot: usize) {
+        let hwm = self.cfg.out_high_water;
+        let c = &mut self.conns[slot];
+        if c.out_bytes > hwm && !c.paused_hwm {
+            c.paused_hwm = true;
+        }
+        self.mark_dirty(slot);
+    }
+
+    /// Stops delivering `on_data` for this connection until [`Worker::resume_recv`]. Bytes
+    /// already received are kept and delivered on resume.
+    pub fn pause_recv(&mut self, conn: ConnId) -> Result<(), Error> {
+        let slot = self.slot_of(conn)?;
+        self.conns[slot].paused_user = true;
+        self.mark_dirty(slot);
+        Ok(())
+    }
+
+    /// Undoes [`Worker::pause_recv`].
+    pub fn resume_recv(&mut self, conn: ConnId) -> Result<(), Error> {
+        let slot = self.slot_of(conn)?;
+        self.conns[slot].paused_user = false;
+        self.mark_dirty(slot);
+        Ok(())
+    }
+
+    /// Closes the connection: no more input is delivered, output already queued is flushed
+    /// (for at most `Config::close_linger`), then the socket is closed and `on_close` runs.
+    /// Closing a connection that is already closing is a no-op.
+    pub fn close(&mut self, conn: ConnId) -> Result<(), Error> {
+        let slot = self.slot_of(conn)?;
+        self.begin_close(slot, false);
+        Ok(())
+    }
+
+    pub(crate) fn begin_close(&mut self, slot: usize, abort: bool) {
+        let c = &mut self.conns[slot];
+        if abort {
+            c.abort = true;
+        }
+        if !c.closing {
+            c.closing = true;
+            if !c.out.is_empty() && !c.abort {
+                let id = self.id_of(slot);
+                let linger = self.cfg.close_linger;
+                self.add_timer(linger, Box::new(move |w: &mut Worker| {
+                    if let Ok(s) = w.slot_of(id) {
+                        w.begin_close(s, true);
+                    }
+                }));
+            }
+        }
+        self.mark_dirty(slot);
+    }
+
+    /// Stores one word of application data with the connection.
+    pub fn set_user(&mut self, conn: ConnId, user: usize) -> Result<(), Error> {
+        let slot = self.slot_of(conn)?;
+        self.conns[slot].user = user;
+        Ok(())
+    }
+
+    /// The word stored by [`Worker::set_user`] (0 if none).
+    pub fn user(&self, conn: ConnId) -> Result<usize, Error> {
+        Ok(self.conns[self.slot_of(conn)?].user)
+    }
+
+    /// The socket's fd, for `getpeername`/`setsockopt`. Do not read, write or close it.
+    pub fn fd(&self, conn: ConnId) -> Result<RawFd, Error> {
+        Ok(self.conns[self.slot_of(conn)?].fd)
+    }
+
+    /// Bytes queued for sending on the connection and not yet sent.
+    pub fn queued_bytes(&self, conn: ConnId) -> Result<usize, Error> {
+        Ok(self.conns[self.slot_of(conn)?].out_bytes)
+    }
+
+    /// Runs `f` on this worker after `delay`.
+    pub fn add_timer(&mut self, delay: Duration, f: Box<dyn FnOnce(&mut Worker)>) -> TimerId {
+        let id = self.next_timer;
+        self.next_timer += 1;
+        self.timers.push(Reverse((Instant::now() + delay, id)));
+        self.timer_fns.insert(id, f);
+        TimerId(id)
+    }
+
+    /// Cancels a timer; false if it already ran or was cancelled.
+    pub fn cancel_timer(&mut self, id: TimerId) -> bool {
+        self.timer_fns.remove(&id.0).is_some()
+    }
+
+    /// Posts work to another worker of the same engine (see `Engine::post`).
+    pub fn post(&self, index: usize, task: Task) -> Result<(), Error> {
+        super::post_to(&self.shared, index, task)
+    }
+
+    /// Asks the whole engine to stop; returns at once.
+    pub fn request_stop(&self, drain: Duration) {
+        super::request_stop(&self.shared, drain);
+    }
+
+    /// Runs due timers; returns the time until the next one.
+    pub(crate) fn run_timers(&mut self) -> Option<Duration> {
+        loop {
+            let now = Instant::now();
+            let Some(Reverse((at, id))) = self.timers.peek().copied() else { return None };
+            if at > now {
+                return Some(at - now);
+            }
+            self.timers.pop();
+            if let Some(f) = self.timer_fns.remove(&id) {
+                f(self);
+            }
+        }
+    }
+
+    /// Time until the earliest pending timer.
+    pub(crate) fn next_timer(&self) -> Option<Duration> {
+        self.timers.peek().map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Runs posted tasks; when `close` is set, also refuses later posts.
+    pub(crate) fn run_mail(&mut self, close: bool) {
+        let ws = &self.shared.workers[self.index];
+        if !close && !ws.has_mail.load(Ordering::Acquire) {
+            return;
+        }
+        ws.has_mail.store(false, Ordering::Release);
+        let tasks = {
+            let mut mb = ws.mailbox.lock();
+            if close {
+                mb.closed = true;
+            }
+            std::mem::take(&mut mb.tasks)
+        };
+        for t in tasks {
+            t(self);
+        }
+    }
+
+    /// Called when the stop flag is first seen: every connection starts closing.
+    pub(crate) fn begin_stop(&mut self) {
+        self.stopping = true;
+        let drain = Duration::from_millis(self.shared.drain_ms.load(Ordering::Acquire));
+        self.drain_deadline = Some(Instant::now() + drain);
+        for slot in 0..self.conns.len() {
+            if self.conns[slot].live {
+                let c = &mut self.conns[slot];
+                c.closing = true;
+                if drain.is_zero() {
+                    c.abort = true;
+                }
+                self.mark_dirty(slot);
+            }
+        }
+    }
+
+    /// After the drain deadline every remaining connection is cut.
+    pub(crate) fn enforce_drain(&mut self) -> Option<Duration> {
+        let deadline = self.drain_deadline?;
+        let now = Instant::now();
+        if now < deadline {
+            return Some(deadline - now);
+        }
+        for slot in 0..self.conns.len() {
+            if self.conns[slot].live && !self.conns[slot].abort {
+                self.conns[slot].abort = true;
+                self.mark_dirty(slot);
+            }
+        }
+        None
+    }
+}
+
+/// Delivers input to the handler, or keeps it for later when receiving is paused.
+pub(crate) fn deliver<H: Handler>(w: &mut Worker, h: &mut H, slot: usize, data: &[u8]) {
+    StatCells::add(&w.stats().bytes_in, data.len() as u64);
+    let c = &mut w.conns[slot];
+    if c.closing {
+        return;
+    }
+    if c.paused_user || c.paused_hwm {
+        c.stash.extend_from_slice(data);
+        return;
+    }
+    let id = w.id_of(slot);
+    h.on_data(w, id, data);
+}
+
+/// Hands stashed input to the handler once receiving is allowed again.
+pub(crate) fn deliver_stash<H: Handler>(w: &mut Worker, h: &mut H, slot: usize) {
+    let c = &mut w.conns[slot];
+    if c.stash.is_empty() || !c.live || c.closing || c.paused_user || c.paused_hwm {
+        return;
+    }
+    let data = std::mem::take(&mut c.stash);
+    let id = w.id_of(slot);
+    h.on_data(w, id, &data);
+}
+
+/// Accounts `n` sent bytes: drops finished segments and reports finished borrowed sends.
+pub(crate) fn sent<H: Handler>(w: &mut Worker, h: &mut H, slot: usize, mut n: usize) {
+    StatCells::add(&w.stats().bytes_out, n as u64);
+    let mut done: Vec<u64> = Vec::new();
+    let c = &mut w.conns[slot];
+    c.out_bytes -= n.min(c.out_bytes);
+    while let Some(seg) = c.out.front() {
+        let rem = seg.len() - c.head_off;
+        if rem <= n {
+            n -= rem;
+            if let Some(ck) = seg.cookie() {
+                done.push(ck);
+            }
+            c.out.pop_front();
+            c.head_off = 0;
+        } else {
+            c.head_off += n;
+            break;
+        }
+    }
+    c.inflight_segs = 0;
+    if c.paused_hwm && c.out_bytes <= w.cfg.out_high_water / 2 {
+        c.paused_hwm = false;
+    }
+    w.mark_dirty(slot);
+    if !done.is_empty() {
+        let id = w.id_of(slot);
+        for ck in done {
+            h.on_send_done(w, id, ck, true);
+        }
+    }
+}
+
+/// Final step of a connection whose kernel operations are all finished: close the fd,
+/// hand back unsent borrowed memory, `on_close`, free the slot.
+pub(crate) fn finalize<H: Handler>(w: &mut Worker, h: &mut H, slot: usize) {
+    let id = w.id_of(slot);
+    let c = &mut w.conns[slot];
+    c.closing = true;
+    let fd = std::mem::replace(&mut c.fd, -1);
+    let cookies: Vec<u64> = c.out.drain(..).filter_map(|s| s.cookie()).collect();
+    c.out_bytes = 0;
+    if fd >= 0 {
+        // SAFETY: the fd was accepted by this worker and is closed exactly once, here, after
+        // every io_uring operation on it has completed.
+        unsafe { libc::close(fd) };
+    }
+    for ck in cookies {
+        h.on_send_done(w, id, ck, false);
+    }
+    h.on_close(w, id);
+    w.release(slot);
+}

@@ -1,0 +1,268 @@
+//! The epoll worker loop, for kernels or sandboxes without a usable io_uring. Same worker
+//! model (own listener, own eventfd) and the same callback contract: level-triggered reads
+//! into a per-worker scratch buffer, output written at once with `sendmsg` and the rest
+//! queued until `EPOLLOUT`.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::conn::{self, Worker, MAX_IOV};
+use super::uring::accept_fd;
+use super::{Config, Error, Handler, Shared, StatCells};
+
+const K_ACCEPT: u64 = 1;
+const K_CONN: u64 = 2;
+const K_WAKE: u64 = 5;
+
+fn ud(kind: u64, slot: usize, gen: u32) -> u64 {
+    (kind << 56) | ((slot as u64) << 32) | gen as u64
+}
+
+struct Loop {
+    ep: OwnedFd,
+    listener: Option<OwnedFd>,
+    wake_fd: RawFd,
+    scratch: Vec<u8>,
+    iov: Vec<libc::iovec>,
+    syscalls: u64,
+}
+
+fn ctl(ep: RawFd, op: libc::c_int, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: epoll_ctl with a live event struct.
+    if unsafe { libc::epoll_ctl(ep, op, fd, &mut ev) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub(crate) fn run<H: Handler, M: FnOnce() -> H>(
+    index: usize,
+    listener: OwnedFd,
+    shared: Arc<Shared>,
+    cfg: Arc<Config>,
+    make: M,
+    ready: Sender<Result<(), Error>>,
+) {
+    // SAFETY: plain epoll_create1; checked below.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        let _ = ready.send(Err(Error::Io(io::Error::last_os_error())));
+        return;
+    }
+    // SAFETY: fresh fd owned by nobody else.
+    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+    let wake_fd = shared.workers[index].wake.as_raw_fd();
+    let setup = ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, listener.as_raw_fd(), libc::EPOLLIN as u32, ud(K_ACCEPT, 0, 0))
+        .and_then(|_| ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, wake_fd, libc::EPOLLIN as u32, ud(K_WAKE, 0, 0)));
+    if let Err(e) = setup {
+        let _ = ready.send(Err(Error::Io(e)));
+        return;
+    }
+    let scratch = vec![0u8; cfg.rx_buf_size];
+    let mut w = Worker::new(index, cfg, shared);
+    let mut h = make();
+    let mut l = Loop { ep, listener: Some(listener), wake_fd, scratch, iov: Vec::with_capacity(MAX_IOV), syscalls: 0 };
+    let _ = ready.send(Ok(()));
+    let current = conn::CurrentGuard::set(&w);
+    h.on_worker_start(&mut w);
+    l.run(&mut w, &mut h);
+    w.run_mail(true);
+    h.on_worker_stop(&mut w);
+    drop(current);
+}
+
+impl Loop {
+    fn run<H: Handler>(&mut self, w: &mut Worker, h: &mut H) {
+        let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        loop {
+            if !w.stopping && w.shared.stop.load(Ordering::Acquire) {
+                w.begin_stop();
+                if let Some(l) = self.listener.take() {
+                    let _ = ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, l.as_raw_fd(), 0, 0);
+                }
+            }
+            w.run_mail(false);
+            loop {
+                w.run_timers();
+                if w.stopping {
+                    w.enforce_drain();
+                }
+                self.flush(w, h);
+                if w.dirty.is_empty() {
+                    break;
+                }
+            }
+            if w.stopping && w.open == 0 {
+                break;
+            }
+            let mut timeout = w.next_timer();
+            if w.stopping {
+                let d = w.enforce_drain().unwrap_or(Duration::from_millis(50));
+                timeout = Some(timeout.map_or(d, |t| t.min(d)));
+            }
+            let ms = match timeout {
+                None => -1,
+                Some(d) => d.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32,
+            };
+            // SAFETY: the events buffer holds events.len() entries.
+            let n = unsafe { libc::epoll_wait(self.ep.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, ms) };
+            let st = w.stats();
+            StatCells::add(&st.enters, 1);
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                panic!("epoll_wait failed: {e}");
+            }
+            StatCells::add(&st.completions, n as u64);
+            for ev in &events[..n as usize] {
+                let (mask, data) = (ev.events, ev.u64);
+                match data >> 56 {
+                    K_ACCEPT => self.accept(w, h),
+                    K_WAKE => super::sys::drain_eventfd(self.wake_fd),
+                    K_CONN => self.conn_event(w, h, ((data >> 32) & 0xff_ffff) as usize, data as u32, mask),
+                    _ => {}
+                }
+            }
+            StatCells::add(&w.stats().submissions, std::mem::take(&mut self.syscalls));
+        }
+    }
+
+    fn accept<H: Handler>(&mut self, w: &mut Worker, h: &mut H) {
+        let Some(listener) = self.listener.as_ref().map(|l| l.as_raw_fd()) else { return };
+        for _ in 0..64 {
+            self.syscalls += 1;
+            // SAFETY: accept4 without an address buffer.
+            let fd = unsafe {
+                libc::accept4(listener, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            };
+            if fd < 0 {
+                return;
+            }
+            if let Some(slot) = accept_fd(w, h, fd) {
+                let gen = w.conns[slot].gen;
+                let mask = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+                match ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, mask, ud(K_CONN, slot, gen)) {
+                    Ok(()) => w.conns[slot].epoll_mask = mask,
+                    Err(_) => w.begin_close(slot, true),
+                }
+            }
+        }
+    }
+
+    fn conn_event<H: Handler>(&mut self, w: &mut Worker, h: &mut H, slot: usize, gen: u32, mask: u32) {
+        if !matches!(w.conns.get(slot), Some(c) if c.live && c.gen == gen) {
+            return;
+        }
+        if mask & libc::EPOLLOUT as u32 != 0 {
+            w.mark_dirty(slot);
+        }
+        let readable = mask & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0;
+        if !readable {
+            return;
+        }
+        if !w.conns[slot].wants_read() {
+            if mask & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                // Not reading, but the socket is dead: level-triggered HUP would spin.
+                w.begin_close(slot, true);
+            }
+            return;
+        }
+        let fd = w.conns[slot].fd;
+        self.syscalls += 1;
+        // SAFETY: reads into the worker's scratch buffer of the length passed.
+        let n = unsafe { libc::recv(fd, self.scratch.as_mut_ptr().cast(), self.scratch.len(), libc::MSG_DONTWAIT) };
+        if n > 0 {
+            conn::deliver(w, h, slot, &self.scratch[..n as usize]);
+        } else if n == 0 {
+            w.conns[slot].eof = true;
+            w.mark_dirty(slot);
+        } else {
+            let e = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            if e != libc::EAGAIN && e != libc::EINTR {
+                w.begin_close(slot, true);
+            }
+        }
+    }
+
+    fn flush<H: Handler>(&mut self, w: &mut Worker, h: &mut H) {
+        while let Some(slot) = w.dirty.pop() {
+            let slot = slot as usize;
+            w.conns[slot].in_dirty = false;
+            if !w.conns[slot].live {
+                continue;
+            }
+            if !w.conns[slot].stash.is_empty() {
+                conn::deliver_stash(w, h, slot);
+                if !w.conns[slot].live {
+                    continue;
+                }
+            }
+            {
+                let c = &w.conns[slot];
+                if c.eof && c.stash.is_empty() && !c.closing {
+                    w.begin_close(slot, false);
+                }
+            }
+            let c = &w.conns[slot];
+            if c.closing && (c.abort || c.out.is_empty()) {
+                let _ = ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, c.fd, 0, 0);
+                conn::finalize(w, h, slot);
+                continue;
+            }
+            // Write what the socket takes now; the rest waits for EPOLLOUT.
+            while !w.conns[slot].out.is_empty() && !w.conns[slot].abort {
+                let c = &w.conns[slot];
+                c.fill_iov(&mut self.iov, MAX_IOV);
+                if self.iov.is_empty() {
+                    conn::sent(w, h, slot, 0);
+                    continue;
+                }
+                let total: usize = self.iov.iter().map(|v| v.iov_len).sum();
+                // SAFETY: msghdr is plain data; all-zero is valid.
+                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                msg.msg_iov = self.iov.as_mut_ptr();
+                msg.msg_iovlen = self.iov.len();
+                self.syscalls += 1;
+                // SAFETY: the iovecs point at queued segments that stay alive during the call.
+                let n = unsafe { libc::sendmsg(c.fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+                if n < 0 {
+                    let e = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                    if e != libc::EAGAIN && e != libc::EINTR {
+                        w.begin_close(slot, true);
+                    }
+                    break;
+                }
+                conn::sent(w, h, slot, n as usize);
+                if (n as usize) < total {
+                    break;
+                }
+            }
+            let c = &mut w.conns[slot];
+            if !c.live {
+                continue;
+            }
+            let mut want = 0u32;
+            if c.wants_read() {
+                want |= (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+            }
+            if !c.out.is_empty() && !c.abort {
+                want |= libc::EPOLLOUT as u32;
+            }
+            if want != c.epoll_mask {
+                let data = ud(K_CONN, slot, c.gen);
+                if ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_MOD, c.fd, want, data).is_ok() {
+                    c.epoll_mask = want;
+                } else {
+                    w.begin_close(slot, true);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,697 @@
+//! `p99_engine`, `p99_worker`, `p99_conn`: the I/O engine for C.
+//!
+//! Threading, for every function below:
+//! - `p99_engine_*` functions are thread-safe, except that `p99_engine_stop` and
+//!   `p99_engine_free` must not be called from one of the engine's own worker threads
+//!   (`p99_engine_stop` returns `P99_STATUS_WRONG_THREAD` there; use
+//!   `p99_engine_request_stop`).
+//! - `p99_worker_*` functions take the `p99_worker *` handed to a callback, a posted task or a
+//!   timer, and may only be called on that worker's thread while the engine runs; from any
+//!   other thread they return `P99_STATUS_WRONG_THREAD` without touching the worker.
+//! - A `p99_conn` belongs to the worker that accepted it; using it on another worker gives
+//!   `P99_STATUS_WRONG_THREAD`, using it after its `on_close` gives `P99_STATUS_STALE_HANDLE`.
+
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::net::{IpAddr, Ipv4Addr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use super::boundary::{guard, guard_or, out_ptr, ref_from, slice_from, struct_size_of};
+use super::status::p99_status;
+use crate::engine::{self, Backend, ConnId, Engine, Error, Handler, TimerId, Worker};
+
+/// A running engine: worker threads, each with its own listener and event loop. Create with
+/// `p99_engine_start`, release with `p99_engine_free`.
+pub struct p99_engine {
+    inner: Engine,
+}
+
+/// One worker of an engine, as handed to callbacks, posted tasks and timers. Owned by the
+/// engine; valid only on its own thread, during the call it was passed to.
+#[repr(C)]
+pub struct p99_worker {
+    _private: [u8; 0],
+}
+
+/// A connection handle: worker index, slot and generation in one integer. 0 is never a valid
+/// handle. After `on_close` the handle is stale forever, even if the fd number is reused.
+pub type p99_conn = u64;
+
+/// Which event loop the engine runs on.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum p99_backend {
+    /// No backend can run (P99_BACKEND names one that is unavailable, or an unknown one).
+    None = 0,
+    /// io_uring: multishot accept and recv, provided buffer ring.
+    Uring = 1,
+    /// epoll: readiness and non-blocking system calls.
+    Epoll = 2,
+}
+
+/// Engine configuration. Fill with `p99_engine_config_defaults`, then change fields.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct p99_engine_config {
+    /// `sizeof(p99_engine_config)`, set by `p99_engine_config_defaults`.
+    pub struct_size: u32,
+    /// IPv4 or IPv6 address to listen on, as text; NULL means "127.0.0.1". Borrowed until
+    /// `p99_engine_start` returns.
+    pub addr: *const c_char,
+    /// TCP port; 0 picks a free port (see `p99_engine_port`). Default 0.
+    pub port: u16,
+    /// Worker threads; 0 = one per CPU in the process's affinity mask (default).
+    pub workers: u32,
+    /// Pin worker i to the i-th CPU of the affinity mask. Default true.
+    pub pin_workers: bool,
+    /// Set TCP_NODELAY on accepted connections. Default true.
+    pub tcp_nodelay: bool,
+    /// Open connections per worker; further ones are closed at accept. Default 65536.
+    pub max_conns_per_worker: u32,
+    /// Bytes per receive buffer. Default 4096.
+    pub rx_buf_size: u32,
+    /// Receive buffers per worker, a power of two up to 32768. Default 1024.
+    pub rx_buf_count: u32,
+    /// io_uring submission queue entries per worker. Default 256.
+    pub sq_entries: u32,
+    /// Queued output bytes above which a connection's receiving pauses until half of it is
+    /// sent. Default 1 MiB.
+    pub out_high_water: u64,
+    /// How long `p99_worker_close` may flush queued output before cutting. Default 2000 ms.
+    pub close_linger_ms: u32,
+    /// listen(2) backlog. Default 1024.
+    pub backlog: i32,
+}
+
+/// Callbacks and the user pointer passed to each. Zero-fill (or use
+/// `p99_engine_callbacks_defaults`), set `struct_size`, then set what you need; only
+/// `on_data` is required. All run on the worker thread that owns the connection.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct p99_engine_callbacks {
+    /// `sizeof(p99_engine_callbacks)`.
+    pub struct_size: u32,
+    /// Passed as the first argument of every callback. Shared by all workers.
+    pub user: *mut c_void,
+    /// The worker's loop starts. Optional.
+    pub on_worker_start: Option<unsafe extern "C" fn(user: *mut c_void, worker: *mut p99_worker)>,
+    /// A connection was accepted; return false to refuse it (closed at once, no `on_close`).
+    /// Optional (NULL accepts all).
+    pub on_accept: Option<unsafe extern "C" fn(user: *mut c_void, worker: *mut p99_worker, conn: p99_conn) -> bool>,
+    /// Bytes arrived; `data` is borrowed until the callback returns. Required.
+    pub on_data: Option<unsafe extern "C" fn(user: *mut c_void, worker: *mut p99_worker, conn: p99_conn, data: *const u8, len: usize)>,
+    /// A `p99_worker_send_iov` is finished with its memory: `sent` is true when every byte
+    /// was written to the socket, false when the connection closed first. Optional.
+    pub on_send_done: Option<unsafe extern "C" fn(user: *mut c_void, worker: *mut p99_worker, conn: p99_conn, cookie: u64, sent: bool)>,
+    /// The connection is closed: exactly once per accepted connection, after all of its
+    /// `on_send_done`. The handle is stale afterwards. Optional.
+    pub on_close: Option<unsafe extern "C" fn(user: *mut c_void, worker: *mut p99_worker, conn: p99_conn)>,
+    /// The worker's loop has ended. Optional.
+    pub on_worker_stop: Option<unsafe extern "C" fn(user: *mut c_void, worker: *mut p99_worker)>,
+}
+
+/// Work run on a worker thread: posted (`p99_engine_post`) or timed (`p99_worker_add_timer`).
+pub type p99_task_fn = Option<unsafe extern "C" fn(arg: *mut c_void, worker: *mut p99_worker)>;
+
+/// Counters of one worker (`p99_engine_stats`). Set `struct_size` before the call.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct p99_worker_stats {
+    /// `sizeof(p99_worker_stats)`, set by the caller.
+    pub struct_size: u32,
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections open now.
+    pub open: u64,
+    /// Connections refused (limit reached or `on_accept` returned false).
+    pub rejected: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// io_uring: SQEs submitted. epoll: I/O system calls (accept, recv, sendmsg).
+    pub submissions: u64,
+    /// io_uring: io_uring_enter calls. epoll: epoll_wait calls.
+    pub enters: u64,
+    /// io_uring: CQEs handled. epoll: events handled.
+    pub completions: u64,
+    /// Times the provided buffer ring ran empty (ENOBUFS) and a recv was re-armed.
+    pub bufring_empty: u64,
+}
+
+fn status_of(e: Error) -> p99_status {
+    match e {
+        Error::InvalidConfig(_) => p99_status::InvalidArgument,
+        Error::StaleHandle => p99_status::StaleHandle,
+        Error::Closed => p99_status::Closed,
+        Error::WrongThread => p99_status::WrongThread,
+        Error::Unsupported(_) => p99_status::Unsupported,
+        Error::Io(e) => p99_status::from_io_error(&e),
+    }
+}
+
+/// Pointer that may cross to a worker thread: the C caller promised it can be used there.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut c_void);
+// SAFETY: C hands these pointers to the engine precisely so that worker threads use them;
+// the documented contract makes thread safety of the pointee the caller's business.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+#[derive(Clone, Copy)]
+struct Callbacks {
+    cb: p99_engine_callbacks,
+}
+// SAFETY: function pointers and the user pointer, shared with workers by the C contract.
+unsafe impl Send for Callbacks {}
+// SAFETY: as above.
+unsafe impl Sync for Callbacks {}
+
+struct CHandler {
+    cb: p99_engine_callbacks,
+}
+
+fn wptr(w: &mut Worker) -> *mut p99_worker {
+    (w as *mut Worker).cast()
+}
+
+/// Runs a C callback; a panic (from libp99 code the callback called into) stops here.
+fn trampoline<T>(fallback: T, f: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(fallback)
+}
+
+impl Handler for CHandler {
+    fn on_worker_start(&mut self, w: &mut Worker) {
+        if let Some(f) = self.cb.on_worker_start {
+            // SAFETY: a C callback with the documented arguments.
+            trampoline((), || unsafe { f(self.cb.user, wptr(w)) });
+        }
+    }
+    fn on_accept(&mut self, w: &mut Worker, conn: ConnId) -> bool {
+        match self.cb.on_accept {
+            // SAFETY: as above.
+            Some(f) => trampoline(false, || unsafe { f(self.cb.user, wptr(w), conn.to_raw()) }),
+            None => true,
+        }
+    }
+    fn on_data(&mut self, w: &mut Worker, conn: ConnId, data: &[u8]) {
+        if let Some(f) = self.cb.on_data {
+            // SAFETY: as above; `data` stays valid for the call.
+            trampoline((), || unsafe { f(self.cb.user, wptr(w), conn.to_raw(), data.as_ptr(), data.len()) });
+        }
+    }
+    fn on_send_done(&mut self, w: &mut Worker, conn: ConnId, cookie: u64, sent: bool) {
+        if let Some(f) = self.cb.on_send_done {
+            // SAFETY: as above.
+            trampoline((), || unsafe { f(self.cb.user, wptr(w), conn.to_raw(), cookie, sent) });
+        }
+    }
+    fn on_close(&mut self, w: &mut Worker, conn: ConnId) {
+        if let Some(f) = self.cb.on_close {
+            // SAFETY: as above.
+            trampoline((), || unsafe { f(self.cb.user, wptr(w), conn.to_raw()) });
+        }
+    }
+    fn on_worker_stop(&mut self, w: &mut Worker) {
+        if let Some(f) = self.cb.on_worker_stop {
+            // SAFETY: as above.
+            trampoline((), || unsafe { f(self.cb.user, wptr(w)) });
+        }
+    }
+}
+
+/// Borrows the worker behind `w` if, and only if, it is the calling thread's worker.
+///
+/// # Safety
+/// `w` is compared by address before it is dereferenced; a match means it is the live worker
+/// of this thread, which is inside a callback and not otherwise borrowed.
+unsafe fn worker_from<'a>(w: *mut p99_worker) -> Result<&'a mut Worker, p99_status> {
+    if w.is_null() {
+        return Err(p99_status::NullParameter);
+    }
+    if !engine::is_current_worker(w as *const Worker) {
+        return Err(p99_status::WrongThread);
+    }
+    // SAFETY: it is this thread's current worker (see above).
+    Ok(unsafe { &mut *(w as *mut Worker) })
+}
+
+fn task(f: unsafe extern "C" fn(*mut c_void, *mut p99_worker), arg: SendPtr) -> Box<dyn FnOnce(&mut Worker) + Send> {
+    Box::new(move |w: &mut Worker| {
+        let arg = arg;
+        // SAFETY: the C task with the argument it was posted with.
+        trampoline((), || unsafe { f(arg.0, wptr(w)) });
+    })
+}
+
+/// Fills `*config` with the defaults (see each field) and sets `struct_size`.
+/// Returns `P99_STATUS_NULL_PARAMETER` if `config` is NULL. Thread-safe.
+#[no_mangle]
+pub extern "C" fn p99_engine_config_defaults(config: *mut p99_engine_config) -> p99_status {
+    guard(|| {
+        // SAFETY: checked for NULL; the caller provides a writable struct.
+        let out = unsafe { out_ptr(config) }?;
+        let d = engine::Config::default();
+        out.write(p99_engine_config {
+            struct_size: std::mem::size_of::<p99_engine_config>() as u32,
+            addr: std::ptr::null(),
+            port: d.port,
+            workers: 0,
+            pin_workers: d.pin_workers,
+            tcp_nodelay: d.tcp_nodelay,
+            max_conns_per_worker: d.max_conns_per_worker as u32,
+            rx_buf_size: d.rx_buf_size as u32,
+            rx_buf_count: d.rx_buf_count as u32,
+            sq_entries: d.sq_entries,
+            out_high_water: d.out_high_water as u64,
+            close_linger_ms: d.close_linger.as_millis() as u32,
+            backlog: d.backlog,
+        });
+        Ok(())
+    })
+}
+
+/// Zero-fills `*callbacks` (no user pointer, no callbacks) and sets `struct_size`.
+/// Returns `P99_STATUS_NULL_PARAMETER` if `callbacks` is NULL. Thread-safe.
+#[no_mangle]
+pub extern "C" fn p99_engine_callbacks_defaults(callbacks: *mut p99_engine_callbacks) -> p99_status {
+    guard(|| {
+        // SAFETY: checked for NULL; the caller provides a writable struct.
+        let out = unsafe { out_ptr(callbacks) }?;
+        out.write(p99_engine_callbacks {
+            struct_size: std::mem::size_of::<p99_engine_callbacks>() as u32,
+            user: std::ptr::null_mut(),
+            on_worker_start: None,
+            on_accept: None,
+            on_data: None,
+            on_send_done: None,
+            on_close: None,
+            on_worker_stop: None,
+        });
+        Ok(())
+    })
+}
+
+/// Binds the listeners, starts the workers and returns once all of them run; `*out` then
+/// owns the engine (free with `p99_engine_free`). `config` and `callbacks` are borrowed until
+/// return (the callbacks are copied). Errors: NULL pointer, `P99_STATUS_INVALID_ARGUMENT`
+/// (bad `struct_size`, bad address, out-of-range value, `on_data` NULL),
+/// `P99_STATUS_UNSUPPORTED` (P99_BACKEND forces an unavailable backend), or the status of the
+/// failed system call (e.g. `P99_STATUS_IO_ERROR` with errno EADDRINUSE). Thread-safe.
+#[no_mangle]
+pub extern "C" fn p99_engine_start(
+    config: *const p99_engine_config,
+    callbacks: *const p99_engine_callbacks,
+    out: *mut *mut p99_engine,
+) -> p99_status {
+    guard(|| {
+        // SAFETY: checked for NULL; both structs start with struct_size.
+        unsafe {
+            struct_size_of(config.cast(), std::mem::size_of::<p99_engine_config>())?;
+            struct_size_of(callbacks.cast(), std::mem::size_of::<p99_engine_callbacks>())?;
+        }
+        // SAFETY: non-NULL, and large enough per struct_size.
+        let c = unsafe { ref_from(config) }?;
+        // SAFETY: as above.
+        let cb = *unsafe { ref_from(callbacks) }?;
+        // SAFETY: checked for NULL before any work.
+        let out = unsafe { out_ptr(out) }?;
+        if cb.on_data.is_none() {
+            return Err(p99_status::InvalidArgument);
+        }
+        let addr = if c.addr.is_null() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            // SAFETY: non-NULL C string borrowed for the call.
+            let s = unsafe { CStr::from_ptr(c.addr) }.to_str().map_err(|_| p99_status::InvalidArgument)?;
+            s.parse::<IpAddr>().map_err(|_| p99_status::InvalidArgument)?
+        };
+        let cfg = engine::Config {
+            addr,
+            port: c.port,
+            workers: c.workers as usize,
+            pin_workers: c.pin_workers,
+            max_conns_per_worker: c.max_conns_per_worker as usize,
+            rx_buf_size: c.rx_buf_size as usize,
+            rx_buf_count: c.rx_buf_count as usize,
+            sq_entries: c.sq_entries,
+            out_high_water: usize::try_from(c.out_high_water).map_err(|_| p99_status::InvalidArgument)?,
+            close_linger: Duration::from_millis(c.close_linger_ms as u64),
+            backlog: c.backlog,
+            tcp_nodelay: c.tcp_nodelay,
+            backend: None,
+        };
+        let shared = Callbacks { cb };
+        let inner = Engine::start(cfg, move |_| {
+            let shared = shared;
+            CHandler { cb: shared.cb }
+        })
+        .map_err(status_of)?;
+        out.write(Box::into_raw(Box::new(p99_engine { inner })));
+        Ok(())
+    })
+}
+
+/// Writes the TCP port the engine listens on to `*out`. Thread-safe.
+#[no_mangle]
+pub extern "C" fn p99_engine_port(engine: *const p99_engine, out: *mut u16) -> p99_status {
+    guard(|| {
+        // SAFETY: checked for NULL; a live engine by contract.
+        let e = unsafe { ref_from(engine) }?;
+        // SAFETY: checked for NULL.
+        let out = unsafe { out_ptr(out) }?;
+        out.write(e.inner.port());
+        Ok(())
+    })
+}
+
+/// Writes the number of workers to `*out`. Thread-safe.
+#[no_mangle]
+pub extern "C" fn p99_engine_workers(engine: *const p99_engine, out: *mut u32) -> p99_status {
+    guard(|| {
+        // SAFETY: checked for NULL; a live engine by contract.
+        let e = unsafe { ref_from(engine) }?;
+        // SAFETY: checked for NULL.
+        let out = unsafe { out_ptr(out) }?;
+        out.write(e.inner.workers() as u32);
+        Ok(())
+    })
+}
+
+/// The backend engines in this process run on, probing the kernel on the first call (once
+/// per process): `P99_BACKEND_URING` when io_uring works here, else `P99_BACKEND_EPOLL`;
+/// `P99_BACKEND=uring|epoll` in the environment forces one. `P99_BACKEND_NONE` means the
+/// forced backend is unavailable (`p99_engine_start` then fails). Thread-safe.
+#[no_mangle]
+pub extern "C" fn p99_engine_backend() -> p99_backend {
+    guard_or(p99_backend::None, || match engine::probe::backend() {
+        Ok(Backend::Uring) => p99_backend::Uring,
+        Ok(Backend::Epoll) => p99_backend::Epoll,
+        Err(_) => p99_backend::None,
+    })
+}
+
+/// Why `p99_engine_backend` chose its backend, e.g. "io_uring unavailable: io_uring_setup:
+/// Operation not permitted (os error 1)". A static NUL-terminated string owned by libp99,
+/// valid for the life of the process; never NULL. Thread-safe.
+#[no_mangle]
+pub extern "C" fn p99_engine_backend_reason() -> *const c_char {
+    static REASON: OnceLock<CString> = OnceLock::new();
+    guard_or(c"unknown".as_ptr(), || {
+        REASON
+            .get_or_init(|| CString::new(engine::probe::reason().replace('\0', " ")).unwrap_or_default())
+            .as_ptr()
+    })
+}
+
+/// Runs `fn(arg, worker)` on worker `worker_index`'s thread soon. `arg` is passed through
+/// untouched; the task runs exactly once if this returns OK (also while the engine stops).
+/// Errors: NULL `engine`/`fn`, `P99_STATUS_INVALID_ARGUMENT` (no such worker),
+/// `P99_STATUS_CLOSED` (the engine is stopping; the task will not run). Thread-safe.
+#[no_mangle]
+pub extern "C" fn p99_engine_post(engine: *const p99_engine, worker_index: u32, func: p99_task_fn, arg: *mut c_void) -> p99_status {
+    guard(|| {
+        // SAFETY: checked for NULL; a live engine by contract.
+        let e = unsafe { ref_from(engine) }?;
+        let f = func.ok_or(p99_status::NullParameter)?;
+        e.inner.post(worker_index as usize, task(f, SendPtr(arg))).map_err(status_of)
+    })
+}
+
+/// Asks the engine to stop (see `p99_engine_stop`) and returns at once. Callable from any
+/// thread, including the engine's workers. Thread-safe.
+#[no_mangle]
+pub extern "C" fn p99_engine_request_stop(engine: *const p99_engine, drain_ms: u32) -> p99_status {
+    guard(|| {
+        // SAFETY: checked for NULL; a live engine by contract.
+        let e = unsafe { ref_from(engine) }?;
+        e.inner.request_stop(Duration::from_millis(drain_ms as u64));
+        Ok(())
+    })
+}
+
+/// Stops the engine and waits for it: listeners close, every connection stops receiving,
+/// flushes queued output for up to `drain_ms`, is closed and gets `on_close`; workers run
+/// `on_worker_stop` and exit; no fd, buffer or thread remains. A second call is a no-op.
+/// Returns `P99_STATUS_WRONG_THREAD` when called on one of the engine's own workers (use
+/// `p99_engine_request_stop` there). Thread-safe otherwise.
+#[no_mangle]
+pub extern "C" fn p99_engine_stop(engine: *const p99_engine, drain_ms: u32) -> p99_status {
+    guard(|| {
+        // SAFETY: checked for NULL; a live engine by contract.
+        let e = unsafe { ref_from(engine) }?;
+        e.inner.stop(Duration::from_millis(drain_ms as u64)).map_err(status_of)
+    })
+}
+
+/// Writes worker `worker_index`'s counters to `*out`; `out->struct_size` must be set.
+/// Errors: NULL pointers, `P99_STATUS_INVALID_ARGUMENT` (no such worker or struct_size too
+/// small). Works before and after stop. Thread-safe.
+#[no_mangle]
+pub extern "C" fn p99_engine_stats(engine: *const p99_engine, worker_index: u32, out: *mut p99_worker_stats) -> p99_status {
+    guard(|| {
+        // SAFETY: checked for NULL; a live engine by contract.
+        let e = unsafe { ref_from(engine) }?;
+        // SAFETY: checked for NULL; starts with struct_size.
+        unsafe { struct_size_of(out as *const u32, std::mem::size_of::<p99_worker_stats>()) }?;
+        // SAFETY: checked for NULL.
+        let out = unsafe { out_ptr(out) }?;
+        let s = e.inner.stats(worker_index as usize).ok_or(p99_status::InvalidArgument)?;
+        out.write(p99_worker_stats {
+            struct_size: std::mem::size_of::<p99_worker_stats>() as u32,
+            accepted: s.accepted,
+            open: s.open,
+            rejected: s.rejected,
+            bytes_in: s.bytes_in,
+            bytes_out: s.bytes_out,
+            submissions: s.submissions,
+            enters: s.enters,
+            completions: s.completions,
+            bufring_empty: s.bufring_empty,
+        });
+        Ok(())
+    })
+}
+
+/// Stops the engine if it still runs (1 s drain) and frees it. NULL is a no-op. Must not be
+/// called on one of the engine's own workers: there it only requests the stop and leaves the
+/// engine allocated (joining its own thread would deadlock).
+#[no_mangle]
+pub extern "C" fn p99_engine_free(engine: *mut p99_engine) {
+    guard_or((), || {
+        if engine.is_null() {
+            return;
+        }
+        // SAFETY: non-NULL; a live engine by contract.
+        let e = unsafe { &*engine };
+        if e.inner.on_worker_thread() {
+            e.inner.request_stop(Duration::from_secs(1));
+            return;
+        }
+        // SAFETY: created by Box::into_raw in p99_engine_start and freed once, here.
+        drop(unsafe { Box::from_raw(engine) });
+    })
+}
+
+/// The index of the worker that owns `conn` (for `p99_engine_post`). Thread-safe.
+#[no_mangle]
+pub extern "C" fn p99_conn_worker(conn: p99_conn) -> u32 {
+    ConnId::from_raw(conn).worker() as u32
+}
+
+/// Writes the worker's index to `*out`. Worker thread only.
+#[no_mangle]
+pub extern "C" fn p99_worker_index(worker: *mut p99_worker, out: *mut u32) -> p99_status {
+    guard(|| {
+        // SAFETY: checked by address against this thread's worker.
+        let w = unsafe { worker_from(worker) }?;
+        // SAFETY: checked for NULL.
+        let out = unsafe { out_ptr(out) }?;
+        out.write(w.index() as u32);
+        Ok(())
+    })
+}
+
+/// Queues a copy of `len` bytes at `data` for sending, ordered after everything queued
+/// before. `data` is borrowed until return. Errors: NULL (with len > 0), WRONG_THREAD,
+/// STALE_HANDLE, CLOSED (the connection is closing). Worker thread only.
+#[no_mangle]
+pub extern "C" fn p99_worker_send(worker: *mut p99_worker, conn: p99_conn, data: *const u8, len: usize) -> p99_status {
+    guard(|| {
+        // SAFETY: checked by address against this thread's worker.
+        let w = unsafe { worker_from(worker) }?;
+        // SAFETY: `len` readable bytes by the caller's contract.
+        let bytes = unsafe { slice_from(data, len) }?;
+        w.send(ConnId::from_raw(conn), bytes).map_err(status_of)
+    })
+}
+
+/// Queues `iovcnt` caller buffers for sending without copying them. The buffers stay the
+/// caller's and must stay valid and unchanged until `on_send_done(cookie)` for this
+/// connection, which always comes (sent = false if the connection closed first) unless this
+/// call fails. `iov` itself is borrowed until return. Errors: NULL `iov` with iovcnt > 0,
+/// INVALID_ARGUMENT (iovcnt < 0 or a NULL base with a non-zero length), WRONG_THREAD,
+/// STALE_HANDLE, CLOSED. Worker thread only.
+#[no_mangle]
+pub extern "C" fn p99_worker_send_iov(
+    worker: *mut p99_worker,
+    conn: p99_conn,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+    cookie: u64,
+) -> p99_status {
+    guard(|| {
+        // SAFETY: checked by address against this thread's worker.
+        let w = unsafe { worker_from(worker) }?;
+        if iovcnt < 0 {
+            return Err(p99_status::InvalidArgument);
+        }
+        let iovs: &[libc::iovec] = if iovcnt == 0 {
+            &[]
+        } else if iov.is_null() {
+            return Err(p99_status::NullParameter);
+        } else {
+            // SAFETY: non-NULL, `iovcnt` entries by the caller's contract.
+            unsafe { std::slice::from_raw_parts(iov, iovcnt as usize) }
+        };
+        if iovs.iter().any(|v| v.iov_base.is_null() && v.iov_len > 0) {
+            return Err(p99_status::InvalidArgument);
+        }
+        // SAFETY: the caller keeps the buffers valid until on_send_done (documented above).
+        unsafe { w.send_borrowed(ConnId::from_raw(conn), iovs, cookie) }.map_err(status_of)
+    })
+}
+
+/// Stops `on_data` for `conn` until `p99_worker_resume_recv`; bytes that arrive meanwhile are
+/// kept (bounded by what was already in flight) and delivered on resume. Worker thread only.
+#[no_mangle]
+pub extern "C" fn p99_worker_pause_recv(worker: *mut p99_worker, conn: p99_conn) -> p99_status {
+    guard(|| {
+        // SAFETY: checked by address against this thread's worker.
+        let w = unsafe { worker_from(worker) }?;
+        w.pause_recv(ConnId::from_raw(conn)).map_err(status_of)
+    })
+}
+
+/// Undoes `p99_worker_pause_recv`. Worker thread only.
+#[no_mangle]
+pub extern "C" fn p99_worker_resume_recv(worker: *mut p99_worker, conn: p99_conn) -> p99_status {
+    guard(|| {
+        // SAFETY: checked by address against this thread's worker.
+        let w = unsafe { worker_from(worker) }?;
+        w.resume_recv(ConnId::from_raw(conn)).map_err(status_of)
+    })
+}
+
+/// Closes `conn`: no more `on_data`, queued output is flushed (at most `close_linger_ms`),
+/// then the socket closes and `on_close` runs (later, not inside this call). Closing again is
+/// OK. Worker thread only.
+#[no_mangle]
+pub extern "C" fn p99_worker_close(worker: *mut p99_worker, conn: p99_conn) -> p99_status {
+    guard(|| {
+        // SAFETY: checked by address against this thread's worker.
+        let w = unsafe { worker_from(worker) }?;
+        w.close(ConnId::from_raw(conn)).map_err(status_of)
+    })
+}
+
+/// Stores a pointer with the connection (not dereferenced by libp99). Worker thread only.
+#[no_mangle]
+pub extern "C" fn p99_worker_set_conn_user(worker: *mut p99_worker, conn: p99_conn, user: *mut c_void) -> p99_status {
+    guard(|| {
+        // SAFETY: checked by address against this thread's worker.
+        let w = unsafe { worker_from(worker) }?;
+        w.set_user(ConnId::from_raw(conn), user as usize).map_err(status_of)
+    })
+}
+
+/// Writes the pointer stored by `p99_worker_set_conn_user` (NULL if none) to `*out`.
+/// Worker thread only.
+#[no_mangle]
+pub extern "C" fn p99_worker_conn_user(worker: *mut p99_worker, conn: p99_conn, out: *mut *mut c_void) -> p99_status {
+    guard(|| {
+        // SAFETY: checked by address against this thread's worker.
+        let w = unsafe { worker_from(worker) }?;
+        // SAFETY: checked for NULL.
+        let out = unsafe { out_ptr(out) }?;
+        let u = w.user(ConnId::from_raw(conn)).map_err(status_of)?;
+        out.write(u as *mut c_void);
+        Ok(())
+    })
+}
+
+/// Writes the connection's socket fd to `*out`, for getpeername/setsockopt. The engine owns
+/// it: do not read, write or close it. Worker thread only.
+#[no_mangle]
+pub extern "C" fn p99_worker_conn_fd(worker: *mut p99_worker, conn: p99_conn, out: *mut c_int) -> p99_status {
+    guard(|| {
+        // SAFETY: checked by address against this thread's worker.
+        let w = unsafe { worker_from(worker) }?;
+        // SAFETY: checked for NULL.
+        let out = unsafe { out_ptr(out) }?;
+        out.write(w.fd(ConnId::from_raw(conn)).map_err(status_of)?);
+        Ok(())
+    })
+}
+
+/// Runs `fn(arg, worker)` on this worker after `delay_ms`; writes the timer id to `*out_id`
+/// (may be NULL if not needed). Worker thread only.
+#[no_mangle]
+pub extern "C" fn p99_worker_add_timer(
+    worker: *mut p99_worker,
+    delay_ms: u64,
+    func: p99_task_fn,
+    arg: *mut c_void,
+    out_id: *mut u64,
+) -> p99_status {
+    guard(|| {
+        // SAFETY: checked by address against this thread's worker.
+        let w = unsafe { worker_from(worker) }?;
+        let f = func.ok_or(p99_status::NullParameter)?;
+        let t = task(f, SendPtr(arg));
+        let id = w.add_timer(Duration::from_millis(delay_ms), t);
+        if !out_id.is_null() {
+            // SAFETY: non-NULL, writable by the caller's contract.
+            unsafe { out_id.write(id.0) };
+        }
+        Ok(())
+    })
+}
+
+/// Cancels a timer; `P99_STATUS_NOT_FOUND` if it already ran or was cancelled. Worker thread
+/// only.
+#[no_mangle]
+pub extern "C" fn p99_worker_cancel_timer(worker: *mut p99_worker, timer_id: u64) -> p99_status {
+    guard(|| {
+        // SAFETY: checked by address against this thread's worker.
+        let w = unsafe { worker_from(worker) }?;
+        if w.cancel_timer(TimerId(timer_id)) {
+            Ok(())
+        } else {
+            Err(p99_status::NotFound)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_calls_off_thread_are_refused_without_dereferencing() {
+        // A bogus non-NULL pointer: rejected by address, never read.
+        let bogus = 0x10 as *mut p99_worker;
+        assert_eq!(p99_worker_send(bogus, 1, b"x".as_ptr(), 1), p99_status::WrongThread);
+        assert_eq!(p99_worker_close(std::ptr::null_mut(), 1), p99_status::NullParameter);
+    }
+
+    #[test]
+    fn defaults_fill_struct_size() {
+        let mut c = std::mem::MaybeUninit::<p99_engine_config>::uninit();
+        assert_eq!(p99_engine_config_defaults(c.as_mut_ptr()), p99_status::Ok);
+        let c = unsafe { c.assume_init() };
+        assert_eq!(c.struct_size as usize, std::mem::size_of::<p99_engine_config>());
+    }
+}

@@ -1,0 +1,3 @@
+//! Protocol code used by the Rust servers.
+
+pub mod ping;

@@ -1,0 +1,148 @@
+//! The three ping servers (pingserver-c, pingserver-c-p99, pingserver-rs) give identical
+//! bytes for the same scripted sessions, equal to what the protocol model says, on each
+//! engine backend. Needs the built programs: run through `make test-engine` (it passes
+//! P99_BIN_DIR), or `cargo test --test ping_parity -- --ignored` after `make`.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use p99::proto::ping::{PingParser, Verdict};
+
+struct Server {
+    child: Child,
+    port: u16,
+    name: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: signals our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn bin_dir() -> PathBuf {
+    std::env::var_os("P99_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("build/bin"))
+}
+
+fn start(name: &str, backend: Option<&str>) -> Server {
+    let path = bin_dir().join(name);
+    assert!(path.exists(), "{} not built (run make)", path.display());
+    let mut cmd = Command::new(&path);
+    cmd.args(["-p", "0", "-t", "2"]).stdout(Stdio::piped()).stderr(Stdio::null());
+    match backend {
+        Some(b) => cmd.env("P99_BACKEND", b),
+        None => cmd.env_remove("P99_BACKEND"),
+    };
+    let mut child = cmd.spawn().expect("spawn server");
+    let mut line = Vec::new();
+    let out = child.stdout.as_mut().unwrap();
+    let mut byte = [0u8; 1];
+    while out.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    let line = String::from_utf8(line).unwrap();
+    let port = line.split(':').nth(2).and_then(|p| p.split(' ').next()).and_then(|p| p.parse().ok());
+    let port = port.unwrap_or_else(|| panic!("{name}: no port in {line:?}"));
+    Server { child, port, name: format!("{name}[{}]", backend.unwrap_or("default")) }
+}
+
+/// Plays `chunks` (pausing between them so they arrive as separate segments), half-closes,
+/// and returns every byte the server sent until it closed.
+fn session(port: u16, chunks: &[Vec<u8>]) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for c in chunks {
+        if s.write_all(c).is_err() {
+            break; // the server closed on a too-long line; what it sent is still readable
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = s.shutdown(Shutdown::Write);
+    let mut v = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return v,
+            Ok(n) => v.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return v,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+fn model(chunks: &[Vec<u8>]) -> Vec<u8> {
+    let mut p = PingParser::new();
+    let mut out = Vec::new();
+    for c in chunks {
+        if p.feed(c, &mut out) == Verdict::Close {
+            break;
+        }
+    }
+    out
+}
+
+fn scripts() -> Vec<(&'static str, Vec<Vec<u8>>)> {
+    let mut v: Vec<(&'static str, Vec<Vec<u8>>)> = Vec::new();
+    v.push(("single", vec![b"PING\r\n".to_vec()]));
+    v.push(("pipelined", vec![b"PING\r\n".repeat(1000)]));
+    let mixed = b"ping\r\nPING\nhello\r\n\r\n\nPiNg\r\nPING \r\nPING\r\r\n\0PING\r\n".to_vec();
+    v.push(("split-every-byte", mixed.iter().map(|&b| vec![b]).collect()));
+    v.push(("mixed-whole", vec![mixed.clone()]));
+    let mut long = b"PING\r\n".repeat(3);
+    long.extend(std::iter::repeat_n(b'a', 1025));
+    long.extend_from_slice(b"\nPING\r\n");
+    v.push(("too-long-line", vec![long.clone()]));
+    v.push(("too-long-line-split", long.chunks(100).map(|c| c.to_vec()).collect()));
+    let mut exact = vec![b'b'; 1024];
+    exact.extend_from_slice(b"\nPING\r\n");
+    v.push(("exactly-1024", exact.chunks(333).map(|c| c.to_vec()).collect()));
+    v.push(("unterminated-tail", vec![b"PING\r\nPIN".to_vec()]));
+    // Pseudo-random mix, cut at pseudo-random points (fixed seed: same script every run).
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let words: [&[u8]; 6] = [b"PING\r\n", b"ping\r\n", b"PONG\r\n", b"PING\n", b"x\r\n", b"\r\n"];
+    let mut stream = Vec::new();
+    for _ in 0..2000 {
+        stream.extend_from_slice(words[(next() % words.len() as u64) as usize]);
+    }
+    let mut chunks = Vec::new();
+    let mut i = 0;
+    while i < stream.len() {
+        let n = 1 + (next() % 700) as usize;
+        chunks.push(stream[i..(i + n).min(stream.len())].to_vec());
+        i += n;
+    }
+    v.push(("random", chunks));
+    v
+}
+
+#[test]
+#[ignore = "needs the built servers; run by make test-engine"]
+fn three_ping_servers_answer_identically() {
+    let mut servers = vec![start("pingserver-c", None)];
+    for b in ["uring", "epoll"] {
+        servers.push(start("pingserver-c-p99", Some(b)));
+        servers.push(start("pingserver-rs", Some(b)));
+    }
+    for (name, chunks) in scripts() {
+        let want = model(&chunks);
+        assert!(!want.is_empty());
+        for s in &servers {
+            let got = session(s.port, &chunks);
+            assert!(got == want, "{} differs on script {name}: got {} bytes, want {}", s.name, got.len(), want.len());
+        }
+    }
+}
