@@ -4,7 +4,7 @@
 # ports and stops them.
 # usage: run.sh BIN_DIR [PYTHON]
 set -uo pipefail
-bindir=$1
+bindir=$(cd "$1" && pwd)
 python=${2:-/usr/bin/python3}
 cd "$(dirname "$0")"
 shopt -s nullglob
