@@ -142,9 +142,14 @@ test-consumer:
 	tests/consumer/run.sh $(VERSION)
 
 # mcserver: protocol, bad-input, differential (against memcached) and memccapable suites on
-# every build/bin/mcserver-* variant.
+# every build/bin/mcserver-* variant, then again on ASan+UBSan builds of them (a leak, an
+# invalid access or undefined behaviour makes the server exit non-zero, which fails the suite).
 test-mcserver:
 	tests/mcserver/run.sh $(BIN) $(PYTHON)
+	cmake -S c-examples -B $(BUILD)/c-examples-asan -DCMAKE_BUILD_TYPE=Debug -DP99_SANITIZE=ON \
+	    -DCMAKE_PREFIX_PATH=$(STAGE) -DCMAKE_RUNTIME_OUTPUT_DIRECTORY=$(BUILD)/bin-asan >/dev/null
+	cmake --build $(BUILD)/c-examples-asan -j $(JOBS) >/dev/null
+	tests/mcserver/run.sh $(BUILD)/bin-asan $(PYTHON)
 # The engine's tests that need the built programs: the ping servers answer identically.
 .PHONY: test-engine
 test-engine:
