@@ -28,7 +28,7 @@ SONAME_VERSION := $(if $(filter 0,$(V_MAJOR)),0.$(V_MINOR),$(V_MAJOR))
 CBINDGEN_VERSION := 0.29.0
 
 DEB_PACKAGES := cmake pkg-config clang libclang-dev memcached libmemcached-tools \
-	python3 python3-pymemcache valgrind bpftool iproute2 ethtool binutils
+	python3 python3-pymemcache valgrind bpftool iproute2 ethtool binutils iputils-ping
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
@@ -109,6 +109,8 @@ header:
 # Module test targets append themselves to TESTS below.
 TESTS := test-rust check-header check-abi test-c test-valgrind test-consumer
 TESTS += test-engine
+TESTS += test-xdp
+TESTS += test-bench
 
 test: deps
 	@$(MAKE) --no-print-directory all
@@ -116,7 +118,7 @@ test: deps
 	@echo "make test: all tests passed"
 
 test-rust:
-	$(CARGO) test --release
+	$(CARGO) test --release --no-fail-fast
 
 check-header:
 	@tmp=$$(mktemp); cbindgen --config cbindgen.toml --output $$tmp 2>/dev/null; \
@@ -142,6 +144,42 @@ test-consumer:
 .PHONY: test-engine
 test-engine:
 	P99_BIN_DIR=$(BIN) $(CARGO) test --release --test ping_parity -- --ignored
+# AF_XDP: the Rust veth suite runs in test-rust; this adds the C responders end to end.
+.PHONY: test-xdp bench-xdp
+test-xdp:
+	tests/xdp/udpping_e2e.sh $(BIN) target/release/p99-xdp-load
+
+# udpping-xdp vs udpping-kernel on a veth pair (root); prints replies/s, RTT and CPU/packet.
+bench-xdp: all
+	benches/udpping_xdp.sh $(BIN) target/release/p99-xdp-load
+# --- parity benchmark -------------------------------------------------------------------------
+#   make parity            full run (< 5 min on 2 cores)
+#   make parity QUICK=1    short run (< 1 min)
+#   make parity PARITY_FLAGS='--scenarios cache --rounds 5'   any p99-parity flag
+QUICK ?=
+PARITY_FLAGS ?=
+
+.PHONY: parity bench-bins storebench test-bench
+all: bench-bins
+
+bench-bins: rust
+	install -d $(BIN)
+	install -m 0755 target/release/p99-bench target/release/p99-parity $(BIN)/
+
+# The in-process store benchmark (C slab store vs libp99's store, one C harness); a separate
+# crate so cc/bindgen never enter libp99's own build. Built only once the C store exists.
+storebench: stage
+	@if [ -f c-examples/mcserver/storage_slab.c ]; then \
+	  P99_STAGE=$(STAGE) $(CARGO) build --release --manifest-path benches/storebench/Cargo.toml && \
+	  install -m 0755 benches/storebench/target/release/p99-storebench $(BIN)/; \
+	else echo "storebench: c-examples/mcserver/storage_slab.c not present, not built"; rm -f $(BIN)/p99-storebench; fi
+
+parity: deps
+	@$(MAKE) --no-print-directory all storebench
+	$(BIN)/p99-parity $(if $(QUICK),--quick) --bin-dir $(BIN) --out $(BUILD)/parity $(PARITY_FLAGS)
+
+test-bench: storebench
+	tests/parity-smoke.sh $(BIN) $(BUILD)/parity-smoke
 
 clean:
 	rm -rf $(BUILD)

@@ -9,6 +9,59 @@
 #include <sys/uio.h>
 
 /**
+ * Eviction policy `P99_CACHE_EVICTION_FIFO`: drop the oldest unpinned segment.
+ */
+#define P99_CACHE_EVICTION_FIFO 0
+
+/**
+ * Eviction policy `P99_CACHE_EVICTION_MERGE` (default): like FIFO, but items read since they
+ * were written are carried forward (up to a quarter of a segment per eviction).
+ */
+#define P99_CACHE_EVICTION_MERGE 1
+
+/**
+ * Commit mode: store unconditionally (memcached `set`).
+ */
+#define P99_CACHE_MODE_SET 0
+
+/**
+ * Commit mode: store only if absent (`add`); else `P99_STATUS_NOT_STORED`.
+ */
+#define P99_CACHE_MODE_ADD 1
+
+/**
+ * Commit mode: store only if present (`replace`); else `P99_STATUS_NOT_STORED`.
+ */
+#define P99_CACHE_MODE_REPLACE 2
+
+/**
+ * Commit mode: store only if present (else `P99_STATUS_NOT_FOUND`) with CAS equal to
+ * `cas_in` (else `P99_STATUS_EXISTS`; always `EXISTS` when CAS is disabled).
+ */
+#define P99_CACHE_MODE_CAS 3
+
+/**
+ * Commit mode: append the value to the present item (else `P99_STATUS_NOT_STORED`),
+ * keeping its flags and expiry (the reservation's are ignored).
+ */
+#define P99_CACHE_MODE_APPEND 4
+
+/**
+ * Commit mode: prepend, otherwise as `P99_CACHE_MODE_APPEND`.
+ */
+#define P99_CACHE_MODE_PREPEND 5
+
+/**
+ * Longest key in bytes (memcached's limit).
+ */
+#define P99_CACHE_KEY_MAX 250
+
+/**
+ * Bytes of worst-case item header counted against `item_max` (key + value + this).
+ */
+#define P99_CACHE_ITEM_HEADER_MAX 23
+
+/**
  * Major version of the header in use. Keep equal to Cargo.toml (checked by tests).
  */
 #define P99_VERSION_MAJOR 0
@@ -28,6 +81,56 @@
  * The version as one comparable number: major * 1000000 + minor * 1000 + patch.
  */
 #define P99_VERSION_NUMBER (((P99_VERSION_MAJOR * 1000000) + (P99_VERSION_MINOR * 1000)) + P99_VERSION_PATCH)
+
+/**
+ * Bind mode: copy (works everywhere).
+ */
+#define P99_XDP_BIND_COPY 0
+
+/**
+ * Bind mode: zero-copy (UNSUPPORTED where the driver lacks it, e.g. veth).
+ */
+#define P99_XDP_BIND_ZEROCOPY 1
+
+/**
+ * Bind mode: zero-copy when available, else copy.
+ */
+#define P99_XDP_BIND_AUTO 2
+
+/**
+ * Program kind: redirect every packet of a queue to the socket registered for it.
+ */
+#define P99_XDP_PROG_REDIRECT_ALL 0
+
+/**
+ * Program kind: redirect only IPv4/UDP to one destination port; the rest goes to the stack.
+ */
+#define P99_XDP_PROG_UDP_PORT 1
+
+/**
+ * Attach mode: native if the driver supports it, else generic.
+ */
+#define P99_XDP_ATTACH_AUTO 0
+
+/**
+ * Attach mode: native (driver) XDP.
+ */
+#define P99_XDP_ATTACH_NATIVE 1
+
+/**
+ * Attach mode: generic (skb) XDP.
+ */
+#define P99_XDP_ATTACH_GENERIC 2
+
+/**
+ * XDP action: pass to the kernel stack (what `p99_xdp_prog_test_run` reports, among others).
+ */
+#define P99_XDP_PASS 2
+
+/**
+ * XDP action: redirected (to an AF_XDP socket).
+ */
+#define P99_XDP_REDIRECT 4
 
 /**
  * Which event loop the engine runs on.
@@ -161,10 +264,271 @@ typedef uint32_t p99_status;
 #endif // __cplusplus
 
 /**
+ * Opaque cache handle. Create with `p99_cache_new`, free with `p99_cache_free`.
+ */
+typedef struct p99_cache p99_cache;
+
+/**
  * A running engine: worker threads, each with its own listener and event loop. Create with
  * `p99_engine_start`, release with `p99_engine_free`.
  */
 typedef struct p99_engine p99_engine;
+
+/**
+ * A loaded XDP program (built in, no compiler needed) with its XSKMAP; attached with a BPF
+ * link, so the kernel detaches it when the program is freed or the process dies.
+ *
+ * Threading: every call is serialised internally; any thread may call.
+ */
+typedef struct p99_xdp_prog p99_xdp_prog;
+
+/**
+ * An AF_XDP socket bound to one (interface, queue), with RX and TX rings, on a umem.
+ *
+ * Threading: every call is serialised internally and may come from any thread, but the rings
+ * are single-producer/single-consumer: drive a socket (and its umem) from one thread.
+ */
+typedef struct p99_xdp_socket p99_xdp_socket;
+
+/**
+ * A registered AF_XDP UMEM: frame area, FILL and COMPLETION rings, and the frame state table.
+ *
+ * Threading: every call is serialised internally and may come from any thread, but the rings
+ * are single-producer/single-consumer, so drive a umem and its socket from one thread.
+ */
+typedef struct p99_xdp_umem p99_xdp_umem;
+
+/**
+ * Cache configuration. Fill with `p99_cache_config_defaults`, then change fields.
+ */
+typedef struct p99_cache_config {
+  /**
+   * `sizeof(p99_cache_config)`, set by `p99_cache_config_defaults`.
+   */
+  uint32_t struct_size;
+  /**
+   * Segment size in bytes, 4096..4194304 (default 1 MiB).
+   */
+  uint32_t segment_bytes;
+  /**
+   * Byte budget for item storage (default 64 MiB); never exceeded. The hash table and
+   * segment metadata come on top (see `p99_cache_stats.total_bytes`).
+   */
+  uint64_t heap_bytes;
+  /**
+   * Expected item count, sizes the hash table (7 items per 64-byte bucket, overflow
+   * buckets beyond). 0 (default) = heap_bytes / 128.
+   */
+  uint64_t expected_items;
+  /**
+   * Largest item: key + value + `P99_CACHE_ITEM_HEADER_MAX` must not exceed it
+   * (memcached's -I; default 1 MiB; at most segment_bytes).
+   */
+  uint32_t item_max;
+  /**
+   * 64-bit CAS per item (default true); false behaves as memcached -C.
+   */
+  bool cas;
+  /**
+   * Manual clock for tests (default false = system clock). When true the clock starts at
+   * `manual_clock_start` and moves only with `p99_cache_set_time`.
+   */
+  bool manual_clock;
+  /**
+   * `P99_CACHE_EVICTION_*` (default MERGE).
+   */
+  uint32_t eviction;
+  /**
+   * Shard count, a power of two up to 256; 0 (default) = automatic (up to 16, at least 8
+   * segments each).
+   */
+  uint32_t shards;
+  /**
+   * Start of the manual clock in unix seconds.
+   */
+  uint32_t manual_clock_start;
+} p99_cache_config;
+
+/**
+ * A write in progress (two-phase write), owned by the caller, filled by `p99_cache_reserve`.
+ *
+ * Write the value either in pieces with `p99_cache_reservation_write`, or directly into
+ * `value` followed by `p99_cache_reservation_advance`; then `p99_cache_commit` or
+ * `p99_cache_cancel`. Do not copy the struct: commit/cancel clear it, which is how a second
+ * commit/cancel of the same struct is detected (`P99_STATUS_INVALID_STATE`).
+ */
+typedef struct p99_cache_reservation {
+  /**
+   * `value_len` writable bytes for the value, valid until commit or cancel.
+   */
+  uint8_t *value;
+  /**
+   * Declared value length.
+   */
+  size_t value_len;
+  /**
+   * Private. NULL when the struct holds no reservation.
+   */
+  void *state;
+} p99_cache_reservation;
+
+/**
+ * A pinned item returned by `p99_cache_get`/`p99_cache_get_and_touch`, owned by the caller.
+ *
+ * `key`/`value` point into the store and stay valid and unchanged until
+ * `p99_cache_item_release`, whatever happens to the item meanwhile (replace, delete, expiry,
+ * flush, eviction). Do not copy the struct: release clears it, which is how a second release
+ * is detected (`P99_STATUS_INVALID_STATE`).
+ */
+typedef struct p99_cache_item {
+  /**
+   * The value bytes (binary, not NUL-terminated).
+   */
+  const uint8_t *value;
+  /**
+   * Value length.
+   */
+  size_t value_len;
+  /**
+   * The key bytes.
+   */
+  const uint8_t *key;
+  /**
+   * Key length.
+   */
+  size_t key_len;
+  /**
+   * CAS unique (0 when CAS is disabled).
+   */
+  uint64_t cas;
+  /**
+   * Client flags.
+   */
+  uint32_t flags;
+  /**
+   * Absolute expiry on the cache clock (0 = never).
+   */
+  uint32_t expiry;
+  /**
+   * Private.
+   */
+  uint32_t pin_shard;
+  /**
+   * Private.
+   */
+  uint32_t pin_segment;
+  /**
+   * Private. Nonzero while the item is pinned.
+   */
+  uint64_t pin_magic;
+} p99_cache_item;
+
+/**
+ * Counters and gauges of a cache. Set `struct_size = sizeof(p99_cache_stats)` before
+ * `p99_cache_get_stats`; later library versions only append fields.
+ */
+typedef struct p99_cache_stats {
+  /**
+   * Set by the caller: `sizeof(p99_cache_stats)`.
+   */
+  uint32_t struct_size;
+  /**
+   * Number of shards.
+   */
+  uint32_t shards;
+  /**
+   * Items linked (some may be expired and not yet reclaimed).
+   */
+  uint64_t items;
+  /**
+   * Bytes of those items in segments (headers, keys, values).
+   */
+  uint64_t item_bytes;
+  /**
+   * Key and value bytes of those items.
+   */
+  uint64_t key_value_bytes;
+  /**
+   * Everything the store allocated: segments, hash table, metadata.
+   */
+  uint64_t total_bytes;
+  /**
+   * Segment memory allocated so far.
+   */
+  uint64_t segment_bytes_allocated;
+  /**
+   * Hash table bytes.
+   */
+  uint64_t hash_bytes;
+  /**
+   * Segment budget in bytes.
+   */
+  uint64_t heap_limit_bytes;
+  /**
+   * Reads that found a live item.
+   */
+  uint64_t hits;
+  /**
+   * Reads that found nothing.
+   */
+  uint64_t misses;
+  /**
+   * Items written (set/add/replace/cas/append/prepend/incr/decr).
+   */
+  uint64_t sets;
+  /**
+   * Items deleted by request.
+   */
+  uint64_t deletes;
+  /**
+   * Items touched.
+   */
+  uint64_t touches;
+  /**
+   * Segments evicted.
+   */
+  uint64_t evictions;
+  /**
+   * Live items dropped by eviction.
+   */
+  uint64_t evicted_items;
+  /**
+   * Items carried forward by merge eviction.
+   */
+  uint64_t merged_items;
+  /**
+   * Expired items removed.
+   */
+  uint64_t expirations;
+  /**
+   * Segments freed because all their items expired.
+   */
+  uint64_t expired_segments;
+  /**
+   * flush_all operations applied.
+   */
+  uint64_t flushes;
+  /**
+   * Segments in the budget.
+   */
+  uint64_t segments_total;
+  /**
+   * Segments holding items.
+   */
+  uint64_t segments_used;
+  /**
+   * Segments free for writing.
+   */
+  uint64_t segments_free;
+  /**
+   * Segments emptied while pinned, waiting for their last reader.
+   */
+  uint64_t segments_retired;
+  /**
+   * Pins held right now.
+   */
+  uint64_t pinned;
+} p99_cache_stats;
 
 /**
  * Engine configuration. Fill with `p99_engine_config_defaults`, then change fields.
@@ -342,6 +706,161 @@ typedef struct p99_worker_stats {
   uint64_t bufring_empty;
 } p99_worker_stats;
 
+/**
+ * UMEM parameters, filled in by the caller starting from `p99_xdp_umem_config_defaults()`.
+ */
+typedef struct p99_xdp_umem_config {
+  /**
+   * `sizeof(p99_xdp_umem_config)`, set by `p99_xdp_umem_config_defaults()`.
+   */
+  uint32_t struct_size;
+  /**
+   * Bytes per frame: 2048 or 4096 (default 4096).
+   */
+  uint32_t frame_size;
+  /**
+   * Number of frames (default 4096).
+   */
+  uint32_t frame_count;
+  /**
+   * Extra headroom in front of received data, after the kernel's 256 bytes (default 0).
+   */
+  uint32_t headroom;
+  /**
+   * FILL ring entries, a power of two (default 2048).
+   */
+  uint32_t fill_size;
+  /**
+   * COMPLETION ring entries, a power of two (default 2048).
+   */
+  uint32_t comp_size;
+} p99_xdp_umem_config;
+
+/**
+ * One packet descriptor, as in the kernel's rings: `addr` is the byte offset of the packet
+ * data inside the umem, `len` its length, `options` must be 0.
+ */
+typedef struct p99_xdp_desc {
+  uint64_t addr;
+  uint32_t len;
+  uint32_t options;
+} p99_xdp_desc;
+
+/**
+ * Frames per state, from `p99_xdp_umem_frame_counts`.
+ */
+typedef struct p99_xdp_frame_counts {
+  /**
+   * In the umem's free pool.
+   */
+  uint32_t free;
+  /**
+   * Posted to the FILL ring (owned by the kernel).
+   */
+  uint32_t in_fill;
+  /**
+   * Held by the caller (received or allocated, not yet sent or released).
+   */
+  uint32_t held;
+  /**
+   * Posted to the TX ring, completion not yet reaped.
+   */
+  uint32_t in_tx;
+} p99_xdp_frame_counts;
+
+/**
+ * Socket parameters, filled in by the caller starting from `p99_xdp_socket_config_defaults()`.
+ */
+typedef struct p99_xdp_socket_config {
+  /**
+   * `sizeof(p99_xdp_socket_config)`, set by `p99_xdp_socket_config_defaults()`.
+   */
+  uint32_t struct_size;
+  /**
+   * RX ring entries, a power of two (default 2048).
+   */
+  uint32_t rx_size;
+  /**
+   * TX ring entries, a power of two (default 2048).
+   */
+  uint32_t tx_size;
+  /**
+   * `P99_XDP_BIND_COPY` (default), `P99_XDP_BIND_ZEROCOPY` or `P99_XDP_BIND_AUTO`.
+   */
+  uint32_t bind_mode;
+  /**
+   * Non-zero (default): bind with XDP_USE_NEED_WAKEUP and kick the kernel only on request.
+   */
+  uint32_t need_wakeup;
+  /**
+   * How long bind retries while the queue is still held by a just-closed socket (default
+   * 500 ms); after that BUSY.
+   */
+  uint32_t bind_retry_ms;
+} p99_xdp_socket_config;
+
+/**
+ * Kernel statistics (XDP_STATISTICS) and libp99's own counters of one socket.
+ */
+typedef struct p99_xdp_stats {
+  /**
+   * Kernel: packets dropped for a reason other than invalid descriptors (e.g. too long).
+   */
+  uint64_t rx_dropped;
+  /**
+   * Kernel: invalid RX descriptors.
+   */
+  uint64_t rx_invalid_descs;
+  /**
+   * Kernel: invalid TX descriptors.
+   */
+  uint64_t tx_invalid_descs;
+  /**
+   * Kernel: packets dropped because the RX ring was full.
+   */
+  uint64_t rx_ring_full;
+  /**
+   * Kernel: packets dropped because the FILL ring was empty.
+   */
+  uint64_t rx_fill_ring_empty_descs;
+  /**
+   * Kernel: times the TX ring was found empty.
+   */
+  uint64_t tx_ring_empty_descs;
+  /**
+   * Packets returned by `p99_xdp_socket_recv`.
+   */
+  uint64_t rx_packets;
+  /**
+   * Descriptors placed on the TX ring.
+   */
+  uint64_t tx_queued;
+  /**
+   * TX completions reaped.
+   */
+  uint64_t tx_completed;
+  /**
+   * TX frames completed by the kernel without being transmitted.
+   */
+  uint64_t tx_kernel_dropped;
+  /**
+   * Calls refused because a descriptor was bad (address, length, state, options).
+   */
+  uint64_t rejected_descs;
+  /**
+   * TX kicks (sendto) issued.
+   */
+  uint64_t tx_kicks;
+  /**
+   * FILL-ring wake-ups issued.
+   */
+  uint64_t fill_wakeups;
+  /**
+   * Bind attempts retried on EBUSY.
+   */
+  uint64_t bind_retries;
+} p99_xdp_stats;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -352,6 +871,202 @@ extern "C" {
  * or 0 if none has happened yet. Thread-local, like `errno`; never cleared by success.
  */
 int p99_last_errno(void);
+
+/**
+ * Fills `*config` with the defaults (including `struct_size`). Returns NULL_PARAMETER if
+ * `config` is NULL. Thread-safe; `config` is borrowed until return.
+ */
+p99_status p99_cache_config_defaults(struct p99_cache_config *config);
+
+/**
+ * Creates a cache from `*config` (borrowed until return) and stores it in `*out`; free it
+ * with `p99_cache_free`. INVALID_ARGUMENT for a `struct_size` smaller than this version's
+ * struct or an inconsistent configuration (segment size out of range, heap smaller than a
+ * segment, item_max above segment_bytes or below a maximal key, bad eviction or shard
+ * count). Thread-safe.
+ */
+p99_status p99_cache_new(const struct p99_cache_config *config, struct p99_cache **out);
+
+/**
+ * Frees a cache. NULL is a no-op (OK). Returns BUSY, freeing nothing, while pinned items
+ * are not released. Reservations are independent of the cache's memory but must not be
+ * committed after the free. Not thread-safe: no other call on `cache` may run or follow.
+ */
+p99_status p99_cache_free(struct p99_cache *cache);
+
+/**
+ * Starts a write: `key` (`key_len` bytes, 1..250, borrowed until return and copied), a value
+ * of `value_len` bytes to come, client `flags` and absolute `expiry` (cache clock; 0 =
+ * never). Fills `*out` (caller-owned; previous contents ignored). Errors: NULL_PARAMETER,
+ * INVALID_ARGUMENT (key length 0 or > 250), TOO_LARGE (key + value + 23 > item_max); `*out`
+ * untouched on error. The reservation must end with `p99_cache_commit` or
+ * `p99_cache_cancel` (else its buffer leaks). Thread-safe.
+ */
+p99_status p99_cache_reserve(const struct p99_cache *cache,
+                             const uint8_t *key,
+                             size_t key_len,
+                             size_t value_len,
+                             uint32_t flags,
+                             uint32_t expiry,
+                             struct p99_cache_reservation *out);
+
+/**
+ * Appends the next `len` bytes of the value from `data` (borrowed until return).
+ * INVALID_STATE if `res` holds no reservation or the piece would run past `value_len`
+ * (nothing is written then). One thread at a time per reservation.
+ */
+p99_status p99_cache_reservation_write(struct p99_cache_reservation *res,
+                                       const uint8_t *data,
+                                       size_t len);
+
+/**
+ * Marks `n` more bytes as written after the caller wrote them directly at
+ * `res->value + (bytes written so far)`. INVALID_STATE if `res` holds no reservation or `n`
+ * exceeds what is left. One thread at a time per reservation.
+ */
+p99_status p99_cache_reservation_advance(struct p99_cache_reservation *res, size_t n);
+
+/**
+ * Completes the write in `*res` with `mode` (`P99_CACHE_MODE_*`); `cas_in` is read by
+ * `P99_CACHE_MODE_CAS` only. The reservation is consumed and `*res` cleared whatever the
+ * outcome (except NULL_PARAMETER for `cache`/`res` NULL, and INVALID_STATE when `*res` holds
+ * none). On OK the new item's CAS is stored in `*cas_out` if `cas_out` is not NULL.
+ * Errors: INVALID_STATE (value not completely written, or no reservation), INVALID_ARGUMENT
+ * (bad mode, reservation from another cache), NOT_STORED / NOT_FOUND / EXISTS (by mode),
+ * TOO_LARGE (append/prepend result too large), OUT_OF_MEMORY (every segment of the shard
+ * pinned). Thread-safe on `cache`.
+ */
+p99_status p99_cache_commit(const struct p99_cache *cache,
+                            struct p99_cache_reservation *res,
+                            uint32_t mode,
+                            uint64_t cas_in,
+                            uint64_t *cas_out);
+
+/**
+ * Abandons the write in `*res` and clears it. NULL_PARAMETER for NULL, INVALID_STATE when
+ * `*res` holds no reservation (e.g. a second cancel). Thread-safe per reservation.
+ */
+p99_status p99_cache_cancel(struct p99_cache_reservation *res);
+
+/**
+ * One-call write: like reserve + write + commit with `mode`. `key` and `value` are borrowed
+ * until return. Errors as `p99_cache_reserve` and `p99_cache_commit`; `*cas_out` (optional,
+ * may be NULL) gets the new CAS on OK. Thread-safe.
+ */
+p99_status p99_cache_store(const struct p99_cache *cache,
+                           const uint8_t *key,
+                           size_t key_len,
+                           const uint8_t *value,
+                           size_t value_len,
+                           uint32_t flags,
+                           uint32_t expiry,
+                           uint32_t mode,
+                           uint64_t cas_in,
+                           uint64_t *cas_out);
+
+/**
+ * Looks up `key` (borrowed until return) and, on OK, fills `*item` with the pinned item;
+ * release it with `p99_cache_item_release`. NOT_FOUND on a miss (`*item` untouched).
+ * INVALID_ARGUMENT for a key of length 0 or > 250. Thread-safe.
+ */
+p99_status p99_cache_get(const struct p99_cache *cache,
+                         const uint8_t *key,
+                         size_t key_len,
+                         struct p99_cache_item *item);
+
+/**
+ * Sets `key`'s expiry to `expiry` (absolute; 0 = never) and, on OK, fills `*item` with the
+ * pinned item (memcached gat; an expiry already past returns the item this once and it is
+ * gone after). CAS is unchanged. NOT_FOUND on a miss. Thread-safe.
+ */
+p99_status p99_cache_get_and_touch(const struct p99_cache *cache,
+                                   const uint8_t *key,
+                                   size_t key_len,
+                                   uint32_t expiry,
+                                   struct p99_cache_item *item);
+
+/**
+ * Releases a pinned item and clears `*item`. INVALID_STATE if `*item` holds no pin (e.g. a
+ * second release), INVALID_ARGUMENT if its private fields are not this cache's. Callable
+ * from any thread; the struct must not be used by another thread at the same time.
+ */
+p99_status p99_cache_item_release(const struct p99_cache *cache, struct p99_cache_item *item);
+
+/**
+ * Deletes `key` (borrowed until return). NOT_FOUND if absent. Thread-safe.
+ */
+p99_status p99_cache_delete(const struct p99_cache *cache, const uint8_t *key, size_t key_len);
+
+/**
+ * Sets `key`'s expiry (absolute; 0 = never), keeping value, flags and CAS. NOT_FOUND if
+ * absent. Thread-safe.
+ */
+p99_status p99_cache_touch(const struct p99_cache *cache,
+                           const uint8_t *key,
+                           size_t key_len,
+                           uint32_t expiry);
+
+/**
+ * memcached incr: adds `delta` to the decimal value of `key`, wrapping at 2^64; the new
+ * value goes to `*value_out`, the new CAS to `*cas_out` (optional, may be NULL). A shorter
+ * result is padded with spaces to the old length, a longer one grows the item; flags and
+ * expiry are kept. NOT_FOUND if absent, NON_NUMERIC if the value is not a decimal u64.
+ * Thread-safe.
+ */
+p99_status p99_cache_incr(const struct p99_cache *cache,
+                          const uint8_t *key,
+                          size_t key_len,
+                          uint64_t delta,
+                          uint64_t *value_out,
+                          uint64_t *cas_out);
+
+/**
+ * memcached decr: subtracts `delta`, stopping at 0; otherwise as `p99_cache_incr`.
+ * Thread-safe.
+ */
+p99_status p99_cache_decr(const struct p99_cache *cache,
+                          const uint8_t *key,
+                          size_t key_len,
+                          uint64_t delta,
+                          uint64_t *value_out,
+                          uint64_t *cas_out);
+
+/**
+ * memcached flush_all: every item stored before now + `delay_seconds` is gone from that
+ * moment on (at once when 0). A later call replaces a pending one. Pinned items stay
+ * readable until released. Thread-safe.
+ */
+p99_status p99_cache_flush_all(const struct p99_cache *cache, uint32_t delay_seconds);
+
+/**
+ * The cache clock now, in unix seconds (the time base of every expiry); 0 if `cache` is
+ * NULL. Thread-safe.
+ */
+uint32_t p99_cache_now(const struct p99_cache *cache);
+
+/**
+ * Sets the manual clock (config `manual_clock`) to `unix_seconds`. INVALID_STATE on a cache
+ * using the system clock. Thread-safe.
+ */
+p99_status p99_cache_set_time(const struct p99_cache *cache, uint32_t unix_seconds);
+
+/**
+ * Converts a memcached exptime into an absolute expiry on this cache's clock, as memcached
+ * 1.6 does: 0 = never (0); 1..2592000 (30 days) = seconds from now; larger = absolute unix
+ * time; negative, or an absolute time not in the future = already expired (a nonzero time
+ * not after now: a write with it replaces the old item, and the new one is never returned).
+ * Thread-safe.
+ */
+p99_status p99_cache_expiry_from_exptime(const struct p99_cache *cache,
+                                         int64_t exptime,
+                                         uint32_t *expiry_out);
+
+/**
+ * Fills `*stats` (caller sets `stats->struct_size` first; INVALID_ARGUMENT if smaller than
+ * the first published version of the struct). Only `struct_size` bytes are written, and
+ * `struct_size` is left as the caller set it. Thread-safe (locks each shard briefly).
+ */
+p99_status p99_cache_get_stats(const struct p99_cache *cache, struct p99_cache_stats *stats);
 
 /**
  * Returns a static, NUL-terminated English description of `status`.
@@ -549,6 +1264,308 @@ p99_status p99_worker_add_timer(struct p99_worker *worker,
  * only.
  */
 p99_status p99_worker_cancel_timer(struct p99_worker *worker, uint64_t timer_id);
+
+/**
+ * Returns a NUL-terminated English description of the most recent failure of a `p99_xdp_*`
+ * call on the calling thread (including the verifier log when a program was rejected), or
+ * "" if none failed yet. Thread-local; the string is owned by libp99 and valid until the next
+ * failing `p99_xdp_*` call on this thread. Never NULL.
+ */
+const char *p99_xdp_last_error_message(void);
+
+/**
+ * Returns a config with the documented defaults and `struct_size` set. Thread-safe.
+ */
+struct p99_xdp_umem_config p99_xdp_umem_config_defaults(void);
+
+/**
+ * Creates a umem: maps `frame_size * frame_count` page-aligned bytes, creates the AF_XDP
+ * socket, registers the area and sets up FILL/COMPLETION rings. `config` may be NULL for the
+ * defaults; it is borrowed until return. On success `*out` receives the umem, which the
+ * caller frees with `p99_xdp_umem_free`. Needs CAP_NET_RAW (PERMISSION_DENIED otherwise);
+ * INVALID_ARGUMENT for a bad frame size, count, headroom or ring size.
+ *
+ * # Safety
+ * `config`, if non-NULL, points to a `p99_xdp_umem_config` whose `struct_size` is set;
+ * `out` is writable.
+ */
+p99_status p99_xdp_umem_create(const struct p99_xdp_umem_config *config, struct p99_xdp_umem **out);
+
+/**
+ * Frees a umem handle (NULL is a no-op). The memory and the kernel socket stay alive until
+ * the socket bound on this umem (if any) is freed too. Consumes `umem`.
+ *
+ * # Safety
+ * `umem` is NULL or a live handle from `p99_xdp_umem_create`, not used again.
+ */
+void p99_xdp_umem_free(struct p99_xdp_umem *umem);
+
+/**
+ * Moves up to `max` free frames to the FILL ring so the kernel can receive into them;
+ * `*filled` (may be NULL) receives the count. Thread-safe (serialised).
+ *
+ * # Safety
+ * `umem` is a live handle; `filled` NULL or writable.
+ */
+p99_status p99_xdp_umem_fill(const struct p99_xdp_umem *umem, uint32_t max, uint32_t *filled);
+
+/**
+ * Reaps TX completions: transmitted frames go back to the free pool. `*reaped` (may be NULL)
+ * receives the count. Thread-safe (serialised).
+ *
+ * # Safety
+ * `umem` is a live handle; `reaped` NULL or writable.
+ */
+p99_status p99_xdp_umem_reap(const struct p99_xdp_umem *umem, uint32_t *reaped);
+
+/**
+ * Takes up to `max` free frames for the caller to build packets in: `descs[i].addr` is each
+ * frame's start, `len` 0. `*count` receives how many (0 when none is free). The frames are
+ * held by the caller until sent or released. `descs` is borrowed until return.
+ *
+ * # Safety
+ * `umem` is a live handle; `descs` has room for `max` descs; `count` is writable.
+ */
+p99_status p99_xdp_umem_alloc(const struct p99_xdp_umem *umem,
+                              struct p99_xdp_desc *descs,
+                              uint32_t max,
+                              uint32_t *count);
+
+/**
+ * Gives frames the caller holds back to the free pool (e.g. received packets not answered).
+ * All-or-nothing: INVALID_ARGUMENT, and nothing changes, if any address is outside the umem,
+ * not held by the caller, or listed twice. `descs` is borrowed until return.
+ *
+ * # Safety
+ * `umem` is a live handle; `descs` points to `count` descs.
+ */
+p99_status p99_xdp_umem_release(const struct p99_xdp_umem *umem,
+                                const struct p99_xdp_desc *descs,
+                                uint32_t count);
+
+/**
+ * Sets `*data` to the bytes at `addr` of a frame the caller holds, checking that
+ * `addr + len` stays inside that frame (INVALID_ARGUMENT otherwise, also when the frame is
+ * not held). The pointer stays valid while the caller holds the frame and the umem lives.
+ *
+ * # Safety
+ * `umem` is a live handle; `data` is writable.
+ */
+p99_status p99_xdp_umem_data(const struct p99_xdp_umem *umem,
+                             uint64_t addr,
+                             uint32_t len,
+                             uint8_t **data);
+
+/**
+ * Writes the number of frames in each state to `*counts` (free + in_fill + held + in_tx ==
+ * frame_count). Thread-safe (serialised).
+ *
+ * # Safety
+ * `umem` is a live handle; `counts` writable.
+ */
+p99_status p99_xdp_umem_frame_counts(const struct p99_xdp_umem *umem,
+                                     struct p99_xdp_frame_counts *counts);
+
+/**
+ * Returns a config with the documented defaults and `struct_size` set. Thread-safe.
+ */
+struct p99_xdp_socket_config p99_xdp_socket_config_defaults(void);
+
+/**
+ * Binds a socket on `umem` to queue `queue` of interface `ifname` (in the calling thread's
+ * network namespace). A umem backs one socket (INVALID_STATE for a second). Errors:
+ * NO_DEVICE (no such interface or queue), BUSY (queue held by another socket), UNSUPPORTED
+ * (zero-copy asked where the driver lacks it), INVALID_ARGUMENT (bad ring sizes).
+ * `config` may be NULL for the defaults; `ifname` and `config` are borrowed until return. On
+ * success `*out` receives the socket, freed with `p99_xdp_socket_free`. Register it with a
+ * program (`p99_xdp_prog_register`) to receive traffic.
+ *
+ * # Safety
+ * `umem` is a live handle; `ifname` a NUL-terminated string; `config` NULL or a config with
+ * `struct_size` set; `out` writable.
+ */
+p99_status p99_xdp_socket_create(const struct p99_xdp_umem *umem,
+                                 const char *ifname,
+                                 uint32_t queue,
+                                 const struct p99_xdp_socket_config *config,
+                                 struct p99_xdp_socket **out);
+
+/**
+ * Frees a socket (NULL is a no-op): unmaps its rings; the kernel socket closes, and the queue
+ * becomes free, once its umem is freed too. Consumes `sock`.
+ *
+ * # Safety
+ * `sock` is NULL or a live handle, not used again.
+ */
+void p99_xdp_socket_free(struct p99_xdp_socket *sock);
+
+/**
+ * Takes up to `max` received packets: `descs[i].addr` is where packet i's data starts in the
+ * umem (see `p99_xdp_umem_data`), `len` its length. `*count` receives how many (0 when none
+ * is waiting; never blocks). The frames are held by the caller until sent or released.
+ *
+ * # Safety
+ * `sock` is a live handle; `descs` has room for `max` descs; `count` writable.
+ */
+p99_status p99_xdp_socket_recv(const struct p99_xdp_socket *sock,
+                               struct p99_xdp_desc *descs,
+                               uint32_t max,
+                               uint32_t *count);
+
+/**
+ * Queues `count` held frames for transmission (`len` bytes from `addr`, inside one frame) and
+ * kicks the kernel. The batch is checked first: if any desc is bad (outside the umem, not
+ * held, empty, crossing its frame, options set, listed twice) nothing is queued and
+ * INVALID_ARGUMENT is returned (the frames stay held; see `p99_xdp_last_error_message`).
+ * `*queued` (may be NULL) receives how many were queued: the first `*queued` descs, fewer
+ * than `count` when the TX ring is full — the rest stay held for a later call.
+ *
+ * # Safety
+ * `sock` is a live handle; `descs` points to `count` descs; `queued` NULL or writable.
+ */
+p99_status p99_xdp_socket_send(const struct p99_xdp_socket *sock,
+                               const struct p99_xdp_desc *descs,
+                               uint32_t count,
+                               uint32_t *queued);
+
+/**
+ * Kicks transmission of descriptors still on the TX ring (copy mode moves a bounded batch
+ * per kick; `p99_xdp_socket_send` already kicks). `*pending` (may be NULL) receives how many
+ * remain on the ring.
+ *
+ * # Safety
+ * `sock` is a live handle; `pending` NULL or writable.
+ */
+p99_status p99_xdp_socket_kick(const struct p99_xdp_socket *sock, uint32_t *pending);
+
+/**
+ * Waits up to `timeout_ms` (-1: forever, 0: just check) for received packets; `*ready`
+ * receives 1 if RX has packets, else 0.
+ *
+ * # Safety
+ * `sock` is a live handle; `ready` writable.
+ */
+p99_status p99_xdp_socket_wait(const struct p99_xdp_socket *sock, int timeout_ms, uint32_t *ready);
+
+/**
+ * Returns the socket's file descriptor for the caller's poll/epoll loop (POLLIN: packets to
+ * receive), or -1 if `sock` is NULL. Owned by libp99: do not close it.
+ *
+ * # Safety
+ * `sock` is NULL or a live handle.
+ */
+int p99_xdp_socket_fd(const struct p99_xdp_socket *sock);
+
+/**
+ * Writes the bind mode in effect (`P99_XDP_BIND_COPY` or `P99_XDP_BIND_ZEROCOPY`) and the
+ * bound queue to the non-NULL out-parameters.
+ *
+ * # Safety
+ * `sock` is a live handle; `mode` and `queue` NULL or writable.
+ */
+p99_status p99_xdp_socket_mode(const struct p99_xdp_socket *sock, uint32_t *mode, uint32_t *queue);
+
+/**
+ * Writes the socket's statistics to `*stats`.
+ *
+ * # Safety
+ * `sock` is a live handle; `stats` writable.
+ */
+p99_status p99_xdp_socket_stats(const struct p99_xdp_socket *sock, struct p99_xdp_stats *stats);
+
+/**
+ * Loads a built-in program: `kind` is `P99_XDP_PROG_REDIRECT_ALL` or `P99_XDP_PROG_UDP_PORT`
+ * (then `udp_port`, host byte order, non-zero, selects the datagrams to redirect);
+ * `max_queues` (1..4096) sizes the socket map. Packets not redirected pass to the stack.
+ * Needs CAP_BPF + CAP_NET_ADMIN (PERMISSION_DENIED). On a verifier rejection
+ * (INVALID_ARGUMENT) `p99_xdp_last_error_message()` holds the log. Free with
+ * `p99_xdp_prog_free`.
+ *
+ * # Safety
+ * `out` writable.
+ */
+p99_status p99_xdp_prog_load(uint32_t kind,
+                             uint16_t udp_port,
+                             uint32_t max_queues,
+                             struct p99_xdp_prog **out);
+
+/**
+ * Attaches the program to interface `ifname` in `mode` (`P99_XDP_ATTACH_*`). BUSY when
+ * another program holds the interface's XDP hook; TOO_LARGE when the MTU is too large for
+ * native mode; UNSUPPORTED when the mode is unavailable; INVALID_STATE if already attached.
+ *
+ * # Safety
+ * `prog` is a live handle; `ifname` NUL-terminated.
+ */
+p99_status p99_xdp_prog_attach(const struct p99_xdp_prog *prog, const char *ifname, uint32_t mode);
+
+/**
+ * Detaches the program (no-op when not attached); it can be attached again.
+ *
+ * # Safety
+ * `prog` is a live handle.
+ */
+p99_status p99_xdp_prog_detach(const struct p99_xdp_prog *prog);
+
+/**
+ * Writes the requested attach mode (`P99_XDP_ATTACH_*`) to `*mode`; INVALID_STATE when not
+ * attached.
+ *
+ * # Safety
+ * `prog` is a live handle; `mode` writable.
+ */
+p99_status p99_xdp_prog_mode(const struct p99_xdp_prog *prog, uint32_t *mode);
+
+/**
+ * Registers `sock` for its bound queue: packets the program selects on that queue go to it.
+ * INVALID_ARGUMENT if the queue is beyond `max_queues`.
+ *
+ * # Safety
+ * `prog` and `sock` are live handles.
+ */
+p99_status p99_xdp_prog_register(const struct p99_xdp_prog *prog,
+                                 const struct p99_xdp_socket *sock);
+
+/**
+ * Removes whatever socket is registered for `queue` (no-op if none).
+ *
+ * # Safety
+ * `prog` is a live handle.
+ */
+p99_status p99_xdp_prog_unregister(const struct p99_xdp_prog *prog, uint32_t queue);
+
+/**
+ * Runs the program once on `len` bytes at `packet` (BPF_PROG_TEST_RUN, no network needed) and
+ * writes its XDP action to `*action` (`P99_XDP_PASS`, `P99_XDP_REDIRECT`, ...). `packet` is
+ * borrowed until return.
+ *
+ * # Safety
+ * `prog` is a live handle; `packet` has `len` readable bytes; `action` writable.
+ */
+p99_status p99_xdp_prog_test_run(const struct p99_xdp_prog *prog,
+                                 const uint8_t *packet,
+                                 size_t len,
+                                 uint32_t *action);
+
+/**
+ * Frees the program (NULL is a no-op): detaches it and closes its map. Consumes `prog`.
+ *
+ * # Safety
+ * `prog` is NULL or a live handle, not used again.
+ */
+void p99_xdp_prog_free(struct p99_xdp_prog *prog);
+
+/**
+ * UDP ping responder step: if the `len`-byte Ethernet frame at `frame` is an IPv4/UDP datagram
+ * to `port` (0: any) whose payload starts with "PING", rewrites it in place into the reply
+ * ("PONG", MAC/IP/port swapped, IPv4 checksum updated, UDP checksum cleared) and writes the
+ * reply length to `*reply_len`. Otherwise returns NOT_FOUND and leaves the frame unchanged.
+ * Every length inside the packet is checked against `len`. Thread-safe.
+ *
+ * # Safety
+ * `frame` has `len` writable bytes; `reply_len` writable.
+ */
+p99_status p99_xdp_udp_ping_reply(uint8_t *frame, uint32_t len, uint16_t port, uint32_t *reply_len);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -7,6 +7,8 @@
 #![allow(non_camel_case_types)]
 
 pub mod boundary;
+pub mod cache;
 pub mod status;
 pub mod version;
 pub mod engine;
+pub mod xdp;

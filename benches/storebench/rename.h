@@ -1,0 +1,34 @@
+/*
+ * Gives every storage.h function (and the harness entry point) a per-variant prefix, so the C
+ * slab store and the libp99 adapter, which implement the same process-wide API, can live in one
+ * benchmark binary. Force-included (-include) before any other header, with STOREBENCH_PREFIX
+ * set to the variant's name.
+ */
+#ifndef STOREBENCH_RENAME_H
+#define STOREBENCH_RENAME_H
+
+#ifndef STOREBENCH_PREFIX
+#error "STOREBENCH_PREFIX must name the variant"
+#endif
+
+#define STOREBENCH_CAT2(p, n) p##_##n
+#define STOREBENCH_CAT(p, n) STOREBENCH_CAT2(p, n)
+
+#define storage_setup STOREBENCH_CAT(STOREBENCH_PREFIX, storage_setup)
+#define storage_teardown STOREBENCH_CAT(STOREBENCH_PREFIX, storage_teardown)
+#define storage_name STOREBENCH_CAT(STOREBENCH_PREFIX, storage_name)
+#define storage_reserve STOREBENCH_CAT(STOREBENCH_PREFIX, storage_reserve)
+#define storage_fill STOREBENCH_CAT(STOREBENCH_PREFIX, storage_fill)
+#define storage_commit STOREBENCH_CAT(STOREBENCH_PREFIX, storage_commit)
+#define storage_cancel STOREBENCH_CAT(STOREBENCH_PREFIX, storage_cancel)
+#define storage_get STOREBENCH_CAT(STOREBENCH_PREFIX, storage_get)
+#define storage_gat STOREBENCH_CAT(STOREBENCH_PREFIX, storage_gat)
+#define storage_release STOREBENCH_CAT(STOREBENCH_PREFIX, storage_release)
+#define storage_delete STOREBENCH_CAT(STOREBENCH_PREFIX, storage_delete)
+#define storage_touch STOREBENCH_CAT(STOREBENCH_PREFIX, storage_touch)
+#define storage_incr STOREBENCH_CAT(STOREBENCH_PREFIX, storage_incr)
+#define storage_flush STOREBENCH_CAT(STOREBENCH_PREFIX, storage_flush)
+#define storage_stats STOREBENCH_CAT(STOREBENCH_PREFIX, storage_stats)
+#define harness_run STOREBENCH_CAT(STOREBENCH_PREFIX, harness_run)
+
+#endif

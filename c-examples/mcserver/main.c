@@ -1,0 +1,204 @@
+/*
+ * main.c - mcserver: a memcached-compatible cache server whose storage and I/O modules are
+ * chosen at build time (storage.h, io.h). Command line as memcached's where it applies.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "io.h"
+#include "proto.h"
+#include "storage.h"
+
+#define OUT_HIGH_WATER (1024 * 1024)
+
+static void usage(FILE *f, const char *prog)
+{
+	fprintf(f,
+		"usage: %s [options]\n"
+		"  -p, --port=<num>          TCP port to listen on (default: 11211; 0 = any free port)\n"
+		"  -l, --listen=<addr>       interface to listen on (default: 127.0.0.1)\n"
+		"  -t, --threads=<num>       number of worker threads (default: 4)\n"
+		"  -c, --conn-limit=<num>    max simultaneous connections (default: 1024)\n"
+		"  -m, --memory-limit=<num>  item memory in megabytes (default: 64)\n"
+		"  -I, --max-item-size=<num> largest item, with k/m suffix (default: 1m; 1k..1024m)\n"
+		"  -f, --slab-growth-factor=<num> chunk size growth factor (default: 1.25)\n"
+		"  -C, --disable-cas         disable use of CAS\n"
+		"  -U, --udp-port=<num>      UDP port: only 0 (off) is supported\n"
+		"  -v, --verbose             verbose (repeat for more)\n"
+		"  -h, --help                print this help and exit\n"
+		"storage module: %s, I/O module: %s\n",
+		prog, storage_name(), io_name());
+}
+
+static bool parse_ulong(const char *s, unsigned long max, unsigned long *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long v = strtoul(s, &end, 10);
+	if (errno || end == s || *end != '\0' || v > max || s[0] == '-')
+		return false;
+	*out = v;
+	return true;
+}
+
+static bool parse_size(const char *s, size_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || end == s || s[0] == '-')
+		return false;
+	if (*end == 'k' || *end == 'K') {
+		v *= 1024;
+		end++;
+	} else if (*end == 'm' || *end == 'M') {
+		v *= 1024 * 1024;
+		end++;
+	}
+	if (*end != '\0')
+		return false;
+	*out = (size_t)v;
+	return true;
+}
+
+static void raise_fd_limit(unsigned conns)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+		return;
+	rlim_t want = (rlim_t)conns + 64;
+	if (rl.rlim_cur >= want)
+		return;
+	rl.rlim_cur = want;
+	if (rl.rlim_max < want)
+		rl.rlim_max = want; /* allowed as root; otherwise setrlimit fails and we keep going */
+	if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+		getrlimit(RLIMIT_NOFILE, &rl);
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	struct proto_settings ps = {
+		.addr = "127.0.0.1", .port = 11211, .threads = 4, .max_conns = 1024,
+		.mem_limit = 64u << 20, .item_max = 1u << 20, .growth = 1.25, .cas_enabled = true,
+	};
+	unsigned long v;
+	int opt;
+	while ((opt = getopt(argc, argv, "p:l:t:c:m:I:f:CU:vh")) != -1) {
+		switch (opt) {
+		case 'p':
+			if (!parse_ulong(optarg, 65535, &v)) goto bad;
+			ps.port = (uint16_t)v;
+			break;
+		case 'l':
+			ps.addr = optarg;
+			break;
+		case 't':
+			if (!parse_ulong(optarg, 256, &v) || v == 0) goto bad;
+			ps.threads = (unsigned)v;
+			break;
+		case 'c':
+			if (!parse_ulong(optarg, 1000000, &v) || v == 0) goto bad;
+			ps.max_conns = (unsigned)v;
+			break;
+		case 'm':
+			if (!parse_ulong(optarg, 1024 * 1024, &v) || v == 0) goto bad;
+			ps.mem_limit = (size_t)v << 20;
+			break;
+		case 'I':
+			if (!parse_size(optarg, &ps.item_max) || ps.item_max < 1024 ||
+			    ps.item_max > ((size_t)1024 << 20)) {
+				fprintf(stderr, "mcserver: -I must be between 1k and 1024m\n");
+				return 1;
+			}
+			break;
+		case 'f':
+			ps.growth = strtod(optarg, NULL);
+			if (ps.growth <= 1.0 || ps.growth > 4.0) goto bad;
+			break;
+		case 'C':
+			ps.cas_enabled = false;
+			break;
+		case 'U':
+			if (strcmp(optarg, "0") != 0) {
+				fprintf(stderr, "mcserver: UDP is not supported; only -U 0\n");
+				return 1;
+			}
+			break;
+		case 'v':
+			ps.verbose++;
+			break;
+		case 'h':
+			usage(stdout, argv[0]);
+			return 0;
+		default:
+			usage(stderr, argv[0]);
+			return 1;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "mcserver: unexpected argument '%s'\n", argv[optind]);
+		return 1;
+	}
+	if (ps.item_max > ps.mem_limit) {
+		fprintf(stderr, "mcserver: -I cannot be larger than -m\n");
+		return 1;
+	}
+
+	char err[256];
+	struct storage_options so = {
+		.mem_limit = ps.mem_limit, .item_max = ps.item_max,
+		.cas_enabled = ps.cas_enabled, .growth = ps.growth,
+	};
+	if (storage_setup(&so, err, sizeof(err)) != 0) {
+		fprintf(stderr, "mcserver: %s\n", err);
+		return 1;
+	}
+	raise_fd_limit(ps.max_conns);
+	signal(SIGPIPE, SIG_IGN);
+	sigset_t sigs;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* workers inherit: only sigwait sees them */
+
+	struct io_callbacks cb;
+	proto_init(&ps, &cb);
+	struct io_options io = {
+		.addr = ps.addr, .port = ps.port, .threads = ps.threads,
+		.max_conns = ps.max_conns, .out_high_water = OUT_HIGH_WATER, .verbose = ps.verbose,
+	};
+	struct io_server *srv = io_start(&io, &cb, err, sizeof(err));
+	if (!srv) {
+		fprintf(stderr, "mcserver: %s\n", err);
+		storage_teardown();
+		return 1;
+	}
+	proto_set_server(srv);
+	if (ps.verbose)
+		fprintf(stderr, "mcserver: listening on %s:%u (storage %s, io %s, %u threads)\n",
+			ps.addr, io_port(srv), storage_name(), io_name(), ps.threads);
+
+	int sig = 0;
+	sigwait(&sigs, &sig);
+	if (ps.verbose)
+		fprintf(stderr, "mcserver: signal %d, shutting down\n", sig);
+	proto_set_server(NULL);
+	io_stop(srv);
+	storage_teardown();
+	return 0;
+bad:
+	fprintf(stderr, "mcserver: bad value for -%c: '%s'\n", opt, optarg);
+	usage(stderr, argv[0]);
+	return 1;
+}

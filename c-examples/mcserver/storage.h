@@ -1,0 +1,156 @@
+/*
+ * storage.h - the item store boundary of mcserver.
+ *
+ * The protocol code (proto.c) talks to the item store only through this header. Two
+ * implementations exist and one is chosen at build time:
+ *
+ *   storage_slab.c  a Twemcache-style C store: slab classes, per-class LRU, refcounted items
+ *   storage_p99.c   a thin adapter onto libp99's p99_cache (segment-structured store)
+ *
+ * The call pattern follows Twemcache/Pelikan so that no value is copied twice and nothing
+ * dangles:
+ *
+ *   write:  storage_reserve()  -> storage_fill() once or more, as the value arrives
+ *                              -> storage_commit(op) or storage_cancel()
+ *   read:   storage_get() / storage_gat()  -> the value stays pinned (valid, unchanged) until
+ *           storage_release(), so it can be handed to the socket by reference.
+ *
+ * Time: the store keeps its own clock (whole seconds). Expiry is always passed as a relative
+ * time-to-live in seconds, already converted from memcached's exptime by the protocol:
+ *   ttl == 0   never expires
+ *   ttl  > 0   expires ttl seconds from now
+ *   ttl  < 0   already expired: the operation succeeds, the item is never seen again.
+ *
+ * Threading: every function is thread-safe and may be called from any I/O worker at once.
+ * A reservation or a pin belongs to the caller until it is committed/cancelled/released; it
+ * may be finished on another thread than the one that created it.
+ */
+#ifndef MCSERVER_STORAGE_H
+#define MCSERVER_STORAGE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Longest key the protocol accepts (memcached's KEY_MAX_LENGTH). */
+#define STORAGE_KEY_MAX 250
+
+/* Outcome of a store call. Each function lists which of these it returns. */
+enum storage_result {
+	STORAGE_OK = 0,          /* done (reserve, fill, touch, incr/decr, flush) */
+	STORAGE_STORED,          /* commit: the item is now visible */
+	STORAGE_NOT_STORED,      /* commit: add on existing key; replace/append/prepend on missing */
+	STORAGE_EXISTS,          /* commit CAS: the item changed since it was read (or cas 0) */
+	STORAGE_NOT_FOUND,       /* no such (live) item */
+	STORAGE_DELETED,         /* delete: the item was removed */
+	STORAGE_TOO_LARGE,       /* reserve/commit: the item can never fit (over item_max) */
+	STORAGE_NO_MEMORY,       /* reserve/commit/incr: no room even after eviction */
+	STORAGE_NON_NUMERIC,     /* incr/decr: the value is not an unsigned 64-bit decimal */
+	STORAGE_INVALID,         /* a bad argument (NULL, key too long, fill past the length) */
+};
+
+/* What storage_commit does with the reserved item. */
+enum storage_op {
+	STORAGE_SET,     /* store unconditionally */
+	STORAGE_ADD,     /* store only if the key is missing */
+	STORAGE_REPLACE, /* store only if the key exists */
+	STORAGE_APPEND,  /* add the reserved bytes after the existing value (flags/ttl kept) */
+	STORAGE_PREPEND, /* add the reserved bytes before the existing value (flags/ttl kept) */
+	STORAGE_CAS,     /* store only if the existing item's cas equals the given one */
+};
+
+/* Settings given once to storage_setup(). */
+struct storage_options {
+	size_t mem_limit;   /* bytes the store may use for items (memcached -m), > 0 */
+	size_t item_max;    /* largest item in bytes, header included (memcached -I), > 0 */
+	bool cas_enabled;   /* false with -C: every cas reads as 0 and CAS commits give EXISTS */
+	double growth;      /* slab growth factor (slab store only; 0 = default 1.25) */
+};
+
+/* A write in progress (opaque). */
+struct storage_reservation;
+
+/* A pinned item being read (opaque). */
+struct storage_pin;
+
+/* A read result. value/len stay valid and unchanged until storage_release(pin). */
+struct storage_view {
+	const void *value;
+	size_t len;
+	uint32_t flags;
+	uint64_t cas;              /* 0 when CAS is disabled */
+	struct storage_pin *pin;
+};
+
+/* Called by storage_stats once per figure; name and value are borrowed for the call. */
+typedef void (*storage_stat_fn)(void *ctx, const char *name, const char *value);
+
+/* Creates the (single, process-wide) store. Returns 0, or -1 with a message in err. */
+int storage_setup(const struct storage_options *opts, char *err, size_t errlen);
+
+/* Frees the store. Every reservation and pin must have been finished before. */
+void storage_teardown(void);
+
+/* Short name of the implementation, e.g. "slab" or "p99". */
+const char *storage_name(void);
+
+/*
+ * Phase 1 of a write: reserves room for an item of value length vlen. The key is copied.
+ * Returns STORAGE_OK with *out set, STORAGE_TOO_LARGE (would exceed item_max),
+ * STORAGE_NO_MEMORY or STORAGE_INVALID. Nothing becomes visible until commit.
+ */
+int storage_reserve(const void *key, size_t nkey, uint32_t flags, int64_t ttl, size_t vlen,
+		    struct storage_reservation **out);
+
+/*
+ * Copies the next len bytes of the value into the reservation (pieces are appended in order).
+ * Returns STORAGE_OK, or STORAGE_INVALID when more than vlen bytes in total would be written.
+ */
+int storage_fill(struct storage_reservation *r, const void *data, size_t len);
+
+/*
+ * Phase 2: makes the reserved item visible according to op; the reservation is consumed
+ * whatever the result. The value must have been filled completely. cas is compared only for
+ * STORAGE_CAS. On STORAGE_STORED, *cas_out (if not NULL) gets the item's new cas.
+ * Returns STORAGE_STORED, STORAGE_NOT_STORED, STORAGE_EXISTS, STORAGE_NOT_FOUND (CAS on a
+ * missing key), STORAGE_TOO_LARGE / STORAGE_NO_MEMORY (append/prepend result does not fit).
+ */
+int storage_commit(struct storage_reservation *r, enum storage_op op, uint64_t cas,
+		   uint64_t *cas_out);
+
+/* Abandons a reservation (consumed). Nothing changes in the store. */
+void storage_cancel(struct storage_reservation *r);
+
+/* Looks up a live item and pins it. Returns STORAGE_OK (view filled) or STORAGE_NOT_FOUND. */
+int storage_get(const void *key, size_t nkey, struct storage_view *out);
+
+/* Like storage_get, and sets the item's ttl (cas unchanged). Returns OK or NOT_FOUND. */
+int storage_gat(const void *key, size_t nkey, int64_t ttl, struct storage_view *out);
+
+/* Unpins a read item; the view's pointers must not be used after. NULL is a no-op. */
+void storage_release(struct storage_pin *pin);
+
+/* Removes an item. Returns STORAGE_DELETED or STORAGE_NOT_FOUND. */
+int storage_delete(const void *key, size_t nkey);
+
+/* Sets an item's ttl (cas unchanged). Returns STORAGE_OK or STORAGE_NOT_FOUND. */
+int storage_touch(const void *key, size_t nkey, int64_t ttl);
+
+/*
+ * incr (incr=true, wraps mod 2^64) or decr (saturates at 0) with memcached's rules: the value
+ * must be an unsigned decimal (leading spaces allowed, ends at the end or at a space); a shorter
+ * result is padded with spaces to the old length; flags and ttl kept; a new cas is assigned.
+ * Returns STORAGE_OK with *result, STORAGE_NOT_FOUND, STORAGE_NON_NUMERIC, STORAGE_NO_MEMORY.
+ */
+int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64_t *result);
+
+/*
+ * flush_all: delay 0 invalidates every item now; delay > 0 invalidates, once delay-1 seconds
+ * have passed, every item last written before that moment (memcached's oldest_live rule).
+ */
+int storage_flush(uint32_t delay);
+
+/* Reports the store's figures (curr_items, bytes, evictions, ... and module-specific ones). */
+void storage_stats(storage_stat_fn fn, void *ctx);
+
+#endif

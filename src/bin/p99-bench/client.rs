@@ -1,0 +1,702 @@
+//! The load loops: one epoll loop per generator thread, many connections each, requests
+//! pipelined. Closed loop keeps `pipeline` requests in flight per connection. Open loop sends on
+//! a fixed schedule (one request every 1/rate seconds, spread over the connections) and counts
+//! latency from the *intended* send time, so a server that stalls is charged for every request
+//! that should have gone out during the stall; the generator itself never blocks on a socket.
+
+use crate::config::{Config, Protocol, UdpEngine};
+use crate::stats::Counts;
+use crate::workload::{self, Generator, Kind, Outcome};
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// CLOCK_MONOTONIC in nanoseconds (the clock timerfd uses too).
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The phases of one run, as CLOCK_MONOTONIC nanoseconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
+    pub start: u64,
+    pub warm_end: u64,
+    pub end: u64,
+    pub drain_end: u64,
+}
+
+impl Window {
+    pub fn new(c: &Config, start: u64) -> Window {
+        let ns = |s: f64| (s * 1e9) as u64;
+        let warm_end = start + ns(c.warmup);
+        let end = warm_end + ns(c.duration);
+        Window { start, warm_end, end, drain_end: end + ns(c.drain) }
+    }
+
+    pub fn measured(&self, t0: u64) -> bool {
+        t0 >= self.warm_end && t0 < self.end
+    }
+}
+
+/// Live counters the progress line reads while threads run.
+#[derive(Default)]
+pub struct Shared {
+    pub answered: AtomicU64,
+    pub errors: AtomicU64,
+    pub abort: AtomicBool,
+}
+
+pub fn resolve(server: &str) -> Result<SocketAddr, String> {
+    server
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {server}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{server}: no address"))
+}
+
+struct Epoll {
+    fd: i32,
+    timer: i32,
+    armed_at: u64,
+}
+
+const TIMER_TOKEN: u64 = u64::MAX;
+
+impl Epoll {
+    fn new() -> io::Result<Epoll> {
+        // SAFETY: plain syscalls creating new descriptors; results are checked.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        let timer = unsafe {
+            libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC)
+        };
+        if timer < 0 {
+            let e = io::Error::last_os_error();
+            // SAFETY: fd was created above and is closed once.
+            unsafe { libc::close(fd) };
+            return Err(e);
+        }
+        let ep = Epoll { fd, timer, armed_at: 0 };
+        ep.ctl(libc::EPOLL_CTL_ADD, timer, libc::EPOLLIN as u32, TIMER_TOKEN)?;
+        // Timer wake-ups as precise as the kernel allows (default slack is 50 µs).
+        // SAFETY: PR_SET_TIMERSLACK takes an integer; it affects only this thread.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+        Ok(ep)
+    }
+
+    fn ctl(&self, op: i32, fd: i32, events: u32, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
+        // SAFETY: ev is a valid epoll_event; fd is open for the call.
+        if unsafe { libc::epoll_ctl(self.fd, op, fd, &mut ev) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits for events, at most until `deadline` (CLOCK_MONOTONIC ns). Deadlines under 30 µs
+    /// away are polled rather than slept on, so high open-loop rates keep their schedule.
+    fn wait(&mut self, events: &mut [libc::epoll_event], now: u64, deadline: u64) -> io::Result<usize> {
+        let timeout = if deadline <= now + 30_000 {
+            0
+        } else {
+            if self.armed_at != deadline {
+                let spec = libc::itimerspec {
+                    it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+                    it_value: libc::timespec {
+                        tv_sec: (deadline / 1_000_000_000) as libc::time_t,
+                        tv_nsec: (deadline % 1_000_000_000) as libc::c_long,
+                    },
+                };
+                // SAFETY: timer is our timerfd; spec is a valid itimerspec.
+                let r = unsafe {
+                    libc::timerfd_settime(self.timer, libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut())
+                };
+                if r < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                self.armed_at = deadline;
+            }
+            // Never sleep longer than 100 ms so an abort is seen promptly.
+            100
+        };
+        // SAFETY: events is a valid, writable slice of epoll_event of the given length.
+        let n = unsafe { libc::epoll_wait(self.fd, events.as_mut_ptr(), events.len() as i32, timeout) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(0);
+            }
+            return Err(e);
+        }
+        Ok(n as usize)
+    }
+
+    fn clear_timer(&mut self) {
+        let mut b = [0u8; 8];
+        // SAFETY: reading 8 bytes into an 8-byte buffer from our non-blocking timerfd.
+        unsafe { libc::read(self.timer, b.as_mut_ptr().cast(), 8) };
+        self.armed_at = 0;
+    }
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        // SAFETY: both descriptors were created by Epoll::new and are closed exactly once here.
+        unsafe {
+            libc::close(self.timer);
+            libc::close(self.fd);
+        }
+    }
+}
+
+fn pin_to(cpu: usize) -> Result<(), String> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it; sched_setaffinity(0) is this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(format!("cannot pin to cpu {cpu}: {}", io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+struct Conn {
+    sock: TcpStream,
+    out: Vec<u8>,
+    out_pos: usize,
+    inb: Vec<u8>,
+    in_pos: usize,
+    in_len: usize,
+    inflight: VecDeque<(u64, Kind)>,
+    keys: VecDeque<u64>,
+    want_out: bool,
+    dead: bool,
+}
+
+impl Conn {
+    /// Writes what is pending; returns whether bytes remain (socket full).
+    fn flush(&mut self) -> io::Result<bool> {
+        while self.out_pos < self.out.len() {
+            match self.sock.write(&self.out[self.out_pos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.out.clear();
+        self.out_pos = 0;
+        Ok(false)
+    }
+}
+
+/// Connections for one thread, blocking connect then non-blocking.
+fn connect_all(addr: SocketAddr, n: usize) -> Result<Vec<Conn>, String> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_nodelay(true).map_err(|e| format!("TCP_NODELAY: {e}"))?;
+        s.set_nonblocking(true).map_err(|e| format!("O_NONBLOCK: {e}"))?;
+        v.push(Conn {
+            sock: s,
+            out: Vec::with_capacity(16 << 10),
+            out_pos: 0,
+            inb: vec![0; 64 << 10],
+            in_pos: 0,
+            in_len: 0,
+            inflight: VecDeque::new(),
+            keys: VecDeque::new(),
+            want_out: false,
+            dead: false,
+        });
+    }
+    Ok(v)
+}
+
+/// One thread's share of the load.
+pub struct ThreadPlan {
+    pub index: usize,
+    pub connections: usize,
+    /// Requests per second for this thread; 0 = closed loop.
+    pub rate: f64,
+    pub cpu: Option<usize>,
+    pub seed: u64,
+}
+
+pub fn run_thread(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Result<Counts, String> {
+    if let Some(cpu) = plan.cpu {
+        pin_to(cpu)?;
+    }
+    match c.protocol {
+        Protocol::Ping | Protocol::Memcache => run_tcp(c, plan, win, shared),
+        Protocol::Udp => match c.udp_engine {
+            UdpEngine::Kernel => run_udp(c, plan, win, shared),
+            UdpEngine::Xdp => Err("--udp-engine xdp: this build has no AF_XDP sender (libp99's xdp \
+                                   module is not part of it); use --udp-engine kernel"
+                .into()),
+        },
+    }
+}
+
+fn run_tcp(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Result<Counts, String> {
+    let addr = resolve(&c.server)?;
+    let mut conns = connect_all(addr, plan.connections)?;
+    let mut ep = Epoll::new().map_err(|e| format!("epoll: {e}"))?;
+    for (i, cn) in conns.iter().enumerate() {
+        ep.ctl(libc::EPOLL_CTL_ADD, cn.sock.as_raw_fd(), libc::EPOLLIN as u32, i as u64)
+            .map_err(|e| format!("epoll_ctl: {e}"))?;
+    }
+    let mut gen = Generator::new(c, plan.seed);
+    let ks = gen.ks.clone();
+    let mut counts = Counts::new();
+    let mut scratch = Vec::new();
+    let closed = plan.rate <= 0.0;
+    let interval = if closed { 0.0 } else { 1e9 / plan.rate };
+    let mut sent_sched: u64 = 0; // open loop: requests scheduled so far
+    let mut rr = 0usize;
+    let mut inflight_total = 0usize;
+    let mut dirty: Vec<usize> = Vec::new();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let (mut last_answered, mut last_errors) = (0u64, 0u64);
+    let mut answered_all = 0u64;
+    let mut errors_all = 0u64;
+
+    // Waits until the start so every thread shares one schedule.
+    while now_ns() < win.start {
+        std::hint::spin_loop();
+    }
+    if closed {
+        let t = now_ns();
+        for (i, cn) in conns.iter_mut().enumerate() {
+            for _ in 0..c.pipeline {
+                let k = gen.next(&mut cn.out, &mut cn.keys);
+                cn.inflight.push_back((t, k));
+                inflight_total += 1;
+                if win.measured(t) {
+                    counts.issued += 1;
+                }
+            }
+            dirty.push(i);
+        }
+    }
+    let live = |conns: &Vec<Conn>| conns.iter().filter(|c| !c.dead).count();
+    loop {
+        let now = now_ns();
+        let issuing = now < win.end && !shared.abort.load(Ordering::Relaxed);
+        if !issuing && (inflight_total == 0 || now >= win.drain_end || shared.abort.load(Ordering::Relaxed)) {
+            break;
+        }
+        if live(&conns) == 0 {
+            break;
+        }
+        if issuing && !closed {
+            loop {
+                let due = win.start + (sent_sched as f64 * interval) as u64;
+                if due > now || due >= win.end {
+                    break;
+                }
+                sent_sched += 1;
+                // Round robin over live connections.
+                let n = conns.len();
+                let mut tries = 0;
+                while conns[rr % n].dead && tries < n {
+                    rr += 1;
+                    tries += 1;
+                }
+                let i = rr % n;
+                rr += 1;
+                let cn = &mut conns[i];
+                let k = gen.next(&mut cn.out, &mut cn.keys);
+                cn.inflight.push_back((due, k));
+                inflight_total += 1;
+                if win.measured(due) {
+                    counts.issued += 1;
+                    counts.record_lag(now - due);
+                }
+                dirty.push(i);
+            }
+        }
+        for i in dirty.drain(..) {
+            let cn = &mut conns[i];
+            if cn.dead || cn.out.is_empty() {
+                continue;
+            }
+            match cn.flush() {
+                Ok(pending) => {
+                    if pending != cn.want_out {
+                        let ev = libc::EPOLLIN as u32 | if pending { libc::EPOLLOUT as u32 } else { 0 };
+                        ep.ctl(libc::EPOLL_CTL_MOD, cn.sock.as_raw_fd(), ev, i as u64)
+                            .map_err(|e| format!("epoll_ctl: {e}"))?;
+                        cn.want_out = pending;
+                    }
+                }
+                Err(_) => {
+                    inflight_total -= kill(cn, &win, &mut counts, now);
+                }
+            }
+        }
+        let deadline = if issuing {
+            if closed {
+                win.end
+            } else {
+                (win.start + (sent_sched as f64 * interval) as u64).min(win.end)
+            }
+        } else {
+            win.drain_end
+        };
+        let n = ep.wait(&mut events, now, deadline).map_err(|e| format!("epoll_wait: {e}"))?;
+        for ev in &events[..n] {
+            let token = ev.u64;
+            if token == TIMER_TOKEN {
+                ep.clear_timer();
+                continue;
+            }
+            let i = token as usize;
+            let cn = &mut conns[i];
+            if cn.dead {
+                continue;
+            }
+            if ev.events & libc::EPOLLOUT as u32 != 0 {
+                dirty.push(i);
+            }
+            if ev.events & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 == 0 {
+                continue;
+            }
+            // Read all that is there.
+            let mut closed_by_peer = false;
+            loop {
+                if cn.in_pos > 0 && cn.in_pos == cn.in_len {
+                    cn.in_pos = 0;
+                    cn.in_len = 0;
+                }
+                if cn.in_len == cn.inb.len() {
+                    if cn.in_pos > 0 {
+                        cn.inb.copy_within(cn.in_pos..cn.in_len, 0);
+                        cn.in_len -= cn.in_pos;
+                        cn.in_pos = 0;
+                    } else {
+                        let l = cn.inb.len() * 2;
+                        cn.inb.resize(l, 0);
+                    }
+                }
+                match cn.sock.read(&mut cn.inb[cn.in_len..]) {
+                    Ok(0) => {
+                        closed_by_peer = true;
+                        break;
+                    }
+                    Ok(r) => {
+                        cn.in_len += r;
+                        if cn.in_len < cn.inb.len() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        closed_by_peer = true;
+                        break;
+                    }
+                }
+            }
+            let t = now_ns();
+            let mut broken = false;
+            while let Some(&(t0, kind)) = cn.inflight.front() {
+                match workload::parse_answer(kind, &cn.inb[cn.in_pos..cn.in_len], &mut cn.keys, &ks, c.verify, &mut scratch) {
+                    Ok(Some((used, out))) => {
+                        cn.in_pos += used;
+                        cn.inflight.pop_front();
+                        inflight_total -= 1;
+                        answered_all += 1;
+                        if out.error {
+                            errors_all += 1;
+                        }
+                        account(&mut counts, &win, t0, t, out);
+                        if closed && t < win.end && !shared.abort.load(Ordering::Relaxed) {
+                            let k = gen.next(&mut cn.out, &mut cn.keys);
+                            cn.inflight.push_back((t, k));
+                            inflight_total += 1;
+                            if win.measured(t) {
+                                counts.issued += 1;
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        broken = true;
+                        break;
+                    }
+                }
+            }
+            if cn.inflight.is_empty() && cn.in_pos < cn.in_len {
+                // Bytes nobody asked for: the stream is out of step.
+                broken = true;
+            }
+            if broken || closed_by_peer {
+                inflight_total -= kill(cn, &win, &mut counts, t);
+                continue;
+            }
+            if !cn.out.is_empty() {
+                dirty.push(i);
+            }
+        }
+        if answered_all - last_answered >= 64 || errors_all != last_errors {
+            shared.answered.fetch_add(answered_all - last_answered, Ordering::Relaxed);
+            shared.errors.fetch_add(errors_all - last_errors, Ordering::Relaxed);
+            last_answered = answered_all;
+            last_errors = errors_all;
+        }
+    }
+    shared.answered.fetch_add(answered_all - last_answered, Ordering::Relaxed);
+    shared.errors.fetch_add(errors_all - last_errors, Ordering::Relaxed);
+    // Whatever is still in flight never got an answer: charge it at its age.
+    let end = now_ns();
+    for cn in conns.iter_mut() {
+        for &(t0, _) in &cn.inflight {
+            if win.measured(t0) {
+                counts.unanswered += 1;
+                counts.record(end.saturating_sub(t0));
+            }
+        }
+    }
+    Ok(counts)
+}
+
+fn account(counts: &mut Counts, win: &Window, t0: u64, t: u64, out: Outcome) {
+    if !win.measured(t0) {
+        return;
+    }
+    counts.completed += 1;
+    counts.record(t.saturating_sub(t0));
+    if out.error {
+        counts.errors += 1;
+    }
+    counts.hits += out.hits as u64;
+    counts.misses += out.misses as u64;
+}
+
+/// Marks a connection broken; its requests in flight become unanswered (recorded at their age).
+fn kill(cn: &mut Conn, win: &Window, counts: &mut Counts, now: u64) -> usize {
+    cn.dead = true;
+    counts.conn_errors += 1;
+    let n = cn.inflight.len();
+    for &(t0, _) in &cn.inflight {
+        if win.measured(t0) {
+            counts.unanswered += 1;
+            counts.record(now.saturating_sub(t0));
+        }
+    }
+    cn.inflight.clear();
+    cn.keys.clear();
+    let _ = cn.sock.shutdown(std::net::Shutdown::Both);
+    n
+}
+
+/// UDP ping over kernel sockets: each datagram carries "PING" and a sequence number; the answer
+/// must carry "PONG" and the same number. An answer later than --udp-timeout counts as lost.
+fn run_udp(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Result<Counts, String> {
+    let addr = resolve(&c.server)?;
+    let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+    let mut ep = Epoll::new().map_err(|e| format!("epoll: {e}"))?;
+    let mut socks = Vec::new();
+    for i in 0..plan.connections {
+        let s = UdpSocket::bind(bind).map_err(|e| format!("udp bind: {e}"))?;
+        s.connect(addr).map_err(|e| format!("udp connect {addr}: {e}"))?;
+        s.set_nonblocking(true).map_err(|e| format!("O_NONBLOCK: {e}"))?;
+        ep.ctl(libc::EPOLL_CTL_ADD, s.as_raw_fd(), libc::EPOLLIN as u32, i as u64)
+            .map_err(|e| format!("epoll_ctl: {e}"))?;
+        socks.push(s);
+    }
+    let mut pending: Vec<HashMap<u64, u64>> = vec![HashMap::new(); socks.len()];
+    let mut counts = Counts::new();
+    let closed = plan.rate <= 0.0;
+    let interval = if closed { 0.0 } else { 1e9 / plan.rate };
+    let timeout = (c.udp_timeout * 1e9) as u64;
+    let mut seq: u64 = (plan.index as u64) << 48;
+    let mut pkt = vec![b'x'; c.udp_payload];
+    pkt[..4].copy_from_slice(b"PING");
+    let plen = pkt.len();
+    let mut rbuf = vec![0u8; 65_536];
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let mut sent_sched: u64 = 0;
+    let mut rr = 0usize;
+    let mut last_scan = 0u64;
+    let (mut answered_all, mut errors_all, mut last_a, mut last_e) = (0u64, 0u64, 0u64, 0u64);
+
+    let mut send = |s: &UdpSocket, map: &mut HashMap<u64, u64>, t0: u64, counts: &mut Counts, seq: &mut u64| {
+        *seq += 1;
+        pkt[4..12].copy_from_slice(&seq.to_le_bytes());
+        if win.measured(t0) {
+            counts.issued += 1;
+        }
+        match s.send(&pkt) {
+            Ok(_) => {
+                map.insert(*seq, t0);
+            }
+            Err(_) => {
+                // Not even sent (socket buffer full or no route): lost.
+                if win.measured(t0) {
+                    counts.unanswered += 1;
+                }
+            }
+        }
+    };
+
+    while now_ns() < win.start {
+        std::hint::spin_loop();
+    }
+    if closed {
+        let t = now_ns();
+        for (i, s) in socks.iter().enumerate() {
+            for _ in 0..c.pipeline {
+                send(s, &mut pending[i], t, &mut counts, &mut seq);
+            }
+        }
+    }
+    loop {
+        let now = now_ns();
+        let issuing = now < win.end && !shared.abort.load(Ordering::Relaxed);
+        let inflight: usize = pending.iter().map(|m| m.len()).sum();
+        if !issuing && (inflight == 0 || now >= win.drain_end || shared.abort.load(Ordering::Relaxed)) {
+            break;
+        }
+        if issuing && !closed {
+            loop {
+                let due = win.start + (sent_sched as f64 * interval) as u64;
+                if due > now || due >= win.end {
+                    break;
+                }
+                sent_sched += 1;
+                let i = rr % socks.len();
+                rr += 1;
+                if win.measured(due) {
+                    counts.record_lag(now - due);
+                }
+                send(&socks[i], &mut pending[i], due, &mut counts, &mut seq);
+            }
+        }
+        if now >= last_scan + 10_000_000 {
+            last_scan = now;
+            for (i, map) in pending.iter_mut().enumerate() {
+                let before = map.len();
+                let mut lost = 0;
+                map.retain(|_, &mut t0| {
+                    let keep = now.saturating_sub(t0) < timeout;
+                    if !keep && win.measured(t0) {
+                        lost += 1;
+                    }
+                    keep
+                });
+                counts.unanswered += lost;
+                errors_all += lost;
+                if closed && issuing {
+                    for _ in map.len()..before {
+                        send(&socks[i], map, now, &mut counts, &mut seq);
+                    }
+                }
+            }
+        }
+        let deadline = if issuing {
+            let next = if closed { win.end } else { win.start + (sent_sched as f64 * interval) as u64 };
+            next.min(win.end).min(now + 10_000_000)
+        } else {
+            win.drain_end.min(now + 10_000_000)
+        };
+        let n = ep.wait(&mut events, now, deadline).map_err(|e| format!("epoll_wait: {e}"))?;
+        for ev in &events[..n] {
+            if ev.u64 == TIMER_TOKEN {
+                ep.clear_timer();
+                continue;
+            }
+            let i = ev.u64 as usize;
+            loop {
+                match socks[i].recv(&mut rbuf) {
+                    Ok(len) => {
+                        let t = now_ns();
+                        let ok = len == plen && &rbuf[..4] == b"PONG" && rbuf[12..len].iter().all(|&b| b == b'x');
+                        let got = if len >= 12 { u64::from_le_bytes(rbuf[4..12].try_into().unwrap()) } else { 0 };
+                        let Some(t0) = pending[i].remove(&got) else {
+                            // Late (already counted lost), duplicated or foreign.
+                            continue;
+                        };
+                        answered_all += 1;
+                        if !ok {
+                            errors_all += 1;
+                        }
+                        account(&mut counts, &win, t0, t, Outcome { error: !ok, hits: 0, misses: 0 });
+                        if closed && t < win.end && !shared.abort.load(Ordering::Relaxed) {
+                            send(&socks[i], &mut pending[i], t, &mut counts, &mut seq);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        // ICMP port unreachable and the like: nothing listens.
+                        errors_all += 1;
+                        counts.conn_errors += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        if answered_all - last_a >= 64 || errors_all != last_e {
+            shared.answered.fetch_add(answered_all - last_a, Ordering::Relaxed);
+            shared.errors.fetch_add(errors_all - last_e, Ordering::Relaxed);
+            last_a = answered_all;
+            last_e = errors_all;
+        }
+    }
+    shared.answered.fetch_add(answered_all - last_a, Ordering::Relaxed);
+    shared.errors.fetch_add(errors_all - last_e, Ordering::Relaxed);
+    for map in &pending {
+        counts.unanswered += map.values().filter(|&&t0| win.measured(t0)).count() as u64;
+    }
+    Ok(counts)
+}
+
+/// Stores every key once (closed loop, one connection, batches of 512), so gets hit.
+pub fn prefill(c: &Config) -> Result<u64, String> {
+    let addr = resolve(&c.server)?;
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("prefill: connect {addr}: {e}"))?;
+    s.set_nodelay(true).ok();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).ok();
+    let ks = workload::KeySpace::new(c);
+    let mut out = Vec::new();
+    let mut inb = Vec::new();
+    let mut k = 0u64;
+    while k < c.keys {
+        let batch = (c.keys - k).min(512);
+        out.clear();
+        for j in 0..batch {
+            workload::encode_set(&ks, k + j, &mut out);
+        }
+        s.write_all(&out).map_err(|e| format!("prefill: write: {e}"))?;
+        let mut stored = 0;
+        let mut buf = [0u8; 8192];
+        while stored < batch {
+            let n = s.read(&mut buf).map_err(|e| format!("prefill: read: {e}"))?;
+            if n == 0 {
+                return Err("prefill: server closed the connection".into());
+            }
+            inb.extend_from_slice(&buf[..n]);
+            while let Some(p) = inb.windows(2).position(|w| w == b"\r\n") {
+                let line: Vec<u8> = inb.drain(..p + 2).collect();
+                if &line[..p] != b"STORED" {
+                    return Err(format!("prefill: set answered '{}'", String::from_utf8_lossy(&line[..p])));
+                }
+                stored += 1;
+            }
+        }
+        k += batch;
+    }
+    Ok(c.keys)
+}

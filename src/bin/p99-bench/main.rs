@@ -1,0 +1,71 @@
+//! p99-bench: load generator for ping (TCP), the memcache text protocol and UDP ping.
+//! Closed loop (connections x pipeline depth) or open loop (fixed rate, latency from the intended
+//! send time), HDR histograms, JSON output, server CPU from /proc, and a rate ramp for the
+//! redline (the highest rate with p99.9 under 1 ms). `p99-bench --help` lists every flag.
+
+mod client;
+mod config;
+mod json;
+mod run;
+mod stats;
+mod workload;
+
+#[cfg(test)]
+mod tests;
+
+use config::{Config, Protocol};
+use json::J;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let c = match Config::parse(&args) {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            print!("{}", config::USAGE);
+            return;
+        }
+        Err(e) => {
+            eprintln!("p99-bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = real_main(&c) {
+        eprintln!("p99-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(c: &Config) -> Result<(), String> {
+    if c.protocol == Protocol::Memcache && c.prefill {
+        let t = std::time::Instant::now();
+        let n = client::prefill(c)?;
+        eprintln!("p99-bench: stored {n} keys in {:.2}s", t.elapsed().as_secs_f64());
+    }
+    let mut out = J::obj();
+    out.set("tool", "p99-bench");
+    out.set("version", env!("CARGO_PKG_VERSION"));
+    out.set("command", c.command_line());
+    if let Some(r) = &c.ramp {
+        let rates = run::ramp_rates(r.start, r.step, r.end);
+        let res = run::ramp(c, &rates, r.step_secs)?;
+        for s in &res.steps {
+            println!("{}  [{}]", s.summary(), if run::step_passes(s) { "pass" } else { "FAIL" });
+        }
+        match res.redline {
+            Some(r) => println!("redline: {r:.0} req/s (p99.9 < {} us, no errors)", c.slo_p999_us),
+            None => println!("redline: none of the rates passed (p99.9 < {} us, no errors)", c.slo_p999_us),
+        }
+        out.set("redline_rps", res.redline);
+        out.set("steps", J::Arr(res.steps.iter().map(|s| s.to_json()).collect()));
+    } else {
+        let r = run::run_once(c)?;
+        println!("{}", r.summary());
+        out.set("result", r.to_json());
+    }
+    match c.json.as_deref() {
+        None => {}
+        Some("-") => print!("{}", out.to_string_pretty()),
+        Some(path) => std::fs::write(path, out.to_string_pretty()).map_err(|e| format!("{path}: {e}"))?,
+    }
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! One measured run (threads started on a common schedule, server CPU sampled around the
+//! measured window) and the rate ramp that finds the redline.
+
+use crate::client::{self, now_ns, Shared, ThreadPlan, Window};
+use crate::config::{Config, Protocol};
+use crate::json::J;
+use crate::stats::{self, pct_us, Counts, CpuMeter, PERCENTILES};
+use std::io::IsTerminal;
+use std::sync::atomic::Ordering;
+
+/// Below this share of one core the server was not the bottleneck.
+pub const SERVER_BOUND_PCT: f64 = 95.0;
+
+#[derive(Clone)]
+pub struct Report {
+    pub config: Config,
+    pub counts: Counts,
+    /// Requests answered per second of the measured window.
+    pub rps: f64,
+    pub server_cpu_pct: Option<f64>,
+    pub generator_cpu_pct: Option<f64>,
+    /// How busy the server's core was, by any process (only with --server-core).
+    pub server_core_busy_pct: Option<f64>,
+    pub command: String,
+}
+
+impl Report {
+    pub fn errors_total(&self) -> u64 {
+        self.counts.errors + self.counts.unanswered
+    }
+
+    pub fn hit_ratio(&self) -> Option<f64> {
+        let n = self.counts.hits + self.counts.misses;
+        (self.config.protocol == Protocol::Memcache && n > 0).then(|| self.counts.hits as f64 / n as f64)
+    }
+
+    pub fn pct(&self, p: f64) -> f64 {
+        pct_us(&self.counts.hist, p)
+    }
+
+    /// Whether the server, not the generator, limited a closed-loop run.
+    pub fn server_bound(&self) -> Option<bool> {
+        self.server_cpu_pct.map(|p| p >= SERVER_BOUND_PCT)
+    }
+
+    pub fn to_json(&self) -> J {
+        let mut o = J::obj();
+        o.set("command", self.command.clone());
+        o.set("mode", if self.config.rate > 0.0 { "open" } else { "closed" });
+        o.set("target_rate", self.config.rate);
+        o.set("duration_s", self.config.duration);
+        o.set("requests_per_s", self.rps);
+        o.set("issued", self.counts.issued);
+        o.set("completed", self.counts.completed);
+        o.set("errors", self.counts.errors);
+        o.set("unanswered", self.counts.unanswered);
+        o.set("broken_connections", self.counts.conn_errors);
+        o.set("hit_ratio", self.hit_ratio());
+        o.set("hits", self.counts.hits);
+        o.set("misses", self.counts.misses);
+        let mut lat = J::obj();
+        for (name, p) in PERCENTILES {
+            lat.set(name, self.pct(p));
+        }
+        lat.set("mean", self.counts.hist.mean() / 1000.0);
+        o.set("latency_us", lat);
+        if self.config.rate > 0.0 {
+            let mut lag = J::obj();
+            lag.set("p50", pct_us(&self.counts.send_lag, 50.0));
+            lag.set("p99", pct_us(&self.counts.send_lag, 99.0));
+            lag.set("max", pct_us(&self.counts.send_lag, 100.0));
+            o.set("send_lag_us", lag);
+        }
+        o.set("server_cpu_pct", self.server_cpu_pct);
+        o.set("server_bound", self.server_bound());
+        o.set("generator_cpu_pct", self.generator_cpu_pct);
+        o.set("server_core_busy_pct", self.server_core_busy_pct);
+        let curve: Vec<J> = stats::percentile_curve(&self.counts.hist, 4)
+            .into_iter()
+            .map(|(p, us)| J::Arr(vec![J::Num(p), J::Num(us)]))
+            .collect();
+        o.set("percentile_curve_us", J::Arr(curve));
+        o
+    }
+
+    pub fn summary(&self) -> String {
+        let c = &self.config;
+        let mode = if c.rate > 0.0 {
+            format!("open loop at {:.0}/s", c.rate)
+        } else {
+            format!("closed loop, {} conns x {} deep", c.connections, c.pipeline)
+        };
+        let mut s = format!(
+            "{} {}: {} for {}s: {:.0} req/s, errors {}, unanswered {}",
+            match c.protocol {
+                Protocol::Ping => "ping",
+                Protocol::Memcache => "memcache",
+                Protocol::Udp => "udp",
+            },
+            c.server,
+            mode,
+            crate::config::fmt_f(c.duration),
+            self.rps,
+            self.counts.errors,
+            self.counts.unanswered
+        );
+        if let Some(h) = self.hit_ratio() {
+            s += &format!(", hit ratio {:.2}%", h * 100.0);
+        }
+        s += "\n  latency us:";
+        for (name, p) in PERCENTILES {
+            s += &format!(" {name} {:.1}", self.pct(p));
+        }
+        if c.rate > 0.0 {
+            s += &format!(
+                "\n  generator send lag us: p50 {:.1} p99 {:.1} max {:.1}",
+                pct_us(&self.counts.send_lag, 50.0),
+                pct_us(&self.counts.send_lag, 99.0),
+                pct_us(&self.counts.send_lag, 100.0)
+            );
+        }
+        if let Some(p) = self.server_cpu_pct {
+            s += &format!("\n  server cpu {p:.1}% of a core");
+            if c.rate == 0.0 {
+                s += if p >= SERVER_BOUND_PCT { " (server-bound)" } else { " (generator-bound)" };
+            }
+        }
+        if let Some(p) = self.generator_cpu_pct {
+            s += &format!(", generator cpu {p:.1}%");
+        }
+        if let Some(p) = self.server_core_busy_pct {
+            s += &format!(", server core busy {p:.1}% (all processes)");
+        }
+        s
+    }
+}
+
+fn progress_enabled(c: &Config) -> bool {
+    c.progress.unwrap_or_else(|| std::io::stderr().is_terminal())
+}
+
+/// Runs the configured load once (open loop when `c.rate > 0`).
+pub fn run_once(c: &Config) -> Result<Report, String> {
+    let per_thread = |i: usize| c.connections / c.threads + usize::from(i < c.connections % c.threads);
+    let shared = Shared::default();
+    // Threads get a moment to connect before the common start.
+    let start = now_ns() + 200_000_000;
+    let win = Window::new(c, start);
+    let show = progress_enabled(c);
+    let mut server_meter = None;
+    let mut gen_meter = None;
+    let results: Vec<Result<Counts, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..c.threads)
+            .map(|i| {
+                let plan = ThreadPlan {
+                    index: i,
+                    connections: per_thread(i),
+                    rate: c.rate / c.threads as f64,
+                    cpu: (!c.cpus.is_empty()).then(|| c.cpus[i % c.cpus.len()]),
+                    seed: c.seed.wrapping_add(i as u64 * 0x1234_5678_9abc),
+                };
+                let shared = &shared;
+                scope.spawn(move || {
+                    let r = client::run_thread(c, &plan, win, shared);
+                    if r.is_err() {
+                        shared.abort.store(true, Ordering::Relaxed);
+                    }
+                    r
+                })
+            })
+            .collect();
+        // Sample CPU use over exactly the measured window.
+        let mut last = (now_ns(), 0u64);
+        let mut sampled_end = false;
+        while handles.iter().any(|h| !h.is_finished()) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let now = now_ns();
+            if server_meter.is_none() && now >= win.warm_end {
+                server_meter = Some((
+                    c.server_pid.map(CpuMeter::start),
+                    CpuMeter::start(std::process::id()),
+                    c.server_core.map(stats::CoreMeter::start),
+                ));
+            }
+            if !sampled_end && now >= win.end {
+                sampled_end = true;
+                if let Some((s, g, core)) = &server_meter {
+                    gen_meter = Some((
+                        s.as_ref().and_then(|m| m.percent()),
+                        g.percent(),
+                        core.as_ref().and_then(|m| m.percent()),
+                    ));
+                }
+            }
+            if show && now >= last.0 + 1_000_000_000 {
+                let a = shared.answered.load(Ordering::Relaxed);
+                let e = shared.errors.load(Ordering::Relaxed);
+                let phase = if now < win.warm_end {
+                    "warm-up"
+                } else if now < win.end {
+                    "measuring"
+                } else {
+                    "draining"
+                };
+                let secs = (now.saturating_sub(win.start)) as f64 / 1e9;
+                eprint!(
+                    "\r\x1b[K[{secs:5.1}s {phase}] {:.0} req/s, {a} answered, {e} errors",
+                    (a - last.1) as f64 / ((now - last.0) as f64 / 1e9)
+                );
+                last = (now, a);
+            }
+        }
+        if show {
+            eprint!("\r\x1b[K");
+        }
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("generator thread panicked".into()))).collect()
+    });
+    let mut total = Counts::new();
+    for r in results {
+        total.merge(&r?);
+    }
+    if total.conn_errors > 0 && total.completed == 0 {
+        return Err(format!("{}: every connection failed ({} broken)", c.server, total.conn_errors));
+    }
+    let (server_cpu_pct, generator_cpu_pct, server_core_busy_pct) = gen_meter.unwrap_or((None, None, None));
+    Ok(Report {
+        config: c.clone(),
+        rps: total.completed as f64 / c.duration,
+        counts: total,
+        server_cpu_pct,
+        generator_cpu_pct,
+        server_core_busy_pct,
+        command: c.command_line(),
+    })
+}
+
+/// A step of a ramp passes when every request was answered without error, the answers kept up
+/// with the offered rate (95%), and p99.9 stayed under the objective.
+pub fn step_passes(r: &Report) -> bool {
+    r.errors_total() == 0
+        && r.rps >= 0.95 * r.config.rate
+        && r.pct(99.9) < r.config.slo_p999_us
+}
+
+pub struct RampResult {
+    pub steps: Vec<Report>,
+    /// The highest rate that passed (steps stop after the first failure).
+    pub redline: Option<f64>,
+}
+
+pub fn ramp(c: &Config, rates: &[f64], step_secs: f64) -> Result<RampResult, String> {
+    let mut steps = Vec::new();
+    let mut redline = None;
+    for &rate in rates {
+        let mut s = c.clone();
+        s.rate = rate;
+        s.duration = step_secs;
+        s.warmup = (step_secs / 4.0).min(0.5);
+        s.drain = s.drain.min(0.5);
+        s.ramp = None;
+        let r = run_once(&s)?;
+        let pass = step_passes(&r);
+        steps.push(r);
+        if !pass {
+            break;
+        }
+        redline = Some(rate);
+    }
+    Ok(RampResult { steps, redline })
+}
+
+pub fn ramp_rates(start: f64, step: f64, end: f64) -> Vec<f64> {
+    let mut v = Vec::new();
+    let mut r = start;
+    while r <= end * (1.0 + 1e-9) {
+        v.push(r);
+        r += step;
+    }
+    v
+}

@@ -1,0 +1,969 @@
+//! p99-parity: the side-by-side benchmark behind `make parity`.
+//!
+//! For each scenario (module, ping, cache, udp) it starts every *built* variant pinned to one
+//! core, drives it with p99-bench's load (in process, pinned to the other core), interleaves the
+//! variants over several rounds so machine drift hits them all alike, and prints one table per
+//! scenario: median requests/s of closed-loop rounds, ratios to the all-C baseline (and to
+//! memcached), the server's CPU share (a peak under 95% of a core is marked generator-bound),
+//! latency percentiles at a common fixed open-loop rate, and the redline from a rate ramp.
+//! Variants that are not built are listed as such, never left out. Every figure, the machine,
+//! the git revision and the p99-bench command of each run go to build/parity/results.json; SVG
+//! plots go next to it.
+
+#![allow(dead_code)]
+
+#[path = "../p99-bench/client.rs"]
+mod client;
+#[path = "../p99-bench/config.rs"]
+mod config;
+#[path = "../p99-bench/json.rs"]
+mod json;
+mod module;
+mod netns;
+#[path = "../p99-bench/run.rs"]
+mod run;
+#[path = "../p99-bench/stats.rs"]
+mod stats;
+mod svg;
+#[path = "../p99-bench/workload.rs"]
+mod workload;
+
+use config::{Config, Protocol};
+use json::J;
+use run::Report;
+use stats::Counts;
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "\
+usage: p99-parity [flags]
+  --quick                  short run (< 1 min): 2 rounds, 0.5 s runs, 3 ramp steps
+  --rounds N               interleaved rounds per scenario (default 3)
+  --warmup SECS            warm-up before each run (default 0.5)
+  --duration SECS          measured time of each run (default 1.5)
+  --ramp-secs SECS         length of each redline ramp step (default 0.75)
+  --ladder F,F,...         ramp rates as fractions of the variant's median peak
+                           (default 0.5,0.6,0.7,0.8,0.9,1.0)
+  --latency-fraction F     fixed open-loop rate for the latency columns, as a fraction of the
+                           slowest variant's median peak (default 0.5)
+  --scenarios LIST         any of module,ping,cache,udp (default all)
+  --bin-dir DIR            where the servers are (default build/bin)
+  --out DIR                results and plots (default build/parity)
+  --server-cpu N           core for the servers (default 0)
+  --load-cpu N             core for the generator (default 1)
+  --ping-args '...'        p99-bench flags for the ping workload
+  --cache-args '...'       p99-bench flags for the cache workload
+  --udp-args '...'         p99-bench flags for the UDP workload
+  --module-args '...'      flags for the module-level store benchmark
+";
+
+#[derive(Clone)]
+struct Opts {
+    quick: bool,
+    rounds: usize,
+    warmup: f64,
+    duration: f64,
+    ramp_secs: f64,
+    ladder: Vec<f64>,
+    latency_fraction: f64,
+    scenarios: Vec<String>,
+    bin_dir: PathBuf,
+    out: PathBuf,
+    server_cpu: usize,
+    load_cpu: usize,
+    ping_args: Vec<String>,
+    cache_args: Vec<String>,
+    udp_args: Vec<String>,
+    module_args: Vec<String>,
+}
+
+fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
+    let mut o = Opts {
+        quick: false,
+        rounds: 3,
+        warmup: 0.5,
+        duration: 1.5,
+        ramp_secs: 0.75,
+        ladder: vec![0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        latency_fraction: 0.5,
+        scenarios: ["module", "ping", "cache", "udp"].iter().map(|s| s.to_string()).collect(),
+        bin_dir: "build/bin".into(),
+        out: "build/parity".into(),
+        server_cpu: 0,
+        load_cpu: 1,
+        ping_args: Vec::new(),
+        cache_args: Vec::new(),
+        udp_args: Vec::new(),
+        module_args: Vec::new(),
+    };
+    let words = |s: String| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+    let mut explicit: Vec<&str> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let flag = args[i].as_str();
+        let mut val = || -> Result<String, String> {
+            i += 1;
+            args.get(i).cloned().ok_or_else(|| format!("{flag}: missing value"))
+        };
+        let num = |v: String| v.parse::<f64>().map_err(|_| format!("{flag}: bad number '{v}'"));
+        match flag {
+            "-h" | "--help" => return Ok(None),
+            "--quick" => o.quick = true,
+            "--rounds" => {
+                o.rounds = num(val()?)? as usize;
+                explicit.push("rounds");
+            }
+            "--warmup" => {
+                o.warmup = num(val()?)?;
+                explicit.push("warmup");
+            }
+            "--duration" => {
+                o.duration = num(val()?)?;
+                explicit.push("duration");
+            }
+            "--ramp-secs" => {
+                o.ramp_secs = num(val()?)?;
+                explicit.push("ramp");
+            }
+            "--ladder" => {
+                o.ladder = val()?
+                    .split(',')
+                    .map(|f| f.parse::<f64>().map_err(|_| format!("--ladder: bad '{f}'")))
+                    .collect::<Result<_, _>>()?;
+                explicit.push("ladder");
+            }
+            "--latency-fraction" => o.latency_fraction = num(val()?)?,
+            "--scenarios" => o.scenarios = val()?.split(',').map(String::from).collect(),
+            "--bin-dir" => o.bin_dir = val()?.into(),
+            "--out" => o.out = val()?.into(),
+            "--server-cpu" => o.server_cpu = num(val()?)? as usize,
+            "--load-cpu" => o.load_cpu = num(val()?)? as usize,
+            "--ping-args" => o.ping_args = words(val()?),
+            "--cache-args" => o.cache_args = words(val()?),
+            "--udp-args" => o.udp_args = words(val()?),
+            "--module-args" => o.module_args = words(val()?),
+            f => return Err(format!("unknown flag '{f}' (see --help)")),
+        }
+        i += 1;
+    }
+    if o.quick {
+        if !explicit.contains(&"rounds") {
+            o.rounds = 2;
+        }
+        if !explicit.contains(&"warmup") {
+            o.warmup = 0.2;
+        }
+        if !explicit.contains(&"duration") {
+            o.duration = 0.5;
+        }
+        if !explicit.contains(&"ramp") {
+            o.ramp_secs = 0.4;
+        }
+        if !explicit.contains(&"ladder") {
+            o.ladder = vec![0.5, 0.75, 1.0];
+        }
+    }
+    for s in &o.scenarios {
+        if !["module", "ping", "cache", "udp"].contains(&s.as_str()) {
+            return Err(format!("--scenarios: unknown '{s}'"));
+        }
+    }
+    if o.rounds == 0 || o.duration <= 0.0 || o.ladder.is_empty() {
+        return Err("need --rounds >= 1, --duration > 0 and a non-empty --ladder".into());
+    }
+    Ok(Some(o))
+}
+
+/// How a variant stands in its table.
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    Baseline,
+    Candidate,
+    Reference,
+}
+
+struct Spec {
+    name: String,
+    role: Role,
+    /// The program, or why there is none.
+    program: Result<PathBuf, String>,
+    /// Arguments given the port (and, for UDP, the interface).
+    args: Vec<String>,
+}
+
+fn find_built(o: &Opts, name: &str) -> Result<PathBuf, String> {
+    let p = o.bin_dir.join(name);
+    if p.is_file() {
+        return Ok(p);
+    }
+    let t = Path::new("target/release").join(name);
+    if t.is_file() {
+        return Ok(t);
+    }
+    Err(format!("not built ({} missing)", p.display()))
+}
+
+fn find_on_path(name: &str) -> Result<PathBuf, String> {
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()))
+        .ok_or_else(|| format!("not installed ({name} not on PATH)"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// A server process pinned to its core, stopped on drop.
+struct Server {
+    child: Child,
+    command: String,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(2) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+enum Probe {
+    Tcp,
+    Udp,
+}
+
+fn start_server(
+    program: &Path,
+    args: &[String],
+    cpu: usize,
+    netns: Option<&str>,
+    addr: &str,
+    probe: Probe,
+    log: &Path,
+) -> Result<Server, String> {
+    let mut argv: Vec<String> = Vec::new();
+    if let Some(ns) = netns {
+        argv.extend(["ip", "netns", "exec", ns].map(String::from));
+    }
+    argv.extend(["taskset".into(), "-c".into(), cpu.to_string(), program.display().to_string()]);
+    argv.extend(args.iter().cloned());
+    let logf = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone().map_err(|e| e.to_string())?)
+        .stderr(logf)
+        .spawn()
+        .map_err(|e| format!("{}: {e}", argv[0]))?;
+    let mut s = Server { child, command: argv.join(" "), addr: addr.to_string() };
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        if let Ok(Some(st)) = s.child.try_wait() {
+            let out = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(format!("exited at start ({st}): {}", out.trim().lines().last().unwrap_or("")));
+        }
+        let up = match probe {
+            Probe::Tcp => TcpStream::connect(addr).is_ok(),
+            Probe::Udp => udp_answers(addr),
+        };
+        if up {
+            return Ok(s);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Err(format!("not answering on {addr} after 5 s"))
+}
+
+fn udp_answers(addr: &str) -> bool {
+    let Ok(s) = UdpSocket::bind("0.0.0.0:0") else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
+    if s.connect(addr).is_err() || s.send(b"PING0000").is_err() {
+        return false;
+    }
+    let mut b = [0u8; 64];
+    matches!(s.recv(&mut b), Ok(n) if n == 8 && &b[..4] == b"PONG")
+}
+
+struct VariantRun {
+    spec: Spec,
+    server: Option<Server>,
+    /// Why it has no figures (not built, failed to start, failed during a run).
+    problem: Option<String>,
+    peaks: Vec<Report>,
+    lats: Vec<Report>,
+    ramp: Option<run::RampResult>,
+    ladder: Vec<f64>,
+}
+
+impl VariantRun {
+    fn median_peak(&self) -> Option<f64> {
+        median(self.peaks.iter().map(|r| r.rps).collect())
+    }
+
+    fn median_cpu(&self) -> Option<f64> {
+        median(self.peaks.iter().filter_map(|r| r.server_cpu_pct).collect())
+    }
+
+    fn median_gen_cpu(&self) -> Option<f64> {
+        median(self.peaks.iter().filter_map(|r| r.generator_cpu_pct).collect())
+    }
+
+    fn median_core_busy(&self) -> Option<f64> {
+        median(self.peaks.iter().filter_map(|r| r.server_core_busy_pct).collect())
+    }
+
+    fn merged_latency(&self) -> Option<Counts> {
+        let mut it = self.lats.iter();
+        let mut c = it.next()?.counts.clone();
+        for r in it {
+            c.merge(&r.counts);
+        }
+        Some(c)
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+}
+
+struct Scenario {
+    key: &'static str,
+    title: String,
+    workload: Config,
+    variants: Vec<VariantRun>,
+    latency_rate: Option<f64>,
+    notes: Vec<String>,
+}
+
+fn workload(o: &Opts, protocol: Protocol, extra: &[String]) -> Result<Config, String> {
+    let mut base: Vec<String> = match protocol {
+        Protocol::Ping => "--protocol ping --connections 16 --pipeline 8",
+        Protocol::Memcache => {
+            "--protocol memcache --connections 16 --pipeline 8 --get-ratio 0.9 --key-size 32 \
+             --value-size 100 --keys 100000 --popularity uniform --multiget 1"
+        }
+        Protocol::Udp => "--protocol udp --connections 8 --pipeline 8 --udp-payload 32",
+    }
+    .split_whitespace()
+    .map(String::from)
+    .collect();
+    base.extend(extra.iter().cloned());
+    let mut c = Config::parse(&base)?.ok_or("help is not a workload")?;
+    c.warmup = o.warmup;
+    c.duration = o.duration;
+    c.drain = 1.0;
+    c.cpus = vec![o.load_cpu];
+    c.server_core = Some(o.server_cpu);
+    c.progress = Some(false);
+    Ok(c)
+}
+
+fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
+    let log_dir = o.out.join("logs");
+    let _ = std::fs::create_dir_all(&log_dir);
+    let proto = sc.workload.protocol;
+    // Start every built variant once; idle servers sleep while the others are measured.
+    for v in sc.variants.iter_mut() {
+        let program = match &v.spec.program {
+            Ok(p) => p.clone(),
+            Err(why) => {
+                v.problem = Some(why.clone());
+                continue;
+            }
+        };
+        let mut last_err = String::new();
+        for _attempt in 0..3 {
+            let port = free_port();
+            let host = netns.map_or("127.0.0.1".to_string(), |n| n.server_ip.clone());
+            let addr = format!("{host}:{port}");
+            let args: Vec<String> = v
+                .spec
+                .args
+                .iter()
+                .map(|a| a.replace("{port}", &port.to_string()).replace("{host}", &host))
+                .map(|a| netns.map_or(a.clone(), |n| a.replace("{iface}", &n.server_if)))
+                .collect();
+            let probe = if proto == Protocol::Udp { Probe::Udp } else { Probe::Tcp };
+            let log = log_dir.join(format!("{}-{}.log", sc.key, v.spec.name));
+            let started = if let Some(n) = netns {
+                // The probe must come from the client namespace too.
+                std::thread::scope(|s| {
+                    s.spawn(|| {
+                        n.enter_client()?;
+                        start_server(&program, &args, o.server_cpu, Some(&n.server_ns), &addr, probe, &log)
+                    })
+                    .join()
+                    .unwrap_or_else(|_| Err("panicked".into()))
+                })
+            } else {
+                start_server(&program, &args, o.server_cpu, None, &addr, probe, &log)
+            };
+            match started {
+                Ok(s) => {
+                    v.server = Some(s);
+                    break;
+                }
+                Err(e) => last_err = e,
+            }
+        }
+        if v.server.is_none() {
+            v.problem = Some(format!("failed to start: {last_err}"));
+            continue;
+        }
+        if proto == Protocol::Memcache && sc.workload.prefill {
+            let mut c = sc.workload.clone();
+            c.server = v.server.as_ref().unwrap().addr.clone();
+            if let Err(e) = client::prefill(&c) {
+                v.problem = Some(e);
+                v.server = None;
+            }
+        }
+    }
+    let runnable: Vec<usize> = (0..sc.variants.len()).filter(|&i| sc.variants[i].problem.is_none()).collect();
+    if runnable.is_empty() {
+        return;
+    }
+    let run_in_ns = |c: &Config| -> Result<Report, String> {
+        match netns {
+            None => run::run_once(c),
+            Some(n) => std::thread::scope(|s| {
+                s.spawn(|| {
+                    n.enter_client()?;
+                    run::run_once(c)
+                })
+                .join()
+                .unwrap_or_else(|_| Err("generator panicked".into()))
+            }),
+        }
+    };
+    let cfg_for = |v: &VariantRun, rate: f64| {
+        let mut c = sc.workload.clone();
+        let s = v.server.as_ref().unwrap();
+        c.server = s.addr.clone();
+        c.server_pid = Some(s.child.id());
+        c.rate = rate;
+        // The server was prefilled once at start; runs do not repeat it.
+        c.prefill = false;
+        c
+    };
+    // Phase 1: closed-loop peak, interleaved, the order rotating each round.
+    for round in 0..o.rounds {
+        for k in 0..runnable.len() {
+            let i = runnable[(k + round) % runnable.len()];
+            let v = &mut sc.variants[i];
+            if v.problem.is_some() {
+                continue;
+            }
+            let c = cfg_for(v, 0.0);
+            eprint!("\r\x1b[K[{}] round {}/{}: {} closed loop", sc.key, round + 1, o.rounds, v.spec.name);
+            match run_in_ns(&c) {
+                Ok(r) => v.peaks.push(r),
+                Err(e) => v.problem = Some(format!("run failed: {e}")),
+            }
+        }
+    }
+    // Phase 2: latency at one common fixed rate (open loop), interleaved.
+    let slowest = runnable.iter().filter_map(|&i| sc.variants[i].median_peak()).fold(f64::INFINITY, f64::min);
+    if slowest.is_finite() && slowest > 0.0 {
+        let rate = (slowest * o.latency_fraction / 1000.0).round().max(1.0) * 1000.0;
+        sc.latency_rate = Some(rate);
+        for round in 0..o.rounds {
+            for k in 0..runnable.len() {
+                let i = runnable[(k + round) % runnable.len()];
+                let v = &mut sc.variants[i];
+                if v.problem.is_some() {
+                    continue;
+                }
+                let c = cfg_for(v, rate);
+                eprint!("\r\x1b[K[{}] round {}/{}: {} at {rate} req/s", sc.key, round + 1, o.rounds, v.spec.name);
+                match run_in_ns(&c) {
+                    Ok(r) => v.lats.push(r),
+                    Err(e) => v.problem = Some(format!("run failed: {e}")),
+                }
+            }
+        }
+    }
+    // Phase 3: redline ramp per variant, at fractions of its own median peak.
+    for &i in &runnable {
+        let v = &mut sc.variants[i];
+        let Some(peak) = v.median_peak().filter(|_| v.problem.is_none()) else { continue };
+        v.ladder = o.ladder.iter().map(|f| (peak * f / 100.0).round() * 100.0).filter(|r| *r > 0.0).collect();
+        eprint!("\r\x1b[K[{}] {}: redline ramp", sc.key, v.spec.name);
+        let c = cfg_for(v, 0.0);
+        let ladder = v.ladder.clone();
+        let res = match netns {
+            None => run::ramp(&c, &ladder, o.ramp_secs),
+            Some(n) => std::thread::scope(|s| {
+                s.spawn(|| {
+                    n.enter_client()?;
+                    run::ramp(&c, &ladder, o.ramp_secs)
+                })
+                .join()
+                .unwrap_or_else(|_| Err("generator panicked".into()))
+            }),
+        };
+        match res {
+            Ok(r) => v.ramp = Some(r),
+            Err(e) => v.problem = Some(format!("ramp failed: {e}")),
+        }
+    }
+    eprint!("\r\x1b[K");
+    // Servers stop here (drop), before the next scenario starts.
+    for v in sc.variants.iter_mut() {
+        v.server = None;
+    }
+}
+
+/// Whose limit a closed-loop peak shows: the server's only when its process kept its core at
+/// least 95% busy. Otherwise the generator did not push hard enough, or, when other processes
+/// took a visible share of the server's core, the machine was shared.
+fn peak_label(server_cpu: Option<f64>, core_busy: Option<f64>) -> &'static str {
+    match (server_cpu, core_busy) {
+        (Some(c), _) if c >= run::SERVER_BOUND_PCT => "server's",
+        (Some(c), Some(core)) if core - c > 10.0 => "core shared",
+        (Some(_), _) => "generator-bound",
+        (None, _) => "cpu unknown",
+    }
+}
+
+/// Microseconds with their unit.
+fn fmt_dur(us: f64) -> String {
+    if us >= 1000.0 {
+        format!("{:.1} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} us")
+    }
+}
+
+fn fmt_us(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1}ms", v / 1000.0)
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+fn print_table(sc: &Scenario) {
+    let base = sc.variants.iter().find(|v| v.spec.role == Role::Baseline);
+    let base_peak = base.and_then(|v| v.median_peak());
+    let reference = sc.variants.iter().find(|v| v.spec.role == Role::Reference);
+    let ref_peak = reference.and_then(|v| v.median_peak());
+    println!();
+    println!("== {} ==", sc.title);
+    let w = &sc.workload;
+    println!(
+        "   load: p99-bench {}, closed loop {} conns x {} deep for peak; latency open loop at {} req/s",
+        match w.protocol {
+            Protocol::Ping => "ping".to_string(),
+            Protocol::Memcache => format!(
+                "memcache get:set {:.0}:{:.0}, key {} B, value {} B, {} keys{}",
+                w.get_ratio * 100.0,
+                (1.0 - w.get_ratio) * 100.0,
+                w.key_size,
+                w.value_size,
+                w.keys,
+                if w.multiget > 1 { format!(", multiget {}", w.multiget) } else { String::new() }
+            ),
+            Protocol::Udp => format!("udp ping, {} B datagrams", w.udp_payload),
+        },
+        w.connections,
+        w.pipeline,
+        sc.latency_rate.map_or("-".into(), svg::group)
+    );
+    let ref_col = reference.is_some();
+    print!("{:<22} {:>11} {:>8}", "variant", "req/s", "x base");
+    if ref_col {
+        print!(" {:>8}", "x memcd");
+    }
+    println!(" {:>5} {:>5} {:>5} {:>16} {:>7} {:>7} {:>7} {:>7} {:>9} {:>6}", "srv%", "core%", "gen%", "peak is", "p50us", "p99us", "p999us", "p9999us", "redline", "errors");
+    for v in &sc.variants {
+        if let Some(p) = &v.problem {
+            if v.peaks.is_empty() {
+                println!("{:<22} {}", v.spec.name, p);
+                continue;
+            }
+        }
+        let peak = v.median_peak();
+        let cpu = v.median_cpu();
+        let bound = peak_label(cpu, v.median_core_busy());
+        let lat = v.merged_latency();
+        let p = |q: f64| lat.as_ref().map_or("-".into(), |c| fmt_us(stats::pct_us(&c.hist, q)));
+        let redline = match &v.ramp {
+            Some(r) => match r.redline {
+                Some(x) => svg::group(x),
+                None => format!("<{}", svg::group(v.ladder.first().copied().unwrap_or(0.0))),
+            },
+            None => "-".into(),
+        };
+        let errors: u64 = v.peaks.iter().chain(v.lats.iter()).map(|r| r.errors_total()).sum();
+        let f = |r: Option<f64>| r.map_or("-".into(), |x| format!("{x:.2}"));
+        print!("{:<22} {:>11} {:>8}", v.spec.name, peak.map_or("-".into(), svg::group), f(ratio(peak, base_peak)));
+        if ref_col {
+            print!(" {:>8}", f(ratio(peak, ref_peak)));
+        }
+        let pc = |x: Option<f64>| x.map_or("-".into(), |c| format!("{c:.0}"));
+        println!(
+            " {:>5} {:>5} {:>5} {:>16} {:>7} {:>7} {:>7} {:>7} {:>9} {:>6}",
+            pc(cpu),
+            pc(v.median_core_busy()),
+            pc(v.median_gen_cpu()),
+            bound,
+            p(50.0),
+            p(99.0),
+            p(99.9),
+            p(99.99),
+            redline,
+            errors
+        );
+        if let Some(p) = &v.problem {
+            println!("{:<22} note: {}", "", p);
+        }
+        if let Some(c) = &lat {
+            let (lag99, lagmax) = (stats::pct_us(&c.send_lag, 99.0), stats::pct_us(&c.send_lag, 100.0));
+            if lag99 > 100.0 {
+                println!(
+                    "{:<22} note: the generator fell behind its schedule (send lag p99 {}, max {}): \
+                     its latency figures include that",
+                    "",
+                    fmt_dur(lag99),
+                    fmt_dur(lagmax)
+                );
+            }
+        }
+    }
+    if base_peak.is_none() {
+        if let Some(b) = base {
+            println!("   (no ratios: baseline {} has no figures)", b.spec.name);
+        }
+    }
+    if sc.variants.iter().any(|v| !v.peaks.is_empty()) {
+        println!(
+            "   req/s: median of closed-loop rounds. srv%: server process CPU, share of one core; core%: how busy\n   \
+             its core was by any process; gen%: generator CPU. A peak is the server's only at srv% >= 95.\n   \
+             Latency: open loop at the fixed rate above, from intended send times, rounds merged.\n   \
+             Redline: highest ramp rate with p99.9 < 1 ms and no errors (ramp at fractions of each peak)."
+        );
+    }
+    for n in &sc.notes {
+        println!("   note: {n}");
+    }
+}
+
+fn report_json(r: &Report) -> J {
+    r.to_json()
+}
+
+fn scenario_json(sc: &Scenario) -> J {
+    let mut o = J::obj();
+    o.set("title", sc.title.clone());
+    o.set("workload_command", sc.workload.command_line());
+    o.set("latency_rate", sc.latency_rate);
+    let base_peak = sc.variants.iter().find(|v| v.spec.role == Role::Baseline).and_then(|v| v.median_peak());
+    let ref_peak = sc.variants.iter().find(|v| v.spec.role == Role::Reference).and_then(|v| v.median_peak());
+    let mut vs = Vec::new();
+    for v in &sc.variants {
+        let mut j = J::obj();
+        j.set("name", v.spec.name.clone());
+        j.set(
+            "role",
+            match v.spec.role {
+                Role::Baseline => "baseline",
+                Role::Candidate => "candidate",
+                Role::Reference => "reference",
+            },
+        );
+        j.set("program", v.spec.program.as_ref().ok().map(|p| p.display().to_string()));
+        j.set("problem", v.problem.clone());
+        let peak = v.median_peak();
+        j.set("median_requests_per_s", peak);
+        j.set("ratio_to_baseline", ratio(peak, base_peak));
+        j.set("ratio_to_reference", ratio(peak, ref_peak));
+        j.set("median_server_cpu_pct", v.median_cpu());
+        j.set("server_bound", v.median_cpu().map(|c| c >= run::SERVER_BOUND_PCT));
+        j.set("median_generator_cpu_pct", v.median_gen_cpu());
+        j.set("median_server_core_busy_pct", v.median_core_busy());
+        if let Some(c) = v.merged_latency() {
+            let mut l = J::obj();
+            for (name, p) in stats::PERCENTILES {
+                l.set(name, stats::pct_us(&c.hist, p));
+            }
+            j.set("latency_us_at_fixed_rate", l);
+            let mut lag = J::obj();
+            lag.set("p99", stats::pct_us(&c.send_lag, 99.0)).set("max", stats::pct_us(&c.send_lag, 100.0));
+            j.set("send_lag_us_at_fixed_rate", lag);
+            j.set(
+                "percentile_curve_us",
+                J::Arr(stats::percentile_curve(&c.hist, 4).into_iter().map(|(p, us)| J::Arr(vec![J::Num(p), J::Num(us)])).collect()),
+            );
+        }
+        j.set("peak_runs", J::Arr(v.peaks.iter().map(report_json).collect()));
+        j.set("latency_runs", J::Arr(v.lats.iter().map(report_json).collect()));
+        if let Some(r) = &v.ramp {
+            j.set("redline_rps", r.redline);
+            j.set("ramp_steps", J::Arr(r.steps.iter().map(report_json).collect()));
+        }
+        vs.push(j);
+    }
+    o.set("variants", J::Arr(vs));
+    o.set("notes", J::Arr(sc.notes.iter().map(|n| J::Str(n.clone())).collect()));
+    o
+}
+
+fn write_plots(o: &Opts, sc: &Scenario) -> Vec<String> {
+    let mut files = Vec::new();
+    let curves: Vec<svg::Curve> = sc
+        .variants
+        .iter()
+        .filter_map(|v| {
+            let c = v.merged_latency()?;
+            Some(svg::Curve { label: v.spec.name.clone(), points: stats::percentile_curve(&c.hist, 4) })
+        })
+        .collect();
+    if !curves.is_empty() {
+        let f = o.out.join(format!("{}-latency.svg", sc.key));
+        let sub = format!(
+            "open loop at {} req/s, {} rounds merged; server on cpu {}, load on cpu {}",
+            sc.latency_rate.map_or("-".into(), svg::group),
+            o.rounds,
+            o.server_cpu,
+            o.load_cpu
+        );
+        if std::fs::write(&f, svg::latency_plot(&format!("{}: latency by percentile", sc.title), &sub, &curves)).is_ok() {
+            files.push(f.display().to_string());
+        }
+    }
+    let base_peak = sc.variants.iter().find(|v| v.spec.role == Role::Baseline).and_then(|v| v.median_peak());
+    let bars: Vec<svg::Bar> = sc
+        .variants
+        .iter()
+        .map(|v| {
+            let rps: Vec<f64> = v.peaks.iter().map(|r| r.rps).collect();
+            let peak = v.median_peak();
+            let mut note = ratio(peak, base_peak).map_or(String::new(), |r| format!("({r:.2}x baseline)"));
+            let label = peak_label(v.median_cpu(), v.median_core_busy());
+            if label != "server's" {
+                note += &format!(" {label}");
+            }
+            if peak.is_none() {
+                note = v.problem.clone().unwrap_or_else(|| "no figures".into());
+            }
+            svg::Bar {
+                label: v.spec.name.clone(),
+                value: peak,
+                min: rps.iter().cloned().fold(f64::INFINITY, f64::min),
+                max: rps.iter().cloned().fold(0.0, f64::max),
+                note,
+            }
+        })
+        .collect();
+    let f = o.out.join(format!("{}-throughput.svg", sc.key));
+    let sub = format!("closed loop, median of {} interleaved rounds (whiskers: slowest to fastest round)", o.rounds);
+    if std::fs::write(&f, svg::throughput_bars(&format!("{}: requests/s", sc.title), &sub, &bars)).is_ok() {
+        files.push(f.display().to_string());
+    }
+    files
+}
+
+fn cmd_out(prog: &str, args: &[&str]) -> Option<String> {
+    let o = Command::new(prog).args(args).output().ok()?;
+    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+fn machine_json() -> J {
+    let mut m = J::obj();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string());
+    m.set("cpu_model", model);
+    m.set("cpus_online", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    m.set("kernel", cmd_out("uname", &["-srvm"]));
+    m.set("hostname", cmd_out("uname", &["-n"]));
+    let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    m.set("mem_total", mem.lines().next().map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")));
+    m.set("os", std::fs::read_to_string("/etc/debian_version").ok().map(|s| format!("Debian {}", s.trim())));
+    m.set("load_average_at_start", std::fs::read_to_string("/proc/loadavg").ok().map(|s| s.trim().to_string()));
+    m
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let o = match parse_opts(&args) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            print!("{USAGE}");
+            return;
+        }
+        Err(e) => {
+            eprintln!("p99-parity: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = real_main(&o, &args) {
+        eprintln!("p99-parity: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&o.out).map_err(|e| format!("{}: {e}", o.out.display()))?;
+    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if o.server_cpu >= ncpu || o.load_cpu >= ncpu {
+        return Err(format!("--server-cpu/--load-cpu must be below {ncpu} (cores online)"));
+    }
+    let mut results = J::obj();
+    results.set("tool", "p99-parity");
+    results.set("command", format!("p99-parity {}", args.join(" ")));
+    results.set(
+        "git_revision",
+        cmd_out("git", &["rev-parse", "HEAD"]).map(|r| {
+            let dirty = cmd_out("git", &["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("{r} (with uncommitted changes)")
+            } else {
+                r
+            }
+        }),
+    );
+    results.set("started_unix", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
+    results.set("machine", machine_json());
+    let mut settings = J::obj();
+    settings.set("quick", o.quick).set("rounds", o.rounds).set("warmup_s", o.warmup).set("duration_s", o.duration);
+    settings.set("ramp_step_s", o.ramp_secs).set("ladder", J::Arr(o.ladder.iter().map(|f| J::Num(*f)).collect()));
+    settings.set("latency_fraction", o.latency_fraction).set("server_cpu", o.server_cpu).set("load_cpu", o.load_cpu);
+    settings.set("server_bound_threshold_pct", run::SERVER_BOUND_PCT).set("redline_p999_us", 1000.0);
+    results.set("settings", settings);
+    println!(
+        "p99-parity: servers on cpu {}, load on cpu {}; {} rounds of {}s (+{}s warm-up) per variant, interleaved",
+        o.server_cpu, o.load_cpu, o.rounds, o.duration, o.warmup
+    );
+    let mut scen_json = J::obj();
+    let mut plots = Vec::new();
+
+    if o.scenarios.iter().any(|s| s == "module") {
+        let m = module::run(o);
+        m.print();
+        scen_json.set("module", m.to_json());
+    }
+    let mk = |name: &str, role: Role, program: Result<PathBuf, String>, args: &str| Spec {
+        name: name.to_string(),
+        role,
+        program,
+        args: args.split_whitespace().map(String::from).collect(),
+    };
+    if o.scenarios.iter().any(|s| s == "ping") {
+        let wl = workload(o, Protocol::Ping, &o.ping_args)?;
+        let specs = vec![
+            mk("pingserver-c", Role::Baseline, find_built(o, "pingserver-c"), "-p {port} -l {host} -t 1"),
+            mk("pingserver-c-p99", Role::Candidate, find_built(o, "pingserver-c-p99"), "-p {port} -l {host} -t 1"),
+            mk("pingserver-rs", Role::Candidate, find_built(o, "pingserver-rs"), "-p {port} -l {host} -t 1"),
+        ];
+        let mut sc = new_scenario("ping", "ping (TCP)", wl, specs);
+        run_scenario(o, &mut sc, None);
+        print_table(&sc);
+        plots.extend(write_plots(o, &sc));
+        scen_json.set("ping", scenario_json(&sc));
+    }
+    if o.scenarios.iter().any(|s| s == "cache") {
+        let wl = workload(o, Protocol::Memcache, &o.cache_args)?;
+        let mc = "-p {port} -l {host} -t 1 -m 1024 -U 0";
+        let specs = vec![
+            mk("mcserver-slab-epoll", Role::Baseline, find_built(o, "mcserver-slab-epoll"), mc),
+            mk("mcserver-p99-epoll", Role::Candidate, find_built(o, "mcserver-p99-epoll"), mc),
+            mk("mcserver-slab-uring", Role::Candidate, find_built(o, "mcserver-slab-uring"), mc),
+            mk("mcserver-p99-uring", Role::Candidate, find_built(o, "mcserver-p99-uring"), mc),
+            mk("memcached -t 1", Role::Reference, find_on_path("memcached"), "-p {port} -l {host} -t 1 -m 1024 -U 0 -u nobody"),
+        ];
+        let mut sc = new_scenario("cache", "cache (memcache text protocol)", wl, specs);
+        run_scenario(o, &mut sc, None);
+        print_table(&sc);
+        plots.extend(write_plots(o, &sc));
+        scen_json.set("cache", scenario_json(&sc));
+    }
+    if o.scenarios.iter().any(|s| s == "udp") {
+        let wl = workload(o, Protocol::Udp, &o.udp_args)?;
+        let specs = vec![
+            mk("udpping-kernel", Role::Baseline, find_built(o, "udpping-kernel"), "-p {port} -l {host}"),
+            mk("udpping-xdp", Role::Candidate, find_built(o, "udpping-xdp"), "-p {port} -i {iface} -q 0"),
+        ];
+        let mut sc = new_scenario("udp", "UDP ping (veth pair between namespaces)", wl, specs);
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let any_built = sc.variants.iter().any(|v| v.spec.program.is_ok());
+        if !root {
+            for v in sc.variants.iter_mut() {
+                v.problem = Some("not run: the UDP scenario needs root (network namespaces)".into());
+            }
+        } else if any_built {
+            match netns::VethPair::create() {
+                Ok(pair) => {
+                    sc.notes.push(format!(
+                        "server in netns {} ({} {}), generator in {} (kernel UDP sockets; the AF_XDP sender is not in this build)",
+                        pair.server_ns, pair.server_if, pair.server_ip, pair.client_ns
+                    ));
+                    run_scenario(o, &mut sc, Some(&pair));
+                }
+                Err(e) => {
+                    for v in sc.variants.iter_mut() {
+                        v.problem.get_or_insert(format!("not run: veth/netns setup failed: {e}"));
+                    }
+                }
+            }
+        } else {
+            for v in sc.variants.iter_mut() {
+                if let Err(why) = &v.spec.program {
+                    v.problem = Some(why.clone());
+                }
+            }
+        }
+        print_table(&sc);
+        plots.extend(write_plots(o, &sc));
+        scen_json.set("udp", scenario_json(&sc));
+    }
+    results.set("scenarios", scen_json);
+    results.set("plots", J::Arr(plots.iter().map(|p| J::Str(p.clone())).collect()));
+    results.set("elapsed_s", started.elapsed().as_secs_f64());
+    let path = o.out.join("results.json");
+    std::fs::write(&path, results.to_string_pretty()).map_err(|e| format!("{}: {e}", path.display()))?;
+    println!();
+    println!("p99-parity: {:.0}s; results in {}; plots: {}", started.elapsed().as_secs_f64(), path.display(), plots.join(" "));
+    Ok(())
+}
+
+fn new_scenario(key: &'static str, title: &str, workload: Config, specs: Vec<Spec>) -> Scenario {
+    Scenario {
+        key,
+        title: title.to_string(),
+        workload,
+        variants: specs
+            .into_iter()
+            .map(|spec| VariantRun { spec, server: None, problem: None, peaks: Vec::new(), lats: Vec::new(), ramp: None, ladder: Vec::new() })
+            .collect(),
+        latency_rate: None,
+        notes: Vec::new(),
+    }
+}

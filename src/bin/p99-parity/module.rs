@@ -1,0 +1,69 @@
+//! Module-level parity: p99-storebench (one C harness driving the C slab store and libp99's
+//! store in process; benches/storebench) run pinned to the server core, reported as the first
+//! table. Its JSON is embedded in results.json as is.
+
+use crate::json::J;
+use crate::Opts;
+use std::process::Command;
+
+pub struct ModuleResult {
+    pub problem: Option<String>,
+    pub table: String,
+    pub command: Option<String>,
+    pub json: Option<String>,
+}
+
+pub fn run(o: &Opts) -> ModuleResult {
+    let prog = o.bin_dir.join("p99-storebench");
+    if !prog.is_file() {
+        return ModuleResult {
+            problem: Some(format!(
+                "not built ({} missing: `make storebench` builds it once c-examples/mcserver/storage_slab.c exists)",
+                prog.display()
+            )),
+            table: String::new(),
+            command: None,
+            json: None,
+        };
+    }
+    let json_path = o.out.join("module.json");
+    let mut args: Vec<String> = vec!["-c".into(), o.server_cpu.to_string(), prog.display().to_string()];
+    if o.quick {
+        args.push("--quick".into());
+    }
+    args.extend(o.module_args.iter().cloned());
+    args.extend(["--json".into(), json_path.display().to_string()]);
+    let command = format!("taskset {}", args.join(" "));
+    eprint!("[module] store benchmark ...");
+    let out = Command::new("taskset").args(&args).output();
+    eprint!("\r\x1b[K");
+    match out {
+        Ok(out) => {
+            let table = String::from_utf8_lossy(&out.stdout).into_owned();
+            let problem = (!out.status.success())
+                .then(|| format!("failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+            let json = std::fs::read_to_string(&json_path).ok();
+            ModuleResult { problem, table, command: Some(command), json }
+        }
+        Err(e) => ModuleResult { problem: Some(format!("taskset: {e}")), table: String::new(), command: Some(command), json: None },
+    }
+}
+
+impl ModuleResult {
+    pub fn print(&self) {
+        println!();
+        println!("== module: cache store in process (one C harness, C slab store vs libp99 store) ==");
+        print!("{}", self.table);
+        if let Some(p) = &self.problem {
+            println!("   {p}");
+        }
+    }
+
+    pub fn to_json(&self) -> J {
+        let mut o = J::obj();
+        o.set("command", self.command.clone());
+        o.set("problem", self.problem.clone());
+        o.set("result", self.json.clone().map(J::Raw));
+        o
+    }
+}

@@ -1,0 +1,72 @@
+//! A veth pair between two network namespaces for the UDP scenario: the server runs in one
+//! (`ip netns exec`), the generator thread enters the other with setns(2). Names carry the
+//! process id so parallel runs never collide; everything is removed on drop.
+
+use std::process::Command;
+
+pub struct VethPair {
+    pub server_ns: String,
+    pub client_ns: String,
+    pub server_if: String,
+    pub client_if: String,
+    pub server_ip: String,
+    pub client_ip: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(())
+}
+
+impl VethPair {
+    pub fn create() -> Result<VethPair, String> {
+        let id = std::process::id();
+        let pair = VethPair {
+            server_ns: format!("p99par-s{id}"),
+            client_ns: format!("p99par-c{id}"),
+            server_if: format!("p99s{id}"),
+            client_if: format!("p99c{id}"),
+            server_ip: "10.199.0.1".into(),
+            client_ip: "10.199.0.2".into(),
+        };
+        // From here on, drop removes whatever was made.
+        ip(&["netns", "add", &pair.server_ns])?;
+        ip(&["netns", "add", &pair.client_ns])?;
+        ip(&["link", "add", &pair.server_if, "type", "veth", "peer", "name", &pair.client_if])?;
+        ip(&["link", "set", &pair.server_if, "netns", &pair.server_ns])?;
+        ip(&["link", "set", &pair.client_if, "netns", &pair.client_ns])?;
+        for (ns, ifc, addr) in [
+            (&pair.server_ns, &pair.server_if, &pair.server_ip),
+            (&pair.client_ns, &pair.client_if, &pair.client_ip),
+        ] {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", ifc])?;
+            ip(&["-n", ns, "link", "set", ifc, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(pair)
+    }
+
+    /// Moves the calling thread into the client namespace (threads it spawns inherit it).
+    pub fn enter_client(&self) -> Result<(), String> {
+        let path = format!("/var/run/netns/{}", self.client_ns);
+        let f = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: f is an open namespace file; setns affects only the calling thread.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(format!("setns {}: {}", self.client_ns, std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth end inside it, and with it the pair.
+        let _ = ip(&["netns", "del", &self.server_ns]);
+        let _ = ip(&["netns", "del", &self.client_ns]);
+        let _ = ip(&["link", "del", &self.server_if]);
+    }
+}

@@ -1,0 +1,188 @@
+//! The per-item header inside a segment.
+//!
+//! An item is stored as `klen:u8, varint(vlen << 3 | has_cas << 2 | has_exp << 1 | has_flags),
+//! [flags:u32 LE], [zigzag varint(expiry - segment expiry base)], [cas:u64 LE], key, value`.
+//! For the common item (32-byte key, 100-byte value, flags 0, expiry equal to the segment's
+//! base, CAS derived from the location) that is 3 bytes of header. Optional parts cost bytes
+//! only when used: client flags when nonzero, an expiry delta when the item's expiry differs
+//! from the first item written to the segment, and an explicit CAS only when an item was moved
+//! without a client write (touch, merge eviction) and must keep its CAS.
+//!
+//! Items are byte-aligned and packed back to back from offset 0 of a segment, so a segment
+//! can be walked item by item (eviction and expiry do that).
+
+/// Longest key, as in memcached.
+pub(crate) const KEY_MAX: usize = 250;
+/// Largest header an item can have: klen, 5-byte varint, flags, 5-byte varint, cas.
+pub(crate) const HEADER_MAX: usize = 1 + 5 + 4 + 5 + 8;
+
+const HAS_FLAGS: u64 = 1;
+const HAS_EXP: u64 = 2;
+const HAS_CAS: u64 = 4;
+
+/// What the header says about one item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ItemHeader {
+    pub klen: usize,
+    pub vlen: usize,
+    pub flags: u32,
+    /// Absolute expiry (0 = never).
+    pub expiry: u32,
+    /// The stored CAS, if the item carries one.
+    pub cas: Option<u64>,
+    /// Header length in bytes; the key starts here.
+    pub header_len: usize,
+}
+
+impl ItemHeader {
+    /// Total bytes of the item in the segment.
+    pub fn total_len(&self) -> usize {
+        self.header_len + self.klen + self.vlen
+    }
+}
+
+fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+fn put_varint(out: &mut [u8], mut v: u64) -> usize {
+    let mut i = 0;
+    while v >= 0x80 {
+        out[i] = (v as u8) | 0x80;
+        v >>= 7;
+        i += 1;
+    }
+    out[i] = v as u8;
+    i + 1
+}
+
+fn get_varint(buf: &[u8]) -> Option<(u64, usize)> {
+    let mut v: u64 = 0;
+    for (i, &b) in buf.iter().enumerate().take(10) {
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+fn zigzag(d: i64) -> u64 {
+    ((d << 1) ^ (d >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// Encodes a header into `out` (at least `HEADER_MAX` bytes) and returns its length.
+/// `exp_base` is the segment's expiry base.
+pub(crate) fn encode_header(
+    out: &mut [u8; HEADER_MAX],
+    klen: usize,
+    vlen: usize,
+    flags: u32,
+    expiry: u32,
+    exp_base: u32,
+    cas: Option<u64>,
+) -> usize {
+    debug_assert!(klen >= 1 && klen <= KEY_MAX);
+    let mut bits = (vlen as u64) << 3;
+    if flags != 0 {
+        bits |= HAS_FLAGS;
+    }
+    if expiry != exp_base {
+        bits |= HAS_EXP;
+    }
+    if cas.is_some() {
+        bits |= HAS_CAS;
+    }
+    out[0] = klen as u8;
+    let mut n = 1 + put_varint(&mut out[1..], bits);
+    if flags != 0 {
+        out[n..n + 4].copy_from_slice(&flags.to_le_bytes());
+        n += 4;
+    }
+    if expiry != exp_base {
+        n += put_varint(&mut out[n..], zigzag(i64::from(expiry) - i64::from(exp_base)));
+    }
+    if let Some(c) = cas {
+        out[n..n + 8].copy_from_slice(&c.to_le_bytes());
+        n += 8;
+    }
+    n
+}
+
+/// The header length `encode_header` would produce.
+pub(crate) fn header_len(vlen: usize, flags: u32, expiry: u32, exp_base: u32, cas: bool) -> usize {
+    let mut n = 1 + varint_len((vlen as u64) << 3);
+    if flags != 0 {
+        n += 4;
+    }
+    if expiry != exp_base {
+        n += varint_len(zigzag(i64::from(expiry) - i64::from(exp_base)));
+    }
+    if cas {
+        n += 8;
+    }
+    n
+}
+
+/// Decodes the header at the start of `buf`. Returns None for bytes that are not a header
+/// (which would be a bug in the store: items are written whole under the shard lock).
+pub(crate) fn decode_header(buf: &[u8], exp_base: u32) -> Option<ItemHeader> {
+    let klen = *buf.first()? as usize;
+    let (bits, n1) = get_varint(buf.get(1..)?)?;
+    let mut n = 1 + n1;
+    let mut flags = 0;
+    if bits & HAS_FLAGS != 0 {
+        flags = u32::from_le_bytes(buf.get(n..n + 4)?.try_into().ok()?);
+        n += 4;
+    }
+    let mut expiry = exp_base;
+    if bits & HAS_EXP != 0 {
+        let (z, m) = get_varint(buf.get(n..)?)?;
+        expiry = (i64::from(exp_base) + unzigzag(z)) as u32;
+        n += m;
+    }
+    let mut cas = None;
+    if bits & HAS_CAS != 0 {
+        cas = Some(u64::from_le_bytes(buf.get(n..n + 8)?.try_into().ok()?));
+        n += 8;
+    }
+    Some(ItemHeader { klen, vlen: (bits >> 3) as usize, flags, expiry, cas, header_len: n })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips_every_optional_part() {
+        for &(vlen, flags, expiry, base, cas) in &[
+            (100usize, 0u32, 0u32, 0u32, None),
+            (0, 7, 1000, 990, Some(42u64)),
+            (1 << 20, u32::MAX, 5, 100, Some(u64::MAX)),
+            (127, 1, 100, 0, None),
+        ] {
+            let mut out = [0u8; HEADER_MAX];
+            let n = encode_header(&mut out, 32, vlen, flags, expiry, base, cas);
+            assert_eq!(n, header_len(vlen, flags, expiry, base, cas.is_some()));
+            let h = decode_header(&out[..n], base).unwrap();
+            assert_eq!(
+                h,
+                ItemHeader { klen: 32, vlen, flags, expiry, cas, header_len: n }
+            );
+        }
+    }
+
+    #[test]
+    fn common_item_header_is_three_bytes() {
+        assert_eq!(header_len(100, 0, 0, 0, false), 3);
+    }
+}

@@ -1,0 +1,191 @@
+//! Segment-structured cache storage (the Segcache design) with memcached 1.6 semantics.
+//!
+//! Items are appended, with a header of a few bytes, into fixed-size segments; a compact hash
+//! table of 8-byte records (tag, read frequency, segment, offset) in 64-byte buckets finds
+//! them. Segments are chained per TTL bucket, so a segment whose items have all expired is
+//! dropped whole, eagerly, without scanning the table; every read also checks the item's own
+//! expiry, so an expired item is never returned. When the memory budget is full, whole
+//! segments are evicted (FIFO, or a merge that carries frequently read items forward).
+//!
+//! Concurrency: the store is split into shards by key hash, each with its own lock, hash table,
+//! TTL buckets and an equal share of the segment budget. Operations on different shards never
+//! touch the same lock or cache lines (statistics are per shard too), so reads scale across
+//! cores. Reads can pin an item: the value bytes are handed out without copying and stay
+//! intact until released, because a segment with pinned items is never reset (eviction skips
+//! it; expiry, flush and deletion unlink its items and free it when the last pin goes).
+//!
+//! CAS: every write of an item gets a 64-bit CAS unique in this cache, derived without
+//! storing 8 bytes per item: `generation << 22 | offset`, where the generation is taken from a
+//! counter each time a segment is opened for writing (never reused) and the offset is where the
+//! item starts in it. Two writes never share a (generation, offset) pair, so the CAS is unique
+//! per write and changes on every write. Moving an item without a client write (touch,
+//! get-and-touch, merge eviction) would change the location, so a moved item stores its CAS
+//! explicitly (8 bytes, for moved items only); touch thus keeps the CAS, as in memcached.
+
+mod clock;
+mod item;
+mod memory;
+mod shard;
+mod store;
+mod table;
+
+pub use clock::{expiry_from_exptime, ClockKind};
+pub use store::{Cache, ItemRef, PinToken, Reservation};
+
+// The limits are associated constants of `Cache` (`Cache::KEY_MAX`, ...); these crate-private
+// names keep them out of the generated C header.
+pub(crate) const SEGMENT_BYTES_MAX: usize = 1 << 22;
+pub(crate) const SEGMENT_BYTES_MIN: usize = 4096;
+
+/// Which segment is evicted when the memory budget is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Eviction {
+    /// The oldest segment of the shard (by creation) that no reader has pinned.
+    Fifo,
+    /// Like FIFO, but items read since they were written (frequency > 0) are carried forward
+    /// into the newest segment of their TTL bucket, up to a quarter of a segment per eviction,
+    /// with their frequency reset, so hot items survive and cold ones go. This is Segcache's
+    /// merge eviction reduced to one source segment at a time.
+    Merge,
+}
+
+/// How a committed write treats an existing item (memcached's storage commands).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Store unconditionally.
+    Set,
+    /// Store only if the key is absent (else `NotStored`).
+    Add,
+    /// Store only if the key is present (else `NotStored`).
+    Replace,
+    /// Store only if present (else `NotFound`) and its CAS equals the given one (else `Exists`).
+    Cas,
+    /// Append to the present item's value (else `NotStored`), keeping its flags and expiry.
+    Append,
+    /// Prepend to the present item's value (else `NotStored`), keeping its flags and expiry.
+    Prepend,
+}
+
+/// Configuration of a cache.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Byte budget for segments (item storage). The store never allocates more segment
+    /// memory than this; the hash table and per-segment metadata come on top and are counted
+    /// in `Stats::total_bytes`.
+    pub heap_bytes: usize,
+    /// Segment size, `Cache::SEGMENT_BYTES_MIN..=Cache::SEGMENT_BYTES_MAX`.
+    pub segment_bytes: usize,
+    /// Expected number of items, used to size the hash table (7 records per 64-byte bucket;
+    /// more items go to overflow buckets). 0 = `heap_bytes / 128`.
+    pub expected_items: usize,
+    /// Largest item (key + value + header), at most `segment_bytes`. memcached's `-I`.
+    pub item_max: usize,
+    /// Keep 64-bit CAS values (memcached's default); false is memcached's `-C`: CAS reads as 0
+    /// and every CAS write on an existing item fails with `Exists`.
+    pub cas: bool,
+    /// Eviction policy.
+    pub eviction: Eviction,
+    /// Number of shards (a power of two, at most 256); 0 = automatic: up to 16, keeping at
+    /// least 8 segments per shard.
+    pub shards: usize,
+    /// The clock.
+    pub clock: ClockKind,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            heap_bytes: 64 << 20,
+            segment_bytes: 1 << 20,
+            expected_items: 0,
+            item_max: 1 << 20,
+            cas: true,
+            eviction: Eviction::Merge,
+            shards: 0,
+            clock: ClockKind::System,
+        }
+    }
+}
+
+/// Why an operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// A key of length 0 or over `Cache::KEY_MAX`, or a bad configuration value.
+    InvalidArgument,
+    /// The item (key + value + header) would be larger than `item_max`.
+    TooLarge,
+    /// The key is absent (cas, incr/decr, touch, delete).
+    NotFound,
+    /// CAS mismatch, or CAS disabled.
+    Exists,
+    /// add on a present key; replace/append/prepend on an absent one.
+    NotStored,
+    /// incr/decr on a value that is not a decimal unsigned 64-bit number.
+    NonNumeric,
+    /// A reservation written beyond its length or committed before it is full, or a pin
+    /// released that is not held.
+    InvalidState,
+    /// No segment can be had: the shard's budget is full and every segment is pinned.
+    OutOfMemory,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// A snapshot of the cache's counters and gauges (summed over shards).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Items linked in the hash table (some may be expired and not yet reclaimed).
+    pub items: u64,
+    /// Bytes of those items in segments (headers, keys, values).
+    pub item_bytes: u64,
+    /// Key and value bytes of those items.
+    pub key_value_bytes: u64,
+    /// Everything the store has allocated: segments, hash table, segment metadata.
+    pub total_bytes: u64,
+    /// Segment memory allocated so far (never above the budget).
+    pub segment_bytes_allocated: u64,
+    /// Hash table bytes (main and overflow buckets).
+    pub hash_bytes: u64,
+    /// The segment budget (`heap_bytes` rounded down to whole segments).
+    pub heap_limit_bytes: u64,
+    /// Reads that found a live item.
+    pub hits: u64,
+    /// Reads that found nothing (or an expired item).
+    pub misses: u64,
+    /// Items written (set, add, replace, cas, append, prepend, incr, decr).
+    pub sets: u64,
+    /// Items deleted by request.
+    pub deletes: u64,
+    /// Items whose expiry was changed by touch or get-and-touch.
+    pub touches: u64,
+    /// Segments evicted to make room.
+    pub evictions: u64,
+    /// Live items dropped by eviction.
+    pub evicted_items: u64,
+    /// Items carried forward by merge eviction.
+    pub merged_items: u64,
+    /// Expired items removed (on access, or with their segment).
+    pub expirations: u64,
+    /// Segments freed whole because all their items expired.
+    pub expired_segments: u64,
+    /// flush_all operations applied (per shard, divided by the shard count).
+    pub flushes: u64,
+    /// Segments in the budget.
+    pub segments_total: u64,
+    /// Segments holding items.
+    pub segments_used: u64,
+    /// Segments free for writing (allocated or not yet allocated).
+    pub segments_free: u64,
+    /// Segments emptied while pinned, waiting for their last reader.
+    pub segments_retired: u64,
+    /// Number of shards.
+    pub shards: u64,
+    /// Pins held by readers right now.
+    pub pinned: u64,
+}

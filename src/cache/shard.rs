@@ -1,0 +1,785 @@
+//! One shard: its hash table, its share of the segments, its TTL buckets and counters, all
+//! behind the shard's lock (the caller holds it for every method here), plus the pin counts
+//! that readers drop without the lock.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use super::item::{decode_header, encode_header, header_len, ItemHeader, HEADER_MAX};
+use super::memory::SegmentMemory;
+use super::table::{hash_key, tag_of, Record, Slot, Table, OFF_BITS};
+use super::{Error, Eviction, Mode};
+
+const NONE: u32 = u32::MAX;
+
+/// The size an item counts against `item_max`: key, value and the largest possible header,
+/// so that an accepted item can always be moved (touch, merge) whatever its header becomes.
+pub(crate) fn item_size(klen: usize, vlen: usize) -> usize {
+    klen.saturating_add(vlen).saturating_add(HEADER_MAX)
+}
+/// Set in a segment's pin word when it was emptied while pinned; the last reader frees it.
+pub(crate) const RETIRED: u32 = 1 << 31;
+
+/// Number of TTL buckets: bucket 0 holds items that never expire; the rest follow Segcache's
+/// four tiers of 256 buckets (widths 8 s, 128 s, 2048 s, 32768 s), plus one for longer TTLs.
+const TTL_BUCKETS: usize = 978;
+
+fn ttl_bucket(expiry: u32, now: u32) -> usize {
+    if expiry == 0 {
+        return 0;
+    }
+    let rel = expiry.saturating_sub(now).max(1) as usize;
+    if rel < 2048 {
+        1 + rel / 8
+    } else if rel < 32768 {
+        257 + (rel - 2048) / 128
+    } else if rel < 524_288 {
+        497 + (rel - 32768) / 2048
+    } else if rel < 8_388_608 {
+        737 + (rel - 524_288) / 32768
+    } else {
+        TTL_BUCKETS - 1
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum SegState {
+    Free,
+    Live,
+    Retired,
+}
+
+/// Metadata of one segment (kept outside the segment's bytes).
+struct SegMeta {
+    state: SegState,
+    /// Write generation: unique per opening of a segment in this cache (CAS derivation).
+    gen: u64,
+    write_off: u32,
+    live_items: u32,
+    live_bytes: u32,
+    /// Expiry of the first item; items store only their difference to it.
+    exp_base: u32,
+    /// Latest expiry of any item (0 = some item never expires).
+    exp_max: u32,
+    bucket: u16,
+    prev: u32,
+    next: u32,
+    /// Creation order, for FIFO eviction.
+    seq: u64,
+}
+
+impl SegMeta {
+    fn empty() -> SegMeta {
+        SegMeta {
+            state: SegState::Free,
+            gen: 0,
+            write_off: 0,
+            live_items: 0,
+            live_bytes: 0,
+            exp_base: 0,
+            exp_max: 0,
+            bucket: 0,
+            prev: NONE,
+            next: NONE,
+            seq: 0,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct TtlBucket {
+    head: u32,
+    tail: u32,
+    open: u32,
+}
+
+/// Per-shard counters (summed into `Stats`).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Counters {
+    pub hits: u64,
+    pub misses: u64,
+    pub sets: u64,
+    pub deletes: u64,
+    pub touches: u64,
+    pub evictions: u64,
+    pub evicted_items: u64,
+    pub merged_items: u64,
+    pub expirations: u64,
+    pub expired_segments: u64,
+    pub flushes: u64,
+}
+
+pub(crate) struct ShardConfig {
+    pub segment_bytes: usize,
+    pub max_segments: usize,
+    pub item_max: usize,
+    pub cas: bool,
+    pub eviction: Eviction,
+    pub shard_index: u32,
+    pub shard_bits: u32,
+}
+
+/// A found item: where it is and what its header says.
+#[derive(Clone, Copy)]
+pub(crate) struct Found {
+    pub slot: Slot,
+    pub rec: Record,
+    pub hdr: ItemHeader,
+    pub cas: u64,
+}
+
+/// A located item handed to a pinned reader.
+pub(crate) struct PinnedParts {
+    pub seg: u32,
+    pub key: *const u8,
+    pub value: *const u8,
+    pub hdr: ItemHeader,
+    pub cas: u64,
+}
+
+pub(crate) struct ShardInner {
+    cfg: ShardConfig,
+    table: Table,
+    segs: Vec<SegMeta>,
+    mem: Vec<SegmentMemory>,
+    free: Vec<u32>,
+    ttl: Box<[TtlBucket]>,
+    pins: Arc<[AtomicU32]>,
+    seq: u64,
+    gen_counter: u64,
+    /// Last flush epoch applied here.
+    pub flush_epoch: u32,
+    last_tick: u32,
+    /// Key and value bytes of linked items.
+    live_kv: u64,
+    pub counters: Counters,
+}
+
+/// Snapshot of gauges for `Stats`.
+pub(crate) struct Gauges {
+    pub items: u64,
+    pub item_bytes: u64,
+    pub key_value_bytes: u64,
+    pub segment_bytes_allocated: u64,
+    pub hash_bytes: u64,
+    pub meta_bytes: u64,
+    pub segments_used: u64,
+    pub segments_free: u64,
+    pub segments_retired: u64,
+}
+
+impl ShardInner {
+    pub fn new(cfg: ShardConfig, expected_items: usize, pins: Arc<[AtomicU32]>) -> ShardInner {
+        let empty = TtlBucket { head: NONE, tail: NONE, open: NONE };
+        ShardInner {
+            table: Table::new(expected_items),
+            segs: Vec::new(),
+            mem: Vec::new(),
+            free: Vec::new(),
+            ttl: vec![empty; TTL_BUCKETS].into_boxed_slice(),
+            pins,
+            seq: 0,
+            gen_counter: 0,
+            flush_epoch: 0,
+            last_tick: 0,
+            live_kv: 0,
+            counters: Counters::default(),
+            cfg,
+        }
+    }
+
+    // --- reading items -----------------------------------------------------------------------
+
+    fn header_at(&self, seg: u32, off: u32) -> ItemHeader {
+        let m = &self.mem[seg as usize];
+        let avail = (self.segs[seg as usize].write_off - off) as usize;
+        let buf = m.read(off as usize, avail.min(HEADER_MAX));
+        decode_header(buf, self.segs[seg as usize].exp_base).expect("corrupt item header")
+    }
+
+    fn key_at(&self, seg: u32, off: u32, hdr: &ItemHeader) -> &[u8] {
+        self.mem[seg as usize].read(off as usize + hdr.header_len, hdr.klen)
+    }
+
+    fn value_at(&self, seg: u32, off: u32, hdr: &ItemHeader) -> &[u8] {
+        self.mem[seg as usize].read(off as usize + hdr.header_len + hdr.klen, hdr.vlen)
+    }
+
+    fn cas_of(&self, seg: u32, off: u32, hdr: &ItemHeader) -> u64 {
+        if !self.cfg.cas {
+            return 0;
+        }
+        hdr.cas.unwrap_or((self.segs[seg as usize].gen << OFF_BITS) | u64::from(off))
+    }
+
+    /// Finds the live record for `key`; an expired one is unlinked and reported absent.
+    pub fn lookup(&mut self, key: &[u8], h: u64, now: u32) -> Option<Found> {
+        let (slot, rec) = {
+            let this = &*self;
+            this.table.find(h, |r| {
+                let hdr = this.header_at(r.seg(), r.off());
+                hdr.klen == key.len() && this.key_at(r.seg(), r.off(), &hdr) == key
+            })?
+        };
+        let hdr = self.header_at(rec.seg(), rec.off());
+        if hdr.expiry != 0 && hdr.expiry <= now {
+            self.unlink(slot, rec, &hdr);
+            self.counters.expirations += 1;
+            return None;
+        }
+        let cas = self.cas_of(rec.seg(), rec.off(), &hdr);
+        Some(Found { slot, rec, hdr, cas })
+    }
+
+    fn unlink(&mut self, slot: Slot, rec: Record, hdr: &ItemHeader) {
+        self.table.remove(slot);
+        self.account_remove(rec.seg(), hdr);
+    }
+
+    fn account_remove(&mut self, seg: u32, hdr: &ItemHeader) {
+        let m = &mut self.segs[seg as usize];
+        m.live_items -= 1;
+        m.live_bytes -= hdr.total_len() as u32;
+        self.live_kv -= (hdr.klen + hdr.vlen) as u64;
+    }
+
+    /// Looks up and pins an item for a reader; counts a hit or miss.
+    pub fn get_pinned(&mut self, key: &[u8], h: u64, now: u32) -> Option<PinnedParts> {
+        let Some(f) = self.lookup(key, h, now) else {
+            self.counters.misses += 1;
+            return None;
+        };
+        self.counters.hits += 1;
+        let freq = f.rec.freq();
+        if freq < u8::MAX {
+            self.table.set(f.slot, f.rec.with_freq(freq + 1));
+        }
+        let seg = f.rec.seg();
+        self.pins[seg as usize].fetch_add(1, Ordering::Relaxed);
+        let m = &self.mem[seg as usize];
+        let koff = f.rec.off() as usize + f.hdr.header_len;
+        Some(PinnedParts {
+            seg,
+            key: m.addr(koff),
+            value: m.addr(koff + f.hdr.klen),
+            hdr: f.hdr,
+            cas: f.cas,
+        })
+    }
+
+    /// Copies an item's value out (for callers that need the bytes, e.g. append).
+    fn value_copy(&self, f: &Found) -> Vec<u8> {
+        self.value_at(f.rec.seg(), f.rec.off(), &f.hdr).to_vec()
+    }
+
+    // --- writing items -----------------------------------------------------------------------
+
+    /// Appends an item to the open segment of its TTL bucket (opening a new segment, and
+    /// evicting if the budget is full). Returns its location and CAS. Does not link it.
+    fn append_item(
+        &mut self,
+        now: u32,
+        key: &[u8],
+        parts: &[&[u8]],
+        flags: u32,
+        expiry: u32,
+        explicit_cas: Option<u64>,
+        allow_merge: bool,
+    ) -> Result<(u32, u32, u64), Error> {
+        let vlen: usize = parts.iter().map(|p| p.len()).sum();
+        let b = ttl_bucket(expiry, now);
+        let explicit_cas = if self.cfg.cas { explicit_cas } else { None };
+        let mut seg = self.ttl[b].open;
+        let fits = |this: &ShardInner, s: u32| {
+            let m = &this.segs[s as usize];
+            let base = if m.write_off == 0 { expiry } else { m.exp_base };
+            let total = header_len(vlen, flags, expiry, base, explicit_cas.is_some()) + key.len() + vlen;
+            m.write_off as usize + total <= this.cfg.segment_bytes
+        };
+        if seg == NONE || !fits(self, seg) {
+            self.ttl[b].open = NONE;
+            let need = header_len(vlen, flags, expiry, expiry, explicit_cas.is_some()) + key.len() + vlen;
+            if need > self.cfg.segment_bytes {
+                return Err(Error::TooLarge);
+            }
+            seg = self.take_segment(now, allow_merge)?;
+            self.open_segment(seg, b, expiry);
+        }
+        let s = seg as usize;
+        let off = self.segs[s].write_off;
+        let mut hbuf = [0u8; HEADER_MAX];
+        let hl = encode_header(&mut hbuf, key.len(), vlen, flags, expiry, self.segs[s].exp_base, explicit_cas);
+        let mem = &mut self.mem[s];
+        let mut at = off as usize;
+        mem.write(at, &hbuf[..hl]);
+        at += hl;
+        mem.write(at, key);
+        at += key.len();
+        for p in parts {
+            mem.write(at, p);
+            at += p.len();
+        }
+        self.live_kv += (key.len() + vlen) as u64;
+        let meta = &mut self.segs[s];
+        meta.write_off = at as u32;
+        meta.live_items += 1;
+        meta.live_bytes += (at - off as usize) as u32;
+        if meta.exp_max != 0 && expiry > meta.exp_max {
+            meta.exp_max = expiry;
+        }
+        let cas = if self.cfg.cas {
+            explicit_cas.unwrap_or((meta.gen << OFF_BITS) | u64::from(off))
+        } else {
+            0
+        };
+        Ok((seg, off, cas))
+    }
+
+    fn open_segment(&mut self, seg: u32, bucket: usize, expiry: u32) {
+        self.seq += 1;
+        self.gen_counter += 1;
+        let gen = (self.gen_counter << self.cfg.shard_bits) | u64::from(self.cfg.shard_index);
+        let tail = self.ttl[bucket].tail;
+        let m = &mut self.segs[seg as usize];
+        *m = SegMeta {
+            state: SegState::Live,
+            gen,
+            write_off: 0,
+            live_items: 0,
+            live_bytes: 0,
+            exp_base: expiry,
+            exp_max: expiry,
+            bucket: bucket as u16,
+            prev: tail,
+            next: NONE,
+            seq: self.seq,
+        };
+        if tail == NONE {
+            self.ttl[bucket].head = seg;
+        } else {
+            self.segs[tail as usize].next = seg;
+        }
+        self.ttl[bucket].tail = seg;
+        self.ttl[bucket].open = seg;
+    }
+
+    /// Links a freshly appended item for `key`, replacing (and killing) any current one.
+    fn link(&mut self, key: &[u8], h: u64, seg: u32, off: u32) {
+        let rec = Record::new(tag_of(h), seg, off);
+        let existing = {
+            let this = &*self;
+            this.table.find(h, |r| {
+                if r.seg() == seg && r.off() == off {
+                    return false;
+                }
+                let hdr = this.header_at(r.seg(), r.off());
+                hdr.klen == key.len() && this.key_at(r.seg(), r.off(), &hdr) == key
+            })
+        };
+        match existing {
+            Some((slot, old)) => {
+                let hdr = self.header_at(old.seg(), old.off());
+                self.account_remove(old.seg(), &hdr);
+                self.table.set(slot, rec);
+            }
+            None => self.table.insert_new(h, rec),
+        }
+        self.counters.sets += 1;
+    }
+
+
+    /// A storage command (the commit of a reservation).
+    #[allow(clippy::too_many_arguments)]
+    pub fn store(
+        &mut self,
+        now: u32,
+        key: &[u8],
+        h: u64,
+        value: &[u8],
+        flags: u32,
+        expiry: u32,
+        mode: Mode,
+        cas_in: u64,
+    ) -> Result<u64, Error> {
+        let existing = self.lookup(key, h, now);
+        let (seg, off, cas) = match mode {
+            Mode::Set | Mode::Add | Mode::Replace | Mode::Cas => {
+                match (mode, &existing) {
+                    (Mode::Add, Some(_)) | (Mode::Replace, None) => return Err(Error::NotStored),
+                    (Mode::Cas, None) => return Err(Error::NotFound),
+                    (Mode::Cas, Some(f)) if !self.cfg.cas || f.cas != cas_in => {
+                        return Err(Error::Exists)
+                    }
+                    _ => {}
+                }
+                if item_size(key.len(), value.len()) > self.cfg.item_max {
+                    return Err(Error::TooLarge);
+                }
+                self.append_item(now, key, &[value], flags, expiry, None, true)?
+            }
+            Mode::Append | Mode::Prepend => {
+                let Some(f) = existing else { return Err(Error::NotStored) };
+                let old = self.value_copy(&f);
+                let (flags, expiry) = (f.hdr.flags, f.hdr.expiry);
+                if item_size(key.len(), old.len() + value.len()) > self.cfg.item_max {
+                    return Err(Error::TooLarge);
+                }
+                let parts: [&[u8]; 2] =
+                    if mode == Mode::Append { [&old, value] } else { [value, &old] };
+                self.append_item(now, key, &parts, flags, expiry, None, true)?
+            }
+        };
+        self.link(key, h, seg, off);
+        Ok(cas)
+    }
+
+    pub fn delete(&mut self, key: &[u8], h: u64, now: u32) -> bool {
+        match self.lookup(key, h, now) {
+            Some(f) => {
+                self.unlink(f.slot, f.rec, &f.hdr);
+                self.counters.deletes += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Changes an item's expiry, keeping its value, flags and CAS.
+    pub fn touch(&mut self, key: &[u8], h: u64, now: u32, expiry: u32) -> Result<(), Error> {
+        let f = self.lookup(key, h, now).ok_or(Error::NotFound)?;
+        self.counters.touches += 1;
+        if f.hdr.expiry == expiry {
+            return Ok(());
+        }
+        let value = self.value_copy(&f);
+        let (seg, off, _) =
+            self.append_item(now, key, &[&value], f.hdr.flags, expiry, Some(f.cas), true)?;
+        self.link(key, h, seg, off);
+        self.counters.sets -= 1; // a move, not a client write
+        Ok(())
+    }
+
+    /// gat: touch, then read and pin the item in the same critical section.
+    pub fn get_and_touch(&mut self, key: &[u8], h: u64, now: u32, expiry: u32) -> Result<Option<PinnedParts>, Error> {
+        match self.touch(key, h, now, expiry) {
+            Ok(()) => {}
+            Err(Error::NotFound) => {
+                self.counters.misses += 1;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+        // An expiry already past still returns the item once (memcached's gat -1).
+        let read_at = if expiry != 0 && expiry <= now { expiry - 1 } else { now };
+        Ok(self.get_pinned(key, h, read_at))
+    }
+
+    /// incr/decr with memcached's rules; returns the new value and CAS.
+    pub fn delta(&mut self, key: &[u8], h: u64, now: u32, incr: bool, by: u64) -> Result<(u64, u64), Error> {
+        let f = self.lookup(key, h, now).ok_or(Error::NotFound)?;
+        let old = self.value_copy(&f);
+        let cur = parse_memcached_u64(&old).ok_or(Error::NonNumeric)?;
+        let new = if incr { cur.wrapping_add(by) } else { cur.saturating_sub(by) };
+        let mut text = new.to_string().into_bytes();
+        // memcached rewrites a shorter number in place, padded with spaces to the old length.
+        if text.len() < old.len() {
+            text.resize(old.len(), b' ');
+        }
+        let (seg, off, cas) =
+            self.append_item(now, key, &[&text], f.hdr.flags, f.hdr.expiry, None, true)?;
+        self.link(key, h, seg, off);
+        Ok((new, cas))
+    }
+
+    // --- segments ------------------------------------------------------------------------------
+
+    /// A free segment: from the free list, newly allocated within the budget, or by eviction.
+    fn take_segment(&mut self, now: u32, allow_merge: bool) -> Result<u32, Error> {
+        for attempt in 0..16 {
+            if let Some(s) = self.free.pop() {
+                return Ok(s);
+            }
+            if self.segs.len() < self.cfg.max_segments {
+                self.segs.push(SegMeta::empty());
+                self.mem.push(SegmentMemory::new(self.cfg.segment_bytes));
+                return Ok((self.segs.len() - 1) as u32);
+            }
+            let victim = self.pick_victim().ok_or(Error::OutOfMemory)?;
+            let merge = allow_merge && attempt < 8 && self.cfg.eviction == Eviction::Merge;
+            self.evict(now, victim, merge);
+        }
+        self.free.pop().ok_or(Error::OutOfMemory)
+    }
+
+    fn pick_victim(&self) -> Option<u32> {
+        let mut best: Option<(u64, u32)> = None;
+        for (i, m) in self.segs.iter().enumerate() {
+            if m.state == SegState::Live
+                && self.pins[i].load(Ordering::Relaxed) == 0
+                && best.map_or(true, |(seq, _)| m.seq < seq)
+            {
+                best = Some((m.seq, i as u32));
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    /// Walks the items of a segment: (offset, header).
+    fn items_of(&self, seg: u32) -> Vec<(u32, ItemHeader)> {
+        let mut out = Vec::new();
+        let end = self.segs[seg as usize].write_off;
+        let mut off = 0;
+        while off < end {
+            let hdr = self.header_at(seg, off);
+            out.push((off, hdr));
+            off += hdr.total_len() as u32;
+        }
+        out
+    }
+
+    /// Unlinks every live item of a segment; returns how many there were.
+    fn unlink_all(&mut self, seg: u32) -> u64 {
+        let mut n = 0;
+        if self.segs[seg as usize].live_items == 0 {
+            return 0;
+        }
+        for (off, hdr) in self.items_of(seg) {
+            let h = hash_key(self.key_at(seg, off, &hdr));
+            if let Some((slot, rec)) = self.table.find_location(h, seg, off) {
+                self.unlink(slot, rec, &hdr);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Takes an emptied segment out of its TTL chain and frees it, or, if pinned, retires it
+    /// for the last reader to free.
+    fn release_segment(&mut self, seg: u32) {
+        let (b, prev, next) = {
+            let m = &self.segs[seg as usize];
+            (m.bucket as usize, m.prev, m.next)
+        };
+        if prev == NONE {
+            self.ttl[b].head = next;
+        } else {
+            self.segs[prev as usize].next = next;
+        }
+        if next == NONE {
+            self.ttl[b].tail = prev;
+        } else {
+            self.segs[next as usize].prev = prev;
+        }
+        if self.ttl[b].open == seg {
+            self.ttl[b].open = NONE;
+        }
+        let before = self.pins[seg as usize].fetch_or(RETIRED, Ordering::AcqRel);
+        if before & !RETIRED == 0 {
+            self.free_retired(seg);
+        } else {
+            let m = &mut self.segs[seg as usize];
+            m.state = SegState::Retired;
+            m.prev = NONE;
+            m.next = NONE;
+        }
+    }
+
+    /// Frees a retired segment whose pins are all gone.
+    pub fn free_retired(&mut self, seg: u32) {
+        self.pins[seg as usize].store(0, Ordering::Release);
+        self.segs[seg as usize] = SegMeta::empty();
+        self.free.push(seg);
+    }
+
+    fn evict(&mut self, now: u32, seg: u32, merge: bool) {
+        type Survivor = (Vec<u8>, Vec<u8>, u32, u32, u64);
+        let mut survivors: Vec<Survivor> = Vec::new();
+        if merge {
+            let budget = self.cfg.segment_bytes / 4;
+            let mut kept = 0;
+            for (off, hdr) in self.items_of(seg) {
+                if hdr.expiry != 0 && hdr.expiry <= now {
+                    continue;
+                }
+                if kept + hdr.total_len() > budget {
+                    break;
+                }
+                let key = self.key_at(seg, off, &hdr);
+                let h = hash_key(key);
+                if let Some((_, rec)) = self.table.find_location(h, seg, off) {
+                    if rec.freq() > 0 {
+                        kept += hdr.total_len();
+                        let cas = self.cas_of(seg, off, &hdr);
+                        survivors.push((
+                            key.to_vec(),
+                            self.value_at(seg, off, &hdr).to_vec(),
+                            hdr.flags,
+                            hdr.expiry,
+                            cas,
+                        ));
+                    }
+                }
+            }
+        }
+        let n = self.unlink_all(seg);
+        self.release_segment(seg);
+        self.counters.evictions += 1;
+        let mut merged = 0;
+        for (key, value, flags, expiry, cas) in survivors {
+            let h = hash_key(&key);
+            if let Ok((s, off, _)) = self.append_item(now, &key, &[&value], flags, expiry, Some(cas), false) {
+                self.table.insert_new(h, Record::new(tag_of(h), s, off));
+                merged += 1;
+            }
+        }
+        self.counters.evicted_items += n - merged;
+        self.counters.merged_items += merged;
+    }
+
+    /// Per-second housekeeping: frees segments whose items have all expired. Only the head
+    /// of each TTL chain is looked at (segments are chained in creation order).
+    pub fn expire(&mut self, now: u32) {
+        if now == self.last_tick {
+            return;
+        }
+        self.last_tick = now;
+        for b in 1..TTL_BUCKETS {
+            loop {
+                let head = self.ttl[b].head;
+                if head == NONE {
+                    break;
+                }
+                let m = &self.segs[head as usize];
+                if m.exp_max == 0 || m.exp_max > now {
+                    break;
+                }
+                let n = self.unlink_all(head);
+                self.counters.expirations += n;
+                self.counters.expired_segments += 1;
+                self.release_segment(head);
+            }
+        }
+    }
+
+    /// Drops every item (flush_all).
+    pub fn flush(&mut self) {
+        self.table.clear();
+        self.live_kv = 0;
+        for s in 0..self.segs.len() {
+            if self.segs[s].state == SegState::Live {
+                let m = &mut self.segs[s];
+                m.live_items = 0;
+                m.live_bytes = 0;
+                self.release_segment(s as u32);
+            }
+        }
+        self.counters.flushes += 1;
+    }
+
+    pub fn gauges(&self) -> Gauges {
+        let mut g = Gauges {
+            items: self.table.len() as u64,
+            item_bytes: 0,
+            key_value_bytes: self.live_kv,
+            segment_bytes_allocated: (self.mem.len() * self.cfg.segment_bytes) as u64,
+            hash_bytes: self.table.bytes() as u64,
+            meta_bytes: (self.segs.capacity() * std::mem::size_of::<SegMeta>()
+                + self.ttl.len() * std::mem::size_of::<TtlBucket>()
+                + self.free.capacity() * 4
+                + self.cfg.max_segments * 4) as u64,
+            segments_used: 0,
+            segments_free: (self.cfg.max_segments - self.segs.len() + self.free.len()) as u64,
+            segments_retired: 0,
+        };
+        for m in &self.segs {
+            match m.state {
+                SegState::Live => {
+                    g.segments_used += 1;
+                    g.item_bytes += u64::from(m.live_bytes);
+                }
+                SegState::Retired => g.segments_retired += 1,
+                SegState::Free => {}
+            }
+        }
+        g
+    }
+}
+
+/// Parses a stored value the way memcached's `safe_strtoull` does on item data (which is
+/// followed by "\r\n"): optional leading whitespace, an optional sign, decimal digits; the
+/// number must be followed by whitespace, a NUL or the end of the value. With no digits at
+/// all, a value starting with whitespace reads as 0 (as in memcached). Out-of-range numbers,
+/// and negative ones (a '-' anywhere when the result has the top bit set), are rejected.
+pub(crate) fn parse_memcached_u64(v: &[u8]) -> Option<u64> {
+    if v.is_empty() {
+        return None;
+    }
+    let is_space = |c: u8| matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    let at = |i: usize| v.get(i).copied().unwrap_or(b'\r');
+    let mut i = 0;
+    while i < v.len() && is_space(v[i]) {
+        i += 1;
+    }
+    let mut neg = false;
+    if i < v.len() && (v[i] == b'+' || v[i] == b'-') {
+        neg = v[i] == b'-';
+        i += 1;
+    }
+    let start = i;
+    let mut n: u64 = 0;
+    while i < v.len() && v[i].is_ascii_digit() {
+        n = n.checked_mul(10)?.checked_add(u64::from(v[i] - b'0'))?;
+        i += 1;
+    }
+    if i == start {
+        // No conversion: strtoull leaves the end pointer at the start of the value.
+        return if is_space(at(0)) { Some(0) } else { None };
+    }
+    let c = at(i);
+    if !(is_space(c) || c == 0) {
+        return None;
+    }
+    let n = if neg { n.wrapping_neg() } else { n };
+    if (n as i64) < 0 {
+        let upto = v.iter().position(|&c| c == 0).unwrap_or(v.len());
+        if v[..upto].contains(&b'-') {
+            return None;
+        }
+    }
+    Some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_follows_memcached_strtoull() {
+        assert_eq!(parse_memcached_u64(b"12"), Some(12));
+        assert_eq!(parse_memcached_u64(b" 12"), Some(12));
+        assert_eq!(parse_memcached_u64(b"12 "), Some(12));
+        assert_eq!(parse_memcached_u64(b"12 abc"), Some(12));
+        assert_eq!(parse_memcached_u64(b"+5"), Some(5));
+        assert_eq!(parse_memcached_u64(b"-0"), Some(0));
+        assert_eq!(parse_memcached_u64(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_memcached_u64(b" "), Some(0));
+        assert_eq!(parse_memcached_u64(b""), None);
+        assert_eq!(parse_memcached_u64(b"12a"), None);
+        assert_eq!(parse_memcached_u64(b"abc"), None);
+        assert_eq!(parse_memcached_u64(b"-1"), None);
+        assert_eq!(parse_memcached_u64(b"18446744073709551616"), None);
+        assert_eq!(parse_memcached_u64(b"123456789012345678901"), None);
+    }
+
+    #[test]
+    fn ttl_buckets_are_in_range_and_ordered() {
+        let now = 1000;
+        assert_eq!(ttl_bucket(0, now), 0);
+        let mut last = 0;
+        for rel in [1u32, 7, 8, 2047, 2048, 32767, 32768, 524_287, 524_288, 8_388_607, 8_388_608, u32::MAX - now] {
+            let b = ttl_bucket(now + rel, now);
+            assert!(b >= last && b < TTL_BUCKETS, "rel {rel} -> {b}");
+            last = b;
+        }
+    }
+}

@@ -1,0 +1,566 @@
+//! The cache handle: shards, the clock, flush_all, and the two-phase write and pinned read.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
+
+use super::clock::Clock;
+use super::item::KEY_MAX;
+use super::memory::pinned_slice;
+use super::shard::{item_size, ShardConfig, ShardInner, RETIRED};
+use super::table::hash_key;
+use super::{Config, Error, Mode, Stats, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
+
+/// Most shards a cache may have.
+const SHARDS_MAX: usize = 256;
+
+struct Shard {
+    inner: Mutex<ShardInner>,
+    pins: Arc<[AtomicU32]>,
+}
+
+/// A segment-structured cache. One handle may be shared by any number of threads (`Sync`);
+/// every operation takes only the lock of the key's shard, for a short critical section.
+pub struct Cache {
+    shards: Box<[Shard]>,
+    shard_mask: u64,
+    clock: Clock,
+    cfg: Config,
+    segments_per_shard: usize,
+    /// Pending or last flush_all: epoch (high 32 bits) and deadline (low 32 bits).
+    flush: AtomicU64,
+}
+
+/// A write in progress: the key and a value buffer being filled (two-phase write).
+///
+/// Created by [`Cache::reserve`], filled with [`Reservation::write`] or through
+/// [`Reservation::unfilled`] + [`Reservation::advance`], then given to [`Cache::commit`];
+/// dropping it cancels the write. It owns its buffer and does not borrow the cache, so it
+/// may be filled on any thread, across as many network reads as the value needs.
+#[derive(Debug)]
+pub struct Reservation {
+    key: Box<[u8]>,
+    value: Box<[u8]>,
+    filled: usize,
+    flags: u32,
+    expiry: u32,
+    cache_id: usize,
+}
+
+impl Reservation {
+    /// The full value length declared at reserve time.
+    pub fn value_len(&self) -> usize {
+        self.value.len()
+    }
+
+    /// Bytes written so far.
+    pub fn filled(&self) -> usize {
+        self.filled
+    }
+
+    /// Appends the next piece of the value. A piece that would overrun the declared length
+    /// is refused whole (`InvalidState`), with nothing written.
+    pub fn write(&mut self, piece: &[u8]) -> Result<(), Error> {
+        let end = self.filled.checked_add(piece.len()).ok_or(Error::InvalidState)?;
+        if end > self.value.len() {
+            return Err(Error::InvalidState);
+        }
+        self.value[self.filled..end].copy_from_slice(piece);
+        self.filled = end;
+        Ok(())
+    }
+
+    /// The not-yet-written tail of the value, to receive bytes in place (e.g. `recv` into it);
+    /// follow with [`Reservation::advance`].
+    pub fn unfilled(&mut self) -> &mut [u8] {
+        &mut self.value[self.filled..]
+    }
+
+    /// Marks `n` more bytes of the tail as written; `InvalidState` if beyond the length.
+    pub fn advance(&mut self, n: usize) -> Result<(), Error> {
+        if n > self.value.len() - self.filled {
+            return Err(Error::InvalidState);
+        }
+        self.filled += n;
+        Ok(())
+    }
+
+    /// The whole value buffer (for writing in place at any offset; `advance` still decides
+    /// what counts as written).
+    pub fn value_buffer(&mut self) -> &mut [u8] {
+        &mut self.value
+    }
+}
+
+/// A pinned item: its bytes stay intact until this is dropped, even if the item is replaced,
+/// deleted, expired, flushed or its segment chosen for eviction meanwhile.
+pub struct ItemRef<'c> {
+    cache: &'c Cache,
+    token: PinToken,
+    key: *const u8,
+    key_len: usize,
+    value: *const u8,
+    value_len: usize,
+    flags: u32,
+    cas: u64,
+    expiry: u32,
+}
+
+// SAFETY: the pointed-to bytes are immutable while pinned (see memory.rs) and the pin may be
+// dropped from any thread (an atomic decrement, plus the shard lock if it frees a segment).
+unsafe impl Send for ItemRef<'_> {}
+// SAFETY: shared access only reads the immutable bytes.
+unsafe impl Sync for ItemRef<'_> {}
+
+/// The pin of an item taken apart from its [`ItemRef`] (for handing it through a C ABI).
+/// Release it exactly once with [`Cache::release_pin`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinToken {
+    /// Shard index.
+    pub shard: u32,
+    /// Segment index within the shard.
+    pub segment: u32,
+}
+
+impl<'c> ItemRef<'c> {
+    /// The key.
+    pub fn key(&self) -> &[u8] {
+        // SAFETY: `key` points into a segment this ItemRef pins, to `key_len` written bytes.
+        unsafe { pinned_slice(self.key, self.key_len) }
+    }
+    /// The value.
+    pub fn value(&self) -> &[u8] {
+        // SAFETY: as for `key`.
+        unsafe { pinned_slice(self.value, self.value_len) }
+    }
+    /// Address of the first value byte (valid while pinned).
+    pub fn value_ptr(&self) -> *const u8 {
+        self.value
+    }
+    /// Address of the first key byte (valid while pinned).
+    pub fn key_ptr(&self) -> *const u8 {
+        self.key
+    }
+    /// Client flags.
+    pub fn flags(&self) -> u32 {
+        self.flags
+    }
+    /// CAS unique (0 when CAS is disabled).
+    pub fn cas(&self) -> u64 {
+        self.cas
+    }
+    /// Absolute expiry on the cache clock (0 = never).
+    pub fn expiry(&self) -> u32 {
+        self.expiry
+    }
+    /// Gives up the RAII guard and returns the pin, to be released with
+    /// [`Cache::release_pin`].
+    pub fn into_token(self) -> PinToken {
+        let t = self.token;
+        std::mem::forget(self);
+        t
+    }
+}
+
+impl Drop for ItemRef<'_> {
+    fn drop(&mut self) {
+        // The pin was taken by this ItemRef, so it is held.
+        let _ = self.cache.unpin(self.token);
+    }
+}
+
+impl std::fmt::Debug for ItemRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ItemRef")
+            .field("key", &String::from_utf8_lossy(self.key()))
+            .field("value_len", &self.value_len)
+            .field("flags", &self.flags)
+            .field("cas", &self.cas)
+            .finish()
+    }
+}
+
+fn check_key(key: &[u8]) -> Result<(), Error> {
+    if key.is_empty() || key.len() > KEY_MAX {
+        Err(Error::InvalidArgument)
+    } else {
+        Ok(())
+    }
+}
+
+impl Cache {
+    /// Longest key in bytes (memcached's limit).
+    pub const KEY_MAX: usize = KEY_MAX;
+    /// Largest item header; `item_max` counts key + value + this.
+    pub const HEADER_MAX: usize = super::item::HEADER_MAX;
+    /// Largest segment size (item offsets are 22 bits).
+    pub const SEGMENT_BYTES_MAX: usize = SEGMENT_BYTES_MAX;
+    /// Smallest segment size.
+    pub const SEGMENT_BYTES_MIN: usize = SEGMENT_BYTES_MIN;
+    /// memcached's largest relative exptime (30 days).
+    pub const EXPTIME_RELATIVE_MAX: i64 = super::clock::EXPTIME_RELATIVE_MAX;
+
+    /// Creates a cache. Segment memory is allocated lazily, up to `heap_bytes`.
+    pub fn new(cfg: Config) -> Result<Cache, Error> {
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&cfg.segment_bytes)
+            || cfg.heap_bytes < cfg.segment_bytes
+            || cfg.item_max > cfg.segment_bytes
+            || cfg.item_max < item_size(KEY_MAX, 0)
+            || cfg.shards > SHARDS_MAX
+            || (cfg.shards != 0 && !cfg.shards.is_power_of_two())
+        {
+            return Err(Error::InvalidArgument);
+        }
+        let total_segments = cfg.heap_bytes / cfg.segment_bytes;
+        let nshards = if cfg.shards != 0 {
+            cfg.shards.min(total_segments.max(1))
+        } else {
+            let mut n = 16;
+            while n > 1 && total_segments / n < 8 {
+                n /= 2;
+            }
+            n
+        };
+        if !nshards.is_power_of_two() || total_segments < nshards {
+            return Err(Error::InvalidArgument);
+        }
+        let per_shard = total_segments / nshards;
+        // Segment ids are 22 bits.
+        if per_shard >= (1 << 22) {
+            return Err(Error::InvalidArgument);
+        }
+        let expected = if cfg.expected_items != 0 { cfg.expected_items } else { cfg.heap_bytes / 128 };
+        let shard_bits = nshards.trailing_zeros();
+        let shards = (0..nshards)
+            .map(|i| {
+                let pins: Arc<[AtomicU32]> = (0..per_shard).map(|_| AtomicU32::new(0)).collect();
+                let sc = ShardConfig {
+                    segment_bytes: cfg.segment_bytes,
+                    max_segments: per_shard,
+                    item_max: cfg.item_max,
+                    cas: cfg.cas,
+                    eviction: cfg.eviction,
+                    shard_index: i as u32,
+                    shard_bits,
+                };
+                Shard {
+                    inner: Mutex::new(ShardInner::new(sc, expected.div_ceil(nshards), pins.clone())),
+                    pins,
+                }
+            })
+            .collect();
+        Ok(Cache {
+            shards,
+            shard_mask: (nshards - 1) as u64,
+            clock: Clock::new(cfg.clock),
+            segments_per_shard: per_shard,
+            flush: AtomicU64::new(0),
+            cfg,
+        })
+    }
+
+    /// The configuration the cache runs with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The cache clock now, in unix seconds.
+    pub fn now(&self) -> u32 {
+        self.clock.now()
+    }
+
+    /// Sets a manual clock (`ClockKind::Manual`); `InvalidState` on the system clock.
+    pub fn set_time(&self, unix_seconds: u32) -> Result<(), Error> {
+        if self.clock.set(unix_seconds) {
+            Ok(())
+        } else {
+            Err(Error::InvalidState)
+        }
+    }
+
+    /// Converts a memcached exptime on this cache's clock (see [`super::expiry_from_exptime`]).
+    pub fn expiry_from_exptime(&self, exptime: i64) -> u32 {
+        super::expiry_from_exptime(exptime, self.now())
+    }
+
+    fn id(&self) -> usize {
+        self as *const Cache as usize
+    }
+
+    /// Locks the shard of hash `h`, applying a due flush_all and eager expiry first.
+    #[inline]
+    fn shard_for(&self, h: u64, now: u32) -> (usize, MutexGuard<'_, ShardInner>) {
+        let i = ((h >> 32) & self.shard_mask) as usize;
+        let mut g = self.shards[i].inner.lock();
+        self.housekeep(&mut g, now);
+        (i, g)
+    }
+
+    #[inline]
+    fn housekeep(&self, g: &mut ShardInner, now: u32) {
+        let f = self.flush.load(Ordering::Acquire);
+        let (epoch, deadline) = ((f >> 32) as u32, f as u32);
+        if epoch != g.flush_epoch && now >= deadline {
+            g.flush();
+            g.flush_epoch = epoch;
+        }
+        g.expire(now);
+    }
+
+    /// Starts a write of `key` with a value of `value_len` bytes. `expiry` is absolute on the
+    /// cache clock (0 = never). Fails with `InvalidArgument` for a key of 0 or more than 250
+    /// bytes and `TooLarge` when key + value + 23 header bytes exceed `item_max`.
+    pub fn reserve(&self, key: &[u8], value_len: usize, flags: u32, expiry: u32) -> Result<Reservation, Error> {
+        check_key(key)?;
+        if item_size(key.len(), value_len) > self.cfg.item_max {
+            return Err(Error::TooLarge);
+        }
+        Ok(Reservation {
+            key: key.into(),
+            value: vec![0u8; value_len].into_boxed_slice(),
+            filled: 0,
+            flags,
+            expiry,
+            cache_id: self.id(),
+        })
+    }
+
+    /// Completes a write with `mode`'s semantics and returns the item's new CAS (0 when CAS
+    /// is disabled). Consumes the reservation whatever the outcome. `cas_in` is used by
+    /// `Mode::Cas` only. A reservation not completely filled gives `InvalidState`; one from
+    /// another cache `InvalidArgument`.
+    pub fn commit(&self, res: Reservation, mode: Mode, cas_in: u64) -> Result<u64, Error> {
+        if res.cache_id != self.id() {
+            return Err(Error::InvalidArgument);
+        }
+        if res.filled != res.value.len() {
+            return Err(Error::InvalidState);
+        }
+        self.store(&res.key, &res.value, res.flags, res.expiry, mode, cas_in)
+    }
+
+    /// One-call write (reserve, fill and commit in one): returns the new CAS.
+    pub fn store(&self, key: &[u8], value: &[u8], flags: u32, expiry: u32, mode: Mode, cas_in: u64) -> Result<u64, Error> {
+        check_key(key)?;
+        if item_size(key.len(), value.len()) > self.cfg.item_max {
+            return Err(Error::TooLarge);
+        }
+        let now = self.now();
+        let h = hash_key(key);
+        let (_, mut g) = self.shard_for(h, now);
+        g.store(now, key, h, value, flags, expiry, mode, cas_in)
+    }
+
+    /// Shorthand for `store(key, value, flags, expiry, Mode::Set, 0)`.
+    pub fn set(&self, key: &[u8], value: &[u8], flags: u32, expiry: u32) -> Result<u64, Error> {
+        self.store(key, value, flags, expiry, Mode::Set, 0)
+    }
+
+    /// Looks up `key` and pins it. `Ok(None)` is a miss.
+    pub fn get(&self, key: &[u8]) -> Result<Option<ItemRef<'_>>, Error> {
+        check_key(key)?;
+        let now = self.now();
+        let h = hash_key(key);
+        let (i, mut g) = self.shard_for(h, now);
+        Ok(g.get_pinned(key, h, now).map(|p| ItemRef {
+            cache: self,
+            token: PinToken { shard: i as u32, segment: p.seg },
+            key: p.key,
+            key_len: p.hdr.klen,
+            value: p.value,
+            value_len: p.hdr.vlen,
+            flags: p.hdr.flags,
+            cas: p.cas,
+            expiry: p.hdr.expiry,
+        }))
+    }
+
+    /// Looks up several keys; one result per key, in order.
+    pub fn get_many<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) -> Result<Vec<Option<ItemRef<'_>>>, Error> {
+        keys.into_iter().map(|k| self.get(k)).collect()
+    }
+
+    /// Copies out the value of `key` (a convenience for callers that want owned bytes).
+    pub fn get_value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.get(key)?.map(|it| it.value().to_vec()))
+    }
+
+    /// Deletes `key`; `NotFound` if absent.
+    pub fn delete(&self, key: &[u8]) -> Result<(), Error> {
+        check_key(key)?;
+        let now = self.now();
+        let h = hash_key(key);
+        let (_, mut g) = self.shard_for(h, now);
+        if g.delete(key, h, now) {
+            Ok(())
+        } else {
+            Err(Error::NotFound)
+        }
+    }
+
+    /// Sets a new expiry on `key`, keeping value, flags and CAS; `NotFound` if absent.
+    pub fn touch(&self, key: &[u8], expiry: u32) -> Result<(), Error> {
+        check_key(key)?;
+        let now = self.now();
+        let h = hash_key(key);
+        let (_, mut g) = self.shard_for(h, now);
+        g.touch(key, h, now, expiry)
+    }
+
+    /// Touches `key` and returns it pinned (memcached's gat); `Ok(None)` if absent. As in
+    /// memcached, an expiry already past still returns the item this once.
+    pub fn get_and_touch(&self, key: &[u8], expiry: u32) -> Result<Option<ItemRef<'_>>, Error> {
+        check_key(key)?;
+        let now = self.now();
+        let h = hash_key(key);
+        let (i, mut g) = self.shard_for(h, now);
+        Ok(g.get_and_touch(key, h, now, expiry)?.map(|p| ItemRef {
+            cache: self,
+            token: PinToken { shard: i as u32, segment: p.seg },
+            key: p.key,
+            key_len: p.hdr.klen,
+            value: p.value,
+            value_len: p.hdr.vlen,
+            flags: p.hdr.flags,
+            cas: p.cas,
+            expiry: p.hdr.expiry,
+        }))
+    }
+
+    /// memcached incr: adds `delta` modulo 2^64. Returns (new value, new CAS).
+    pub fn incr(&self, key: &[u8], delta: u64) -> Result<(u64, u64), Error> {
+        self.delta(key, true, delta)
+    }
+
+    /// memcached decr: subtracts `delta`, stopping at 0. Returns (new value, new CAS).
+    pub fn decr(&self, key: &[u8], delta: u64) -> Result<(u64, u64), Error> {
+        self.delta(key, false, delta)
+    }
+
+    fn delta(&self, key: &[u8], incr: bool, delta: u64) -> Result<(u64, u64), Error> {
+        check_key(key)?;
+        let now = self.now();
+        let h = hash_key(key);
+        let (_, mut g) = self.shard_for(h, now);
+        g.delta(key, h, now, incr, delta)
+    }
+
+    /// memcached flush_all: every item stored before now + `delay` seconds disappears at
+    /// that time (now, when `delay` is 0; a later call replaces a pending one).
+    pub fn flush_all(&self, delay: u32) {
+        let now = self.now();
+        // A pending flush that is already due takes effect before this one replaces it.
+        for s in self.shards.iter() {
+            let mut g = s.inner.lock();
+            self.housekeep(&mut g, now);
+        }
+        let deadline = now.saturating_add(delay);
+        let mut cur = self.flush.load(Ordering::Acquire);
+        loop {
+            let epoch = ((cur >> 32) as u32).wrapping_add(1).max(1);
+            let next = (u64::from(epoch) << 32) | u64::from(deadline);
+            match self.flush.compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(v) => cur = v,
+            }
+        }
+        if delay == 0 {
+            for s in self.shards.iter() {
+                let mut g = s.inner.lock();
+                self.housekeep(&mut g, now);
+            }
+        }
+    }
+
+    fn unpin(&self, t: PinToken) -> Result<(), Error> {
+        let shard = self.shards.get(t.shard as usize).ok_or(Error::InvalidArgument)?;
+        let pin = shard.pins.get(t.segment as usize).ok_or(Error::InvalidArgument)?;
+        let prev = pin
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                if v & !RETIRED == 0 {
+                    None
+                } else {
+                    Some(v - 1)
+                }
+            })
+            .map_err(|_| Error::InvalidState)?;
+        if prev == RETIRED | 1 {
+            // Last reader of a segment emptied while pinned: free it now.
+            shard.inner.lock().free_retired(t.segment);
+        }
+        Ok(())
+    }
+
+    /// Releases a pin taken apart with [`ItemRef::into_token`]. A token of no pin held on
+    /// that segment gives `InvalidState`, one out of range `InvalidArgument`.
+    ///
+    /// # Safety
+    /// The token must come from `into_token` on this cache and be released once: releasing
+    /// a token twice may drop a pin another reader holds on the same segment, and that
+    /// reader's bytes could then be reused under it.
+    pub unsafe fn release_pin(&self, token: PinToken) -> Result<(), Error> {
+        self.unpin(token)
+    }
+
+    /// Pins currently held by readers.
+    pub fn pinned(&self) -> u64 {
+        self.shards
+            .iter()
+            .flat_map(|s| s.pins.iter())
+            .map(|p| u64::from(p.load(Ordering::Acquire) & !RETIRED))
+            .sum()
+    }
+
+    /// Counters and gauges, summed over shards (each shard is locked in turn, briefly).
+    pub fn stats(&self) -> Stats {
+        let now = self.now();
+        let mut st = Stats {
+            shards: self.shards.len() as u64,
+            segments_total: (self.shards.len() * self.segments_per_shard) as u64,
+            heap_limit_bytes: (self.shards.len() * self.segments_per_shard * self.cfg.segment_bytes) as u64,
+            ..Stats::default()
+        };
+        let mut meta = 0;
+        for s in self.shards.iter() {
+            let mut g = s.inner.lock();
+            self.housekeep(&mut g, now);
+            let c = g.counters;
+            let ga = g.gauges();
+            st.items += ga.items;
+            st.item_bytes += ga.item_bytes;
+            st.key_value_bytes += ga.key_value_bytes;
+            st.segment_bytes_allocated += ga.segment_bytes_allocated;
+            st.hash_bytes += ga.hash_bytes;
+            meta += ga.meta_bytes;
+            st.segments_used += ga.segments_used;
+            st.segments_free += ga.segments_free;
+            st.segments_retired += ga.segments_retired;
+            st.hits += c.hits;
+            st.misses += c.misses;
+            st.sets += c.sets;
+            st.deletes += c.deletes;
+            st.touches += c.touches;
+            st.evictions += c.evictions;
+            st.evicted_items += c.evicted_items;
+            st.merged_items += c.merged_items;
+            st.expirations += c.expirations;
+            st.expired_segments += c.expired_segments;
+            st.flushes += c.flushes;
+        }
+        st.flushes /= self.shards.len() as u64;
+        st.total_bytes = st.segment_bytes_allocated
+            + st.hash_bytes
+            + meta
+            + std::mem::size_of::<Cache>() as u64
+            + (self.shards.len() * std::mem::size_of::<Shard>()) as u64;
+        st.pinned = self.pinned();
+        st
+    }
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache").field("config", &self.cfg).field("shards", &self.shards.len()).finish()
+    }
+}

@@ -1,0 +1,721 @@
+//! `p99_cache`: the segment-structured cache store (src/cache) for C servers.
+//!
+//! Threading: one `p99_cache*` may be used by any number of threads at once, for every call
+//! except `p99_cache_free`. A reservation (`p99_cache_reservation`) and a pinned item
+//! (`p99_cache_item`) are plain caller-owned structs: each may be used by one thread at a time
+//! and may move between threads.
+
+use std::ffi::c_void;
+
+use super::boundary::{guard, guard_or, mut_from, out_ptr, ref_from, slice_from, struct_size_of};
+use super::status::p99_status;
+use crate::cache::{
+    Cache, ClockKind, Config, Error, Eviction, Mode, PinToken, Reservation, Stats,
+};
+
+/// Eviction policy `P99_CACHE_EVICTION_FIFO`: drop the oldest unpinned segment.
+pub const P99_CACHE_EVICTION_FIFO: u32 = 0;
+/// Eviction policy `P99_CACHE_EVICTION_MERGE` (default): like FIFO, but items read since they
+/// were written are carried forward (up to a quarter of a segment per eviction).
+pub const P99_CACHE_EVICTION_MERGE: u32 = 1;
+
+/// Commit mode: store unconditionally (memcached `set`).
+pub const P99_CACHE_MODE_SET: u32 = 0;
+/// Commit mode: store only if absent (`add`); else `P99_STATUS_NOT_STORED`.
+pub const P99_CACHE_MODE_ADD: u32 = 1;
+/// Commit mode: store only if present (`replace`); else `P99_STATUS_NOT_STORED`.
+pub const P99_CACHE_MODE_REPLACE: u32 = 2;
+/// Commit mode: store only if present (else `P99_STATUS_NOT_FOUND`) with CAS equal to
+/// `cas_in` (else `P99_STATUS_EXISTS`; always `EXISTS` when CAS is disabled).
+pub const P99_CACHE_MODE_CAS: u32 = 3;
+/// Commit mode: append the value to the present item (else `P99_STATUS_NOT_STORED`),
+/// keeping its flags and expiry (the reservation's are ignored).
+pub const P99_CACHE_MODE_APPEND: u32 = 4;
+/// Commit mode: prepend, otherwise as `P99_CACHE_MODE_APPEND`.
+pub const P99_CACHE_MODE_PREPEND: u32 = 5;
+
+/// Longest key in bytes (memcached's limit).
+pub const P99_CACHE_KEY_MAX: u32 = 250;
+/// Bytes of worst-case item header counted against `item_max` (key + value + this).
+pub const P99_CACHE_ITEM_HEADER_MAX: u32 = 23;
+
+/// Opaque cache handle. Create with `p99_cache_new`, free with `p99_cache_free`.
+pub struct p99_cache {
+    cache: Cache,
+}
+
+/// Cache configuration. Fill with `p99_cache_config_defaults`, then change fields.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct p99_cache_config {
+    /// `sizeof(p99_cache_config)`, set by `p99_cache_config_defaults`.
+    pub struct_size: u32,
+    /// Segment size in bytes, 4096..4194304 (default 1 MiB).
+    pub segment_bytes: u32,
+    /// Byte budget for item storage (default 64 MiB); never exceeded. The hash table and
+    /// segment metadata come on top (see `p99_cache_stats.total_bytes`).
+    pub heap_bytes: u64,
+    /// Expected item count, sizes the hash table (7 items per 64-byte bucket, overflow
+    /// buckets beyond). 0 (default) = heap_bytes / 128.
+    pub expected_items: u64,
+    /// Largest item: key + value + `P99_CACHE_ITEM_HEADER_MAX` must not exceed it
+    /// (memcached's -I; default 1 MiB; at most segment_bytes).
+    pub item_max: u32,
+    /// 64-bit CAS per item (default true); false behaves as memcached -C.
+    pub cas: bool,
+    /// Manual clock for tests (default false = system clock). When true the clock starts at
+    /// `manual_clock_start` and moves only with `p99_cache_set_time`.
+    pub manual_clock: bool,
+    /// `P99_CACHE_EVICTION_*` (default MERGE).
+    pub eviction: u32,
+    /// Shard count, a power of two up to 256; 0 (default) = automatic (up to 16, at least 8
+    /// segments each).
+    pub shards: u32,
+    /// Start of the manual clock in unix seconds.
+    pub manual_clock_start: u32,
+}
+
+/// A write in progress (two-phase write), owned by the caller, filled by `p99_cache_reserve`.
+///
+/// Write the value either in pieces with `p99_cache_reservation_write`, or directly into
+/// `value` followed by `p99_cache_reservation_advance`; then `p99_cache_commit` or
+/// `p99_cache_cancel`. Do not copy the struct: commit/cancel clear it, which is how a second
+/// commit/cancel of the same struct is detected (`P99_STATUS_INVALID_STATE`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct p99_cache_reservation {
+    /// `value_len` writable bytes for the value, valid until commit or cancel.
+    pub value: *mut u8,
+    /// Declared value length.
+    pub value_len: usize,
+    /// Private. NULL when the struct holds no reservation.
+    pub state: *mut c_void,
+}
+
+/// A pinned item returned by `p99_cache_get`/`p99_cache_get_and_touch`, owned by the caller.
+///
+/// `key`/`value` point into the store and stay valid and unchanged until
+/// `p99_cache_item_release`, whatever happens to the item meanwhile (replace, delete, expiry,
+/// flush, eviction). Do not copy the struct: release clears it, which is how a second release
+/// is detected (`P99_STATUS_INVALID_STATE`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct p99_cache_item {
+    /// The value bytes (binary, not NUL-terminated).
+    pub value: *const u8,
+    /// Value length.
+    pub value_len: usize,
+    /// The key bytes.
+    pub key: *const u8,
+    /// Key length.
+    pub key_len: usize,
+    /// CAS unique (0 when CAS is disabled).
+    pub cas: u64,
+    /// Client flags.
+    pub flags: u32,
+    /// Absolute expiry on the cache clock (0 = never).
+    pub expiry: u32,
+    /// Private.
+    pub pin_shard: u32,
+    /// Private.
+    pub pin_segment: u32,
+    /// Private. Nonzero while the item is pinned.
+    pub pin_magic: u64,
+}
+
+/// Counters and gauges of a cache. Set `struct_size = sizeof(p99_cache_stats)` before
+/// `p99_cache_get_stats`; later library versions only append fields.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct p99_cache_stats {
+    /// Set by the caller: `sizeof(p99_cache_stats)`.
+    pub struct_size: u32,
+    /// Number of shards.
+    pub shards: u32,
+    /// Items linked (some may be expired and not yet reclaimed).
+    pub items: u64,
+    /// Bytes of those items in segments (headers, keys, values).
+    pub item_bytes: u64,
+    /// Key and value bytes of those items.
+    pub key_value_bytes: u64,
+    /// Everything the store allocated: segments, hash table, metadata.
+    pub total_bytes: u64,
+    /// Segment memory allocated so far.
+    pub segment_bytes_allocated: u64,
+    /// Hash table bytes.
+    pub hash_bytes: u64,
+    /// Segment budget in bytes.
+    pub heap_limit_bytes: u64,
+    /// Reads that found a live item.
+    pub hits: u64,
+    /// Reads that found nothing.
+    pub misses: u64,
+    /// Items written (set/add/replace/cas/append/prepend/incr/decr).
+    pub sets: u64,
+    /// Items deleted by request.
+    pub deletes: u64,
+    /// Items touched.
+    pub touches: u64,
+    /// Segments evicted.
+    pub evictions: u64,
+    /// Live items dropped by eviction.
+    pub evicted_items: u64,
+    /// Items carried forward by merge eviction.
+    pub merged_items: u64,
+    /// Expired items removed.
+    pub expirations: u64,
+    /// Segments freed because all their items expired.
+    pub expired_segments: u64,
+    /// flush_all operations applied.
+    pub flushes: u64,
+    /// Segments in the budget.
+    pub segments_total: u64,
+    /// Segments holding items.
+    pub segments_used: u64,
+    /// Segments free for writing.
+    pub segments_free: u64,
+    /// Segments emptied while pinned, waiting for their last reader.
+    pub segments_retired: u64,
+    /// Pins held right now.
+    pub pinned: u64,
+}
+
+const PIN_MAGIC: u64 = 0x7039_395f_6361_6368; // "p99_cach"
+
+fn err(e: Error) -> p99_status {
+    match e {
+        Error::InvalidArgument => p99_status::InvalidArgument,
+        Error::TooLarge => p99_status::TooLarge,
+        Error::NotFound => p99_status::NotFound,
+        Error::Exists => p99_status::Exists,
+        Error::NotStored => p99_status::NotStored,
+        Error::NonNumeric => p99_status::NonNumeric,
+        Error::InvalidState => p99_status::InvalidState,
+        Error::OutOfMemory => p99_status::OutOfMemory,
+    }
+}
+
+fn mode_from(mode: u32) -> Result<Mode, p99_status> {
+    Ok(match mode {
+        P99_CACHE_MODE_SET => Mode::Set,
+        P99_CACHE_MODE_ADD => Mode::Add,
+        P99_CACHE_MODE_REPLACE => Mode::Replace,
+        P99_CACHE_MODE_CAS => Mode::Cas,
+        P99_CACHE_MODE_APPEND => Mode::Append,
+        P99_CACHE_MODE_PREPEND => Mode::Prepend,
+        _ => return Err(p99_status::InvalidArgument),
+    })
+}
+
+fn fill_item(out: &mut p99_cache_item, it: crate::cache::ItemRef<'_>) {
+    out.value = it.value_ptr();
+    out.value_len = it.value().len();
+    out.key = it.key_ptr();
+    out.key_len = it.key().len();
+    out.cas = it.cas();
+    out.flags = it.flags();
+    out.expiry = it.expiry();
+    let t = it.into_token();
+    out.pin_shard = t.shard;
+    out.pin_segment = t.segment;
+    out.pin_magic = PIN_MAGIC;
+}
+
+/// Fills `*config` with the defaults (including `struct_size`). Returns NULL_PARAMETER if
+/// `config` is NULL. Thread-safe; `config` is borrowed until return.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_config_defaults(config: *mut p99_cache_config) -> p99_status {
+    guard(|| {
+        let out = unsafe { out_ptr(config) }?;
+        let d = Config::default();
+        out.write(p99_cache_config {
+            struct_size: std::mem::size_of::<p99_cache_config>() as u32,
+            segment_bytes: d.segment_bytes as u32,
+            heap_bytes: d.heap_bytes as u64,
+            expected_items: d.expected_items as u64,
+            item_max: d.item_max as u32,
+            cas: d.cas,
+            manual_clock: false,
+            eviction: P99_CACHE_EVICTION_MERGE,
+            shards: d.shards as u32,
+            manual_clock_start: 0,
+        });
+        Ok(())
+    })
+}
+
+/// Creates a cache from `*config` (borrowed until return) and stores it in `*out`; free it
+/// with `p99_cache_free`. INVALID_ARGUMENT for a `struct_size` smaller than this version's
+/// struct or an inconsistent configuration (segment size out of range, heap smaller than a
+/// segment, item_max above segment_bytes or below a maximal key, bad eviction or shard
+/// count). Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_new(
+    config: *const p99_cache_config,
+    out: *mut *mut p99_cache,
+) -> p99_status {
+    guard(|| {
+        unsafe { struct_size_of(config.cast(), std::mem::size_of::<p99_cache_config>()) }?;
+        let c = unsafe { ref_from(config) }?;
+        let out = unsafe { out_ptr(out) }?;
+        let eviction = match c.eviction {
+            P99_CACHE_EVICTION_FIFO => Eviction::Fifo,
+            P99_CACHE_EVICTION_MERGE => Eviction::Merge,
+            _ => return Err(p99_status::InvalidArgument),
+        };
+        let cfg = Config {
+            heap_bytes: usize::try_from(c.heap_bytes).map_err(|_| p99_status::InvalidArgument)?,
+            segment_bytes: c.segment_bytes as usize,
+            expected_items: usize::try_from(c.expected_items)
+                .map_err(|_| p99_status::InvalidArgument)?,
+            item_max: c.item_max as usize,
+            cas: c.cas,
+            eviction,
+            shards: c.shards as usize,
+            clock: if c.manual_clock {
+                ClockKind::Manual(c.manual_clock_start)
+            } else {
+                ClockKind::System
+            },
+        };
+        let cache = Cache::new(cfg).map_err(err)?;
+        out.write(Box::into_raw(Box::new(p99_cache { cache })));
+        Ok(())
+    })
+}
+
+/// Frees a cache. NULL is a no-op (OK). Returns BUSY, freeing nothing, while pinned items
+/// are not released. Reservations are independent of the cache's memory but must not be
+/// committed after the free. Not thread-safe: no other call on `cache` may run or follow.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_free(cache: *mut p99_cache) -> p99_status {
+    guard(|| {
+        if cache.is_null() {
+            return Ok(());
+        }
+        let c = unsafe { ref_from(cache) }?;
+        if c.cache.pinned() != 0 {
+            return Err(p99_status::Busy);
+        }
+        // SAFETY: non-NULL and created by p99_cache_new (caller's contract); not used after.
+        drop(unsafe { Box::from_raw(cache) });
+        Ok(())
+    })
+}
+
+/// Starts a write: `key` (`key_len` bytes, 1..250, borrowed until return and copied), a value
+/// of `value_len` bytes to come, client `flags` and absolute `expiry` (cache clock; 0 =
+/// never). Fills `*out` (caller-owned; previous contents ignored). Errors: NULL_PARAMETER,
+/// INVALID_ARGUMENT (key length 0 or > 250), TOO_LARGE (key + value + 23 > item_max); `*out`
+/// untouched on error. The reservation must end with `p99_cache_commit` or
+/// `p99_cache_cancel` (else its buffer leaks). Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_reserve(
+    cache: *const p99_cache,
+    key: *const u8,
+    key_len: usize,
+    value_len: usize,
+    flags: u32,
+    expiry: u32,
+    out: *mut p99_cache_reservation,
+) -> p99_status {
+    guard(|| {
+        let c = unsafe { ref_from(cache) }?;
+        let key = unsafe { slice_from(key, key_len) }?;
+        let out = unsafe { out_ptr(out) }?;
+        let mut res = Box::new(c.cache.reserve(key, value_len, flags, expiry).map_err(err)?);
+        let value = res.value_buffer().as_mut_ptr();
+        out.write(p99_cache_reservation {
+            value,
+            value_len,
+            state: Box::into_raw(res).cast(),
+        });
+        Ok(())
+    })
+}
+
+fn reservation_of(res: &mut p99_cache_reservation) -> Result<&mut Reservation, p99_status> {
+    if res.state.is_null() {
+        return Err(p99_status::InvalidState);
+    }
+    // SAFETY: a non-NULL state was set by p99_cache_reserve from Box::into_raw and is cleared
+    // when the box is consumed.
+    Ok(unsafe { &mut *res.state.cast::<Reservation>() })
+}
+
+fn take_reservation(res: &mut p99_cache_reservation) -> Result<Box<Reservation>, p99_status> {
+    if res.state.is_null() {
+        return Err(p99_status::InvalidState);
+    }
+    // SAFETY: as in reservation_of; the pointer is cleared right away so it is taken once.
+    let b = unsafe { Box::from_raw(res.state.cast::<Reservation>()) };
+    res.state = std::ptr::null_mut();
+    res.value = std::ptr::null_mut();
+    res.value_len = 0;
+    Ok(b)
+}
+
+/// Appends the next `len` bytes of the value from `data` (borrowed until return).
+/// INVALID_STATE if `res` holds no reservation or the piece would run past `value_len`
+/// (nothing is written then). One thread at a time per reservation.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_reservation_write(
+    res: *mut p99_cache_reservation,
+    data: *const u8,
+    len: usize,
+) -> p99_status {
+    guard(|| {
+        let r = unsafe { mut_from(res) }?;
+        let data = unsafe { slice_from(data, len) }?;
+        reservation_of(r)?.write(data).map_err(err)
+    })
+}
+
+/// Marks `n` more bytes as written after the caller wrote them directly at
+/// `res->value + (bytes written so far)`. INVALID_STATE if `res` holds no reservation or `n`
+/// exceeds what is left. One thread at a time per reservation.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_reservation_advance(
+    res: *mut p99_cache_reservation,
+    n: usize,
+) -> p99_status {
+    guard(|| {
+        let r = unsafe { mut_from(res) }?;
+        reservation_of(r)?.advance(n).map_err(err)
+    })
+}
+
+/// Completes the write in `*res` with `mode` (`P99_CACHE_MODE_*`); `cas_in` is read by
+/// `P99_CACHE_MODE_CAS` only. The reservation is consumed and `*res` cleared whatever the
+/// outcome (except NULL_PARAMETER for `cache`/`res` NULL, and INVALID_STATE when `*res` holds
+/// none). On OK the new item's CAS is stored in `*cas_out` if `cas_out` is not NULL.
+/// Errors: INVALID_STATE (value not completely written, or no reservation), INVALID_ARGUMENT
+/// (bad mode, reservation from another cache), NOT_STORED / NOT_FOUND / EXISTS (by mode),
+/// TOO_LARGE (append/prepend result too large), OUT_OF_MEMORY (every segment of the shard
+/// pinned). Thread-safe on `cache`.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_commit(
+    cache: *const p99_cache,
+    res: *mut p99_cache_reservation,
+    mode: u32,
+    cas_in: u64,
+    cas_out: *mut u64,
+) -> p99_status {
+    guard(|| {
+        let c = unsafe { ref_from(cache) }?;
+        let r = unsafe { mut_from(res) }?;
+        let b = take_reservation(r)?;
+        let mode = mode_from(mode)?;
+        let cas = c.cache.commit(*b, mode, cas_in).map_err(err)?;
+        if !cas_out.is_null() {
+            // SAFETY: non-NULL and writable by the caller's contract.
+            unsafe { cas_out.write(cas) };
+        }
+        Ok(())
+    })
+}
+
+/// Abandons the write in `*res` and clears it. NULL_PARAMETER for NULL, INVALID_STATE when
+/// `*res` holds no reservation (e.g. a second cancel). Thread-safe per reservation.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_cancel(res: *mut p99_cache_reservation) -> p99_status {
+    guard(|| {
+        let r = unsafe { mut_from(res) }?;
+        drop(take_reservation(r)?);
+        Ok(())
+    })
+}
+
+/// One-call write: like reserve + write + commit with `mode`. `key` and `value` are borrowed
+/// until return. Errors as `p99_cache_reserve` and `p99_cache_commit`; `*cas_out` (optional,
+/// may be NULL) gets the new CAS on OK. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_store(
+    cache: *const p99_cache,
+    key: *const u8,
+    key_len: usize,
+    value: *const u8,
+    value_len: usize,
+    flags: u32,
+    expiry: u32,
+    mode: u32,
+    cas_in: u64,
+    cas_out: *mut u64,
+) -> p99_status {
+    guard(|| {
+        let c = unsafe { ref_from(cache) }?;
+        let key = unsafe { slice_from(key, key_len) }?;
+        let value = unsafe { slice_from(value, value_len) }?;
+        let mode = mode_from(mode)?;
+        let cas = c.cache.store(key, value, flags, expiry, mode, cas_in).map_err(err)?;
+        if !cas_out.is_null() {
+            // SAFETY: non-NULL and writable by the caller's contract.
+            unsafe { cas_out.write(cas) };
+        }
+        Ok(())
+    })
+}
+
+/// Looks up `key` (borrowed until return) and, on OK, fills `*item` with the pinned item;
+/// release it with `p99_cache_item_release`. NOT_FOUND on a miss (`*item` untouched).
+/// INVALID_ARGUMENT for a key of length 0 or > 250. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_get(
+    cache: *const p99_cache,
+    key: *const u8,
+    key_len: usize,
+    item: *mut p99_cache_item,
+) -> p99_status {
+    guard(|| {
+        let c = unsafe { ref_from(cache) }?;
+        let key = unsafe { slice_from(key, key_len) }?;
+        let out = unsafe { mut_from(item) }?;
+        let it = c.cache.get(key).map_err(err)?.ok_or(p99_status::NotFound)?;
+        fill_item(out, it);
+        Ok(())
+    })
+}
+
+/// Sets `key`'s expiry to `expiry` (absolute; 0 = never) and, on OK, fills `*item` with the
+/// pinned item (memcached gat; an expiry already past returns the item this once and it is
+/// gone after). CAS is unchanged. NOT_FOUND on a miss. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_get_and_touch(
+    cache: *const p99_cache,
+    key: *const u8,
+    key_len: usize,
+    expiry: u32,
+    item: *mut p99_cache_item,
+) -> p99_status {
+    guard(|| {
+        let c = unsafe { ref_from(cache) }?;
+        let key = unsafe { slice_from(key, key_len) }?;
+        let out = unsafe { mut_from(item) }?;
+        let it = c.cache.get_and_touch(key, expiry).map_err(err)?.ok_or(p99_status::NotFound)?;
+        fill_item(out, it);
+        Ok(())
+    })
+}
+
+/// Releases a pinned item and clears `*item`. INVALID_STATE if `*item` holds no pin (e.g. a
+/// second release), INVALID_ARGUMENT if its private fields are not this cache's. Callable
+/// from any thread; the struct must not be used by another thread at the same time.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_item_release(
+    cache: *const p99_cache,
+    item: *mut p99_cache_item,
+) -> p99_status {
+    guard(|| {
+        let c = unsafe { ref_from(cache) }?;
+        let it = unsafe { mut_from(item) }?;
+        if it.pin_magic != PIN_MAGIC {
+            return Err(p99_status::InvalidState);
+        }
+        let token = PinToken { shard: it.pin_shard, segment: it.pin_segment };
+        // SAFETY: the magic says this struct holds a pin from p99_cache_get*, not yet
+        // released (release clears it below, so it is released once).
+        unsafe { c.cache.release_pin(token) }.map_err(err)?;
+        *it = p99_cache_item {
+            value: std::ptr::null(),
+            value_len: 0,
+            key: std::ptr::null(),
+            key_len: 0,
+            cas: 0,
+            flags: 0,
+            expiry: 0,
+            pin_shard: 0,
+            pin_segment: 0,
+            pin_magic: 0,
+        };
+        Ok(())
+    })
+}
+
+/// Deletes `key` (borrowed until return). NOT_FOUND if absent. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_delete(
+    cache: *const p99_cache,
+    key: *const u8,
+    key_len: usize,
+) -> p99_status {
+    guard(|| {
+        let c = unsafe { ref_from(cache) }?;
+        let key = unsafe { slice_from(key, key_len) }?;
+        c.cache.delete(key).map_err(err)
+    })
+}
+
+/// Sets `key`'s expiry (absolute; 0 = never), keeping value, flags and CAS. NOT_FOUND if
+/// absent. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_touch(
+    cache: *const p99_cache,
+    key: *const u8,
+    key_len: usize,
+    expiry: u32,
+) -> p99_status {
+    guard(|| {
+        let c = unsafe { ref_from(cache) }?;
+        let key = unsafe { slice_from(key, key_len) }?;
+        c.cache.touch(key, expiry).map_err(err)
+    })
+}
+
+unsafe fn delta(
+    cache: *const p99_cache,
+    key: *const u8,
+    key_len: usize,
+    incr: bool,
+    by: u64,
+    value_out: *mut u64,
+    cas_out: *mut u64,
+) -> p99_status {
+    guard(|| {
+        let c = unsafe { ref_from(cache) }?;
+        let key = unsafe { slice_from(key, key_len) }?;
+        let out = unsafe { out_ptr(value_out) }?;
+        let (v, cas) = if incr { c.cache.incr(key, by) } else { c.cache.decr(key, by) }.map_err(err)?;
+        out.write(v);
+        if !cas_out.is_null() {
+            // SAFETY: non-NULL and writable by the caller's contract.
+            unsafe { cas_out.write(cas) };
+        }
+        Ok(())
+    })
+}
+
+/// memcached incr: adds `delta` to the decimal value of `key`, wrapping at 2^64; the new
+/// value goes to `*value_out`, the new CAS to `*cas_out` (optional, may be NULL). A shorter
+/// result is padded with spaces to the old length, a longer one grows the item; flags and
+/// expiry are kept. NOT_FOUND if absent, NON_NUMERIC if the value is not a decimal u64.
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_incr(
+    cache: *const p99_cache,
+    key: *const u8,
+    key_len: usize,
+    delta: u64,
+    value_out: *mut u64,
+    cas_out: *mut u64,
+) -> p99_status {
+    unsafe { self::delta(cache, key, key_len, true, delta, value_out, cas_out) }
+}
+
+/// memcached decr: subtracts `delta`, stopping at 0; otherwise as `p99_cache_incr`.
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_decr(
+    cache: *const p99_cache,
+    key: *const u8,
+    key_len: usize,
+    delta: u64,
+    value_out: *mut u64,
+    cas_out: *mut u64,
+) -> p99_status {
+    unsafe { self::delta(cache, key, key_len, false, delta, value_out, cas_out) }
+}
+
+/// memcached flush_all: every item stored before now + `delay_seconds` is gone from that
+/// moment on (at once when 0). A later call replaces a pending one. Pinned items stay
+/// readable until released. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_flush_all(cache: *const p99_cache, delay_seconds: u32) -> p99_status {
+    guard(|| {
+        let c = unsafe { ref_from(cache) }?;
+        c.cache.flush_all(delay_seconds);
+        Ok(())
+    })
+}
+
+/// The cache clock now, in unix seconds (the time base of every expiry); 0 if `cache` is
+/// NULL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_now(cache: *const p99_cache) -> u32 {
+    guard_or(0, || match unsafe { ref_from(cache) } {
+        Ok(c) => c.cache.now(),
+        Err(_) => 0,
+    })
+}
+
+/// Sets the manual clock (config `manual_clock`) to `unix_seconds`. INVALID_STATE on a cache
+/// using the system clock. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_set_time(cache: *const p99_cache, unix_seconds: u32) -> p99_status {
+    guard(|| {
+        let c = unsafe { ref_from(cache) }?;
+        c.cache.set_time(unix_seconds).map_err(err)
+    })
+}
+
+/// Converts a memcached exptime into an absolute expiry on this cache's clock, as memcached
+/// 1.6 does: 0 = never (0); 1..2592000 (30 days) = seconds from now; larger = absolute unix
+/// time; negative, or an absolute time not in the future = already expired (a nonzero time
+/// not after now: a write with it replaces the old item, and the new one is never returned).
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_expiry_from_exptime(
+    cache: *const p99_cache,
+    exptime: i64,
+    expiry_out: *mut u32,
+) -> p99_status {
+    guard(|| {
+        let c = unsafe { ref_from(cache) }?;
+        let out = unsafe { out_ptr(expiry_out) }?;
+        out.write(c.cache.expiry_from_exptime(exptime));
+        Ok(())
+    })
+}
+
+fn stats_to_c(s: &Stats) -> p99_cache_stats {
+    p99_cache_stats {
+        struct_size: std::mem::size_of::<p99_cache_stats>() as u32,
+        shards: s.shards as u32,
+        items: s.items,
+        item_bytes: s.item_bytes,
+        key_value_bytes: s.key_value_bytes,
+        total_bytes: s.total_bytes,
+        segment_bytes_allocated: s.segment_bytes_allocated,
+        hash_bytes: s.hash_bytes,
+        heap_limit_bytes: s.heap_limit_bytes,
+        hits: s.hits,
+        misses: s.misses,
+        sets: s.sets,
+        deletes: s.deletes,
+        touches: s.touches,
+        evictions: s.evictions,
+        evicted_items: s.evicted_items,
+        merged_items: s.merged_items,
+        expirations: s.expirations,
+        expired_segments: s.expired_segments,
+        flushes: s.flushes,
+        segments_total: s.segments_total,
+        segments_used: s.segments_used,
+        segments_free: s.segments_free,
+        segments_retired: s.segments_retired,
+        pinned: s.pinned,
+    }
+}
+
+/// Fills `*stats` (caller sets `stats->struct_size` first; INVALID_ARGUMENT if smaller than
+/// the first published version of the struct). Only `struct_size` bytes are written, and
+/// `struct_size` is left as the caller set it. Thread-safe (locks each shard briefly).
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_get_stats(cache: *const p99_cache, stats: *mut p99_cache_stats) -> p99_status {
+    guard(|| {
+        let c = unsafe { ref_from(cache) }?;
+        let size = unsafe { struct_size_of(stats.cast_const().cast(), std::mem::size_of::<p99_cache_stats>()) }?;
+        let mut full = stats_to_c(&c.cache.stats());
+        full.struct_size = size as u32;
+        let n = size.min(std::mem::size_of::<p99_cache_stats>());
+        // SAFETY: `stats` is non-NULL (checked) and the caller declared `size` writable bytes;
+        // we copy at most our struct's size from a local value.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (&full as *const p99_cache_stats).cast::<u8>(),
+                stats.cast::<u8>(),
+                n,
+            )
+        };
+        Ok(())
+    })
+}

@@ -1,0 +1,203 @@
+//! Kernel interface numbers and structures for AF_XDP and bpf(2) (uapi `linux/if_xdp.h`,
+//! `linux/bpf.h`), written out here so the build does not depend on the installed headers.
+
+#![allow(dead_code)]
+
+use std::io;
+
+pub const AF_XDP: i32 = 44;
+pub const SOL_XDP: i32 = 283;
+
+pub const XDP_MMAP_OFFSETS: i32 = 1;
+pub const XDP_RX_RING: i32 = 2;
+pub const XDP_TX_RING: i32 = 3;
+pub const XDP_UMEM_REG: i32 = 4;
+pub const XDP_UMEM_FILL_RING: i32 = 5;
+pub const XDP_UMEM_COMPLETION_RING: i32 = 6;
+pub const XDP_STATISTICS: i32 = 7;
+pub const XDP_OPTIONS: i32 = 8;
+
+pub const XDP_SHARED_UMEM: u16 = 1;
+pub const XDP_COPY: u16 = 2;
+pub const XDP_ZEROCOPY: u16 = 4;
+pub const XDP_USE_NEED_WAKEUP: u16 = 8;
+
+pub const XDP_RING_NEED_WAKEUP: u32 = 1;
+pub const XDP_OPTIONS_ZEROCOPY: u32 = 1;
+
+pub const XDP_PGOFF_RX_RING: i64 = 0;
+pub const XDP_PGOFF_TX_RING: i64 = 0x8000_0000;
+pub const XDP_UMEM_PGOFF_FILL_RING: i64 = 0x1_0000_0000;
+pub const XDP_UMEM_PGOFF_COMPLETION_RING: i64 = 0x1_8000_0000;
+
+/// Bytes the kernel reserves in front of received data in every frame.
+pub const XDP_PACKET_HEADROOM: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+pub struct XdpUmemReg {
+    pub addr: u64,
+    pub len: u64,
+    pub chunk_size: u32,
+    pub headroom: u32,
+    pub flags: u32,
+    pub tx_metadata_len: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+pub struct XdpRingOffset {
+    pub producer: u64,
+    pub consumer: u64,
+    pub desc: u64,
+    pub flags: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+pub struct XdpMmapOffsets {
+    pub rx: XdpRingOffset,
+    pub tx: XdpRingOffset,
+    pub fr: XdpRingOffset,
+    pub cr: XdpRingOffset,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+pub struct SockaddrXdp {
+    pub family: u16,
+    pub flags: u16,
+    pub ifindex: u32,
+    pub queue_id: u32,
+    pub shared_umem_fd: u32,
+}
+
+/// One RX/TX ring descriptor, identical to the kernel's `struct xdp_desc`.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct XdpDesc {
+    pub addr: u64,
+    pub len: u32,
+    pub options: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+pub struct XdpStatistics {
+    pub rx_dropped: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+    pub rx_ring_full: u64,
+    pub rx_fill_ring_empty_descs: u64,
+    pub tx_ring_empty_descs: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+pub struct XdpOptions {
+    pub flags: u32,
+}
+
+// bpf(2)
+pub const BPF_MAP_CREATE: u32 = 0;
+pub const BPF_MAP_LOOKUP_ELEM: u32 = 1;
+pub const BPF_MAP_UPDATE_ELEM: u32 = 2;
+pub const BPF_MAP_DELETE_ELEM: u32 = 3;
+pub const BPF_PROG_LOAD: u32 = 5;
+pub const BPF_PROG_TEST_RUN: u32 = 10;
+pub const BPF_LINK_CREATE: u32 = 28;
+pub const BPF_LINK_DETACH: u32 = 34;
+
+pub const BPF_MAP_TYPE_XSKMAP: u32 = 17;
+pub const BPF_PROG_TYPE_XDP: u32 = 6;
+pub const BPF_XDP: u32 = 37;
+pub const BPF_F_XDP_HAS_FRAGS: u32 = 32;
+
+pub const XDP_FLAGS_SKB_MODE: u32 = 2;
+pub const XDP_FLAGS_DRV_MODE: u32 = 4;
+
+/// A zeroed `union bpf_attr` big enough for every command used here; unused tail bytes must
+/// be zero, which the kernel checks.
+#[repr(C, align(8))]
+pub struct BpfAttr(pub [u8; 144]);
+
+impl BpfAttr {
+    pub fn new() -> Self {
+        BpfAttr([0; 144])
+    }
+    pub fn u32_at(&mut self, off: usize, v: u32) -> &mut Self {
+        self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    pub fn u64_at(&mut self, off: usize, v: u64) -> &mut Self {
+        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    pub fn get_u32(&self, off: usize) -> u32 {
+        u32::from_ne_bytes(self.0[off..off + 4].try_into().unwrap())
+    }
+}
+
+/// Calls bpf(2); returns the non-negative result or the OS error.
+pub fn bpf(cmd: u32, attr: &mut BpfAttr) -> io::Result<i32> {
+    // SAFETY: `attr` is a valid, zero-initialised bpf_attr of the size passed; every pointer
+    // written into it by the callers points to memory that outlives the call.
+    let r = unsafe {
+        libc::syscall(libc::SYS_bpf, cmd as libc::c_long, attr.0.as_mut_ptr(), attr.0.len() as libc::c_long)
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as i32)
+    }
+}
+
+pub fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// setsockopt(SOL_XDP) with a plain-data value.
+pub fn set_xdp_opt<T: Copy>(fd: i32, opt: i32, val: &T) -> io::Result<()> {
+    // SAFETY: `val` points to a live T of the size passed.
+    cvt(unsafe {
+        libc::setsockopt(fd, SOL_XDP, opt, (val as *const T).cast(), std::mem::size_of::<T>() as u32)
+    })
+    .map(|_| ())
+}
+
+/// getsockopt(SOL_XDP) into a plain-data value; returns the length the kernel wrote.
+pub fn get_xdp_opt<T: Copy>(fd: i32, opt: i32, val: &mut T) -> io::Result<usize> {
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `val` is a live, writable T of `len` bytes.
+    cvt(unsafe { libc::getsockopt(fd, SOL_XDP, opt, (val as *mut T).cast(), &mut len) })?;
+    Ok(len as usize)
+}
+
+/// An owned file descriptor closed on drop.
+#[derive(Debug)]
+pub struct Fd(pub i32);
+
+impl Drop for Fd {
+    fn drop(&mut self) {
+        if self.0 >= 0 {
+            // SAFETY: we own this descriptor and close it exactly once.
+            unsafe { libc::close(self.0) };
+        }
+    }
+}
+
+/// Interface index of `name` in the calling thread's network namespace.
+pub fn ifindex(name: &str) -> io::Result<u32> {
+    let c = std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(idx)
+    }
+}

@@ -1,0 +1,148 @@
+"""Helpers for the mcserver tests: start servers on free loopback ports, talk raw bytes."""
+import os
+import signal
+import socket
+import subprocess
+import time
+
+
+def free_port():
+    """A TCP port that was free a moment ago (the server start retries if it got taken)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Server:
+    """A server process on a free loopback port; stopped (and waited for) by stop()."""
+
+    def __init__(self, argv, name):
+        self.name = name
+        for _ in range(20):
+            self.port = free_port()
+            self.proc = subprocess.Popen(argv + ["-p", str(self.port), "-l", "127.0.0.1"],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if self._wait_ready():
+                return
+            self.stop()
+        raise RuntimeError("%s did not start" % name)
+
+    def _wait_ready(self):
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return True
+            except OSError:
+                time.sleep(0.02)
+        return False
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def rss_kb(self):
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self, sig=signal.SIGTERM):
+        """Stops the server; returns its exit code (None if it had to be killed)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                return None
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        return self.proc.returncode
+
+
+def start_mcserver(binary, *args):
+    return Server([binary, "-U", "0"] + list(args), os.path.basename(binary))
+
+
+def start_memcached(*args):
+    return Server(["memcached", "-u", "nobody", "-U", "0"] + list(args), "memcached")
+
+
+class Conn:
+    """A raw text-protocol connection."""
+
+    def __init__(self, port, timeout=5.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def _fill(self):
+        d = self.sock.recv(1 << 20)
+        if not d:
+            raise EOFError("connection closed")
+        self.buf += d
+
+    def line(self):
+        while b"\r\n" not in self.buf:
+            self._fill()
+        i = self.buf.index(b"\r\n") + 2
+        out, self.buf = self.buf[:i], self.buf[i:]
+        return out
+
+    def exactly(self, n):
+        while len(self.buf) < n:
+            self._fill()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def cmd(self, data):
+        """Sends data, returns one reply line."""
+        self.send(data)
+        return self.line()
+
+    def get_reply(self):
+        """Reads one get/gets reply up to END (or an error line); returns the raw bytes."""
+        out = b""
+        while True:
+            ln = self.line()
+            out += ln
+            if ln.startswith(b"VALUE "):
+                n = int(ln.split()[3])
+                out += self.exactly(n + 2)
+            elif ln == b"END\r\n" or b"ERROR" in ln:
+                return out
+
+    def is_closed(self, wait=2.0):
+        """True when the server closed the connection (EOF or reset) within wait seconds."""
+        self.sock.settimeout(wait)
+        try:
+            while True:
+                d = self.sock.recv(65536)
+                if not d:
+                    return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+
+    def nothing_within(self, wait=0.3):
+        self.sock.settimeout(wait)
+        try:
+            d = self.sock.recv(65536)
+            self.buf += d
+            return False
+        except socket.timeout:
+            return True
+        finally:
+            self.sock.settimeout(5.0)
+
+    def close(self):
+        self.sock.close()

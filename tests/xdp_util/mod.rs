@@ -1,0 +1,209 @@
+//! Shared scaffolding of the AF_XDP tests: a private network namespace per test thread with a
+//! veth pair of several queues, and AF_XDP sender/receiver helpers.
+//!
+//! Each test body runs on its own thread that `unshare(CLONE_NEWNET)`s: network namespaces are
+//! per thread, so tests stay parallel-safe, and the namespace (with its veth pair) disappears
+//! by itself when the thread ends, even on panic. `ip` children inherit the thread's namespace.
+
+#![allow(dead_code)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use p99::xdp::packet;
+use p99::xdp::{AttachMode, Program, ProgramKind, Socket, SocketConfig, Umem, UmemConfig, XdpDesc};
+
+pub const MAC_A: [u8; 6] = [0x02, 0x99, 0, 0, 0, 0x0a];
+pub const MAC_B: [u8; 6] = [0x02, 0x99, 0, 0, 0, 0x0b];
+pub const IP_A: [u8; 4] = [10, 99, 0, 1];
+pub const IP_B: [u8; 4] = [10, 99, 0, 2];
+pub const QUEUES: u32 = 4;
+
+pub struct Net {
+    pub a: u32,
+    pub b: u32,
+}
+
+/// Why namespace tests cannot run here, if they cannot.
+pub fn unavailable() -> Option<String> {
+    // SAFETY: plain getter.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root (AF_XDP, bpf(2) and network namespaces need CAP_NET_ADMIN/CAP_BPF)".into());
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Some("the `ip` tool (iproute2) is missing".into());
+    }
+    None
+}
+
+pub fn ip(args: &str) {
+    let out = Command::new("ip").args(args.split_whitespace()).output().expect("run ip");
+    assert!(out.status.success(), "ip {args}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+pub fn ip_out(args: &str) -> String {
+    let out = Command::new("ip").args(args.split_whitespace()).output().expect("run ip");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `f` on a fresh thread inside a new network namespace holding veth pair `va`/`vb`
+/// (QUEUES queues each, static MAC addresses, IPv6 off so no stray traffic). Returns None
+/// (after printing why) when the machine cannot run it.
+pub fn with_net<R: Send + 'static>(name: &str, f: impl FnOnce(&Net) -> R + Send + 'static) -> Option<R> {
+    if let Some(why) = unavailable() {
+        eprintln!("SKIP {name}: {why}");
+        return None;
+    }
+    let h = std::thread::spawn(move || {
+        // SAFETY: unshare affects only this thread's network namespace.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(format!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error()));
+        }
+        for p in ["/proc/sys/net/ipv6/conf/default/disable_ipv6", "/proc/sys/net/ipv6/conf/all/disable_ipv6"] {
+            let _ = std::fs::write(p, "1");
+        }
+        ip(&format!(
+            "link add va numtxqueues {QUEUES} numrxqueues {QUEUES} address {} type veth peer name vb numtxqueues {QUEUES} numrxqueues {QUEUES} address {}",
+            mac(MAC_A),
+            mac(MAC_B)
+        ));
+        ip("link set lo up");
+        ip("link set va up");
+        ip("link set vb up");
+        let net = Net { a: p99::xdp::sys::ifindex("va").unwrap(), b: p99::xdp::sys::ifindex("vb").unwrap() };
+        Ok(f(&net))
+    });
+    match h.join() {
+        Ok(Ok(r)) => Some(r),
+        Ok(Err(why)) => {
+            eprintln!("SKIP {name}: {why}");
+            None
+        }
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
+pub fn mac(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+pub fn small_umem(frame_size: u32, frames: u32) -> UmemConfig {
+    UmemConfig { frame_size, frame_count: frames, headroom: 0, fill_size: 1024, comp_size: 1024 }
+}
+
+pub fn sock_cfg() -> SocketConfig {
+    SocketConfig { rx_size: 1024, tx_size: 1024, ..SocketConfig::default() }
+}
+
+pub struct Xsk {
+    pub umem: Umem,
+    pub sock: Socket,
+}
+
+pub fn xsk(ifindex: u32, queue: u32, ucfg: UmemConfig) -> Xsk {
+    let umem = Umem::new(ucfg).expect("umem");
+    let sock = Socket::bind(&umem, ifindex, queue, sock_cfg()).expect("bind");
+    Xsk { umem, sock }
+}
+
+/// A receiver on `vb` queue `queue` with a redirect program in `mode`.
+pub fn receiver(net: &Net, queue: u32, mode: AttachMode, ucfg: UmemConfig) -> (Xsk, Program) {
+    let mut prog = Program::load(ProgramKind::RedirectAll, QUEUES, p99::xdp::prog::XDP_PASS).expect("load");
+    prog.attach(net.b, mode).expect("attach");
+    let x = xsk(net.b, queue, ucfg);
+    prog.register(queue, x.sock.fd()).expect("register");
+    x.umem.fill(u32::MAX);
+    (x, prog)
+}
+
+/// The sender TX queue whose packets reach receiver queue `rxq` of the peer. Native veth XDP
+/// keeps the queue number; generic XDP sees the skb's recorded queue, one lower.
+pub fn tx_queue_for(mode: AttachMode, rxq: u32) -> u32 {
+    match mode {
+        AttachMode::Generic => rxq + 1,
+        _ => rxq,
+    }
+}
+
+/// Builds packet `seq` (UDP A->B with a payload that encodes `seq`) of `payload_len` bytes.
+pub fn payload(seq: u32, len: usize) -> Vec<u8> {
+    let mut p = vec![0u8; len.max(8)];
+    p[..4].copy_from_slice(b"PING");
+    p[4..8].copy_from_slice(&seq.to_be_bytes());
+    for (i, b) in p.iter_mut().enumerate().skip(8) {
+        *b = (seq as usize).wrapping_mul(31).wrapping_add(i) as u8;
+    }
+    p
+}
+
+/// Sends packets `seqs` from `tx`, waiting for ring space; returns when all are queued.
+pub fn send_seq(tx: &mut Xsk, seqs: std::ops::Range<u32>, payload_len: usize, dport: u16) {
+    let mut next = seqs.start;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while next < seqs.end {
+        assert!(Instant::now() < deadline, "send stalled at {next}");
+        let want = ((seqs.end - next) as usize).min(64);
+        let mut descs = vec![XdpDesc::default(); want];
+        tx.umem.reap();
+        let n = tx.umem.alloc(&mut descs) as usize;
+        if n == 0 {
+            tx.sock.kick().unwrap();
+            std::thread::yield_now();
+            continue;
+        }
+        descs.truncate(n);
+        for d in descs.iter_mut() {
+            let p = payload(next, payload_len);
+            let buf = tx.umem.data(d.addr, tx.umem.config().frame_size).unwrap();
+            d.len = packet::build_udp4(buf, MAC_A, MAC_B, IP_A, IP_B, 40000, dport, &p).unwrap() as u32;
+            next += 1;
+        }
+        let mut off = 0;
+        while off < descs.len() {
+            let k = tx.sock.send(&descs[off..]).unwrap() as usize;
+            off += k;
+            if k == 0 {
+                std::thread::yield_now();
+            }
+        }
+    }
+    while tx.sock.tx_pending() > 0 {
+        assert!(Instant::now() < deadline, "tx ring did not drain");
+        tx.sock.kick().unwrap();
+    }
+}
+
+/// Receives until `n` packets arrived or `timeout` passed; checks each payload with `check`
+/// and gives the frames back to FILL. Returns the count received.
+pub fn recv_n(rx: &mut Xsk, n: usize, timeout: Duration, mut check: impl FnMut(&[u8])) -> usize {
+    let deadline = Instant::now() + timeout;
+    let mut got = 0;
+    let mut descs = vec![XdpDesc::default(); 64];
+    let mut first = true;
+    while got < n && (first || Instant::now() < deadline) {
+        first = false;
+        let k = rx.sock.recv(&mut descs) as usize;
+        if k == 0 {
+            rx.sock.poll_rx(10).unwrap();
+            continue;
+        }
+        for d in &descs[..k] {
+            let buf = rx.umem.data(d.addr, d.len).unwrap();
+            check(buf);
+        }
+        rx.umem.release(&descs[..k]).unwrap();
+        rx.umem.fill(u32::MAX);
+        got += k;
+    }
+    got
+}
+
+/// Sequence number of a test packet, checking its payload pattern.
+pub fn seq_of(frame: &[u8], payload_len: usize) -> u32 {
+    let p = packet::parse_udp4(frame).expect("udp frame");
+    let pl = &frame[p.payload_off..p.payload_off + p.payload_len];
+    assert_eq!(pl.len(), payload_len.max(8));
+    let seq = u32::from_be_bytes(pl[4..8].try_into().unwrap());
+    assert_eq!(pl, &payload(seq, payload_len)[..], "payload of packet {seq} corrupted");
+    seq
+}
