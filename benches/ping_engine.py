@@ -54,8 +54,12 @@ def bench(bindir, port, pid, conns, depth, duration, gen_cpu, server_cpu):
     if r["errors"] or r["unanswered"] or r["broken_connections"]:
         sys.exit("errors in run: %r" % r)
     lat = r["latency_us"]
-    return {"rps": r["requests_per_s"], "p50": lat["p50"], "p99": lat["p99"], "p999": lat["p999"],
-            "srv_cpu": r["server_cpu_pct"], "core_busy": r["server_core_busy_pct"]}
+    rps = r["requests_per_s"]
+    return {"rps": rps, "p50": lat["p50"], "p99": lat["p99"], "p999": lat["p999"],
+            "srv_cpu": r["server_cpu_pct"], "core_busy": r["server_core_busy_pct"],
+            # Server CPU time per request: the efficiency figure that holds up when the machine
+            # is shared and neither side gets a whole core.
+            "us_req": r["server_cpu_pct"] / 100.0 / rps * 1e6 if rps else 0.0}
 
 
 def main():
@@ -87,15 +91,16 @@ def main():
     print("\nmedians of %d runs, %ds each; server pinned to CPU %d (1 worker), p99-bench on CPU %d"
           % (a.runs, a.duration, a.server_cpu, a.gen_cpu))
     print("backends: " + ", ".join("%s=%s" % kv for kv in backends.items()))
-    print("%-17s %5s %5s %10s %7s %9s %9s %10s %8s" % ("server", "conns", "depth", "req/s", "x C", "p50 us", "p99 us", "p999 us", "srv cpu"))
+    print("%-17s %5s %5s %10s %7s %9s %9s %10s %8s %10s %9s" % ("server", "conns", "depth", "req/s", "x C", "p50 us", "p99 us", "p999 us", "srv cpu", "cpu us/req", "core busy"))
     for conns in (1, 16, 256):
         for depth in (1, 16):
             base = statistics.median(r["rps"] for r in results[("pingserver-c", conns, depth)])
             for name in SERVERS:
                 rs = results[(name, conns, depth)]
                 med = lambda k: statistics.median(r[k] for r in rs)
-                print("%-17s %5d %5d %10.0f %7.3f %9.1f %9.1f %10.1f %7.1f%%"
-                      % (name, conns, depth, med("rps"), med("rps") / base, med("p50"), med("p99"), med("p999"), med("srv_cpu")))
+                print("%-17s %5d %5d %10.0f %7.3f %9.1f %9.1f %10.1f %7.1f%% %10.3f %8.1f%%"
+                      % (name, conns, depth, med("rps"), med("rps") / base, med("p50"), med("p99"), med("p999"),
+                         med("srv_cpu"), med("us_req"), med("core_busy")))
             rs_rs = statistics.median(r["rps"] for r in results[("pingserver-rs", conns, depth)])
             rs_c = statistics.median(r["rps"] for r in results[("pingserver-c-p99", conns, depth)])
             print("%-17s %5d %5d  pingserver-rs / pingserver-c-p99 = %.3f" % ("", conns, depth, rs_rs / rs_c))
