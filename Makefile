@@ -111,6 +111,7 @@ TESTS := test-rust check-header check-abi test-c test-valgrind test-consumer
 TESTS += test-cache
 TESTS += test-mcserver
 TESTS += test-engine
+TESTS += test-engine test-mcserver-uring
 TESTS += test-xdp
 TESTS += test-bench
 
@@ -160,6 +161,15 @@ test-mcserver:
 .PHONY: test-engine
 test-engine:
 	P99_BIN_DIR=$(BIN) $(CARGO) test --release --test ping_parity -- --ignored
+
+# mcserver on the engine: the protocol suite against every *-uring variant, on io_uring and
+# on the engine's epoll fallback.
+.PHONY: test-mcserver-uring
+test-mcserver-uring:
+	@for b in $(BIN)/mcserver-*-uring; do for be in uring epoll; do \
+	  echo "protocol suite: $$(basename $$b) P99_BACKEND=$$be"; \
+	  (cd tests/mcserver && P99_BACKEND=$$be MCSERVER_BIN=$$b $(PYTHON) -m unittest -q test_protocol) || exit 1; \
+	done; done
 # AF_XDP: the Rust veth suite runs in test-rust; this adds the C responders end to end.
 .PHONY: test-xdp bench-xdp
 test-xdp:
