@@ -110,7 +110,6 @@ header:
 TESTS := test-rust check-header check-abi test-c test-valgrind test-consumer
 TESTS += test-cache
 TESTS += test-mcserver
-TESTS += test-engine
 TESTS += test-engine test-mcserver-uring
 TESTS += test-xdp
 TESTS += test-bench
