@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "\
 usage: p99-parity [flags]
-  --quick                  short run (< 1 min): 2 rounds, 0.5 s runs, 3 ramp steps
+  --quick                  short run (< 1 min): 2 rounds, 0.4 s runs, 3 ramp steps
   --rounds N               interleaved rounds per scenario (default 3)
   --warmup SECS            warm-up before each run (default 0.5)
   --duration SECS          measured time of each run (default 1.5)
@@ -159,13 +159,13 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
             o.warmup = 0.2;
         }
         if !explicit.contains(&"duration") {
-            o.duration = 0.5;
+            o.duration = 0.4;
         }
         if !explicit.contains(&"ramp") {
-            o.ramp_secs = 0.4;
+            o.ramp_secs = 0.3;
         }
         if !explicit.contains(&"ladder") {
-            o.ladder = vec![0.25, 0.5, 0.75, 1.0];
+            o.ladder = vec![0.25, 0.5, 1.0];
         }
     }
     for s in &o.scenarios {
