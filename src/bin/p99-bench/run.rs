@@ -157,8 +157,9 @@ pub fn run_once(c: &Config) -> Result<Report, String> {
     }
     let per_thread = |i: usize| c.connections / c.threads + usize::from(i < c.connections % c.threads);
     let shared = Shared::default();
-    // Threads get a moment to connect before the common start.
-    let start = now_ns() + 200_000_000;
+    // Threads get a moment to connect before the common start (16 local connections take a
+    // few ms; a late thread sends its first requests late and says so in its send lag).
+    let start = now_ns() + 50_000_000;
     let win = Window::new(c, start);
     let show = progress_enabled(c);
     let mut server_meter = None;
