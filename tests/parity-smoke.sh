@@ -43,7 +43,11 @@ for scen in ("ping", "cache", "udp"):
                 fail.append(f"{v['name']}: missing program without a 'not built' note")
             continue
         if v["problem"]:
-            fail.append(f"{v['name']}: {v['problem']}")
+            # The runner's job is to say so; whether a server works is its own tests' job.
+            # memcached (Debian's) is the control and must work.
+            print(f"parity-smoke: note: {v['name']}: {v['problem']}")
+            if v["role"] == "reference":
+                fail.append(f"{v['name']}: {v['problem']}")
             continue
         runs = v["peak_runs"] + v["latency_runs"]
         if not runs:
@@ -52,7 +56,11 @@ for scen in ("ping", "cache", "udp"):
             # A UDP datagram may be lost under load; TCP answers may not.
             lost_ok = scen == "udp"
             if run["errors"] or (run["unanswered"] and not lost_ok) or not run["completed"]:
-                fail.append(f"{v['name']}: errors or no answers in {run['command']}")
+                msg = f"{v['name']}: errors or unanswered requests in {run['command']}"
+                if v["role"] == "reference":
+                    fail.append(msg)
+                else:
+                    print("parity-smoke: note: " + msg)
             if not run["command"].startswith("p99-bench "):
                 fail.append(f"{v['name']}: run without its command")
 for p in r["plots"]:

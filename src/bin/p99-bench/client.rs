@@ -460,12 +460,13 @@ fn run_tcp(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Resul
     }
     shared.answered.fetch_add(answered_all - last_answered, Ordering::Relaxed);
     shared.errors.fetch_add(errors_all - last_errors, Ordering::Relaxed);
-    // Whatever is still in flight never got an answer: charge it at its age.
+    // Whatever is still in flight never got an answer: an error of the run even when it was sent
+    // during the warm-up; requests of the measured window are also charged at their age.
     let end = now_ns();
     for cn in conns.iter_mut() {
         for &(t0, _) in &cn.inflight {
+            counts.unanswered += 1;
             if win.measured(t0) {
-                counts.unanswered += 1;
                 counts.record(end.saturating_sub(t0));
             }
         }
@@ -662,7 +663,7 @@ fn run_udp(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Resul
     shared.answered.fetch_add(answered_all - last_a, Ordering::Relaxed);
     shared.errors.fetch_add(errors_all - last_e, Ordering::Relaxed);
     for map in &pending {
-        counts.unanswered += map.values().filter(|&&t0| win.measured(t0)).count() as u64;
+        counts.unanswered += map.len() as u64;
     }
     Ok(counts)
 }

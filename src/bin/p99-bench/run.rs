@@ -237,6 +237,12 @@ pub fn run_once(c: &Config) -> Result<Report, String> {
     if total.conn_errors > 0 && total.completed == 0 {
         return Err(format!("{}: every connection failed ({} broken)", c.server, total.conn_errors));
     }
+    if total.completed == 0 {
+        return Err(format!(
+            "{}: no answer in the measured window ({} requests sent then, {} never answered)",
+            c.server, total.issued, total.unanswered
+        ));
+    }
     let (server_cpu_pct, generator_cpu_pct, server_core_busy_pct) = gen_meter.unwrap_or((None, None, None));
     Ok(Report {
         config: c.clone(),

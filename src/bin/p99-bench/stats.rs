@@ -22,8 +22,8 @@ pub struct Counts {
     /// Answers to requests issued inside the measured window.
     pub completed: u64,
     pub errors: u64,
-    /// Requests of the window with no answer by the end of the drain (open loop: each is also
-    /// recorded in the histogram at its age, so a stalled server shows up in the tail).
+    /// Requests with no answer by the end of the drain, warm-up included (those of the measured
+    /// window are also recorded in the histogram at their age, so a stall shows in the tail).
     pub unanswered: u64,
     pub hits: u64,
     pub misses: u64,

@@ -991,6 +991,7 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
     results.set("scenarios", scen_json);
     results.set("plots", J::Arr(plots.iter().map(|p| J::Str(p.clone())).collect()));
     results.set("elapsed_s", started.elapsed().as_secs_f64());
+    results.set("load_average_at_end", std::fs::read_to_string("/proc/loadavg").ok().map(|s| s.trim().to_string()));
     let path = o.out.join("results.json");
     std::fs::write(&path, results.to_string_pretty()).map_err(|e| format!("{}: {e}", path.display()))?;
     println!();
