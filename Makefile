@@ -27,7 +27,7 @@ V_PATCH := $(word 3,$(subst ., ,$(VERSION)))
 SONAME_VERSION := $(if $(filter 0,$(V_MAJOR)),0.$(V_MINOR),$(V_MAJOR))
 CBINDGEN_VERSION := 0.29.0
 
-DEB_PACKAGES := cmake pkg-config clang libclang-dev memcached libmemcached-tools \
+DEB_PACKAGES := build-essential cmake pkg-config clang libclang-dev memcached libmemcached-tools \
 	python3 python3-pymemcache valgrind bpftool iproute2 ethtool binutils iputils-ping
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
@@ -123,7 +123,10 @@ test-rust:
 	$(CARGO) test --release --no-fail-fast
 
 check-header:
-	@tmp=$$(mktemp); cbindgen --config cbindgen.toml --output $$tmp 2>/dev/null; \
+	@tmp=$$(mktemp); log=$$(mktemp); \
+	if ! cbindgen --config cbindgen.toml --output $$tmp 2>$$log; then \
+	  cat $$log; rm -f $$tmp $$log; echo "check-header: cbindgen failed"; exit 1; \
+	fi; rm -f $$log; \
 	if ! cmp -s $$tmp include/p99.h; then \
 	  echo "check-header: include/p99.h differs from what src/ffi generates:"; \
 	  diff -u include/p99.h $$tmp | head -40; rm -f $$tmp; \
