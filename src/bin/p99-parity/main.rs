@@ -511,7 +511,7 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
                 continue;
             }
             let c = cfg_for(v, 0.0);
-            eprint!("\r\x1b[K[{}] round {}/{}: {} closed loop", sc.key, round + 1, o.rounds, v.spec.name);
+            progress(format_args!("[{}] round {}/{}: {} closed loop", sc.key, round + 1, o.rounds, v.spec.name));
             match run_in_ns(&c) {
                 Ok(r) => v.peaks.push(r),
                 Err(e) => v.problem = Some(format!("run failed: {e}")),
@@ -531,7 +531,7 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
                     continue;
                 }
                 let c = cfg_for(v, rate);
-                eprint!("\r\x1b[K[{}] round {}/{}: {} at {rate} req/s", sc.key, round + 1, o.rounds, v.spec.name);
+                progress(format_args!("[{}] round {}/{}: {} at {rate} req/s", sc.key, round + 1, o.rounds, v.spec.name));
                 match run_in_ns(&c) {
                     Ok(r) => v.lats.push(r),
                     Err(e) => v.problem = Some(format!("run failed: {e}")),
@@ -544,7 +544,7 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
         let v = &mut sc.variants[i];
         let Some(peak) = v.median_peak().filter(|_| v.problem.is_none()) else { continue };
         v.ladder = o.ladder.iter().map(|f| (peak * f / 100.0).round() * 100.0).filter(|r| *r > 0.0).collect();
-        eprint!("\r\x1b[K[{}] {}: redline ramp", sc.key, v.spec.name);
+        progress(format_args!("[{}] {}: redline ramp", sc.key, v.spec.name));
         let c = cfg_for(v, 0.0);
         let ladder = v.ladder.clone();
         let res = match netns {
@@ -563,7 +563,7 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
             Err(e) => v.problem = Some(format!("ramp failed: {e}")),
         }
     }
-    eprint!("\r\x1b[K");
+    progress(format_args!(""));
     // Servers stop here (drop), before the next scenario starts.
     for v in sc.variants.iter_mut() {
         v.server = None;
@@ -997,6 +997,14 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
     println!();
     println!("p99-parity: {:.0}s; results in {}; plots: {}", started.elapsed().as_secs_f64(), path.display(), plots.join(" "));
     Ok(())
+}
+
+/// A status line on a terminal, overwritten by the next; nothing when stderr is a file or pipe.
+pub fn progress(msg: std::fmt::Arguments) {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        eprint!("\r\x1b[K{msg}");
+    }
 }
 
 fn new_scenario(key: &'static str, title: &str, workload: Config, specs: Vec<Spec>) -> Scenario {

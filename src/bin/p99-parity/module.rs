@@ -34,9 +34,9 @@ pub fn run(o: &Opts) -> ModuleResult {
     args.extend(o.module_args.iter().cloned());
     args.extend(["--json".into(), json_path.display().to_string()]);
     let command = format!("taskset {}", args.join(" "));
-    eprint!("[module] store benchmark ...");
+    crate::progress(format_args!("[module] store benchmark ..."));
     let out = Command::new("taskset").args(&args).output();
-    eprint!("\r\x1b[K");
+    crate::progress(format_args!(""));
     match out {
         Ok(out) => {
             let table = String::from_utf8_lossy(&out.stdout).into_owned();
