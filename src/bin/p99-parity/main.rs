@@ -701,6 +701,19 @@ fn print_table(sc: &Scenario) {
             println!("   (no ratios: baseline {} has no figures)", b.spec.name);
         }
     }
+    if w.protocol == Protocol::Memcache {
+        let hits: Vec<String> = sc
+            .variants
+            .iter()
+            .filter_map(|v| {
+                let (h, m) = v.peaks.iter().fold((0u64, 0u64), |a, r| (a.0 + r.counts.hits, a.1 + r.counts.misses));
+                (h + m > 0).then(|| format!("{} {:.2}%", v.spec.name, h as f64 * 100.0 / (h + m) as f64))
+            })
+            .collect();
+        if !hits.is_empty() {
+            println!("   hit ratio (values checked): {}", hits.join(", "));
+        }
+    }
     if sc.variants.iter().any(|v| !v.peaks.is_empty()) {
         let xdp = w.protocol == Protocol::Udp && w.udp_engine == config::UdpEngine::Xdp;
         println!(
