@@ -1,14 +1,15 @@
 #!/bin/bash
 # Cross-check of p99-bench against memcaslap (libmemcached-tools) on memcached -t 1: the same
-# workload (16 connections, one request in flight each, 90% get / 10% set, 32-byte keys,
+# workload (CONNECTIONS connections, default 16, one request in flight each, 90% get / 10% set, 32-byte keys,
 # 100-byte values), server on cpu 0, load on cpu 1, the two tools alternating for ROUNDS rounds.
 # Prints each tool's throughput and latency (memcaslap: average, and p99 as the upper bound of
 # its log2 histogram bucket; p99-bench: average and p99 from its HDR histogram).
-#   tests/crosscheck-memcaslap.sh [BIN_DIR] [SECONDS] [ROUNDS]
+#   tests/crosscheck-memcaslap.sh [BIN_DIR] [SECONDS] [ROUNDS] [CONNECTIONS]
 set -euo pipefail
 BIN=${1:-build/bin}
 SECS=${2:-5}   # at least 2
 ROUNDS=${3:-3}
+CONNS=${4:-16}
 TMP=$(mktemp -d)
 PORT=$(/usr/bin/python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
 taskset -c 0 memcached -t 1 -p "$PORT" -U 0 -l 127.0.0.1 -m 1024 -u nobody &
@@ -21,14 +22,14 @@ for r in $(seq "$ROUNDS"); do
   # memcached's CPU is sampled inside memcaslap's run (it spends about a second starting and
   # stopping outside its timed run): from 0.5 s in to 0.5 s before the end.
   TIMEFORMAT='%U %S %R'
-  { time taskset -c 1 memcaslap -s 127.0.0.1:"$PORT" -T 1 -c 16 -t "${SECS}s" -F "$TMP/cfg" -S "${SECS}s" >"$TMP/mcs.$r" 2>&1; } 2>"$TMP/mcs.$r.time" &
+  { time taskset -c 1 memcaslap -s 127.0.0.1:"$PORT" -T 1 -c "$CONNS" -t "${SECS}s" -F "$TMP/cfg" -S "${SECS}s" >"$TMP/mcs.$r" 2>&1; } 2>"$TMP/mcs.$r.time" &
   TP=$!
   until grep -q "get proportion" "$TMP/mcs.$r" 2>/dev/null || ! kill -0 $TP 2>/dev/null; do sleep 0.05; done
   sleep 0.5; t0=$(cpu_ticks); s0=$(date +%s.%N)
   sleep "$(awk "BEGIN{print $SECS - 1}")"; t1=$(cpu_ticks); s1=$(date +%s.%N)
   wait $TP
   echo "$t0 $t1 $s0 $s1 $(getconf CLK_TCK) $(cat "$TMP/mcs.$r.time")" >"$TMP/mcs.$r.cpu"
-  taskset -c 1 "$BIN/p99-bench" -P memcache -s 127.0.0.1:"$PORT" -c 16 -d 1 -w 1 -t "$SECS" --keys 100000 \
+  taskset -c 1 "$BIN/p99-bench" -P memcache -s 127.0.0.1:"$PORT" -c "$CONNS" -d 1 -w 1 -t "$SECS" --keys 100000 \
     --get-ratio 0.9 --key-size 32 --value-size 100 --server-pid $MC --no-progress --json "$TMP/pb.$r.json" >/dev/null 2>&1
 done
 /usr/bin/python3 - "$TMP" "$ROUNDS" <<'PY'
