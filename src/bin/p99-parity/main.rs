@@ -41,13 +41,15 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "\
 usage: p99-parity [flags]
-  --quick                  short run (< 1 min): 2 rounds, 0.4 s runs, 3 ramp steps
+  --quick                  short run (< 1 min): 2 rounds, 0.4 s runs, 4 ramp steps
   --rounds N               interleaved rounds per scenario (default 3)
   --warmup SECS            warm-up before each run (default 0.5)
   --duration SECS          measured time of each run (default 1.5)
   --ramp-secs SECS         length of each redline ramp step (default 0.75)
   --ladder F,F,...         ramp rates as fractions of the variant's median peak
-                           (default 0.2,0.3,...,1.0; the ramp stops at the first failing step)
+                           (default 0.05,0.1,0.2,...,1.0; the ramp stops at the first failing
+                           step; open-loop requests go one per write, so redlines sit well
+                           below pipelined peaks)
   --latency-fraction F     fixed open-loop rate for the latency columns, as a fraction of the
                            slowest variant's median peak (default 0.25: open loop sends one
                            request per write, which costs a server more than pipelined load)
@@ -89,7 +91,7 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
         warmup: 0.5,
         duration: 1.5,
         ramp_secs: 0.75,
-        ladder: vec![0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        ladder: vec![0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
         latency_fraction: 0.25,
         scenarios: ["module", "ping", "cache", "udp"].iter().map(|s| s.to_string()).collect(),
         bin_dir: "build/bin".into(),
@@ -165,7 +167,7 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
             o.ramp_secs = 0.3;
         }
         if !explicit.contains(&"ladder") {
-            o.ladder = vec![0.25, 0.5, 1.0];
+            o.ladder = vec![0.1, 0.25, 0.5, 1.0];
         }
     }
     for s in &o.scenarios {
