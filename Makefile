@@ -32,8 +32,8 @@ DEB_PACKAGES := cmake pkg-config clang libclang-dev memcached libmemcached-tools
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all rust stage install c-examples c-tests deps test test-rust test-c test-valgrind \
-	check-header check-abi test-consumer header clean
+.PHONY: all rust stage install c-examples c-tests deps test test-rust test-c test-valgrind test-cache \
+	check-header check-abi test-consumer header clean test-mcserver
 
 all: rust stage c-examples c-tests
 
@@ -108,6 +108,8 @@ header:
 
 # Module test targets append themselves to TESTS below.
 TESTS := test-rust check-header check-abi test-c test-valgrind test-consumer
+TESTS += test-cache
+TESTS += test-mcserver
 TESTS += test-engine test-mcserver-uring
 TESTS += test-xdp
 TESTS += test-bench
@@ -140,6 +142,20 @@ test-valgrind:
 test-consumer:
 	tests/consumer/run.sh $(VERSION)
 
+# The cache store: its Rust tests run in test-rust and its C tests in test-c/test-valgrind;
+# this runs the C benchmark driver end to end on a small store (it fails if the store does
+# not hold every key it loaded).
+test-cache:
+	$(BIN)/cachebench -n 200000 -o 200000 -r 1
+# mcserver: protocol, bad-input, differential (against memcached) and memccapable suites on
+# every build/bin/mcserver-* variant, then again on ASan+UBSan builds of them (a leak, an
+# invalid access or undefined behaviour makes the server exit non-zero, which fails the suite).
+test-mcserver:
+	tests/mcserver/run.sh $(BIN) $(PYTHON)
+	cmake -S c-examples -B $(BUILD)/c-examples-asan -DCMAKE_BUILD_TYPE=Debug -DP99_SANITIZE=ON \
+	    -DCMAKE_PREFIX_PATH=$(STAGE) -DCMAKE_RUNTIME_OUTPUT_DIRECTORY=$(BUILD)/bin-asan >/dev/null
+	cmake --build $(BUILD)/c-examples-asan -j $(JOBS) >/dev/null
+	tests/mcserver/run.sh $(BUILD)/bin-asan $(PYTHON)
 # The engine's tests that need the built programs: the ping servers answer identically.
 .PHONY: test-engine
 test-engine:

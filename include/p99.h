@@ -14,8 +14,10 @@
 #define P99_CACHE_EVICTION_FIFO 0
 
 /**
- * Eviction policy `P99_CACHE_EVICTION_MERGE` (default): like FIFO, but items read since they
- * were written are carried forward (up to a quarter of a segment per eviction).
+ * Eviction policy `P99_CACHE_EVICTION_MERGE` (default): evict the segment with the fewest
+ * live bytes if under half full, else the oldest, carrying its live items forward, up to half
+ * a segment per eviction (all of them when they fit, else the items read since they were
+ * written, most frequently read first).
  */
 #define P99_CACHE_EVICTION_MERGE 1
 
@@ -316,8 +318,8 @@ typedef struct p99_cache_config {
    */
   uint64_t heap_bytes;
   /**
-   * Expected item count, sizes the hash table (7 items per 64-byte bucket, overflow
-   * buckets beyond). 0 (default) = heap_bytes / 128.
+   * Expected item count, sizes the hash table (8 records per 64-byte bucket at 90% fill;
+   * the table doubles, with a pause, past 93%). 0 (default) = heap_bytes / 128.
    */
   uint64_t expected_items;
   /**
@@ -339,8 +341,8 @@ typedef struct p99_cache_config {
    */
   uint32_t eviction;
   /**
-   * Shard count, a power of two up to 256; 0 (default) = automatic (up to 16, at least 8
-   * segments each).
+   * Shard count, a power of two up to 256; 0 (default) = automatic (twice the CPU count
+   * rounded up to a power of two, at most 16, at least 8 segments each).
    */
   uint32_t shards;
   /**
@@ -528,6 +530,10 @@ typedef struct p99_cache_stats {
    * Pins held right now.
    */
   uint64_t pinned;
+  /**
+   * Times a shard's hash table was doubled (more items than `expected_items`).
+   */
+  uint64_t table_grows;
 } p99_cache_stats;
 
 /**
@@ -965,9 +971,9 @@ p99_status p99_cache_store(const struct p99_cache *cache,
                            uint64_t *cas_out);
 
 /**
- * Looks up `key` (borrowed until return) and, on OK, fills `*item` with the pinned item;
- * release it with `p99_cache_item_release`. NOT_FOUND on a miss (`*item` untouched).
- * INVALID_ARGUMENT for a key of length 0 or > 250. Thread-safe.
+ * Looks up `key` (borrowed until return) and, on OK, fills `*item` (caller-owned) with the
+ * pinned item; release it with `p99_cache_item_release`, from any thread. NOT_FOUND on a
+ * miss (`*item` untouched). INVALID_ARGUMENT for a key of length 0 or > 250. Thread-safe.
  */
 p99_status p99_cache_get(const struct p99_cache *cache,
                          const uint8_t *key,
@@ -975,9 +981,11 @@ p99_status p99_cache_get(const struct p99_cache *cache,
                          struct p99_cache_item *item);
 
 /**
- * Sets `key`'s expiry to `expiry` (absolute; 0 = never) and, on OK, fills `*item` with the
- * pinned item (memcached gat; an expiry already past returns the item this once and it is
- * gone after). CAS is unchanged. NOT_FOUND on a miss. Thread-safe.
+ * Sets `key`'s expiry to `expiry` (absolute; 0 = never) and, on OK, fills `*item`
+ * (caller-owned) with the pinned item; release it with `p99_cache_item_release` (memcached
+ * gat; an expiry already past returns the item this once and it is gone after). CAS is
+ * unchanged. `key` is borrowed until return. NOT_FOUND on a miss (`*item` untouched).
+ * Thread-safe.
  */
 p99_status p99_cache_get_and_touch(const struct p99_cache *cache,
                                    const uint8_t *key,
@@ -998,8 +1006,8 @@ p99_status p99_cache_item_release(const struct p99_cache *cache, struct p99_cach
 p99_status p99_cache_delete(const struct p99_cache *cache, const uint8_t *key, size_t key_len);
 
 /**
- * Sets `key`'s expiry (absolute; 0 = never), keeping value, flags and CAS. NOT_FOUND if
- * absent. Thread-safe.
+ * Sets `key`'s expiry (absolute; 0 = never), keeping value, flags and CAS. `key` is
+ * borrowed until return. NOT_FOUND if absent. Thread-safe.
  */
 p99_status p99_cache_touch(const struct p99_cache *cache,
                            const uint8_t *key,
@@ -1007,8 +1015,9 @@ p99_status p99_cache_touch(const struct p99_cache *cache,
                            uint32_t expiry);
 
 /**
- * memcached incr: adds `delta` to the decimal value of `key`, wrapping at 2^64; the new
- * value goes to `*value_out`, the new CAS to `*cas_out` (optional, may be NULL). A shorter
+ * memcached incr: adds `delta` to the decimal value of `key` (borrowed until return),
+ * wrapping at 2^64; the new value goes to `*value_out`, the new CAS to `*cas_out` (optional,
+ * may be NULL); outputs are written only on OK. A shorter
  * result is padded with spaces to the old length, a longer one grows the item; flags and
  * expiry are kept. NOT_FOUND if absent, NON_NUMERIC if the value is not a decimal u64.
  * Thread-safe.

@@ -51,3 +51,96 @@ fn two_phase_write_in_pieces() {
     let r = c.reserve(b"key", 10, 0, 0).unwrap();
     assert_eq!(c.commit(r, Mode::Set, 0), Err(Error::InvalidState));
 }
+
+#[test]
+fn hash_table_grows_past_expected_items_and_keeps_everything() {
+    let c = Cache::new(Config {
+        heap_bytes: 4 << 20,
+        segment_bytes: 64 << 10,
+        item_max: 64 << 10,
+        expected_items: 8,
+        shards: 1,
+        clock: ClockKind::Manual(T0),
+        ..Config::default()
+    })
+    .unwrap();
+    for i in 0..20_000u32 {
+        c.set(format!("grow{i}").as_bytes(), &i.to_le_bytes(), 0, 0).unwrap();
+        if i % 3 == 0 {
+            c.delete(format!("grow{}", i / 2).as_bytes()).ok();
+        }
+    }
+    let st = c.stats();
+    assert!(st.table_grows >= 10, "{st:?}");
+    assert_eq!(st.evictions, 0);
+    let mut present = 0;
+    for i in 0..20_000u32 {
+        if let Some(v) = c.get_value(format!("grow{i}").as_bytes()).unwrap() {
+            assert_eq!(v, i.to_le_bytes());
+            present += 1;
+        }
+    }
+    assert_eq!(present as u64, st.items);
+}
+
+#[test]
+fn eviction_happens_only_when_the_budget_is_full_and_keeps_recent_items() {
+    for eviction in [Eviction::Fifo, Eviction::Merge] {
+        let c = Cache::new(Config {
+            heap_bytes: 256 << 10,
+            segment_bytes: 16 << 10,
+            item_max: 16 << 10,
+            eviction,
+            shards: 1,
+            clock: ClockKind::Manual(T0),
+            ..Config::default()
+        })
+        .unwrap();
+        let value = [7u8; 200];
+        let mut i = 0u32;
+        while c.stats().evictions == 0 {
+            let st = c.stats();
+            assert!(st.segment_bytes_allocated <= st.heap_limit_bytes);
+            c.set(format!("e{i}").as_bytes(), &value, 0, 0).unwrap();
+            i += 1;
+        }
+        let st = c.stats();
+        assert_eq!(st.segment_bytes_allocated, st.heap_limit_bytes);
+        assert_eq!(st.segments_free, 0);
+        for j in 0..5000u32 {
+            c.set(format!("e{}", i + j).as_bytes(), &value, 0, 0).unwrap();
+        }
+        // The newest items are all there; the oldest are gone.
+        for j in 4900..5000u32 {
+            assert!(c.get(format!("e{}", i + j).as_bytes()).unwrap().is_some());
+        }
+        assert!(c.get(b"e0").unwrap().is_none());
+    }
+}
+
+#[test]
+fn set_never_fails_while_unpinned_segments_exist_and_fails_clearly_when_all_are_pinned() {
+    let c = Cache::new(Config {
+        heap_bytes: 64 << 10,
+        segment_bytes: 16 << 10,
+        item_max: 16 << 10,
+        eviction: Eviction::Fifo,
+        shards: 1,
+        clock: ClockKind::Manual(T0),
+        ..Config::default()
+    })
+    .unwrap();
+    let big = vec![1u8; 15 << 10];
+    // Four segments, each holding one big item, each pinned.
+    let mut pins = Vec::new();
+    for i in 0..4 {
+        c.set(format!("big{i}").as_bytes(), &big, 0, 0).unwrap();
+        pins.push(c.get(format!("big{i}").as_bytes()).unwrap().unwrap());
+    }
+    assert_eq!(c.set(b"one-more", &big, 0, 0), Err(Error::OutOfMemory));
+    drop(pins.pop());
+    c.set(b"one-more", &big, 0, 0).unwrap();
+    for p in &pins {
+        assert_eq!(p.value(), &big[..]);
+    }
+}

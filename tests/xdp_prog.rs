@@ -15,7 +15,7 @@ fn udp(dport: u16) -> Vec<u8> {
 
 fn skip() -> bool {
     if let Some(why) = xdp_util::unavailable() {
-        eprintln!("SKIP: {why}");
+        xdp_util::skip_notice("xdp_prog", &why);
         return true;
     }
     false

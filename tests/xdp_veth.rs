@@ -396,6 +396,19 @@ fn attach_conflicts_and_mtu_limit() {
             assert!(!ip_out("link show dev vb").contains("xdp"));
             p2.attach(net.b, mode).unwrap();
         }
+        // A program attached the legacy way (netlink, as `ip link` and libxdp do) by someone
+        // else: our attach is refused cleanly, and works once it is gone.
+        for (mode, flag) in [(AttachMode::Native, 4u32), (AttachMode::Generic, 2u32)] {
+            let foreign = Program::load(ProgramKind::RedirectAll, QUEUES, prog::XDP_PASS).unwrap();
+            netlink_set_xdp(net.b, foreign.prog_fd(), flag).expect("netlink attach");
+            let mut ours = Program::load(ProgramKind::RedirectAll, QUEUES, prog::XDP_PASS).unwrap();
+            match ours.attach(net.b, mode) {
+                Err(e @ Error::Busy { .. }) => assert!(e.to_string().contains("another program")),
+                other => panic!("{mode:?}: expected Busy, got {:?}", other.err()),
+            }
+            netlink_set_xdp(net.b, -1, flag).expect("netlink detach");
+            ours.attach(net.b, mode).unwrap();
+        }
         // Native XDP on veth caps the peer MTU (one page minus overheads).
         ip("link set va mtu 9000");
         let mut p = Program::load(ProgramKind::RedirectAll, QUEUES, prog::XDP_PASS).unwrap();

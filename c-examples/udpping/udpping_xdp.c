@@ -152,11 +152,11 @@ int main(int argc, char **argv)
 	if (p99_xdp_socket_stats(sock, &st) == P99_STATUS_OK)
 		fprintf(stderr,
 			"udpping-xdp: answered %llu ignored %llu rx %llu tx_completed %llu tx_kernel_dropped %llu "
-			"rx_dropped %llu rx_ring_full %llu fill_empty %llu kicks %llu\n",
+			"rx_dropped %llu rx_ring_full %llu fill_empty %llu kicks %llu fill_wakeups %llu\n",
 			answered, ignored, (unsigned long long)st.rx_packets, (unsigned long long)st.tx_completed,
 			(unsigned long long)st.tx_kernel_dropped, (unsigned long long)st.rx_dropped,
 			(unsigned long long)st.rx_ring_full, (unsigned long long)st.rx_fill_ring_empty_descs,
-			(unsigned long long)st.tx_kicks);
+			(unsigned long long)st.tx_kicks, (unsigned long long)st.fill_wakeups);
 out:
 	p99_xdp_socket_free(sock);
 	p99_xdp_umem_free(umem);

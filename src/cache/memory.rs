@@ -11,35 +11,85 @@
 //!    the shard does only when no reader holds a pin on it.
 //! 2. A reader gets a pointer only while holding the shard lock, to an item already written
 //!    (the lock release/acquire orders the write before the read), and takes a pin first.
-//! 3. The allocation lives as long as the cache: segments are reused, never deallocated
-//!    before the cache is dropped, and the cache cannot be dropped while a pin exists.
+//! 3. The memory lives as long as the cache: segments are reused, never unmapped before the
+//!    cache is dropped, and the cache cannot be dropped while a pin exists.
 
 use std::ptr::NonNull;
 
-/// A fixed-size, lazily zero-filled byte allocation for one segment.
+/// The memory of all segments of one shard: one anonymous mapping of the shard's whole
+/// budget, reserved up front (`MAP_NORESERVE`: pages cost nothing until a segment is first
+/// written) and advised for transparent huge pages, so random reads over a large heap do not
+/// also miss the TLB. Unmapped when the shard is dropped.
+pub(crate) struct Arena {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by this value; access to its bytes goes through
+// `SegmentMemory`, which follows the write-once/pin protocol above.
+unsafe impl Send for Arena {}
+// SAFETY: as above.
+unsafe impl Sync for Arena {}
+
+impl Arena {
+    /// Maps `len` bytes (at least one page). Fails with the OS error when the mapping fails.
+    pub(crate) fn new(len: usize) -> std::io::Result<Arena> {
+        let len = len.max(1);
+        // SAFETY: an anonymous private mapping at an address of the kernel's choosing has no
+        // preconditions; the result is checked against MAP_FAILED.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: [p, p + len) is the mapping just created. Huge pages are an optimisation:
+        // a kernel without THP refuses the advice and the mapping works as it is.
+        unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) };
+        Ok(Arena { ptr: NonNull::new(p.cast()).expect("mmap returned NULL"), len })
+    }
+
+    /// The bytes of segment `index` of `size` bytes. Panics if outside the mapping.
+    pub(crate) fn segment(&self, index: usize, size: usize) -> SegmentMemory {
+        let off = index.checked_mul(size).expect("segment offset overflow");
+        assert!(off <= self.len && size <= self.len - off, "segment outside the arena");
+        SegmentMemory {
+            // SAFETY: in bounds of the mapping (checked above).
+            ptr: unsafe { NonNull::new_unchecked(self.ptr.as_ptr().add(off)) },
+            len: size,
+        }
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping created in `new`, once. No pin can exist: the
+        // cache cannot be dropped while an ItemRef borrows it, and the C API refuses to free
+        // a cache with pins held.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// The bytes of one segment: a window of its shard's [`Arena`], which outlives it.
 pub(crate) struct SegmentMemory {
     ptr: NonNull<u8>,
     len: usize,
 }
 
-// SAFETY: the memory is a plain heap allocation owned by this value; cross-thread access
-// follows the write-once/pin protocol described in the module documentation.
+// SAFETY: a window into the arena; cross-thread access follows the write-once/pin protocol
+// described in the module documentation.
 unsafe impl Send for SegmentMemory {}
 // SAFETY: as above; shared references only read bytes that are no longer written.
 unsafe impl Sync for SegmentMemory {}
 
 impl SegmentMemory {
-    /// Allocates `len` zeroed bytes (calloc: pages are committed only when touched).
-    pub(crate) fn new(len: usize) -> SegmentMemory {
-        let boxed: Box<[u8]> = vec![0u8; len].into_boxed_slice();
-        let raw = Box::into_raw(boxed) as *mut u8;
-        SegmentMemory {
-            // Box::into_raw never returns NULL.
-            ptr: NonNull::new(raw).expect("Box::into_raw returned NULL"),
-            len,
-        }
-    }
-
     /// Copies `data` to `off`. Panics when out of bounds.
     ///
     /// Callers hold the shard lock and write only bytes no pinned reader can see (rule 1).
@@ -64,17 +114,8 @@ impl SegmentMemory {
     /// The address of byte `off`, for a pinned reader (rule 2). Panics when out of bounds.
     pub(crate) fn addr(&self, off: usize) -> *const u8 {
         assert!(off <= self.len, "segment address out of bounds");
-        // SAFETY: `off` is within the allocation (or one past its end).
+        // SAFETY: `off` is within the window (or one past its end).
         unsafe { self.ptr.as_ptr().add(off) }
-    }
-}
-
-impl Drop for SegmentMemory {
-    fn drop(&mut self) {
-        let slice = std::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.len);
-        // SAFETY: `ptr`/`len` came from `Box::into_raw` of a `Box<[u8]>` of this length, and
-        // are dropped exactly once here.
-        drop(unsafe { Box::from_raw(slice) });
     }
 }
 

@@ -42,10 +42,12 @@ pub(crate) const SEGMENT_BYTES_MIN: usize = 4096;
 pub enum Eviction {
     /// The oldest segment of the shard (by creation) that no reader has pinned.
     Fifo,
-    /// Like FIFO, but items read since they were written (frequency > 0) are carried forward
-    /// into the newest segment of their TTL bucket, up to a quarter of a segment per eviction,
-    /// with their frequency reset, so hot items survive and cold ones go. This is Segcache's
-    /// merge eviction reduced to one source segment at a time.
+    /// The victim is the sealed segment with the fewest live bytes when that is under half a
+    /// segment (space of overwritten and deleted items is reclaimed first), else the oldest;
+    /// its live items are carried forward into the newest segment of their TTL bucket, up to
+    /// half a segment per eviction: all of them when they fit, otherwise only items read since
+    /// they were written, the most frequently read first, with their frequency reset so that
+    /// only items read again survive the next round. This is Segcache's merge eviction with one source segment at a time.
     Merge,
 }
 
@@ -75,8 +77,9 @@ pub struct Config {
     pub heap_bytes: usize,
     /// Segment size, `Cache::SEGMENT_BYTES_MIN..=Cache::SEGMENT_BYTES_MAX`.
     pub segment_bytes: usize,
-    /// Expected number of items, used to size the hash table (7 records per 64-byte bucket;
-    /// more items go to overflow buckets). 0 = `heap_bytes / 128`.
+    /// Expected number of items, used to size the hash table (8 records per 64-byte bucket at
+    /// 90% fill; past 93% a shard doubles its table, pausing that shard for a rebuild).
+    /// 0 = `heap_bytes / 128`.
     pub expected_items: usize,
     /// Largest item (key + value + header), at most `segment_bytes`. memcached's `-I`.
     pub item_max: usize,
@@ -85,8 +88,8 @@ pub struct Config {
     pub cas: bool,
     /// Eviction policy.
     pub eviction: Eviction,
-    /// Number of shards (a power of two, at most 256); 0 = automatic: up to 16, keeping at
-    /// least 8 segments per shard.
+    /// Number of shards (a power of two, at most 256); 0 = automatic: twice the CPU count
+    /// rounded up to a power of two, at most 16, keeping at least 8 segments per shard.
     pub shards: usize,
     /// The clock.
     pub clock: ClockKind,
@@ -188,4 +191,6 @@ pub struct Stats {
     pub shards: u64,
     /// Pins held by readers right now.
     pub pinned: u64,
+    /// Times a shard's hash table was doubled (items beyond `expected_items`).
+    pub table_grows: u64,
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use super::item::{decode_header, encode_header, header_len, ItemHeader, HEADER_MAX};
-use super::memory::SegmentMemory;
+use super::memory::{Arena, SegmentMemory};
 use super::table::{hash_key, tag_of, Record, Slot, Table, OFF_BITS};
 use super::{Error, Eviction, Mode};
 
@@ -19,6 +19,40 @@ pub(crate) fn item_size(klen: usize, vlen: usize) -> usize {
 }
 /// Set in a segment's pin word when it was emptied while pinned; the last reader frees it.
 pub(crate) const RETIRED: u32 = 1 << 31;
+
+/// Per-segment pin counts of one shard, read and written by readers without the shard lock.
+/// The array is padded by 128 bytes on both sides so that no other shard's data shares its
+/// cache lines (readers of different shards never contend).
+pub(crate) struct PinTable {
+    words: Box<[AtomicU32]>,
+}
+
+const PIN_PAD: usize = 32;
+
+impl PinTable {
+    pub fn new(n: usize) -> PinTable {
+        PinTable { words: (0..n + 2 * PIN_PAD).map(|_| AtomicU32::new(0)).collect() }
+    }
+
+    pub fn get(&self, i: usize) -> Option<&AtomicU32> {
+        if i < self.words.len() - 2 * PIN_PAD {
+            Some(&self.words[PIN_PAD + i])
+        } else {
+            None
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &AtomicU32> {
+        self.words[PIN_PAD..self.words.len() - PIN_PAD].iter()
+    }
+}
+
+impl std::ops::Index<usize> for PinTable {
+    type Output = AtomicU32;
+    fn index(&self, i: usize) -> &AtomicU32 {
+        self.get(i).expect("segment index out of range")
+    }
+}
 
 /// Number of TTL buckets: bucket 0 holds items that never expire; the rest follow Segcache's
 /// four tiers of 256 buckets (widths 8 s, 128 s, 2048 s, 32768 s), plus one for longer TTLs.
@@ -107,6 +141,7 @@ pub(crate) struct Counters {
     pub expirations: u64,
     pub expired_segments: u64,
     pub flushes: u64,
+    pub table_grows: u64,
 }
 
 pub(crate) struct ShardConfig {
@@ -142,9 +177,10 @@ pub(crate) struct ShardInner {
     table: Table,
     segs: Vec<SegMeta>,
     mem: Vec<SegmentMemory>,
+    arena: Arena,
     free: Vec<u32>,
     ttl: Box<[TtlBucket]>,
-    pins: Arc<[AtomicU32]>,
+    pins: Arc<PinTable>,
     seq: u64,
     gen_counter: u64,
     /// Last flush epoch applied here.
@@ -169,9 +205,11 @@ pub(crate) struct Gauges {
 }
 
 impl ShardInner {
-    pub fn new(cfg: ShardConfig, expected_items: usize, pins: Arc<[AtomicU32]>) -> ShardInner {
+    pub fn new(cfg: ShardConfig, expected_items: usize, pins: Arc<PinTable>) -> std::io::Result<ShardInner> {
         let empty = TtlBucket { head: NONE, tail: NONE, open: NONE };
-        ShardInner {
+        let arena = Arena::new(cfg.max_segments * cfg.segment_bytes)?;
+        Ok(ShardInner {
+            arena,
             table: Table::new(expected_items),
             segs: Vec::new(),
             mem: Vec::new(),
@@ -185,7 +223,7 @@ impl ShardInner {
             live_kv: 0,
             counters: Counters::default(),
             cfg,
-        }
+        })
     }
 
     // --- reading items -----------------------------------------------------------------------
@@ -223,7 +261,7 @@ impl ShardInner {
         };
         let hdr = self.header_at(rec.seg(), rec.off());
         if hdr.expiry != 0 && hdr.expiry <= now {
-            self.unlink(slot, rec, &hdr);
+            self.unlink(slot, h, rec, &hdr);
             self.counters.expirations += 1;
             return None;
         }
@@ -231,8 +269,8 @@ impl ShardInner {
         Some(Found { slot, rec, hdr, cas })
     }
 
-    fn unlink(&mut self, slot: Slot, rec: Record, hdr: &ItemHeader) {
-        self.table.remove(slot);
+    fn unlink(&mut self, slot: Slot, h: u64, rec: Record, hdr: &ItemHeader) {
+        self.table.remove(slot, h);
         self.account_remove(rec.seg(), hdr);
     }
 
@@ -302,8 +340,17 @@ impl ShardInner {
             if need > self.cfg.segment_bytes {
                 return Err(Error::TooLarge);
             }
-            seg = self.take_segment(now, allow_merge)?;
-            self.open_segment(seg, b, expiry);
+            let fresh = self.take_segment(now, allow_merge)?;
+            // Merge eviction may have opened a segment for this bucket meanwhile (carrying
+            // items forward into it): fill that one first rather than leave it half empty.
+            let cur = self.ttl[b].open;
+            if cur != NONE && fits(self, cur) {
+                self.free.push(fresh);
+                seg = cur;
+            } else {
+                seg = fresh;
+                self.open_segment(seg, b, expiry);
+            }
         }
         let s = seg as usize;
         let off = self.segs[s].write_off;
@@ -364,8 +411,19 @@ impl ShardInner {
     }
 
     /// Links a freshly appended item for `key`, replacing (and killing) any current one.
-    fn link(&mut self, key: &[u8], h: u64, seg: u32, off: u32) {
+    /// `hint` is where the current one was found before the append; it is used if the
+    /// append (which may evict or rebuild the table) left it in place.
+    fn link(&mut self, key: &[u8], h: u64, seg: u32, off: u32, hint: Option<(Slot, Record)>) {
         let rec = Record::new(tag_of(h), seg, off);
+        if let Some((slot, old)) = hint {
+            if self.table.get(slot) == Some(old) {
+                let hdr = self.header_at(old.seg(), old.off());
+                self.account_remove(old.seg(), &hdr);
+                self.table.set(slot, rec);
+                self.counters.sets += 1;
+                return;
+            }
+        }
         let existing = {
             let this = &*self;
             this.table.find(h, |r| {
@@ -382,11 +440,39 @@ impl ShardInner {
                 self.account_remove(old.seg(), &hdr);
                 self.table.set(slot, rec);
             }
-            None => self.table.insert_new(h, rec),
+            None => self.insert_record(h, rec),
         }
         self.counters.sets += 1;
     }
 
+
+    /// Inserts a record for a key not in the table, doubling the table first if it is full.
+    fn insert_record(&mut self, h: u64, rec: Record) {
+        if self.table.full() {
+            self.grow_table();
+        }
+        self.table.insert_new(h, rec);
+    }
+
+    /// Rebuilds the table at twice the size from the records of the live segments.
+    fn grow_table(&mut self) {
+        let mut t = Table::with_buckets(self.table.bucket_count() * 2);
+        t.succeed(&self.table);
+        for s in 0..self.segs.len() as u32 {
+            if self.segs[s as usize].state != SegState::Live || self.segs[s as usize].live_items == 0 {
+                continue;
+            }
+            for (off, hdr) in self.items_of(s) {
+                let h = hash_key(self.key_at(s, off, &hdr));
+                if let Some((_, rec)) = self.table.find_location(h, s, off) {
+                    t.insert_new(h, rec);
+                }
+            }
+        }
+        debug_assert_eq!(t.len(), self.table.len());
+        self.table = t;
+        self.counters.table_grows += 1;
+    }
 
     /// A storage command (the commit of a reservation).
     #[allow(clippy::too_many_arguments)]
@@ -402,6 +488,7 @@ impl ShardInner {
         cas_in: u64,
     ) -> Result<u64, Error> {
         let existing = self.lookup(key, h, now);
+        let hint = existing.map(|f| (f.slot, f.rec));
         let (seg, off, cas) = match mode {
             Mode::Set | Mode::Add | Mode::Replace | Mode::Cas => {
                 match (mode, &existing) {
@@ -429,14 +516,14 @@ impl ShardInner {
                 self.append_item(now, key, &parts, flags, expiry, None, true)?
             }
         };
-        self.link(key, h, seg, off);
+        self.link(key, h, seg, off, hint);
         Ok(cas)
     }
 
     pub fn delete(&mut self, key: &[u8], h: u64, now: u32) -> bool {
         match self.lookup(key, h, now) {
             Some(f) => {
-                self.unlink(f.slot, f.rec, &f.hdr);
+                self.unlink(f.slot, h, f.rec, &f.hdr);
                 self.counters.deletes += 1;
                 true
             }
@@ -454,7 +541,7 @@ impl ShardInner {
         let value = self.value_copy(&f);
         let (seg, off, _) =
             self.append_item(now, key, &[&value], f.hdr.flags, expiry, Some(f.cas), true)?;
-        self.link(key, h, seg, off);
+        self.link(key, h, seg, off, Some((f.slot, f.rec)));
         self.counters.sets -= 1; // a move, not a client write
         Ok(())
     }
@@ -487,7 +574,7 @@ impl ShardInner {
         }
         let (seg, off, cas) =
             self.append_item(now, key, &[&text], f.hdr.flags, f.hdr.expiry, None, true)?;
-        self.link(key, h, seg, off);
+        self.link(key, h, seg, off, Some((f.slot, f.rec)));
         Ok((new, cas))
     }
 
@@ -501,7 +588,8 @@ impl ShardInner {
             }
             if self.segs.len() < self.cfg.max_segments {
                 self.segs.push(SegMeta::empty());
-                self.mem.push(SegmentMemory::new(self.cfg.segment_bytes));
+                let m = self.arena.segment(self.segs.len() - 1, self.cfg.segment_bytes);
+                self.mem.push(m);
                 return Ok((self.segs.len() - 1) as u32);
             }
             let victim = self.pick_victim().ok_or(Error::OutOfMemory)?;
@@ -511,17 +599,32 @@ impl ShardInner {
         self.free.pop().ok_or(Error::OutOfMemory)
     }
 
+    /// The segment to evict. FIFO: the oldest unpinned one. Merge: the sealed segment with
+    /// the fewest live bytes if that is under half a segment (space held by overwritten and
+    /// deleted items is reclaimed, and all its live items carried forward, before any live
+    /// item has to go); otherwise the oldest, whose coldest items are then dropped.
     fn pick_victim(&self) -> Option<u32> {
-        let mut best: Option<(u64, u32)> = None;
+        let mut oldest: Option<(u64, u32)> = None;
+        let mut emptiest: Option<((u32, u64), u32)> = None;
+        let half = (self.cfg.segment_bytes / 2) as u32;
         for (i, m) in self.segs.iter().enumerate() {
-            if m.state == SegState::Live
-                && self.pins[i].load(Ordering::Relaxed) == 0
-                && best.map_or(true, |(seq, _)| m.seq < seq)
-            {
-                best = Some((m.seq, i as u32));
+            if m.state != SegState::Live || self.pins[i].load(Ordering::Acquire) != 0 {
+                continue;
+            }
+            if oldest.map_or(true, |(seq, _)| m.seq < seq) {
+                oldest = Some((m.seq, i as u32));
+            }
+            let open = self.ttl[m.bucket as usize].open == i as u32;
+            if !open && m.live_bytes < half && emptiest.map_or(true, |(k, _)| (m.live_bytes, m.seq) < k) {
+                emptiest = Some(((m.live_bytes, m.seq), i as u32));
             }
         }
-        best.map(|(_, i)| i)
+        if self.cfg.eviction == Eviction::Merge {
+            if let Some((_, i)) = emptiest {
+                return Some(i);
+            }
+        }
+        oldest.map(|(_, i)| i)
     }
 
     /// Walks the items of a segment: (offset, header).
@@ -546,7 +649,7 @@ impl ShardInner {
         for (off, hdr) in self.items_of(seg) {
             let h = hash_key(self.key_at(seg, off, &hdr));
             if let Some((slot, rec)) = self.table.find_location(h, seg, off) {
-                self.unlink(slot, rec, &hdr);
+                self.unlink(slot, h, rec, &hdr);
                 n += 1;
             }
         }
@@ -592,43 +695,59 @@ impl ShardInner {
     }
 
     fn evict(&mut self, now: u32, seg: u32, merge: bool) {
+        // One pass over the segment finds every linked item (one table probe each); all are
+        // unlinked, and with merge the survivors are copied out first.
+        let mut live: Vec<(u8, u32, ItemHeader, u64, Slot)> = Vec::new();
+        for (off, hdr) in self.items_of(seg) {
+            let h = hash_key(self.key_at(seg, off, &hdr));
+            if let Some((slot, rec)) = self.table.find_location(h, seg, off) {
+                live.push((rec.freq(), off, hdr, h, slot));
+            }
+        }
         type Survivor = (Vec<u8>, Vec<u8>, u32, u32, u64);
         let mut survivors: Vec<Survivor> = Vec::new();
         if merge {
-            let budget = self.cfg.segment_bytes / 4;
+            // Carry live items forward, up to half a segment: all of them when they fit (the
+            // segment is mostly overwritten or deleted space), else only items read since they
+            // were written, the most frequently read first.
+            let budget = self.cfg.segment_bytes / 2;
+            let mut order: Vec<usize> = (0..live.len())
+                .filter(|&i| live[i].2.expiry == 0 || live[i].2.expiry > now)
+                .collect();
+            let total: usize = order.iter().map(|&i| live[i].2.total_len()).sum();
+            if total > budget {
+                // Too many to keep: only items read since written, hottest first.
+                order.retain(|&i| live[i].0 > 0);
+                order.sort_by(|&a, &b| live[b].0.cmp(&live[a].0));
+            }
             let mut kept = 0;
-            for (off, hdr) in self.items_of(seg) {
-                if hdr.expiry != 0 && hdr.expiry <= now {
+            for i in order {
+                let (_, off, hdr, _, _) = live[i];
+                if kept + hdr.total_len() > budget {
                     continue;
                 }
-                if kept + hdr.total_len() > budget {
-                    break;
-                }
-                let key = self.key_at(seg, off, &hdr);
-                let h = hash_key(key);
-                if let Some((_, rec)) = self.table.find_location(h, seg, off) {
-                    if rec.freq() > 0 {
-                        kept += hdr.total_len();
-                        let cas = self.cas_of(seg, off, &hdr);
-                        survivors.push((
-                            key.to_vec(),
-                            self.value_at(seg, off, &hdr).to_vec(),
-                            hdr.flags,
-                            hdr.expiry,
-                            cas,
-                        ));
-                    }
-                }
+                kept += hdr.total_len();
+                let cas = self.cas_of(seg, off, &hdr);
+                survivors.push((
+                    self.key_at(seg, off, &hdr).to_vec(),
+                    self.value_at(seg, off, &hdr).to_vec(),
+                    hdr.flags,
+                    hdr.expiry,
+                    cas,
+                ));
             }
         }
-        let n = self.unlink_all(seg);
+        let n = live.len() as u64;
+        for (_, off, hdr, h, slot) in live {
+            self.unlink(slot, h, Record::new(0, seg, off), &hdr);
+        }
         self.release_segment(seg);
         self.counters.evictions += 1;
         let mut merged = 0;
         for (key, value, flags, expiry, cas) in survivors {
             let h = hash_key(&key);
             if let Ok((s, off, _)) = self.append_item(now, &key, &[&value], flags, expiry, Some(cas), false) {
-                self.table.insert_new(h, Record::new(tag_of(h), s, off));
+                self.insert_record(h, Record::new(tag_of(h), s, off));
                 merged += 1;
             }
         }
@@ -708,7 +827,8 @@ impl ShardInner {
 /// Parses a stored value the way memcached's `safe_strtoull` does on item data (which is
 /// followed by "\r\n"): optional leading whitespace, an optional sign, decimal digits; the
 /// number must be followed by whitespace, a NUL or the end of the value. With no digits at
-/// all, a value starting with whitespace reads as 0 (as in memcached). Out-of-range numbers,
+/// all the value is not a number (strtoull converts nothing; memcached 1.6.18 answers
+/// "non-numeric" for " ", " x" and "\nx", checked against the live server). Out-of-range numbers,
 /// and negative ones (a '-' anywhere when the result has the top bit set), are rejected.
 pub(crate) fn parse_memcached_u64(v: &[u8]) -> Option<u64> {
     if v.is_empty() {
@@ -732,8 +852,9 @@ pub(crate) fn parse_memcached_u64(v: &[u8]) -> Option<u64> {
         i += 1;
     }
     if i == start {
-        // No conversion: strtoull leaves the end pointer at the start of the value.
-        return if is_space(at(0)) { Some(0) } else { None };
+        // No conversion: strtoull leaves the end pointer at the start of the value, and
+        // memcached's safe_strtoull rejects that.
+        return None;
     }
     let c = at(i);
     if !(is_space(c) || c == 0) {
@@ -762,7 +883,9 @@ mod tests {
         assert_eq!(parse_memcached_u64(b"+5"), Some(5));
         assert_eq!(parse_memcached_u64(b"-0"), Some(0));
         assert_eq!(parse_memcached_u64(b"18446744073709551615"), Some(u64::MAX));
-        assert_eq!(parse_memcached_u64(b" "), Some(0));
+        assert_eq!(parse_memcached_u64(b" "), None);
+        assert_eq!(parse_memcached_u64(b" x"), None);
+        assert_eq!(parse_memcached_u64(b"\nx"), None);
         assert_eq!(parse_memcached_u64(b""), None);
         assert_eq!(parse_memcached_u64(b"12a"), None);
         assert_eq!(parse_memcached_u64(b"abc"), None);

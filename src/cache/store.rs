@@ -1,14 +1,15 @@
 //! The cache handle: shards, the clock, flush_all, and the two-phase write and pinned read.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crossbeam_utils::CachePadded;
 use parking_lot::{Mutex, MutexGuard};
 
 use super::clock::Clock;
 use super::item::KEY_MAX;
 use super::memory::pinned_slice;
-use super::shard::{item_size, ShardConfig, ShardInner, RETIRED};
+use super::shard::{item_size, PinTable, ShardConfig, ShardInner, RETIRED};
 use super::table::hash_key;
 use super::{Config, Error, Mode, Stats, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 
@@ -17,13 +18,14 @@ const SHARDS_MAX: usize = 256;
 
 struct Shard {
     inner: Mutex<ShardInner>,
-    pins: Arc<[AtomicU32]>,
+    pins: Arc<PinTable>,
 }
 
 /// A segment-structured cache. One handle may be shared by any number of threads (`Sync`);
 /// every operation takes only the lock of the key's shard, for a short critical section.
 pub struct Cache {
-    shards: Box<[Shard]>,
+    /// Cache-line padded so that neighbouring shards' locks never share a line.
+    shards: Box<[CachePadded<Shard>]>,
     shard_mask: u64,
     clock: Clock,
     cfg: Config,
@@ -40,8 +42,9 @@ pub struct Cache {
 /// may be filled on any thread, across as many network reads as the value needs.
 #[derive(Debug)]
 pub struct Reservation {
-    key: Box<[u8]>,
-    value: Box<[u8]>,
+    /// Key then value, in one allocation.
+    buf: Box<[u8]>,
+    klen: usize,
     filled: usize,
     flags: u32,
     expiry: u32,
@@ -51,7 +54,19 @@ pub struct Reservation {
 impl Reservation {
     /// The full value length declared at reserve time.
     pub fn value_len(&self) -> usize {
-        self.value.len()
+        self.buf.len() - self.klen
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.buf[..self.klen]
+    }
+
+    fn value(&self) -> &[u8] {
+        &self.buf[self.klen..]
+    }
+
+    fn value_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.klen..]
     }
 
     /// Bytes written so far.
@@ -63,10 +78,11 @@ impl Reservation {
     /// is refused whole (`InvalidState`), with nothing written.
     pub fn write(&mut self, piece: &[u8]) -> Result<(), Error> {
         let end = self.filled.checked_add(piece.len()).ok_or(Error::InvalidState)?;
-        if end > self.value.len() {
+        if end > self.value_len() {
             return Err(Error::InvalidState);
         }
-        self.value[self.filled..end].copy_from_slice(piece);
+        let filled = self.filled;
+        self.value_mut()[filled..end].copy_from_slice(piece);
         self.filled = end;
         Ok(())
     }
@@ -74,12 +90,13 @@ impl Reservation {
     /// The not-yet-written tail of the value, to receive bytes in place (e.g. `recv` into it);
     /// follow with [`Reservation::advance`].
     pub fn unfilled(&mut self) -> &mut [u8] {
-        &mut self.value[self.filled..]
+        let filled = self.filled;
+        &mut self.value_mut()[filled..]
     }
 
     /// Marks `n` more bytes of the tail as written; `InvalidState` if beyond the length.
     pub fn advance(&mut self, n: usize) -> Result<(), Error> {
-        if n > self.value.len() - self.filled {
+        if n > self.value_len() - self.filled {
             return Err(Error::InvalidState);
         }
         self.filled += n;
@@ -89,7 +106,7 @@ impl Reservation {
     /// The whole value buffer (for writing in place at any offset; `advance` still decides
     /// what counts as written).
     pub fn value_buffer(&mut self) -> &mut [u8] {
-        &mut self.value
+        self.value_mut()
     }
 }
 
@@ -201,7 +218,8 @@ impl Cache {
     /// memcached's largest relative exptime (30 days).
     pub const EXPTIME_RELATIVE_MAX: i64 = super::clock::EXPTIME_RELATIVE_MAX;
 
-    /// Creates a cache. Segment memory is allocated lazily, up to `heap_bytes`.
+    /// Creates a cache. The segment budget is reserved as address space (no memory is used
+    /// until segments are written); `OutOfMemory` if even that fails.
     pub fn new(cfg: Config) -> Result<Cache, Error> {
         if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&cfg.segment_bytes)
             || cfg.heap_bytes < cfg.segment_bytes
@@ -216,7 +234,11 @@ impl Cache {
         let nshards = if cfg.shards != 0 {
             cfg.shards.min(total_segments.max(1))
         } else {
-            let mut n = 16;
+            // Twice the cores (so two threads rarely meet on a lock), at most 16 (each shard
+            // keeps a partly filled segment per TTL in use, which costs memory), and at least
+            // 8 segments per shard.
+            let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+            let mut n = (2 * cores).next_power_of_two().min(16);
             while n > 1 && total_segments / n < 8 {
                 n /= 2;
             }
@@ -232,24 +254,23 @@ impl Cache {
         }
         let expected = if cfg.expected_items != 0 { cfg.expected_items } else { cfg.heap_bytes / 128 };
         let shard_bits = nshards.trailing_zeros();
-        let shards = (0..nshards)
-            .map(|i| {
-                let pins: Arc<[AtomicU32]> = (0..per_shard).map(|_| AtomicU32::new(0)).collect();
-                let sc = ShardConfig {
-                    segment_bytes: cfg.segment_bytes,
-                    max_segments: per_shard,
-                    item_max: cfg.item_max,
-                    cas: cfg.cas,
-                    eviction: cfg.eviction,
-                    shard_index: i as u32,
-                    shard_bits,
-                };
-                Shard {
-                    inner: Mutex::new(ShardInner::new(sc, expected.div_ceil(nshards), pins.clone())),
-                    pins,
-                }
-            })
-            .collect();
+        let mut shards = Vec::with_capacity(nshards);
+        for i in 0..nshards {
+            let pins = Arc::new(PinTable::new(per_shard));
+            let sc = ShardConfig {
+                segment_bytes: cfg.segment_bytes,
+                max_segments: per_shard,
+                item_max: cfg.item_max,
+                cas: cfg.cas,
+                eviction: cfg.eviction,
+                shard_index: i as u32,
+                shard_bits,
+            };
+            let inner = ShardInner::new(sc, expected.div_ceil(nshards), pins.clone())
+                .map_err(|_| Error::OutOfMemory)?;
+            shards.push(CachePadded::new(Shard { inner: Mutex::new(inner), pins }));
+        }
+        let shards = shards.into_boxed_slice();
         Ok(Cache {
             shards,
             shard_mask: (nshards - 1) as u64,
@@ -316,9 +337,11 @@ impl Cache {
         if item_size(key.len(), value_len) > self.cfg.item_max {
             return Err(Error::TooLarge);
         }
+        let mut buf = vec![0u8; key.len() + value_len].into_boxed_slice();
+        buf[..key.len()].copy_from_slice(key);
         Ok(Reservation {
-            key: key.into(),
-            value: vec![0u8; value_len].into_boxed_slice(),
+            buf,
+            klen: key.len(),
             filled: 0,
             flags,
             expiry,
@@ -334,10 +357,10 @@ impl Cache {
         if res.cache_id != self.id() {
             return Err(Error::InvalidArgument);
         }
-        if res.filled != res.value.len() {
+        if res.filled != res.value_len() {
             return Err(Error::InvalidState);
         }
-        self.store(&res.key, &res.value, res.flags, res.expiry, mode, cas_in)
+        self.store(res.key(), res.value(), res.flags, res.expiry, mode, cas_in)
     }
 
     /// One-call write (reserve, fill and commit in one): returns the new CAS.
@@ -547,13 +570,14 @@ impl Cache {
             st.expirations += c.expirations;
             st.expired_segments += c.expired_segments;
             st.flushes += c.flushes;
+            st.table_grows += c.table_grows;
         }
         st.flushes /= self.shards.len() as u64;
         st.total_bytes = st.segment_bytes_allocated
             + st.hash_bytes
             + meta
             + std::mem::size_of::<Cache>() as u64
-            + (self.shards.len() * std::mem::size_of::<Shard>()) as u64;
+            + (self.shards.len() * std::mem::size_of::<CachePadded<Shard>>()) as u64;
         st.pinned = self.pinned();
         st
     }

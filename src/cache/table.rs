@@ -3,11 +3,12 @@
 //! A record packs `tag:12 | freq:8 | segment:22 | offset:22`. The tag (12 bits of the key's
 //! hash, never 0) filters candidates so the key bytes in the segment are compared only for
 //! likely matches; `freq` counts reads (saturating) for merge eviction. An all-zero slot is
-//! empty. When all 8 slots of a bucket are taken, the last one becomes a link
-//! (tag 0, value = overflow bucket index + 1) to an overflow bucket, whose first slot receives
-//! the displaced record. Overflow buckets are allocated on demand and reused after a flush;
-//! the main bucket array is fixed at creation (sized from the expected item count), so the
-//! table never rehashes and never pauses.
+//! empty. A record goes to its home bucket, or when that is full to the next bucket with a
+//! free slot (linear probing by whole cache lines); a small per-bucket counter of records
+//! probing past it tells a lookup where to stop, exactly, even after deletions. Sized for
+//! the expected item count at 90% fill (about 9.2 bytes per item), it is doubled when fill
+//! would pass 93%: the shard rebuilds it from its segments (a pause proportional to the
+//! shard's items, which a correctly sized table never takes).
 
 /// Hash of a key (a folded-multiply hash written for this store; keys are short).
 pub(crate) fn hash_key(key: &[u8]) -> u64 {
@@ -74,9 +75,6 @@ impl Record {
     pub fn with_freq(self, f: u8) -> Record {
         Record((self.0 & !(0xff << 44)) | (u64::from(f) << 44))
     }
-    fn is_record(v: u64) -> bool {
-        v >> 52 != 0
-    }
 }
 
 #[derive(Clone, Copy, Default)]
@@ -88,35 +86,71 @@ struct Bucket([u64; 8]);
 pub(crate) struct Slot {
     bucket: u32,
     index: u8,
+    /// The table generation the slot belongs to (a rebuild or clear invalidates slots).
+    generation: u32,
 }
+
+/// Largest fill (records / slots) before the table must grow.
+const MAX_LOAD: f64 = 0.93;
+/// Fill the table is sized for at creation.
+const SIZED_LOAD: f64 = 0.90;
 
 pub(crate) struct Table {
     buckets: Vec<Bucket>,
-    main: usize,
-    /// Overflow buckets live in `buckets[main..]`; `overflow_used` of them are linked.
-    overflow_used: usize,
+    /// `passing[b]`: records whose home bucket is before `b` (cyclically) and that are stored
+    /// after it, i.e. whose probe passes `b`. A lookup stops at the first bucket with none.
+    passing: Vec<u16>,
     len: usize,
+    limit: usize,
+    generation: u32,
 }
 
 impl Table {
-    /// A table with enough main buckets for `expected` records at about 7 per bucket.
+    /// A table sized for `expected` records at 90% fill.
     pub fn new(expected: usize) -> Table {
-        let main = (expected / 7).max(1);
-        Table { buckets: vec![Bucket::default(); main], main, overflow_used: 0, len: 0 }
+        Table::with_buckets(((expected as f64 / (8.0 * SIZED_LOAD)).ceil() as usize).max(2))
+    }
+
+    pub fn with_buckets(n: usize) -> Table {
+        Table {
+            buckets: vec![Bucket::default(); n],
+            passing: vec![0; n],
+            len: 0,
+            limit: ((n * 8) as f64 * MAX_LOAD) as usize,
+            generation: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
         self.len
     }
 
-    /// Bytes held by the table (main and overflow buckets allocated).
+    pub fn bucket_count(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// True when one more record would exceed the fill limit: grow first.
+    pub fn full(&self) -> bool {
+        self.len + 1 > self.limit
+    }
+
+    /// Bytes held by the table.
     pub fn bytes(&self) -> usize {
-        self.buckets.capacity() * std::mem::size_of::<Bucket>()
+        self.buckets.capacity() * std::mem::size_of::<Bucket>() + self.passing.capacity() * 2
     }
 
     #[inline]
     fn home(&self, h: u64) -> usize {
-        (((h & 0xffff_ffff) * self.main as u64) >> 32) as usize
+        (((h & 0xffff_ffff) * self.buckets.len() as u64) >> 32) as usize
+    }
+
+    #[inline]
+    fn next(&self, b: usize) -> usize {
+        if b + 1 == self.buckets.len() {
+            0
+        } else {
+            b + 1
+        }
     }
 
     /// Finds the record whose tag matches and for which `is_key(record)` is true.
@@ -128,15 +162,14 @@ impl Table {
             let bucket = &self.buckets[b].0;
             for (i, &v) in bucket.iter().enumerate() {
                 if v >> 52 == tag && is_key(Record(v)) {
-                    return Some((Slot { bucket: b as u32, index: i as u8 }, Record(v)));
+                    let slot = Slot { bucket: b as u32, index: i as u8, generation: self.generation };
+                    return Some((slot, Record(v)));
                 }
             }
-            let last = bucket[7];
-            if last != 0 && !Record::is_record(last) {
-                b = (last - 1) as usize;
-            } else {
+            if self.passing[b] == 0 {
                 return None;
             }
+            b = self.next(b);
         }
     }
 
@@ -145,55 +178,54 @@ impl Table {
         self.find(h, |r| r.seg() == seg && r.off() == off)
     }
 
+    /// The record at `slot`, if the slot is still of this table generation.
+    pub fn get(&self, slot: Slot) -> Option<Record> {
+        (slot.generation == self.generation)
+            .then(|| Record(self.buckets[slot.bucket as usize].0[slot.index as usize]))
+    }
+
+    /// A table whose slots are not confused with those of `old` (for a rebuild).
+    pub fn succeed(&mut self, old: &Table) {
+        self.generation = old.generation.wrapping_add(1);
+    }
+
     pub fn set(&mut self, slot: Slot, r: Record) {
         self.buckets[slot.bucket as usize].0[slot.index as usize] = r.0;
     }
 
-    pub fn remove(&mut self, slot: Slot) {
+    /// Removes the record at `slot`, whose key hashes to `h`.
+    pub fn remove(&mut self, slot: Slot, h: u64) {
         self.buckets[slot.bucket as usize].0[slot.index as usize] = 0;
         self.len -= 1;
+        let mut b = self.home(h);
+        while b != slot.bucket as usize {
+            self.passing[b] -= 1;
+            b = self.next(b);
+        }
     }
 
-    /// Inserts a record for a key known not to be in the table.
+    /// Inserts a record for a key known not to be in the table. The caller grows the table
+    /// first when `full()`.
     pub fn insert_new(&mut self, h: u64, r: Record) {
+        assert!(self.len < self.buckets.len() * 8, "hash table full");
         let mut b = self.home(h);
         loop {
-            let bucket = &mut self.buckets[b].0;
-            if let Some(i) = bucket.iter().position(|&v| v == 0) {
-                bucket[i] = r.0;
+            if let Some(i) = self.buckets[b].0.iter().position(|&v| v == 0) {
+                self.buckets[b].0[i] = r.0;
                 self.len += 1;
                 return;
             }
-            let last = bucket[7];
-            if Record::is_record(last) {
-                // Full and unlinked: move the last record to a new overflow bucket.
-                let nb = self.new_overflow();
-                self.buckets[nb].0[0] = last;
-                self.buckets[nb].0[1] = r.0;
-                self.buckets[b].0[7] = nb as u64 + 1;
-                self.len += 1;
-                return;
-            }
-            b = (last - 1) as usize;
+            self.passing[b] = self.passing[b].checked_add(1).expect("probe counter overflow");
+            b = self.next(b);
         }
     }
 
-    fn new_overflow(&mut self) -> usize {
-        let idx = self.main + self.overflow_used;
-        if idx == self.buckets.len() {
-            self.buckets.push(Bucket::default());
-        }
-        self.overflow_used += 1;
-        idx
-    }
-
-    /// Empties the table; overflow buckets stay allocated for reuse.
+    /// Empties the table.
     pub fn clear(&mut self) {
-        for b in &mut self.buckets {
-            *b = Bucket::default();
-        }
-        self.overflow_used = 0;
+        self.buckets.iter_mut().for_each(|b| *b = Bucket::default());
+        self.passing.iter_mut().for_each(|p| *p = 0);
         self.len = 0;
+        self.generation = self.generation.wrapping_add(1);
     }
 }
 
@@ -208,26 +240,64 @@ mod tests {
     }
 
     #[test]
-    fn overflow_chains_hold_everything() {
-        let mut t = Table::new(7);
-        // 100 records with the same home bucket and tag, told apart by offset.
-        let h = 0x1234_5678_0000_0000u64 | 5;
-        for off in 0..100 {
+    fn probing_holds_everything_and_stops_exactly() {
+        let mut t = Table::with_buckets(4);
+        // 29 records (93% of 32 slots) with the same home bucket and tag, told apart by
+        // offset: they spill over all 4 buckets, wrapping around.
+        let h = 0x1234_5678_0000_0000u64 | 0xc000_0000;
+        for off in 0..29 {
+            assert!(!t.full());
             t.insert_new(h, Record::new(tag_of(h), 1, off));
         }
-        assert_eq!(t.len(), 100);
-        for off in 0..100 {
+        assert_eq!(t.len(), 29);
+        assert!(t.full());
+        for off in 0..29 {
             let (slot, r) = t.find_location(h, 1, off).expect("record lost");
             assert_eq!(r.off(), off);
             if off % 2 == 0 {
-                t.remove(slot);
+                t.remove(slot, h);
             }
         }
-        for off in 0..100 {
+        for off in 0..29 {
             assert_eq!(t.find_location(h, 1, off).is_some(), off % 2 == 1);
         }
+        // Removing everything returns every probe counter to zero.
+        for off in (1..29).step_by(2) {
+            let (slot, _) = t.find_location(h, 1, off).unwrap();
+            t.remove(slot, h);
+        }
+        assert!(t.passing.iter().all(|&p| p == 0));
+        t.insert_new(h, Record::new(tag_of(h), 2, 0));
         t.clear();
         assert_eq!(t.len(), 0);
-        assert!(t.find_location(h, 1, 1).is_none());
+        assert!(t.find_location(h, 2, 0).is_none());
+    }
+}
+
+#[cfg(test)]
+mod distribution {
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn print_bucket_histogram() {
+        let n = 62_500usize;
+        let mut t = Table::new(n);
+        let mut hist = vec![0usize; 64];
+        let mut counts = vec![0usize; t.bucket_count()];
+        for i in 0..n * 16 {
+            let k = format!("key:{:028}", i);
+            let h = hash_key(k.as_bytes());
+            if (h >> 32) & 15 != 0 {
+                continue;
+            }
+            counts[t.home(h)] += 1;
+            t.insert_new(h, Record::new(tag_of(h), 1, (i % 1000) as u32));
+        }
+        for c in &counts {
+            hist[(*c).min(63)] += 1;
+        }
+        println!("buckets {} bytes {} len {}", t.bucket_count(), t.bytes(), t.len());
+        println!("hist {:?}", &hist[..20]);
     }
 }

@@ -15,8 +15,10 @@ use crate::cache::{
 
 /// Eviction policy `P99_CACHE_EVICTION_FIFO`: drop the oldest unpinned segment.
 pub const P99_CACHE_EVICTION_FIFO: u32 = 0;
-/// Eviction policy `P99_CACHE_EVICTION_MERGE` (default): like FIFO, but items read since they
-/// were written are carried forward (up to a quarter of a segment per eviction).
+/// Eviction policy `P99_CACHE_EVICTION_MERGE` (default): evict the segment with the fewest
+/// live bytes if under half full, else the oldest, carrying its live items forward, up to half
+/// a segment per eviction (all of them when they fit, else the items read since they were
+/// written, most frequently read first).
 pub const P99_CACHE_EVICTION_MERGE: u32 = 1;
 
 /// Commit mode: store unconditionally (memcached `set`).
@@ -55,8 +57,8 @@ pub struct p99_cache_config {
     /// Byte budget for item storage (default 64 MiB); never exceeded. The hash table and
     /// segment metadata come on top (see `p99_cache_stats.total_bytes`).
     pub heap_bytes: u64,
-    /// Expected item count, sizes the hash table (7 items per 64-byte bucket, overflow
-    /// buckets beyond). 0 (default) = heap_bytes / 128.
+    /// Expected item count, sizes the hash table (8 records per 64-byte bucket at 90% fill;
+    /// the table doubles, with a pause, past 93%). 0 (default) = heap_bytes / 128.
     pub expected_items: u64,
     /// Largest item: key + value + `P99_CACHE_ITEM_HEADER_MAX` must not exceed it
     /// (memcached's -I; default 1 MiB; at most segment_bytes).
@@ -68,8 +70,8 @@ pub struct p99_cache_config {
     pub manual_clock: bool,
     /// `P99_CACHE_EVICTION_*` (default MERGE).
     pub eviction: u32,
-    /// Shard count, a power of two up to 256; 0 (default) = automatic (up to 16, at least 8
-    /// segments each).
+    /// Shard count, a power of two up to 256; 0 (default) = automatic (twice the CPU count
+    /// rounded up to a power of two, at most 16, at least 8 segments each).
     pub shards: u32,
     /// Start of the manual clock in unix seconds.
     pub manual_clock_start: u32,
@@ -178,6 +180,8 @@ pub struct p99_cache_stats {
     pub segments_retired: u64,
     /// Pins held right now.
     pub pinned: u64,
+    /// Times a shard's hash table was doubled (more items than `expected_items`).
+    pub table_grows: u64,
 }
 
 const PIN_MAGIC: u64 = 0x7039_395f_6361_6368; // "p99_cach"
@@ -456,9 +460,9 @@ pub unsafe extern "C" fn p99_cache_store(
     })
 }
 
-/// Looks up `key` (borrowed until return) and, on OK, fills `*item` with the pinned item;
-/// release it with `p99_cache_item_release`. NOT_FOUND on a miss (`*item` untouched).
-/// INVALID_ARGUMENT for a key of length 0 or > 250. Thread-safe.
+/// Looks up `key` (borrowed until return) and, on OK, fills `*item` (caller-owned) with the
+/// pinned item; release it with `p99_cache_item_release`, from any thread. NOT_FOUND on a
+/// miss (`*item` untouched). INVALID_ARGUMENT for a key of length 0 or > 250. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_get(
     cache: *const p99_cache,
@@ -476,9 +480,11 @@ pub unsafe extern "C" fn p99_cache_get(
     })
 }
 
-/// Sets `key`'s expiry to `expiry` (absolute; 0 = never) and, on OK, fills `*item` with the
-/// pinned item (memcached gat; an expiry already past returns the item this once and it is
-/// gone after). CAS is unchanged. NOT_FOUND on a miss. Thread-safe.
+/// Sets `key`'s expiry to `expiry` (absolute; 0 = never) and, on OK, fills `*item`
+/// (caller-owned) with the pinned item; release it with `p99_cache_item_release` (memcached
+/// gat; an expiry already past returns the item this once and it is gone after). CAS is
+/// unchanged. `key` is borrowed until return. NOT_FOUND on a miss (`*item` untouched).
+/// Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_get_and_touch(
     cache: *const p99_cache,
@@ -545,8 +551,8 @@ pub unsafe extern "C" fn p99_cache_delete(
     })
 }
 
-/// Sets `key`'s expiry (absolute; 0 = never), keeping value, flags and CAS. NOT_FOUND if
-/// absent. Thread-safe.
+/// Sets `key`'s expiry (absolute; 0 = never), keeping value, flags and CAS. `key` is
+/// borrowed until return. NOT_FOUND if absent. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_touch(
     cache: *const p99_cache,
@@ -584,8 +590,9 @@ unsafe fn delta(
     })
 }
 
-/// memcached incr: adds `delta` to the decimal value of `key`, wrapping at 2^64; the new
-/// value goes to `*value_out`, the new CAS to `*cas_out` (optional, may be NULL). A shorter
+/// memcached incr: adds `delta` to the decimal value of `key` (borrowed until return),
+/// wrapping at 2^64; the new value goes to `*value_out`, the new CAS to `*cas_out` (optional,
+/// may be NULL); outputs are written only on OK. A shorter
 /// result is padded with spaces to the old length, a longer one grows the item; flags and
 /// expiry are kept. NOT_FOUND if absent, NON_NUMERIC if the value is not a decimal u64.
 /// Thread-safe.
@@ -693,6 +700,7 @@ fn stats_to_c(s: &Stats) -> p99_cache_stats {
         segments_free: s.segments_free,
         segments_retired: s.segments_retired,
         pinned: s.pinned,
+        table_grows: s.table_grows,
     }
 }
 

@@ -230,16 +230,10 @@ pub unsafe extern "C" fn p99_xdp_umem_alloc(
         let u = unsafe { ref_from(umem) }?;
         // SAFETY: caller contract.
         let count = unsafe { out_ptr(count) }?;
-        if descs.is_null() && max > 0 {
-            return Err(p99_status::NullParameter);
-        }
-        let mut tmp = vec![XdpDesc::default(); max as usize];
-        let n = u.umem.alloc(&mut tmp) as usize;
-        for (i, d) in tmp[..n].iter().enumerate() {
-            // SAFETY: i < max and `descs` has room for max entries (caller contract).
-            unsafe { descs.add(i).write(p99_xdp_desc { addr: d.addr, len: d.len, options: d.options }) };
-        }
-        count.write(n as u32);
+        // SAFETY: caller contract (room for `max` descs).
+        let out = unsafe { desc_slice_mut(descs, max) }?;
+        let n = u.umem.alloc(out);
+        count.write(n);
         Ok(())
     })
 }
@@ -261,7 +255,7 @@ pub unsafe extern "C" fn p99_xdp_umem_release(
         let u = unsafe { ref_from(umem) }?;
         // SAFETY: caller contract.
         let ds = unsafe { desc_slice(descs, count) }?;
-        u.umem.release(&ds).map_err(fail)
+        u.umem.release(ds).map_err(fail)
     })
 }
 
@@ -310,20 +304,35 @@ pub unsafe extern "C" fn p99_xdp_umem_frame_counts(
     })
 }
 
+/// Views `count` C descriptors as the kernel layout (identical fields, size and alignment).
+///
 /// # Safety
-/// `descs` points to `count` descs (may be NULL when `count` is 0).
-unsafe fn desc_slice(descs: *const p99_xdp_desc, count: u32) -> Result<Vec<XdpDesc>, p99_status> {
-    // SAFETY: caller contract; length in bytes of `count` descs.
-    let bytes = unsafe { slice_from(descs.cast(), count as usize * std::mem::size_of::<p99_xdp_desc>()) }?;
-    let mut v = Vec::with_capacity(count as usize);
-    for c in bytes.chunks_exact(16) {
-        v.push(XdpDesc {
-            addr: u64::from_ne_bytes(c[0..8].try_into().unwrap()),
-            len: u32::from_ne_bytes(c[8..12].try_into().unwrap()),
-            options: u32::from_ne_bytes(c[12..16].try_into().unwrap()),
-        });
+/// `descs` points to `count` descs (may be NULL when `count` is 0), not mutated during the call.
+unsafe fn desc_slice<'a>(descs: *const p99_xdp_desc, count: u32) -> Result<&'a [XdpDesc], p99_status> {
+    if count == 0 {
+        return Ok(&[]);
     }
-    Ok(v)
+    if descs.is_null() {
+        return Err(p99_status::NullParameter);
+    }
+    // SAFETY: non-NULL, `count` descs readable (caller contract); p99_xdp_desc and XdpDesc are
+    // both repr(C) {u64, u32, u32} (size checked at compile time above).
+    Ok(unsafe { std::slice::from_raw_parts(descs.cast::<XdpDesc>(), count as usize) })
+}
+
+/// Mutable view of `count` C descriptors.
+///
+/// # Safety
+/// `descs` points to `count` writable descs (may be NULL when `count` is 0), not aliased.
+unsafe fn desc_slice_mut<'a>(descs: *mut p99_xdp_desc, count: u32) -> Result<&'a mut [XdpDesc], p99_status> {
+    if count == 0 {
+        return Ok(&mut []);
+    }
+    if descs.is_null() {
+        return Err(p99_status::NullParameter);
+    }
+    // SAFETY: as in `desc_slice`, and writable/unaliased by the caller's contract.
+    Ok(unsafe { std::slice::from_raw_parts_mut(descs.cast::<XdpDesc>(), count as usize) })
 }
 
 // ------------------------------------------------------------------------------------------
@@ -515,25 +524,10 @@ pub unsafe extern "C" fn p99_xdp_socket_recv(
         let s = unsafe { ref_from(sock) }?;
         // SAFETY: caller contract.
         let count = unsafe { out_ptr(count) }?;
-        if descs.is_null() && max > 0 {
-            return Err(p99_status::NullParameter);
-        }
-        let mut tmp = [XdpDesc::default(); 256];
-        let mut total = 0usize;
-        let mut g = s.sock.lock();
-        while total < max as usize {
-            let want = (max as usize - total).min(tmp.len());
-            let n = g.recv(&mut tmp[..want]) as usize;
-            for (i, d) in tmp[..n].iter().enumerate() {
-                // SAFETY: total + i < max; room for max descs (caller contract).
-                unsafe { descs.add(total + i).write(p99_xdp_desc { addr: d.addr, len: d.len, options: d.options }) };
-            }
-            total += n;
-            if n < want {
-                break;
-            }
-        }
-        count.write(total as u32);
+        // SAFETY: caller contract (room for `max` descs).
+        let out = unsafe { desc_slice_mut(descs, max) }?;
+        let n = s.sock.lock().recv(out);
+        count.write(n);
         Ok(())
     })
 }
@@ -559,7 +553,7 @@ pub unsafe extern "C" fn p99_xdp_socket_send(
         let s = unsafe { ref_from(sock) }?;
         // SAFETY: caller contract.
         let ds = unsafe { desc_slice(descs, count) }?;
-        let n = s.sock.lock().send(&ds).map_err(fail)?;
+        let n = s.sock.lock().send(ds).map_err(fail)?;
         if !queued.is_null() {
             // SAFETY: non-NULL out pointer (caller contract).
             unsafe { queued.write(n) };

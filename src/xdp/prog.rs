@@ -56,7 +56,6 @@ const BPF_K: u8 = 0x00;
 const BPF_X: u8 = 0x08;
 const BPF_ADD: u8 = 0x00;
 const BPF_MOV: u8 = 0xb0;
-const BPF_JA: u8 = 0x00;
 const BPF_JNE: u8 = 0x50;
 const BPF_JGT: u8 = 0x20;
 const BPF_JSET: u8 = 0x40;
@@ -126,8 +125,6 @@ impl Asm {
         self.code
     }
 }
-
-const _: u8 = BPF_JA;
 
 /// The instructions of `kind`, referring to the XSKMAP `map_fd`, returning `miss_action`
 /// when the queue has no socket.

@@ -293,6 +293,10 @@ impl Umem {
     }
 
     /// The bytes of a frame the caller holds, from `addr` for `len` bytes (within the frame).
+    ///
+    /// The borrow ends before the umem is used again, but it is not tied to the socket: do not
+    /// keep the slice across a `Socket::send` or `release` of the same frame (the kernel reads
+    /// a sent frame's bytes while it is in TX).
     pub fn data(&mut self, addr: u64, len: u32) -> Result<&mut [u8]> {
         let p = self.shared.data_ptr(addr, len)?;
         // SAFETY: `data_ptr` checked that the range lies in one frame of our area that the

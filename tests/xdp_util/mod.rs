@@ -24,6 +24,13 @@ pub struct Net {
     pub b: u32,
 }
 
+/// Prints a skip notice straight to stderr (not through the test harness's capture, so it
+/// shows in the output of a passing run).
+pub fn skip_notice(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+}
+
 /// Why namespace tests cannot run here, if they cannot.
 pub fn unavailable() -> Option<String> {
     // SAFETY: plain getter.
@@ -51,7 +58,7 @@ pub fn ip_out(args: &str) -> String {
 /// (after printing why) when the machine cannot run it.
 pub fn with_net<R: Send + 'static>(name: &str, f: impl FnOnce(&Net) -> R + Send + 'static) -> Option<R> {
     if let Some(why) = unavailable() {
-        eprintln!("SKIP {name}: {why}");
+        skip_notice(name, &why);
         return None;
     }
     let h = std::thread::spawn(move || {
@@ -76,7 +83,7 @@ pub fn with_net<R: Send + 'static>(name: &str, f: impl FnOnce(&Net) -> R + Send 
     match h.join() {
         Ok(Ok(r)) => Some(r),
         Ok(Err(why)) => {
-            eprintln!("SKIP {name}: {why}");
+            skip_notice(name, &why);
             None
         }
         Err(p) => std::panic::resume_unwind(p),
@@ -206,4 +213,65 @@ pub fn seq_of(frame: &[u8], payload_len: usize) -> u32 {
     let seq = u32::from_be_bytes(pl[4..8].try_into().unwrap());
     assert_eq!(pl, &payload(seq, payload_len)[..], "payload of packet {seq} corrupted");
     seq
+}
+
+/// Attaches (or with `prog_fd == -1` detaches) a program the legacy way, over rtnetlink
+/// (RTM_SETLINK + IFLA_XDP), as `ip link set dev X xdp...` and libxdp do. Such a program stays
+/// attached after its owner exits; tests use it to play "someone else's program".
+pub fn netlink_set_xdp(ifindex: u32, prog_fd: i32, flags: u32) -> std::io::Result<()> {
+    const RTM_SETLINK: u16 = 19;
+    const IFLA_XDP: u16 = 43 | 0x8000; // NLA_F_NESTED
+    const IFLA_XDP_FD: u16 = 1;
+    const IFLA_XDP_FLAGS: u16 = 3;
+    let mut msg: Vec<u8> = Vec::new();
+    // nlmsghdr (length patched below)
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(&RTM_SETLINK.to_ne_bytes());
+    msg.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    // ifinfomsg
+    msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0]);
+    msg.extend_from_slice(&0u16.to_ne_bytes());
+    msg.extend_from_slice(&(ifindex as i32).to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    // IFLA_XDP { IFLA_XDP_FD, IFLA_XDP_FLAGS }
+    msg.extend_from_slice(&(4u16 + 8 + 8).to_ne_bytes());
+    msg.extend_from_slice(&IFLA_XDP.to_ne_bytes());
+    msg.extend_from_slice(&8u16.to_ne_bytes());
+    msg.extend_from_slice(&IFLA_XDP_FD.to_ne_bytes());
+    msg.extend_from_slice(&prog_fd.to_ne_bytes());
+    msg.extend_from_slice(&8u16.to_ne_bytes());
+    msg.extend_from_slice(&IFLA_XDP_FLAGS.to_ne_bytes());
+    msg.extend_from_slice(&flags.to_ne_bytes());
+    let len = msg.len() as u32;
+    msg[0..4].copy_from_slice(&len.to_ne_bytes());
+    // SAFETY: plain socket/send/recv/close on a netlink socket we own, with valid buffers.
+    unsafe {
+        let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let r = libc::send(fd, msg.as_ptr().cast(), msg.len(), 0);
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            return Err(e);
+        }
+        let mut buf = [0u8; 4096];
+        let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+        libc::close(fd);
+        if n < 20 {
+            return Err(std::io::Error::other("short netlink reply"));
+        }
+        let ty = u16::from_ne_bytes([buf[4], buf[5]]);
+        if ty as i32 == libc::NLMSG_ERROR {
+            let err = i32::from_ne_bytes(buf[16..20].try_into().unwrap());
+            if err != 0 {
+                return Err(std::io::Error::from_raw_os_error(-err));
+            }
+        }
+    }
+    Ok(())
 }
