@@ -472,7 +472,7 @@ impl Worker {
     pub(crate) fn run_timers(&mut self) -> Option<Duration> {
         loop {
             let now = Instant::now();
-            let Some(Reverse((at, id))) = self.timers.peek().copied() else { return None };
+            let Reverse((at, id)) = self.timers.peek().copied()?;
             if at > now {
                 return Some(at - now);
             }

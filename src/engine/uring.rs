@@ -190,7 +190,7 @@ impl Loop {
             }
             return;
         }
-        if !self.accept_armed && self.accept_retry_at.is_none_or(|at| at <= Instant::now()) {
+        if !self.accept_armed && self.accept_retry_at.map_or(true, |at| at <= Instant::now()) {
             self.accept_retry_at = None;
             self.accept_armed = true;
             let e = opcode::AcceptMulti::new(types::Fd(self.listener.as_raw_fd()))
