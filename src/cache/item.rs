@@ -91,7 +91,7 @@ pub(crate) fn encode_header(
     exp_base: u32,
     cas: Option<u64>,
 ) -> usize {
-    debug_assert!(klen >= 1 && klen <= KEY_MAX);
+    debug_assert!((1..=KEY_MAX).contains(&klen));
     let mut bits = (vlen as u64) << 3;
     if flags != 0 {
         bits |= HAS_FLAGS;

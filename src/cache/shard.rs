@@ -252,14 +252,19 @@ impl ShardInner {
 
     /// Finds the live record for `key`; an expired one is unlinked and reported absent.
     pub fn lookup(&mut self, key: &[u8], h: u64, now: u32) -> Option<Found> {
+        let mut matched = None;
         let (slot, rec) = {
             let this = &*self;
             this.table.find(h, |r| {
                 let hdr = this.header_at(r.seg(), r.off());
-                hdr.klen == key.len() && this.key_at(r.seg(), r.off(), &hdr) == key
+                let hit = hdr.klen == key.len() && this.key_at(r.seg(), r.off(), &hdr) == key;
+                if hit {
+                    matched = Some(hdr);
+                }
+                hit
             })?
         };
-        let hdr = self.header_at(rec.seg(), rec.off());
+        let hdr = matched.expect("find matched without a header");
         if hdr.expiry != 0 && hdr.expiry <= now {
             self.unlink(slot, h, rec, &hdr);
             self.counters.expirations += 1;
@@ -314,6 +319,7 @@ impl ShardInner {
 
     /// Appends an item to the open segment of its TTL bucket (opening a new segment, and
     /// evicting if the budget is full). Returns its location and CAS. Does not link it.
+    #[allow(clippy::too_many_arguments)]
     fn append_item(
         &mut self,
         now: u32,

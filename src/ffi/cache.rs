@@ -4,6 +4,10 @@
 //! except `p99_cache_free`. A reservation (`p99_cache_reservation`) and a pinned item
 //! (`p99_cache_item`) are plain caller-owned structs: each may be used by one thread at a time
 //! and may move between threads.
+//!
+//! Safety: the functions are `unsafe extern "C"`; the contract of each is the C contract in
+//! its documentation (pointers NULL or valid for what they describe, lengths that match).
+#![allow(clippy::missing_safety_doc)]
 
 use std::ffi::c_void;
 
