@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use super::item::{decode_header, encode_header, header_len, ItemHeader, HEADER_MAX};
+use super::item::{decode_header, encode_header, header_len, ItemHeader, DEAD_BIT, HEADER_MAX};
 use super::memory::{Arena, SegmentMemory};
 use super::table::{hash_key, tag_of, Record, Slot, Table, OFF_BITS};
 use super::{Error, Eviction, Mode};
@@ -276,10 +276,13 @@ impl ShardInner {
 
     fn unlink(&mut self, slot: Slot, h: u64, rec: Record, hdr: &ItemHeader) {
         self.table.remove(slot, h);
-        self.account_remove(rec.seg(), hdr);
+        self.account_remove(rec.seg(), rec.off(), hdr);
     }
 
-    fn account_remove(&mut self, seg: u32, hdr: &ItemHeader) {
+    /// Accounts for an item that is no longer linked and marks it dead in its header.
+    fn account_remove(&mut self, seg: u32, off: u32, hdr: &ItemHeader) {
+        let first = self.mem[seg as usize].read(off as usize + 1, 1)[0];
+        self.mem[seg as usize].write(off as usize + 1, &[first | DEAD_BIT]);
         let m = &mut self.segs[seg as usize];
         m.live_items -= 1;
         m.live_bytes -= hdr.total_len() as u32;
@@ -424,7 +427,7 @@ impl ShardInner {
         if let Some((slot, old)) = hint {
             if self.table.get(slot) == Some(old) {
                 let hdr = self.header_at(old.seg(), old.off());
-                self.account_remove(old.seg(), &hdr);
+                self.account_remove(old.seg(), old.off(), &hdr);
                 self.table.set(slot, rec);
                 self.counters.sets += 1;
                 return;
@@ -443,7 +446,7 @@ impl ShardInner {
         match existing {
             Some((slot, old)) => {
                 let hdr = self.header_at(old.seg(), old.off());
-                self.account_remove(old.seg(), &hdr);
+                self.account_remove(old.seg(), old.off(), &hdr);
                 self.table.set(slot, rec);
             }
             None => self.insert_record(h, rec),
@@ -633,14 +636,17 @@ impl ShardInner {
         oldest.map(|(_, i)| i)
     }
 
-    /// Walks the items of a segment: (offset, header).
+    /// Walks the items of a segment that are still linked: (offset, header). Dead items
+    /// (replaced, deleted, expired) are skipped by their header bit, without a table probe.
     fn items_of(&self, seg: u32) -> Vec<(u32, ItemHeader)> {
         let mut out = Vec::new();
         let end = self.segs[seg as usize].write_off;
         let mut off = 0;
         while off < end {
             let hdr = self.header_at(seg, off);
-            out.push((off, hdr));
+            if !hdr.dead {
+                out.push((off, hdr));
+            }
             off += hdr.total_len() as u32;
         }
         out
