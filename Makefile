@@ -27,13 +27,13 @@ V_PATCH := $(word 3,$(subst ., ,$(VERSION)))
 SONAME_VERSION := $(if $(filter 0,$(V_MAJOR)),0.$(V_MINOR),$(V_MAJOR))
 CBINDGEN_VERSION := 0.29.0
 
-DEB_PACKAGES := cmake pkg-config clang libclang-dev memcached libmemcached-tools \
+DEB_PACKAGES := build-essential cmake pkg-config clang libclang-dev memcached libmemcached-tools \
 	python3 python3-pymemcache valgrind bpftool iproute2 ethtool binutils iputils-ping
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: all rust stage install c-examples c-tests deps test test-rust test-c test-valgrind test-cache \
-	check-header check-abi test-consumer header clean
+	check-header check-abi test-consumer header clean test-mcserver
 
 all: rust stage c-examples c-tests
 
@@ -109,7 +109,8 @@ header:
 # Module test targets append themselves to TESTS below.
 TESTS := test-rust check-header check-abi test-c test-valgrind test-consumer
 TESTS += test-cache
-TESTS += test-engine
+TESTS += test-mcserver
+TESTS += test-engine test-mcserver-uring
 TESTS += test-xdp
 TESTS += test-bench
 
@@ -122,7 +123,10 @@ test-rust:
 	$(CARGO) test --release --no-fail-fast
 
 check-header:
-	@tmp=$$(mktemp); cbindgen --config cbindgen.toml --output $$tmp 2>/dev/null; \
+	@tmp=$$(mktemp); log=$$(mktemp); \
+	if ! cbindgen --config cbindgen.toml --output $$tmp 2>$$log; then \
+	  cat $$log; rm -f $$tmp $$log; echo "check-header: cbindgen failed"; exit 1; \
+	fi; rm -f $$log; \
 	if ! cmp -s $$tmp include/p99.h; then \
 	  echo "check-header: include/p99.h differs from what src/ffi generates:"; \
 	  diff -u include/p99.h $$tmp | head -40; rm -f $$tmp; \
@@ -146,10 +150,28 @@ test-consumer:
 # not hold every key it loaded).
 test-cache:
 	$(BIN)/cachebench -n 200000 -o 200000 -r 1
+# mcserver: protocol, bad-input, differential (against memcached) and memccapable suites on
+# every build/bin/mcserver-* variant, then again on ASan+UBSan builds of them (a leak, an
+# invalid access or undefined behaviour makes the server exit non-zero, which fails the suite).
+test-mcserver:
+	tests/mcserver/run.sh $(BIN) $(PYTHON)
+	cmake -S c-examples -B $(BUILD)/c-examples-asan -DCMAKE_BUILD_TYPE=Debug -DP99_SANITIZE=ON \
+	    -DCMAKE_PREFIX_PATH=$(STAGE) -DCMAKE_RUNTIME_OUTPUT_DIRECTORY=$(BUILD)/bin-asan >/dev/null
+	cmake --build $(BUILD)/c-examples-asan -j $(JOBS) >/dev/null
+	tests/mcserver/run.sh $(BUILD)/bin-asan $(PYTHON)
 # The engine's tests that need the built programs: the ping servers answer identically.
 .PHONY: test-engine
 test-engine:
 	P99_BIN_DIR=$(BIN) $(CARGO) test --release --test ping_parity -- --ignored
+
+# mcserver on the engine: the protocol suite against every *-uring variant, on io_uring and
+# on the engine's epoll fallback.
+.PHONY: test-mcserver-uring
+test-mcserver-uring:
+	@for b in $(BIN)/mcserver-*-uring; do for be in uring epoll; do \
+	  echo "protocol suite: $$(basename $$b) P99_BACKEND=$$be"; \
+	  (cd tests/mcserver && P99_BACKEND=$$be MCSERVER_BIN=$$b $(PYTHON) -m unittest -q test_protocol) || exit 1; \
+	done; done
 # AF_XDP: the Rust veth suite runs in test-rust; this adds the C responders end to end.
 .PHONY: test-xdp bench-xdp
 test-xdp:

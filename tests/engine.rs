@@ -569,3 +569,33 @@ fn bad_config_is_refused_with_its_reason() {
     let cfg = Config { port, ..config(Backend::Epoll) };
     assert!(Engine::start(cfg, |_| Flood { counters: Arc::new(Counters::default()) }).is_err());
 }
+
+/// A peer that never reads, with a send parked on its full window: stop still finishes after
+/// the drain time, closing it once.
+#[test]
+fn stop_cuts_a_peer_that_never_reads() {
+    let _g = serial();
+    for b in backends() {
+        let before = count_fds();
+        let counters = Arc::new(Counters::default());
+        let c2 = Arc::clone(&counters);
+        let cfg = Config { workers: 1, rx_buf_size: 512, ..config(b) };
+        let e = Engine::start(cfg, move |_| Flood { counters: Arc::clone(&c2) }).unwrap();
+        let mut s = connect(e.port());
+        s.set_nonblocking(true).unwrap();
+        // Enough requests that the answers overflow both socket buffers.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && counters.max_queued.load(Ordering::SeqCst) < 512 * 1024 {
+            let _ = s.write(&[b'r'; 512]);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(counters.max_queued.load(Ordering::SeqCst) >= 512 * 1024, "{b:?}: output never backed up");
+        let t = Instant::now();
+        e.stop(Duration::from_millis(100)).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(5), "{b:?}: stop took {:?}", t.elapsed());
+        assert_eq!(counters.closed.load(Ordering::SeqCst), 1);
+        drop(s);
+        drop(e);
+        assert_eq!(count_fds(), before, "{b:?}: fd leak");
+    }
+}

@@ -22,17 +22,17 @@ static void usage(FILE *f, const char *prog)
 {
 	fprintf(f,
 		"usage: %s [options]\n"
-		"  -p, --port=<num>          TCP port to listen on (default: 11211; 0 = any free port)\n"
-		"  -l, --listen=<addr>       interface to listen on (default: 127.0.0.1)\n"
-		"  -t, --threads=<num>       number of worker threads (default: 4)\n"
-		"  -c, --conn-limit=<num>    max simultaneous connections (default: 1024)\n"
-		"  -m, --memory-limit=<num>  item memory in megabytes (default: 64)\n"
-		"  -I, --max-item-size=<num> largest item, with k/m suffix (default: 1m; 1k..1024m)\n"
-		"  -f, --slab-growth-factor=<num> chunk size growth factor (default: 1.25)\n"
-		"  -C, --disable-cas         disable use of CAS\n"
-		"  -U, --udp-port=<num>      UDP port: only 0 (off) is supported\n"
-		"  -v, --verbose             verbose (repeat for more)\n"
-		"  -h, --help                print this help and exit\n"
+		"  -p <num>                  TCP port to listen on (default: 11211; 0 = any free port)\n"
+		"  -l <addr>                 interface to listen on (default: 127.0.0.1)\n"
+		"  -t <num>                  number of worker threads (default: 4)\n"
+		"  -c <num>                  max simultaneous connections (default: 1024)\n"
+		"  -m <num>                  item memory in megabytes (default: 64)\n"
+		"  -I <num>                  largest item, with k/m suffix (default: 1m; 1k..1024m)\n"
+		"  -f <num>                  chunk size growth factor (default: 1.25)\n"
+		"  -C                        disable use of CAS\n"
+		"  -U <num>                  UDP port: only 0 (off) is supported\n"
+		"  -v                        verbose (repeat for more)\n"
+		"  -h                        print this help and exit\n"
 		"storage module: %s, I/O module: %s\n",
 		prog, storage_name(), io_name());
 }

@@ -214,12 +214,21 @@ static void cmd_get(struct pconn *c, const struct token *tok, size_t n, bool wit
 		ttl = ttl_from_exptime(exptime);
 		first = 2;
 	}
-	/* memcached drops the whole reply when any key is too long, so check them all first */
-	for (size_t i = first; i < n; i++) {
-		if (tok[i].n > STORAGE_KEY_MAX) {
-			reply(c, "CLIENT_ERROR bad command line format\r\n");
-			return;
+	/* A key over the limit makes memcached drop the whole reply, after it has already looked
+	 * up (and for gat, touched) the keys before it: do the same, without sending them. */
+	size_t bad = first;
+	while (bad < n && tok[bad].n <= STORAGE_KEY_MAX)
+		bad++;
+	if (bad < n) {
+		for (size_t i = first; i < bad; i++) {
+			struct storage_view v;
+			int rc = touch ? storage_gat(tok[i].s, tok[i].n, ttl, &v)
+				       : storage_get(tok[i].s, tok[i].n, &v);
+			if (rc == STORAGE_OK)
+				storage_release(v.pin);
 		}
+		reply(c, "CLIENT_ERROR bad command line format\r\n");
+		return;
 	}
 	for (size_t i = first; i < n; i++) {
 		struct storage_view v;

@@ -100,17 +100,19 @@ int main(int argc, char **argv)
 	int sig;
 	sigwait(&set, &sig);
 	p99_engine_stop(e, 500);
-	uint64_t enters = 0, subs = 0, comps = 0;
+	uint64_t enters = 0, subs = 0, comps = 0, bytes_in = 0;
 	for (int i = 0; i < nthreads; i++) {
 		p99_worker_stats s = { .struct_size = sizeof(s) };
 		if (p99_engine_stats(e, (uint32_t)i, &s) == P99_STATUS_OK) {
 			enters += s.enters;
 			subs += s.submissions;
 			comps += s.completions;
+			bytes_in += s.bytes_in;
 		}
 	}
 	p99_engine_free(e);
-	fprintf(stderr, "pingserver-c-p99: stopped (enters %llu, submissions %llu, completions %llu)\n",
-		(unsigned long long)enters, (unsigned long long)subs, (unsigned long long)comps);
+	fprintf(stderr, "pingserver-c-p99: stopped (enters %llu, submissions %llu, completions %llu, bytes_in %llu)\n",
+		(unsigned long long)enters, (unsigned long long)subs, (unsigned long long)comps,
+		(unsigned long long)bytes_in);
 	return 0;
 }

@@ -90,15 +90,14 @@ fn main() {
     // SAFETY: waits on the blocked set built above.
     unsafe { libc::sigwait(&set, &mut sig) };
     let _ = eng.stop(Duration::from_millis(500));
-    let mut enters = 0;
-    let mut subs = 0;
-    let mut comps = 0;
+    let (mut enters, mut subs, mut comps, mut bytes_in) = (0, 0, 0, 0);
     for i in 0..eng.workers() {
         if let Some(s) = eng.stats(i) {
             enters += s.enters;
             subs += s.submissions;
             comps += s.completions;
+            bytes_in += s.bytes_in;
         }
     }
-    eprintln!("pingserver-rs: stopped (enters {enters}, submissions {subs}, completions {comps})");
+    eprintln!("pingserver-rs: stopped (enters {enters}, submissions {subs}, completions {comps}, bytes_in {bytes_in})");
 }

@@ -839,7 +839,8 @@ impl ShardInner {
 /// Parses a stored value the way memcached's `safe_strtoull` does on item data (which is
 /// followed by "\r\n"): optional leading whitespace, an optional sign, decimal digits; the
 /// number must be followed by whitespace, a NUL or the end of the value. With no digits at
-/// all, a value starting with whitespace reads as 0 (as in memcached). Out-of-range numbers,
+/// all the value is not a number (strtoull converts nothing; memcached 1.6.18 answers
+/// "non-numeric" for " ", " x" and "\nx", checked against the live server). Out-of-range numbers,
 /// and negative ones (a '-' anywhere when the result has the top bit set), are rejected.
 pub(crate) fn parse_memcached_u64(v: &[u8]) -> Option<u64> {
     if v.is_empty() {
@@ -863,8 +864,9 @@ pub(crate) fn parse_memcached_u64(v: &[u8]) -> Option<u64> {
         i += 1;
     }
     if i == start {
-        // No conversion: strtoull leaves the end pointer at the start of the value.
-        return if is_space(at(0)) { Some(0) } else { None };
+        // No conversion: strtoull leaves the end pointer at the start of the value, and
+        // memcached's safe_strtoull rejects that.
+        return None;
     }
     let c = at(i);
     if !(is_space(c) || c == 0) {
@@ -893,7 +895,9 @@ mod tests {
         assert_eq!(parse_memcached_u64(b"+5"), Some(5));
         assert_eq!(parse_memcached_u64(b"-0"), Some(0));
         assert_eq!(parse_memcached_u64(b"18446744073709551615"), Some(u64::MAX));
-        assert_eq!(parse_memcached_u64(b" "), Some(0));
+        assert_eq!(parse_memcached_u64(b" "), None);
+        assert_eq!(parse_memcached_u64(b" x"), None);
+        assert_eq!(parse_memcached_u64(b"\nx"), None);
         assert_eq!(parse_memcached_u64(b""), None);
         assert_eq!(parse_memcached_u64(b"12a"), None);
         assert_eq!(parse_memcached_u64(b"abc"), None);

@@ -89,6 +89,7 @@ pub(crate) struct Conn {
     pub send_inflight: bool,
     pub recv_armed: bool,
     pub recv_cancel_sent: bool,
+    pub send_cancel_sent: bool,
     pub paused_user: bool,
     pub paused_hwm: bool,
     pub eof: bool,
@@ -99,6 +100,8 @@ pub(crate) struct Conn {
     pub shut: bool,
     /// Input that arrived after receiving was paused, delivered on resume.
     pub stash: Vec<u8>,
+    /// A sent copy segment's buffer, kept for the next `send` to save an allocation.
+    pub spare: Option<Vec<u8>>,
     pub in_dirty: bool,
     pub epoll_mask: u32,
     /// io_uring: iovecs and header of the send in flight (heap-stable while it runs).
@@ -120,6 +123,7 @@ impl Conn {
             send_inflight: false,
             recv_armed: false,
             recv_cancel_sent: false,
+            send_cancel_sent: false,
             paused_user: false,
             paused_hwm: false,
             eof: false,
@@ -127,6 +131,7 @@ impl Conn {
             abort: false,
             shut: false,
             stash: Vec::new(),
+            spare: None,
             in_dirty: false,
             epoll_mask: 0,
             iov: Vec::new(),
@@ -321,7 +326,7 @@ impl Worker {
         match c.out.back_mut() {
             Some(Segment::Copy(v)) if extendable => v.extend_from_slice(data),
             _ => {
-                let mut v = Vec::with_capacity(data.len().max(256));
+                let mut v = c.spare.take().unwrap_or_else(|| Vec::with_capacity(data.len().max(256)));
                 v.extend_from_slice(data);
                 c.out.push_back(Segment::Copy(v));
             }
@@ -575,7 +580,12 @@ pub(crate) fn sent<H: Handler>(w: &mut Worker, h: &mut H, slot: usize, mut n: us
             if let Some(ck) = seg.cookie() {
                 done.push(ck);
             }
-            c.out.pop_front();
+            if let Some(Segment::Copy(mut v)) = c.out.pop_front() {
+                if v.capacity() <= 64 * 1024 {
+                    v.clear();
+                    c.spare = Some(v);
+                }
+            }
             c.head_off = 0;
         } else {
             c.head_off += n;

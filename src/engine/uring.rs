@@ -243,6 +243,13 @@ impl Loop {
                     c.recv_cancel_sent = true;
                     self.push(opcode::AsyncCancel::new(ud(K_RECV, slot, gen)).build().user_data(ud(K_CANCEL, slot, gen)));
                 }
+                let c = &mut w.conns[slot];
+                if c.send_inflight && c.abort && !c.send_cancel_sent {
+                    // The shutdown above already fails a send parked on a full window; the
+                    // cancel makes sure, since the close waits for that send's CQE.
+                    c.send_cancel_sent = true;
+                    self.push(opcode::AsyncCancel::new(ud(K_SEND, slot, gen)).build().user_data(ud(K_CANCEL, slot, gen)));
+                }
                 let c = &w.conns[slot];
                 if !c.recv_armed && !c.send_inflight {
                     conn::finalize(w, h, slot);
@@ -267,6 +274,18 @@ impl Loop {
                 if c.iov.is_empty() {
                     // Only empty borrowed sends at the head: complete them in order now.
                     conn::sent(w, h, slot, 0);
+                    continue;
+                }
+                if c.iov.len() == 1 {
+                    // One contiguous piece (the common case): a plain send, no msghdr.
+                    let (ptr, len) = (c.iov[0].iov_base as *const u8, c.iov[0].iov_len.min(u32::MAX as usize) as u32);
+                    c.inflight_segs = covered;
+                    c.send_inflight = true;
+                    let e = opcode::Send::new(types::Fd(fd), ptr, len)
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build()
+                        .user_data(ud(K_SEND, slot, gen));
+                    self.push(e);
                     continue;
                 }
                 let msg = c.msg.get_or_insert_with(|| {

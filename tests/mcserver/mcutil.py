@@ -6,6 +6,10 @@ import subprocess
 import time
 
 
+# Prepended to every server command line (e.g. ["taskset", "-c", "0"] to pin servers).
+COMMAND_PREFIX = []
+
+
 def free_port():
     """A TCP port that was free a moment ago (the server start retries if it got taken)."""
     s = socket.socket()
@@ -22,8 +26,8 @@ class Server:
         self.name = name
         for _ in range(20):
             self.port = free_port()
-            self.proc = subprocess.Popen(argv + ["-p", str(self.port), "-l", "127.0.0.1"],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            self.proc = subprocess.Popen(COMMAND_PREFIX + argv + ["-p", str(self.port), "-l", "127.0.0.1"],
+                                         stdout=subprocess.DEVNULL, stderr=None if os.environ.get("MCSERVER_STDERR") else subprocess.DEVNULL)
             if self._wait_ready():
                 return
             self.stop()

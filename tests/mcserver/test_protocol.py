@@ -467,6 +467,77 @@ class Proto(unittest.TestCase):
         mc.close()
 
 
+class Churn(unittest.TestCase):
+    def test_concurrent_churn_keeps_values_intact(self):
+        """4 clients set/get/delete values of many sizes in a store far too small for them, so
+        eviction (and slab page moves) runs while values are pinned by in-flight gets; every
+        value read must be exactly one that was written for that key."""
+        srv = start_mcserver(BIN, "-m", "2", "-t", "4")
+        errors = []
+        hits = [0]
+
+        def payload(key, tag, n):
+            unit = b"%s:%d;" % (key, tag)
+            return (unit * (n // len(unit) + 1))[:n]
+
+        def intact(key, data):
+            """data is a (possibly cut) payload(key, tag, len) for some tag"""
+            head = key + b":"
+            if not data.startswith(head):
+                return False
+            end = data.find(b";")
+            if end < 0:  # cut before the first ';': only the tag's digits may follow
+                return data[len(head):].isdigit() or len(data) == len(head)
+            return data == payload(key, int(data[len(head):end]), len(data))
+
+        def worker(seed):
+            rnd = random.Random(seed)
+            c = Conn(srv.port)
+            deadline = time.time() + 3
+            try:
+                while time.time() < deadline:
+                    key = b"ch%d" % rnd.randrange(300)
+                    op = rnd.random()
+                    if op < 0.4:
+                        n = rnd.choice([10, 100, 900, 2000, 30000, 200000])
+                        v = payload(key, rnd.randrange(10**6), n)
+                        r = c.cmd(b"set %s 0 0 %d\r\n%s\r\n" % (key, n, v))
+                        if r not in (b"STORED\r\n", b"SERVER_ERROR out of memory storing object\r\n"):
+                            errors.append(r)
+                    elif op < 0.9:
+                        keys = [b"ch%d" % rnd.randrange(300) for _ in range(rnd.randint(1, 5))]
+                        c.send(b"get " + b" ".join(keys) + b"\r\n")
+                        while True:
+                            ln = c.line()
+                            if ln == b"END\r\n":
+                                break
+                            k, n = ln.split()[1], int(ln.split()[3])
+                            data = c.exactly(n + 2)[:-2]
+                            hits[0] += 1
+                            if not intact(k, data):
+                                errors.append(b"corrupt value for " + k)
+                    else:
+                        r = c.cmd(b"delete %s\r\n" % key)
+                        if r not in (b"DELETED\r\n", b"NOT_FOUND\r\n"):
+                            errors.append(r)
+            except Exception as e:  # a broken connection is a failure too
+                errors.append(repr(e).encode())
+            finally:
+                c.close()
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            self.assertTrue(srv.alive())
+        finally:
+            self.assertEqual(srv.stop(), 0)
+        self.assertEqual(errors[:5], [])
+        self.assertGreater(hits[0], 100)
+
+
 class NoCas(unittest.TestCase):
     def test_disabled_cas(self):
         srv = start_mcserver(BIN, "-C", "-t", "1")

@@ -241,9 +241,7 @@ pub fn run_thread(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -
         Protocol::Ping | Protocol::Memcache => run_tcp(c, plan, win, shared),
         Protocol::Udp => match c.udp_engine {
             UdpEngine::Kernel => run_udp(c, plan, win, shared),
-            UdpEngine::Xdp => Err("--udp-engine xdp: this build has no AF_XDP sender (libp99's xdp \
-                                   module is not part of it); use --udp-engine kernel"
-                .into()),
+            UdpEngine::Xdp => Err("the AF_XDP sender runs through run::run_once".into()),
         },
     }
 }
@@ -259,7 +257,7 @@ fn run_tcp(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Resul
     let mut gen = Generator::new(c, plan.seed);
     let ks = gen.ks.clone();
     let mut counts = Counts::new();
-    let mut scratch = Vec::new();
+    let mut scratch = workload::Scratch::default();
     let closed = plan.rate <= 0.0;
     let interval = if closed { 0.0 } else { 1e9 / plan.rate };
     let mut sent_sched: u64 = 0; // open loop: requests scheduled so far
@@ -292,8 +290,12 @@ fn run_tcp(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Resul
     let live = |conns: &Vec<Conn>| conns.iter().filter(|c| !c.dead).count();
     loop {
         let now = now_ns();
-        let issuing = now < win.end && !shared.abort.load(Ordering::Relaxed);
-        if !issuing && (inflight_total == 0 || now >= win.drain_end || shared.abort.load(Ordering::Relaxed)) {
+        let abort = shared.abort.load(Ordering::Relaxed);
+        // Open loop: the schedule is done once every request due before the end went out, even
+        // if the thread woke up late (they are sent late and charged from their due time).
+        let sched_left = !closed && !abort && win.start + ((sent_sched as f64 * interval) as u64) < win.end;
+        let issuing = (now < win.end || sched_left) && !abort;
+        if !issuing && (inflight_total == 0 || now >= win.drain_end || abort) {
             break;
         }
         if live(&conns) == 0 {
@@ -564,9 +566,11 @@ fn run_udp(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Resul
     }
     loop {
         let now = now_ns();
-        let issuing = now < win.end && !shared.abort.load(Ordering::Relaxed);
+        let abort = shared.abort.load(Ordering::Relaxed);
+        let sched_left = !closed && !abort && win.start + ((sent_sched as f64 * interval) as u64) < win.end;
+        let issuing = (now < win.end || sched_left) && !abort;
         let inflight: usize = pending.iter().map(|m| m.len()).sum();
-        if !issuing && (inflight == 0 || now >= win.drain_end || shared.abort.load(Ordering::Relaxed)) {
+        if !issuing && (inflight == 0 || now >= win.drain_end || abort) {
             break;
         }
         if issuing && !closed {

@@ -59,6 +59,12 @@ pub struct Config {
     pub udp_payload: usize,
     pub udp_engine: UdpEngine,
     pub udp_timeout: f64,
+    /// AF_XDP sender: the interface, its queue, the next hop's MAC (default: from the neighbour
+    /// table) and the attach mode (auto, native, generic).
+    pub xdp_iface: Option<String>,
+    pub xdp_queue: u32,
+    pub xdp_dst_mac: Option<String>,
+    pub xdp_mode: String,
     pub server_pid: Option<u32>,
     /// The server's core: how busy it was (by anyone) is recorded beside the server's own share.
     pub server_core: Option<usize>,
@@ -93,6 +99,10 @@ impl Default for Config {
             udp_payload: 32,
             udp_engine: UdpEngine::Kernel,
             udp_timeout: 0.5,
+            xdp_iface: None,
+            xdp_queue: 0,
+            xdp_dst_mac: None,
+            xdp_mode: "auto".into(),
             server_pid: None,
             server_core: None,
             cpus: Vec::new(),
@@ -130,6 +140,10 @@ udp:
       --udp-payload N                datagram bytes, at least 12 (default 32)
       --udp-engine kernel|xdp        how the generator sends (default kernel)
       --udp-timeout SECS             an answer later than this counts as lost (default 0.5)
+      --xdp-iface IFACE              AF_XDP sender: the interface to send on (required for xdp)
+      --xdp-queue N                  AF_XDP sender: its queue (default 0)
+      --xdp-dst-mac MAC              AF_XDP sender: next hop MAC (default: neighbour table)
+      --xdp-mode auto|native|generic AF_XDP attach mode (default auto)
 general:
       --server-pid PID               record this process's CPU use during the run
       --server-core N                record how busy that core was (by any process)
@@ -244,6 +258,15 @@ impl Config {
                     }
                 }
                 "--udp-timeout" => c.udp_timeout = num(flag, &take()?)?,
+                "--xdp-iface" => c.xdp_iface = Some(take()?),
+                "--xdp-queue" => c.xdp_queue = num(flag, &take()?)?,
+                "--xdp-dst-mac" => c.xdp_dst_mac = Some(take()?),
+                "--xdp-mode" => {
+                    c.xdp_mode = take()?;
+                    if !["auto", "native", "generic"].contains(&c.xdp_mode.as_str()) {
+                        return Err("--xdp-mode: auto, native or generic".into());
+                    }
+                }
                 "--server-pid" => c.server_pid = Some(num(flag, &take()?)?),
                 "--server-core" => c.server_core = Some(num(flag, &take()?)?),
                 "--cpus" => c.cpus = parse_cpus(&take()?)?,
@@ -302,6 +325,14 @@ impl Config {
         }
         if self.udp_timeout <= 0.0 {
             return bad("--udp-timeout: > 0");
+        }
+        if self.protocol == Protocol::Udp && self.udp_engine == UdpEngine::Xdp {
+            if self.xdp_iface.is_none() {
+                return bad("--udp-engine xdp needs --xdp-iface");
+            }
+            if self.udp_payload < 20 || self.udp_payload > 1400 {
+                return bad("--udp-engine xdp: --udp-payload 20..=1400");
+            }
         }
         if self.slo_p999_us <= 0.0 {
             return bad("--slo-p999-us: > 0");
@@ -366,6 +397,16 @@ impl Config {
                     .into(),
                 );
                 p("--udp-timeout", fmt_f(self.udp_timeout));
+                if self.udp_engine == UdpEngine::Xdp {
+                    if let Some(i) = &self.xdp_iface {
+                        p("--xdp-iface", i.clone());
+                    }
+                    p("--xdp-queue", self.xdp_queue.to_string());
+                    if let Some(m) = &self.xdp_dst_mac {
+                        p("--xdp-dst-mac", m.clone());
+                    }
+                    p("--xdp-mode", self.xdp_mode.clone());
+                }
             }
             Protocol::Ping => {}
         }

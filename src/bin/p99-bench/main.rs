@@ -9,6 +9,7 @@ mod json;
 mod run;
 mod stats;
 mod workload;
+mod xdp_sender;
 
 #[cfg(test)]
 mod tests;

@@ -47,6 +47,17 @@ impl Report {
         let mut o = J::obj();
         o.set("command", self.command.clone());
         o.set("mode", if self.config.rate > 0.0 { "open" } else { "closed" });
+        let xdp = self.config.protocol == Protocol::Udp && self.config.udp_engine == crate::config::UdpEngine::Xdp;
+        o.set(
+            "latency_from",
+            if xdp {
+                "actual send time (AF_XDP sender stamps each datagram when it is queued)"
+            } else if self.config.rate > 0.0 {
+                "intended send time"
+            } else {
+                "send time"
+            },
+        );
         o.set("target_rate", self.config.rate);
         o.set("duration_s", self.config.duration);
         o.set("requests_per_s", self.rps);
@@ -141,6 +152,9 @@ fn progress_enabled(c: &Config) -> bool {
 
 /// Runs the configured load once (open loop when `c.rate > 0`).
 pub fn run_once(c: &Config) -> Result<Report, String> {
+    if c.protocol == Protocol::Udp && c.udp_engine == crate::config::UdpEngine::Xdp {
+        return crate::xdp_sender::run(c);
+    }
     let per_thread = |i: usize| c.connections / c.threads + usize::from(i < c.connections % c.threads);
     let shared = Shared::default();
     // Threads get a moment to connect before the common start.

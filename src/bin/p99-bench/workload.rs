@@ -288,6 +288,15 @@ fn find_crlf(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// Buffers reused from answer to answer, so parsing does not allocate.
+#[derive(Default)]
+pub struct Scratch {
+    value: Vec<u8>,
+    /// Per VALUE block: key start, key end, flags, data start, data length.
+    blocks: Vec<(usize, usize, u32, usize, usize)>,
+    requested: Vec<u64>,
+}
+
 /// A line longer than this without CRLF means the stream is garbage.
 pub const MAX_LINE: usize = 4096;
 
@@ -299,7 +308,7 @@ pub fn parse_answer(
     keys: &mut std::collections::VecDeque<u64>,
     ks: &KeySpace,
     verify: bool,
-    scratch: &mut Vec<u8>,
+    scratch: &mut Scratch,
 ) -> Result<Option<(usize, Outcome)>, String> {
     match kind {
         Kind::Ping => {
@@ -326,12 +335,12 @@ fn parse_get(
     keys: &mut std::collections::VecDeque<u64>,
     ks: &KeySpace,
     verify: bool,
-    scratch: &mut Vec<u8>,
+    scratch: &mut Scratch,
 ) -> Result<Option<(usize, Outcome)>, String> {
     // First pass only checks that the whole answer is here, so `keys` is touched once.
     let mut pos = 0;
-    let mut blocks: Vec<(usize, usize, usize, usize)> = Vec::new(); // key start/end, flags, data start
-    let mut values_len = Vec::new();
+    let Scratch { value: vbuf, blocks, requested } = scratch;
+    blocks.clear();
     let end = loop {
         let Some(e) = find_crlf(&buf[pos..]) else {
             return if buf.len() - pos > MAX_LINE { Err("get: line too long".into()) } else { Ok(None) };
@@ -356,8 +365,7 @@ fn parse_get(
                 return Err("get: value not followed by CRLF".into());
             }
             let kstart = pos + 6;
-            blocks.push((kstart, kstart + key.len(), flags as usize, data));
-            values_len.push(bytes);
+            blocks.push((kstart, kstart + key.len(), flags, data, bytes));
             pos = data + bytes + 2;
             continue;
         }
@@ -374,18 +382,18 @@ fn parse_get(
     };
     // Walk the requested keys in order; a VALUE must name the next requested key (memcached
     // answers in request order), skipped keys are misses.
-    let requested: Vec<u64> = (0..n).filter_map(|_| keys.pop_front()).collect();
+    requested.clear();
+    requested.extend((0..n).filter_map(|_| keys.pop_front()));
     let mut next = 0;
-    for (bi, &(ks0, ks1, flags, data)) in blocks.iter().enumerate() {
+    for &(ks0, ks1, flags, data, len) in blocks.iter() {
         let idx = ks.parse_key(&buf[ks0..ks1]);
         let at = idx.and_then(|i| requested[next..].iter().position(|&r| r == i));
         match (idx, at) {
             (Some(i), Some(off)) => {
                 out.misses += off as u32;
                 next += off + 1;
-                let v = &buf[data..data + values_len[bi]];
-                let good = !verify
-                    || (flags as u32 == KeySpace::flags_for(i) && ks.value_matches(i, v, scratch));
+                let v = &buf[data..data + len];
+                let good = !verify || (flags == KeySpace::flags_for(i) && ks.value_matches(i, v, vbuf));
                 if good {
                     out.hits += 1;
                 } else {
@@ -449,7 +457,7 @@ mod tests {
         let mut buf = value_block(&k, 3, KeySpace::flags_for(3), &good_value(&k, 3));
         buf.extend(value_block(&k, 5, KeySpace::flags_for(5), &good_value(&k, 5)));
         buf.extend_from_slice(b"END\r\n");
-        let mut s = Vec::new();
+        let mut s = Scratch::default();
         // Every prefix is incomplete.
         for cut in 0..buf.len() {
             let mut kk = keys.clone();
@@ -464,7 +472,7 @@ mod tests {
     #[test]
     fn a_wrong_value_is_an_error_never_a_hit() {
         let k = ks();
-        let mut s = Vec::new();
+        let mut s = Scratch::default();
         // Another key's value, a flipped byte, a short value, wrong flags, an unrequested key.
         let mut flipped = good_value(&k, 9);
         flipped[50] ^= 1;
@@ -487,7 +495,7 @@ mod tests {
     #[test]
     fn error_lines_are_errors_and_consume_the_line() {
         let k = ks();
-        let mut s = Vec::new();
+        let mut s = Scratch::default();
         let mut keys: VecDeque<u64> = [1].into();
         let b = b"SERVER_ERROR out of memory\r\nEND\r\n";
         let (used, o) = parse_answer(Kind::Get(1), b, &mut keys, &k, true, &mut s).unwrap().unwrap();

@@ -27,6 +27,8 @@ mod stats;
 mod svg;
 #[path = "../p99-bench/workload.rs"]
 mod workload;
+#[path = "../p99-bench/xdp_sender.rs"]
+mod xdp_sender;
 
 use config::{Config, Protocol};
 use json::J;
@@ -45,9 +47,10 @@ usage: p99-parity [flags]
   --duration SECS          measured time of each run (default 1.5)
   --ramp-secs SECS         length of each redline ramp step (default 0.75)
   --ladder F,F,...         ramp rates as fractions of the variant's median peak
-                           (default 0.5,0.6,0.7,0.8,0.9,1.0)
+                           (default 0.2,0.3,...,1.0; the ramp stops at the first failing step)
   --latency-fraction F     fixed open-loop rate for the latency columns, as a fraction of the
-                           slowest variant's median peak (default 0.5)
+                           slowest variant's median peak (default 0.25: open loop sends one
+                           request per write, which costs a server more than pipelined load)
   --scenarios LIST         any of module,ping,cache,udp (default all)
   --bin-dir DIR            where the servers are (default build/bin)
   --out DIR                results and plots (default build/parity)
@@ -86,8 +89,8 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
         warmup: 0.5,
         duration: 1.5,
         ramp_secs: 0.75,
-        ladder: vec![0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
-        latency_fraction: 0.5,
+        ladder: vec![0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        latency_fraction: 0.25,
         scenarios: ["module", "ping", "cache", "udp"].iter().map(|s| s.to_string()).collect(),
         bin_dir: "build/bin".into(),
         out: "build/parity".into(),
@@ -162,7 +165,7 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
             o.ramp_secs = 0.4;
         }
         if !explicit.contains(&"ladder") {
-            o.ladder = vec![0.5, 0.75, 1.0];
+            o.ladder = vec![0.25, 0.5, 0.75, 1.0];
         }
     }
     for s in &o.scenarios {
@@ -304,6 +307,8 @@ struct VariantRun {
     lats: Vec<Report>,
     ramp: Option<run::RampResult>,
     ladder: Vec<f64>,
+    /// How the server was started (taskset, netns, program, flags).
+    server_command: Option<String>,
 }
 
 impl VariantRun {
@@ -365,6 +370,11 @@ fn workload(o: &Opts, protocol: Protocol, extra: &[String]) -> Result<Config, St
     .collect();
     base.extend(extra.iter().cloned());
     let mut c = Config::parse(&base)?.ok_or("help is not a workload")?;
+    if protocol == Protocol::Udp && !extra.iter().any(|a| a.starts_with("--udp-engine")) {
+        // AF_XDP sender by default, so the generator is not the bottleneck; the interface is
+        // filled in once the veth pair exists (and kernel sockets are used if it cannot run).
+        c.udp_engine = config::UdpEngine::Xdp;
+    }
     c.warmup = o.warmup;
     c.duration = o.duration;
     c.drain = 1.0;
@@ -416,6 +426,7 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
             };
             match started {
                 Ok(s) => {
+                    v.server_command = Some(s.command.clone());
                     v.server = Some(s);
                     break;
                 }
@@ -438,6 +449,35 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
     let runnable: Vec<usize> = (0..sc.variants.len()).filter(|&i| sc.variants[i].problem.is_none()).collect();
     if runnable.is_empty() {
         return;
+    }
+    if let (Protocol::Udp, Some(n)) = (proto, netns) {
+        if sc.workload.udp_engine == config::UdpEngine::Xdp {
+            sc.workload.xdp_iface = Some(n.client_if.clone());
+            sc.workload.xdp_dst_mac = n.server_mac().ok();
+            // A short probe; if the AF_XDP sender cannot run here, fall back to kernel sockets.
+            let mut probe = sc.workload.clone();
+            let s = sc.variants[runnable[0]].server.as_ref().unwrap();
+            probe.server = s.addr.clone();
+            probe.warmup = 0.0;
+            probe.duration = 0.2;
+            let r = std::thread::scope(|sp| {
+                sp.spawn(|| {
+                    n.enter_client()?;
+                    run::run_once(&probe)
+                })
+                .join()
+                .unwrap_or_else(|_| Err("panicked".into()))
+            });
+            match r {
+                Ok(_) => sc.notes.push("generator: AF_XDP sender (p99::xdp) on the client veth".into()),
+                Err(e) => {
+                    sc.notes.push(format!("AF_XDP sender could not run ({e}); kernel UDP sockets used instead"));
+                    sc.workload.udp_engine = config::UdpEngine::Kernel;
+                }
+            }
+        } else {
+            sc.notes.push("generator: kernel UDP sockets".into());
+        }
     }
     let run_in_ns = |c: &Config| -> Result<Report, String> {
         match netns {
@@ -662,11 +702,14 @@ fn print_table(sc: &Scenario) {
         }
     }
     if sc.variants.iter().any(|v| !v.peaks.is_empty()) {
+        let xdp = w.protocol == Protocol::Udp && w.udp_engine == config::UdpEngine::Xdp;
         println!(
             "   req/s: median of closed-loop rounds. srv%: server process CPU, share of one core; core%: how busy\n   \
              its core was by any process; gen%: generator CPU. A peak is the server's only at srv% >= 95.\n   \
-             Latency: open loop at the fixed rate above, from intended send times, rounds merged.\n   \
-             Redline: highest ramp rate with p99.9 < 1 ms and no errors (ramp at fractions of each peak)."
+             Latency: open loop at the fixed rate above, {}, rounds merged.\n   \
+             Redline: highest ramp rate with p99.9 < 1 ms and no errors (ramp at fractions of each peak).{}",
+            if xdp { "from the moment each datagram was queued (AF_XDP sender)" } else { "from intended send times" },
+            if w.protocol == Protocol::Udp { "\n   errors: datagrams without an answer (lost) plus wrong answers." } else { "" }
         );
     }
     for n in &sc.notes {
@@ -699,6 +742,7 @@ fn scenario_json(sc: &Scenario) -> J {
         );
         j.set("program", v.spec.program.as_ref().ok().map(|p| p.display().to_string()));
         j.set("problem", v.problem.clone());
+        j.set("server_command", v.server_command.clone());
         let peak = v.median_peak();
         j.set("median_requests_per_s", peak);
         j.set("ratio_to_baseline", ratio(peak, base_peak));
@@ -922,8 +966,8 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
             match netns::VethPair::create() {
                 Ok(pair) => {
                     sc.notes.push(format!(
-                        "server in netns {} ({} {}), generator in {} (kernel UDP sockets; the AF_XDP sender is not in this build)",
-                        pair.server_ns, pair.server_if, pair.server_ip, pair.client_ns
+                        "server in netns {} ({} {}), generator in {} ({} {})",
+                        pair.server_ns, pair.server_if, pair.server_ip, pair.client_ns, pair.client_if, pair.client_ip
                     ));
                     run_scenario(o, &mut sc, Some(&pair));
                 }
@@ -961,7 +1005,7 @@ fn new_scenario(key: &'static str, title: &str, workload: Config, specs: Vec<Spe
         workload,
         variants: specs
             .into_iter()
-            .map(|spec| VariantRun { spec, server: None, problem: None, peaks: Vec::new(), lats: Vec::new(), ramp: None, ladder: Vec::new() })
+            .map(|spec| VariantRun { spec, server: None, problem: None, peaks: Vec::new(), lats: Vec::new(), ramp: None, ladder: Vec::new(), server_command: None })
             .collect(),
         latency_rate: None,
         notes: Vec::new(),

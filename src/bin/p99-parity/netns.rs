@@ -49,6 +49,20 @@ impl VethPair {
         Ok(pair)
     }
 
+    /// The MAC address of the server's end (the AF_XDP sender's next hop).
+    pub fn server_mac(&self) -> Result<String, String> {
+        let out = Command::new("ip")
+            .args(["-n", &self.server_ns, "-o", "link", "show", "dev", &self.server_if])
+            .output()
+            .map_err(|e| format!("ip: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .map(String::from)
+            .ok_or_else(|| format!("no MAC for {}", self.server_if))
+    }
+
     /// Moves the calling thread into the client namespace (threads it spawns inherit it).
     pub fn enter_client(&self) -> Result<(), String> {
         let path = format!("/var/run/netns/{}", self.client_ns);

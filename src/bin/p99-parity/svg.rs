@@ -119,8 +119,8 @@ pub struct Bar {
 /// Horizontal bars of requests/s (median), whiskers from the slowest to the fastest round.
 pub fn throughput_bars(title: &str, subtitle: &str, bars: &[Bar]) -> String {
     let row = 34.0;
-    let (l, r, t) = (200.0, 260.0, 60.0);
-    let w = 900.0;
+    let (l, r, t) = (200.0, 340.0, 60.0);
+    let w = 1000.0;
     let pw = w - l - r;
     let h = t + bars.len() as f64 * row + 40.0;
     let top = bars.iter().filter_map(|b| b.value.map(|v| v.max(b.max))).fold(0.0, f64::max).max(1.0);

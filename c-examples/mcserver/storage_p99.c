@@ -1,0 +1,245 @@
+/*
+ * storage_p99.c - storage.h on libp99's p99_cache (segment-structured store, Segcache
+ * design). A thin adapter: the cache already has the two-phase write, pinned reads and
+ * memcached's incr/decr/flush_all semantics; this file maps names, statuses and times.
+ *
+ * p99_cache's reservation and item are caller-owned structs that must not be copied, while
+ * storage.h hands out opaque pointers, so each reservation and pin lives in a small heap
+ * block owned by the caller until commit/cancel/release.
+ */
+#include "storage.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <p99.h>
+
+struct storage_reservation {
+	p99_cache_reservation r;
+};
+
+struct storage_pin {
+	p99_cache_item item;
+};
+
+static p99_cache *cache;
+static size_t mem_limit;
+
+const char *storage_name(void) { return "p99"; }
+
+int storage_setup(const struct storage_options *opts, char *err, size_t errlen)
+{
+	p99_cache_config cfg;
+	p99_cache_config_defaults(&cfg);
+	cfg.heap_bytes = opts->mem_limit;
+	cfg.item_max = (uint32_t)opts->item_max;
+	if (opts->item_max > cfg.segment_bytes)
+		cfg.segment_bytes = (uint32_t)opts->item_max; /* an item must fit a segment */
+	cfg.cas = opts->cas_enabled;
+	mem_limit = opts->mem_limit;
+	p99_status st = p99_cache_new(&cfg, &cache);
+	if (st != P99_STATUS_OK) {
+		snprintf(err, errlen, "p99_cache_new: %s (-m %zu MiB, -I %zu)", p99_status_str(st),
+			 opts->mem_limit >> 20, opts->item_max);
+		return -1;
+	}
+	return 0;
+}
+
+void storage_teardown(void)
+{
+	p99_cache_free(cache);
+	cache = NULL;
+}
+
+/* storage.h's relative ttl as the cache's absolute expiry. */
+static uint32_t expiry_from_ttl(int64_t ttl)
+{
+	if (ttl == 0)
+		return 0;
+	if (ttl < 0)
+		return 1; /* a nonzero time in the past: already expired */
+	uint64_t e = (uint64_t)p99_cache_now(cache) + (uint64_t)ttl;
+	return e > UINT32_MAX ? UINT32_MAX : (uint32_t)e;
+}
+
+static int map_status(p99_status st)
+{
+	switch (st) {
+	case P99_STATUS_OK: return STORAGE_OK;
+	case P99_STATUS_NOT_FOUND: return STORAGE_NOT_FOUND;
+	case P99_STATUS_EXISTS: return STORAGE_EXISTS;
+	case P99_STATUS_NOT_STORED: return STORAGE_NOT_STORED;
+	case P99_STATUS_TOO_LARGE: return STORAGE_TOO_LARGE;
+	case P99_STATUS_OUT_OF_MEMORY: return STORAGE_NO_MEMORY;
+	case P99_STATUS_NON_NUMERIC: return STORAGE_NON_NUMERIC;
+	default: return STORAGE_INVALID;
+	}
+}
+
+int storage_reserve(const void *key, size_t nkey, uint32_t flags, int64_t ttl, size_t vlen,
+		    struct storage_reservation **out)
+{
+	if (!out)
+		return STORAGE_INVALID;
+	struct storage_reservation *res = malloc(sizeof(*res));
+	if (!res)
+		return STORAGE_NO_MEMORY;
+	p99_status st = p99_cache_reserve(cache, key, nkey, vlen, flags, expiry_from_ttl(ttl),
+					  &res->r);
+	if (st != P99_STATUS_OK) {
+		free(res);
+		return map_status(st);
+	}
+	*out = res;
+	return STORAGE_OK;
+}
+
+int storage_fill(struct storage_reservation *res, const void *data, size_t len)
+{
+	if (!res)
+		return STORAGE_INVALID;
+	return p99_cache_reservation_write(&res->r, data, len) == P99_STATUS_OK ? STORAGE_OK
+										 : STORAGE_INVALID;
+}
+
+void storage_cancel(struct storage_reservation *res)
+{
+	if (!res)
+		return;
+	p99_cache_cancel(&res->r);
+	free(res);
+}
+
+int storage_commit(struct storage_reservation *res, enum storage_op op, uint64_t cas,
+		   uint64_t *cas_out)
+{
+	static const uint32_t modes[] = {
+		[STORAGE_SET] = P99_CACHE_MODE_SET,         [STORAGE_ADD] = P99_CACHE_MODE_ADD,
+		[STORAGE_REPLACE] = P99_CACHE_MODE_REPLACE, [STORAGE_APPEND] = P99_CACHE_MODE_APPEND,
+		[STORAGE_PREPEND] = P99_CACHE_MODE_PREPEND, [STORAGE_CAS] = P99_CACHE_MODE_CAS,
+	};
+	if (!res)
+		return STORAGE_INVALID;
+	if ((unsigned)op >= sizeof(modes) / sizeof(modes[0])) {
+		storage_cancel(res);
+		return STORAGE_INVALID;
+	}
+	uint64_t new_cas = 0;
+	p99_status st = p99_cache_commit(cache, &res->r, modes[op], cas, &new_cas);
+	if (res->r.state) /* not consumed (should not happen): never leak the buffer */
+		p99_cache_cancel(&res->r);
+	free(res);
+	if (st == P99_STATUS_OK) {
+		if (cas_out)
+			*cas_out = new_cas;
+		return STORAGE_STORED;
+	}
+	return map_status(st);
+}
+
+static int pin_view(p99_status st, struct storage_pin *pin, struct storage_view *out)
+{
+	if (st != P99_STATUS_OK) {
+		free(pin);
+		return st == P99_STATUS_NOT_FOUND ? STORAGE_NOT_FOUND : map_status(st);
+	}
+	out->value = pin->item.value;
+	out->len = pin->item.value_len;
+	out->flags = pin->item.flags;
+	out->cas = pin->item.cas;
+	out->pin = pin;
+	return STORAGE_OK;
+}
+
+int storage_get(const void *key, size_t nkey, struct storage_view *out)
+{
+	if (!out)
+		return STORAGE_INVALID;
+	struct storage_pin *pin = malloc(sizeof(*pin));
+	if (!pin)
+		return STORAGE_NO_MEMORY;
+	return pin_view(p99_cache_get(cache, key, nkey, &pin->item), pin, out);
+}
+
+int storage_gat(const void *key, size_t nkey, int64_t ttl, struct storage_view *out)
+{
+	if (!out)
+		return STORAGE_INVALID;
+	struct storage_pin *pin = malloc(sizeof(*pin));
+	if (!pin)
+		return STORAGE_NO_MEMORY;
+	return pin_view(p99_cache_get_and_touch(cache, key, nkey, expiry_from_ttl(ttl), &pin->item),
+			pin, out);
+}
+
+void storage_release(struct storage_pin *pin)
+{
+	if (!pin)
+		return;
+	p99_cache_item_release(cache, &pin->item);
+	free(pin);
+}
+
+int storage_delete(const void *key, size_t nkey)
+{
+	p99_status st = p99_cache_delete(cache, key, nkey);
+	return st == P99_STATUS_OK ? STORAGE_DELETED : STORAGE_NOT_FOUND;
+}
+
+int storage_touch(const void *key, size_t nkey, int64_t ttl)
+{
+	p99_status st = p99_cache_touch(cache, key, nkey, expiry_from_ttl(ttl));
+	return st == P99_STATUS_OK ? STORAGE_OK : STORAGE_NOT_FOUND;
+}
+
+int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64_t *result)
+{
+	uint64_t v;
+	p99_status st = incr ? p99_cache_incr(cache, key, nkey, delta, &v, NULL)
+			     : p99_cache_decr(cache, key, nkey, delta, &v, NULL);
+	if (st != P99_STATUS_OK)
+		return map_status(st);
+	*result = v;
+	return STORAGE_OK;
+}
+
+int storage_flush(uint32_t delay)
+{
+	return map_status(p99_cache_flush_all(cache, delay));
+}
+
+static void stat_u64(storage_stat_fn fn, void *ctx, const char *name, uint64_t v)
+{
+	char buf[32];
+	snprintf(buf, sizeof(buf), "%" PRIu64, v);
+	fn(ctx, name, buf);
+}
+
+void storage_stats(storage_stat_fn fn, void *ctx)
+{
+	p99_cache_stats s = {.struct_size = sizeof(s)};
+	if (p99_cache_get_stats(cache, &s) != P99_STATUS_OK)
+		return;
+	stat_u64(fn, ctx, "curr_items", s.items);
+	stat_u64(fn, ctx, "total_items", s.sets);
+	stat_u64(fn, ctx, "bytes", s.item_bytes);
+	stat_u64(fn, ctx, "evictions", s.evicted_items);
+	stat_u64(fn, ctx, "reclaimed", s.expirations);
+	stat_u64(fn, ctx, "limit_maxbytes", mem_limit);
+	stat_u64(fn, ctx, "p99_shards", s.shards);
+	stat_u64(fn, ctx, "p99_key_value_bytes", s.key_value_bytes);
+	stat_u64(fn, ctx, "p99_total_bytes", s.total_bytes);
+	stat_u64(fn, ctx, "p99_segment_bytes_allocated", s.segment_bytes_allocated);
+	stat_u64(fn, ctx, "p99_hash_bytes", s.hash_bytes);
+	stat_u64(fn, ctx, "p99_segments_total", s.segments_total);
+	stat_u64(fn, ctx, "p99_segments_used", s.segments_used);
+	stat_u64(fn, ctx, "p99_segments_free", s.segments_free);
+	stat_u64(fn, ctx, "p99_segments_retired", s.segments_retired);
+	stat_u64(fn, ctx, "p99_segment_evictions", s.evictions);
+	stat_u64(fn, ctx, "p99_merged_items", s.merged_items);
+	stat_u64(fn, ctx, "p99_expired_segments", s.expired_segments);
+	stat_u64(fn, ctx, "p99_flushes", s.flushes);
+	stat_u64(fn, ctx, "p99_pinned", s.pinned);
+}

@@ -1,0 +1,145 @@
+//! UDP ping through AF_XDP (libp99's xdp module, `p99::xdp::load`), so the generator skips the
+//! kernel's UDP stack and is not the bottleneck. Closed loop = at most connections x pipeline
+//! pings without a reply; open loop = fixed rate. Its round-trip times run from the moment each
+//! datagram was queued (the sender's stamp), not from an intended schedule; the report says so.
+
+use crate::config::Config;
+use crate::run::Report;
+use crate::stats::{CoreMeter, Counts, CpuMeter};
+use p99::xdp::load::{run_ping_load, PingLoadConfig};
+use p99::xdp::{sys, AttachMode};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let v: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().ok()?;
+    v.try_into().ok()
+}
+
+/// The interface's MAC. Asked of `ip` (a child process, so it sees this thread's network
+/// namespace; /sys/class/net shows the namespace sysfs was mounted in).
+fn iface_mac(iface: &str) -> Result<[u8; 6], String> {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "link", "show", "dev", iface])
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .and_then(parse_mac)
+        .ok_or_else(|| format!("no MAC address for {iface}"))
+}
+
+fn iface_ipv4(iface: &str) -> Result<[u8; 4], String> {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", iface])
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let cidr = text.split_whitespace().skip_while(|w| *w != "inet").nth(1).ok_or(format!("{iface} has no IPv4 address"))?;
+    let ip: std::net::Ipv4Addr = cidr.split('/').next().unwrap_or("").parse().map_err(|_| format!("bad address {cidr}"))?;
+    Ok(ip.octets())
+}
+
+/// The next hop's MAC from the neighbour table, after one kernel datagram made sure it is there.
+fn neighbour_mac(iface: &str, dst: SocketAddr) -> Result<[u8; 6], String> {
+    if let Ok(s) = std::net::UdpSocket::bind("0.0.0.0:0") {
+        let _ = s.send_to(b"PING", dst);
+        let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+        let mut b = [0u8; 64];
+        let _ = s.recv(&mut b);
+    }
+    let out = std::process::Command::new("ip")
+        .args(["neigh", "show", &dst.ip().to_string(), "dev", iface])
+        .output()
+        .map_err(|e| format!("ip neigh: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .and_then(parse_mac)
+        .ok_or_else(|| format!("no neighbour entry for {} on {iface}; give --xdp-dst-mac", dst.ip()))
+}
+
+pub fn run(c: &Config) -> Result<Report, String> {
+    let iface = c.xdp_iface.as_deref().ok_or("--xdp-iface missing")?;
+    let dst = crate::client::resolve(&c.server)?;
+    let SocketAddr::V4(dst4) = dst else { return Err("the AF_XDP sender speaks IPv4 only".into()) };
+    let ifindex = sys::ifindex(iface).map_err(|e| format!("{iface}: {e}"))?;
+    let dst_mac = match &c.xdp_dst_mac {
+        Some(m) => parse_mac(m).ok_or_else(|| format!("--xdp-dst-mac: bad MAC '{m}'"))?,
+        None => neighbour_mac(iface, dst)?,
+    };
+    let attach = match c.xdp_mode.as_str() {
+        "native" => AttachMode::Native,
+        "generic" => AttachMode::Generic,
+        _ => AttachMode::Auto,
+    };
+    let mk = |secs: f64| PingLoadConfig {
+        ifindex,
+        queue: c.xdp_queue,
+        attach,
+        src_mac: [0; 6],
+        dst_mac,
+        src_ip: [0; 4],
+        dst_ip: dst4.ip().octets(),
+        src_port: 40_000 + (std::process::id() % 20_000) as u16,
+        dst_port: dst4.port(),
+        payload_len: c.udp_payload,
+        rate: c.rate as u64,
+        duration: Duration::from_secs_f64(secs),
+        max_outstanding: if c.rate > 0.0 { 0 } else { (c.connections * c.pipeline) as u64 },
+        drain: Duration::from_secs_f64(c.drain.min(c.udp_timeout)),
+    };
+    let src_mac = iface_mac(iface)?;
+    let src_ip = iface_ipv4(iface)?;
+    let fill = |mut p: PingLoadConfig| {
+        p.src_mac = src_mac;
+        p.src_ip = src_ip;
+        p
+    };
+    if c.warmup > 0.0 {
+        run_ping_load(&fill(mk(c.warmup))).map_err(|e| format!("AF_XDP sender: {e}"))?;
+    }
+    let cfg = fill(mk(c.duration));
+    let (report, cpu) = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            if let Some(cpu) = c.cpus.first() {
+                // SAFETY: cpu_set_t is plain data; sched_setaffinity(0) pins this thread only.
+                unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(*cpu, &mut set);
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                }
+            }
+            run_ping_load(&cfg)
+        });
+        let server = c.server_pid.map(CpuMeter::start);
+        let gen = CpuMeter::start(std::process::id());
+        let core = c.server_core.map(CoreMeter::start);
+        std::thread::sleep(Duration::from_secs_f64(c.duration));
+        let cpu = (server.and_then(|m| m.percent()), gen.percent(), core.and_then(|m| m.percent()));
+        (h.join().map_err(|_| "AF_XDP sender panicked".to_string()), cpu)
+    });
+    let r = report?.map_err(|e| format!("AF_XDP sender: {e}"))?;
+    let mut counts = Counts::new();
+    for v in r.rtt_ns.iter_recorded() {
+        let ns = v.value_iterated_to().clamp(1, crate::stats::MAX_NS);
+        counts.hist.record_n(ns, v.count_at_value()).map_err(|e| format!("histogram: {e}"))?;
+    }
+    counts.issued = r.sent;
+    counts.completed = r.received;
+    counts.unanswered = r.sent.saturating_sub(r.received);
+    counts.errors = r.foreign;
+    let secs = r.send_elapsed.as_secs_f64().max(1e-9);
+    Ok(Report {
+        config: c.clone(),
+        counts,
+        rps: r.received as f64 / secs,
+        server_cpu_pct: cpu.0,
+        generator_cpu_pct: cpu.1,
+        server_core_busy_pct: cpu.2,
+        command: c.command_line(),
+    })
+}
