@@ -1294,6 +1294,7 @@ struct p99_xdp_umem_config p99_xdp_umem_config_defaults(void);
  * defaults; it is borrowed until return. On success `*out` receives the umem, which the
  * caller frees with `p99_xdp_umem_free`. Needs CAP_NET_RAW (PERMISSION_DENIED otherwise);
  * INVALID_ARGUMENT for a bad frame size, count, headroom or ring size.
+ * Thread-safe.
  *
  * # Safety
  * `config`, if non-NULL, points to a `p99_xdp_umem_config` whose `struct_size` is set;
@@ -1304,6 +1305,7 @@ p99_status p99_xdp_umem_create(const struct p99_xdp_umem_config *config, struct 
 /**
  * Frees a umem handle (NULL is a no-op). The memory and the kernel socket stay alive until
  * the socket bound on this umem (if any) is freed too. Consumes `umem`.
+ * Must not run concurrently with any other call on `umem`.
  *
  * # Safety
  * `umem` is NULL or a live handle from `p99_xdp_umem_create`, not used again.
@@ -1312,7 +1314,8 @@ void p99_xdp_umem_free(struct p99_xdp_umem *umem);
 
 /**
  * Moves up to `max` free frames to the FILL ring so the kernel can receive into them;
- * `*filled` (may be NULL) receives the count. Thread-safe (serialised).
+ * `*filled` (may be NULL) receives the count.
+ * Thread-safe: calls on one umem and its socket are serialised internally.
  *
  * # Safety
  * `umem` is a live handle; `filled` NULL or writable.
@@ -1321,7 +1324,8 @@ p99_status p99_xdp_umem_fill(const struct p99_xdp_umem *umem, uint32_t max, uint
 
 /**
  * Reaps TX completions: transmitted frames go back to the free pool. `*reaped` (may be NULL)
- * receives the count. Thread-safe (serialised).
+ * receives the count.
+ * Thread-safe: calls on one umem and its socket are serialised internally.
  *
  * # Safety
  * `umem` is a live handle; `reaped` NULL or writable.
@@ -1332,6 +1336,7 @@ p99_status p99_xdp_umem_reap(const struct p99_xdp_umem *umem, uint32_t *reaped);
  * Takes up to `max` free frames for the caller to build packets in: `descs[i].addr` is each
  * frame's start, `len` 0. `*count` receives how many (0 when none is free). The frames are
  * held by the caller until sent or released. `descs` is borrowed until return.
+ * Thread-safe: calls on one umem and its socket are serialised internally.
  *
  * # Safety
  * `umem` is a live handle; `descs` has room for `max` descs; `count` is writable.
@@ -1345,6 +1350,7 @@ p99_status p99_xdp_umem_alloc(const struct p99_xdp_umem *umem,
  * Gives frames the caller holds back to the free pool (e.g. received packets not answered).
  * All-or-nothing: INVALID_ARGUMENT, and nothing changes, if any address is outside the umem,
  * not held by the caller, or listed twice. `descs` is borrowed until return.
+ * Thread-safe: calls on one umem and its socket are serialised internally.
  *
  * # Safety
  * `umem` is a live handle; `descs` points to `count` descs.
@@ -1357,6 +1363,7 @@ p99_status p99_xdp_umem_release(const struct p99_xdp_umem *umem,
  * Sets `*data` to the bytes at `addr` of a frame the caller holds, checking that
  * `addr + len` stays inside that frame (INVALID_ARGUMENT otherwise, also when the frame is
  * not held). The pointer stays valid while the caller holds the frame and the umem lives.
+ * Thread-safe: calls on one umem and its socket are serialised internally.
  *
  * # Safety
  * `umem` is a live handle; `data` is writable.
@@ -1368,7 +1375,8 @@ p99_status p99_xdp_umem_data(const struct p99_xdp_umem *umem,
 
 /**
  * Writes the number of frames in each state to `*counts` (free + in_fill + held + in_tx ==
- * frame_count). Thread-safe (serialised).
+ * frame_count).
+ * Thread-safe: calls on one umem and its socket are serialised internally.
  *
  * # Safety
  * `umem` is a live handle; `counts` writable.
@@ -1389,6 +1397,7 @@ struct p99_xdp_socket_config p99_xdp_socket_config_defaults(void);
  * `config` may be NULL for the defaults; `ifname` and `config` are borrowed until return. On
  * success `*out` receives the socket, freed with `p99_xdp_socket_free`. Register it with a
  * program (`p99_xdp_prog_register`) to receive traffic.
+ * Thread-safe (serialised with other calls on `umem`).
  *
  * # Safety
  * `umem` is a live handle; `ifname` a NUL-terminated string; `config` NULL or a config with
@@ -1403,6 +1412,7 @@ p99_status p99_xdp_socket_create(const struct p99_xdp_umem *umem,
 /**
  * Frees a socket (NULL is a no-op): unmaps its rings; the kernel socket closes, and the queue
  * becomes free, once its umem is freed too. Consumes `sock`.
+ * Must not run concurrently with any other call on `sock`.
  *
  * # Safety
  * `sock` is NULL or a live handle, not used again.
@@ -1413,6 +1423,7 @@ void p99_xdp_socket_free(struct p99_xdp_socket *sock);
  * Takes up to `max` received packets: `descs[i].addr` is where packet i's data starts in the
  * umem (see `p99_xdp_umem_data`), `len` its length. `*count` receives how many (0 when none
  * is waiting; never blocks). The frames are held by the caller until sent or released.
+ * Thread-safe: calls on one socket are serialised internally.
  *
  * # Safety
  * `sock` is a live handle; `descs` has room for `max` descs; `count` writable.
@@ -1429,6 +1440,7 @@ p99_status p99_xdp_socket_recv(const struct p99_xdp_socket *sock,
  * INVALID_ARGUMENT is returned (the frames stay held; see `p99_xdp_last_error_message`).
  * `*queued` (may be NULL) receives how many were queued: the first `*queued` descs, fewer
  * than `count` when the TX ring is full — the rest stay held for a later call.
+ * Thread-safe: calls on one socket are serialised internally.
  *
  * # Safety
  * `sock` is a live handle; `descs` points to `count` descs; `queued` NULL or writable.
@@ -1442,6 +1454,7 @@ p99_status p99_xdp_socket_send(const struct p99_xdp_socket *sock,
  * Kicks transmission of descriptors still on the TX ring (copy mode moves a bounded batch
  * per kick; `p99_xdp_socket_send` already kicks). `*pending` (may be NULL) receives how many
  * remain on the ring.
+ * Thread-safe: calls on one socket are serialised internally.
  *
  * # Safety
  * `sock` is a live handle; `pending` NULL or writable.
@@ -1451,6 +1464,7 @@ p99_status p99_xdp_socket_kick(const struct p99_xdp_socket *sock, uint32_t *pend
 /**
  * Waits up to `timeout_ms` (-1: forever, 0: just check) for received packets; `*ready`
  * receives 1 if RX has packets, else 0.
+ * Thread-safe: serialised with other calls on `sock`, except the wait, which holds no lock.
  *
  * # Safety
  * `sock` is a live handle; `ready` writable.
@@ -1460,6 +1474,7 @@ p99_status p99_xdp_socket_wait(const struct p99_xdp_socket *sock, int timeout_ms
 /**
  * Returns the socket's file descriptor for the caller's poll/epoll loop (POLLIN: packets to
  * receive), or -1 if `sock` is NULL. Owned by libp99: do not close it.
+ * Thread-safe: calls on one socket are serialised internally.
  *
  * # Safety
  * `sock` is NULL or a live handle.
@@ -1469,6 +1484,7 @@ int p99_xdp_socket_fd(const struct p99_xdp_socket *sock);
 /**
  * Writes the bind mode in effect (`P99_XDP_BIND_COPY` or `P99_XDP_BIND_ZEROCOPY`) and the
  * bound queue to the non-NULL out-parameters.
+ * Thread-safe: calls on one socket are serialised internally.
  *
  * # Safety
  * `sock` is a live handle; `mode` and `queue` NULL or writable.
@@ -1477,6 +1493,7 @@ p99_status p99_xdp_socket_mode(const struct p99_xdp_socket *sock, uint32_t *mode
 
 /**
  * Writes the socket's statistics to `*stats`.
+ * Thread-safe: calls on one socket are serialised internally.
  *
  * # Safety
  * `sock` is a live handle; `stats` writable.
@@ -1490,6 +1507,7 @@ p99_status p99_xdp_socket_stats(const struct p99_xdp_socket *sock, struct p99_xd
  * Needs CAP_BPF + CAP_NET_ADMIN (PERMISSION_DENIED). On a verifier rejection
  * (INVALID_ARGUMENT) `p99_xdp_last_error_message()` holds the log. Free with
  * `p99_xdp_prog_free`.
+ * Thread-safe.
  *
  * # Safety
  * `out` writable.
@@ -1503,6 +1521,7 @@ p99_status p99_xdp_prog_load(uint32_t kind,
  * Attaches the program to interface `ifname` in `mode` (`P99_XDP_ATTACH_*`). BUSY when
  * another program holds the interface's XDP hook; TOO_LARGE when the MTU is too large for
  * native mode; UNSUPPORTED when the mode is unavailable; INVALID_STATE if already attached.
+ * Thread-safe: calls on one program are serialised internally.
  *
  * # Safety
  * `prog` is a live handle; `ifname` NUL-terminated.
@@ -1511,6 +1530,7 @@ p99_status p99_xdp_prog_attach(const struct p99_xdp_prog *prog, const char *ifna
 
 /**
  * Detaches the program (no-op when not attached); it can be attached again.
+ * Thread-safe: calls on one program are serialised internally.
  *
  * # Safety
  * `prog` is a live handle.
@@ -1520,6 +1540,7 @@ p99_status p99_xdp_prog_detach(const struct p99_xdp_prog *prog);
 /**
  * Writes the requested attach mode (`P99_XDP_ATTACH_*`) to `*mode`; INVALID_STATE when not
  * attached.
+ * Thread-safe: calls on one program are serialised internally.
  *
  * # Safety
  * `prog` is a live handle; `mode` writable.
@@ -1529,6 +1550,7 @@ p99_status p99_xdp_prog_mode(const struct p99_xdp_prog *prog, uint32_t *mode);
 /**
  * Registers `sock` for its bound queue: packets the program selects on that queue go to it.
  * INVALID_ARGUMENT if the queue is beyond `max_queues`.
+ * Thread-safe: calls on one program are serialised internally. Locks `sock` briefly.
  *
  * # Safety
  * `prog` and `sock` are live handles.
@@ -1538,6 +1560,7 @@ p99_status p99_xdp_prog_register(const struct p99_xdp_prog *prog,
 
 /**
  * Removes whatever socket is registered for `queue` (no-op if none).
+ * Thread-safe: calls on one program are serialised internally.
  *
  * # Safety
  * `prog` is a live handle.
@@ -1548,6 +1571,7 @@ p99_status p99_xdp_prog_unregister(const struct p99_xdp_prog *prog, uint32_t que
  * Runs the program once on `len` bytes at `packet` (BPF_PROG_TEST_RUN, no network needed) and
  * writes its XDP action to `*action` (`P99_XDP_PASS`, `P99_XDP_REDIRECT`, ...). `packet` is
  * borrowed until return.
+ * Thread-safe: calls on one program are serialised internally.
  *
  * # Safety
  * `prog` is a live handle; `packet` has `len` readable bytes; `action` writable.
@@ -1559,6 +1583,7 @@ p99_status p99_xdp_prog_test_run(const struct p99_xdp_prog *prog,
 
 /**
  * Frees the program (NULL is a no-op): detaches it and closes its map. Consumes `prog`.
+ * Must not run concurrently with any other call on `prog`.
  *
  * # Safety
  * `prog` is NULL or a live handle, not used again.

@@ -33,7 +33,7 @@ fn fail(e: xdp::Error) -> p99_status {
         xdp::Error::Unsupported { err, .. } => with_errno(err, p99_status::Unsupported),
         xdp::Error::Busy { err, .. } => with_errno(err, p99_status::Busy),
         xdp::Error::MtuTooLarge(err) => with_errno(err, p99_status::TooLarge),
-        xdp::Error::NoQueue { err, .. } => with_errno(err, p99_status::NoDevice),
+        xdp::Error::NoDevice { err, .. } | xdp::Error::NoQueue { err, .. } => with_errno(err, p99_status::NoDevice),
         xdp::Error::Verifier { err, .. } => with_errno(err, p99_status::InvalidArgument),
         xdp::Error::State(_) => p99_status::InvalidState,
     }
@@ -126,6 +126,7 @@ pub extern "C" fn p99_xdp_umem_config_defaults() -> p99_xdp_umem_config {
 /// defaults; it is borrowed until return. On success `*out` receives the umem, which the
 /// caller frees with `p99_xdp_umem_free`. Needs CAP_NET_RAW (PERMISSION_DENIED otherwise);
 /// INVALID_ARGUMENT for a bad frame size, count, headroom or ring size.
+/// Thread-safe.
 ///
 /// # Safety
 /// `config`, if non-NULL, points to a `p99_xdp_umem_config` whose `struct_size` is set;
@@ -161,6 +162,7 @@ pub unsafe extern "C" fn p99_xdp_umem_create(
 
 /// Frees a umem handle (NULL is a no-op). The memory and the kernel socket stay alive until
 /// the socket bound on this umem (if any) is freed too. Consumes `umem`.
+/// Must not run concurrently with any other call on `umem`.
 ///
 /// # Safety
 /// `umem` is NULL or a live handle from `p99_xdp_umem_create`, not used again.
@@ -175,7 +177,8 @@ pub unsafe extern "C" fn p99_xdp_umem_free(umem: *mut p99_xdp_umem) {
 }
 
 /// Moves up to `max` free frames to the FILL ring so the kernel can receive into them;
-/// `*filled` (may be NULL) receives the count. Thread-safe (serialised).
+/// `*filled` (may be NULL) receives the count.
+/// Thread-safe: calls on one umem and its socket are serialised internally.
 ///
 /// # Safety
 /// `umem` is a live handle; `filled` NULL or writable.
@@ -194,7 +197,8 @@ pub unsafe extern "C" fn p99_xdp_umem_fill(umem: *const p99_xdp_umem, max: u32, 
 }
 
 /// Reaps TX completions: transmitted frames go back to the free pool. `*reaped` (may be NULL)
-/// receives the count. Thread-safe (serialised).
+/// receives the count.
+/// Thread-safe: calls on one umem and its socket are serialised internally.
 ///
 /// # Safety
 /// `umem` is a live handle; `reaped` NULL or writable.
@@ -215,6 +219,7 @@ pub unsafe extern "C" fn p99_xdp_umem_reap(umem: *const p99_xdp_umem, reaped: *m
 /// Takes up to `max` free frames for the caller to build packets in: `descs[i].addr` is each
 /// frame's start, `len` 0. `*count` receives how many (0 when none is free). The frames are
 /// held by the caller until sent or released. `descs` is borrowed until return.
+/// Thread-safe: calls on one umem and its socket are serialised internally.
 ///
 /// # Safety
 /// `umem` is a live handle; `descs` has room for `max` descs; `count` is writable.
@@ -241,6 +246,7 @@ pub unsafe extern "C" fn p99_xdp_umem_alloc(
 /// Gives frames the caller holds back to the free pool (e.g. received packets not answered).
 /// All-or-nothing: INVALID_ARGUMENT, and nothing changes, if any address is outside the umem,
 /// not held by the caller, or listed twice. `descs` is borrowed until return.
+/// Thread-safe: calls on one umem and its socket are serialised internally.
 ///
 /// # Safety
 /// `umem` is a live handle; `descs` points to `count` descs.
@@ -262,6 +268,7 @@ pub unsafe extern "C" fn p99_xdp_umem_release(
 /// Sets `*data` to the bytes at `addr` of a frame the caller holds, checking that
 /// `addr + len` stays inside that frame (INVALID_ARGUMENT otherwise, also when the frame is
 /// not held). The pointer stays valid while the caller holds the frame and the umem lives.
+/// Thread-safe: calls on one umem and its socket are serialised internally.
 ///
 /// # Safety
 /// `umem` is a live handle; `data` is writable.
@@ -284,7 +291,8 @@ pub unsafe extern "C" fn p99_xdp_umem_data(
 }
 
 /// Writes the number of frames in each state to `*counts` (free + in_fill + held + in_tx ==
-/// frame_count). Thread-safe (serialised).
+/// frame_count).
+/// Thread-safe: calls on one umem and its socket are serialised internally.
 ///
 /// # Safety
 /// `umem` is a live handle; `counts` writable.
@@ -427,6 +435,7 @@ pub extern "C" fn p99_xdp_socket_config_defaults() -> p99_xdp_socket_config {
 /// `config` may be NULL for the defaults; `ifname` and `config` are borrowed until return. On
 /// success `*out` receives the socket, freed with `p99_xdp_socket_free`. Register it with a
 /// program (`p99_xdp_prog_register`) to receive traffic.
+/// Thread-safe (serialised with other calls on `umem`).
 ///
 /// # Safety
 /// `umem` is a live handle; `ifname` a NUL-terminated string; `config` NULL or a config with
@@ -479,20 +488,12 @@ fn ifindex_of(ifname: *const c_char) -> Result<u32, p99_status> {
     // SAFETY: non-NULL, NUL-terminated by the caller's contract.
     let name = unsafe { CStr::from_ptr(ifname) };
     let name = name.to_str().map_err(|_| invalid("interface name is not UTF-8"))?;
-    if name.is_empty() || name.len() >= libc::IF_NAMESIZE {
-        return Err(invalid("interface name is empty or too long"));
-    }
-    xdp::sys::ifindex(name).map_err(|e| {
-        LAST_MSG.with(|m| {
-            *m.borrow_mut() = CString::new(format!("no interface named {name}: {e}")).unwrap_or_default()
-        });
-        set_last_errno(e.raw_os_error().unwrap_or(0));
-        p99_status::NoDevice
-    })
+    xdp::sys::ifindex(name).map_err(fail)
 }
 
 /// Frees a socket (NULL is a no-op): unmaps its rings; the kernel socket closes, and the queue
 /// becomes free, once its umem is freed too. Consumes `sock`.
+/// Must not run concurrently with any other call on `sock`.
 ///
 /// # Safety
 /// `sock` is NULL or a live handle, not used again.
@@ -509,6 +510,7 @@ pub unsafe extern "C" fn p99_xdp_socket_free(sock: *mut p99_xdp_socket) {
 /// Takes up to `max` received packets: `descs[i].addr` is where packet i's data starts in the
 /// umem (see `p99_xdp_umem_data`), `len` its length. `*count` receives how many (0 when none
 /// is waiting; never blocks). The frames are held by the caller until sent or released.
+/// Thread-safe: calls on one socket are serialised internally.
 ///
 /// # Safety
 /// `sock` is a live handle; `descs` has room for `max` descs; `count` writable.
@@ -538,6 +540,7 @@ pub unsafe extern "C" fn p99_xdp_socket_recv(
 /// INVALID_ARGUMENT is returned (the frames stay held; see `p99_xdp_last_error_message`).
 /// `*queued` (may be NULL) receives how many were queued: the first `*queued` descs, fewer
 /// than `count` when the TX ring is full — the rest stay held for a later call.
+/// Thread-safe: calls on one socket are serialised internally.
 ///
 /// # Safety
 /// `sock` is a live handle; `descs` points to `count` descs; `queued` NULL or writable.
@@ -565,6 +568,7 @@ pub unsafe extern "C" fn p99_xdp_socket_send(
 /// Kicks transmission of descriptors still on the TX ring (copy mode moves a bounded batch
 /// per kick; `p99_xdp_socket_send` already kicks). `*pending` (may be NULL) receives how many
 /// remain on the ring.
+/// Thread-safe: calls on one socket are serialised internally.
 ///
 /// # Safety
 /// `sock` is a live handle; `pending` NULL or writable.
@@ -585,6 +589,7 @@ pub unsafe extern "C" fn p99_xdp_socket_kick(sock: *const p99_xdp_socket, pendin
 
 /// Waits up to `timeout_ms` (-1: forever, 0: just check) for received packets; `*ready`
 /// receives 1 if RX has packets, else 0.
+/// Thread-safe: serialised with other calls on `sock`, except the wait, which holds no lock.
 ///
 /// # Safety
 /// `sock` is a live handle; `ready` writable.
@@ -595,31 +600,15 @@ pub unsafe extern "C" fn p99_xdp_socket_wait(sock: *const p99_xdp_socket, timeou
         let s = unsafe { ref_from(sock) }?;
         // SAFETY: caller contract.
         let ready = unsafe { out_ptr(ready) }?;
-        // Poll outside the lock: take the fd, and check the ring with the lock held briefly.
-        let (fd, now) = {
-            let mut g = s.sock.lock();
-            (g.fd(), g.poll_rx(0).map_err(fail)?)
-        };
-        if now || timeout_ms == 0 {
-            ready.write(now as u32);
-            return Ok(());
-        }
-        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd.
-        let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINTR) {
-                return Err(p99_status::from_io_error(&e));
-            }
-        }
-        ready.write((r > 0 && p.revents & libc::POLLIN != 0) as u32);
+        let r = Socket::wait(&s.sock, timeout_ms).map_err(fail)?;
+        ready.write(r as u32);
         Ok(())
     })
 }
 
 /// Returns the socket's file descriptor for the caller's poll/epoll loop (POLLIN: packets to
 /// receive), or -1 if `sock` is NULL. Owned by libp99: do not close it.
+/// Thread-safe: calls on one socket are serialised internally.
 ///
 /// # Safety
 /// `sock` is NULL or a live handle.
@@ -636,6 +625,7 @@ pub unsafe extern "C" fn p99_xdp_socket_fd(sock: *const p99_xdp_socket) -> c_int
 
 /// Writes the bind mode in effect (`P99_XDP_BIND_COPY` or `P99_XDP_BIND_ZEROCOPY`) and the
 /// bound queue to the non-NULL out-parameters.
+/// Thread-safe: calls on one socket are serialised internally.
 ///
 /// # Safety
 /// `sock` is a live handle; `mode` and `queue` NULL or writable.
@@ -659,6 +649,7 @@ pub unsafe extern "C" fn p99_xdp_socket_mode(sock: *const p99_xdp_socket, mode: 
 }
 
 /// Writes the socket's statistics to `*stats`.
+/// Thread-safe: calls on one socket are serialised internally.
 ///
 /// # Safety
 /// `sock` is a live handle; `stats` writable.
@@ -724,6 +715,7 @@ pub struct p99_xdp_prog {
 /// Needs CAP_BPF + CAP_NET_ADMIN (PERMISSION_DENIED). On a verifier rejection
 /// (INVALID_ARGUMENT) `p99_xdp_last_error_message()` holds the log. Free with
 /// `p99_xdp_prog_free`.
+/// Thread-safe.
 ///
 /// # Safety
 /// `out` writable.
@@ -751,6 +743,7 @@ pub unsafe extern "C" fn p99_xdp_prog_load(
 /// Attaches the program to interface `ifname` in `mode` (`P99_XDP_ATTACH_*`). BUSY when
 /// another program holds the interface's XDP hook; TOO_LARGE when the MTU is too large for
 /// native mode; UNSUPPORTED when the mode is unavailable; INVALID_STATE if already attached.
+/// Thread-safe: calls on one program are serialised internally.
 ///
 /// # Safety
 /// `prog` is a live handle; `ifname` NUL-terminated.
@@ -771,6 +764,7 @@ pub unsafe extern "C" fn p99_xdp_prog_attach(prog: *const p99_xdp_prog, ifname: 
 }
 
 /// Detaches the program (no-op when not attached); it can be attached again.
+/// Thread-safe: calls on one program are serialised internally.
 ///
 /// # Safety
 /// `prog` is a live handle.
@@ -786,6 +780,7 @@ pub unsafe extern "C" fn p99_xdp_prog_detach(prog: *const p99_xdp_prog) -> p99_s
 
 /// Writes the requested attach mode (`P99_XDP_ATTACH_*`) to `*mode`; INVALID_STATE when not
 /// attached.
+/// Thread-safe: calls on one program are serialised internally.
 ///
 /// # Safety
 /// `prog` is a live handle; `mode` writable.
@@ -809,6 +804,7 @@ pub unsafe extern "C" fn p99_xdp_prog_mode(prog: *const p99_xdp_prog, mode: *mut
 
 /// Registers `sock` for its bound queue: packets the program selects on that queue go to it.
 /// INVALID_ARGUMENT if the queue is beyond `max_queues`.
+/// Thread-safe: calls on one program are serialised internally. Locks `sock` briefly.
 ///
 /// # Safety
 /// `prog` and `sock` are live handles.
@@ -828,6 +824,7 @@ pub unsafe extern "C" fn p99_xdp_prog_register(prog: *const p99_xdp_prog, sock: 
 }
 
 /// Removes whatever socket is registered for `queue` (no-op if none).
+/// Thread-safe: calls on one program are serialised internally.
 ///
 /// # Safety
 /// `prog` is a live handle.
@@ -843,6 +840,7 @@ pub unsafe extern "C" fn p99_xdp_prog_unregister(prog: *const p99_xdp_prog, queu
 /// Runs the program once on `len` bytes at `packet` (BPF_PROG_TEST_RUN, no network needed) and
 /// writes its XDP action to `*action` (`P99_XDP_PASS`, `P99_XDP_REDIRECT`, ...). `packet` is
 /// borrowed until return.
+/// Thread-safe: calls on one program are serialised internally.
 ///
 /// # Safety
 /// `prog` is a live handle; `packet` has `len` readable bytes; `action` writable.
@@ -870,6 +868,7 @@ pub unsafe extern "C" fn p99_xdp_prog_test_run(
 }
 
 /// Frees the program (NULL is a no-op): detaches it and closes its map. Consumes `prog`.
+/// Must not run concurrently with any other call on `prog`.
 ///
 /// # Safety
 /// `prog` is NULL or a live handle, not used again.

@@ -44,6 +44,8 @@ pub enum Error {
     Busy { what: String, err: io::Error },
     /// The interface MTU is too large for the requested XDP mode.
     MtuTooLarge(io::Error),
+    /// No interface of that name exists in the calling thread's network namespace.
+    NoDevice { name: String, err: io::Error },
     /// The interface has no such queue.
     NoQueue { ifindex: u32, queue: u32, err: io::Error },
     /// The verifier rejected the program; the log is included.
@@ -64,6 +66,7 @@ impl Error {
             | Error::Unsupported { err, .. }
             | Error::Busy { err, .. }
             | Error::MtuTooLarge(err)
+            | Error::NoDevice { err, .. }
             | Error::NoQueue { err, .. }
             | Error::Verifier { err, .. } => err.raw_os_error(),
             _ => None,
@@ -82,6 +85,7 @@ impl fmt::Display for Error {
             Error::MtuTooLarge(err) => {
                 write!(f, "interface MTU too large for native XDP (use generic mode or a smaller MTU): {err}")
             }
+            Error::NoDevice { name, err } => write!(f, "no interface named {name}: {err}"),
             Error::NoQueue { ifindex, queue, err } => {
                 write!(f, "ifindex {ifindex} has no queue {queue} (bind: {err})")
             }

@@ -318,22 +318,29 @@ impl Socket {
         Ok(())
     }
 
-    /// Waits up to `timeout_ms` (-1: forever) for received packets; true if RX has data.
+    /// Waits up to `timeout_ms` (negative: forever, 0: just check) for received packets; true
+    /// if RX has data. A signal ends the wait early with false. The poll(2) also lets the
+    /// kernel drive pending TX when it asked for a wakeup.
     pub fn poll_rx(&mut self, timeout_ms: i32) -> Result<bool> {
         if self.rx.available(1) > 0 {
             return Ok(true);
         }
-        let mut p = libc::pollfd { fd: self.fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd.
-        let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                return Ok(false);
+        sys::poll_in(self.fd(), timeout_ms).map_err(|e| Error::os("poll", e))
+    }
+
+    /// [`poll_rx`](Self::poll_rx) for a socket shared behind a lock: the RX ring is checked
+    /// with the lock held, the poll(2) itself runs without it, so other threads' calls on the
+    /// socket (send, kick, stats) are not held up for the length of the wait.
+    pub fn wait(sock: &parking_lot::Mutex<Socket>, timeout_ms: i32) -> Result<bool> {
+        let fd = {
+            let mut g = sock.lock();
+            let ready = g.poll_rx(0)?;
+            if ready || timeout_ms == 0 {
+                return Ok(ready);
             }
-            return Err(Error::os("poll", e));
-        }
-        Ok(r > 0 && p.revents & libc::POLLIN != 0)
+            g.fd()
+        };
+        sys::poll_in(fd, timeout_ms).map_err(|e| Error::os("poll", e))
     }
 
     pub fn stats(&self) -> Result<Stats> {

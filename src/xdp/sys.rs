@@ -190,14 +190,76 @@ impl Drop for Fd {
     }
 }
 
-/// Interface index of `name` in the calling thread's network namespace.
-pub fn ifindex(name: &str) -> io::Result<u32> {
-    let c = std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+/// Interface index of `name` in the calling thread's network namespace. The name must be
+/// 1..IF_NAMESIZE-1 bytes without NUL (`Invalid` otherwise); `NoDevice` when no interface of
+/// that name exists.
+pub fn ifindex(name: &str) -> super::Result<u32> {
+    if name.is_empty() || name.len() >= libc::IF_NAMESIZE {
+        return Err(super::Error::Invalid(format!(
+            "interface name must be 1 to {} bytes, got {}",
+            libc::IF_NAMESIZE - 1,
+            name.len()
+        )));
+    }
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| super::Error::Invalid("interface name contains a NUL byte".into()))?;
     // SAFETY: `c` is a valid NUL-terminated string.
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if idx == 0 {
-        Err(io::Error::last_os_error())
+        Err(super::Error::NoDevice { name: name.to_string(), err: io::Error::last_os_error() })
     } else {
         Ok(idx)
+    }
+}
+
+/// Waits up to `timeout_ms` (negative: forever) for POLLIN on `fd`. Ok(false) on timeout or
+/// when a signal interrupted the wait (EINTR), so callers simply check again.
+pub fn poll_in(fd: i32, timeout_ms: i32) -> io::Result<bool> {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINTR) {
+            return Ok(false);
+        }
+        return Err(e);
+    }
+    Ok(r > 0 && p.revents & libc::POLLIN != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xdp::Error;
+
+    #[test]
+    fn ifindex_checks_the_name() {
+        assert!(matches!(ifindex(""), Err(Error::Invalid(_))));
+        assert!(matches!(ifindex(&"x".repeat(libc::IF_NAMESIZE)), Err(Error::Invalid(_))));
+        assert!(matches!(ifindex("a\0b"), Err(Error::Invalid(_))));
+        match ifindex("nosuchdev0") {
+            Err(e @ Error::NoDevice { .. }) => {
+                assert_eq!(e.errno(), Some(libc::ENODEV));
+                assert!(e.to_string().contains("no interface named nosuchdev0"), "{e}");
+            }
+            r => panic!("{r:?}"),
+        }
+        assert!(ifindex("lo").unwrap() > 0);
+    }
+
+    #[test]
+    fn poll_in_times_out_and_sees_data() {
+        let mut fds = [0i32; 2];
+        // SAFETY: a valid two-int array for pipe(2).
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let (r, w) = (Fd(fds[0]), Fd(fds[1]));
+        assert!(!poll_in(r.0, 0).unwrap());
+        assert!(!poll_in(r.0, 10).unwrap());
+        // SAFETY: writes one byte from a live buffer to our pipe.
+        assert_eq!(unsafe { libc::write(w.0, b"x".as_ptr().cast(), 1) }, 1);
+        assert!(poll_in(r.0, 0).unwrap());
+        assert!(poll_in(r.0, -1).unwrap());
+        assert!(poll_in(-1, 0).is_ok_and(|ready| !ready), "a negative fd is ignored by poll(2)");
     }
 }

@@ -31,14 +31,29 @@ pub fn skip_notice(test: &str, why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
 }
 
-/// Why namespace tests cannot run here, if they cannot.
+/// Whether the effective capability set holds CAP_NET_ADMIN (12) and CAP_SYS_ADMIN (21), read
+/// from /proc/self/status.
+fn has_net_and_sys_admin() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .expect("CapEff line in /proc/self/status")
+        .trim();
+    let caps = u64::from_str_radix(hex, 16).expect("CapEff is hex");
+    caps & (1 << 12) != 0 && caps & (1 << 21) != 0
+}
+
+/// Why namespace tests cannot run here, if they cannot: only a missing privilege is a reason
+/// to skip. With the privileges, anything else that stops the tests (no `ip` tool, no network
+/// namespace) fails them.
 pub fn unavailable() -> Option<String> {
     // SAFETY: plain getter.
     if unsafe { libc::geteuid() } != 0 {
-        return Some("not root (AF_XDP, bpf(2) and network namespaces need CAP_NET_ADMIN/CAP_BPF)".into());
+        return Some("not root (AF_XDP, bpf(2) and network namespaces need CAP_NET_ADMIN/CAP_SYS_ADMIN/CAP_BPF)".into());
     }
-    if Command::new("ip").arg("-V").output().is_err() {
-        return Some("the `ip` tool (iproute2) is missing".into());
+    if !has_net_and_sys_admin() {
+        return Some("root without CAP_NET_ADMIN and CAP_SYS_ADMIN (network namespaces and AF_XDP need them)".into());
     }
     None
 }
@@ -55,7 +70,8 @@ pub fn ip_out(args: &str) -> String {
 
 /// Runs `f` on a fresh thread inside a new network namespace holding veth pair `va`/`vb`
 /// (QUEUES queues each, static MAC addresses, IPv6 off so no stray traffic). Returns None
-/// (after printing why) when the machine cannot run it.
+/// (after printing why) when the process lacks the privileges; with them, a namespace or veth
+/// that cannot be made panics (fails the test).
 pub fn with_net<R: Send + 'static>(name: &str, f: impl FnOnce(&Net) -> R + Send + 'static) -> Option<R> {
     if let Some(why) = unavailable() {
         skip_notice(name, &why);
@@ -64,7 +80,7 @@ pub fn with_net<R: Send + 'static>(name: &str, f: impl FnOnce(&Net) -> R + Send 
     let h = std::thread::spawn(move || {
         // SAFETY: unshare affects only this thread's network namespace.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            return Err(format!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error()));
+            panic!("unshare(CLONE_NEWNET) failed although privileged: {}", std::io::Error::last_os_error());
         }
         for p in ["/proc/sys/net/ipv6/conf/default/disable_ipv6", "/proc/sys/net/ipv6/conf/all/disable_ipv6"] {
             let _ = std::fs::write(p, "1");
@@ -78,14 +94,10 @@ pub fn with_net<R: Send + 'static>(name: &str, f: impl FnOnce(&Net) -> R + Send 
         ip("link set va up");
         ip("link set vb up");
         let net = Net { a: p99::xdp::sys::ifindex("va").unwrap(), b: p99::xdp::sys::ifindex("vb").unwrap() };
-        Ok(f(&net))
+        f(&net)
     });
     match h.join() {
-        Ok(Ok(r)) => Some(r),
-        Ok(Err(why)) => {
-            skip_notice(name, &why);
-            None
-        }
+        Ok(r) => Some(r),
         Err(p) => std::panic::resume_unwind(p),
     }
 }
