@@ -407,6 +407,13 @@ static void test_pins_and_release(void)
 	CHECK_STATUS(p99_cache_item_release(c, &it), P99_STATUS_INVALID_STATE);
 	CHECK_OK(p99_cache_item_release(c, &it2));
 	CHECK_STATUS(p99_cache_item_release(c, &it2), P99_STATUS_INVALID_STATE);
+	/* An item pinned by one cache cannot be released on another. */
+	p99_cache *other = new_cache(1, P99_CACHE_EVICTION_FIFO);
+	CHECK_OK(set_str(c, "q", "v", 0, 0));
+	CHECK_OK(p99_cache_get(c, (const uint8_t *)"q", 1, &it));
+	CHECK_STATUS(p99_cache_item_release(other, &it), P99_STATUS_INVALID_ARGUMENT);
+	CHECK_OK(p99_cache_item_release(c, &it));
+	CHECK_OK(p99_cache_free(other));
 	/* A zeroed struct was never pinned. */
 	memset(&it, 0, sizeof(it));
 	CHECK_STATUS(p99_cache_item_release(c, &it), P99_STATUS_INVALID_STATE);

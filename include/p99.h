@@ -420,7 +420,7 @@ typedef struct p99_cache_item {
    */
   uint32_t pin_segment;
   /**
-   * Private. Nonzero while the item is pinned.
+   * Private. Nonzero while the item is pinned; identifies the cache.
    */
   uint64_t pin_magic;
 } p99_cache_item;
@@ -994,8 +994,9 @@ p99_status p99_cache_get_and_touch(const struct p99_cache *cache,
                                    struct p99_cache_item *item);
 
 /**
- * Releases a pinned item and clears `*item`. INVALID_STATE if `*item` holds no pin (e.g. a
- * second release), INVALID_ARGUMENT if its private fields are not this cache's. Callable
+ * Releases a pinned item and clears `*item`. INVALID_STATE if `*item` holds no pin (a second
+ * release, or a zeroed struct), INVALID_ARGUMENT if it was pinned by another cache (or is
+ * garbage); nothing is released then. Callable
  * from any thread; the struct must not be used by another thread at the same time.
  */
 p99_status p99_cache_item_release(const struct p99_cache *cache, struct p99_cache_item *item);

@@ -144,3 +144,53 @@ fn set_never_fails_while_unpinned_segments_exist_and_fails_clearly_when_all_are_
         assert_eq!(p.value(), &big[..]);
     }
 }
+
+#[test]
+fn expired_segment_is_freed_whole_without_a_lookup() {
+    let c = small();
+    for i in 0..2000u32 {
+        c.set(format!("ttl{i}").as_bytes(), &[1u8; 100], 0, T0 + 10).unwrap();
+    }
+    c.set(b"forever", b"x", 0, 0).unwrap();
+    let before = c.stats();
+    assert!(before.segments_used >= 4, "{before:?}");
+    // Pin one TTL item across its expiry: its segment is emptied but kept until released.
+    let pinned = c.get(b"ttl7").unwrap().unwrap();
+    c.set_time(T0 + 10).unwrap();
+    // Any call on the shard runs the per-second expiry; no TTL key is looked up.
+    assert_eq!(c.get_value(b"forever").unwrap().unwrap(), b"x");
+    let st = c.stats();
+    assert_eq!(st.items, 1);
+    assert!(st.expired_segments >= before.segments_used - 1);
+    assert_eq!(st.expirations, 2000);
+    assert_eq!(st.segments_used, 1);
+    assert_eq!(st.segments_retired, 1);
+    assert_eq!(pinned.value(), &[1u8; 100][..]);
+    drop(pinned);
+    let st = c.stats();
+    assert_eq!(st.segments_retired, 0);
+    assert_eq!(st.segments_free + st.segments_used, st.segments_total);
+    assert!(c.get(b"ttl7").unwrap().is_none());
+}
+
+#[test]
+fn get_and_touch_with_a_past_expiry_returns_the_item_once() {
+    let c = small();
+    let cas = c.set(b"k", b"v", 3, 0).unwrap();
+    let it = c.get_and_touch(b"k", T0 - 1).unwrap().unwrap();
+    assert_eq!((it.value(), it.flags(), it.cas()), (&b"v"[..], 3, cas));
+    drop(it);
+    assert!(c.get(b"k").unwrap().is_none());
+}
+
+#[test]
+fn keys_and_sizes_are_checked() {
+    let c = small();
+    assert_eq!(c.set(b"", b"v", 0, 0), Err(Error::InvalidArgument));
+    assert_eq!(c.set(&[b'k'; 251], b"v", 0, 0), Err(Error::InvalidArgument));
+    c.set(&[b'k'; 250], b"v", 0, 0).unwrap();
+    let max = c.config().item_max - Cache::HEADER_MAX - 1;
+    assert_eq!(c.reserve(b"k", max + 1, 0, 0).unwrap_err(), Error::TooLarge);
+    c.set(b"k", &vec![0u8; max], 0, 0).unwrap();
+    assert_eq!(c.get(b"k").unwrap().unwrap().value().len(), max);
+}

@@ -403,30 +403,35 @@ fn run(seed: u64, ops: u64, cas_on: bool, lossy: bool, eviction: Eviction) {
     }
 }
 
+/// Extra seeds per test from `P99_MODEL_SEEDS` (for longer runs by hand).
+fn extra_seeds() -> u64 {
+    std::env::var("P99_MODEL_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 #[test]
 fn model_agrees_without_eviction_cas_on() {
-    for seed in 1..=12 {
+    for seed in 1..=12 + extra_seeds() {
         run(seed, 20_000, true, false, Eviction::Merge);
     }
 }
 
 #[test]
 fn model_agrees_without_eviction_cas_off() {
-    for seed in 100..=105 {
+    for seed in 100..=105 + extra_seeds() {
         run(seed, 20_000, false, false, Eviction::Fifo);
     }
 }
 
 #[test]
 fn model_agrees_under_fifo_eviction() {
-    for seed in 200..=205 {
+    for seed in 200..=205 + extra_seeds() {
         run(seed, 30_000, true, true, Eviction::Fifo);
     }
 }
 
 #[test]
 fn model_agrees_under_merge_eviction() {
-    for seed in 300..=305 {
+    for seed in 300..=305 + extra_seeds() {
         run(seed, 30_000, true, true, Eviction::Merge);
     }
 }

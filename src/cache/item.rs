@@ -1,6 +1,7 @@
 //! The per-item header inside a segment.
 //!
-//! An item is stored as `klen:u8, varint(vlen << 3 | has_cas << 2 | has_exp << 1 | has_flags),
+//! An item is stored as `klen:u8, varint(vlen << 4 | dead << 3 | has_cas << 2 | has_exp << 1 |
+//! has_flags),
 //! [flags:u32 LE], [zigzag varint(expiry - segment expiry base)], [cas:u64 LE], key, value`.
 //! For the common item (32-byte key, 100-byte value, flags 0, expiry equal to the segment's
 //! base, CAS derived from the location) that is 3 bytes of header. Optional parts cost bytes
@@ -19,6 +20,10 @@ pub(crate) const HEADER_MAX: usize = 1 + 5 + 4 + 5 + 8;
 const HAS_FLAGS: u64 = 1;
 const HAS_EXP: u64 = 2;
 const HAS_CAS: u64 = 4;
+/// Set (in place, under the shard lock) once the item is no longer linked, so walks over a
+/// segment (eviction, expiry, table rebuild) skip it without probing the hash table. It is
+/// bit 3 of the first varint byte, so setting it never changes the header's length.
+pub(crate) const DEAD_BIT: u8 = 8;
 
 /// What the header says about one item.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +37,8 @@ pub(crate) struct ItemHeader {
     pub cas: Option<u64>,
     /// Header length in bytes; the key starts here.
     pub header_len: usize,
+    /// The item was unlinked (replaced, deleted, expired).
+    pub dead: bool,
 }
 
 impl ItemHeader {
@@ -91,8 +98,8 @@ pub(crate) fn encode_header(
     exp_base: u32,
     cas: Option<u64>,
 ) -> usize {
-    debug_assert!(klen >= 1 && klen <= KEY_MAX);
-    let mut bits = (vlen as u64) << 3;
+    debug_assert!((1..=KEY_MAX).contains(&klen));
+    let mut bits = (vlen as u64) << 4;
     if flags != 0 {
         bits |= HAS_FLAGS;
     }
@@ -120,7 +127,7 @@ pub(crate) fn encode_header(
 
 /// The header length `encode_header` would produce.
 pub(crate) fn header_len(vlen: usize, flags: u32, expiry: u32, exp_base: u32, cas: bool) -> usize {
-    let mut n = 1 + varint_len((vlen as u64) << 3);
+    let mut n = 1 + varint_len((vlen as u64) << 4);
     if flags != 0 {
         n += 4;
     }
@@ -155,7 +162,15 @@ pub(crate) fn decode_header(buf: &[u8], exp_base: u32) -> Option<ItemHeader> {
         cas = Some(u64::from_le_bytes(buf.get(n..n + 8)?.try_into().ok()?));
         n += 8;
     }
-    Some(ItemHeader { klen, vlen: (bits >> 3) as usize, flags, expiry, cas, header_len: n })
+    Some(ItemHeader {
+        klen,
+        vlen: (bits >> 4) as usize,
+        flags,
+        expiry,
+        cas,
+        header_len: n,
+        dead: bits & u64::from(DEAD_BIT) != 0,
+    })
 }
 
 #[cfg(test)]
@@ -176,8 +191,12 @@ mod tests {
             let h = decode_header(&out[..n], base).unwrap();
             assert_eq!(
                 h,
-                ItemHeader { klen: 32, vlen, flags, expiry, cas, header_len: n }
+                ItemHeader { klen: 32, vlen, flags, expiry, cas, header_len: n, dead: false }
             );
+            out[1] |= DEAD_BIT;
+            let d = decode_header(&out[..n], base).unwrap();
+            assert!(d.dead);
+            assert_eq!(ItemHeader { dead: false, ..d }, h);
         }
     }
 

@@ -8,7 +8,9 @@
 //!
 //! 1. Bytes are only written under the owning shard's lock, and only at or beyond the
 //!    segment's write offset (never yet handed out), or after the segment was reset — which
-//!    the shard does only when no reader holds a pin on it.
+//!    the shard does only when no reader holds a pin on it — or in an item's header (its dead
+//!    bit), which readers never borrow: a pin hands out the key and value bytes only, and
+//!    headers are read under the lock.
 //! 2. A reader gets a pointer only while holding the shard lock, to an item already written
 //!    (the lock release/acquire orders the write before the read), and takes a pin first.
 //! 3. The memory lives as long as the cache: segments are reused, never unmapped before the

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use super::item::{decode_header, encode_header, header_len, ItemHeader, HEADER_MAX};
+use super::item::{decode_header, encode_header, header_len, ItemHeader, DEAD_BIT, HEADER_MAX};
 use super::memory::{Arena, SegmentMemory};
 use super::table::{hash_key, tag_of, Record, Slot, Table, OFF_BITS};
 use super::{Error, Eviction, Mode};
@@ -252,14 +252,19 @@ impl ShardInner {
 
     /// Finds the live record for `key`; an expired one is unlinked and reported absent.
     pub fn lookup(&mut self, key: &[u8], h: u64, now: u32) -> Option<Found> {
+        let mut matched = None;
         let (slot, rec) = {
             let this = &*self;
             this.table.find(h, |r| {
                 let hdr = this.header_at(r.seg(), r.off());
-                hdr.klen == key.len() && this.key_at(r.seg(), r.off(), &hdr) == key
+                let hit = hdr.klen == key.len() && this.key_at(r.seg(), r.off(), &hdr) == key;
+                if hit {
+                    matched = Some(hdr);
+                }
+                hit
             })?
         };
-        let hdr = self.header_at(rec.seg(), rec.off());
+        let hdr = matched.expect("find matched without a header");
         if hdr.expiry != 0 && hdr.expiry <= now {
             self.unlink(slot, h, rec, &hdr);
             self.counters.expirations += 1;
@@ -271,10 +276,13 @@ impl ShardInner {
 
     fn unlink(&mut self, slot: Slot, h: u64, rec: Record, hdr: &ItemHeader) {
         self.table.remove(slot, h);
-        self.account_remove(rec.seg(), hdr);
+        self.account_remove(rec.seg(), rec.off(), hdr);
     }
 
-    fn account_remove(&mut self, seg: u32, hdr: &ItemHeader) {
+    /// Accounts for an item that is no longer linked and marks it dead in its header.
+    fn account_remove(&mut self, seg: u32, off: u32, hdr: &ItemHeader) {
+        let first = self.mem[seg as usize].read(off as usize + 1, 1)[0];
+        self.mem[seg as usize].write(off as usize + 1, &[first | DEAD_BIT]);
         let m = &mut self.segs[seg as usize];
         m.live_items -= 1;
         m.live_bytes -= hdr.total_len() as u32;
@@ -314,6 +322,7 @@ impl ShardInner {
 
     /// Appends an item to the open segment of its TTL bucket (opening a new segment, and
     /// evicting if the budget is full). Returns its location and CAS. Does not link it.
+    #[allow(clippy::too_many_arguments)]
     fn append_item(
         &mut self,
         now: u32,
@@ -418,7 +427,7 @@ impl ShardInner {
         if let Some((slot, old)) = hint {
             if self.table.get(slot) == Some(old) {
                 let hdr = self.header_at(old.seg(), old.off());
-                self.account_remove(old.seg(), &hdr);
+                self.account_remove(old.seg(), old.off(), &hdr);
                 self.table.set(slot, rec);
                 self.counters.sets += 1;
                 return;
@@ -437,7 +446,7 @@ impl ShardInner {
         match existing {
             Some((slot, old)) => {
                 let hdr = self.header_at(old.seg(), old.off());
-                self.account_remove(old.seg(), &hdr);
+                self.account_remove(old.seg(), old.off(), &hdr);
                 self.table.set(slot, rec);
             }
             None => self.insert_record(h, rec),
@@ -627,14 +636,17 @@ impl ShardInner {
         oldest.map(|(_, i)| i)
     }
 
-    /// Walks the items of a segment: (offset, header).
+    /// Walks the items of a segment that are still linked: (offset, header). Dead items
+    /// (replaced, deleted, expired) are skipped by their header bit, without a table probe.
     fn items_of(&self, seg: u32) -> Vec<(u32, ItemHeader)> {
         let mut out = Vec::new();
         let end = self.segs[seg as usize].write_off;
         let mut off = 0;
         while off < end {
             let hdr = self.header_at(seg, off);
-            out.push((off, hdr));
+            if !hdr.dead {
+                out.push((off, hdr));
+            }
             off += hdr.total_len() as u32;
         }
         out

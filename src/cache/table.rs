@@ -1,4 +1,4 @@
-//! The per-shard hash table: 8-byte item records in 64-byte buckets with overflow chaining.
+//! The per-shard hash table: 8-byte item records in 64-byte buckets, linear probing by bucket.
 //!
 //! A record packs `tag:12 | freq:8 | segment:22 | offset:22`. The tag (12 bits of the key's
 //! hash, never 0) filters candidates so the key bytes in the segment are compared only for

@@ -160,9 +160,13 @@ mod tests {
 
     #[test]
     fn null_is_reported() {
+        // SAFETY: NULL is the case under test; nothing is dereferenced.
         let r = unsafe { ref_from::<u32>(std::ptr::null()) };
         assert_eq!(r.err(), Some(p99_status::NullParameter));
+        // SAFETY: NULL with len 0 and NULL with len 1 are both rejected or accepted without
+        // reading memory.
         assert!(unsafe { slice_from(std::ptr::null(), 0) }.is_ok());
+        // SAFETY: as above.
         assert!(unsafe { slice_from(std::ptr::null(), 1) }.is_err());
     }
 

@@ -4,6 +4,10 @@
 //! except `p99_cache_free`. A reservation (`p99_cache_reservation`) and a pinned item
 //! (`p99_cache_item`) are plain caller-owned structs: each may be used by one thread at a time
 //! and may move between threads.
+//!
+//! Safety: the functions are `unsafe extern "C"`; the contract of each is the C contract in
+//! its documentation (pointers NULL or valid for what they describe, lengths that match).
+#![allow(clippy::missing_safety_doc)]
 
 use std::ffi::c_void;
 
@@ -121,7 +125,7 @@ pub struct p99_cache_item {
     pub pin_shard: u32,
     /// Private.
     pub pin_segment: u32,
-    /// Private. Nonzero while the item is pinned.
+    /// Private. Nonzero while the item is pinned; identifies the cache.
     pub pin_magic: u64,
 }
 
@@ -186,6 +190,11 @@ pub struct p99_cache_stats {
 
 const PIN_MAGIC: u64 = 0x7039_395f_6361_6368; // "p99_cach"
 
+/// The pin marker of items of cache `c`: a release on another cache is told apart.
+fn pin_magic(c: &p99_cache) -> u64 {
+    PIN_MAGIC ^ (c as *const p99_cache as u64).rotate_left(17)
+}
+
 fn err(e: Error) -> p99_status {
     match e {
         Error::InvalidArgument => p99_status::InvalidArgument,
@@ -211,7 +220,7 @@ fn mode_from(mode: u32) -> Result<Mode, p99_status> {
     })
 }
 
-fn fill_item(out: &mut p99_cache_item, it: crate::cache::ItemRef<'_>) {
+fn fill_item(out: &mut p99_cache_item, it: crate::cache::ItemRef<'_>, magic: u64) {
     out.value = it.value_ptr();
     out.value_len = it.value().len();
     out.key = it.key_ptr();
@@ -222,7 +231,7 @@ fn fill_item(out: &mut p99_cache_item, it: crate::cache::ItemRef<'_>) {
     let t = it.into_token();
     out.pin_shard = t.shard;
     out.pin_segment = t.segment;
-    out.pin_magic = PIN_MAGIC;
+    out.pin_magic = magic;
 }
 
 /// Fills `*config` with the defaults (including `struct_size`). Returns NULL_PARAMETER if
@@ -475,7 +484,7 @@ pub unsafe extern "C" fn p99_cache_get(
         let key = unsafe { slice_from(key, key_len) }?;
         let out = unsafe { mut_from(item) }?;
         let it = c.cache.get(key).map_err(err)?.ok_or(p99_status::NotFound)?;
-        fill_item(out, it);
+        fill_item(out, it, pin_magic(c));
         Ok(())
     })
 }
@@ -498,13 +507,14 @@ pub unsafe extern "C" fn p99_cache_get_and_touch(
         let key = unsafe { slice_from(key, key_len) }?;
         let out = unsafe { mut_from(item) }?;
         let it = c.cache.get_and_touch(key, expiry).map_err(err)?.ok_or(p99_status::NotFound)?;
-        fill_item(out, it);
+        fill_item(out, it, pin_magic(c));
         Ok(())
     })
 }
 
-/// Releases a pinned item and clears `*item`. INVALID_STATE if `*item` holds no pin (e.g. a
-/// second release), INVALID_ARGUMENT if its private fields are not this cache's. Callable
+/// Releases a pinned item and clears `*item`. INVALID_STATE if `*item` holds no pin (a second
+/// release, or a zeroed struct), INVALID_ARGUMENT if it was pinned by another cache (or is
+/// garbage); nothing is released then. Callable
 /// from any thread; the struct must not be used by another thread at the same time.
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_item_release(
@@ -514,8 +524,11 @@ pub unsafe extern "C" fn p99_cache_item_release(
     guard(|| {
         let c = unsafe { ref_from(cache) }?;
         let it = unsafe { mut_from(item) }?;
-        if it.pin_magic != PIN_MAGIC {
+        if it.pin_magic == 0 {
             return Err(p99_status::InvalidState);
+        }
+        if it.pin_magic != pin_magic(c) {
+            return Err(p99_status::InvalidArgument);
         }
         let token = PinToken { shard: it.pin_shard, segment: it.pin_segment };
         // SAFETY: the magic says this struct holds a pin from p99_cache_get*, not yet

@@ -167,6 +167,7 @@ mod tests {
     #[test]
     fn unknown_status_has_text() {
         let p = p99_status_str(9999);
+        // SAFETY: p99_status_str always returns a static NUL-terminated string.
         let s = unsafe { std::ffi::CStr::from_ptr(p) };
         assert_eq!(s.to_str().unwrap(), "unknown status");
     }
