@@ -356,8 +356,12 @@ typedef struct p99_cache_config {
  *
  * Write the value either in pieces with `p99_cache_reservation_write`, or directly into
  * `value` followed by `p99_cache_reservation_advance`; then `p99_cache_commit` or
- * `p99_cache_cancel`. Do not copy the struct: commit/cancel clear it, which is how a second
- * commit/cancel of the same struct is detected (`P99_STATUS_INVALID_STATE`).
+ * `p99_cache_cancel`. Commit/cancel clear the struct, which is how a second commit/cancel of
+ * the same struct is detected (`P99_STATUS_INVALID_STATE`). The struct must not be copied
+ * (no assignment, no passing or returning by value): a copy still looks live after the
+ * original is committed or cancelled, and committing, cancelling or writing through a copy
+ * after that is undefined behaviour (double free / use after free) that the library cannot
+ * detect. Pass it around by pointer.
  */
 typedef struct p99_cache_reservation {
   /**
@@ -379,8 +383,14 @@ typedef struct p99_cache_reservation {
  *
  * `key`/`value` point into the store and stay valid and unchanged until
  * `p99_cache_item_release`, whatever happens to the item meanwhile (replace, delete, expiry,
- * flush, eviction). Do not copy the struct: release clears it, which is how a second release
- * is detected (`P99_STATUS_INVALID_STATE`).
+ * flush, eviction). Release clears the struct, which is how a second release of the same
+ * struct is detected (`P99_STATUS_INVALID_STATE`).
+ *
+ * The struct must not be copied (no assignment, no passing or returning by value). Releasing
+ * both an item and a copy of it is undefined behaviour and is NOT detected: the copy still
+ * looks pinned, so its release drops a pin that another reader of the same segment holds,
+ * and that segment can then be evicted and reused while that reader still reads it (use
+ * after free). Pass the struct around by pointer, and release each item exactly once.
  */
 typedef struct p99_cache_item {
   /**
@@ -995,9 +1005,12 @@ p99_status p99_cache_get_and_touch(const struct p99_cache *cache,
 
 /**
  * Releases a pinned item and clears `*item`. INVALID_STATE if `*item` holds no pin (a second
- * release, or a zeroed struct), INVALID_ARGUMENT if it was pinned by another cache (or is
- * garbage); nothing is released then. Callable
- * from any thread; the struct must not be used by another thread at the same time.
+ * release of the same struct, or a zeroed struct), INVALID_ARGUMENT if it was pinned by
+ * another cache (or is garbage); nothing is released then. `*item` must be the struct
+ * `p99_cache_get*` filled, never a copy of it: releasing a copy of an item that is (or will
+ * be) released as well is undefined behaviour, not detected (it releases another reader's
+ * pin; see `p99_cache_item`). Callable from any thread; the struct must not be used by
+ * another thread at the same time.
  */
 p99_status p99_cache_item_release(const struct p99_cache *cache, struct p99_cache_item *item);
 
