@@ -383,14 +383,12 @@ typedef struct p99_cache_reservation {
  *
  * `key`/`value` point into the store and stay valid and unchanged until
  * `p99_cache_item_release`, whatever happens to the item meanwhile (replace, delete, expiry,
- * flush, eviction). Release clears the struct, which is how a second release of the same
- * struct is detected (`P99_STATUS_INVALID_STATE`).
- *
- * The struct must not be copied (no assignment, no passing or returning by value). Releasing
- * both an item and a copy of it is undefined behaviour and is NOT detected: the copy still
- * looks pinned, so its release drops a pin that another reader of the same segment holds,
- * and that segment can then be evicted and reused while that reader still reads it (use
- * after free). Pass the struct around by pointer, and release each item exactly once.
+ * flush, eviction). Release clears the struct. Each pin carries a ticket that its first
+ * release consumes: a second release of the same struct, or of a copy of it (C copies it by
+ * plain assignment), gets `P99_STATUS_INVALID_STATE` and releases nothing, so it cannot drop
+ * a pin another reader holds. (The ticket's generation is 32 bits: a stale copy is told
+ * apart unless its ticket slot was reused exactly 2^32 times meanwhile.) The `key`/`value`
+ * of a copy are valid only until the first release of any copy.
  */
 typedef struct p99_cache_item {
   /**
@@ -428,9 +426,9 @@ typedef struct p99_cache_item {
   /**
    * Private.
    */
-  uint32_t pin_segment;
+  uint32_t pin_slot;
   /**
-   * Private. Nonzero while the item is pinned; identifies the cache.
+   * Private. Nonzero while the item is pinned; identifies the cache and the ticket.
    */
   uint64_t pin_magic;
 } p99_cache_item;
@@ -1005,12 +1003,10 @@ p99_status p99_cache_get_and_touch(const struct p99_cache *cache,
 
 /**
  * Releases a pinned item and clears `*item`. INVALID_STATE if `*item` holds no pin (a second
- * release of the same struct, or a zeroed struct), INVALID_ARGUMENT if it was pinned by
- * another cache (or is garbage); nothing is released then. `*item` must be the struct
- * `p99_cache_get*` filled, never a copy of it: releasing a copy of an item that is (or will
- * be) released as well is undefined behaviour, not detected (it releases another reader's
- * pin; see `p99_cache_item`). Callable from any thread; the struct must not be used by
- * another thread at the same time.
+ * release of the same struct or of a copy of it, or a zeroed struct), INVALID_ARGUMENT if it
+ * was pinned by another cache (or is garbage); nothing is released then, and no other
+ * reader's pin is touched. Callable from any thread; the struct must not be used by another
+ * thread at the same time.
  */
 p99_status p99_cache_item_release(const struct p99_cache *cache, struct p99_cache_item *item);
 

@@ -14,7 +14,7 @@ use std::ffi::c_void;
 use super::boundary::{guard, guard_or, mut_from, out_ptr, ref_from, slice_from, struct_size_of};
 use super::status::p99_status;
 use crate::cache::{
-    Cache, ClockKind, Config, Error, Eviction, Mode, PinToken, Reservation, Stats,
+    Cache, ClockKind, Config, Error, Eviction, Mode, PinTicket, Reservation, Stats,
 };
 
 /// Eviction policy `P99_CACHE_EVICTION_FIFO`: drop the oldest unpinned segment.
@@ -106,14 +106,12 @@ pub struct p99_cache_reservation {
 ///
 /// `key`/`value` point into the store and stay valid and unchanged until
 /// `p99_cache_item_release`, whatever happens to the item meanwhile (replace, delete, expiry,
-/// flush, eviction). Release clears the struct, which is how a second release of the same
-/// struct is detected (`P99_STATUS_INVALID_STATE`).
-///
-/// The struct must not be copied (no assignment, no passing or returning by value). Releasing
-/// both an item and a copy of it is undefined behaviour and is NOT detected: the copy still
-/// looks pinned, so its release drops a pin that another reader of the same segment holds,
-/// and that segment can then be evicted and reused while that reader still reads it (use
-/// after free). Pass the struct around by pointer, and release each item exactly once.
+/// flush, eviction). Release clears the struct. Each pin carries a ticket that its first
+/// release consumes: a second release of the same struct, or of a copy of it (C copies it by
+/// plain assignment), gets `P99_STATUS_INVALID_STATE` and releases nothing, so it cannot drop
+/// a pin another reader holds. (The ticket's generation is 32 bits: a stale copy is told
+/// apart unless its ticket slot was reused exactly 2^32 times meanwhile.) The `key`/`value`
+/// of a copy are valid only until the first release of any copy.
 #[repr(C)]
 #[derive(Debug)]
 pub struct p99_cache_item {
@@ -134,8 +132,8 @@ pub struct p99_cache_item {
     /// Private.
     pub pin_shard: u32,
     /// Private.
-    pub pin_segment: u32,
-    /// Private. Nonzero while the item is pinned; identifies the cache.
+    pub pin_slot: u32,
+    /// Private. Nonzero while the item is pinned; identifies the cache and the ticket.
     pub pin_magic: u64,
 }
 
@@ -200,9 +198,11 @@ pub struct p99_cache_stats {
 
 const PIN_MAGIC: u64 = 0x7039_395f_6361_6368; // "p99_cach"
 
-/// The pin marker of items of cache `c`: a release on another cache is told apart.
-fn pin_magic(c: &p99_cache) -> u64 {
-    PIN_MAGIC ^ (c as *const p99_cache as u64).rotate_left(17)
+/// The pin marker of items of cache `c` (high 32 bits of `pin_magic`, never 0): a release
+/// on another cache is told apart. The low 32 bits hold the ticket's generation.
+fn pin_tag(c: &p99_cache) -> u32 {
+    let m = PIN_MAGIC ^ (c as *const p99_cache as u64).rotate_left(17);
+    ((m >> 32) as u32 ^ m as u32) | 1
 }
 
 fn err(e: Error) -> p99_status {
@@ -230,18 +230,31 @@ fn mode_from(mode: u32) -> Result<Mode, p99_status> {
     })
 }
 
-fn fill_item(out: &mut p99_cache_item, it: crate::cache::ItemRef<'_>, magic: u64) {
-    out.value = it.value_ptr();
-    out.value_len = it.value().len();
-    out.key = it.key_ptr();
-    out.key_len = it.key().len();
-    out.cas = it.cas();
-    out.flags = it.flags();
-    out.expiry = it.expiry();
-    let t = it.into_token();
-    out.pin_shard = t.shard;
-    out.pin_segment = t.segment;
-    out.pin_magic = magic;
+fn fill_item(
+    out: &mut p99_cache_item,
+    it: crate::cache::ItemRef<'_>,
+    tag: u32,
+) -> Result<(), p99_status> {
+    let item = p99_cache_item {
+        value: it.value_ptr(),
+        value_len: it.value().len(),
+        key: it.key_ptr(),
+        key_len: it.key().len(),
+        cas: it.cas(),
+        flags: it.flags(),
+        expiry: it.expiry(),
+        pin_shard: 0,
+        pin_slot: 0,
+        pin_magic: 0,
+    };
+    let t = it.into_ticket().map_err(err)?;
+    *out = p99_cache_item {
+        pin_shard: t.shard,
+        pin_slot: t.slot,
+        pin_magic: (u64::from(tag) << 32) | u64::from(t.generation),
+        ..item
+    };
+    Ok(())
 }
 
 /// Fills `*config` with the defaults (including `struct_size`). Returns NULL_PARAMETER if
@@ -540,8 +553,7 @@ pub unsafe extern "C" fn p99_cache_get(
         // other thread uses during the call (C contract).
         let out = unsafe { mut_from(item) }?;
         let it = c.cache.get(key).map_err(err)?.ok_or(p99_status::NotFound)?;
-        fill_item(out, it, pin_magic(c));
-        Ok(())
+        fill_item(out, it, pin_tag(c))
     })
 }
 
@@ -570,18 +582,15 @@ pub unsafe extern "C" fn p99_cache_get_and_touch(
         // other thread uses during the call (C contract).
         let out = unsafe { mut_from(item) }?;
         let it = c.cache.get_and_touch(key, expiry).map_err(err)?.ok_or(p99_status::NotFound)?;
-        fill_item(out, it, pin_magic(c));
-        Ok(())
+        fill_item(out, it, pin_tag(c))
     })
 }
 
 /// Releases a pinned item and clears `*item`. INVALID_STATE if `*item` holds no pin (a second
-/// release of the same struct, or a zeroed struct), INVALID_ARGUMENT if it was pinned by
-/// another cache (or is garbage); nothing is released then. `*item` must be the struct
-/// `p99_cache_get*` filled, never a copy of it: releasing a copy of an item that is (or will
-/// be) released as well is undefined behaviour, not detected (it releases another reader's
-/// pin; see `p99_cache_item`). Callable from any thread; the struct must not be used by
-/// another thread at the same time.
+/// release of the same struct or of a copy of it, or a zeroed struct), INVALID_ARGUMENT if it
+/// was pinned by another cache (or is garbage); nothing is released then, and no other
+/// reader's pin is touched. Callable from any thread; the struct must not be used by another
+/// thread at the same time.
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_item_release(
     cache: *const p99_cache,
@@ -597,14 +606,14 @@ pub unsafe extern "C" fn p99_cache_item_release(
         if it.pin_magic == 0 {
             return Err(p99_status::InvalidState);
         }
-        if it.pin_magic != pin_magic(c) {
+        if (it.pin_magic >> 32) as u32 != pin_tag(c) {
             return Err(p99_status::InvalidArgument);
         }
-        let token = PinToken { shard: it.pin_shard, segment: it.pin_segment };
-        // SAFETY: the magic says this struct holds a pin from p99_cache_get* on this cache, not
-        // yet released: release clears it below, and the C contract forbids copying the
-        // struct, so no copy can release the same pin again.
-        unsafe { c.cache.release_pin(token) }.map_err(err)?;
+        let ticket =
+            PinTicket { shard: it.pin_shard, slot: it.pin_slot, generation: it.pin_magic as u32 };
+        // A ticket already consumed (through this struct or a copy) is INVALID_STATE and
+        // releases nothing.
+        c.cache.release_ticket(ticket).map_err(err)?;
         *it = p99_cache_item {
             value: std::ptr::null(),
             value_len: 0,
@@ -614,7 +623,7 @@ pub unsafe extern "C" fn p99_cache_item_release(
             flags: 0,
             expiry: 0,
             pin_shard: 0,
-            pin_segment: 0,
+            pin_slot: 0,
             pin_magic: 0,
         };
         Ok(())
