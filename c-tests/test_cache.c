@@ -423,6 +423,63 @@ static void test_pins_and_release(void)
 	CHECK_OK(p99_cache_free(c));
 }
 
+/* A p99_cache_item copied by value and released twice: the second release (of either copy)
+ * is refused with INVALID_STATE and leaves the pin another reader holds on the same item
+ * (same segment) alone, so that reader's bytes survive eviction of everything else. */
+static void test_copied_item_release(void)
+{
+	p99_cache *c = new_cache(1, P99_CACHE_EVICTION_FIFO);
+	p99_cache_stats st = {.struct_size = sizeof(st)};
+	CHECK_OK(set_str(c, "p", "pinned value", 0, 0));
+	p99_cache_item it, copy, other;
+	CHECK_OK(p99_cache_get(c, (const uint8_t *)"p", 1, &it));
+	copy = it;
+	CHECK_OK(p99_cache_item_release(c, &it));
+	/* The ticket is consumed: the copy is refused while its slot is free ... */
+	CHECK_STATUS(p99_cache_item_release(c, &copy), P99_STATUS_INVALID_STATE);
+	/* ... and after another reader pinned the same item (reusing the slot). */
+	CHECK_OK(p99_cache_get(c, (const uint8_t *)"p", 1, &other));
+	CHECK_STATUS(p99_cache_item_release(c, &copy), P99_STATUS_INVALID_STATE);
+	CHECK_OK(p99_cache_get_stats(c, &st));
+	CHECK_EQ(st.pinned, 1);
+	/* The other reader's pin still holds: its segment survives delete, flush and a fill far
+	 * past the budget that evicts and reuses every unpinned segment. */
+	CHECK_OK(p99_cache_delete(c, (const uint8_t *)"p", 1));
+	CHECK_OK(p99_cache_flush_all(c, 0));
+	char key[32], val[200];
+	memset(val, 'y', sizeof(val) - 1);
+	val[sizeof(val) - 1] = 0;
+	for (int i = 0; i < 40000; i++) {
+		snprintf(key, sizeof(key), "fill-%d", i);
+		CHECK_OK(set_str(c, key, val, 0, 0));
+	}
+	CHECK_STATUS(p99_cache_item_release(c, &copy), P99_STATUS_INVALID_STATE);
+	CHECK_EQ(other.value_len, 12);
+	CHECK(memcmp(other.value, "pinned value", 12) == 0);
+	CHECK(memcmp(other.key, "p", 1) == 0);
+	CHECK_OK(p99_cache_get_stats(c, &st));
+	CHECK(st.evictions > 0);
+	CHECK_EQ(st.pinned, 1);
+	CHECK_EQ(st.segments_retired, 1);
+	CHECK_OK(p99_cache_item_release(c, &other));
+	CHECK_STATUS(p99_cache_item_release(c, &other), P99_STATUS_INVALID_STATE);
+	/* Either copy may go first: releasing the copy consumes the original's ticket too. */
+	CHECK_OK(set_str(c, "q", "q value", 0, 0));
+	CHECK_OK(p99_cache_get(c, (const uint8_t *)"q", 1, &it));
+	copy = it;
+	CHECK_OK(p99_cache_get(c, (const uint8_t *)"q", 1, &other));
+	CHECK_OK(p99_cache_item_release(c, &copy));
+	CHECK_STATUS(p99_cache_item_release(c, &it), P99_STATUS_INVALID_STATE);
+	CHECK_OK(p99_cache_get_stats(c, &st));
+	CHECK_EQ(st.pinned, 1);
+	CHECK(memcmp(other.value, "q value", 7) == 0);
+	CHECK_OK(p99_cache_item_release(c, &other));
+	CHECK_OK(p99_cache_get_stats(c, &st));
+	CHECK_EQ(st.pinned, 0);
+	CHECK_EQ(st.segments_retired, 0);
+	CHECK_OK(p99_cache_free(c));
+}
+
 static void test_stats(void)
 {
 	p99_cache *c = new_cache(1, P99_CACHE_EVICTION_MERGE);
@@ -518,6 +575,7 @@ int main(void)
 	test_expiry_touch_and_clock();
 	test_flush_all();
 	test_pins_and_release();
+	test_copied_item_release();
 	test_stats();
 	test_threads_share_one_handle();
 	return check_done("cache");

@@ -356,8 +356,12 @@ typedef struct p99_cache_config {
  *
  * Write the value either in pieces with `p99_cache_reservation_write`, or directly into
  * `value` followed by `p99_cache_reservation_advance`; then `p99_cache_commit` or
- * `p99_cache_cancel`. Do not copy the struct: commit/cancel clear it, which is how a second
- * commit/cancel of the same struct is detected (`P99_STATUS_INVALID_STATE`).
+ * `p99_cache_cancel`. Commit/cancel clear the struct, which is how a second commit/cancel of
+ * the same struct is detected (`P99_STATUS_INVALID_STATE`). The struct must not be copied
+ * (no assignment, no passing or returning by value): a copy still looks live after the
+ * original is committed or cancelled, and committing, cancelling or writing through a copy
+ * after that is undefined behaviour (double free / use after free) that the library cannot
+ * detect. Pass it around by pointer.
  */
 typedef struct p99_cache_reservation {
   /**
@@ -379,8 +383,12 @@ typedef struct p99_cache_reservation {
  *
  * `key`/`value` point into the store and stay valid and unchanged until
  * `p99_cache_item_release`, whatever happens to the item meanwhile (replace, delete, expiry,
- * flush, eviction). Do not copy the struct: release clears it, which is how a second release
- * is detected (`P99_STATUS_INVALID_STATE`).
+ * flush, eviction). Release clears the struct. Each pin carries a ticket that its first
+ * release consumes: a second release of the same struct, or of a copy of it (C copies it by
+ * plain assignment), gets `P99_STATUS_INVALID_STATE` and releases nothing, so it cannot drop
+ * a pin another reader holds. (The ticket's generation is 32 bits: a stale copy is told
+ * apart unless its ticket slot was reused exactly 2^32 times meanwhile.) The `key`/`value`
+ * of a copy are valid only until the first release of any copy.
  */
 typedef struct p99_cache_item {
   /**
@@ -418,9 +426,9 @@ typedef struct p99_cache_item {
   /**
    * Private.
    */
-  uint32_t pin_segment;
+  uint32_t pin_slot;
   /**
-   * Private. Nonzero while the item is pinned; identifies the cache.
+   * Private. Nonzero while the item is pinned; identifies the cache and the ticket.
    */
   uint64_t pin_magic;
 } p99_cache_item;
@@ -995,9 +1003,10 @@ p99_status p99_cache_get_and_touch(const struct p99_cache *cache,
 
 /**
  * Releases a pinned item and clears `*item`. INVALID_STATE if `*item` holds no pin (a second
- * release, or a zeroed struct), INVALID_ARGUMENT if it was pinned by another cache (or is
- * garbage); nothing is released then. Callable
- * from any thread; the struct must not be used by another thread at the same time.
+ * release of the same struct or of a copy of it, or a zeroed struct), INVALID_ARGUMENT if it
+ * was pinned by another cache (or is garbage); nothing is released then, and no other
+ * reader's pin is touched. Callable from any thread; the struct must not be used by another
+ * thread at the same time.
  */
 p99_status p99_cache_item_release(const struct p99_cache *cache, struct p99_cache_item *item);
 

@@ -194,3 +194,27 @@ fn keys_and_sizes_are_checked() {
     c.set(b"k", &vec![0u8; max], 0, 0).unwrap();
     assert_eq!(c.get(b"k").unwrap().unwrap().value().len(), max);
 }
+
+#[test]
+fn a_pin_ticket_is_released_once_whatever_copy_releases_it() {
+    let c = small();
+    c.set(b"k", b"v", 0, 0).unwrap();
+    let t = c.get(b"k").unwrap().unwrap().into_ticket().unwrap();
+    let copy = t;
+    c.release_ticket(t).unwrap();
+    assert_eq!(c.release_ticket(copy), Err(Error::InvalidState));
+    // The slot is reused by the next pin, under a new generation: the stale copy is refused
+    // and the new pin stays held.
+    let t2 = c.get(b"k").unwrap().unwrap().into_ticket().unwrap();
+    assert_eq!(t2.slot, t.slot);
+    assert_ne!(t2.generation, t.generation);
+    assert_eq!(c.release_ticket(copy), Err(Error::InvalidState));
+    assert_eq!(c.pinned(), 1);
+    c.release_ticket(t2).unwrap();
+    assert_eq!(c.release_ticket(t2), Err(Error::InvalidState));
+    assert_eq!(c.pinned(), 0);
+    let bogus = p99::cache::PinTicket { shard: 0, slot: 1000, generation: 0 };
+    assert_eq!(c.release_ticket(bogus), Err(Error::InvalidArgument));
+    let bogus = p99::cache::PinTicket { shard: 99, slot: 0, generation: 0 };
+    assert_eq!(c.release_ticket(bogus), Err(Error::InvalidArgument));
+}

@@ -19,6 +19,58 @@ const SHARDS_MAX: usize = 256;
 struct Shard {
     inner: Mutex<ShardInner>,
     pins: Arc<PinTable>,
+    /// Tickets of pins handed out through [`ItemRef::into_ticket`].
+    tickets: Mutex<TicketPool>,
+}
+
+/// One ticket: the pinned segment and a generation that each release advances.
+#[derive(Debug, Clone, Copy)]
+struct TicketSlot {
+    generation: u32,
+    segment: u32,
+    live: bool,
+}
+
+/// The tickets of one shard: slots are reused (a free list) and never shrink, so the pool is
+/// as large as the most tickets ever held at once.
+#[derive(Debug, Default)]
+struct TicketPool {
+    slots: Vec<TicketSlot>,
+    free: Vec<u32>,
+}
+
+impl TicketPool {
+    /// Issues a ticket for a pin on `segment`: (slot, generation). `None` only when 2^32
+    /// tickets are held at once.
+    fn issue(&mut self, segment: u32) -> Option<(u32, u32)> {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                let s = u32::try_from(self.slots.len()).ok()?;
+                self.slots.push(TicketSlot { generation: 0, segment: 0, live: false });
+                s
+            }
+        };
+        let e = &mut self.slots[slot as usize];
+        e.live = true;
+        e.segment = segment;
+        Some((slot, e.generation))
+    }
+
+    /// Consumes ticket (`slot`, `generation`) and returns its segment. `InvalidState` if that
+    /// ticket was already consumed (the slot is free, or reissued under a later generation),
+    /// `InvalidArgument` for a slot never issued.
+    fn consume(&mut self, slot: u32, generation: u32) -> Result<u32, Error> {
+        let e = self.slots.get_mut(slot as usize).ok_or(Error::InvalidArgument)?;
+        if !e.live || e.generation != generation {
+            return Err(Error::InvalidState);
+        }
+        e.live = false;
+        e.generation = e.generation.wrapping_add(1);
+        let seg = e.segment;
+        self.free.push(slot);
+        Ok(seg)
+    }
 }
 
 /// A segment-structured cache. One handle may be shared by any number of threads (`Sync`);
@@ -130,14 +182,26 @@ unsafe impl Send for ItemRef<'_> {}
 // SAFETY: shared access only reads the immutable bytes.
 unsafe impl Sync for ItemRef<'_> {}
 
-/// The pin of an item taken apart from its [`ItemRef`] (for handing it through a C ABI).
-/// Release it exactly once with [`Cache::release_pin`].
+/// The pin held by an [`ItemRef`]: shard and segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PinToken {
+struct PinToken {
+    shard: u32,
+    segment: u32,
+}
+
+/// The pin of an item taken apart from its [`ItemRef`] (for handing it through a C ABI),
+/// released with [`Cache::release_ticket`]. A ticket may be copied freely: the first
+/// release of any copy consumes it, and every later release of a copy gets
+/// `Error::InvalidState` and touches no pin (a slot's generation is 32 bits, so a stale copy
+/// is told apart unless its slot was reissued exactly 2^32 times meanwhile).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinTicket {
     /// Shard index.
     pub shard: u32,
-    /// Segment index within the shard.
-    pub segment: u32,
+    /// Ticket slot within the shard.
+    pub slot: u32,
+    /// Generation of the slot when the ticket was issued.
+    pub generation: u32,
 }
 
 impl<'c> ItemRef<'c> {
@@ -171,12 +235,15 @@ impl<'c> ItemRef<'c> {
     pub fn expiry(&self) -> u32 {
         self.expiry
     }
-    /// Gives up the RAII guard and returns the pin, to be released with
-    /// [`Cache::release_pin`].
-    pub fn into_token(self) -> PinToken {
+    /// Gives up the RAII guard and returns the pin as a ticket, to be released with
+    /// [`Cache::release_ticket`]. `OutOfMemory` (the pin released) only if 2^32 tickets of the
+    /// shard are held at once.
+    pub fn into_ticket(self) -> Result<PinTicket, Error> {
         let t = self.token;
+        let issued = self.cache.shards[t.shard as usize].tickets.lock().issue(t.segment);
+        let (slot, generation) = issued.ok_or(Error::OutOfMemory)?;
         std::mem::forget(self);
-        t
+        Ok(PinTicket { shard: t.shard, slot, generation })
     }
 }
 
@@ -268,7 +335,11 @@ impl Cache {
             };
             let inner = ShardInner::new(sc, expected.div_ceil(nshards), pins.clone())
                 .map_err(|_| Error::OutOfMemory)?;
-            shards.push(CachePadded::new(Shard { inner: Mutex::new(inner), pins }));
+            shards.push(CachePadded::new(Shard {
+                inner: Mutex::new(inner),
+                pins,
+                tickets: Mutex::new(TicketPool::default()),
+            }));
         }
         let shards = shards.into_boxed_slice();
         Ok(Cache {
@@ -515,15 +586,13 @@ impl Cache {
         Ok(())
     }
 
-    /// Releases a pin taken apart with [`ItemRef::into_token`]. A token of no pin held on
-    /// that segment gives `InvalidState`, one out of range `InvalidArgument`.
-    ///
-    /// # Safety
-    /// The token must come from `into_token` on this cache and be released once: releasing
-    /// a token twice may drop a pin another reader holds on the same segment, and that
-    /// reader's bytes could then be reused under it.
-    pub unsafe fn release_pin(&self, token: PinToken) -> Result<(), Error> {
-        self.unpin(token)
+    /// Releases a pin taken apart with [`ItemRef::into_ticket`]. A ticket already released
+    /// (through any copy of it) gives `InvalidState` and releases nothing; a shard or slot
+    /// never issued gives `InvalidArgument`.
+    pub fn release_ticket(&self, ticket: PinTicket) -> Result<(), Error> {
+        let shard = self.shards.get(ticket.shard as usize).ok_or(Error::InvalidArgument)?;
+        let segment = shard.tickets.lock().consume(ticket.slot, ticket.generation)?;
+        self.unpin(PinToken { shard: ticket.shard, segment })
     }
 
     /// Pins currently held by readers.

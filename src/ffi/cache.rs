@@ -14,7 +14,7 @@ use std::ffi::c_void;
 use super::boundary::{guard, guard_or, mut_from, out_ptr, ref_from, slice_from, struct_size_of};
 use super::status::p99_status;
 use crate::cache::{
-    Cache, ClockKind, Config, Error, Eviction, Mode, PinToken, Reservation, Stats,
+    Cache, ClockKind, Config, Error, Eviction, Mode, PinTicket, Reservation, Stats,
 };
 
 /// Eviction policy `P99_CACHE_EVICTION_FIFO`: drop the oldest unpinned segment.
@@ -85,8 +85,12 @@ pub struct p99_cache_config {
 ///
 /// Write the value either in pieces with `p99_cache_reservation_write`, or directly into
 /// `value` followed by `p99_cache_reservation_advance`; then `p99_cache_commit` or
-/// `p99_cache_cancel`. Do not copy the struct: commit/cancel clear it, which is how a second
-/// commit/cancel of the same struct is detected (`P99_STATUS_INVALID_STATE`).
+/// `p99_cache_cancel`. Commit/cancel clear the struct, which is how a second commit/cancel of
+/// the same struct is detected (`P99_STATUS_INVALID_STATE`). The struct must not be copied
+/// (no assignment, no passing or returning by value): a copy still looks live after the
+/// original is committed or cancelled, and committing, cancelling or writing through a copy
+/// after that is undefined behaviour (double free / use after free) that the library cannot
+/// detect. Pass it around by pointer.
 #[repr(C)]
 #[derive(Debug)]
 pub struct p99_cache_reservation {
@@ -102,8 +106,12 @@ pub struct p99_cache_reservation {
 ///
 /// `key`/`value` point into the store and stay valid and unchanged until
 /// `p99_cache_item_release`, whatever happens to the item meanwhile (replace, delete, expiry,
-/// flush, eviction). Do not copy the struct: release clears it, which is how a second release
-/// is detected (`P99_STATUS_INVALID_STATE`).
+/// flush, eviction). Release clears the struct. Each pin carries a ticket that its first
+/// release consumes: a second release of the same struct, or of a copy of it (C copies it by
+/// plain assignment), gets `P99_STATUS_INVALID_STATE` and releases nothing, so it cannot drop
+/// a pin another reader holds. (The ticket's generation is 32 bits: a stale copy is told
+/// apart unless its ticket slot was reused exactly 2^32 times meanwhile.) The `key`/`value`
+/// of a copy are valid only until the first release of any copy.
 #[repr(C)]
 #[derive(Debug)]
 pub struct p99_cache_item {
@@ -124,8 +132,8 @@ pub struct p99_cache_item {
     /// Private.
     pub pin_shard: u32,
     /// Private.
-    pub pin_segment: u32,
-    /// Private. Nonzero while the item is pinned; identifies the cache.
+    pub pin_slot: u32,
+    /// Private. Nonzero while the item is pinned; identifies the cache and the ticket.
     pub pin_magic: u64,
 }
 
@@ -190,9 +198,11 @@ pub struct p99_cache_stats {
 
 const PIN_MAGIC: u64 = 0x7039_395f_6361_6368; // "p99_cach"
 
-/// The pin marker of items of cache `c`: a release on another cache is told apart.
-fn pin_magic(c: &p99_cache) -> u64 {
-    PIN_MAGIC ^ (c as *const p99_cache as u64).rotate_left(17)
+/// The pin marker of items of cache `c` (high 32 bits of `pin_magic`, never 0): a release
+/// on another cache is told apart. The low 32 bits hold the ticket's generation.
+fn pin_tag(c: &p99_cache) -> u32 {
+    let m = PIN_MAGIC ^ (c as *const p99_cache as u64).rotate_left(17);
+    ((m >> 32) as u32 ^ m as u32) | 1
 }
 
 fn err(e: Error) -> p99_status {
@@ -220,18 +230,31 @@ fn mode_from(mode: u32) -> Result<Mode, p99_status> {
     })
 }
 
-fn fill_item(out: &mut p99_cache_item, it: crate::cache::ItemRef<'_>, magic: u64) {
-    out.value = it.value_ptr();
-    out.value_len = it.value().len();
-    out.key = it.key_ptr();
-    out.key_len = it.key().len();
-    out.cas = it.cas();
-    out.flags = it.flags();
-    out.expiry = it.expiry();
-    let t = it.into_token();
-    out.pin_shard = t.shard;
-    out.pin_segment = t.segment;
-    out.pin_magic = magic;
+fn fill_item(
+    out: &mut p99_cache_item,
+    it: crate::cache::ItemRef<'_>,
+    tag: u32,
+) -> Result<(), p99_status> {
+    let item = p99_cache_item {
+        value: it.value_ptr(),
+        value_len: it.value().len(),
+        key: it.key_ptr(),
+        key_len: it.key().len(),
+        cas: it.cas(),
+        flags: it.flags(),
+        expiry: it.expiry(),
+        pin_shard: 0,
+        pin_slot: 0,
+        pin_magic: 0,
+    };
+    let t = it.into_ticket().map_err(err)?;
+    *out = p99_cache_item {
+        pin_shard: t.shard,
+        pin_slot: t.slot,
+        pin_magic: (u64::from(tag) << 32) | u64::from(t.generation),
+        ..item
+    };
+    Ok(())
 }
 
 /// Fills `*config` with the defaults (including `struct_size`). Returns NULL_PARAMETER if
@@ -239,6 +262,8 @@ fn fill_item(out: &mut p99_cache_item, it: crate::cache::ItemRef<'_>, magic: u64
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_config_defaults(config: *mut p99_cache_config) -> p99_status {
     guard(|| {
+        // SAFETY: NULL is rejected up front; a non-NULL `config` is writable for one value by the C
+        // contract, and is written only on success.
         let out = unsafe { out_ptr(config) }?;
         let d = Config::default();
         out.write(p99_cache_config {
@@ -268,8 +293,14 @@ pub unsafe extern "C" fn p99_cache_new(
     out: *mut *mut p99_cache,
 ) -> p99_status {
     guard(|| {
+        // SAFETY: NULL is rejected; a non-NULL `config` points to a caller-filled p99_cache_config
+        // that starts with `uint32_t struct_size` (C contract), and only that field is read here.
         unsafe { struct_size_of(config.cast(), std::mem::size_of::<p99_cache_config>()) }?;
+        // SAFETY: non-NULL and at least this version's size (struct_size checked above); valid for
+        // reads until return by the C contract.
         let c = unsafe { ref_from(config) }?;
+        // SAFETY: NULL is rejected up front; a non-NULL `out` is writable for one value by the C
+        // contract, and is written only on success.
         let out = unsafe { out_ptr(out) }?;
         let eviction = match c.eviction {
             P99_CACHE_EVICTION_FIFO => Eviction::Fifo,
@@ -306,6 +337,8 @@ pub unsafe extern "C" fn p99_cache_free(cache: *mut p99_cache) -> p99_status {
         if cache.is_null() {
             return Ok(());
         }
+        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
+        // not being freed (C contract: p99_cache_free runs alone).
         let c = unsafe { ref_from(cache) }?;
         if c.cache.pinned() != 0 {
             return Err(p99_status::Busy);
@@ -333,8 +366,15 @@ pub unsafe extern "C" fn p99_cache_reserve(
     out: *mut p99_cache_reservation,
 ) -> p99_status {
     guard(|| {
+        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
+        // not being freed (C contract: p99_cache_free runs alone).
         let c = unsafe { ref_from(cache) }?;
+        // SAFETY: `key` is NULL only with `key_len` 0 (NULL with a nonzero length is rejected),
+        // else valid for `key_len` readable bytes until return, as the C contract requires; the
+        // bytes are copied or only read before returning.
         let key = unsafe { slice_from(key, key_len) }?;
+        // SAFETY: NULL is rejected up front; a non-NULL `out` is writable for one value by the C
+        // contract, and is written only on success.
         let out = unsafe { out_ptr(out) }?;
         let mut res = Box::new(c.cache.reserve(key, value_len, flags, expiry).map_err(err)?);
         let value = res.value_buffer().as_mut_ptr();
@@ -352,7 +392,8 @@ fn reservation_of(res: &mut p99_cache_reservation) -> Result<&mut Reservation, p
         return Err(p99_status::InvalidState);
     }
     // SAFETY: a non-NULL state was set by p99_cache_reserve from Box::into_raw and is cleared
-    // when the box is consumed.
+    // when the box is consumed; the C contract forbids copying the struct, so no other copy
+    // of this pointer can have consumed it.
     Ok(unsafe { &mut *res.state.cast::<Reservation>() })
 }
 
@@ -378,7 +419,12 @@ pub unsafe extern "C" fn p99_cache_reservation_write(
     len: usize,
 ) -> p99_status {
     guard(|| {
+        // SAFETY: NULL is rejected; a non-NULL `res` is a caller-owned reservation struct that no
+        // other thread uses during the call (C contract: one thread at a time per reservation).
         let r = unsafe { mut_from(res) }?;
+        // SAFETY: `data` is NULL only with `len` 0 (NULL with a nonzero length is rejected), else
+        // valid for `len` readable bytes until return, as the C contract requires; the bytes are
+        // copied or only read before returning.
         let data = unsafe { slice_from(data, len) }?;
         reservation_of(r)?.write(data).map_err(err)
     })
@@ -393,6 +439,8 @@ pub unsafe extern "C" fn p99_cache_reservation_advance(
     n: usize,
 ) -> p99_status {
     guard(|| {
+        // SAFETY: NULL is rejected; a non-NULL `res` is a caller-owned reservation struct that no
+        // other thread uses during the call (C contract: one thread at a time per reservation).
         let r = unsafe { mut_from(res) }?;
         reservation_of(r)?.advance(n).map_err(err)
     })
@@ -415,7 +463,11 @@ pub unsafe extern "C" fn p99_cache_commit(
     cas_out: *mut u64,
 ) -> p99_status {
     guard(|| {
+        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
+        // not being freed (C contract: p99_cache_free runs alone).
         let c = unsafe { ref_from(cache) }?;
+        // SAFETY: NULL is rejected; a non-NULL `res` is a caller-owned reservation struct that no
+        // other thread uses during the call (C contract: one thread at a time per reservation).
         let r = unsafe { mut_from(res) }?;
         let b = take_reservation(r)?;
         let mode = mode_from(mode)?;
@@ -433,6 +485,8 @@ pub unsafe extern "C" fn p99_cache_commit(
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_cancel(res: *mut p99_cache_reservation) -> p99_status {
     guard(|| {
+        // SAFETY: NULL is rejected; a non-NULL `res` is a caller-owned reservation struct that no
+        // other thread uses during the call (C contract: one thread at a time per reservation).
         let r = unsafe { mut_from(res) }?;
         drop(take_reservation(r)?);
         Ok(())
@@ -456,8 +510,16 @@ pub unsafe extern "C" fn p99_cache_store(
     cas_out: *mut u64,
 ) -> p99_status {
     guard(|| {
+        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
+        // not being freed (C contract: p99_cache_free runs alone).
         let c = unsafe { ref_from(cache) }?;
+        // SAFETY: `key` is NULL only with `key_len` 0 (NULL with a nonzero length is rejected),
+        // else valid for `key_len` readable bytes until return, as the C contract requires; the
+        // bytes are copied or only read before returning.
         let key = unsafe { slice_from(key, key_len) }?;
+        // SAFETY: `value` is NULL only with `value_len` 0 (NULL with a nonzero length is rejected),
+        // else valid for `value_len` readable bytes until return, as the C contract requires; the
+        // bytes are copied or only read before returning.
         let value = unsafe { slice_from(value, value_len) }?;
         let mode = mode_from(mode)?;
         let cas = c.cache.store(key, value, flags, expiry, mode, cas_in).map_err(err)?;
@@ -480,12 +542,18 @@ pub unsafe extern "C" fn p99_cache_get(
     item: *mut p99_cache_item,
 ) -> p99_status {
     guard(|| {
+        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
+        // not being freed (C contract: p99_cache_free runs alone).
         let c = unsafe { ref_from(cache) }?;
+        // SAFETY: `key` is NULL only with `key_len` 0 (NULL with a nonzero length is rejected),
+        // else valid for `key_len` readable bytes until return, as the C contract requires; the
+        // bytes are copied or only read before returning.
         let key = unsafe { slice_from(key, key_len) }?;
+        // SAFETY: NULL is rejected; a non-NULL `item` is a caller-owned p99_cache_item that no
+        // other thread uses during the call (C contract).
         let out = unsafe { mut_from(item) }?;
         let it = c.cache.get(key).map_err(err)?.ok_or(p99_status::NotFound)?;
-        fill_item(out, it, pin_magic(c));
-        Ok(())
+        fill_item(out, it, pin_tag(c))
     })
 }
 
@@ -503,37 +571,49 @@ pub unsafe extern "C" fn p99_cache_get_and_touch(
     item: *mut p99_cache_item,
 ) -> p99_status {
     guard(|| {
+        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
+        // not being freed (C contract: p99_cache_free runs alone).
         let c = unsafe { ref_from(cache) }?;
+        // SAFETY: `key` is NULL only with `key_len` 0 (NULL with a nonzero length is rejected),
+        // else valid for `key_len` readable bytes until return, as the C contract requires; the
+        // bytes are copied or only read before returning.
         let key = unsafe { slice_from(key, key_len) }?;
+        // SAFETY: NULL is rejected; a non-NULL `item` is a caller-owned p99_cache_item that no
+        // other thread uses during the call (C contract).
         let out = unsafe { mut_from(item) }?;
         let it = c.cache.get_and_touch(key, expiry).map_err(err)?.ok_or(p99_status::NotFound)?;
-        fill_item(out, it, pin_magic(c));
-        Ok(())
+        fill_item(out, it, pin_tag(c))
     })
 }
 
 /// Releases a pinned item and clears `*item`. INVALID_STATE if `*item` holds no pin (a second
-/// release, or a zeroed struct), INVALID_ARGUMENT if it was pinned by another cache (or is
-/// garbage); nothing is released then. Callable
-/// from any thread; the struct must not be used by another thread at the same time.
+/// release of the same struct or of a copy of it, or a zeroed struct), INVALID_ARGUMENT if it
+/// was pinned by another cache (or is garbage); nothing is released then, and no other
+/// reader's pin is touched. Callable from any thread; the struct must not be used by another
+/// thread at the same time.
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_item_release(
     cache: *const p99_cache,
     item: *mut p99_cache_item,
 ) -> p99_status {
     guard(|| {
+        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
+        // not being freed (C contract: p99_cache_free runs alone).
         let c = unsafe { ref_from(cache) }?;
+        // SAFETY: NULL is rejected; a non-NULL `item` is a caller-owned p99_cache_item that no
+        // other thread uses during the call (C contract).
         let it = unsafe { mut_from(item) }?;
         if it.pin_magic == 0 {
             return Err(p99_status::InvalidState);
         }
-        if it.pin_magic != pin_magic(c) {
+        if (it.pin_magic >> 32) as u32 != pin_tag(c) {
             return Err(p99_status::InvalidArgument);
         }
-        let token = PinToken { shard: it.pin_shard, segment: it.pin_segment };
-        // SAFETY: the magic says this struct holds a pin from p99_cache_get*, not yet
-        // released (release clears it below, so it is released once).
-        unsafe { c.cache.release_pin(token) }.map_err(err)?;
+        let ticket =
+            PinTicket { shard: it.pin_shard, slot: it.pin_slot, generation: it.pin_magic as u32 };
+        // A ticket already consumed (through this struct or a copy) is INVALID_STATE and
+        // releases nothing.
+        c.cache.release_ticket(ticket).map_err(err)?;
         *it = p99_cache_item {
             value: std::ptr::null(),
             value_len: 0,
@@ -543,7 +623,7 @@ pub unsafe extern "C" fn p99_cache_item_release(
             flags: 0,
             expiry: 0,
             pin_shard: 0,
-            pin_segment: 0,
+            pin_slot: 0,
             pin_magic: 0,
         };
         Ok(())
@@ -558,7 +638,12 @@ pub unsafe extern "C" fn p99_cache_delete(
     key_len: usize,
 ) -> p99_status {
     guard(|| {
+        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
+        // not being freed (C contract: p99_cache_free runs alone).
         let c = unsafe { ref_from(cache) }?;
+        // SAFETY: `key` is NULL only with `key_len` 0 (NULL with a nonzero length is rejected),
+        // else valid for `key_len` readable bytes until return, as the C contract requires; the
+        // bytes are copied or only read before returning.
         let key = unsafe { slice_from(key, key_len) }?;
         c.cache.delete(key).map_err(err)
     })
@@ -574,7 +659,12 @@ pub unsafe extern "C" fn p99_cache_touch(
     expiry: u32,
 ) -> p99_status {
     guard(|| {
+        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
+        // not being freed (C contract: p99_cache_free runs alone).
         let c = unsafe { ref_from(cache) }?;
+        // SAFETY: `key` is NULL only with `key_len` 0 (NULL with a nonzero length is rejected),
+        // else valid for `key_len` readable bytes until return, as the C contract requires; the
+        // bytes are copied or only read before returning.
         let key = unsafe { slice_from(key, key_len) }?;
         c.cache.touch(key, expiry).map_err(err)
     })
@@ -590,8 +680,15 @@ unsafe fn delta(
     cas_out: *mut u64,
 ) -> p99_status {
     guard(|| {
+        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
+        // not being freed (C contract: p99_cache_free runs alone).
         let c = unsafe { ref_from(cache) }?;
+        // SAFETY: `key` is NULL only with `key_len` 0 (NULL with a nonzero length is rejected),
+        // else valid for `key_len` readable bytes until return, as the C contract requires; the
+        // bytes are copied or only read before returning.
         let key = unsafe { slice_from(key, key_len) }?;
+        // SAFETY: NULL is rejected up front; a non-NULL `value_out` is writable for one value by
+        // the C contract, and is written only on success.
         let out = unsafe { out_ptr(value_out) }?;
         let (v, cas) = if incr { c.cache.incr(key, by) } else { c.cache.decr(key, by) }.map_err(err)?;
         out.write(v);
@@ -618,6 +715,8 @@ pub unsafe extern "C" fn p99_cache_incr(
     value_out: *mut u64,
     cas_out: *mut u64,
 ) -> p99_status {
+    // SAFETY: the arguments are this function's own, passed on unchanged, so delta's contract is
+    // exactly this function's C contract.
     unsafe { self::delta(cache, key, key_len, true, delta, value_out, cas_out) }
 }
 
@@ -632,6 +731,8 @@ pub unsafe extern "C" fn p99_cache_decr(
     value_out: *mut u64,
     cas_out: *mut u64,
 ) -> p99_status {
+    // SAFETY: the arguments are this function's own, passed on unchanged, so delta's contract is
+    // exactly this function's C contract.
     unsafe { self::delta(cache, key, key_len, false, delta, value_out, cas_out) }
 }
 
@@ -641,6 +742,8 @@ pub unsafe extern "C" fn p99_cache_decr(
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_flush_all(cache: *const p99_cache, delay_seconds: u32) -> p99_status {
     guard(|| {
+        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
+        // not being freed (C contract: p99_cache_free runs alone).
         let c = unsafe { ref_from(cache) }?;
         c.cache.flush_all(delay_seconds);
         Ok(())
@@ -651,6 +754,8 @@ pub unsafe extern "C" fn p99_cache_flush_all(cache: *const p99_cache, delay_seco
 /// NULL. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_now(cache: *const p99_cache) -> u32 {
+    // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is not
+    // being freed (C contract: p99_cache_free runs alone).
     guard_or(0, || match unsafe { ref_from(cache) } {
         Ok(c) => c.cache.now(),
         Err(_) => 0,
@@ -662,6 +767,8 @@ pub unsafe extern "C" fn p99_cache_now(cache: *const p99_cache) -> u32 {
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_set_time(cache: *const p99_cache, unix_seconds: u32) -> p99_status {
     guard(|| {
+        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
+        // not being freed (C contract: p99_cache_free runs alone).
         let c = unsafe { ref_from(cache) }?;
         c.cache.set_time(unix_seconds).map_err(err)
     })
@@ -679,7 +786,11 @@ pub unsafe extern "C" fn p99_cache_expiry_from_exptime(
     expiry_out: *mut u32,
 ) -> p99_status {
     guard(|| {
+        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
+        // not being freed (C contract: p99_cache_free runs alone).
         let c = unsafe { ref_from(cache) }?;
+        // SAFETY: NULL is rejected up front; a non-NULL `expiry_out` is writable for one value by
+        // the C contract, and is written only on success.
         let out = unsafe { out_ptr(expiry_out) }?;
         out.write(c.cache.expiry_from_exptime(exptime));
         Ok(())
@@ -723,7 +834,11 @@ fn stats_to_c(s: &Stats) -> p99_cache_stats {
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_get_stats(cache: *const p99_cache, stats: *mut p99_cache_stats) -> p99_status {
     guard(|| {
+        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
+        // not being freed (C contract: p99_cache_free runs alone).
         let c = unsafe { ref_from(cache) }?;
+        // SAFETY: NULL is rejected; a non-NULL `stats` points to a caller struct that starts with
+        // `uint32_t struct_size` set by the caller (C contract), and only that field is read here.
         let size = unsafe { struct_size_of(stats.cast_const().cast(), std::mem::size_of::<p99_cache_stats>()) }?;
         let mut full = stats_to_c(&c.cache.stats());
         full.struct_size = size as u32;
