@@ -146,3 +146,54 @@ fn three_ping_servers_answer_identically() {
         }
     }
 }
+
+/// Resident set size of `pid` in KiB, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    let line = s.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS value")
+}
+
+/// A client that pipelines PINGs and never reads a reply must not make a server queue replies
+/// without bound: once the server stops reading it, the client's writes block. Sends up to
+/// 64 MiB of PINGs (so up to 64 MiB of replies would be queued by an unbounded server) and
+/// checks the server's RSS grew by less than 16 MiB (socket buffers plus the server's queue).
+#[test]
+#[ignore = "needs the built servers; run by make test-engine"]
+fn never_reading_client_does_not_grow_server_memory() {
+    const LIMIT: usize = 64 << 20;
+    const MAX_GROWTH_KIB: u64 = 16 << 10;
+    let mut servers = vec![start("pingserver-c", None)];
+    for b in ["uring", "epoll"] {
+        servers.push(start("pingserver-c-p99", Some(b)));
+        servers.push(start("pingserver-rs", Some(b)));
+    }
+    let chunk = b"PING\r\n".repeat(10_000);
+    for s in &servers {
+        let pid = s.child.id();
+        let before = rss_kib(pid);
+        let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        c.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut sent = 0usize;
+        while sent < LIMIT {
+            match c.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+                Err(e) => panic!("{}: write: {e}", s.name),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let after = rss_kib(pid);
+        assert!(
+            sent < LIMIT,
+            "{}: took all {LIMIT} bytes of PINGs from a client that never reads (no backpressure)",
+            s.name
+        );
+        assert!(
+            after.saturating_sub(before) < MAX_GROWTH_KIB,
+            "{}: RSS grew from {before} KiB to {after} KiB for a client that never reads ({sent} bytes sent)",
+            s.name
+        );
+        drop(c);
+    }
+}
