@@ -76,15 +76,37 @@ pub(crate) fn run<H: Handler, M: FnOnce() -> H>(
     let mut l = Loop { ep, listener: Some(listener), wake_fd, scratch, iov: Vec::with_capacity(MAX_IOV), syscalls: 0, accept_retry_at: None };
     let _ = ready.send(Ok(()));
     let current = conn::CurrentGuard::set(&w);
-    h.on_worker_start(&mut w);
-    l.run(&mut w, &mut h);
-    w.run_mail(true);
-    h.on_worker_stop(&mut w);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        h.on_worker_start(&mut w);
+        l.run(&mut w, &mut h)
+    }));
+    let mut panicked = None;
+    match outcome {
+        Ok(Ok(())) => {
+            w.run_mail(true);
+            h.on_worker_stop(&mut w);
+            return;
+        }
+        Ok(Err(e)) => eprintln!("p99: engine worker {index}: epoll_wait failed ({e}); closing its connections"),
+        Err(p) => panicked = Some(p),
+    }
+    // Abnormal end (epoll failed or a handler panicked): nothing is in the kernel's hands,
+    // so finalise every live connection at once.
+    drop(l);
+    let late = conn::abort_all(&mut w, &mut h);
+    let stop = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        w.run_mail(true);
+        h.on_worker_stop(&mut w);
+    }));
     drop(current);
+    if let Some(p) = panicked.or(late).or(stop.err()) {
+        std::panic::resume_unwind(p);
+    }
 }
 
 impl Loop {
-    fn run<H: Handler>(&mut self, w: &mut Worker, h: &mut H) {
+    /// Runs until the worker has stopped; an error means epoll itself failed.
+    fn run<H: Handler>(&mut self, w: &mut Worker, h: &mut H) -> io::Result<()> {
         let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         loop {
             if !w.stopping && w.shared.stop.load(Ordering::Acquire) {
@@ -108,7 +130,7 @@ impl Loop {
                 }
             }
             if w.stopping && w.open == 0 {
-                break;
+                return Ok(());
             }
             let mut timeout = w.next_timer();
             if w.stopping {
@@ -132,7 +154,7 @@ impl Loop {
                 if e.raw_os_error() == Some(libc::EINTR) {
                     continue;
                 }
-                panic!("epoll_wait failed: {e}");
+                return Err(e);
             }
             StatCells::add(&st.completions, n as u64);
             for ev in &events[..n as usize] {

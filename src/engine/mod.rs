@@ -128,6 +128,17 @@ impl From<io::Error> for Error {
 /// What the application does with connections. One handler per worker, created on that
 /// worker's thread by the factory given to [`Engine::start`], so it needs neither `Send` nor
 /// locks. Every method runs on the worker thread and may call back into the [`Worker`].
+///
+/// If a method panics, or the worker's io_uring/epoll instance fails, that worker ends, and
+/// ends cleanly for its connections: operations still in the kernel are cancelled (io_uring:
+/// synchronously, so no send still reads borrowed memory), then every live connection gets
+/// `on_send_done(sent=false)` for each unsent borrowed send and `on_close` exactly once, and
+/// its fd is closed; posted tasks are dropped and `on_worker_stop` runs. A callback that
+/// panics during this is caught so the others still run. Afterwards the first panic resumes
+/// unwinding the worker thread (a kernel failure is reported on stderr instead). The
+/// worker's listener is closed, so new connections go to the other workers; the engine's
+/// stop and drop work as usual. A connection whose `on_close` or `on_send_done` itself
+/// panicked is freed without repeating its callbacks.
 pub trait Handler {
     /// The worker's loop is about to start.
     fn on_worker_start(&mut self, _w: &mut Worker) {}
