@@ -11,6 +11,11 @@
 //! - A `p99_conn` belongs to the worker that accepted it; using it on another worker gives
 //!   `P99_STATUS_WRONG_THREAD`, using it after its `on_close` gives `P99_STATUS_STALE_HANDLE`.
 
+// Every entry point that takes a pointer is an `unsafe extern "C" fn`: the caller promises
+// the pointers are valid as each doc comment says (NULL is checked and refused). Those doc
+// comments are the safety contract and become the header, so no separate `# Safety` section.
+#![allow(clippy::missing_safety_doc)]
+
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::net::{IpAddr, Ipv4Addr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -249,7 +254,7 @@ fn task(f: unsafe extern "C" fn(*mut c_void, *mut p99_worker), arg: SendPtr) -> 
 /// Fills `*config` with the defaults (see each field) and sets `struct_size`.
 /// Returns `P99_STATUS_NULL_PARAMETER` if `config` is NULL. Thread-safe.
 #[no_mangle]
-pub extern "C" fn p99_engine_config_defaults(config: *mut p99_engine_config) -> p99_status {
+pub unsafe extern "C" fn p99_engine_config_defaults(config: *mut p99_engine_config) -> p99_status {
     guard(|| {
         // SAFETY: checked for NULL; the caller provides a writable struct.
         let out = unsafe { out_ptr(config) }?;
@@ -276,7 +281,7 @@ pub extern "C" fn p99_engine_config_defaults(config: *mut p99_engine_config) -> 
 /// Zero-fills `*callbacks` (no user pointer, no callbacks) and sets `struct_size`.
 /// Returns `P99_STATUS_NULL_PARAMETER` if `callbacks` is NULL. Thread-safe.
 #[no_mangle]
-pub extern "C" fn p99_engine_callbacks_defaults(callbacks: *mut p99_engine_callbacks) -> p99_status {
+pub unsafe extern "C" fn p99_engine_callbacks_defaults(callbacks: *mut p99_engine_callbacks) -> p99_status {
     guard(|| {
         // SAFETY: checked for NULL; the caller provides a writable struct.
         let out = unsafe { out_ptr(callbacks) }?;
@@ -301,7 +306,7 @@ pub extern "C" fn p99_engine_callbacks_defaults(callbacks: *mut p99_engine_callb
 /// `P99_STATUS_UNSUPPORTED` (P99_BACKEND forces an unavailable backend), or the status of the
 /// failed system call (e.g. `P99_STATUS_IO_ERROR` with errno EADDRINUSE). Thread-safe.
 #[no_mangle]
-pub extern "C" fn p99_engine_start(
+pub unsafe extern "C" fn p99_engine_start(
     config: *const p99_engine_config,
     callbacks: *const p99_engine_callbacks,
     out: *mut *mut p99_engine,
@@ -356,7 +361,7 @@ pub extern "C" fn p99_engine_start(
 
 /// Writes the TCP port the engine listens on to `*out`. Thread-safe.
 #[no_mangle]
-pub extern "C" fn p99_engine_port(engine: *const p99_engine, out: *mut u16) -> p99_status {
+pub unsafe extern "C" fn p99_engine_port(engine: *const p99_engine, out: *mut u16) -> p99_status {
     guard(|| {
         // SAFETY: checked for NULL; a live engine by contract.
         let e = unsafe { ref_from(engine) }?;
@@ -369,7 +374,7 @@ pub extern "C" fn p99_engine_port(engine: *const p99_engine, out: *mut u16) -> p
 
 /// Writes the number of workers to `*out`. Thread-safe.
 #[no_mangle]
-pub extern "C" fn p99_engine_workers(engine: *const p99_engine, out: *mut u32) -> p99_status {
+pub unsafe extern "C" fn p99_engine_workers(engine: *const p99_engine, out: *mut u32) -> p99_status {
     guard(|| {
         // SAFETY: checked for NULL; a live engine by contract.
         let e = unsafe { ref_from(engine) }?;
@@ -411,7 +416,7 @@ pub extern "C" fn p99_engine_backend_reason() -> *const c_char {
 /// Errors: NULL `engine`/`fn`, `P99_STATUS_INVALID_ARGUMENT` (no such worker),
 /// `P99_STATUS_CLOSED` (the engine is stopping; the task will not run). Thread-safe.
 #[no_mangle]
-pub extern "C" fn p99_engine_post(engine: *const p99_engine, worker_index: u32, func: p99_task_fn, arg: *mut c_void) -> p99_status {
+pub unsafe extern "C" fn p99_engine_post(engine: *const p99_engine, worker_index: u32, func: p99_task_fn, arg: *mut c_void) -> p99_status {
     guard(|| {
         // SAFETY: checked for NULL; a live engine by contract.
         let e = unsafe { ref_from(engine) }?;
@@ -423,7 +428,7 @@ pub extern "C" fn p99_engine_post(engine: *const p99_engine, worker_index: u32, 
 /// Asks the engine to stop (see `p99_engine_stop`) and returns at once. Callable from any
 /// thread, including the engine's workers. Thread-safe.
 #[no_mangle]
-pub extern "C" fn p99_engine_request_stop(engine: *const p99_engine, drain_ms: u32) -> p99_status {
+pub unsafe extern "C" fn p99_engine_request_stop(engine: *const p99_engine, drain_ms: u32) -> p99_status {
     guard(|| {
         // SAFETY: checked for NULL; a live engine by contract.
         let e = unsafe { ref_from(engine) }?;
@@ -438,7 +443,7 @@ pub extern "C" fn p99_engine_request_stop(engine: *const p99_engine, drain_ms: u
 /// Returns `P99_STATUS_WRONG_THREAD` when called on one of the engine's own workers (use
 /// `p99_engine_request_stop` there). Thread-safe otherwise.
 #[no_mangle]
-pub extern "C" fn p99_engine_stop(engine: *const p99_engine, drain_ms: u32) -> p99_status {
+pub unsafe extern "C" fn p99_engine_stop(engine: *const p99_engine, drain_ms: u32) -> p99_status {
     guard(|| {
         // SAFETY: checked for NULL; a live engine by contract.
         let e = unsafe { ref_from(engine) }?;
@@ -450,7 +455,7 @@ pub extern "C" fn p99_engine_stop(engine: *const p99_engine, drain_ms: u32) -> p
 /// Errors: NULL pointers, `P99_STATUS_INVALID_ARGUMENT` (no such worker or struct_size too
 /// small). Works before and after stop. Thread-safe.
 #[no_mangle]
-pub extern "C" fn p99_engine_stats(engine: *const p99_engine, worker_index: u32, out: *mut p99_worker_stats) -> p99_status {
+pub unsafe extern "C" fn p99_engine_stats(engine: *const p99_engine, worker_index: u32, out: *mut p99_worker_stats) -> p99_status {
     guard(|| {
         // SAFETY: checked for NULL; a live engine by contract.
         let e = unsafe { ref_from(engine) }?;
@@ -479,7 +484,7 @@ pub extern "C" fn p99_engine_stats(engine: *const p99_engine, worker_index: u32,
 /// called on one of the engine's own workers: there it only requests the stop and leaves the
 /// engine allocated (joining its own thread would deadlock).
 #[no_mangle]
-pub extern "C" fn p99_engine_free(engine: *mut p99_engine) {
+pub unsafe extern "C" fn p99_engine_free(engine: *mut p99_engine) {
     guard_or((), || {
         if engine.is_null() {
             return;
@@ -503,7 +508,7 @@ pub extern "C" fn p99_conn_worker(conn: p99_conn) -> u32 {
 
 /// Writes the worker's index to `*out`. Worker thread only.
 #[no_mangle]
-pub extern "C" fn p99_worker_index(worker: *mut p99_worker, out: *mut u32) -> p99_status {
+pub unsafe extern "C" fn p99_worker_index(worker: *mut p99_worker, out: *mut u32) -> p99_status {
     guard(|| {
         // SAFETY: checked by address against this thread's worker.
         let w = unsafe { worker_from(worker) }?;
@@ -518,7 +523,7 @@ pub extern "C" fn p99_worker_index(worker: *mut p99_worker, out: *mut u32) -> p9
 /// before. `data` is borrowed until return. Errors: NULL (with len > 0), WRONG_THREAD,
 /// STALE_HANDLE, CLOSED (the connection is closing). Worker thread only.
 #[no_mangle]
-pub extern "C" fn p99_worker_send(worker: *mut p99_worker, conn: p99_conn, data: *const u8, len: usize) -> p99_status {
+pub unsafe extern "C" fn p99_worker_send(worker: *mut p99_worker, conn: p99_conn, data: *const u8, len: usize) -> p99_status {
     guard(|| {
         // SAFETY: checked by address against this thread's worker.
         let w = unsafe { worker_from(worker) }?;
@@ -535,7 +540,7 @@ pub extern "C" fn p99_worker_send(worker: *mut p99_worker, conn: p99_conn, data:
 /// INVALID_ARGUMENT (iovcnt < 0 or a NULL base with a non-zero length), WRONG_THREAD,
 /// STALE_HANDLE, CLOSED. Worker thread only.
 #[no_mangle]
-pub extern "C" fn p99_worker_send_iov(
+pub unsafe extern "C" fn p99_worker_send_iov(
     worker: *mut p99_worker,
     conn: p99_conn,
     iov: *const libc::iovec,
@@ -567,7 +572,7 @@ pub extern "C" fn p99_worker_send_iov(
 /// Stops `on_data` for `conn` until `p99_worker_resume_recv`; bytes that arrive meanwhile are
 /// kept (bounded by what was already in flight) and delivered on resume. Worker thread only.
 #[no_mangle]
-pub extern "C" fn p99_worker_pause_recv(worker: *mut p99_worker, conn: p99_conn) -> p99_status {
+pub unsafe extern "C" fn p99_worker_pause_recv(worker: *mut p99_worker, conn: p99_conn) -> p99_status {
     guard(|| {
         // SAFETY: checked by address against this thread's worker.
         let w = unsafe { worker_from(worker) }?;
@@ -577,7 +582,7 @@ pub extern "C" fn p99_worker_pause_recv(worker: *mut p99_worker, conn: p99_conn)
 
 /// Undoes `p99_worker_pause_recv`. Worker thread only.
 #[no_mangle]
-pub extern "C" fn p99_worker_resume_recv(worker: *mut p99_worker, conn: p99_conn) -> p99_status {
+pub unsafe extern "C" fn p99_worker_resume_recv(worker: *mut p99_worker, conn: p99_conn) -> p99_status {
     guard(|| {
         // SAFETY: checked by address against this thread's worker.
         let w = unsafe { worker_from(worker) }?;
@@ -589,7 +594,7 @@ pub extern "C" fn p99_worker_resume_recv(worker: *mut p99_worker, conn: p99_conn
 /// then the socket closes and `on_close` runs (later, not inside this call). Closing again is
 /// OK. Worker thread only.
 #[no_mangle]
-pub extern "C" fn p99_worker_close(worker: *mut p99_worker, conn: p99_conn) -> p99_status {
+pub unsafe extern "C" fn p99_worker_close(worker: *mut p99_worker, conn: p99_conn) -> p99_status {
     guard(|| {
         // SAFETY: checked by address against this thread's worker.
         let w = unsafe { worker_from(worker) }?;
@@ -599,7 +604,7 @@ pub extern "C" fn p99_worker_close(worker: *mut p99_worker, conn: p99_conn) -> p
 
 /// Stores a pointer with the connection (not dereferenced by libp99). Worker thread only.
 #[no_mangle]
-pub extern "C" fn p99_worker_set_conn_user(worker: *mut p99_worker, conn: p99_conn, user: *mut c_void) -> p99_status {
+pub unsafe extern "C" fn p99_worker_set_conn_user(worker: *mut p99_worker, conn: p99_conn, user: *mut c_void) -> p99_status {
     guard(|| {
         // SAFETY: checked by address against this thread's worker.
         let w = unsafe { worker_from(worker) }?;
@@ -610,7 +615,7 @@ pub extern "C" fn p99_worker_set_conn_user(worker: *mut p99_worker, conn: p99_co
 /// Writes the pointer stored by `p99_worker_set_conn_user` (NULL if none) to `*out`.
 /// Worker thread only.
 #[no_mangle]
-pub extern "C" fn p99_worker_conn_user(worker: *mut p99_worker, conn: p99_conn, out: *mut *mut c_void) -> p99_status {
+pub unsafe extern "C" fn p99_worker_conn_user(worker: *mut p99_worker, conn: p99_conn, out: *mut *mut c_void) -> p99_status {
     guard(|| {
         // SAFETY: checked by address against this thread's worker.
         let w = unsafe { worker_from(worker) }?;
@@ -625,7 +630,7 @@ pub extern "C" fn p99_worker_conn_user(worker: *mut p99_worker, conn: p99_conn, 
 /// Writes the connection's socket fd to `*out`, for getpeername/setsockopt. The engine owns
 /// it: do not read, write or close it. Worker thread only.
 #[no_mangle]
-pub extern "C" fn p99_worker_conn_fd(worker: *mut p99_worker, conn: p99_conn, out: *mut c_int) -> p99_status {
+pub unsafe extern "C" fn p99_worker_conn_fd(worker: *mut p99_worker, conn: p99_conn, out: *mut c_int) -> p99_status {
     guard(|| {
         // SAFETY: checked by address against this thread's worker.
         let w = unsafe { worker_from(worker) }?;
@@ -639,7 +644,7 @@ pub extern "C" fn p99_worker_conn_fd(worker: *mut p99_worker, conn: p99_conn, ou
 /// Runs `fn(arg, worker)` on this worker after `delay_ms`; writes the timer id to `*out_id`
 /// (may be NULL if not needed). Worker thread only.
 #[no_mangle]
-pub extern "C" fn p99_worker_add_timer(
+pub unsafe extern "C" fn p99_worker_add_timer(
     worker: *mut p99_worker,
     delay_ms: u64,
     func: p99_task_fn,
@@ -663,7 +668,7 @@ pub extern "C" fn p99_worker_add_timer(
 /// Cancels a timer; `P99_STATUS_NOT_FOUND` if it already ran or was cancelled. Worker thread
 /// only.
 #[no_mangle]
-pub extern "C" fn p99_worker_cancel_timer(worker: *mut p99_worker, timer_id: u64) -> p99_status {
+pub unsafe extern "C" fn p99_worker_cancel_timer(worker: *mut p99_worker, timer_id: u64) -> p99_status {
     guard(|| {
         // SAFETY: checked by address against this thread's worker.
         let w = unsafe { worker_from(worker) }?;
@@ -683,14 +688,18 @@ mod tests {
     fn worker_calls_off_thread_are_refused_without_dereferencing() {
         // A bogus non-NULL pointer: rejected by address, never read.
         let bogus = 0x10 as *mut p99_worker;
-        assert_eq!(p99_worker_send(bogus, 1, b"x".as_ptr(), 1), p99_status::WrongThread);
-        assert_eq!(p99_worker_close(std::ptr::null_mut(), 1), p99_status::NullParameter);
+        // SAFETY: the functions check the worker pointer by address before any use.
+        unsafe {
+            assert_eq!(p99_worker_send(bogus, 1, b"x".as_ptr(), 1), p99_status::WrongThread);
+            assert_eq!(p99_worker_close(std::ptr::null_mut(), 1), p99_status::NullParameter);
+        }
     }
 
     #[test]
     fn defaults_fill_struct_size() {
         let mut c = std::mem::MaybeUninit::<p99_engine_config>::uninit();
-        assert_eq!(p99_engine_config_defaults(c.as_mut_ptr()), p99_status::Ok);
+        // SAFETY: a valid out pointer; the call fills every field.
+        assert_eq!(unsafe { p99_engine_config_defaults(c.as_mut_ptr()) }, p99_status::Ok);
         let c = unsafe { c.assume_init() };
         assert_eq!(c.struct_size as usize, std::mem::size_of::<p99_engine_config>());
     }
