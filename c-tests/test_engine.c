@@ -23,6 +23,7 @@ static _Atomic int send_done_ok, send_done_cookie_ok, in_callback_checks_ok;
 static _Atomic(p99_worker *) seen_worker;
 static _Atomic p99_conn last_conn;
 static _Atomic int stale_status = -1, stop_in_worker_status = -1, reentrant_stop_status = -1;
+static _Atomic int free_in_worker_status = -1;
 static int user_marker;
 static p99_engine *the_engine;
 
@@ -156,6 +157,7 @@ static void stale_task(void *arg, p99_worker *w)
 	p99_conn old = *(p99_conn *)arg;
 	atomic_store(&stale_status, (int)p99_worker_send(w, old, (const uint8_t *)"x", 1));
 	atomic_store(&stop_in_worker_status, (int)p99_engine_stop(the_engine, 0));
+	atomic_store(&free_in_worker_status, (int)p99_engine_free(the_engine));
 	atomic_fetch_add(&task_ran, 1);
 }
 
@@ -305,6 +307,8 @@ static void test_running_engine(void)
 	CHECK(wait_for(&task_ran, 1));
 	CHECK_EQ(stale_status, P99_STATUS_STALE_HANDLE);
 	CHECK_EQ(stop_in_worker_status, P99_STATUS_WRONG_THREAD);
+	/* Refused on a worker, and the engine is untouched: it still serves and stops below. */
+	CHECK_EQ(free_in_worker_status, P99_STATUS_WRONG_THREAD);
 
 	p99_worker_stats st = { .struct_size = sizeof(st) };
 	CHECK_OK(p99_engine_stats(e, 0, &st));
@@ -333,8 +337,8 @@ static void test_running_engine(void)
 	CHECK_OK(p99_engine_stats(e, 0, &st)); /* still readable after stop */
 	CHECK_EQ(read_n(fd2, buf, 1), 0);
 	close(fd2);
-	p99_engine_free(e);
-	p99_engine_free(NULL);
+	CHECK_OK(p99_engine_free(e));
+	CHECK_OK(p99_engine_free(NULL));
 }
 
 int main(void)

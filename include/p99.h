@@ -1183,11 +1183,13 @@ p99_status p99_engine_stats(const struct p99_engine *engine,
                             struct p99_worker_stats *out);
 
 /**
- * Stops the engine if it still runs (1 s drain) and frees it. NULL is a no-op. Must not be
- * called on one of the engine's own workers: there it only requests the stop and leaves the
- * engine allocated (joining its own thread would deadlock).
+ * Stops the engine if it still runs (1 s drain) and frees it; returns `P99_STATUS_OK`.
+ * NULL is a no-op (`P99_STATUS_OK`). Called on one of the engine's own workers it returns
+ * `P99_STATUS_WRONG_THREAD` and changes nothing (joining its own thread would deadlock): the
+ * engine stays allocated and running; use `p99_engine_request_stop` there and free it from
+ * another thread. Thread-safe otherwise; `engine` is invalid after `P99_STATUS_OK`.
  */
-void p99_engine_free(struct p99_engine *engine);
+p99_status p99_engine_free(struct p99_engine *engine);
 
 /**
  * The index of the worker that owns `conn` (for `p99_engine_post`). Thread-safe.

@@ -3,7 +3,7 @@
 //! Threading, for every function below:
 //! - `p99_engine_*` functions are thread-safe, except that `p99_engine_stop` and
 //!   `p99_engine_free` must not be called from one of the engine's own worker threads
-//!   (`p99_engine_stop` returns `P99_STATUS_WRONG_THREAD` there; use
+//!   (both return `P99_STATUS_WRONG_THREAD` there and change nothing; use
 //!   `p99_engine_request_stop`).
 //! - `p99_worker_*` functions take the `p99_worker *` handed to a callback, a posted task or a
 //!   timer, and may only be called on that worker's thread while the engine runs; from any
@@ -480,23 +480,25 @@ pub unsafe extern "C" fn p99_engine_stats(engine: *const p99_engine, worker_inde
     })
 }
 
-/// Stops the engine if it still runs (1 s drain) and frees it. NULL is a no-op. Must not be
-/// called on one of the engine's own workers: there it only requests the stop and leaves the
-/// engine allocated (joining its own thread would deadlock).
+/// Stops the engine if it still runs (1 s drain) and frees it; returns `P99_STATUS_OK`.
+/// NULL is a no-op (`P99_STATUS_OK`). Called on one of the engine's own workers it returns
+/// `P99_STATUS_WRONG_THREAD` and changes nothing (joining its own thread would deadlock): the
+/// engine stays allocated and running; use `p99_engine_request_stop` there and free it from
+/// another thread. Thread-safe otherwise; `engine` is invalid after `P99_STATUS_OK`.
 #[no_mangle]
-pub unsafe extern "C" fn p99_engine_free(engine: *mut p99_engine) {
-    guard_or((), || {
+pub unsafe extern "C" fn p99_engine_free(engine: *mut p99_engine) -> p99_status {
+    guard(|| {
         if engine.is_null() {
-            return;
+            return Ok(());
         }
         // SAFETY: non-NULL; a live engine by contract.
         let e = unsafe { &*engine };
         if e.inner.on_worker_thread() {
-            e.inner.request_stop(Duration::from_secs(1));
-            return;
+            return Err(p99_status::WrongThread);
         }
         // SAFETY: created by Box::into_raw in p99_engine_start and freed once, here.
         drop(unsafe { Box::from_raw(engine) });
+        Ok(())
     })
 }
 
