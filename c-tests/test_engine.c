@@ -318,6 +318,21 @@ static void test_running_engine(void)
 	CHECK(st.bytes_out >= want);
 	CHECK(st.enters > 0 && st.completions > 0 && st.submissions > 0);
 	CHECK_STATUS(p99_engine_stats(e, 1, &st), P99_STATUS_INVALID_ARGUMENT);
+	CHECK_EQ(st.struct_size, sizeof(st));
+	/* A caller built against a newer, larger struct: struct_size is kept as the caller set it
+	 * and nothing past this library's struct is written. */
+	union {
+		p99_worker_stats st;
+		unsigned char bytes[sizeof(p99_worker_stats) + 16];
+	} big;
+	memset(&big, 0xAB, sizeof(big));
+	big.st.struct_size = (uint32_t)sizeof(big);
+	CHECK_OK(p99_engine_stats(e, 0, &big.st));
+	CHECK_EQ(big.st.struct_size, sizeof(big));
+	CHECK_EQ(big.st.accepted, 1);
+	CHECK_EQ(big.st.bytes_in, 5);
+	for (size_t i = sizeof(p99_worker_stats); i < sizeof(big); i++)
+		CHECK_EQ(big.bytes[i], 0xAB);
 	p99_worker_stats tiny = { .struct_size = 8 };
 	CHECK_STATUS(p99_engine_stats(e, 0, &tiny), P99_STATUS_INVALID_ARGUMENT);
 	CHECK_STATUS(p99_engine_stats(e, 0, NULL), P99_STATUS_NULL_PARAMETER);

@@ -1174,9 +1174,11 @@ p99_status p99_engine_request_stop(const struct p99_engine *engine, uint32_t dra
 p99_status p99_engine_stop(const struct p99_engine *engine, uint32_t drain_ms);
 
 /**
- * Writes worker `worker_index`'s counters to `*out`; `out->struct_size` must be set.
- * Errors: NULL pointers, `P99_STATUS_INVALID_ARGUMENT` (no such worker or struct_size too
- * small). Works before and after stop. Thread-safe.
+ * Writes worker `worker_index`'s counters to `*out`; the caller sets `out->struct_size`
+ * first. Only `struct_size` bytes are written (at most this library's struct size), and
+ * `struct_size` is left as the caller set it. Errors: NULL pointers,
+ * `P99_STATUS_INVALID_ARGUMENT` (no such worker, or struct_size smaller than the first
+ * published version of the struct). Works before and after stop. Thread-safe.
  */
 p99_status p99_engine_stats(const struct p99_engine *engine,
                             uint32_t worker_index,

@@ -451,21 +451,21 @@ pub unsafe extern "C" fn p99_engine_stop(engine: *const p99_engine, drain_ms: u3
     })
 }
 
-/// Writes worker `worker_index`'s counters to `*out`; `out->struct_size` must be set.
-/// Errors: NULL pointers, `P99_STATUS_INVALID_ARGUMENT` (no such worker or struct_size too
-/// small). Works before and after stop. Thread-safe.
+/// Writes worker `worker_index`'s counters to `*out`; the caller sets `out->struct_size`
+/// first. Only `struct_size` bytes are written (at most this library's struct size), and
+/// `struct_size` is left as the caller set it. Errors: NULL pointers,
+/// `P99_STATUS_INVALID_ARGUMENT` (no such worker, or struct_size smaller than the first
+/// published version of the struct). Works before and after stop. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_engine_stats(engine: *const p99_engine, worker_index: u32, out: *mut p99_worker_stats) -> p99_status {
     guard(|| {
         // SAFETY: checked for NULL; a live engine by contract.
         let e = unsafe { ref_from(engine) }?;
         // SAFETY: checked for NULL; starts with struct_size.
-        unsafe { struct_size_of(out as *const u32, std::mem::size_of::<p99_worker_stats>()) }?;
-        // SAFETY: checked for NULL.
-        let out = unsafe { out_ptr(out) }?;
+        let size = unsafe { struct_size_of(out as *const u32, std::mem::size_of::<p99_worker_stats>()) }?;
         let s = e.inner.stats(worker_index as usize).ok_or(p99_status::InvalidArgument)?;
-        out.write(p99_worker_stats {
-            struct_size: std::mem::size_of::<p99_worker_stats>() as u32,
+        let full = p99_worker_stats {
+            struct_size: size as u32,
             accepted: s.accepted,
             open: s.open,
             rejected: s.rejected,
@@ -475,7 +475,11 @@ pub unsafe extern "C" fn p99_engine_stats(engine: *const p99_engine, worker_inde
             enters: s.enters,
             completions: s.completions,
             bufring_empty: s.bufring_empty,
-        });
+        };
+        let n = size.min(std::mem::size_of::<p99_worker_stats>());
+        // SAFETY: `out` is non-NULL (checked) and the caller declared `size` writable bytes;
+        // at most our struct's size is copied from a local value.
+        unsafe { std::ptr::copy_nonoverlapping((&full as *const p99_worker_stats).cast::<u8>(), out.cast::<u8>(), n) };
         Ok(())
     })
 }
