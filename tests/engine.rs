@@ -668,3 +668,42 @@ fn handler_panic_still_finalises_every_connection() {
         assert_eq!(counters.closed.load(Ordering::SeqCst), 9, "{b:?}: on_close after the panic was handled");
     }
 }
+
+/// Every worker's stop takes a while, so a stop that returns early is visible.
+struct SlowStop {
+    stopped: Arc<AtomicUsize>,
+}
+
+impl Handler for SlowStop {
+    fn on_data(&mut self, _w: &mut Worker, _conn: ConnId, _data: &[u8]) {}
+    fn on_worker_stop(&mut self, _w: &mut Worker) {
+        std::thread::sleep(Duration::from_millis(300));
+        self.stopped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Several threads stopping the engine at once: each returns only after the stop finished.
+#[test]
+fn concurrent_stops_all_wait_for_completion() {
+    let _g = serial();
+    for b in backends() {
+        let stopped = Arc::new(AtomicUsize::new(0));
+        let s2 = Arc::clone(&stopped);
+        let e = Engine::start(config(b), move |_| SlowStop { stopped: Arc::clone(&s2) }).unwrap();
+        let workers = e.workers();
+        let seen: Vec<usize> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..3)
+                .map(|_| {
+                    sc.spawn(|| {
+                        e.stop(Duration::from_millis(10)).unwrap();
+                        stopped.load(Ordering::SeqCst)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for n in seen {
+            assert_eq!(n, workers, "{b:?}: a stop returned before the workers had stopped");
+        }
+    }
+}

@@ -394,7 +394,8 @@ impl Engine {
     /// its queued output for up to `drain`, and is closed (with its `on_close`); then the
     /// workers exit and every fd, buffer and thread is released. Blocks until done. Must not
     /// be called from one of this engine's workers ([`Error::WrongThread`]); use
-    /// [`Remote::request_stop`] there. Calling it again is a no-op.
+    /// [`Remote::request_stop`] there. Calling it again is a no-op; calls from several
+    /// threads at once all return only once the stop has finished.
     pub fn stop(&self, drain: Duration) -> Result<(), Error> {
         if self.on_worker_thread() {
             return Err(Error::WrongThread);
@@ -415,12 +416,15 @@ impl Engine {
     }
 
     fn shutdown(&self, drain: Duration) {
-        let threads = std::mem::take(&mut *self.threads.lock());
+        // The lock is held while joining, so a concurrent second caller waits here until the
+        // first one's stop has finished (no worker ever takes this lock: stop, free and drop
+        // on a worker never reach it).
+        let mut threads = self.threads.lock();
         if threads.is_empty() {
             return;
         }
         request_stop(&self.shared, drain);
-        for t in threads {
+        for t in threads.drain(..) {
             // A worker that panicked has nothing more to release; its error is not ours.
             let _ = t.join();
         }

@@ -439,7 +439,8 @@ pub unsafe extern "C" fn p99_engine_request_stop(engine: *const p99_engine, drai
 
 /// Stops the engine and waits for it: listeners close, every connection stops receiving,
 /// flushes queued output for up to `drain_ms`, is closed and gets `on_close`; workers run
-/// `on_worker_stop` and exit; no fd, buffer or thread remains. A second call is a no-op.
+/// `on_worker_stop` and exit; no fd, buffer or thread remains. A second call is a no-op;
+/// concurrent calls from several threads all return only once the stop has finished.
 /// Returns `P99_STATUS_WRONG_THREAD` when called on one of the engine's own workers (use
 /// `p99_engine_request_stop` there). Thread-safe otherwise.
 #[no_mangle]
