@@ -356,9 +356,62 @@ static void test_running_engine(void)
 	CHECK_OK(p99_engine_free(NULL));
 }
 
+/* Concurrent p99_engine_stop: every caller returns only once the workers have stopped. */
+static _Atomic int slow_stopped;
+static p99_engine *concurrent_engine;
+
+static void slow_worker_stop(void *user, p99_worker *w)
+{
+	(void)user;
+	(void)w;
+	sleep_ms(200);
+	atomic_fetch_add(&slow_stopped, 1);
+}
+
+static void ignore_data(void *user, p99_worker *w, p99_conn conn, const uint8_t *data, size_t len)
+{
+	(void)user;
+	(void)w;
+	(void)conn;
+	(void)data;
+	(void)len;
+}
+
+static void *stop_thread(void *arg)
+{
+	int *seen = arg;
+	CHECK_OK(p99_engine_stop(concurrent_engine, 10));
+	*seen = atomic_load(&slow_stopped);
+	return NULL;
+}
+
+static void test_concurrent_stop(void)
+{
+	p99_engine_config cfg;
+	p99_engine_config_defaults(&cfg);
+	cfg.addr = "127.0.0.1";
+	cfg.workers = 2;
+	cfg.pin_workers = false;
+	p99_engine_callbacks cb;
+	p99_engine_callbacks_defaults(&cb);
+	cb.on_data = ignore_data;
+	cb.on_worker_stop = slow_worker_stop;
+	CHECK_OK(p99_engine_start(&cfg, &cb, &concurrent_engine));
+	pthread_t t[3];
+	int seen[3] = { -1, -1, -1 };
+	for (int i = 0; i < 3; i++)
+		CHECK_EQ(pthread_create(&t[i], NULL, stop_thread, &seen[i]), 0);
+	for (int i = 0; i < 3; i++) {
+		pthread_join(t[i], NULL);
+		CHECK_EQ(seen[i], 2);
+	}
+	CHECK_OK(p99_engine_free(concurrent_engine));
+}
+
 int main(void)
 {
 	test_defaults_and_bad_start();
 	test_running_engine();
+	test_concurrent_stop();
 	return check_done("engine");
 }
