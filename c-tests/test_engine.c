@@ -23,6 +23,7 @@ static _Atomic int send_done_ok, send_done_cookie_ok, in_callback_checks_ok;
 static _Atomic(p99_worker *) seen_worker;
 static _Atomic p99_conn last_conn;
 static _Atomic int stale_status = -1, stop_in_worker_status = -1, reentrant_stop_status = -1;
+static _Atomic int free_in_worker_status = -1;
 static int user_marker;
 static p99_engine *the_engine;
 
@@ -156,6 +157,7 @@ static void stale_task(void *arg, p99_worker *w)
 	p99_conn old = *(p99_conn *)arg;
 	atomic_store(&stale_status, (int)p99_worker_send(w, old, (const uint8_t *)"x", 1));
 	atomic_store(&stop_in_worker_status, (int)p99_engine_stop(the_engine, 0));
+	atomic_store(&free_in_worker_status, (int)p99_engine_free(the_engine));
 	atomic_fetch_add(&task_ran, 1);
 }
 
@@ -305,6 +307,8 @@ static void test_running_engine(void)
 	CHECK(wait_for(&task_ran, 1));
 	CHECK_EQ(stale_status, P99_STATUS_STALE_HANDLE);
 	CHECK_EQ(stop_in_worker_status, P99_STATUS_WRONG_THREAD);
+	/* Refused on a worker, and the engine is untouched: it still serves and stops below. */
+	CHECK_EQ(free_in_worker_status, P99_STATUS_WRONG_THREAD);
 
 	p99_worker_stats st = { .struct_size = sizeof(st) };
 	CHECK_OK(p99_engine_stats(e, 0, &st));
@@ -314,6 +318,21 @@ static void test_running_engine(void)
 	CHECK(st.bytes_out >= want);
 	CHECK(st.enters > 0 && st.completions > 0 && st.submissions > 0);
 	CHECK_STATUS(p99_engine_stats(e, 1, &st), P99_STATUS_INVALID_ARGUMENT);
+	CHECK_EQ(st.struct_size, sizeof(st));
+	/* A caller built against a newer, larger struct: struct_size is kept as the caller set it
+	 * and nothing past this library's struct is written. */
+	union {
+		p99_worker_stats st;
+		unsigned char bytes[sizeof(p99_worker_stats) + 16];
+	} big;
+	memset(&big, 0xAB, sizeof(big));
+	big.st.struct_size = (uint32_t)sizeof(big);
+	CHECK_OK(p99_engine_stats(e, 0, &big.st));
+	CHECK_EQ(big.st.struct_size, sizeof(big));
+	CHECK_EQ(big.st.accepted, 1);
+	CHECK_EQ(big.st.bytes_in, 5);
+	for (size_t i = sizeof(p99_worker_stats); i < sizeof(big); i++)
+		CHECK_EQ(big.bytes[i], 0xAB);
 	p99_worker_stats tiny = { .struct_size = 8 };
 	CHECK_STATUS(p99_engine_stats(e, 0, &tiny), P99_STATUS_INVALID_ARGUMENT);
 	CHECK_STATUS(p99_engine_stats(e, 0, NULL), P99_STATUS_NULL_PARAMETER);
@@ -333,13 +352,66 @@ static void test_running_engine(void)
 	CHECK_OK(p99_engine_stats(e, 0, &st)); /* still readable after stop */
 	CHECK_EQ(read_n(fd2, buf, 1), 0);
 	close(fd2);
-	p99_engine_free(e);
-	p99_engine_free(NULL);
+	CHECK_OK(p99_engine_free(e));
+	CHECK_OK(p99_engine_free(NULL));
+}
+
+/* Concurrent p99_engine_stop: every caller returns only once the workers have stopped. */
+static _Atomic int slow_stopped;
+static p99_engine *concurrent_engine;
+
+static void slow_worker_stop(void *user, p99_worker *w)
+{
+	(void)user;
+	(void)w;
+	sleep_ms(200);
+	atomic_fetch_add(&slow_stopped, 1);
+}
+
+static void ignore_data(void *user, p99_worker *w, p99_conn conn, const uint8_t *data, size_t len)
+{
+	(void)user;
+	(void)w;
+	(void)conn;
+	(void)data;
+	(void)len;
+}
+
+static void *stop_thread(void *arg)
+{
+	int *seen = arg;
+	CHECK_OK(p99_engine_stop(concurrent_engine, 10));
+	*seen = atomic_load(&slow_stopped);
+	return NULL;
+}
+
+static void test_concurrent_stop(void)
+{
+	p99_engine_config cfg;
+	p99_engine_config_defaults(&cfg);
+	cfg.addr = "127.0.0.1";
+	cfg.workers = 2;
+	cfg.pin_workers = false;
+	p99_engine_callbacks cb;
+	p99_engine_callbacks_defaults(&cb);
+	cb.on_data = ignore_data;
+	cb.on_worker_stop = slow_worker_stop;
+	CHECK_OK(p99_engine_start(&cfg, &cb, &concurrent_engine));
+	pthread_t t[3];
+	int seen[3] = { -1, -1, -1 };
+	for (int i = 0; i < 3; i++)
+		CHECK_EQ(pthread_create(&t[i], NULL, stop_thread, &seen[i]), 0);
+	for (int i = 0; i < 3; i++) {
+		pthread_join(t[i], NULL);
+		CHECK_EQ(seen[i], 2);
+	}
+	CHECK_OK(p99_engine_free(concurrent_engine));
 }
 
 int main(void)
 {
 	test_defaults_and_bad_start();
 	test_running_engine();
+	test_concurrent_stop();
 	return check_done("engine");
 }

@@ -1177,27 +1177,32 @@ p99_status p99_engine_request_stop(const struct p99_engine *engine, uint32_t dra
 /**
  * Stops the engine and waits for it: listeners close, every connection stops receiving,
  * flushes queued output for up to `drain_ms`, is closed and gets `on_close`; workers run
- * `on_worker_stop` and exit; no fd, buffer or thread remains. A second call is a no-op.
+ * `on_worker_stop` and exit; no fd, buffer or thread remains. A second call is a no-op;
+ * concurrent calls from several threads all return only once the stop has finished.
  * Returns `P99_STATUS_WRONG_THREAD` when called on one of the engine's own workers (use
  * `p99_engine_request_stop` there). Thread-safe otherwise.
  */
 p99_status p99_engine_stop(const struct p99_engine *engine, uint32_t drain_ms);
 
 /**
- * Writes worker `worker_index`'s counters to `*out`; `out->struct_size` must be set.
- * Errors: NULL pointers, `P99_STATUS_INVALID_ARGUMENT` (no such worker or struct_size too
- * small). Works before and after stop. Thread-safe.
+ * Writes worker `worker_index`'s counters to `*out`; the caller sets `out->struct_size`
+ * first. Only `struct_size` bytes are written (at most this library's struct size), and
+ * `struct_size` is left as the caller set it. Errors: NULL pointers,
+ * `P99_STATUS_INVALID_ARGUMENT` (no such worker, or struct_size smaller than the first
+ * published version of the struct). Works before and after stop. Thread-safe.
  */
 p99_status p99_engine_stats(const struct p99_engine *engine,
                             uint32_t worker_index,
                             struct p99_worker_stats *out);
 
 /**
- * Stops the engine if it still runs (1 s drain) and frees it. NULL is a no-op. Must not be
- * called on one of the engine's own workers: there it only requests the stop and leaves the
- * engine allocated (joining its own thread would deadlock).
+ * Stops the engine if it still runs (1 s drain) and frees it; returns `P99_STATUS_OK`.
+ * NULL is a no-op (`P99_STATUS_OK`). Called on one of the engine's own workers it returns
+ * `P99_STATUS_WRONG_THREAD` and changes nothing (joining its own thread would deadlock): the
+ * engine stays allocated and running; use `p99_engine_request_stop` there and free it from
+ * another thread. Thread-safe otherwise; `engine` is invalid after `P99_STATUS_OK`.
  */
-void p99_engine_free(struct p99_engine *engine);
+p99_status p99_engine_free(struct p99_engine *engine);
 
 /**
  * The index of the worker that owns `conn` (for `p99_engine_post`). Thread-safe.

@@ -599,3 +599,111 @@ fn stop_cuts_a_peer_that_never_reads() {
         assert_eq!(count_fds(), before, "{b:?}: fd leak");
     }
 }
+
+/// Sends a large borrowed buffer for every request, and panics on "BOOM".
+struct Panicky {
+    counters: Arc<Counters>,
+    closed: Arc<Mutex<Vec<ConnId>>>,
+    big: &'static [u8],
+}
+
+impl Handler for Panicky {
+    fn on_accept(&mut self, _w: &mut Worker, _conn: ConnId) -> bool {
+        self.counters.accepted.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+    fn on_data(&mut self, w: &mut Worker, conn: ConnId, data: &[u8]) {
+        if data.starts_with(b"BOOM") {
+            panic!("handler panic on purpose (test)");
+        }
+        let iov = [libc::iovec { iov_base: self.big.as_ptr() as *mut libc::c_void, iov_len: self.big.len() }];
+        // SAFETY: the buffer is 'static and never written.
+        unsafe { w.send_borrowed(conn, &iov, conn.to_raw()) }.unwrap();
+    }
+    fn on_send_done(&mut self, _w: &mut Worker, _conn: ConnId, _cookie: u64, sent: bool) {
+        let c = if sent { &self.counters.send_done_ok } else { &self.counters.send_done_dropped };
+        c.fetch_add(1, Ordering::SeqCst);
+    }
+    fn on_close(&mut self, _w: &mut Worker, conn: ConnId) {
+        self.counters.closed.fetch_add(1, Ordering::SeqCst);
+        self.closed.lock().unwrap().push(conn);
+    }
+}
+
+/// A handler that panics ends its worker, but every connection of that worker is still
+/// finalised: each borrowed send gets `on_send_done(sent=false)`, each connection `on_close`
+/// exactly once, and every fd is closed.
+#[test]
+fn handler_panic_still_finalises_every_connection() {
+    let _g = serial();
+    let big: &'static [u8] = Box::leak(vec![b'b'; 4 << 20].into_boxed_slice());
+    for b in backends() {
+        let before = count_fds();
+        let counters = Arc::new(Counters::default());
+        let closed = Arc::new(Mutex::new(Vec::new()));
+        let (c2, cl2) = (Arc::clone(&counters), Arc::clone(&closed));
+        let cfg = Config { workers: 1, ..config(b) };
+        let e = Engine::start(cfg, move |_| Panicky { counters: Arc::clone(&c2), closed: Arc::clone(&cl2), big })
+            .unwrap();
+        // Clients that never read: each has a 4 MiB borrowed send stuck in its queue.
+        let mut conns: Vec<TcpStream> = (0..8).map(|_| socket_with_small_rcvbuf(e.port())).collect();
+        for s in conns.iter_mut() {
+            s.write_all(b"go").unwrap();
+        }
+        wait_until("queued sends", || e.stats(0).unwrap().bytes_in >= 16);
+        std::thread::sleep(Duration::from_millis(50));
+        let mut boom = connect(e.port());
+        boom.write_all(b"BOOM").unwrap();
+        wait_until("every connection closed", || counters.closed.load(Ordering::SeqCst) == 9);
+        assert_eq!(counters.accepted.load(Ordering::SeqCst), 9, "{b:?}");
+        let ids: HashSet<ConnId> = closed.lock().unwrap().iter().copied().collect();
+        assert_eq!(ids.len(), 9, "{b:?}: a connection was closed twice");
+        assert_eq!(counters.send_done_dropped.load(Ordering::SeqCst), 8, "{b:?}: borrowed sends not handed back");
+        assert_eq!(counters.send_done_ok.load(Ordering::SeqCst), 0, "{b:?}");
+        assert_eq!(read_to_close(&mut boom), b"", "{b:?}");
+        drop(conns);
+        drop(boom);
+        drop(e);
+        assert_eq!(count_fds(), before, "{b:?}: fd leak");
+        assert_eq!(counters.closed.load(Ordering::SeqCst), 9, "{b:?}: on_close after the panic was handled");
+    }
+}
+
+/// Every worker's stop takes a while, so a stop that returns early is visible.
+struct SlowStop {
+    stopped: Arc<AtomicUsize>,
+}
+
+impl Handler for SlowStop {
+    fn on_data(&mut self, _w: &mut Worker, _conn: ConnId, _data: &[u8]) {}
+    fn on_worker_stop(&mut self, _w: &mut Worker) {
+        std::thread::sleep(Duration::from_millis(300));
+        self.stopped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Several threads stopping the engine at once: each returns only after the stop finished.
+#[test]
+fn concurrent_stops_all_wait_for_completion() {
+    let _g = serial();
+    for b in backends() {
+        let stopped = Arc::new(AtomicUsize::new(0));
+        let s2 = Arc::clone(&stopped);
+        let e = Engine::start(config(b), move |_| SlowStop { stopped: Arc::clone(&s2) }).unwrap();
+        let workers = e.workers();
+        let seen: Vec<usize> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..3)
+                .map(|_| {
+                    sc.spawn(|| {
+                        e.stop(Duration::from_millis(10)).unwrap();
+                        stopped.load(Ordering::SeqCst)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for n in seen {
+            assert_eq!(n, workers, "{b:?}: a stop returned before the workers had stopped");
+        }
+    }
+}

@@ -146,3 +146,104 @@ fn three_ping_servers_answer_identically() {
         }
     }
 }
+
+/// Resident set size of `pid` in KiB, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    let line = s.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS value")
+}
+
+/// A client that pipelines PINGs and never reads a reply must not make a server queue replies
+/// without bound: once the server stops reading it, the client's writes block. Sends up to
+/// 64 MiB of PINGs (so up to 64 MiB of replies would be queued by an unbounded server) and
+/// checks the server's RSS grew by less than 16 MiB (socket buffers plus the server's queue).
+#[test]
+#[ignore = "needs the built servers; run by make test-engine"]
+fn never_reading_client_does_not_grow_server_memory() {
+    const LIMIT: usize = 64 << 20;
+    const MAX_GROWTH_KIB: u64 = 16 << 10;
+    let mut servers = vec![start("pingserver-c", None)];
+    for b in ["uring", "epoll"] {
+        servers.push(start("pingserver-c-p99", Some(b)));
+        servers.push(start("pingserver-rs", Some(b)));
+    }
+    let chunk = b"PING\r\n".repeat(10_000);
+    for s in &servers {
+        let pid = s.child.id();
+        let before = rss_kib(pid);
+        let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        c.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut sent = 0usize;
+        while sent < LIMIT {
+            match c.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+                Err(e) => panic!("{}: write: {e}", s.name),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let after = rss_kib(pid);
+        assert!(
+            sent < LIMIT,
+            "{}: took all {LIMIT} bytes of PINGs from a client that never reads (no backpressure)",
+            s.name
+        );
+        assert!(
+            after.saturating_sub(before) < MAX_GROWTH_KIB,
+            "{}: RSS grew from {before} KiB to {after} KiB for a client that never reads ({sent} bytes sent)",
+            s.name
+        );
+        drop(c);
+    }
+}
+
+/// User plus system CPU time of `pid` in clock ticks, from /proc.
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // Fields after the ")" that ends the command name: state is field 3, utime 14, stime 15.
+    let rest = &s[s.rfind(')').expect("stat format") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn set_nofile(pid: u32, n: u64) {
+    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: prlimit on our own child, reading into a valid rlimit.
+    let r = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    // The soft limit only; the hard limit stays (raising it needs a capability).
+    let lim = libc::rlimit { rlim_cur: n.min(old.rlim_max), rlim_max: old.rlim_max };
+    // SAFETY: prlimit on our own child with a valid rlimit and no old-value pointer.
+    let r = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// When accept runs out of fds (EMFILE) the engine backs off instead of spinning on the
+/// level-triggered listener: while connections wait in the backlog that cannot be accepted,
+/// the server uses far less than a core; once fds are free again it accepts and answers.
+#[test]
+#[ignore = "needs the built servers; run by make test-engine"]
+fn out_of_fds_does_not_spin_and_recovers() {
+    let tick = 100u64; // USER_HZ
+    for b in ["epoll", "uring"] {
+        for name in ["pingserver-rs", "pingserver-c-p99"] {
+            let s = start(name, Some(b));
+            let pid = s.child.id();
+            let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64;
+            set_nofile(pid, open + 2);
+            let clients: Vec<TcpStream> =
+                (0..16).map(|_| TcpStream::connect(("127.0.0.1", s.port)).unwrap()).collect();
+            std::thread::sleep(Duration::from_millis(300));
+            let (t0, c0) = (std::time::Instant::now(), cpu_ticks(pid));
+            std::thread::sleep(Duration::from_millis(1500));
+            let (dt, dc) = (t0.elapsed(), cpu_ticks(pid) - c0);
+            let budget = (dt.as_secs_f64() * tick as f64 * 0.15) as u64;
+            assert!(dc <= budget, "{}: {dc} CPU ticks in {dt:?} while out of fds (budget {budget}): spinning", s.name);
+            drop(clients);
+            set_nofile(pid, 1024);
+            let got = session(s.port, &[b"PING\r\n".to_vec()]);
+            assert_eq!(got, model(&[b"PING\r\n".to_vec()]), "{}: no answer after fds were freed", s.name);
+        }
+    }
+}

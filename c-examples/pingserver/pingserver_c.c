@@ -1,6 +1,7 @@
 /* pingserver-c: the baseline a C shop runs today. Pure C, no libp99: one thread per CPU
  * (or -t), each pinned, each with its own SO_REUSEPORT listener and a level-triggered epoll
- * loop; reads into a per-thread buffer, writes replies at once, queues the rest for EPOLLOUT.
+ * loop; reads into a per-thread buffer, writes replies at once, queues the rest for EPOLLOUT
+ * (and stops reading a connection while its queue is above PENDING_HIGH_WATER).
  * SIGINT/SIGTERM stop it. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -23,6 +24,10 @@
 #include "ping_proto.h"
 
 #define READ_SIZE 4096
+/* While more than this many reply bytes wait for a client that does not read, the
+ * connection is not read from (EPOLLIN dropped); reading resumes once the queue has drained
+ * back to or below it. This bounds the memory one pipelining, never-reading client can pin. */
+#define PENDING_HIGH_WATER (64 * 1024)
 
 struct conn {
 	int fd;
@@ -95,7 +100,10 @@ static int flush_pending(int epfd, struct conn *c)
 		c->pending.len = 0;
 		c->pending_off = 0;
 	}
-	uint32_t ev = c->closing ? 0 : (EPOLLIN | EPOLLRDHUP);
+	/* pending.len counts the written prefix too (the buffer is only reset once drained), so
+	 * it is what bounds the buffer's size. */
+	int want_read = !c->closing && c->pending.len <= PENDING_HIGH_WATER;
+	uint32_t ev = want_read ? (EPOLLIN | EPOLLRDHUP) : 0;
 	if (c->pending.len > 0)
 		ev |= EPOLLOUT;
 	return set_events(epfd, c, ev);

@@ -625,3 +625,32 @@ pub(crate) fn finalize<H: Handler>(w: &mut Worker, h: &mut H, slot: usize) {
     h.on_close(w, id);
     w.release(slot);
 }
+
+/// Ends every live connection after the worker loop ended abnormally (a handler panicked or
+/// the kernel interface failed) and no kernel operation can touch the connections any more:
+/// for each, closes the fd, hands back unsent borrowed memory with `on_send_done(sent=false)`
+/// and calls `on_close`, exactly once. A callback that panics here is caught so the remaining
+/// connections are still finalised; the first such panic is returned. A connection whose
+/// finalisation was under way when the loop ended (its `on_close` or `on_send_done` panicked)
+/// is only freed: its fd is already closed and its callbacks are not repeated.
+pub(crate) fn abort_all<H: Handler>(w: &mut Worker, h: &mut H) -> Option<Box<dyn std::any::Any + Send>> {
+    let mut first = None;
+    for slot in 0..w.conns.len() {
+        if !w.conns[slot].live {
+            continue;
+        }
+        if w.conns[slot].fd < 0 {
+            w.release(slot);
+            continue;
+        }
+        w.conns[slot].abort = true;
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| finalize(w, h, slot)));
+        if let Err(p) = r {
+            if w.conns[slot].live {
+                w.release(slot);
+            }
+            first.get_or_insert(p);
+        }
+    }
+    first
+}

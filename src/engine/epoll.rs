@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::conn::{self, Worker, MAX_IOV};
 use super::uring::accept_fd;
@@ -29,7 +29,14 @@ struct Loop {
     scratch: Vec<u8>,
     iov: Vec<libc::iovec>,
     syscalls: u64,
+    /// Set while the listener is out of the epoll set after accept4 ran out of fds or memory
+    /// (EMFILE/ENFILE/ENOMEM/ENOBUFS): it is re-added at this time. The listener is
+    /// level-triggered, so leaving it in would report it again at once and spin.
+    accept_retry_at: Option<Instant>,
 }
+
+/// How long accepting pauses after accept4 ran out of fds or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
 fn ctl(ep: RawFd, op: libc::c_int, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
     let mut ev = libc::epoll_event { events, u64: data };
@@ -66,26 +73,51 @@ pub(crate) fn run<H: Handler, M: FnOnce() -> H>(
     let scratch = vec![0u8; cfg.rx_buf_size];
     let mut w = Worker::new(index, cfg, shared);
     let mut h = make();
-    let mut l = Loop { ep, listener: Some(listener), wake_fd, scratch, iov: Vec::with_capacity(MAX_IOV), syscalls: 0 };
+    let mut l = Loop { ep, listener: Some(listener), wake_fd, scratch, iov: Vec::with_capacity(MAX_IOV), syscalls: 0, accept_retry_at: None };
     let _ = ready.send(Ok(()));
     let current = conn::CurrentGuard::set(&w);
-    h.on_worker_start(&mut w);
-    l.run(&mut w, &mut h);
-    w.run_mail(true);
-    h.on_worker_stop(&mut w);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        h.on_worker_start(&mut w);
+        l.run(&mut w, &mut h)
+    }));
+    let mut panicked = None;
+    match outcome {
+        Ok(Ok(())) => {
+            w.run_mail(true);
+            h.on_worker_stop(&mut w);
+            return;
+        }
+        Ok(Err(e)) => eprintln!("p99: engine worker {index}: epoll_wait failed ({e}); closing its connections"),
+        Err(p) => panicked = Some(p),
+    }
+    // Abnormal end (epoll failed or a handler panicked): nothing is in the kernel's hands,
+    // so finalise every live connection at once.
+    drop(l);
+    let late = conn::abort_all(&mut w, &mut h);
+    let stop = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        w.run_mail(true);
+        h.on_worker_stop(&mut w);
+    }));
     drop(current);
+    if let Some(p) = panicked.or(late).or(stop.err()) {
+        std::panic::resume_unwind(p);
+    }
 }
 
 impl Loop {
-    fn run<H: Handler>(&mut self, w: &mut Worker, h: &mut H) {
+    /// Runs until the worker has stopped; an error means epoll itself failed.
+    fn run<H: Handler>(&mut self, w: &mut Worker, h: &mut H) -> io::Result<()> {
         let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         loop {
             if !w.stopping && w.shared.stop.load(Ordering::Acquire) {
                 w.begin_stop();
                 if let Some(l) = self.listener.take() {
-                    let _ = ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, l.as_raw_fd(), 0, 0);
+                    if self.accept_retry_at.take().is_none() {
+                        let _ = ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, l.as_raw_fd(), 0, 0);
+                    }
                 }
             }
+            self.rearm_accept();
             w.run_mail(false);
             loop {
                 w.run_timers();
@@ -98,11 +130,15 @@ impl Loop {
                 }
             }
             if w.stopping && w.open == 0 {
-                break;
+                return Ok(());
             }
             let mut timeout = w.next_timer();
             if w.stopping {
                 let d = w.enforce_drain().unwrap_or(Duration::from_millis(50));
+                timeout = Some(timeout.map_or(d, |t| t.min(d)));
+            }
+            if let Some(at) = self.accept_retry_at {
+                let d = at.saturating_duration_since(Instant::now());
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
             }
             let ms = match timeout {
@@ -118,7 +154,7 @@ impl Loop {
                 if e.raw_os_error() == Some(libc::EINTR) {
                     continue;
                 }
-                panic!("epoll_wait failed: {e}");
+                return Err(e);
             }
             StatCells::add(&st.completions, n as u64);
             for ev in &events[..n as usize] {
@@ -143,6 +179,14 @@ impl Loop {
                 libc::accept4(listener, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
             };
             if fd < 0 {
+                let e = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                if matches!(e, libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) {
+                    // Out of fds or memory: take the listener out of the set and back off
+                    // (pending connections wait in the backlog) instead of spinning on it.
+                    if ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, listener, 0, 0).is_ok() {
+                        self.accept_retry_at = Some(Instant::now() + ACCEPT_BACKOFF);
+                    }
+                }
                 return;
             }
             if let Some(slot) = accept_fd(w, h, fd) {
@@ -153,6 +197,23 @@ impl Loop {
                     Err(_) => w.begin_close(slot, true),
                 }
             }
+        }
+    }
+
+    /// Puts the listener back into the epoll set once the accept back-off has passed.
+    fn rearm_accept(&mut self) {
+        let Some(at) = self.accept_retry_at else { return };
+        if at > Instant::now() {
+            return;
+        }
+        let Some(l) = self.listener.as_ref() else {
+            self.accept_retry_at = None;
+            return;
+        };
+        match ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, l.as_raw_fd(), libc::EPOLLIN as u32, ud(K_ACCEPT, 0, 0)) {
+            Ok(()) => self.accept_retry_at = None,
+            // Could not re-add (out of memory): try again after another back-off.
+            Err(_) => self.accept_retry_at = Some(Instant::now() + ACCEPT_BACKOFF),
         }
     }
 

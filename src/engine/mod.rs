@@ -128,6 +128,17 @@ impl From<io::Error> for Error {
 /// What the application does with connections. One handler per worker, created on that
 /// worker's thread by the factory given to [`Engine::start`], so it needs neither `Send` nor
 /// locks. Every method runs on the worker thread and may call back into the [`Worker`].
+///
+/// If a method panics, or the worker's io_uring/epoll instance fails, that worker ends, and
+/// ends cleanly for its connections: operations still in the kernel are cancelled (io_uring:
+/// synchronously, so no send still reads borrowed memory), then every live connection gets
+/// `on_send_done(sent=false)` for each unsent borrowed send and `on_close` exactly once, and
+/// its fd is closed; posted tasks are dropped and `on_worker_stop` runs. A callback that
+/// panics during this is caught so the others still run. Afterwards the first panic resumes
+/// unwinding the worker thread (a kernel failure is reported on stderr instead). The
+/// worker's listener is closed, so new connections go to the other workers; the engine's
+/// stop and drop work as usual. A connection whose `on_close` or `on_send_done` itself
+/// panicked is freed without repeating its callbacks.
 pub trait Handler {
     /// The worker's loop is about to start.
     fn on_worker_start(&mut self, _w: &mut Worker) {}
@@ -383,7 +394,8 @@ impl Engine {
     /// its queued output for up to `drain`, and is closed (with its `on_close`); then the
     /// workers exit and every fd, buffer and thread is released. Blocks until done. Must not
     /// be called from one of this engine's workers ([`Error::WrongThread`]); use
-    /// [`Remote::request_stop`] there. Calling it again is a no-op.
+    /// [`Remote::request_stop`] there. Calling it again is a no-op; calls from several
+    /// threads at once all return only once the stop has finished.
     pub fn stop(&self, drain: Duration) -> Result<(), Error> {
         if self.on_worker_thread() {
             return Err(Error::WrongThread);
@@ -404,12 +416,15 @@ impl Engine {
     }
 
     fn shutdown(&self, drain: Duration) {
-        let threads = std::mem::take(&mut *self.threads.lock());
+        // The lock is held while joining, so a concurrent second caller waits here until the
+        // first one's stop has finished (no worker ever takes this lock: stop, free and drop
+        // on a worker never reach it).
+        let mut threads = self.threads.lock();
         if threads.is_empty() {
             return;
         }
         request_stop(&self.shared, drain);
-        for t in threads {
+        for t in threads.drain(..) {
             // A worker that panicked has nothing more to release; its error is not ours.
             let _ = t.join();
         }

@@ -94,16 +94,45 @@ pub(crate) fn run<H: Handler, M: FnOnce() -> H>(
     };
     let _ = ready.send(Ok(()));
     let current = conn::CurrentGuard::set(&w);
-    h.on_worker_start(&mut w);
-    l.run(&mut w, &mut h);
-    w.run_mail(true);
-    h.on_worker_stop(&mut w);
-    drop(current);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        h.on_worker_start(&mut w);
+        l.run(&mut w, &mut h)
+    }));
+    let mut panicked = None;
+    match outcome {
+        Ok(Ok(())) => {
+            w.run_mail(true);
+            h.on_worker_stop(&mut w);
+            drop(current);
+            let Loop { ring, mut bufs, listener, .. } = l;
+            bufs.unregister(&ring);
+            drop(ring);
+            drop(bufs);
+            drop(listener);
+            return;
+        }
+        Ok(Err(e)) => eprintln!("p99: engine worker {index}: io_uring failed ({e}); closing its connections"),
+        Err(p) => panicked = Some(p),
+    }
+    // Abnormal end (the ring failed or a handler panicked): cancel every operation still in
+    // the kernel, waiting for the cancellations (so no send still reads borrowed memory and
+    // no recv still writes a provided buffer), then finalise every live connection.
     let Loop { ring, mut bufs, listener, .. } = l;
+    drop(listener);
+    let wait = types::Timespec::new().sec(1);
+    let _ = ring.submitter().register_sync_cancel(Some(wait), types::CancelBuilder::any());
+    let late = conn::abort_all(&mut w, &mut h);
+    let stop = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        w.run_mail(true);
+        h.on_worker_stop(&mut w);
+    }));
+    drop(current);
     bufs.unregister(&ring);
     drop(ring);
     drop(bufs);
-    drop(listener);
+    if let Some(p) = panicked.or(late).or(stop.err()) {
+        std::panic::resume_unwind(p);
+    }
 }
 
 impl Loop {
@@ -124,7 +153,8 @@ impl Loop {
         }
     }
 
-    fn run<H: Handler>(&mut self, w: &mut Worker, h: &mut H) {
+    /// Runs until the worker has stopped; an error means io_uring itself failed.
+    fn run<H: Handler>(&mut self, w: &mut Worker, h: &mut H) -> std::io::Result<()> {
         loop {
             if !w.stopping && w.shared.stop.load(Ordering::Acquire) {
                 w.begin_stop();
@@ -142,7 +172,7 @@ impl Loop {
             }
             self.arm_listeners(w);
             if w.stopping && w.open == 0 && !self.accept_armed && !self.wake_armed && self.inflight == 0 {
-                break;
+                return Ok(());
             }
             let mut timeout = w.next_timer();
             if w.stopping {
@@ -151,7 +181,7 @@ impl Loop {
             if let Some(at) = self.accept_retry_at {
                 timeout = min_opt(timeout, Some(at.saturating_duration_since(Instant::now())));
             }
-            self.wait(timeout);
+            self.wait(timeout)?;
             self.reap(w, h);
             let st = w.stats();
             StatCells::add(&st.submissions, std::mem::take(&mut self.pushed));
@@ -159,7 +189,7 @@ impl Loop {
         }
     }
 
-    fn wait(&mut self, timeout: Option<Duration>) {
+    fn wait(&mut self, timeout: Option<Duration>) -> std::io::Result<()> {
         self.enters += 1;
         let r = match timeout {
             None => self.ring.submit_and_wait(1),
@@ -173,9 +203,10 @@ impl Loop {
         if let Err(e) = r {
             match e.raw_os_error() {
                 Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {}
-                _ => panic!("io_uring_enter failed: {e}"),
+                _ => return Err(e),
             }
         }
+        Ok(())
     }
 
     fn arm_listeners(&mut self, w: &mut Worker) {

@@ -3,13 +3,18 @@
 //! Threading, for every function below:
 //! - `p99_engine_*` functions are thread-safe, except that `p99_engine_stop` and
 //!   `p99_engine_free` must not be called from one of the engine's own worker threads
-//!   (`p99_engine_stop` returns `P99_STATUS_WRONG_THREAD` there; use
+//!   (both return `P99_STATUS_WRONG_THREAD` there and change nothing; use
 //!   `p99_engine_request_stop`).
 //! - `p99_worker_*` functions take the `p99_worker *` handed to a callback, a posted task or a
 //!   timer, and may only be called on that worker's thread while the engine runs; from any
 //!   other thread they return `P99_STATUS_WRONG_THREAD` without touching the worker.
 //! - A `p99_conn` belongs to the worker that accepted it; using it on another worker gives
 //!   `P99_STATUS_WRONG_THREAD`, using it after its `on_close` gives `P99_STATUS_STALE_HANDLE`.
+
+// Every entry point that takes a pointer is an `unsafe extern "C" fn`: the caller promises
+// the pointers are valid as each doc comment says (NULL is checked and refused). Those doc
+// comments are the safety contract and become the header, so no separate `# Safety` section.
+#![allow(clippy::missing_safety_doc)]
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::net::{IpAddr, Ipv4Addr};
@@ -249,7 +254,7 @@ fn task(f: unsafe extern "C" fn(*mut c_void, *mut p99_worker), arg: SendPtr) -> 
 /// Fills `*config` with the defaults (see each field) and sets `struct_size`.
 /// Returns `P99_STATUS_NULL_PARAMETER` if `config` is NULL. Thread-safe.
 #[no_mangle]
-pub extern "C" fn p99_engine_config_defaults(config: *mut p99_engine_config) -> p99_status {
+pub unsafe extern "C" fn p99_engine_config_defaults(config: *mut p99_engine_config) -> p99_status {
     guard(|| {
         // SAFETY: checked for NULL; the caller provides a writable struct.
         let out = unsafe { out_ptr(config) }?;
@@ -276,7 +281,7 @@ pub extern "C" fn p99_engine_config_defaults(config: *mut p99_engine_config) -> 
 /// Zero-fills `*callbacks` (no user pointer, no callbacks) and sets `struct_size`.
 /// Returns `P99_STATUS_NULL_PARAMETER` if `callbacks` is NULL. Thread-safe.
 #[no_mangle]
-pub extern "C" fn p99_engine_callbacks_defaults(callbacks: *mut p99_engine_callbacks) -> p99_status {
+pub unsafe extern "C" fn p99_engine_callbacks_defaults(callbacks: *mut p99_engine_callbacks) -> p99_status {
     guard(|| {
         // SAFETY: checked for NULL; the caller provides a writable struct.
         let out = unsafe { out_ptr(callbacks) }?;
@@ -301,7 +306,7 @@ pub extern "C" fn p99_engine_callbacks_defaults(callbacks: *mut p99_engine_callb
 /// `P99_STATUS_UNSUPPORTED` (P99_BACKEND forces an unavailable backend), or the status of the
 /// failed system call (e.g. `P99_STATUS_IO_ERROR` with errno EADDRINUSE). Thread-safe.
 #[no_mangle]
-pub extern "C" fn p99_engine_start(
+pub unsafe extern "C" fn p99_engine_start(
     config: *const p99_engine_config,
     callbacks: *const p99_engine_callbacks,
     out: *mut *mut p99_engine,
@@ -356,7 +361,7 @@ pub extern "C" fn p99_engine_start(
 
 /// Writes the TCP port the engine listens on to `*out`. Thread-safe.
 #[no_mangle]
-pub extern "C" fn p99_engine_port(engine: *const p99_engine, out: *mut u16) -> p99_status {
+pub unsafe extern "C" fn p99_engine_port(engine: *const p99_engine, out: *mut u16) -> p99_status {
     guard(|| {
         // SAFETY: checked for NULL; a live engine by contract.
         let e = unsafe { ref_from(engine) }?;
@@ -369,7 +374,7 @@ pub extern "C" fn p99_engine_port(engine: *const p99_engine, out: *mut u16) -> p
 
 /// Writes the number of workers to `*out`. Thread-safe.
 #[no_mangle]
-pub extern "C" fn p99_engine_workers(engine: *const p99_engine, out: *mut u32) -> p99_status {
+pub unsafe extern "C" fn p99_engine_workers(engine: *const p99_engine, out: *mut u32) -> p99_status {
     guard(|| {
         // SAFETY: checked for NULL; a live engine by contract.
         let e = unsafe { ref_from(engine) }?;
@@ -411,7 +416,7 @@ pub extern "C" fn p99_engine_backend_reason() -> *const c_char {
 /// Errors: NULL `engine`/`fn`, `P99_STATUS_INVALID_ARGUMENT` (no such worker),
 /// `P99_STATUS_CLOSED` (the engine is stopping; the task will not run). Thread-safe.
 #[no_mangle]
-pub extern "C" fn p99_engine_post(engine: *const p99_engine, worker_index: u32, func: p99_task_fn, arg: *mut c_void) -> p99_status {
+pub unsafe extern "C" fn p99_engine_post(engine: *const p99_engine, worker_index: u32, func: p99_task_fn, arg: *mut c_void) -> p99_status {
     guard(|| {
         // SAFETY: checked for NULL; a live engine by contract.
         let e = unsafe { ref_from(engine) }?;
@@ -423,7 +428,7 @@ pub extern "C" fn p99_engine_post(engine: *const p99_engine, worker_index: u32, 
 /// Asks the engine to stop (see `p99_engine_stop`) and returns at once. Callable from any
 /// thread, including the engine's workers. Thread-safe.
 #[no_mangle]
-pub extern "C" fn p99_engine_request_stop(engine: *const p99_engine, drain_ms: u32) -> p99_status {
+pub unsafe extern "C" fn p99_engine_request_stop(engine: *const p99_engine, drain_ms: u32) -> p99_status {
     guard(|| {
         // SAFETY: checked for NULL; a live engine by contract.
         let e = unsafe { ref_from(engine) }?;
@@ -434,11 +439,12 @@ pub extern "C" fn p99_engine_request_stop(engine: *const p99_engine, drain_ms: u
 
 /// Stops the engine and waits for it: listeners close, every connection stops receiving,
 /// flushes queued output for up to `drain_ms`, is closed and gets `on_close`; workers run
-/// `on_worker_stop` and exit; no fd, buffer or thread remains. A second call is a no-op.
+/// `on_worker_stop` and exit; no fd, buffer or thread remains. A second call is a no-op;
+/// concurrent calls from several threads all return only once the stop has finished.
 /// Returns `P99_STATUS_WRONG_THREAD` when called on one of the engine's own workers (use
 /// `p99_engine_request_stop` there). Thread-safe otherwise.
 #[no_mangle]
-pub extern "C" fn p99_engine_stop(engine: *const p99_engine, drain_ms: u32) -> p99_status {
+pub unsafe extern "C" fn p99_engine_stop(engine: *const p99_engine, drain_ms: u32) -> p99_status {
     guard(|| {
         // SAFETY: checked for NULL; a live engine by contract.
         let e = unsafe { ref_from(engine) }?;
@@ -446,21 +452,21 @@ pub extern "C" fn p99_engine_stop(engine: *const p99_engine, drain_ms: u32) -> p
     })
 }
 
-/// Writes worker `worker_index`'s counters to `*out`; `out->struct_size` must be set.
-/// Errors: NULL pointers, `P99_STATUS_INVALID_ARGUMENT` (no such worker or struct_size too
-/// small). Works before and after stop. Thread-safe.
+/// Writes worker `worker_index`'s counters to `*out`; the caller sets `out->struct_size`
+/// first. Only `struct_size` bytes are written (at most this library's struct size), and
+/// `struct_size` is left as the caller set it. Errors: NULL pointers,
+/// `P99_STATUS_INVALID_ARGUMENT` (no such worker, or struct_size smaller than the first
+/// published version of the struct). Works before and after stop. Thread-safe.
 #[no_mangle]
-pub extern "C" fn p99_engine_stats(engine: *const p99_engine, worker_index: u32, out: *mut p99_worker_stats) -> p99_status {
+pub unsafe extern "C" fn p99_engine_stats(engine: *const p99_engine, worker_index: u32, out: *mut p99_worker_stats) -> p99_status {
     guard(|| {
         // SAFETY: checked for NULL; a live engine by contract.
         let e = unsafe { ref_from(engine) }?;
         // SAFETY: checked for NULL; starts with struct_size.
-        unsafe { struct_size_of(out as *const u32, std::mem::size_of::<p99_worker_stats>()) }?;
-        // SAFETY: checked for NULL.
-        let out = unsafe { out_ptr(out) }?;
+        let size = unsafe { struct_size_of(out as *const u32, std::mem::size_of::<p99_worker_stats>()) }?;
         let s = e.inner.stats(worker_index as usize).ok_or(p99_status::InvalidArgument)?;
-        out.write(p99_worker_stats {
-            struct_size: std::mem::size_of::<p99_worker_stats>() as u32,
+        let full = p99_worker_stats {
+            struct_size: size as u32,
             accepted: s.accepted,
             open: s.open,
             rejected: s.rejected,
@@ -470,28 +476,34 @@ pub extern "C" fn p99_engine_stats(engine: *const p99_engine, worker_index: u32,
             enters: s.enters,
             completions: s.completions,
             bufring_empty: s.bufring_empty,
-        });
+        };
+        let n = size.min(std::mem::size_of::<p99_worker_stats>());
+        // SAFETY: `out` is non-NULL (checked) and the caller declared `size` writable bytes;
+        // at most our struct's size is copied from a local value.
+        unsafe { std::ptr::copy_nonoverlapping((&full as *const p99_worker_stats).cast::<u8>(), out.cast::<u8>(), n) };
         Ok(())
     })
 }
 
-/// Stops the engine if it still runs (1 s drain) and frees it. NULL is a no-op. Must not be
-/// called on one of the engine's own workers: there it only requests the stop and leaves the
-/// engine allocated (joining its own thread would deadlock).
+/// Stops the engine if it still runs (1 s drain) and frees it; returns `P99_STATUS_OK`.
+/// NULL is a no-op (`P99_STATUS_OK`). Called on one of the engine's own workers it returns
+/// `P99_STATUS_WRONG_THREAD` and changes nothing (joining its own thread would deadlock): the
+/// engine stays allocated and running; use `p99_engine_request_stop` there and free it from
+/// another thread. Thread-safe otherwise; `engine` is invalid after `P99_STATUS_OK`.
 #[no_mangle]
-pub extern "C" fn p99_engine_free(engine: *mut p99_engine) {
-    guard_or((), || {
+pub unsafe extern "C" fn p99_engine_free(engine: *mut p99_engine) -> p99_status {
+    guard(|| {
         if engine.is_null() {
-            return;
+            return Ok(());
         }
         // SAFETY: non-NULL; a live engine by contract.
         let e = unsafe { &*engine };
         if e.inner.on_worker_thread() {
-            e.inner.request_stop(Duration::from_secs(1));
-            return;
+            return Err(p99_status::WrongThread);
         }
         // SAFETY: created by Box::into_raw in p99_engine_start and freed once, here.
         drop(unsafe { Box::from_raw(engine) });
+        Ok(())
     })
 }
 
@@ -503,7 +515,7 @@ pub extern "C" fn p99_conn_worker(conn: p99_conn) -> u32 {
 
 /// Writes the worker's index to `*out`. Worker thread only.
 #[no_mangle]
-pub extern "C" fn p99_worker_index(worker: *mut p99_worker, out: *mut u32) -> p99_status {
+pub unsafe extern "C" fn p99_worker_index(worker: *mut p99_worker, out: *mut u32) -> p99_status {
     guard(|| {
         // SAFETY: checked by address against this thread's worker.
         let w = unsafe { worker_from(worker) }?;
@@ -518,7 +530,7 @@ pub extern "C" fn p99_worker_index(worker: *mut p99_worker, out: *mut u32) -> p9
 /// before. `data` is borrowed until return. Errors: NULL (with len > 0), WRONG_THREAD,
 /// STALE_HANDLE, CLOSED (the connection is closing). Worker thread only.
 #[no_mangle]
-pub extern "C" fn p99_worker_send(worker: *mut p99_worker, conn: p99_conn, data: *const u8, len: usize) -> p99_status {
+pub unsafe extern "C" fn p99_worker_send(worker: *mut p99_worker, conn: p99_conn, data: *const u8, len: usize) -> p99_status {
     guard(|| {
         // SAFETY: checked by address against this thread's worker.
         let w = unsafe { worker_from(worker) }?;
@@ -535,7 +547,7 @@ pub extern "C" fn p99_worker_send(worker: *mut p99_worker, conn: p99_conn, data:
 /// INVALID_ARGUMENT (iovcnt < 0 or a NULL base with a non-zero length), WRONG_THREAD,
 /// STALE_HANDLE, CLOSED. Worker thread only.
 #[no_mangle]
-pub extern "C" fn p99_worker_send_iov(
+pub unsafe extern "C" fn p99_worker_send_iov(
     worker: *mut p99_worker,
     conn: p99_conn,
     iov: *const libc::iovec,
@@ -567,7 +579,7 @@ pub extern "C" fn p99_worker_send_iov(
 /// Stops `on_data` for `conn` until `p99_worker_resume_recv`; bytes that arrive meanwhile are
 /// kept (bounded by what was already in flight) and delivered on resume. Worker thread only.
 #[no_mangle]
-pub extern "C" fn p99_worker_pause_recv(worker: *mut p99_worker, conn: p99_conn) -> p99_status {
+pub unsafe extern "C" fn p99_worker_pause_recv(worker: *mut p99_worker, conn: p99_conn) -> p99_status {
     guard(|| {
         // SAFETY: checked by address against this thread's worker.
         let w = unsafe { worker_from(worker) }?;
@@ -577,7 +589,7 @@ pub extern "C" fn p99_worker_pause_recv(worker: *mut p99_worker, conn: p99_conn)
 
 /// Undoes `p99_worker_pause_recv`. Worker thread only.
 #[no_mangle]
-pub extern "C" fn p99_worker_resume_recv(worker: *mut p99_worker, conn: p99_conn) -> p99_status {
+pub unsafe extern "C" fn p99_worker_resume_recv(worker: *mut p99_worker, conn: p99_conn) -> p99_status {
     guard(|| {
         // SAFETY: checked by address against this thread's worker.
         let w = unsafe { worker_from(worker) }?;
@@ -589,7 +601,7 @@ pub extern "C" fn p99_worker_resume_recv(worker: *mut p99_worker, conn: p99_conn
 /// then the socket closes and `on_close` runs (later, not inside this call). Closing again is
 /// OK. Worker thread only.
 #[no_mangle]
-pub extern "C" fn p99_worker_close(worker: *mut p99_worker, conn: p99_conn) -> p99_status {
+pub unsafe extern "C" fn p99_worker_close(worker: *mut p99_worker, conn: p99_conn) -> p99_status {
     guard(|| {
         // SAFETY: checked by address against this thread's worker.
         let w = unsafe { worker_from(worker) }?;
@@ -599,7 +611,7 @@ pub extern "C" fn p99_worker_close(worker: *mut p99_worker, conn: p99_conn) -> p
 
 /// Stores a pointer with the connection (not dereferenced by libp99). Worker thread only.
 #[no_mangle]
-pub extern "C" fn p99_worker_set_conn_user(worker: *mut p99_worker, conn: p99_conn, user: *mut c_void) -> p99_status {
+pub unsafe extern "C" fn p99_worker_set_conn_user(worker: *mut p99_worker, conn: p99_conn, user: *mut c_void) -> p99_status {
     guard(|| {
         // SAFETY: checked by address against this thread's worker.
         let w = unsafe { worker_from(worker) }?;
@@ -610,7 +622,7 @@ pub extern "C" fn p99_worker_set_conn_user(worker: *mut p99_worker, conn: p99_co
 /// Writes the pointer stored by `p99_worker_set_conn_user` (NULL if none) to `*out`.
 /// Worker thread only.
 #[no_mangle]
-pub extern "C" fn p99_worker_conn_user(worker: *mut p99_worker, conn: p99_conn, out: *mut *mut c_void) -> p99_status {
+pub unsafe extern "C" fn p99_worker_conn_user(worker: *mut p99_worker, conn: p99_conn, out: *mut *mut c_void) -> p99_status {
     guard(|| {
         // SAFETY: checked by address against this thread's worker.
         let w = unsafe { worker_from(worker) }?;
@@ -625,7 +637,7 @@ pub extern "C" fn p99_worker_conn_user(worker: *mut p99_worker, conn: p99_conn, 
 /// Writes the connection's socket fd to `*out`, for getpeername/setsockopt. The engine owns
 /// it: do not read, write or close it. Worker thread only.
 #[no_mangle]
-pub extern "C" fn p99_worker_conn_fd(worker: *mut p99_worker, conn: p99_conn, out: *mut c_int) -> p99_status {
+pub unsafe extern "C" fn p99_worker_conn_fd(worker: *mut p99_worker, conn: p99_conn, out: *mut c_int) -> p99_status {
     guard(|| {
         // SAFETY: checked by address against this thread's worker.
         let w = unsafe { worker_from(worker) }?;
@@ -639,7 +651,7 @@ pub extern "C" fn p99_worker_conn_fd(worker: *mut p99_worker, conn: p99_conn, ou
 /// Runs `fn(arg, worker)` on this worker after `delay_ms`; writes the timer id to `*out_id`
 /// (may be NULL if not needed). Worker thread only.
 #[no_mangle]
-pub extern "C" fn p99_worker_add_timer(
+pub unsafe extern "C" fn p99_worker_add_timer(
     worker: *mut p99_worker,
     delay_ms: u64,
     func: p99_task_fn,
@@ -663,7 +675,7 @@ pub extern "C" fn p99_worker_add_timer(
 /// Cancels a timer; `P99_STATUS_NOT_FOUND` if it already ran or was cancelled. Worker thread
 /// only.
 #[no_mangle]
-pub extern "C" fn p99_worker_cancel_timer(worker: *mut p99_worker, timer_id: u64) -> p99_status {
+pub unsafe extern "C" fn p99_worker_cancel_timer(worker: *mut p99_worker, timer_id: u64) -> p99_status {
     guard(|| {
         // SAFETY: checked by address against this thread's worker.
         let w = unsafe { worker_from(worker) }?;
@@ -683,14 +695,18 @@ mod tests {
     fn worker_calls_off_thread_are_refused_without_dereferencing() {
         // A bogus non-NULL pointer: rejected by address, never read.
         let bogus = 0x10 as *mut p99_worker;
-        assert_eq!(p99_worker_send(bogus, 1, b"x".as_ptr(), 1), p99_status::WrongThread);
-        assert_eq!(p99_worker_close(std::ptr::null_mut(), 1), p99_status::NullParameter);
+        // SAFETY: the functions check the worker pointer by address before any use.
+        unsafe {
+            assert_eq!(p99_worker_send(bogus, 1, b"x".as_ptr(), 1), p99_status::WrongThread);
+            assert_eq!(p99_worker_close(std::ptr::null_mut(), 1), p99_status::NullParameter);
+        }
     }
 
     #[test]
     fn defaults_fill_struct_size() {
         let mut c = std::mem::MaybeUninit::<p99_engine_config>::uninit();
-        assert_eq!(p99_engine_config_defaults(c.as_mut_ptr()), p99_status::Ok);
+        // SAFETY: a valid out pointer; the call fills every field.
+        assert_eq!(unsafe { p99_engine_config_defaults(c.as_mut_ptr()) }, p99_status::Ok);
         let c = unsafe { c.assume_init() };
         assert_eq!(c.struct_size as usize, std::mem::size_of::<p99_engine_config>());
     }
