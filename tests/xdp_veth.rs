@@ -175,7 +175,7 @@ fn invalid_tx_descriptors_rejected_counted_no_leak() {
             // The kernel's own check: a raw descriptor longer than the frame is consumed and
             // counted as invalid, never completed.
             tx.sock.push_raw_tx_for_test(XdpDesc { addr: held[1].addr, len: 4000, options: 0 }).unwrap();
-            assert_eq!(tx.sock.stats().unwrap().tx_invalid_descs, 1);
+            assert_eq!(tx.sock.stats().unwrap().kernel.tx_invalid_descs, 1);
             tx.umem.release(&held).unwrap();
             assert_no_leak(&tx);
             // Releasing twice is refused and changes nothing.
@@ -201,7 +201,7 @@ fn statistics_counters_provoked() {
                 send_seq(&mut tx, 0..10, 32, 7777);
                 std::thread::sleep(Duration::from_millis(50));
                 let st = rx.sock.stats().unwrap();
-                assert!(st.rx_fill_ring_empty_descs >= 10, "{st:?}");
+                assert!(st.kernel.rx_fill_ring_empty_descs >= 10, "{st:?}");
                 assert_eq!(recv_n(&mut rx, 1, Duration::from_millis(50), |_| {}), 0);
             }
             // RX ring full: a receiver that fills but never reads (rx ring 1024 entries).
@@ -213,14 +213,14 @@ fn statistics_counters_provoked() {
                 send_seq(&mut tx, 0..1200, 32, 7777);
                 std::thread::sleep(Duration::from_millis(50));
                 let st = rx.sock.stats().unwrap();
-                assert!(st.rx_ring_full >= 100, "{st:?}");
+                assert!(st.kernel.rx_ring_full >= 100, "{st:?}");
                 // What did arrive is intact and in order.
                 let mut next = 0;
                 let got = recv_n(&mut rx, 1024, Duration::from_millis(500), |f| {
                     assert_eq!(seq_of(f, 32), next);
                     next += 1;
                 });
-                assert_eq!(got as u64 + st.rx_ring_full, 1200);
+                assert_eq!(got as u64 + st.kernel.rx_ring_full, 1200);
                 assert_no_leak(&rx);
             }
             // RX dropped: a packet longer than a 2048-byte frame can hold.
@@ -230,7 +230,7 @@ fn statistics_counters_provoked() {
                 send_seq(&mut tx, 0..3, 2500, 7777);
                 std::thread::sleep(Duration::from_millis(50));
                 let st = rx.sock.stats().unwrap();
-                assert!(st.rx_dropped >= 3, "{st:?}");
+                assert!(st.kernel.rx_dropped >= 3, "{st:?}");
                 assert_eq!(recv_n(&mut rx, 1, Duration::from_millis(50), |_| {}), 0);
             }
         }
@@ -487,5 +487,13 @@ fn udp_filter_program_passes_other_traffic() {
             send_seq(&mut tx, 10..12, 32, 7777);
             assert_eq!(recv_n(&mut rx, 1, Duration::from_millis(100), |_| {}), 0, "unregistered socket got traffic");
         }
+    });
+}
+
+#[test]
+fn iface_mac_reads_the_veth_addresses_in_this_namespace() {
+    with_net("iface_mac_reads_the_veth_addresses_in_this_namespace", |_net| {
+        assert_eq!(p99::xdp::sys::iface_mac("va").unwrap(), MAC_A);
+        assert_eq!(p99::xdp::sys::iface_mac("vb").unwrap(), MAC_B);
     });
 }

@@ -661,13 +661,14 @@ pub unsafe extern "C" fn p99_xdp_socket_stats(sock: *const p99_xdp_socket, stats
         // SAFETY: caller contract.
         let out = unsafe { out_ptr(stats) }?;
         let st = s.sock.lock().stats().map_err(fail)?;
+        let k = st.kernel;
         out.write(p99_xdp_stats {
-            rx_dropped: st.rx_dropped,
-            rx_invalid_descs: st.rx_invalid_descs,
-            tx_invalid_descs: st.tx_invalid_descs,
-            rx_ring_full: st.rx_ring_full,
-            rx_fill_ring_empty_descs: st.rx_fill_ring_empty_descs,
-            tx_ring_empty_descs: st.tx_ring_empty_descs,
+            rx_dropped: k.rx_dropped,
+            rx_invalid_descs: k.rx_invalid_descs,
+            tx_invalid_descs: k.tx_invalid_descs,
+            rx_ring_full: k.rx_ring_full,
+            rx_fill_ring_empty_descs: k.rx_fill_ring_empty_descs,
+            tx_ring_empty_descs: k.tx_ring_empty_descs,
             rx_packets: st.rx_packets,
             tx_queued: st.tx_queued,
             tx_completed: st.tx_completed,

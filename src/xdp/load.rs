@@ -152,6 +152,6 @@ pub fn run_ping_load(cfg: &PingLoadConfig) -> Result<PingLoadReport> {
         send_elapsed: send_end - base,
         rtt_ns: hist,
         tx_kernel_dropped: st.tx_kernel_dropped,
-        rx_dropped: st.rx_dropped + st.rx_ring_full + st.rx_fill_ring_empty_descs,
+        rx_dropped: st.kernel.rx_dropped + st.kernel.rx_ring_full + st.kernel.rx_fill_ring_empty_descs,
     })
 }

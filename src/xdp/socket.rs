@@ -42,12 +42,8 @@ impl Default for SocketConfig {
 /// Kernel statistics (XDP_STATISTICS) plus the wrapper's own counters.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stats {
-    pub rx_dropped: u64,
-    pub rx_invalid_descs: u64,
-    pub tx_invalid_descs: u64,
-    pub rx_ring_full: u64,
-    pub rx_fill_ring_empty_descs: u64,
-    pub tx_ring_empty_descs: u64,
+    /// The kernel's counters, as XDP_STATISTICS reports them.
+    pub kernel: XdpStatistics,
     /// Packets handed to the caller by `recv`.
     pub rx_packets: u64,
     /// Descriptors placed on the TX ring.
@@ -348,12 +344,7 @@ impl Socket {
         sys::get_xdp_opt(self.fd(), sys::XDP_STATISTICS, &mut k).map_err(|e| Error::os("XDP_STATISTICS", e))?;
         let c = self.umem.frames.lock().counters;
         Ok(Stats {
-            rx_dropped: k.rx_dropped,
-            rx_invalid_descs: k.rx_invalid_descs,
-            tx_invalid_descs: k.tx_invalid_descs,
-            rx_ring_full: k.rx_ring_full,
-            rx_fill_ring_empty_descs: k.rx_fill_ring_empty_descs,
-            tx_ring_empty_descs: k.tx_ring_empty_descs,
+            kernel: k,
             rx_packets: self.rx_packets,
             tx_queued: self.tx_queued,
             tx_completed: c.completions,

@@ -81,14 +81,21 @@ pub struct XdpDesc {
     pub options: u32,
 }
 
+/// The kernel's `struct xdp_statistics` (XDP_STATISTICS).
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug)]
 pub struct XdpStatistics {
+    /// Packets dropped for a reason other than invalid descriptors (e.g. too long).
     pub rx_dropped: u64,
+    /// Invalid RX descriptors.
     pub rx_invalid_descs: u64,
+    /// Invalid TX descriptors.
     pub tx_invalid_descs: u64,
+    /// Packets dropped because the RX ring was full.
     pub rx_ring_full: u64,
+    /// Packets dropped because the FILL ring was empty.
     pub rx_fill_ring_empty_descs: u64,
+    /// Times the TX ring was found empty.
     pub tx_ring_empty_descs: u64,
 }
 
@@ -190,10 +197,8 @@ impl Drop for Fd {
     }
 }
 
-/// Interface index of `name` in the calling thread's network namespace. The name must be
-/// 1..IF_NAMESIZE-1 bytes without NUL (`Invalid` otherwise); `NoDevice` when no interface of
-/// that name exists.
-pub fn ifindex(name: &str) -> super::Result<u32> {
+/// Checks an interface name (1..IF_NAMESIZE-1 bytes, no NUL) and returns it as a C string.
+fn iface_name(name: &str) -> super::Result<std::ffi::CString> {
     if name.is_empty() || name.len() >= libc::IF_NAMESIZE {
         return Err(super::Error::Invalid(format!(
             "interface name must be 1 to {} bytes, got {}",
@@ -201,8 +206,14 @@ pub fn ifindex(name: &str) -> super::Result<u32> {
             name.len()
         )));
     }
-    let c = std::ffi::CString::new(name)
-        .map_err(|_| super::Error::Invalid("interface name contains a NUL byte".into()))?;
+    std::ffi::CString::new(name).map_err(|_| super::Error::Invalid("interface name contains a NUL byte".into()))
+}
+
+/// Interface index of `name` in the calling thread's network namespace. The name must be
+/// 1..IF_NAMESIZE-1 bytes without NUL (`Invalid` otherwise); `NoDevice` when no interface of
+/// that name exists.
+pub fn ifindex(name: &str) -> super::Result<u32> {
+    let c = iface_name(name)?;
     // SAFETY: `c` is a valid NUL-terminated string.
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if idx == 0 {
@@ -210,6 +221,43 @@ pub fn ifindex(name: &str) -> super::Result<u32> {
     } else {
         Ok(idx)
     }
+}
+
+/// Hardware (MAC) address of the Ethernet interface `name` in the calling thread's network
+/// namespace (SIOCGIFHWADDR). Name rules as for [`ifindex`]; `NoDevice` when no interface of
+/// that name exists; `Invalid` when it is not an Ethernet interface (e.g. loopback has
+/// ARPHRD_LOOPBACK, a tun device none).
+pub fn iface_mac(name: &str) -> super::Result<[u8; 6]> {
+    let c = iface_name(name)?;
+    // SAFETY: plain socket(2); the descriptor is owned by `Fd` and closed on drop.
+    let fd = Fd(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) });
+    if fd.0 < 0 {
+        return Err(super::Error::os("socket", io::Error::last_os_error()));
+    }
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(c.as_bytes_with_nul()) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: `req` is a valid ifreq with a NUL-terminated name; the kernel fills ifru_hwaddr.
+    if unsafe { libc::ioctl(fd.0, libc::SIOCGIFHWADDR, &mut req) } != 0 {
+        let err = io::Error::last_os_error();
+        return Err(if err.raw_os_error() == Some(libc::ENODEV) {
+            super::Error::NoDevice { name: name.to_string(), err }
+        } else {
+            super::Error::os("SIOCGIFHWADDR", err)
+        });
+    }
+    // SAFETY: SIOCGIFHWADDR succeeded, so the union holds ifru_hwaddr.
+    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+    if sa.sa_family != libc::ARPHRD_ETHER {
+        return Err(super::Error::Invalid(format!("{name} is not an Ethernet interface (hardware type {})", sa.sa_family)));
+    }
+    let mut mac = [0u8; 6];
+    for (d, s) in mac.iter_mut().zip(sa.sa_data.iter()) {
+        *d = *s as u8;
+    }
+    Ok(mac)
 }
 
 /// Waits up to `timeout_ms` (negative: forever) for POLLIN on `fd`. Ok(false) on timeout or
@@ -246,6 +294,22 @@ mod tests {
             r => panic!("{r:?}"),
         }
         assert!(ifindex("lo").unwrap() > 0);
+    }
+
+    #[test]
+    fn iface_mac_checks_the_name_and_the_type() {
+        assert!(matches!(iface_mac(""), Err(Error::Invalid(_))));
+        assert!(matches!(iface_mac(&"x".repeat(libc::IF_NAMESIZE)), Err(Error::Invalid(_))));
+        assert!(matches!(iface_mac("a\0b"), Err(Error::Invalid(_))));
+        match iface_mac("nosuchdev0") {
+            Err(e @ Error::NoDevice { .. }) => assert_eq!(e.errno(), Some(libc::ENODEV)),
+            r => panic!("{r:?}"),
+        }
+        // Loopback has no Ethernet address.
+        match iface_mac("lo") {
+            Err(Error::Invalid(m)) => assert!(m.contains("not an Ethernet interface"), "{m}"),
+            r => panic!("{r:?}"),
+        }
     }
 
     #[test]

@@ -16,21 +16,6 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     v.try_into().ok()
 }
 
-/// The interface's MAC. Asked of `ip` (a child process, so it sees this thread's network
-/// namespace; /sys/class/net shows the namespace sysfs was mounted in).
-fn iface_mac(iface: &str) -> Result<[u8; 6], String> {
-    let out = std::process::Command::new("ip")
-        .args(["-o", "link", "show", "dev", iface])
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .and_then(parse_mac)
-        .ok_or_else(|| format!("no MAC address for {iface}"))
-}
-
 fn iface_ipv4(iface: &str) -> Result<[u8; 4], String> {
     let out = std::process::Command::new("ip")
         .args(["-4", "-o", "addr", "show", "dev", iface])
@@ -94,7 +79,7 @@ pub fn run(c: &Config) -> Result<Report, String> {
         // answers on a veth come back in microseconds; later ones count as lost.
         drain: Duration::from_secs_f64(c.drain.min(c.udp_timeout).min(0.2)),
     };
-    let src_mac = iface_mac(iface)?;
+    let src_mac = sys::iface_mac(iface).map_err(|e| e.to_string())?;
     let src_ip = iface_ipv4(iface)?;
     let fill = |mut p: PingLoadConfig| {
         p.src_mac = src_mac;

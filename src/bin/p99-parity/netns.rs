@@ -49,31 +49,37 @@ impl VethPair {
         Ok(pair)
     }
 
-    /// The MAC address of the server's end (the AF_XDP sender's next hop).
+    /// The MAC address of the server's end (the AF_XDP sender's next hop), as `aa:bb:..`.
+    /// Read by a short-lived thread that enters the server namespace, so the caller's stays
+    /// as it is.
     pub fn server_mac(&self) -> Result<String, String> {
-        let out = Command::new("ip")
-            .args(["-n", &self.server_ns, "-o", "link", "show", "dev", &self.server_if])
-            .output()
-            .map_err(|e| format!("ip: {e}"))?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.split_whitespace()
-            .skip_while(|w| *w != "link/ether")
-            .nth(1)
-            .map(String::from)
-            .ok_or_else(|| format!("no MAC for {}", self.server_if))
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                enter(&self.server_ns)?;
+                p99::xdp::sys::iface_mac(&self.server_if).map_err(|e| e.to_string())
+            })
+            .join()
+            .map_err(|_| "MAC lookup thread panicked".to_string())?
+        })
+        .map(|m| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"))
     }
 
     /// Moves the calling thread into the client namespace (threads it spawns inherit it).
     pub fn enter_client(&self) -> Result<(), String> {
-        let path = format!("/var/run/netns/{}", self.client_ns);
-        let f = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: f is an open namespace file; setns affects only the calling thread.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(format!("setns {}: {}", self.client_ns, std::io::Error::last_os_error()));
-        }
-        Ok(())
+        enter(&self.client_ns)
     }
+}
+
+/// Moves the calling thread into the named network namespace.
+fn enter(ns: &str) -> Result<(), String> {
+    let path = format!("/var/run/netns/{ns}");
+    let f = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: f is an open namespace file; setns affects only the calling thread.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(format!("setns {ns}: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 impl Drop for VethPair {
