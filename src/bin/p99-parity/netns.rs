@@ -90,3 +90,24 @@ impl Drop for VethPair {
         let _ = ip(&["link", "del", &self.server_if]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_mac_is_read_inside_the_server_namespace() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: network namespaces need root");
+            return;
+        }
+        let n = VethPair::create().expect("veth pair");
+        let mac = n.server_mac().expect("server MAC");
+        let out = Command::new("ip").args(["-n", &n.server_ns, "-o", "link", "show", "dev", &n.server_if]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&format!("link/ether {mac} ")), "{mac} not in: {text}");
+        // The caller's namespace is untouched: the server end is not visible here.
+        assert!(p99::xdp::sys::ifindex(&n.server_if).is_err());
+    }
+}
