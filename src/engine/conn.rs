@@ -567,6 +567,33 @@ pub(crate) fn deliver_stash<H: Handler>(w: &mut Worker, h: &mut H, slot: usize) 
     h.on_data(w, id, &data);
 }
 
+/// Takes the next dirty connection and does the backend-independent part of flushing it:
+/// hands over stashed input receiving is allowed again for, and starts the close of a
+/// connection whose peer half-closed once its input is all handled. Returns the slot when
+/// the connection is still live, for the backend to close it or turn its state into I/O.
+pub(crate) fn next_dirty<H: Handler>(w: &mut Worker, h: &mut H) -> Option<usize> {
+    while let Some(slot) = w.dirty.pop() {
+        let slot = slot as usize;
+        w.conns[slot].in_dirty = false;
+        if !w.conns[slot].live {
+            continue;
+        }
+        if !w.conns[slot].stash.is_empty() {
+            deliver_stash(w, h, slot);
+            if !w.conns[slot].live {
+                continue;
+            }
+        }
+        let c = &w.conns[slot];
+        if c.eof && c.stash.is_empty() && !c.closing {
+            // Half-close from the peer: answer what was asked, then close.
+            w.begin_close(slot, false);
+        }
+        return Some(slot);
+    }
+    None
+}
+
 /// Accounts `n` sent bytes: drops finished segments and reports finished borrowed sends.
 pub(crate) fn sent<H: Handler>(w: &mut Worker, h: &mut H, slot: usize, mut n: usize) {
     StatCells::add(&w.stats().bytes_out, n as u64);

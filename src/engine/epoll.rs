@@ -253,24 +253,7 @@ impl Loop {
     }
 
     fn flush<H: Handler>(&mut self, w: &mut Worker, h: &mut H) {
-        while let Some(slot) = w.dirty.pop() {
-            let slot = slot as usize;
-            w.conns[slot].in_dirty = false;
-            if !w.conns[slot].live {
-                continue;
-            }
-            if !w.conns[slot].stash.is_empty() {
-                conn::deliver_stash(w, h, slot);
-                if !w.conns[slot].live {
-                    continue;
-                }
-            }
-            {
-                let c = &w.conns[slot];
-                if c.eof && c.stash.is_empty() && !c.closing {
-                    w.begin_close(slot, false);
-                }
-            }
+        while let Some(slot) = conn::next_dirty(w, h) {
             let c = &w.conns[slot];
             if c.closing && (c.abort || c.out.is_empty()) {
                 let _ = ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, c.fd, 0, 0);

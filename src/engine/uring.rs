@@ -242,25 +242,7 @@ impl Loop {
 
     /// Turns the state changes of dirty connections into SQEs (and finishes closes).
     fn flush<H: Handler>(&mut self, w: &mut Worker, h: &mut H) {
-        while let Some(slot) = w.dirty.pop() {
-            let slot = slot as usize;
-            w.conns[slot].in_dirty = false;
-            if !w.conns[slot].live {
-                continue;
-            }
-            if !w.conns[slot].stash.is_empty() {
-                conn::deliver_stash(w, h, slot);
-                if !w.conns[slot].live {
-                    continue;
-                }
-            }
-            {
-                let c = &w.conns[slot];
-                if c.eof && c.stash.is_empty() && !c.closing {
-                    // Half-close from the peer: answer what was asked, then close.
-                    w.begin_close(slot, false);
-                }
-            }
+        while let Some(slot) = conn::next_dirty(w, h) {
             let gen = w.conns[slot].gen;
             let c = &mut w.conns[slot];
             if c.closing && (c.abort || (c.out.is_empty() && !c.send_inflight)) {
