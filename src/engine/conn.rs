@@ -653,6 +653,51 @@ pub(crate) fn finalize<H: Handler>(w: &mut Worker, h: &mut H, slot: usize) {
     w.release(slot);
 }
 
+/// A backend's worker loop, as run by [`drive`].
+pub(crate) trait WorkerLoop {
+    /// Runs until the worker has stopped; an error means the kernel interface itself failed.
+    fn run<H: Handler>(&mut self, w: &mut Worker, h: &mut H) -> std::io::Result<()>;
+    /// After an abnormal end, before the connections are finalised: makes sure no kernel
+    /// operation still uses a connection's fd or memory.
+    fn abandon(&mut self);
+}
+
+/// Runs a worker on this thread: `on_worker_start`, the backend's loop, the last posted
+/// work and `on_worker_stop`. When the loop fails (`failed` names what failed in the message)
+/// or a handler panics, the backend abandons its kernel operations and every live
+/// connection is finalised before the posted work and `on_worker_stop` run. Returns the
+/// first panic, for the caller to resume once it has released the backend's resources.
+pub(crate) fn drive<L: WorkerLoop, H: Handler>(
+    l: &mut L,
+    w: &mut Worker,
+    h: &mut H,
+    failed: &str,
+) -> Option<Box<dyn std::any::Any + Send>> {
+    let current = CurrentGuard::set(w);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        h.on_worker_start(w);
+        l.run(w, h)
+    }));
+    let mut panicked = None;
+    match outcome {
+        Ok(Ok(())) => {
+            w.run_mail(true);
+            h.on_worker_stop(w);
+            return None;
+        }
+        Ok(Err(e)) => eprintln!("p99: engine worker {}: {failed} failed ({e}); closing its connections", w.index),
+        Err(p) => panicked = Some(p),
+    }
+    l.abandon();
+    let late = abort_all(w, h);
+    let stop = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        w.run_mail(true);
+        h.on_worker_stop(w);
+    }));
+    drop(current);
+    panicked.or(late).or(stop.err())
+}
+
 /// Ends every live connection after the worker loop ended abnormally (a handler panicked or
 /// the kernel interface failed) and no kernel operation can touch the connections any more:
 /// for each, closes the fd, hands back unsent borrowed memory with `on_send_done(sent=false)`

@@ -10,7 +10,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::conn::{self, Worker, MAX_IOV};
+use super::conn::{self, Worker, WorkerLoop, MAX_IOV};
 use super::uring::accept_fd;
 use super::{Config, Error, Handler, Shared, StatCells};
 
@@ -75,36 +75,12 @@ pub(crate) fn run<H: Handler, M: FnOnce() -> H>(
     let mut h = make();
     let mut l = Loop { ep, listener: Some(listener), wake_fd, scratch, iov: Vec::with_capacity(MAX_IOV), syscalls: 0, accept_retry_at: None };
     let _ = ready.send(Ok(()));
-    let current = conn::CurrentGuard::set(&w);
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        h.on_worker_start(&mut w);
-        l.run(&mut w, &mut h)
-    }));
-    let mut panicked = None;
-    match outcome {
-        Ok(Ok(())) => {
-            w.run_mail(true);
-            h.on_worker_stop(&mut w);
-            return;
-        }
-        Ok(Err(e)) => eprintln!("p99: engine worker {index}: epoll_wait failed ({e}); closing its connections"),
-        Err(p) => panicked = Some(p),
-    }
-    // Abnormal end (epoll failed or a handler panicked): nothing is in the kernel's hands,
-    // so finalise every live connection at once.
-    drop(l);
-    let late = conn::abort_all(&mut w, &mut h);
-    let stop = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        w.run_mail(true);
-        h.on_worker_stop(&mut w);
-    }));
-    drop(current);
-    if let Some(p) = panicked.or(late).or(stop.err()) {
+    if let Some(p) = conn::drive(&mut l, &mut w, &mut h, "epoll_wait") {
         std::panic::resume_unwind(p);
     }
 }
 
-impl Loop {
+impl WorkerLoop for Loop {
     /// Runs until the worker has stopped; an error means epoll itself failed.
     fn run<H: Handler>(&mut self, w: &mut Worker, h: &mut H) -> io::Result<()> {
         let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
@@ -170,6 +146,13 @@ impl Loop {
         }
     }
 
+    /// Nothing is in the kernel's hands: closing the listener is all there is to do.
+    fn abandon(&mut self) {
+        self.listener = None;
+    }
+}
+
+impl Loop {
     fn accept<H: Handler>(&mut self, w: &mut Worker, h: &mut H) {
         let Some(listener) = self.listener.as_ref().map(|l| l.as_raw_fd()) else { return };
         for _ in 0..64 {

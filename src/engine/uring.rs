@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::bufring::ProvidedBufRing;
-use super::conn::{self, Worker, MAX_IOV};
+use super::conn::{self, Worker, WorkerLoop, MAX_IOV};
 use super::{probe, Config, Error, Handler, Shared, StatCells};
 
 const K_ACCEPT: u64 = 1;
@@ -93,66 +93,18 @@ pub(crate) fn run<H: Handler, M: FnOnce() -> H>(
         cqes: Vec::with_capacity(256),
     };
     let _ = ready.send(Ok(()));
-    let current = conn::CurrentGuard::set(&w);
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        h.on_worker_start(&mut w);
-        l.run(&mut w, &mut h)
-    }));
-    let mut panicked = None;
-    match outcome {
-        Ok(Ok(())) => {
-            w.run_mail(true);
-            h.on_worker_stop(&mut w);
-            drop(current);
-            let Loop { ring, mut bufs, listener, .. } = l;
-            bufs.unregister(&ring);
-            drop(ring);
-            drop(bufs);
-            drop(listener);
-            return;
-        }
-        Ok(Err(e)) => eprintln!("p99: engine worker {index}: io_uring failed ({e}); closing its connections"),
-        Err(p) => panicked = Some(p),
-    }
-    // Abnormal end (the ring failed or a handler panicked): cancel every operation still in
-    // the kernel, waiting for the cancellations (so no send still reads borrowed memory and
-    // no recv still writes a provided buffer), then finalise every live connection.
+    let panicked = conn::drive(&mut l, &mut w, &mut h, "io_uring");
     let Loop { ring, mut bufs, listener, .. } = l;
-    drop(listener);
-    let wait = types::Timespec::new().sec(1);
-    let _ = ring.submitter().register_sync_cancel(Some(wait), types::CancelBuilder::any());
-    let late = conn::abort_all(&mut w, &mut h);
-    let stop = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        w.run_mail(true);
-        h.on_worker_stop(&mut w);
-    }));
-    drop(current);
     bufs.unregister(&ring);
     drop(ring);
     drop(bufs);
-    if let Some(p) = panicked.or(late).or(stop.err()) {
+    drop(listener);
+    if let Some(p) = panicked {
         std::panic::resume_unwind(p);
     }
 }
 
-impl Loop {
-    fn push(&mut self, entry: squeue::Entry) {
-        loop {
-            // SAFETY: every entry built here points only at memory that outlives the
-            // operation: the buffer ring (unregistered after the last CQE), a connection's
-            // boxed msghdr and iovecs with the queued segments (kept until the send's CQE),
-            // and fds closed only after their operations completed.
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                self.pushed += 1;
-                self.inflight += 1;
-                return;
-            }
-            // Queue full: hand what is there to the kernel and retry.
-            self.enters += 1;
-            let _ = self.ring.submit();
-        }
-    }
-
+impl WorkerLoop for Loop {
     /// Runs until the worker has stopped; an error means io_uring itself failed.
     fn run<H: Handler>(&mut self, w: &mut Worker, h: &mut H) -> std::io::Result<()> {
         loop {
@@ -186,6 +138,33 @@ impl Loop {
             let st = w.stats();
             StatCells::add(&st.submissions, std::mem::take(&mut self.pushed));
             StatCells::add(&st.enters, std::mem::take(&mut self.enters));
+        }
+    }
+
+    /// Abnormal end (the ring failed or a handler panicked): cancels every operation still
+    /// in the kernel and waits for the cancellations, so no send still reads borrowed memory
+    /// and no recv still writes a provided buffer.
+    fn abandon(&mut self) {
+        let wait = types::Timespec::new().sec(1);
+        let _ = self.ring.submitter().register_sync_cancel(Some(wait), types::CancelBuilder::any());
+    }
+}
+
+impl Loop {
+    fn push(&mut self, entry: squeue::Entry) {
+        loop {
+            // SAFETY: every entry built here points only at memory that outlives the
+            // operation: the buffer ring (unregistered after the last CQE), a connection's
+            // boxed msghdr and iovecs with the queued segments (kept until the send's CQE),
+            // and fds closed only after their operations completed.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                self.pushed += 1;
+                self.inflight += 1;
+                return;
+            }
+            // Queue full: hand what is there to the kernel and retry.
+            self.enters += 1;
+            let _ = self.ring.submit();
         }
     }
 
