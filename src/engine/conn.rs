@@ -468,6 +468,23 @@ impl Worker {
         super::request_stop(&self.shared, drain);
     }
 
+    /// One round of work between waits: posted work, due timers, the drain deadline while
+    /// stopping, and `flush` (the backend turning dirty connections into I/O) until no
+    /// connection is left dirty.
+    pub(crate) fn settle(&mut self, mut flush: impl FnMut(&mut Worker)) {
+        self.run_mail(false);
+        loop {
+            self.run_timers();
+            if self.stopping {
+                self.enforce_drain();
+            }
+            flush(self);
+            if self.dirty.is_empty() {
+                break;
+            }
+        }
+    }
+
     /// Runs due timers; returns the time until the next one.
     pub(crate) fn run_timers(&mut self) -> Option<Duration> {
         loop {
@@ -565,6 +582,17 @@ pub(crate) fn deliver_stash<H: Handler>(w: &mut Worker, h: &mut H, slot: usize) 
     let data = std::mem::take(&mut c.stash);
     let id = w.id_of(slot);
     h.on_data(w, id, &data);
+}
+
+/// Packs an operation's kind, connection slot and generation into the 64-bit word the
+/// kernel hands back with its event or completion (epoll data, io_uring user_data).
+pub(crate) fn ud(kind: u64, slot: usize, gen: u32) -> u64 {
+    (kind << 56) | ((slot as u64) << 32) | gen as u64
+}
+
+/// Unpacks a word made by [`ud`] into (kind, slot, generation).
+pub(crate) fn untag(data: u64) -> (u64, usize, u32) {
+    (data >> 56, ((data >> 32) & 0xff_ffff) as usize, data as u32)
 }
 
 /// Takes the next dirty connection and does the backend-independent part of flushing it:

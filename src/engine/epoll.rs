@@ -10,17 +10,13 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::conn::{self, Worker, WorkerLoop, MAX_IOV};
+use super::conn::{self, ud, untag, Worker, WorkerLoop, MAX_IOV};
 use super::uring::accept_fd;
 use super::{Config, Error, Handler, Shared, StatCells};
 
 const K_ACCEPT: u64 = 1;
 const K_CONN: u64 = 2;
 const K_WAKE: u64 = 5;
-
-fn ud(kind: u64, slot: usize, gen: u32) -> u64 {
-    (kind << 56) | ((slot as u64) << 32) | gen as u64
-}
 
 struct Loop {
     ep: OwnedFd,
@@ -94,17 +90,7 @@ impl WorkerLoop for Loop {
                 }
             }
             self.rearm_accept();
-            w.run_mail(false);
-            loop {
-                w.run_timers();
-                if w.stopping {
-                    w.enforce_drain();
-                }
-                self.flush(w, h);
-                if w.dirty.is_empty() {
-                    break;
-                }
-            }
+            w.settle(|w| self.flush(w, h));
             if w.stopping && w.open == 0 {
                 return Ok(());
             }
@@ -134,11 +120,12 @@ impl WorkerLoop for Loop {
             }
             StatCells::add(&st.completions, n as u64);
             for ev in &events[..n as usize] {
-                let (mask, data) = (ev.events, ev.u64);
-                match data >> 56 {
+                let mask = ev.events;
+                let (kind, slot, gen) = untag(ev.u64);
+                match kind {
                     K_ACCEPT => self.accept(w, h),
                     K_WAKE => super::sys::drain_eventfd(self.wake_fd),
-                    K_CONN => self.conn_event(w, h, ((data >> 32) & 0xff_ffff) as usize, data as u32, mask),
+                    K_CONN => self.conn_event(w, h, slot, gen, mask),
                     _ => {}
                 }
             }

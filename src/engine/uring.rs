@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::bufring::ProvidedBufRing;
-use super::conn::{self, Worker, WorkerLoop, MAX_IOV};
+use super::conn::{self, ud, untag, Worker, WorkerLoop, MAX_IOV};
 use super::{probe, Config, Error, Handler, Shared, StatCells};
 
 const K_ACCEPT: u64 = 1;
@@ -23,10 +23,6 @@ const K_SEND: u64 = 3;
 const K_CANCEL: u64 = 4;
 const K_WAKE: u64 = 5;
 const BGID: u16 = 0;
-
-fn ud(kind: u64, slot: usize, gen: u32) -> u64 {
-    (kind << 56) | ((slot as u64) << 32) | gen as u64
-}
 
 struct Loop {
     ring: IoUring,
@@ -111,17 +107,7 @@ impl WorkerLoop for Loop {
             if !w.stopping && w.shared.stop.load(Ordering::Acquire) {
                 w.begin_stop();
             }
-            w.run_mail(false);
-            loop {
-                w.run_timers();
-                if w.stopping {
-                    w.enforce_drain();
-                }
-                self.flush(w, h);
-                if w.dirty.is_empty() {
-                    break;
-                }
-            }
+            w.settle(|w| self.flush(w, h));
             self.arm_listeners(w);
             if w.stopping && w.open == 0 && !self.accept_armed && !self.wake_armed && self.inflight == 0 {
                 return Ok(());
@@ -304,9 +290,7 @@ impl Loop {
         cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
         StatCells::add(&w.stats().completions, cqes.len() as u64);
         for &(data, res, flags) in &cqes {
-            let kind = data >> 56;
-            let slot = ((data >> 32) & 0xff_ffff) as usize;
-            let gen = data as u32;
+            let (kind, slot, gen) = untag(data);
             let more = cqueue::more(flags);
             match kind {
                 K_ACCEPT => self.on_accept(w, h, res, more),
