@@ -468,6 +468,23 @@ impl Worker {
         super::request_stop(&self.shared, drain);
     }
 
+    /// One round of work between waits: posted work, due timers, the drain deadline while
+    /// stopping, and `flush` (the backend turning dirty connections into I/O) until no
+    /// connection is left dirty.
+    pub(crate) fn settle(&mut self, mut flush: impl FnMut(&mut Worker)) {
+        self.run_mail(false);
+        loop {
+            self.run_timers();
+            if self.stopping {
+                self.enforce_drain();
+            }
+            flush(self);
+            if self.dirty.is_empty() {
+                break;
+            }
+        }
+    }
+
     /// Runs due timers; returns the time until the next one.
     pub(crate) fn run_timers(&mut self) -> Option<Duration> {
         loop {
@@ -567,6 +584,44 @@ pub(crate) fn deliver_stash<H: Handler>(w: &mut Worker, h: &mut H, slot: usize) 
     h.on_data(w, id, &data);
 }
 
+/// Packs an operation's kind, connection slot and generation into the 64-bit word the
+/// kernel hands back with its event or completion (epoll data, io_uring user_data).
+pub(crate) fn ud(kind: u64, slot: usize, gen: u32) -> u64 {
+    (kind << 56) | ((slot as u64) << 32) | gen as u64
+}
+
+/// Unpacks a word made by [`ud`] into (kind, slot, generation).
+pub(crate) fn untag(data: u64) -> (u64, usize, u32) {
+    (data >> 56, ((data >> 32) & 0xff_ffff) as usize, data as u32)
+}
+
+/// Takes the next dirty connection and does the backend-independent part of flushing it:
+/// hands over stashed input receiving is allowed again for, and starts the close of a
+/// connection whose peer half-closed once its input is all handled. Returns the slot when
+/// the connection is still live, for the backend to close it or turn its state into I/O.
+pub(crate) fn next_dirty<H: Handler>(w: &mut Worker, h: &mut H) -> Option<usize> {
+    while let Some(slot) = w.dirty.pop() {
+        let slot = slot as usize;
+        w.conns[slot].in_dirty = false;
+        if !w.conns[slot].live {
+            continue;
+        }
+        if !w.conns[slot].stash.is_empty() {
+            deliver_stash(w, h, slot);
+            if !w.conns[slot].live {
+                continue;
+            }
+        }
+        let c = &w.conns[slot];
+        if c.eof && c.stash.is_empty() && !c.closing {
+            // Half-close from the peer: answer what was asked, then close.
+            w.begin_close(slot, false);
+        }
+        return Some(slot);
+    }
+    None
+}
+
 /// Accounts `n` sent bytes: drops finished segments and reports finished borrowed sends.
 pub(crate) fn sent<H: Handler>(w: &mut Worker, h: &mut H, slot: usize, mut n: usize) {
     StatCells::add(&w.stats().bytes_out, n as u64);
@@ -624,6 +679,51 @@ pub(crate) fn finalize<H: Handler>(w: &mut Worker, h: &mut H, slot: usize) {
     }
     h.on_close(w, id);
     w.release(slot);
+}
+
+/// A backend's worker loop, as run by [`drive`].
+pub(crate) trait WorkerLoop {
+    /// Runs until the worker has stopped; an error means the kernel interface itself failed.
+    fn run<H: Handler>(&mut self, w: &mut Worker, h: &mut H) -> std::io::Result<()>;
+    /// After an abnormal end, before the connections are finalised: makes sure no kernel
+    /// operation still uses a connection's fd or memory.
+    fn abandon(&mut self);
+}
+
+/// Runs a worker on this thread: `on_worker_start`, the backend's loop, the last posted
+/// work and `on_worker_stop`. When the loop fails (`failed` names what failed in the message)
+/// or a handler panics, the backend abandons its kernel operations and every live
+/// connection is finalised before the posted work and `on_worker_stop` run. Returns the
+/// first panic, for the caller to resume once it has released the backend's resources.
+pub(crate) fn drive<L: WorkerLoop, H: Handler>(
+    l: &mut L,
+    w: &mut Worker,
+    h: &mut H,
+    failed: &str,
+) -> Option<Box<dyn std::any::Any + Send>> {
+    let current = CurrentGuard::set(w);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        h.on_worker_start(w);
+        l.run(w, h)
+    }));
+    let mut panicked = None;
+    match outcome {
+        Ok(Ok(())) => {
+            w.run_mail(true);
+            h.on_worker_stop(w);
+            return None;
+        }
+        Ok(Err(e)) => eprintln!("p99: engine worker {}: {failed} failed ({e}); closing its connections", w.index),
+        Err(p) => panicked = Some(p),
+    }
+    l.abandon();
+    let late = abort_all(w, h);
+    let stop = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        w.run_mail(true);
+        h.on_worker_stop(w);
+    }));
+    drop(current);
+    panicked.or(late).or(stop.err())
 }
 
 /// Ends every live connection after the worker loop ended abnormally (a handler panicked or

@@ -10,17 +10,13 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::conn::{self, Worker, MAX_IOV};
+use super::conn::{self, ud, untag, Worker, WorkerLoop, MAX_IOV};
 use super::uring::accept_fd;
 use super::{Config, Error, Handler, Shared, StatCells};
 
 const K_ACCEPT: u64 = 1;
 const K_CONN: u64 = 2;
 const K_WAKE: u64 = 5;
-
-fn ud(kind: u64, slot: usize, gen: u32) -> u64 {
-    (kind << 56) | ((slot as u64) << 32) | gen as u64
-}
 
 struct Loop {
     ep: OwnedFd,
@@ -75,36 +71,12 @@ pub(crate) fn run<H: Handler, M: FnOnce() -> H>(
     let mut h = make();
     let mut l = Loop { ep, listener: Some(listener), wake_fd, scratch, iov: Vec::with_capacity(MAX_IOV), syscalls: 0, accept_retry_at: None };
     let _ = ready.send(Ok(()));
-    let current = conn::CurrentGuard::set(&w);
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        h.on_worker_start(&mut w);
-        l.run(&mut w, &mut h)
-    }));
-    let mut panicked = None;
-    match outcome {
-        Ok(Ok(())) => {
-            w.run_mail(true);
-            h.on_worker_stop(&mut w);
-            return;
-        }
-        Ok(Err(e)) => eprintln!("p99: engine worker {index}: epoll_wait failed ({e}); closing its connections"),
-        Err(p) => panicked = Some(p),
-    }
-    // Abnormal end (epoll failed or a handler panicked): nothing is in the kernel's hands,
-    // so finalise every live connection at once.
-    drop(l);
-    let late = conn::abort_all(&mut w, &mut h);
-    let stop = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        w.run_mail(true);
-        h.on_worker_stop(&mut w);
-    }));
-    drop(current);
-    if let Some(p) = panicked.or(late).or(stop.err()) {
+    if let Some(p) = conn::drive(&mut l, &mut w, &mut h, "epoll_wait") {
         std::panic::resume_unwind(p);
     }
 }
 
-impl Loop {
+impl WorkerLoop for Loop {
     /// Runs until the worker has stopped; an error means epoll itself failed.
     fn run<H: Handler>(&mut self, w: &mut Worker, h: &mut H) -> io::Result<()> {
         let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
@@ -118,17 +90,7 @@ impl Loop {
                 }
             }
             self.rearm_accept();
-            w.run_mail(false);
-            loop {
-                w.run_timers();
-                if w.stopping {
-                    w.enforce_drain();
-                }
-                self.flush(w, h);
-                if w.dirty.is_empty() {
-                    break;
-                }
-            }
+            w.settle(|w| self.flush(w, h));
             if w.stopping && w.open == 0 {
                 return Ok(());
             }
@@ -158,11 +120,12 @@ impl Loop {
             }
             StatCells::add(&st.completions, n as u64);
             for ev in &events[..n as usize] {
-                let (mask, data) = (ev.events, ev.u64);
-                match data >> 56 {
+                let mask = ev.events;
+                let (kind, slot, gen) = untag(ev.u64);
+                match kind {
                     K_ACCEPT => self.accept(w, h),
                     K_WAKE => super::sys::drain_eventfd(self.wake_fd),
-                    K_CONN => self.conn_event(w, h, ((data >> 32) & 0xff_ffff) as usize, data as u32, mask),
+                    K_CONN => self.conn_event(w, h, slot, gen, mask),
                     _ => {}
                 }
             }
@@ -170,6 +133,13 @@ impl Loop {
         }
     }
 
+    /// Nothing is in the kernel's hands: closing the listener is all there is to do.
+    fn abandon(&mut self) {
+        self.listener = None;
+    }
+}
+
+impl Loop {
     fn accept<H: Handler>(&mut self, w: &mut Worker, h: &mut H) {
         let Some(listener) = self.listener.as_ref().map(|l| l.as_raw_fd()) else { return };
         for _ in 0..64 {
@@ -253,24 +223,7 @@ impl Loop {
     }
 
     fn flush<H: Handler>(&mut self, w: &mut Worker, h: &mut H) {
-        while let Some(slot) = w.dirty.pop() {
-            let slot = slot as usize;
-            w.conns[slot].in_dirty = false;
-            if !w.conns[slot].live {
-                continue;
-            }
-            if !w.conns[slot].stash.is_empty() {
-                conn::deliver_stash(w, h, slot);
-                if !w.conns[slot].live {
-                    continue;
-                }
-            }
-            {
-                let c = &w.conns[slot];
-                if c.eof && c.stash.is_empty() && !c.closing {
-                    w.begin_close(slot, false);
-                }
-            }
+        while let Some(slot) = conn::next_dirty(w, h) {
             let c = &w.conns[slot];
             if c.closing && (c.abort || c.out.is_empty()) {
                 let _ = ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, c.fd, 0, 0);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::bufring::ProvidedBufRing;
-use super::conn::{self, Worker, MAX_IOV};
+use super::conn::{self, ud, untag, Worker, WorkerLoop, MAX_IOV};
 use super::{probe, Config, Error, Handler, Shared, StatCells};
 
 const K_ACCEPT: u64 = 1;
@@ -23,10 +23,6 @@ const K_SEND: u64 = 3;
 const K_CANCEL: u64 = 4;
 const K_WAKE: u64 = 5;
 const BGID: u16 = 0;
-
-fn ud(kind: u64, slot: usize, gen: u32) -> u64 {
-    (kind << 56) | ((slot as u64) << 32) | gen as u64
-}
 
 struct Loop {
     ring: IoUring,
@@ -93,45 +89,50 @@ pub(crate) fn run<H: Handler, M: FnOnce() -> H>(
         cqes: Vec::with_capacity(256),
     };
     let _ = ready.send(Ok(()));
-    let current = conn::CurrentGuard::set(&w);
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        h.on_worker_start(&mut w);
-        l.run(&mut w, &mut h)
-    }));
-    let mut panicked = None;
-    match outcome {
-        Ok(Ok(())) => {
-            w.run_mail(true);
-            h.on_worker_stop(&mut w);
-            drop(current);
-            let Loop { ring, mut bufs, listener, .. } = l;
-            bufs.unregister(&ring);
-            drop(ring);
-            drop(bufs);
-            drop(listener);
-            return;
-        }
-        Ok(Err(e)) => eprintln!("p99: engine worker {index}: io_uring failed ({e}); closing its connections"),
-        Err(p) => panicked = Some(p),
-    }
-    // Abnormal end (the ring failed or a handler panicked): cancel every operation still in
-    // the kernel, waiting for the cancellations (so no send still reads borrowed memory and
-    // no recv still writes a provided buffer), then finalise every live connection.
+    let panicked = conn::drive(&mut l, &mut w, &mut h, "io_uring");
     let Loop { ring, mut bufs, listener, .. } = l;
-    drop(listener);
-    let wait = types::Timespec::new().sec(1);
-    let _ = ring.submitter().register_sync_cancel(Some(wait), types::CancelBuilder::any());
-    let late = conn::abort_all(&mut w, &mut h);
-    let stop = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        w.run_mail(true);
-        h.on_worker_stop(&mut w);
-    }));
-    drop(current);
     bufs.unregister(&ring);
     drop(ring);
     drop(bufs);
-    if let Some(p) = panicked.or(late).or(stop.err()) {
+    drop(listener);
+    if let Some(p) = panicked {
         std::panic::resume_unwind(p);
+    }
+}
+
+impl WorkerLoop for Loop {
+    /// Runs until the worker has stopped; an error means io_uring itself failed.
+    fn run<H: Handler>(&mut self, w: &mut Worker, h: &mut H) -> std::io::Result<()> {
+        loop {
+            if !w.stopping && w.shared.stop.load(Ordering::Acquire) {
+                w.begin_stop();
+            }
+            w.settle(|w| self.flush(w, h));
+            self.arm_listeners(w);
+            if w.stopping && w.open == 0 && !self.accept_armed && !self.wake_armed && self.inflight == 0 {
+                return Ok(());
+            }
+            let mut timeout = w.next_timer();
+            if w.stopping {
+                timeout = min_opt(timeout, w.enforce_drain().or(Some(Duration::from_millis(50))));
+            }
+            if let Some(at) = self.accept_retry_at {
+                timeout = min_opt(timeout, Some(at.saturating_duration_since(Instant::now())));
+            }
+            self.wait(timeout)?;
+            self.reap(w, h);
+            let st = w.stats();
+            StatCells::add(&st.submissions, std::mem::take(&mut self.pushed));
+            StatCells::add(&st.enters, std::mem::take(&mut self.enters));
+        }
+    }
+
+    /// Abnormal end (the ring failed or a handler panicked): cancels every operation still
+    /// in the kernel and waits for the cancellations, so no send still reads borrowed memory
+    /// and no recv still writes a provided buffer.
+    fn abandon(&mut self) {
+        let wait = types::Timespec::new().sec(1);
+        let _ = self.ring.submitter().register_sync_cancel(Some(wait), types::CancelBuilder::any());
     }
 }
 
@@ -150,42 +151,6 @@ impl Loop {
             // Queue full: hand what is there to the kernel and retry.
             self.enters += 1;
             let _ = self.ring.submit();
-        }
-    }
-
-    /// Runs until the worker has stopped; an error means io_uring itself failed.
-    fn run<H: Handler>(&mut self, w: &mut Worker, h: &mut H) -> std::io::Result<()> {
-        loop {
-            if !w.stopping && w.shared.stop.load(Ordering::Acquire) {
-                w.begin_stop();
-            }
-            w.run_mail(false);
-            loop {
-                w.run_timers();
-                if w.stopping {
-                    w.enforce_drain();
-                }
-                self.flush(w, h);
-                if w.dirty.is_empty() {
-                    break;
-                }
-            }
-            self.arm_listeners(w);
-            if w.stopping && w.open == 0 && !self.accept_armed && !self.wake_armed && self.inflight == 0 {
-                return Ok(());
-            }
-            let mut timeout = w.next_timer();
-            if w.stopping {
-                timeout = min_opt(timeout, w.enforce_drain().or(Some(Duration::from_millis(50))));
-            }
-            if let Some(at) = self.accept_retry_at {
-                timeout = min_opt(timeout, Some(at.saturating_duration_since(Instant::now())));
-            }
-            self.wait(timeout)?;
-            self.reap(w, h);
-            let st = w.stats();
-            StatCells::add(&st.submissions, std::mem::take(&mut self.pushed));
-            StatCells::add(&st.enters, std::mem::take(&mut self.enters));
         }
     }
 
@@ -242,25 +207,7 @@ impl Loop {
 
     /// Turns the state changes of dirty connections into SQEs (and finishes closes).
     fn flush<H: Handler>(&mut self, w: &mut Worker, h: &mut H) {
-        while let Some(slot) = w.dirty.pop() {
-            let slot = slot as usize;
-            w.conns[slot].in_dirty = false;
-            if !w.conns[slot].live {
-                continue;
-            }
-            if !w.conns[slot].stash.is_empty() {
-                conn::deliver_stash(w, h, slot);
-                if !w.conns[slot].live {
-                    continue;
-                }
-            }
-            {
-                let c = &w.conns[slot];
-                if c.eof && c.stash.is_empty() && !c.closing {
-                    // Half-close from the peer: answer what was asked, then close.
-                    w.begin_close(slot, false);
-                }
-            }
+        while let Some(slot) = conn::next_dirty(w, h) {
             let gen = w.conns[slot].gen;
             let c = &mut w.conns[slot];
             if c.closing && (c.abort || (c.out.is_empty() && !c.send_inflight)) {
@@ -343,9 +290,7 @@ impl Loop {
         cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
         StatCells::add(&w.stats().completions, cqes.len() as u64);
         for &(data, res, flags) in &cqes {
-            let kind = data >> 56;
-            let slot = ((data >> 32) & 0xff_ffff) as usize;
-            let gen = data as u32;
+            let (kind, slot, gen) = untag(data);
             let more = cqueue::more(flags);
             match kind {
                 K_ACCEPT => self.on_accept(w, h, res, more),

@@ -17,7 +17,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -263,7 +263,7 @@ pub unsafe extern "C" fn p99_engine_config_defaults(config: *mut p99_engine_conf
             struct_size: std::mem::size_of::<p99_engine_config>() as u32,
             addr: std::ptr::null(),
             port: d.port,
-            workers: 0,
+            workers: d.workers as u32,
             pin_workers: d.pin_workers,
             tcp_nodelay: d.tcp_nodelay,
             max_conns_per_worker: d.max_conns_per_worker as u32,
@@ -327,7 +327,7 @@ pub unsafe extern "C" fn p99_engine_start(
             return Err(p99_status::InvalidArgument);
         }
         let addr = if c.addr.is_null() {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
+            engine::Config::default().addr
         } else {
             // SAFETY: non-NULL C string borrowed for the call.
             let s = unsafe { CStr::from_ptr(c.addr) }.to_str().map_err(|_| p99_status::InvalidArgument)?;
