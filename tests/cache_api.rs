@@ -218,3 +218,39 @@ fn a_pin_ticket_is_released_once_whatever_copy_releases_it() {
     let bogus = p99::cache::PinTicket { shard: 99, slot: 0, generation: 0 };
     assert_eq!(c.release_ticket(bogus), Err(Error::InvalidArgument));
 }
+
+#[test]
+fn get_ticketed_pins_under_a_ticket_released_once() {
+    let c = small();
+    assert!(c.get_ticketed(b"absent").unwrap().is_none());
+    assert_eq!(c.get_ticketed(b"").unwrap_err(), Error::InvalidArgument);
+    c.set(b"k", b"value", 7, 0).unwrap();
+    let it = c.get_ticketed(b"k").unwrap().unwrap();
+    assert_eq!((it.key_len, it.value_len, it.flags), (1, 5, 7));
+    assert_eq!(c.pinned(), 1);
+    // The pinned bytes survive a delete and a flood of overwrites while the ticket is held.
+    c.delete(b"k").unwrap();
+    for i in 0..20_000u32 {
+        c.set(format!("f{i}").as_bytes(), &[0xAB; 200], 0, 0).unwrap();
+    }
+    // SAFETY: the ticket is not yet released, so the item's bytes are pinned.
+    let (key, value) = unsafe {
+        (std::slice::from_raw_parts(it.key, it.key_len), std::slice::from_raw_parts(it.value, it.value_len))
+    };
+    assert_eq!((key, value), (&b"k"[..], &b"value"[..]));
+    let copy = it.ticket;
+    c.release_ticket(it.ticket).unwrap();
+    assert_eq!(c.release_ticket(copy), Err(Error::InvalidState));
+    assert_eq!(c.pinned(), 0);
+    // get_and_touch_ticketed: same ticket rules, and the slot comes back with a new generation.
+    c.set(b"k", b"x", 0, 0).unwrap();
+    let t = c.get_and_touch_ticketed(b"k", 0).unwrap().unwrap().ticket;
+    assert_eq!(t.slot, copy.slot);
+    assert_ne!(t.generation, copy.generation);
+    assert_eq!(c.release_ticket(copy), Err(Error::InvalidState));
+    assert_eq!(c.pinned(), 1);
+    c.release_ticket(t).unwrap();
+    assert_eq!(c.release_ticket(t), Err(Error::InvalidState));
+    assert!(c.get_and_touch_ticketed(b"absent", 0).unwrap().is_none());
+    assert_eq!(c.pinned(), 0);
+}

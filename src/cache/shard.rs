@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::item::{decode_header, encode_header, header_len, ItemHeader, DEAD_BIT, HEADER_MAX};
 use super::memory::{Arena, SegmentMemory};
+use super::store::TicketPool;
 use super::table::{hash_key, tag_of, Record, Slot, Table, OFF_BITS};
 use super::{Error, Eviction, Mode};
 
@@ -189,6 +190,9 @@ pub(crate) struct ShardInner {
     /// Key and value bytes of linked items.
     live_kv: u64,
     pub counters: Counters,
+    /// Tickets of pins handed out through the C API, kept under the shard lock so that a
+    /// get issues its ticket in the same critical section as the lookup.
+    pub tickets: TicketPool,
 }
 
 /// Snapshot of gauges for `Stats`.
@@ -222,6 +226,7 @@ impl ShardInner {
             last_tick: 0,
             live_kv: 0,
             counters: Counters::default(),
+            tickets: TicketPool::default(),
             cfg,
         })
     }

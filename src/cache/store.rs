@@ -9,7 +9,7 @@ use parking_lot::{Mutex, MutexGuard};
 use super::clock::Clock;
 use super::item::KEY_MAX;
 use super::memory::pinned_slice;
-use super::shard::{item_size, PinTable, ShardConfig, ShardInner, RETIRED};
+use super::shard::{item_size, PinTable, PinnedParts, ShardConfig, ShardInner, RETIRED};
 use super::table::hash_key;
 use super::{Config, Error, Mode, Stats, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 
@@ -19,8 +19,6 @@ const SHARDS_MAX: usize = 256;
 struct Shard {
     inner: Mutex<ShardInner>,
     pins: Arc<PinTable>,
-    /// Tickets of pins handed out through [`ItemRef::into_ticket`].
-    tickets: Mutex<TicketPool>,
 }
 
 /// One ticket: the pinned segment and a generation that each release advances.
@@ -31,10 +29,10 @@ struct TicketSlot {
     live: bool,
 }
 
-/// The tickets of one shard: slots are reused (a free list) and never shrink, so the pool is
-/// as large as the most tickets ever held at once.
+/// The tickets of one shard, kept in the shard's locked state: slots are reused (a free list)
+/// and never shrink, so the pool is as large as the most tickets ever held at once.
 #[derive(Debug, Default)]
-struct TicketPool {
+pub(crate) struct TicketPool {
     slots: Vec<TicketSlot>,
     free: Vec<u32>,
 }
@@ -240,11 +238,35 @@ impl<'c> ItemRef<'c> {
     /// shard are held at once.
     pub fn into_ticket(self) -> Result<PinTicket, Error> {
         let t = self.token;
-        let issued = self.cache.shards[t.shard as usize].tickets.lock().issue(t.segment);
+        let issued = self.cache.shards[t.shard as usize].inner.lock().tickets.issue(t.segment);
         let (slot, generation) = issued.ok_or(Error::OutOfMemory)?;
         std::mem::forget(self);
         Ok(PinTicket { shard: t.shard, slot, generation })
     }
+}
+
+/// A pinned item whose pin is held by a ticket from the start (what [`Cache::get_ticketed`]
+/// returns): the same as an [`ItemRef`] followed by [`ItemRef::into_ticket`], in one shard
+/// critical section. The bytes behind `key` and `value` stay intact until the ticket is
+/// released with [`Cache::release_ticket`]; nothing releases it otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct TicketedItem {
+    /// Address of the first key byte (valid until the ticket is released).
+    pub key: *const u8,
+    /// Key length.
+    pub key_len: usize,
+    /// Address of the first value byte (valid until the ticket is released).
+    pub value: *const u8,
+    /// Value length.
+    pub value_len: usize,
+    /// Client flags.
+    pub flags: u32,
+    /// CAS unique (0 when CAS is disabled).
+    pub cas: u64,
+    /// Absolute expiry on the cache clock (0 = never).
+    pub expiry: u32,
+    /// The pin.
+    pub ticket: PinTicket,
 }
 
 impl Drop for ItemRef<'_> {
@@ -338,7 +360,6 @@ impl Cache {
             shards.push(CachePadded::new(Shard {
                 inner: Mutex::new(inner),
                 pins,
-                tickets: Mutex::new(TicketPool::default()),
             }));
         }
         let shards = shards.into_boxed_slice();
@@ -470,6 +491,52 @@ impl Cache {
         }))
     }
 
+    /// Looks up `key`, pins it and issues the pin's ticket under the one shard lock (for
+    /// handing the item through a C ABI). `Ok(None)` is a miss; `OutOfMemory` (nothing
+    /// pinned) only if 2^32 tickets of the shard are held at once.
+    pub fn get_ticketed(&self, key: &[u8]) -> Result<Option<TicketedItem>, Error> {
+        check_key(key)?;
+        let now = self.now();
+        let h = hash_key(key);
+        let (i, mut g) = self.shard_for(h, now);
+        match g.get_pinned(key, h, now) {
+            Some(p) => self.ticketed(i, &mut g, p).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// [`Cache::get_and_touch`] with the pin handed out as a ticket, as in
+    /// [`Cache::get_ticketed`].
+    pub fn get_and_touch_ticketed(&self, key: &[u8], expiry: u32) -> Result<Option<TicketedItem>, Error> {
+        check_key(key)?;
+        let now = self.now();
+        let h = hash_key(key);
+        let (i, mut g) = self.shard_for(h, now);
+        match g.get_and_touch(key, h, now, expiry)? {
+            Some(p) => self.ticketed(i, &mut g, p).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Issues the ticket of pin `p` of shard `i`, whose lock `g` is held; drops the pin if no
+    /// ticket can be issued.
+    fn ticketed(&self, i: usize, g: &mut ShardInner, p: PinnedParts) -> Result<TicketedItem, Error> {
+        let Some((slot, generation)) = g.tickets.issue(p.seg) else {
+            Self::unpin_locked(&self.shards[i], g, p.seg)?;
+            return Err(Error::OutOfMemory);
+        };
+        Ok(TicketedItem {
+            key: p.key,
+            key_len: p.hdr.klen,
+            value: p.value,
+            value_len: p.hdr.vlen,
+            flags: p.hdr.flags,
+            cas: p.cas,
+            expiry: p.hdr.expiry,
+            ticket: PinTicket { shard: i as u32, slot, generation },
+        })
+    }
+
     /// Looks up several keys; one result per key, in order.
     pub fn get_many<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) -> Result<Vec<Option<ItemRef<'_>>>, Error> {
         keys.into_iter().map(|k| self.get(k)).collect()
@@ -586,13 +653,34 @@ impl Cache {
         Ok(())
     }
 
-    /// Releases a pin taken apart with [`ItemRef::into_ticket`]. A ticket already released
-    /// (through any copy of it) gives `InvalidState` and releases nothing; a shard or slot
-    /// never issued gives `InvalidArgument`.
+    /// Drops one pin of segment `seg` of `shard`, whose lock `g` is held; frees the segment if
+    /// it was emptied while pinned and this was its last pin.
+    fn unpin_locked(shard: &Shard, g: &mut ShardInner, seg: u32) -> Result<(), Error> {
+        let pin = shard.pins.get(seg as usize).ok_or(Error::InvalidArgument)?;
+        let prev = pin
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                if v & !RETIRED == 0 {
+                    None
+                } else {
+                    Some(v - 1)
+                }
+            })
+            .map_err(|_| Error::InvalidState)?;
+        if prev == RETIRED | 1 {
+            g.free_retired(seg);
+        }
+        Ok(())
+    }
+
+    /// Releases a pin taken apart with [`ItemRef::into_ticket`] or [`Cache::get_ticketed`]. A
+    /// ticket already released (through any copy of it) gives `InvalidState` and releases
+    /// nothing; a shard or slot never issued gives `InvalidArgument`. Takes the shard lock
+    /// once (the ticket is consumed and the pin dropped in one critical section).
     pub fn release_ticket(&self, ticket: PinTicket) -> Result<(), Error> {
         let shard = self.shards.get(ticket.shard as usize).ok_or(Error::InvalidArgument)?;
-        let segment = shard.tickets.lock().consume(ticket.slot, ticket.generation)?;
-        self.unpin(PinToken { shard: ticket.shard, segment })
+        let mut g = shard.inner.lock();
+        let segment = g.tickets.consume(ticket.slot, ticket.generation)?;
+        Self::unpin_locked(shard, &mut g, segment)
     }
 
     /// Pins currently held by readers.

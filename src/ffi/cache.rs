@@ -14,7 +14,7 @@ use std::ffi::c_void;
 use super::boundary::{guard, guard_or, mut_from, out_ptr, ref_from, slice_from, struct_size_of};
 use super::status::p99_status;
 use crate::cache::{
-    Cache, ClockKind, Config, Error, Eviction, Mode, PinTicket, Reservation, Stats,
+    Cache, ClockKind, Config, Error, Eviction, Mode, PinTicket, Reservation, Stats, TicketedItem,
 };
 
 /// Eviction policy `P99_CACHE_EVICTION_FIFO`: drop the oldest unpinned segment.
@@ -230,31 +230,20 @@ fn mode_from(mode: u32) -> Result<Mode, p99_status> {
     })
 }
 
-fn fill_item(
-    out: &mut p99_cache_item,
-    it: crate::cache::ItemRef<'_>,
-    tag: u32,
-) -> Result<(), p99_status> {
-    let item = p99_cache_item {
-        value: it.value_ptr(),
-        value_len: it.value().len(),
-        key: it.key_ptr(),
-        key_len: it.key().len(),
-        cas: it.cas(),
-        flags: it.flags(),
-        expiry: it.expiry(),
-        pin_shard: 0,
-        pin_slot: 0,
-        pin_magic: 0,
-    };
-    let t = it.into_ticket().map_err(err)?;
+fn fill_item(out: &mut p99_cache_item, it: TicketedItem, tag: u32) {
+    let t = it.ticket;
     *out = p99_cache_item {
+        value: it.value,
+        value_len: it.value_len,
+        key: it.key,
+        key_len: it.key_len,
+        cas: it.cas,
+        flags: it.flags,
+        expiry: it.expiry,
         pin_shard: t.shard,
         pin_slot: t.slot,
         pin_magic: (u64::from(tag) << 32) | u64::from(t.generation),
-        ..item
     };
-    Ok(())
 }
 
 /// Fills `*config` with the defaults (including `struct_size`). Returns NULL_PARAMETER if
@@ -552,8 +541,9 @@ pub unsafe extern "C" fn p99_cache_get(
         // SAFETY: NULL is rejected; a non-NULL `item` is a caller-owned p99_cache_item that no
         // other thread uses during the call (C contract).
         let out = unsafe { mut_from(item) }?;
-        let it = c.cache.get(key).map_err(err)?.ok_or(p99_status::NotFound)?;
-        fill_item(out, it, pin_tag(c))
+        let it = c.cache.get_ticketed(key).map_err(err)?.ok_or(p99_status::NotFound)?;
+        fill_item(out, it, pin_tag(c));
+        Ok(())
     })
 }
 
@@ -581,8 +571,9 @@ pub unsafe extern "C" fn p99_cache_get_and_touch(
         // SAFETY: NULL is rejected; a non-NULL `item` is a caller-owned p99_cache_item that no
         // other thread uses during the call (C contract).
         let out = unsafe { mut_from(item) }?;
-        let it = c.cache.get_and_touch(key, expiry).map_err(err)?.ok_or(p99_status::NotFound)?;
-        fill_item(out, it, pin_tag(c))
+        let it = c.cache.get_and_touch_ticketed(key, expiry).map_err(err)?.ok_or(p99_status::NotFound)?;
+        fill_item(out, it, pin_tag(c));
+        Ok(())
     })
 }
 
