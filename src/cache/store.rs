@@ -634,28 +634,9 @@ impl Cache {
         }
     }
 
-    fn unpin(&self, t: PinToken) -> Result<(), Error> {
-        let shard = self.shards.get(t.shard as usize).ok_or(Error::InvalidArgument)?;
-        let pin = shard.pins.get(t.segment as usize).ok_or(Error::InvalidArgument)?;
-        let prev = pin
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                if v & !RETIRED == 0 {
-                    None
-                } else {
-                    Some(v - 1)
-                }
-            })
-            .map_err(|_| Error::InvalidState)?;
-        if prev == RETIRED | 1 {
-            // Last reader of a segment emptied while pinned: free it now.
-            shard.inner.lock().free_retired(t.segment);
-        }
-        Ok(())
-    }
-
-    /// Drops one pin of segment `seg` of `shard`, whose lock `g` is held; frees the segment if
-    /// it was emptied while pinned and this was its last pin.
-    fn unpin_locked(shard: &Shard, g: &mut ShardInner, seg: u32) -> Result<(), Error> {
+    /// Drops one pin of segment `seg` of `shard`. Returns true when the segment was emptied
+    /// while pinned and this was its last pin: the caller must then free it.
+    fn drop_pin(shard: &Shard, seg: u32) -> Result<bool, Error> {
         let pin = shard.pins.get(seg as usize).ok_or(Error::InvalidArgument)?;
         let prev = pin
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
@@ -666,7 +647,22 @@ impl Cache {
                 }
             })
             .map_err(|_| Error::InvalidState)?;
-        if prev == RETIRED | 1 {
+        Ok(prev == RETIRED | 1)
+    }
+
+    fn unpin(&self, t: PinToken) -> Result<(), Error> {
+        let shard = self.shards.get(t.shard as usize).ok_or(Error::InvalidArgument)?;
+        if Self::drop_pin(shard, t.segment)? {
+            // Last reader of a segment emptied while pinned: free it now.
+            shard.inner.lock().free_retired(t.segment);
+        }
+        Ok(())
+    }
+
+    /// Drops one pin of segment `seg` of `shard`, whose lock `g` is held; frees the segment if
+    /// it was emptied while pinned and this was its last pin.
+    fn unpin_locked(shard: &Shard, g: &mut ShardInner, seg: u32) -> Result<(), Error> {
+        if Self::drop_pin(shard, seg)? {
             g.free_retired(seg);
         }
         Ok(())
