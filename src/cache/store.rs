@@ -472,15 +472,11 @@ impl Cache {
         self.store(key, value, flags, expiry, Mode::Set, 0)
     }
 
-    /// Looks up `key` and pins it. `Ok(None)` is a miss.
-    pub fn get(&self, key: &[u8]) -> Result<Option<ItemRef<'_>>, Error> {
-        check_key(key)?;
-        let now = self.now();
-        let h = hash_key(key);
-        let (i, mut g) = self.shard_for(h, now);
-        Ok(g.get_pinned(key, h, now).map(|p| ItemRef {
+    /// The Rust handle of an item pinned in shard `shard`.
+    fn item_ref(&self, shard: usize, p: PinnedParts) -> ItemRef<'_> {
+        ItemRef {
             cache: self,
-            token: PinToken { shard: i as u32, segment: p.seg },
+            token: PinToken { shard: shard as u32, segment: p.seg },
             key: p.key,
             key_len: p.hdr.klen,
             value: p.value,
@@ -488,7 +484,16 @@ impl Cache {
             flags: p.hdr.flags,
             cas: p.cas,
             expiry: p.hdr.expiry,
-        }))
+        }
+    }
+
+    /// Looks up `key` and pins it. `Ok(None)` is a miss.
+    pub fn get(&self, key: &[u8]) -> Result<Option<ItemRef<'_>>, Error> {
+        check_key(key)?;
+        let now = self.now();
+        let h = hash_key(key);
+        let (i, mut g) = self.shard_for(h, now);
+        Ok(g.get_pinned(key, h, now).map(|p| self.item_ref(i, p)))
     }
 
     /// Looks up `key`, pins it and issues the pin's ticket under the one shard lock (for
@@ -576,17 +581,7 @@ impl Cache {
         let now = self.now();
         let h = hash_key(key);
         let (i, mut g) = self.shard_for(h, now);
-        Ok(g.get_and_touch(key, h, now, expiry)?.map(|p| ItemRef {
-            cache: self,
-            token: PinToken { shard: i as u32, segment: p.seg },
-            key: p.key,
-            key_len: p.hdr.klen,
-            value: p.value,
-            value_len: p.hdr.vlen,
-            flags: p.hdr.flags,
-            cas: p.cas,
-            expiry: p.hdr.expiry,
-        }))
+        Ok(g.get_and_touch(key, h, now, expiry)?.map(|p| self.item_ref(i, p)))
     }
 
     /// memcached incr: adds `delta` modulo 2^64. Returns (new value, new CAS).
