@@ -9,8 +9,11 @@ them; keys spread over all three servers; each server in turn killed with SIGKIL
 window over within server_retry_timeout, nothing on a live server lost or wrong), restarted, and
 back in the ring with its old keys. Measured figures are printed.
 
+Last, a tiny run of `p99-parity --scenarios proxy` must give figures for every variant.
+
 usage: test_scaleout.py BIN_DIR   (needs nutcracker, pymemcache and libmemcached-tools)
 """
+import json
 import os
 import random
 import shutil
@@ -559,6 +562,39 @@ class ScaleOut(unittest.TestCase):
             self.assertEqual(homes(self.backends, keys), {}, "%s: keys left after memflush" % label)
         say("memcp/memcat/memflush: 30 files (1 B - 200 KB) over the three servers directly and "
             "through nutcracker, every byte back, memflush empties all three")
+
+    # --- the parity runner's proxy scenario -------------------------------------------------
+
+    def test_6_parity_proxy_scenario(self):
+        """A tiny run of `p99-parity --scenarios proxy`: a figure for every variant, no errors."""
+        prog = os.path.join(BIN_DIR, "p99-parity")
+        if not os.access(prog, os.X_OK):
+            self.skipTest("p99-parity not built")
+        out = os.path.join(self.tmp, "parity")
+        r = subprocess.run([prog, "--scenarios", "proxy", "--rounds", "1", "--warmup", "0.1",
+                            "--duration", "0.4", "--cache-args", "--keys 2000", "--bin-dir", BIN_DIR,
+                            "--out", out], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout.decode(errors="replace")[-2000:])
+        with open(os.path.join(out, "results.json")) as f:
+            sc = json.load(f)["scenarios"]["proxy"]
+        self.assertIsNone(sc["problem"])
+        names = [v["name"] for v in sc["variants"]]
+        self.assertEqual(names[:4], list("mcserver-%s" % b for b in
+                                         ("slab-epoll", "p99-epoll", "slab-uring", "p99-uring")))
+        for v in sc["variants"]:
+            if v["program"] is None:
+                self.assertTrue(v["problem"].startswith(("not built", "not installed")), v)
+                continue
+            self.assertIsNone(v["problem"], v["name"])
+            for run in v["direct_runs"] + v["proxied_runs"]:
+                self.assertGreater(run["requests_per_s"], 0, v["name"])
+                self.assertEqual(run["errors"], 0, "%s: %s" % (v["name"], run["command"]))
+                self.assertGreaterEqual(run["server_cpu_us_per_request"], 0, v["name"])
+            for run in v["proxied_runs"]:
+                # nutcracker parses every request and reply: it cannot have used no CPU
+                self.assertGreater(run["proxy_cpu_us_per_request"], 0, v["name"])
+            self.assertEqual(len(v["proxied_runs"]), 1, v["name"])
 
 
 def main():
