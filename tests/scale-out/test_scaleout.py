@@ -18,7 +18,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -314,7 +313,7 @@ class ScaleOut(unittest.TestCase):
             self.assertEqual(contents(b, mine), {k: model[k][1] for k in mine}, b.name)
         c.close()
 
-    def kill_and_rejoin(self, victim, prefix, op, retry_s, sink_errors_max, label):
+    def kill_and_rejoin(self, victim, prefix, op, retry_s, burst_max, label):
         """Loads keys, drives traffic, SIGKILLs backend `victim`, restarts it, waits until its
         keys go to it again; returns measured figures. op(key, value|None) as in Traffic."""
         keys = [b"%s:%d" % (prefix, i) for i in range(240)]
@@ -351,7 +350,7 @@ class ScaleOut(unittest.TestCase):
         self.assertEqual(late, [], "%s: errors after the restart" % label)
         groups = bursts(errs, retry_s / 2)
         for g in groups:
-            self.assertLessEqual(len(g), sink_errors_max, "%s: %d errors in one burst: %s"
+            self.assertLessEqual(len(g), burst_max, "%s: %d errors in one burst: %s"
                                  % (label, len(g), traffic.errors[:8]))
         for a, b in zip(groups, groups[1:]):
             # the proxy/client does not try the dead server again before its retry time; a slow
