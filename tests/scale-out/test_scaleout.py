@@ -31,7 +31,7 @@ BIN_DIR = None
 # One build per storage and per I/O module, so every combination of the two modules sits behind
 # the proxy next to a different one.
 BUILDS = ("mcserver-slab-epoll", "mcserver-p99-epoll", "mcserver-p99-uring")
-RETRY_TIMEOUT_MS = 1000
+RETRY_TIMEOUT_MS = 1500
 FAILURE_LIMIT = 2
 
 
