@@ -269,9 +269,16 @@ impl Worker {
         }
     }
 
-    /// Takes a slot for a freshly accepted fd, or `None` at the connection limit.
+    /// Takes a slot for a freshly accepted fd, or `None` at this worker's or the engine's
+    /// connection limit. The engine-wide count is one atomic shared by the workers, taken
+    /// before the slot and given back in `release`, so the limit holds however the kernel
+    /// spreads connections over the workers' listeners.
     pub(crate) fn insert(&mut self, fd: RawFd) -> Option<usize> {
         if self.open >= self.cfg.max_conns_per_worker {
+            return None;
+        }
+        if self.shared.open_conns.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_conns {
+            self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
         let slot = match self.free.pop() {
@@ -309,6 +316,7 @@ impl Worker {
         *c = Conn { gen, iov: std::mem::take(&mut c.iov), msg: c.msg.take(), ..Conn::empty() };
         self.free.push(slot as u32);
         self.open -= 1;
+        self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
         self.stats().open.store(self.open as u64, Ordering::Relaxed);
     }
 

@@ -17,7 +17,7 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::{JoinHandle, ThreadId};
@@ -44,8 +44,13 @@ pub struct Config {
     pub workers: usize,
     /// Pin worker `i` to the `i`-th CPU of the affinity mask (modulo its size).
     pub pin_workers: bool,
-    /// Open connections allowed per worker; further accepts are closed at once and counted
-    /// in [`WorkerStats::rejected`].
+    /// Open connections allowed across all workers of the engine: the process-wide limit a
+    /// server's `-c` sets. Further accepts, on whichever worker they land, are closed at once
+    /// and counted in [`WorkerStats::rejected`]. 1..=2^32-1.
+    pub max_conns: usize,
+    /// Open connections allowed on one worker (a cap on its connection table, below
+    /// `max_conns` only when set so); further accepts are closed at once and counted in
+    /// [`WorkerStats::rejected`].
     pub max_conns_per_worker: usize,
     /// Size of one receive buffer (bytes) in the per-worker provided buffer ring.
     pub rx_buf_size: usize,
@@ -74,6 +79,7 @@ impl Default for Config {
             port: 0,
             workers: 0,
             pin_workers: true,
+            max_conns: 65536,
             max_conns_per_worker: 65536,
             rx_buf_size: 4096,
             rx_buf_count: 1024,
@@ -167,7 +173,8 @@ pub struct WorkerStats {
     pub accepted: u64,
     /// Connections currently open.
     pub open: u64,
-    /// Connections closed at once because the worker was at its limit.
+    /// Connections closed at once because the engine (`max_conns`) or the worker
+    /// (`max_conns_per_worker`) was at its limit.
     pub rejected: u64,
     /// Bytes received.
     pub bytes_in: u64,
@@ -250,6 +257,8 @@ impl WorkerShared {
 
 pub(crate) struct Shared {
     pub stop: AtomicBool,
+    /// Connections open on all workers together, held against `Config::max_conns`.
+    pub open_conns: AtomicUsize,
     pub drain_ms: AtomicU64,
     pub workers: Vec<WorkerShared>,
 }
@@ -307,6 +316,7 @@ impl Engine {
         }
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
+            open_conns: AtomicUsize::new(0),
             drain_ms: AtomicU64::new(1000),
             workers,
         });
@@ -497,6 +507,9 @@ fn validate(cfg: &Config) -> Result<(), Error> {
     }
     if cfg.sq_entries == 0 || cfg.sq_entries > 32768 {
         return Err(Error::InvalidConfig("sq_entries must be in 1..=32768"));
+    }
+    if cfg.max_conns == 0 || cfg.max_conns > u32::MAX as usize {
+        return Err(Error::InvalidConfig("max_conns must be in 1..=4294967295"));
     }
     if cfg.max_conns_per_worker == 0 || cfg.max_conns_per_worker > (1 << 24) - 1 {
         return Err(Error::InvalidConfig("max_conns_per_worker must be in 1..16777215"));
