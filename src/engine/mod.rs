@@ -137,10 +137,13 @@ impl From<io::Error> for Error {
 ///
 /// If a method panics, or the worker's io_uring/epoll instance fails, that worker ends, and
 /// ends cleanly for its connections: operations still in the kernel are cancelled (io_uring:
-/// synchronously, so no send still reads borrowed memory), then every live connection gets
-/// `on_send_done(sent=false)` for each unsent borrowed send and `on_close` exactly once, and
-/// its fd is closed; posted tasks are dropped and `on_worker_stop` runs. A callback that
-/// panics during this is caught so the others still run. Afterwards the first panic resumes
+/// synchronously, and each send's end confirmed by its completion), then every live
+/// connection gets `on_send_done(sent=false)` for each unsent borrowed send and `on_close`
+/// exactly once, and its fd is closed. Should the kernel not confirm within a second that a
+/// send ended (the ring itself failed), the memory that send covers is never handed back:
+/// no `on_send_done` for it, a leak rather than memory freed under the kernel. Posted tasks
+/// are dropped and `on_worker_stop` runs. A callback that panics during this is caught so
+/// the others still run. Afterwards the first panic resumes
 /// unwinding the worker thread (a kernel failure is reported on stderr instead). The
 /// worker's listener is closed, so new connections go to the other workers; the engine's
 /// stop and drop work as usual. A connection whose `on_close` or `on_send_done` itself
