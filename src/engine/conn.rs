@@ -876,3 +876,52 @@ pub(crate) fn abort_all<H: Handler>(w: &mut Worker, h: &mut H) -> Option<Box<dyn
     }
     first
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draining_connection_ends_only_after_its_send_and_queue_are_done() {
+        let mut c = Conn::empty(1);
+        c.life = Life::Draining;
+        c.out.push_back(Segment::Copy(b"bye".to_vec()));
+        c.start_send(1);
+        let mut first = false;
+        assert!(!c.end_if_due(&mut first), "ended with output queued");
+        assert!(!c.wants_send(), "a second send while one is in flight");
+        c.out.clear();
+        assert!(!c.end_if_due(&mut first), "ended with a send in the kernel");
+        c.send = SendOp::Idle;
+        assert!(c.end_if_due(&mut first) && first);
+        assert_eq!(c.life, Life::Ending);
+        assert!(c.end_if_due(&mut first) && !first, "the first step of ending ran twice");
+    }
+
+    #[test]
+    fn aborting_connection_ends_at_once_and_cancels_its_send_once() {
+        let mut c = Conn::empty(1);
+        c.life = Life::Aborting;
+        c.out.push_back(Segment::Copy(b"dropped".to_vec()));
+        c.start_send(1);
+        assert!(!c.wants_send());
+        let mut first = false;
+        assert!(c.end_if_due(&mut first) && first);
+        assert!(c.cancel_send());
+        assert_eq!(c.send, SendOp::Cancelling { segs: 1 });
+        assert!(!c.cancel_send(), "cancel submitted twice");
+        assert_eq!(c.send.frozen_segs(), 1, "a cancelled send still freezes its segments until its CQE");
+    }
+
+    #[test]
+    fn open_connection_reads_and_sends_but_never_ends() {
+        let mut c = Conn::empty(1);
+        c.life = Life::Open;
+        c.out.push_back(Segment::Copy(b"x".to_vec()));
+        assert!(c.wants_read() && c.wants_send());
+        c.paused_hwm = true;
+        assert!(!c.wants_read());
+        let mut first = false;
+        assert!(!c.end_if_due(&mut first));
+    }
+}

@@ -584,14 +584,16 @@ fn is_ours(w: &Worker, slot: usize, gen: u32) -> bool {
     matches!(w.conns.get(slot), Some(c) if c.is_live() && c.gen == gen)
 }
 
-/// Test hook: makes `abandon` behave as if synchronous cancellation failed and nothing
-/// could be cancelled, as on a ring that no longer works.
 #[cfg(test)]
-static SKIP_SYNC_CANCEL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+thread_local! {
+    /// Test hook, per worker thread: makes `abandon` behave as if synchronous cancellation
+    /// failed and nothing could be cancelled, as on a ring that no longer works.
+    static SKIP_SYNC_CANCEL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 fn skip_sync_cancel() -> bool {
     #[cfg(test)]
-    return SKIP_SYNC_CANCEL.load(Ordering::SeqCst);
+    return SKIP_SYNC_CANCEL.with(|s| s.get());
     #[cfg(not(test))]
     false
 }
@@ -625,5 +627,113 @@ fn min_opt(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
         (Some(x), Some(y)) => Some(x.min(y)),
         (x, None) => x,
         (None, y) => y,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::SKIP_SYNC_CANCEL;
+    use crate::engine::{Backend, Config, ConnId, Engine, Handler, Worker};
+
+    #[derive(Default)]
+    struct Seen {
+        send_done: AtomicUsize,
+        closed: AtomicUsize,
+    }
+
+    /// Answers any input with one large borrowed send; panics on "BOOM".
+    struct BigSender {
+        big: &'static [u8],
+        seen: Arc<Seen>,
+    }
+
+    impl Handler for BigSender {
+        fn on_data(&mut self, w: &mut Worker, conn: ConnId, data: &[u8]) {
+            assert!(!data.starts_with(b"BOOM"), "handler panic on purpose (test)");
+            let iov = [libc::iovec { iov_base: self.big.as_ptr() as *mut libc::c_void, iov_len: self.big.len() }];
+            // SAFETY: the buffer is 'static and never written.
+            unsafe { w.send_borrowed(conn, &iov, 7) }.unwrap();
+        }
+        fn on_send_done(&mut self, _w: &mut Worker, _conn: ConnId, _cookie: u64, _sent: bool) {
+            self.seen.send_done.fetch_add(1, Ordering::SeqCst);
+        }
+        fn on_close(&mut self, _w: &mut Worker, _conn: ConnId) {
+            self.seen.closed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn wait_until(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A worker that ends abnormally while a borrowed send is still in the kernel (its peer
+    /// never reads 32 MiB), and whose cancellation cannot be confirmed: the connection still
+    /// gets `on_close`, but the send's memory is not handed back with `on_send_done`, since
+    /// the kernel may still read it.
+    #[test]
+    fn unconfirmed_cancel_never_hands_back_memory_the_kernel_may_read() {
+        if crate::engine::probe::uring_usable().is_err() {
+            eprintln!("io_uring unusable here; nothing to test");
+            return;
+        }
+        let big: &'static [u8] = Box::leak(vec![b'b'; 32 << 20].into_boxed_slice());
+        let seen = Arc::new(Seen::default());
+        let s2 = Arc::clone(&seen);
+        let cfg = Config { backend: Some(Backend::Uring), workers: 1, pin_workers: false, ..Config::default() };
+        let e = Engine::start(cfg, move |_| BigSender { big, seen: Arc::clone(&s2) }).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        e.post(0, Box::new(move |_w: &mut Worker| {
+            SKIP_SYNC_CANCEL.with(|s| s.set(true));
+            tx.send(()).unwrap();
+        }))
+        .unwrap();
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let mut stuck = TcpStream::connect(("127.0.0.1", e.port())).unwrap();
+        stuck.write_all(b"go").unwrap();
+        wait_until("the send to start", || e.stats(0).unwrap().bytes_in >= 2);
+        std::thread::sleep(Duration::from_millis(50));
+        let mut boom = TcpStream::connect(("127.0.0.1", e.port())).unwrap();
+        boom.write_all(b"BOOM").unwrap();
+        wait_until("both connections closed", || seen.closed.load(Ordering::SeqCst) == 2);
+        assert_eq!(seen.send_done.load(Ordering::SeqCst), 0, "memory under an unconfirmed send was handed back");
+        let mut buf = [0u8; 16];
+        boom.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert!(matches!(boom.read(&mut buf), Ok(0) | Err(_)));
+        drop(stuck);
+        drop(e);
+    }
+
+    /// The same end with a working cancellation hands the memory back once the send's own
+    /// completion confirmed it ended.
+    #[test]
+    fn confirmed_cancel_hands_back_memory_after_the_send_ended() {
+        if crate::engine::probe::uring_usable().is_err() {
+            return;
+        }
+        let big: &'static [u8] = Box::leak(vec![b'b'; 32 << 20].into_boxed_slice());
+        let seen = Arc::new(Seen::default());
+        let s2 = Arc::clone(&seen);
+        let cfg = Config { backend: Some(Backend::Uring), workers: 1, pin_workers: false, ..Config::default() };
+        let e = Engine::start(cfg, move |_| BigSender { big, seen: Arc::clone(&s2) }).unwrap();
+        let mut stuck = TcpStream::connect(("127.0.0.1", e.port())).unwrap();
+        stuck.write_all(b"go").unwrap();
+        wait_until("the send to start", || e.stats(0).unwrap().bytes_in >= 2);
+        std::thread::sleep(Duration::from_millis(50));
+        let mut boom = TcpStream::connect(("127.0.0.1", e.port())).unwrap();
+        boom.write_all(b"BOOM").unwrap();
+        wait_until("both connections closed", || seen.closed.load(Ordering::SeqCst) == 2);
+        assert_eq!(seen.send_done.load(Ordering::SeqCst), 1);
+        drop(stuck);
+        drop(e);
     }
 }
