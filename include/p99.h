@@ -574,8 +574,9 @@ typedef struct p99_engine_config {
    */
   bool tcp_nodelay;
   /**
-   * Open connections on one worker; further ones are closed at accept. Default 65536.
-   * The process-wide limit is `max_conns`.
+   * Open connections on one worker, an optional cap below `max_conns`; further ones are
+   * closed at accept. Default 16777215 (the most a handle can name), so only `max_conns`
+   * applies.
    */
   uint32_t max_conns_per_worker;
   /**

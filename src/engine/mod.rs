@@ -33,6 +33,9 @@ pub fn probe_cpus() -> usize {
     sys::affinity_cpus().len().max(1)
 }
 
+/// The most connections one worker can hold: a [`ConnId`] names the slot in 24 bits.
+const MAX_CONNS_PER_WORKER: usize = (1 << 24) - 1;
+
 /// Everything the engine needs to start. `Config::default()` gives the documented defaults.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -48,9 +51,9 @@ pub struct Config {
     /// server's `-c` sets. Further accepts, on whichever worker they land, are closed at once
     /// and counted in [`WorkerStats::rejected`]. 1..=2^32-1.
     pub max_conns: usize,
-    /// Open connections allowed on one worker (a cap on its connection table, below
-    /// `max_conns` only when set so); further accepts are closed at once and counted in
-    /// [`WorkerStats::rejected`].
+    /// Open connections allowed on one worker, an optional cap below `max_conns`; further
+    /// accepts are closed at once and counted in [`WorkerStats::rejected`]. The default is
+    /// the most a connection handle can name, 16777215, so only `max_conns` applies.
     pub max_conns_per_worker: usize,
     /// Size of one receive buffer (bytes) in the per-worker provided buffer ring.
     pub rx_buf_size: usize,
@@ -80,7 +83,7 @@ impl Default for Config {
             workers: 0,
             pin_workers: true,
             max_conns: 65536,
-            max_conns_per_worker: 65536,
+            max_conns_per_worker: MAX_CONNS_PER_WORKER,
             rx_buf_size: 4096,
             rx_buf_count: 1024,
             sq_entries: 256,
@@ -514,7 +517,7 @@ fn validate(cfg: &Config) -> Result<(), Error> {
     if cfg.max_conns == 0 || cfg.max_conns > u32::MAX as usize {
         return Err(Error::InvalidConfig("max_conns must be in 1..=4294967295"));
     }
-    if cfg.max_conns_per_worker == 0 || cfg.max_conns_per_worker > (1 << 24) - 1 {
+    if cfg.max_conns_per_worker == 0 || cfg.max_conns_per_worker > MAX_CONNS_PER_WORKER {
         return Err(Error::InvalidConfig("max_conns_per_worker must be in 1..16777215"));
     }
     if cfg.out_high_water == 0 {

@@ -72,8 +72,9 @@ pub struct p99_engine_config {
     pub pin_workers: bool,
     /// Set TCP_NODELAY on accepted connections. Default true.
     pub tcp_nodelay: bool,
-    /// Open connections on one worker; further ones are closed at accept. Default 65536.
-    /// The process-wide limit is `max_conns`.
+    /// Open connections on one worker, an optional cap below `max_conns`; further ones are
+    /// closed at accept. Default 16777215 (the most a handle can name), so only `max_conns`
+    /// applies.
     pub max_conns_per_worker: u32,
     /// Bytes per receive buffer. Default 4096.
     pub rx_buf_size: u32,
