@@ -72,7 +72,9 @@ pub struct p99_engine_config {
     pub pin_workers: bool,
     /// Set TCP_NODELAY on accepted connections. Default true.
     pub tcp_nodelay: bool,
-    /// Open connections per worker; further ones are closed at accept. Default 65536.
+    /// Open connections on one worker, an optional cap below `max_conns`; further ones are
+    /// closed at accept. Default 16777215 (the most a handle can name), so only `max_conns`
+    /// applies.
     pub max_conns_per_worker: u32,
     /// Bytes per receive buffer. Default 4096.
     pub rx_buf_size: u32,
@@ -87,6 +89,33 @@ pub struct p99_engine_config {
     pub close_linger_ms: u32,
     /// listen(2) backlog. Default 1024.
     pub backlog: i32,
+    /// Open connections across all workers of the engine (a server's `-c`); further ones are
+    /// closed at accept, whichever worker they reach. Default 65536. A caller built against a header
+    /// without this field (its `struct_size` ends before it) gets the default.
+    pub max_conns: u32,
+}
+
+/// Size of the first published `p99_engine_config`, which ended before `max_conns`.
+const ENGINE_CONFIG_V1_SIZE: usize = std::mem::offset_of!(p99_engine_config, max_conns);
+
+fn default_engine_config() -> p99_engine_config {
+    let d = engine::Config::default();
+    p99_engine_config {
+        struct_size: std::mem::size_of::<p99_engine_config>() as u32,
+        addr: std::ptr::null(),
+        port: d.port,
+        workers: d.workers as u32,
+        pin_workers: d.pin_workers,
+        tcp_nodelay: d.tcp_nodelay,
+        max_conns_per_worker: d.max_conns_per_worker as u32,
+        rx_buf_size: d.rx_buf_size as u32,
+        rx_buf_count: d.rx_buf_count as u32,
+        sq_entries: d.sq_entries,
+        out_high_water: d.out_high_water as u64,
+        close_linger_ms: d.close_linger.as_millis() as u32,
+        backlog: d.backlog,
+        max_conns: d.max_conns as u32,
+    }
 }
 
 /// Callbacks and the user pointer passed to each. Zero-fill (or use
@@ -258,22 +287,7 @@ pub unsafe extern "C" fn p99_engine_config_defaults(config: *mut p99_engine_conf
     guard(|| {
         // SAFETY: checked for NULL; the caller provides a writable struct.
         let out = unsafe { out_ptr(config) }?;
-        let d = engine::Config::default();
-        out.write(p99_engine_config {
-            struct_size: std::mem::size_of::<p99_engine_config>() as u32,
-            addr: std::ptr::null(),
-            port: d.port,
-            workers: d.workers as u32,
-            pin_workers: d.pin_workers,
-            tcp_nodelay: d.tcp_nodelay,
-            max_conns_per_worker: d.max_conns_per_worker as u32,
-            rx_buf_size: d.rx_buf_size as u32,
-            rx_buf_count: d.rx_buf_count as u32,
-            sq_entries: d.sq_entries,
-            out_high_water: d.out_high_water as u64,
-            close_linger_ms: d.close_linger.as_millis() as u32,
-            backlog: d.backlog,
-        });
+        out.write(default_engine_config());
         Ok(())
     })
 }
@@ -313,12 +327,19 @@ pub unsafe extern "C" fn p99_engine_start(
 ) -> p99_status {
     guard(|| {
         // SAFETY: checked for NULL; both structs start with struct_size.
-        unsafe {
-            struct_size_of(config.cast(), std::mem::size_of::<p99_engine_config>())?;
+        let config_size = unsafe {
             struct_size_of(callbacks.cast(), std::mem::size_of::<p99_engine_callbacks>())?;
-        }
-        // SAFETY: non-NULL, and large enough per struct_size.
-        let c = unsafe { ref_from(config) }?;
+            struct_size_of(config.cast(), ENGINE_CONFIG_V1_SIZE)?
+        };
+        // The caller's fields over the defaults, as far as its struct reaches.
+        let mut c = default_engine_config();
+        let known = config_size.min(std::mem::size_of::<p99_engine_config>());
+        // SAFETY: the caller's struct is readable for its `struct_size` bytes (C contract) and
+        // `c` is a whole struct of this version; `known` covers a prefix of whole fields laid
+        // out alike in both (the struct only grows at its end).
+        unsafe {
+            std::ptr::copy_nonoverlapping(config.cast::<u8>(), (&mut c as *mut p99_engine_config).cast::<u8>(), known)
+        };
         // SAFETY: as above.
         let cb = *unsafe { ref_from(callbacks) }?;
         // SAFETY: checked for NULL before any work.
@@ -338,6 +359,7 @@ pub unsafe extern "C" fn p99_engine_start(
             port: c.port,
             workers: c.workers as usize,
             pin_workers: c.pin_workers,
+            max_conns: c.max_conns as usize,
             max_conns_per_worker: c.max_conns_per_worker as usize,
             rx_buf_size: c.rx_buf_size as usize,
             rx_buf_count: c.rx_buf_count as usize,
