@@ -28,6 +28,7 @@
 
 #define SERVER_VERSION "1.6.18-mcserver"
 #define LINE_MAX_PLAIN 2048            /* memcached closes a connection past this without '\n' */
+#define LINE_MAX_READ (16 * 1024)      /* memcached's read buffer (READ_BUFFER_SIZE) */
 #define LINE_MAX_GET (4 * 1024 * 1024) /* multi-get lines may be long; cap them all the same */
 #define COPY_VALUE_MAX 1024            /* values up to this size are copied into the reply */
 #define REALTIME_MAXDELTA (60 * 60 * 24 * 30)
@@ -471,15 +472,26 @@ static size_t consume_value(struct pconn *c, const char *data, size_t len)
 	return used;
 }
 
-static bool line_allowed_to_grow(const char *s, size_t len)
+/*
+ * The longest a line may grow while its '\n' has not arrived. memcached closes a connection
+ * whose unfinished line passes 2048 bytes, unless it is a get/gets (any length); a line that
+ * reaches it whole within one 16 KiB read is accepted, so the retrieval-and-touch commands
+ * (whose keys make long lines) may be that long however the bytes are split across reads.
+ */
+static size_t line_limit(const char *s, size_t len)
 {
 	size_t i = 0;
 	while (i < len && s[i] == ' ')
 		i++;
 	if (i > 100)
-		return false;
-	return (len - i >= 4 && memcmp(s + i, "get ", 4) == 0) ||
-	       (len - i >= 5 && memcmp(s + i, "gets ", 5) == 0);
+		return LINE_MAX_PLAIN;
+	if ((len - i >= 4 && memcmp(s + i, "get ", 4) == 0) ||
+	    (len - i >= 5 && memcmp(s + i, "gets ", 5) == 0))
+		return LINE_MAX_GET;
+	if ((len - i >= 4 && memcmp(s + i, "gat ", 4) == 0) ||
+	    (len - i >= 5 && memcmp(s + i, "gats ", 5) == 0))
+		return LINE_MAX_READ;
+	return LINE_MAX_PLAIN;
 }
 
 static bool buffer_append(struct pconn *c, const char *data, size_t len)
@@ -540,8 +552,7 @@ static void on_data(struct io_conn *io, void *state, const char *data, size_t le
 				close_conn(c);
 				return;
 			}
-			if ((c->len > LINE_MAX_PLAIN && !line_allowed_to_grow(c->line, c->len)) ||
-			    c->len > LINE_MAX_GET)
+			if (c->len > line_limit(c->line, c->len))
 				close_conn(c);
 			return;
 		}
