@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -127,4 +128,36 @@ enum accept_result fd_spare_accept(struct fd_spare *s, int listen_fd, int flags,
 		errno = e;
 		return ACCEPT_FAILED;
 	}
+}
+
+static void listener_poll(struct listener_pause *p, bool on)
+{
+	struct epoll_event ev = {.events = on ? EPOLLIN : 0, .data.ptr = p->tag};
+	epoll_ctl(p->epfd, EPOLL_CTL_MOD, p->fd, &ev);
+	p->paused = !on;
+}
+
+void listener_pause(struct listener_pause *p)
+{
+	listener_poll(p, false);
+	clock_gettime(CLOCK_MONOTONIC, &p->resume);
+	p->resume.tv_nsec += LISTENER_PAUSE_MS * 1000000L;
+	if (p->resume.tv_nsec >= 1000000000L) {
+		p->resume.tv_sec++;
+		p->resume.tv_nsec -= 1000000000L;
+	}
+}
+
+int listener_pause_timeout(struct listener_pause *p)
+{
+	if (!p->paused)
+		return -1;
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	long ms = (p->resume.tv_sec - now.tv_sec) * 1000L +
+		  (p->resume.tv_nsec - now.tv_nsec) / 1000000L;
+	if (ms > 0)
+		return (int)ms;
+	listener_poll(p, true);
+	return -1;
 }

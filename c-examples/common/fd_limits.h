@@ -9,7 +9,9 @@
 #define EXAMPLES_FD_LIMITS_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <time.h>
 
 /*
  * Descriptors a server needs besides its connections: stdio, a listener, an epoll or ring
@@ -57,5 +59,23 @@ void fd_spare_destroy(struct fd_spare *s);
  */
 enum accept_result fd_spare_accept(struct fd_spare *s, int listen_fd, int flags,
 				   void (*refuse)(int fd, void *ctx), void *ctx, int *fd);
+
+/*
+ * A listener in an epoll set that is not polled for a while after ACCEPT_EXHAUSTED (or
+ * another accept failure), since it stays readable and would make the loop spin.
+ */
+struct listener_pause {
+	int epfd, fd;
+	void *tag; /* the listener's epoll_event data.ptr */
+	bool paused;
+	struct timespec resume;
+};
+
+/* Stops polling the listener for LISTENER_PAUSE_MS. */
+#define LISTENER_PAUSE_MS 100
+void listener_pause(struct listener_pause *p);
+
+/* epoll_wait's timeout for the loop: -1 unless paused; polls the listener again when due. */
+int listener_pause_timeout(struct listener_pause *p);
 
 #endif

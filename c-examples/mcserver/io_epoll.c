@@ -28,7 +28,6 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
-#include <time.h>
 #include <unistd.h>
 
 #define READ_BUF_SIZE (16 * 1024)
@@ -36,7 +35,6 @@
 #define MAX_EVENTS 128
 #define MAX_IOV 64
 #define READS_PER_EVENT 4 /* fairness: then give other connections a turn */
-#define LISTEN_PAUSE_MS 100 /* out of fds and no spare: retry accepting after this */
 
 struct segment {
 	const char *data;
@@ -68,8 +66,7 @@ struct worker {
 	struct io_server *srv;
 	pthread_t thread;
 	int epfd, listen_fd, stop_fd;
-	bool listen_paused;         /* out of fds with no spare: listener not polled until */
-	struct timespec listen_resume;
+	struct listener_pause pause; /* out of fds with no spare: listener not polled a while */
 	struct io_conn *conns;
 	char rbuf[READ_BUF_SIZE];
 	_Atomic uint64_t curr, total, rejected, bytes_read, bytes_written;
@@ -304,37 +301,6 @@ static void reject(int fd, void *ctx)
 	add(&w->rejected, 1);
 }
 
-static void listener_arm(struct worker *w, bool on)
-{
-	struct epoll_event le = {.events = on ? EPOLLIN : 0, .data.ptr = &w->listen_fd};
-	epoll_ctl(w->epfd, EPOLL_CTL_MOD, w->listen_fd, &le);
-	w->listen_paused = !on;
-	if (!on) {
-		clock_gettime(CLOCK_MONOTONIC, &w->listen_resume);
-		w->listen_resume.tv_nsec += LISTEN_PAUSE_MS * 1000000L;
-		if (w->listen_resume.tv_nsec >= 1000000000L) {
-			w->listen_resume.tv_sec++;
-			w->listen_resume.tv_nsec -= 1000000000L;
-		}
-	}
-}
-
-/* epoll_wait's timeout: none, or until a paused listener is to be tried again. */
-static int wait_timeout_ms(struct worker *w)
-{
-	if (!w->listen_paused)
-		return -1;
-	struct timespec now;
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	long ms = (w->listen_resume.tv_sec - now.tv_sec) * 1000L +
-		  (w->listen_resume.tv_nsec - now.tv_nsec) / 1000000L;
-	if (ms <= 0) {
-		listener_arm(w, true);
-		return -1;
-	}
-	return (int)ms;
-}
-
 static void accept_all(struct worker *w)
 {
 	struct io_server *srv = w->srv;
@@ -347,7 +313,7 @@ static void accept_all(struct worker *w)
 		case ACCEPT_EMPTY: return;
 		case ACCEPT_EXHAUSTED:
 		case ACCEPT_FAILED: /* the listener stays readable: poll it again later */
-			listener_arm(w, false);
+			listener_pause(&w->pause);
 			return;
 		}
 		if (atomic_fetch_add(&srv->conns, 1) >= srv->opts.max_conns) {
@@ -394,7 +360,7 @@ static void *worker_main(void *arg)
 	struct worker *w = arg;
 	struct epoll_event events[MAX_EVENTS];
 	for (;;) {
-		int n = epoll_wait(w->epfd, events, MAX_EVENTS, wait_timeout_ms(w));
+		int n = epoll_wait(w->epfd, events, MAX_EVENTS, listener_pause_timeout(&w->pause));
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -514,6 +480,8 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 			break;
 		w->epfd = epoll_create1(EPOLL_CLOEXEC);
 		w->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+		w->pause = (struct listener_pause){.epfd = w->epfd, .fd = w->listen_fd,
+						   .tag = &w->listen_fd};
 		struct epoll_event le = {.events = EPOLLIN, .data.ptr = &w->listen_fd};
 		struct epoll_event se = {.events = EPOLLIN, .data.ptr = &w->stop_fd};
 		if (w->epfd < 0 || w->stop_fd < 0 ||
