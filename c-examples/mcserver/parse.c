@@ -26,11 +26,10 @@ static bool next_token(const char **p, const char *end, struct mc_token *t)
 	*p = s;
 	if (s == end)
 		return false;
-	while (s < end && *s != ' ')
-		s++;
-	t->s = *p;
-	t->n = (size_t)(s - *p);
-	*p = s;
+	const char *space = memchr(s, ' ', (size_t)(end - s));
+	t->s = s;
+	t->n = (size_t)((space ? space : end) - s);
+	*p = s + t->n;
 	return true;
 }
 
@@ -130,22 +129,21 @@ static void parse_retrieval(struct mc_request *req, const char *p, const char *e
 			    size_t maxkeys)
 {
 	struct mc_token t;
-	const char *before = p;
 	if (!next_token(&p, end, &t)) {
 		req->verb = MC_ERROR;
 		return;
 	}
+	bool more = true; /* t holds the next key */
 	if (req->verb == MC_GAT || req->verb == MC_GATS) {
 		if (!parse_i32(t, &req->exptime)) {
 			req->error = MC_ERR_EXPTIME;
 			return;
 		}
-	} else {
-		p = before;
+		more = next_token(&p, end, &t);
 	}
 	const char *first = NULL, *last = p;
 	size_t n = 0;
-	while (n < maxkeys && next_token(&p, end, &t)) {
+	while (more && n < maxkeys) {
 		if (t.n > MC_KEY_MAX) {
 			req->error = MC_ERR_FORMAT;
 			break;
@@ -154,6 +152,7 @@ static void parse_retrieval(struct mc_request *req, const char *p, const char *e
 			first = t.s;
 		last = t.s + t.n;
 		n++;
+		more = n < maxkeys && next_token(&p, end, &t);
 	}
 	req->keys.s = first ? first : last;
 	req->keys.n = first ? (size_t)(last - first) : 0;

@@ -140,7 +140,8 @@ static void cmd_get(struct pconn *c, const struct mc_request *req)
 		return;
 	}
 	for (size_t i = 0; i < req->nkeys; i++) {
-		struct mc_token key = mc_next_key(&p, end);
+		/* one key (the common case) is the whole span: no second walk over it */
+		struct mc_token key = req->nkeys == 1 ? req->keys : mc_next_key(&p, end);
 		struct storage_view v;
 		int rc = touch ? storage_gat(key.s, key.n, ttl, &v)
 			       : storage_get(key.s, key.n, &v);
