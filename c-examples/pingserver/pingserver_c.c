@@ -54,6 +54,7 @@ struct worker {
 	int cpu;
 	int listen_fd;
 	int stop_fd;          /* eventfd: readable when the server stops */
+	int epfd;
 	int maxconn;
 	int open;
 	struct fd_spare *spare;  /* shared by the workers: accepting when out of fds */
@@ -212,6 +213,9 @@ static void accept_all(int epfd, struct worker *w)
 	}
 }
 
+/* The listener and the stop eventfd are told apart from connections by these tags. */
+static char listen_tag, stop_tag;
+
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
@@ -221,18 +225,7 @@ static void *worker_main(void *arg)
 		CPU_SET(w->cpu, &set);
 		pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
 	}
-	int epfd = epoll_create1(EPOLL_CLOEXEC);
-	if (epfd < 0) {
-		perror("epoll_create1");
-		exit(1);
-	}
-	/* The listener and the stop eventfd are told apart from connections by these tags. */
-	static char listen_tag, stop_tag;
-	struct epoll_event e = { .events = EPOLLIN, .data.ptr = &listen_tag };
-	epoll_ctl(epfd, EPOLL_CTL_ADD, w->listen_fd, &e);
-	w->pause = (struct listener_pause){ .epfd = epfd, .fd = w->listen_fd, .tag = &listen_tag };
-	e.data.ptr = &stop_tag;
-	epoll_ctl(epfd, EPOLL_CTL_ADD, w->stop_fd, &e);
+	int epfd = w->epfd;
 	char *buf = malloc(READ_SIZE);
 	struct ping_out out = { 0 };
 	struct epoll_event evs[256];
@@ -269,8 +262,23 @@ static void *worker_main(void *arg)
 	}
 	free(buf);
 	ping_out_free(&out);
-	close(epfd);
 	return NULL;
+}
+
+/* The worker's epoll set, made before the server says it is listening (so a caller that
+ * counts its descriptors then sees them all). Returns -1 on failure. */
+static int worker_epoll(struct worker *w)
+{
+	w->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (w->epfd < 0)
+		return -1;
+	struct epoll_event e = { .events = EPOLLIN, .data.ptr = &listen_tag };
+	struct epoll_event s = { .events = EPOLLIN, .data.ptr = &stop_tag };
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->listen_fd, &e) < 0 ||
+	    epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->stop_fd, &s) < 0)
+		return -1;
+	w->pause = (struct listener_pause){ .epfd = w->epfd, .fd = w->listen_fd, .tag = &listen_tag };
+	return 0;
 }
 
 int main(int argc, char **argv)
@@ -337,6 +345,10 @@ int main(int argc, char **argv)
 		port = ntohs(got.ss_family == AF_INET ? ((struct sockaddr_in *)&got)->sin_port
 						       : ((struct sockaddr_in6 *)&got)->sin6_port);
 		ws[i].stop_fd = eventfd(0, EFD_CLOEXEC);
+		if (ws[i].stop_fd < 0 || worker_epoll(&ws[i]) < 0) {
+			perror("pingserver-c: epoll");
+			return 1;
+		}
 		ws[i].index = i;
 		ws[i].spare = &spare;
 		ws[i].cpu = ncpus > 0 ? cpus[i % ncpus] : -1;
@@ -358,6 +370,7 @@ int main(int argc, char **argv)
 		pthread_join(ws[i].thread, NULL);
 		close(ws[i].listen_fd);
 		close(ws[i].stop_fd);
+		close(ws[i].epfd);
 	}
 	free(ws);
 	fd_spare_destroy(&spare);
