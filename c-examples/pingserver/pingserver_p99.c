@@ -63,6 +63,7 @@ int main(int argc, char **argv)
 	struct ping_args a;
 	ping_args_parse(&a, argc, argv, "pingserver-c-p99");
 	int nthreads = a.threads > 0 ? a.threads : ping_affinity_cpus();
+	ping_fd_limit(&a, nthreads, "pingserver-c-p99");
 
 	sigset_t set;
 	sigemptyset(&set);
