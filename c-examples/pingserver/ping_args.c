@@ -8,7 +8,9 @@
 
 static void usage(const char *prog)
 {
-	fprintf(stderr, "usage: %s [-p PORT] [-l ADDR] [-t THREADS] [-c MAXCONN]\n", prog);
+	fprintf(stderr, "usage: %s [-p PORT] [-l ADDR] [-t THREADS] [-c MAXCONN] [-b NS]\n"
+			"  -b NS  test only: burn NS ns of CPU per request (a server slowed on purpose)\n",
+		prog);
 	exit(2);
 }
 
@@ -27,13 +29,15 @@ void ping_args_parse(struct ping_args *a, int argc, char **argv, const char *pro
 	a->port = 12321;
 	a->threads = 0;
 	a->maxconn = 65536;
+	a->burn_ns = 0;
 	int c;
-	while ((c = getopt(argc, argv, "p:l:t:c:")) != -1) {
+	while ((c = getopt(argc, argv, "p:l:t:c:b:")) != -1) {
 		switch (c) {
 		case 'p': a->port = parse_int(optarg, 0, 65535, prog); break;
 		case 'l': a->addr = optarg; break;
 		case 't': a->threads = parse_int(optarg, 0, 255, prog); break;
 		case 'c': a->maxconn = parse_int(optarg, 1, 1 << 24, prog); break;
+		case 'b': a->burn_ns = parse_int(optarg, 0, 1000000, prog); break;
 		default: usage(prog);
 		}
 	}

@@ -7,6 +7,7 @@ struct ping_args {
 	int port;           /* -p, default 12321; 0 = any free port (printed) */
 	int threads;        /* -t, default 0 = one per CPU of the affinity mask */
 	int maxconn;        /* -c, default 65536 */
+	long burn_ns;       /* -b, default 0; test only: CPU ns burnt per request (pingserver-c) */
 };
 
 /* Parses argv; prints usage and exits on a bad flag. */

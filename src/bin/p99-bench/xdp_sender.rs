@@ -127,6 +127,8 @@ pub fn run(c: &Config) -> Result<Report, String> {
         server_cpu_pct: cpu.0,
         generator_cpu_pct: cpu.1,
         server_core_busy_pct: cpu.2,
+        // The AF_XDP sender keeps its own schedule; the stall probe is not run beside it.
+        stalls: None,
         command: c.command_line(),
     })
 }
