@@ -184,8 +184,8 @@ test-xdp:
 bench-xdp: all
 	benches/udpping_xdp.sh $(BIN) target/release/p99-xdp-load
 # --- parity benchmark -------------------------------------------------------------------------
-#   make parity            full run (< 5 min on 2 cores)
-#   make parity QUICK=1    short run (< 1 min)
+#   make parity            full run (< 6 min on 2 cores)
+#   make parity QUICK=1    short run (about 1 min)
 #   make parity PARITY_FLAGS='--scenarios cache --rounds 5'   any p99-parity flag
 QUICK ?=
 PARITY_FLAGS ?=

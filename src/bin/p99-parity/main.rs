@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "\
 usage: p99-parity [flags]
-  --quick                  short run (< 1 min): 3 rounds, 0.4 s runs, 4 ramp steps
+  --quick                  short run (about 1 min): 3 rounds, 0.4 s runs, 4 ramp steps
   --rounds N               interleaved rounds per scenario (default 5: with fewer, the verdict
                            rule calls two equal servers different too often)
   --warmup SECS            warm-up before each run (default 0.3)
