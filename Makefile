@@ -207,8 +207,8 @@ test-scale-out:
 	timeout 240 $(PYTHON) tests/scale-out/test_scaleout.py $(BIN)
 
 # --- parity benchmark -------------------------------------------------------------------------
-#   make parity            full run (< 5 min on 2 cores)
-#   make parity QUICK=1    short run (< 1 min)
+#   make parity            full run (< 6 min on 2 cores)
+#   make parity QUICK=1    short run (about 1 min)
 #   make parity PARITY_FLAGS='--scenarios cache --rounds 5'   any p99-parity flag
 QUICK ?=
 PARITY_FLAGS ?=

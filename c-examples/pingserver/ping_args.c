@@ -10,7 +10,9 @@
 
 static void usage(const char *prog)
 {
-	fprintf(stderr, "usage: %s [-p PORT] [-l ADDR] [-t THREADS] [-c MAXCONN]\n", prog);
+	fprintf(stderr, "usage: %s [-p PORT] [-l ADDR] [-t THREADS] [-c MAXCONN] [-b NS]\n"
+			"  -b NS  test only: burn NS ns of CPU per request (a server slowed on purpose)\n",
+		prog);
 	exit(2);
 }
 
@@ -30,8 +32,9 @@ void ping_args_parse(struct ping_args *a, int argc, char **argv, const char *pro
 	a->threads = 0;
 	a->maxconn = 65536;
 	a->maxconn_given = 0;
+	a->burn_ns = 0;
 	int c;
-	while ((c = getopt(argc, argv, "p:l:t:c:")) != -1) {
+	while ((c = getopt(argc, argv, "p:l:t:c:b:")) != -1) {
 		switch (c) {
 		case 'p': a->port = parse_int(optarg, 0, 65535, prog); break;
 		case 'l': a->addr = optarg; break;
@@ -40,6 +43,7 @@ void ping_args_parse(struct ping_args *a, int argc, char **argv, const char *pro
 			a->maxconn = parse_int(optarg, 1, 1 << 24, prog);
 			a->maxconn_given = 1;
 			break;
+		case 'b': a->burn_ns = parse_int(optarg, 0, 1000000, prog); break;
 		default: usage(prog);
 		}
 	}

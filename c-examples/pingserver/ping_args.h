@@ -8,6 +8,7 @@ struct ping_args {
 	int threads;        /* -t, default 0 = one per CPU of the affinity mask */
 	int maxconn;        /* -c, default 65536 (or what RLIMIT_NOFILE allows) */
 	int maxconn_given;  /* -c was on the command line */
+	long burn_ns;       /* -b, default 0; test only: CPU ns burnt per request (pingserver-c) */
 };
 
 /* Parses argv; prints usage and exits on a bad flag. */

@@ -28,6 +28,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fd_limits.h"
@@ -64,6 +65,36 @@ struct worker {
  * listeners: each accept takes a place from this count before it is served. */
 static atomic_int open_conns;
 static int max_conns;
+
+/* -b (test only): CPU time burnt per request, so a benchmark can be shown a server that is
+ * slower by a known amount. Set before the workers start, read-only after. */
+static long burn_ns;
+
+static long thread_cpu_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (long)ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+/* Spins until this thread has used `ns` more CPU time (time preempted does not count). */
+static void burn_cpu(long ns)
+{
+	long until = thread_cpu_ns() + ns;
+	while (thread_cpu_ns() < until)
+		;
+}
+
+static long count_requests(const char *buf, size_t n)
+{
+	long lines = 0;
+	const char *p = buf, *end = buf + n;
+	while ((p = memchr(p, '\n', (size_t)(end - p))) != NULL) {
+		lines++;
+		p++;
+	}
+	return lines;
+}
 
 static int make_listener(const struct sockaddr_storage *ss, socklen_t sslen)
 {
@@ -141,6 +172,8 @@ static void on_readable(int epfd, struct conn *c, char *buf, struct ping_out *ou
 	} else {
 		out->len = 0;
 		int r = ping_feed(&c->parser, buf, (size_t)n, out);
+		if (burn_ns > 0)
+			burn_cpu(burn_ns * count_requests(buf, (size_t)n));
 		if (r != 0)
 			c->closing = 1;
 		if (out->len > 0) {
@@ -291,6 +324,7 @@ int main(int argc, char **argv)
 {
 	struct ping_args a;
 	ping_args_parse(&a, argc, argv, "pingserver-c");
+	burn_ns = a.burn_ns;
 	int ncpu = ping_affinity_cpus();
 	int nthreads = a.threads > 0 ? a.threads : ncpu;
 	ping_fd_limit(&a, nthreads, "pingserver-c");
