@@ -30,6 +30,7 @@
 #define LINE_MAX_GET (4 * 1024 * 1024) /* multi-get lines may be long; cap them all the same */
 #define MAX_TOKENS 24                  /* tokens looked at for non-get commands */
 #define COPY_VALUE_MAX 1024            /* values up to this size are copied into the reply */
+#define VALUE_HEAD_MAX (STORAGE_KEY_MAX + 96) /* "VALUE <key> <flags> <bytes> <cas>\r\n" */
 #define REALTIME_MAXDELTA (60 * 60 * 24 * 30)
 
 enum conn_state { ST_LINE, ST_DATA, ST_DATA_END, ST_SWALLOW, ST_CLOSED };
@@ -180,18 +181,27 @@ static bool set_noreply_maybe(struct pconn *c, const struct token *tok, size_t n
 
 static void release_pin(void *pin) { storage_release(pin); }
 
+/* One VALUE reply: header, then a value of up to COPY_VALUE_MAX bytes at VALUE_HEAD_MAX (where
+ * storage_get_copy puts it), then "\r\n". */
+struct value_reply {
+	char buf[VALUE_HEAD_MAX + COPY_VALUE_MAX + 2];
+};
+
 static void send_value(struct pconn *c, struct token key, const struct storage_view *v,
-		       bool with_cas)
+		       bool with_cas, struct value_reply *r)
 {
-	char head[COPY_VALUE_MAX + STORAGE_KEY_MAX + 96];
+	char head[VALUE_HEAD_MAX];
 	int n = with_cas ? snprintf(head, sizeof(head), "VALUE %.*s %" PRIu32 " %zu %" PRIu64 "\r\n",
 				    (int)key.n, key.s, v->flags, v->len, v->cas)
 			 : snprintf(head, sizeof(head), "VALUE %.*s %" PRIu32 " %zu\r\n", (int)key.n,
 				    key.s, v->flags, v->len);
 	if (v->len <= COPY_VALUE_MAX) {
-		memcpy(head + n, v->value, v->len);
-		memcpy(head + n + v->len, "\r\n", 2);
-		io_send_copy(c->io, head, (size_t)n + v->len + 2);
+		char *val = r->buf + VALUE_HEAD_MAX;
+		if (v->value != val)
+			memcpy(val, v->value, v->len);
+		memcpy(val - n, head, (size_t)n);
+		memcpy(val + v->len, "\r\n", 2);
+		io_send_copy(c->io, val - n, (size_t)n + v->len + 2);
 		storage_release(v->pin);
 	} else {
 		io_send_copy(c->io, head, (size_t)n);
@@ -204,16 +214,15 @@ static void cmd_get(struct pconn *c, const struct token *tok, size_t n, bool wit
 		    bool touch)
 {
 	size_t first = 1;
-	int64_t ttl = 0;
+	int32_t exptime = 0;
 	if (touch) {
-		int32_t exptime;
 		if (!parse_i32(tok[1], &exptime)) {
 			reply(c, "CLIENT_ERROR invalid exptime argument\r\n");
 			return;
 		}
-		ttl = ttl_from_exptime(exptime);
 		first = 2;
 	}
+	struct value_reply r;
 	/* A key over the limit makes memcached drop the whole reply, after it has already looked
 	 * up (and for gat, touched) the keys before it: do the same, without sending them. */
 	size_t bad = first;
@@ -222,8 +231,9 @@ static void cmd_get(struct pconn *c, const struct token *tok, size_t n, bool wit
 	if (bad < n) {
 		for (size_t i = first; i < bad; i++) {
 			struct storage_view v;
-			int rc = touch ? storage_gat(tok[i].s, tok[i].n, ttl, &v)
-				       : storage_get(tok[i].s, tok[i].n, &v);
+			int rc = touch ? storage_gat(tok[i].s, tok[i].n, exptime, &v)
+				       : storage_get_copy(tok[i].s, tok[i].n, r.buf + VALUE_HEAD_MAX,
+							  COPY_VALUE_MAX, &v);
 			if (rc == STORAGE_OK)
 				storage_release(v.pin);
 		}
@@ -232,14 +242,15 @@ static void cmd_get(struct pconn *c, const struct token *tok, size_t n, bool wit
 	}
 	for (size_t i = first; i < n; i++) {
 		struct storage_view v;
-		int rc = touch ? storage_gat(tok[i].s, tok[i].n, ttl, &v)
-			       : storage_get(tok[i].s, tok[i].n, &v);
+		int rc = touch ? storage_gat(tok[i].s, tok[i].n, exptime, &v)
+			       : storage_get_copy(tok[i].s, tok[i].n, r.buf + VALUE_HEAD_MAX,
+						  COPY_VALUE_MAX, &v);
 		if (touch)
 			count(&stats.cmd_touch);
 		count(&stats.cmd_get);
 		if (rc == STORAGE_OK) {
 			count(touch ? &stats.touch_hits : &stats.get_hits);
-			send_value(c, tok[i], &v, with_cas);
+			send_value(c, tok[i], &v, with_cas, &r);
 		} else {
 			count(touch ? &stats.touch_misses : &stats.get_misses);
 		}
@@ -272,8 +283,7 @@ static void cmd_update(struct pconn *c, const struct token *tok, size_t n, enum 
 	}
 	count(&stats.cmd_set);
 	struct storage_reservation *res;
-	int rc = storage_reserve(tok[1].s, tok[1].n, flags, ttl_from_exptime(exptime),
-				 (size_t)vlen, &res);
+	int rc = storage_reserve(tok[1].s, tok[1].n, flags, exptime, (size_t)vlen, &res);
 	if (rc != STORAGE_OK) {
 		reply(c, rc == STORAGE_TOO_LARGE ? "SERVER_ERROR object too large for cache\r\n"
 						 : "SERVER_ERROR out of memory storing object\r\n");
@@ -388,7 +398,7 @@ static void cmd_touch(struct pconn *c, const struct token *tok, size_t n)
 		return;
 	}
 	count(&stats.cmd_touch);
-	if (storage_touch(tok[1].s, tok[1].n, ttl_from_exptime(exptime)) == STORAGE_OK) {
+	if (storage_touch(tok[1].s, tok[1].n, exptime) == STORAGE_OK) {
 		count(&stats.touch_hits);
 		reply(c, "TOUCHED\r\n");
 	} else {

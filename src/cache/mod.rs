@@ -40,7 +40,7 @@ mod store;
 mod table;
 
 pub use clock::{expiry_from_exptime, ClockKind};
-pub use store::{Cache, ItemRef, PinTicket, Reservation, TicketedItem};
+pub use store::{Cache, CopiedItem, ItemRef, PinTicket, Reservation, TicketedItem};
 
 // The limits are associated constants of `Cache` (`Cache::KEY_MAX`, ...); these crate-private
 // names keep them out of the generated C header.
