@@ -15,12 +15,18 @@
 #define COPY_MAX 1024          /* mcserver copies values up to this size into its reply */
 #define SET_BIT (1u << 31)     /* in a mix sequence entry: a set, not a get */
 
-static uint64_t now_ns(void)
+static uint64_t clock_ns(clockid_t id)
 {
 	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	clock_gettime(id, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
+
+static uint64_t now_ns(void) { return clock_ns(CLOCK_MONOTONIC); }
+
+/* CPU time of the calling thread: on a shared machine, the cost of the operations without the
+ * time the thread spent waiting for a CPU. */
+static uint64_t cpu_ns(void) { return clock_ns(CLOCK_THREAD_CPUTIME_ID); }
 
 static uint64_t next_rand(uint64_t *s)
 {
@@ -108,7 +114,7 @@ struct worker {
 	uint64_t from, to;        /* fill: key range; get/mix: range of seq */
 	int cpu;                  /* -1: not pinned */
 	pthread_barrier_t *start;
-	uint64_t t0, t1;
+	uint64_t t0, t1, cpu_used;
 	uint64_t hits, misses, bad, failed;
 	uint64_t *samples;
 	size_t samples_cap, samples_len;
@@ -127,6 +133,7 @@ static void *work(void *arg)
 			w->cpu = -1;
 	}
 	pthread_barrier_wait(w->start);
+	uint64_t c0 = cpu_ns();
 	w->t0 = now_ns();
 	if (w->phase == PHASE_FILL) {
 		for (uint64_t i = w->from; i < w->to; i++)
@@ -153,11 +160,13 @@ static void *work(void *arg)
 		}
 	}
 	w->t1 = now_ns();
+	w->cpu_used = cpu_ns() - c0;
 	return NULL;
 }
 
-/* Runs one phase on every worker; returns its wall time, or 0 if a thread failed to start. */
-static uint64_t run_phase(struct worker *w, uint32_t threads, enum phase ph, uint64_t total)
+/* Runs one phase on every worker; returns its wall time and (in *cpu) the threads' CPU time. */
+static uint64_t run_phase(struct worker *w, uint32_t threads, enum phase ph, uint64_t total,
+			  uint64_t *cpu)
 {
 	pthread_t tid[threads];
 	pthread_barrier_t start;
@@ -182,9 +191,11 @@ static uint64_t run_phase(struct worker *w, uint32_t threads, enum phase ph, uin
 		pthread_join(tid[t], NULL);
 	pthread_barrier_destroy(&start);
 	uint64_t first = UINT64_MAX, last = 0;
+	*cpu = 0;
 	for (uint32_t t = 0; t < threads; t++) {
 		first = w[t].t0 < first ? w[t].t0 : first;
 		last = w[t].t1 > last ? w[t].t1 : last;
+		*cpu += w[t].cpu_used;
 	}
 	return last - first;
 }
@@ -271,15 +282,15 @@ int harness_run(const struct harness_params *p, struct harness_result *r, char *
 	}
 	snprintf(r->store_name, sizeof(r->store_name), "%s", storage_name());
 
-	r->fill_ns = run_phase(w, threads, PHASE_FILL, p->keys);
+	r->fill_ns = run_phase(w, threads, PHASE_FILL, p->keys, &r->fill_cpu_ns);
 	r->fill_ops = p->keys;
 	for (uint32_t t = 0; t < threads; t++)
 		w[t].seq = get_seq;
-	r->get_ns = run_phase(w, threads, PHASE_GET, p->ops);
+	r->get_ns = run_phase(w, threads, PHASE_GET, p->ops, &r->get_cpu_ns);
 	r->get_ops = p->ops;
 	for (uint32_t t = 0; t < threads; t++)
 		w[t].seq = mix_seq;
-	r->mix_ns = run_phase(w, threads, PHASE_MIX, p->ops);
+	r->mix_ns = run_phase(w, threads, PHASE_MIX, p->ops, &r->mix_cpu_ns);
 	r->mix_ops = p->ops;
 
 	size_t kept = 0;

@@ -37,6 +37,7 @@ struct harness_params {
 
 struct harness_result {
 	uint64_t fill_ns, get_ns, mix_ns;  /* wall time of each phase (first start to last end) */
+	uint64_t fill_cpu_ns, get_cpu_ns, mix_cpu_ns; /* CPU time of each phase, summed over threads */
 	uint64_t fill_ops, get_ops, mix_ops;
 	uint64_t hits, misses;             /* over the get and mix phases */
 	uint64_t bad_values;               /* a value read back differs from the one written */

@@ -158,7 +158,7 @@ static bool tok_is(struct token t, const char *s)
 	return t.n == n && memcmp(t.s, s, n) == 0;
 }
 
-/* memcached's exptime rules, as a ttl for storage.h (0 never, <0 already expired). */
+/* memcached's exptime rules as seconds from now (0 never, <0 already past): flush_all's delay. */
 static int64_t ttl_from_exptime(int32_t exptime)
 {
 	if (exptime == 0)

@@ -39,6 +39,9 @@ struct Outcome {
     fill_ns_per_op: f64,
     get_ns_per_op: f64,
     mix_ns_per_op: f64,
+    fill_cpu_ns_per_op: f64,
+    get_cpu_ns_per_op: f64,
+    mix_cpu_ns_per_op: f64,
     hits: u64,
     misses: u64,
     bad_values: u64,
@@ -87,6 +90,9 @@ macro_rules! run_with {
                 fill_ns_per_op: per(r.fill_ns, r.fill_ops),
                 get_ns_per_op: per(r.get_ns, r.get_ops),
                 mix_ns_per_op: per(r.mix_ns, r.mix_ops),
+                fill_cpu_ns_per_op: per(r.fill_cpu_ns, r.fill_ops),
+                get_cpu_ns_per_op: per(r.get_cpu_ns, r.get_ops),
+                mix_cpu_ns_per_op: per(r.mix_cpu_ns, r.mix_ops),
                 hits: r.hits,
                 misses: r.misses,
                 bad_values: r.bad_values,
@@ -225,6 +231,9 @@ struct Cell {
     set: f64,
     get: f64,
     mix: f64,
+    set_cpu: f64,
+    get_cpu: f64,
+    mix_cpu: f64,
     bad: u64,
     hits: u64,
     miss: u64,
@@ -237,6 +246,9 @@ fn cell(os: &[Outcome]) -> Cell {
         set: median(os.iter().map(|o| o.fill_ns_per_op).collect()),
         get: median(os.iter().map(|o| o.get_ns_per_op).collect()),
         mix: median(os.iter().map(|o| o.mix_ns_per_op).collect()),
+        set_cpu: median(os.iter().map(|o| o.fill_cpu_ns_per_op).collect()),
+        get_cpu: median(os.iter().map(|o| o.get_cpu_ns_per_op).collect()),
+        mix_cpu: median(os.iter().map(|o| o.mix_cpu_ns_per_op).collect()),
         bad: os.iter().map(|o| o.bad_values + o.failed_writes).sum(),
         hits: os.iter().map(|o| o.hits).sum(),
         miss: os.iter().map(|o| o.misses).sum(),
@@ -298,8 +310,9 @@ fn main() {
         p.rounds
     );
     println!(
-        "{:<8} {:>3} {:>10} {:>10} {:>10} {:>11} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
-        "store", "thr", "set ns/op", "get ns/op", "mix ns/op", "mix Mops/s", "x slab", "x 1 thr", "p50 ns", "p99 ns", "p999 ns", "bad/miss"
+        "{:<8} {:>3} {:>10} {:>10} {:>10} {:>11} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>9}",
+        "store", "thr", "set ns/op", "get ns/op", "mix ns/op", "mix Mops/s", "x slab", "x 1 thr",
+        "set cpu", "get cpu", "mix cpu", "p50 ns", "p99 ns", "p999 ns", "bad/miss"
     );
     let cells: Vec<Vec<Cell>> = outcomes.iter().map(|per| per.iter().map(|os| cell(os)).collect()).collect();
     let mut rows = Vec::new();
@@ -316,7 +329,7 @@ fn main() {
                 println!("{:<8} {:>3} {}", name, threads, problems[i].as_deref().unwrap_or("no figures"));
             } else {
                 println!(
-                    "{:<8} {:>3} {:>10.1} {:>10.1} {:>10.1} {:>11.2} {:>8.2} {:>8.2} {:>8} {:>8} {:>9} {:>9}",
+                    "{:<8} {:>3} {:>10.1} {:>10.1} {:>10.1} {:>11.2} {:>7.2} {:>7.2} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>7} {:>7} {:>9}",
                     name,
                     threads,
                     c.set,
@@ -325,6 +338,9 @@ fn main() {
                     1e3 / c.mix,
                     ratio(c.mix, base.mix),
                     scale,
+                    c.set_cpu,
+                    c.get_cpu,
+                    c.mix_cpu,
                     h.value_at_quantile(0.5),
                     h.value_at_quantile(0.99),
                     h.value_at_quantile(0.999),
@@ -344,6 +360,8 @@ fn main() {
                  \"pinned_threads\": {}, \"set_ns_per_op\": {}, \"get_ns_per_op\": {}, \"mix_ns_per_op\": {}, \
                  \"set_mops\": {}, \"get_mops\": {}, \"mix_mops\": {}, \"mix_ops_per_s\": {}, \
                  \"ratio_to_slab\": {{\"set\": {}, \"get\": {}, \"mix\": {}}}, \"ratio_mix_to_slab\": {}, \
+                 \"cpu_ns_per_op\": {{\"set\": {}, \"get\": {}, \"mix\": {}}}, \
+                 \"cpu_ratio_to_slab\": {{\"set\": {}, \"get\": {}, \"mix\": {}}}, \
                  \"mix_scaling_to_1_thread\": {}, \
                  \"mix_latency_ns\": {{\"p50\": {}, \"p99\": {}, \"p999\": {}, \"max\": {}}}, \
                  \"bad_values_or_failed_writes\": {}, \"hits\": {}, \"misses\": {}}}",
@@ -362,6 +380,12 @@ fn main() {
                 num(ratio(c.get, base.get)),
                 num(ratio(c.mix, base.mix)),
                 num(ratio(c.mix, base.mix)),
+                num(c.set_cpu),
+                num(c.get_cpu),
+                num(c.mix_cpu),
+                num(ratio(c.set_cpu, base.set_cpu)),
+                num(ratio(c.get_cpu, base.get_cpu)),
+                num(ratio(c.mix_cpu, base.mix_cpu)),
                 num(scale),
                 h.value_at_quantile(0.5),
                 h.value_at_quantile(0.99),
@@ -377,8 +401,10 @@ fn main() {
     let json = format!(
         "{{\n  \"stores\": [\n{}\n  ],\n  \"params\": {{\"keys\": {}, \"key_size\": {}, \"value_size\": {}, \"get_percent\": {}, \"ops\": {}, \
          \"mem_mb\": {}, \"rounds\": {}, \"sample_every\": {}, \"threads\": [{}], \"popularity\": \"{}\", \"zipf_s\": {}, \"read\": \"{}\"}},\n  \
-         \"note\": \"ratio_to_slab: the slab store's ns/op over this store's at the same thread count (above 1: faster than slab); \
-         mix_scaling_to_1_thread: this store's mix throughput over its own 1-thread figure\"\n}}\n",
+         \"note\": \"ns_per_op: wall time per operation (over all threads); cpu_ns_per_op: CPU time of the benchmark threads per operation \
+         (leaves out time spent waiting for a CPU on a shared machine); ratio_to_slab / cpu_ratio_to_slab: the slab store's figure over \
+         this store's at the same thread count (above 1: faster than slab); mix_scaling_to_1_thread: this store's mix throughput over \
+         its own 1-thread figure\"\n}}\n",
         rows.join(",\n"),
         p.keys,
         p.key_size,
