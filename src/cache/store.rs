@@ -122,7 +122,10 @@ impl TicketTable {
             (u64::from(generation) << 32) | TICKET_LIVE | (u64::from(segment) & TICKET_SEGMENT),
             Ordering::Release,
         );
-        self.issued.fetch_max(slot + 1, Ordering::AcqRel);
+        // Only the issuer raises the mark, so a plain load tells whether it must move.
+        if slot >= self.issued.load(Ordering::Relaxed) {
+            self.issued.store(slot + 1, Ordering::Release);
+        }
         Some((slot, generation))
     }
 
