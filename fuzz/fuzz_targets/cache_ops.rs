@@ -74,6 +74,8 @@ struct Run<'a> {
     pending: Vec<Pending>,
     seen_cas: HashSet<u64>,
     step: usize,
+    /// `P99_FUZZ_TRACE=1`: print every operation and result (for reading a crash).
+    trace: bool,
 }
 
 fn empty_item() -> p99_cache_item {
@@ -108,9 +110,14 @@ fn model_number(v: &[u8]) -> Option<u64> {
     std::str::from_utf8(&v[..digits]).ok()?.parse::<u64>().ok()
 }
 
-/// Bytes `len` long, a pattern that changes with `seed` so values differ between writes.
+/// Bytes `len` long (at most a segment), a pattern that changes with `seed` so values differ
+/// between writes. Sliced from one buffer made once: byte-by-byte generation under the
+/// fuzzer's comparison tracing cost more than the store calls.
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| b'a' + ((i * 7 + seed as usize) % 26) as u8).collect()
+    static BUF: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let buf = BUF.get_or_init(|| (0..8192 + 256).map(|i| b'a' + ((i * 7 + i / 26) % 26) as u8).collect());
+    let start = seed as usize;
+    buf[start..start + len.min(8192)].to_vec()
 }
 
 impl<'a> Run<'a> {
@@ -246,6 +253,10 @@ impl<'a> Run<'a> {
     ) {
         self.settle();
         let present = self.model.get(key).cloned();
+        if self.trace {
+            eprintln!("step {} now {}: write mode {mode} key {:.6?} len {} expiry {expiry} -> {got:?}; model had {:?}",
+                self.step, self.now, String::from_utf8_lossy(key), value.len(), present.as_ref().map(|m| (m.value.len(), m.expiry)));
+        }
         let want: Result<MItem, S> = if key.is_empty() || key.len() > 250 {
             Err(S::InvalidArgument)
         } else if self.too_large(key.len(), value.len()) {
@@ -446,6 +457,10 @@ impl<'a> Run<'a> {
             return;
         }
         let present = self.model.get(&key).cloned();
+        if self.trace {
+            eprintln!("step {} now {}: {} key {:.6?} expiry {expiry} -> {st:?}; model had {:?}", self.step, self.now,
+                if touch { "gat" } else { "get" }, String::from_utf8_lossy(&key), present.as_ref().map(|m| (m.value.len(), m.expiry)));
+        }
         match (st, present) {
             (S::Ok, Some(m)) => {
                 // SAFETY: a pinned item's key/value are valid for their lengths until release.
@@ -575,6 +590,9 @@ impl<'a> Run<'a> {
             return;
         }
         let present = self.model.get(&key).cloned();
+        if self.trace {
+            eprintln!("step {} now {}: incr={incr} {:.6?} by {by} -> {st:?} {v}", self.step, self.now, String::from_utf8_lossy(&key));
+        }
         let want = match &present {
             None => Err(S::NotFound),
             Some(m) => match model_number(&m.value) {
@@ -616,6 +634,9 @@ impl<'a> Run<'a> {
             assert_eq!(st, S::InvalidArgument);
             return;
         }
+        if self.trace {
+            eprintln!("step {} now {}: delete {:.6?} -> {st:?}", self.step, self.now, String::from_utf8_lossy(&key));
+        }
         match (st, self.model.contains_key(&key)) {
             (S::Ok, true) => {
                 self.model.remove(&key);
@@ -636,6 +657,9 @@ impl<'a> Run<'a> {
             assert_eq!(st, S::InvalidArgument);
             return;
         }
+        if self.trace {
+            eprintln!("step {} now {}: touch {:.6?} expiry {expiry} -> {st:?}", self.step, self.now, String::from_utf8_lossy(&key));
+        }
         match (st, self.model.get(&key).cloned()) {
             (S::Ok, Some(_)) => self.model.get_mut(&key).unwrap().expiry = expiry,
             (S::NotFound, None) => {}
@@ -652,9 +676,14 @@ impl<'a> Run<'a> {
 
     fn op_flush(&mut self) {
         let delay = if self.b.chance(50) { 0 } else { 1 + self.b.below(5) as u32 };
+        // A pending flush already due has happened: apply it before this one replaces it.
+        self.settle();
         // SAFETY: live cache.
         assert_eq!(unsafe { p99_cache_flush_all(self.cache, delay) }, S::Ok);
         self.flush_at = Some(self.now + delay);
+        if self.trace {
+            eprintln!("step {} now {}: flush_all delay {delay}", self.step, self.now);
+        }
         self.settle();
     }
 
@@ -757,6 +786,7 @@ fuzz_target!(|data: &[u8]| {
         pending: Vec::new(),
         seen_cas: HashSet::new(),
         step: 0,
+        trace: std::env::var_os("P99_FUZZ_TRACE").is_some(),
     };
     while !run.b.is_empty() && run.step < 4000 {
         run.step += 1;
