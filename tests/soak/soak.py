@@ -314,6 +314,7 @@ class Faults:
             if line != b"STORED\r\n":
                 if line.startswith(b"SERVER_ERROR out of memory"):
                     self.count("churn_out_of_memory")
+                    self.stopping.wait(0.1)
                     continue
                 self.problem("churn set %s: %r" % (key, line[:80]))
                 return
