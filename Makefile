@@ -260,10 +260,13 @@ soak: all
 # partial-write path without filling the budget; make soak's (64 x 900 KB) fills it, which
 # fails today on two known defects (the p99 store's partial writes outside -m; the slab
 # store refusing every set while reservations hold the budget). An RSS excess no larger than
-# the partial-set bytes held is reported here as the first defect, not failed.
+# the partial-set bytes held is reported here as the first defect, not failed. The client's
+# p99 is reported, not asserted, here (make soak asserts 100 ms): make test shares the machine
+# with builds, and at a load average of 8-10 on 2 cores healthy servers showed p99s from 4 ms
+# to 700 ms. That every request was answered (p99-bench: none unanswered) is still checked.
 test-soak:
 	$(PYTHON) tests/soak/soak.py --bin-dir $(BIN) --out $(BUILD)/soak-test --secs 40 \
-	    --half-sent-conns 24 --known-partial-set-defect $(SOAK_SERVERS)
+	    --half-sent-conns 24 --known-partial-set-defect --p99-bound-ms 0 $(SOAK_SERVERS)
 
 clean:
 	rm -rf $(BUILD)

@@ -721,6 +721,13 @@ impl<'a> Run<'a> {
             assert_eq!(unsafe { p99_cache_cancel(&mut *p.res) }, S::Ok);
         }
         self.check_stats();
+        if self.trace {
+            let s = self.stats();
+            eprintln!(
+                "end: {} steps, evicted segments {} items {} merged {} expired items {} segments {} flushes {}",
+                self.step, s.evictions, s.evicted_items, s.merged_items, s.expirations, s.expired_segments, s.flushes
+            );
+        }
         // Final sweep: every key reads back as the model says.
         self.settle();
         for key in self.keys.clone() {

@@ -435,7 +435,7 @@ def run_server(name, args, log):
             failures.append("p99-bench: %d requests unanswered" % bench_res["unanswered"])
         if bench_res["completed"] == 0:
             failures.append("p99-bench completed nothing")
-        if p99 > args.p99_bound_ms:
+        if args.p99_bound_ms > 0 and p99 > args.p99_bound_ms:
             failures.append("well-behaved client p99 %.1f ms > %.0f ms" % (p99, args.p99_bound_ms))
     failures += faults.problems
     if peak["over"]:
@@ -464,7 +464,8 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--secs", type=int, default=300)
     ap.add_argument("--rate", type=int, default=2000, help="p99-bench open-loop rate (req/s)")
-    ap.add_argument("--p99-bound-ms", type=float, default=100.0)
+    ap.add_argument("--p99-bound-ms", type=float, default=100.0,
+                    help="fail if the well-behaved client's p99 is above this; 0: report it only")
     ap.add_argument("--known-partial-set-defect", action="store_true")
     ap.add_argument("--half-sent-conns", type=int, default=64,
                     help="connections each holding 900 KB of a 1 MB set (mcserver), per wave")
