@@ -285,13 +285,10 @@ impl<'a> Run<'a> {
                 m.cas = cas;
                 self.model.insert(key.to_vec(), m);
             }
-            (Err(S::OutOfMemory), Ok(_)) => {
-                self.oom_allowed("write");
-                // Eviction may have run before the store gave up.
-                if self.model.contains_key(key) && self.evicted() > self.model[key].evicted_before {
-                    self.model.remove(key);
-                }
-            }
+            // Nothing written; eviction may have run before the store gave up, and whether it
+            // took this key is not known here: the model keeps the old item, and a later miss
+            // is accepted by the eviction rule (lost()), a later hit must show the old item.
+            (Err(S::OutOfMemory), Ok(_)) => self.oom_allowed("write"),
             // A miss where the model has the item: the store must have evicted it.
             (Err(S::NotStored | S::NotFound), Ok(_)) | (Err(S::NotFound), Err(S::Exists)) if present.is_some() => {
                 self.lost(key, "write");
@@ -442,7 +439,6 @@ impl<'a> Run<'a> {
         let expiry = if touch { self.expiry() } else { 0 };
         let keep = self.pins.len() < MAX_PINS && self.b.chance(60);
         self.settle();
-        let before = self.evicted();
         let mut it = empty_item();
         // SAFETY: live cache; key valid for its length; `it` writable.
         let st = unsafe {
@@ -489,12 +485,8 @@ impl<'a> Run<'a> {
                 self.lost(&key, if touch { "gat" } else { "get" });
             }
             (S::NotFound, None) => assert_eq!(it.pin_magic, 0),
-            (S::OutOfMemory, Some(m)) if touch => {
-                self.oom_allowed("gat");
-                if self.evicted() > m.evicted_before.max(before) {
-                    self.model.remove(&key);
-                }
-            }
+            // As for writes: the old item stays in the model (its expiry unchanged).
+            (S::OutOfMemory, Some(_)) if touch => self.oom_allowed("gat"),
             (st, p) => panic!("step {}: read: status {st:?}, model {p:?}", self.step),
         }
     }
@@ -614,12 +606,7 @@ impl<'a> Run<'a> {
                 m.evicted_before = before;
             }
             (S::NotFound, _) if present.is_some() => self.lost(&key, "incr/decr"),
-            (S::OutOfMemory, Ok(_)) => {
-                self.oom_allowed("incr/decr");
-                if self.evicted() > present.unwrap().evicted_before {
-                    self.model.remove(&key);
-                }
-            }
+            (S::OutOfMemory, Ok(_)) => self.oom_allowed("incr/decr"),
             (g, Err(w)) if g == w => {}
             (g, w) => panic!("step {}: incr/decr: store {g:?}, model {w:?}", self.step),
         }
@@ -664,12 +651,7 @@ impl<'a> Run<'a> {
             (S::Ok, Some(_)) => self.model.get_mut(&key).unwrap().expiry = expiry,
             (S::NotFound, None) => {}
             (S::NotFound, Some(_)) => self.lost(&key, "touch"),
-            (S::OutOfMemory, Some(m)) => {
-                self.oom_allowed("touch");
-                if self.evicted() > m.evicted_before {
-                    self.model.remove(&key);
-                }
-            }
+            (S::OutOfMemory, Some(_)) => self.oom_allowed("touch"),
             (g, p) => panic!("step {}: touch: store {g:?}, model {p:?}", self.step),
         }
     }
@@ -744,7 +726,7 @@ impl<'a> Run<'a> {
                 }
                 (S::NotFound, None) => {}
                 (S::NotFound, Some(_)) => self.lost(&key, "final get"),
-                (st, m) => panic!("final read: store {st:?}, model {m:?}"),
+                (st, m) => panic!("final read of {:?}: store {st:?}, model {m:?}", String::from_utf8_lossy(&key)),
             }
         }
         // SAFETY: live cache, no pin held, not used after.
