@@ -290,7 +290,13 @@ impl<'a> Run<'a> {
             // is accepted by the eviction rule (lost()), a later hit must show the old item.
             (Err(S::OutOfMemory), Ok(_)) => self.oom_allowed("write"),
             // A miss where the model has the item: the store must have evicted it.
-            (Err(S::NotStored | S::NotFound), Ok(_)) | (Err(S::NotFound), Err(S::Exists)) if present.is_some() => {
+            // (An append/prepend the model finds too large: the store, without the item, answers
+            // NOT_STORED before it could compare sizes.)
+            (Err(S::NotStored | S::NotFound), Ok(_))
+            | (Err(S::NotFound), Err(S::Exists))
+            | (Err(S::NotStored), Err(S::TooLarge))
+                if present.is_some() =>
+            {
                 self.lost(key, "write");
             }
             (Ok(cas), Err(S::NotStored)) if mode == P99_CACHE_MODE_ADD && present.is_some() => {
