@@ -299,6 +299,11 @@ impl<'a> Run<'a> {
             {
                 self.lost(key, "write");
             }
+            // An add the model refuses gets as far as allocating only if the store lost the item.
+            (Err(S::OutOfMemory), Err(S::NotStored)) if mode == P99_CACHE_MODE_ADD && present.is_some() => {
+                self.oom_allowed("add");
+                self.lost(key, "add");
+            }
             (Ok(cas), Err(S::NotStored)) if mode == P99_CACHE_MODE_ADD && present.is_some() => {
                 self.lost(key, "add");
                 self.new_cas(cas);
