@@ -124,7 +124,7 @@ header:
 TESTS := test-rust check-header check-abi test-c test-valgrind test-consumer
 TESTS += test-cache
 TESTS += test-mcserver
-TESTS += test-engine test-mcserver-uring test-fuzz-mcparse
+TESTS += test-engine test-mcserver-uring
 TESTS += test-xdp
 TESTS += test-bench
 TESTS += test-fuzz test-soak
@@ -190,21 +190,6 @@ test-mcserver-uring:
 	   DIFF_SEED=1 DIFF_COMMANDS=4000 $(PYTHON) test_diff.py && \
 	   $(PYTHON) test_memccapable.py) || exit 1; \
 	done
-# mcserver's protocol parser alone under libFuzzer (clang, ASan+UBSan) for FUZZ_SECS seconds,
-# from the committed seeds (new inputs go to build/fuzz, not the tree); any crash or broken
-# invariant fails it. make test runs it for a few seconds.
-FUZZ_SECS ?= 60
-.PHONY: fuzz-mcparse test-fuzz-mcparse
-fuzz-mcparse:
-	install -d $(BUILD)/fuzz/mcparse-corpus
-	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-	    -Ic-examples/mcserver c-examples/mcserver/fuzz/fuzz_parse.c c-examples/mcserver/parse.c \
-	    -o $(BUILD)/fuzz/mcparse
-	$(BUILD)/fuzz/mcparse -max_total_time=$(FUZZ_SECS) -max_len=4096 -print_final_stats=1 \
-	    -dict=c-examples/mcserver/fuzz/mcparse.dict -artifact_prefix=$(BUILD)/fuzz/ \
-	    $(BUILD)/fuzz/mcparse-corpus c-examples/mcserver/fuzz/corpus
-test-fuzz-mcparse:
-	@$(MAKE) --no-print-directory fuzz-mcparse FUZZ_SECS=5
 # AF_XDP: the Rust veth suite runs in test-rust; this adds the C responders end to end.
 .PHONY: test-xdp bench-xdp
 test-xdp:
@@ -257,7 +242,7 @@ test-bench: storebench
 #   make fuzz FUZZ_SECS=3600 FUZZ_TARGETS=cache_ops
 # Targets: cache_ops (p99_cache C ABI against a model), umem_frames (UMEM frame state table,
 # root), xdp_packet (Ethernet/IPv4/UDP parser and ping reply), ping_lines (ping line splitting);
-# C harnesses in fuzz/c/ (the mcserver protocol parser, once split out) run the same way.
+# mcparse (mcserver's protocol parser, fuzz/c/mcparse.c: C, clang libFuzzer, ASan+UBSan).
 FUZZ_SECS ?= 60
 FUZZ_TARGETS ?=
 .PHONY: fuzz test-fuzz

@@ -9,9 +9,8 @@
 # the seeds alone in a scratch directory (what `make test` does). A crash leaves its input in
 # fuzz/artifacts/TARGET/; replay it with `cargo +nightly fuzz run TARGET FILE`.
 #
-# C targets (libFuzzer through clang, ASan+UBSan): the memcache parser of mcserver, once it is
-# split from execution into c-examples/mcserver/, gets its harness as fuzz/c/mcserver_parse.c;
-# this script builds and runs every fuzz/c/*.c harness the same way (see run_c_target).
+# C targets (libFuzzer through clang, ASan+UBSan): every fuzz/c/*.c harness, today mcparse
+# (mcserver's memcache parser, c-examples/mcserver/parse.c), built and run by run_c_target.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -66,7 +65,7 @@ run_rust_target() {
 }
 
 # A C harness fuzz/c/NAME.c defines LLVMFuzzerTestOneInput and lists the C files it needs
-# on a line "// sources: c-examples/mcserver/proto_parse.c ..." (paths from the top level).
+# on a line "// sources: c-examples/mcserver/parse.c ..." (paths from the top level).
 run_c_target() {
     local t=$1 bin="$scratch/$t" corpus srcs
     srcs=$(sed -n 's|^// sources: *||p' "c/$t.c" | head -n1)
@@ -76,7 +75,7 @@ run_c_target() {
     mkdir -p "$corpus" "seeds/$t" "artifacts/$t"
     local log="$scratch/$t.log"
     set +e
-    "$bin" "$corpus" "seeds/$t" -max_total_time="$secs" -print_final_stats=1 \
+    "$bin" "$corpus" "seeds/$t" -max_total_time="$secs" -print_final_stats=1 -max_len=4096 \
         -artifact_prefix="artifacts/$t/" $(dict_flag "$t") >"$log" 2>&1
     local rc=$?
     set -e
