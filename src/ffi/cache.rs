@@ -11,7 +11,7 @@
 
 use std::ffi::c_void;
 
-use super::boundary::{guard, guard_or, mut_from, out_ptr, ref_from, slice_from, struct_size_of};
+use super::boundary::{bytes_from as slice_from, guard_status as guard, guard_or, mut_from, out_ptr, ref_from, struct_size_of};
 use super::status::p99_status;
 use crate::cache::{
     Cache, ClockKind, Config, Error, Eviction, Mode, PinTicket, Reservation, Stats, TicketedItem,

@@ -22,7 +22,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::boundary::{guard, guard_or, out_ptr, ref_from, slice_from, struct_size_of};
+use super::boundary::{bytes_from as slice_from, guard_status as guard, guard_or, out_ptr, ref_from, struct_size_of};
 use super::status::p99_status;
 use crate::engine::{self, Backend, ConnId, Engine, Error, Handler, TimerId, Worker};
 
