@@ -310,11 +310,12 @@ typedef struct p99_xdp_socket p99_xdp_socket;
 typedef struct p99_xdp_umem p99_xdp_umem;
 
 /**
- * Cache configuration. Fill with `p99_cache_config_defaults`, then change fields.
+ * Cache configuration. Set `struct_size = sizeof(p99_cache_config)`, fill with
+ * `p99_cache_config_defaults`, then change fields.
  */
 typedef struct p99_cache_config {
   /**
-   * `sizeof(p99_cache_config)`, set by `p99_cache_config_defaults`.
+   * `sizeof(p99_cache_config)`, set by the caller.
    */
   uint32_t struct_size;
   /**
@@ -554,11 +555,12 @@ typedef struct p99_cache_stats {
 } p99_cache_stats;
 
 /**
- * Engine configuration. Fill with `p99_engine_config_defaults`, then change fields.
+ * Engine configuration. Set `struct_size = sizeof(p99_engine_config)`, fill with
+ * `p99_engine_config_defaults`, then change fields.
  */
 typedef struct p99_engine_config {
   /**
-   * `sizeof(p99_engine_config)`, set by `p99_engine_config_defaults`.
+   * `sizeof(p99_engine_config)`, set by the caller.
    */
   uint32_t struct_size;
   /**
@@ -628,8 +630,8 @@ typedef struct p99_worker {
 typedef uint64_t p99_conn;
 
 /**
- * Callbacks and the user pointer passed to each. Zero-fill (or use
- * `p99_engine_callbacks_defaults`), set `struct_size`, then set what you need; only
+ * Callbacks and the user pointer passed to each. Zero-fill with `struct_size` set (or set
+ * `struct_size` and call `p99_engine_callbacks_defaults`), then set what you need; only
  * `on_data` is required. All run on the worker thread that owns the connection.
  */
 typedef struct p99_engine_callbacks {
@@ -921,17 +923,19 @@ int p99_last_errno(void);
 const char *p99_last_error_message(void);
 
 /**
- * Fills `*config` with the defaults (including `struct_size`). Returns NULL_PARAMETER if
- * `config` is NULL. Thread-safe; `config` is borrowed until return.
+ * Fills `*config` with the defaults. The caller sets `config->struct_size =
+ * sizeof(p99_cache_config)` first; at most that many bytes are written and it is left as
+ * set. NULL_PARAMETER if `config` is NULL, INVALID_ARGUMENT if `struct_size` is smaller than
+ * the first published struct. Thread-safe; `config` is borrowed until return.
  */
 p99_status p99_cache_config_defaults(struct p99_cache_config *config);
 
 /**
  * Creates a cache from `*config` (borrowed until return) and stores it in `*out`; free it
- * with `p99_cache_free`. INVALID_ARGUMENT for a `struct_size` smaller than this version's
- * struct or an inconsistent configuration (segment size out of range, heap smaller than a
- * segment, item_max above segment_bytes or below a maximal key, bad eviction or shard
- * count). Thread-safe.
+ * with `p99_cache_free`. INVALID_ARGUMENT for a bad `struct_size` or an inconsistent
+ * configuration (segment size out of range, heap smaller than a segment, item_max above
+ * segment_bytes or below a maximal key, bad eviction or shard count); then
+ * `p99_last_error_message()` names the field and the rule. Thread-safe.
  */
 p99_status p99_cache_new(const struct p99_cache_config *config, struct p99_cache **out);
 
@@ -1116,20 +1120,26 @@ p99_status p99_cache_expiry_from_exptime(const struct p99_cache *cache,
 
 /**
  * Fills `*stats` (caller sets `stats->struct_size` first; INVALID_ARGUMENT if smaller than
- * the first published version of the struct). Only `struct_size` bytes are written, and
- * `struct_size` is left as the caller set it. Thread-safe (locks each shard briefly).
+ * the first published version of the struct). At most `struct_size` bytes are written
+ * (fields this library does not know are zeroed), and `struct_size` is left as the caller
+ * set it. Thread-safe (locks each shard briefly).
  */
 p99_status p99_cache_get_stats(const struct p99_cache *cache, struct p99_cache_stats *stats);
 
 /**
- * Fills `*config` with the defaults (see each field) and sets `struct_size`.
- * Returns `P99_STATUS_NULL_PARAMETER` if `config` is NULL. Thread-safe.
+ * Fills `*config` with the defaults (see each field). The caller sets `config->struct_size
+ * = sizeof(p99_engine_config)` first; at most that many bytes are written and it is left as
+ * set. `P99_STATUS_NULL_PARAMETER` if `config` is NULL, `P99_STATUS_INVALID_ARGUMENT` if
+ * `struct_size` is smaller than the first published struct. Thread-safe.
  */
 p99_status p99_engine_config_defaults(struct p99_engine_config *config);
 
 /**
- * Zero-fills `*callbacks` (no user pointer, no callbacks) and sets `struct_size`.
- * Returns `P99_STATUS_NULL_PARAMETER` if `callbacks` is NULL. Thread-safe.
+ * Clears `*callbacks` (no user pointer, no callbacks). The caller sets
+ * `callbacks->struct_size = sizeof(p99_engine_callbacks)` first; at most that many bytes are
+ * written and it is left as set. `P99_STATUS_NULL_PARAMETER` if `callbacks` is NULL,
+ * `P99_STATUS_INVALID_ARGUMENT` if `struct_size` is smaller than the first published struct.
+ * Thread-safe.
  */
 p99_status p99_engine_callbacks_defaults(struct p99_engine_callbacks *callbacks);
 
@@ -1199,8 +1209,8 @@ p99_status p99_engine_stop(const struct p99_engine *engine, uint32_t drain_ms);
 
 /**
  * Writes worker `worker_index`'s counters to `*out`; the caller sets `out->struct_size`
- * first. Only `struct_size` bytes are written (at most this library's struct size), and
- * `struct_size` is left as the caller set it. Errors: NULL pointers,
+ * first. At most `struct_size` bytes are written (fields this library does not know are
+ * zeroed), and `struct_size` is left as the caller set it. Errors: NULL pointers,
  * `P99_STATUS_INVALID_ARGUMENT` (no such worker, or struct_size smaller than the first
  * published version of the struct). Works before and after stop. Thread-safe.
  */

@@ -164,7 +164,7 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 	srv->opts = *opts;
 	srv->workers = opts->threads ? opts->threads : 1;
 
-	p99_engine_config cfg;
+	p99_engine_config cfg = {.struct_size = sizeof cfg};
 	p99_engine_config_defaults(&cfg);
 	cfg.addr = literal;
 	cfg.port = opts->port;
@@ -173,7 +173,7 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 	cfg.max_conns_per_worker = opts->max_conns + 1024;
 	cfg.out_high_water = opts->out_high_water ? opts->out_high_water : cfg.out_high_water;
 
-	p99_engine_callbacks ecb;
+	p99_engine_callbacks ecb = {.struct_size = sizeof ecb};
 	p99_engine_callbacks_defaults(&ecb);
 	ecb.user = srv;
 	ecb.on_accept = on_accept;

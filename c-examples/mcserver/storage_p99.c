@@ -30,7 +30,7 @@ const char *storage_name(void) { return "p99"; }
 
 int storage_setup(const struct storage_options *opts, char *err, size_t errlen)
 {
-	p99_cache_config cfg;
+	p99_cache_config cfg = {.struct_size = sizeof cfg};
 	p99_cache_config_defaults(&cfg);
 	cfg.heap_bytes = opts->mem_limit;
 	cfg.item_max = (uint32_t)opts->item_max;

@@ -70,14 +70,14 @@ int main(int argc, char **argv)
 	sigaddset(&set, SIGTERM);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 
-	p99_engine_config cfg;
+	p99_engine_config cfg = {.struct_size = sizeof cfg};
 	p99_engine_config_defaults(&cfg);
 	cfg.addr = a.addr;
 	cfg.port = (uint16_t)a.port;
 	cfg.workers = (uint32_t)nthreads;
 	cfg.max_conns_per_worker = (uint32_t)((a.maxconn + nthreads - 1) / nthreads);
 
-	p99_engine_callbacks cb;
+	p99_engine_callbacks cb = {.struct_size = sizeof cb};
 	p99_engine_callbacks_defaults(&cb);
 	cb.on_accept = on_accept;
 	cb.on_data = on_data;

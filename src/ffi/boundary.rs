@@ -23,13 +23,19 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::status::p99_status;
 
+/// `LAST_FAILURE` before any call on the thread has failed.
+const NO_FAILURE: u64 = u32::MAX as u64;
+/// Set in `LAST_FAILURE` when `LAST_DETAIL` belongs to that failure.
+const HAS_DETAIL: u64 = 1 << 32;
+
 thread_local! {
     static LAST_ERRNO: Cell<c_int> = const { Cell::new(0) };
-    /// The status of the most recent failing call on this thread (`u32::MAX`: none yet).
-    static LAST_STATUS: Cell<u32> = const { Cell::new(u32::MAX) };
-    /// Whether `LAST_DETAIL` belongs to that most recent failure.
-    static HAS_DETAIL: Cell<bool> = const { Cell::new(false) };
-    static LAST_DETAIL: RefCell<CString> = RefCell::new(CString::default());
+    /// The most recent failure on this thread: its status, plus `HAS_DETAIL`. A plain
+    /// failure (a NOT_FOUND on a cache miss) costs this one store: no allocation, and no
+    /// access to the detail's thread-local (which needs a destructor, so a costlier lookup).
+    static LAST_FAILURE: Cell<u64> = const { Cell::new(NO_FAILURE) };
+    /// The text of the most recent failure that had one.
+    static LAST_DETAIL: RefCell<Option<CString>> = const { RefCell::new(None) };
 }
 
 /// Records the errno behind the `P99_STATUS_IO_ERROR` (or other OS-derived status) about to be
@@ -38,17 +44,21 @@ pub fn set_last_errno(errno: c_int) {
     LAST_ERRNO.with(|e| e.set(errno));
 }
 
-/// Why a call failed: its status, and for failures that have more to say, a text.
+/// Why a call failed: its status, and for failures that have more to say, a text. Two words,
+/// so that the `Result` every entry point's body returns stays small on the hot paths (a
+/// cache miss is a failure too); the text is boxed once more, off those paths.
 #[derive(Debug)]
 pub struct Failure {
     status: p99_status,
-    detail: Option<Cow<'static, str>>,
+    detail: Option<Box<Cow<'static, str>>>,
 }
+
+const _: () = assert!(std::mem::size_of::<Result<(), Failure>>() <= 16);
 
 impl Failure {
     /// A failure with a text for `p99_last_error_message()`.
     pub fn new(status: p99_status, detail: impl Into<Cow<'static, str>>) -> Failure {
-        Failure { status, detail: Some(detail.into()) }
+        Failure { status, detail: Some(Box::new(detail.into())) }
     }
 
     /// `P99_STATUS_INVALID_ARGUMENT` saying which argument and why.
@@ -63,13 +73,12 @@ impl Failure {
 
     /// Leaves this failure for `p99_last_error_message()` and returns its status.
     fn record(self) -> p99_status {
-        LAST_STATUS.with(|s| s.set(self.status as u32));
         match self.detail {
-            None => HAS_DETAIL.with(|h| h.set(false)),
+            None => LAST_FAILURE.with(|l| l.set(self.status as u64)),
             Some(text) => {
                 let c = CString::new(text.replace('\0', " ")).unwrap_or_default();
-                LAST_DETAIL.with(|d| *d.borrow_mut() = c);
-                HAS_DETAIL.with(|h| h.set(true));
+                LAST_DETAIL.with(|d| *d.borrow_mut() = Some(c));
+                LAST_FAILURE.with(|l| l.set(self.status as u64 | HAS_DETAIL));
             }
         }
         self.status
@@ -142,6 +151,7 @@ pub trait Handle: Sized {
     /// # Safety
     /// `ptr` is NULL or came from [`Handle::into_c`] and has not been freed, and its `_free`
     /// does not run during the borrow.
+    #[inline]
     unsafe fn borrow<'a>(ptr: *const Self) -> Option<&'a Self> {
         // SAFETY: non-NULL pointers are live boxes from into_c (the function's contract).
         unsafe { ptr.as_ref() }
@@ -158,14 +168,16 @@ pub trait Handle: Sized {
     }
 }
 
+#[cold]
 fn null(name: &'static str) -> Failure {
     Failure::new(p99_status::NullParameter, format!("`{name}` is NULL"))
 }
 
 /// Turns a pointer argument of the enclosing exported function into a Rust value, checking it
-/// for NULL. The argument must be a parameter of that function (hence `ident`, not an
-/// expression): its C contract, written in the function's documentation, is the safety
-/// argument, stated once per form below.
+/// for NULL. The pointer must be a parameter of that function, or a pointer field of a struct
+/// parameter that the function's documentation says is borrowed until return (hence a local
+/// name, `ident`, never an expression): that documented C contract is the safety argument,
+/// stated once per form below.
 ///
 /// | form | argument | result |
 /// |---|---|---|
@@ -234,8 +246,14 @@ macro_rules! c_arg {
 pub(crate) use c_arg;
 
 /// `P99_STATUS_NULL_PARAMETER` naming the argument.
+#[cold]
 pub fn null_arg(name: &'static str) -> Failure {
     null(name)
+}
+
+#[cold]
+fn too_long(name: &'static str, len: usize) -> Failure {
+    Failure::invalid(format!("`{name}`: {len} elements is more than memory holds"))
 }
 
 /// Borrows `len` elements at `ptr`. NULL is accepted only when `len` is 0.
@@ -243,6 +261,7 @@ pub fn null_arg(name: &'static str) -> Failure {
 /// # Safety
 /// If `len > 0`, `ptr` points to `len` readable, initialised `T`s that stay unchanged during
 /// the call.
+#[inline]
 pub unsafe fn slice_from<'a, T>(ptr: *const T, len: usize, name: &'static str) -> Result<&'a [T], Failure> {
     if len == 0 {
         return Ok(&[]);
@@ -251,7 +270,7 @@ pub unsafe fn slice_from<'a, T>(ptr: *const T, len: usize, name: &'static str) -
         return Err(null(name));
     }
     if len.checked_mul(std::mem::size_of::<T>()).map_or(true, |b| b > isize::MAX as usize) {
-        return Err(Failure::invalid(format!("`{name}`: {len} elements is more than memory holds")));
+        return Err(too_long(name, len));
     }
     // SAFETY: non-NULL, size checked, readable by the caller's contract.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
@@ -261,6 +280,7 @@ pub unsafe fn slice_from<'a, T>(ptr: *const T, len: usize, name: &'static str) -
 ///
 /// # Safety
 /// If `len > 0`, `ptr` points to `len` writable, initialised `T`s not aliased during the call.
+#[inline]
 pub unsafe fn slice_mut_from<'a, T>(ptr: *mut T, len: usize, name: &'static str) -> Result<&'a mut [T], Failure> {
     if len == 0 {
         return Ok(&mut []);
@@ -269,7 +289,7 @@ pub unsafe fn slice_mut_from<'a, T>(ptr: *mut T, len: usize, name: &'static str)
         return Err(null(name));
     }
     if len.checked_mul(std::mem::size_of::<T>()).map_or(true, |b| b > isize::MAX as usize) {
-        return Err(Failure::invalid(format!("`{name}`: {len} elements is more than memory holds")));
+        return Err(too_long(name, len));
     }
     // SAFETY: non-NULL, size checked, writable and unaliased by the caller's contract.
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
@@ -279,6 +299,7 @@ pub unsafe fn slice_mut_from<'a, T>(ptr: *mut T, len: usize, name: &'static str)
 ///
 /// # Safety
 /// `ptr` is NULL or points to a NUL-terminated string that stays unchanged during the call.
+#[inline]
 pub unsafe fn cstr_from<'a>(ptr: *const c_char, name: &'static str) -> Result<&'a CStr, Failure> {
     if ptr.is_null() {
         return Err(null(name));
@@ -295,81 +316,17 @@ impl<T> Out<T> {
     ///
     /// # Safety
     /// `ptr` is NULL or valid for writing one `T` until the call returns.
+    #[inline]
     pub unsafe fn new(ptr: *mut T) -> Option<Out<T>> {
         (!ptr.is_null()).then_some(Out(ptr))
     }
 
     /// Writes the result. Call this last, once nothing else can fail.
+    #[inline]
     pub fn write(self, value: T) {
         // SAFETY: non-NULL (checked in `new`) and writable by the contract `new` required.
         unsafe { self.0.write(value) }
     }
-}
-
-// ------------------------------------------------------------------------------------------
-// Older helpers, still used by the cache and engine modules.
-
-/// [`guard`] for bodies that fail with a bare status.
-pub fn guard_status<F>(body: F) -> p99_status
-where
-    F: FnOnce() -> Result<(), p99_status>,
-{
-    guard(|| body().map_err(Failure::from))
-}
-
-/// Borrows `*ptr` for the duration of the call.
-///
-/// # Safety
-/// If non-NULL, `ptr` must point to a live, properly aligned `T` that no one mutates during the
-/// call (the C caller's side of the documented contract).
-pub unsafe fn ref_from<'a, T>(ptr: *const T) -> Result<&'a T, p99_status> {
-    // SAFETY: non-NULL pointers are valid by the caller's contract.
-    unsafe { ptr.as_ref() }.ok_or(p99_status::NullParameter)
-}
-
-/// Borrows `*ptr` mutably for the duration of the call.
-///
-/// # Safety
-/// If non-NULL, `ptr` must point to a live, aligned `T` not aliased during the call.
-pub unsafe fn mut_from<'a, T>(ptr: *mut T) -> Result<&'a mut T, p99_status> {
-    // SAFETY: non-NULL pointers are valid and unaliased by the caller's contract.
-    unsafe { ptr.as_mut() }.ok_or(p99_status::NullParameter)
-}
-
-/// Borrows `len` bytes at `ptr`. NULL is accepted only when `len` is 0.
-///
-/// # Safety
-/// If `len > 0`, `ptr` must point to `len` readable bytes that stay unchanged during the call.
-pub unsafe fn bytes_from<'a>(ptr: *const u8, len: usize) -> Result<&'a [u8], p99_status> {
-    // SAFETY: the same contract.
-    unsafe { slice_from(ptr, len, "buffer") }.map_err(|f| f.status())
-}
-
-/// Checks an out-parameter for NULL before any work is done.
-///
-/// # Safety
-/// If non-NULL, `ptr` must be valid for writing a `T`.
-pub unsafe fn out_ptr<T>(ptr: *mut T) -> Result<Out<T>, p99_status> {
-    // SAFETY: the same contract.
-    unsafe { Out::new(ptr) }.ok_or(p99_status::NullParameter)
-}
-
-/// Checks a caller-filled, size-carrying struct: `ptr` non-NULL and its leading `struct_size`
-/// field at least `min_size`. Returns the size the caller declared.
-///
-/// # Safety
-/// If non-NULL, `ptr` must point to at least `size_of::<u32>()` readable bytes that begin
-/// with the `struct_size` field.
-pub unsafe fn struct_size_of(ptr: *const u32, min_size: usize) -> Result<usize, p99_status> {
-    if ptr.is_null() {
-        return Err(p99_status::NullParameter);
-    }
-    // SAFETY: non-NULL; every versioned struct starts with a u32 `struct_size` field.
-    let size = unsafe { ptr.read() } as usize;
-    if size < min_size {
-        return Err(p99_status::InvalidArgument);
-    }
-    Ok(size)
 }
 
 // ------------------------------------------------------------------------------------------
@@ -524,11 +481,15 @@ pub extern "C" fn p99_last_errno() -> c_int {
 #[no_mangle]
 pub extern "C" fn p99_last_error_message() -> *const c_char {
     guard_or(c"".as_ptr(), || {
-        if HAS_DETAIL.with(|h| h.get()) {
-            // The CString's heap buffer stays put until the next detailed failure replaces it.
-            return LAST_DETAIL.with(|d| d.borrow().as_ptr());
+        let last = LAST_FAILURE.with(|l| l.get());
+        if last & HAS_DETAIL != 0 {
+            if let Some(text) = LAST_DETAIL.with(|d| d.borrow().as_ref().map(|t| t.as_ptr())) {
+                // The CString's heap buffer stays put until a later detailed failure replaces
+                // it.
+                return text;
+            }
         }
-        match p99_status::from_u32(LAST_STATUS.with(|s| s.get())) {
+        match p99_status::from_u32(last as u32) {
             Some(s) => s.message().as_ptr().cast(),
             None => c"".as_ptr(),
         }
