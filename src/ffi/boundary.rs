@@ -77,8 +77,12 @@ impl Failure {
             None => LAST_FAILURE.with(|l| l.set(self.status as u64)),
             Some(text) => {
                 let c = CString::new(text.replace('\0', " ")).unwrap_or_default();
-                LAST_DETAIL.with(|d| *d.borrow_mut() = Some(c));
-                LAST_FAILURE.with(|l| l.set(self.status as u64 | HAS_DETAIL));
+                // try_with: during thread exit (a C TLS destructor calling in after Rust's
+                // thread-locals are gone) the text is dropped rather than panicking here,
+                // outside the catch_unwind.
+                let kept = LAST_DETAIL.try_with(|d| *d.borrow_mut() = Some(c)).is_ok();
+                let flag = if kept { HAS_DETAIL } else { 0 };
+                LAST_FAILURE.with(|l| l.set(self.status as u64 | flag));
             }
         }
         self.status
@@ -483,7 +487,7 @@ pub extern "C" fn p99_last_error_message() -> *const c_char {
     guard_or(c"".as_ptr(), || {
         let last = LAST_FAILURE.with(|l| l.get());
         if last & HAS_DETAIL != 0 {
-            if let Some(text) = LAST_DETAIL.with(|d| d.borrow().as_ref().map(|t| t.as_ptr())) {
+            if let Some(text) = LAST_DETAIL.try_with(|d| d.borrow().as_ref().map(|t| t.as_ptr())).ok().flatten() {
                 // The CString's heap buffer stays put until a later detailed failure replaces
                 // it.
                 return text;
