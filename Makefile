@@ -28,7 +28,7 @@ SONAME_VERSION := $(if $(filter 0,$(V_MAJOR)),0.$(V_MINOR),$(V_MAJOR))
 CBINDGEN_VERSION := 0.29.0
 
 DEB_PACKAGES := build-essential cmake pkg-config clang libclang-dev memcached libmemcached-tools \
-	python3 python3-pymemcache valgrind bpftool iproute2 ethtool binutils iputils-ping
+	python3 python3-pymemcache valgrind bpftool iproute2 ethtool binutils iputils-ping nutcracker
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
@@ -183,6 +183,14 @@ test-xdp:
 # udpping-xdp vs udpping-kernel on a veth pair (root); prints replies/s, RTT and CPU/packet.
 bench-xdp: all
 	benches/udpping_xdp.sh $(BIN) target/release/p99-xdp-load
+# Scale-out: three mcserver builds behind nutcracker (twemproxy; ketama, auto-eject), behind
+# pymemcache's HashClient and behind libmemcached's memcp/memcat/memflush; every classic command
+# checked on the server that holds it, each server killed (SIGKILL) under traffic and restarted.
+.PHONY: test-scale-out
+TESTS += test-scale-out
+test-scale-out:
+	timeout 240 $(PYTHON) tests/scale-out/test_scaleout.py $(BIN)
+
 # --- parity benchmark -------------------------------------------------------------------------
 #   make parity            full run (< 5 min on 2 cores)
 #   make parity QUICK=1    short run (< 1 min)

@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -197,6 +198,7 @@ static void test_defaults_and_bad_start(void)
 	CHECK_EQ(cfg.rx_buf_count, 1024);
 	CHECK_EQ(cfg.rx_buf_size, 4096);
 	CHECK_EQ(cfg.port, 0);
+	CHECK_EQ(cfg.max_conns, 65536);
 	CHECK(cfg.addr == NULL);
 	p99_engine_callbacks cb = {.struct_size = sizeof cb};
 	CHECK_OK(p99_engine_callbacks_defaults(&cb));
@@ -216,7 +218,21 @@ static void test_defaults_and_bad_start(void)
 	p99_engine_config small = cfg;
 	small.struct_size = 4;
 	CHECK_STATUS(p99_engine_start(&small, &cb, &e), P99_STATUS_INVALID_ARGUMENT);
+	/* A caller built before max_conns existed: its struct ends before the field, which is
+	 * then neither read nor required (the default applies). */
+	p99_engine_config v1 = cfg;
+	v1.struct_size = (uint32_t)offsetof(p99_engine_config, max_conns);
+	v1.max_conns = 0; /* out of range if it were read */
+	v1.workers = 1;
+	v1.pin_workers = false;
+	p99_engine *ev1 = NULL;
+	CHECK_OK(p99_engine_start(&v1, &cb, &ev1));
+	CHECK(ev1 != NULL);
+	CHECK_OK(p99_engine_free(ev1));
 	p99_engine_config bad = cfg;
+	bad.max_conns = 0;
+	CHECK_STATUS(p99_engine_start(&bad, &cb, &e), P99_STATUS_INVALID_ARGUMENT);
+	bad = cfg;
 	bad.addr = "not-an-address";
 	CHECK_STATUS(p99_engine_start(&bad, &cb, &e), P99_STATUS_INVALID_ARGUMENT);
 	CHECK(strstr(p99_last_error_message(), "\"not-an-address\" is not an IPv4 or IPv6 address") != NULL);

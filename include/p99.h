@@ -585,7 +585,9 @@ typedef struct p99_engine_config {
    */
   bool tcp_nodelay;
   /**
-   * Open connections per worker; further ones are closed at accept. Default 65536.
+   * Open connections on one worker, an optional cap below `max_conns`; further ones are
+   * closed at accept. Default 16777215 (the most a handle can name), so only `max_conns`
+   * applies.
    */
   uint32_t max_conns_per_worker;
   /**
@@ -613,6 +615,12 @@ typedef struct p99_engine_config {
    * listen(2) backlog. Default 1024.
    */
   int32_t backlog;
+  /**
+   * Open connections across all workers of the engine (a server's `-c`); further ones are
+   * closed at accept, whichever worker they reach. Default 65536. A caller built against a header
+   * without this field (its `struct_size` ends before it) gets the default.
+   */
+  uint32_t max_conns;
 } p99_engine_config;
 
 /**

@@ -473,6 +473,46 @@ fn connection_limit_per_worker_refuses_extra_connections() {
     }
 }
 
+/// `max_conns` is one limit for the whole engine: with four workers and a limit of L, every
+/// one of L connections is served however SO_REUSEPORT spreads them (a limit split per
+/// worker refuses some of them when the spread is uneven), the next ones are closed without
+/// a reply, and a freed place is taken by the next client.
+#[test]
+fn connection_limit_is_engine_wide_across_workers() {
+    let _g = serial();
+    const L: usize = 24;
+    for b in backends() {
+        let cfg = Config { workers: 4, max_conns: L, ..config(b) };
+        let (e, c, _) = start_ping(cfg);
+        let mut served: Vec<TcpStream> = (0..L).map(|_| connect(e.port())).collect();
+        for s in served.iter_mut() {
+            s.write_all(b"PING\r\n").unwrap();
+            assert_eq!(read_exact_n(s, 6), b"PONG\r\n", "{b:?}: a connection below the limit was not served");
+        }
+        let per_worker: Vec<u64> = (0..4).map(|i| e.stats(i).unwrap().open).collect();
+        assert_eq!(per_worker.iter().sum::<u64>(), L as u64, "{b:?}: {per_worker:?}");
+        let rejected = |e: &Engine| (0..4).map(|i| e.stats(i).unwrap().rejected).sum::<u64>();
+        for k in 1..=3u64 {
+            let mut extra = connect(e.port());
+            let _ = extra.write_all(b"PING\r\n");
+            assert_eq!(read_to_close(&mut extra), b"", "{b:?}: connection {} beyond the limit was served", L as u64 + k);
+            wait_until("reject counted", || rejected(&e) == k);
+        }
+        assert_eq!(c.accepted.load(Ordering::SeqCst), L, "{b:?}");
+        // One place frees up: the next client is served.
+        drop(served.pop());
+        wait_until("close", || c.closed.load(Ordering::SeqCst) == 1);
+        let mut next = connect(e.port());
+        next.write_all(b"PING\r\n").unwrap();
+        assert_eq!(read_exact_n(&mut next, 6), b"PONG\r\n", "{b:?}: a freed place was not reused");
+        for s in served.iter_mut() {
+            s.write_all(b"PING\r\n").unwrap();
+            assert_eq!(read_exact_n(s, 6), b"PONG\r\n", "{b:?}");
+        }
+        assert_eq!(rejected(&e), 3, "{b:?}");
+    }
+}
+
 /// A stale handle never reaches the connection that reused its slot.
 #[test]
 fn stale_handle_is_refused_after_slot_reuse() {

@@ -32,10 +32,15 @@ fn bin_dir() -> PathBuf {
 }
 
 fn start(name: &str, backend: Option<&str>) -> Server {
+    start_with(name, backend, &["-t", "2"])
+}
+
+/// Starts `name` on a free port with `args` (flags other than `-p`).
+fn start_with(name: &str, backend: Option<&str>, args: &[&str]) -> Server {
     let path = bin_dir().join(name);
     assert!(path.exists(), "{} not built (run make)", path.display());
     let mut cmd = Command::new(&path);
-    cmd.args(["-p", "0", "-t", "2"]).stdout(Stdio::piped()).stderr(Stdio::null());
+    cmd.args(["-p", "0"]).args(args).stdout(Stdio::piped()).stderr(Stdio::null());
     match backend {
         Some(b) => cmd.env("P99_BACKEND", b),
         None => cmd.env_remove("P99_BACKEND"),
@@ -245,5 +250,36 @@ fn out_of_fds_does_not_spin_and_recovers() {
             let got = session(s.port, &[b"PING\r\n".to_vec()]);
             assert_eq!(got, model(&[b"PING\r\n".to_vec()]), "{}: no answer after fds were freed", s.name);
         }
+    }
+}
+
+/// `-c` is the process-wide limit with several workers: `-t 4 -c 40` serves 40 connections
+/// however the kernel spreads them over the four listeners (a limit split per worker refused
+/// some of them), and closes the ones beyond it without an answer.
+#[test]
+#[ignore = "needs the built servers; run by make test-engine"]
+fn connection_limit_is_process_wide_with_several_workers() {
+    const L: usize = 40;
+    let mut servers = vec![start_with("pingserver-c", None, &["-t", "4", "-c", "40"])];
+    for b in ["uring", "epoll"] {
+        servers.push(start_with("pingserver-c-p99", Some(b), &["-t", "4", "-c", "40"]));
+        servers.push(start_with("pingserver-rs", Some(b), &["-t", "4", "-c", "40"]));
+    }
+    for s in &servers {
+        let mut held = Vec::new();
+        for i in 0..L {
+            let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            c.write_all(b"PING\r\n").unwrap();
+            let mut reply = [0u8; 6];
+            c.read_exact(&mut reply).unwrap_or_else(|e| panic!("{}: connection {} of {L} not served: {e}", s.name, i + 1));
+            assert_eq!(&reply, b"PONG\r\n", "{}", s.name);
+            held.push(c);
+        }
+        for k in 1..=3 {
+            let got = session(s.port, &[b"PING\r\n".to_vec()]);
+            assert!(got.is_empty(), "{}: connection {} beyond -c {L} was served", s.name, L + k);
+        }
+        drop(held);
     }
 }

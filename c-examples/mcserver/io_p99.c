@@ -169,8 +169,9 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 	cfg.addr = literal;
 	cfg.port = opts->port;
 	cfg.workers = srv->workers;
-	/* The limit is enforced here, across workers, so an extra client gets the error line. */
-	cfg.max_conns_per_worker = opts->max_conns + 1024;
+	/* The limit is enforced here, so an extra client gets the error line; the engine's own
+	 * process-wide limit only bounds the clients being told so. */
+	cfg.max_conns = opts->max_conns + 1024;
 	cfg.out_high_water = opts->out_high_water ? opts->out_high_water : cfg.out_high_water;
 
 	p99_engine_callbacks ecb = {.struct_size = sizeof ecb};

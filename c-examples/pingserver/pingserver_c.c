@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,9 +45,12 @@ struct worker {
 	int cpu;
 	int listen_fd;
 	int stop_fd;          /* eventfd: readable when the server stops */
-	int maxconn;
-	int open;
 };
+
+/* -c is one limit for the process, however the kernel spreads connections over the workers'
+ * listeners: each accept takes a place from this count before it is served. */
+static atomic_int open_conns;
+static int max_conns;
 
 static int make_listener(const struct sockaddr_storage *ss, socklen_t sslen)
 {
@@ -63,13 +67,13 @@ static int make_listener(const struct sockaddr_storage *ss, socklen_t sslen)
 	return fd;
 }
 
-static void conn_free(int epfd, struct conn *c, struct worker *w)
+static void conn_free(int epfd, struct conn *c)
 {
 	epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
 	close(c->fd);
 	ping_out_free(&c->pending);
 	free(c);
-	w->open--;
+	atomic_fetch_sub(&open_conns, 1);
 }
 
 static int set_events(int epfd, struct conn *c, uint32_t ev)
@@ -109,13 +113,13 @@ static int flush_pending(int epfd, struct conn *c)
 	return set_events(epfd, c, ev);
 }
 
-static void on_readable(int epfd, struct conn *c, struct worker *w, char *buf, struct ping_out *out)
+static void on_readable(int epfd, struct conn *c, char *buf, struct ping_out *out)
 {
 	ssize_t n = recv(c->fd, buf, READ_SIZE, MSG_DONTWAIT);
 	if (n < 0) {
 		if (errno == EAGAIN || errno == EINTR)
 			return;
-		conn_free(epfd, c, w);
+		conn_free(epfd, c);
 		return;
 	}
 	if (n == 0) {
@@ -131,7 +135,7 @@ static void on_readable(int epfd, struct conn *c, struct worker *w, char *buf, s
 			if (c->pending.len == 0) {
 				ssize_t s = send(c->fd, out->buf, out->len, MSG_NOSIGNAL | MSG_DONTWAIT);
 				if (s < 0 && errno != EAGAIN && errno != EINTR) {
-					conn_free(epfd, c, w);
+					conn_free(epfd, c);
 					return;
 				}
 				off = s > 0 ? (size_t)s : 0;
@@ -142,7 +146,7 @@ static void on_readable(int epfd, struct conn *c, struct worker *w, char *buf, s
 				if (need > c->pending.cap) {
 					char *b = realloc(c->pending.buf, need);
 					if (!b) {
-						conn_free(epfd, c, w);
+						conn_free(epfd, c);
 						return;
 					}
 					c->pending.buf = b;
@@ -154,7 +158,7 @@ static void on_readable(int epfd, struct conn *c, struct worker *w, char *buf, s
 		}
 	}
 	if (flush_pending(epfd, c) < 0 || (c->closing && c->pending.len == 0))
-		conn_free(epfd, c, w);
+		conn_free(epfd, c);
 }
 
 static void accept_all(int epfd, struct worker *w)
@@ -163,7 +167,8 @@ static void accept_all(int epfd, struct worker *w)
 		int fd = accept4(w->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0)
 			return;
-		if (w->open >= w->maxconn) {
+		if (atomic_fetch_add(&open_conns, 1) >= max_conns) {
+			atomic_fetch_sub(&open_conns, 1);
 			close(fd);
 			continue;
 		}
@@ -171,6 +176,7 @@ static void accept_all(int epfd, struct worker *w)
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		struct conn *c = calloc(1, sizeof(*c));
 		if (!c) {
+			atomic_fetch_sub(&open_conns, 1);
 			close(fd);
 			continue;
 		}
@@ -179,11 +185,11 @@ static void accept_all(int epfd, struct worker *w)
 		ping_parser_init(&c->parser);
 		struct epoll_event e = { .events = c->events, .data.ptr = c };
 		if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &e) < 0) {
+			atomic_fetch_sub(&open_conns, 1);
 			close(fd);
 			free(c);
 			continue;
 		}
-		w->open++;
 	}
 }
 
@@ -230,13 +236,13 @@ static void *worker_main(void *arg)
 				if (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
 					if (c->closing) {
 						if (evs[i].events & (EPOLLHUP | EPOLLERR))
-							conn_free(epfd, c, w);
+							conn_free(epfd, c);
 						continue;
 					}
-					on_readable(epfd, c, w, buf, &out);
+					on_readable(epfd, c, buf, &out);
 				} else if (evs[i].events & EPOLLOUT) {
 					if (flush_pending(epfd, c) < 0 || (c->closing && c->pending.len == 0))
-						conn_free(epfd, c, w);
+						conn_free(epfd, c);
 				}
 			}
 		}
@@ -253,6 +259,7 @@ int main(int argc, char **argv)
 	ping_args_parse(&a, argc, argv, "pingserver-c");
 	int ncpu = ping_affinity_cpus();
 	int nthreads = a.threads > 0 ? a.threads : ncpu;
+	max_conns = a.maxconn;
 
 	struct sockaddr_storage ss;
 	socklen_t sslen;
@@ -307,7 +314,6 @@ int main(int argc, char **argv)
 		ws[i].stop_fd = eventfd(0, EFD_CLOEXEC);
 		ws[i].index = i;
 		ws[i].cpu = ncpus > 0 ? cpus[i % ncpus] : -1;
-		ws[i].maxconn = (a.maxconn + nthreads - 1) / nthreads;
 	}
 	for (int i = 0; i < nthreads; i++)
 		pthread_create(&ws[i].thread, NULL, worker_main, &ws[i]);

@@ -75,7 +75,7 @@ int main(int argc, char **argv)
 	cfg.addr = a.addr;
 	cfg.port = (uint16_t)a.port;
 	cfg.workers = (uint32_t)nthreads;
-	cfg.max_conns_per_worker = (uint32_t)((a.maxconn + nthreads - 1) / nthreads);
+	cfg.max_conns = (uint32_t)a.maxconn; /* -c: one limit for the process, not per worker */
 
 	p99_engine_callbacks cb = {.struct_size = sizeof cb};
 	p99_engine_callbacks_defaults(&cb);

@@ -69,8 +69,8 @@ fn main() {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     };
-    let workers = if cfg.workers == 0 { engine::probe_cpus() } else { cfg.workers };
-    cfg.max_conns_per_worker = maxconn.div_ceil(workers.max(1)).max(1);
+    // -c is one limit for the process, however the kernel spreads connections over workers.
+    cfg.max_conns = maxconn;
     let addr = cfg.addr;
     let eng = match Engine::start(cfg, |_| Ping::default()) {
         Ok(e) => e,

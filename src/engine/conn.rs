@@ -75,73 +75,159 @@ impl Segment {
     }
 }
 
+/// Where a connection is in its life. It only moves forward, and only through the methods of
+/// [`Conn`] and [`Worker`] below:
+///
+/// ```text
+/// Free --insert--> Open --close--> Draining --output sent--> Ending --finalize--> Free
+///                    \               |                       ^
+///                     `--abort--> Aborting ------------------'
+/// ```
+///
+/// A slot leaves `Ending` only through `finalize`, which the backend calls once no kernel
+/// operation uses the fd or the connection's memory any more (io_uring: the final CQE of its
+/// recv and of its send have arrived; close(2) before that could let a reused fd number
+/// receive the old operations, io_uring_cancelation(7)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Life {
+    /// The slot holds no connection.
+    Free,
+    /// Input is delivered, output accepted.
+    Open,
+    /// Close requested: no more input is delivered and no more output accepted; queued
+    /// output is still flushed, for at most `Config::close_linger`.
+    Draining,
+    /// Cut (an error, the linger or drain deadline, a stop without drain): queued output is
+    /// dropped and the connection ends as soon as the backend can end it.
+    Aborting,
+    /// Being ended by the backend (io_uring: socket shut down, its operations cancelled,
+    /// waiting for their last completions); then `finalize`.
+    Ending,
+}
+
+/// The send side as the kernel sees it. One send at a time per connection keeps the bytes
+/// in order (io_uring gives no ordering between two sends on one socket). epoll's `sendmsg`
+/// returns at once, so that backend never leaves `Idle`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SendOp {
+    /// No send in the kernel: the whole queue may change.
+    Idle,
+    /// One send in the kernel covers the first `segs` queued segments; they stay unchanged
+    /// and alive until its completion.
+    InFlight { segs: usize },
+    /// As `InFlight`, and an AsyncCancel for it is submitted (the connection is aborting);
+    /// its completion is still to come.
+    Cancelling { segs: usize },
+}
+
+impl SendOp {
+    /// Segments the kernel may still be reading.
+    pub fn frozen_segs(self) -> usize {
+        match self {
+            SendOp::Idle => 0,
+            SendOp::InFlight { segs } | SendOp::Cancelling { segs } => segs,
+        }
+    }
+}
+
 pub(crate) struct Conn {
     pub gen: u32,
-    pub live: bool,
+    pub life: Life,
     pub fd: RawFd,
     pub user: usize,
     pub out: VecDeque<Segment>,
     pub out_bytes: usize,
     /// Bytes of the front segment already sent.
     pub head_off: usize,
-    /// Segments covered by the send in flight (they must not change until it completes).
-    pub inflight_segs: usize,
-    pub send_inflight: bool,
-    pub recv_armed: bool,
-    pub recv_cancel_sent: bool,
-    pub send_cancel_sent: bool,
+    pub send: SendOp,
+    /// Input is held back: by `pause_recv`, and while queued output is above the high-water
+    /// mark (until it drains to half). Independent facts, each cleared on its own.
     pub paused_user: bool,
     pub paused_hwm: bool,
+    /// The peer half-closed: once the stash is handled the connection closes (draining).
     pub eof: bool,
-    /// Close requested: no more input is delivered and no more output accepted; queued
-    /// output is still flushed unless `abort`.
-    pub closing: bool,
-    pub abort: bool,
-    pub shut: bool,
     /// Input that arrived after receiving was paused, delivered on resume.
     pub stash: Vec<u8>,
     /// A sent copy segment's buffer, kept for the next `send` to save an allocation.
     pub spare: Option<Vec<u8>>,
+    /// Listed in `Worker::dirty`.
     pub in_dirty: bool,
-    pub epoll_mask: u32,
-    /// io_uring: iovecs and header of the send in flight (heap-stable while it runs).
-    pub iov: Vec<libc::iovec>,
-    pub msg: Option<Box<libc::msghdr>>,
 }
 
 impl Conn {
-    fn empty() -> Conn {
+    fn empty(gen: u32) -> Conn {
         Conn {
-            gen: 1,
-            live: false,
+            gen,
+            life: Life::Free,
             fd: -1,
             user: 0,
             out: VecDeque::new(),
             out_bytes: 0,
             head_off: 0,
-            inflight_segs: 0,
-            send_inflight: false,
-            recv_armed: false,
-            recv_cancel_sent: false,
-            send_cancel_sent: false,
+            send: SendOp::Idle,
             paused_user: false,
             paused_hwm: false,
             eof: false,
-            closing: false,
-            abort: false,
-            shut: false,
             stash: Vec::new(),
             spare: None,
             in_dirty: false,
-            epoll_mask: 0,
-            iov: Vec::new(),
-            msg: None,
         }
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.life != Life::Free
+    }
+
+    /// Open: input is delivered and output accepted.
+    pub fn is_open(&self) -> bool {
+        self.life == Life::Open
     }
 
     /// Whether the backend should be receiving for this connection.
     pub fn wants_read(&self) -> bool {
-        self.live && !self.closing && !self.eof && !self.paused_user && !self.paused_hwm
+        self.is_open() && !self.eof && !self.paused_user && !self.paused_hwm
+    }
+
+    /// Whether the backend should write queued output: there is some, no send is in the
+    /// kernel, and the connection is not being cut.
+    pub fn wants_send(&self) -> bool {
+        self.send == SendOp::Idle && !self.out.is_empty() && matches!(self.life, Life::Open | Life::Draining)
+    }
+
+    /// The step from closing to ending: a draining connection whose output is all sent, or
+    /// an aborting one, becomes `Ending`. Returns true while the connection is `Ending` (the
+    /// backend ends it), with `first` set on the call that made it so.
+    pub fn end_if_due(&mut self, first: &mut bool) -> bool {
+        *first = false;
+        let due = match self.life {
+            Life::Draining => self.out.is_empty() && self.send == SendOp::Idle,
+            Life::Aborting => true,
+            Life::Ending => return true,
+            Life::Free | Life::Open => false,
+        };
+        if due {
+            self.life = Life::Ending;
+            *first = true;
+        }
+        due
+    }
+
+    /// Marks the send in flight (io_uring) as covering the first `segs` segments.
+    pub fn start_send(&mut self, segs: usize) {
+        debug_assert_eq!(self.send, SendOp::Idle, "one send in flight per connection");
+        self.send = SendOp::InFlight { segs };
+    }
+
+    /// The send in flight must end (the connection is ending): true the first time, when the
+    /// caller submits the cancel.
+    pub fn cancel_send(&mut self) -> bool {
+        match self.send {
+            SendOp::InFlight { segs } => {
+                self.send = SendOp::Cancelling { segs };
+                true
+            }
+            SendOp::Idle | SendOp::Cancelling { .. } => false,
+        }
     }
 
     /// Fills `iov` with up to `max` segments from the head of the queue and returns how many
@@ -252,7 +338,7 @@ impl Worker {
         }
         let slot = conn.slot() as usize;
         match self.conns.get(slot) {
-            Some(c) if c.live && c.gen == conn.gen() => Ok(slot),
+            Some(c) if c.is_live() && c.gen == conn.gen() => Ok(slot),
             _ => Err(Error::StaleHandle),
         }
     }
@@ -269,20 +355,28 @@ impl Worker {
         }
     }
 
-    /// Takes a slot for a freshly accepted fd, or `None` at the connection limit.
+    /// Takes a slot for a freshly accepted fd, or `None` at this worker's or the engine's
+    /// connection limit. The engine-wide count is one atomic shared by the workers, taken
+    /// before the slot and given back in `release`, so the limit holds however the kernel
+    /// spreads connections over the workers' listeners.
     pub(crate) fn insert(&mut self, fd: RawFd) -> Option<usize> {
         if self.open >= self.cfg.max_conns_per_worker {
+            return None;
+        }
+        if self.shared.open_conns.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_conns {
+            self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
         let slot = match self.free.pop() {
             Some(s) => s as usize,
             None => {
-                self.conns.push(Conn::empty());
+                self.conns.push(Conn::empty(1));
                 self.conns.len() - 1
             }
         };
         let c = &mut self.conns[slot];
-        c.live = true;
+        debug_assert_eq!(c.life, Life::Free);
+        c.life = Life::Open;
         c.fd = fd;
         self.open += 1;
         let st = self.stats();
@@ -306,9 +400,10 @@ impl Worker {
     fn release(&mut self, slot: usize) {
         let c = &mut self.conns[slot];
         let gen = c.gen.wrapping_add(1).max(1);
-        *c = Conn { gen, iov: std::mem::take(&mut c.iov), msg: c.msg.take(), ..Conn::empty() };
+        *c = Conn::empty(gen);
         self.free.push(slot as u32);
         self.open -= 1;
+        self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
         self.stats().open.store(self.open as u64, Ordering::Relaxed);
     }
 
@@ -316,13 +411,13 @@ impl Worker {
     pub fn send(&mut self, conn: ConnId, data: &[u8]) -> Result<(), Error> {
         let slot = self.slot_of(conn)?;
         let c = &mut self.conns[slot];
-        if c.closing {
+        if !c.is_open() {
             return Err(Error::Closed);
         }
         if data.is_empty() {
             return Ok(());
         }
-        let extendable = c.out.len() > c.inflight_segs;
+        let extendable = c.out.len() > c.send.frozen_segs();
         match c.out.back_mut() {
             Some(Segment::Copy(v)) if extendable => v.extend_from_slice(data),
             _ => {
@@ -345,7 +440,7 @@ impl Worker {
     pub unsafe fn send_borrowed(&mut self, conn: ConnId, iov: &[libc::iovec], cookie: u64) -> Result<(), Error> {
         let slot = self.slot_of(conn)?;
         let c = &mut self.conns[slot];
-        if c.closing {
+        if !c.is_open() {
             return Err(Error::Closed);
         }
         let mut total = 0usize;
@@ -402,22 +497,26 @@ impl Worker {
         Ok(())
     }
 
+    /// Starts closing a live connection: `abort` cuts it (Open or Draining -> Aborting),
+    /// otherwise Open -> Draining, with a linger timer that cuts it if its queued output is
+    /// not sent in time. A connection already further along is left as it is.
     pub(crate) fn begin_close(&mut self, slot: usize, abort: bool) {
         let c = &mut self.conns[slot];
-        if abort {
-            c.abort = true;
-        }
-        if !c.closing {
-            c.closing = true;
-            if !c.out.is_empty() && !c.abort {
-                let id = self.id_of(slot);
-                let linger = self.cfg.close_linger;
-                self.add_timer(linger, Box::new(move |w: &mut Worker| {
-                    if let Ok(s) = w.slot_of(id) {
-                        w.begin_close(s, true);
-                    }
-                }));
+        match (c.life, abort) {
+            (Life::Open | Life::Draining, true) => c.life = Life::Aborting,
+            (Life::Open, false) => {
+                c.life = Life::Draining;
+                if !c.out.is_empty() {
+                    let id = self.id_of(slot);
+                    let linger = self.cfg.close_linger;
+                    self.add_timer(linger, Box::new(move |w: &mut Worker| {
+                        if let Ok(s) = w.slot_of(id) {
+                            w.begin_close(s, true);
+                        }
+                    }));
+                }
             }
+            (Life::Draining | Life::Aborting | Life::Ending | Life::Free, _) => {}
         }
         self.mark_dirty(slot);
     }
@@ -530,11 +629,15 @@ impl Worker {
         let drain = Duration::from_millis(self.shared.drain_ms.load(Ordering::Acquire));
         self.drain_deadline = Some(Instant::now() + drain);
         for slot in 0..self.conns.len() {
-            if self.conns[slot].live {
+            if self.conns[slot].is_live() {
+                // Draining has no linger timer here: the drain deadline bounds it.
                 let c = &mut self.conns[slot];
-                c.closing = true;
                 if drain.is_zero() {
-                    c.abort = true;
+                    if matches!(c.life, Life::Open | Life::Draining) {
+                        c.life = Life::Aborting;
+                    }
+                } else if c.life == Life::Open {
+                    c.life = Life::Draining;
                 }
                 self.mark_dirty(slot);
             }
@@ -549,8 +652,8 @@ impl Worker {
             return Some(deadline - now);
         }
         for slot in 0..self.conns.len() {
-            if self.conns[slot].live && !self.conns[slot].abort {
-                self.conns[slot].abort = true;
+            if matches!(self.conns[slot].life, Life::Open | Life::Draining) {
+                self.conns[slot].life = Life::Aborting;
                 self.mark_dirty(slot);
             }
         }
@@ -562,7 +665,7 @@ impl Worker {
 pub(crate) fn deliver<H: Handler>(w: &mut Worker, h: &mut H, slot: usize, data: &[u8]) {
     StatCells::add(&w.stats().bytes_in, data.len() as u64);
     let c = &mut w.conns[slot];
-    if c.closing {
+    if !c.is_open() {
         return;
     }
     if c.paused_user || c.paused_hwm {
@@ -576,7 +679,7 @@ pub(crate) fn deliver<H: Handler>(w: &mut Worker, h: &mut H, slot: usize, data: 
 /// Hands stashed input to the handler once receiving is allowed again.
 pub(crate) fn deliver_stash<H: Handler>(w: &mut Worker, h: &mut H, slot: usize) {
     let c = &mut w.conns[slot];
-    if c.stash.is_empty() || !c.live || c.closing || c.paused_user || c.paused_hwm {
+    if c.stash.is_empty() || !c.is_open() || c.paused_user || c.paused_hwm {
         return;
     }
     let data = std::mem::take(&mut c.stash);
@@ -586,13 +689,15 @@ pub(crate) fn deliver_stash<H: Handler>(w: &mut Worker, h: &mut H, slot: usize) 
 
 /// Packs an operation's kind, connection slot and generation into the 64-bit word the
 /// kernel hands back with its event or completion (epoll data, io_uring user_data).
-pub(crate) fn ud(kind: u64, slot: usize, gen: u32) -> u64 {
-    (kind << 56) | ((slot as u64) << 32) | gen as u64
+/// Each backend names its operation kinds with its own enum and converts them to and from
+/// the byte stored here.
+pub(crate) fn ud(kind: u8, slot: usize, gen: u32) -> u64 {
+    ((kind as u64) << 56) | ((slot as u64) << 32) | gen as u64
 }
 
 /// Unpacks a word made by [`ud`] into (kind, slot, generation).
-pub(crate) fn untag(data: u64) -> (u64, usize, u32) {
-    (data >> 56, ((data >> 32) & 0xff_ffff) as usize, data as u32)
+pub(crate) fn untag(data: u64) -> (u8, usize, u32) {
+    ((data >> 56) as u8, ((data >> 32) & 0xff_ffff) as usize, data as u32)
 }
 
 /// Takes the next dirty connection and does the backend-independent part of flushing it:
@@ -603,17 +708,17 @@ pub(crate) fn next_dirty<H: Handler>(w: &mut Worker, h: &mut H) -> Option<usize>
     while let Some(slot) = w.dirty.pop() {
         let slot = slot as usize;
         w.conns[slot].in_dirty = false;
-        if !w.conns[slot].live {
+        if !w.conns[slot].is_live() {
             continue;
         }
         if !w.conns[slot].stash.is_empty() {
             deliver_stash(w, h, slot);
-            if !w.conns[slot].live {
+            if !w.conns[slot].is_live() {
                 continue;
             }
         }
         let c = &w.conns[slot];
-        if c.eof && c.stash.is_empty() && !c.closing {
+        if c.eof && c.stash.is_empty() && c.is_open() {
             // Half-close from the peer: answer what was asked, then close.
             w.begin_close(slot, false);
         }
@@ -647,7 +752,7 @@ pub(crate) fn sent<H: Handler>(w: &mut Worker, h: &mut H, slot: usize, mut n: us
             break;
         }
     }
-    c.inflight_segs = 0;
+    c.send = SendOp::Idle;
     if c.paused_hwm && c.out_bytes <= w.cfg.out_high_water / 2 {
         c.paused_hwm = false;
     }
@@ -662,16 +767,32 @@ pub(crate) fn sent<H: Handler>(w: &mut Worker, h: &mut H, slot: usize, mut n: us
 
 /// Final step of a connection whose kernel operations are all finished: close the fd,
 /// hand back unsent borrowed memory, `on_close`, free the slot.
+///
+/// Only after an abnormal end can a send still be in the kernel here (`SendOp` not `Idle`:
+/// the cancellation could not be confirmed, see `WorkerLoop::abandon`). The segments it
+/// covers are then never handed back nor freed: no `on_send_done` for their cookies, their
+/// copies leaked. A leak, where handing them back could let C free or reuse memory the
+/// kernel still reads.
 pub(crate) fn finalize<H: Handler>(w: &mut Worker, h: &mut H, slot: usize) {
     let id = w.id_of(slot);
     let c = &mut w.conns[slot];
-    c.closing = true;
+    c.life = Life::Ending;
     let fd = std::mem::replace(&mut c.fd, -1);
-    let cookies: Vec<u64> = c.out.drain(..).filter_map(|s| s.cookie()).collect();
+    let in_kernel = c.send.frozen_segs();
+    c.send = SendOp::Idle;
+    let mut cookies: Vec<u64> = Vec::new();
+    for (i, seg) in c.out.drain(..).enumerate() {
+        if i < in_kernel {
+            std::mem::forget(seg);
+        } else if let Some(ck) = seg.cookie() {
+            cookies.push(ck);
+        }
+    }
     c.out_bytes = 0;
     if fd >= 0 {
         // SAFETY: the fd was accepted by this worker and is closed exactly once, here, after
-        // every io_uring operation on it has completed.
+        // every io_uring operation on it has completed (or, after an abnormal end, holds its
+        // own reference to the file, so no later fd with this number can be reached by it).
         unsafe { libc::close(fd) };
     }
     for ck in cookies {
@@ -685,9 +806,10 @@ pub(crate) fn finalize<H: Handler>(w: &mut Worker, h: &mut H, slot: usize) {
 pub(crate) trait WorkerLoop {
     /// Runs until the worker has stopped; an error means the kernel interface itself failed.
     fn run<H: Handler>(&mut self, w: &mut Worker, h: &mut H) -> std::io::Result<()>;
-    /// After an abnormal end, before the connections are finalised: makes sure no kernel
-    /// operation still uses a connection's fd or memory.
-    fn abandon(&mut self);
+    /// After an abnormal end, before the connections are finalised: ends every kernel
+    /// operation on the connections, and leaves the `SendOp` of any send whose end it could
+    /// not confirm as it is (`finalize` then never hands its memory back).
+    fn abandon(&mut self, w: &mut Worker);
 }
 
 /// Runs a worker on this thread: `on_worker_start`, the backend's loop, the last posted
@@ -716,7 +838,7 @@ pub(crate) fn drive<L: WorkerLoop, H: Handler>(
         Ok(Err(e)) => eprintln!("p99: engine worker {}: {failed} failed ({e}); closing its connections", w.index),
         Err(p) => panicked = Some(p),
     }
-    l.abandon();
+    l.abandon(w);
     let late = abort_all(w, h);
     let stop = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         w.run_mail(true);
@@ -736,21 +858,70 @@ pub(crate) fn drive<L: WorkerLoop, H: Handler>(
 pub(crate) fn abort_all<H: Handler>(w: &mut Worker, h: &mut H) -> Option<Box<dyn std::any::Any + Send>> {
     let mut first = None;
     for slot in 0..w.conns.len() {
-        if !w.conns[slot].live {
+        if !w.conns[slot].is_live() {
             continue;
         }
         if w.conns[slot].fd < 0 {
             w.release(slot);
             continue;
         }
-        w.conns[slot].abort = true;
+        w.conns[slot].life = Life::Ending;
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| finalize(w, h, slot)));
         if let Err(p) = r {
-            if w.conns[slot].live {
+            if w.conns[slot].is_live() {
                 w.release(slot);
             }
             first.get_or_insert(p);
         }
     }
     first
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draining_connection_ends_only_after_its_send_and_queue_are_done() {
+        let mut c = Conn::empty(1);
+        c.life = Life::Draining;
+        c.out.push_back(Segment::Copy(b"bye".to_vec()));
+        c.start_send(1);
+        let mut first = false;
+        assert!(!c.end_if_due(&mut first), "ended with output queued");
+        assert!(!c.wants_send(), "a second send while one is in flight");
+        c.out.clear();
+        assert!(!c.end_if_due(&mut first), "ended with a send in the kernel");
+        c.send = SendOp::Idle;
+        assert!(c.end_if_due(&mut first) && first);
+        assert_eq!(c.life, Life::Ending);
+        assert!(c.end_if_due(&mut first) && !first, "the first step of ending ran twice");
+    }
+
+    #[test]
+    fn aborting_connection_ends_at_once_and_cancels_its_send_once() {
+        let mut c = Conn::empty(1);
+        c.life = Life::Aborting;
+        c.out.push_back(Segment::Copy(b"dropped".to_vec()));
+        c.start_send(1);
+        assert!(!c.wants_send());
+        let mut first = false;
+        assert!(c.end_if_due(&mut first) && first);
+        assert!(c.cancel_send());
+        assert_eq!(c.send, SendOp::Cancelling { segs: 1 });
+        assert!(!c.cancel_send(), "cancel submitted twice");
+        assert_eq!(c.send.frozen_segs(), 1, "a cancelled send still freezes its segments until its CQE");
+    }
+
+    #[test]
+    fn open_connection_reads_and_sends_but_never_ends() {
+        let mut c = Conn::empty(1);
+        c.life = Life::Open;
+        c.out.push_back(Segment::Copy(b"x".to_vec()));
+        assert!(c.wants_read() && c.wants_send());
+        c.paused_hwm = true;
+        assert!(!c.wants_read());
+        let mut first = false;
+        assert!(!c.end_if_due(&mut first));
+    }
 }

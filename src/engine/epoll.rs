@@ -14,9 +14,35 @@ use super::conn::{self, ud, untag, Worker, WorkerLoop, MAX_IOV};
 use super::uring::accept_fd;
 use super::{Config, Error, Handler, Shared, StatCells};
 
-const K_ACCEPT: u64 = 1;
-const K_CONN: u64 = 2;
-const K_WAKE: u64 = 5;
+/// What an epoll event is about, kept in the top byte of its data word with the
+/// connection's slot and generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Source {
+    /// The worker's listener.
+    Accept = 1,
+    /// A connection's socket.
+    Conn = 2,
+    /// The worker's eventfd.
+    Wake = 5,
+}
+
+impl Source {
+    fn tag(self, slot: usize, gen: u32) -> u64 {
+        ud(self as u8, slot, gen)
+    }
+
+    fn of(data: u64) -> Option<(Source, usize, u32)> {
+        let (kind, slot, gen) = untag(data);
+        let src = match kind {
+            1 => Source::Accept,
+            2 => Source::Conn,
+            5 => Source::Wake,
+            _ => return None,
+        };
+        Some((src, slot, gen))
+    }
+}
 
 struct Loop {
     ep: OwnedFd,
@@ -25,6 +51,9 @@ struct Loop {
     scratch: Vec<u8>,
     iov: Vec<libc::iovec>,
     syscalls: u64,
+    /// The epoll interest set of each connection slot (the backend's only per-connection
+    /// state), written when the connection is added.
+    masks: Vec<u32>,
     /// Set while the listener is out of the epoll set after accept4 ran out of fds or memory
     /// (EMFILE/ENFILE/ENOMEM/ENOBUFS): it is re-added at this time. The listener is
     /// level-triggered, so leaving it in would report it again at once and spin.
@@ -60,8 +89,8 @@ pub(crate) fn run<H: Handler, M: FnOnce() -> H>(
     // SAFETY: fresh fd owned by nobody else.
     let ep = unsafe { OwnedFd::from_raw_fd(ep) };
     let wake_fd = shared.workers[index].wake.as_raw_fd();
-    let setup = ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, listener.as_raw_fd(), libc::EPOLLIN as u32, ud(K_ACCEPT, 0, 0))
-        .and_then(|_| ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, wake_fd, libc::EPOLLIN as u32, ud(K_WAKE, 0, 0)));
+    let setup = ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, listener.as_raw_fd(), libc::EPOLLIN as u32, Source::Accept.tag(0, 0))
+        .and_then(|_| ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, wake_fd, libc::EPOLLIN as u32, Source::Wake.tag(0, 0)));
     if let Err(e) = setup {
         let _ = ready.send(Err(Error::Io(e)));
         return;
@@ -69,7 +98,7 @@ pub(crate) fn run<H: Handler, M: FnOnce() -> H>(
     let scratch = vec![0u8; cfg.rx_buf_size];
     let mut w = Worker::new(index, cfg, shared);
     let mut h = make();
-    let mut l = Loop { ep, listener: Some(listener), wake_fd, scratch, iov: Vec::with_capacity(MAX_IOV), syscalls: 0, accept_retry_at: None };
+    let mut l = Loop { ep, listener: Some(listener), wake_fd, scratch, iov: Vec::with_capacity(MAX_IOV), syscalls: 0, masks: Vec::new(), accept_retry_at: None };
     let _ = ready.send(Ok(()));
     if let Some(p) = conn::drive(&mut l, &mut w, &mut h, "epoll_wait") {
         std::panic::resume_unwind(p);
@@ -121,12 +150,11 @@ impl WorkerLoop for Loop {
             StatCells::add(&st.completions, n as u64);
             for ev in &events[..n as usize] {
                 let mask = ev.events;
-                let (kind, slot, gen) = untag(ev.u64);
-                match kind {
-                    K_ACCEPT => self.accept(w, h),
-                    K_WAKE => super::sys::drain_eventfd(self.wake_fd),
-                    K_CONN => self.conn_event(w, h, slot, gen, mask),
-                    _ => {}
+                match Source::of(ev.u64) {
+                    Some((Source::Accept, _, _)) => self.accept(w, h),
+                    Some((Source::Wake, _, _)) => super::sys::drain_eventfd(self.wake_fd),
+                    Some((Source::Conn, slot, gen)) => self.conn_event(w, h, slot, gen, mask),
+                    None => {}
                 }
             }
             StatCells::add(&w.stats().submissions, std::mem::take(&mut self.syscalls));
@@ -134,7 +162,7 @@ impl WorkerLoop for Loop {
     }
 
     /// Nothing is in the kernel's hands: closing the listener is all there is to do.
-    fn abandon(&mut self) {
+    fn abandon(&mut self, _w: &mut Worker) {
         self.listener = None;
     }
 }
@@ -162,8 +190,11 @@ impl Loop {
             if let Some(slot) = accept_fd(w, h, fd) {
                 let gen = w.conns[slot].gen;
                 let mask = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
-                match ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, mask, ud(K_CONN, slot, gen)) {
-                    Ok(()) => w.conns[slot].epoll_mask = mask,
+                if self.masks.len() <= slot {
+                    self.masks.resize(slot + 1, 0);
+                }
+                match ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, mask, Source::Conn.tag(slot, gen)) {
+                    Ok(()) => self.masks[slot] = mask,
                     Err(_) => w.begin_close(slot, true),
                 }
             }
@@ -180,7 +211,7 @@ impl Loop {
             self.accept_retry_at = None;
             return;
         };
-        match ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, l.as_raw_fd(), libc::EPOLLIN as u32, ud(K_ACCEPT, 0, 0)) {
+        match ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, l.as_raw_fd(), libc::EPOLLIN as u32, Source::Accept.tag(0, 0)) {
             Ok(()) => self.accept_retry_at = None,
             // Could not re-add (out of memory): try again after another back-off.
             Err(_) => self.accept_retry_at = Some(Instant::now() + ACCEPT_BACKOFF),
@@ -188,7 +219,7 @@ impl Loop {
     }
 
     fn conn_event<H: Handler>(&mut self, w: &mut Worker, h: &mut H, slot: usize, gen: u32, mask: u32) {
-        if !matches!(w.conns.get(slot), Some(c) if c.live && c.gen == gen) {
+        if !matches!(w.conns.get(slot), Some(c) if c.is_live() && c.gen == gen) {
             return;
         }
         if mask & libc::EPOLLOUT as u32 != 0 {
@@ -224,14 +255,15 @@ impl Loop {
 
     fn flush<H: Handler>(&mut self, w: &mut Worker, h: &mut H) {
         while let Some(slot) = conn::next_dirty(w, h) {
-            let c = &w.conns[slot];
-            if c.closing && (c.abort || c.out.is_empty()) {
-                let _ = ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, c.fd, 0, 0);
+            let mut first = false;
+            if w.conns[slot].end_if_due(&mut first) {
+                // No operation outlives its system call here: the connection ends at once.
+                let _ = ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, w.conns[slot].fd, 0, 0);
                 conn::finalize(w, h, slot);
                 continue;
             }
             // Write what the socket takes now; the rest waits for EPOLLOUT.
-            while !w.conns[slot].out.is_empty() && !w.conns[slot].abort {
+            while w.conns[slot].wants_send() {
                 let c = &w.conns[slot];
                 c.fill_iov(&mut self.iov, MAX_IOV);
                 if self.iov.is_empty() {
@@ -258,21 +290,21 @@ impl Loop {
                     break;
                 }
             }
-            let c = &mut w.conns[slot];
-            if !c.live {
+            let c = &w.conns[slot];
+            if !c.is_live() {
                 continue;
             }
             let mut want = 0u32;
             if c.wants_read() {
                 want |= (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
             }
-            if !c.out.is_empty() && !c.abort {
+            if c.wants_send() {
                 want |= libc::EPOLLOUT as u32;
             }
-            if want != c.epoll_mask {
-                let data = ud(K_CONN, slot, c.gen);
+            if want != self.masks[slot] {
+                let data = Source::Conn.tag(slot, c.gen);
                 if ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_MOD, c.fd, want, data).is_ok() {
-                    c.epoll_mask = want;
+                    self.masks[slot] = want;
                 } else {
                     w.begin_close(slot, true);
                 }

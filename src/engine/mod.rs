@@ -17,7 +17,7 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::{JoinHandle, ThreadId};
@@ -33,6 +33,9 @@ pub fn probe_cpus() -> usize {
     sys::affinity_cpus().len().max(1)
 }
 
+/// The most connections one worker can hold: a [`ConnId`] names the slot in 24 bits.
+const MAX_CONNS_PER_WORKER: usize = (1 << 24) - 1;
+
 /// Everything the engine needs to start. `Config::default()` gives the documented defaults.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -44,8 +47,13 @@ pub struct Config {
     pub workers: usize,
     /// Pin worker `i` to the `i`-th CPU of the affinity mask (modulo its size).
     pub pin_workers: bool,
-    /// Open connections allowed per worker; further accepts are closed at once and counted
-    /// in [`WorkerStats::rejected`].
+    /// Open connections allowed across all workers of the engine: the process-wide limit a
+    /// server's `-c` sets. Further accepts, on whichever worker they land, are closed at once
+    /// and counted in [`WorkerStats::rejected`]. 1..=2^32-1.
+    pub max_conns: usize,
+    /// Open connections allowed on one worker, an optional cap below `max_conns`; further
+    /// accepts are closed at once and counted in [`WorkerStats::rejected`]. The default is
+    /// the most a connection handle can name, 16777215, so only `max_conns` applies.
     pub max_conns_per_worker: usize,
     /// Size of one receive buffer (bytes) in the per-worker provided buffer ring.
     pub rx_buf_size: usize,
@@ -74,7 +82,8 @@ impl Default for Config {
             port: 0,
             workers: 0,
             pin_workers: true,
-            max_conns_per_worker: 65536,
+            max_conns: 65536,
+            max_conns_per_worker: MAX_CONNS_PER_WORKER,
             rx_buf_size: 4096,
             rx_buf_count: 1024,
             sq_entries: 256,
@@ -131,10 +140,13 @@ impl From<io::Error> for Error {
 ///
 /// If a method panics, or the worker's io_uring/epoll instance fails, that worker ends, and
 /// ends cleanly for its connections: operations still in the kernel are cancelled (io_uring:
-/// synchronously, so no send still reads borrowed memory), then every live connection gets
-/// `on_send_done(sent=false)` for each unsent borrowed send and `on_close` exactly once, and
-/// its fd is closed; posted tasks are dropped and `on_worker_stop` runs. A callback that
-/// panics during this is caught so the others still run. Afterwards the first panic resumes
+/// synchronously, and each send's end confirmed by its completion), then every live
+/// connection gets `on_send_done(sent=false)` for each unsent borrowed send and `on_close`
+/// exactly once, and its fd is closed. Should the kernel not confirm within a second that a
+/// send ended (the ring itself failed), the memory that send covers is never handed back:
+/// no `on_send_done` for it, a leak rather than memory freed under the kernel. Posted tasks
+/// are dropped and `on_worker_stop` runs. A callback that panics during this is caught so
+/// the others still run. Afterwards the first panic resumes
 /// unwinding the worker thread (a kernel failure is reported on stderr instead). The
 /// worker's listener is closed, so new connections go to the other workers; the engine's
 /// stop and drop work as usual. A connection whose `on_close` or `on_send_done` itself
@@ -167,7 +179,8 @@ pub struct WorkerStats {
     pub accepted: u64,
     /// Connections currently open.
     pub open: u64,
-    /// Connections closed at once because the worker was at its limit.
+    /// Connections closed at once because the engine (`max_conns`) or the worker
+    /// (`max_conns_per_worker`) was at its limit.
     pub rejected: u64,
     /// Bytes received.
     pub bytes_in: u64,
@@ -250,6 +263,8 @@ impl WorkerShared {
 
 pub(crate) struct Shared {
     pub stop: AtomicBool,
+    /// Connections open on all workers together, held against `Config::max_conns`.
+    pub open_conns: AtomicUsize,
     pub drain_ms: AtomicU64,
     pub workers: Vec<WorkerShared>,
 }
@@ -307,6 +322,7 @@ impl Engine {
         }
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
+            open_conns: AtomicUsize::new(0),
             drain_ms: AtomicU64::new(1000),
             workers,
         });
@@ -498,7 +514,10 @@ fn validate(cfg: &Config) -> Result<(), Error> {
     if cfg.sq_entries == 0 || cfg.sq_entries > 32768 {
         return Err(Error::InvalidConfig("sq_entries must be in 1..=32768"));
     }
-    if cfg.max_conns_per_worker == 0 || cfg.max_conns_per_worker > (1 << 24) - 1 {
+    if cfg.max_conns == 0 || cfg.max_conns > u32::MAX as usize {
+        return Err(Error::InvalidConfig("max_conns must be in 1..=4294967295"));
+    }
+    if cfg.max_conns_per_worker == 0 || cfg.max_conns_per_worker > MAX_CONNS_PER_WORKER {
         return Err(Error::InvalidConfig("max_conns_per_worker must be in 1..16777215"));
     }
     if cfg.out_high_water == 0 {

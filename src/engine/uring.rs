@@ -4,6 +4,18 @@
 //!
 //! Every CQE is handled before any new SQE is pushed: callbacks only change connection state
 //! and mark the connection dirty; `flush` turns dirty state into SQEs afterwards.
+//!
+//! The kernel rules the loop keeps (io_uring_multishot(7), io_uring_cancelation(7),
+//! io_uring_provided_buffers(7)), each at the state transition that follows it:
+//! - a multishot operation is live until a CQE without `IORING_CQE_F_MORE`; only then is it
+//!   `Idle` and may be armed again (a recv that ran out of buffers ends with ENOBUFS and is
+//!   re-armed once buffers are back);
+//! - a cancel only asks: the target's own final CQE says it ended, so states leave
+//!   `Cancelling` on that CQE, never on the cancel's;
+//! - one send in flight per connection (two sends on one socket have no order);
+//! - a connection's fd is closed, and its queued memory handed back, only once its recv and
+//!   its send have both delivered their final CQE (an fd closed earlier can be reused by an
+//!   accept while old operations still name it).
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
@@ -14,28 +26,88 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::bufring::ProvidedBufRing;
-use super::conn::{self, ud, untag, Worker, WorkerLoop, MAX_IOV};
+use super::conn::{self, ud, untag, SendOp, Worker, WorkerLoop, MAX_IOV};
 use super::{probe, Config, Error, Handler, Shared, StatCells};
 
-const K_ACCEPT: u64 = 1;
-const K_RECV: u64 = 2;
-const K_SEND: u64 = 3;
-const K_CANCEL: u64 = 4;
-const K_WAKE: u64 = 5;
 const BGID: u16 = 0;
+
+/// The kind of operation a CQE belongs to, kept in the top byte of its user_data with the
+/// connection's slot and generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Op {
+    /// The worker's multishot accept.
+    Accept = 1,
+    /// A connection's multishot recv.
+    Recv = 2,
+    /// A connection's send (`Send` or `SendMsg`).
+    Send = 3,
+    /// An AsyncCancel. Its own result is only advice (0 found, -ENOENT already done,
+    /// -EALREADY running): the target's final CQE is what ends the target.
+    Cancel = 4,
+    /// The multishot poll on the worker's eventfd.
+    Wake = 5,
+}
+
+impl Op {
+    fn tag(self, slot: usize, gen: u32) -> u64 {
+        ud(self as u8, slot, gen)
+    }
+
+    fn of(data: u64) -> Option<(Op, usize, u32)> {
+        let (kind, slot, gen) = untag(data);
+        let op = match kind {
+            1 => Op::Accept,
+            2 => Op::Recv,
+            3 => Op::Send,
+            4 => Op::Cancel,
+            5 => Op::Wake,
+            _ => return None,
+        };
+        Some((op, slot, gen))
+    }
+}
+
+/// A multishot operation (accept, recv, eventfd poll) as the kernel sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Multishot {
+    /// Not in the kernel: may be armed.
+    Idle,
+    /// In the kernel; its CQEs carry F_MORE until the last one.
+    Armed,
+    /// In the kernel with an AsyncCancel submitted; `Idle` again at its final CQE.
+    Cancelling,
+}
+
+/// The io_uring side of one connection, kept beside the worker's table at the same slot.
+/// A slot is freed only when its recv is `Idle`, so a new connection finds it so.
+struct SlotIo {
+    recv: Multishot,
+    /// iovecs and header of the send in flight (heap-stable while it runs).
+    iov: Vec<libc::iovec>,
+    msg: Option<Box<libc::msghdr>>,
+}
+
+impl SlotIo {
+    fn new() -> SlotIo {
+        SlotIo { recv: Multishot::Idle, iov: Vec::new(), msg: None }
+    }
+}
 
 struct Loop {
     ring: IoUring,
     bufs: ProvidedBufRing,
     listener: OwnedFd,
     wake_fd: RawFd,
-    accept_armed: bool,
-    accept_cancelled: bool,
+    accept: Multishot,
     accept_retry_at: Option<Instant>,
-    wake_armed: bool,
-    wake_cancelled: bool,
+    wake: Multishot,
+    io: Vec<SlotIo>,
     /// Operations whose final CQE has not arrived; the ring is dropped only at 0.
     inflight: usize,
+    /// Set by `abandon` when some operation's end could not be confirmed: the provided
+    /// buffers are then never unmapped (a recv could still write into them).
+    unconfirmed: bool,
     pushed: u64,
     enters: u64,
     cqes: Vec<(u64, i32, u32)>,
@@ -78,22 +150,28 @@ pub(crate) fn run<H: Handler, M: FnOnce() -> H>(
         bufs,
         listener,
         wake_fd,
-        accept_armed: false,
-        accept_cancelled: false,
+        accept: Multishot::Idle,
         accept_retry_at: None,
-        wake_armed: false,
-        wake_cancelled: false,
+        wake: Multishot::Idle,
+        io: Vec::new(),
         inflight: 0,
+        unconfirmed: false,
         pushed: 0,
         enters: 0,
         cqes: Vec::with_capacity(256),
     };
     let _ = ready.send(Ok(()));
     let panicked = conn::drive(&mut l, &mut w, &mut h, "io_uring");
-    let Loop { ring, mut bufs, listener, .. } = l;
+    let Loop { ring, mut bufs, listener, unconfirmed, .. } = l;
     bufs.unregister(&ring);
     drop(ring);
-    drop(bufs);
+    if unconfirmed {
+        // Closing the ring cancels what is left, but not synchronously: the buffers stay
+        // mapped for the rest of the process rather than be written after an unmap.
+        std::mem::forget(bufs);
+    } else {
+        drop(bufs);
+    }
     drop(listener);
     if let Some(p) = panicked {
         std::panic::resume_unwind(p);
@@ -109,7 +187,7 @@ impl WorkerLoop for Loop {
             }
             w.settle(|w| self.flush(w, h));
             self.arm_listeners(w);
-            if w.stopping && w.open == 0 && !self.accept_armed && !self.wake_armed && self.inflight == 0 {
+            if w.stopping && w.open == 0 && self.accept == Multishot::Idle && self.wake == Multishot::Idle && self.inflight == 0 {
                 return Ok(());
             }
             let mut timeout = w.next_timer();
@@ -128,11 +206,42 @@ impl WorkerLoop for Loop {
     }
 
     /// Abnormal end (the ring failed or a handler panicked): cancels every operation still
-    /// in the kernel and waits for the cancellations, so no send still reads borrowed memory
-    /// and no recv still writes a provided buffer.
-    fn abandon(&mut self) {
+    /// in the kernel and waits for their final CQEs, so no send still reads memory that is
+    /// handed back and no recv still writes a provided buffer. The cancel's result is
+    /// checked, and what it claims is confirmed by the CQEs themselves: a send whose final
+    /// CQE never arrives keeps its `SendOp`, and `finalize` never hands its memory back.
+    fn abandon(&mut self, w: &mut Worker) {
         let wait = types::Timespec::new().sec(1);
-        let _ = self.ring.submitter().register_sync_cancel(Some(wait), types::CancelBuilder::any());
+        let cancelled = if skip_sync_cancel() {
+            Err(std::io::Error::from_raw_os_error(libc::ETIME))
+        } else {
+            self.ring.submitter().register_sync_cancel(Some(wait), types::CancelBuilder::any())
+        };
+        if let Err(e) = &cancelled {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                eprintln!("p99: engine worker {}: cancelling its io_uring operations failed ({e}); waiting for them", w.index);
+                // Older kernels lack synchronous cancel: ask each operation, then wait.
+                if !skip_sync_cancel() {
+                    self.cancel_each(w);
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            self.reap_ends(w);
+            if self.inflight == 0 || Instant::now() >= deadline {
+                break;
+            }
+            let ts = types::Timespec::new().nsec(50_000_000);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            if let Err(e) = self.ring.submitter().submit_with_args(1, &args) {
+                if !matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)) {
+                    self.reap_ends(w);
+                    break;
+                }
+            }
+        }
+        self.unconfirmed = self.inflight > 0;
     }
 }
 
@@ -176,112 +285,123 @@ impl Loop {
 
     fn arm_listeners(&mut self, w: &mut Worker) {
         if w.stopping {
-            if self.accept_armed && !self.accept_cancelled {
-                self.accept_cancelled = true;
-                self.push(opcode::AsyncCancel::new(ud(K_ACCEPT, 0, 0)).build().user_data(ud(K_CANCEL, 0, 0)));
+            if self.accept == Multishot::Armed {
+                self.accept = Multishot::Cancelling;
+                self.push_cancel(Op::Accept, 0, 0);
             }
-            if w.open == 0 && self.wake_armed && !self.wake_cancelled {
-                self.wake_cancelled = true;
-                self.push(opcode::AsyncCancel::new(ud(K_WAKE, 0, 0)).build().user_data(ud(K_CANCEL, 0, 0)));
+            if w.open == 0 && self.wake == Multishot::Armed {
+                self.wake = Multishot::Cancelling;
+                self.push_cancel(Op::Wake, 0, 0);
             }
             return;
         }
-        if !self.accept_armed && self.accept_retry_at.map_or(true, |at| at <= Instant::now()) {
+        if self.accept == Multishot::Idle && self.accept_retry_at.map_or(true, |at| at <= Instant::now()) {
             self.accept_retry_at = None;
-            self.accept_armed = true;
+            self.accept = Multishot::Armed;
             let e = opcode::AcceptMulti::new(types::Fd(self.listener.as_raw_fd()))
                 .flags(libc::SOCK_CLOEXEC)
                 .build()
-                .user_data(ud(K_ACCEPT, 0, 0));
+                .user_data(Op::Accept.tag(0, 0));
             self.push(e);
         }
-        if !self.wake_armed {
-            self.wake_armed = true;
+        if self.wake == Multishot::Idle {
+            self.wake = Multishot::Armed;
             let e = opcode::PollAdd::new(types::Fd(self.wake_fd), libc::POLLIN as u32)
                 .multi(true)
                 .build()
-                .user_data(ud(K_WAKE, 0, 0));
+                .user_data(Op::Wake.tag(0, 0));
             self.push(e);
         }
+    }
+
+    /// Asks the kernel to cancel the operation tagged (`op`, `slot`, `gen`).
+    fn push_cancel(&mut self, op: Op, slot: usize, gen: u32) {
+        self.push(opcode::AsyncCancel::new(op.tag(slot, gen)).build().user_data(Op::Cancel.tag(slot, gen)));
     }
 
     /// Turns the state changes of dirty connections into SQEs (and finishes closes).
     fn flush<H: Handler>(&mut self, w: &mut Worker, h: &mut H) {
         while let Some(slot) = conn::next_dirty(w, h) {
+            if self.io.len() <= slot {
+                self.io.resize_with(slot + 1, SlotIo::new);
+            }
             let gen = w.conns[slot].gen;
-            let c = &mut w.conns[slot];
-            if c.closing && (c.abort || (c.out.is_empty() && !c.send_inflight)) {
-                if !c.shut {
-                    c.shut = true;
-                    // SAFETY: shutdown on the connection's own, still open fd; it ends the
-                    // recv and any send in flight so their CQEs arrive.
-                    unsafe { libc::shutdown(c.fd, libc::SHUT_RDWR) };
-                }
-                if c.recv_armed && !c.recv_cancel_sent {
-                    c.recv_cancel_sent = true;
-                    self.push(opcode::AsyncCancel::new(ud(K_RECV, slot, gen)).build().user_data(ud(K_CANCEL, slot, gen)));
-                }
-                let c = &mut w.conns[slot];
-                if c.send_inflight && c.abort && !c.send_cancel_sent {
-                    // The shutdown above already fails a send parked on a full window; the
-                    // cancel makes sure, since the close waits for that send's CQE.
-                    c.send_cancel_sent = true;
-                    self.push(opcode::AsyncCancel::new(ud(K_SEND, slot, gen)).build().user_data(ud(K_CANCEL, slot, gen)));
-                }
-                let c = &w.conns[slot];
-                if !c.recv_armed && !c.send_inflight {
-                    conn::finalize(w, h, slot);
-                }
+            let mut first = false;
+            if w.conns[slot].end_if_due(&mut first) {
+                self.end(w, h, slot, gen, first);
                 continue;
             }
-            let want = c.wants_read();
-            let fd = c.fd;
-            if want && !c.recv_armed {
-                c.recv_armed = true;
-                c.recv_cancel_sent = false;
-                self.push(opcode::RecvMulti::new(types::Fd(fd), BGID).build().user_data(ud(K_RECV, slot, gen)));
-            } else if !want && c.recv_armed && !c.recv_cancel_sent {
-                c.recv_cancel_sent = true;
-                self.push(opcode::AsyncCancel::new(ud(K_RECV, slot, gen)).build().user_data(ud(K_CANCEL, slot, gen)));
+            let c = &w.conns[slot];
+            let (want, fd) = (c.wants_read(), c.fd);
+            match (want, self.io[slot].recv) {
+                (true, Multishot::Idle) => {
+                    self.io[slot].recv = Multishot::Armed;
+                    self.push(opcode::RecvMulti::new(types::Fd(fd), BGID).build().user_data(Op::Recv.tag(slot, gen)));
+                }
+                (false, Multishot::Armed) => {
+                    self.io[slot].recv = Multishot::Cancelling;
+                    self.push_cancel(Op::Recv, slot, gen);
+                }
+                // Armed and wanted, idle and not wanted, or a cancel under way (re-armed, if
+                // still wanted, at the recv's final CQE).
+                _ => {}
             }
-            let c = &mut w.conns[slot];
-            if !c.send_inflight && !c.out.is_empty() && !c.abort {
-                let mut iov = std::mem::take(&mut c.iov);
-                let covered = c.fill_iov(&mut iov, MAX_IOV);
-                c.iov = iov;
-                if c.iov.is_empty() {
-                    // Only empty borrowed sends at the head: complete them in order now.
-                    conn::sent(w, h, slot, 0);
-                    continue;
-                }
-                if c.iov.len() == 1 {
-                    // One contiguous piece (the common case): a plain send, no msghdr.
-                    let (ptr, len) = (c.iov[0].iov_base as *const u8, c.iov[0].iov_len.min(u32::MAX as usize) as u32);
-                    c.inflight_segs = covered;
-                    c.send_inflight = true;
-                    let e = opcode::Send::new(types::Fd(fd), ptr, len)
-                        .flags(libc::MSG_NOSIGNAL)
-                        .build()
-                        .user_data(ud(K_SEND, slot, gen));
-                    self.push(e);
-                    continue;
-                }
-                let msg = c.msg.get_or_insert_with(|| {
-                    // SAFETY: msghdr is plain data; all-zero is valid (no name, no control).
-                    Box::new(unsafe { std::mem::zeroed() })
-                });
-                msg.msg_iov = c.iov.as_mut_ptr();
-                msg.msg_iovlen = c.iov.len();
-                let msg_ptr: *const libc::msghdr = &**msg;
-                c.inflight_segs = covered;
-                c.send_inflight = true;
-                let e = opcode::SendMsg::new(types::Fd(fd), msg_ptr)
-                    .flags(libc::MSG_NOSIGNAL as u32)
-                    .build()
-                    .user_data(ud(K_SEND, slot, gen));
-                self.push(e);
+            if w.conns[slot].wants_send() {
+                self.start_send(w, h, slot, gen);
             }
         }
+    }
+
+    /// A connection that is `Ending`: on the first call shuts the socket down (which ends a
+    /// recv and fails a send parked on a full window, so their CQEs come), then cancels what
+    /// is still in the kernel, and finalises it once its recv and send are both done.
+    fn end<H: Handler>(&mut self, w: &mut Worker, h: &mut H, slot: usize, gen: u32, first: bool) {
+        if first {
+            // SAFETY: shutdown on the connection's own fd, still open (closed only by
+            // finalize, below, once).
+            unsafe { libc::shutdown(w.conns[slot].fd, libc::SHUT_RDWR) };
+        }
+        if self.io[slot].recv == Multishot::Armed {
+            self.io[slot].recv = Multishot::Cancelling;
+            self.push_cancel(Op::Recv, slot, gen);
+        }
+        if w.conns[slot].cancel_send() {
+            // The shutdown already fails a parked send; the cancel makes sure, since
+            // finalize waits for that send's CQE.
+            self.push_cancel(Op::Send, slot, gen);
+        }
+        if self.io[slot].recv == Multishot::Idle && w.conns[slot].send == SendOp::Idle {
+            conn::finalize(w, h, slot);
+        }
+    }
+
+    /// Starts the connection's one send: the head of its queue, up to `MAX_IOV` segments.
+    fn start_send<H: Handler>(&mut self, w: &mut Worker, h: &mut H, slot: usize, gen: u32) {
+        let c = &mut w.conns[slot];
+        let io = &mut self.io[slot];
+        let covered = c.fill_iov(&mut io.iov, MAX_IOV);
+        if io.iov.is_empty() {
+            // Only empty borrowed sends at the head: complete them in order now.
+            conn::sent(w, h, slot, 0);
+            return;
+        }
+        let fd = types::Fd(c.fd);
+        c.start_send(covered);
+        let e = if io.iov.len() == 1 {
+            // One contiguous piece (the common case): a plain send, no msghdr.
+            let (ptr, len) = (io.iov[0].iov_base as *const u8, io.iov[0].iov_len.min(u32::MAX as usize) as u32);
+            opcode::Send::new(fd, ptr, len).flags(libc::MSG_NOSIGNAL).build()
+        } else {
+            let msg = io.msg.get_or_insert_with(|| {
+                // SAFETY: msghdr is plain data; all-zero is valid (no name, no control).
+                Box::new(unsafe { std::mem::zeroed() })
+            });
+            msg.msg_iov = io.iov.as_mut_ptr();
+            msg.msg_iovlen = io.iov.len();
+            let msg_ptr: *const libc::msghdr = &**msg;
+            opcode::SendMsg::new(fd, msg_ptr).flags(libc::MSG_NOSIGNAL as u32).build()
+        };
+        self.push(e.user_data(Op::Send.tag(slot, gen)));
     }
 
     fn reap<H: Handler>(&mut self, w: &mut Worker, h: &mut H) {
@@ -290,44 +410,115 @@ impl Loop {
         cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
         StatCells::add(&w.stats().completions, cqes.len() as u64);
         for &(data, res, flags) in &cqes {
-            let (kind, slot, gen) = untag(data);
+            let Some((op, slot, gen)) = Op::of(data) else { continue };
             let more = cqueue::more(flags);
-            match kind {
-                K_ACCEPT => self.on_accept(w, h, res, more),
-                K_RECV => self.on_recv(w, h, slot, gen, res, flags),
-                K_SEND => {
+            match op {
+                Op::Accept => self.on_accept(w, h, res, more),
+                Op::Recv => self.on_recv(w, h, slot, gen, res, flags),
+                Op::Send => {
+                    // A send has one CQE: the kernel is done with its memory.
                     self.inflight -= 1;
-                    if !matches!(w.conns.get(slot), Some(c) if c.live && c.gen == gen) {
+                    if !is_ours(w, slot, gen) {
                         continue;
                     }
-                    w.conns[slot].send_inflight = false;
                     if res >= 0 {
                         conn::sent(w, h, slot, res as usize);
                     } else {
-                        w.conns[slot].inflight_segs = 0;
+                        w.conns[slot].send = SendOp::Idle;
                         w.begin_close(slot, true);
                     }
                 }
-                K_CANCEL => self.inflight -= 1,
-                K_WAKE => {
+                Op::Cancel => self.inflight -= 1,
+                Op::Wake => {
                     sysdrain(self.wake_fd);
                     if !more {
                         self.inflight -= 1;
-                        self.wake_armed = false;
+                        self.wake = Multishot::Idle;
                     }
                 }
-                _ => {}
             }
         }
         self.bufs.publish();
         self.cqes = cqes;
     }
 
+    /// After an abnormal end: takes the CQEs there are and notes which operations ended,
+    /// without calling the handler. A send's CQE makes its `SendOp` `Idle` (its memory is
+    /// free to hand back); an accepted fd that arrives now is closed.
+    fn reap_ends(&mut self, w: &mut Worker) {
+        let cqes: Vec<(u64, i32, u32)> = self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())).collect();
+        for (data, res, flags) in cqes {
+            let Some((op, slot, gen)) = Op::of(data) else { continue };
+            let more = cqueue::more(flags);
+            match op {
+                Op::Accept => {
+                    if res >= 0 {
+                        // SAFETY: a fresh fd from accept that nobody else owns.
+                        unsafe { libc::close(res) };
+                    }
+                    if !more {
+                        self.inflight -= 1;
+                        self.accept = Multishot::Idle;
+                    }
+                }
+                Op::Recv => {
+                    if let Some(bid) = cqueue::buffer_select(flags) {
+                        self.bufs.push(bid);
+                    }
+                    if !more {
+                        self.inflight -= 1;
+                        if is_ours(w, slot, gen) {
+                            self.io[slot].recv = Multishot::Idle;
+                        }
+                    }
+                }
+                Op::Send => {
+                    self.inflight -= 1;
+                    if is_ours(w, slot, gen) {
+                        w.conns[slot].send = SendOp::Idle;
+                    }
+                }
+                Op::Cancel => self.inflight -= 1,
+                Op::Wake => {
+                    if !more {
+                        self.inflight -= 1;
+                        self.wake = Multishot::Idle;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Cancels every operation still in the kernel one by one (for kernels without
+    /// synchronous cancellation, 6.0); their CQEs are awaited by the caller.
+    fn cancel_each(&mut self, w: &mut Worker) {
+        if self.accept == Multishot::Armed {
+            self.accept = Multishot::Cancelling;
+            self.push_cancel(Op::Accept, 0, 0);
+        }
+        if self.wake == Multishot::Armed {
+            self.wake = Multishot::Cancelling;
+            self.push_cancel(Op::Wake, 0, 0);
+        }
+        for slot in 0..w.conns.len().min(self.io.len()) {
+            if !w.conns[slot].is_live() {
+                continue;
+            }
+            let gen = w.conns[slot].gen;
+            if self.io[slot].recv == Multishot::Armed {
+                self.io[slot].recv = Multishot::Cancelling;
+                self.push_cancel(Op::Recv, slot, gen);
+            }
+            if w.conns[slot].cancel_send() {
+                self.push_cancel(Op::Send, slot, gen);
+            }
+        }
+    }
+
     fn on_accept<H: Handler>(&mut self, w: &mut Worker, h: &mut H, res: i32, more: bool) {
         if !more {
             self.inflight -= 1;
-            self.accept_armed = false;
-            self.accept_cancelled = false;
+            self.accept = Multishot::Idle;
         }
         if res < 0 {
             if matches!(-res, libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) && !more {
@@ -351,11 +542,9 @@ impl Loop {
         if !more {
             self.inflight -= 1;
         }
-        let ours = matches!(w.conns.get(slot), Some(c) if c.live && c.gen == gen);
+        let ours = is_ours(w, slot, gen);
         if ours && !more {
-            let c = &mut w.conns[slot];
-            c.recv_armed = false;
-            c.recv_cancel_sent = false;
+            self.io[slot].recv = Multishot::Idle;
             w.mark_dirty(slot);
         }
         if res > 0 {
@@ -390,6 +579,25 @@ impl Loop {
     }
 }
 
+/// Whether a CQE tagged with (`slot`, `gen`) belongs to the connection now in that slot.
+fn is_ours(w: &Worker, slot: usize, gen: u32) -> bool {
+    matches!(w.conns.get(slot), Some(c) if c.is_live() && c.gen == gen)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test hook, per worker thread: makes `abandon` behave as if synchronous cancellation
+    /// failed and nothing could be cancelled, as on a ring that no longer works.
+    static SKIP_SYNC_CANCEL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn skip_sync_cancel() -> bool {
+    #[cfg(test)]
+    return SKIP_SYNC_CANCEL.with(|s| s.get());
+    #[cfg(not(test))]
+    false
+}
+
 /// Registers a freshly accepted fd with the worker (shared by both backends).
 pub(crate) fn accept_fd<H: Handler>(w: &mut Worker, h: &mut H, fd: RawFd) -> Option<usize> {
     let Some(slot) = w.insert(fd) else {
@@ -419,5 +627,113 @@ fn min_opt(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
         (Some(x), Some(y)) => Some(x.min(y)),
         (x, None) => x,
         (None, y) => y,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::SKIP_SYNC_CANCEL;
+    use crate::engine::{Backend, Config, ConnId, Engine, Handler, Worker};
+
+    #[derive(Default)]
+    struct Seen {
+        send_done: AtomicUsize,
+        closed: AtomicUsize,
+    }
+
+    /// Answers any input with one large borrowed send; panics on "BOOM".
+    struct BigSender {
+        big: &'static [u8],
+        seen: Arc<Seen>,
+    }
+
+    impl Handler for BigSender {
+        fn on_data(&mut self, w: &mut Worker, conn: ConnId, data: &[u8]) {
+            assert!(!data.starts_with(b"BOOM"), "handler panic on purpose (test)");
+            let iov = [libc::iovec { iov_base: self.big.as_ptr() as *mut libc::c_void, iov_len: self.big.len() }];
+            // SAFETY: the buffer is 'static and never written.
+            unsafe { w.send_borrowed(conn, &iov, 7) }.unwrap();
+        }
+        fn on_send_done(&mut self, _w: &mut Worker, _conn: ConnId, _cookie: u64, _sent: bool) {
+            self.seen.send_done.fetch_add(1, Ordering::SeqCst);
+        }
+        fn on_close(&mut self, _w: &mut Worker, _conn: ConnId) {
+            self.seen.closed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn wait_until(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A worker that ends abnormally while a borrowed send is still in the kernel (its peer
+    /// never reads 32 MiB), and whose cancellation cannot be confirmed: the connection still
+    /// gets `on_close`, but the send's memory is not handed back with `on_send_done`, since
+    /// the kernel may still read it.
+    #[test]
+    fn unconfirmed_cancel_never_hands_back_memory_the_kernel_may_read() {
+        if crate::engine::probe::uring_usable().is_err() {
+            eprintln!("io_uring unusable here; nothing to test");
+            return;
+        }
+        let big: &'static [u8] = Box::leak(vec![b'b'; 32 << 20].into_boxed_slice());
+        let seen = Arc::new(Seen::default());
+        let s2 = Arc::clone(&seen);
+        let cfg = Config { backend: Some(Backend::Uring), workers: 1, pin_workers: false, ..Config::default() };
+        let e = Engine::start(cfg, move |_| BigSender { big, seen: Arc::clone(&s2) }).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        e.post(0, Box::new(move |_w: &mut Worker| {
+            SKIP_SYNC_CANCEL.with(|s| s.set(true));
+            tx.send(()).unwrap();
+        }))
+        .unwrap();
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let mut stuck = TcpStream::connect(("127.0.0.1", e.port())).unwrap();
+        stuck.write_all(b"go").unwrap();
+        wait_until("the send to start", || e.stats(0).unwrap().bytes_in >= 2);
+        std::thread::sleep(Duration::from_millis(50));
+        let mut boom = TcpStream::connect(("127.0.0.1", e.port())).unwrap();
+        boom.write_all(b"BOOM").unwrap();
+        wait_until("both connections closed", || seen.closed.load(Ordering::SeqCst) == 2);
+        assert_eq!(seen.send_done.load(Ordering::SeqCst), 0, "memory under an unconfirmed send was handed back");
+        let mut buf = [0u8; 16];
+        boom.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert!(matches!(boom.read(&mut buf), Ok(0) | Err(_)));
+        drop(stuck);
+        drop(e);
+    }
+
+    /// The same end with a working cancellation hands the memory back once the send's own
+    /// completion confirmed it ended.
+    #[test]
+    fn confirmed_cancel_hands_back_memory_after_the_send_ended() {
+        if crate::engine::probe::uring_usable().is_err() {
+            return;
+        }
+        let big: &'static [u8] = Box::leak(vec![b'b'; 32 << 20].into_boxed_slice());
+        let seen = Arc::new(Seen::default());
+        let s2 = Arc::clone(&seen);
+        let cfg = Config { backend: Some(Backend::Uring), workers: 1, pin_workers: false, ..Config::default() };
+        let e = Engine::start(cfg, move |_| BigSender { big, seen: Arc::clone(&s2) }).unwrap();
+        let mut stuck = TcpStream::connect(("127.0.0.1", e.port())).unwrap();
+        stuck.write_all(b"go").unwrap();
+        wait_until("the send to start", || e.stats(0).unwrap().bytes_in >= 2);
+        std::thread::sleep(Duration::from_millis(50));
+        let mut boom = TcpStream::connect(("127.0.0.1", e.port())).unwrap();
+        boom.write_all(b"BOOM").unwrap();
+        wait_until("both connections closed", || seen.closed.load(Ordering::SeqCst) == 2);
+        assert_eq!(seen.send_done.load(Ordering::SeqCst), 1);
+        drop(stuck);
+        drop(e);
     }
 }

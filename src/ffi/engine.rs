@@ -77,7 +77,9 @@ pub struct p99_engine_config {
     pub pin_workers: bool,
     /// Set TCP_NODELAY on accepted connections. Default true.
     pub tcp_nodelay: bool,
-    /// Open connections per worker; further ones are closed at accept. Default 65536.
+    /// Open connections on one worker, an optional cap below `max_conns`; further ones are
+    /// closed at accept. Default 16777215 (the most a handle can name), so only `max_conns`
+    /// applies.
     pub max_conns_per_worker: u32,
     /// Bytes per receive buffer. Default 4096.
     pub rx_buf_size: u32,
@@ -92,6 +94,10 @@ pub struct p99_engine_config {
     pub close_linger_ms: u32,
     /// listen(2) backlog. Default 1024.
     pub backlog: i32,
+    /// Open connections across all workers of the engine (a server's `-c`); further ones are
+    /// closed at accept, whichever worker they reach. Default 65536. A caller built against a header
+    /// without this field (its `struct_size` ends before it) gets the default.
+    pub max_conns: u32,
 }
 
 /// Callbacks and the user pointer passed to each. Zero-fill with `struct_size` set (or set
@@ -154,8 +160,10 @@ pub struct p99_worker_stats {
 // Option<extern fn> types; later versions append fields.
 unsafe impl Versioned for p99_engine_config {
     const NAME: &'static str = "p99_engine_config";
+    /// The layout 0.1 published, which ended before `max_conns`.
     const FIRST_SIZE: usize = 64;
 }
+const _: () = assert!(std::mem::offset_of!(p99_engine_config, max_conns) == 64);
 // SAFETY: see above.
 unsafe impl Versioned for p99_engine_callbacks {
     const NAME: &'static str = "p99_engine_callbacks";
@@ -184,6 +192,7 @@ impl Default for p99_engine_config {
             out_high_water: d.out_high_water as u64,
             close_linger_ms: d.close_linger.as_millis() as u32,
             backlog: d.backlog,
+            max_conns: d.max_conns as u32,
         }
     }
 }
@@ -354,6 +363,7 @@ pub unsafe extern "C" fn p99_engine_start(
             port: c.port,
             workers: c.workers as usize,
             pin_workers: c.pin_workers,
+            max_conns: c.max_conns as usize,
             max_conns_per_worker: c.max_conns_per_worker as usize,
             rx_buf_size: c.rx_buf_size as usize,
             rx_buf_count: c.rx_buf_count as usize,

@@ -20,6 +20,7 @@ mod config;
 mod json;
 mod module;
 mod netns;
+mod proxy;
 #[path = "../p99-bench/run.rs"]
 mod run;
 #[path = "../p99-bench/stats.rs"]
@@ -53,7 +54,8 @@ usage: p99-parity [flags]
   --latency-fraction F     fixed open-loop rate for the latency columns, as a fraction of the
                            slowest variant's median peak (default 0.25: open loop sends one
                            request per write, which costs a server more than pipelined load)
-  --scenarios LIST         any of module,ping,cache,udp (default all)
+  --scenarios LIST         any of module,ping,cache,udp (default all), and proxy (opt-in:
+                           memcache through nutcracker, CPU per request of proxy and server)
   --bin-dir DIR            where the servers are (default build/bin)
   --out DIR                results and plots (default build/parity)
   --server-cpu N           core for the servers (default 0)
@@ -171,7 +173,7 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
         }
     }
     for s in &o.scenarios {
-        if !["module", "ping", "cache", "udp"].contains(&s.as_str()) {
+        if !["module", "ping", "cache", "udp", "proxy"].contains(&s.as_str()) {
             return Err(format!("--scenarios: unknown '{s}'"));
         }
     }
@@ -1002,6 +1004,11 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
         print_table(&sc);
         plots.extend(write_plots(o, &sc));
         scen_json.set("udp", scenario_json(&sc));
+    }
+    if o.scenarios.iter().any(|s| s == "proxy") {
+        let p = proxy::run(o);
+        p.print();
+        scen_json.set("proxy", p.to_json());
     }
     results.set("scenarios", scen_json);
     results.set("plots", J::Arr(plots.iter().map(|p| J::Str(p.clone())).collect()));
