@@ -10,6 +10,11 @@
 //! umem's frame table: a frame the caller does not hold is refused, never double-posted.
 //! Failures leave their reason (and a rejected program's verifier log) for
 //! `p99_last_error_message()`.
+//!
+//! Contract of every function in these files: pointer arguments are NULL (refused, or allowed
+//! where the documentation says so) or valid for what the documentation describes, until
+//! return; the documentation is the safety section and becomes the header.
+#![allow(clippy::missing_safety_doc)]
 
 pub mod prog;
 pub mod socket;
