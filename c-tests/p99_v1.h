@@ -36,6 +36,14 @@ typedef struct p99_v1_cache_stats {
 	uint64_t table_grows;
 } p99_v1_cache_stats;
 
+typedef struct p99_v1_cache_value_info {
+	uint32_t struct_size;
+	uint32_t flags;
+	size_t value_len;
+	uint64_t cas;
+	uint32_t expiry;
+} p99_v1_cache_value_info;
+
 typedef struct p99_v1_engine_config {
 	uint32_t struct_size;
 	const char *addr;

@@ -68,6 +68,13 @@ SAME_FIELD(p99_v1_cache_stats, p99_cache_stats, sets);
 SAME_FIELD(p99_v1_cache_stats, p99_cache_stats, pinned);
 SAME_FIELD(p99_v1_cache_stats, p99_cache_stats, table_grows);
 
+NOT_SMALLER(p99_v1_cache_value_info, p99_cache_value_info);
+SAME_FIELD(p99_v1_cache_value_info, p99_cache_value_info, struct_size);
+SAME_FIELD(p99_v1_cache_value_info, p99_cache_value_info, flags);
+SAME_FIELD(p99_v1_cache_value_info, p99_cache_value_info, value_len);
+SAME_FIELD(p99_v1_cache_value_info, p99_cache_value_info, cas);
+SAME_FIELD(p99_v1_cache_value_info, p99_cache_value_info, expiry);
+
 NOT_SMALLER(p99_v1_engine_config, p99_engine_config);
 SAME_FIELD(p99_v1_engine_config, p99_engine_config, struct_size);
 SAME_FIELD(p99_v1_engine_config, p99_engine_config, addr);
@@ -283,6 +290,22 @@ static void test_cache_structs(void)
 	CHECK_EQ(gst->items, 1);
 	CHECK(zero_between(&sb, sizeof *gst, gssize));
 	CHECK(untouched_after(&sb, gssize));
+
+	/* The same for the copy-out read's value info, on OK and on BUFFER_TOO_SMALL. */
+	char buf[8];
+	p99_v1_cache_value_info *vi = as_caller(&sb, sizeof *vi, 0xab);
+	CHECK_OK(p99_cache_get_copy(c, (const uint8_t *)"k", 1, (uint8_t *)buf, sizeof buf,
+				    (p99_cache_value_info *)vi));
+	CHECK_EQ(vi->struct_size, sizeof *vi);
+	CHECK_EQ(vi->value_len, 1);
+	CHECK(untouched_after(&sb, sizeof *vi));
+	const size_t gvsize = sizeof(p99_cache_value_info) + NEWER_FIELD;
+	p99_cache_value_info *gvi = as_caller(&sb, gvsize, 0xff);
+	CHECK_STATUS(p99_cache_get_copy(c, (const uint8_t *)"k", 1, NULL, 0, gvi),
+		     P99_STATUS_BUFFER_TOO_SMALL);
+	CHECK_EQ(gvi->value_len, 1);
+	CHECK(zero_between(&sb, sizeof *gvi, gvsize));
+	CHECK(untouched_after(&sb, gvsize));
 	CHECK_OK(p99_cache_free(c));
 
 	/* A grown config: accepted with a zero tail, refused with a non-zero one. */

@@ -184,7 +184,7 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 
 	p99_status st = p99_engine_start(&cfg, &ecb, &srv->engine);
 	if (st != P99_STATUS_OK) {
-		snprintf(err, errlen, "p99_engine_start: %s (errno %d)", p99_status_str(st), p99_last_errno());
+		snprintf(err, errlen, "p99_engine_start: %s (%s)", p99_status_str(st), p99_last_error_message());
 		free(srv);
 		return NULL;
 	}

@@ -92,8 +92,8 @@ int main(int argc, char **argv)
 	p99_engine *e = NULL;
 	p99_status st = p99_engine_start(&cfg, &cb, &e);
 	if (st != P99_STATUS_OK) {
-		fprintf(stderr, "pingserver-c-p99: cannot start: %s (errno %d)\n", p99_status_str(st),
-			p99_last_errno());
+		fprintf(stderr, "pingserver-c-p99: cannot start: %s (%s)\n", p99_status_str(st),
+			p99_last_error_message());
 		return 1;
 	}
 	uint16_t port = 0;

@@ -15,7 +15,9 @@ use std::ffi::c_void;
 
 use super::boundary::{c_arg, guard, guard_or, struct_size, CResult, Failure, Handle, Versioned};
 use super::status::p99_status;
-use crate::cache::{Cache, ClockKind, Config, Eviction, Mode, PinTicket, Reservation, Stats, TicketedItem};
+use crate::cache::{
+    Cache, ClockKind, Config, CopiedItem, Eviction, Mode, PinTicket, Reservation, Stats, TicketedItem,
+};
 
 /// Eviction policy `P99_CACHE_EVICTION_FIFO`: drop the oldest unpinned segment.
 pub const P99_CACHE_EVICTION_FIFO: u32 = 0;
@@ -140,6 +142,25 @@ pub struct p99_cache_item {
     pub pin_magic: u64,
 }
 
+/// What `p99_cache_get_copy` found: filled by the library. Set `struct_size =
+/// sizeof(p99_cache_value_info)` before the call; the library writes at most that many bytes
+/// (fields it does not know are zeroed) and leaves `struct_size` as the caller set it; later
+/// versions only append fields.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct p99_cache_value_info {
+    /// Set by the caller: `sizeof(p99_cache_value_info)`.
+    pub struct_size: u32,
+    /// Client flags.
+    pub flags: u32,
+    /// Value length: the bytes copied on OK, the buffer size needed on BUFFER_TOO_SMALL.
+    pub value_len: usize,
+    /// CAS unique (0 when CAS is disabled).
+    pub cas: u64,
+    /// Absolute expiry on the cache clock (0 = never).
+    pub expiry: u32,
+}
+
 /// Counters and gauges of a cache. Set `struct_size = sizeof(p99_cache_stats)` before
 /// `p99_cache_get_stats`; later library versions only append fields.
 #[repr(C)]
@@ -199,8 +220,8 @@ pub struct p99_cache_stats {
     pub table_grows: u64,
 }
 
-// SAFETY (both): repr(C), struct_size first, integer and bool fields; later versions append
-// fields.
+// SAFETY (all three): repr(C), struct_size first, integer and bool fields; later versions
+// append fields.
 unsafe impl Versioned for p99_cache_config {
     const NAME: &'static str = "p99_cache_config";
     const FIRST_SIZE: usize = 48;
@@ -209,6 +230,12 @@ unsafe impl Versioned for p99_cache_config {
 unsafe impl Versioned for p99_cache_stats {
     const NAME: &'static str = "p99_cache_stats";
     const FIRST_SIZE: usize = 200;
+}
+
+// SAFETY: as above (usize is size_t).
+unsafe impl Versioned for p99_cache_value_info {
+    const NAME: &'static str = "p99_cache_value_info";
+    const FIRST_SIZE: usize = 32;
 }
 
 impl Default for p99_cache_config {
@@ -492,7 +519,10 @@ pub unsafe extern "C" fn p99_cache_store(
 
 /// Looks up `key` (borrowed until return) and, on OK, fills `*item` (caller-owned) with the
 /// pinned item; release it with `p99_cache_item_release`, from any thread. NOT_FOUND on a
-/// miss (`*item` untouched). INVALID_ARGUMENT for a key of length 0 or > 250. Thread-safe.
+/// miss (`*item` untouched). INVALID_ARGUMENT for a key of length 0 or > 250; OUT_OF_MEMORY
+/// (nothing pinned) when 4,194,304 pins of the key's shard are held at once. A get takes the
+/// shard lock once and its release takes none. For a value that is copied anyway,
+/// `p99_cache_get_copy` is cheaper (see there: when to pin, when to copy). Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_get(
     cache: *const p99_cache,
@@ -507,6 +537,53 @@ pub unsafe extern "C" fn p99_cache_get(
         let it = c.cache.get_ticketed(key)?.ok_or(p99_status::NotFound)?;
         fill_item(out, it, pin_tag(c));
         Ok(())
+    })
+}
+
+/// Looks up `key` (borrowed until return) and copies its value into `buf` (`buf_cap`
+/// writable bytes, borrowed until return; NULL allowed with `buf_cap` 0), under the shard
+/// lock: nothing stays pinned and nothing needs releasing. Fills `*info` (caller sets
+/// `info->struct_size` first) with the value's length, flags, CAS and expiry.
+///
+/// Returns OK (value copied, `*info` filled), NOT_FOUND (nothing written), or
+/// BUFFER_TOO_SMALL when the value is longer than `buf_cap`: nothing is copied and `*info`
+/// is filled anyway, with `value_len` the size needed. INVALID_ARGUMENT for a key of length 0
+/// or > 250, or an `info->struct_size` smaller than the first published struct.
+///
+/// Copy or pin: a copy costs one shard-lock acquisition and a `memcpy` of the value; a pin
+/// (`p99_cache_get` + `p99_cache_item_release`) costs the same lock plus a pin ticket, and
+/// hands out the bytes in place. Copy values that are copied anyway (into a reply buffer, a
+/// few KiB at most); pin large values sent by reference (e.g. with `writev` or the engine's
+/// borrowed sends) and released once the kernel is done with them. A server that does not
+/// know the size ahead can copy into its reply buffer and pin only on BUFFER_TOO_SMALL.
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_get_copy(
+    cache: *const p99_cache,
+    key: *const u8,
+    key_len: usize,
+    buf: *mut u8,
+    buf_cap: usize,
+    info: *mut p99_cache_value_info,
+) -> p99_status {
+    guard(|| -> CResult {
+        let c = c_arg!(handle cache)?;
+        let key = c_arg!(slice key, key_len)?;
+        let out = c_arg!(versioned_out info)?;
+        let buf = c_arg!(slice_mut buf, buf_cap)?;
+        let found: CopiedItem = c.cache.get_copy(key, buf)?.ok_or(p99_status::NotFound)?;
+        out.write(p99_cache_value_info {
+            struct_size: struct_size::<p99_cache_value_info>(),
+            flags: found.flags,
+            value_len: found.value_len,
+            cas: found.cas,
+            expiry: found.expiry,
+        });
+        if found.copied {
+            Ok(())
+        } else {
+            Err(p99_status::BufferTooSmall.into())
+        }
     })
 }
 
@@ -536,7 +613,9 @@ pub unsafe extern "C" fn p99_cache_get_and_touch(
 /// Releases a pinned item and clears `*item`. INVALID_STATE if `*item` holds no pin (a second
 /// release of the same struct or of a copy of it, or a zeroed struct), INVALID_ARGUMENT if it
 /// was pinned by another cache (or is garbage); nothing is released then, and no other
-/// reader's pin is touched. Callable from any thread; the struct must not be used by another
+/// reader's pin is touched. Lock-free (one compare-and-swap on the pin's ticket and an atomic
+/// decrement), except when it is the last pin of a segment emptied meanwhile, which it then
+/// frees under the shard lock. Callable from any thread; the struct must not be used by another
 /// thread at the same time.
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_item_release(
