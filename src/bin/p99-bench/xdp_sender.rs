@@ -142,5 +142,6 @@ pub fn run(c: &Config) -> Result<Report, String> {
         server_core_busy_pct: cpu.2,
         stalls,
         command: c.command_line(),
+        starved_attempts: Vec::new(),
     })
 }
