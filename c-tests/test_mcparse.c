@@ -2,6 +2,7 @@
  * memcached's limits, noreply, token counts and malformed lines, with the request each line
  * must become. Runs under ASan+UBSan and Valgrind like the other C tests. */
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -305,6 +306,33 @@ static void other_commands(void)
 	CHECK_EQ(parse("verbosity 1 noreply").noreply, true);
 	CHECK_EQ(parse("verbosity x").error, MC_ERR_FORMAT);
 	CHECK_EQ(parse("verbosity").verb, MC_ERROR);
+	CHECK_EQ(parse("verbosity -1").error, MC_ERR_FORMAT);
+	CHECK_EQ(parse("verbosity 1 2").error, MC_OK);
+	CHECK_EQ(parse("verbosity 1 2 3").verb, MC_ERROR);
+
+	/* slabs automove: 0/1/2, ratio <r>; a non-number is a format error, other numbers ERROR */
+	for (unsigned i = 0; i <= 2; i++) {
+		char line[32];
+		snprintf(line, sizeof(line), "slabs automove %u", i);
+		r = parse(line);
+		CHECK_EQ(r.verb, MC_SLABS_AUTOMOVE);
+		CHECK_EQ(r.error, MC_OK);
+		CHECK_EQ(r.level, i);
+	}
+	CHECK_EQ(parse("slabs automove 3").error, MC_ERR_PLAIN);
+	CHECK_EQ(parse("slabs automove x").error, MC_ERR_FORMAT);
+	CHECK_EQ(parse("slabs automove -1").error, MC_ERR_FORMAT);
+	CHECK_EQ(parse("slabs automove 4294967296").level, 0); /* truncated like memcached */
+	CHECK_EQ(parse("slabs automove 1 noreply").noreply, true);
+	CHECK_EQ(parse("slabs automove").verb, MC_ERROR);
+	CHECK_EQ(parse("slabs reassign 1 2").verb, MC_ERROR);
+	CHECK_EQ(parse("slabs").verb, MC_ERROR);
+	r = parse("slabs automove ratio 0.5");
+	CHECK_EQ(r.ratio, true);
+	CHECK_EQ(r.error, MC_OK);
+	CHECK(r.ratio_value == 0.5);
+	CHECK_EQ(parse("slabs automove ratio").error, MC_ERR_PLAIN);
+	CHECK_EQ(parse("slabs automove ratio x").error, MC_ERR_PLAIN);
 }
 
 static void malformed(void)

@@ -112,6 +112,22 @@ static bool parse_i32(struct mc_token t, int32_t *out)
 	return ok;
 }
 
+static bool parse_double(struct mc_token t, double *out)
+{
+	char small[64], *heap;
+	char *s = tok_cstr(t, small, sizeof(small), &heap);
+	if (!s)
+		return false;
+	char *end;
+	errno = 0;
+	double d = strtod(s, &end);
+	bool ok = errno != ERANGE && end != s && ends_ok(s, end);
+	free(heap);
+	if (ok)
+		*out = d;
+	return ok;
+}
+
 /* --- commands ------------------------------------------------------------------------------ */
 
 static void set_key(struct mc_request *req, struct mc_token key)
@@ -268,6 +284,31 @@ static void parse_verbosity(struct mc_request *req, const struct mc_token *tok, 
 		req->error = MC_ERR_FORMAT;
 }
 
+/*
+ * slabs automove <level> [noreply] | slabs automove ratio <ratio> [noreply]. memcached takes
+ * levels 0, 1 and 2; a level that is not a number is a format error, any other number a plain
+ * ERROR (which noreply hides). Other "slabs" subcommands are not offered: ERROR.
+ */
+static void parse_slabs(struct mc_request *req, const struct mc_token *tok, size_t n)
+{
+	if (n < 3 || !tok_is(tok[1], "automove")) {
+		req->verb = MC_ERROR;
+		return;
+	}
+	req->verb = MC_SLABS_AUTOMOVE;
+	req->noreply = tok_is(tok[n - 1], "noreply");
+	if (tok_is(tok[2], "ratio")) {
+		req->ratio = true;
+		if (n < 4 || !parse_double(tok[3], &req->ratio_value))
+			req->error = MC_ERR_PLAIN;
+		return;
+	}
+	if (!parse_u32(tok[2], &req->level))
+		req->error = MC_ERR_FORMAT;
+	else if (req->level > 2)
+		req->error = MC_ERR_PLAIN;
+}
+
 /* The verb named by a command word (MC_ERROR when none). */
 static enum mc_verb verb_of(struct mc_token cmd)
 {
@@ -281,7 +322,7 @@ static enum mc_verb verb_of(struct mc_token cmd)
 		{"cas", MC_CAS},         {"incr", MC_INCR},           {"decr", MC_DECR},
 		{"delete", MC_DELETE},   {"touch", MC_TOUCH},         {"stats", MC_STATS},
 		{"flush_all", MC_FLUSH_ALL}, {"version", MC_VERSION}, {"verbosity", MC_VERBOSITY},
-		{"quit", MC_QUIT},
+		{"quit", MC_QUIT},       {"slabs", MC_SLABS_AUTOMOVE},
 	};
 	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
 		if (tok_is(cmd, verbs[i].name))
@@ -357,6 +398,9 @@ void mc_parse(const char *line, size_t len, struct mc_request *req)
 		return;
 	case MC_STATS:
 		parse_stats(req, tok, n);
+		return;
+	case MC_SLABS_AUTOMOVE:
+		parse_slabs(req, tok, n);
 		return;
 	default:
 		break;

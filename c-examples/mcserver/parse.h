@@ -50,6 +50,7 @@ enum mc_verb {
 	MC_VERSION,
 	MC_VERBOSITY,
 	MC_QUIT,
+	MC_SLABS_AUTOMOVE, /* slabs automove <0|1|2> | ratio <r> [noreply] */
 };
 
 /* How a recognised command's arguments failed; the text is memcached's reply. */
@@ -59,6 +60,7 @@ enum mc_error {
 	MC_ERR_EXPTIME,      /* "CLIENT_ERROR invalid exptime argument" */
 	MC_ERR_DELTA,        /* "CLIENT_ERROR invalid numeric delta argument" */
 	MC_ERR_DELETE_USAGE, /* "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]" */
+	MC_ERR_PLAIN,        /* "ERROR", after noreply was parsed (so noreply hides it) */
 };
 
 enum mc_stats_group {
@@ -83,7 +85,9 @@ struct mc_request {
 	int32_t vlen;            /* set family: value length, 0 .. INT_MAX - 2 */
 	uint64_t cas;            /* cas: the unique the client read */
 	uint64_t delta;          /* incr/decr */
-	uint32_t level;          /* verbosity */
+	uint32_t level;          /* verbosity, slabs automove (when !ratio) */
+	bool ratio;              /* slabs automove ratio <ratio_value> */
+	double ratio_value;
 	enum mc_stats_group stats;
 };
 

@@ -62,6 +62,8 @@ static struct io_server *server;
 static struct counters stats;
 static time_t process_started;
 static _Atomic int verbosity;
+static _Atomic int automove = 1;     /* slabs automove: memcached's default is 1 */
+static _Atomic double automove_ratio = 0.8; /* slabs automove ratio (only reported) */
 
 static void count(_Atomic uint64_t *c) { atomic_fetch_add_explicit(c, 1, memory_order_relaxed); }
 
@@ -274,7 +276,6 @@ static void cmd_touch(struct pconn *c, const struct mc_request *req)
 
 static void cmd_flush_all(struct pconn *c, const struct mc_request *req)
 {
-	count(&stats.cmd_flush);
 	uint32_t delay = 0;
 	if (req->exptime > 0) {
 		int64_t ttl = ttl_from_exptime(req->exptime);
@@ -287,6 +288,16 @@ static void cmd_flush_all(struct pconn *c, const struct mc_request *req)
 static void cmd_verbosity(struct pconn *c, const struct mc_request *req)
 {
 	atomic_store(&verbosity, req->level > 2 ? 2 : (int)req->level);
+	reply(c, "OK\r\n");
+}
+
+static void cmd_slabs_automove(struct pconn *c, const struct mc_request *req)
+{
+	/* this server has no slab mover to drive: the setting is kept for "stats settings" */
+	if (req->ratio)
+		automove_ratio = req->ratio_value;
+	else
+		atomic_store(&automove, (int)req->level);
 	reply(c, "OK\r\n");
 }
 
@@ -359,6 +370,10 @@ static void stats_settings(struct pconn *c)
 	stat_line(c, "growth_factor", buf);
 	stat_line(c, "cas_enabled", settings.cas_enabled ? "yes" : "no");
 	stat_u64(stat_line, c, "item_size_max", settings.item_max);
+	stat_u64(stat_line, c, "slab_automove", (uint64_t)atomic_load(&automove));
+	snprintf(buf, sizeof(buf), "%.2f", atomic_load(&automove_ratio));
+	stat_line(c, "slab_automove_ratio", buf);
+	stat_line(c, "flush_enabled", settings.flush_disabled ? "no" : "yes");
 	stat_line(c, "binding_protocol", "ascii");
 	stat_line(c, "storage", storage_name());
 	stat_line(c, "io", io_name());
@@ -404,6 +419,7 @@ static const char *error_reply(enum mc_error e)
 	case MC_ERR_DELTA: return "CLIENT_ERROR invalid numeric delta argument\r\n";
 	case MC_ERR_DELETE_USAGE:
 		return "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n";
+	case MC_ERR_PLAIN: return "ERROR\r\n";
 	default: return "CLIENT_ERROR bad command line format\r\n";
 	}
 }
@@ -412,6 +428,14 @@ static const char *error_reply(enum mc_error e)
 static void execute(struct pconn *c, const struct mc_request *req)
 {
 	c->noreply = req->noreply;
+	if (req->verb == MC_FLUSH_ALL) {
+		/* memcached counts the command, then refuses it (-F) before reading its delay */
+		count(&stats.cmd_flush);
+		if (settings.flush_disabled) {
+			reply(c, "CLIENT_ERROR flush_all not allowed\r\n");
+			return;
+		}
+	}
 	bool retrieval = req->verb == MC_GET || req->verb == MC_GETS || req->verb == MC_GAT ||
 			 req->verb == MC_GATS;
 	if (req->error != MC_OK && !(retrieval && req->error == MC_ERR_FORMAT)) {
@@ -440,6 +464,7 @@ static void execute(struct pconn *c, const struct mc_request *req)
 	case MC_VERSION: send_str(c, "VERSION " SERVER_VERSION "\r\n"); break;
 	case MC_VERBOSITY: cmd_verbosity(c, req); break;
 	case MC_QUIT: close_conn(c); break;
+	case MC_SLABS_AUTOMOVE: cmd_slabs_automove(c, req); break;
 	}
 }
 

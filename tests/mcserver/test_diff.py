@@ -137,7 +137,10 @@ def command(rnd):
     line = rnd.choice([
         b"bogus\r\n", b"GET a\r\n", b"\r\n", b"set a 0 0\r\n", b"incr a\r\n",
         b"verbosity 1\r\n", b"verbosity\r\n", b"verbosity x noreply\r\n", b"touch a\r\n",
-        b"stats nosuch\r\n", b"flush_all x\r\n", b"cas a 0 0 1\r\n", b"get\r\n", b"gat\r\n",
+        b"stats nosuch\r\n", b"flush_all x\r\n", b"slabs automove 1\r\n", b"slabs automove 3\r\n",
+        b"slabs automove x\r\n", b"slabs automove\r\n", b"slabs automove 0 noreply\r\n",
+        b"slabs automove ratio 0.5\r\n", b"slabs automove ratio\r\n", b"verbosity -1\r\n",
+        b"verbosity 1 2\r\n", b"verbosity 1 2 3\r\n", b"cas a 0 0 1\r\n", b"get\r\n", b"gat\r\n",
         b"delete\r\n", b"set a 0 0 5\nhello\r\n", b"get a\n", b"set a 99999999999999999999 0 1\r\nx\r\n",
         b"set a 0 0 2097152\r\n" + b"q" * 2097152 + b"\r\n",
     ])
