@@ -14,6 +14,7 @@
 #include "proto.h"
 
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +50,15 @@ struct pconn {
 	enum storage_op op;
 	uint64_t cas;
 	bool noreply;
+	/* an ms value: its reply ("HD"/"NS"/"EX"/"NF" and the O, k, c fields in the order given)
+	 * is written once the value is in */
+	bool meta_set;
+	bool meta_quiet;
+	char meta_fields[MC_MAX_TOKENS]; /* 'O', 'k', 'c' in request order, NUL-terminated */
+	char opaque[MC_OPAQUE_MAX];
+	size_t nopaque;
+	char key[STORAGE_KEY_MAX];
+	size_t nkey;
 };
 
 struct counters {
@@ -160,6 +170,466 @@ static void cmd_get(struct pconn *c, const struct mc_request *req)
 	send_str(c, "END\r\n");
 }
 
+/* --- meta commands ---------------------------------------------------------------------------- */
+
+/* A reply line being built (the longest: "VA", numbers, an opaque and a base64 key). */
+struct line {
+	char b[1024];
+	size_t n;
+};
+
+static void line_mem(struct line *l, const void *p, size_t n)
+{
+	if (n > sizeof(l->b) - l->n)
+		n = sizeof(l->b) - l->n; /* cannot happen with the limits parse.c enforces */
+	memcpy(l->b + l->n, p, n);
+	l->n += n;
+}
+
+static void line_str(struct line *l, const char *s) { line_mem(l, s, strlen(s)); }
+
+static void line_fmt(struct line *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void line_fmt(struct line *l, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(l->b + l->n, sizeof(l->b) - l->n, fmt, ap);
+	va_end(ap);
+	if (n > 0)
+		l->n += (size_t)n < sizeof(l->b) - l->n ? (size_t)n : sizeof(l->b) - l->n - 1;
+}
+
+static void line_send(struct pconn *c, struct line *l)
+{
+	line_str(l, "\r\n");
+	io_send_copy(c->io, l->b, l->n);
+}
+
+/* " k<key>", base64 with a trailing " b" when the client sent it that way. */
+static void line_key(struct line *l, const void *key, size_t n, bool binary)
+{
+	line_str(l, " k");
+	if (!binary) {
+		line_mem(l, key, n);
+		return;
+	}
+	char enc[(MC_KEY_MAX + 2) / 3 * 4];
+	line_mem(l, enc, mc_base64_encode(key, n, enc));
+	line_str(l, " b");
+}
+
+/* The flag tokens of a meta request, one at a time (NULL-free: t.n == 0 at the end). */
+static struct mc_token next_flag(const char **p, const struct mc_meta *m)
+{
+	return mc_next_key(p, m->tokens.s + m->tokens.n);
+}
+
+/* The O and k fields, in request order (the replies that carry nothing else). */
+static void line_opaque_key(struct line *l, const struct mc_meta *m, struct mc_token key)
+{
+	const char *p = m->tokens.s;
+	for (size_t i = 0; i < m->ntokens; i++) {
+		struct mc_token t = next_flag(&p, m);
+		if (t.s[0] == 'O') {
+			line_str(l, " ");
+			line_mem(l, t.s, t.n);
+		} else if (t.s[0] == 'k') {
+			line_key(l, key.s, key.n, m->key_binary);
+		}
+	}
+}
+
+/*
+ * What memcached prints for t: the seconds left, or -1 for never. An already expired item
+ * holds memcached's internal time 1, printed as 1 - now on its 32-bit clock (which starts 62 s
+ * before the process): mirrored here from this server's own start.
+ */
+static void line_ttl(struct line *l, int64_t ttl)
+{
+	if (ttl == 0)
+		line_str(l, " t-1");
+	else if (ttl > 0)
+		line_fmt(l, " t%" PRId64, ttl);
+	else
+		line_fmt(l, " t%" PRIu32, (uint32_t)(1 - (time(NULL) - process_started + 62)));
+}
+
+/* The store's figure (-1 never, else seconds left) as a ttl for line_ttl. */
+static int64_t view_ttl(int64_t ttl) { return ttl < 0 ? 0 : ttl; }
+
+/* Whether flag token a comes before flag token b (both present). */
+static bool flag_before(const struct mc_meta *m, char a, char b)
+{
+	const char *p = m->tokens.s;
+	for (size_t i = 0; i < m->ntokens; i++) {
+		struct mc_token t = next_flag(&p, m);
+		if (t.s[0] == a)
+			return true;
+		if (t.s[0] == b)
+			return false;
+	}
+	return false;
+}
+
+/*
+ * Flags memcached 1.6.18 accepts whose effect needs per-item state this server's stores do not
+ * keep yet (last access, fetched, stale and win marks, base64-key marks, CAS-checked delete,
+ * append and arithmetic): refused as an unknown flag rather than answered differently.
+ */
+static bool meta_unsupported(const struct mc_request *req)
+{
+	const struct mc_meta *m = &req->meta;
+	switch (req->verb) {
+	case MC_MG:
+		return mc_meta_has(m, 'h') || mc_meta_has(m, 'l') || mc_meta_has(m, 'N') ||
+		       mc_meta_has(m, 'R');
+	case MC_MS:
+		return mc_meta_has(m, 'b') ||
+		       (mc_meta_has(m, 'I') && m->has_cas && strchr("SR", m->mode ? m->mode : 'S')) ||
+		       (m->has_cas && req->cas != 0 && (m->mode == 'A' || m->mode == 'P'));
+	case MC_MD:
+		return mc_meta_has(m, 'C') || mc_meta_has(m, 'I');
+	case MC_MA:
+		return mc_meta_has(m, 'C');
+	default:
+		return false;
+	}
+}
+
+static void cmd_mg(struct pconn *c, const struct mc_request *req, struct mc_token key)
+{
+	const struct mc_meta *m = &req->meta;
+	bool late_error = req->error == MC_ERR_OPAQUE;
+	bool touch = m->has_ttl && (!late_error || m->ttl_before_opaque);
+	int64_t new_ttl = ttl_from_exptime(req->exptime);
+	/* a t before the T reports the ttl from before it */
+	bool old_ttl_shown = touch && mc_meta_has(m, 't') && flag_before(m, 't', 'T');
+	struct storage_view v;
+	int rc = touch && !old_ttl_shown ? storage_gat(key.s, key.n, new_ttl, &v)
+					 : storage_get(key.s, key.n, &v);
+	if (rc == STORAGE_OK && old_ttl_shown)
+		storage_touch(key.s, key.n, new_ttl);
+	if (m->has_ttl)
+		count(&stats.cmd_touch);
+	else
+		count(&stats.cmd_get);
+	if (rc == STORAGE_OK)
+		count(m->has_ttl ? &stats.touch_hits : &stats.get_hits);
+	else
+		count(m->has_ttl ? &stats.touch_misses : &stats.get_misses);
+	if (late_error) {
+		if (rc == STORAGE_OK)
+			storage_release(v.pin);
+		send_str(c, "CLIENT_ERROR opaque token too long\r\n");
+		return;
+	}
+	struct line l = {.n = 0};
+	if (rc != STORAGE_OK) {
+		if (m->quiet)
+			return;
+		line_str(&l, "EN");
+		line_opaque_key(&l, m, key);
+		line_send(c, &l);
+		return;
+	}
+	if (m->value)
+		line_fmt(&l, "VA %zu", v.len);
+	else
+		line_str(&l, "HD");
+	int64_t ttl = view_ttl(v.ttl);
+	const char *p = m->tokens.s;
+	for (size_t i = 0; i < m->ntokens; i++) {
+		struct mc_token t = next_flag(&p, m);
+		switch (t.s[0]) {
+		case 'T': ttl = new_ttl; break;
+		case 's': line_fmt(&l, " s%zu", v.len); break;
+		case 't': line_ttl(&l, ttl); break;
+		case 'c': line_fmt(&l, " c%" PRIu64, v.cas); break;
+		case 'f': line_fmt(&l, " f%" PRIu32, v.flags); break;
+		case 'O':
+			line_str(&l, " ");
+			line_mem(&l, t.s, t.n);
+			break;
+		/* the stored key, which is never marked binary here (ms b is refused) */
+		case 'k': line_key(&l, key.s, key.n, false); break;
+		default: break;
+		}
+	}
+	if (!m->value) {
+		line_send(c, &l);
+		storage_release(v.pin);
+		return;
+	}
+	line_str(&l, "\r\n");
+	if (v.len <= COPY_VALUE_MAX && l.n + v.len + 2 <= sizeof(l.b)) {
+		line_mem(&l, v.value, v.len);
+		line_send(c, &l);
+		storage_release(v.pin);
+	} else {
+		io_send_copy(c->io, l.b, l.n);
+		io_send_ref(c->io, v.value, v.len, release_pin, v.pin);
+		io_send_copy(c->io, "\r\n", 2);
+	}
+}
+
+static enum storage_op meta_set_op(const struct mc_meta *m)
+{
+	switch (m->mode) {
+	case 'E': return STORAGE_ADD;
+	case 'A': return STORAGE_APPEND;
+	case 'P': return STORAGE_PREPEND;
+	case 'R': return m->has_cas ? STORAGE_CAS : STORAGE_REPLACE;
+	default: return m->has_cas ? STORAGE_CAS : STORAGE_SET;
+	}
+}
+
+static void cmd_ms(struct pconn *c, const struct mc_request *req, struct mc_token key)
+{
+	const struct mc_meta *m = &req->meta;
+	count(&stats.cmd_set);
+	struct storage_reservation *res;
+	int rc = storage_reserve(key.s, key.n, req->flags, ttl_from_exptime(req->exptime),
+				 (size_t)req->vlen, &res);
+	if (rc != STORAGE_OK) {
+		send_str(c, rc == STORAGE_TOO_LARGE ? "SERVER_ERROR object too large for cache\r\n"
+						    : "SERVER_ERROR out of memory storing object\r\n");
+		c->state = ST_SWALLOW;
+		c->left = (size_t)req->vlen + 2;
+		storage_delete(key.s, key.n); /* memcached drops the old value whatever the mode */
+		return;
+	}
+	c->meta_set = true;
+	c->meta_quiet = m->quiet;
+	size_t nf = 0;
+	const char *p = m->tokens.s;
+	for (size_t i = 0; i < m->ntokens; i++) {
+		struct mc_token t = next_flag(&p, m);
+		if (t.s[0] == 'O' || t.s[0] == 'k' || t.s[0] == 'c')
+			c->meta_fields[nf++] = t.s[0];
+		if (t.s[0] == 'O') {
+			memcpy(c->opaque, t.s, t.n);
+			c->nopaque = t.n;
+		}
+	}
+	c->meta_fields[nf] = '\0';
+	memcpy(c->key, key.s, key.n);
+	c->nkey = key.n;
+	c->res = res;
+	c->op = meta_set_op(m);
+	c->cas = req->cas;
+	c->left = (size_t)req->vlen;
+	c->nterm = 0;
+	c->state = ST_DATA;
+}
+
+/* The reply to an ms once its value is in: rc from storage_commit, cas the new one (or 0). */
+static void finish_meta_set(struct pconn *c, int rc, uint64_t cas)
+{
+	c->meta_set = false;
+	if (rc == STORAGE_STORED && c->meta_quiet)
+		return;
+	struct line l = {.n = 0};
+	switch (rc) {
+	case STORAGE_STORED: line_str(&l, "HD"); break;
+	case STORAGE_EXISTS: line_str(&l, "EX"); break;
+	case STORAGE_NOT_FOUND: line_str(&l, "NF"); break;
+	default: line_str(&l, "NS"); break; /* not stored, or an append that no longer fits */
+	}
+	for (const char *f = c->meta_fields; *f; f++) {
+		if (*f == 'O') {
+			line_str(&l, " ");
+			line_mem(&l, c->opaque, c->nopaque);
+		} else if (*f == 'k') {
+			line_key(&l, c->key, c->nkey, false);
+		} else {
+			line_fmt(&l, " c%" PRIu64, rc == STORAGE_STORED ? cas : 0);
+		}
+	}
+	line_send(c, &l);
+}
+
+static void cmd_md(struct pconn *c, const struct mc_request *req, struct mc_token key)
+{
+	const struct mc_meta *m = &req->meta;
+	struct line l = {.n = 0};
+	if (storage_delete(key.s, key.n) == STORAGE_DELETED) {
+		count(&stats.delete_hits);
+		if (m->quiet)
+			return;
+		line_str(&l, "HD");
+	} else {
+		count(&stats.delete_misses);
+		line_str(&l, "NF");
+	}
+	line_opaque_key(&l, m, key);
+	line_send(c, &l);
+}
+
+/* ma's N: creates the counter at J, with N's ttl or T's, whichever came last. */
+static int meta_vivify(const struct mc_request *req, struct mc_token key, uint64_t *cas)
+{
+	const struct mc_meta *m = &req->meta;
+	int32_t exptime = m->vivify_exptime;
+	if (m->has_ttl && flag_before(m, 'N', 'T'))
+		exptime = req->exptime;
+	char num[24];
+	int n = snprintf(num, sizeof(num), "%" PRIu64, m->initial);
+	struct storage_reservation *res;
+	int rc = storage_reserve(key.s, key.n, 0, ttl_from_exptime(exptime), (size_t)n, &res);
+	if (rc != STORAGE_OK)
+		return rc;
+	storage_fill(res, num, (size_t)n);
+	return storage_commit(res, STORAGE_ADD, 0, cas);
+}
+
+static void cmd_ma(struct pconn *c, const struct mc_request *req, struct mc_token key)
+{
+	const struct mc_meta *m = &req->meta;
+	bool incr = m->mode != 'D' && m->mode != '-';
+	bool late_error = req->error == MC_ERR_OPAQUE;
+	uint64_t value = 0, cas = 0;
+	int rc = storage_incr(key.s, key.n, incr, req->delta, &value, &cas);
+	bool created = false;
+	struct line l = {.n = 0};
+	switch (rc) {
+	case STORAGE_OK:
+		count(incr ? &stats.incr_hits : &stats.decr_hits);
+		break;
+	case STORAGE_NON_NUMERIC:
+		send_str(c, "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n");
+		return;
+	case STORAGE_NO_MEMORY:
+		send_str(c, "SERVER_ERROR out of memory\r\n");
+		return;
+	default:
+		if (!m->vivify) {
+			count(incr ? &stats.incr_misses : &stats.decr_misses);
+			if (late_error) {
+				send_str(c, "CLIENT_ERROR opaque token too long\r\n");
+				return;
+			}
+			line_str(&l, "NF");
+			line_opaque_key(&l, m, key);
+			line_send(c, &l);
+			return;
+		}
+		rc = meta_vivify(req, key, &cas);
+		if (rc == STORAGE_TOO_LARGE || rc == STORAGE_NO_MEMORY) {
+			send_str(c, "SERVER_ERROR Out of memory allocating new item\r\n");
+			return;
+		}
+		if (rc != STORAGE_STORED) { /* another client created it meanwhile */
+			line_str(&l, "NS");
+			line_opaque_key(&l, m, key);
+			line_send(c, &l);
+			return;
+		}
+		created = true;
+		value = m->initial;
+	}
+	/* the ttl as memcached's reply loop sees it: T (and N on a new item) set it in order */
+	int64_t ttl = 0;
+	if (!created && mc_meta_has(m, 't')) {
+		struct storage_view v;
+		if (storage_get(key.s, key.n, &v) == STORAGE_OK) {
+			ttl = view_ttl(v.ttl);
+			storage_release(v.pin);
+		}
+	}
+	if (!created && m->has_ttl && (!late_error || m->ttl_before_opaque))
+		storage_touch(key.s, key.n, ttl_from_exptime(req->exptime));
+	if (late_error) {
+		send_str(c, "CLIENT_ERROR opaque token too long\r\n");
+		return;
+	}
+	if (rc == STORAGE_OK && m->quiet)
+		return;
+	char num[24];
+	int nnum = snprintf(num, sizeof(num), "%" PRIu64, value);
+	if (m->value)
+		line_fmt(&l, "VA %d", nnum);
+	else
+		line_str(&l, "HD");
+	const char *p = m->tokens.s;
+	for (size_t i = 0; i < m->ntokens; i++) {
+		struct mc_token t = next_flag(&p, m);
+		switch (t.s[0]) {
+		case 'c': line_fmt(&l, " c%" PRIu64, cas); break;
+		case 't': line_ttl(&l, ttl); break;
+		case 'T': ttl = ttl_from_exptime(req->exptime); break;
+		case 'N':
+			if (created)
+				ttl = ttl_from_exptime(m->vivify_exptime);
+			break;
+		case 'O':
+			line_str(&l, " ");
+			line_mem(&l, t.s, t.n);
+			break;
+		case 'k': line_key(&l, key.s, key.n, m->key_binary); break;
+		default: break;
+		}
+	}
+	if (m->value) {
+		line_str(&l, "\r\n");
+		line_mem(&l, num, (size_t)nnum);
+	}
+	line_send(c, &l);
+}
+
+static const char *meta_error(enum mc_error e)
+{
+	switch (e) {
+	case MC_ERR_DUP_FLAG: return "CLIENT_ERROR duplicate flag\r\n";
+	case MC_ERR_INVALID_FLAG: return "CLIENT_ERROR invalid flag\r\n";
+	case MC_ERR_FLAG_MD_MA: return "CLIENT_ERROR invalid or duplicate flag\r\n";
+	case MC_ERR_BAD_TOKEN: return "CLIENT_ERROR bad token in command line format\r\n";
+	case MC_ERR_KEY_DECODE: return "CLIENT_ERROR error decoding key\r\n";
+	case MC_ERR_M_LENGTH: return "CLIENT_ERROR incorrect length for M token\r\n";
+	case MC_ERR_INITIAL: return "CLIENT_ERROR invalid numeric initial value\r\n";
+	case MC_ERR_DELTA_VALUE: return "CLIENT_ERROR invalid numeric delta value\r\n";
+	case MC_ERR_MS_MODE: return "CLIENT_ERROR invalid mode for ms M token\r\n";
+	case MC_ERR_MA_MODE: return "CLIENT_ERROR invalid mode for ma M token\r\n";
+	case MC_ERR_OPAQUE: return "CLIENT_ERROR opaque token too long\r\n";
+	case MC_ERR_MG_TOO_LONG: return "CLIENT_ERROR options flags are too long\r\n";
+	case MC_ERR_TOO_LONG: return "CLIENT_ERROR options flags too long\r\n";
+	default: return "CLIENT_ERROR bad command line format\r\n";
+	}
+}
+
+/* mg, ms, md, ma: errors are always sent (q hides only the nominal replies). */
+static void cmd_meta(struct pconn *c, const struct mc_request *req)
+{
+	const struct mc_meta *m = &req->meta;
+	bool late = req->error == MC_ERR_OPAQUE && (req->verb == MC_MG || req->verb == MC_MA);
+	const char *err = NULL;
+	if (req->error != MC_OK && !late)
+		err = meta_error(req->error);
+	else if (meta_unsupported(req))
+		err = req->verb == MC_MD || req->verb == MC_MA
+			      ? "CLIENT_ERROR invalid or duplicate flag\r\n"
+			      : "CLIENT_ERROR invalid flag\r\n";
+	if (err) {
+		send_str(c, err);
+		if (req->verb == MC_MS && m->data_follows) {
+			c->state = ST_SWALLOW;
+			c->left = (size_t)req->vlen + 2;
+		}
+		return;
+	}
+	struct mc_token key = req->keys;
+	unsigned char decoded[MC_KEY_MAX];
+	if (m->key_binary) {
+		key.n = mc_base64_decode(req->keys.s, req->keys.n, decoded);
+		key.s = (const char *)decoded;
+	}
+	switch (req->verb) {
+	case MC_MG: cmd_mg(c, req, key); break;
+	case MC_MS: cmd_ms(c, req, key); break;
+	case MC_MD: cmd_md(c, req, key); break;
+	default: cmd_ma(c, req, key); break;
+	}
+}
+
 static enum storage_op storage_op_of(enum mc_verb verb)
 {
 	switch (verb) {
@@ -205,14 +675,21 @@ static void finish_update(struct pconn *c)
 	c->state = ST_LINE;
 	if (c->term[0] != '\r' || c->term[1] != '\n') {
 		storage_cancel(res);
+		c->noreply = c->noreply && !c->meta_set; /* an ms always reports it */
+		c->meta_set = false;
 		reply(c, "CLIENT_ERROR bad data chunk\r\n");
 		return;
 	}
 	enum storage_op op = c->op;
-	int rc = storage_commit(res, op, c->cas, NULL);
+	uint64_t new_cas = 0;
+	int rc = storage_commit(res, op, c->cas, &new_cas);
 	if (op == STORAGE_CAS) {
 		count(rc == STORAGE_STORED ? &stats.cas_hits
 		      : rc == STORAGE_EXISTS ? &stats.cas_badval : &stats.cas_misses);
+	}
+	if (c->meta_set) {
+		finish_meta_set(c, rc, new_cas);
+		return;
 	}
 	switch (rc) {
 	case STORAGE_STORED: reply(c, "STORED\r\n"); break;
@@ -229,7 +706,7 @@ static void cmd_incr(struct pconn *c, const struct mc_request *req)
 	bool incr = req->verb == MC_INCR;
 	struct mc_token key = req->keys;
 	uint64_t result;
-	int rc = storage_incr(key.s, key.n, incr, req->delta, &result);
+	int rc = storage_incr(key.s, key.n, incr, req->delta, &result, NULL);
 	char buf[32];
 	switch (rc) {
 	case STORAGE_OK:
@@ -428,6 +905,14 @@ static const char *error_reply(enum mc_error e)
 static void execute(struct pconn *c, const struct mc_request *req)
 {
 	c->noreply = req->noreply;
+	switch (req->verb) {
+	case MC_MG:
+	case MC_MS:
+	case MC_MD:
+	case MC_MA: cmd_meta(c, req); return;
+	case MC_MN: send_str(c, "MN\r\n"); return;
+	default: break;
+	}
 	if (req->verb == MC_FLUSH_ALL) {
 		/* memcached counts the command, then refuses it (-F) before reading its delay */
 		count(&stats.cmd_flush);
@@ -465,6 +950,7 @@ static void execute(struct pconn *c, const struct mc_request *req)
 	case MC_VERBOSITY: cmd_verbosity(c, req); break;
 	case MC_QUIT: close_conn(c); break;
 	case MC_SLABS_AUTOMOVE: cmd_slabs_automove(c, req); break;
+	default: break; /* the meta commands, run above */
 	}
 }
 

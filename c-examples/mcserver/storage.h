@@ -79,6 +79,7 @@ struct storage_view {
 	size_t len;
 	uint32_t flags;
 	uint64_t cas;              /* 0 when CAS is disabled */
+	int64_t ttl;               /* seconds left before it expires (> 0), or -1: never */
 	struct storage_pin *pin;
 };
 
@@ -140,9 +141,11 @@ int storage_touch(const void *key, size_t nkey, int64_t ttl);
  * incr (incr=true, wraps mod 2^64) or decr (saturates at 0) with memcached's rules: the value
  * must be an unsigned decimal (leading spaces allowed, ends at the end or at a space); a shorter
  * result is padded with spaces to the old length; flags and ttl kept; a new cas is assigned.
- * Returns STORAGE_OK with *result, STORAGE_NOT_FOUND, STORAGE_NON_NUMERIC, STORAGE_NO_MEMORY.
+ * Returns STORAGE_OK with *result (and the item's new cas in *cas_out when not NULL; 0 when
+ * CAS is disabled), STORAGE_NOT_FOUND, STORAGE_NON_NUMERIC, STORAGE_NO_MEMORY.
  */
-int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64_t *result);
+int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64_t *result,
+		 uint64_t *cas_out);
 
 /*
  * flush_all: delay 0 invalidates every item now; delay > 0 invalidates, once delay-1 seconds

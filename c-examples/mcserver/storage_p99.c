@@ -149,6 +149,7 @@ static int pin_view(p99_status st, struct storage_pin *pin, struct storage_view 
 	out->len = pin->item.value_len;
 	out->flags = pin->item.flags;
 	out->cas = pin->item.cas;
+	out->ttl = pin->item.expiry ? (int64_t)pin->item.expiry - (int64_t)p99_cache_now(cache) : -1;
 	out->pin = pin;
 	return STORAGE_OK;
 }
@@ -194,11 +195,12 @@ int storage_touch(const void *key, size_t nkey, int64_t ttl)
 	return st == P99_STATUS_OK ? STORAGE_OK : STORAGE_NOT_FOUND;
 }
 
-int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64_t *result)
+int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64_t *result,
+		 uint64_t *cas_out)
 {
 	uint64_t v;
-	p99_status st = incr ? p99_cache_incr(cache, key, nkey, delta, &v, NULL)
-			     : p99_cache_decr(cache, key, nkey, delta, &v, NULL);
+	p99_status st = incr ? p99_cache_incr(cache, key, nkey, delta, &v, cas_out)
+			     : p99_cache_decr(cache, key, nkey, delta, &v, cas_out);
 	if (st != P99_STATUS_OK)
 		return map_status(st);
 	*result = v;

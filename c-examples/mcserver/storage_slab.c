@@ -627,6 +627,7 @@ static void pin_view(struct item *it, struct storage_view *out)
 	out->len = it->nbytes;
 	out->flags = it->flags;
 	out->cas = S.opts.cas_enabled ? it->cas : 0;
+	out->ttl = it->exptime ? (int64_t)it->exptime - (int64_t)store_now() : -1;
 	out->pin = (struct storage_pin *)it;
 }
 
@@ -715,7 +716,8 @@ static bool parse_counter(const char *v, size_t n, uint64_t *out)
 	return ok;
 }
 
-int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64_t *result)
+int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64_t *result,
+		 uint64_t *cas_out)
 {
 	if (!key || !result || nkey == 0 || nkey > STORAGE_KEY_MAX)
 		return STORAGE_NOT_FOUND;
@@ -738,6 +740,8 @@ int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64
 			memcpy(item_value(it), num, (size_t)len);
 			it->cas = S.next_cas++;
 			it->time = store_now();
+			if (cas_out)
+				*cas_out = S.opts.cas_enabled ? it->cas : 0;
 		} else {
 			it->refcount++;
 			struct item *n = item_alloc(key, nkey, it->flags, it->exptime, (size_t)len);
@@ -749,6 +753,8 @@ int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64
 				n->time = (uint32_t)len;
 				item_unlink(it);
 				item_link(n, hv);
+				if (cas_out)
+					*cas_out = S.opts.cas_enabled ? n->cas : 0;
 				item_release(n);
 			}
 		}
