@@ -465,13 +465,24 @@ static void cmd_md(struct pconn *c, const struct mc_request *req, struct mc_toke
 	line_send(c, &l);
 }
 
-/* ma's N: creates the counter at J, with N's ttl or T's, whichever came last. */
+/*
+ * ma's N: creates the counter at J. memcached creates it without expiry, then its reply loop
+ * applies T and N in order, stopping at an O token that is too long: same result here.
+ */
 static int meta_vivify(const struct mc_request *req, struct mc_token key, uint64_t *cas)
 {
 	const struct mc_meta *m = &req->meta;
-	int32_t exptime = m->vivify_exptime;
-	if (m->has_ttl && flag_before(m, 'N', 'T'))
-		exptime = req->exptime;
+	int32_t exptime = 0;
+	const char *p = m->tokens.s;
+	for (size_t i = 0; i < m->ntokens; i++) {
+		struct mc_token t = next_flag(&p, m);
+		if (t.s[0] == 'O' && t.n > MC_OPAQUE_MAX)
+			break;
+		if (t.s[0] == 'T')
+			exptime = req->exptime;
+		else if (t.s[0] == 'N')
+			exptime = m->vivify_exptime;
+	}
 	char num[24];
 	int n = snprintf(num, sizeof(num), "%" PRIu64, m->initial);
 	struct storage_reservation *res;
@@ -487,6 +498,21 @@ static void cmd_ma(struct pconn *c, const struct mc_request *req, struct mc_toke
 	const struct mc_meta *m = &req->meta;
 	bool incr = m->mode != 'D' && m->mode != '-';
 	bool late_error = req->error == MC_ERR_OPAQUE;
+	/*
+	 * memcached applies T to the item it incremented in place; when the number grew longer
+	 * it stored a new item and T lands on the old, unlinked one (the reply's t still shows
+	 * it). So look at the old length (and ttl) first.
+	 */
+	size_t old_len = 0;
+	int64_t ttl = 0;
+	if (m->has_ttl || mc_meta_has(m, 't')) {
+		struct storage_view v;
+		if (storage_get(key.s, key.n, &v) == STORAGE_OK) {
+			old_len = v.len;
+			ttl = view_ttl(v.ttl);
+			storage_release(v.pin);
+		}
+	}
 	uint64_t value = 0, cas = 0;
 	int rc = storage_incr(key.s, key.n, incr, req->delta, &value, &cas);
 	bool created = false;
@@ -527,16 +553,10 @@ static void cmd_ma(struct pconn *c, const struct mc_request *req, struct mc_toke
 		created = true;
 		value = m->initial;
 	}
-	/* the ttl as memcached's reply loop sees it: T (and N on a new item) set it in order */
-	int64_t ttl = 0;
-	if (!created && mc_meta_has(m, 't')) {
-		struct storage_view v;
-		if (storage_get(key.s, key.n, &v) == STORAGE_OK) {
-			ttl = view_ttl(v.ttl);
-			storage_release(v.pin);
-		}
-	}
-	if (!created && m->has_ttl && (!late_error || m->ttl_before_opaque))
+	char num[24];
+	int nnum = snprintf(num, sizeof(num), "%" PRIu64, value);
+	bool in_place = !created && (size_t)nnum <= old_len;
+	if (in_place && m->has_ttl && (!late_error || m->ttl_before_opaque))
 		storage_touch(key.s, key.n, ttl_from_exptime(req->exptime));
 	if (late_error) {
 		send_str(c, "CLIENT_ERROR opaque token too long\r\n");
@@ -544,8 +564,9 @@ static void cmd_ma(struct pconn *c, const struct mc_request *req, struct mc_toke
 	}
 	if (rc == STORAGE_OK && m->quiet)
 		return;
-	char num[24];
-	int nnum = snprintf(num, sizeof(num), "%" PRIu64, value);
+	/* the ttl as memcached's reply loop sees it: T (and N on a new item) set it in order */
+	if (created)
+		ttl = 0;
 	if (m->value)
 		line_fmt(&l, "VA %d", nnum);
 	else
