@@ -94,7 +94,8 @@ static void reply(struct pconn *c, const char *s)
 	send_str(c, s);
 }
 
-/* memcached's exptime rules as seconds from now (0 never, <0 already past): flush_all's delay. */
+/* memcached's exptime rules as seconds from now (0 never, <0 already past): flush_all's delay,
+ * and what a meta t reports after a T. */
 static int64_t ttl_from_exptime(int32_t exptime)
 {
 	if (exptime == 0)
@@ -317,10 +318,10 @@ static void cmd_mg(struct pconn *c, const struct mc_request *req, struct mc_toke
 	/* a t before the T reports the ttl from before it */
 	bool old_ttl_shown = touch && mc_meta_has(m, 't') && flag_before(m, 't', 'T');
 	struct storage_view v;
-	int rc = touch && !old_ttl_shown ? storage_gat(key.s, key.n, new_ttl, &v)
+	int rc = touch && !old_ttl_shown ? storage_gat(key.s, key.n, req->exptime, &v)
 					 : storage_get(key.s, key.n, &v);
 	if (rc == STORAGE_OK && old_ttl_shown)
-		storage_touch(key.s, key.n, new_ttl);
+		storage_touch(key.s, key.n, req->exptime);
 	if (m->has_ttl)
 		count(&stats.cmd_touch);
 	else
@@ -400,8 +401,7 @@ static void cmd_ms(struct pconn *c, const struct mc_request *req, struct mc_toke
 	const struct mc_meta *m = &req->meta;
 	count(&stats.cmd_set);
 	struct storage_reservation *res;
-	int rc = storage_reserve(key.s, key.n, req->flags, ttl_from_exptime(req->exptime),
-				 (size_t)req->vlen, &res);
+	int rc = storage_reserve(key.s, key.n, req->flags, req->exptime, (size_t)req->vlen, &res);
 	if (rc != STORAGE_OK) {
 		send_str(c, rc == STORAGE_TOO_LARGE ? "SERVER_ERROR object too large for cache\r\n"
 						    : "SERVER_ERROR out of memory storing object\r\n");
@@ -498,7 +498,7 @@ static int meta_vivify(const struct mc_request *req, struct mc_token key, uint64
 	char num[24];
 	int n = snprintf(num, sizeof(num), "%" PRIu64, m->initial);
 	struct storage_reservation *res;
-	int rc = storage_reserve(key.s, key.n, 0, ttl_from_exptime(exptime), (size_t)n, &res);
+	int rc = storage_reserve(key.s, key.n, 0, exptime, (size_t)n, &res);
 	if (rc != STORAGE_OK)
 		return rc;
 	storage_fill(res, num, (size_t)n);
@@ -569,7 +569,7 @@ static void cmd_ma(struct pconn *c, const struct mc_request *req, struct mc_toke
 	int nnum = snprintf(num, sizeof(num), "%" PRIu64, value);
 	bool in_place = !created && (size_t)nnum <= old_len;
 	if (in_place && m->has_ttl && (!late_error || m->ttl_before_opaque))
-		storage_touch(key.s, key.n, ttl_from_exptime(req->exptime));
+		storage_touch(key.s, key.n, req->exptime);
 	if (late_error) {
 		send_str(c, "CLIENT_ERROR opaque token too long\r\n");
 		return;
