@@ -267,8 +267,9 @@ static void line_ttl(struct line *l, int64_t ttl)
 		line_fmt(l, " t%" PRIu32, (uint32_t)(1 - (time(NULL) - process_started + 62)));
 }
 
-/* The store's figure (-1 never, else seconds left) as a ttl for line_ttl. */
-static int64_t view_ttl(int64_t ttl) { return ttl < 0 ? 0 : ttl; }
+/* storage_ttl_left's figure as a ttl for line_ttl: -1 (never) is 0; an item read while live
+ * has at least 1 second left, as memcached would print for it. */
+static int64_t view_ttl(int64_t ttl) { return ttl == -1 ? 0 : ttl < 1 ? 1 : ttl; }
 
 /* Whether flag token a comes before flag token b (both present). */
 static bool flag_before(const struct mc_meta *m, char a, char b)
@@ -349,7 +350,7 @@ static void cmd_mg(struct pconn *c, const struct mc_request *req, struct mc_toke
 		line_fmt(&l, "VA %zu", v.len);
 	else
 		line_str(&l, "HD");
-	int64_t ttl = view_ttl(v.ttl);
+	int64_t ttl = view_ttl(storage_ttl_left(v.expires));
 	const char *p = m->tokens.s;
 	for (size_t i = 0; i < m->ntokens; i++) {
 		struct mc_token t = next_flag(&p, m);
@@ -521,7 +522,7 @@ static void cmd_ma(struct pconn *c, const struct mc_request *req, struct mc_toke
 		struct storage_view v;
 		if (storage_get(key.s, key.n, &v) == STORAGE_OK) {
 			old_len = v.len;
-			ttl = view_ttl(v.ttl);
+			ttl = view_ttl(storage_ttl_left(v.expires));
 			storage_release(v.pin);
 		}
 	}

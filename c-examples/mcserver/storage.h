@@ -85,7 +85,8 @@ struct storage_view {
 	size_t len;
 	uint32_t flags;
 	uint64_t cas;              /* 0 when CAS is disabled */
-	int64_t ttl;               /* seconds left before it expires (> 0), or -1: never */
+	uint32_t expires;          /* when it expires on the store's clock, 0 = never: see
+				    * storage_ttl_left (kept raw so a read costs no clock call) */
 	struct storage_pin *pin;
 };
 
@@ -142,6 +143,9 @@ int storage_get_copy(const void *key, size_t nkey, void *buf, size_t cap,
 
 /* Like storage_get, and sets the item's exptime (cas unchanged). Returns OK or NOT_FOUND. */
 int storage_gat(const void *key, size_t nkey, int64_t exptime, struct storage_view *out);
+
+/* Seconds until a view's item expires (> 0; 0 or less once past), or -1 for never. */
+int64_t storage_ttl_left(uint32_t expires);
 
 /* Unpins a read item; the view's pointers must not be used after. NULL is a no-op. */
 void storage_release(struct storage_pin *pin);

@@ -211,10 +211,9 @@ int storage_commit(struct storage_reservation *res, enum storage_op op, uint64_t
 	return map_status(st);
 }
 
-/* storage_view.ttl of an absolute expiry on the cache clock (0 = never). */
-static int64_t ttl_left(uint32_t expiry)
+int64_t storage_ttl_left(uint32_t expires)
 {
-	return expiry ? (int64_t)expiry - (int64_t)p99_cache_now(cache) : -1;
+	return expires ? (int64_t)expires - (int64_t)p99_cache_now(cache) : -1;
 }
 
 static int pin_view(p99_status st, struct storage_pin *pin, struct storage_view *out)
@@ -227,7 +226,7 @@ static int pin_view(p99_status st, struct storage_pin *pin, struct storage_view 
 	out->len = pin->item.value_len;
 	out->flags = pin->item.flags;
 	out->cas = pin->item.cas;
-	out->ttl = ttl_left(pin->item.expiry);
+	out->expires = pin->item.expiry;
 	out->pin = pin;
 	return STORAGE_OK;
 }
@@ -257,7 +256,7 @@ int storage_get_copy(const void *key, size_t nkey, void *buf, size_t cap,
 	out->len = info.value_len;
 	out->flags = info.flags;
 	out->cas = info.cas;
-	out->ttl = ttl_left(info.expiry);
+	out->expires = info.expiry;
 	out->pin = NULL;
 	return STORAGE_OK;
 }

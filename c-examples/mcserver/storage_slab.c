@@ -626,10 +626,9 @@ int storage_commit(struct storage_reservation *r, enum storage_op op, uint64_t c
 	return rc;
 }
 
-/* storage_view.ttl: seconds left, or -1 for never. */
-static int64_t ttl_left(const struct item *it)
+int64_t storage_ttl_left(uint32_t expires)
 {
-	return it->exptime ? (int64_t)it->exptime - (int64_t)store_now() : -1;
+	return expires ? (int64_t)expires - (int64_t)store_now() : -1;
 }
 
 static void pin_view(struct item *it, struct storage_view *out)
@@ -641,7 +640,7 @@ static void pin_view(struct item *it, struct storage_view *out)
 	out->len = it->nbytes;
 	out->flags = it->flags;
 	out->cas = S.opts.cas_enabled ? it->cas : 0;
-	out->ttl = ttl_left(it);
+	out->expires = it->exptime;
 	out->pin = (struct storage_pin *)it;
 }
 
@@ -675,7 +674,7 @@ int storage_get_copy(const void *key, size_t nkey, void *buf, size_t cap,
 		out->len = it->nbytes;
 		out->flags = it->flags;
 		out->cas = S.opts.cas_enabled ? it->cas : 0;
-		out->ttl = ttl_left(it);
+		out->expires = it->exptime;
 		out->pin = NULL;
 	} else if (it) {
 		pin_view(it, out);
