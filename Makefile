@@ -186,7 +186,7 @@ test-mcserver-uring:
 	@for b in $(BIN)/mcserver-*-uring; do \
 	  echo "== $$(basename $$b) with P99_BACKEND=epoll"; \
 	  (cd tests/mcserver && export P99_BACKEND=epoll MCSERVER_BIN=$$b && \
-	   $(PYTHON) -m unittest -q test_protocol test_badinput && \
+	   $(PYTHON) -m unittest -q test_protocol test_badinput test_meta && \
 	   DIFF_SEED=1 DIFF_COMMANDS=4000 $(PYTHON) test_diff.py && \
 	   $(PYTHON) test_memccapable.py) || exit 1; \
 	done

@@ -30,6 +30,7 @@ static void usage(FILE *f, const char *prog)
 		"  -I <num>                  largest item, with k/m suffix (default: 1m; 1k..1024m)\n"
 		"  -f <num>                  chunk size growth factor (default: 1.25)\n"
 		"  -C                        disable use of CAS\n"
+		"  -F                        disable flush_all\n"
 		"  -U <num>                  UDP port: only 0 (off) is supported\n"
 		"  -v                        verbose (repeat for more)\n"
 		"  -h                        print this help and exit\n"
@@ -76,7 +77,7 @@ int main(int argc, char **argv)
 	};
 	unsigned long v;
 	int opt;
-	while ((opt = getopt(argc, argv, "p:l:t:c:m:I:f:CU:vh")) != -1) {
+	while ((opt = getopt(argc, argv, "p:l:t:c:m:I:f:CFU:vh")) != -1) {
 		switch (opt) {
 		case 'p':
 			if (!parse_ulong(optarg, 65535, &v)) goto bad;
@@ -110,6 +111,9 @@ int main(int argc, char **argv)
 			break;
 		case 'C':
 			ps.cas_enabled = false;
+			break;
+		case 'F':
+			ps.flush_disabled = true;
 			break;
 		case 'U':
 			if (strcmp(optarg, "0") != 0) {
