@@ -179,9 +179,10 @@ test-mcserver:
 	cmake --build $(BUILD)/c-examples-asan -j $(JOBS) >/dev/null
 	tests/mcserver/run.sh $(BUILD)/bin-asan $(PYTHON)
 # The engine's tests that need the built programs: the ping servers answer identically.
+# --workspace resolves features as test-rust does, so its build is reused, not redone.
 .PHONY: test-engine
 test-engine:
-	P99_BIN_DIR=$(BIN) $(CARGO) test --release --test ping_parity -- --ignored
+	P99_BIN_DIR=$(BIN) $(CARGO) test --release --workspace --test ping_parity -- --ignored
 
 # mcserver on the engine: test-mcserver runs every suite on the *-uring variants on io_uring;
 # this runs the same suites on them with the engine forced onto its epoll fallback.
