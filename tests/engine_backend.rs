@@ -1,9 +1,11 @@
 //! Backend choice, each case in a child process (the choice is made once per process):
 //! `P99_BACKEND=epoll` forces epoll, and io_uring refused by a seccomp filter (as Docker's
-//! default profile does) makes the engine fall back to epoll and say so on stderr.
+//! default profile does) makes the engine fall back to epoll and say so on stderr; and the
+//! probe leaves the calling thread's blocking calls alone.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::time::Duration;
 
@@ -112,4 +114,40 @@ fn p99_backend_uring_when_refused_fails_clearly() {
 fn probed_backend_serves() {
     let (out, _) = run_child(&[]);
     assert!(out.contains("CHILD backend="), "{out}");
+}
+
+/// The child side of the test below: probes (as the first engine start or
+/// `p99_engine_backend` does), then at once blocks in a read with a receive timeout on a
+/// socket nobody writes to, and prints how the read ended. Only meaningful when started by it.
+#[test]
+#[ignore = "child process of the backend tests"]
+fn child_probe_then_blocking_read() {
+    let backend = p99::engine::probe::backend().expect("backend");
+    let (a, _b) = UnixStream::pair().unwrap();
+    a.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut buf = [0u8; 1];
+    // One read(2), no retry: Read::read does not restart after EINTR.
+    let how = match (&a).read(&mut buf) {
+        Ok(n) => format!("read {n} bytes"),
+        Err(e) => format!("{:?}", e.kind()),
+    };
+    println!("CHILD backend={} read={how}", backend.name());
+}
+
+/// Probing io_uring submits on a ring and closes it; the kernel's later teardown of that ring
+/// interrupts every thread that submitted on it. Probing on the caller's thread made the
+/// caller's next blocking socket call with a timeout fail with EINTR (a C test's read of its
+/// echo came back empty): the read here must end by its timeout, not be interrupted.
+#[test]
+fn probing_does_not_interrupt_the_callers_blocking_calls() {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .args(["child_probe_then_blocking_read", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .env_remove("P99_BACKEND")
+        .output()
+        .expect("spawn child");
+    let all = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{all}");
+    assert!(all.contains("CHILD backend="), "{all}");
+    assert!(all.contains("read=WouldBlock") || all.contains("read=TimedOut"), "the read did not end by its timeout:\n{all}");
 }

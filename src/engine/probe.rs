@@ -40,7 +40,22 @@ static URING: OnceLock<Result<&'static str, String>> = OnceLock::new();
 /// Whether io_uring passes the probe here (cached per process): Ok names the ring setup it
 /// got, Err says why not.
 pub fn uring_usable() -> Result<&'static str, String> {
-    URING.get_or_init(probe_uring).clone()
+    URING.get_or_init(probe_on_own_thread).clone()
+}
+
+/// Runs [`probe_uring`] on a short-lived thread of its own and waits for it. The probe
+/// submits on a ring and closes it; the kernel tears a closed ring down later, from a
+/// workqueue, and then interrupts every thread that submitted on it (task work queued with
+/// TWA_SIGNAL). On the caller's thread that interruption makes a blocking socket call with a
+/// timeout (SO_RCVTIMEO/SO_SNDTIMEO) fail with EINTR, e.g. the next read of a C caller that
+/// just started an engine. A thread that has exited is not interrupted.
+fn probe_on_own_thread() -> Result<&'static str, String> {
+    std::thread::Builder::new()
+        .name("p99-uring-probe".into())
+        .spawn(probe_uring)
+        .map_err(|e| format!("probe thread: {e}"))?
+        .join()
+        .unwrap_or_else(|_| Err("probe thread panicked".into()))
 }
 
 fn choose() -> Choice {
