@@ -264,17 +264,14 @@ SOAK_SERVERS ?= mcserver-p99-uring mcserver-slab-epoll pingserver-c-p99 pingserv
 soak: all
 	$(PYTHON) tests/soak/soak.py --bin-dir $(BIN) --out $(BUILD)/soak --secs $(SOAK_SECS) $(SOAK_SERVERS)
 
-# 40 s per server. Its half-sent wave (24 x 900 KB of 1 MB sets, a third of -m) exercises the
-# partial-write path without filling the budget; make soak's (64 x 900 KB) fills it, which
-# fails today on two known defects (the p99 store's partial writes outside -m; the slab
-# store refusing every set while reservations hold the budget). An RSS excess no larger than
-# the partial-set bytes held is reported here as the first defect, not failed. The client's
-# p99 is reported, not asserted, here (make soak asserts 100 ms): make test shares the machine
-# with builds, and at a load average of 8-10 on 2 cores healthy servers showed p99s from 4 ms
-# to 700 ms. That every request was answered (p99-bench: none unanswered) is still checked.
+# 40 s per server, with make soak's half-sent wave (64 x 900 KB of 1 MB sets: as much as -m).
+# The client's p99 is reported, not asserted, here (make soak asserts 100 ms): make test shares
+# the machine with builds, and at a load average of 8-10 on 2 cores healthy servers showed p99s
+# from 4 ms to 700 ms. That every request was answered (p99-bench: none unanswered) is still
+# checked.
 test-soak:
 	$(PYTHON) tests/soak/soak.py --bin-dir $(BIN) --out $(BUILD)/soak-test --secs 40 \
-	    --half-sent-conns 24 --known-partial-set-defect --p99-bound-ms 0 $(SOAK_SERVERS)
+	    --p99-bound-ms 0 $(SOAK_SERVERS)
 
 clean:
 	rm -rf $(BUILD)

@@ -132,6 +132,7 @@ impl Run {
             shards: 1,
             expected_items: 64,
             clock: ClockKind::Manual(T0),
+            reservation_bytes: 0,
         })
         .unwrap();
         let nkeys = if lossy { 1000 } else { 40 };

@@ -17,7 +17,9 @@
 //! - every status equals the model's, except where the store may lose an item: a miss (or
 //!   the NOT_STORED/NOT_FOUND a miss implies) is accepted for a key the model has only if
 //!   the store evicted live items after that key was last written; OUT_OF_MEMORY only while
-//!   pins are held (every segment may be pinned).
+//!   pins are held (every segment may be pinned), and from reserve exactly when the open
+//!   reservations would pass the reservation allowance (one shard: a quarter of the heap, at
+//!   least item_max; small ones may use an eighth more).
 #![no_main]
 
 use std::collections::{HashMap, HashSet};
@@ -63,6 +65,8 @@ struct Run<'a> {
     b: Bytes<'a>,
     cache: *mut p99_cache,
     item_max: usize,
+    /// The shard's reservation allowance (the cache's default for one shard).
+    reserve_limit: usize,
     cas_on: bool,
     now: u32,
     flush_at: Option<u32>,
@@ -338,6 +342,13 @@ impl<'a> Run<'a> {
         self.check_write(&key, &value, flags, expiry, mode, cas_in, got, before);
     }
 
+    /// Whether `n` more bytes of reservation stay within the allowance.
+    fn reservation_fits(&self, n: usize) -> bool {
+        let held: usize = self.pending.iter().map(|p| p.key.len() + p.value.len()).sum();
+        let cap = if n <= self.reserve_limit / 128 { self.reserve_limit + self.reserve_limit / 8 } else { self.reserve_limit };
+        held + n <= cap
+    }
+
     fn op_reserve(&mut self) {
         if self.pending.len() >= MAX_RESERVATIONS {
             return;
@@ -353,6 +364,8 @@ impl<'a> Run<'a> {
             S::InvalidArgument
         } else if self.too_large(key.len(), value.len()) {
             S::TooLarge
+        } else if !self.reservation_fits(key.len() + value.len()) {
+            S::OutOfMemory
         } else {
             S::Ok
         };
@@ -776,6 +789,7 @@ fuzz_target!(|data: &[u8]| {
         b,
         cache,
         item_max: cfg.item_max as usize,
+        reserve_limit: (cfg.heap_bytes as usize / 4).max(cfg.item_max as usize),
         cas_on: cfg.cas,
         now: T0,
         flush_at: None,

@@ -20,6 +20,43 @@ struct Shard {
     inner: Mutex<ShardInner>,
     pins: Arc<PinTable>,
     tickets: TicketTable,
+    reserved: Arc<ReserveBudget>,
+}
+
+/// The bytes a shard's open reservations may hold (their value buffers live outside the
+/// segments). A reservation takes its share at reserve time and gives it back when it is
+/// committed or dropped; shared with the reservations, which may outlive the cache.
+///
+/// Large writes may fill `limit`; a further `limit / 8` is kept for small ones (at most
+/// `limit / 128` bytes each), so writers stalled in the middle of large values never make a
+/// small `set` fail (memcached, whose small items come from their own slab class, stores it).
+struct ReserveBudget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl ReserveBudget {
+    fn new(limit: usize) -> ReserveBudget {
+        ReserveBudget { used: AtomicUsize::new(0), limit }
+    }
+
+    /// The most bytes open reservations may hold, small ones included.
+    fn ceiling(&self) -> usize {
+        self.limit + self.limit / 8
+    }
+
+    /// Takes `n` bytes, or `false` (nothing taken) when they would pass the limit for a
+    /// reservation of that size.
+    fn take(&self, n: usize) -> bool {
+        let cap = if n <= self.limit / 128 { self.ceiling() } else { self.limit };
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_add(n).filter(|&t| t <= cap))
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
 }
 
 /// Slots per ticket chunk, and chunks per shard: at most 4,194,304 tickets of one shard are
@@ -170,7 +207,6 @@ pub struct Cache {
 /// [`Reservation::unfilled`] + [`Reservation::advance`], then given to [`Cache::commit`];
 /// dropping it cancels the write. It owns its buffer and does not borrow the cache, so it
 /// may be filled on any thread, across as many network reads as the value needs.
-#[derive(Debug)]
 pub struct Reservation {
     /// Key then value, in one allocation.
     buf: Box<[u8]>,
@@ -179,6 +215,28 @@ pub struct Reservation {
     flags: u32,
     expiry: u32,
     cache_id: usize,
+    /// The key's hash, computed once at reserve time.
+    hash: u64,
+    /// The shard budget `buf.len()` bytes were taken from; given back on drop.
+    budget: Arc<ReserveBudget>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.give(self.buf.len());
+    }
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("key_len", &self.klen)
+            .field("value_len", &self.value_len())
+            .field("filled", &self.filled)
+            .field("flags", &self.flags)
+            .field("expiry", &self.expiry)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Reservation {
@@ -439,6 +497,10 @@ impl Cache {
         }
         let expected = if cfg.expected_items != 0 { cfg.expected_items } else { cfg.heap_bytes / 128 };
         let shard_bits = nshards.trailing_zeros();
+        // Each shard may hold an equal part of the allowance in open reservations, and at
+        // least one largest item (else such an item could never be written).
+        let allowance = if cfg.reservation_bytes != 0 { cfg.reservation_bytes } else { cfg.heap_bytes / 4 };
+        let reserve_limit = (allowance / nshards).max(cfg.item_max);
         let mut shards = Vec::with_capacity(nshards);
         for i in 0..nshards {
             let pins = Arc::new(PinTable::new(per_shard));
@@ -457,6 +519,7 @@ impl Cache {
                 inner: Mutex::new(inner),
                 pins,
                 tickets: TicketTable::new(),
+                reserved: Arc::new(ReserveBudget::new(reserve_limit)),
             }));
         }
         let shards = shards.into_boxed_slice();
@@ -498,10 +561,15 @@ impl Cache {
         self as *const Cache as usize
     }
 
+    #[inline]
+    fn shard_index(&self, h: u64) -> usize {
+        ((h >> 32) & self.shard_mask) as usize
+    }
+
     /// Locks the shard of hash `h`, applying a due flush_all and eager expiry first.
     #[inline]
     fn shard_for(&self, h: u64, now: u32) -> (usize, MutexGuard<'_, ShardInner>) {
-        let i = ((h >> 32) & self.shard_mask) as usize;
+        let i = self.shard_index(h);
         let mut g = self.shards[i].inner.lock();
         self.housekeep(&mut g, now);
         (i, g)
@@ -520,13 +588,23 @@ impl Cache {
 
     /// Starts a write of `key` with a value of `value_len` bytes. `expiry` is absolute on the
     /// cache clock (0 = never). Fails with `InvalidArgument` for a key of 0 or more than 250
-    /// bytes and `TooLarge` when key + value + 23 header bytes exceed `item_max`.
+    /// bytes, `TooLarge` when key + value + 23 header bytes exceed `item_max`, and
+    /// `OutOfMemory` when the key's shard already holds its share of the reservation
+    /// allowance (`Config::reservation_bytes`) in open reservations: until some of them are
+    /// committed or dropped, the value has nowhere to go.
     pub fn reserve(&self, key: &[u8], value_len: usize, flags: u32, expiry: u32) -> Result<Reservation, Error> {
         check_key(key)?;
         if item_size(key.len(), value_len) > self.cfg.item_max {
             return Err(Error::TooLarge);
         }
-        let mut buf = vec![0u8; key.len() + value_len].into_boxed_slice();
+        let len = key.len() + value_len;
+        let hash = hash_key(key);
+        let budget = &self.shards[self.shard_index(hash)].reserved;
+        if !budget.take(len) {
+            return Err(Error::OutOfMemory);
+        }
+        let budget = budget.clone();
+        let mut buf = vec![0u8; len].into_boxed_slice();
         buf[..key.len()].copy_from_slice(key);
         Ok(Reservation {
             buf,
@@ -535,7 +613,14 @@ impl Cache {
             flags,
             expiry,
             cache_id: self.id(),
+            hash,
+            budget,
         })
+    }
+
+    /// Bytes held by open reservations now (key and value buffers), summed over shards.
+    pub fn reserved_bytes(&self) -> u64 {
+        self.shards.iter().map(|s| s.reserved.used.load(Ordering::Relaxed) as u64).sum()
     }
 
     /// Completes a write with `mode`'s semantics and returns the item's new CAS (0 when CAS
@@ -549,17 +634,23 @@ impl Cache {
         if res.filled != res.value_len() {
             return Err(Error::InvalidState);
         }
-        self.store(res.key(), res.value(), res.flags, res.expiry, mode, cas_in)
+        // Checked at reserve time: the key is valid and the item within item_max.
+        self.store_hashed(res.key(), res.hash, res.value(), res.flags, res.expiry, mode, cas_in)
     }
 
-    /// One-call write (reserve, fill and commit in one): returns the new CAS.
+    /// One-call write (reserve, fill and commit in one): returns the new CAS. Takes nothing
+    /// from the reservation allowance (the value is the caller's).
     pub fn store(&self, key: &[u8], value: &[u8], flags: u32, expiry: u32, mode: Mode, cas_in: u64) -> Result<u64, Error> {
         check_key(key)?;
         if item_size(key.len(), value.len()) > self.cfg.item_max {
             return Err(Error::TooLarge);
         }
+        self.store_hashed(key, hash_key(key), value, flags, expiry, mode, cas_in)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn store_hashed(&self, key: &[u8], h: u64, value: &[u8], flags: u32, expiry: u32, mode: Mode, cas_in: u64) -> Result<u64, Error> {
         let now = self.now();
-        let h = hash_key(key);
         let (_, mut g) = self.shard_for(h, now);
         g.store(now, key, h, value, flags, expiry, mode, cas_in)
     }
@@ -844,6 +935,7 @@ impl Cache {
             + std::mem::size_of::<Cache>() as u64
             + (self.shards.len() * std::mem::size_of::<CachePadded<Shard>>()) as u64;
         st.pinned = self.pinned();
+        st.reserved_bytes = self.reserved_bytes();
         st
     }
 }

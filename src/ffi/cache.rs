@@ -325,6 +325,7 @@ pub unsafe extern "C" fn p99_cache_new(
                 .map_err(|_| p99_status::InvalidArgument)?,
             item_max: c.item_max as usize,
             cas: c.cas,
+            reservation_bytes: 0, // the default allowance: a quarter of heap_bytes
             eviction,
             shards: c.shards as usize,
             clock: if c.manual_clock {
@@ -363,7 +364,9 @@ pub unsafe extern "C" fn p99_cache_free(cache: *mut p99_cache) -> p99_status {
 /// Starts a write: `key` (`key_len` bytes, 1..250, borrowed until return and copied), a value
 /// of `value_len` bytes to come, client `flags` and absolute `expiry` (cache clock; 0 =
 /// never). Fills `*out` (caller-owned; previous contents ignored). Errors: NULL_PARAMETER,
-/// INVALID_ARGUMENT (key length 0 or > 250), TOO_LARGE (key + value + 23 > item_max); `*out`
+/// INVALID_ARGUMENT (key length 0 or > 250), TOO_LARGE (key + value + 23 > item_max),
+/// OUT_OF_MEMORY (open reservations already hold the key's shard's part of the reservation
+/// allowance: a quarter of `heap_bytes`, at least one `item_max` item per shard); `*out`
 /// untouched on error. The reservation must end with `p99_cache_commit` or
 /// `p99_cache_cancel` (else its buffer leaks). Thread-safe.
 #[no_mangle]
