@@ -164,7 +164,7 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 	srv->opts = *opts;
 	srv->workers = opts->threads ? opts->threads : 1;
 
-	p99_engine_config cfg;
+	p99_engine_config cfg = {.struct_size = sizeof cfg};
 	p99_engine_config_defaults(&cfg);
 	cfg.addr = literal;
 	cfg.port = opts->port;
@@ -174,7 +174,7 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 	cfg.max_conns = opts->max_conns + 1024;
 	cfg.out_high_water = opts->out_high_water ? opts->out_high_water : cfg.out_high_water;
 
-	p99_engine_callbacks ecb;
+	p99_engine_callbacks ecb = {.struct_size = sizeof ecb};
 	p99_engine_callbacks_defaults(&ecb);
 	ecb.user = srv;
 	ecb.on_accept = on_accept;
@@ -184,7 +184,7 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 
 	p99_status st = p99_engine_start(&cfg, &ecb, &srv->engine);
 	if (st != P99_STATUS_OK) {
-		snprintf(err, errlen, "p99_engine_start: %s (errno %d)", p99_status_str(st), p99_last_errno());
+		snprintf(err, errlen, "p99_engine_start: %s (%s)", p99_status_str(st), p99_last_error_message());
 		free(srv);
 		return NULL;
 	}

@@ -760,11 +760,11 @@ impl<'a> Run<'a> {
 
 fuzz_target!(|data: &[u8]| {
     let mut b = Bytes::new(data);
-    let mut cfg = std::mem::MaybeUninit::<p99_cache_config>::uninit();
-    // SAFETY: `cfg` is writable for one config.
-    assert_eq!(unsafe { p99_cache_config_defaults(cfg.as_mut_ptr()) }, S::Ok);
-    // SAFETY: filled by p99_cache_config_defaults above.
-    let mut cfg = unsafe { cfg.assume_init() };
+    // SAFETY: a C struct of integers, pointers and bools: all-zero is a valid value.
+    let mut cfg: p99_cache_config = unsafe { std::mem::zeroed() };
+    cfg.struct_size = std::mem::size_of::<p99_cache_config>() as u32;
+    // SAFETY: `cfg` is a writable config whose struct_size is set.
+    assert_eq!(unsafe { p99_cache_config_defaults(&mut cfg) }, S::Ok);
     let shape = b.u8();
     cfg.segment_bytes = if shape & 1 == 0 { 4096 } else { 8192 };
     cfg.heap_bytes = u64::from(cfg.segment_bytes) * (4 + u64::from(shape >> 1) % 9);

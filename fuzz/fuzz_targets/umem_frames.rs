@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use p99::ffi::status::p99_status as S;
-use p99::ffi::xdp::*;
+use p99::ffi::xdp::umem::*;
 use p99_fuzz::Bytes;
 
 const FRAME: u64 = 2048;
@@ -37,7 +37,11 @@ unsafe impl Sync for Umem {}
 fn umem() -> &'static Umem {
     static U: OnceLock<Umem> = OnceLock::new();
     U.get_or_init(|| {
-        let mut cfg = p99_xdp_umem_config_defaults();
+        // SAFETY: a C struct of integers: all-zero is a valid value.
+        let mut cfg: p99_xdp_umem_config = unsafe { std::mem::zeroed() };
+        cfg.struct_size = std::mem::size_of::<p99_xdp_umem_config>() as u32;
+        // SAFETY: `cfg` is a writable config whose struct_size is set.
+        assert_eq!(unsafe { p99_xdp_umem_config_defaults(&mut cfg) }, S::Ok);
         cfg.frame_size = FRAME as u32;
         cfg.frame_count = COUNT as u32;
         cfg.fill_size = 64;
@@ -64,7 +68,13 @@ fn umem() -> &'static Umem {
 }
 
 fn counts(u: *mut p99_xdp_umem) -> p99_xdp_frame_counts {
-    let mut c = p99_xdp_frame_counts { free: 0, in_fill: 0, held: 0, in_tx: 0 };
+    let mut c = p99_xdp_frame_counts {
+        struct_size: std::mem::size_of::<p99_xdp_frame_counts>() as u32,
+        free: 0,
+        in_fill: 0,
+        held: 0,
+        in_tx: 0,
+    };
     // SAFETY: live umem; `c` writable.
     assert_eq!(unsafe { p99_xdp_umem_frame_counts(u, &mut c) }, S::Ok);
     c
