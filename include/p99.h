@@ -70,6 +70,11 @@
 #define P99_CACHE_ITEM_HEADER_MAX 23
 
 /**
+ * Largest `segment_bytes` (4 MiB), hence the largest `item_max`: an item lives in one segment.
+ */
+#define P99_CACHE_SEGMENT_BYTES_MAX 4194304
+
+/**
  * Major version of the header in use. Keep equal to Cargo.toml (checked by tests).
  */
 #define P99_VERSION_MAJOR 0

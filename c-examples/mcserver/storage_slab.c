@@ -464,6 +464,9 @@ static uint32_t store_expiry(int64_t exptime)
 
 const char *storage_name(void) { return "slab"; }
 
+/* A page is at least the largest item; memcached's own -I ceiling. */
+size_t storage_item_max_limit(void) { return (size_t)1024 << 20; }
+
 int storage_setup(const struct storage_options *opts, char *err, size_t errlen)
 {
 	memset(&S, 0, sizeof(S));

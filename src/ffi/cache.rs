@@ -46,6 +46,9 @@ pub const P99_CACHE_MODE_PREPEND: u32 = 5;
 pub const P99_CACHE_KEY_MAX: u32 = 250;
 /// Bytes of worst-case item header counted against `item_max` (key + value + this).
 pub const P99_CACHE_ITEM_HEADER_MAX: u32 = 23;
+/// Largest `segment_bytes` (4 MiB), hence the largest `item_max`: an item lives in one segment.
+pub const P99_CACHE_SEGMENT_BYTES_MAX: u32 = 4194304;
+const _: () = assert!(P99_CACHE_SEGMENT_BYTES_MAX as usize == Cache::SEGMENT_BYTES_MAX);
 
 /// Opaque cache handle. Create with `p99_cache_new`, free with `p99_cache_free`.
 pub struct p99_cache {

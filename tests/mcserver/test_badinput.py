@@ -134,6 +134,27 @@ class BadInput(unittest.TestCase):
         self.assertEqual(r, b"STORED\r\n")
         c.close()
 
+    def test_item_size_limit_in_the_help_is_the_one_enforced(self):
+        help_text = subprocess.run([BIN, "-h"], capture_output=True, text=True, timeout=5).stdout
+        line = [ln for ln in help_text.splitlines() if ln.strip().startswith("-I")][0]
+        limit_mb = int(line.split("1k..")[1].split("m")[0])
+        # One past the limit is refused up front, with the limit in the message.
+        r = subprocess.run([BIN, "-p", "0", "-U", "0", "-m", str(2 * limit_mb + 64), "-I", "%dm" % (limit_mb + 1)],
+                           capture_output=True, text=True, timeout=5)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("-I must be between 1k and %dm" % limit_mb, r.stderr)
+        # The limit itself starts (with the -m it needs) and stores a value above the default 1 MB.
+        srv = start_mcserver(BIN, "-t", "1", "-m", str(max(64, limit_mb)), "-I", "%dm" % limit_mb)
+        try:
+            c = Conn(srv.port)
+            v = b"L" * (2 << 20)
+            self.assertEqual(c.cmd(b"set large 0 0 %d\r\n%s\r\n" % (len(v), v)), b"STORED\r\n")
+            c.send(b"get large\r\n")
+            self.assertEqual(c.get_reply(), b"VALUE large 0 %d\r\n%s\r\nEND\r\n" % (len(v), v))
+            c.close()
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
     def test_megabyte_line_without_newline(self):
         c = Conn(self.srv.port)
         try:
