@@ -278,6 +278,11 @@ typedef uint32_t p99_status;
 
 /**
  * Opaque cache handle. Create with `p99_cache_new`, free with `p99_cache_free`.
+ *
+ * A panic inside a cache operation (a bug in libp99) poisons the cache: that operation and
+ * every later one return `P99_STATUS_PANIC` at once, without touching the shard the panic
+ * may have left half updated. Only `p99_cache_item_release` (pins can still be handed back)
+ * and `p99_cache_free` (frees as usual) keep working.
  */
 typedef struct p99_cache p99_cache;
 

@@ -355,7 +355,7 @@ impl Run {
             }
             90..=91 if !self.lossy || self.r.chance(2) => {
                 let delay = if self.r.chance(50) { 0 } else { 1 + self.r.below(5) as u32 };
-                self.cache.flush_all(delay);
+                self.cache.flush_all(delay).unwrap();
                 self.model.flush_at = Some(self.model.now + delay);
                 self.model.settle();
             }

@@ -169,7 +169,7 @@ fn pinned_items_stay_intact_through_replace_delete_flush_and_eviction() {
                             0 => {
                                 let _ = c.delete(key.as_bytes());
                             }
-                            1 if w == 0 && seq % 5000 == 1 => c.flush_all(0),
+                            1 if w == 0 && seq % 5000 == 1 => c.flush_all(0).unwrap(),
                             _ => {
                                 let v = make_value(tag, seq, 20 + (seq as usize * 131) % 1500);
                                 c.set(key.as_bytes(), &v, 0, 0).unwrap();

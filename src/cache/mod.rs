@@ -153,6 +153,10 @@ pub enum Error {
     /// A reservation written beyond its length or committed before it is full, or a pin
     /// released that is not held.
     InvalidState,
+    /// A panic unwound out of an earlier operation while it held a shard's lock, so that
+    /// shard may be half updated: the cache refuses every operation after it (releasing a pin
+    /// still works, so that the cache can be dropped).
+    Poisoned,
     /// No room: the shard's segment budget is full and every segment is pinned, or (reserve)
     /// the shard's part of the reservation allowance is held by open reservations.
     OutOfMemory,

@@ -1,6 +1,6 @@
 //! The cache handle: shards, the clock, flush_all, and the two-phase write and pinned read.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crossbeam_utils::CachePadded;
@@ -199,6 +199,38 @@ pub struct Cache {
     segments_per_shard: usize,
     /// Pending or last flush_all: epoch (high 32 bits) and deadline (low 32 bits).
     flush: AtomicU64,
+    /// Set when a panic unwound out of a shard's critical section: that shard may be half
+    /// updated, so every later operation fails with `Error::Poisoned`.
+    poisoned: AtomicBool,
+    /// Test hook: the next write panics inside its shard's critical section.
+    panic_next_write: AtomicBool,
+}
+
+/// A locked shard. Unlocking it while a panic unwinds poisons the cache.
+struct ShardGuard<'c> {
+    g: MutexGuard<'c, ShardInner>,
+    poisoned: &'c AtomicBool,
+}
+
+impl std::ops::Deref for ShardGuard<'_> {
+    type Target = ShardInner;
+    fn deref(&self) -> &ShardInner {
+        &self.g
+    }
+}
+
+impl std::ops::DerefMut for ShardGuard<'_> {
+    fn deref_mut(&mut self) -> &mut ShardInner {
+        &mut self.g
+    }
+}
+
+impl Drop for ShardGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.poisoned.store(true, Ordering::Release);
+        }
+    }
 }
 
 /// A write in progress: the key and a value buffer being filled (two-phase write).
@@ -549,6 +581,8 @@ impl Cache {
             clock: Clock::new(cfg.clock),
             segments_per_shard: per_shard,
             flush: AtomicU64::new(0),
+            poisoned: AtomicBool::new(false),
+            panic_next_write: AtomicBool::new(false),
             cfg,
         })
     }
@@ -586,13 +620,38 @@ impl Cache {
         ((h >> 32) & self.shard_mask) as usize
     }
 
-    /// Locks the shard of hash `h`, applying a due flush_all and eager expiry first.
+    /// `Poisoned` once a panic has unwound out of a shard's critical section (see
+    /// [`Error::Poisoned`]); `Ok` otherwise.
     #[inline]
-    fn shard_for(&self, h: u64, now: u32) -> (usize, MutexGuard<'_, ShardInner>) {
+    pub fn check(&self) -> Result<(), Error> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(Error::Poisoned);
+        }
+        Ok(())
+    }
+
+    /// Locks shard `i`; a panic before the guard is dropped poisons the cache.
+    #[inline]
+    fn lock_shard(&self, i: usize) -> ShardGuard<'_> {
+        ShardGuard { g: self.shards[i].inner.lock(), poisoned: &self.poisoned }
+    }
+
+    /// Locks the shard of hash `h`, applying a due flush_all and eager expiry first;
+    /// `Poisoned` (nothing locked) if the cache is.
+    #[inline]
+    fn shard_for(&self, h: u64, now: u32) -> Result<(usize, ShardGuard<'_>), Error> {
+        self.check()?;
         let i = self.shard_index(h);
-        let mut g = self.shards[i].inner.lock();
+        let mut g = self.lock_shard(i);
         self.housekeep(&mut g, now);
-        (i, g)
+        Ok((i, g))
+    }
+
+    /// Test hook: makes the next write (set, add, ..., commit) panic while it holds its
+    /// shard's lock, as a bug in the store would. Not for production use.
+    #[doc(hidden)]
+    pub fn inject_panic_in_next_write(&self) {
+        self.panic_next_write.store(true, Ordering::Release);
     }
 
     #[inline]
@@ -613,6 +672,7 @@ impl Cache {
     /// allowance (`Config::reservation_bytes`) in open reservations: until some of them are
     /// committed or dropped, the value has nowhere to go.
     pub fn reserve(&self, key: &[u8], value_len: usize, flags: u32, expiry: u32) -> Result<Reservation, Error> {
+        self.check()?;
         check_key(key)?;
         if item_size(key.len(), value_len) > self.cfg.item_max {
             return Err(Error::TooLarge);
@@ -671,7 +731,10 @@ impl Cache {
     #[allow(clippy::too_many_arguments)]
     fn store_hashed(&self, key: &[u8], h: u64, value: &[u8], flags: u32, expiry: u32, mode: Mode, cas_in: u64) -> Result<u64, Error> {
         let now = self.now();
-        let (_, mut g) = self.shard_for(h, now);
+        let (_, mut g) = self.shard_for(h, now)?;
+        if self.panic_next_write.load(Ordering::Relaxed) && self.panic_next_write.swap(false, Ordering::AcqRel) {
+            panic!("injected panic in a write (test hook)");
+        }
         g.store(now, key, h, value, flags, expiry, mode, cas_in)
     }
 
@@ -700,7 +763,7 @@ impl Cache {
         check_key(key)?;
         let now = self.now();
         let h = hash_key(key);
-        let (i, mut g) = self.shard_for(h, now);
+        let (i, mut g) = self.shard_for(h, now)?;
         Ok(g.get_pinned(key, h, now).map(|p| self.item_ref(i, p)))
     }
 
@@ -711,7 +774,7 @@ impl Cache {
         check_key(key)?;
         let now = self.now();
         let h = hash_key(key);
-        let (i, mut g) = self.shard_for(h, now);
+        let (i, mut g) = self.shard_for(h, now)?;
         match g.get_pinned(key, h, now) {
             Some(p) => self.ticketed(i, &mut g, p).map(Some),
             None => Ok(None),
@@ -724,7 +787,7 @@ impl Cache {
         check_key(key)?;
         let now = self.now();
         let h = hash_key(key);
-        let (i, mut g) = self.shard_for(h, now);
+        let (i, mut g) = self.shard_for(h, now)?;
         match g.get_and_touch(key, h, now, expiry)? {
             Some(p) => self.ticketed(i, &mut g, p).map(Some),
             None => Ok(None),
@@ -760,7 +823,7 @@ impl Cache {
         check_key(key)?;
         let now = self.now();
         let h = hash_key(key);
-        let (_, mut g) = self.shard_for(h, now);
+        let (_, mut g) = self.shard_for(h, now)?;
         Ok(g.get_copy(key, h, now, buf).map(|(hdr, cas, copied)| CopiedItem {
             value_len: hdr.vlen,
             flags: hdr.flags,
@@ -785,7 +848,7 @@ impl Cache {
         check_key(key)?;
         let now = self.now();
         let h = hash_key(key);
-        let (_, mut g) = self.shard_for(h, now);
+        let (_, mut g) = self.shard_for(h, now)?;
         if g.delete(key, h, now) {
             Ok(())
         } else {
@@ -798,7 +861,7 @@ impl Cache {
         check_key(key)?;
         let now = self.now();
         let h = hash_key(key);
-        let (_, mut g) = self.shard_for(h, now);
+        let (_, mut g) = self.shard_for(h, now)?;
         g.touch(key, h, now, expiry)
     }
 
@@ -808,7 +871,7 @@ impl Cache {
         check_key(key)?;
         let now = self.now();
         let h = hash_key(key);
-        let (i, mut g) = self.shard_for(h, now);
+        let (i, mut g) = self.shard_for(h, now)?;
         Ok(g.get_and_touch(key, h, now, expiry)?.map(|p| self.item_ref(i, p)))
     }
 
@@ -826,17 +889,19 @@ impl Cache {
         check_key(key)?;
         let now = self.now();
         let h = hash_key(key);
-        let (_, mut g) = self.shard_for(h, now);
+        let (_, mut g) = self.shard_for(h, now)?;
         g.delta(key, h, now, incr, delta)
     }
 
     /// memcached flush_all: every item stored before now + `delay` seconds disappears at
-    /// that time (now, when `delay` is 0; a later call replaces a pending one).
-    pub fn flush_all(&self, delay: u32) {
+    /// that time (now, when `delay` is 0; a later call replaces a pending one). Fails only
+    /// with `Poisoned`.
+    pub fn flush_all(&self, delay: u32) -> Result<(), Error> {
+        self.check()?;
         let now = self.now();
         // A pending flush that is already due takes effect before this one replaces it.
-        for s in self.shards.iter() {
-            let mut g = s.inner.lock();
+        for i in 0..self.shards.len() {
+            let mut g = self.lock_shard(i);
             self.housekeep(&mut g, now);
         }
         let deadline = now.saturating_add(delay);
@@ -850,11 +915,12 @@ impl Cache {
             }
         }
         if delay == 0 {
-            for s in self.shards.iter() {
-                let mut g = s.inner.lock();
+            for i in 0..self.shards.len() {
+                let mut g = self.lock_shard(i);
                 self.housekeep(&mut g, now);
             }
         }
+        Ok(())
     }
 
     /// Drops one pin of segment `seg` of `shard`. Returns true when the segment was emptied
@@ -921,8 +987,8 @@ impl Cache {
             ..Stats::default()
         };
         let mut meta = 0;
-        for s in self.shards.iter() {
-            let mut g = s.inner.lock();
+        for i in 0..self.shards.len() {
+            let mut g = self.lock_shard(i);
             self.housekeep(&mut g, now);
             let c = g.counters;
             let ga = g.gauges();

@@ -51,8 +51,26 @@ pub const P99_CACHE_SEGMENT_BYTES_MAX: u32 = 4194304;
 const _: () = assert!(P99_CACHE_SEGMENT_BYTES_MAX as usize == Cache::SEGMENT_BYTES_MAX);
 
 /// Opaque cache handle. Create with `p99_cache_new`, free with `p99_cache_free`.
+///
+/// A panic inside a cache operation (a bug in libp99) poisons the cache: that operation and
+/// every later one return `P99_STATUS_PANIC` at once, without touching the shard the panic
+/// may have left half updated. Only `p99_cache_item_release` (pins can still be handed back)
+/// and `p99_cache_free` (frees as usual) keep working.
 pub struct p99_cache {
     cache: Cache,
+}
+
+/// Test hook (not exported to C): the next write on `cache` panics while it holds its shard's
+/// lock, as a bug in the store would.
+///
+/// # Safety
+/// `cache` is a live handle from `p99_cache_new`.
+#[doc(hidden)]
+pub unsafe fn test_inject_panic_in_next_write(cache: *const p99_cache) {
+    // SAFETY: a live handle (the caller's contract), borrowed for this call only.
+    if let Some(c) = unsafe { cache.as_ref() } {
+        c.cache.inject_panic_in_next_write();
+    }
 }
 
 impl Handle for p99_cache {}
@@ -755,7 +773,7 @@ pub unsafe extern "C" fn p99_cache_decr(
 pub unsafe extern "C" fn p99_cache_flush_all(cache: *const p99_cache, delay_seconds: u32) -> p99_status {
     guard(|| -> CResult {
         let c = c_arg!(handle cache)?;
-        c.cache.flush_all(delay_seconds);
+        c.cache.flush_all(delay_seconds)?;
         Ok(())
     })
 }
@@ -776,6 +794,7 @@ pub unsafe extern "C" fn p99_cache_now(cache: *const p99_cache) -> u32 {
 pub unsafe extern "C" fn p99_cache_set_time(cache: *const p99_cache, unix_seconds: u32) -> p99_status {
     guard(|| -> CResult {
         let c = c_arg!(handle cache)?;
+        c.cache.check()?;
         c.cache.set_time(unix_seconds)?;
         Ok(())
     })
@@ -795,6 +814,7 @@ pub unsafe extern "C" fn p99_cache_expiry_from_exptime(
     guard(|| -> CResult {
         let c = c_arg!(handle cache)?;
         let out = c_arg!(out expiry_out)?;
+        c.cache.check()?;
         out.write(c.cache.expiry_from_exptime(exptime));
         Ok(())
     })
@@ -840,6 +860,7 @@ pub unsafe extern "C" fn p99_cache_get_stats(cache: *const p99_cache, stats: *mu
     guard(|| -> CResult {
         let c = c_arg!(handle cache)?;
         let out = c_arg!(versioned_out stats)?;
+        c.cache.check()?;
         out.write(stats_to_c(&c.cache.stats()));
         Ok(())
     })
