@@ -10,21 +10,6 @@ use p99::ffi::boundary::p99_last_error_message;
 use p99::ffi::cache::*;
 use p99::ffi::status::p99_status as S;
 
-fn empty_item() -> p99_cache_item {
-    p99_cache_item {
-        value: std::ptr::null(),
-        value_len: 0,
-        key: std::ptr::null(),
-        key_len: 0,
-        cas: 0,
-        flags: 0,
-        expiry: 0,
-        pin_shard: 0,
-        pin_slot: 0,
-        pin_magic: 0,
-    }
-}
-
 #[test]
 fn a_panic_in_a_write_poisons_the_rust_cache() {
     let c = Cache::new(Config { heap_bytes: 1 << 20, segment_bytes: 64 << 10, item_max: 64 << 10, shards: 1,
@@ -62,7 +47,7 @@ fn a_panic_in_a_cache_call_poisons_that_cache_for_every_later_c_call() {
         assert_eq!(p99_cache_new(&cfg, &mut other), S::Ok);
     }
     let mut cas = 0;
-    let mut pin = empty_item();
+    let mut pin = p99_cache_item::default();
     // SAFETY: live caches; keys and values valid for their lengths; out-parameters writable.
     unsafe {
         assert_eq!(p99_cache_store(cache, b"k".as_ptr(), 1, b"v".as_ptr(), 1, 0, 0, P99_CACHE_MODE_SET, 0, &mut cas), S::Ok);
@@ -73,7 +58,7 @@ fn a_panic_in_a_cache_call_poisons_that_cache_for_every_later_c_call() {
         assert!(msg.contains("injected panic"), "{msg}");
 
         // Every later call is refused, whatever it is.
-        let mut it = empty_item();
+        let mut it = p99_cache_item::default();
         assert_eq!(p99_cache_get(cache, b"k".as_ptr(), 1, &mut it), S::Panic);
         assert_eq!(p99_cache_store(cache, b"k".as_ptr(), 1, b"x".as_ptr(), 1, 0, 0, P99_CACHE_MODE_SET, 0, &mut cas), S::Panic);
         assert_eq!(p99_cache_delete(cache, b"k".as_ptr(), 1), S::Panic);

@@ -82,21 +82,6 @@ struct Run<'a> {
     trace: bool,
 }
 
-fn empty_item() -> p99_cache_item {
-    p99_cache_item {
-        value: std::ptr::null(),
-        value_len: 0,
-        key: std::ptr::null(),
-        key_len: 0,
-        cas: 0,
-        flags: 0,
-        expiry: 0,
-        pin_shard: 0,
-        pin_slot: 0,
-        pin_magic: 0,
-    }
-}
-
 fn copy_item(i: &p99_cache_item) -> p99_cache_item {
     p99_cache_item { ..*i }
 }
@@ -463,7 +448,7 @@ impl<'a> Run<'a> {
         let expiry = if touch { self.expiry() } else { 0 };
         let keep = self.pins.len() < MAX_PINS && self.b.chance(60);
         self.settle();
-        let mut it = empty_item();
+        let mut it = p99_cache_item::default();
         // SAFETY: live cache; key valid for its length; `it` writable.
         let st = unsafe {
             if touch {
@@ -568,12 +553,12 @@ impl<'a> Run<'a> {
                 (f, &[S::InvalidState, S::InvalidArgument])
             }
             2 => {
-                let mut f = empty_item();
+                let mut f = p99_cache_item::default();
                 f.pin_magic = self.b.u64();
                 let want: &[S] = if f.pin_magic == 0 { &[S::InvalidState] } else { &[S::InvalidArgument] };
                 (f, want)
             }
-            _ => (empty_item(), &[S::InvalidState]),
+            _ => (p99_cache_item::default(), &[S::InvalidState]),
         };
         // SAFETY: live cache; `it` is a caller-owned struct (its pointers are never read by
         // a refused release).
@@ -737,7 +722,7 @@ impl<'a> Run<'a> {
         // Final sweep: every key reads back as the model says.
         self.settle();
         for key in self.keys.clone() {
-            let mut it = empty_item();
+            let mut it = p99_cache_item::default();
             // SAFETY: live cache; key valid; `it` writable.
             let st = unsafe { p99_cache_get(self.cache, key.as_ptr(), key.len(), &mut it) };
             match (st, self.model.get(&key).cloned()) {

@@ -163,6 +163,24 @@ pub struct p99_cache_item {
     pub pin_magic: u64,
 }
 
+/// The empty item: nothing pinned (what `p99_cache_item_release` leaves behind).
+impl Default for p99_cache_item {
+    fn default() -> p99_cache_item {
+        p99_cache_item {
+            value: std::ptr::null(),
+            value_len: 0,
+            key: std::ptr::null(),
+            key_len: 0,
+            cas: 0,
+            flags: 0,
+            expiry: 0,
+            pin_shard: 0,
+            pin_slot: 0,
+            pin_magic: 0,
+        }
+    }
+}
+
 /// What `p99_cache_get_copy` found: filled by the library. Set `struct_size =
 /// sizeof(p99_cache_value_info)` before the call; the library writes at most that many bytes
 /// (fields it does not know are zeroed) and leaves `struct_size` as the caller set it; later
@@ -660,18 +678,7 @@ pub unsafe extern "C" fn p99_cache_item_release(
         // A ticket already consumed (through this struct or a copy) is INVALID_STATE and
         // releases nothing.
         c.cache.release_ticket(ticket)?;
-        *it = p99_cache_item {
-            value: std::ptr::null(),
-            value_len: 0,
-            key: std::ptr::null(),
-            key_len: 0,
-            cas: 0,
-            flags: 0,
-            expiry: 0,
-            pin_shard: 0,
-            pin_slot: 0,
-            pin_magic: 0,
-        };
+        *it = p99_cache_item::default();
         Ok(())
     })
 }
