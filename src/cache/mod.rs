@@ -40,6 +40,7 @@
 mod clock;
 mod item;
 mod memory;
+mod pin_word;
 mod shard;
 mod store;
 mod table;

@@ -927,16 +927,7 @@ impl Cache {
     /// while pinned and this was its last pin: the caller must then free it.
     fn drop_pin(shard: &Shard, seg: u32) -> Result<bool, Error> {
         let pin = shard.pins.get(seg as usize).ok_or(Error::InvalidArgument)?;
-        let prev = pin
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                if v & !RETIRED == 0 {
-                    None
-                } else {
-                    Some(v - 1)
-                }
-            })
-            .map_err(|_| Error::InvalidState)?;
-        Ok(prev == RETIRED | 1)
+        super::pin_word::unpin(pin).map_err(|_| Error::InvalidState)
     }
 
     fn unpin(&self, t: PinToken) -> Result<(), Error> {
