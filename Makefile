@@ -33,7 +33,7 @@ DEB_PACKAGES := build-essential cmake pkg-config clang libclang-dev memcached li
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all rust stage install c-examples c-tests deps test test-rust test-c test-valgrind test-cache \
+.PHONY: all rust stage install c-examples c-tests deps test test-rust test-c test-valgrind test-tsan test-cache \
 	check-header check-abi test-consumer header clean test-mcserver
 
 all: rust stage c-examples c-tests
@@ -114,6 +114,9 @@ c-tests: stage
 	cmake -S c-tests -B $(BUILD)/c-tests-valgrind -DCMAKE_BUILD_TYPE=Debug -DP99_VALGRIND=ON \
 	    -DCMAKE_PREFIX_PATH=$(STAGE) >/dev/null
 	cmake --build $(BUILD)/c-tests-valgrind -j $(JOBS)
+	cmake -S c-tests -B $(BUILD)/c-tests-tsan -DCMAKE_BUILD_TYPE=Debug -DP99_TSAN=ON \
+	    -DCMAKE_PREFIX_PATH=$(STAGE) >/dev/null
+	cmake --build $(BUILD)/c-tests-tsan -j $(JOBS)
 
 header:
 	cbindgen --config cbindgen.toml --output include/p99.h
@@ -121,7 +124,7 @@ header:
 # --- tests ------------------------------------------------------------------------------------
 
 # Module test targets append themselves to TESTS below.
-TESTS := test-rust check-header check-abi test-c test-valgrind test-consumer
+TESTS := test-rust check-header check-abi test-c test-valgrind test-tsan test-consumer
 TESTS += test-cache
 TESTS += test-mcserver
 TESTS += test-engine test-mcserver-uring
@@ -156,6 +159,11 @@ test-c:
 
 test-valgrind:
 	cd $(BUILD)/c-tests-valgrind && ctest --output-on-failure -j $(JOBS)
+
+# A multi-threaded C caller of p99_cache (pins and reservations finished on other threads)
+# under ThreadSanitizer.
+test-tsan:
+	cd $(BUILD)/c-tests-tsan && ctest --output-on-failure -j $(JOBS)
 
 test-consumer:
 	tests/consumer/run.sh $(VERSION)
