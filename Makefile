@@ -33,7 +33,7 @@ DEB_PACKAGES := build-essential cmake pkg-config clang libclang-dev memcached li
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all rust stage install c-examples c-tests deps test test-rust test-c test-valgrind test-cache \
+.PHONY: all rust stage install c-examples c-tests deps test test-rust test-c test-valgrind test-tsan test-cache \
 	check-header check-abi test-consumer header clean test-mcserver
 
 all: rust stage c-examples c-tests
@@ -116,6 +116,9 @@ c-tests: stage
 	cmake -S c-tests -B $(BUILD)/c-tests-valgrind -DCMAKE_BUILD_TYPE=Debug -DP99_VALGRIND=ON \
 	    -DCMAKE_PREFIX_PATH=$(STAGE) >/dev/null
 	cmake --build $(BUILD)/c-tests-valgrind -j $(JOBS)
+	cmake -S c-tests -B $(BUILD)/c-tests-tsan -DCMAKE_BUILD_TYPE=Debug -DP99_TSAN=ON \
+	    -DCMAKE_PREFIX_PATH=$(STAGE) >/dev/null
+	cmake --build $(BUILD)/c-tests-tsan -j $(JOBS)
 
 header:
 	cbindgen --config cbindgen.toml --output include/p99.h
@@ -123,7 +126,7 @@ header:
 # --- tests ------------------------------------------------------------------------------------
 
 # Module test targets append themselves to TESTS below.
-TESTS := test-rust check-header check-abi test-c test-valgrind test-consumer
+TESTS := test-rust check-header check-abi test-c test-valgrind test-tsan test-consumer
 TESTS += test-cache
 TESTS += test-mcserver
 TESTS += test-engine test-mcserver-uring
@@ -160,6 +163,11 @@ test-c:
 
 test-valgrind:
 	cd $(BUILD)/c-tests-valgrind && ctest --output-on-failure -j $(JOBS)
+
+# A multi-threaded C caller of p99_cache (pins and reservations finished on other threads)
+# under ThreadSanitizer.
+test-tsan:
+	cd $(BUILD)/c-tests-tsan && ctest --output-on-failure -j $(JOBS)
 
 test-consumer:
 	tests/consumer/run.sh $(VERSION)
@@ -273,17 +281,14 @@ SOAK_SERVERS ?= mcserver-p99-uring mcserver-slab-epoll pingserver-c-p99 pingserv
 soak: all
 	$(PYTHON) tests/soak/soak.py --bin-dir $(BIN) --out $(BUILD)/soak --secs $(SOAK_SECS) $(SOAK_SERVERS)
 
-# 40 s per server. Its half-sent wave (24 x 900 KB of 1 MB sets, a third of -m) exercises the
-# partial-write path without filling the budget; make soak's (64 x 900 KB) fills it, which
-# fails today on two known defects (the p99 store's partial writes outside -m; the slab
-# store refusing every set while reservations hold the budget). An RSS excess no larger than
-# the partial-set bytes held is reported here as the first defect, not failed. The client's
-# p99 is reported, not asserted, here (make soak asserts 100 ms): make test shares the machine
-# with builds, and at a load average of 8-10 on 2 cores healthy servers showed p99s from 4 ms
-# to 700 ms. That every request was answered (p99-bench: none unanswered) is still checked.
+# 40 s per server, with make soak's half-sent wave (64 x 900 KB of 1 MB sets: as much as -m).
+# The client's p99 is reported, not asserted, here (make soak asserts 100 ms): make test shares
+# the machine with builds, and at a load average of 8-10 on 2 cores healthy servers showed p99s
+# from 4 ms to 700 ms. That every request was answered (p99-bench: none unanswered) is still
+# checked.
 test-soak:
 	$(PYTHON) tests/soak/soak.py --bin-dir $(BIN) --out $(BUILD)/soak-test --secs 40 \
-	    --half-sent-conns 24 --known-partial-set-defect --p99-bound-ms 0 $(SOAK_SERVERS)
+	    --p99-bound-ms 0 $(SOAK_SERVERS)
 
 clean:
 	rm -rf $(BUILD)

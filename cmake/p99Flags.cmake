@@ -1,6 +1,7 @@
 # Shared flags for the in-tree C programs (c-examples, c-tests): strict warnings, and the
-# sanitizers when P99_SANITIZE is ON.
+# sanitizers when P99_SANITIZE (ASan + UBSan) or P99_TSAN (ThreadSanitizer) is ON.
 option(P99_SANITIZE "Build with AddressSanitizer and UndefinedBehaviorSanitizer" OFF)
+option(P99_TSAN "Build with ThreadSanitizer (the C side; libp99 itself is not instrumented)" OFF)
 set(CMAKE_C_STANDARD 11)
 set(CMAKE_C_STANDARD_REQUIRED ON)
 set(CMAKE_C_EXTENSIONS ON)
@@ -9,4 +10,8 @@ if(P99_SANITIZE)
   add_compile_options(-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
   add_link_options(-fsanitize=address,undefined)
   add_compile_definitions(P99_SANITIZE=1)
+endif()
+if(P99_TSAN)
+  add_compile_options(-fsanitize=thread -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=thread)
 endif()

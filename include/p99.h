@@ -70,6 +70,11 @@
 #define P99_CACHE_ITEM_HEADER_MAX 23
 
 /**
+ * Largest `segment_bytes` (4 MiB), hence the largest `item_max`: an item lives in one segment.
+ */
+#define P99_CACHE_SEGMENT_BYTES_MAX 4194304
+
+/**
  * Major version of the header in use. Keep equal to Cargo.toml (checked by tests).
  */
 #define P99_VERSION_MAJOR 0
@@ -273,6 +278,11 @@ typedef uint32_t p99_status;
 
 /**
  * Opaque cache handle. Create with `p99_cache_new`, free with `p99_cache_free`.
+ *
+ * A panic inside a cache operation (a bug in libp99) poisons the cache: that operation and
+ * every later one return `P99_STATUS_PANIC` at once, without touching the shard the panic
+ * may have left half updated. Only `p99_cache_item_release` (pins can still be handed back)
+ * and `p99_cache_free` (frees as usual) keep working.
  */
 typedef struct p99_cache p99_cache;
 
@@ -987,7 +997,9 @@ p99_status p99_cache_free(struct p99_cache *cache);
  * Starts a write: `key` (`key_len` bytes, 1..250, borrowed until return and copied), a value
  * of `value_len` bytes to come, client `flags` and absolute `expiry` (cache clock; 0 =
  * never). Fills `*out` (caller-owned; previous contents ignored). Errors: NULL_PARAMETER,
- * INVALID_ARGUMENT (key length 0 or > 250), TOO_LARGE (key + value + 23 > item_max); `*out`
+ * INVALID_ARGUMENT (key length 0 or > 250), TOO_LARGE (key + value + 23 > item_max),
+ * OUT_OF_MEMORY (open reservations already hold the key's shard's part of the reservation
+ * allowance: a quarter of `heap_bytes`, at least one `item_max` item per shard); `*out`
  * untouched on error. The reservation must end with `p99_cache_commit` or
  * `p99_cache_cancel` (else its buffer leaks). Thread-safe.
  */

@@ -326,3 +326,72 @@ fn tickets_held_past_a_chunk_are_released_in_any_order_and_reissued() {
     }
     assert_eq!(c.pinned(), 0);
 }
+
+#[test]
+fn open_reservations_are_bounded_by_the_allowance_and_give_it_back() {
+    let c = Cache::new(Config {
+        heap_bytes: 1 << 20,
+        segment_bytes: 64 << 10,
+        item_max: 64 << 10,
+        reservation_bytes: 200_000,
+        shards: 1,
+        clock: ClockKind::Manual(T0),
+        ..Config::default()
+    })
+    .unwrap();
+    let v = 60_000;
+    let mut open: Vec<_> = (0..3).map(|i| c.reserve(format!("big{i}").as_bytes(), v, 0, 0).unwrap()).collect();
+    assert_eq!(c.reserved_bytes(), 3 * (4 + v as u64));
+    // A fourth large value passes the allowance: refused cleanly, nothing taken.
+    assert_eq!(c.reserve(b"big3", v, 0, 0).unwrap_err(), Error::OutOfMemory);
+    assert_eq!(c.stats().reserved_bytes, 3 * (4 + v as u64));
+    // Small writes still get room (an eighth more is kept for them), and writes that need no
+    // reservation go on.
+    let small: Vec<_> = (0..200).map(|i| c.reserve(format!("s{i}").as_bytes(), 100, 0, 0).unwrap()).collect();
+    assert_eq!(c.reserve(b"s-last", 1600, 0, 0).unwrap_err(), Error::OutOfMemory, "small is at most 1/128");
+    c.set(b"direct", &[b'd'; 30_000], 0, 0).unwrap();
+    drop(small);
+    // A dropped reservation gives its bytes back.
+    drop(open.pop());
+    let mut r = c.reserve(b"big3", v, 0, 0).unwrap();
+    r.write(&vec![b'x'; v]).unwrap();
+    // So does a committed one, whatever the outcome.
+    c.commit(r, Mode::Set, 0).unwrap();
+    let r = c.reserve(b"big4", 10, 0, 0).unwrap();
+    assert_eq!(c.commit(r, Mode::Set, 0).unwrap_err(), Error::InvalidState);
+    assert_eq!(c.reserved_bytes(), 2 * (4 + v as u64));
+    drop(open);
+    assert_eq!(c.reserved_bytes(), 0);
+    assert_eq!(c.get_value(b"big3").unwrap().unwrap().len(), v);
+}
+
+#[test]
+fn the_default_allowance_is_a_quarter_of_the_heap_with_one_largest_item_per_shard() {
+    // 4 shards, 16 MiB: a quarter is 4 MiB, 1 MiB per shard, so one 1 MiB item per shard
+    // fits and the whole allowance holds between 4 and 8 of the 600 KB values offered.
+    let c = Cache::new(Config { heap_bytes: 16 << 20, shards: 4, clock: ClockKind::Manual(T0), ..Config::default() })
+        .unwrap();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for i in 0..64 {
+        match c.reserve(format!("k{i}").as_bytes(), 600_000, 0, 0) {
+            Ok(r) => held.push(r),
+            Err(e) => {
+                assert_eq!(e, Error::OutOfMemory);
+                refused += 1;
+            }
+        }
+    }
+    assert!((4..=8).contains(&held.len()), "{} held", held.len());
+    assert_eq!(refused, 64 - held.len());
+    assert!(c.reserved_bytes() <= 4 << 20);
+    // Each shard accepts its one largest item even with an allowance below it.
+    drop(held);
+    let c = Cache::new(Config { heap_bytes: 4 << 20, shards: 1, reservation_bytes: 1, ..Config::default() }).unwrap();
+    let item_max_value = (1 << 20) - 23 - 1;
+    let r = c.reserve(b"k", item_max_value, 0, 0).unwrap();
+    assert_eq!(c.reserve(b"j", 10_000, 0, 0).unwrap_err(), Error::OutOfMemory);
+    let small = c.reserve(b"j", 100, 0, 0).unwrap();
+    drop((r, small));
+    assert_eq!(c.reserved_bytes(), 0);
+}

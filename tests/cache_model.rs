@@ -130,6 +130,7 @@ impl Run {
             shards: 1,
             expected_items: 64,
             clock: ClockKind::Manual(T0),
+            reservation_bytes: 0,
         })
         .unwrap();
         let nkeys = if lossy { 1000 } else { 40 };
@@ -352,7 +353,7 @@ impl Run {
             }
             90..=91 if !self.lossy || self.r.chance(2) => {
                 let delay = if self.r.chance(50) { 0 } else { 1 + self.r.below(5) as u32 };
-                self.cache.flush_all(delay);
+                self.cache.flush_all(delay).unwrap();
                 self.model.flush_at = Some(self.model.now + delay);
                 self.model.settle();
             }

@@ -156,20 +156,24 @@ fn pinned_items_stay_intact_through_replace_delete_flush_and_eviction() {
         let barrier = Barrier::new(4);
         let stop = AtomicBool::new(false);
         let verified = AtomicU64::new(0);
+        // Writes done so far: the readers go on until the writers have wrapped the budget many
+        // times (20,000 writes of ~770 bytes into 512 KiB), however the threads are scheduled.
+        let writes = AtomicU64::new(0);
         thread::scope(|s| {
             for w in 0..2u64 {
-                let (c, stop, barrier) = (&c, &stop, &barrier);
+                let (c, stop, barrier, writes) = (&c, &stop, &barrier, &writes);
                 s.spawn(move || {
                     barrier.wait();
                     let mut seq = w;
                     while !stop.load(Ordering::Relaxed) {
+                        writes.fetch_add(1, Ordering::Relaxed);
                         let tag = (seq * 7) % nkeys;
                         let key = format!("pin{tag}");
                         match seq % 50 {
                             0 => {
                                 let _ = c.delete(key.as_bytes());
                             }
-                            1 if w == 0 && seq % 5000 == 1 => c.flush_all(0),
+                            1 if w == 0 && seq % 5000 == 1 => c.flush_all(0).unwrap(),
                             _ => {
                                 let v = make_value(tag, seq, 20 + (seq as usize * 131) % 1500);
                                 c.set(key.as_bytes(), &v, 0, 0).unwrap();
@@ -180,12 +184,14 @@ fn pinned_items_stay_intact_through_replace_delete_flush_and_eviction() {
                 });
             }
             for r in 0..2u64 {
-                let (c, stop, barrier, verified) = (&c, &stop, &barrier, &verified);
+                let (c, stop, barrier, verified, writes) = (&c, &stop, &barrier, &verified, &writes);
                 s.spawn(move || {
                     barrier.wait();
                     let mut held = Vec::new();
-                    for round in 0..3_000u64 {
+                    let mut round = 0u64;
+                    while round < 3_000 || writes.load(Ordering::Relaxed) < 20_000 {
                         let tag = ((r + round) * 13) % nkeys;
+                        round += 1;
                         if let Some(it) = c.get(format!("pin{tag}").as_bytes()).unwrap() {
                             let seq = check_value(tag, it.value()).unwrap();
                             held.push((tag, seq, it));

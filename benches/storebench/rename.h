@@ -17,6 +17,7 @@
 #define storage_setup STOREBENCH_CAT(STOREBENCH_PREFIX, storage_setup)
 #define storage_teardown STOREBENCH_CAT(STOREBENCH_PREFIX, storage_teardown)
 #define storage_name STOREBENCH_CAT(STOREBENCH_PREFIX, storage_name)
+#define storage_item_max_limit STOREBENCH_CAT(STOREBENCH_PREFIX, storage_item_max_limit)
 #define storage_reserve STOREBENCH_CAT(STOREBENCH_PREFIX, storage_reserve)
 #define storage_fill STOREBENCH_CAT(STOREBENCH_PREFIX, storage_fill)
 #define storage_commit STOREBENCH_CAT(STOREBENCH_PREFIX, storage_commit)

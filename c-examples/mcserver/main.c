@@ -27,7 +27,8 @@ static void usage(FILE *f, const char *prog)
 		"  -t <num>                  number of worker threads (default: 4)\n"
 		"  -c <num>                  max simultaneous connections (default: 1024)\n"
 		"  -m <num>                  item memory in megabytes (default: 64)\n"
-		"  -I <num>                  largest item, with k/m suffix (default: 1m; 1k..1024m)\n"
+		"  -I <num>                  largest item, with k/m suffix (default: 1m; 1k..%zum\n"
+		"                            with this storage module)\n"
 		"  -f <num>                  chunk size growth factor (default: 1.25)\n"
 		"  -C                        disable use of CAS\n"
 		"  -F                        disable flush_all\n"
@@ -35,7 +36,7 @@ static void usage(FILE *f, const char *prog)
 		"  -v                        verbose (repeat for more)\n"
 		"  -h                        print this help and exit\n"
 		"storage module: %s, I/O module: %s\n",
-		prog, storage_name(), io_name());
+		prog, storage_item_max_limit() >> 20, storage_name(), io_name());
 }
 
 static bool parse_ulong(const char *s, unsigned long max, unsigned long *out)
@@ -100,8 +101,11 @@ int main(int argc, char **argv)
 			break;
 		case 'I':
 			if (!parse_size(optarg, &ps.item_max) || ps.item_max < 1024 ||
-			    ps.item_max > ((size_t)1024 << 20)) {
-				fprintf(stderr, "mcserver: -I must be between 1k and 1024m\n");
+			    ps.item_max > storage_item_max_limit()) {
+				fprintf(stderr,
+					"mcserver: -I must be between 1k and %zum with the %s storage "
+					"module\n",
+					storage_item_max_limit() >> 20, storage_name());
 				return 1;
 			}
 			break;

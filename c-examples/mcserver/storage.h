@@ -102,6 +102,9 @@ void storage_teardown(void);
 /* Short name of the implementation, e.g. "slab" or "p99". */
 const char *storage_name(void);
 
+/* Largest item_max (memcached -I) this implementation accepts. */
+size_t storage_item_max_limit(void);
+
 /*
  * Phase 1 of a write: reserves room for an item of value length vlen. The key is copied.
  * Returns STORAGE_OK with *out set, STORAGE_TOO_LARGE (would exceed item_max),

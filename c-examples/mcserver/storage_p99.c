@@ -101,6 +101,9 @@ static void block_put(union block *b)
 
 const char *storage_name(void) { return "p99"; }
 
+/* An item lives in one segment, and a segment is at most P99_CACHE_SEGMENT_BYTES_MAX. */
+size_t storage_item_max_limit(void) { return P99_CACHE_SEGMENT_BYTES_MAX; }
+
 int storage_setup(const struct storage_options *opts, char *err, size_t errlen)
 {
 	p99_cache_config cfg = {.struct_size = sizeof cfg};

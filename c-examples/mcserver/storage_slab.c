@@ -5,7 +5,10 @@
  * classes on demand; a class cuts its pages into equal chunks whose sizes grow by a factor
  * (1.25 by default). Each class keeps its own LRU list. When a class needs a chunk and no page
  * is left, it evicts from the tail of its LRU; if the class has nothing evictable, a whole page
- * of another class is emptied and moved (Twemcache's slab eviction), so no class starves.
+ * of another class is emptied and moved (Twemcache's slab eviction), so no class starves. A
+ * class that has pages never takes another class's last page: when reservations in flight hold
+ * every chunk of one class, other classes keep storing and evicting in their own pages, as in
+ * memcached (which moves pages only in the background).
  * Items carry a refcount of readers (pins) and reservations, so an item being sent or filled is
  * never reused. Keys live in a chained hash table that doubles, migrating buckets a few at a
  * time. One mutex guards the store: the work under it is short and never blocks.
@@ -361,15 +364,22 @@ static bool lru_evict(unsigned id)
 	return false;
 }
 
-/* Empties one page of another class and gives it to class id (Twemcache's slab eviction). */
+/*
+ * Empties one page of another class and gives it to class id (Twemcache's slab eviction). The
+ * last page of a class goes only to a class that has none: a class with pages whose chunks
+ * are all held (reserved or pinned) must not empty a class that can still serve its own sizes.
+ */
 static bool page_evict(unsigned id)
 {
+	bool taker_has_pages = S.classes[id].pages > 0;
 	for (size_t n = 0; n < S.npages; n++) {
 		struct page *pg = &S.pages[S.victim];
 		S.victim = (S.victim + 1) % S.npages;
 		if (pg->clsid == id)
 			continue;
 		struct slab_class *c = &S.classes[pg->clsid];
+		if (taker_has_pages && c->pages <= 1)
+			continue;
 		bool busy = false;
 		for (unsigned i = 0; i < c->perpage && !busy; i++) {
 			struct item *it = (struct item *)(pg->mem + (size_t)i * c->size);
@@ -453,6 +463,9 @@ static uint32_t store_expiry(int64_t exptime)
 /* --- storage.h ----------------------------------------------------------------------------- */
 
 const char *storage_name(void) { return "slab"; }
+
+/* A page is at least the largest item; memcached's own -I ceiling. */
+size_t storage_item_max_limit(void) { return (size_t)1024 << 20; }
 
 int storage_setup(const struct storage_options *opts, char *err, size_t errlen)
 {

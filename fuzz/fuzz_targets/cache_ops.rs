@@ -17,7 +17,9 @@
 //! - every status equals the model's, except where the store may lose an item: a miss (or
 //!   the NOT_STORED/NOT_FOUND a miss implies) is accepted for a key the model has only if
 //!   the store evicted live items after that key was last written; OUT_OF_MEMORY only while
-//!   pins are held (every segment may be pinned).
+//!   pins are held (every segment may be pinned), and from reserve exactly when the open
+//!   reservations would pass the reservation allowance (one shard: a quarter of the heap, at
+//!   least item_max; small ones may use an eighth more).
 #![no_main]
 
 use std::collections::{HashMap, HashSet};
@@ -63,6 +65,8 @@ struct Run<'a> {
     b: Bytes<'a>,
     cache: *mut p99_cache,
     item_max: usize,
+    /// The shard's reservation allowance (the cache's default for one shard).
+    reserve_limit: usize,
     cas_on: bool,
     now: u32,
     flush_at: Option<u32>,
@@ -76,21 +80,6 @@ struct Run<'a> {
     step: usize,
     /// `P99_FUZZ_TRACE=1`: print every operation and result (for reading a crash).
     trace: bool,
-}
-
-fn empty_item() -> p99_cache_item {
-    p99_cache_item {
-        value: std::ptr::null(),
-        value_len: 0,
-        key: std::ptr::null(),
-        key_len: 0,
-        cas: 0,
-        flags: 0,
-        expiry: 0,
-        pin_shard: 0,
-        pin_slot: 0,
-        pin_magic: 0,
-    }
 }
 
 fn copy_item(i: &p99_cache_item) -> p99_cache_item {
@@ -338,6 +327,13 @@ impl<'a> Run<'a> {
         self.check_write(&key, &value, flags, expiry, mode, cas_in, got, before);
     }
 
+    /// Whether `n` more bytes of reservation stay within the allowance.
+    fn reservation_fits(&self, n: usize) -> bool {
+        let held: usize = self.pending.iter().map(|p| p.key.len() + p.value.len()).sum();
+        let cap = if n <= self.reserve_limit / 128 { self.reserve_limit + self.reserve_limit / 8 } else { self.reserve_limit };
+        held + n <= cap
+    }
+
     fn op_reserve(&mut self) {
         if self.pending.len() >= MAX_RESERVATIONS {
             return;
@@ -353,6 +349,8 @@ impl<'a> Run<'a> {
             S::InvalidArgument
         } else if self.too_large(key.len(), value.len()) {
             S::TooLarge
+        } else if !self.reservation_fits(key.len() + value.len()) {
+            S::OutOfMemory
         } else {
             S::Ok
         };
@@ -450,7 +448,7 @@ impl<'a> Run<'a> {
         let expiry = if touch { self.expiry() } else { 0 };
         let keep = self.pins.len() < MAX_PINS && self.b.chance(60);
         self.settle();
-        let mut it = empty_item();
+        let mut it = p99_cache_item::default();
         // SAFETY: live cache; key valid for its length; `it` writable.
         let st = unsafe {
             if touch {
@@ -555,12 +553,12 @@ impl<'a> Run<'a> {
                 (f, &[S::InvalidState, S::InvalidArgument])
             }
             2 => {
-                let mut f = empty_item();
+                let mut f = p99_cache_item::default();
                 f.pin_magic = self.b.u64();
                 let want: &[S] = if f.pin_magic == 0 { &[S::InvalidState] } else { &[S::InvalidArgument] };
                 (f, want)
             }
-            _ => (empty_item(), &[S::InvalidState]),
+            _ => (p99_cache_item::default(), &[S::InvalidState]),
         };
         // SAFETY: live cache; `it` is a caller-owned struct (its pointers are never read by
         // a refused release).
@@ -724,7 +722,7 @@ impl<'a> Run<'a> {
         // Final sweep: every key reads back as the model says.
         self.settle();
         for key in self.keys.clone() {
-            let mut it = empty_item();
+            let mut it = p99_cache_item::default();
             // SAFETY: live cache; key valid; `it` writable.
             let st = unsafe { p99_cache_get(self.cache, key.as_ptr(), key.len(), &mut it) };
             match (st, self.model.get(&key).cloned()) {
@@ -776,6 +774,7 @@ fuzz_target!(|data: &[u8]| {
         b,
         cache,
         item_max: cfg.item_max as usize,
+        reserve_limit: (cfg.heap_bytes as usize / 4).max(cfg.item_max as usize),
         cas_on: cfg.cas,
         now: T0,
         flush_at: None,

@@ -40,6 +40,7 @@
 mod clock;
 mod item;
 mod memory;
+mod pin_word;
 mod shard;
 mod store;
 mod table;
@@ -101,6 +102,15 @@ pub struct Config {
     /// Keep 64-bit CAS values (memcached's default); false is memcached's `-C`: CAS reads as 0
     /// and every CAS write on an existing item fails with `Exists`.
     pub cas: bool,
+    /// Bytes that open reservations (writes received but not yet committed) may hold,
+    /// outside the segment budget; 0 = `heap_bytes / 4`. Split evenly between shards, each
+    /// allowed at least one `item_max` item. Small reservations (at most 1/128 of a shard's
+    /// part) may use a further eighth kept for them, so writers stalled in large values never
+    /// starve small writes. In all, open reservations hold at most
+    /// `max(reservation_bytes, shards * item_max) * 9 / 8`. A reserve past its shard's part
+    /// fails with `OutOfMemory` (memcached's "out of memory storing object"), so slow or
+    /// stalled senders cannot grow the process past `heap_bytes` plus this allowance.
+    pub reservation_bytes: usize,
     /// Eviction policy.
     pub eviction: Eviction,
     /// Number of shards (a power of two, at most 256); 0 = automatic: twice the CPU count
@@ -118,6 +128,7 @@ impl Default for Config {
             expected_items: 0,
             item_max: 1 << 20,
             cas: true,
+            reservation_bytes: 0,
             eviction: Eviction::Merge,
             shards: 0,
             clock: ClockKind::System,
@@ -143,7 +154,12 @@ pub enum Error {
     /// A reservation written beyond its length or committed before it is full, or a pin
     /// released that is not held.
     InvalidState,
-    /// No segment can be had: the shard's budget is full and every segment is pinned.
+    /// A panic unwound out of an earlier operation while it held a shard's lock, so that
+    /// shard may be half updated: the cache refuses every operation after it (releasing a pin
+    /// still works, so that the cache can be dropped).
+    Poisoned,
+    /// No room: the shard's segment budget is full and every segment is pinned, or (reserve)
+    /// the shard's part of the reservation allowance is held by open reservations.
     OutOfMemory,
 }
 
@@ -208,4 +224,7 @@ pub struct Stats {
     pub pinned: u64,
     /// Times a shard's hash table was doubled (items beyond `expected_items`).
     pub table_grows: u64,
+    /// Bytes held by open reservations (outside the segments, within the reservation
+    /// allowance).
+    pub reserved_bytes: u64,
 }

@@ -2,7 +2,7 @@
 //! behind the shard's lock (the caller holds it for every method here), plus the pin counts
 //! that readers drop without the lock.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 use super::item::{decode_header, encode_header, header_len, ItemHeader, DEAD_BIT, HEADER_MAX};
@@ -18,8 +18,8 @@ const NONE: u32 = u32::MAX;
 pub(crate) fn item_size(klen: usize, vlen: usize) -> usize {
     klen.saturating_add(vlen).saturating_add(HEADER_MAX)
 }
-/// Set in a segment's pin word when it was emptied while pinned; the last reader frees it.
-pub(crate) const RETIRED: u32 = 1 << 31;
+pub(crate) use super::pin_word::RETIRED;
+use super::pin_word;
 
 /// Per-segment pin counts of one shard, read and written by readers without the shard lock.
 /// The array is padded by 128 bytes on both sides so that no other shard's data shares its
@@ -306,7 +306,7 @@ impl ShardInner {
             self.table.set(f.slot, f.rec.with_freq(freq + 1));
         }
         let seg = f.rec.seg();
-        self.pins[seg as usize].fetch_add(1, Ordering::Relaxed);
+        pin_word::pin(&self.pins[seg as usize]);
         let m = &self.mem[seg as usize];
         let koff = f.rec.off() as usize + f.hdr.header_len;
         Some(PinnedParts {
@@ -643,7 +643,7 @@ impl ShardInner {
         let mut emptiest: Option<((u32, u64), u32)> = None;
         let half = (self.cfg.segment_bytes / 2) as u32;
         for (i, m) in self.segs.iter().enumerate() {
-            if m.state != SegState::Live || self.pins[i].load(Ordering::Acquire) != 0 {
+            if m.state != SegState::Live || pin_word::pinned(&self.pins[i]) {
                 continue;
             }
             if oldest.map_or(true, |(seq, _)| m.seq < seq) {
@@ -714,8 +714,7 @@ impl ShardInner {
         if self.ttl[b].open == seg {
             self.ttl[b].open = NONE;
         }
-        let before = self.pins[seg as usize].fetch_or(RETIRED, Ordering::AcqRel);
-        if before & !RETIRED == 0 {
+        if pin_word::retire(&self.pins[seg as usize]) {
             self.free_retired(seg);
         } else {
             let m = &mut self.segs[seg as usize];
@@ -727,7 +726,7 @@ impl ShardInner {
 
     /// Frees a retired segment whose pins are all gone.
     pub fn free_retired(&mut self, seg: u32) {
-        self.pins[seg as usize].store(0, Ordering::Release);
+        pin_word::reset(&self.pins[seg as usize]);
         self.segs[seg as usize] = SegMeta::empty();
         self.free.push(seg);
     }

@@ -1,6 +1,6 @@
 //! The cache handle: shards, the clock, flush_all, and the two-phase write and pinned read.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crossbeam_utils::CachePadded;
@@ -20,6 +20,43 @@ struct Shard {
     inner: Mutex<ShardInner>,
     pins: Arc<PinTable>,
     tickets: TicketTable,
+    reserved: Arc<ReserveBudget>,
+}
+
+/// The bytes a shard's open reservations may hold (their value buffers live outside the
+/// segments). A reservation takes its share at reserve time and gives it back when it is
+/// committed or dropped; shared with the reservations, which may outlive the cache.
+///
+/// Large writes may fill `limit`; a further `limit / 8` is kept for small ones (at most
+/// `limit / 128` bytes each), so writers stalled in the middle of large values never make a
+/// small `set` fail (memcached, whose small items come from their own slab class, stores it).
+struct ReserveBudget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl ReserveBudget {
+    fn new(limit: usize) -> ReserveBudget {
+        ReserveBudget { used: AtomicUsize::new(0), limit }
+    }
+
+    /// The most bytes open reservations may hold, small ones included.
+    fn ceiling(&self) -> usize {
+        self.limit + self.limit / 8
+    }
+
+    /// Takes `n` bytes, or `false` (nothing taken) when they would pass the limit for a
+    /// reservation of that size.
+    fn take(&self, n: usize) -> bool {
+        let cap = if n <= self.limit / 128 { self.ceiling() } else { self.limit };
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_add(n).filter(|&t| t <= cap))
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
 }
 
 /// Slots per ticket chunk, and chunks per shard: at most 4,194,304 tickets of one shard are
@@ -162,6 +199,38 @@ pub struct Cache {
     segments_per_shard: usize,
     /// Pending or last flush_all: epoch (high 32 bits) and deadline (low 32 bits).
     flush: AtomicU64,
+    /// Set when a panic unwound out of a shard's critical section: that shard may be half
+    /// updated, so every later operation fails with `Error::Poisoned`.
+    poisoned: AtomicBool,
+    /// Test hook: the next write panics inside its shard's critical section.
+    panic_next_write: AtomicBool,
+}
+
+/// A locked shard. Unlocking it while a panic unwinds poisons the cache.
+struct ShardGuard<'c> {
+    g: MutexGuard<'c, ShardInner>,
+    poisoned: &'c AtomicBool,
+}
+
+impl std::ops::Deref for ShardGuard<'_> {
+    type Target = ShardInner;
+    fn deref(&self) -> &ShardInner {
+        &self.g
+    }
+}
+
+impl std::ops::DerefMut for ShardGuard<'_> {
+    fn deref_mut(&mut self) -> &mut ShardInner {
+        &mut self.g
+    }
+}
+
+impl Drop for ShardGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.poisoned.store(true, Ordering::Release);
+        }
+    }
 }
 
 /// A write in progress: the key and a value buffer being filled (two-phase write).
@@ -170,7 +239,6 @@ pub struct Cache {
 /// [`Reservation::unfilled`] + [`Reservation::advance`], then given to [`Cache::commit`];
 /// dropping it cancels the write. It owns its buffer and does not borrow the cache, so it
 /// may be filled on any thread, across as many network reads as the value needs.
-#[derive(Debug)]
 pub struct Reservation {
     /// Key then value, in one allocation.
     buf: Box<[u8]>,
@@ -179,6 +247,28 @@ pub struct Reservation {
     flags: u32,
     expiry: u32,
     cache_id: usize,
+    /// The key's hash, computed once at reserve time.
+    hash: u64,
+    /// The shard budget `buf.len()` bytes were taken from; given back on drop.
+    budget: Arc<ReserveBudget>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.give(self.buf.len());
+    }
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("key_len", &self.klen)
+            .field("value_len", &self.value_len())
+            .field("filled", &self.filled)
+            .field("flags", &self.flags)
+            .field("expiry", &self.expiry)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Reservation {
@@ -459,6 +549,10 @@ impl Cache {
         let (nshards, per_shard) = cfg.layout().map_err(|_| Error::InvalidArgument)?;
         let expected = if cfg.expected_items != 0 { cfg.expected_items } else { cfg.heap_bytes / 128 };
         let shard_bits = nshards.trailing_zeros();
+        // Each shard may hold an equal part of the allowance in open reservations, and at
+        // least one largest item (else such an item could never be written).
+        let allowance = if cfg.reservation_bytes != 0 { cfg.reservation_bytes } else { cfg.heap_bytes / 4 };
+        let reserve_limit = (allowance / nshards).max(cfg.item_max);
         let mut shards = Vec::with_capacity(nshards);
         for i in 0..nshards {
             let pins = Arc::new(PinTable::new(per_shard));
@@ -477,6 +571,7 @@ impl Cache {
                 inner: Mutex::new(inner),
                 pins,
                 tickets: TicketTable::new(),
+                reserved: Arc::new(ReserveBudget::new(reserve_limit)),
             }));
         }
         let shards = shards.into_boxed_slice();
@@ -486,6 +581,8 @@ impl Cache {
             clock: Clock::new(cfg.clock),
             segments_per_shard: per_shard,
             flush: AtomicU64::new(0),
+            poisoned: AtomicBool::new(false),
+            panic_next_write: AtomicBool::new(false),
             cfg,
         })
     }
@@ -518,13 +615,43 @@ impl Cache {
         self as *const Cache as usize
     }
 
-    /// Locks the shard of hash `h`, applying a due flush_all and eager expiry first.
     #[inline]
-    fn shard_for(&self, h: u64, now: u32) -> (usize, MutexGuard<'_, ShardInner>) {
-        let i = ((h >> 32) & self.shard_mask) as usize;
-        let mut g = self.shards[i].inner.lock();
+    fn shard_index(&self, h: u64) -> usize {
+        ((h >> 32) & self.shard_mask) as usize
+    }
+
+    /// `Poisoned` once a panic has unwound out of a shard's critical section (see
+    /// [`Error::Poisoned`]); `Ok` otherwise.
+    #[inline]
+    pub fn check(&self) -> Result<(), Error> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(Error::Poisoned);
+        }
+        Ok(())
+    }
+
+    /// Locks shard `i`; a panic before the guard is dropped poisons the cache.
+    #[inline]
+    fn lock_shard(&self, i: usize) -> ShardGuard<'_> {
+        ShardGuard { g: self.shards[i].inner.lock(), poisoned: &self.poisoned }
+    }
+
+    /// Locks the shard of hash `h`, applying a due flush_all and eager expiry first;
+    /// `Poisoned` (nothing locked) if the cache is.
+    #[inline]
+    fn shard_for(&self, h: u64, now: u32) -> Result<(usize, ShardGuard<'_>), Error> {
+        self.check()?;
+        let i = self.shard_index(h);
+        let mut g = self.lock_shard(i);
         self.housekeep(&mut g, now);
-        (i, g)
+        Ok((i, g))
+    }
+
+    /// Test hook: makes the next write (set, add, ..., commit) panic while it holds its
+    /// shard's lock, as a bug in the store would. Not for production use.
+    #[doc(hidden)]
+    pub fn inject_panic_in_next_write(&self) {
+        self.panic_next_write.store(true, Ordering::Release);
     }
 
     #[inline]
@@ -540,13 +667,24 @@ impl Cache {
 
     /// Starts a write of `key` with a value of `value_len` bytes. `expiry` is absolute on the
     /// cache clock (0 = never). Fails with `InvalidArgument` for a key of 0 or more than 250
-    /// bytes and `TooLarge` when key + value + 23 header bytes exceed `item_max`.
+    /// bytes, `TooLarge` when key + value + 23 header bytes exceed `item_max`, and
+    /// `OutOfMemory` when the key's shard already holds its share of the reservation
+    /// allowance (`Config::reservation_bytes`) in open reservations: until some of them are
+    /// committed or dropped, the value has nowhere to go.
     pub fn reserve(&self, key: &[u8], value_len: usize, flags: u32, expiry: u32) -> Result<Reservation, Error> {
+        self.check()?;
         check_key(key)?;
         if item_size(key.len(), value_len) > self.cfg.item_max {
             return Err(Error::TooLarge);
         }
-        let mut buf = vec![0u8; key.len() + value_len].into_boxed_slice();
+        let len = key.len() + value_len;
+        let hash = hash_key(key);
+        let budget = &self.shards[self.shard_index(hash)].reserved;
+        if !budget.take(len) {
+            return Err(Error::OutOfMemory);
+        }
+        let budget = budget.clone();
+        let mut buf = vec![0u8; len].into_boxed_slice();
         buf[..key.len()].copy_from_slice(key);
         Ok(Reservation {
             buf,
@@ -555,7 +693,14 @@ impl Cache {
             flags,
             expiry,
             cache_id: self.id(),
+            hash,
+            budget,
         })
+    }
+
+    /// Bytes held by open reservations now (key and value buffers), summed over shards.
+    pub fn reserved_bytes(&self) -> u64 {
+        self.shards.iter().map(|s| s.reserved.used.load(Ordering::Relaxed) as u64).sum()
     }
 
     /// Completes a write with `mode`'s semantics and returns the item's new CAS (0 when CAS
@@ -569,18 +714,27 @@ impl Cache {
         if res.filled != res.value_len() {
             return Err(Error::InvalidState);
         }
-        self.store(res.key(), res.value(), res.flags, res.expiry, mode, cas_in)
+        // Checked at reserve time: the key is valid and the item within item_max.
+        self.store_hashed(res.key(), res.hash, res.value(), res.flags, res.expiry, mode, cas_in)
     }
 
-    /// One-call write (reserve, fill and commit in one): returns the new CAS.
+    /// One-call write (reserve, fill and commit in one): returns the new CAS. Takes nothing
+    /// from the reservation allowance (the value is the caller's).
     pub fn store(&self, key: &[u8], value: &[u8], flags: u32, expiry: u32, mode: Mode, cas_in: u64) -> Result<u64, Error> {
         check_key(key)?;
         if item_size(key.len(), value.len()) > self.cfg.item_max {
             return Err(Error::TooLarge);
         }
+        self.store_hashed(key, hash_key(key), value, flags, expiry, mode, cas_in)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn store_hashed(&self, key: &[u8], h: u64, value: &[u8], flags: u32, expiry: u32, mode: Mode, cas_in: u64) -> Result<u64, Error> {
         let now = self.now();
-        let h = hash_key(key);
-        let (_, mut g) = self.shard_for(h, now);
+        let (_, mut g) = self.shard_for(h, now)?;
+        if self.panic_next_write.load(Ordering::Relaxed) && self.panic_next_write.swap(false, Ordering::AcqRel) {
+            panic!("injected panic in a write (test hook)");
+        }
         g.store(now, key, h, value, flags, expiry, mode, cas_in)
     }
 
@@ -609,7 +763,7 @@ impl Cache {
         check_key(key)?;
         let now = self.now();
         let h = hash_key(key);
-        let (i, mut g) = self.shard_for(h, now);
+        let (i, mut g) = self.shard_for(h, now)?;
         Ok(g.get_pinned(key, h, now).map(|p| self.item_ref(i, p)))
     }
 
@@ -620,7 +774,7 @@ impl Cache {
         check_key(key)?;
         let now = self.now();
         let h = hash_key(key);
-        let (i, mut g) = self.shard_for(h, now);
+        let (i, mut g) = self.shard_for(h, now)?;
         match g.get_pinned(key, h, now) {
             Some(p) => self.ticketed(i, &mut g, p).map(Some),
             None => Ok(None),
@@ -633,7 +787,7 @@ impl Cache {
         check_key(key)?;
         let now = self.now();
         let h = hash_key(key);
-        let (i, mut g) = self.shard_for(h, now);
+        let (i, mut g) = self.shard_for(h, now)?;
         match g.get_and_touch(key, h, now, expiry)? {
             Some(p) => self.ticketed(i, &mut g, p).map(Some),
             None => Ok(None),
@@ -669,7 +823,7 @@ impl Cache {
         check_key(key)?;
         let now = self.now();
         let h = hash_key(key);
-        let (_, mut g) = self.shard_for(h, now);
+        let (_, mut g) = self.shard_for(h, now)?;
         Ok(g.get_copy(key, h, now, buf).map(|(hdr, cas, copied)| CopiedItem {
             value_len: hdr.vlen,
             flags: hdr.flags,
@@ -694,7 +848,7 @@ impl Cache {
         check_key(key)?;
         let now = self.now();
         let h = hash_key(key);
-        let (_, mut g) = self.shard_for(h, now);
+        let (_, mut g) = self.shard_for(h, now)?;
         if g.delete(key, h, now) {
             Ok(())
         } else {
@@ -707,7 +861,7 @@ impl Cache {
         check_key(key)?;
         let now = self.now();
         let h = hash_key(key);
-        let (_, mut g) = self.shard_for(h, now);
+        let (_, mut g) = self.shard_for(h, now)?;
         g.touch(key, h, now, expiry)
     }
 
@@ -717,7 +871,7 @@ impl Cache {
         check_key(key)?;
         let now = self.now();
         let h = hash_key(key);
-        let (i, mut g) = self.shard_for(h, now);
+        let (i, mut g) = self.shard_for(h, now)?;
         Ok(g.get_and_touch(key, h, now, expiry)?.map(|p| self.item_ref(i, p)))
     }
 
@@ -735,17 +889,19 @@ impl Cache {
         check_key(key)?;
         let now = self.now();
         let h = hash_key(key);
-        let (_, mut g) = self.shard_for(h, now);
+        let (_, mut g) = self.shard_for(h, now)?;
         g.delta(key, h, now, incr, delta)
     }
 
     /// memcached flush_all: every item stored before now + `delay` seconds disappears at
-    /// that time (now, when `delay` is 0; a later call replaces a pending one).
-    pub fn flush_all(&self, delay: u32) {
+    /// that time (now, when `delay` is 0; a later call replaces a pending one). Fails only
+    /// with `Poisoned`.
+    pub fn flush_all(&self, delay: u32) -> Result<(), Error> {
+        self.check()?;
         let now = self.now();
         // A pending flush that is already due takes effect before this one replaces it.
-        for s in self.shards.iter() {
-            let mut g = s.inner.lock();
+        for i in 0..self.shards.len() {
+            let mut g = self.lock_shard(i);
             self.housekeep(&mut g, now);
         }
         let deadline = now.saturating_add(delay);
@@ -759,27 +915,19 @@ impl Cache {
             }
         }
         if delay == 0 {
-            for s in self.shards.iter() {
-                let mut g = s.inner.lock();
+            for i in 0..self.shards.len() {
+                let mut g = self.lock_shard(i);
                 self.housekeep(&mut g, now);
             }
         }
+        Ok(())
     }
 
     /// Drops one pin of segment `seg` of `shard`. Returns true when the segment was emptied
     /// while pinned and this was its last pin: the caller must then free it.
     fn drop_pin(shard: &Shard, seg: u32) -> Result<bool, Error> {
         let pin = shard.pins.get(seg as usize).ok_or(Error::InvalidArgument)?;
-        let prev = pin
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                if v & !RETIRED == 0 {
-                    None
-                } else {
-                    Some(v - 1)
-                }
-            })
-            .map_err(|_| Error::InvalidState)?;
-        Ok(prev == RETIRED | 1)
+        super::pin_word::unpin(pin).map_err(|_| Error::InvalidState)
     }
 
     fn unpin(&self, t: PinToken) -> Result<(), Error> {
@@ -830,8 +978,8 @@ impl Cache {
             ..Stats::default()
         };
         let mut meta = 0;
-        for s in self.shards.iter() {
-            let mut g = s.inner.lock();
+        for i in 0..self.shards.len() {
+            let mut g = self.lock_shard(i);
             self.housekeep(&mut g, now);
             let c = g.counters;
             let ga = g.gauges();
@@ -864,6 +1012,7 @@ impl Cache {
             + std::mem::size_of::<Cache>() as u64
             + (self.shards.len() * std::mem::size_of::<CachePadded<Shard>>()) as u64;
         st.pinned = self.pinned();
+        st.reserved_bytes = self.reserved_bytes();
         st
     }
 }

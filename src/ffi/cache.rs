@@ -46,10 +46,31 @@ pub const P99_CACHE_MODE_PREPEND: u32 = 5;
 pub const P99_CACHE_KEY_MAX: u32 = 250;
 /// Bytes of worst-case item header counted against `item_max` (key + value + this).
 pub const P99_CACHE_ITEM_HEADER_MAX: u32 = 23;
+/// Largest `segment_bytes` (4 MiB), hence the largest `item_max`: an item lives in one segment.
+pub const P99_CACHE_SEGMENT_BYTES_MAX: u32 = 4194304;
+const _: () = assert!(P99_CACHE_SEGMENT_BYTES_MAX as usize == Cache::SEGMENT_BYTES_MAX);
 
 /// Opaque cache handle. Create with `p99_cache_new`, free with `p99_cache_free`.
+///
+/// A panic inside a cache operation (a bug in libp99) poisons the cache: that operation and
+/// every later one return `P99_STATUS_PANIC` at once, without touching the shard the panic
+/// may have left half updated. Only `p99_cache_item_release` (pins can still be handed back)
+/// and `p99_cache_free` (frees as usual) keep working.
 pub struct p99_cache {
     cache: Cache,
+}
+
+/// Test hook (not exported to C): the next write on `cache` panics while it holds its shard's
+/// lock, as a bug in the store would.
+///
+/// # Safety
+/// `cache` is a live handle from `p99_cache_new`.
+#[doc(hidden)]
+pub unsafe fn test_inject_panic_in_next_write(cache: *const p99_cache) {
+    // SAFETY: a live handle (the caller's contract), borrowed for this call only.
+    if let Some(c) = unsafe { cache.as_ref() } {
+        c.cache.inject_panic_in_next_write();
+    }
 }
 
 impl Handle for p99_cache {}
@@ -140,6 +161,24 @@ pub struct p99_cache_item {
     pub pin_slot: u32,
     /// Private. Nonzero while the item is pinned; identifies the cache and the ticket.
     pub pin_magic: u64,
+}
+
+/// The empty item: nothing pinned (what `p99_cache_item_release` leaves behind).
+impl Default for p99_cache_item {
+    fn default() -> p99_cache_item {
+        p99_cache_item {
+            value: std::ptr::null(),
+            value_len: 0,
+            key: std::ptr::null(),
+            key_len: 0,
+            cas: 0,
+            flags: 0,
+            expiry: 0,
+            pin_shard: 0,
+            pin_slot: 0,
+            pin_magic: 0,
+        }
+    }
 }
 
 /// What `p99_cache_get_copy` found: filled by the library. Set `struct_size =
@@ -330,6 +369,7 @@ pub unsafe extern "C" fn p99_cache_new(
             expected_items: usize::try_from(c.expected_items).map_err(|_| too_big("expected_items"))?,
             item_max: c.item_max as usize,
             cas: c.cas,
+            reservation_bytes: 0, // the default allowance: a quarter of heap_bytes
             eviction,
             shards: c.shards as usize,
             clock: if c.manual_clock {
@@ -366,7 +406,9 @@ pub unsafe extern "C" fn p99_cache_free(cache: *mut p99_cache) -> p99_status {
 /// Starts a write: `key` (`key_len` bytes, 1..250, borrowed until return and copied), a value
 /// of `value_len` bytes to come, client `flags` and absolute `expiry` (cache clock; 0 =
 /// never). Fills `*out` (caller-owned; previous contents ignored). Errors: NULL_PARAMETER,
-/// INVALID_ARGUMENT (key length 0 or > 250), TOO_LARGE (key + value + 23 > item_max); `*out`
+/// INVALID_ARGUMENT (key length 0 or > 250), TOO_LARGE (key + value + 23 > item_max),
+/// OUT_OF_MEMORY (open reservations already hold the key's shard's part of the reservation
+/// allowance: a quarter of `heap_bytes`, at least one `item_max` item per shard); `*out`
 /// untouched on error. The reservation must end with `p99_cache_commit` or
 /// `p99_cache_cancel` (else its buffer leaks). Thread-safe.
 #[no_mangle]
@@ -636,18 +678,7 @@ pub unsafe extern "C" fn p99_cache_item_release(
         // A ticket already consumed (through this struct or a copy) is INVALID_STATE and
         // releases nothing.
         c.cache.release_ticket(ticket)?;
-        *it = p99_cache_item {
-            value: std::ptr::null(),
-            value_len: 0,
-            key: std::ptr::null(),
-            key_len: 0,
-            cas: 0,
-            flags: 0,
-            expiry: 0,
-            pin_shard: 0,
-            pin_slot: 0,
-            pin_magic: 0,
-        };
+        *it = p99_cache_item::default();
         Ok(())
     })
 }
@@ -749,7 +780,7 @@ pub unsafe extern "C" fn p99_cache_decr(
 pub unsafe extern "C" fn p99_cache_flush_all(cache: *const p99_cache, delay_seconds: u32) -> p99_status {
     guard(|| -> CResult {
         let c = c_arg!(handle cache)?;
-        c.cache.flush_all(delay_seconds);
+        c.cache.flush_all(delay_seconds)?;
         Ok(())
     })
 }
@@ -770,6 +801,7 @@ pub unsafe extern "C" fn p99_cache_now(cache: *const p99_cache) -> u32 {
 pub unsafe extern "C" fn p99_cache_set_time(cache: *const p99_cache, unix_seconds: u32) -> p99_status {
     guard(|| -> CResult {
         let c = c_arg!(handle cache)?;
+        c.cache.check()?;
         c.cache.set_time(unix_seconds)?;
         Ok(())
     })
@@ -789,6 +821,7 @@ pub unsafe extern "C" fn p99_cache_expiry_from_exptime(
     guard(|| -> CResult {
         let c = c_arg!(handle cache)?;
         let out = c_arg!(out expiry_out)?;
+        c.cache.check()?;
         out.write(c.cache.expiry_from_exptime(exptime));
         Ok(())
     })
@@ -834,6 +867,7 @@ pub unsafe extern "C" fn p99_cache_get_stats(cache: *const p99_cache, stats: *mu
     guard(|| -> CResult {
         let c = c_arg!(handle cache)?;
         let out = c_arg!(versioned_out stats)?;
+        c.cache.check()?;
         out.write(stats_to_c(&c.cache.stats()));
         Ok(())
     })

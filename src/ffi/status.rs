@@ -143,6 +143,7 @@ impl From<cache::Error> for Failure {
             cache::Error::NonNumeric => p99_status::NonNumeric,
             cache::Error::InvalidState => p99_status::InvalidState,
             cache::Error::OutOfMemory => p99_status::OutOfMemory,
+            cache::Error::Poisoned => p99_status::Panic,
         })
     }
 }
