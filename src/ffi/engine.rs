@@ -182,6 +182,7 @@ fn status_of(e: Error) -> p99_status {
         Error::WrongThread => p99_status::WrongThread,
         Error::Unsupported(_) => p99_status::Unsupported,
         Error::Io(e) => p99_status::from_io_error(&e),
+        Error::Tls(_) => p99_status::TlsConfig,
     }
 }
 
@@ -369,6 +370,7 @@ pub unsafe extern "C" fn p99_engine_start(
             backlog: c.backlog,
             tcp_nodelay: c.tcp_nodelay,
             backend: None,
+            tls: None,
         };
         let shared = Callbacks { cb };
         let inner = Engine::start(cfg, move |_| {

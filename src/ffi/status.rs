@@ -55,6 +55,10 @@ pub enum p99_status {
     PermissionDenied = 20,
     /// The named device or queue does not exist.
     NoDevice = 21,
+    /// The engine's TLS configuration could not be used: a certificate, key or CA file is
+    /// unreadable or not PEM, the key does not match the certificate, or a TLS setting is
+    /// out of range.
+    TlsConfig = 48,
 }
 
 impl p99_status {
@@ -83,6 +87,7 @@ impl p99_status {
             19 => Self::TimedOut,
             20 => Self::PermissionDenied,
             21 => Self::NoDevice,
+            48 => Self::TlsConfig,
             _ => return None,
         })
     }
@@ -112,6 +117,7 @@ impl p99_status {
             Self::TimedOut => "timed out\0",
             Self::PermissionDenied => "permission denied\0",
             Self::NoDevice => "no such device or queue\0",
+            Self::TlsConfig => "TLS configuration unusable (certificate, key or CA)\0",
         }
     }
 
