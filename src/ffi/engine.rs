@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use super::boundary::{guard, guard_or, out_ptr, ref_from, slice_from, struct_size_of};
 use super::status::p99_status;
+use super::tls::{p99_close_reason, p99_tls_config};
 use crate::engine::{self, Backend, ConnId, Engine, Error, Handler, TimerId, Worker};
 
 /// A running engine: worker threads, each with its own listener and event loop. Create with
@@ -93,6 +94,10 @@ pub struct p99_engine_config {
     /// closed at accept, whichever worker they reach. Default 65536. A caller built against a header
     /// without this field (its `struct_size` ends before it) gets the default.
     pub max_conns: u32,
+    /// Serve TLS on every connection with these settings (see `p99_tls_config`); callbacks
+    /// then see and send plaintext. NULL (default): plaintext. Borrowed until
+    /// `p99_engine_start` returns. A caller whose `struct_size` ends before it gets NULL.
+    pub tls: *const p99_tls_config,
 }
 
 /// Size of the first published `p99_engine_config`, which ended before `max_conns`.
@@ -115,6 +120,7 @@ fn default_engine_config() -> p99_engine_config {
         close_linger_ms: d.close_linger.as_millis() as u32,
         backlog: d.backlog,
         max_conns: d.max_conns as u32,
+        tls: std::ptr::null(),
     }
 }
 
@@ -319,7 +325,9 @@ pub unsafe extern "C" fn p99_engine_callbacks_defaults(callbacks: *mut p99_engin
 /// return (the callbacks are copied). Errors: NULL pointer, `P99_STATUS_INVALID_ARGUMENT`
 /// (bad `struct_size`, bad address, out-of-range value, `on_data` NULL),
 /// `P99_STATUS_UNSUPPORTED` (P99_BACKEND forces an unavailable backend), or the status of the
-/// failed system call (e.g. `P99_STATUS_IO_ERROR` with errno EADDRINUSE). Thread-safe.
+/// failed system call (e.g. `P99_STATUS_IO_ERROR` with errno EADDRINUSE), and with `tls` set,
+/// `P99_STATUS_TLS_CONFIG` (a certificate, key or CA file unreadable or unusable, or a key
+/// that does not match the certificate). Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_engine_start(
     config: *const p99_engine_config,
@@ -370,7 +378,8 @@ pub unsafe extern "C" fn p99_engine_start(
             backlog: c.backlog,
             tcp_nodelay: c.tcp_nodelay,
             backend: None,
-            tls: None,
+            // SAFETY: NULL or a p99_tls_config per its documented contract.
+            tls: unsafe { super::tls::load(c.tls) }?,
         };
         let shared = Callbacks { cb };
         let inner = Engine::start(cfg, move |_| {
@@ -630,6 +639,44 @@ pub unsafe extern "C" fn p99_worker_close(worker: *mut p99_worker, conn: p99_con
         // SAFETY: checked by address against this thread's worker.
         let w = unsafe { worker_from(worker) }?;
         w.close(ConnId::from_raw(conn)).map_err(status_of)
+    })
+}
+
+/// Why `conn` is closing: call it in `on_close` (or once the connection is closing). Writes
+/// the reason to `*out_reason`; with `detail` non-NULL, also up to `detail_cap - 1` bytes of
+/// the explanation (the TLS or socket error; "" when there is none) followed by a NUL, and
+/// the full length of the explanation (without the NUL) to `*out_detail_len` when that is
+/// non-NULL. A connection still open reports `P99_CLOSE_REASON_LOCAL`. Errors: NULL
+/// `out_reason`, NULL `detail` with `detail_cap` > 0, WRONG_THREAD, STALE_HANDLE (after
+/// `on_close` returned). Worker thread only.
+#[no_mangle]
+pub unsafe extern "C" fn p99_worker_conn_close_reason(
+    worker: *mut p99_worker,
+    conn: p99_conn,
+    out_reason: *mut p99_close_reason,
+    detail: *mut c_char,
+    detail_cap: usize,
+    out_detail_len: *mut usize,
+) -> p99_status {
+    guard(|| {
+        // SAFETY: checked by address against this thread's worker.
+        let w = unsafe { worker_from(worker) }?;
+        // SAFETY: checked for NULL.
+        let out = unsafe { out_ptr(out_reason) }?;
+        // SAFETY: `detail_cap` writable bytes by the caller's contract (NULL only with 0).
+        let buf = unsafe { super::boundary::slice_mut_from(detail.cast::<u8>(), detail_cap) }?;
+        let (reason, text) = w.close_reason(ConnId::from_raw(conn)).map_err(status_of)?;
+        if let Some(last) = buf.len().checked_sub(1) {
+            let n = text.len().min(last);
+            buf[..n].copy_from_slice(&text.as_bytes()[..n]);
+            buf[n] = 0;
+        }
+        if !out_detail_len.is_null() {
+            // SAFETY: non-NULL, writable by the caller's contract.
+            unsafe { out_detail_len.write(text.len()) };
+        }
+        out.write(reason.into());
+        Ok(())
     })
 }
 

@@ -11,4 +11,5 @@ pub mod cache;
 pub mod status;
 pub mod version;
 pub mod engine;
+pub mod tls;
 pub mod xdp;
