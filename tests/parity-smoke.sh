@@ -1,7 +1,10 @@
 #!/bin/bash
 # Smoke test of the parity runner: a tiny run of every scenario with whatever is built (memcached
 # is always there), then checks that results.json is complete and honest (figures for what ran,
-# "not built" for what is missing, no errors) and that the plots are well-formed SVG.
+# "not built" for what is missing, no errors) and that the plots are well-formed SVG. Then the
+# benchmark's own precision checks: pingserver-c against its twin must be "within noise" and
+# against a copy slowed on purpose (-b) "slower"; and a stall injected into an open-loop run
+# must be counted by the stall probe.
 set -euo pipefail
 BIN=$1
 OUT=$2
@@ -63,6 +66,11 @@ for scen in ("ping", "cache", "udp"):
                     print("parity-smoke: note: " + msg)
             if not run["command"].startswith("p99-bench "):
                 fail.append(f"{v['name']}: run without its command")
+    for v in sc[scen]["variants"]:
+        for run in v["latency_runs"]:
+            st = run.get("stalls")
+            if not (st and st["wakeups"] > 0):
+                fail.append(f"{v['name']}: open-loop run without its stall counts")
 for p in r["plots"]:
     xml.dom.minidom.parse(p)
 if not any(p.endswith("cache-latency.svg") for p in r["plots"]):
@@ -72,3 +80,53 @@ if fail:
     sys.exit(1)
 print(f"parity-smoke: results.json and {len(r['plots'])} plots check out")
 PY
+
+# The verdict rule, on servers whose difference is known: the same program twice, and once
+# slowed by a fixed CPU burn per request. Five rounds, as a default run uses.
+if [ -x "$BIN/pingserver-c" ]; then
+  "$BIN/p99-parity" --scenarios check --rounds 5 --warmup 0.2 --duration 0.8 --ramp-secs 0.2 \
+    --ladder 0.1 --bin-dir "$BIN" --out "$OUT/check" >"$OUT.check.log" 2>&1 || {
+    cat "$OUT.check.log"; echo "parity-smoke: p99-parity --scenarios check failed"; exit 1; }
+  /usr/bin/python3 - "$OUT/check/results.json" <<'PY'
+import json, sys
+v = {x["name"]: x for x in json.load(open(sys.argv[1]))["scenarios"]["check"]["variants"]}
+want = {"pingserver-c": "baseline", "pingserver-c-twin": "within noise", "pingserver-c-slowed": "slower"}
+bad = [f"{n}: verdict {v[n]['verdict']!r}, expected {w!r} (problem: {v[n]['problem']})"
+       for n, w in want.items() if v[n]["verdict"] != w]
+if bad:
+    print("\n".join("parity-smoke: " + b for b in bad))
+    sys.exit(1)
+print("parity-smoke: twin within noise, slowed server slower")
+PY
+else
+  echo "parity-smoke: pingserver-c not built; verdict check not run"; exit 1
+fi
+
+# A stall injected into an open-loop run (a real-time thread spinning 5 ms on the server's
+# core) must be counted: at least one stall >= 1 ms, the longest at least 4 ms.
+if [ "$(id -u)" = 0 ]; then
+  "$BIN/pingserver-c" -p 0 -l 127.0.0.1 -t 1 >"$OUT.stall-server.log" 2>&1 &
+  SRV=$!
+  trap 'kill $SRV 2>/dev/null || true' EXIT
+  PORT=""
+  for _ in $(seq 50); do
+    PORT=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$OUT.stall-server.log")
+    [ -n "$PORT" ] && break
+    sleep 0.1
+  done
+  [ -n "$PORT" ] || { cat "$OUT.stall-server.log"; echo "parity-smoke: pingserver-c did not start"; exit 1; }
+  "$BIN/p99-bench" -P ping -s "127.0.0.1:$PORT" -r 5000 -w 0.2 -t 1 --server-core 0 --cpus 1 \
+    --stall-probe --inject-stall 5 --no-progress --json "$OUT/stall.json" >"$OUT.stall.log" 2>&1 || {
+    cat "$OUT.stall.log"; echo "parity-smoke: p99-bench --inject-stall failed"; exit 1; }
+  kill $SRV
+  /usr/bin/python3 - "$OUT/stall.json" <<'PY'
+import json, sys
+st = json.load(open(sys.argv[1]))["result"]["stalls"]
+if not (st["over_1ms"] >= 1 and st["max_us"] >= 4000):
+    print(f"parity-smoke: injected 5 ms stall not counted: {st}")
+    sys.exit(1)
+print(f"parity-smoke: injected stall counted ({st['over_1ms']} >= 1 ms, longest {st['max_us']:.0f} us)")
+PY
+else
+  echo "parity-smoke: not root: the injected-stall check (real-time thread) was not run"
+fi

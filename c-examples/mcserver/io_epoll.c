@@ -12,8 +12,9 @@
 #define _GNU_SOURCE
 #include "io.h"
 
+#include "fd_limits.h"
+
 #include <errno.h>
-#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -65,6 +66,7 @@ struct worker {
 	struct io_server *srv;
 	pthread_t thread;
 	int epfd, listen_fd, stop_fd;
+	struct listener_pause pause; /* out of fds with no spare: listener not polled a while */
 	struct io_conn *conns;
 	char rbuf[READ_BUF_SIZE];
 	_Atomic uint64_t curr, total, rejected, bytes_read, bytes_written;
@@ -77,8 +79,7 @@ struct io_server {
 	struct worker *workers;
 	uint16_t port;
 	_Atomic unsigned conns;
-	int spare_fd; /* reserve descriptor, given up to accept-and-close when out of fds */
-	pthread_mutex_t spare_lock;
+	struct fd_spare spare; /* accept-and-refuse when out of descriptors (fd_limits.h) */
 };
 
 static void add(_Atomic uint64_t *v, uint64_t n) { atomic_fetch_add_explicit(v, n, memory_order_relaxed); }
@@ -289,8 +290,10 @@ static void conn_readable(struct io_conn *c)
 	conn_settle(c);
 }
 
-static void reject(struct worker *w, int fd)
+/* Tells a client over the limit so and closes it (fd_spare_accept's refuse callback too). */
+static void reject(int fd, void *ctx)
 {
+	struct worker *w = ctx;
 	static const char msg[] = "ERROR Too many open connections\r\n";
 	ssize_t r = write(fd, msg, sizeof(msg) - 1);
 	(void)r;
@@ -302,30 +305,20 @@ static void accept_all(struct worker *w)
 {
 	struct io_server *srv = w->srv;
 	for (;;) {
-		int fd = accept4(w->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-		if (fd < 0) {
-			if (errno == EINTR || errno == ECONNABORTED)
-				continue;
-			if (errno == EMFILE || errno == ENFILE) {
-				/* out of descriptors: free the spare one to accept and drop a client,
-				 * otherwise the level-triggered listener would spin */
-				pthread_mutex_lock(&srv->spare_lock);
-				if (srv->spare_fd >= 0) {
-					close(srv->spare_fd);
-					fd = accept4(w->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-					if (fd >= 0)
-						reject(w, fd);
-					srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-				}
-				pthread_mutex_unlock(&srv->spare_lock);
-				if (fd >= 0)
-					continue;
-			}
+		int fd;
+		switch (fd_spare_accept(&srv->spare, w->listen_fd, SOCK_NONBLOCK | SOCK_CLOEXEC,
+					reject, w, &fd)) {
+		case ACCEPT_OK: break;
+		case ACCEPT_REFUSED: continue;
+		case ACCEPT_EMPTY: return;
+		case ACCEPT_EXHAUSTED:
+		case ACCEPT_FAILED: /* the listener stays readable: poll it again later */
+			listener_pause(&w->pause);
 			return;
 		}
 		if (atomic_fetch_add(&srv->conns, 1) >= srv->opts.max_conns) {
 			atomic_fetch_sub(&srv->conns, 1);
-			reject(w, fd);
+			reject(fd, w);
 			continue;
 		}
 		int one = 1;
@@ -367,7 +360,7 @@ static void *worker_main(void *arg)
 	struct worker *w = arg;
 	struct epoll_event events[MAX_EVENTS];
 	for (;;) {
-		int n = epoll_wait(w->epfd, events, MAX_EVENTS, -1);
+		int n = epoll_wait(w->epfd, events, MAX_EVENTS, listener_pause_timeout(&w->pause));
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -465,10 +458,14 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 	srv->cb = *cb;
 	srv->nworkers = opts->threads ? opts->threads : 1;
 	srv->workers = calloc(srv->nworkers, sizeof(*srv->workers));
-	srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	pthread_mutex_init(&srv->spare_lock, NULL);
 	if (!srv->workers) {
 		snprintf(err, errlen, "out of memory");
+		free(srv);
+		return NULL;
+	}
+	if (fd_spare_init(&srv->spare) != 0) {
+		snprintf(err, errlen, "spare descriptor: %s", strerror(errno));
+		free(srv->workers);
 		free(srv);
 		return NULL;
 	}
@@ -483,6 +480,8 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 			break;
 		w->epfd = epoll_create1(EPOLL_CLOEXEC);
 		w->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+		w->pause = (struct listener_pause){.epfd = w->epfd, .fd = w->listen_fd,
+						   .tag = &w->listen_fd};
 		struct epoll_event le = {.events = EPOLLIN, .data.ptr = &w->listen_fd};
 		struct epoll_event se = {.events = EPOLLIN, .data.ptr = &w->stop_fd};
 		if (w->epfd < 0 || w->stop_fd < 0 ||
@@ -514,8 +513,7 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 	}
 	for (unsigned i = 0; i < made; i++)
 		worker_free(&srv->workers[i]);
-	if (srv->spare_fd >= 0)
-		close(srv->spare_fd);
+	fd_spare_destroy(&srv->spare);
 	free(srv->workers);
 	free(srv);
 	return NULL;
@@ -534,9 +532,7 @@ void io_stop(struct io_server *srv)
 		pthread_join(srv->workers[i].thread, NULL);
 		worker_free(&srv->workers[i]);
 	}
-	if (srv->spare_fd >= 0)
-		close(srv->spare_fd);
-	pthread_mutex_destroy(&srv->spare_lock);
+	fd_spare_destroy(&srv->spare);
 	free(srv->workers);
 	free(srv);
 }

@@ -9,9 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
+#include "fd_limits.h"
 #include "io.h"
 #include "proto.h"
 #include "storage.h"
@@ -66,24 +66,6 @@ static bool parse_size(const char *s, size_t *out)
 		return false;
 	*out = (size_t)v;
 	return true;
-}
-
-static void raise_fd_limit(unsigned conns)
-{
-	struct rlimit rl;
-	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
-		return;
-	rlim_t want = (rlim_t)conns + 64;
-	if (rl.rlim_cur >= want)
-		return;
-	rl.rlim_cur = want;
-	if (rl.rlim_max < want)
-		rl.rlim_max = want; /* allowed as root; otherwise setrlimit fails and we keep going */
-	if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
-		getrlimit(RLIMIT_NOFILE, &rl);
-		rl.rlim_cur = rl.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &rl);
-	}
 }
 
 int main(int argc, char **argv)
@@ -164,7 +146,12 @@ int main(int argc, char **argv)
 		fprintf(stderr, "mcserver: %s\n", err);
 		return 1;
 	}
-	raise_fd_limit(ps.max_conns);
+	/* like memcached: raise the descriptor limit to what -c needs, or refuse to start */
+	if (fd_limit_ensure(ps.max_conns + fd_reserve_for(ps.threads), NULL, err, sizeof(err)) != 0) {
+		fprintf(stderr, "mcserver: -c %u: %s\n", ps.max_conns, err);
+		storage_teardown();
+		return 1;
+	}
 	signal(SIGPIPE, SIG_IGN);
 	sigset_t sigs;
 	sigemptyset(&sigs);

@@ -1,20 +1,19 @@
 /*
  * proto.c - the memcached 1.6 text protocol (doc/protocol.txt of memcached) on io.h and
- * storage.h.
+ * storage.h: connection framing and the executor of requests parsed by parse.c.
  *
  * Each connection is a small state machine: reading a command line, filling a value into a
  * storage reservation, checking the "\r\n" after a value, or swallowing a refused value.
  * Input is borrowed from the I/O module, so a line that has not fully arrived is copied into
  * the connection's own buffer; values go straight into the store. Replies are queued through
  * io.h; large values are queued by reference to the pinned item and unpinned once written.
- * Reply strings, limits and their order of checks follow memcached 1.6 (proto_text.c).
+ * A complete line goes through mc_parse() (pure: line -> struct mc_request) and execute(), a
+ * switch on the verb that calls the store and queues the replies. Reply strings, limits and
+ * their order of checks follow memcached 1.6 (proto_text.c).
  */
 #include "proto.h"
 
-#include <ctype.h>
-#include <errno.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,12 +22,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "parse.h"
+#include "stat.h"
 #include "storage.h"
 
-#define MC_VERSION "1.6.18-mcserver"
+#define SERVER_VERSION "1.6.18-mcserver"
 #define LINE_MAX_PLAIN 2048            /* memcached closes a connection past this without '\n' */
+#define LINE_MAX_READ (16 * 1024)      /* memcached's read buffer (READ_BUFFER_SIZE) */
 #define LINE_MAX_GET (4 * 1024 * 1024) /* multi-get lines may be long; cap them all the same */
-#define MAX_TOKENS 24                  /* tokens looked at for non-get commands */
 #define COPY_VALUE_MAX 1024            /* values up to this size are copied into the reply */
 #define REALTIME_MAXDELTA (60 * 60 * 24 * 30)
 
@@ -48,11 +49,6 @@ struct pconn {
 	enum storage_op op;
 	uint64_t cas;
 	bool noreply;
-};
-
-struct token {
-	const char *s;
-	size_t n;
 };
 
 struct counters {
@@ -85,78 +81,6 @@ static void reply(struct pconn *c, const char *s)
 	send_str(c, s);
 }
 
-/* --- number parsing with memcached's safe_strto* rules ------------------------------------- */
-
-/* A NUL-terminated copy of a token; *heap set when it had to be allocated. */
-static char *tok_cstr(struct token t, char *small, size_t cap, char **heap)
-{
-	*heap = NULL;
-	char *s = small;
-	if (t.n >= cap) {
-		s = *heap = malloc(t.n + 1);
-		if (!s)
-			return NULL;
-	}
-	memcpy(s, t.s, t.n);
-	s[t.n] = '\0';
-	return s;
-}
-
-static bool ends_ok(const char *s, const char *end)
-{
-	return isspace((unsigned char)*end) || (*end == '\0' && end != s);
-}
-
-static bool parse_u64(struct token t, uint64_t *out)
-{
-	char small[64], *heap;
-	char *s = tok_cstr(t, small, sizeof(small), &heap);
-	if (!s)
-		return false;
-	char *end;
-	errno = 0;
-	unsigned long long l = strtoull(s, &end, 10);
-	bool ok = errno != ERANGE && end != s && ends_ok(s, end);
-	if (ok && (long long)l < 0 && strchr(s, '-'))
-		ok = false;
-	free(heap);
-	if (ok)
-		*out = l;
-	return ok;
-}
-
-static bool parse_u32(struct token t, uint32_t *out)
-{
-	uint64_t v;
-	/* strtoul on a 64-bit long: same rules as strtoull, then truncated (memcached's quirk) */
-	if (!parse_u64(t, &v))
-		return false;
-	*out = (uint32_t)v;
-	return true;
-}
-
-static bool parse_i32(struct token t, int32_t *out)
-{
-	char small[64], *heap;
-	char *s = tok_cstr(t, small, sizeof(small), &heap);
-	if (!s)
-		return false;
-	char *end;
-	errno = 0;
-	long l = strtol(s, &end, 10);
-	bool ok = errno != ERANGE && end != s && ends_ok(s, end);
-	free(heap);
-	if (ok)
-		*out = (int32_t)l; /* truncated like memcached's safe_strtol into an int32 */
-	return ok;
-}
-
-static bool tok_is(struct token t, const char *s)
-{
-	size_t n = strlen(s);
-	return t.n == n && memcmp(t.s, s, n) == 0;
-}
-
 /* memcached's exptime rules, as a ttl for storage.h (0 never, <0 already expired). */
 static int64_t ttl_from_exptime(int32_t exptime)
 {
@@ -170,17 +94,11 @@ static int64_t ttl_from_exptime(int32_t exptime)
 	return ttl > 0 ? ttl : -1;
 }
 
-static bool set_noreply_maybe(struct pconn *c, const struct token *tok, size_t n)
-{
-	c->noreply = tok_is(tok[n - 1], "noreply");
-	return c->noreply;
-}
-
 /* --- commands --------------------------------------------------------------------------------- */
 
 static void release_pin(void *pin) { storage_release(pin); }
 
-static void send_value(struct pconn *c, struct token key, const struct storage_view *v,
+static void send_value(struct pconn *c, struct mc_token key, const struct storage_view *v,
 		       bool with_cas)
 {
 	char head[COPY_VALUE_MAX + STORAGE_KEY_MAX + 96];
@@ -200,46 +118,39 @@ static void send_value(struct pconn *c, struct token key, const struct storage_v
 	}
 }
 
-static void cmd_get(struct pconn *c, const struct token *tok, size_t n, bool with_cas,
-		    bool touch)
+static void cmd_get(struct pconn *c, const struct mc_request *req)
 {
-	size_t first = 1;
-	int64_t ttl = 0;
-	if (touch) {
-		int32_t exptime;
-		if (!parse_i32(tok[1], &exptime)) {
-			reply(c, "CLIENT_ERROR invalid exptime argument\r\n");
-			return;
-		}
-		ttl = ttl_from_exptime(exptime);
-		first = 2;
-	}
-	/* A key over the limit makes memcached drop the whole reply, after it has already looked
-	 * up (and for gat, touched) the keys before it: do the same, without sending them. */
-	size_t bad = first;
-	while (bad < n && tok[bad].n <= STORAGE_KEY_MAX)
-		bad++;
-	if (bad < n) {
-		for (size_t i = first; i < bad; i++) {
+	bool touch = req->verb == MC_GAT || req->verb == MC_GATS;
+	bool with_cas = req->verb == MC_GETS || req->verb == MC_GATS;
+	int64_t ttl = touch ? ttl_from_exptime(req->exptime) : 0;
+	const char *p = req->keys.s, *end = req->keys.s + req->keys.n;
+	if (req->error != MC_OK) {
+		/* A key over the limit makes memcached drop the whole reply, after it has already
+		 * looked up (and for gat, touched) the keys before it: do the same, without sending
+		 * them. */
+		for (size_t i = 0; i < req->nkeys; i++) {
+			struct mc_token key = mc_next_key(&p, end);
 			struct storage_view v;
-			int rc = touch ? storage_gat(tok[i].s, tok[i].n, ttl, &v)
-				       : storage_get(tok[i].s, tok[i].n, &v);
+			int rc = touch ? storage_gat(key.s, key.n, ttl, &v)
+				       : storage_get(key.s, key.n, &v);
 			if (rc == STORAGE_OK)
 				storage_release(v.pin);
 		}
 		reply(c, "CLIENT_ERROR bad command line format\r\n");
 		return;
 	}
-	for (size_t i = first; i < n; i++) {
+	for (size_t i = 0; i < req->nkeys; i++) {
+		/* one key (the common case) is the whole span: no second walk over it */
+		struct mc_token key = req->nkeys == 1 ? req->keys : mc_next_key(&p, end);
 		struct storage_view v;
-		int rc = touch ? storage_gat(tok[i].s, tok[i].n, ttl, &v)
-			       : storage_get(tok[i].s, tok[i].n, &v);
+		int rc = touch ? storage_gat(key.s, key.n, ttl, &v)
+			       : storage_get(key.s, key.n, &v);
 		if (touch)
 			count(&stats.cmd_touch);
 		count(&stats.cmd_get);
 		if (rc == STORAGE_OK) {
 			count(touch ? &stats.touch_hits : &stats.get_hits);
-			send_value(c, tok[i], &v, with_cas);
+			send_value(c, key, &v, with_cas);
 		} else {
 			count(touch ? &stats.touch_misses : &stats.get_misses);
 		}
@@ -247,47 +158,40 @@ static void cmd_get(struct pconn *c, const struct token *tok, size_t n, bool wit
 	send_str(c, "END\r\n");
 }
 
-static void cmd_update(struct pconn *c, const struct token *tok, size_t n, enum storage_op op)
+static enum storage_op storage_op_of(enum mc_verb verb)
 {
-	set_noreply_maybe(c, tok, n);
-	uint32_t flags;
-	int32_t exptime, vlen;
-	uint64_t cas = 0;
-	if (tok[1].n > STORAGE_KEY_MAX) {
-		reply(c, "CLIENT_ERROR bad command line format\r\n");
-		return;
+	switch (verb) {
+	case MC_ADD: return STORAGE_ADD;
+	case MC_REPLACE: return STORAGE_REPLACE;
+	case MC_APPEND: return STORAGE_APPEND;
+	case MC_PREPEND: return STORAGE_PREPEND;
+	case MC_CAS: return STORAGE_CAS;
+	default: return STORAGE_SET;
 	}
-	if (!parse_u32(tok[2], &flags) || !parse_i32(tok[3], &exptime) ||
-	    !parse_i32(tok[4], &vlen)) {
-		reply(c, "CLIENT_ERROR bad command line format\r\n");
-		return;
-	}
-	if (op == STORAGE_CAS && !parse_u64(tok[5], &cas)) {
-		reply(c, "CLIENT_ERROR bad command line format\r\n");
-		return;
-	}
-	if (vlen < 0 || vlen > INT_MAX - 2) {
-		reply(c, "CLIENT_ERROR bad command line format\r\n");
-		return;
-	}
+}
+
+static void cmd_update(struct pconn *c, const struct mc_request *req)
+{
+	enum storage_op op = storage_op_of(req->verb);
+	struct mc_token key = req->keys;
 	count(&stats.cmd_set);
 	struct storage_reservation *res;
-	int rc = storage_reserve(tok[1].s, tok[1].n, flags, ttl_from_exptime(exptime),
-				 (size_t)vlen, &res);
+	int rc = storage_reserve(key.s, key.n, req->flags, ttl_from_exptime(req->exptime),
+				 (size_t)req->vlen, &res);
 	if (rc != STORAGE_OK) {
 		reply(c, rc == STORAGE_TOO_LARGE ? "SERVER_ERROR object too large for cache\r\n"
 						 : "SERVER_ERROR out of memory storing object\r\n");
 		c->state = ST_SWALLOW;
-		c->left = (size_t)vlen + 2;
+		c->left = (size_t)req->vlen + 2;
 		/* memcached: never leave the old value behind a failed set */
 		if (op == STORAGE_SET)
-			storage_delete(tok[1].s, tok[1].n);
+			storage_delete(key.s, key.n);
 		return;
 	}
 	c->res = res;
 	c->op = op;
-	c->cas = cas;
-	c->left = (size_t)vlen;
+	c->cas = req->cas;
+	c->left = (size_t)req->vlen;
 	c->nterm = 0;
 	c->state = ST_DATA;
 }
@@ -318,19 +222,12 @@ static void finish_update(struct pconn *c)
 	}
 }
 
-static void cmd_incr(struct pconn *c, const struct token *tok, size_t n, bool incr)
+static void cmd_incr(struct pconn *c, const struct mc_request *req)
 {
-	set_noreply_maybe(c, tok, n);
-	if (tok[1].n > STORAGE_KEY_MAX) {
-		reply(c, "CLIENT_ERROR bad command line format\r\n");
-		return;
-	}
-	uint64_t delta, result;
-	if (!parse_u64(tok[2], &delta)) {
-		reply(c, "CLIENT_ERROR invalid numeric delta argument\r\n");
-		return;
-	}
-	int rc = storage_incr(tok[1].s, tok[1].n, incr, delta, &result);
+	bool incr = req->verb == MC_INCR;
+	struct mc_token key = req->keys;
+	uint64_t result;
+	int rc = storage_incr(key.s, key.n, incr, req->delta, &result);
 	char buf[32];
 	switch (rc) {
 	case STORAGE_OK:
@@ -350,23 +247,10 @@ static void cmd_incr(struct pconn *c, const struct token *tok, size_t n, bool in
 	}
 }
 
-static void cmd_delete(struct pconn *c, const struct token *tok, size_t n)
+static void cmd_delete(struct pconn *c, const struct mc_request *req)
 {
-	if (n > 2) {
-		bool hold_is_zero = tok_is(tok[2], "0");
-		bool noreply = set_noreply_maybe(c, tok, n);
-		bool valid = (n == 3 && (hold_is_zero || noreply)) ||
-			     (n == 4 && hold_is_zero && noreply);
-		if (!valid) {
-			reply(c, "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n");
-			return;
-		}
-	}
-	if (tok[1].n > STORAGE_KEY_MAX) {
-		reply(c, "CLIENT_ERROR bad command line format\r\n");
-		return;
-	}
-	if (storage_delete(tok[1].s, tok[1].n) == STORAGE_DELETED) {
+	struct mc_token key = req->keys;
+	if (storage_delete(key.s, key.n) == STORAGE_DELETED) {
 		count(&stats.delete_hits);
 		reply(c, "DELETED\r\n");
 	} else {
@@ -375,20 +259,11 @@ static void cmd_delete(struct pconn *c, const struct token *tok, size_t n)
 	}
 }
 
-static void cmd_touch(struct pconn *c, const struct token *tok, size_t n)
+static void cmd_touch(struct pconn *c, const struct mc_request *req)
 {
-	set_noreply_maybe(c, tok, n);
-	if (tok[1].n > STORAGE_KEY_MAX) {
-		reply(c, "CLIENT_ERROR bad command line format\r\n");
-		return;
-	}
-	int32_t exptime;
-	if (!parse_i32(tok[2], &exptime)) {
-		reply(c, "CLIENT_ERROR invalid exptime argument\r\n");
-		return;
-	}
+	struct mc_token key = req->keys;
 	count(&stats.cmd_touch);
-	if (storage_touch(tok[1].s, tok[1].n, ttl_from_exptime(exptime)) == STORAGE_OK) {
+	if (storage_touch(key.s, key.n, ttl_from_exptime(req->exptime)) == STORAGE_OK) {
 		count(&stats.touch_hits);
 		reply(c, "TOUCHED\r\n");
 	} else {
@@ -397,33 +272,21 @@ static void cmd_touch(struct pconn *c, const struct token *tok, size_t n)
 	}
 }
 
-static void cmd_flush_all(struct pconn *c, const struct token *tok, size_t n)
+static void cmd_flush_all(struct pconn *c, const struct mc_request *req)
 {
-	bool noreply = set_noreply_maybe(c, tok, n);
-	int32_t exptime = 0;
-	if (n != (noreply ? 2u : 1u) && !parse_i32(tok[1], &exptime)) {
-		reply(c, "CLIENT_ERROR invalid exptime argument\r\n");
-		return;
-	}
 	count(&stats.cmd_flush);
 	uint32_t delay = 0;
-	if (exptime > 0) {
-		int64_t ttl = ttl_from_exptime(exptime);
+	if (req->exptime > 0) {
+		int64_t ttl = ttl_from_exptime(req->exptime);
 		delay = ttl > 0 ? (uint32_t)ttl : 0;
 	}
 	storage_flush(delay);
 	reply(c, "OK\r\n");
 }
 
-static void cmd_verbosity(struct pconn *c, const struct token *tok, size_t n)
+static void cmd_verbosity(struct pconn *c, const struct mc_request *req)
 {
-	set_noreply_maybe(c, tok, n);
-	uint32_t level;
-	if (!parse_u32(tok[1], &level)) {
-		reply(c, "CLIENT_ERROR bad command line format\r\n");
-		return;
-	}
-	atomic_store(&verbosity, level > 2 ? 2 : (int)level);
+	atomic_store(&verbosity, req->level > 2 ? 2 : (int)req->level);
 	reply(c, "OK\r\n");
 }
 
@@ -435,24 +298,17 @@ static void stat_line(void *ctx, const char *name, const char *value)
 	io_send_copy(c->io, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
 }
 
-static void stat_u64(struct pconn *c, const char *name, uint64_t v)
-{
-	char buf[32];
-	snprintf(buf, sizeof(buf), "%" PRIu64, v);
-	stat_line(c, name, buf);
-}
-
 static void stats_general(struct pconn *c)
 {
 	time_t now = time(NULL);
 	struct rusage ru;
 	getrusage(RUSAGE_SELF, &ru);
 	char buf[64];
-	stat_u64(c, "pid", (uint64_t)getpid());
-	stat_u64(c, "uptime", (uint64_t)(now - process_started));
-	stat_u64(c, "time", (uint64_t)now);
-	stat_line(c, "version", MC_VERSION);
-	stat_u64(c, "pointer_size", sizeof(void *) * 8);
+	stat_u64(stat_line, c, "pid", (uint64_t)getpid());
+	stat_u64(stat_line, c, "uptime", (uint64_t)(now - process_started));
+	stat_u64(stat_line, c, "time", (uint64_t)now);
+	stat_line(c, "version", SERVER_VERSION);
+	stat_u64(stat_line, c, "pointer_size", sizeof(void *) * 8);
 	snprintf(buf, sizeof(buf), "%ld.%06ld", (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec);
 	stat_line(c, "rusage_user", buf);
 	snprintf(buf, sizeof(buf), "%ld.%06ld", (long)ru.ru_stime.tv_sec, (long)ru.ru_stime.tv_usec);
@@ -460,30 +316,30 @@ static void stats_general(struct pconn *c)
 	struct io_stats ios = {0};
 	if (server)
 		io_get_stats(server, &ios);
-	stat_u64(c, "max_connections", settings.max_conns);
-	stat_u64(c, "curr_connections", ios.curr_connections);
-	stat_u64(c, "total_connections", ios.total_connections);
-	stat_u64(c, "rejected_connections", ios.rejected_connections);
-	stat_u64(c, "cmd_get", load(&stats.cmd_get));
-	stat_u64(c, "cmd_set", load(&stats.cmd_set));
-	stat_u64(c, "cmd_flush", load(&stats.cmd_flush));
-	stat_u64(c, "cmd_touch", load(&stats.cmd_touch));
-	stat_u64(c, "get_hits", load(&stats.get_hits));
-	stat_u64(c, "get_misses", load(&stats.get_misses));
-	stat_u64(c, "delete_misses", load(&stats.delete_misses));
-	stat_u64(c, "delete_hits", load(&stats.delete_hits));
-	stat_u64(c, "incr_misses", load(&stats.incr_misses));
-	stat_u64(c, "incr_hits", load(&stats.incr_hits));
-	stat_u64(c, "decr_misses", load(&stats.decr_misses));
-	stat_u64(c, "decr_hits", load(&stats.decr_hits));
-	stat_u64(c, "cas_misses", load(&stats.cas_misses));
-	stat_u64(c, "cas_hits", load(&stats.cas_hits));
-	stat_u64(c, "cas_badval", load(&stats.cas_badval));
-	stat_u64(c, "touch_hits", load(&stats.touch_hits));
-	stat_u64(c, "touch_misses", load(&stats.touch_misses));
-	stat_u64(c, "bytes_read", ios.bytes_read);
-	stat_u64(c, "bytes_written", ios.bytes_written);
-	stat_u64(c, "threads", settings.threads);
+	stat_u64(stat_line, c, "max_connections", settings.max_conns);
+	stat_u64(stat_line, c, "curr_connections", ios.curr_connections);
+	stat_u64(stat_line, c, "total_connections", ios.total_connections);
+	stat_u64(stat_line, c, "rejected_connections", ios.rejected_connections);
+	stat_u64(stat_line, c, "cmd_get", load(&stats.cmd_get));
+	stat_u64(stat_line, c, "cmd_set", load(&stats.cmd_set));
+	stat_u64(stat_line, c, "cmd_flush", load(&stats.cmd_flush));
+	stat_u64(stat_line, c, "cmd_touch", load(&stats.cmd_touch));
+	stat_u64(stat_line, c, "get_hits", load(&stats.get_hits));
+	stat_u64(stat_line, c, "get_misses", load(&stats.get_misses));
+	stat_u64(stat_line, c, "delete_misses", load(&stats.delete_misses));
+	stat_u64(stat_line, c, "delete_hits", load(&stats.delete_hits));
+	stat_u64(stat_line, c, "incr_misses", load(&stats.incr_misses));
+	stat_u64(stat_line, c, "incr_hits", load(&stats.incr_hits));
+	stat_u64(stat_line, c, "decr_misses", load(&stats.decr_misses));
+	stat_u64(stat_line, c, "decr_hits", load(&stats.decr_hits));
+	stat_u64(stat_line, c, "cas_misses", load(&stats.cas_misses));
+	stat_u64(stat_line, c, "cas_hits", load(&stats.cas_hits));
+	stat_u64(stat_line, c, "cas_badval", load(&stats.cas_badval));
+	stat_u64(stat_line, c, "touch_hits", load(&stats.touch_hits));
+	stat_u64(stat_line, c, "touch_misses", load(&stats.touch_misses));
+	stat_u64(stat_line, c, "bytes_read", ios.bytes_read);
+	stat_u64(stat_line, c, "bytes_written", ios.bytes_written);
+	stat_u64(stat_line, c, "threads", settings.threads);
 	stat_line(c, "storage", storage_name());
 	stat_line(c, "io", io_name());
 	storage_stats(stat_line, c);
@@ -492,17 +348,17 @@ static void stats_general(struct pconn *c)
 static void stats_settings(struct pconn *c)
 {
 	char buf[32];
-	stat_u64(c, "maxbytes", settings.mem_limit);
-	stat_u64(c, "maxconns", settings.max_conns);
-	stat_u64(c, "tcpport", settings.port);
-	stat_u64(c, "udpport", 0);
+	stat_u64(stat_line, c, "maxbytes", settings.mem_limit);
+	stat_u64(stat_line, c, "maxconns", settings.max_conns);
+	stat_u64(stat_line, c, "tcpport", settings.port);
+	stat_u64(stat_line, c, "udpport", 0);
 	stat_line(c, "inter", settings.addr ? settings.addr : "NULL");
-	stat_u64(c, "verbosity", (uint64_t)atomic_load(&verbosity));
-	stat_u64(c, "num_threads", settings.threads);
+	stat_u64(stat_line, c, "verbosity", (uint64_t)atomic_load(&verbosity));
+	stat_u64(stat_line, c, "num_threads", settings.threads);
 	snprintf(buf, sizeof(buf), "%.2f", settings.growth);
 	stat_line(c, "growth_factor", buf);
 	stat_line(c, "cas_enabled", settings.cas_enabled ? "yes" : "no");
-	stat_u64(c, "item_size_max", settings.item_max);
+	stat_u64(stat_line, c, "item_size_max", settings.item_max);
 	stat_line(c, "binding_protocol", "ascii");
 	stat_line(c, "storage", storage_name());
 	stat_line(c, "io", io_name());
@@ -521,41 +377,18 @@ static void reset_counters(void)
 		atomic_store(all[i], 0);
 }
 
-static void cmd_stats(struct pconn *c, const struct token *tok, size_t n)
+static void cmd_stats(struct pconn *c, const struct mc_request *req)
 {
-	if (n == 1) {
-		stats_general(c);
-	} else if (n == 2 && tok_is(tok[1], "settings")) {
-		stats_settings(c);
-	} else if (n == 2 && tok_is(tok[1], "storage")) {
-		storage_stats(stat_line, c);
-	} else if (n == 2 && tok_is(tok[1], "reset")) {
+	switch (req->stats) {
+	case MC_STATS_GENERAL: stats_general(c); break;
+	case MC_STATS_SETTINGS: stats_settings(c); break;
+	case MC_STATS_STORAGE: storage_stats(stat_line, c); break;
+	case MC_STATS_RESET:
 		reset_counters();
 		send_str(c, "RESET\r\n");
 		return;
-	} else {
-		send_str(c, "ERROR\r\n");
-		return;
 	}
 	send_str(c, "END\r\n");
-}
-
-static size_t tokenize(const char *s, size_t len, struct token *tok, size_t max)
-{
-	size_t n = 0, i = 0;
-	while (i < len && n < max) {
-		while (i < len && s[i] == ' ')
-			i++;
-		if (i == len)
-			break;
-		size_t start = i;
-		while (i < len && s[i] != ' ')
-			i++;
-		tok[n].s = s + start;
-		tok[n].n = i - start;
-		n++;
-	}
-	return n;
 }
 
 static void close_conn(struct pconn *c)
@@ -564,97 +397,60 @@ static void close_conn(struct pconn *c)
 	io_close(c->io);
 }
 
+static const char *error_reply(enum mc_error e)
+{
+	switch (e) {
+	case MC_ERR_EXPTIME: return "CLIENT_ERROR invalid exptime argument\r\n";
+	case MC_ERR_DELTA: return "CLIENT_ERROR invalid numeric delta argument\r\n";
+	case MC_ERR_DELETE_USAGE:
+		return "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n";
+	default: return "CLIENT_ERROR bad command line format\r\n";
+	}
+}
+
+/* Runs one parsed request: its store calls and its replies. */
+static void execute(struct pconn *c, const struct mc_request *req)
+{
+	c->noreply = req->noreply;
+	bool retrieval = req->verb == MC_GET || req->verb == MC_GETS || req->verb == MC_GAT ||
+			 req->verb == MC_GATS;
+	if (req->error != MC_OK && !(retrieval && req->error == MC_ERR_FORMAT)) {
+		reply(c, error_reply(req->error));
+		return;
+	}
+	switch (req->verb) {
+	case MC_ERROR: send_str(c, "ERROR\r\n"); break;
+	case MC_HTTP: close_conn(c); break; /* memcached drops HTTP requests silently */
+	case MC_GET:
+	case MC_GETS:
+	case MC_GAT:
+	case MC_GATS: cmd_get(c, req); break;
+	case MC_SET:
+	case MC_ADD:
+	case MC_REPLACE:
+	case MC_APPEND:
+	case MC_PREPEND:
+	case MC_CAS: cmd_update(c, req); break;
+	case MC_INCR:
+	case MC_DECR: cmd_incr(c, req); break;
+	case MC_DELETE: cmd_delete(c, req); break;
+	case MC_TOUCH: cmd_touch(c, req); break;
+	case MC_STATS: cmd_stats(c, req); break;
+	case MC_FLUSH_ALL: cmd_flush_all(c, req); break;
+	case MC_VERSION: send_str(c, "VERSION " SERVER_VERSION "\r\n"); break;
+	case MC_VERBOSITY: cmd_verbosity(c, req); break;
+	case MC_QUIT: close_conn(c); break;
+	}
+}
+
 /* One complete command line, without its "\r\n". */
 static void process_line(struct pconn *c, const char *s, size_t len)
 {
-	const char *nul = memchr(s, '\0', len); /* memcached's tokenizer stops at a NUL */
-	if (nul)
-		len = (size_t)(nul - s);
-	c->noreply = false;
-
-	struct token small[MAX_TOKENS + 1];
-	struct token *tok = small;
-	size_t max = MAX_TOKENS + 1;
-	bool multi = (len > 4 && (memcmp(s, "get ", 4) == 0 || memcmp(s, "gat ", 4) == 0)) ||
-		     (len > 5 && (memcmp(s, "gets ", 5) == 0 || memcmp(s, "gats ", 5) == 0));
-	if (multi) { /* multi-gets: any number of keys */
-		max = len / 2 + 2;
-		if (max > MAX_TOKENS + 1 && !(tok = malloc(max * sizeof(*tok)))) {
-			send_str(c, "SERVER_ERROR out of memory reading request\r\n");
-			return;
-		}
-	}
-	size_t n = tokenize(s, len, tok, max);
-	if (n == 0) {
-		send_str(c, "ERROR\r\n");
-		goto out;
-	}
-	struct token cmd = tok[0];
-	if (tok_is(cmd, "get") || tok_is(cmd, "gets")) {
-		if (n >= 2)
-			cmd_get(c, tok, n, cmd.n == 4, false);
-		else
-			send_str(c, "ERROR\r\n");
-	} else if (tok_is(cmd, "gat") || tok_is(cmd, "gats")) {
-		if (n >= 2)
-			cmd_get(c, tok, n, cmd.n == 4, true);
-		else
-			send_str(c, "ERROR\r\n");
-	} else if (tok_is(cmd, "set") || tok_is(cmd, "add") || tok_is(cmd, "replace") ||
-		   tok_is(cmd, "append") || tok_is(cmd, "prepend")) {
-		enum storage_op op = cmd.s[0] == 's' ? STORAGE_SET
-				     : cmd.s[0] == 'r' ? STORAGE_REPLACE
-				     : cmd.s[0] == 'p' ? STORAGE_PREPEND
-				     : cmd.s[1] == 'd' ? STORAGE_ADD : STORAGE_APPEND;
-		if (n == 5 || n == 6)
-			cmd_update(c, tok, n, op);
-		else
-			send_str(c, "ERROR\r\n");
-	} else if (tok_is(cmd, "cas")) {
-		if (n == 6 || n == 7)
-			cmd_update(c, tok, n, STORAGE_CAS);
-		else
-			send_str(c, "ERROR\r\n");
-	} else if (tok_is(cmd, "incr") || tok_is(cmd, "decr")) {
-		if (n == 3 || n == 4)
-			cmd_incr(c, tok, n, cmd.s[0] == 'i');
-		else
-			send_str(c, "ERROR\r\n");
-	} else if (tok_is(cmd, "delete")) {
-		if (n >= 2 && n <= 4)
-			cmd_delete(c, tok, n);
-		else
-			send_str(c, "ERROR\r\n");
-	} else if (tok_is(cmd, "touch")) {
-		if (n == 3 || n == 4)
-			cmd_touch(c, tok, n);
-		else
-			send_str(c, "ERROR\r\n");
-	} else if (tok_is(cmd, "stats")) {
-		cmd_stats(c, tok, n);
-	} else if (tok[n - 1].n >= 5 && memcmp(tok[n - 1].s, "HTTP/", 5) == 0) {
-		close_conn(c); /* memcached drops HTTP requests silently */
-	} else if (tok_is(cmd, "flush_all")) {
-		if (n <= 3)
-			cmd_flush_all(c, tok, n);
-		else
-			send_str(c, "ERROR\r\n");
-	} else if (tok_is(cmd, "version")) {
-		send_str(c, "VERSION " MC_VERSION "\r\n");
-	} else if (tok_is(cmd, "quit")) {
-		close_conn(c);
-	} else if (tok_is(cmd, "verbosity")) {
-		if (n == 2 || n == 3)
-			cmd_verbosity(c, tok, n);
-		else
-			send_str(c, "ERROR\r\n");
-	} else {
-		send_str(c, "ERROR\r\n");
-	}
-out:
+	struct mc_request req;
+	mc_parse(s, len, &req);
+	execute(c, &req);
+	/* a set's noreply applies to the reply after its value */
 	c->noreply = c->state == ST_LINE ? false : c->noreply;
-	if (tok != small)
-		free(tok);
 }
 
 /* Consumes value bytes (and the 2 bytes after the value); returns how many were used. */
@@ -677,15 +473,26 @@ static size_t consume_value(struct pconn *c, const char *data, size_t len)
 	return used;
 }
 
-static bool line_allowed_to_grow(const char *s, size_t len)
+/*
+ * The longest a line may grow while its '\n' has not arrived. memcached closes a connection
+ * whose unfinished line passes 2048 bytes, unless it is a get/gets (any length); a line that
+ * reaches it whole within one 16 KiB read is accepted, so the retrieval-and-touch commands
+ * (whose keys make long lines) may be that long however the bytes are split across reads.
+ */
+static size_t line_limit(const char *s, size_t len)
 {
 	size_t i = 0;
 	while (i < len && s[i] == ' ')
 		i++;
 	if (i > 100)
-		return false;
-	return (len - i >= 4 && memcmp(s + i, "get ", 4) == 0) ||
-	       (len - i >= 5 && memcmp(s + i, "gets ", 5) == 0);
+		return LINE_MAX_PLAIN;
+	if ((len - i >= 4 && memcmp(s + i, "get ", 4) == 0) ||
+	    (len - i >= 5 && memcmp(s + i, "gets ", 5) == 0))
+		return LINE_MAX_GET;
+	if ((len - i >= 4 && memcmp(s + i, "gat ", 4) == 0) ||
+	    (len - i >= 5 && memcmp(s + i, "gats ", 5) == 0))
+		return LINE_MAX_READ;
+	return LINE_MAX_PLAIN;
 }
 
 static bool buffer_append(struct pconn *c, const char *data, size_t len)
@@ -746,8 +553,7 @@ static void on_data(struct io_conn *io, void *state, const char *data, size_t le
 				close_conn(c);
 				return;
 			}
-			if ((c->len > LINE_MAX_PLAIN && !line_allowed_to_grow(c->line, c->len)) ||
-			    c->len > LINE_MAX_GET)
+			if (c->len > line_limit(c->line, c->len))
 				close_conn(c);
 			return;
 		}

@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
 #include "ping_args.h"
 
+#include "fd_limits.h"
+
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,7 +10,9 @@
 
 static void usage(const char *prog)
 {
-	fprintf(stderr, "usage: %s [-p PORT] [-l ADDR] [-t THREADS] [-c MAXCONN]\n", prog);
+	fprintf(stderr, "usage: %s [-p PORT] [-l ADDR] [-t THREADS] [-c MAXCONN] [-b NS]\n"
+			"  -b NS  test only: burn NS ns of CPU per request (a server slowed on purpose)\n",
+		prog);
 	exit(2);
 }
 
@@ -27,13 +31,19 @@ void ping_args_parse(struct ping_args *a, int argc, char **argv, const char *pro
 	a->port = 12321;
 	a->threads = 0;
 	a->maxconn = 65536;
+	a->maxconn_given = 0;
+	a->burn_ns = 0;
 	int c;
-	while ((c = getopt(argc, argv, "p:l:t:c:")) != -1) {
+	while ((c = getopt(argc, argv, "p:l:t:c:b:")) != -1) {
 		switch (c) {
 		case 'p': a->port = parse_int(optarg, 0, 65535, prog); break;
 		case 'l': a->addr = optarg; break;
 		case 't': a->threads = parse_int(optarg, 0, 255, prog); break;
-		case 'c': a->maxconn = parse_int(optarg, 1, 1 << 24, prog); break;
+		case 'c':
+			a->maxconn = parse_int(optarg, 1, 1 << 24, prog);
+			a->maxconn_given = 1;
+			break;
+		case 'b': a->burn_ns = parse_int(optarg, 0, 1000000, prog); break;
 		default: usage(prog);
 		}
 	}
@@ -48,4 +58,17 @@ int ping_affinity_cpus(void)
 		return 1;
 	int n = CPU_COUNT(&set);
 	return n > 0 ? n : 1;
+}
+
+void ping_fd_limit(struct ping_args *a, int threads, const char *prog)
+{
+	unsigned long reserve = fd_reserve_for((unsigned)threads), allowed = 0;
+	char err[256];
+	if (fd_limit_ensure((unsigned long)a->maxconn + reserve, &allowed, err, sizeof(err)) == 0)
+		return;
+	if (a->maxconn_given || allowed <= reserve) {
+		fprintf(stderr, "%s: -c %d: %s\n", prog, a->maxconn, err);
+		exit(1);
+	}
+	a->maxconn = (int)(allowed - reserve);
 }

@@ -2,7 +2,16 @@
  * (or -t), each pinned, each with its own SO_REUSEPORT listener and a level-triggered epoll
  * loop; reads into a per-thread buffer, writes replies at once, queues the rest for EPOLLOUT
  * (and stops reading a connection while its queue is above PENDING_HIGH_WATER).
- * SIGINT/SIGTERM stop it. */
+ * SIGINT/SIGTERM stop it.
+ *
+ * Why this loop is not mcserver's io_epoll.c: it is the yardstick the engine is measured
+ * against (make parity, tests/ping_parity.rs), so it stays the smallest loop a C programmer
+ * would write for a one-line protocol: replies go out with one send() from the read path,
+ * and only what the socket refuses is copied into a single pending buffer. io_epoll.c serves
+ * a cache instead: a callback boundary, per-connection segment queues and borrowed,
+ * released-later values, none of which a ping reply needs and all of which would change the
+ * baseline's cost. What both loops must get right the same way, accepting when out of
+ * descriptors and the descriptor limit at start, is shared (c-examples/common/fd_limits.h). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -19,8 +28,10 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "fd_limits.h"
 #include "ping_args.h"
 #include "ping_proto.h"
 
@@ -45,12 +56,45 @@ struct worker {
 	int cpu;
 	int listen_fd;
 	int stop_fd;          /* eventfd: readable when the server stops */
+	int epfd;
+	struct fd_spare *spare;  /* shared by the workers: accepting when out of fds */
+	struct listener_pause pause;
 };
 
 /* -c is one limit for the process, however the kernel spreads connections over the workers'
  * listeners: each accept takes a place from this count before it is served. */
 static atomic_int open_conns;
 static int max_conns;
+
+/* -b (test only): CPU time burnt per request, so a benchmark can be shown a server that is
+ * slower by a known amount. Set before the workers start, read-only after. */
+static long burn_ns;
+
+static long thread_cpu_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (long)ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+/* Spins until this thread has used `ns` more CPU time (time preempted does not count). */
+static void burn_cpu(long ns)
+{
+	long until = thread_cpu_ns() + ns;
+	while (thread_cpu_ns() < until)
+		;
+}
+
+static long count_requests(const char *buf, size_t n)
+{
+	long lines = 0;
+	const char *p = buf, *end = buf + n;
+	while ((p = memchr(p, '\n', (size_t)(end - p))) != NULL) {
+		lines++;
+		p++;
+	}
+	return lines;
+}
 
 static int make_listener(const struct sockaddr_storage *ss, socklen_t sslen)
 {
@@ -128,6 +172,8 @@ static void on_readable(int epfd, struct conn *c, char *buf, struct ping_out *ou
 	} else {
 		out->len = 0;
 		int r = ping_feed(&c->parser, buf, (size_t)n, out);
+		if (burn_ns > 0)
+			burn_cpu(burn_ns * count_requests(buf, (size_t)n));
 		if (r != 0)
 			c->closing = 1;
 		if (out->len > 0) {
@@ -161,11 +207,24 @@ static void on_readable(int epfd, struct conn *c, char *buf, struct ping_out *ou
 		conn_free(epfd, c);
 }
 
+/* Out of descriptors: the ping protocol has no error line, the client is just closed. */
+static void refuse(int fd, void *ctx)
+{
+	(void)ctx;
+	close(fd);
+}
+
 static void accept_all(int epfd, struct worker *w)
 {
 	for (int i = 0; i < 64; i++) {
-		int fd = accept4(w->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-		if (fd < 0)
+		int fd;
+		enum accept_result r = fd_spare_accept(w->spare, w->listen_fd,
+						       SOCK_NONBLOCK | SOCK_CLOEXEC, refuse, NULL, &fd);
+		if (r == ACCEPT_REFUSED)
+			continue;
+		if (r == ACCEPT_EXHAUSTED || r == ACCEPT_FAILED)
+			listener_pause(&w->pause);
+		if (r != ACCEPT_OK)
 			return;
 		if (atomic_fetch_add(&open_conns, 1) >= max_conns) {
 			atomic_fetch_sub(&open_conns, 1);
@@ -193,6 +252,9 @@ static void accept_all(int epfd, struct worker *w)
 	}
 }
 
+/* The listener and the stop eventfd are told apart from connections by these tags. */
+static char listen_tag, stop_tag;
+
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
@@ -202,23 +264,13 @@ static void *worker_main(void *arg)
 		CPU_SET(w->cpu, &set);
 		pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
 	}
-	int epfd = epoll_create1(EPOLL_CLOEXEC);
-	if (epfd < 0) {
-		perror("epoll_create1");
-		exit(1);
-	}
-	/* The listener and the stop eventfd are told apart from connections by these tags. */
-	static char listen_tag, stop_tag;
-	struct epoll_event e = { .events = EPOLLIN, .data.ptr = &listen_tag };
-	epoll_ctl(epfd, EPOLL_CTL_ADD, w->listen_fd, &e);
-	e.data.ptr = &stop_tag;
-	epoll_ctl(epfd, EPOLL_CTL_ADD, w->stop_fd, &e);
+	int epfd = w->epfd;
 	char *buf = malloc(READ_SIZE);
 	struct ping_out out = { 0 };
 	struct epoll_event evs[256];
 	int running = 1;
 	while (running) {
-		int n = epoll_wait(epfd, evs, 256, -1);
+		int n = epoll_wait(epfd, evs, 256, listener_pause_timeout(&w->pause));
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -249,17 +301,39 @@ static void *worker_main(void *arg)
 	}
 	free(buf);
 	ping_out_free(&out);
-	close(epfd);
 	return NULL;
+}
+
+/* The worker's epoll set, made before the server says it is listening (so a caller that
+ * counts its descriptors then sees them all). Returns -1 on failure. */
+static int worker_epoll(struct worker *w)
+{
+	w->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (w->epfd < 0)
+		return -1;
+	struct epoll_event e = { .events = EPOLLIN, .data.ptr = &listen_tag };
+	struct epoll_event s = { .events = EPOLLIN, .data.ptr = &stop_tag };
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->listen_fd, &e) < 0 ||
+	    epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->stop_fd, &s) < 0)
+		return -1;
+	w->pause = (struct listener_pause){ .epfd = w->epfd, .fd = w->listen_fd, .tag = &listen_tag };
+	return 0;
 }
 
 int main(int argc, char **argv)
 {
 	struct ping_args a;
 	ping_args_parse(&a, argc, argv, "pingserver-c");
+	burn_ns = a.burn_ns;
 	int ncpu = ping_affinity_cpus();
 	int nthreads = a.threads > 0 ? a.threads : ncpu;
+	ping_fd_limit(&a, nthreads, "pingserver-c");
 	max_conns = a.maxconn;
+	struct fd_spare spare;
+	if (fd_spare_init(&spare) != 0) {
+		perror("pingserver-c: spare descriptor");
+		return 1;
+	}
 
 	struct sockaddr_storage ss;
 	socklen_t sslen;
@@ -312,7 +386,12 @@ int main(int argc, char **argv)
 		port = ntohs(got.ss_family == AF_INET ? ((struct sockaddr_in *)&got)->sin_port
 						       : ((struct sockaddr_in6 *)&got)->sin6_port);
 		ws[i].stop_fd = eventfd(0, EFD_CLOEXEC);
+		if (ws[i].stop_fd < 0 || worker_epoll(&ws[i]) < 0) {
+			perror("pingserver-c: epoll");
+			return 1;
+		}
 		ws[i].index = i;
+		ws[i].spare = &spare;
 		ws[i].cpu = ncpus > 0 ? cpus[i % ncpus] : -1;
 	}
 	for (int i = 0; i < nthreads; i++)
@@ -331,8 +410,10 @@ int main(int argc, char **argv)
 		pthread_join(ws[i].thread, NULL);
 		close(ws[i].listen_fd);
 		close(ws[i].stop_fd);
+		close(ws[i].epfd);
 	}
 	free(ws);
+	fd_spare_destroy(&spare);
 	fprintf(stderr, "pingserver-c: stopped\n");
 	return 0;
 }

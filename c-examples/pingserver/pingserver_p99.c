@@ -62,7 +62,12 @@ int main(int argc, char **argv)
 {
 	struct ping_args a;
 	ping_args_parse(&a, argc, argv, "pingserver-c-p99");
+	if (a.burn_ns != 0) {
+		fprintf(stderr, "pingserver-c-p99: -b is only implemented by pingserver-c\n");
+		return 2;
+	}
 	int nthreads = a.threads > 0 ? a.threads : ping_affinity_cpus();
+	ping_fd_limit(&a, nthreads, "pingserver-c-p99");
 
 	sigset_t set;
 	sigemptyset(&set);

@@ -173,6 +173,44 @@ class Proto(unittest.TestCase):
         self.assertEqual(self.c.cmd(b"get\r\n"), b"ERROR\r\n")
         self.assertEqual(self.c.cmd(b"gets\r\n"), b"ERROR\r\n")
 
+    def test_long_gat_lines_across_reads(self):
+        # A gat of 20 keys of 250 bytes is a 5 KB line: memcached takes it whole from one
+        # read (16 KB buffer). However the bytes are split (the uring builds receive into
+        # 4 KB buffers), the line is reassembled and answered, never closed.
+        keys = [(b"%03d" % i) * 84 for i in range(20)]
+        keys = [k[:250] for k in keys]
+        for k in keys[::3]:
+            self.set(k, b"v" + k[:3])
+        line = b"gat 0 " + b" ".join(keys) + b"\r\n"
+        self.assertGreater(len(line), 5000)
+        expect = b"".join(b"VALUE %s 0 4\r\nv%s\r\n" % (k, k[:3]) for k in keys[::3]) + b"END\r\n"
+        self.c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for split in (None, 3000, 4095, 4096):
+            if split is None:
+                self.c.send(line)
+            else:
+                self.c.send(line[:split])
+                time.sleep(0.05)  # let the first piece be read on its own
+                self.c.send(line[split:])
+            self.assertEqual(self.c.get_reply(), expect, split)
+        # gats too, and 60 keys (15 KB, still under memcached's read buffer)
+        line = b"gats 0 " + b" ".join(keys * 3) + b"\r\n"
+        self.c.send(line[:4000])
+        time.sleep(0.05)
+        self.c.send(line[4000:])
+        reply = self.c.get_reply()
+        self.assertEqual(reply.count(b"VALUE "), 3 * len(keys[::3]))
+        self.assertTrue(reply.endswith(b"END\r\n"))
+        # an unfinished line past the limits still closes the connection, as memcached does
+        c = Conn(self.srv.port)
+        c.send(b"gat 0 " + b"k " * 9000)
+        self.assertTrue(c.is_closed())
+        c.close()
+        c = Conn(self.srv.port)
+        c.send(b"set " + b"k" * 3000)
+        self.assertTrue(c.is_closed())
+        c.close()
+
     # --- errors -------------------------------------------------------------------------------
     def test_key_length(self):
         k250, k251 = b"k" * 250, b"k" * 251

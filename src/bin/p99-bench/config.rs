@@ -46,8 +46,8 @@ pub struct Config {
     /// How long to wait after the run for answers still in flight.
     pub drain: f64,
     pub ramp: Option<Ramp>,
-    /// Latency objective for the ramp, in microseconds at p99.9.
-    pub slo_p999_us: f64,
+    /// Latency objective of the ramp's two redlines (p99 and p99.9 under it), in microseconds.
+    pub slo_us: f64,
     pub get_ratio: f64,
     pub key_size: usize,
     pub value_size: usize,
@@ -69,6 +69,12 @@ pub struct Config {
     /// The server's core: how busy it was (by anyone) is recorded beside the server's own share.
     pub server_core: Option<usize>,
     pub cpus: Vec<usize>,
+    /// Open loop: measure the machine's own stalls on the server's and the generator's cores
+    /// while the run goes (see stall.rs).
+    pub stall_probe: bool,
+    /// Test only: stall the server's core (or the first probed core) for this many ms in the
+    /// middle of the measured window, with a real-time spinning thread.
+    pub inject_stall_ms: f64,
     pub json: Option<String>,
     pub progress: Option<bool>,
     pub seed: u64,
@@ -87,7 +93,7 @@ impl Default for Config {
             duration: 5.0,
             drain: 1.0,
             ramp: None,
-            slo_p999_us: 1000.0,
+            slo_us: 1000.0,
             get_ratio: 0.9,
             key_size: 32,
             value_size: 100,
@@ -106,6 +112,8 @@ impl Default for Config {
             server_pid: None,
             server_core: None,
             cpus: Vec::new(),
+            stall_probe: false,
+            inject_stall_ms: 0.0,
             json: None,
             progress: None,
             seed: 0x9e37_79b9_7f4a_7c15,
@@ -125,8 +133,9 @@ usage: p99-bench [flags]
   -w, --warmup SECS                  warm-up, not measured (default 1)
   -t, --duration SECS                measured time (default 5)
       --drain SECS                   wait for answers still in flight after the run (default 1)
-      --ramp START:STEP:END[:SECS]   open-loop rate ramp to find the redline (step secs default 1)
-      --slo-p999-us US               redline objective: p99.9 under US microseconds (default 1000)
+      --ramp START:STEP:END[:SECS]   open-loop rate ramp to find the redlines (step secs default 1)
+      --slo-us US                    redline objective: p99 (and, for the second redline, p99.9)
+                                     under US microseconds (default 1000)
 memcache:
       --get-ratio F                  fraction of gets, the rest are sets (default 0.9)
       --key-size N                   key bytes (default 32)
@@ -148,6 +157,11 @@ general:
       --server-pid PID               record this process's CPU use during the run
       --server-core N                record how busy that core was (by any process)
       --cpus LIST                    pin generator threads to these CPUs (e.g. 1 or 1,3)
+      --stall-probe                  count the machine's stalls during the run: a thread pinned
+                                     to the server core and to each generator CPU wakes every
+                                     200 us and records how late it woke (like cyclictest)
+      --inject-stall MS              test only: stall the server core for MS ms mid-run (a
+                                     real-time spinning thread; needs root)
       --json PATH                    write the result as JSON (- for stdout)
       --progress / --no-progress     live progress line (default: when stderr is a terminal)
       --seed N                       workload random seed
@@ -230,7 +244,7 @@ impl Config {
                     }
                     c.ramp = Some(r);
                 }
-                "--slo-p999-us" => c.slo_p999_us = num(flag, &take()?)?,
+                "--slo-us" | "--slo-p999-us" => c.slo_us = num(flag, &take()?)?,
                 "--get-ratio" => c.get_ratio = num(flag, &take()?)?,
                 "--key-size" => c.key_size = num(flag, &take()?)?,
                 "--value-size" => c.value_size = num(flag, &take()?)?,
@@ -270,6 +284,8 @@ impl Config {
                 "--server-pid" => c.server_pid = Some(num(flag, &take()?)?),
                 "--server-core" => c.server_core = Some(num(flag, &take()?)?),
                 "--cpus" => c.cpus = parse_cpus(&take()?)?,
+                "--stall-probe" => c.stall_probe = true,
+                "--inject-stall" => c.inject_stall_ms = num(flag, &take()?)?,
                 "--json" => c.json = Some(take()?),
                 "--progress" => c.progress = Some(true),
                 "--no-progress" => c.progress = Some(false),
@@ -284,6 +300,9 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), String> {
         let bad = |m: &str| Err(m.to_string());
+        if !(0.0..=50.0).contains(&self.inject_stall_ms) {
+            return bad("--inject-stall: 0..=50 ms");
+        }
         if self.threads == 0 || self.threads > 256 {
             return bad("--threads: 1..=256");
         }
@@ -334,8 +353,8 @@ impl Config {
                 return bad("--udp-engine xdp: --udp-payload 20..=1400");
             }
         }
-        if self.slo_p999_us <= 0.0 {
-            return bad("--slo-p999-us: > 0");
+        if self.slo_us <= 0.0 {
+            return bad("--slo-us: > 0");
         }
         Ok(())
     }
@@ -370,7 +389,7 @@ impl Config {
                 format!("{}:{}:{}:{}", fmt_f(r.start), fmt_f(r.step), fmt_f(r.end), fmt_f(r.step_secs)),
             );
         }
-        p("--slo-p999-us", fmt_f(self.slo_p999_us));
+        p("--slo-us", fmt_f(self.slo_us));
         match self.protocol {
             Protocol::Memcache => {
                 p("--get-ratio", fmt_f(self.get_ratio));
@@ -420,7 +439,13 @@ impl Config {
             let l: Vec<String> = self.cpus.iter().map(|c| c.to_string()).collect();
             p("--cpus", l.join(","));
         }
+        if self.inject_stall_ms > 0.0 {
+            p("--inject-stall", fmt_f(self.inject_stall_ms));
+        }
         p("--seed", self.seed.to_string());
+        if self.stall_probe {
+            a.push("--stall-probe".into());
+        }
         if self.protocol == Protocol::Memcache {
             a.push(if self.prefill { "--prefill" } else { "--no-prefill" }.into());
             a.push(if self.verify { "--verify" } else { "--no-verify" }.into());

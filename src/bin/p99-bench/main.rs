@@ -1,12 +1,13 @@
 //! p99-bench: load generator for ping (TCP), the memcache text protocol and UDP ping.
 //! Closed loop (connections x pipeline depth) or open loop (fixed rate, latency from the intended
 //! send time), HDR histograms, JSON output, server CPU from /proc, and a rate ramp for the
-//! redline (the highest rate with p99.9 under 1 ms). `p99-bench --help` lists every flag.
+//! redlines (the highest rates with p99, and p99.9, under 1 ms). `p99-bench --help` lists every flag.
 
 mod client;
 mod config;
 mod json;
 mod run;
+mod stall;
 mod stats;
 mod workload;
 mod xdp_sender;
@@ -50,13 +51,17 @@ fn real_main(c: &Config) -> Result<(), String> {
         let rates = run::ramp_rates(r.start, r.step, r.end);
         let res = run::ramp(c, &rates, r.step_secs)?;
         for s in &res.steps {
-            println!("{}  [{}]", s.summary(), if run::step_passes(s) { "pass" } else { "FAIL" });
+            let verdict = |p| if run::step_passes(s, p) { "pass" } else { "FAIL" };
+            println!("{}  [p99 {}, p99.9 {}]", s.summary(), verdict(99.0), verdict(99.9));
         }
-        match res.redline {
-            Some(r) => println!("redline: {r:.0} req/s (p99.9 < {} us, no errors)", c.slo_p999_us),
-            None => println!("redline: none of the rates passed (p99.9 < {} us, no errors)", c.slo_p999_us),
+        for (name, r) in [("p99", res.redline_p99), ("p99.9", res.redline_p999)] {
+            match r {
+                Some(r) => println!("redline at {name}: {r:.0} req/s ({name} < {} us, no errors)", c.slo_us),
+                None => println!("redline at {name}: none of the rates passed ({name} < {} us, no errors)", c.slo_us),
+            }
         }
-        out.set("redline_rps", res.redline);
+        out.set("redline_p99_rps", res.redline_p99);
+        out.set("redline_p999_rps", res.redline_p999);
         out.set("steps", J::Arr(res.steps.iter().map(|s| s.to_json()).collect()));
     } else {
         let r = run::run_once(c)?;

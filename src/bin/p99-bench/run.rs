@@ -4,6 +4,7 @@
 use crate::client::{self, now_ns, Shared, ThreadPlan, Window};
 use crate::config::{Config, Protocol};
 use crate::json::J;
+use crate::stall::{self, Stalls};
 use crate::stats::{self, pct_us, Counts, CpuMeter, PERCENTILES};
 use std::io::IsTerminal;
 use std::sync::atomic::Ordering;
@@ -21,6 +22,8 @@ pub struct Report {
     pub generator_cpu_pct: Option<f64>,
     /// How busy the server's core was, by any process (only with --server-core).
     pub server_core_busy_pct: Option<f64>,
+    /// The machine's stalls during the measured window (with --stall-probe).
+    pub stalls: Option<Stalls>,
     pub command: String,
 }
 
@@ -36,6 +39,19 @@ impl Report {
 
     pub fn pct(&self, p: f64) -> f64 {
         pct_us(&self.counts.hist, p)
+    }
+
+    /// Server CPU time per answered request, in microseconds: it compares servers even when the
+    /// generator set the pace.
+    pub fn server_us_per_request(&self) -> Option<f64> {
+        let pct = self.server_cpu_pct?;
+        (self.rps > 0.0).then(|| pct / 100.0 / self.rps * 1e6)
+    }
+
+    /// Generator CPU time per answered request, in microseconds.
+    pub fn generator_us_per_request(&self) -> Option<f64> {
+        let pct = self.generator_cpu_pct?;
+        (self.rps > 0.0).then(|| pct / 100.0 / self.rps * 1e6)
     }
 
     /// Whether the server, not the generator, limited a closed-loop run.
@@ -86,6 +102,11 @@ impl Report {
         o.set("server_bound", self.server_bound());
         o.set("generator_cpu_pct", self.generator_cpu_pct);
         o.set("server_core_busy_pct", self.server_core_busy_pct);
+        o.set("server_cpu_us_per_request", self.server_us_per_request());
+        o.set("generator_cpu_us_per_request", self.generator_us_per_request());
+        if let Some(s) = &self.stalls {
+            o.set("stalls", stalls_json(s));
+        }
         let curve: Vec<J> = stats::percentile_curve(&self.counts.hist, 4)
             .into_iter()
             .map(|(p, us)| J::Arr(vec![J::Num(p), J::Num(us)]))
@@ -142,8 +163,63 @@ impl Report {
         if let Some(p) = self.server_core_busy_pct {
             s += &format!(", server core busy {p:.1}% (all processes)");
         }
+        if let (Some(srv), Some(gen)) = (self.server_us_per_request(), self.generator_us_per_request()) {
+            s += &format!("\n  cpu per request: server {srv:.3} us, generator {gen:.3} us");
+        }
+        if let Some(st) = &self.stalls {
+            s += &format!(
+                "\n  machine stalls on cpus {}: {} >= 100 us, {} >= 1 ms, longest {} ({} wake-ups{})",
+                st.cores.iter().map(|c| c.cpu.to_string()).collect::<Vec<_>>().join(","),
+                st.over_100us(),
+                st.over_1ms(),
+                fmt_us_unit(st.max_us()),
+                st.wakeups(),
+                if st.realtime() { "" } else { "; probe not real-time, other processes count as stalls" }
+            );
+        }
         s
     }
+}
+
+fn fmt_us_unit(us: f64) -> String {
+    if us >= 1000.0 {
+        format!("{:.1} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} us")
+    }
+}
+
+/// A run's (or merged runs') stalls as JSON: counts, the longest, and per core.
+pub fn stalls_json(s: &Stalls) -> J {
+    let mut o = J::obj();
+    o.set("window_s", s.window_s);
+    o.set("probe_interval_us", stall::INTERVAL_NS as f64 / 1000.0);
+    o.set("realtime_probe", s.realtime());
+    o.set("wakeups", s.wakeups());
+    o.set("over_100us", s.over_100us());
+    o.set("over_1ms", s.over_1ms());
+    o.set("max_us", s.max_us());
+    let mut ex = J::obj();
+    for (name, p) in PERCENTILES {
+        ex.set(name, s.explained_us(p));
+    }
+    o.set("latency_explained_by_stalls_us", ex);
+    o.set(
+        "cores",
+        J::Arr(
+            s.cores
+                .iter()
+                .map(|c| {
+                    let one = Stalls { cores: vec![c.clone()], window_s: s.window_s };
+                    let mut j = J::obj();
+                    j.set("cpu", c.cpu).set("over_100us", one.over_100us()).set("over_1ms", one.over_1ms());
+                    j.set("max_us", one.max_us());
+                    j
+                })
+                .collect(),
+        ),
+    );
+    o
 }
 
 fn progress_enabled(c: &Config) -> bool {
@@ -164,7 +240,14 @@ pub fn run_once(c: &Config) -> Result<Report, String> {
     let show = progress_enabled(c);
     let mut server_meter = None;
     let mut gen_meter = None;
+    let probe_stop = std::sync::atomic::AtomicBool::new(false);
+    let mut stalls: Option<Result<Stalls, String>> = None;
     let results: Vec<Result<Counts, String>> = std::thread::scope(|scope| {
+        let probes = (c.stall_probe || c.inject_stall_ms > 0.0).then(|| {
+            let cpus = stall::watched_cpus(c.server_core, &c.cpus);
+            let inject = (c.inject_stall_ms > 0.0).then(|| (cpus[0], c.inject_stall_ms));
+            stall::start(scope, &cpus, inject, win, &probe_stop)
+        });
         let handles: Vec<_> = (0..c.threads)
             .map(|i| {
                 let plan = ThreadPlan {
@@ -228,8 +311,13 @@ pub fn run_once(c: &Config) -> Result<Report, String> {
         if show {
             eprint!("\r\x1b[K");
         }
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("generator thread panicked".into()))).collect()
+        let r = handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("generator thread panicked".into()))).collect();
+        // Probes end with the window by themselves; this only shortens an aborted run.
+        probe_stop.store(true, Ordering::Relaxed);
+        stalls = probes.map(|p| p.finish());
+        r
     });
+    let stalls = stalls.transpose()?;
     let mut total = Counts::new();
     for r in results {
         total.merge(&r?);
@@ -251,27 +339,30 @@ pub fn run_once(c: &Config) -> Result<Report, String> {
         server_cpu_pct,
         generator_cpu_pct,
         server_core_busy_pct,
+        stalls,
         command: c.command_line(),
     })
 }
 
-/// A step of a ramp passes when every request was answered without error, the answers kept up
-/// with the offered rate (95%), and p99.9 stayed under the objective.
-pub fn step_passes(r: &Report) -> bool {
-    r.errors_total() == 0
-        && r.rps >= 0.95 * r.config.rate
-        && r.pct(99.9) < r.config.slo_p999_us
+/// A step of a ramp passes at percentile `p` when every request was answered without error, the
+/// answers kept up with the offered rate (95%), and that percentile stayed under the objective.
+pub fn step_passes(r: &Report, p: f64) -> bool {
+    r.errors_total() == 0 && r.rps >= 0.95 * r.config.rate && r.pct(p) < r.config.slo_us
 }
 
 pub struct RampResult {
     pub steps: Vec<Report>,
-    /// The highest rate that passed (steps stop after the first failure).
-    pub redline: Option<f64>,
+    /// The highest rate whose step, and every step below it, passed at p99.
+    pub redline_p99: Option<f64>,
+    /// The same at p99.9 (the machine's stalls decide it more often than the server).
+    pub redline_p999: Option<f64>,
 }
 
+/// Runs the open-loop steps in order until one fails at p99 (a step failing only at p99.9 ends
+/// the p99.9 redline but not the ramp).
 pub fn ramp(c: &Config, rates: &[f64], step_secs: f64) -> Result<RampResult, String> {
-    let mut steps = Vec::new();
-    let mut redline = None;
+    let mut res = RampResult { steps: Vec::new(), redline_p99: None, redline_p999: None };
+    let mut p999_failed = false;
     for &rate in rates {
         let mut s = c.clone();
         s.rate = rate;
@@ -280,14 +371,31 @@ pub fn ramp(c: &Config, rates: &[f64], step_secs: f64) -> Result<RampResult, Str
         s.drain = s.drain.min(0.5);
         s.ramp = None;
         let r = run_once(&s)?;
-        let pass = step_passes(&r);
-        steps.push(r);
-        if !pass {
+        let pass99 = step_passes(&r, 99.0);
+        p999_failed |= !step_passes(&r, 99.9);
+        res.steps.push(r);
+        if !pass99 {
             break;
         }
-        redline = Some(rate);
+        res.redline_p99 = Some(rate);
+        if !p999_failed {
+            res.redline_p999 = Some(rate);
+        }
     }
-    Ok(RampResult { steps, redline })
+    Ok(res)
+}
+
+/// Rates from `start` to `end`, each `factor` times the one before (the last is `end`).
+#[allow(dead_code)] // p99-parity builds its default ramp ladder with it
+pub fn geometric_rates(start: f64, factor: f64, end: f64) -> Vec<f64> {
+    let mut v = Vec::new();
+    let mut r = start;
+    while r < end * (1.0 - 1e-9) && factor > 1.0 {
+        v.push(r);
+        r *= factor;
+    }
+    v.push(end);
+    v
 }
 
 pub fn ramp_rates(start: f64, step: f64, end: f64) -> Vec<f64> {

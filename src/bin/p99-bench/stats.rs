@@ -65,6 +65,16 @@ impl Counts {
         self.hist.record(v).expect("value within bounds");
     }
 
+    /// `n` answers, all without error, each `ns` after its request went out.
+    pub fn record_answers(&mut self, ns: u64, n: u64) {
+        let v = ns.clamp(1, MAX_NS);
+        if ns > MAX_NS {
+            self.clamped += n;
+        }
+        self.hist.record_n(v, n).expect("value within bounds");
+        self.completed += n;
+    }
+
     pub fn merge(&mut self, o: &Counts) {
         self.hist.add(&o.hist).expect("same bounds");
         self.completed += o.completed;

@@ -206,6 +206,9 @@ impl KeySpace {
     }
 }
 
+/// The answer to a ping; anything else (ERROR, garbage) goes through `parse_answer`.
+pub const PONG: &[u8] = b"PONG\r\n";
+
 /// The kind of request in flight, kept to parse and check its answer.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Kind {

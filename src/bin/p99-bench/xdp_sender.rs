@@ -90,7 +90,17 @@ pub fn run(c: &Config) -> Result<Report, String> {
         run_ping_load(&fill(mk(c.warmup))).map_err(|e| format!("AF_XDP sender: {e}"))?;
     }
     let cfg = fill(mk(c.duration));
-    let (report, cpu) = std::thread::scope(|s| {
+    let probe_stop = std::sync::atomic::AtomicBool::new(false);
+    let (report, cpu, stalls) = std::thread::scope(|s| {
+        // The measured window is the sender's run, which starts now.
+        let now = crate::client::now_ns();
+        let end = now + (c.duration * 1e9) as u64;
+        let win = crate::client::Window { start: now, warm_end: now, end, drain_end: end };
+        let probes = (c.stall_probe || c.inject_stall_ms > 0.0).then(|| {
+            let cpus = crate::stall::watched_cpus(c.server_core, &c.cpus);
+            let inject = (c.inject_stall_ms > 0.0).then(|| (cpus[0], c.inject_stall_ms));
+            crate::stall::start(s, &cpus, inject, win, &probe_stop)
+        });
         let h = s.spawn(|| {
             if let Some(cpu) = c.cpus.first() {
                 // SAFETY: cpu_set_t is plain data; sched_setaffinity(0) pins this thread only.
@@ -107,8 +117,11 @@ pub fn run(c: &Config) -> Result<Report, String> {
         let core = c.server_core.map(CoreMeter::start);
         std::thread::sleep(Duration::from_secs_f64(c.duration));
         let cpu = (server.and_then(|m| m.percent()), gen.percent(), core.and_then(|m| m.percent()));
-        (h.join().map_err(|_| "AF_XDP sender panicked".to_string()), cpu)
+        let report = h.join().map_err(|_| "AF_XDP sender panicked".to_string());
+        probe_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (report, cpu, probes.map(|p| p.finish()))
     });
+    let stalls = stalls.transpose()?;
     let r = report?.map_err(|e| format!("AF_XDP sender: {e}"))?;
     let mut counts = Counts::new();
     for v in r.rtt_ns.iter_recorded() {
@@ -127,6 +140,7 @@ pub fn run(c: &Config) -> Result<Report, String> {
         server_cpu_pct: cpu.0,
         generator_cpu_pct: cpu.1,
         server_core_busy_pct: cpu.2,
+        stalls,
         command: c.command_line(),
     })
 }

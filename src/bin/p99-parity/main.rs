@@ -2,10 +2,13 @@
 //!
 //! For each scenario (module, ping, cache, udp) it starts every *built* variant pinned to one
 //! core, drives it with p99-bench's load (in process, pinned to the other core), interleaves the
-//! variants over several rounds so machine drift hits them all alike, and prints one table per
-//! scenario: median requests/s of closed-loop rounds, ratios to the all-C baseline (and to
-//! memcached), the server's CPU share (a peak under 95% of a core is marked generator-bound),
-//! latency percentiles at a common fixed open-loop rate, and the redline from a rate ramp.
+//! variants over several rounds so machine drift hits them all alike, and prints two tables per
+//! scenario. The first: median requests/s of closed-loop rounds and the server's CPU time per
+//! request, each as a ratio to the all-C baseline with its spread over rounds, whose peak it
+//! was, and a verdict (faster / slower / within noise, by a rule printed under the table). The
+//! second: latency percentiles at a common fixed open-loop rate, the machine's own stalls
+//! measured during those runs (percentiles the stalls alone explain are marked), and two
+//! redlines from a fine rate ramp (p99 < 1 ms and p99.9 < 1 ms).
 //! Variants that are not built are listed as such, never left out. Every figure, the machine,
 //! the git revision and the p99-bench command of each run go to build/parity/results.json; SVG
 //! plots go next to it.
@@ -23,6 +26,8 @@ mod netns;
 mod proxy;
 #[path = "../p99-bench/run.rs"]
 mod run;
+#[path = "../p99-bench/stall.rs"]
+mod stall;
 #[path = "../p99-bench/stats.rs"]
 mod stats;
 mod svg;
@@ -42,20 +47,23 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "\
 usage: p99-parity [flags]
-  --quick                  short run (< 1 min): 2 rounds, 0.4 s runs, 4 ramp steps
-  --rounds N               interleaved rounds per scenario (default 3)
-  --warmup SECS            warm-up before each run (default 0.5)
-  --duration SECS          measured time of each run (default 1.5)
-  --ramp-secs SECS         length of each redline ramp step (default 0.75)
-  --ladder F,F,...         ramp rates as fractions of the variant's median peak
-                           (default 0.05,0.1,0.2,...,1.0; the ramp stops at the first failing
-                           step; open-loop requests go one per write, so redlines sit well
-                           below pipelined peaks)
+  --quick                  short run (about 1 min): 3 rounds, 0.4 s runs, 4 ramp steps
+  --rounds N               interleaved rounds per scenario (default 5: with fewer, the verdict
+                           rule calls two equal servers different too often)
+  --warmup SECS            warm-up before each run (default 0.3)
+  --duration SECS          measured time of each run (default 1.0)
+  --ramp-secs SECS         length of each redline ramp step (default 0.5)
+  --ladder F,F,...         ramp rates as fractions of the variant's median peak (default
+                           0.05, then x1.25 per step up to 1.0; the ramp stops at the first step
+                           failing p99 < 1 ms; open-loop requests go one per write, so redlines
+                           sit well below pipelined peaks)
   --latency-fraction F     fixed open-loop rate for the latency columns, as a fraction of the
                            slowest variant's median peak (default 0.25: open loop sends one
                            request per write, which costs a server more than pipelined load)
-  --scenarios LIST         any of module,ping,cache,udp (default all), and proxy (opt-in:
-                           memcache through nutcracker, CPU per request of proxy and server)
+  --scenarios LIST         any of module,ping,cache,udp (default all); opt-in: proxy
+                           (memcache through nutcracker, CPU per request of proxy and server)
+                           and check (the benchmark's own test: pingserver-c against a twin of
+                           itself and a copy slowed on purpose; verdicts within noise / slower)
   --bin-dir DIR            where the servers are (default build/bin)
   --out DIR                results and plots (default build/parity)
   --server-cpu N           core for the servers (default 0)
@@ -65,6 +73,12 @@ usage: p99-parity [flags]
   --udp-args '...'         p99-bench flags for the UDP workload
   --module-args '...'      flags for the module-level store benchmark
 ";
+
+/// CPU time the slowed server of the `check` scenario burns per request, in ns.
+const CHECK_BURN_NS: u64 = 2000;
+
+/// Every scenario `--scenarios` knows; `check` and `proxy` are not run by default.
+const SCENARIOS: [&str; 6] = ["module", "ping", "cache", "udp", "check", "proxy"];
 
 #[derive(Clone)]
 struct Opts {
@@ -89,13 +103,13 @@ struct Opts {
 fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
     let mut o = Opts {
         quick: false,
-        rounds: 3,
-        warmup: 0.5,
-        duration: 1.5,
-        ramp_secs: 0.75,
-        ladder: vec![0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        rounds: 5,
+        warmup: 0.3,
+        duration: 1.0,
+        ramp_secs: 0.5,
+        ladder: run::geometric_rates(0.05, 1.25, 1.0),
         latency_fraction: 0.25,
-        scenarios: ["module", "ping", "cache", "udp"].iter().map(|s| s.to_string()).collect(),
+        scenarios: SCENARIOS[..4].iter().map(|s| s.to_string()).collect(),
         bin_dir: "build/bin".into(),
         out: "build/parity".into(),
         server_cpu: 0,
@@ -157,23 +171,23 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
     }
     if o.quick {
         if !explicit.contains(&"rounds") {
-            o.rounds = 2;
+            o.rounds = 3;
         }
         if !explicit.contains(&"warmup") {
-            o.warmup = 0.2;
+            o.warmup = 0.15;
         }
         if !explicit.contains(&"duration") {
             o.duration = 0.4;
         }
         if !explicit.contains(&"ramp") {
-            o.ramp_secs = 0.3;
+            o.ramp_secs = 0.25;
         }
         if !explicit.contains(&"ladder") {
             o.ladder = vec![0.1, 0.25, 0.5, 1.0];
         }
     }
     for s in &o.scenarios {
-        if !["module", "ping", "cache", "udp", "proxy"].contains(&s.as_str()) {
+        if !SCENARIOS.contains(&s.as_str()) {
             return Err(format!("--scenarios: unknown '{s}'"));
         }
     }
@@ -332,6 +346,29 @@ impl VariantRun {
         median(self.peaks.iter().filter_map(|r| r.server_core_busy_pct).collect())
     }
 
+    /// Server CPU microseconds per request, one figure per closed-loop round.
+    fn cpu_per_request(&self) -> Vec<f64> {
+        self.peaks.iter().filter_map(|r| r.server_us_per_request()).collect()
+    }
+
+    fn median_cpu_per_request(&self) -> Option<f64> {
+        median(self.cpu_per_request())
+    }
+
+    fn median_gen_per_request(&self) -> Option<f64> {
+        median(self.peaks.iter().filter_map(|r| r.generator_us_per_request()).collect())
+    }
+
+    /// The stalls of every latency run, merged.
+    fn merged_stalls(&self) -> Option<stall::Stalls> {
+        let mut it = self.lats.iter().filter_map(|r| r.stalls.as_ref());
+        let mut s = it.next()?.clone();
+        for o in it {
+            s.merge(o);
+        }
+        Some(s)
+    }
+
     fn merged_latency(&self) -> Option<Counts> {
         let mut it = self.lats.iter();
         let mut c = it.next()?.counts.clone();
@@ -339,6 +376,65 @@ impl VariantRun {
             c.merge(&r.counts);
         }
         Some(c)
+    }
+}
+
+/// Per-round ratios of `f(variant) / f(baseline)` over the rounds both have (rounds are
+/// interleaved, so round i of each ran minutes apart at most): the median, lowest and highest.
+fn round_ratios(v: &VariantRun, base: &VariantRun, f: impl Fn(&Report) -> Option<f64>) -> Option<(f64, f64, f64)> {
+    let r: Vec<f64> = v
+        .peaks
+        .iter()
+        .zip(base.peaks.iter())
+        .filter_map(|(a, b)| match (f(a), f(b)) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        })
+        .collect();
+    let lo = r.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = r.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    median(r).map(|m| (m, lo, hi))
+}
+
+/// What the rounds say about a variant against the baseline.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Verdict {
+    Faster,
+    Slower,
+    WithinNoise,
+    /// Fewer than two rounds of either: no spread, so no verdict.
+    TooFewRounds,
+}
+
+impl Verdict {
+    fn text(self) -> &'static str {
+        match self {
+            Verdict::Faster => "faster",
+            Verdict::Slower => "slower",
+            Verdict::WithinNoise => "within noise",
+            Verdict::TooFewRounds => "too few rounds",
+        }
+    }
+}
+
+/// The verdict rule (printed under the table): server CPU per request of every round of the
+/// variant against every round of the baseline; `faster` when the variant's costliest round was
+/// cheaper than the baseline's cheapest, `slower` when its cheapest was costlier than the
+/// baseline's costliest, `within noise` when the two ranges overlap. For two equal servers and
+/// n interleaved rounds each, the ranges fail to overlap by chance with probability
+/// 2 (n!)^2 / (2n)!: 10% at 3 rounds, 0.8% at 5.
+fn verdict(variant: &[f64], baseline: &[f64]) -> Verdict {
+    if variant.len() < 2 || baseline.len() < 2 {
+        return Verdict::TooFewRounds;
+    }
+    let lo = |v: &[f64]| v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = |v: &[f64]| v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    if hi(variant) < lo(baseline) {
+        Verdict::Faster
+    } else if lo(variant) > hi(baseline) {
+        Verdict::Slower
+    } else {
+        Verdict::WithinNoise
     }
 }
 
@@ -502,6 +598,8 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
         c.server = s.addr.clone();
         c.server_pid = Some(s.child.id());
         c.rate = rate;
+        // Open-loop runs count the machine's stalls beside the latency they measure.
+        c.stall_probe = rate > 0.0;
         // The server was prefilled once at start; runs do not repeat it.
         c.prefill = false;
         c
@@ -612,9 +710,21 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
+/// "1.02 (0.95-1.08)": a median ratio with its lowest and highest round.
+fn fmt_spread(r: Option<(f64, f64, f64)>) -> String {
+    r.map_or("-".into(), |(m, lo, hi)| format!("{m:.2} ({lo:.2}-{hi:.2})"))
+}
+
+/// A latency percentile, marked `*` when the machine's stalls alone explain it.
+fn fmt_marked(us: f64, explained: Option<f64>) -> String {
+    let mark = explained.is_some_and(|e| us <= e);
+    format!("{}{}", fmt_us(us), if mark { "*" } else { "" })
+}
+
 fn print_table(sc: &Scenario) {
     let base = sc.variants.iter().find(|v| v.spec.role == Role::Baseline);
     let base_peak = base.and_then(|v| v.median_peak());
+    let base_cost = base.map(|b| b.cpu_per_request()).unwrap_or_default();
     let reference = sc.variants.iter().find(|v| v.spec.role == Role::Reference);
     let ref_peak = reference.and_then(|v| v.median_peak());
     println!();
@@ -640,64 +750,52 @@ fn print_table(sc: &Scenario) {
         sc.latency_rate.map_or("-".into(), svg::group)
     );
     let ref_col = reference.is_some();
-    print!("{:<22} {:>11} {:>8}", "variant", "req/s", "x base");
+    // Table 1: throughput, CPU per request, verdict.
+    print!("{:<24} {:>11} {:>18}", "variant", "req/s", "x base (range)");
     if ref_col {
-        print!(" {:>8}", "x memcd");
+        print!(" {:>7}", "x memcd");
     }
-    println!(" {:>5} {:>5} {:>5} {:>16} {:>7} {:>7} {:>7} {:>7} {:>9} {:>6}", "srv%", "core%", "gen%", "peak is", "p50us", "p99us", "p999us", "p9999us", "redline", "errors");
+    println!(
+        " {:>4} {:>4} {:>15} {:>8} {:>8} {:>18} {:>14}",
+        "srv%", "gen%", "peak is", "srv us/r", "gen us/r", "x base cpu (range)", "verdict"
+    );
     for v in &sc.variants {
         if let Some(p) = &v.problem {
             if v.peaks.is_empty() {
-                println!("{:<22} {}", v.spec.name, p);
+                println!("{:<24} {}", v.spec.name, p);
                 continue;
             }
         }
         let peak = v.median_peak();
-        let cpu = v.median_cpu();
-        let bound = peak_label(cpu, v.median_core_busy());
-        let lat = v.merged_latency();
-        let p = |q: f64| lat.as_ref().map_or("-".into(), |c| fmt_us(stats::pct_us(&c.hist, q)));
-        let redline = match &v.ramp {
-            Some(r) => match r.redline {
-                Some(x) => svg::group(x),
-                None => format!("<{}", svg::group(v.ladder.first().copied().unwrap_or(0.0))),
-            },
-            None => "-".into(),
-        };
-        let errors: u64 = v.peaks.iter().chain(v.lats.iter()).map(|r| r.errors_total()).sum();
+        let is_base = v.spec.role == Role::Baseline;
+        let tput = base.filter(|_| !is_base).and_then(|b| round_ratios(v, b, |r| Some(r.rps)));
+        // Baseline's CPU per request over the variant's: above 1 means the variant is cheaper.
+        let cost = base.filter(|_| !is_base).and_then(|b| round_ratios(b, v, |r| r.server_us_per_request()));
+        let verdict_text = if is_base { "baseline".to_string() } else { verdict(&v.cpu_per_request(), &base_cost).text().to_string() };
         let f = |r: Option<f64>| r.map_or("-".into(), |x| format!("{x:.2}"));
-        print!("{:<22} {:>11} {:>8}", v.spec.name, peak.map_or("-".into(), svg::group), f(ratio(peak, base_peak)));
-        if ref_col {
-            print!(" {:>8}", f(ratio(peak, ref_peak)));
-        }
         let pc = |x: Option<f64>| x.map_or("-".into(), |c| format!("{c:.0}"));
+        let us = |x: Option<f64>| x.map_or("-".into(), |c| format!("{c:.3}"));
+        print!(
+            "{:<24} {:>11} {:>18}",
+            v.spec.name,
+            peak.map_or("-".into(), svg::group),
+            if is_base { "1.00".into() } else { fmt_spread(tput) }
+        );
+        if ref_col {
+            print!(" {:>7}", f(ratio(peak, ref_peak)));
+        }
         println!(
-            " {:>5} {:>5} {:>5} {:>16} {:>7} {:>7} {:>7} {:>7} {:>9} {:>6}",
-            pc(cpu),
-            pc(v.median_core_busy()),
+            " {:>4} {:>4} {:>15} {:>8} {:>8} {:>18} {:>14}",
+            pc(v.median_cpu()),
             pc(v.median_gen_cpu()),
-            bound,
-            p(50.0),
-            p(99.0),
-            p(99.9),
-            p(99.99),
-            redline,
-            errors
+            peak_label(v.median_cpu(), v.median_core_busy()),
+            us(v.median_cpu_per_request()),
+            us(v.median_gen_per_request()),
+            if is_base { "1.00".into() } else { fmt_spread(cost) },
+            verdict_text
         );
         if let Some(p) = &v.problem {
-            println!("{:<22} note: {}", "", p);
-        }
-        if let Some(c) = &lat {
-            let (lag99, lagmax) = (stats::pct_us(&c.send_lag, 99.0), stats::pct_us(&c.send_lag, 100.0));
-            if lag99 > 100.0 {
-                println!(
-                    "{:<22} note: the generator fell behind its schedule (send lag p99 {}, max {}): \
-                     its latency figures include that",
-                    "",
-                    fmt_dur(lag99),
-                    fmt_dur(lagmax)
-                );
-            }
+            println!("{:<24} note: {}", "", p);
         }
     }
     if base_peak.is_none() {
@@ -719,12 +817,95 @@ fn print_table(sc: &Scenario) {
         }
     }
     if sc.variants.iter().any(|v| !v.peaks.is_empty()) {
-        let xdp = w.protocol == Protocol::Udp && w.udp_engine == config::UdpEngine::Xdp;
         println!(
-            "   req/s: median of closed-loop rounds. srv%: server process CPU, share of one core; core%: how busy\n   \
-             its core was by any process; gen%: generator CPU. A peak is the server's only at srv% >= 95.\n   \
-             Latency: open loop at the fixed rate above, {}, rounds merged.\n   \
-             Redline: highest ramp rate with p99.9 < 1 ms and no errors (ramp at fractions of each peak).{}",
+            "   req/s: median of closed-loop rounds; x base: median of per-round ratios to the baseline (lowest-highest\n   \
+             round). srv%/gen%: server/generator CPU, share of one core. A peak is the server's only at srv% >= 95.\n   \
+             srv us/r, gen us/r: CPU time per answered request of the server and of the generator (median round);\n   \
+             x base cpu: baseline's server CPU per request over the variant's (above 1: the variant is cheaper).\n   \
+             verdict (uses server CPU per request, which compares servers even when the generator set the pace):\n   \
+             faster when every round of the variant cost less than every round of the baseline, slower when\n   \
+             every round cost more, otherwise within noise (two equal servers over 5 rounds each get\n   \
+             'faster' or 'slower' by chance 0.8% of the time)."
+        );
+    }
+    // Table 2: latency at the common rate, the machine's stalls meanwhile, redlines.
+    if sc.variants.iter().any(|v| !v.lats.is_empty() || v.ramp.is_some()) {
+        let xdp = w.protocol == Protocol::Udp && w.udp_engine == config::UdpEngine::Xdp;
+        println!();
+        println!(
+            "{:<24} {:>8} {:>8} {:>8} {:>8} {:>7} {:>6} {:>8} {:>12} {:>10} {:>10} {:>6}",
+            "variant", "p50us", "p99us", "p999us", "p9999us", ">=100us", ">=1ms", "longest", "1ms by round", "redline99", "redline999", "errors"
+        );
+        for v in &sc.variants {
+            if v.peaks.is_empty() && v.lats.is_empty() {
+                continue;
+            }
+            let lat = v.merged_latency();
+            let st = v.merged_stalls();
+            let p = |q: f64| {
+                lat.as_ref().map_or("-".into(), |c| fmt_marked(stats::pct_us(&c.hist, q), st.as_ref().map(|s| s.explained_us(q))))
+            };
+            let by_round: Vec<String> =
+                v.lats.iter().map(|r| r.stalls.as_ref().map_or("-".into(), |s| s.over_1ms().to_string())).collect();
+            let redline = |r: Option<f64>| match &v.ramp {
+                Some(_) => match r {
+                    Some(x) => svg::group(x),
+                    None => format!("<{}", svg::group(v.ladder.first().copied().unwrap_or(0.0))),
+                },
+                None => "-".into(),
+            };
+            let errors: u64 = v.peaks.iter().chain(v.lats.iter()).map(|r| r.errors_total()).sum();
+            println!(
+                "{:<24} {:>8} {:>8} {:>8} {:>8} {:>7} {:>6} {:>8} {:>12} {:>10} {:>10} {:>6}",
+                v.spec.name,
+                p(50.0),
+                p(99.0),
+                p(99.9),
+                p(99.99),
+                st.as_ref().map_or("-".into(), |s| s.over_100us().to_string()),
+                st.as_ref().map_or("-".into(), |s| s.over_1ms().to_string()),
+                st.as_ref().map_or("-".into(), |s| fmt_dur(s.max_us())),
+                if by_round.is_empty() { "-".into() } else { by_round.join(",") },
+                redline(v.ramp.as_ref().and_then(|r| r.redline_p99)),
+                redline(v.ramp.as_ref().and_then(|r| r.redline_p999)),
+                errors
+            );
+            if let Some(c) = &lat {
+                let (lag99, lagmax) = (stats::pct_us(&c.send_lag, 99.0), stats::pct_us(&c.send_lag, 100.0));
+                if lag99 > 100.0 {
+                    println!(
+                        "{:<24} note: the generator fell behind its schedule (send lag p99 {}, max {}): \
+                         its latency figures include that",
+                        "",
+                        fmt_dur(lag99),
+                        fmt_dur(lagmax)
+                    );
+                }
+            }
+            let others = median(
+                v.lats.iter().filter_map(|r| Some(r.server_core_busy_pct? - r.server_cpu_pct?)).collect(),
+            );
+            if let Some(x) = others.filter(|x| *x > 10.0) {
+                println!(
+                    "{:<24} note: other processes used {x:.0}% of the server's core during these runs; the stall probe \
+                     (real-time) does not count that wait",
+                    ""
+                );
+            }
+            if st.as_ref().is_some_and(|s| !s.realtime()) {
+                println!("{:<24} note: stall probe without real-time priority: other processes' use of a core counts as stalls", "");
+            }
+        }
+        println!(
+            "   Latency: open loop at the fixed rate above, {}, rounds merged.\n   \
+             Stalls: the machine's own, measured during those runs by a thread on the server's and on the generator's\n   \
+             core that wakes every 200 us (real-time priority) and records how late it woke; counts over both cores\n   \
+             and all rounds, and the >= 1 ms count of each round.\n   \
+             *: the machine's. A stall of D delays every request due during it, by up to D, so the stalls measured\n   \
+             alone would put a share sum(D - x) / (measured time) of requests above latency x; a percentile is\n   \
+             marked when that share reaches its tail (1% for p99) at a latency at or above the measured one.\n   \
+             redline99 / redline999: highest rate of an open-loop ramp (steps at most 25% apart, fractions of each\n   \
+             peak) where that step and all below it had p99 (p99.9) < 1 ms and no errors; <N: even the first failed.{}",
             if xdp { "from the moment each datagram was queued (AF_XDP sender)" } else { "from intended send times" },
             if w.protocol == Protocol::Udp { "\n   errors: datagrams without an answer (lost) plus wrong answers." } else { "" }
         );
@@ -768,6 +949,31 @@ fn scenario_json(sc: &Scenario) -> J {
         j.set("server_bound", v.median_cpu().map(|c| c >= run::SERVER_BOUND_PCT));
         j.set("median_generator_cpu_pct", v.median_gen_cpu());
         j.set("median_server_core_busy_pct", v.median_core_busy());
+        j.set("server_cpu_us_per_request_by_round", J::Arr(v.cpu_per_request().into_iter().map(J::Num).collect()));
+        j.set("median_server_cpu_us_per_request", v.median_cpu_per_request());
+        j.set("median_generator_cpu_us_per_request", v.median_gen_per_request());
+        let base = sc.variants.iter().find(|b| b.spec.role == Role::Baseline);
+        let spread = |r: Option<(f64, f64, f64)>| {
+            r.map_or(J::Null, |(m, lo, hi)| {
+                let mut o = J::obj();
+                o.set("median", m).set("min", lo).set("max", hi);
+                o
+            })
+        };
+        if v.spec.role != Role::Baseline {
+            j.set("throughput_ratio_by_round", spread(base.and_then(|b| round_ratios(v, b, |r| Some(r.rps)))));
+            j.set(
+                "cpu_per_request_ratio_by_round",
+                spread(base.and_then(|b| round_ratios(b, v, |r| r.server_us_per_request()))),
+            );
+            let bc = base.map(|b| b.cpu_per_request()).unwrap_or_default();
+            j.set("verdict", verdict(&v.cpu_per_request(), &bc).text());
+        } else {
+            j.set("verdict", "baseline");
+        }
+        if let Some(st) = v.merged_stalls() {
+            j.set("stalls_at_fixed_rate", run::stalls_json(&st));
+        }
         if let Some(c) = v.merged_latency() {
             let mut l = J::obj();
             for (name, p) in stats::PERCENTILES {
@@ -785,7 +991,8 @@ fn scenario_json(sc: &Scenario) -> J {
         j.set("peak_runs", J::Arr(v.peaks.iter().map(report_json).collect()));
         j.set("latency_runs", J::Arr(v.lats.iter().map(report_json).collect()));
         if let Some(r) = &v.ramp {
-            j.set("redline_rps", r.redline);
+            j.set("redline_p99_rps", r.redline_p99);
+            j.set("redline_p999_rps", r.redline_p999);
             j.set("ramp_steps", J::Arr(r.steps.iter().map(report_json).collect()));
         }
         vs.push(j);
@@ -916,7 +1123,8 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
     settings.set("quick", o.quick).set("rounds", o.rounds).set("warmup_s", o.warmup).set("duration_s", o.duration);
     settings.set("ramp_step_s", o.ramp_secs).set("ladder", J::Arr(o.ladder.iter().map(|f| J::Num(*f)).collect()));
     settings.set("latency_fraction", o.latency_fraction).set("server_cpu", o.server_cpu).set("load_cpu", o.load_cpu);
-    settings.set("server_bound_threshold_pct", run::SERVER_BOUND_PCT).set("redline_p999_us", 1000.0);
+    settings.set("server_bound_threshold_pct", run::SERVER_BOUND_PCT).set("redline_objective_us", 1000.0);
+    settings.set("verdict_rule", "server CPU per request, every round of the variant against every round of the baseline: faster/slower when the ranges do not overlap, otherwise within noise");
     results.set("settings", settings);
     println!(
         "p99-parity: servers on cpu {}, load on cpu {}; {} rounds of {}s (+{}s warm-up) per variant, interleaved",
@@ -948,6 +1156,23 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
         print_table(&sc);
         plots.extend(write_plots(o, &sc));
         scen_json.set("ping", scenario_json(&sc));
+    }
+    if o.scenarios.iter().any(|s| s == "check") {
+        // The benchmark's own test: the same server three times, once slowed by a fixed CPU
+        // burn per request (pingserver-c -b, test only). The twin must come out within noise
+        // and the slowed one slower, or the verdict rule (or the machine) cannot be trusted.
+        let wl = workload(o, Protocol::Ping, &o.ping_args)?;
+        let prog = find_built(o, "pingserver-c");
+        let args = "-p {port} -l {host} -t 1";
+        let specs = vec![
+            mk("pingserver-c", Role::Baseline, prog.clone(), args),
+            mk("pingserver-c-twin", Role::Candidate, prog.clone(), args),
+            mk("pingserver-c-slowed", Role::Candidate, prog, &format!("{args} -b {CHECK_BURN_NS}")),
+        ];
+        let mut sc = new_scenario("check", "check: pingserver-c vs its twin and a copy slowed by 2 us of CPU per request", wl, specs);
+        run_scenario(o, &mut sc, None);
+        print_table(&sc);
+        scen_json.set("check", scenario_json(&sc));
     }
     if o.scenarios.iter().any(|s| s == "cache") {
         let wl = workload(o, Protocol::Memcache, &o.cache_args)?;
@@ -1040,5 +1265,28 @@ fn new_scenario(key: &'static str, title: &str, workload: Config, specs: Vec<Spe
             .collect(),
         latency_rate: None,
         notes: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_needs_ranges_apart() {
+        let base = [1.00, 1.05, 0.97, 1.02, 0.99];
+        assert_eq!(verdict(&[0.80, 0.85, 0.90, 0.82, 0.88], &base), Verdict::Faster);
+        assert_eq!(verdict(&[2.9, 3.1, 3.0, 3.3, 2.95], &base), Verdict::Slower);
+        // One round of the twin inside the baseline's range: no claim.
+        assert_eq!(verdict(&[0.80, 0.85, 0.98, 0.82, 0.88], &base), Verdict::WithinNoise);
+        assert_eq!(verdict(&[1.01, 0.96, 1.04, 1.00, 0.98], &base), Verdict::WithinNoise);
+        assert_eq!(verdict(&[0.5], &base), Verdict::TooFewRounds);
+    }
+
+    #[test]
+    fn default_ladder_steps_are_at_most_25_percent_apart() {
+        let o = parse_opts(&[]).unwrap().unwrap();
+        assert!((o.ladder[0] - 0.05).abs() < 1e-9 && (o.ladder.last().unwrap() - 1.0).abs() < 1e-9);
+        assert!(o.ladder.windows(2).all(|w| w[1] > w[0] && w[1] / w[0] <= 1.25 + 1e-9), "{:?}", o.ladder);
     }
 }
