@@ -28,7 +28,8 @@ SONAME_VERSION := $(if $(filter 0,$(V_MAJOR)),0.$(V_MINOR),$(V_MAJOR))
 CBINDGEN_VERSION := 0.29.0
 
 DEB_PACKAGES := build-essential cmake pkg-config clang libclang-dev memcached libmemcached-tools \
-	python3 python3-pymemcache valgrind bpftool iproute2 ethtool binutils iputils-ping nutcracker
+	python3 python3-pymemcache valgrind bpftool iproute2 ethtool binutils iputils-ping nutcracker \
+	libssl-dev openssl
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 

@@ -7,71 +7,16 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod engine_util;
 
-use engine_util::{backends, count_fds, serial, wait_until};
+use engine_util::{backends, certs, count_fds, serial, wait_until};
 use p99::engine::{Backend, CloseReason, Config, ConnId, Engine, Handler, Pem, TlsConfig, TlsSettings, TlsVersion, Worker};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-
-/// A CA, a server certificate for localhost/127.0.0.1 and a client certificate, made once
-/// per test process in a fresh directory.
-struct Certs {
-    dir: PathBuf,
-}
-
-impl Certs {
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn certs() -> &'static Certs {
-    static CERTS: std::sync::OnceLock<Certs> = std::sync::OnceLock::new();
-    CERTS.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("p99-tls-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        let mut a = vec!["req", "-x509"];
-        a.extend(ec);
-        a.extend(["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=p99 test CA"]);
-        openssl(&dir, &a);
-        std::fs::write(
-            dir.join("server.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("client.ext"),
-            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
-        )
-        .unwrap();
-        for who in ["server", "client"] {
-            let (key, csr, crt, ext, cn) =
-                (format!("{who}.key"), format!("{who}.csr"), format!("{who}.crt"), format!("{who}.ext"), format!("/CN={who}"));
-            let mut a = vec!["req"];
-            a.extend(ec);
-            a.extend(["-keyout", &key, "-out", &csr, "-subj", &cn]);
-            openssl(&dir, &a);
-            openssl(
-                &dir,
-                &["x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", &crt, "-days", "2", "-extfile", &ext],
-            );
-        }
-        Certs { dir }
-    })
-}
 
 fn settings() -> TlsSettings {
     let c = certs();
