@@ -130,6 +130,9 @@ fn until_closed(s: &mut TcpStream) -> Vec<u8> {
             Ok(0) => return v,
             Ok(n) => v.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == ErrorKind::ConnectionReset => return v,
+            // A blocking read with a timeout returns EINTR when the process is stopped and
+            // continued (as a cgroup freeze does); that is not the server's doing.
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => panic!("waiting for the server to close: {e}"),
         }
     }
