@@ -514,6 +514,72 @@ static void test_stats(void)
 	CHECK_OK(p99_cache_free(c));
 }
 
+static void test_get_copy(void)
+{
+	p99_cache *c = new_cache(1, P99_CACHE_EVICTION_MERGE);
+	uint64_t cas = 0;
+	CHECK_OK(p99_cache_store(c, (const uint8_t *)"k", 1, (const uint8_t *)"hello", 5, 42, T0 + 60,
+				 P99_CACHE_MODE_SET, 0, &cas));
+	char buf[16];
+	memset(buf, 0, sizeof(buf));
+	p99_cache_value_info info = {.struct_size = sizeof(info)};
+	CHECK_OK(p99_cache_get_copy(c, (const uint8_t *)"k", 1, (uint8_t *)buf, sizeof(buf), &info));
+	CHECK_EQ(info.struct_size, sizeof(info));
+	CHECK_EQ(info.value_len, 5);
+	CHECK(memcmp(buf, "hello", 5) == 0);
+	CHECK_EQ(info.flags, 42);
+	CHECK(info.cas == cas);
+	CHECK_EQ(info.expiry, T0 + 60);
+	/* Nothing stays pinned: the cache can be freed at once (BUSY while pinned). */
+	p99_cache_stats st = {.struct_size = sizeof(st)};
+	CHECK_OK(p99_cache_get_stats(c, &st));
+	CHECK_EQ(st.pinned, 0);
+	CHECK_EQ(st.hits, 1);
+	/* Too small (a NULL buffer of 0 bytes included): the size needed is reported, nothing is
+	 * copied, then a pin reads it. */
+	memset(buf, '#', sizeof(buf));
+	memset(&info, 0, sizeof(info));
+	info.struct_size = sizeof(info);
+	CHECK_STATUS(p99_cache_get_copy(c, (const uint8_t *)"k", 1, (uint8_t *)buf, 4, &info),
+		     P99_STATUS_BUFFER_TOO_SMALL);
+	CHECK_EQ(info.value_len, 5);
+	CHECK_EQ(info.flags, 42);
+	CHECK(buf[0] == '#');
+	info.value_len = 0;
+	CHECK_STATUS(p99_cache_get_copy(c, (const uint8_t *)"k", 1, NULL, 0, &info),
+		     P99_STATUS_BUFFER_TOO_SMALL);
+	CHECK_EQ(info.value_len, 5);
+	/* Misses, bad arguments. */
+	CHECK_STATUS(p99_cache_get_copy(c, (const uint8_t *)"absent", 6, (uint8_t *)buf, sizeof(buf),
+					&info),
+		     P99_STATUS_NOT_FOUND);
+	CHECK_STATUS(p99_cache_get_copy(c, (const uint8_t *)"k", 0, (uint8_t *)buf, sizeof(buf), &info),
+		     P99_STATUS_INVALID_ARGUMENT);
+	CHECK_STATUS(p99_cache_get_copy(NULL, (const uint8_t *)"k", 1, (uint8_t *)buf, sizeof(buf),
+					&info),
+		     P99_STATUS_NULL_PARAMETER);
+	CHECK_STATUS(p99_cache_get_copy(c, (const uint8_t *)"k", 1, NULL, 8, &info),
+		     P99_STATUS_NULL_PARAMETER);
+	CHECK_STATUS(p99_cache_get_copy(c, (const uint8_t *)"k", 1, (uint8_t *)buf, sizeof(buf), NULL),
+		     P99_STATUS_NULL_PARAMETER);
+	info.struct_size = 4;
+	CHECK_STATUS(p99_cache_get_copy(c, (const uint8_t *)"k", 1, (uint8_t *)buf, sizeof(buf), &info),
+		     P99_STATUS_INVALID_ARGUMENT);
+	/* A larger struct from a newer header: only our bytes are written. */
+	struct { p99_cache_value_info i; uint64_t extra; } big;
+	memset(&big, 0xab, sizeof(big));
+	big.i.struct_size = sizeof(big);
+	CHECK_OK(p99_cache_get_copy(c, (const uint8_t *)"k", 1, (uint8_t *)buf, sizeof(buf), &big.i));
+	CHECK_EQ(big.i.value_len, 5);
+	CHECK(big.extra == 0xababababababababull);
+	/* Expired: a miss. */
+	info.struct_size = sizeof(info);
+	CHECK_OK(p99_cache_set_time(c, T0 + 60));
+	CHECK_STATUS(p99_cache_get_copy(c, (const uint8_t *)"k", 1, (uint8_t *)buf, sizeof(buf), &info),
+		     P99_STATUS_NOT_FOUND);
+	CHECK_OK(p99_cache_free(c));
+}
+
 struct worker {
 	p99_cache *c;
 	int id;
@@ -577,6 +643,7 @@ int main(void)
 	test_pins_and_release();
 	test_copied_item_release();
 	test_stats();
+	test_get_copy();
 	test_threads_share_one_handle();
 	return check_done("cache");
 }

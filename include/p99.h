@@ -494,6 +494,34 @@ typedef struct p99_cache_item {
 } p99_cache_item;
 
 /**
+ * What `p99_cache_get_copy` found: filled by the library. Set `struct_size =
+ * sizeof(p99_cache_value_info)` before the call; the library writes at most that many bytes
+ * and leaves `struct_size` as the caller set it; later versions only append fields.
+ */
+typedef struct p99_cache_value_info {
+  /**
+   * Set by the caller: `sizeof(p99_cache_value_info)`.
+   */
+  uint32_t struct_size;
+  /**
+   * Client flags.
+   */
+  uint32_t flags;
+  /**
+   * Value length: the bytes copied on OK, the buffer size needed on BUFFER_TOO_SMALL.
+   */
+  size_t value_len;
+  /**
+   * CAS unique (0 when CAS is disabled).
+   */
+  uint64_t cas;
+  /**
+   * Absolute expiry on the cache clock (0 = never).
+   */
+  uint32_t expiry;
+} p99_cache_value_info;
+
+/**
  * Counters and gauges of a cache. Set `struct_size = sizeof(p99_cache_stats)` before
  * `p99_cache_get_stats`; later library versions only append fields.
  */
@@ -1126,12 +1154,41 @@ p99_status p99_cache_store(const struct p99_cache *cache,
 /**
  * Looks up `key` (borrowed until return) and, on OK, fills `*item` (caller-owned) with the
  * pinned item; release it with `p99_cache_item_release`, from any thread. NOT_FOUND on a
- * miss (`*item` untouched). INVALID_ARGUMENT for a key of length 0 or > 250. Thread-safe.
+ * miss (`*item` untouched). INVALID_ARGUMENT for a key of length 0 or > 250; OUT_OF_MEMORY
+ * (nothing pinned) when 4,194,304 pins of the key's shard are held at once. A get takes the
+ * shard lock once and its release takes none. For a value that is copied anyway,
+ * `p99_cache_get_copy` is cheaper (see there: when to pin, when to copy). Thread-safe.
  */
 p99_status p99_cache_get(const struct p99_cache *cache,
                          const uint8_t *key,
                          size_t key_len,
                          struct p99_cache_item *item);
+
+/**
+ * Looks up `key` (borrowed until return) and copies its value into `buf` (`buf_cap`
+ * writable bytes, borrowed until return; NULL allowed with `buf_cap` 0), under the shard
+ * lock: nothing stays pinned and nothing needs releasing. Fills `*info` (caller sets
+ * `info->struct_size` first) with the value's length, flags, CAS and expiry.
+ *
+ * Returns OK (value copied, `*info` filled), NOT_FOUND (nothing written), or
+ * BUFFER_TOO_SMALL when the value is longer than `buf_cap`: nothing is copied and `*info`
+ * is filled anyway, with `value_len` the size needed. INVALID_ARGUMENT for a key of length 0
+ * or > 250, or an `info->struct_size` smaller than the first published struct.
+ *
+ * Copy or pin: a copy costs one shard-lock acquisition and a `memcpy` of the value; a pin
+ * (`p99_cache_get` + `p99_cache_item_release`) costs the same lock plus a pin ticket, and
+ * hands out the bytes in place. Copy values that are copied anyway (into a reply buffer, a
+ * few KiB at most); pin large values sent by reference (e.g. with `writev` or the engine's
+ * borrowed sends) and released once the kernel is done with them. A server that does not
+ * know the size ahead can copy into its reply buffer and pin only on BUFFER_TOO_SMALL.
+ * Thread-safe.
+ */
+p99_status p99_cache_get_copy(const struct p99_cache *cache,
+                              const uint8_t *key,
+                              size_t key_len,
+                              uint8_t *buf,
+                              size_t buf_cap,
+                              struct p99_cache_value_info *info);
 
 /**
  * Sets `key`'s expiry to `expiry` (absolute; 0 = never) and, on OK, fills `*item`
@@ -1150,7 +1207,9 @@ p99_status p99_cache_get_and_touch(const struct p99_cache *cache,
  * Releases a pinned item and clears `*item`. INVALID_STATE if `*item` holds no pin (a second
  * release of the same struct or of a copy of it, or a zeroed struct), INVALID_ARGUMENT if it
  * was pinned by another cache (or is garbage); nothing is released then, and no other
- * reader's pin is touched. Callable from any thread; the struct must not be used by another
+ * reader's pin is touched. Lock-free (one compare-and-swap on the pin's ticket and an atomic
+ * decrement), except when it is the last pin of a segment emptied meanwhile, which it then
+ * frees under the shard lock. Callable from any thread; the struct must not be used by another
  * thread at the same time.
  */
 p99_status p99_cache_item_release(const struct p99_cache *cache, struct p99_cache_item *item);

@@ -254,3 +254,75 @@ fn get_ticketed_pins_under_a_ticket_released_once() {
     assert!(c.get_and_touch_ticketed(b"absent", 0).unwrap().is_none());
     assert_eq!(c.pinned(), 0);
 }
+
+#[test]
+fn get_copy_copies_the_value_and_pins_nothing() {
+    let c = small();
+    let cas = c.set(b"k", b"hello", 42, T0 + 100).unwrap();
+    let mut buf = [0u8; 16];
+    let got = c.get_copy(b"k", &mut buf).unwrap().unwrap();
+    assert!(got.copied);
+    assert_eq!((got.value_len, got.flags, got.cas, got.expiry), (5, 42, cas, T0 + 100));
+    assert_eq!(&buf[..5], b"hello");
+    assert_eq!(c.pinned(), 0);
+    // A buffer of exactly the value's length is enough; an empty value needs none.
+    let mut exact = [0u8; 5];
+    assert!(c.get_copy(b"k", &mut exact).unwrap().unwrap().copied);
+    assert_eq!(&exact, b"hello");
+    c.set(b"e", b"", 0, 0).unwrap();
+    assert!(c.get_copy(b"e", &mut []).unwrap().unwrap().copied);
+    assert_eq!(c.stats().hits, 3);
+    // Too small: the needed length is reported, nothing is written and no hit is counted.
+    let mut short = [0xEEu8; 4];
+    let got = c.get_copy(b"k", &mut short).unwrap().unwrap();
+    assert!(!got.copied);
+    assert_eq!((got.value_len, got.flags, got.cas), (5, 42, cas));
+    assert_eq!(short, [0xEE; 4]);
+    assert_eq!(c.stats().hits, 3);
+    // A miss is a miss, an expired item is one too, and a bad key is refused.
+    assert!(c.get_copy(b"absent", &mut buf).unwrap().is_none());
+    c.set_time(T0 + 100).unwrap();
+    assert!(c.get_copy(b"k", &mut buf).unwrap().is_none());
+    assert_eq!(c.stats().misses, 2);
+    assert_eq!(c.get_copy(b"", &mut buf).unwrap_err(), Error::InvalidArgument);
+    assert_eq!(c.get_copy(&[b'k'; 251], &mut buf).unwrap_err(), Error::InvalidArgument);
+}
+
+#[test]
+fn tickets_held_past_a_chunk_are_released_in_any_order_and_reissued() {
+    let c = small();
+    c.set(b"k", b"v", 0, 0).unwrap();
+    // More pins than one bitmap word and one ticket chunk (4096 slots) hold at once.
+    let held: Vec<_> = (0..5000).map(|_| c.get_ticketed(b"k").unwrap().unwrap().ticket).collect();
+    let mut slots: Vec<u32> = held.iter().map(|t| t.slot).collect();
+    slots.sort_unstable();
+    slots.dedup();
+    assert_eq!(slots.len(), held.len(), "a slot was issued twice while held");
+    assert_eq!(c.pinned(), 5000);
+    // Release every other one, then the rest in reverse; a second release of each is refused.
+    for t in held.iter().step_by(2) {
+        c.release_ticket(*t).unwrap();
+    }
+    for t in held.iter().skip(1).step_by(2).rev() {
+        c.release_ticket(*t).unwrap();
+    }
+    for t in &held {
+        assert_eq!(c.release_ticket(*t), Err(Error::InvalidState));
+    }
+    assert_eq!(c.pinned(), 0);
+    // A slot above every slot ever issued was never issued.
+    let bogus = p99::cache::PinTicket { shard: 0, slot: 5000, generation: 0 };
+    assert_eq!(c.release_ticket(bogus), Err(Error::InvalidArgument));
+    // Freed slots are issued again, within the two chunks of 4096 slots already allocated,
+    // under new generations.
+    let again: Vec<_> = (0..5000).map(|_| c.get_ticketed(b"k").unwrap().unwrap().ticket).collect();
+    assert!(again.iter().all(|t| t.slot < 2 * 4096));
+    for t in &held {
+        assert_eq!(c.release_ticket(*t), Err(Error::InvalidState));
+    }
+    assert_eq!(c.pinned(), 5000);
+    for t in again {
+        c.release_ticket(t).unwrap();
+    }
+    assert_eq!(c.pinned(), 0);
+}

@@ -214,3 +214,93 @@ fn pinned_items_stay_intact_through_replace_delete_flush_and_eviction() {
         assert_eq!(st.segments_used + st.segments_free, st.segments_total);
     }
 }
+
+#[test]
+fn racing_releases_of_one_ticket_succeed_exactly_once() {
+    let c = cache(4 << 20, 64 << 10, 2, Eviction::Merge);
+    c.set(b"k", &make_value(1, 0, 64), 0, 0).unwrap();
+    let threads = 4;
+    let rounds = 2000;
+    let barrier = Barrier::new(threads);
+    let wins = AtomicU64::new(0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Thread 0 pins and publishes each ticket; every thread (copies of the ticket in hand)
+    // releases it at once; exactly one release per ticket may succeed.
+    let tickets: Vec<_> = (0..rounds).map(|_| c.get_ticketed(b"k").unwrap().unwrap().ticket).collect();
+    tx.send(tickets).unwrap();
+    let tickets = rx.recv().unwrap();
+    thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                for t in &tickets {
+                    barrier.wait();
+                    if c.release_ticket(*t).is_ok() {
+                        wins.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(wins.load(Ordering::Relaxed), rounds as u64);
+    assert_eq!(c.pinned(), 0);
+}
+
+#[test]
+fn pins_taken_and_released_on_many_threads_balance_out() {
+    let c = cache(8 << 20, 64 << 10, 4, Eviction::Merge);
+    let keys = 200u64;
+    for k in 0..keys {
+        c.set(format!("k{k}").as_bytes(), &make_value(k, 0, 100), 0, 0).unwrap();
+    }
+    let stop = AtomicBool::new(false);
+    let bad = AtomicU64::new(0);
+    thread::scope(|s| {
+        for w in 0..3u64 {
+            let (c, stop, bad) = (&c, &stop, &bad);
+            s.spawn(move || {
+                let mut n = w;
+                // Each reader holds a few pins at a time, released out of order, and checks
+                // every value while it is pinned; a copy-out read in between.
+                let mut held = Vec::new();
+                let mut buf = [0u8; 512];
+                while !stop.load(Ordering::Relaxed) {
+                    n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let k = (n >> 33) % keys;
+                    let key = format!("k{k}");
+                    if let Some(it) = c.get_ticketed(key.as_bytes()).unwrap() {
+                        // SAFETY: the ticket is held, so the value's bytes are pinned.
+                        let v = unsafe { std::slice::from_raw_parts(it.value, it.value_len) };
+                        if check_value(k, v).is_err() {
+                            bad.fetch_add(1, Ordering::Relaxed);
+                        }
+                        held.push(it.ticket);
+                    }
+                    if let Some(got) = c.get_copy(key.as_bytes(), &mut buf).unwrap() {
+                        if !got.copied || check_value(k, &buf[..got.value_len]).is_err() {
+                            bad.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    if held.len() > 4 {
+                        let t = held.swap_remove((n >> 40) as usize % held.len());
+                        c.release_ticket(t).unwrap();
+                    }
+                }
+                for t in held {
+                    c.release_ticket(t).unwrap();
+                }
+            });
+        }
+        // A writer rewrites the keys (moving them between segments, evicting) meanwhile.
+        let mut seq = 1;
+        for _ in 0..20 {
+            for k in 0..keys {
+                c.set(format!("k{k}").as_bytes(), &make_value(k, seq, 100 + (seq as usize % 300)), 0, 0)
+                    .unwrap();
+            }
+            seq += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert_eq!(bad.load(Ordering::Relaxed), 0);
+    assert_eq!(c.pinned(), 0);
+}

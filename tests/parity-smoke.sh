@@ -33,6 +33,11 @@ if os.path.exists(os.path.join(bin_dir, "p99-storebench")):
         for st in mod["result"]["stores"]:
             if st["problem"] is None and (st["rounds"] < 1 or st["bad_values_or_failed_writes"] or st["misses"]):
                 fail.append(f"store benchmark {st['store']}: wrong values, failed writes or misses")
+        counts = {(st["store"], st.get("threads")) for st in mod["result"]["stores"]}
+        for store in {st["store"] for st in mod["result"]["stores"]}:
+            for t in (1, 2):
+                if (store, t) not in counts:
+                    fail.append(f"store benchmark {store}: no {t}-thread figures")
 elif not (mod["problem"] or "").startswith("not built"):
     fail.append("store benchmark missing without a 'not built' note")
 mc = [v for v in sc["cache"]["variants"] if v["role"] == "reference"][0]

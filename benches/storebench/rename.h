@@ -23,6 +23,7 @@
 #define storage_cancel STOREBENCH_CAT(STOREBENCH_PREFIX, storage_cancel)
 #define storage_get STOREBENCH_CAT(STOREBENCH_PREFIX, storage_get)
 #define storage_gat STOREBENCH_CAT(STOREBENCH_PREFIX, storage_gat)
+#define storage_get_copy STOREBENCH_CAT(STOREBENCH_PREFIX, storage_get_copy)
 #define storage_release STOREBENCH_CAT(STOREBENCH_PREFIX, storage_release)
 #define storage_delete STOREBENCH_CAT(STOREBENCH_PREFIX, storage_delete)
 #define storage_touch STOREBENCH_CAT(STOREBENCH_PREFIX, storage_touch)

@@ -31,6 +31,7 @@
 #define LINE_MAX_READ (16 * 1024)      /* memcached's read buffer (READ_BUFFER_SIZE) */
 #define LINE_MAX_GET (4 * 1024 * 1024) /* multi-get lines may be long; cap them all the same */
 #define COPY_VALUE_MAX 1024            /* values up to this size are copied into the reply */
+#define VALUE_HEAD_MAX (STORAGE_KEY_MAX + 96) /* "VALUE <key> <flags> <bytes> <cas>\r\n" */
 #define REALTIME_MAXDELTA (60 * 60 * 24 * 30)
 
 enum conn_state { ST_LINE, ST_DATA, ST_DATA_END, ST_SWALLOW, ST_CLOSED };
@@ -81,7 +82,7 @@ static void reply(struct pconn *c, const char *s)
 	send_str(c, s);
 }
 
-/* memcached's exptime rules, as a ttl for storage.h (0 never, <0 already expired). */
+/* memcached's exptime rules as seconds from now (0 never, <0 already past): flush_all's delay. */
 static int64_t ttl_from_exptime(int32_t exptime)
 {
 	if (exptime == 0)
@@ -98,18 +99,27 @@ static int64_t ttl_from_exptime(int32_t exptime)
 
 static void release_pin(void *pin) { storage_release(pin); }
 
+/* One VALUE reply: header, then a value of up to COPY_VALUE_MAX bytes at VALUE_HEAD_MAX (where
+ * storage_get_copy puts it), then "\r\n". */
+struct value_reply {
+	char buf[VALUE_HEAD_MAX + COPY_VALUE_MAX + 2];
+};
+
 static void send_value(struct pconn *c, struct mc_token key, const struct storage_view *v,
-		       bool with_cas)
+		       bool with_cas, struct value_reply *r)
 {
-	char head[COPY_VALUE_MAX + STORAGE_KEY_MAX + 96];
+	char head[VALUE_HEAD_MAX];
 	int n = with_cas ? snprintf(head, sizeof(head), "VALUE %.*s %" PRIu32 " %zu %" PRIu64 "\r\n",
 				    (int)key.n, key.s, v->flags, v->len, v->cas)
 			 : snprintf(head, sizeof(head), "VALUE %.*s %" PRIu32 " %zu\r\n", (int)key.n,
 				    key.s, v->flags, v->len);
 	if (v->len <= COPY_VALUE_MAX) {
-		memcpy(head + n, v->value, v->len);
-		memcpy(head + n + v->len, "\r\n", 2);
-		io_send_copy(c->io, head, (size_t)n + v->len + 2);
+		char *val = r->buf + VALUE_HEAD_MAX;
+		if (v->value != val)
+			memcpy(val, v->value, v->len);
+		memcpy(val - n, head, (size_t)n);
+		memcpy(val + v->len, "\r\n", 2);
+		io_send_copy(c->io, val - n, (size_t)n + v->len + 2);
 		storage_release(v->pin);
 	} else {
 		io_send_copy(c->io, head, (size_t)n);
@@ -122,8 +132,8 @@ static void cmd_get(struct pconn *c, const struct mc_request *req)
 {
 	bool touch = req->verb == MC_GAT || req->verb == MC_GATS;
 	bool with_cas = req->verb == MC_GETS || req->verb == MC_GATS;
-	int64_t ttl = touch ? ttl_from_exptime(req->exptime) : 0;
 	const char *p = req->keys.s, *end = req->keys.s + req->keys.n;
+	struct value_reply r;
 	if (req->error != MC_OK) {
 		/* A key over the limit makes memcached drop the whole reply, after it has already
 		 * looked up (and for gat, touched) the keys before it: do the same, without sending
@@ -131,8 +141,9 @@ static void cmd_get(struct pconn *c, const struct mc_request *req)
 		for (size_t i = 0; i < req->nkeys; i++) {
 			struct mc_token key = mc_next_key(&p, end);
 			struct storage_view v;
-			int rc = touch ? storage_gat(key.s, key.n, ttl, &v)
-				       : storage_get(key.s, key.n, &v);
+			int rc = touch ? storage_gat(key.s, key.n, req->exptime, &v)
+				       : storage_get_copy(key.s, key.n, r.buf + VALUE_HEAD_MAX,
+							  COPY_VALUE_MAX, &v);
 			if (rc == STORAGE_OK)
 				storage_release(v.pin);
 		}
@@ -143,14 +154,15 @@ static void cmd_get(struct pconn *c, const struct mc_request *req)
 		/* one key (the common case) is the whole span: no second walk over it */
 		struct mc_token key = req->nkeys == 1 ? req->keys : mc_next_key(&p, end);
 		struct storage_view v;
-		int rc = touch ? storage_gat(key.s, key.n, ttl, &v)
-			       : storage_get(key.s, key.n, &v);
+		int rc = touch ? storage_gat(key.s, key.n, req->exptime, &v)
+			       : storage_get_copy(key.s, key.n, r.buf + VALUE_HEAD_MAX,
+						  COPY_VALUE_MAX, &v);
 		if (touch)
 			count(&stats.cmd_touch);
 		count(&stats.cmd_get);
 		if (rc == STORAGE_OK) {
 			count(touch ? &stats.touch_hits : &stats.get_hits);
-			send_value(c, key, &v, with_cas);
+			send_value(c, key, &v, with_cas, &r);
 		} else {
 			count(touch ? &stats.touch_misses : &stats.get_misses);
 		}
@@ -176,8 +188,7 @@ static void cmd_update(struct pconn *c, const struct mc_request *req)
 	struct mc_token key = req->keys;
 	count(&stats.cmd_set);
 	struct storage_reservation *res;
-	int rc = storage_reserve(key.s, key.n, req->flags, ttl_from_exptime(req->exptime),
-				 (size_t)req->vlen, &res);
+	int rc = storage_reserve(key.s, key.n, req->flags, req->exptime, (size_t)req->vlen, &res);
 	if (rc != STORAGE_OK) {
 		reply(c, rc == STORAGE_TOO_LARGE ? "SERVER_ERROR object too large for cache\r\n"
 						 : "SERVER_ERROR out of memory storing object\r\n");
@@ -263,7 +274,7 @@ static void cmd_touch(struct pconn *c, const struct mc_request *req)
 {
 	struct mc_token key = req->keys;
 	count(&stats.cmd_touch);
-	if (storage_touch(key.s, key.n, ttl_from_exptime(req->exptime)) == STORAGE_OK) {
+	if (storage_touch(key.s, key.n, req->exptime) == STORAGE_OK) {
 		count(&stats.touch_hits);
 		reply(c, "TOUCHED\r\n");
 	} else {

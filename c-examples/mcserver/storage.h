@@ -13,13 +13,19 @@
  *   write:  storage_reserve()  -> storage_fill() once or more, as the value arrives
  *                              -> storage_commit(op) or storage_cancel()
  *   read:   storage_get() / storage_gat()  -> the value stays pinned (valid, unchanged) until
- *           storage_release(), so it can be handed to the socket by reference.
+ *           storage_release(), so it can be handed to the socket by reference;
+ *           or storage_get_copy() -> a value that fits the caller's buffer is copied there
+ *           and nothing stays pinned (cheaper for a value copied into a reply anyway).
  *
- * Time: the store keeps its own clock (whole seconds). Expiry is always passed as a relative
- * time-to-live in seconds, already converted from memcached's exptime by the protocol:
- *   ttl == 0   never expires
- *   ttl  > 0   expires ttl seconds from now
- *   ttl  < 0   already expired: the operation succeeds, the item is never seen again.
+ * Time: expiry is passed as memcached's exptime, unconverted; the store converts it once,
+ * on its own clock (whole seconds), with memcached's rules:
+ *   exptime == 0              never expires
+ *   0 < exptime <= 30 days    expires exptime seconds from now
+ *   exptime > 30 days         an absolute unix time (already past: already expired)
+ *   exptime < 0               already expired: the operation succeeds, the item is never
+ *                             seen again.
+ *
+ * Memory: no call allocates per operation once warm (reservations and pins are recycled).
  *
  * Threading: every function is thread-safe and may be called from any I/O worker at once.
  * A reservation or a pin belongs to the caller until it is committed/cancelled/released; it
@@ -99,7 +105,7 @@ const char *storage_name(void);
  * Returns STORAGE_OK with *out set, STORAGE_TOO_LARGE (would exceed item_max),
  * STORAGE_NO_MEMORY or STORAGE_INVALID. Nothing becomes visible until commit.
  */
-int storage_reserve(const void *key, size_t nkey, uint32_t flags, int64_t ttl, size_t vlen,
+int storage_reserve(const void *key, size_t nkey, uint32_t flags, int64_t exptime, size_t vlen,
 		    struct storage_reservation **out);
 
 /*
@@ -124,8 +130,17 @@ void storage_cancel(struct storage_reservation *r);
 /* Looks up a live item and pins it. Returns STORAGE_OK (view filled) or STORAGE_NOT_FOUND. */
 int storage_get(const void *key, size_t nkey, struct storage_view *out);
 
-/* Like storage_get, and sets the item's ttl (cas unchanged). Returns OK or NOT_FOUND. */
-int storage_gat(const void *key, size_t nkey, int64_t ttl, struct storage_view *out);
+/*
+ * Looks up a live item and copies its value into buf (cap bytes), pinning nothing: then
+ * out->value == buf and out->pin == NULL (storage_release(NULL) is a no-op). A value longer
+ * than cap is pinned instead, exactly as by storage_get (out->pin set; release it). Returns
+ * STORAGE_OK or STORAGE_NOT_FOUND.
+ */
+int storage_get_copy(const void *key, size_t nkey, void *buf, size_t cap,
+		     struct storage_view *out);
+
+/* Like storage_get, and sets the item's exptime (cas unchanged). Returns OK or NOT_FOUND. */
+int storage_gat(const void *key, size_t nkey, int64_t exptime, struct storage_view *out);
 
 /* Unpins a read item; the view's pointers must not be used after. NULL is a no-op. */
 void storage_release(struct storage_pin *pin);
@@ -133,8 +148,8 @@ void storage_release(struct storage_pin *pin);
 /* Removes an item. Returns STORAGE_DELETED or STORAGE_NOT_FOUND. */
 int storage_delete(const void *key, size_t nkey);
 
-/* Sets an item's ttl (cas unchanged). Returns STORAGE_OK or STORAGE_NOT_FOUND. */
-int storage_touch(const void *key, size_t nkey, int64_t ttl);
+/* Sets an item's exptime (cas unchanged). Returns STORAGE_OK or STORAGE_NOT_FOUND. */
+int storage_touch(const void *key, size_t nkey, int64_t exptime);
 
 /*
  * incr (incr=true, wraps mod 2^64) or decr (saturates at 0) with memcached's rules: the value

@@ -1,15 +1,19 @@
 /*
  * storage_p99.c - storage.h on libp99's p99_cache (segment-structured store, Segcache
- * design). A thin adapter: the cache already has the two-phase write, pinned reads and
- * memcached's incr/decr/flush_all semantics; this file maps names, statuses and times.
+ * design). A thin adapter: the cache already has the two-phase write, pinned reads, copy-out
+ * reads, memcached's exptime rules and incr/decr/flush_all semantics; this file maps names
+ * and statuses.
  *
- * p99_cache's reservation and item are caller-owned structs that must not be copied, while
- * storage.h hands out opaque pointers, so each reservation and pin lives in a small heap
- * block owned by the caller until commit/cancel/release.
+ * p99_cache's reservation and item are caller-owned structs that must not move while in use,
+ * while storage.h hands out opaque pointers, so each reservation and pin lives in a small block
+ * owned by the caller until commit/cancel/release. Blocks are recycled through a short
+ * per-thread free list (a block freed on another thread joins that thread's list), so a warm
+ * server allocates nothing per operation; a thread's list is freed when the thread exits.
  */
 #include "storage.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -23,8 +27,77 @@ struct storage_pin {
 	p99_cache_item item;
 };
 
+/* One recyclable block: a reservation or a pin while in use, a list link while free. */
+union block {
+	struct storage_reservation res;
+	struct storage_pin pin;
+	union block *next;
+};
+
+/* Blocks a thread keeps for reuse; more are returned to malloc. */
+#define BLOCKS_KEPT 64
+
+struct block_list {
+	union block *head;
+	unsigned n;
+	bool registered; /* the thread-exit destructor knows this list */
+};
+
+static _Thread_local struct block_list blocks;
+static pthread_key_t blocks_key;
+static pthread_once_t blocks_once = PTHREAD_ONCE_INIT;
+static bool blocks_key_ok;
+
 static p99_cache *cache;
 static size_t mem_limit;
+
+static void free_list(struct block_list *l)
+{
+	while (l->head) {
+		union block *b = l->head;
+		l->head = b->next;
+		free(b);
+	}
+	l->n = 0;
+}
+
+static void blocks_thread_exit(void *list) { free_list(list); }
+
+static void blocks_key_create(void)
+{
+	blocks_key_ok = pthread_key_create(&blocks_key, blocks_thread_exit) == 0;
+}
+
+static union block *block_get(void)
+{
+	union block *b = blocks.head;
+	if (b) {
+		blocks.head = b->next;
+		blocks.n--;
+		return b;
+	}
+	return malloc(sizeof(*b));
+}
+
+static void block_put(union block *b)
+{
+	if (blocks.n >= BLOCKS_KEPT) {
+		free(b);
+		return;
+	}
+	if (!blocks.registered) {
+		/* Only a thread that keeps blocks needs them freed at its exit. */
+		pthread_once(&blocks_once, blocks_key_create);
+		if (!blocks_key_ok || pthread_setspecific(blocks_key, &blocks) != 0) {
+			free(b);
+			return;
+		}
+		blocks.registered = true;
+	}
+	b->next = blocks.head;
+	blocks.head = b;
+	blocks.n++;
+}
 
 const char *storage_name(void) { return "p99"; }
 
@@ -51,17 +124,16 @@ void storage_teardown(void)
 {
 	p99_cache_free(cache);
 	cache = NULL;
+	free_list(&blocks); /* other threads' lists go when those threads exit */
 }
 
-/* storage.h's relative ttl as the cache's absolute expiry. */
-static uint32_t expiry_from_ttl(int64_t ttl)
+/* memcached's exptime as the cache's absolute expiry: one conversion, on the cache's clock. */
+static uint32_t expiry_of(int64_t exptime)
 {
-	if (ttl == 0)
-		return 0;
-	if (ttl < 0)
-		return 1; /* a nonzero time in the past: already expired */
-	uint64_t e = (uint64_t)p99_cache_now(cache) + (uint64_t)ttl;
-	return e > UINT32_MAX ? UINT32_MAX : (uint32_t)e;
+	uint32_t e = 0;
+	if (exptime != 0 && p99_cache_expiry_from_exptime(cache, exptime, &e) != P99_STATUS_OK)
+		return 1; /* cannot happen with a live cache; never store an immortal item by mistake */
+	return e;
 }
 
 static int map_status(p99_status st)
@@ -78,21 +150,21 @@ static int map_status(p99_status st)
 	}
 }
 
-int storage_reserve(const void *key, size_t nkey, uint32_t flags, int64_t ttl, size_t vlen,
+int storage_reserve(const void *key, size_t nkey, uint32_t flags, int64_t exptime, size_t vlen,
 		    struct storage_reservation **out)
 {
 	if (!out)
 		return STORAGE_INVALID;
-	struct storage_reservation *res = malloc(sizeof(*res));
-	if (!res)
+	union block *b = block_get();
+	if (!b)
 		return STORAGE_NO_MEMORY;
-	p99_status st = p99_cache_reserve(cache, key, nkey, vlen, flags, expiry_from_ttl(ttl),
-					  &res->r);
+	p99_status st = p99_cache_reserve(cache, key, nkey, vlen, flags, expiry_of(exptime),
+					  &b->res.r);
 	if (st != P99_STATUS_OK) {
-		free(res);
+		block_put(b);
 		return map_status(st);
 	}
-	*out = res;
+	*out = &b->res;
 	return STORAGE_OK;
 }
 
@@ -109,7 +181,7 @@ void storage_cancel(struct storage_reservation *res)
 	if (!res)
 		return;
 	p99_cache_cancel(&res->r);
-	free(res);
+	block_put((union block *)res);
 }
 
 int storage_commit(struct storage_reservation *res, enum storage_op op, uint64_t cas,
@@ -130,7 +202,7 @@ int storage_commit(struct storage_reservation *res, enum storage_op op, uint64_t
 	p99_status st = p99_cache_commit(cache, &res->r, modes[op], cas, &new_cas);
 	if (res->r.state) /* not consumed (should not happen): never leak the buffer */
 		p99_cache_cancel(&res->r);
-	free(res);
+	block_put((union block *)res);
 	if (st == P99_STATUS_OK) {
 		if (cas_out)
 			*cas_out = new_cas;
@@ -142,7 +214,7 @@ int storage_commit(struct storage_reservation *res, enum storage_op op, uint64_t
 static int pin_view(p99_status st, struct storage_pin *pin, struct storage_view *out)
 {
 	if (st != P99_STATUS_OK) {
-		free(pin);
+		block_put((union block *)pin);
 		return st == P99_STATUS_NOT_FOUND ? STORAGE_NOT_FOUND : map_status(st);
 	}
 	out->value = pin->item.value;
@@ -157,21 +229,40 @@ int storage_get(const void *key, size_t nkey, struct storage_view *out)
 {
 	if (!out)
 		return STORAGE_INVALID;
-	struct storage_pin *pin = malloc(sizeof(*pin));
-	if (!pin)
+	union block *b = block_get();
+	if (!b)
 		return STORAGE_NO_MEMORY;
-	return pin_view(p99_cache_get(cache, key, nkey, &pin->item), pin, out);
+	return pin_view(p99_cache_get(cache, key, nkey, &b->pin.item), &b->pin, out);
 }
 
-int storage_gat(const void *key, size_t nkey, int64_t ttl, struct storage_view *out)
+int storage_get_copy(const void *key, size_t nkey, void *buf, size_t cap,
+		     struct storage_view *out)
 {
 	if (!out)
 		return STORAGE_INVALID;
-	struct storage_pin *pin = malloc(sizeof(*pin));
-	if (!pin)
+	p99_cache_value_info info = {.struct_size = sizeof(info)};
+	p99_status st = p99_cache_get_copy(cache, key, nkey, buf, cap, &info);
+	if (st == P99_STATUS_BUFFER_TOO_SMALL)
+		return storage_get(key, nkey, out); /* a large value: pin it instead */
+	if (st != P99_STATUS_OK)
+		return st == P99_STATUS_NOT_FOUND ? STORAGE_NOT_FOUND : map_status(st);
+	out->value = buf;
+	out->len = info.value_len;
+	out->flags = info.flags;
+	out->cas = info.cas;
+	out->pin = NULL;
+	return STORAGE_OK;
+}
+
+int storage_gat(const void *key, size_t nkey, int64_t exptime, struct storage_view *out)
+{
+	if (!out)
+		return STORAGE_INVALID;
+	union block *b = block_get();
+	if (!b)
 		return STORAGE_NO_MEMORY;
-	return pin_view(p99_cache_get_and_touch(cache, key, nkey, expiry_from_ttl(ttl), &pin->item),
-			pin, out);
+	return pin_view(p99_cache_get_and_touch(cache, key, nkey, expiry_of(exptime), &b->pin.item),
+			&b->pin, out);
 }
 
 void storage_release(struct storage_pin *pin)
@@ -179,7 +270,7 @@ void storage_release(struct storage_pin *pin)
 	if (!pin)
 		return;
 	p99_cache_item_release(cache, &pin->item);
-	free(pin);
+	block_put((union block *)pin);
 }
 
 int storage_delete(const void *key, size_t nkey)
@@ -188,9 +279,9 @@ int storage_delete(const void *key, size_t nkey)
 	return st == P99_STATUS_OK ? STORAGE_DELETED : STORAGE_NOT_FOUND;
 }
 
-int storage_touch(const void *key, size_t nkey, int64_t ttl)
+int storage_touch(const void *key, size_t nkey, int64_t exptime)
 {
-	p99_status st = p99_cache_touch(cache, key, nkey, expiry_from_ttl(ttl));
+	p99_status st = p99_cache_touch(cache, key, nkey, expiry_of(exptime));
 	return st == P99_STATUS_OK ? STORAGE_OK : STORAGE_NOT_FOUND;
 }
 

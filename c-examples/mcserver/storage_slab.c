@@ -27,6 +27,7 @@
 #define LRU_SEARCH 50          /* items looked at from an LRU tail before giving up */
 #define HASH_POWER_INIT 16
 #define HASH_MIGRATE_STEP 64   /* old buckets moved per write while the table grows */
+#define REALTIME_MAXDELTA (60 * 60 * 24 * 30) /* memcached: a larger exptime is absolute */
 
 enum {
 	ITEM_LINKED = 1,  /* in the hash table and the LRU */
@@ -88,6 +89,7 @@ static struct {
 	uint32_t oldest_live;            /* delayed flush moment (store clock), 0 = none */
 	uint64_t oldest_cas;             /* items with cas below this are flushed */
 	struct timespec start;
+	time_t start_unix;               /* wall time at store time 2 (memcached's absolute exptimes) */
 
 	uint64_t curr_items, total_items, bytes, evictions, page_evictions, reclaimed;
 	uint64_t expired_unfetched, flushed;
@@ -433,13 +435,18 @@ static void item_release(struct item *it)
 	item_free_if_unused(it);
 }
 
-static uint32_t exptime_from_ttl(int64_t ttl)
+/* memcached's exptime as a time on the store clock (0 = never, 1 = before any store time). */
+static uint32_t store_expiry(int64_t exptime)
 {
-	if (ttl == 0)
+	if (exptime == 0)
 		return 0;
-	if (ttl < 0)
-		return 1; /* before any store time: dead */
-	int64_t e = (int64_t)store_now() + ttl;
+	if (exptime < 0)
+		return 1; /* already expired */
+	int64_t now = store_now();
+	int64_t e = exptime <= REALTIME_MAXDELTA ? now + exptime
+						 : exptime - (int64_t)S.start_unix + 2;
+	if (e <= now)
+		return 1;
 	return e > UINT32_MAX ? UINT32_MAX : (uint32_t)e;
 }
 
@@ -458,6 +465,7 @@ int storage_setup(const struct storage_options *opts, char *err, size_t errlen)
 	if (S.npages_max == 0)
 		S.npages_max = 1;
 	clock_gettime(CLOCK_MONOTONIC_COARSE, &S.start);
+	S.start_unix = time(NULL);
 	S.next_cas = 1;
 
 	/* memcached's class sizes: 96, 120, 152, 192, 240, ... (factor 1.25, 8-byte aligned) */
@@ -499,7 +507,7 @@ void storage_teardown(void)
 	memset(&S, 0, sizeof(S));
 }
 
-int storage_reserve(const void *key, size_t nkey, uint32_t flags, int64_t ttl, size_t vlen,
+int storage_reserve(const void *key, size_t nkey, uint32_t flags, int64_t exptime, size_t vlen,
 		    struct storage_reservation **out)
 {
 	if (!key || !out || nkey == 0 || nkey > STORAGE_KEY_MAX)
@@ -508,7 +516,7 @@ int storage_reserve(const void *key, size_t nkey, uint32_t flags, int64_t ttl, s
 	    item_total(nkey, vlen) > S.page_size)
 		return STORAGE_TOO_LARGE;
 	pthread_mutex_lock(&S.lock);
-	struct item *it = item_alloc(key, nkey, flags, exptime_from_ttl(ttl), vlen);
+	struct item *it = item_alloc(key, nkey, flags, store_expiry(exptime), vlen);
 	pthread_mutex_unlock(&S.lock);
 	if (!it)
 		return STORAGE_NO_MEMORY;
@@ -643,7 +651,32 @@ int storage_get(const void *key, size_t nkey, struct storage_view *out)
 	return it ? STORAGE_OK : STORAGE_NOT_FOUND;
 }
 
-int storage_gat(const void *key, size_t nkey, int64_t ttl, struct storage_view *out)
+int storage_get_copy(const void *key, size_t nkey, void *buf, size_t cap,
+		     struct storage_view *out)
+{
+	if (!key || !out || (!buf && cap) || nkey == 0 || nkey > STORAGE_KEY_MAX)
+		return STORAGE_NOT_FOUND;
+	uint64_t hv = hash_key(key, nkey);
+	pthread_mutex_lock(&S.lock);
+	struct item *it = find_live(key, nkey, hv);
+	if (it && it->nbytes <= cap) {
+		lru_unlink(it);
+		lru_push(it);
+		if (it->nbytes)
+			memcpy(buf, item_value(it), it->nbytes);
+		out->value = buf;
+		out->len = it->nbytes;
+		out->flags = it->flags;
+		out->cas = S.opts.cas_enabled ? it->cas : 0;
+		out->pin = NULL;
+	} else if (it) {
+		pin_view(it, out);
+	}
+	pthread_mutex_unlock(&S.lock);
+	return it ? STORAGE_OK : STORAGE_NOT_FOUND;
+}
+
+int storage_gat(const void *key, size_t nkey, int64_t exptime, struct storage_view *out)
 {
 	if (!key || !out || nkey == 0 || nkey > STORAGE_KEY_MAX)
 		return STORAGE_NOT_FOUND;
@@ -651,7 +684,7 @@ int storage_gat(const void *key, size_t nkey, int64_t ttl, struct storage_view *
 	pthread_mutex_lock(&S.lock);
 	struct item *it = find_live(key, nkey, hv);
 	if (it) {
-		it->exptime = exptime_from_ttl(ttl);
+		it->exptime = store_expiry(exptime);
 		pin_view(it, out);
 	}
 	pthread_mutex_unlock(&S.lock);
@@ -680,7 +713,7 @@ int storage_delete(const void *key, size_t nkey)
 	return it ? STORAGE_DELETED : STORAGE_NOT_FOUND;
 }
 
-int storage_touch(const void *key, size_t nkey, int64_t ttl)
+int storage_touch(const void *key, size_t nkey, int64_t exptime)
 {
 	if (!key || nkey == 0 || nkey > STORAGE_KEY_MAX)
 		return STORAGE_NOT_FOUND;
@@ -688,7 +721,7 @@ int storage_touch(const void *key, size_t nkey, int64_t ttl)
 	pthread_mutex_lock(&S.lock);
 	struct item *it = find_live(key, nkey, hv);
 	if (it)
-		it->exptime = exptime_from_ttl(ttl);
+		it->exptime = store_expiry(exptime);
 	pthread_mutex_unlock(&S.lock);
 	return it ? STORAGE_OK : STORAGE_NOT_FOUND;
 }

@@ -33,6 +33,24 @@ unsafe impl Send for Arena {}
 // SAFETY: as above.
 unsafe impl Sync for Arena {}
 
+/// Asks the kernel to back the 2 MiB-aligned whole huge pages inside `v`'s (not yet touched)
+/// capacity with transparent huge pages, before the caller fills it: a table read at random
+/// over many megabytes then misses the TLB far less. An optimisation only: without THP the
+/// advice is refused and nothing changes.
+pub(crate) fn advise_huge_pages<T>(v: &mut Vec<T>) {
+    const HUGE: usize = 2 << 20;
+    let start = v.as_mut_ptr() as usize;
+    let end = start + v.capacity() * std::mem::size_of::<T>();
+    let first = start.next_multiple_of(HUGE);
+    if end < first + HUGE {
+        return;
+    }
+    let len = (end - first) / HUGE * HUGE;
+    // SAFETY: [first, first + len) lies inside the vector's own allocation; MADV_HUGEPAGE only
+    // changes how the kernel backs those pages, never their contents or validity.
+    unsafe { libc::madvise(first as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+}
+
 impl Arena {
     /// Maps `len` bytes (at least one page). Fails with the OS error when the mapping fails.
     pub(crate) fn new(len: usize) -> std::io::Result<Arena> {

@@ -12,7 +12,12 @@
 //! touch the same lock or cache lines (statistics are per shard too), so reads scale across
 //! cores. Reads can pin an item: the value bytes are handed out without copying and stay
 //! intact until released, because a segment with pinned items is never reset (eviction skips
-//! it; expiry, flush and deletion unlink its items and free it when the last pin goes).
+//! it; expiry, flush and deletion unlink its items and free it when the last pin goes). A pin
+//! handed through the C ABI carries a ticket issued under the shard lock in the lookup's
+//! critical section and consumed without the lock (one compare-and-swap that also refuses a
+//! second or stale release), so a pinned read takes the lock once. Reads can also copy a value
+//! out under the lock (`Cache::get_copy`), pinning nothing: cheaper for small values that the
+//! caller copies anyway.
 //!
 //! CAS: every write of an item gets a 64-bit CAS unique in this cache, derived without
 //! storing 8 bytes per item: `generation << 22 | offset`, where the generation is taken from a
@@ -40,7 +45,7 @@ mod store;
 mod table;
 
 pub use clock::{expiry_from_exptime, ClockKind};
-pub use store::{Cache, ItemRef, PinTicket, Reservation, TicketedItem};
+pub use store::{Cache, CopiedItem, ItemRef, PinTicket, Reservation, TicketedItem};
 
 // The limits are associated constants of `Cache` (`Cache::KEY_MAX`, ...); these crate-private
 // names keep them out of the generated C header.

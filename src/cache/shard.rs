@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::item::{decode_header, encode_header, header_len, ItemHeader, DEAD_BIT, HEADER_MAX};
 use super::memory::{Arena, SegmentMemory};
-use super::store::TicketPool;
+use super::store::TicketCursor;
 use super::table::{hash_key, tag_of, Record, Slot, Table, OFF_BITS};
 use super::{Error, Eviction, Mode};
 
@@ -190,9 +190,9 @@ pub(crate) struct ShardInner {
     /// Key and value bytes of linked items.
     live_kv: u64,
     pub counters: Counters,
-    /// Tickets of pins handed out through the C API, kept under the shard lock so that a
-    /// get issues its ticket in the same critical section as the lookup.
-    pub tickets: TicketPool,
+    /// Where the shard's pin tickets are issued next (issuing happens under the shard lock,
+    /// in the same critical section as the lookup; releasing needs no lock).
+    pub ticket_cursor: TicketCursor,
 }
 
 /// Snapshot of gauges for `Stats`.
@@ -226,7 +226,7 @@ impl ShardInner {
             last_tick: 0,
             live_kv: 0,
             counters: Counters::default(),
-            tickets: TicketPool::default(),
+            ticket_cursor: TicketCursor::default(),
             cfg,
         })
     }
@@ -316,6 +316,27 @@ impl ShardInner {
             hdr: f.hdr,
             cas: f.cas,
         })
+    }
+
+    /// Looks up an item and copies its value into `buf` when it fits, in this critical
+    /// section (nothing pinned). A copy counts as a hit; a value too long for `buf` is
+    /// reported (with its header) but neither copied nor counted, since the caller reads it
+    /// another way. `None` is a miss.
+    pub fn get_copy(&mut self, key: &[u8], h: u64, now: u32, buf: &mut [u8]) -> Option<(ItemHeader, u64, bool)> {
+        let Some(f) = self.lookup(key, h, now) else {
+            self.counters.misses += 1;
+            return None;
+        };
+        if f.hdr.vlen > buf.len() {
+            return Some((f.hdr, f.cas, false));
+        }
+        self.counters.hits += 1;
+        let freq = f.rec.freq();
+        if freq < u8::MAX {
+            self.table.set(f.slot, f.rec.with_freq(freq + 1));
+        }
+        buf[..f.hdr.vlen].copy_from_slice(self.value_at(f.rec.seg(), f.rec.off(), &f.hdr));
+        Some((f.hdr, f.cas, true))
     }
 
     /// Copies an item's value out (for callers that need the bytes, e.g. append).

@@ -1,7 +1,7 @@
 //! The cache handle: shards, the clock, flush_all, and the two-phase write and pinned read.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crossbeam_utils::CachePadded;
 use parking_lot::{Mutex, MutexGuard};
@@ -19,55 +19,135 @@ const SHARDS_MAX: usize = 256;
 struct Shard {
     inner: Mutex<ShardInner>,
     pins: Arc<PinTable>,
+    tickets: TicketTable,
 }
 
-/// One ticket: the pinned segment and a generation that each release advances.
-#[derive(Debug, Clone, Copy)]
-struct TicketSlot {
-    generation: u32,
-    segment: u32,
-    live: bool,
+/// Slots per ticket chunk, and chunks per shard: at most 4,194,304 tickets of one shard are
+/// held at once. Chunks are allocated on first need and never freed before the cache.
+const TICKET_CHUNK: usize = 4096;
+const TICKET_CHUNKS: usize = 1024;
+const TICKET_WORDS: usize = TICKET_CHUNK / 64;
+/// A slot word: generation in the high 32 bits, then the live bit, then the segment.
+const TICKET_LIVE: u64 = 1 << 31;
+const TICKET_SEGMENT: u64 = TICKET_LIVE - 1;
+
+/// One chunk of ticket slots and its free bitmap (a set bit is a slot that may be issued).
+struct TicketChunk {
+    slots: Box<[AtomicU64]>,
+    free: Box<[AtomicU64]>,
 }
 
-/// The tickets of one shard, kept in the shard's locked state: slots are reused (a free list)
-/// and never shrink, so the pool is as large as the most tickets ever held at once.
+impl TicketChunk {
+    fn new() -> TicketChunk {
+        TicketChunk {
+            slots: (0..TICKET_CHUNK).map(|_| AtomicU64::new(0)).collect(),
+            free: (0..TICKET_WORDS).map(|_| AtomicU64::new(u64::MAX)).collect(),
+        }
+    }
+}
+
+/// The pin tickets of one shard. Tickets are issued under the shard lock (the issuer is the
+/// only one that claims free slots) and consumed without it: a release is one compare-and-swap
+/// on the slot word, which also advances the slot's generation, so of any number of copies of
+/// a ticket exactly one release succeeds and every other one (earlier-generation copies
+/// included) is refused without touching a pin. A consumed slot is handed back through its
+/// bit in the free bitmap.
+pub(crate) struct TicketTable {
+    chunks: Box<[OnceLock<TicketChunk>]>,
+    /// Chunks allocated (only the issuer, under the shard lock, raises it).
+    ready: AtomicUsize,
+    /// One past the highest slot ever issued: a slot at or above it was never issued.
+    issued: AtomicU32,
+}
+
+/// Where a shard's issuer looks first for a free slot (kept under the shard lock; holding
+/// `&mut` to it is what makes the caller the only issuer).
 #[derive(Debug, Default)]
-pub(crate) struct TicketPool {
-    slots: Vec<TicketSlot>,
-    free: Vec<u32>,
+pub(crate) struct TicketCursor {
+    word: usize,
 }
 
-impl TicketPool {
-    /// Issues a ticket for a pin on `segment`: (slot, generation). `None` only when 2^32
-    /// tickets are held at once.
-    fn issue(&mut self, segment: u32) -> Option<(u32, u32)> {
-        let slot = match self.free.pop() {
-            Some(s) => s,
-            None => {
-                let s = u32::try_from(self.slots.len()).ok()?;
-                self.slots.push(TicketSlot { generation: 0, segment: 0, live: false });
-                s
-            }
-        };
-        let e = &mut self.slots[slot as usize];
-        e.live = true;
-        e.segment = segment;
-        Some((slot, e.generation))
+impl TicketTable {
+    fn new() -> TicketTable {
+        TicketTable {
+            chunks: (0..TICKET_CHUNKS).map(|_| OnceLock::new()).collect(),
+            ready: AtomicUsize::new(0),
+            issued: AtomicU32::new(0),
+        }
     }
 
-    /// Consumes ticket (`slot`, `generation`) and returns its segment. `InvalidState` if that
-    /// ticket was already consumed (the slot is free, or reissued under a later generation),
-    /// `InvalidArgument` for a slot never issued.
-    fn consume(&mut self, slot: u32, generation: u32) -> Result<u32, Error> {
-        let e = self.slots.get_mut(slot as usize).ok_or(Error::InvalidArgument)?;
-        if !e.live || e.generation != generation {
+    fn chunk(&self, i: usize) -> Option<&TicketChunk> {
+        self.chunks.get(i).and_then(OnceLock::get)
+    }
+
+    /// Claims a free slot (lowest set bit from the cursor on, else a new chunk).
+    fn claim(&self, cursor: &mut TicketCursor) -> Option<u32> {
+        let words = self.ready.load(Ordering::Acquire) * TICKET_WORDS;
+        for k in 0..words {
+            let w = (cursor.word + k) % words;
+            let Some(c) = self.chunk(w / TICKET_WORDS) else { continue };
+            let bits = &c.free[w % TICKET_WORDS];
+            let v = bits.load(Ordering::Acquire);
+            if v != 0 {
+                let b = v.trailing_zeros();
+                // Only the issuer clears bits, so the bit seen set is still set.
+                bits.fetch_and(!(1u64 << b), Ordering::AcqRel);
+                cursor.word = w;
+                return Some((w * 64) as u32 + b);
+            }
+        }
+        let n = self.ready.load(Ordering::Acquire);
+        if n == TICKET_CHUNKS {
+            return None;
+        }
+        let c = self.chunks[n].get_or_init(TicketChunk::new);
+        c.free[0].fetch_and(!1, Ordering::AcqRel);
+        self.ready.store(n + 1, Ordering::Release);
+        cursor.word = n * TICKET_WORDS;
+        Some((n * TICKET_CHUNK) as u32)
+    }
+
+    fn slot(&self, slot: u32) -> Option<&AtomicU64> {
+        let s = slot as usize;
+        self.chunk(s / TICKET_CHUNK).map(|c| &c.slots[s % TICKET_CHUNK])
+    }
+
+    /// Issues a ticket for a pin on `segment`: (slot, generation). `None` only when every
+    /// slot of the shard is held.
+    fn issue(&self, cursor: &mut TicketCursor, segment: u32) -> Option<(u32, u32)> {
+        let slot = self.claim(cursor)?;
+        let word = self.slot(slot).expect("a claimed slot is in an allocated chunk");
+        let generation = (word.load(Ordering::Acquire) >> 32) as u32;
+        word.store(
+            (u64::from(generation) << 32) | TICKET_LIVE | (u64::from(segment) & TICKET_SEGMENT),
+            Ordering::Release,
+        );
+        // Only the issuer raises the mark, so a plain load tells whether it must move.
+        if slot >= self.issued.load(Ordering::Relaxed) {
+            self.issued.store(slot + 1, Ordering::Release);
+        }
+        Some((slot, generation))
+    }
+
+    /// Consumes ticket (`slot`, `generation`) and returns its segment; needs no lock.
+    /// `InvalidState` if that ticket was already consumed (the slot is free, or reissued under
+    /// a later generation), `InvalidArgument` for a slot never issued.
+    fn consume(&self, slot: u32, generation: u32) -> Result<u32, Error> {
+        if slot >= self.issued.load(Ordering::Acquire) {
+            return Err(Error::InvalidArgument);
+        }
+        let word = self.slot(slot).ok_or(Error::InvalidArgument)?;
+        let cur = word.load(Ordering::Acquire);
+        if cur & TICKET_LIVE == 0 || (cur >> 32) as u32 != generation {
             return Err(Error::InvalidState);
         }
-        e.live = false;
-        e.generation = e.generation.wrapping_add(1);
-        let seg = e.segment;
-        self.free.push(slot);
-        Ok(seg)
+        let next = u64::from(generation.wrapping_add(1)) << 32;
+        word.compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            .map_err(|_| Error::InvalidState)?;
+        let s = slot as usize;
+        let c = self.chunk(s / TICKET_CHUNK).expect("an issued slot's chunk exists");
+        c.free[(s % TICKET_CHUNK) / 64].fetch_or(1u64 << (s % 64), Ordering::Release);
+        Ok((cur & TICKET_SEGMENT) as u32)
     }
 }
 
@@ -234,11 +314,12 @@ impl<'c> ItemRef<'c> {
         self.expiry
     }
     /// Gives up the RAII guard and returns the pin as a ticket, to be released with
-    /// [`Cache::release_ticket`]. `OutOfMemory` (the pin released) only if 2^32 tickets of the
+    /// [`Cache::release_ticket`]. `OutOfMemory` (the pin released) only if 4,194,304 tickets of the
     /// shard are held at once.
     pub fn into_ticket(self) -> Result<PinTicket, Error> {
         let t = self.token;
-        let issued = self.cache.shards[t.shard as usize].inner.lock().tickets.issue(t.segment);
+        let shard = &self.cache.shards[t.shard as usize];
+        let issued = shard.tickets.issue(&mut shard.inner.lock().ticket_cursor, t.segment);
         let (slot, generation) = issued.ok_or(Error::OutOfMemory)?;
         std::mem::forget(self);
         Ok(PinTicket { shard: t.shard, slot, generation })
@@ -267,6 +348,21 @@ pub struct TicketedItem {
     pub expiry: u32,
     /// The pin.
     pub ticket: PinTicket,
+}
+
+/// What [`Cache::get_copy`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopiedItem {
+    /// Value length (the bytes copied, or needed when `copied` is false).
+    pub value_len: usize,
+    /// Client flags.
+    pub flags: u32,
+    /// CAS unique (0 when CAS is disabled).
+    pub cas: u64,
+    /// Absolute expiry on the cache clock (0 = never).
+    pub expiry: u32,
+    /// Whether the value was copied (false: the buffer was shorter than `value_len`).
+    pub copied: bool,
 }
 
 impl Drop for ItemRef<'_> {
@@ -360,6 +456,7 @@ impl Cache {
             shards.push(CachePadded::new(Shard {
                 inner: Mutex::new(inner),
                 pins,
+                tickets: TicketTable::new(),
             }));
         }
         let shards = shards.into_boxed_slice();
@@ -498,7 +595,7 @@ impl Cache {
 
     /// Looks up `key`, pins it and issues the pin's ticket under the one shard lock (for
     /// handing the item through a C ABI). `Ok(None)` is a miss; `OutOfMemory` (nothing
-    /// pinned) only if 2^32 tickets of the shard are held at once.
+    /// pinned) only if 4,194,304 tickets of the shard are held at once.
     pub fn get_ticketed(&self, key: &[u8]) -> Result<Option<TicketedItem>, Error> {
         check_key(key)?;
         let now = self.now();
@@ -526,8 +623,9 @@ impl Cache {
     /// Issues the ticket of pin `p` of shard `i`, whose lock `g` is held; drops the pin if no
     /// ticket can be issued.
     fn ticketed(&self, i: usize, g: &mut ShardInner, p: PinnedParts) -> Result<TicketedItem, Error> {
-        let Some((slot, generation)) = g.tickets.issue(p.seg) else {
-            Self::unpin_locked(&self.shards[i], g, p.seg)?;
+        let shard = &self.shards[i];
+        let Some((slot, generation)) = shard.tickets.issue(&mut g.ticket_cursor, p.seg) else {
+            Self::unpin_locked(shard, g, p.seg)?;
             return Err(Error::OutOfMemory);
         };
         Ok(TicketedItem {
@@ -540,6 +638,25 @@ impl Cache {
             expiry: p.hdr.expiry,
             ticket: PinTicket { shard: i as u32, slot, generation },
         })
+    }
+
+    /// Looks up `key` and copies its value into `buf`, under the shard lock, pinning nothing
+    /// (for small values this is cheaper than a pin and its release). `Ok(None)` is a miss.
+    /// The result says the value's length, flags, CAS and expiry, and whether it was copied:
+    /// a value longer than `buf` is not copied (nor counted as a hit), so the caller can
+    /// read it with a larger buffer or through [`Cache::get`].
+    pub fn get_copy(&self, key: &[u8], buf: &mut [u8]) -> Result<Option<CopiedItem>, Error> {
+        check_key(key)?;
+        let now = self.now();
+        let h = hash_key(key);
+        let (_, mut g) = self.shard_for(h, now);
+        Ok(g.get_copy(key, h, now, buf).map(|(hdr, cas, copied)| CopiedItem {
+            value_len: hdr.vlen,
+            flags: hdr.flags,
+            cas,
+            expiry: hdr.expiry,
+            copied,
+        }))
     }
 
     /// Looks up several keys; one result per key, in order.
@@ -665,13 +782,13 @@ impl Cache {
 
     /// Releases a pin taken apart with [`ItemRef::into_ticket`] or [`Cache::get_ticketed`]. A
     /// ticket already released (through any copy of it) gives `InvalidState` and releases
-    /// nothing; a shard or slot never issued gives `InvalidArgument`. Takes the shard lock
-    /// once (the ticket is consumed and the pin dropped in one critical section).
+    /// nothing; a shard or slot never issued gives `InvalidArgument`. Takes no lock (the
+    /// ticket is consumed by one compare-and-swap and the pin dropped atomically), except to
+    /// free a segment emptied while pinned when this was its last pin.
     pub fn release_ticket(&self, ticket: PinTicket) -> Result<(), Error> {
         let shard = self.shards.get(ticket.shard as usize).ok_or(Error::InvalidArgument)?;
-        let mut g = shard.inner.lock();
-        let segment = g.tickets.consume(ticket.slot, ticket.generation)?;
-        Self::unpin_locked(shard, &mut g, segment)
+        let segment = shard.tickets.consume(ticket.slot, ticket.generation)?;
+        self.unpin(PinToken { shard: ticket.shard, segment })
     }
 
     /// Pins currently held by readers.

@@ -10,6 +10,8 @@
 //! would pass 93%: the shard rebuilds it from its segments (a pause proportional to the
 //! shard's items, which a correctly sized table never takes).
 
+use super::memory::advise_huge_pages;
+
 /// Hash of a key (a folded-multiply hash written for this store; keys are short).
 pub(crate) fn hash_key(key: &[u8]) -> u64 {
     const K1: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -112,8 +114,11 @@ impl Table {
     }
 
     pub fn with_buckets(n: usize) -> Table {
+        let mut buckets = Vec::with_capacity(n);
+        advise_huge_pages(&mut buckets);
+        buckets.resize(n, Bucket::default());
         Table {
-            buckets: vec![Bucket::default(); n],
+            buckets,
             passing: vec![0; n],
             len: 0,
             limit: ((n * 8) as f64 * MAX_LOAD) as usize,

@@ -140,6 +140,19 @@ pub unsafe fn struct_size_of(ptr: *const u32, min_size: usize) -> Result<usize, 
     Ok(size)
 }
 
+/// Writes the first `size` bytes of `value` (at most all of it) to a library-filled,
+/// size-carrying struct: a caller built against an older, shorter layout gets only the fields
+/// it knows, a newer, longer one keeps its unknown tail untouched.
+///
+/// # Safety
+/// `dst` must be non-NULL and valid for writing `size` bytes (the size the caller declared).
+pub unsafe fn write_sized<T: Copy>(dst: *mut T, size: usize, value: &T) {
+    let n = size.min(std::mem::size_of::<T>());
+    // SAFETY: `dst` is writable for `size` >= n bytes by the caller's contract; the source is a
+    // local value of at least n bytes; the two cannot overlap.
+    unsafe { std::ptr::copy_nonoverlapping((value as *const T).cast::<u8>(), dst.cast::<u8>(), n) }
+}
+
 /// Returns the errno of the most recent OS-level failure reported by a libp99 call on the
 /// calling thread (`P99_STATUS_IO_ERROR` and the other statuses derived from a system call),
 /// or 0 if none has happened yet. Thread-local, like `errno`; never cleared by success.

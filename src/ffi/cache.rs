@@ -11,10 +11,14 @@
 
 use std::ffi::c_void;
 
-use super::boundary::{guard, guard_or, mut_from, out_ptr, ref_from, slice_from, struct_size_of};
+use super::boundary::{
+    guard, guard_or, mut_from, out_ptr, ref_from, slice_from, slice_mut_from, struct_size_of,
+    write_sized,
+};
 use super::status::p99_status;
 use crate::cache::{
-    Cache, ClockKind, Config, Error, Eviction, Mode, PinTicket, Reservation, Stats, TicketedItem,
+    Cache, ClockKind, Config, CopiedItem, Error, Eviction, Mode, PinTicket, Reservation, Stats,
+    TicketedItem,
 };
 
 /// Eviction policy `P99_CACHE_EVICTION_FIFO`: drop the oldest unpinned segment.
@@ -135,6 +139,24 @@ pub struct p99_cache_item {
     pub pin_slot: u32,
     /// Private. Nonzero while the item is pinned; identifies the cache and the ticket.
     pub pin_magic: u64,
+}
+
+/// What `p99_cache_get_copy` found: filled by the library. Set `struct_size =
+/// sizeof(p99_cache_value_info)` before the call; the library writes at most that many bytes
+/// and leaves `struct_size` as the caller set it; later versions only append fields.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct p99_cache_value_info {
+    /// Set by the caller: `sizeof(p99_cache_value_info)`.
+    pub struct_size: u32,
+    /// Client flags.
+    pub flags: u32,
+    /// Value length: the bytes copied on OK, the buffer size needed on BUFFER_TOO_SMALL.
+    pub value_len: usize,
+    /// CAS unique (0 when CAS is disabled).
+    pub cas: u64,
+    /// Absolute expiry on the cache clock (0 = never).
+    pub expiry: u32,
 }
 
 /// Counters and gauges of a cache. Set `struct_size = sizeof(p99_cache_stats)` before
@@ -522,7 +544,10 @@ pub unsafe extern "C" fn p99_cache_store(
 
 /// Looks up `key` (borrowed until return) and, on OK, fills `*item` (caller-owned) with the
 /// pinned item; release it with `p99_cache_item_release`, from any thread. NOT_FOUND on a
-/// miss (`*item` untouched). INVALID_ARGUMENT for a key of length 0 or > 250. Thread-safe.
+/// miss (`*item` untouched). INVALID_ARGUMENT for a key of length 0 or > 250; OUT_OF_MEMORY
+/// (nothing pinned) when 4,194,304 pins of the key's shard are held at once. A get takes the
+/// shard lock once and its release takes none. For a value that is copied anyway,
+/// `p99_cache_get_copy` is cheaper (see there: when to pin, when to copy). Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_get(
     cache: *const p99_cache,
@@ -544,6 +569,67 @@ pub unsafe extern "C" fn p99_cache_get(
         let it = c.cache.get_ticketed(key).map_err(err)?.ok_or(p99_status::NotFound)?;
         fill_item(out, it, pin_tag(c));
         Ok(())
+    })
+}
+
+/// Looks up `key` (borrowed until return) and copies its value into `buf` (`buf_cap`
+/// writable bytes, borrowed until return; NULL allowed with `buf_cap` 0), under the shard
+/// lock: nothing stays pinned and nothing needs releasing. Fills `*info` (caller sets
+/// `info->struct_size` first) with the value's length, flags, CAS and expiry.
+///
+/// Returns OK (value copied, `*info` filled), NOT_FOUND (nothing written), or
+/// BUFFER_TOO_SMALL when the value is longer than `buf_cap`: nothing is copied and `*info`
+/// is filled anyway, with `value_len` the size needed. INVALID_ARGUMENT for a key of length 0
+/// or > 250, or an `info->struct_size` smaller than the first published struct.
+///
+/// Copy or pin: a copy costs one shard-lock acquisition and a `memcpy` of the value; a pin
+/// (`p99_cache_get` + `p99_cache_item_release`) costs the same lock plus a pin ticket, and
+/// hands out the bytes in place. Copy values that are copied anyway (into a reply buffer, a
+/// few KiB at most); pin large values sent by reference (e.g. with `writev` or the engine's
+/// borrowed sends) and released once the kernel is done with them. A server that does not
+/// know the size ahead can copy into its reply buffer and pin only on BUFFER_TOO_SMALL.
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_get_copy(
+    cache: *const p99_cache,
+    key: *const u8,
+    key_len: usize,
+    buf: *mut u8,
+    buf_cap: usize,
+    info: *mut p99_cache_value_info,
+) -> p99_status {
+    guard(|| {
+        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
+        // not being freed (C contract: p99_cache_free runs alone).
+        let c = unsafe { ref_from(cache) }?;
+        // SAFETY: `key` is NULL only with `key_len` 0 (NULL with a nonzero length is rejected),
+        // else valid for `key_len` readable bytes until return, as the C contract requires; the
+        // bytes are copied or only read before returning.
+        let key = unsafe { slice_from(key, key_len) }?;
+        // SAFETY: NULL is rejected; a non-NULL `info` points to a caller struct that starts with
+        // `uint32_t struct_size` set by the caller (C contract), and only that field is read here.
+        let size = unsafe {
+            struct_size_of(info.cast_const().cast(), std::mem::size_of::<p99_cache_value_info>())
+        }?;
+        // SAFETY: `buf` is NULL only with `buf_cap` 0 (NULL with a nonzero capacity is rejected),
+        // else valid for `buf_cap` writable bytes that nothing else uses during the call (C
+        // contract); at most the value's length is written.
+        let buf = unsafe { slice_mut_from(buf, buf_cap) }?;
+        let found: CopiedItem = c.cache.get_copy(key, buf).map_err(err)?.ok_or(p99_status::NotFound)?;
+        let full = p99_cache_value_info {
+            struct_size: size as u32,
+            flags: found.flags,
+            value_len: found.value_len,
+            cas: found.cas,
+            expiry: found.expiry,
+        };
+        // SAFETY: `info` is non-NULL (checked) and the caller declared `size` writable bytes.
+        unsafe { write_sized(info, size, &full) };
+        if found.copied {
+            Ok(())
+        } else {
+            Err(p99_status::BufferTooSmall)
+        }
     })
 }
 
@@ -580,7 +666,9 @@ pub unsafe extern "C" fn p99_cache_get_and_touch(
 /// Releases a pinned item and clears `*item`. INVALID_STATE if `*item` holds no pin (a second
 /// release of the same struct or of a copy of it, or a zeroed struct), INVALID_ARGUMENT if it
 /// was pinned by another cache (or is garbage); nothing is released then, and no other
-/// reader's pin is touched. Callable from any thread; the struct must not be used by another
+/// reader's pin is touched. Lock-free (one compare-and-swap on the pin's ticket and an atomic
+/// decrement), except when it is the last pin of a segment emptied meanwhile, which it then
+/// frees under the shard lock. Callable from any thread; the struct must not be used by another
 /// thread at the same time.
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_item_release(
@@ -833,16 +921,8 @@ pub unsafe extern "C" fn p99_cache_get_stats(cache: *const p99_cache, stats: *mu
         let size = unsafe { struct_size_of(stats.cast_const().cast(), std::mem::size_of::<p99_cache_stats>()) }?;
         let mut full = stats_to_c(&c.cache.stats());
         full.struct_size = size as u32;
-        let n = size.min(std::mem::size_of::<p99_cache_stats>());
-        // SAFETY: `stats` is non-NULL (checked) and the caller declared `size` writable bytes;
-        // we copy at most our struct's size from a local value.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                (&full as *const p99_cache_stats).cast::<u8>(),
-                stats.cast::<u8>(),
-                n,
-            )
-        };
+        // SAFETY: `stats` is non-NULL (checked) and the caller declared `size` writable bytes.
+        unsafe { write_sized(stats, size, &full) };
         Ok(())
     })
 }

@@ -1,6 +1,8 @@
 //! p99-storebench: the C slab store against libp99's store, in process, through one C harness
 //! (harness.c, compiled once per store). Rounds alternate the stores so drift cancels; the table
-//! gives medians and ratios to the C store. `--json PATH` writes every figure.
+//! gives medians and ratios to the C store, per thread count (`--threads 1,2`: each count is a
+//! run of its own, threads pinned to distinct CPUs, one shared key space), and each store's
+//! scaling against its own 1-thread figure. `--json PATH` writes every figure.
 
 use hdrhistogram::Histogram;
 use std::ffi::CStr;
@@ -27,6 +29,9 @@ struct Params {
     rounds: usize,
     sample_every: u32,
     json: Option<String>,
+    threads: Vec<u32>,
+    zipf: f64,
+    read_pin: bool,
 }
 
 #[derive(Clone, Default)]
@@ -34,17 +39,21 @@ struct Outcome {
     fill_ns_per_op: f64,
     get_ns_per_op: f64,
     mix_ns_per_op: f64,
+    fill_cpu_ns_per_op: f64,
+    get_cpu_ns_per_op: f64,
+    mix_cpu_ns_per_op: f64,
     hits: u64,
     misses: u64,
     bad_values: u64,
     failed_writes: u64,
+    pinned_threads: u32,
     store_name: String,
 }
 
 /// Calls one store's harness. The two stores' bindings have the same shapes, so one macro body
 /// serves both.
 macro_rules! run_with {
-    ($m:ident, $run:ident, $p:expr, $samples:expr) => {{
+    ($m:ident, $run:ident, $p:expr, $threads:expr, $samples:expr) => {{
         let p: &Params = $p;
         let samples: &mut Vec<u64> = $samples;
         let hp = $m::harness_params {
@@ -58,6 +67,9 @@ macro_rules! run_with {
             sample_every: p.sample_every,
             samples: samples.as_mut_ptr(),
             samples_cap: samples.capacity(),
+            threads: $threads,
+            zipf_s: p.zipf,
+            read_mode: if p.read_pin { $m::HARNESS_READ_PIN } else { $m::HARNESS_READ_COPY },
         };
         // SAFETY: harness_result is plain data; the harness overwrites it.
         let mut r: $m::harness_result = unsafe { std::mem::zeroed() };
@@ -78,22 +90,26 @@ macro_rules! run_with {
                 fill_ns_per_op: per(r.fill_ns, r.fill_ops),
                 get_ns_per_op: per(r.get_ns, r.get_ops),
                 mix_ns_per_op: per(r.mix_ns, r.mix_ops),
+                fill_cpu_ns_per_op: per(r.fill_cpu_ns, r.fill_ops),
+                get_cpu_ns_per_op: per(r.get_cpu_ns, r.get_ops),
+                mix_cpu_ns_per_op: per(r.mix_cpu_ns, r.mix_ops),
                 hits: r.hits,
                 misses: r.misses,
                 bad_values: r.bad_values,
                 failed_writes: r.failed_writes,
+                pinned_threads: r.pinned_threads,
                 store_name: name,
             })
         }
     }};
 }
 
-fn run_store(which: &str, p: &Params, samples: &mut Vec<u64>) -> Result<Outcome, String> {
+fn run_store(which: &str, p: &Params, threads: u32, samples: &mut Vec<u64>) -> Result<Outcome, String> {
     samples.clear();
     match which {
-        "slab" => run_with!(slab, slab_harness_run, p, samples),
+        "slab" => run_with!(slab, slab_harness_run, p, threads, samples),
         #[cfg(has_p99_store)]
-        "p99" => run_with!(p99, p99_harness_run, p, samples),
+        "p99" => run_with!(p99, p99_harness_run, p, threads, samples),
         _ => Err("not built".into()),
     }
 }
@@ -136,6 +152,9 @@ fn parse(args: &[String]) -> Result<Params, String> {
         rounds: 5,
         sample_every: 16,
         json: None,
+        threads: vec![1],
+        zipf: 0.0,
+        read_pin: false,
     };
     let mut i = 0;
     while i < args.len() {
@@ -160,9 +179,40 @@ fn parse(args: &[String]) -> Result<Params, String> {
             "--rounds" => p.rounds = n(v()?)?.max(1) as usize,
             "--sample-every" => p.sample_every = n(v()?)?.max(1) as u32,
             "--json" => p.json = Some(v()?),
+            "--threads" => {
+                p.threads = v()?
+                    .split(',')
+                    .map(|t| match t.trim().parse::<u32>() {
+                        Ok(n) if (1..=256).contains(&n) => Ok(n),
+                        _ => Err(format!("--threads: bad count '{t}' (1..256, comma-separated)")),
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "--popularity" => {
+                let s = v()?;
+                p.zipf = if s == "uniform" {
+                    0.0
+                } else {
+                    match s.strip_prefix("zipf:").map(str::parse::<f64>) {
+                        Some(Ok(e)) if e > 0.0 && e.is_finite() => e,
+                        _ => return Err(format!("--popularity: '{s}' is not uniform or zipf:S (S > 0)")),
+                    }
+                }
+            }
+            "--read" => {
+                p.read_pin = match v()?.as_str() {
+                    "copy" => false,
+                    "pin" => true,
+                    other => return Err(format!("--read: '{other}' is not copy or pin")),
+                }
+            }
             "-h" | "--help" => {
                 return Err("usage: p99-storebench [--quick] [--keys N] [--key-size N] [--value-size N] \
-                            [--get-percent N] [--ops N] [--mem-mb N] [--rounds N] [--sample-every N] [--json PATH]"
+                            [--get-percent N] [--ops N] [--mem-mb N] [--rounds N] [--sample-every N] \
+                            [--threads N[,N...]] [--popularity uniform|zipf:S] [--read copy|pin] [--json PATH]\n\
+                            --threads: one run per count, threads pinned to distinct CPUs of the affinity set\n\
+                            --read copy (default): storage_get_copy into a 1 KiB buffer, as mcserver's get does; \
+                            pin: storage_get + storage_release"
                     .into())
             }
             _ => return Err(format!("unknown flag '{f}'")),
@@ -176,6 +226,37 @@ fn esc(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
+/// Medians of one (store, thread count) cell.
+struct Cell {
+    set: f64,
+    get: f64,
+    mix: f64,
+    set_cpu: f64,
+    get_cpu: f64,
+    mix_cpu: f64,
+    bad: u64,
+    hits: u64,
+    miss: u64,
+    pinned_threads: u32,
+    rounds: usize,
+}
+
+fn cell(os: &[Outcome]) -> Cell {
+    Cell {
+        set: median(os.iter().map(|o| o.fill_ns_per_op).collect()),
+        get: median(os.iter().map(|o| o.get_ns_per_op).collect()),
+        mix: median(os.iter().map(|o| o.mix_ns_per_op).collect()),
+        set_cpu: median(os.iter().map(|o| o.fill_cpu_ns_per_op).collect()),
+        get_cpu: median(os.iter().map(|o| o.get_cpu_ns_per_op).collect()),
+        mix_cpu: median(os.iter().map(|o| o.mix_cpu_ns_per_op).collect()),
+        bad: os.iter().map(|o| o.bad_values + o.failed_writes).sum(),
+        hits: os.iter().map(|o| o.hits).sum(),
+        miss: os.iter().map(|o| o.misses).sum(),
+        pinned_threads: os.iter().map(|o| o.pinned_threads).min().unwrap_or(0),
+        rounds: os.len(),
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let p = match parse(&args) {
@@ -187,93 +268,156 @@ fn main() {
     };
     let stores = built();
     let runnable: Vec<&str> = stores.iter().filter(|s| s.1.is_none()).map(|s| s.0).collect();
-    let mut outcomes: Vec<Vec<Outcome>> = vec![Vec::new(); stores.len()];
-    let mut hists: Vec<Histogram<u64>> =
-        (0..stores.len()).map(|_| Histogram::new_with_bounds(1, 10_000_000_000, 3).unwrap()).collect();
+    let nt = p.threads.len();
+    // Index [store][thread-count position].
+    let mut outcomes: Vec<Vec<Vec<Outcome>>> = vec![vec![Vec::new(); nt]; stores.len()];
+    let mut hists: Vec<Vec<Histogram<u64>>> = (0..stores.len())
+        .map(|_| (0..nt).map(|_| Histogram::new_with_bounds(1, 10_000_000_000, 3).unwrap()).collect())
+        .collect();
     let mut problems: Vec<Option<String>> = stores.iter().map(|s| s.1.map(String::from)).collect();
     let mut samples: Vec<u64> = Vec::with_capacity((p.ops / p.sample_every as u64 + 1) as usize);
     for round in 0..p.rounds {
-        for k in 0..runnable.len() {
-            let name = runnable[(k + round) % runnable.len()];
-            let idx = stores.iter().position(|s| s.0 == name).unwrap();
-            if problems[idx].is_some() {
-                continue;
-            }
-            match run_store(name, &p, &mut samples) {
-                Ok(o) => {
-                    for &s in &samples {
-                        hists[idx].record(s.clamp(1, 10_000_000_000)).unwrap();
-                    }
-                    outcomes[idx].push(o);
+        for (ti, &threads) in p.threads.iter().enumerate() {
+            for k in 0..runnable.len() {
+                let name = runnable[(k + round) % runnable.len()];
+                let idx = stores.iter().position(|s| s.0 == name).unwrap();
+                if problems[idx].is_some() {
+                    continue;
                 }
-                Err(e) => problems[idx] = Some(format!("failed: {e}")),
+                match run_store(name, &p, threads, &mut samples) {
+                    Ok(o) => {
+                        for &s in &samples {
+                            hists[idx][ti].record(s.clamp(1, 10_000_000_000)).unwrap();
+                        }
+                        outcomes[idx][ti].push(o);
+                    }
+                    Err(e) => problems[idx] = Some(format!("failed: {e}")),
+                }
             }
         }
     }
+    let popularity = if p.zipf > 0.0 { format!("zipf {}", p.zipf) } else { "uniform".to_string() };
     println!(
-        "   {} keys, key {} B, value {} B; {} gets, then {} ops of {}% get / {}% set; {} rounds, medians",
-        p.keys, p.key_size, p.value_size, p.ops, p.ops, p.get_percent, 100 - p.get_percent, p.rounds
+        "   {} keys ({popularity}), key {} B, value {} B; {} gets, then {} ops of {}% get / {}% set; reads by {}; {} rounds, medians",
+        p.keys,
+        p.key_size,
+        p.value_size,
+        p.ops,
+        p.ops,
+        p.get_percent,
+        100 - p.get_percent,
+        if p.read_pin { "pin" } else { "copy" },
+        p.rounds
     );
     println!(
-        "{:<8} {:>10} {:>10} {:>10} {:>11} {:>8} {:>8} {:>8} {:>9} {:>9}",
-        "store", "set ns/op", "get ns/op", "mix ns/op", "mix Mops/s", "x slab", "p50 ns", "p99 ns", "p999 ns", "bad/miss"
+        "{:<8} {:>3} {:>10} {:>10} {:>10} {:>11} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>9}",
+        "store", "thr", "set ns/op", "get ns/op", "mix ns/op", "mix Mops/s", "x slab", "x 1 thr",
+        "set cpu", "get cpu", "mix cpu", "p50 ns", "p99 ns", "p999 ns", "bad/miss"
     );
-    let base_mix = median(outcomes[0].iter().map(|o| o.mix_ns_per_op).collect());
-    let mut json = String::from("{\n  \"stores\": [\n");
-    for (i, (name, _)) in stores.iter().enumerate() {
-        let os = &outcomes[i];
-        let h = &hists[i];
-        let fill = median(os.iter().map(|o| o.fill_ns_per_op).collect());
-        let get = median(os.iter().map(|o| o.get_ns_per_op).collect());
-        let mix = median(os.iter().map(|o| o.mix_ns_per_op).collect());
-        let bad: u64 = os.iter().map(|o| o.bad_values + o.failed_writes).sum();
-        let miss: u64 = os.iter().map(|o| o.misses).sum();
-        let hits: u64 = os.iter().map(|o| o.hits).sum();
-        if os.is_empty() {
-            println!("{:<8} {}", name, problems[i].as_deref().unwrap_or("no figures"));
-        } else {
-            println!(
-                "{:<8} {:>10.1} {:>10.1} {:>10.1} {:>11.2} {:>8.2} {:>8} {:>8} {:>9} {:>9}",
-                name,
-                fill,
-                get,
-                mix,
-                1e3 / mix,
-                base_mix / mix,
+    let cells: Vec<Vec<Cell>> = outcomes.iter().map(|per| per.iter().map(|os| cell(os)).collect()).collect();
+    let mut rows = Vec::new();
+    for (ti, &threads) in p.threads.iter().enumerate() {
+        let base = &cells[0][ti];
+        for (i, (name, _)) in stores.iter().enumerate() {
+            let c = &cells[i][ti];
+            let h = &hists[i][ti];
+            // Scaling: this count's mix throughput over the same store's 1-thread figure.
+            let one = p.threads.iter().position(|&t| t == 1).map(|j| cells[i][j].mix);
+            let scale = one.map_or(f64::NAN, |m1| m1 / c.mix);
+            let ratio = |ours: f64, slab: f64| slab / ours;
+            if c.rounds == 0 {
+                println!("{:<8} {:>3} {}", name, threads, problems[i].as_deref().unwrap_or("no figures"));
+            } else {
+                println!(
+                    "{:<8} {:>3} {:>10.1} {:>10.1} {:>10.1} {:>11.2} {:>7.2} {:>7.2} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>7} {:>7} {:>9}",
+                    name,
+                    threads,
+                    c.set,
+                    c.get,
+                    c.mix,
+                    1e3 / c.mix,
+                    ratio(c.mix, base.mix),
+                    scale,
+                    c.set_cpu,
+                    c.get_cpu,
+                    c.mix_cpu,
+                    h.value_at_quantile(0.5),
+                    h.value_at_quantile(0.99),
+                    h.value_at_quantile(0.999),
+                    format!("{}/{}", c.bad, c.miss)
+                );
+                if c.pinned_threads < threads {
+                    println!("{:<8} note: only {} of {threads} threads had a CPU of their own", "", c.pinned_threads);
+                }
+                if let Some(pr) = &problems[i] {
+                    println!("{:<8} note: {pr}", "");
+                }
+            }
+            let num = |v: f64| if v.is_finite() { format!("{v:.2}") } else { "null".into() };
+            let os = &outcomes[i][ti];
+            rows.push(format!(
+                "    {{\"store\": \"{name}\", \"threads\": {threads}, \"implementation\": {}, \"problem\": {}, \"rounds\": {}, \
+                 \"pinned_threads\": {}, \"set_ns_per_op\": {}, \"get_ns_per_op\": {}, \"mix_ns_per_op\": {}, \
+                 \"set_mops\": {}, \"get_mops\": {}, \"mix_mops\": {}, \"mix_ops_per_s\": {}, \
+                 \"ratio_to_slab\": {{\"set\": {}, \"get\": {}, \"mix\": {}}}, \"ratio_mix_to_slab\": {}, \
+                 \"cpu_ns_per_op\": {{\"set\": {}, \"get\": {}, \"mix\": {}}}, \
+                 \"cpu_ratio_to_slab\": {{\"set\": {}, \"get\": {}, \"mix\": {}}}, \
+                 \"mix_scaling_to_1_thread\": {}, \
+                 \"mix_latency_ns\": {{\"p50\": {}, \"p99\": {}, \"p999\": {}, \"max\": {}}}, \
+                 \"bad_values_or_failed_writes\": {}, \"hits\": {}, \"misses\": {}}}",
+                os.first().map_or("null".into(), |o| format!("\"{}\"", esc(&o.store_name))),
+                problems[i].as_ref().map_or("null".into(), |s| format!("\"{}\"", esc(s))),
+                c.rounds,
+                c.pinned_threads,
+                num(c.set),
+                num(c.get),
+                num(c.mix),
+                num(1e3 / c.set),
+                num(1e3 / c.get),
+                num(1e3 / c.mix),
+                num(1e9 / c.mix),
+                num(ratio(c.set, base.set)),
+                num(ratio(c.get, base.get)),
+                num(ratio(c.mix, base.mix)),
+                num(ratio(c.mix, base.mix)),
+                num(c.set_cpu),
+                num(c.get_cpu),
+                num(c.mix_cpu),
+                num(ratio(c.set_cpu, base.set_cpu)),
+                num(ratio(c.get_cpu, base.get_cpu)),
+                num(ratio(c.mix_cpu, base.mix_cpu)),
+                num(scale),
                 h.value_at_quantile(0.5),
                 h.value_at_quantile(0.99),
                 h.value_at_quantile(0.999),
-                format!("{bad}/{miss}")
-            );
-            if let Some(pr) = &problems[i] {
-                println!("{:<8} note: {pr}", "");
-            }
+                h.max(),
+                c.bad,
+                c.hits,
+                c.miss,
+            ));
         }
-        let num = |v: f64| if v.is_finite() { format!("{v:.2}") } else { "null".into() };
-        json += &format!(
-            "    {{\"store\": \"{name}\", \"implementation\": {}, \"problem\": {}, \"rounds\": {}, \
-             \"set_ns_per_op\": {}, \"get_ns_per_op\": {}, \"mix_ns_per_op\": {}, \"mix_ops_per_s\": {}, \
-             \"ratio_mix_to_slab\": {}, \"mix_latency_ns\": {{\"p50\": {}, \"p99\": {}, \"p999\": {}, \"max\": {}}}, \
-             \"bad_values_or_failed_writes\": {bad}, \"hits\": {hits}, \"misses\": {miss}}}{}\n",
-            os.first().map_or("null".into(), |o| format!("\"{}\"", esc(&o.store_name))),
-            problems[i].as_ref().map_or("null".into(), |s| format!("\"{}\"", esc(s))),
-            os.len(),
-            num(fill),
-            num(get),
-            num(mix),
-            num(1e9 / mix),
-            num(base_mix / mix),
-            h.value_at_quantile(0.5),
-            h.value_at_quantile(0.99),
-            h.value_at_quantile(0.999),
-            h.max(),
-            if i + 1 < stores.len() { "," } else { "" }
-        );
     }
-    json += &format!(
-        "  ],\n  \"params\": {{\"keys\": {}, \"key_size\": {}, \"value_size\": {}, \"get_percent\": {}, \"ops\": {}, \
-         \"mem_mb\": {}, \"rounds\": {}, \"sample_every\": {}}}\n}}\n",
-        p.keys, p.key_size, p.value_size, p.get_percent, p.ops, p.mem_mb, p.rounds, p.sample_every
+    let threads_json: Vec<String> = p.threads.iter().map(|t| t.to_string()).collect();
+    let json = format!(
+        "{{\n  \"stores\": [\n{}\n  ],\n  \"params\": {{\"keys\": {}, \"key_size\": {}, \"value_size\": {}, \"get_percent\": {}, \"ops\": {}, \
+         \"mem_mb\": {}, \"rounds\": {}, \"sample_every\": {}, \"threads\": [{}], \"popularity\": \"{}\", \"zipf_s\": {}, \"read\": \"{}\"}},\n  \
+         \"note\": \"ns_per_op: wall time per operation (over all threads); cpu_ns_per_op: CPU time of the benchmark threads per operation \
+         (leaves out time spent waiting for a CPU on a shared machine); ratio_to_slab / cpu_ratio_to_slab: the slab store's figure over \
+         this store's at the same thread count (above 1: faster than slab); mix_scaling_to_1_thread: this store's mix throughput over \
+         its own 1-thread figure\"\n}}\n",
+        rows.join(",\n"),
+        p.keys,
+        p.key_size,
+        p.value_size,
+        p.get_percent,
+        p.ops,
+        p.mem_mb,
+        p.rounds,
+        p.sample_every,
+        threads_json.join(", "),
+        if p.zipf > 0.0 { "zipf" } else { "uniform" },
+        p.zipf,
+        if p.read_pin { "pin" } else { "copy" },
     );
     if let Some(path) = &p.json {
         if let Err(e) = std::fs::write(path, &json) {
@@ -281,7 +425,7 @@ fn main() {
             std::process::exit(1);
         }
     }
-    if outcomes.iter().any(|o| o.iter().any(|x| x.bad_values > 0)) {
+    if outcomes.iter().flatten().flatten().any(|x| x.bad_values > 0) {
         eprintln!("p99-storebench: a store returned wrong values");
         std::process::exit(1);
     }

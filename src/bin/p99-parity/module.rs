@@ -1,6 +1,9 @@
 //! Module-level parity: p99-storebench (one C harness driving the C slab store and libp99's
-//! store in process; benches/storebench) run pinned to the server core, reported as the first
-//! table. Its JSON is embedded in results.json as is.
+//! store in process; benches/storebench) at 1 and 2 threads, reported as the first table. The
+//! benchmark may run on the server core and the load core (its 1-thread runs use the lower
+//! of the two, its 2-thread runs one thread on each); nothing else of make parity runs
+//! meanwhile. Its JSON (per store and thread count: set/get/mix ns/op, Mops/s, ratios to the
+//! slab store, scaling to 1 thread) is embedded in results.json as is.
 
 use crate::json::J;
 use crate::Opts;
@@ -27,10 +30,17 @@ pub fn run(o: &Opts) -> ModuleResult {
         };
     }
     let json_path = o.out.join("module.json");
-    let mut args: Vec<String> = vec!["-c".into(), o.server_cpu.to_string(), prog.display().to_string()];
+    let cpus = if o.server_cpu == o.load_cpu {
+        o.server_cpu.to_string()
+    } else {
+        format!("{},{}", o.server_cpu, o.load_cpu)
+    };
+    let mut args: Vec<String> = vec!["-c".into(), cpus, prog.display().to_string()];
     if o.quick {
         args.push("--quick".into());
     }
+    // Before the user's flags, so that --module-args '--threads N' replaces it.
+    args.extend(["--threads".into(), "1,2".into()]);
     args.extend(o.module_args.iter().cloned());
     args.extend(["--json".into(), json_path.display().to_string()]);
     let command = format!("taskset {}", args.join(" "));
@@ -52,7 +62,7 @@ pub fn run(o: &Opts) -> ModuleResult {
 impl ModuleResult {
     pub fn print(&self) {
         println!();
-        println!("== module: cache store in process (one C harness, C slab store vs libp99 store) ==");
+        println!("== module: cache store in process (one C harness, C slab store vs libp99 store; 1 and 2 threads) ==");
         print!("{}", self.table);
         if let Some(p) = &self.problem {
             println!("   {p}");
