@@ -160,18 +160,10 @@ fn three_ping_servers_answer_identically() {
 /// each), sends close_notify where the plaintext session half-closes, and returns the
 /// plaintext the server sent until it closed.
 fn tls_session(port: u16, ca: &std::path::Path, chunks: &[Vec<u8>]) -> Vec<u8> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_file(ca).unwrap()).unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), ServerName::try_from("localhost").unwrap()).unwrap();
     let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_nodelay(true).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut t = rustls::StreamOwned::new(conn, s);
+    let mut t = tls_stream(s, ca);
     for c in chunks {
         if t.write_all(c).and_then(|_| t.flush()).is_err() {
             break; // the server closed on a too-long line; what it sent is still readable
@@ -190,6 +182,19 @@ fn tls_session(port: u16, ca: &std::path::Path, chunks: &[Vec<u8>]) -> Vec<u8> {
             Err(e) => panic!("read: {e}"),
         }
     }
+}
+
+/// A rustls client over `s` that trusts the CA in `ca` (handshake on first use).
+fn tls_stream(s: TcpStream, ca: &std::path::Path) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(ca).unwrap()).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), ServerName::try_from("localhost").unwrap()).unwrap();
+    rustls::StreamOwned::new(conn, s)
 }
 
 /// The same scripts over TLS (`--tls-cert`/`--tls-key`): pingserver-c through OpenSSL,
@@ -212,6 +217,21 @@ fn three_ping_servers_answer_identically_over_tls() {
             let got = tls_session(s.port, &certs.path("ca.crt"), &chunks);
             assert!(got == want, "{} over TLS differs on script {name}: got {} bytes, want {}", s.name, got.len(), want.len());
         }
+    }
+    // Clients that pipeline and vanish without reading: the server's writes then fail
+    // (EPIPE/ECONNRESET), which must close the connection, not kill the server.
+    let pings = vec![b"PING\r\n".repeat(20_000)];
+    for s in &mut servers {
+        for _ in 0..20 {
+            let stream = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+            let mut t = tls_stream(stream, &certs.path("ca.crt"));
+            let _ = t.write_all(&pings[0]).and_then(|_| t.flush());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(s.child.try_wait().unwrap().is_none(), "{} died after clients vanished mid-reply", s.name);
+        let got = tls_session(s.port, &certs.path("ca.crt"), &[b"PING\r\n".to_vec()]);
+        assert_eq!(got, b"PONG\r\n", "{} stopped serving after clients vanished", s.name);
     }
 }
 

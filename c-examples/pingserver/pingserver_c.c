@@ -445,6 +445,9 @@ int main(int argc, char **argv)
 	ping_args_parse(&a, argc, argv, "pingserver-c");
 	if (a.tls_cert && !(tls_ctx = tls_context(a.tls_cert, a.tls_key)))
 		return 1;
+	/* OpenSSL writes with write(2), not send(MSG_NOSIGNAL): a peer gone mid-write must not
+	 * kill the server. */
+	signal(SIGPIPE, SIG_IGN);
 	burn_ns = a.burn_ns;
 	int ncpu = ping_affinity_cpus();
 	int nthreads = a.threads > 0 ? a.threads : ncpu;
