@@ -11,7 +11,7 @@
 
 static p99_cache *new_cache(int cas, uint32_t eviction)
 {
-	p99_cache_config cfg;
+	p99_cache_config cfg = {.struct_size = sizeof cfg};
 	CHECK_OK(p99_cache_config_defaults(&cfg));
 	cfg.heap_bytes = 4u << 20;
 	cfg.segment_bytes = 64u << 10;
@@ -54,7 +54,7 @@ static void expect_value(p99_cache *c, const char *k, const char *want)
 
 static void test_config_and_lifecycle(void)
 {
-	p99_cache_config cfg;
+	p99_cache_config cfg = {.struct_size = sizeof cfg};
 	CHECK_STATUS(p99_cache_config_defaults(NULL), P99_STATUS_NULL_PARAMETER);
 	CHECK_OK(p99_cache_config_defaults(&cfg));
 	CHECK_EQ(cfg.struct_size, sizeof(cfg));
@@ -73,9 +73,12 @@ static void test_config_and_lifecycle(void)
 	bad = cfg;
 	bad.item_max = cfg.segment_bytes + 1;
 	CHECK_STATUS(p99_cache_new(&bad, &c), P99_STATUS_INVALID_ARGUMENT);
+	/* Configuration errors name the field and the rule. */
+	CHECK(strstr(p99_last_error_message(), "item_max must not exceed segment_bytes") != NULL);
 	bad = cfg;
 	bad.segment_bytes = 100;
 	CHECK_STATUS(p99_cache_new(&bad, &c), P99_STATUS_INVALID_ARGUMENT);
+	CHECK(strstr(p99_last_error_message(), "segment_bytes must be in") != NULL);
 	bad = cfg;
 	bad.eviction = 77;
 	CHECK_STATUS(p99_cache_new(&bad, &c), P99_STATUS_INVALID_ARGUMENT);
@@ -347,7 +350,7 @@ static void test_expiry_touch_and_clock(void)
 	expect_value(c, "t", NULL);
 
 	/* A system-clock cache refuses set_time. */
-	p99_cache_config cfg;
+	p99_cache_config cfg = {.struct_size = sizeof cfg};
 	p99_cache *sys = NULL;
 	CHECK_OK(p99_cache_config_defaults(&cfg));
 	CHECK_OK(p99_cache_new(&cfg, &sys));
@@ -504,13 +507,15 @@ static void test_stats(void)
 	CHECK_EQ(st.segments_free, 63);
 	CHECK_EQ(st.heap_limit_bytes, 4u << 20);
 	CHECK(st.total_bytes >= st.segment_bytes_allocated + st.hash_bytes);
-	/* A larger struct from a newer header: only our bytes are written. */
-	struct { p99_cache_stats s; uint64_t extra; } big;
+	/* A larger struct from a newer header: the field this library does not know is zeroed,
+	 * nothing past struct_size is written. */
+	struct big_stats { p99_cache_stats s; uint64_t extra; uint64_t beyond; } big;
 	memset(&big, 0xab, sizeof(big));
-	big.s.struct_size = sizeof(big);
+	big.s.struct_size = offsetof(struct big_stats, beyond);
 	CHECK_OK(p99_cache_get_stats(c, &big.s));
 	CHECK_EQ(big.s.items, 1);
-	CHECK(big.extra == 0xababababababababull);
+	CHECK(big.extra == 0);
+	CHECK(big.beyond == 0xababababababababull);
 	CHECK_OK(p99_cache_free(c));
 }
 
@@ -565,13 +570,15 @@ static void test_get_copy(void)
 	info.struct_size = 4;
 	CHECK_STATUS(p99_cache_get_copy(c, (const uint8_t *)"k", 1, (uint8_t *)buf, sizeof(buf), &info),
 		     P99_STATUS_INVALID_ARGUMENT);
-	/* A larger struct from a newer header: only our bytes are written. */
-	struct { p99_cache_value_info i; uint64_t extra; } big;
+	/* A larger struct from a newer header: the field this library does not know is zeroed,
+	 * nothing past struct_size is written. */
+	struct big_info { p99_cache_value_info i; uint64_t extra; uint64_t beyond; } big;
 	memset(&big, 0xab, sizeof(big));
-	big.i.struct_size = sizeof(big);
+	big.i.struct_size = offsetof(struct big_info, beyond);
 	CHECK_OK(p99_cache_get_copy(c, (const uint8_t *)"k", 1, (uint8_t *)buf, sizeof(buf), &big.i));
 	CHECK_EQ(big.i.value_len, 5);
-	CHECK(big.extra == 0xababababababababull);
+	CHECK(big.extra == 0);
+	CHECK(big.beyond == 0xababababababababull);
 	/* Expired: a miss. */
 	info.struct_size = sizeof(info);
 	CHECK_OK(p99_cache_set_time(c, T0 + 60));
@@ -609,7 +616,7 @@ static void *hammer(void *arg)
 
 static void test_threads_share_one_handle(void)
 {
-	p99_cache_config cfg;
+	p99_cache_config cfg = {.struct_size = sizeof cfg};
 	CHECK_OK(p99_cache_config_defaults(&cfg));
 	cfg.heap_bytes = 8u << 20;
 	cfg.segment_bytes = 64u << 10;

@@ -176,7 +176,7 @@ static void test_defaults_and_bad_start(void)
 {
 	CHECK_STATUS(p99_engine_config_defaults(NULL), P99_STATUS_NULL_PARAMETER);
 	CHECK_STATUS(p99_engine_callbacks_defaults(NULL), P99_STATUS_NULL_PARAMETER);
-	p99_engine_config cfg;
+	p99_engine_config cfg = {.struct_size = sizeof cfg};
 	CHECK_OK(p99_engine_config_defaults(&cfg));
 	CHECK_EQ(cfg.struct_size, sizeof(cfg));
 	CHECK_EQ(cfg.rx_buf_count, 1024);
@@ -184,7 +184,7 @@ static void test_defaults_and_bad_start(void)
 	CHECK_EQ(cfg.port, 0);
 	CHECK_EQ(cfg.max_conns, 65536);
 	CHECK(cfg.addr == NULL);
-	p99_engine_callbacks cb;
+	p99_engine_callbacks cb = {.struct_size = sizeof cb};
 	CHECK_OK(p99_engine_callbacks_defaults(&cb));
 	CHECK_EQ(cb.struct_size, sizeof(cb));
 	CHECK(cb.on_data == NULL);
@@ -197,6 +197,7 @@ static void test_defaults_and_bad_start(void)
 	/* NULL on_data: the one required callback. */
 	cb.on_data = NULL;
 	CHECK_STATUS(p99_engine_start(&cfg, &cb, &e), P99_STATUS_INVALID_ARGUMENT);
+	CHECK(strstr(p99_last_error_message(), "on_data") != NULL);
 	cb.on_data = on_data;
 	p99_engine_config small = cfg;
 	small.struct_size = 4;
@@ -218,9 +219,12 @@ static void test_defaults_and_bad_start(void)
 	bad = cfg;
 	bad.addr = "not-an-address";
 	CHECK_STATUS(p99_engine_start(&bad, &cb, &e), P99_STATUS_INVALID_ARGUMENT);
+	CHECK(strstr(p99_last_error_message(), "\"not-an-address\" is not an IPv4 or IPv6 address") != NULL);
 	bad = cfg;
 	bad.rx_buf_count = 3;
 	CHECK_STATUS(p99_engine_start(&bad, &cb, &e), P99_STATUS_INVALID_ARGUMENT);
+	/* Configuration errors name what is wrong. */
+	CHECK(strstr(p99_last_error_message(), "rx_buf_count must be a power of two") != NULL);
 	CHECK(e == (p99_engine *)&user_marker);
 
 	p99_backend b = p99_engine_backend();
@@ -231,12 +235,12 @@ static void test_defaults_and_bad_start(void)
 
 static void test_running_engine(void)
 {
-	p99_engine_config cfg;
+	p99_engine_config cfg = {.struct_size = sizeof cfg};
 	p99_engine_config_defaults(&cfg);
 	cfg.addr = "127.0.0.1";
 	cfg.workers = 1;
 	cfg.pin_workers = false;
-	p99_engine_callbacks cb;
+	p99_engine_callbacks cb = {.struct_size = sizeof cb};
 	p99_engine_callbacks_defaults(&cb);
 	cb.user = &user_marker;
 	cb.on_worker_start = on_worker_start;
@@ -320,18 +324,20 @@ static void test_running_engine(void)
 	CHECK_STATUS(p99_engine_stats(e, 1, &st), P99_STATUS_INVALID_ARGUMENT);
 	CHECK_EQ(st.struct_size, sizeof(st));
 	/* A caller built against a newer, larger struct: struct_size is kept as the caller set it
-	 * and nothing past this library's struct is written. */
+	 * and the fields this library does not know are zeroed, up to struct_size and no further. */
 	union {
 		p99_worker_stats st;
 		unsigned char bytes[sizeof(p99_worker_stats) + 16];
 	} big;
 	memset(&big, 0xAB, sizeof(big));
-	big.st.struct_size = (uint32_t)sizeof(big);
+	big.st.struct_size = (uint32_t)sizeof(big) - 8;
 	CHECK_OK(p99_engine_stats(e, 0, &big.st));
-	CHECK_EQ(big.st.struct_size, sizeof(big));
+	CHECK_EQ(big.st.struct_size, sizeof(big) - 8);
 	CHECK_EQ(big.st.accepted, 1);
 	CHECK_EQ(big.st.bytes_in, 5);
-	for (size_t i = sizeof(p99_worker_stats); i < sizeof(big); i++)
+	for (size_t i = sizeof(p99_worker_stats); i < sizeof(big) - 8; i++)
+		CHECK_EQ(big.bytes[i], 0);
+	for (size_t i = sizeof(big) - 8; i < sizeof(big); i++)
 		CHECK_EQ(big.bytes[i], 0xAB);
 	p99_worker_stats tiny = { .struct_size = 8 };
 	CHECK_STATUS(p99_engine_stats(e, 0, &tiny), P99_STATUS_INVALID_ARGUMENT);
@@ -387,12 +393,12 @@ static void *stop_thread(void *arg)
 
 static void test_concurrent_stop(void)
 {
-	p99_engine_config cfg;
+	p99_engine_config cfg = {.struct_size = sizeof cfg};
 	p99_engine_config_defaults(&cfg);
 	cfg.addr = "127.0.0.1";
 	cfg.workers = 2;
 	cfg.pin_workers = false;
-	p99_engine_callbacks cb;
+	p99_engine_callbacks cb = {.struct_size = sizeof cb};
 	p99_engine_callbacks_defaults(&cb);
 	cb.on_data = ignore_data;
 	cb.on_worker_stop = slow_worker_stop;

@@ -131,7 +131,9 @@ static int server_closes(int fd)
 static void test_config_and_bad_starts(p99_engine_callbacks *cb)
 {
 	CHECK_STATUS(p99_tls_config_defaults(NULL), P99_STATUS_NULL_PARAMETER);
-	p99_tls_config tls;
+	p99_tls_config tiny = { .struct_size = 4 };
+	CHECK_STATUS(p99_tls_config_defaults(&tiny), P99_STATUS_INVALID_ARGUMENT);
+	p99_tls_config tls = {.struct_size = sizeof tls};
 	CHECK_OK(p99_tls_config_defaults(&tls));
 	CHECK_EQ(tls.struct_size, sizeof(tls));
 	CHECK(tls.cert_chain_file == NULL && tls.key_file == NULL && tls.client_ca_file == NULL);
@@ -139,7 +141,7 @@ static void test_config_and_bad_starts(p99_engine_callbacks *cb)
 	CHECK(tls.session_tickets);
 	CHECK_EQ(tls.handshake_timeout_ms, 10000);
 
-	p99_engine_config cfg;
+	p99_engine_config cfg = {.struct_size = sizeof cfg};
 	CHECK_OK(p99_engine_config_defaults(&cfg));
 	CHECK(cfg.tls == NULL);
 	cfg.workers = 1;
@@ -155,6 +157,8 @@ static void test_config_and_bad_starts(p99_engine_callbacks *cb)
 	tls.cert_chain_file = missing;
 	tls.key_file = key;
 	CHECK_STATUS(p99_engine_start(&cfg, cb, &e), P99_STATUS_TLS_CONFIG);
+	/* The message names the file. */
+	CHECK(strstr(p99_last_error_message(), "missing.pem") != NULL);
 	/* The CA key does not match the server certificate. */
 	char ca_key[128];
 	snprintf(ca_key, sizeof(ca_key), "%s/ca.key", dir);
@@ -173,6 +177,7 @@ static void test_config_and_bad_starts(p99_engine_callbacks *cb)
 	CHECK(e == NULL);
 
 	/* PEM bytes from memory instead of files. */
+	tls = (p99_tls_config){ .struct_size = sizeof tls };
 	CHECK_OK(p99_tls_config_defaults(&tls));
 	size_t crt_len = 0, key_len = 0;
 	char *crt_pem = read_file("server.crt", &crt_len);
@@ -193,7 +198,7 @@ static void test_config_and_bad_starts(p99_engine_callbacks *cb)
 
 static void test_serving(p99_engine_callbacks *cb)
 {
-	p99_tls_config tls;
+	p99_tls_config tls = {.struct_size = sizeof tls};
 	CHECK_OK(p99_tls_config_defaults(&tls));
 	char crt[128], key[128];
 	snprintf(crt, sizeof(crt), "%s/server.crt", dir);
@@ -202,7 +207,7 @@ static void test_serving(p99_engine_callbacks *cb)
 	tls.key_file = key;
 	/* Long enough for a handshake under Valgrind, short enough for the test. */
 	tls.handshake_timeout_ms = 3000;
-	p99_engine_config cfg;
+	p99_engine_config cfg = {.struct_size = sizeof cfg};
 	CHECK_OK(p99_engine_config_defaults(&cfg));
 	cfg.workers = 1;
 	cfg.pin_workers = false;
@@ -277,7 +282,7 @@ int main(void)
 		fprintf(stderr, "test_engine_tls: could not make certificates with openssl\n");
 		return 1;
 	}
-	p99_engine_callbacks cb;
+	p99_engine_callbacks cb = {.struct_size = sizeof cb};
 	CHECK_OK(p99_engine_callbacks_defaults(&cb));
 	cb.on_data = on_data;
 	cb.on_close = on_close;

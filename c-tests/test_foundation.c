@@ -74,6 +74,20 @@ static void test_last_errno_starts_at_zero(void)
 	CHECK_EQ(p99_last_errno(), 0);
 }
 
+static void test_last_error_message(void)
+{
+	/* Nothing has failed on this thread yet. */
+	CHECK(strcmp(p99_last_error_message(), "") == 0);
+	/* A failure with more to say than its status names the argument. */
+	CHECK_STATUS(p99_xdp_umem_config_defaults(NULL), P99_STATUS_NULL_PARAMETER);
+	const char *m = p99_last_error_message();
+	CHECK(strcmp(m, "`config` is NULL") == 0);
+	/* A success leaves it alone (the pointer stays valid until the next failure). */
+	CHECK_EQ(p99_xdp_udp_ping_reply((uint8_t *)"", 0, 0, &(uint32_t){0}), P99_STATUS_NOT_FOUND);
+	CHECK(strcmp(p99_last_error_message(), "not found") == 0);
+	CHECK(strcmp(p99_version(), "") != 0);
+}
+
 static void test_sanitizers_linked(void)
 {
 #ifdef P99_SANITIZE
@@ -92,6 +106,7 @@ int main(void)
 	test_status_str();
 	test_version_agrees();
 	test_last_errno_starts_at_zero();
+	test_last_error_message();
 	test_sanitizers_linked();
 	return check_done("foundation");
 }

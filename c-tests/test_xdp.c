@@ -39,12 +39,15 @@ static size_t build_ping(uint8_t *b, uint16_t dport, uint32_t seq)
 
 static void test_defaults_and_argument_checks(void)
 {
-	p99_xdp_umem_config uc = p99_xdp_umem_config_defaults();
+	p99_xdp_umem_config uc = {.struct_size = sizeof uc};
+	CHECK_STATUS(p99_xdp_umem_config_defaults(NULL), P99_STATUS_NULL_PARAMETER);
+	CHECK_OK(p99_xdp_umem_config_defaults(&uc));
 	CHECK_EQ(uc.struct_size, sizeof(uc));
 	CHECK_EQ(uc.frame_size, 4096);
 	CHECK_EQ(uc.frame_count, 4096);
 	CHECK_EQ(uc.headroom, 0);
-	p99_xdp_socket_config sc = p99_xdp_socket_config_defaults();
+	p99_xdp_socket_config sc = {.struct_size = sizeof sc};
+	CHECK_OK(p99_xdp_socket_config_defaults(&sc));
 	CHECK_EQ(sc.struct_size, sizeof(sc));
 	CHECK_EQ(sc.bind_mode, P99_XDP_BIND_COPY);
 	CHECK(sc.need_wakeup != 0);
@@ -54,26 +57,30 @@ static void test_defaults_and_argument_checks(void)
 	uc.frame_size = 3000;
 	CHECK_STATUS(p99_xdp_umem_create(&uc, &u), P99_STATUS_INVALID_ARGUMENT);
 	CHECK(u == (p99_xdp_umem *)0x1); /* outputs untouched on failure */
-	CHECK(strstr(p99_xdp_last_error_message(), "frame size") != NULL);
-	uc = p99_xdp_umem_config_defaults();
+	CHECK(strstr(p99_last_error_message(), "frame size") != NULL);
+	CHECK_OK(p99_xdp_umem_config_defaults(&uc));
 	uc.fill_size = 1000;
 	CHECK_STATUS(p99_xdp_umem_create(&uc, &u), P99_STATUS_INVALID_ARGUMENT);
-	uc = p99_xdp_umem_config_defaults();
+	CHECK_OK(p99_xdp_umem_config_defaults(&uc));
 	uc.headroom = 4000;
 	CHECK_STATUS(p99_xdp_umem_create(&uc, &u), P99_STATUS_INVALID_ARGUMENT);
-	uc = p99_xdp_umem_config_defaults();
+	CHECK_OK(p99_xdp_umem_config_defaults(&uc));
 	uc.struct_size = 4;
 	CHECK_STATUS(p99_xdp_umem_create(&uc, &u), P99_STATUS_INVALID_ARGUMENT);
+	CHECK(strstr(p99_last_error_message(), "struct_size 4 is smaller") != NULL);
+	CHECK_STATUS(p99_xdp_umem_config_defaults(&uc), P99_STATUS_INVALID_ARGUMENT); /* size unset */
+	CHECK_EQ(uc.struct_size, 4); /* nothing written */
+	uc.struct_size = sizeof uc;
 
-	p99_xdp_umem_free(NULL);
-	p99_xdp_socket_free(NULL);
-	p99_xdp_prog_free(NULL);
+	CHECK_OK(p99_xdp_umem_free(NULL));
+	CHECK_OK(p99_xdp_socket_free(NULL));
+	CHECK_OK(p99_xdp_prog_free(NULL));
 	CHECK_EQ(p99_xdp_socket_fd(NULL), -1);
 	uint32_t n = 0;
 	p99_xdp_desc d = {0};
 	uint8_t *data = NULL;
-	p99_xdp_frame_counts fc;
-	p99_xdp_stats st;
+	p99_xdp_frame_counts fc = {.struct_size = sizeof fc};
+	p99_xdp_stats st = {.struct_size = sizeof st};
 	CHECK_STATUS(p99_xdp_umem_fill(NULL, 1, &n), P99_STATUS_NULL_PARAMETER);
 	CHECK_STATUS(p99_xdp_umem_reap(NULL, &n), P99_STATUS_NULL_PARAMETER);
 	CHECK_STATUS(p99_xdp_umem_alloc(NULL, &d, 1, &n), P99_STATUS_NULL_PARAMETER);
@@ -178,7 +185,7 @@ static void test_round_trip_on_veth(void)
 	CHECK_STATUS(p99_xdp_prog_test_run(prog, f, 4, &action), P99_STATUS_INVALID_ARGUMENT);
 	CHECK_STATUS(p99_xdp_prog_mode(prog, &mode), P99_STATUS_INVALID_STATE);
 	CHECK_STATUS(p99_xdp_prog_attach(prog, "nosuchdev0", P99_XDP_ATTACH_GENERIC), P99_STATUS_NO_DEVICE);
-	CHECK(strstr(p99_xdp_last_error_message(), "no interface named nosuchdev0") != NULL);
+	CHECK(strstr(p99_last_error_message(), "no interface named nosuchdev0") != NULL);
 	CHECK_STATUS(p99_xdp_prog_attach(prog, "", P99_XDP_ATTACH_GENERIC), P99_STATUS_INVALID_ARGUMENT);
 	CHECK_STATUS(p99_xdp_prog_attach(prog, "sixteen-chars-xx", P99_XDP_ATTACH_GENERIC),
 		     P99_STATUS_INVALID_ARGUMENT); /* IFNAMSIZ counts the NUL */
@@ -190,13 +197,15 @@ static void test_round_trip_on_veth(void)
 	CHECK_EQ(mode, P99_XDP_ATTACH_GENERIC);
 	CHECK_OK(p99_xdp_prog_load(P99_XDP_PROG_REDIRECT_ALL, 0, 4, &other));
 	CHECK_STATUS(p99_xdp_prog_attach(other, "vb", P99_XDP_ATTACH_GENERIC), P99_STATUS_BUSY);
-	CHECK(strstr(p99_xdp_last_error_message(), "busy") != NULL);
+	CHECK(strstr(p99_last_error_message(), "busy") != NULL);
 
 	/* Receiver on vb queue 1; sender on va queue 2 (generic XDP on veth sees TX queue q as
 	 * RX queue q - 1). */
-	p99_xdp_umem_config uc = p99_xdp_umem_config_defaults();
+	p99_xdp_umem_config uc = {.struct_size = sizeof uc};
+	CHECK_OK(p99_xdp_umem_config_defaults(&uc));
 	uc.frame_count = 256, uc.fill_size = 128, uc.comp_size = 128;
-	p99_xdp_socket_config sc = p99_xdp_socket_config_defaults();
+	p99_xdp_socket_config sc = {.struct_size = sizeof sc};
+	CHECK_OK(p99_xdp_socket_config_defaults(&sc));
 	sc.rx_size = 128, sc.tx_size = 128;
 	p99_xdp_umem *ru = NULL, *tu = NULL;
 	p99_xdp_socket *rs = NULL, *ts = NULL, *dup = NULL;
@@ -275,7 +284,7 @@ static void test_round_trip_on_veth(void)
 		CHECK_OK(p99_xdp_udp_ping_reply(data, d[i].len, 7000, &rlen));
 		d[i].len = rlen;
 	}
-	p99_xdp_frame_counts fc;
+	p99_xdp_frame_counts fc = {.struct_size = sizeof fc};
 	CHECK_OK(p99_xdp_umem_frame_counts(ru, &fc));
 	CHECK_EQ(fc.held, 8);
 	CHECK_EQ(fc.free + fc.in_fill + fc.held + fc.in_tx, 256);
@@ -301,7 +310,7 @@ static void test_round_trip_on_veth(void)
 	CHECK_EQ(fc.in_tx, 0);
 	CHECK_OK(p99_xdp_umem_reap(tu, &reaped));
 
-	p99_xdp_stats st;
+	p99_xdp_stats st = {.struct_size = sizeof st};
 	CHECK_OK(p99_xdp_socket_stats(rs, &st));
 	CHECK_EQ(st.rx_packets, 8);
 	CHECK_EQ(st.tx_queued, 4);
@@ -319,12 +328,12 @@ static void test_round_trip_on_veth(void)
 	CHECK_OK(p99_xdp_prog_attach(other, "vb", P99_XDP_ATTACH_AUTO));
 out:
 	/* Any free order is fine: a socket keeps its umem's memory alive. */
-	p99_xdp_umem_free(ru);
-	p99_xdp_socket_free(rs);
-	p99_xdp_socket_free(ts);
-	p99_xdp_umem_free(tu);
-	p99_xdp_prog_free(prog);
-	p99_xdp_prog_free(other);
+	CHECK_OK(p99_xdp_umem_free(ru));
+	CHECK_OK(p99_xdp_socket_free(rs));
+	CHECK_OK(p99_xdp_socket_free(ts));
+	CHECK_OK(p99_xdp_umem_free(tu));
+	CHECK_OK(p99_xdp_prog_free(prog));
+	CHECK_OK(p99_xdp_prog_free(other));
 }
 
 int main(void)

@@ -9,6 +9,12 @@
 #include <sys/uio.h>
 
 /**
+ * Largest `struct_size` accepted: far above any struct here, low enough that a garbage size
+ * is refused before libp99 reads or writes that far.
+ */
+#define STRUCT_SIZE_MAX 4096
+
+/**
  * Eviction policy `P99_CACHE_EVICTION_FIFO`: drop the oldest unpinned segment.
  */
 #define P99_CACHE_EVICTION_FIFO 0
@@ -64,27 +70,6 @@
 #define P99_CACHE_ITEM_HEADER_MAX 23
 
 /**
- * Major version of the header in use. Keep equal to Cargo.toml (checked by tests).
- */
-#define P99_VERSION_MAJOR 0
-
-/**
- * Minor version of the header in use. While the major version is 0, a new minor version may
- * break the ABI, and the soname (`libp99.so.0.<minor>`) changes with it.
- */
-#define P99_VERSION_MINOR 1
-
-/**
- * Patch version of the header in use.
- */
-#define P99_VERSION_PATCH 0
-
-/**
- * The version as one comparable number: major * 1000000 + minor * 1000 + patch.
- */
-#define P99_VERSION_NUMBER (((P99_VERSION_MAJOR * 1000000) + (P99_VERSION_MINOR * 1000)) + P99_VERSION_PATCH)
-
-/**
  * TLS protocol version 1.2, as `p99_tls_config.min_version` takes it.
  */
 #define P99_TLS_VERSION_1_2 771
@@ -95,19 +80,25 @@
 #define P99_TLS_VERSION_1_3 772
 
 /**
- * Bind mode: copy (works everywhere).
+ * Major version of the header in use. Keep equal to Cargo.toml (checked by tests).
  */
-#define P99_XDP_BIND_COPY 0
+#define P99_VERSION_MAJOR 0
 
 /**
- * Bind mode: zero-copy (UNSUPPORTED where the driver lacks it, e.g. veth).
+ * Minor version of the header in use. While the major version is 0, a new minor version may
+ * break the ABI, and the soname (`libp99.so.0.<minor>`) changes with it.
  */
-#define P99_XDP_BIND_ZEROCOPY 1
+#define P99_VERSION_MINOR 2
 
 /**
- * Bind mode: zero-copy when available, else copy.
+ * Patch version of the header in use.
  */
-#define P99_XDP_BIND_AUTO 2
+#define P99_VERSION_PATCH 0
+
+/**
+ * The version as one comparable number: major * 1000000 + minor * 1000 + patch.
+ */
+#define P99_VERSION_NUMBER (((P99_VERSION_MAJOR * 1000000) + (P99_VERSION_MINOR * 1000)) + P99_VERSION_PATCH)
 
 /**
  * Program kind: redirect every packet of a queue to the socket registered for it.
@@ -143,6 +134,21 @@
  * XDP action: redirected (to an AF_XDP socket).
  */
 #define P99_XDP_REDIRECT 4
+
+/**
+ * Bind mode: copy (works everywhere).
+ */
+#define P99_XDP_BIND_COPY 0
+
+/**
+ * Bind mode: zero-copy (UNSUPPORTED where the driver lacks it, e.g. veth).
+ */
+#define P99_XDP_BIND_ZEROCOPY 1
+
+/**
+ * Bind mode: zero-copy when available, else copy.
+ */
+#define P99_XDP_BIND_AUTO 2
 
 /**
  * Which event loop the engine runs on.
@@ -341,6 +347,7 @@ typedef struct p99_engine p99_engine;
  * link, so the kernel detaches it when the program is freed or the process dies.
  *
  * Threading: every call is serialised internally; any thread may call.
+ * `p99_xdp_prog_free` must not run concurrently with another call on the program.
  */
 typedef struct p99_xdp_prog p99_xdp_prog;
 
@@ -349,6 +356,7 @@ typedef struct p99_xdp_prog p99_xdp_prog;
  *
  * Threading: every call is serialised internally and may come from any thread, but the rings
  * are single-producer/single-consumer: drive a socket (and its umem) from one thread.
+ * `p99_xdp_socket_free` must not run concurrently with another call on the socket.
  */
 typedef struct p99_xdp_socket p99_xdp_socket;
 
@@ -357,15 +365,17 @@ typedef struct p99_xdp_socket p99_xdp_socket;
  *
  * Threading: every call is serialised internally and may come from any thread, but the rings
  * are single-producer/single-consumer, so drive a umem and its socket from one thread.
+ * `p99_xdp_umem_free` must not run concurrently with another call on the umem.
  */
 typedef struct p99_xdp_umem p99_xdp_umem;
 
 /**
- * Cache configuration. Fill with `p99_cache_config_defaults`, then change fields.
+ * Cache configuration. Set `struct_size = sizeof(p99_cache_config)`, fill with
+ * `p99_cache_config_defaults`, then change fields.
  */
 typedef struct p99_cache_config {
   /**
-   * `sizeof(p99_cache_config)`, set by `p99_cache_config_defaults`.
+   * `sizeof(p99_cache_config)`, set by the caller.
    */
   uint32_t struct_size;
   /**
@@ -496,7 +506,8 @@ typedef struct p99_cache_item {
 /**
  * What `p99_cache_get_copy` found: filled by the library. Set `struct_size =
  * sizeof(p99_cache_value_info)` before the call; the library writes at most that many bytes
- * and leaves `struct_size` as the caller set it; later versions only append fields.
+ * (fields it does not know are zeroed) and leaves `struct_size` as the caller set it; later
+ * versions only append fields.
  */
 typedef struct p99_cache_value_info {
   /**
@@ -634,14 +645,14 @@ typedef struct p99_cache_stats {
 
 /**
  * TLS settings for an engine: every connection it accepts is TLS, terminated in the
- * worker (rustls), so callbacks see and send plaintext. Fill with
+ * worker (rustls), so callbacks see and send plaintext. Set `struct_size`, fill with
  * `p99_tls_config_defaults`, set the certificate and key, and point
  * `p99_engine_config.tls` at it. Every pointer is borrowed until `p99_engine_start`
  * returns; nothing is kept.
  */
 typedef struct p99_tls_config {
   /**
-   * `sizeof(p99_tls_config)`, set by `p99_tls_config_defaults`.
+   * `sizeof(p99_tls_config)`, set by the caller before `p99_tls_config_defaults`.
    */
   uint32_t struct_size;
   /**
@@ -704,11 +715,12 @@ typedef struct p99_tls_config {
 } p99_tls_config;
 
 /**
- * Engine configuration. Fill with `p99_engine_config_defaults`, then change fields.
+ * Engine configuration. Set `struct_size = sizeof(p99_engine_config)`, fill with
+ * `p99_engine_config_defaults`, then change fields.
  */
 typedef struct p99_engine_config {
   /**
-   * `sizeof(p99_engine_config)`, set by `p99_engine_config_defaults`.
+   * `sizeof(p99_engine_config)`, set by the caller.
    */
   uint32_t struct_size;
   /**
@@ -792,8 +804,8 @@ typedef struct p99_worker {
 typedef uint64_t p99_conn;
 
 /**
- * Callbacks and the user pointer passed to each. Zero-fill (or use
- * `p99_engine_callbacks_defaults`), set `struct_size`, then set what you need; only
+ * Callbacks and the user pointer passed to each. Zero-fill with `struct_size` set (or set
+ * `struct_size` and call `p99_engine_callbacks_defaults`), then set what you need; only
  * `on_data` is required. All run on the worker thread that owns the connection.
  */
 typedef struct p99_engine_callbacks {
@@ -894,73 +906,12 @@ typedef struct p99_worker_stats {
 } p99_worker_stats;
 
 /**
- * UMEM parameters, filled in by the caller starting from `p99_xdp_umem_config_defaults()`.
- */
-typedef struct p99_xdp_umem_config {
-  /**
-   * `sizeof(p99_xdp_umem_config)`, set by `p99_xdp_umem_config_defaults()`.
-   */
-  uint32_t struct_size;
-  /**
-   * Bytes per frame: 2048 or 4096 (default 4096).
-   */
-  uint32_t frame_size;
-  /**
-   * Number of frames (default 4096).
-   */
-  uint32_t frame_count;
-  /**
-   * Extra headroom in front of received data, after the kernel's 256 bytes (default 0).
-   */
-  uint32_t headroom;
-  /**
-   * FILL ring entries, a power of two (default 2048).
-   */
-  uint32_t fill_size;
-  /**
-   * COMPLETION ring entries, a power of two (default 2048).
-   */
-  uint32_t comp_size;
-} p99_xdp_umem_config;
-
-/**
- * One packet descriptor, as in the kernel's rings: `addr` is the byte offset of the packet
- * data inside the umem, `len` its length, `options` must be 0.
- */
-typedef struct p99_xdp_desc {
-  uint64_t addr;
-  uint32_t len;
-  uint32_t options;
-} p99_xdp_desc;
-
-/**
- * Frames per state, from `p99_xdp_umem_frame_counts`.
- */
-typedef struct p99_xdp_frame_counts {
-  /**
-   * In the umem's free pool.
-   */
-  uint32_t free;
-  /**
-   * Posted to the FILL ring (owned by the kernel).
-   */
-  uint32_t in_fill;
-  /**
-   * Held by the caller (received or allocated, not yet sent or released).
-   */
-  uint32_t held;
-  /**
-   * Posted to the TX ring, completion not yet reaped.
-   */
-  uint32_t in_tx;
-} p99_xdp_frame_counts;
-
-/**
- * Socket parameters, filled in by the caller starting from `p99_xdp_socket_config_defaults()`.
+ * Socket parameters. Set `struct_size = sizeof(p99_xdp_socket_config)`, fill with
+ * `p99_xdp_socket_config_defaults`, then change fields.
  */
 typedef struct p99_xdp_socket_config {
   /**
-   * `sizeof(p99_xdp_socket_config)`, set by `p99_xdp_socket_config_defaults()`.
+   * `sizeof(p99_xdp_socket_config)`, set by the caller.
    */
   uint32_t struct_size;
   /**
@@ -987,9 +938,24 @@ typedef struct p99_xdp_socket_config {
 } p99_xdp_socket_config;
 
 /**
- * Kernel statistics (XDP_STATISTICS) and libp99's own counters of one socket.
+ * One packet descriptor, as in the kernel's rings: `addr` is the byte offset of the packet
+ * data inside the umem, `len` its length, `options` must be 0.
+ */
+typedef struct p99_xdp_desc {
+  uint64_t addr;
+  uint32_t len;
+  uint32_t options;
+} p99_xdp_desc;
+
+/**
+ * Kernel statistics (XDP_STATISTICS) and libp99's own counters of one socket, from
+ * `p99_xdp_socket_stats`. Set `struct_size` before the call.
  */
 typedef struct p99_xdp_stats {
+  /**
+   * `sizeof(p99_xdp_stats)`, set by the caller.
+   */
+  uint32_t struct_size;
   /**
    * Kernel: packets dropped for a reason other than invalid descriptors (e.g. too long).
    */
@@ -1048,6 +1014,63 @@ typedef struct p99_xdp_stats {
   uint64_t bind_retries;
 } p99_xdp_stats;
 
+/**
+ * UMEM parameters. Set `struct_size = sizeof(p99_xdp_umem_config)`, fill with
+ * `p99_xdp_umem_config_defaults`, then change fields.
+ */
+typedef struct p99_xdp_umem_config {
+  /**
+   * `sizeof(p99_xdp_umem_config)`, set by the caller.
+   */
+  uint32_t struct_size;
+  /**
+   * Bytes per frame: 2048 or 4096 (default 4096).
+   */
+  uint32_t frame_size;
+  /**
+   * Number of frames (default 4096).
+   */
+  uint32_t frame_count;
+  /**
+   * Extra headroom in front of received data, after the kernel's 256 bytes (default 0).
+   */
+  uint32_t headroom;
+  /**
+   * FILL ring entries, a power of two (default 2048).
+   */
+  uint32_t fill_size;
+  /**
+   * COMPLETION ring entries, a power of two (default 2048).
+   */
+  uint32_t comp_size;
+} p99_xdp_umem_config;
+
+/**
+ * Frames per state, from `p99_xdp_umem_frame_counts`. Set `struct_size` before the call.
+ */
+typedef struct p99_xdp_frame_counts {
+  /**
+   * `sizeof(p99_xdp_frame_counts)`, set by the caller.
+   */
+  uint32_t struct_size;
+  /**
+   * In the umem's free pool.
+   */
+  uint32_t free;
+  /**
+   * Posted to the FILL ring (owned by the kernel).
+   */
+  uint32_t in_fill;
+  /**
+   * Held by the caller (received or allocated, not yet sent or released).
+   */
+  uint32_t held;
+  /**
+   * Posted to the TX ring, completion not yet reaped.
+   */
+  uint32_t in_tx;
+} p99_xdp_frame_counts;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -1060,17 +1083,33 @@ extern "C" {
 int p99_last_errno(void);
 
 /**
- * Fills `*config` with the defaults (including `struct_size`). Returns NULL_PARAMETER if
- * `config` is NULL. Thread-safe; `config` is borrowed until return.
+ * Describes the most recent failure of a libp99 call on the calling thread: a detailed
+ * English text when the call had more to say than its status (which configuration field is
+ * wrong, which system call failed and why, the verifier log of a rejected XDP program, the
+ * message of a caught panic), otherwise the status's own text (as `p99_status_str`). "" if no
+ * call has failed on this thread yet. Never NULL.
+ *
+ * Per thread: failures on other threads do not change it. Lifetime: the string belongs to
+ * libp99 and stays valid and unchanged until the next libp99 call on this thread that
+ * returns a failure (successful calls leave it alone), or until the thread exits; copy it
+ * to keep it longer.
+ */
+const char *p99_last_error_message(void);
+
+/**
+ * Fills `*config` with the defaults. The caller sets `config->struct_size =
+ * sizeof(p99_cache_config)` first; at most that many bytes are written and it is left as
+ * set. NULL_PARAMETER if `config` is NULL, INVALID_ARGUMENT if `struct_size` is smaller than
+ * the first published struct. Thread-safe; `config` is borrowed until return.
  */
 p99_status p99_cache_config_defaults(struct p99_cache_config *config);
 
 /**
  * Creates a cache from `*config` (borrowed until return) and stores it in `*out`; free it
- * with `p99_cache_free`. INVALID_ARGUMENT for a `struct_size` smaller than this version's
- * struct or an inconsistent configuration (segment size out of range, heap smaller than a
- * segment, item_max above segment_bytes or below a maximal key, bad eviction or shard
- * count). Thread-safe.
+ * with `p99_cache_free`. INVALID_ARGUMENT for a bad `struct_size` or an inconsistent
+ * configuration (segment size out of range, heap smaller than a segment, item_max above
+ * segment_bytes or below a maximal key, bad eviction or shard count); then
+ * `p99_last_error_message()` names the field and the rule. Thread-safe.
  */
 p99_status p99_cache_new(const struct p99_cache_config *config, struct p99_cache **out);
 
@@ -1286,41 +1325,26 @@ p99_status p99_cache_expiry_from_exptime(const struct p99_cache *cache,
 
 /**
  * Fills `*stats` (caller sets `stats->struct_size` first; INVALID_ARGUMENT if smaller than
- * the first published version of the struct). Only `struct_size` bytes are written, and
- * `struct_size` is left as the caller set it. Thread-safe (locks each shard briefly).
+ * the first published version of the struct). At most `struct_size` bytes are written
+ * (fields this library does not know are zeroed), and `struct_size` is left as the caller
+ * set it. Thread-safe (locks each shard briefly).
  */
 p99_status p99_cache_get_stats(const struct p99_cache *cache, struct p99_cache_stats *stats);
 
 /**
- * Returns a static, NUL-terminated English description of `status`.
- *
- * Never returns NULL: an unknown value gives "unknown status". The string is owned by
- * libp99 and valid for the life of the process. Thread-safe.
- */
-const char *p99_status_str(uint32_t status);
-
-/**
- * Returns the version of the loaded library as a static NUL-terminated string
- * "MAJOR.MINOR.PATCH". Compare it with the `P99_VERSION_*` macros to detect a header/library
- * mismatch. Never NULL; owned by libp99; thread-safe.
- */
-const char *p99_version(void);
-
-/**
- * Returns the version of the loaded library as `P99_VERSION_NUMBER` would encode it.
- * Thread-safe.
- */
-uint32_t p99_version_number(void);
-
-/**
- * Fills `*config` with the defaults (see each field) and sets `struct_size`.
- * Returns `P99_STATUS_NULL_PARAMETER` if `config` is NULL. Thread-safe.
+ * Fills `*config` with the defaults (see each field). The caller sets `config->struct_size
+ * = sizeof(p99_engine_config)` first; at most that many bytes are written and it is left as
+ * set. `P99_STATUS_NULL_PARAMETER` if `config` is NULL, `P99_STATUS_INVALID_ARGUMENT` if
+ * `struct_size` is smaller than the first published struct. Thread-safe.
  */
 p99_status p99_engine_config_defaults(struct p99_engine_config *config);
 
 /**
- * Zero-fills `*callbacks` (no user pointer, no callbacks) and sets `struct_size`.
- * Returns `P99_STATUS_NULL_PARAMETER` if `callbacks` is NULL. Thread-safe.
+ * Clears `*callbacks` (no user pointer, no callbacks). The caller sets
+ * `callbacks->struct_size = sizeof(p99_engine_callbacks)` first; at most that many bytes are
+ * written and it is left as set. `P99_STATUS_NULL_PARAMETER` if `callbacks` is NULL,
+ * `P99_STATUS_INVALID_ARGUMENT` if `struct_size` is smaller than the first published struct.
+ * Thread-safe.
  */
 p99_status p99_engine_callbacks_defaults(struct p99_engine_callbacks *callbacks);
 
@@ -1332,7 +1356,7 @@ p99_status p99_engine_callbacks_defaults(struct p99_engine_callbacks *callbacks)
  * `P99_STATUS_UNSUPPORTED` (P99_BACKEND forces an unavailable backend), or the status of the
  * failed system call (e.g. `P99_STATUS_IO_ERROR` with errno EADDRINUSE), and with `tls` set,
  * `P99_STATUS_TLS_CONFIG` (a certificate, key or CA file unreadable or unusable, or a key
- * that does not match the certificate). Thread-safe.
+ * that does not match the certificate; `p99_last_error_message()` says which). Thread-safe.
  */
 p99_status p99_engine_start(const struct p99_engine_config *config,
                             const struct p99_engine_callbacks *callbacks,
@@ -1392,8 +1416,8 @@ p99_status p99_engine_stop(const struct p99_engine *engine, uint32_t drain_ms);
 
 /**
  * Writes worker `worker_index`'s counters to `*out`; the caller sets `out->struct_size`
- * first. Only `struct_size` bytes are written (at most this library's struct size), and
- * `struct_size` is left as the caller set it. Errors: NULL pointers,
+ * first. At most `struct_size` bytes are written (fields this library does not know are
+ * zeroed), and `struct_size` is left as the caller set it. Errors: NULL pointers,
  * `P99_STATUS_INVALID_ARGUMENT` (no such worker, or struct_size smaller than the first
  * published version of the struct). Works before and after stop. Thread-safe.
  */
@@ -1463,6 +1487,17 @@ p99_status p99_worker_resume_recv(struct p99_worker *worker, p99_conn conn);
 p99_status p99_worker_close(struct p99_worker *worker, p99_conn conn);
 
 /**
+ * Stores a pointer with the connection (not dereferenced by libp99). Worker thread only.
+ */
+p99_status p99_worker_set_conn_user(struct p99_worker *worker, p99_conn conn, void *user);
+
+/**
+ * Writes the pointer stored by `p99_worker_set_conn_user` (NULL if none) to `*out`.
+ * Worker thread only.
+ */
+p99_status p99_worker_conn_user(struct p99_worker *worker, p99_conn conn, void **out);
+
+/**
  * Why `conn` is closing: call it in `on_close` (or once the connection is closing). Writes
  * the reason to `*out_reason`; with `detail` non-NULL, also up to `detail_cap - 1` bytes of
  * the explanation (the TLS or socket error; "" when there is none) followed by a NUL, and
@@ -1477,17 +1512,6 @@ p99_status p99_worker_conn_close_reason(struct p99_worker *worker,
                                         char *detail,
                                         size_t detail_cap,
                                         size_t *out_detail_len);
-
-/**
- * Stores a pointer with the connection (not dereferenced by libp99). Worker thread only.
- */
-p99_status p99_worker_set_conn_user(struct p99_worker *worker, p99_conn conn, void *user);
-
-/**
- * Writes the pointer stored by `p99_worker_set_conn_user` (NULL if none) to `*out`.
- * Worker thread only.
- */
-p99_status p99_worker_conn_user(struct p99_worker *worker, p99_conn conn, void **out);
 
 /**
  * Writes the connection's socket fd to `*out`, for getpeername/setsockopt. The engine owns
@@ -1512,8 +1536,18 @@ p99_status p99_worker_add_timer(struct p99_worker *worker,
 p99_status p99_worker_cancel_timer(struct p99_worker *worker, uint64_t timer_id);
 
 /**
- * Fills `*config` with the defaults (see each field; no certificate or key) and sets
- * `struct_size`. Returns `P99_STATUS_NULL_PARAMETER` if `config` is NULL. Thread-safe.
+ * Returns a static, NUL-terminated English description of `status`.
+ *
+ * Never returns NULL: an unknown value gives "unknown status". The string is owned by
+ * libp99 and valid for the life of the process. Thread-safe.
+ */
+const char *p99_status_str(uint32_t status);
+
+/**
+ * Fills `*config` with the defaults (see each field; no certificate or key); the caller
+ * sets `config->struct_size` first, and at most that many bytes are written. Errors: NULL,
+ * `P99_STATUS_INVALID_ARGUMENT` (a `struct_size` below the first published size).
+ * Thread-safe.
  */
 p99_status p99_tls_config_defaults(struct p99_tls_config *config);
 
@@ -1524,132 +1558,111 @@ p99_status p99_tls_config_defaults(struct p99_tls_config *config);
 const char *p99_close_reason_str(uint32_t reason);
 
 /**
- * Returns a NUL-terminated English description of the most recent failure of a `p99_xdp_*`
- * call on the calling thread (including the verifier log when a program was rejected), or
- * "" if none failed yet. Thread-local; the string is owned by libp99 and valid until the next
- * failing `p99_xdp_*` call on this thread. Never NULL.
+ * Returns the version of the loaded library as a static NUL-terminated string
+ * "MAJOR.MINOR.PATCH". Compare it with the `P99_VERSION_*` macros to detect a header/library
+ * mismatch. Never NULL; owned by libp99; thread-safe.
  */
-const char *p99_xdp_last_error_message(void);
+const char *p99_version(void);
 
 /**
- * Returns a config with the documented defaults and `struct_size` set. Thread-safe.
- */
-struct p99_xdp_umem_config p99_xdp_umem_config_defaults(void);
-
-/**
- * Creates a umem: maps `frame_size * frame_count` page-aligned bytes, creates the AF_XDP
- * socket, registers the area and sets up FILL/COMPLETION rings. `config` may be NULL for the
- * defaults; it is borrowed until return. On success `*out` receives the umem, which the
- * caller frees with `p99_xdp_umem_free`. Needs CAP_NET_RAW (PERMISSION_DENIED otherwise);
- * INVALID_ARGUMENT for a bad frame size, count, headroom or ring size.
+ * Returns the version of the loaded library as `P99_VERSION_NUMBER` would encode it.
  * Thread-safe.
- *
- * # Safety
- * `config`, if non-NULL, points to a `p99_xdp_umem_config` whose `struct_size` is set;
- * `out` is writable.
  */
-p99_status p99_xdp_umem_create(const struct p99_xdp_umem_config *config, struct p99_xdp_umem **out);
+uint32_t p99_version_number(void);
 
 /**
- * Frees a umem handle (NULL is a no-op). The memory and the kernel socket stay alive until
- * the socket bound on this umem (if any) is freed too. Consumes `umem`.
- * Must not run concurrently with any other call on `umem`.
- *
- * # Safety
- * `umem` is NULL or a live handle from `p99_xdp_umem_create`, not used again.
+ * UDP ping responder step: if the `len`-byte Ethernet frame at `frame` is an IPv4/UDP datagram
+ * to `port` (0: any) whose payload starts with "PING", rewrites it in place into the reply
+ * ("PONG", MAC/IP/port swapped, IPv4 checksum updated, UDP checksum cleared) and writes the
+ * reply length to `*reply_len`. Otherwise returns NOT_FOUND and leaves the frame unchanged.
+ * Every length inside the packet is checked against `len`. `frame` (`len` writable bytes)
+ * is borrowed until return. Thread-safe.
  */
-void p99_xdp_umem_free(struct p99_xdp_umem *umem);
+p99_status p99_xdp_udp_ping_reply(uint8_t *frame, uint32_t len, uint16_t port, uint32_t *reply_len);
 
 /**
- * Moves up to `max` free frames to the FILL ring so the kernel can receive into them;
- * `*filled` (may be NULL) receives the count.
- * Thread-safe: calls on one umem and its socket are serialised internally.
- *
- * # Safety
- * `umem` is a live handle; `filled` NULL or writable.
+ * Loads a built-in program: `kind` is `P99_XDP_PROG_REDIRECT_ALL` or `P99_XDP_PROG_UDP_PORT`
+ * (then `udp_port`, host byte order, non-zero, selects the datagrams to redirect);
+ * `max_queues` (1..4096) sizes the socket map. Packets not redirected pass to the stack.
+ * Needs CAP_BPF + CAP_NET_ADMIN (PERMISSION_DENIED). On a verifier rejection
+ * (INVALID_ARGUMENT) `p99_last_error_message()` holds the log. On success `*out` receives
+ * the program; free it with `p99_xdp_prog_free`.
+ * Thread-safe.
  */
-p99_status p99_xdp_umem_fill(const struct p99_xdp_umem *umem, uint32_t max, uint32_t *filled);
+p99_status p99_xdp_prog_load(uint32_t kind,
+                             uint16_t udp_port,
+                             uint32_t max_queues,
+                             struct p99_xdp_prog **out);
 
 /**
- * Reaps TX completions: transmitted frames go back to the free pool. `*reaped` (may be NULL)
- * receives the count.
- * Thread-safe: calls on one umem and its socket are serialised internally.
- *
- * # Safety
- * `umem` is a live handle; `reaped` NULL or writable.
+ * Attaches the program to interface `ifname` (NUL-terminated, borrowed until return) in
+ * `mode` (`P99_XDP_ATTACH_*`). BUSY when another program holds the interface's XDP hook;
+ * TOO_LARGE when the MTU is too large for native mode; UNSUPPORTED when the mode is
+ * unavailable; INVALID_STATE if already attached.
+ * Thread-safe: calls on one program are serialised internally.
  */
-p99_status p99_xdp_umem_reap(const struct p99_xdp_umem *umem, uint32_t *reaped);
+p99_status p99_xdp_prog_attach(const struct p99_xdp_prog *prog, const char *ifname, uint32_t mode);
 
 /**
- * Takes up to `max` free frames for the caller to build packets in: `descs[i].addr` is each
- * frame's start, `len` 0. `*count` receives how many (0 when none is free). The frames are
- * held by the caller until sent or released. `descs` is borrowed until return.
- * Thread-safe: calls on one umem and its socket are serialised internally.
- *
- * # Safety
- * `umem` is a live handle; `descs` has room for `max` descs; `count` is writable.
+ * Detaches the program (no-op when not attached); it can be attached again.
+ * Thread-safe: calls on one program are serialised internally.
  */
-p99_status p99_xdp_umem_alloc(const struct p99_xdp_umem *umem,
-                              struct p99_xdp_desc *descs,
-                              uint32_t max,
-                              uint32_t *count);
+p99_status p99_xdp_prog_detach(const struct p99_xdp_prog *prog);
 
 /**
- * Gives frames the caller holds back to the free pool (e.g. received packets not answered).
- * All-or-nothing: INVALID_ARGUMENT, and nothing changes, if any address is outside the umem,
- * not held by the caller, or listed twice. `descs` is borrowed until return.
- * Thread-safe: calls on one umem and its socket are serialised internally.
- *
- * # Safety
- * `umem` is a live handle; `descs` points to `count` descs.
+ * Writes the requested attach mode (`P99_XDP_ATTACH_*`) to `*mode`; INVALID_STATE when not
+ * attached.
+ * Thread-safe: calls on one program are serialised internally.
  */
-p99_status p99_xdp_umem_release(const struct p99_xdp_umem *umem,
-                                const struct p99_xdp_desc *descs,
-                                uint32_t count);
+p99_status p99_xdp_prog_mode(const struct p99_xdp_prog *prog, uint32_t *mode);
 
 /**
- * Sets `*data` to the bytes at `addr` of a frame the caller holds, checking that
- * `addr + len` stays inside that frame (INVALID_ARGUMENT otherwise, also when the frame is
- * not held). The pointer stays valid while the caller holds the frame and the umem lives.
- * Thread-safe: calls on one umem and its socket are serialised internally.
- *
- * # Safety
- * `umem` is a live handle; `data` is writable.
+ * Registers `sock` for its bound queue: packets the program selects on that queue go to it.
+ * INVALID_ARGUMENT if the queue is beyond `max_queues`.
+ * Thread-safe: calls on one program are serialised internally. Locks `sock` briefly.
  */
-p99_status p99_xdp_umem_data(const struct p99_xdp_umem *umem,
-                             uint64_t addr,
-                             uint32_t len,
-                             uint8_t **data);
+p99_status p99_xdp_prog_register(const struct p99_xdp_prog *prog,
+                                 const struct p99_xdp_socket *sock);
 
 /**
- * Writes the number of frames in each state to `*counts` (free + in_fill + held + in_tx ==
- * frame_count).
- * Thread-safe: calls on one umem and its socket are serialised internally.
- *
- * # Safety
- * `umem` is a live handle; `counts` writable.
+ * Removes whatever socket is registered for `queue` (no-op if none).
+ * Thread-safe: calls on one program are serialised internally.
  */
-p99_status p99_xdp_umem_frame_counts(const struct p99_xdp_umem *umem,
-                                     struct p99_xdp_frame_counts *counts);
+p99_status p99_xdp_prog_unregister(const struct p99_xdp_prog *prog, uint32_t queue);
 
 /**
- * Returns a config with the documented defaults and `struct_size` set. Thread-safe.
+ * Runs the program once on `len` bytes at `packet` (BPF_PROG_TEST_RUN, no network needed) and
+ * writes its XDP action to `*action` (`P99_XDP_PASS`, `P99_XDP_REDIRECT`, ...). `packet` is
+ * borrowed until return.
+ * Thread-safe: calls on one program are serialised internally.
  */
-struct p99_xdp_socket_config p99_xdp_socket_config_defaults(void);
+p99_status p99_xdp_prog_test_run(const struct p99_xdp_prog *prog,
+                                 const uint8_t *packet,
+                                 size_t len,
+                                 uint32_t *action);
+
+/**
+ * Frees the program; NULL is a no-op. Returns OK. Detaches it and closes its map. Consumes
+ * `prog`. Must not run concurrently with any other call on `prog`.
+ */
+p99_status p99_xdp_prog_free(struct p99_xdp_prog *prog);
+
+/**
+ * Fills `*config` with the defaults. The caller sets `config->struct_size =
+ * sizeof(p99_xdp_socket_config)` first; at most that many bytes are written and it is left
+ * as set (INVALID_ARGUMENT if smaller than the first published struct). Thread-safe.
+ */
+p99_status p99_xdp_socket_config_defaults(struct p99_xdp_socket_config *config);
 
 /**
  * Binds a socket on `umem` to queue `queue` of interface `ifname` (in the calling thread's
  * network namespace). A umem backs one socket (INVALID_STATE for a second). Errors:
  * NO_DEVICE (no such interface or queue), BUSY (queue held by another socket), UNSUPPORTED
- * (zero-copy asked where the driver lacks it), INVALID_ARGUMENT (bad ring sizes).
- * `config` may be NULL for the defaults; `ifname` and `config` are borrowed until return. On
- * success `*out` receives the socket, freed with `p99_xdp_socket_free`. Register it with a
- * program (`p99_xdp_prog_register`) to receive traffic.
- * Thread-safe (serialised with other calls on `umem`).
- *
- * # Safety
- * `umem` is a live handle; `ifname` a NUL-terminated string; `config` NULL or a config with
- * `struct_size` set; `out` writable.
+ * (zero-copy asked where the driver lacks it), INVALID_ARGUMENT (bad ring sizes, bind mode or
+ * `struct_size`). `config` may be NULL for the defaults; `ifname` (NUL-terminated) and
+ * `config` are borrowed until return. On success `*out` receives the socket, freed with
+ * `p99_xdp_socket_free`. Register it with a program (`p99_xdp_prog_register`) to receive
+ * traffic. Thread-safe (serialised with other calls on `umem`).
  */
 p99_status p99_xdp_socket_create(const struct p99_xdp_umem *umem,
                                  const char *ifname,
@@ -1658,23 +1671,18 @@ p99_status p99_xdp_socket_create(const struct p99_xdp_umem *umem,
                                  struct p99_xdp_socket **out);
 
 /**
- * Frees a socket (NULL is a no-op): unmaps its rings; the kernel socket closes, and the queue
- * becomes free, once its umem is freed too. Consumes `sock`.
+ * Frees a socket; NULL is a no-op. Returns OK. Unmaps its rings; the kernel socket closes,
+ * and the queue becomes free, once its umem is freed too. Consumes `sock`.
  * Must not run concurrently with any other call on `sock`.
- *
- * # Safety
- * `sock` is NULL or a live handle, not used again.
  */
-void p99_xdp_socket_free(struct p99_xdp_socket *sock);
+p99_status p99_xdp_socket_free(struct p99_xdp_socket *sock);
 
 /**
  * Takes up to `max` received packets: `descs[i].addr` is where packet i's data starts in the
  * umem (see `p99_xdp_umem_data`), `len` its length. `*count` receives how many (0 when none
  * is waiting; never blocks). The frames are held by the caller until sent or released.
+ * `descs` (room for `max` descs) is borrowed until return.
  * Thread-safe: calls on one socket are serialised internally.
- *
- * # Safety
- * `sock` is a live handle; `descs` has room for `max` descs; `count` writable.
  */
 p99_status p99_xdp_socket_recv(const struct p99_xdp_socket *sock,
                                struct p99_xdp_desc *descs,
@@ -1685,13 +1693,11 @@ p99_status p99_xdp_socket_recv(const struct p99_xdp_socket *sock,
  * Queues `count` held frames for transmission (`len` bytes from `addr`, inside one frame) and
  * kicks the kernel. The batch is checked first: if any desc is bad (outside the umem, not
  * held, empty, crossing its frame, options set, listed twice) nothing is queued and
- * INVALID_ARGUMENT is returned (the frames stay held; see `p99_xdp_last_error_message`).
+ * INVALID_ARGUMENT is returned (the frames stay held; see `p99_last_error_message`).
  * `*queued` (may be NULL) receives how many were queued: the first `*queued` descs, fewer
- * than `count` when the TX ring is full — the rest stay held for a later call.
+ * than `count` when the TX ring is full — the rest stay held for a later call. `descs`
+ * (`count` descs) is borrowed until return.
  * Thread-safe: calls on one socket are serialised internally.
- *
- * # Safety
- * `sock` is a live handle; `descs` points to `count` descs; `queued` NULL or writable.
  */
 p99_status p99_xdp_socket_send(const struct p99_xdp_socket *sock,
                                const struct p99_xdp_desc *descs,
@@ -1703,9 +1709,6 @@ p99_status p99_xdp_socket_send(const struct p99_xdp_socket *sock,
  * per kick; `p99_xdp_socket_send` already kicks). `*pending` (may be NULL) receives how many
  * remain on the ring.
  * Thread-safe: calls on one socket are serialised internally.
- *
- * # Safety
- * `sock` is a live handle; `pending` NULL or writable.
  */
 p99_status p99_xdp_socket_kick(const struct p99_xdp_socket *sock, uint32_t *pending);
 
@@ -1713,9 +1716,6 @@ p99_status p99_xdp_socket_kick(const struct p99_xdp_socket *sock, uint32_t *pend
  * Waits up to `timeout_ms` (-1: forever, 0: just check) for received packets; `*ready`
  * receives 1 if RX has packets, else 0.
  * Thread-safe: serialised with other calls on `sock`, except the wait, which holds no lock.
- *
- * # Safety
- * `sock` is a live handle; `ready` writable.
  */
 p99_status p99_xdp_socket_wait(const struct p99_xdp_socket *sock, int timeout_ms, uint32_t *ready);
 
@@ -1723,9 +1723,6 @@ p99_status p99_xdp_socket_wait(const struct p99_xdp_socket *sock, int timeout_ms
  * Returns the socket's file descriptor for the caller's poll/epoll loop (POLLIN: packets to
  * receive), or -1 if `sock` is NULL. Owned by libp99: do not close it.
  * Thread-safe: calls on one socket are serialised internally.
- *
- * # Safety
- * `sock` is NULL or a live handle.
  */
 int p99_xdp_socket_fd(const struct p99_xdp_socket *sock);
 
@@ -1733,122 +1730,97 @@ int p99_xdp_socket_fd(const struct p99_xdp_socket *sock);
  * Writes the bind mode in effect (`P99_XDP_BIND_COPY` or `P99_XDP_BIND_ZEROCOPY`) and the
  * bound queue to the non-NULL out-parameters.
  * Thread-safe: calls on one socket are serialised internally.
- *
- * # Safety
- * `sock` is a live handle; `mode` and `queue` NULL or writable.
  */
 p99_status p99_xdp_socket_mode(const struct p99_xdp_socket *sock, uint32_t *mode, uint32_t *queue);
 
 /**
- * Writes the socket's statistics to `*stats`.
+ * Writes the socket's statistics to `*stats`. The caller sets `stats->struct_size` first; at
+ * most that many bytes are written (fields this library does not know are zeroed) and it is
+ * left as set; INVALID_ARGUMENT if smaller than the first published struct.
  * Thread-safe: calls on one socket are serialised internally.
- *
- * # Safety
- * `sock` is a live handle; `stats` writable.
  */
 p99_status p99_xdp_socket_stats(const struct p99_xdp_socket *sock, struct p99_xdp_stats *stats);
 
 /**
- * Loads a built-in program: `kind` is `P99_XDP_PROG_REDIRECT_ALL` or `P99_XDP_PROG_UDP_PORT`
- * (then `udp_port`, host byte order, non-zero, selects the datagrams to redirect);
- * `max_queues` (1..4096) sizes the socket map. Packets not redirected pass to the stack.
- * Needs CAP_BPF + CAP_NET_ADMIN (PERMISSION_DENIED). On a verifier rejection
- * (INVALID_ARGUMENT) `p99_xdp_last_error_message()` holds the log. Free with
- * `p99_xdp_prog_free`.
- * Thread-safe.
- *
- * # Safety
- * `out` writable.
+ * Fills `*config` with the defaults. The caller sets `config->struct_size =
+ * sizeof(p99_xdp_umem_config)` first; at most that many bytes are written and it is left
+ * as set (INVALID_ARGUMENT if smaller than the first published struct). Thread-safe.
  */
-p99_status p99_xdp_prog_load(uint32_t kind,
-                             uint16_t udp_port,
-                             uint32_t max_queues,
-                             struct p99_xdp_prog **out);
+p99_status p99_xdp_umem_config_defaults(struct p99_xdp_umem_config *config);
 
 /**
- * Attaches the program to interface `ifname` in `mode` (`P99_XDP_ATTACH_*`). BUSY when
- * another program holds the interface's XDP hook; TOO_LARGE when the MTU is too large for
- * native mode; UNSUPPORTED when the mode is unavailable; INVALID_STATE if already attached.
- * Thread-safe: calls on one program are serialised internally.
- *
- * # Safety
- * `prog` is a live handle; `ifname` NUL-terminated.
+ * Creates a umem: maps `frame_size * frame_count` page-aligned bytes, creates the AF_XDP
+ * socket, registers the area and sets up FILL/COMPLETION rings. `config` may be NULL for the
+ * defaults; it is borrowed until return. On success `*out` receives the umem, which the
+ * caller frees with `p99_xdp_umem_free`. Needs CAP_NET_RAW (PERMISSION_DENIED otherwise);
+ * INVALID_ARGUMENT for a bad frame size, count, headroom or ring size, or a bad
+ * `struct_size`. Thread-safe.
  */
-p99_status p99_xdp_prog_attach(const struct p99_xdp_prog *prog, const char *ifname, uint32_t mode);
+p99_status p99_xdp_umem_create(const struct p99_xdp_umem_config *config, struct p99_xdp_umem **out);
 
 /**
- * Detaches the program (no-op when not attached); it can be attached again.
- * Thread-safe: calls on one program are serialised internally.
- *
- * # Safety
- * `prog` is a live handle.
+ * Frees a umem handle; NULL is a no-op. Returns OK. The memory and the kernel socket stay
+ * alive until the socket bound on this umem (if any) is freed too. Consumes `umem`.
+ * Must not run concurrently with any other call on `umem`.
  */
-p99_status p99_xdp_prog_detach(const struct p99_xdp_prog *prog);
+p99_status p99_xdp_umem_free(struct p99_xdp_umem *umem);
 
 /**
- * Writes the requested attach mode (`P99_XDP_ATTACH_*`) to `*mode`; INVALID_STATE when not
- * attached.
- * Thread-safe: calls on one program are serialised internally.
- *
- * # Safety
- * `prog` is a live handle; `mode` writable.
+ * Moves up to `max` free frames to the FILL ring so the kernel can receive into them;
+ * `*filled` (may be NULL) receives the count.
+ * Thread-safe: calls on one umem and its socket are serialised internally.
  */
-p99_status p99_xdp_prog_mode(const struct p99_xdp_prog *prog, uint32_t *mode);
+p99_status p99_xdp_umem_fill(const struct p99_xdp_umem *umem, uint32_t max, uint32_t *filled);
 
 /**
- * Registers `sock` for its bound queue: packets the program selects on that queue go to it.
- * INVALID_ARGUMENT if the queue is beyond `max_queues`.
- * Thread-safe: calls on one program are serialised internally. Locks `sock` briefly.
- *
- * # Safety
- * `prog` and `sock` are live handles.
+ * Reaps TX completions: transmitted frames go back to the free pool. `*reaped` (may be NULL)
+ * receives the count.
+ * Thread-safe: calls on one umem and its socket are serialised internally.
  */
-p99_status p99_xdp_prog_register(const struct p99_xdp_prog *prog,
-                                 const struct p99_xdp_socket *sock);
+p99_status p99_xdp_umem_reap(const struct p99_xdp_umem *umem, uint32_t *reaped);
 
 /**
- * Removes whatever socket is registered for `queue` (no-op if none).
- * Thread-safe: calls on one program are serialised internally.
- *
- * # Safety
- * `prog` is a live handle.
+ * Takes up to `max` free frames for the caller to build packets in: `descs[i].addr` is each
+ * frame's start, `len` 0. `*count` receives how many (0 when none is free). The frames are
+ * held by the caller until sent or released. `descs` (room for `max` descs) is borrowed
+ * until return.
+ * Thread-safe: calls on one umem and its socket are serialised internally.
  */
-p99_status p99_xdp_prog_unregister(const struct p99_xdp_prog *prog, uint32_t queue);
+p99_status p99_xdp_umem_alloc(const struct p99_xdp_umem *umem,
+                              struct p99_xdp_desc *descs,
+                              uint32_t max,
+                              uint32_t *count);
 
 /**
- * Runs the program once on `len` bytes at `packet` (BPF_PROG_TEST_RUN, no network needed) and
- * writes its XDP action to `*action` (`P99_XDP_PASS`, `P99_XDP_REDIRECT`, ...). `packet` is
- * borrowed until return.
- * Thread-safe: calls on one program are serialised internally.
- *
- * # Safety
- * `prog` is a live handle; `packet` has `len` readable bytes; `action` writable.
+ * Gives frames the caller holds back to the free pool (e.g. received packets not answered).
+ * All-or-nothing: INVALID_ARGUMENT, and nothing changes, if any address is outside the umem,
+ * not held by the caller, or listed twice. `descs` (`count` descs) is borrowed until return.
+ * Thread-safe: calls on one umem and its socket are serialised internally.
  */
-p99_status p99_xdp_prog_test_run(const struct p99_xdp_prog *prog,
-                                 const uint8_t *packet,
-                                 size_t len,
-                                 uint32_t *action);
+p99_status p99_xdp_umem_release(const struct p99_xdp_umem *umem,
+                                const struct p99_xdp_desc *descs,
+                                uint32_t count);
 
 /**
- * Frees the program (NULL is a no-op): detaches it and closes its map. Consumes `prog`.
- * Must not run concurrently with any other call on `prog`.
- *
- * # Safety
- * `prog` is NULL or a live handle, not used again.
+ * Sets `*data` to the bytes at `addr` of a frame the caller holds, checking that
+ * `addr + len` stays inside that frame (INVALID_ARGUMENT otherwise, also when the frame is
+ * not held). The pointer stays valid while the caller holds the frame and the umem lives.
+ * Thread-safe: calls on one umem and its socket are serialised internally.
  */
-void p99_xdp_prog_free(struct p99_xdp_prog *prog);
+p99_status p99_xdp_umem_data(const struct p99_xdp_umem *umem,
+                             uint64_t addr,
+                             uint32_t len,
+                             uint8_t **data);
 
 /**
- * UDP ping responder step: if the `len`-byte Ethernet frame at `frame` is an IPv4/UDP datagram
- * to `port` (0: any) whose payload starts with "PING", rewrites it in place into the reply
- * ("PONG", MAC/IP/port swapped, IPv4 checksum updated, UDP checksum cleared) and writes the
- * reply length to `*reply_len`. Otherwise returns NOT_FOUND and leaves the frame unchanged.
- * Every length inside the packet is checked against `len`. Thread-safe.
- *
- * # Safety
- * `frame` has `len` writable bytes; `reply_len` writable.
+ * Writes the number of frames in each state to `*counts` (free + in_fill + held + in_tx ==
+ * frame_count). The caller sets `counts->struct_size` first; at most that many bytes are
+ * written (fields this library does not know are zeroed) and it is left as set;
+ * INVALID_ARGUMENT if smaller than the first published struct.
+ * Thread-safe: calls on one umem and its socket are serialised internally.
  */
-p99_status p99_xdp_udp_ping_reply(uint8_t *frame, uint32_t len, uint16_t port, uint32_t *reply_len);
+p99_status p99_xdp_umem_frame_counts(const struct p99_xdp_umem *umem,
+                                     struct p99_xdp_frame_counts *counts);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -84,7 +84,7 @@ static void die(const char *what, uint32_t st)
 
 static p99_cache *make_cache(int cas)
 {
-	p99_cache_config cfg;
+	p99_cache_config cfg = {.struct_size = sizeof cfg};
 	p99_cache_config_defaults(&cfg);
 	/* Room for every key with no eviction: item = key + value + ~3 header bytes. */
 	size_t per_item = key_len + val_len + 8;
@@ -324,7 +324,7 @@ static void report_memory(int cas)
  * writes has gone through the budget, then count the items held and read every one back. */
 static void report_capacity(uint32_t mb)
 {
-	p99_cache_config cfg;
+	p99_cache_config cfg = {.struct_size = sizeof cfg};
 	p99_cache_config_defaults(&cfg);
 	cfg.heap_bytes = (uint64_t)mb << 20;
 	cfg.segment_bytes = segment_bytes;

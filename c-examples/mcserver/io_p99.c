@@ -167,7 +167,7 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 	srv->opts = *opts;
 	srv->workers = opts->threads ? opts->threads : 1;
 
-	p99_engine_config cfg;
+	p99_engine_config cfg = {.struct_size = sizeof cfg};
 	p99_engine_config_defaults(&cfg);
 	cfg.addr = literal;
 	cfg.port = opts->port;
@@ -176,7 +176,7 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 	 * process-wide limit only bounds the clients being told so. */
 	cfg.max_conns = opts->max_conns + 1024;
 	cfg.out_high_water = opts->out_high_water ? opts->out_high_water : cfg.out_high_water;
-	p99_tls_config tls;
+	p99_tls_config tls = {.struct_size = sizeof tls};
 	p99_tls_config_defaults(&tls);
 	if (opts->tls) {
 		tls.cert_chain_file = opts->tls->chain_cert;
@@ -188,7 +188,7 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 		cfg.tls = &tls;
 	}
 
-	p99_engine_callbacks ecb;
+	p99_engine_callbacks ecb = {.struct_size = sizeof ecb};
 	p99_engine_callbacks_defaults(&ecb);
 	ecb.user = srv;
 	ecb.on_accept = on_accept;
@@ -205,7 +205,7 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 		return NULL;
 	}
 	if (st != P99_STATUS_OK) {
-		snprintf(err, errlen, "p99_engine_start: %s (errno %d)", p99_status_str(st), p99_last_errno());
+		snprintf(err, errlen, "p99_engine_start: %s (%s)", p99_status_str(st), p99_last_error_message());
 		free(srv);
 		return NULL;
 	}

@@ -103,7 +103,7 @@ const char *storage_name(void) { return "p99"; }
 
 int storage_setup(const struct storage_options *opts, char *err, size_t errlen)
 {
-	p99_cache_config cfg;
+	p99_cache_config cfg = {.struct_size = sizeof cfg};
 	p99_cache_config_defaults(&cfg);
 	cfg.heap_bytes = opts->mem_limit;
 	cfg.item_max = (uint32_t)opts->item_max;
@@ -113,7 +113,7 @@ int storage_setup(const struct storage_options *opts, char *err, size_t errlen)
 	mem_limit = opts->mem_limit;
 	p99_status st = p99_cache_new(&cfg, &cache);
 	if (st != P99_STATUS_OK) {
-		snprintf(err, errlen, "p99_cache_new: %s (-m %zu MiB, -I %zu)", p99_status_str(st),
+		snprintf(err, errlen, "p99_cache_new: %s (-m %zu MiB, -I %zu)", p99_last_error_message(),
 			 opts->mem_limit >> 20, opts->item_max);
 		return -1;
 	}

@@ -35,7 +35,7 @@ static void usage(const char *argv0)
 
 static int fail(const char *what, p99_status s)
 {
-	fprintf(stderr, "udpping-xdp: %s: %s (%s)\n", what, p99_status_str(s), p99_xdp_last_error_message());
+	fprintf(stderr, "udpping-xdp: %s: %s (%s)\n", what, p99_status_str(s), p99_last_error_message());
 	return 1;
 }
 
@@ -74,12 +74,16 @@ int main(int argc, char **argv)
 	int rc = 0;
 	if ((s = p99_xdp_prog_load(P99_XDP_PROG_UDP_PORT, (uint16_t)port, (uint32_t)queue + 1, &prog)))
 		return fail("load program", s);
-	p99_xdp_umem_config uc = p99_xdp_umem_config_defaults();
+	p99_xdp_umem_config uc = {.struct_size = sizeof uc};
+	p99_xdp_socket_config sc = {.struct_size = sizeof sc};
+	if ((s = p99_xdp_umem_config_defaults(&uc)) || (s = p99_xdp_socket_config_defaults(&sc))) {
+		rc = fail("config defaults", s);
+		goto out;
+	}
 	uc.frame_size = 2048;
 	uc.frame_count = 8192;
 	uc.fill_size = 4096;
 	uc.comp_size = 2048;
-	p99_xdp_socket_config sc = p99_xdp_socket_config_defaults();
 	sc.rx_size = 2048;
 	sc.tx_size = 2048;
 	if ((s = p99_xdp_umem_create(&uc, &umem))) {
@@ -148,7 +152,7 @@ int main(int argc, char **argv)
 			p99_xdp_umem_release(umem, tx + off, nt - off);
 		p99_xdp_umem_fill(umem, UINT32_MAX, NULL);
 	}
-	p99_xdp_stats st;
+	p99_xdp_stats st = {.struct_size = sizeof st};
 	if (p99_xdp_socket_stats(sock, &st) == P99_STATUS_OK)
 		fprintf(stderr,
 			"udpping-xdp: answered %llu ignored %llu rx %llu tx_completed %llu tx_kernel_dropped %llu "

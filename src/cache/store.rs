@@ -391,6 +391,56 @@ fn check_key(key: &[u8]) -> Result<(), Error> {
     }
 }
 
+impl Config {
+    /// Checks the configuration as `Cache::new` does, saying what is wrong (`Cache::new`
+    /// answers only `InvalidArgument`).
+    pub fn check(&self) -> Result<(), String> {
+        self.layout().map(|_| ())
+    }
+
+    /// Shard count and segments per shard, or what is wrong with the configuration.
+    fn layout(&self) -> Result<(usize, usize), String> {
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
+            return Err(format!("segment_bytes must be in {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX}"));
+        }
+        if self.heap_bytes < self.segment_bytes {
+            return Err("heap_bytes must hold at least one segment (segment_bytes)".into());
+        }
+        if self.item_max > self.segment_bytes {
+            return Err("item_max must not exceed segment_bytes".into());
+        }
+        if self.item_max < item_size(KEY_MAX, 0) {
+            return Err(format!("item_max must be at least {} (a {KEY_MAX}-byte key and its header)", item_size(KEY_MAX, 0)));
+        }
+        if self.shards > SHARDS_MAX || (self.shards != 0 && !self.shards.is_power_of_two()) {
+            return Err(format!("shards must be 0 (automatic) or a power of two up to {SHARDS_MAX}"));
+        }
+        let total_segments = self.heap_bytes / self.segment_bytes;
+        let nshards = if self.shards != 0 {
+            self.shards.min(total_segments.max(1))
+        } else {
+            // Twice the cores (so two threads rarely meet on a lock), at most 16 (each shard
+            // keeps a partly filled segment per TTL in use, which costs memory), and at least
+            // 8 segments per shard.
+            let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+            let mut n = (2 * cores).next_power_of_two().min(16);
+            while n > 1 && total_segments / n < 8 {
+                n /= 2;
+            }
+            n
+        };
+        if !nshards.is_power_of_two() || total_segments < nshards {
+            return Err("heap_bytes must hold at least one segment per shard".into());
+        }
+        let per_shard = total_segments / nshards;
+        // Segment ids are 22 bits.
+        if per_shard >= (1 << 22) {
+            return Err("heap_bytes / segment_bytes must stay below 2^22 segments per shard".into());
+        }
+        Ok((nshards, per_shard))
+    }
+}
+
 impl Cache {
     /// Longest key in bytes (memcached's limit).
     pub const KEY_MAX: usize = KEY_MAX;
@@ -406,37 +456,7 @@ impl Cache {
     /// Creates a cache. The segment budget is reserved as address space (no memory is used
     /// until segments are written); `OutOfMemory` if even that fails.
     pub fn new(cfg: Config) -> Result<Cache, Error> {
-        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&cfg.segment_bytes)
-            || cfg.heap_bytes < cfg.segment_bytes
-            || cfg.item_max > cfg.segment_bytes
-            || cfg.item_max < item_size(KEY_MAX, 0)
-            || cfg.shards > SHARDS_MAX
-            || (cfg.shards != 0 && !cfg.shards.is_power_of_two())
-        {
-            return Err(Error::InvalidArgument);
-        }
-        let total_segments = cfg.heap_bytes / cfg.segment_bytes;
-        let nshards = if cfg.shards != 0 {
-            cfg.shards.min(total_segments.max(1))
-        } else {
-            // Twice the cores (so two threads rarely meet on a lock), at most 16 (each shard
-            // keeps a partly filled segment per TTL in use, which costs memory), and at least
-            // 8 segments per shard.
-            let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
-            let mut n = (2 * cores).next_power_of_two().min(16);
-            while n > 1 && total_segments / n < 8 {
-                n /= 2;
-            }
-            n
-        };
-        if !nshards.is_power_of_two() || total_segments < nshards {
-            return Err(Error::InvalidArgument);
-        }
-        let per_shard = total_segments / nshards;
-        // Segment ids are 22 bits.
-        if per_shard >= (1 << 22) {
-            return Err(Error::InvalidArgument);
-        }
+        let (nshards, per_shard) = cfg.layout().map_err(|_| Error::InvalidArgument)?;
         let expected = if cfg.expected_items != 0 { cfg.expected_items } else { cfg.heap_bytes / 128 };
         let shard_bits = nshards.trailing_zeros();
         let mut shards = Vec::with_capacity(nshards);

@@ -1,19 +1,41 @@
-//! The one place where C pointers are checked and panics are caught.
+//! The one place where C pointers become Rust references and panics are caught.
 //!
 //! Every exported function wraps its body in [`guard`] (for functions returning
 //! `p99_status`) or [`guard_or`] (for functions returning a value), and turns each pointer
-//! argument into a reference with [`ref_from`], [`mut_from`], [`slice_from`] or [`out_ptr`],
-//! so a NULL becomes `P99_STATUS_NULL_PARAMETER` and a panic becomes `P99_STATUS_PANIC`
-//! instead of unwinding into C (which would be undefined behaviour) or aborting the host.
+//! argument into a Rust value with [`c_arg!`]. The safety argument for each *form* of pointer
+//! argument (a handle, a caller-owned struct, an out-parameter, a buffer, a C string, a
+//! versioned struct) is written once, in that macro's arm; the exported function's documented
+//! C contract is what makes it hold. A NULL becomes `P99_STATUS_NULL_PARAMETER`, a panic
+//! becomes `P99_STATUS_PANIC`, and a failure that has more to say than its status leaves its
+//! text for `p99_last_error_message()`.
+//!
+//! Growth: structs C and libp99 exchange by pointer start with `uint32_t struct_size` and
+//! only ever grow by appending fields ([`Versioned`]). A struct C fills in is read with
+//! [`read_versioned`] (any size from the first published one up; missing fields take their
+//! defaults; a larger struct is refused only if the bytes this library does not know are not
+//! zero); a struct libp99 fills is written with [`VersionedOut`] (at most `struct_size`
+//! bytes, fields unknown to this library zeroed).
 
-use std::cell::Cell;
-use std::ffi::c_int;
+use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
+use std::ffi::{c_char, c_int, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::status::p99_status;
 
+/// `LAST_FAILURE` before any call on the thread has failed.
+const NO_FAILURE: u64 = u32::MAX as u64;
+/// Set in `LAST_FAILURE` when `LAST_DETAIL` belongs to that failure.
+const HAS_DETAIL: u64 = 1 << 32;
+
 thread_local! {
     static LAST_ERRNO: Cell<c_int> = const { Cell::new(0) };
+    /// The most recent failure on this thread: its status, plus `HAS_DETAIL`. A plain
+    /// failure (a NOT_FOUND on a cache miss) costs this one store: no allocation, and no
+    /// access to the detail's thread-local (which needs a destructor, so a costlier lookup).
+    static LAST_FAILURE: Cell<u64> = const { Cell::new(NO_FAILURE) };
+    /// The text of the most recent failure that had one.
+    static LAST_DETAIL: RefCell<Option<CString>> = const { RefCell::new(None) };
 }
 
 /// Records the errno behind the `P99_STATUS_IO_ERROR` (or other OS-derived status) about to be
@@ -22,136 +44,425 @@ pub fn set_last_errno(errno: c_int) {
     LAST_ERRNO.with(|e| e.set(errno));
 }
 
-/// Runs an entry point's body: `Ok(())` becomes `P99_STATUS_OK`, `Err(s)` becomes `s`, and a
-/// panic becomes `P99_STATUS_PANIC`.
-pub fn guard<F>(body: F) -> p99_status
-where
-    F: FnOnce() -> Result<(), p99_status>,
-{
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(())) => p99_status::Ok,
-        Ok(Err(status)) => status,
-        Err(_) => p99_status::Panic,
+/// Why a call failed: its status, and for failures that have more to say, a text. Two words,
+/// so that the `Result` every entry point's body returns stays small on the hot paths (a
+/// cache miss is a failure too); the text is boxed once more, off those paths.
+#[derive(Debug)]
+pub struct Failure {
+    status: p99_status,
+    detail: Option<Box<Cow<'static, str>>>,
+}
+
+const _: () = assert!(std::mem::size_of::<Result<(), Failure>>() <= 16);
+
+impl Failure {
+    /// A failure with a text for `p99_last_error_message()`.
+    pub fn new(status: p99_status, detail: impl Into<Cow<'static, str>>) -> Failure {
+        Failure { status, detail: Some(Box::new(detail.into())) }
+    }
+
+    /// `P99_STATUS_INVALID_ARGUMENT` saying which argument and why.
+    pub fn invalid(detail: impl Into<Cow<'static, str>>) -> Failure {
+        Failure::new(p99_status::InvalidArgument, detail)
+    }
+
+    /// The status C receives.
+    pub fn status(&self) -> p99_status {
+        self.status
+    }
+
+    /// Leaves this failure for `p99_last_error_message()` and returns its status.
+    fn record(self) -> p99_status {
+        match self.detail {
+            None => LAST_FAILURE.with(|l| l.set(self.status as u64)),
+            Some(text) => {
+                let c = CString::new(text.replace('\0', " ")).unwrap_or_default();
+                // try_with: during thread exit (a C TLS destructor calling in after Rust's
+                // thread-locals are gone) the text is dropped rather than panicking here,
+                // outside the catch_unwind.
+                let kept = LAST_DETAIL.try_with(|d| *d.borrow_mut() = Some(c)).is_ok();
+                let flag = if kept { HAS_DETAIL } else { 0 };
+                LAST_FAILURE.with(|l| l.set(self.status as u64 | flag));
+            }
+        }
+        self.status
     }
 }
 
-/// Runs an entry point that returns a plain value; a panic returns `on_panic`.
+impl From<p99_status> for Failure {
+    fn from(status: p99_status) -> Failure {
+        Failure { status, detail: None }
+    }
+}
+
+/// The body of an exported function that returns `p99_status`.
+pub type CResult = Result<(), Failure>;
+
+fn panic_failure(payload: Box<dyn std::any::Any + Send>) -> Failure {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-text panic payload".to_string());
+    Failure::new(p99_status::Panic, format!("internal panic caught at the C boundary: {what}"))
+}
+
+/// Runs an entry point's body: `Ok(())` becomes `P99_STATUS_OK`; a failure or a panic is
+/// recorded for `p99_last_error_message()` and its status returned.
+pub fn guard<F>(body: F) -> p99_status
+where
+    F: FnOnce() -> CResult,
+{
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => p99_status::Ok,
+        Ok(Err(failure)) => failure.record(),
+        Err(payload) => panic_failure(payload).record(),
+    }
+}
+
+/// Runs an entry point that returns a plain value; a panic returns `on_panic` (and is recorded
+/// for `p99_last_error_message()`).
 pub fn guard_or<T, F>(on_panic: T, body: F) -> T
 where
     F: FnOnce() -> T,
 {
-    catch_unwind(AssertUnwindSafe(body)).unwrap_or(on_panic)
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(v) => v,
+        Err(payload) => {
+            panic_failure(payload).record();
+            on_panic
+        }
+    }
 }
 
-/// Borrows `*ptr` for the duration of the call.
-///
-/// # Safety
-/// If non-NULL, `ptr` must point to a live, properly aligned `T` that no one mutates during the
-/// call (the C caller's side of the documented contract).
-pub unsafe fn ref_from<'a, T>(ptr: *const T) -> Result<&'a T, p99_status> {
-    // SAFETY: non-NULL pointers are valid by the caller's contract.
-    unsafe { ptr.as_ref() }.ok_or(p99_status::NullParameter)
+// ------------------------------------------------------------------------------------------
+// Handles
+
+/// An object C holds by pointer, opaque in the header. Its constructor hands it to C with
+/// [`Handle::into_c`]; every call borrows it through `c_arg!(handle ...)`; its `_free` takes
+/// it back once through `c_arg!(owned ...)`. One ownership mode for every handle: a `Box`,
+/// owned by C between the constructor and `_free`. Shared access only: a handle's mutable
+/// state is behind its own locks, so any number of calls may borrow it at once (each type's
+/// documentation says which calls may run concurrently).
+pub trait Handle: Sized {
+    /// Gives a new object to C, which owns it until the type's `_free`.
+    fn into_c(self) -> *mut Self {
+        Box::into_raw(Box::new(self))
+    }
+
+    /// Borrows the object behind `ptr` for the duration of the call.
+    ///
+    /// # Safety
+    /// `ptr` is NULL or came from [`Handle::into_c`] and has not been freed, and its `_free`
+    /// does not run during the borrow.
+    #[inline]
+    unsafe fn borrow<'a>(ptr: *const Self) -> Option<&'a Self> {
+        // SAFETY: non-NULL pointers are live boxes from into_c (the function's contract).
+        unsafe { ptr.as_ref() }
+    }
+
+    /// Takes the object behind `ptr` back from C (for `_free`); `None` for NULL.
+    ///
+    /// # Safety
+    /// `ptr` is NULL or came from [`Handle::into_c`], has not been freed, and is not used
+    /// (by this or any other thread) after this call.
+    unsafe fn take(ptr: *mut Self) -> Option<Box<Self>> {
+        // SAFETY: non-NULL pointers are live boxes from into_c, taken once (the contract).
+        (!ptr.is_null()).then(|| unsafe { Box::from_raw(ptr) })
+    }
 }
 
-/// Borrows `*ptr` mutably for the duration of the call.
-///
-/// # Safety
-/// If non-NULL, `ptr` must point to a live, aligned `T` not aliased during the call.
-pub unsafe fn mut_from<'a, T>(ptr: *mut T) -> Result<&'a mut T, p99_status> {
-    // SAFETY: non-NULL pointers are valid and unaliased by the caller's contract.
-    unsafe { ptr.as_mut() }.ok_or(p99_status::NullParameter)
+#[cold]
+fn null(name: &'static str) -> Failure {
+    Failure::new(p99_status::NullParameter, format!("`{name}` is NULL"))
 }
 
-/// Borrows `len` bytes at `ptr`. NULL is accepted only when `len` is 0.
+/// Turns a pointer argument of the enclosing exported function into a Rust value, checking it
+/// for NULL. The pointer must be a parameter of that function, or a pointer field of a struct
+/// parameter that the function's documentation says is borrowed until return (hence a local
+/// name, `ident`, never an expression): that documented C contract is the safety argument,
+/// stated once per form below.
+///
+/// | form | argument | result |
+/// |---|---|---|
+/// | `handle p` | `*const H`, `H: Handle` | `Result<&H, Failure>` |
+/// | `owned p` | `*mut H`, consumed by `_free` | `Option<Box<H>>` (NULL: `None`) |
+/// | `mut p` | `*mut T`, a caller-owned struct | `Result<&mut T, Failure>` |
+/// | `out p` | `*mut T`, required out-parameter | `Result<Out<T>, Failure>` |
+/// | `opt_out p` | `*mut T`, optional out-parameter | `Option<Out<T>>` |
+/// | `slice p, n` | `*const T`, `n` elements | `Result<&[T], Failure>` (NULL ok when n = 0) |
+/// | `slice_mut p, n` | `*mut T`, `n` elements | `Result<&mut [T], Failure>` |
+/// | `cstr p` | `*const c_char`, NUL-terminated | `Result<&CStr, Failure>` |
+/// | `versioned_in p, d` | `*const T`, `T: Versioned`, defaults `d` | `Result<T, Failure>` |
+/// | `versioned_out p` | `*mut T`, `T: Versioned` | `Result<VersionedOut<T>, Failure>` |
+macro_rules! c_arg {
+    (handle $p:ident) => {{
+        // SAFETY: the function's contract: a handle argument is NULL or a live handle of its
+        // type whose `_free` does not run during the call (every type documents this).
+        unsafe { $crate::ffi::boundary::Handle::borrow($p) }
+            .ok_or_else(|| $crate::ffi::boundary::null_arg(stringify!($p)))
+    }};
+    (owned $p:ident) => {{
+        // SAFETY: the `_free` contract: NULL or a live handle of its type that no call uses
+        // during or after this one.
+        unsafe { $crate::ffi::boundary::Handle::take($p) }
+    }};
+    (mut $p:ident) => {{
+        // SAFETY: the function's contract: NULL or a valid caller-owned struct that no other
+        // thread touches during the call.
+        unsafe { $p.as_mut() }.ok_or_else(|| $crate::ffi::boundary::null_arg(stringify!($p)))
+    }};
+    (out $p:ident) => {{
+        // SAFETY: the function's contract: NULL or valid for writing one value.
+        unsafe { $crate::ffi::boundary::Out::new($p) }
+            .ok_or_else(|| $crate::ffi::boundary::null_arg(stringify!($p)))
+    }};
+    (opt_out $p:ident) => {{
+        // SAFETY: the function's contract: NULL (not wanted) or valid for writing one value.
+        unsafe { $crate::ffi::boundary::Out::new($p) }
+    }};
+    (slice $p:ident, $n:expr) => {{
+        // SAFETY: the function's contract: `$n` readable elements at the pointer (which may
+        // be NULL only when `$n` is 0), unchanged during the call.
+        unsafe { $crate::ffi::boundary::slice_from($p, $n, stringify!($p)) }
+    }};
+    (slice_mut $p:ident, $n:expr) => {{
+        // SAFETY: the function's contract: `$n` writable elements at the pointer (NULL only
+        // when `$n` is 0), not used by anyone else during the call.
+        unsafe { $crate::ffi::boundary::slice_mut_from($p, $n, stringify!($p)) }
+    }};
+    (cstr $p:ident) => {{
+        // SAFETY: the function's contract: NULL or a NUL-terminated string, unchanged during
+        // the call.
+        unsafe { $crate::ffi::boundary::cstr_from($p, stringify!($p)) }
+    }};
+    (versioned_in $p:ident, $defaults:expr) => {{
+        // SAFETY: the function's contract: NULL or a struct of its type whose `struct_size`
+        // bytes are readable.
+        unsafe { $crate::ffi::boundary::read_versioned($p, $defaults, stringify!($p)) }
+    }};
+    (versioned_out $p:ident) => {{
+        // SAFETY: the function's contract: NULL or a struct of its type whose `struct_size`
+        // (set by the caller) bytes are writable.
+        unsafe { $crate::ffi::boundary::VersionedOut::new($p, stringify!($p)) }
+    }};
+}
+pub(crate) use c_arg;
+
+/// `P99_STATUS_NULL_PARAMETER` naming the argument.
+#[cold]
+pub fn null_arg(name: &'static str) -> Failure {
+    null(name)
+}
+
+#[cold]
+fn too_long(name: &'static str, len: usize) -> Failure {
+    Failure::invalid(format!("`{name}`: {len} elements is more than memory holds"))
+}
+
+/// Borrows `len` elements at `ptr`. NULL is accepted only when `len` is 0.
 ///
 /// # Safety
-/// If `len > 0`, `ptr` must point to `len` readable bytes that stay unchanged during the call.
-pub unsafe fn slice_from<'a>(ptr: *const u8, len: usize) -> Result<&'a [u8], p99_status> {
+/// If `len > 0`, `ptr` points to `len` readable, initialised `T`s that stay unchanged during
+/// the call.
+#[inline]
+pub unsafe fn slice_from<'a, T>(ptr: *const T, len: usize, name: &'static str) -> Result<&'a [T], Failure> {
     if len == 0 {
         return Ok(&[]);
     }
     if ptr.is_null() {
-        return Err(p99_status::NullParameter);
+        return Err(null(name));
     }
-    if len > isize::MAX as usize {
-        return Err(p99_status::InvalidArgument);
+    if len.checked_mul(std::mem::size_of::<T>()).map_or(true, |b| b > isize::MAX as usize) {
+        return Err(too_long(name, len));
     }
-    // SAFETY: non-NULL, length checked, readable by the caller's contract.
+    // SAFETY: non-NULL, size checked, readable by the caller's contract.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
 
-/// Borrows `len` writable bytes at `ptr`. NULL is accepted only when `len` is 0.
+/// Borrows `len` writable elements at `ptr`. NULL is accepted only when `len` is 0.
 ///
 /// # Safety
-/// If `len > 0`, `ptr` must point to `len` writable bytes not aliased during the call.
-pub unsafe fn slice_mut_from<'a>(ptr: *mut u8, len: usize) -> Result<&'a mut [u8], p99_status> {
+/// If `len > 0`, `ptr` points to `len` writable, initialised `T`s not aliased during the call.
+#[inline]
+pub unsafe fn slice_mut_from<'a, T>(ptr: *mut T, len: usize, name: &'static str) -> Result<&'a mut [T], Failure> {
     if len == 0 {
         return Ok(&mut []);
     }
     if ptr.is_null() {
-        return Err(p99_status::NullParameter);
+        return Err(null(name));
     }
-    if len > isize::MAX as usize {
-        return Err(p99_status::InvalidArgument);
+    if len.checked_mul(std::mem::size_of::<T>()).map_or(true, |b| b > isize::MAX as usize) {
+        return Err(too_long(name, len));
     }
-    // SAFETY: non-NULL, length checked, writable and unaliased by the caller's contract.
+    // SAFETY: non-NULL, size checked, writable and unaliased by the caller's contract.
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
+}
+
+/// Borrows a NUL-terminated C string.
+///
+/// # Safety
+/// `ptr` is NULL or points to a NUL-terminated string that stays unchanged during the call.
+#[inline]
+pub unsafe fn cstr_from<'a>(ptr: *const c_char, name: &'static str) -> Result<&'a CStr, Failure> {
+    if ptr.is_null() {
+        return Err(null(name));
+    }
+    // SAFETY: non-NULL and NUL-terminated by the caller's contract.
+    Ok(unsafe { CStr::from_ptr(ptr) })
 }
 
 /// An out-parameter checked for NULL up front and written only on success.
 pub struct Out<T>(*mut T);
 
 impl<T> Out<T> {
+    /// `None` for NULL.
+    ///
+    /// # Safety
+    /// `ptr` is NULL or valid for writing one `T` until the call returns.
+    #[inline]
+    pub unsafe fn new(ptr: *mut T) -> Option<Out<T>> {
+        (!ptr.is_null()).then_some(Out(ptr))
+    }
+
     /// Writes the result. Call this last, once nothing else can fail.
+    #[inline]
     pub fn write(self, value: T) {
-        // SAFETY: checked non-NULL in `out_ptr`; the caller's contract makes it writable.
+        // SAFETY: non-NULL (checked in `new`) and writable by the contract `new` required.
         unsafe { self.0.write(value) }
     }
 }
 
-/// Checks an out-parameter for NULL before any work is done.
+// ------------------------------------------------------------------------------------------
+// Growth
+
+/// Largest `struct_size` accepted: far above any struct here, low enough that a garbage size
+/// is refused before libp99 reads or writes that far.
+pub const STRUCT_SIZE_MAX: usize = 4096;
+
+/// A struct that C and libp99 exchange by pointer and that may grow.
 ///
 /// # Safety
-/// If non-NULL, `ptr` must be valid for writing a `T`.
-pub unsafe fn out_ptr<T>(ptr: *mut T) -> Result<Out<T>, p99_status> {
+/// Implementors are `#[repr(C)]`, start with a `u32 struct_size` field at offset 0, contain
+/// only fields for which every byte pattern C may store is valid (integers, pointers,
+/// `Option` of function pointers, and `bool` holding 0 or 1), and grow only by appending fields
+/// that start at or after the previous version's `sizeof` (never in its trailing padding).
+pub unsafe trait Versioned: Copy {
+    /// The C name, for messages.
+    const NAME: &'static str;
+    /// `sizeof` of the first published layout: the smallest `struct_size` accepted. Written as
+    /// a number, never as `size_of::<Self>()`, so appending a field cannot move it.
+    const FIRST_SIZE: usize;
+}
+
+/// Checks a `struct_size` a caller declared for `T`.
+fn check_size<T: Versioned>(size: usize, name: &'static str) -> Result<(), Failure> {
+    if size < T::FIRST_SIZE {
+        return Err(Failure::invalid(format!(
+            "`{name}`: struct_size {size} is smaller than the first published {} ({} bytes); \
+             set it to sizeof({})",
+            T::NAME,
+            T::FIRST_SIZE,
+            T::NAME
+        )));
+    }
+    if size > STRUCT_SIZE_MAX {
+        return Err(Failure::invalid(format!(
+            "`{name}`: struct_size {size} is not plausible for {} (at most {STRUCT_SIZE_MAX}); set it to sizeof({})",
+            T::NAME,
+            T::NAME
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a caller-filled struct of any published size: `defaults` with the first
+/// `min(struct_size, sizeof(T))` bytes replaced by the caller's. Refused
+/// (`P99_STATUS_INVALID_ARGUMENT`) when `struct_size` is below the first published size, or
+/// when the caller's struct is larger and a byte this library does not know is not zero (a
+/// field of a newer version set to something this version cannot honour).
+///
+/// # Safety
+/// `ptr` is NULL or points to a struct whose first 4 bytes are its `struct_size` and whose
+/// `struct_size` bytes are readable.
+pub unsafe fn read_versioned<T: Versioned>(ptr: *const T, defaults: T, name: &'static str) -> Result<T, Failure> {
     if ptr.is_null() {
-        Err(p99_status::NullParameter)
-    } else {
-        Ok(Out(ptr))
+        return Err(null(name));
+    }
+    // SAFETY: non-NULL; every versioned struct starts with a u32 struct_size (contract).
+    let size = unsafe { ptr.cast::<u32>().read_unaligned() } as usize;
+    check_size::<T>(size, name)?;
+    let ours = std::mem::size_of::<T>();
+    // SAFETY: the caller declared `size` readable bytes (contract), and `size` was checked to
+    // be at most STRUCT_SIZE_MAX.
+    let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), size) };
+    if let Some(pos) = bytes.iter().skip(ours).position(|&b| b != 0) {
+        return Err(Failure::invalid(format!(
+            "`{name}`: byte {} of {} is not zero, but this libp99 knows only the first {ours} bytes \
+             of {} (a field of a newer version is set)",
+            ours + pos,
+            T::NAME,
+            T::NAME
+        )));
+    }
+    let mut value = defaults;
+    // SAFETY: copies min(size, ours) bytes into a local T; T's fields accept every byte pattern
+    // C stores (Versioned's contract), and fields past the caller's size keep their defaults.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut value as *mut T).cast::<u8>(), size.min(ours))
+    };
+    Ok(value)
+}
+
+/// A struct libp99 fills, checked before any work: at most the caller's `struct_size` bytes
+/// are written, `struct_size` itself is left as the caller set it, and bytes past this
+/// library's `sizeof(T)` (fields of a newer version) are zeroed.
+pub struct VersionedOut<T> {
+    ptr: *mut T,
+    size: usize,
+}
+
+impl<T: Versioned> VersionedOut<T> {
+    /// Checks `ptr` and the `struct_size` the caller set in it.
+    ///
+    /// # Safety
+    /// `ptr` is NULL or points to a struct whose first 4 bytes are its `struct_size` and whose
+    /// `struct_size` bytes are writable until the call returns.
+    pub unsafe fn new(ptr: *mut T, name: &'static str) -> Result<VersionedOut<T>, Failure> {
+        if ptr.is_null() {
+            return Err(null(name));
+        }
+        // SAFETY: non-NULL; starts with a u32 struct_size (contract).
+        let size = unsafe { ptr.cast::<u32>().read_unaligned() } as usize;
+        check_size::<T>(size, name)?;
+        Ok(VersionedOut { ptr, size })
+    }
+
+    /// Writes `value` (its `struct_size` replaced by the caller's). Call last.
+    pub fn write(self, value: T) {
+        let ours = std::mem::size_of::<T>();
+        let n = self.size.min(ours);
+        let dst = self.ptr.cast::<u8>();
+        // SAFETY: the caller declared `size` writable bytes at `ptr` (contract of `new`); at
+        // most `size` bytes are written: n from a local T, then zeros up to `size`, then the
+        // 4-byte struct_size at offset 0 (size >= FIRST_SIZE >= 4).
+        unsafe {
+            std::ptr::copy_nonoverlapping((&value as *const T).cast::<u8>(), dst, n);
+            if self.size > ours {
+                std::ptr::write_bytes(dst.add(ours), 0, self.size - ours);
+            }
+            dst.cast::<u32>().write_unaligned(self.size as u32);
+        }
     }
 }
 
-/// Checks a caller-filled, size-carrying struct: `ptr` non-NULL and its leading `struct_size`
-/// field at least `min_size` (the size of the first published version) and no larger than
-/// `max_size` bytes the library knows. Returns the size the caller declared.
-///
-/// # Safety
-/// If non-NULL, `ptr` must point to at least `size_of::<u32>()` readable bytes that begin
-/// with the `struct_size` field.
-pub unsafe fn struct_size_of(ptr: *const u32, min_size: usize) -> Result<usize, p99_status> {
-    if ptr.is_null() {
-        return Err(p99_status::NullParameter);
-    }
-    // SAFETY: non-NULL; every versioned struct starts with a u32 `struct_size` field.
-    let size = unsafe { ptr.read() } as usize;
-    if size < min_size {
-        return Err(p99_status::InvalidArgument);
-    }
-    Ok(size)
+/// `sizeof(T)` as the `struct_size` value a struct of this library's version carries.
+pub const fn struct_size<T>() -> u32 {
+    std::mem::size_of::<T>() as u32
 }
 
-/// Writes the first `size` bytes of `value` (at most all of it) to a library-filled,
-/// size-carrying struct: a caller built against an older, shorter layout gets only the fields
-/// it knows, a newer, longer one keeps its unknown tail untouched.
-///
-/// # Safety
-/// `dst` must be non-NULL and valid for writing `size` bytes (the size the caller declared).
-pub unsafe fn write_sized<T: Copy>(dst: *mut T, size: usize, value: &T) {
-    let n = size.min(std::mem::size_of::<T>());
-    // SAFETY: `dst` is writable for `size` >= n bytes by the caller's contract; the source is a
-    // local value of at least n bytes; the two cannot overlap.
-    unsafe { std::ptr::copy_nonoverlapping((value as *const T).cast::<u8>(), dst.cast::<u8>(), n) }
-}
+// ------------------------------------------------------------------------------------------
+// Exported
 
 /// Returns the errno of the most recent OS-level failure reported by a libp99 call on the
 /// calling thread (`P99_STATUS_IO_ERROR` and the other statuses derived from a system call),
@@ -161,26 +472,75 @@ pub extern "C" fn p99_last_errno() -> c_int {
     guard_or(0, || LAST_ERRNO.with(|e| e.get()))
 }
 
+/// Describes the most recent failure of a libp99 call on the calling thread: a detailed
+/// English text when the call had more to say than its status (which configuration field is
+/// wrong, which system call failed and why, the verifier log of a rejected XDP program, the
+/// message of a caught panic), otherwise the status's own text (as `p99_status_str`). "" if no
+/// call has failed on this thread yet. Never NULL.
+///
+/// Per thread: failures on other threads do not change it. Lifetime: the string belongs to
+/// libp99 and stays valid and unchanged until the next libp99 call on this thread that
+/// returns a failure (successful calls leave it alone), or until the thread exits; copy it
+/// to keep it longer.
+#[no_mangle]
+pub extern "C" fn p99_last_error_message() -> *const c_char {
+    guard_or(c"".as_ptr(), || {
+        let last = LAST_FAILURE.with(|l| l.get());
+        if last & HAS_DETAIL != 0 {
+            if let Some(text) = LAST_DETAIL.try_with(|d| d.borrow().as_ref().map(|t| t.as_ptr())).ok().flatten() {
+                // The CString's heap buffer stays put until a later detailed failure replaces
+                // it.
+                return text;
+            }
+        }
+        match p99_status::from_u32(last as u32) {
+            Some(s) => s.message().as_ptr().cast(),
+            None => c"".as_ptr(),
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn panic_becomes_status() {
-        let s = guard(|| panic!("boom"));
-        assert_eq!(s, p99_status::Panic);
+    fn last_message() -> String {
+        // SAFETY: p99_last_error_message never returns NULL and the string is NUL-terminated.
+        unsafe { CStr::from_ptr(p99_last_error_message()) }.to_str().unwrap().to_string()
     }
 
     #[test]
-    fn null_is_reported() {
-        // SAFETY: NULL is the case under test; nothing is dereferenced.
-        let r = unsafe { ref_from::<u32>(std::ptr::null()) };
-        assert_eq!(r.err(), Some(p99_status::NullParameter));
-        // SAFETY: NULL with len 0 and NULL with len 1 are both rejected or accepted without
-        // reading memory.
-        assert!(unsafe { slice_from(std::ptr::null(), 0) }.is_ok());
-        // SAFETY: as above.
-        assert!(unsafe { slice_from(std::ptr::null(), 1) }.is_err());
+    fn panic_becomes_status_with_its_message() {
+        let s = guard(|| panic!("boom at the boundary"));
+        assert_eq!(s, p99_status::Panic);
+        assert!(last_message().contains("boom at the boundary"), "{}", last_message());
+    }
+
+    #[test]
+    fn last_error_message_follows_failures_and_ignores_successes() {
+        std::thread::spawn(|| {
+            assert_eq!(last_message(), "");
+            assert_eq!(guard(|| Err(Failure::invalid("the frame size is odd"))), p99_status::InvalidArgument);
+            assert_eq!(last_message(), "the frame size is odd");
+            assert_eq!(guard(|| Ok(())), p99_status::Ok);
+            assert_eq!(last_message(), "the frame size is odd", "success must not clear it");
+            assert_eq!(guard(|| Err(p99_status::NotFound.into())), p99_status::NotFound);
+            assert_eq!(last_message(), "not found", "a plain failure gives its status text");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn null_arguments_are_named() {
+        fn body(p: *const u32) -> CResult {
+            let _ = c_arg!(slice p, 3)?;
+            Ok(())
+        }
+        assert_eq!(guard(|| body(std::ptr::null())), p99_status::NullParameter);
+        assert_eq!(last_message(), "`p` is NULL");
+        let empty: *const u32 = std::ptr::null();
+        assert!(c_arg!(slice empty, 0).is_ok());
     }
 
     #[test]
@@ -188,5 +548,77 @@ mod tests {
         let e = std::io::Error::from_raw_os_error(libc::ECONNRESET);
         assert_eq!(p99_status::from_io_error(&e), p99_status::IoError);
         assert_eq!(p99_last_errno(), libc::ECONNRESET);
+    }
+
+    /// A struct that grew once: version 1 was {struct_size, a} (8 bytes); `b` came later.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    struct Grown {
+        struct_size: u32,
+        a: u32,
+        b: u64,
+    }
+    // SAFETY: repr(C), struct_size first, integer fields, `b` appended after the v1 size.
+    unsafe impl Versioned for Grown {
+        const NAME: &'static str = "grown";
+        const FIRST_SIZE: usize = 8;
+    }
+    const DEFAULTS: Grown = Grown { struct_size: 16, a: 1, b: 2 };
+
+    #[test]
+    fn versioned_in_reads_what_the_caller_has_and_defaults_the_rest() {
+        // A v1 caller: 8 bytes, `b` unknown to it.
+        let v1: [u32; 2] = [8, 77];
+        let p = v1.as_ptr().cast::<Grown>();
+        let g = c_arg!(versioned_in p, DEFAULTS).unwrap();
+        assert_eq!((g.a, g.b), (77, 2));
+        // A caller of this version.
+        let full = Grown { struct_size: 16, a: 5, b: 6 };
+        let p = &full as *const Grown;
+        assert_eq!(c_arg!(versioned_in p, DEFAULTS).unwrap(), full);
+        // Too small, implausible, NULL.
+        let tiny: [u32; 2] = [4, 0];
+        let p = tiny.as_ptr().cast::<Grown>();
+        assert_eq!(c_arg!(versioned_in p, DEFAULTS).unwrap_err().status(), p99_status::InvalidArgument);
+        let huge: [u32; 2] = [1 << 20, 0];
+        let p = huge.as_ptr().cast::<Grown>();
+        assert_eq!(c_arg!(versioned_in p, DEFAULTS).unwrap_err().status(), p99_status::InvalidArgument);
+        let p: *const Grown = std::ptr::null();
+        assert_eq!(c_arg!(versioned_in p, DEFAULTS).unwrap_err().status(), p99_status::NullParameter);
+    }
+
+    #[test]
+    fn versioned_in_accepts_a_newer_struct_only_with_a_zero_tail() {
+        // A newer caller: 24 bytes; the 8 bytes this version does not know.
+        let mut newer: [u64; 3] = [0; 3];
+        newer[0] = 24 | (9 << 32);
+        newer[1] = 10;
+        let p = newer.as_ptr().cast::<Grown>();
+        let g = c_arg!(versioned_in p, DEFAULTS).unwrap();
+        assert_eq!((g.a, g.b), (9, 10));
+        newer[2] = 1 << 40;
+        let p = newer.as_ptr().cast::<Grown>();
+        let e = c_arg!(versioned_in p, DEFAULTS).unwrap_err();
+        assert_eq!(e.status(), p99_status::InvalidArgument);
+    }
+
+    #[test]
+    fn versioned_out_writes_at_most_struct_size_and_zeroes_unknown_fields() {
+        let value = Grown { struct_size: 16, a: 0xaaaa_aaaa, b: u64::MAX };
+        // v1 caller: 8 bytes declared, the guard word after them must survive.
+        let mut v1: [u32; 4] = [8, 0, 0xdead_beef, 0xdead_beef];
+        let p = v1.as_mut_ptr().cast::<Grown>();
+        c_arg!(versioned_out p).unwrap().write(value);
+        assert_eq!(v1, [8, 0xaaaa_aaaa, 0xdead_beef, 0xdead_beef]);
+        // Newer caller: 24 bytes; the last 8 are zeroed.
+        let mut newer: [u64; 4] = [24, 0, u64::MAX, 0x5555];
+        let p = newer.as_mut_ptr().cast::<Grown>();
+        c_arg!(versioned_out p).unwrap().write(value);
+        assert_eq!(newer, [24 | (0xaaaa_aaaa << 32), u64::MAX, 0, 0x5555]);
+        // Refused before anything is written.
+        let mut tiny: [u32; 2] = [3, 7];
+        let p = tiny.as_mut_ptr().cast::<Grown>();
+        assert!(c_arg!(versioned_out p).is_err());
+        assert_eq!(tiny, [3, 7]);
     }
 }

@@ -7,18 +7,16 @@
 //!
 //! Safety: the functions are `unsafe extern "C"`; the contract of each is the C contract in
 //! its documentation (pointers NULL or valid for what they describe, lengths that match).
+//! Pointers become references through `c_arg!` (boundary.rs), which states each form's
+//! safety argument once.
 #![allow(clippy::missing_safety_doc)]
 
 use std::ffi::c_void;
 
-use super::boundary::{
-    guard, guard_or, mut_from, out_ptr, ref_from, slice_from, slice_mut_from, struct_size_of,
-    write_sized,
-};
+use super::boundary::{c_arg, guard, guard_or, struct_size, CResult, Failure, Handle, Versioned};
 use super::status::p99_status;
 use crate::cache::{
-    Cache, ClockKind, Config, CopiedItem, Error, Eviction, Mode, PinTicket, Reservation, Stats,
-    TicketedItem,
+    Cache, ClockKind, Config, CopiedItem, Eviction, Mode, PinTicket, Reservation, Stats, TicketedItem,
 };
 
 /// Eviction policy `P99_CACHE_EVICTION_FIFO`: drop the oldest unpinned segment.
@@ -54,11 +52,14 @@ pub struct p99_cache {
     cache: Cache,
 }
 
-/// Cache configuration. Fill with `p99_cache_config_defaults`, then change fields.
+impl Handle for p99_cache {}
+
+/// Cache configuration. Set `struct_size = sizeof(p99_cache_config)`, fill with
+/// `p99_cache_config_defaults`, then change fields.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct p99_cache_config {
-    /// `sizeof(p99_cache_config)`, set by `p99_cache_config_defaults`.
+    /// `sizeof(p99_cache_config)`, set by the caller.
     pub struct_size: u32,
     /// Segment size in bytes, 4096..4194304 (default 1 MiB).
     pub segment_bytes: u32,
@@ -143,7 +144,8 @@ pub struct p99_cache_item {
 
 /// What `p99_cache_get_copy` found: filled by the library. Set `struct_size =
 /// sizeof(p99_cache_value_info)` before the call; the library writes at most that many bytes
-/// and leaves `struct_size` as the caller set it; later versions only append fields.
+/// (fields it does not know are zeroed) and leaves `struct_size` as the caller set it; later
+/// versions only append fields.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct p99_cache_value_info {
@@ -218,6 +220,42 @@ pub struct p99_cache_stats {
     pub table_grows: u64,
 }
 
+// SAFETY (all three): repr(C), struct_size first, integer and bool fields; later versions
+// append fields.
+unsafe impl Versioned for p99_cache_config {
+    const NAME: &'static str = "p99_cache_config";
+    const FIRST_SIZE: usize = 48;
+}
+// SAFETY: see above.
+unsafe impl Versioned for p99_cache_stats {
+    const NAME: &'static str = "p99_cache_stats";
+    const FIRST_SIZE: usize = 200;
+}
+
+// SAFETY: as above (usize is size_t).
+unsafe impl Versioned for p99_cache_value_info {
+    const NAME: &'static str = "p99_cache_value_info";
+    const FIRST_SIZE: usize = 32;
+}
+
+impl Default for p99_cache_config {
+    fn default() -> Self {
+        let d = Config::default();
+        p99_cache_config {
+            struct_size: struct_size::<Self>(),
+            segment_bytes: d.segment_bytes as u32,
+            heap_bytes: d.heap_bytes as u64,
+            expected_items: d.expected_items as u64,
+            item_max: d.item_max as u32,
+            cas: d.cas,
+            manual_clock: false,
+            eviction: P99_CACHE_EVICTION_MERGE,
+            shards: d.shards as u32,
+            manual_clock_start: 0,
+        }
+    }
+}
+
 const PIN_MAGIC: u64 = 0x7039_395f_6361_6368; // "p99_cach"
 
 /// The pin marker of items of cache `c` (high 32 bits of `pin_magic`, never 0): a release
@@ -227,20 +265,7 @@ fn pin_tag(c: &p99_cache) -> u32 {
     ((m >> 32) as u32 ^ m as u32) | 1
 }
 
-fn err(e: Error) -> p99_status {
-    match e {
-        Error::InvalidArgument => p99_status::InvalidArgument,
-        Error::TooLarge => p99_status::TooLarge,
-        Error::NotFound => p99_status::NotFound,
-        Error::Exists => p99_status::Exists,
-        Error::NotStored => p99_status::NotStored,
-        Error::NonNumeric => p99_status::NonNumeric,
-        Error::InvalidState => p99_status::InvalidState,
-        Error::OutOfMemory => p99_status::OutOfMemory,
-    }
-}
-
-fn mode_from(mode: u32) -> Result<Mode, p99_status> {
+fn mode_from(mode: u32) -> Result<Mode, Failure> {
     Ok(match mode {
         P99_CACHE_MODE_SET => Mode::Set,
         P99_CACHE_MODE_ADD => Mode::Add,
@@ -248,7 +273,7 @@ fn mode_from(mode: u32) -> Result<Mode, p99_status> {
         P99_CACHE_MODE_CAS => Mode::Cas,
         P99_CACHE_MODE_APPEND => Mode::Append,
         P99_CACHE_MODE_PREPEND => Mode::Prepend,
-        _ => return Err(p99_status::InvalidArgument),
+        _ => return Err(Failure::invalid(format!("mode {mode} is not one of P99_CACHE_MODE_*"))),
     })
 }
 
@@ -268,61 +293,41 @@ fn fill_item(out: &mut p99_cache_item, it: TicketedItem, tag: u32) {
     };
 }
 
-/// Fills `*config` with the defaults (including `struct_size`). Returns NULL_PARAMETER if
-/// `config` is NULL. Thread-safe; `config` is borrowed until return.
+/// Fills `*config` with the defaults. The caller sets `config->struct_size =
+/// sizeof(p99_cache_config)` first; at most that many bytes are written and it is left as
+/// set. NULL_PARAMETER if `config` is NULL, INVALID_ARGUMENT if `struct_size` is smaller than
+/// the first published struct. Thread-safe; `config` is borrowed until return.
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_config_defaults(config: *mut p99_cache_config) -> p99_status {
-    guard(|| {
-        // SAFETY: NULL is rejected up front; a non-NULL `config` is writable for one value by the C
-        // contract, and is written only on success.
-        let out = unsafe { out_ptr(config) }?;
-        let d = Config::default();
-        out.write(p99_cache_config {
-            struct_size: std::mem::size_of::<p99_cache_config>() as u32,
-            segment_bytes: d.segment_bytes as u32,
-            heap_bytes: d.heap_bytes as u64,
-            expected_items: d.expected_items as u64,
-            item_max: d.item_max as u32,
-            cas: d.cas,
-            manual_clock: false,
-            eviction: P99_CACHE_EVICTION_MERGE,
-            shards: d.shards as u32,
-            manual_clock_start: 0,
-        });
+    guard(|| -> CResult {
+        c_arg!(versioned_out config)?.write(p99_cache_config::default());
         Ok(())
     })
 }
 
 /// Creates a cache from `*config` (borrowed until return) and stores it in `*out`; free it
-/// with `p99_cache_free`. INVALID_ARGUMENT for a `struct_size` smaller than this version's
-/// struct or an inconsistent configuration (segment size out of range, heap smaller than a
-/// segment, item_max above segment_bytes or below a maximal key, bad eviction or shard
-/// count). Thread-safe.
+/// with `p99_cache_free`. INVALID_ARGUMENT for a bad `struct_size` or an inconsistent
+/// configuration (segment size out of range, heap smaller than a segment, item_max above
+/// segment_bytes or below a maximal key, bad eviction or shard count); then
+/// `p99_last_error_message()` names the field and the rule. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_new(
     config: *const p99_cache_config,
     out: *mut *mut p99_cache,
 ) -> p99_status {
-    guard(|| {
-        // SAFETY: NULL is rejected; a non-NULL `config` points to a caller-filled p99_cache_config
-        // that starts with `uint32_t struct_size` (C contract), and only that field is read here.
-        unsafe { struct_size_of(config.cast(), std::mem::size_of::<p99_cache_config>()) }?;
-        // SAFETY: non-NULL and at least this version's size (struct_size checked above); valid for
-        // reads until return by the C contract.
-        let c = unsafe { ref_from(config) }?;
-        // SAFETY: NULL is rejected up front; a non-NULL `out` is writable for one value by the C
-        // contract, and is written only on success.
-        let out = unsafe { out_ptr(out) }?;
+    guard(|| -> CResult {
+        let c = c_arg!(versioned_in config, p99_cache_config::default())?;
+        let out = c_arg!(out out)?;
         let eviction = match c.eviction {
             P99_CACHE_EVICTION_FIFO => Eviction::Fifo,
             P99_CACHE_EVICTION_MERGE => Eviction::Merge,
-            _ => return Err(p99_status::InvalidArgument),
+            e => return Err(Failure::invalid(format!("eviction {e} is not one of P99_CACHE_EVICTION_*"))),
         };
+        let too_big = |what: &str| Failure::invalid(format!("{what} does not fit this machine's size_t"));
         let cfg = Config {
-            heap_bytes: usize::try_from(c.heap_bytes).map_err(|_| p99_status::InvalidArgument)?,
+            heap_bytes: usize::try_from(c.heap_bytes).map_err(|_| too_big("heap_bytes"))?,
             segment_bytes: c.segment_bytes as usize,
-            expected_items: usize::try_from(c.expected_items)
-                .map_err(|_| p99_status::InvalidArgument)?,
+            expected_items: usize::try_from(c.expected_items).map_err(|_| too_big("expected_items"))?,
             item_max: c.item_max as usize,
             cas: c.cas,
             eviction,
@@ -333,8 +338,9 @@ pub unsafe extern "C" fn p99_cache_new(
                 ClockKind::System
             },
         };
-        let cache = Cache::new(cfg).map_err(err)?;
-        out.write(Box::into_raw(Box::new(p99_cache { cache })));
+        cfg.check().map_err(Failure::invalid)?;
+        let cache = Cache::new(cfg)?;
+        out.write(p99_cache { cache }.into_c());
         Ok(())
     })
 }
@@ -344,18 +350,15 @@ pub unsafe extern "C" fn p99_cache_new(
 /// committed after the free. Not thread-safe: no other call on `cache` may run or follow.
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_free(cache: *mut p99_cache) -> p99_status {
-    guard(|| {
+    guard(|| -> CResult {
         if cache.is_null() {
             return Ok(());
         }
-        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
-        // not being freed (C contract: p99_cache_free runs alone).
-        let c = unsafe { ref_from(cache) }?;
-        if c.cache.pinned() != 0 {
-            return Err(p99_status::Busy);
+        let pinned = c_arg!(handle cache)?.cache.pinned();
+        if pinned != 0 {
+            return Err(Failure::new(p99_status::Busy, format!("{pinned} items are still pinned; release them first")));
         }
-        // SAFETY: non-NULL and created by p99_cache_new (caller's contract); not used after.
-        drop(unsafe { Box::from_raw(cache) });
+        drop(c_arg!(owned cache));
         Ok(())
     })
 }
@@ -376,18 +379,11 @@ pub unsafe extern "C" fn p99_cache_reserve(
     expiry: u32,
     out: *mut p99_cache_reservation,
 ) -> p99_status {
-    guard(|| {
-        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
-        // not being freed (C contract: p99_cache_free runs alone).
-        let c = unsafe { ref_from(cache) }?;
-        // SAFETY: `key` is NULL only with `key_len` 0 (NULL with a nonzero length is rejected),
-        // else valid for `key_len` readable bytes until return, as the C contract requires; the
-        // bytes are copied or only read before returning.
-        let key = unsafe { slice_from(key, key_len) }?;
-        // SAFETY: NULL is rejected up front; a non-NULL `out` is writable for one value by the C
-        // contract, and is written only on success.
-        let out = unsafe { out_ptr(out) }?;
-        let mut res = Box::new(c.cache.reserve(key, value_len, flags, expiry).map_err(err)?);
+    guard(|| -> CResult {
+        let c = c_arg!(handle cache)?;
+        let key = c_arg!(slice key, key_len)?;
+        let out = c_arg!(out out)?;
+        let mut res = Box::new(c.cache.reserve(key, value_len, flags, expiry)?);
         let value = res.value_buffer().as_mut_ptr();
         out.write(p99_cache_reservation {
             value,
@@ -429,15 +425,11 @@ pub unsafe extern "C" fn p99_cache_reservation_write(
     data: *const u8,
     len: usize,
 ) -> p99_status {
-    guard(|| {
-        // SAFETY: NULL is rejected; a non-NULL `res` is a caller-owned reservation struct that no
-        // other thread uses during the call (C contract: one thread at a time per reservation).
-        let r = unsafe { mut_from(res) }?;
-        // SAFETY: `data` is NULL only with `len` 0 (NULL with a nonzero length is rejected), else
-        // valid for `len` readable bytes until return, as the C contract requires; the bytes are
-        // copied or only read before returning.
-        let data = unsafe { slice_from(data, len) }?;
-        reservation_of(r)?.write(data).map_err(err)
+    guard(|| -> CResult {
+        let r = c_arg!(mut res)?;
+        let data = c_arg!(slice data, len)?;
+        reservation_of(r)?.write(data)?;
+        Ok(())
     })
 }
 
@@ -449,11 +441,10 @@ pub unsafe extern "C" fn p99_cache_reservation_advance(
     res: *mut p99_cache_reservation,
     n: usize,
 ) -> p99_status {
-    guard(|| {
-        // SAFETY: NULL is rejected; a non-NULL `res` is a caller-owned reservation struct that no
-        // other thread uses during the call (C contract: one thread at a time per reservation).
-        let r = unsafe { mut_from(res) }?;
-        reservation_of(r)?.advance(n).map_err(err)
+    guard(|| -> CResult {
+        let r = c_arg!(mut res)?;
+        reservation_of(r)?.advance(n)?;
+        Ok(())
     })
 }
 
@@ -473,19 +464,14 @@ pub unsafe extern "C" fn p99_cache_commit(
     cas_in: u64,
     cas_out: *mut u64,
 ) -> p99_status {
-    guard(|| {
-        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
-        // not being freed (C contract: p99_cache_free runs alone).
-        let c = unsafe { ref_from(cache) }?;
-        // SAFETY: NULL is rejected; a non-NULL `res` is a caller-owned reservation struct that no
-        // other thread uses during the call (C contract: one thread at a time per reservation).
-        let r = unsafe { mut_from(res) }?;
+    guard(|| -> CResult {
+        let c = c_arg!(handle cache)?;
+        let r = c_arg!(mut res)?;
         let b = take_reservation(r)?;
         let mode = mode_from(mode)?;
-        let cas = c.cache.commit(*b, mode, cas_in).map_err(err)?;
-        if !cas_out.is_null() {
-            // SAFETY: non-NULL and writable by the caller's contract.
-            unsafe { cas_out.write(cas) };
+        let cas = c.cache.commit(*b, mode, cas_in)?;
+        if let Some(out) = c_arg!(opt_out cas_out) {
+            out.write(cas);
         }
         Ok(())
     })
@@ -495,10 +481,8 @@ pub unsafe extern "C" fn p99_cache_commit(
 /// `*res` holds no reservation (e.g. a second cancel). Thread-safe per reservation.
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_cancel(res: *mut p99_cache_reservation) -> p99_status {
-    guard(|| {
-        // SAFETY: NULL is rejected; a non-NULL `res` is a caller-owned reservation struct that no
-        // other thread uses during the call (C contract: one thread at a time per reservation).
-        let r = unsafe { mut_from(res) }?;
+    guard(|| -> CResult {
+        let r = c_arg!(mut res)?;
         drop(take_reservation(r)?);
         Ok(())
     })
@@ -520,23 +504,14 @@ pub unsafe extern "C" fn p99_cache_store(
     cas_in: u64,
     cas_out: *mut u64,
 ) -> p99_status {
-    guard(|| {
-        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
-        // not being freed (C contract: p99_cache_free runs alone).
-        let c = unsafe { ref_from(cache) }?;
-        // SAFETY: `key` is NULL only with `key_len` 0 (NULL with a nonzero length is rejected),
-        // else valid for `key_len` readable bytes until return, as the C contract requires; the
-        // bytes are copied or only read before returning.
-        let key = unsafe { slice_from(key, key_len) }?;
-        // SAFETY: `value` is NULL only with `value_len` 0 (NULL with a nonzero length is rejected),
-        // else valid for `value_len` readable bytes until return, as the C contract requires; the
-        // bytes are copied or only read before returning.
-        let value = unsafe { slice_from(value, value_len) }?;
+    guard(|| -> CResult {
+        let c = c_arg!(handle cache)?;
+        let key = c_arg!(slice key, key_len)?;
+        let value = c_arg!(slice value, value_len)?;
         let mode = mode_from(mode)?;
-        let cas = c.cache.store(key, value, flags, expiry, mode, cas_in).map_err(err)?;
-        if !cas_out.is_null() {
-            // SAFETY: non-NULL and writable by the caller's contract.
-            unsafe { cas_out.write(cas) };
+        let cas = c.cache.store(key, value, flags, expiry, mode, cas_in)?;
+        if let Some(out) = c_arg!(opt_out cas_out) {
+            out.write(cas);
         }
         Ok(())
     })
@@ -555,18 +530,11 @@ pub unsafe extern "C" fn p99_cache_get(
     key_len: usize,
     item: *mut p99_cache_item,
 ) -> p99_status {
-    guard(|| {
-        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
-        // not being freed (C contract: p99_cache_free runs alone).
-        let c = unsafe { ref_from(cache) }?;
-        // SAFETY: `key` is NULL only with `key_len` 0 (NULL with a nonzero length is rejected),
-        // else valid for `key_len` readable bytes until return, as the C contract requires; the
-        // bytes are copied or only read before returning.
-        let key = unsafe { slice_from(key, key_len) }?;
-        // SAFETY: NULL is rejected; a non-NULL `item` is a caller-owned p99_cache_item that no
-        // other thread uses during the call (C contract).
-        let out = unsafe { mut_from(item) }?;
-        let it = c.cache.get_ticketed(key).map_err(err)?.ok_or(p99_status::NotFound)?;
+    guard(|| -> CResult {
+        let c = c_arg!(handle cache)?;
+        let key = c_arg!(slice key, key_len)?;
+        let out = c_arg!(mut item)?;
+        let it = c.cache.get_ticketed(key)?.ok_or(p99_status::NotFound)?;
         fill_item(out, it, pin_tag(c));
         Ok(())
     })
@@ -598,37 +566,23 @@ pub unsafe extern "C" fn p99_cache_get_copy(
     buf_cap: usize,
     info: *mut p99_cache_value_info,
 ) -> p99_status {
-    guard(|| {
-        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
-        // not being freed (C contract: p99_cache_free runs alone).
-        let c = unsafe { ref_from(cache) }?;
-        // SAFETY: `key` is NULL only with `key_len` 0 (NULL with a nonzero length is rejected),
-        // else valid for `key_len` readable bytes until return, as the C contract requires; the
-        // bytes are copied or only read before returning.
-        let key = unsafe { slice_from(key, key_len) }?;
-        // SAFETY: NULL is rejected; a non-NULL `info` points to a caller struct that starts with
-        // `uint32_t struct_size` set by the caller (C contract), and only that field is read here.
-        let size = unsafe {
-            struct_size_of(info.cast_const().cast(), std::mem::size_of::<p99_cache_value_info>())
-        }?;
-        // SAFETY: `buf` is NULL only with `buf_cap` 0 (NULL with a nonzero capacity is rejected),
-        // else valid for `buf_cap` writable bytes that nothing else uses during the call (C
-        // contract); at most the value's length is written.
-        let buf = unsafe { slice_mut_from(buf, buf_cap) }?;
-        let found: CopiedItem = c.cache.get_copy(key, buf).map_err(err)?.ok_or(p99_status::NotFound)?;
-        let full = p99_cache_value_info {
-            struct_size: size as u32,
+    guard(|| -> CResult {
+        let c = c_arg!(handle cache)?;
+        let key = c_arg!(slice key, key_len)?;
+        let out = c_arg!(versioned_out info)?;
+        let buf = c_arg!(slice_mut buf, buf_cap)?;
+        let found: CopiedItem = c.cache.get_copy(key, buf)?.ok_or(p99_status::NotFound)?;
+        out.write(p99_cache_value_info {
+            struct_size: struct_size::<p99_cache_value_info>(),
             flags: found.flags,
             value_len: found.value_len,
             cas: found.cas,
             expiry: found.expiry,
-        };
-        // SAFETY: `info` is non-NULL (checked) and the caller declared `size` writable bytes.
-        unsafe { write_sized(info, size, &full) };
+        });
         if found.copied {
             Ok(())
         } else {
-            Err(p99_status::BufferTooSmall)
+            Err(p99_status::BufferTooSmall.into())
         }
     })
 }
@@ -646,18 +600,11 @@ pub unsafe extern "C" fn p99_cache_get_and_touch(
     expiry: u32,
     item: *mut p99_cache_item,
 ) -> p99_status {
-    guard(|| {
-        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
-        // not being freed (C contract: p99_cache_free runs alone).
-        let c = unsafe { ref_from(cache) }?;
-        // SAFETY: `key` is NULL only with `key_len` 0 (NULL with a nonzero length is rejected),
-        // else valid for `key_len` readable bytes until return, as the C contract requires; the
-        // bytes are copied or only read before returning.
-        let key = unsafe { slice_from(key, key_len) }?;
-        // SAFETY: NULL is rejected; a non-NULL `item` is a caller-owned p99_cache_item that no
-        // other thread uses during the call (C contract).
-        let out = unsafe { mut_from(item) }?;
-        let it = c.cache.get_and_touch_ticketed(key, expiry).map_err(err)?.ok_or(p99_status::NotFound)?;
+    guard(|| -> CResult {
+        let c = c_arg!(handle cache)?;
+        let key = c_arg!(slice key, key_len)?;
+        let out = c_arg!(mut item)?;
+        let it = c.cache.get_and_touch_ticketed(key, expiry)?.ok_or(p99_status::NotFound)?;
         fill_item(out, it, pin_tag(c));
         Ok(())
     })
@@ -675,24 +622,20 @@ pub unsafe extern "C" fn p99_cache_item_release(
     cache: *const p99_cache,
     item: *mut p99_cache_item,
 ) -> p99_status {
-    guard(|| {
-        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
-        // not being freed (C contract: p99_cache_free runs alone).
-        let c = unsafe { ref_from(cache) }?;
-        // SAFETY: NULL is rejected; a non-NULL `item` is a caller-owned p99_cache_item that no
-        // other thread uses during the call (C contract).
-        let it = unsafe { mut_from(item) }?;
+    guard(|| -> CResult {
+        let c = c_arg!(handle cache)?;
+        let it = c_arg!(mut item)?;
         if it.pin_magic == 0 {
-            return Err(p99_status::InvalidState);
+            return Err(p99_status::InvalidState.into());
         }
         if (it.pin_magic >> 32) as u32 != pin_tag(c) {
-            return Err(p99_status::InvalidArgument);
+            return Err(Failure::invalid("`item` was pinned by another cache"));
         }
         let ticket =
             PinTicket { shard: it.pin_shard, slot: it.pin_slot, generation: it.pin_magic as u32 };
         // A ticket already consumed (through this struct or a copy) is INVALID_STATE and
         // releases nothing.
-        c.cache.release_ticket(ticket).map_err(err)?;
+        c.cache.release_ticket(ticket)?;
         *it = p99_cache_item {
             value: std::ptr::null(),
             value_len: 0,
@@ -716,15 +659,11 @@ pub unsafe extern "C" fn p99_cache_delete(
     key: *const u8,
     key_len: usize,
 ) -> p99_status {
-    guard(|| {
-        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
-        // not being freed (C contract: p99_cache_free runs alone).
-        let c = unsafe { ref_from(cache) }?;
-        // SAFETY: `key` is NULL only with `key_len` 0 (NULL with a nonzero length is rejected),
-        // else valid for `key_len` readable bytes until return, as the C contract requires; the
-        // bytes are copied or only read before returning.
-        let key = unsafe { slice_from(key, key_len) }?;
-        c.cache.delete(key).map_err(err)
+    guard(|| -> CResult {
+        let c = c_arg!(handle cache)?;
+        let key = c_arg!(slice key, key_len)?;
+        c.cache.delete(key)?;
+        Ok(())
     })
 }
 
@@ -737,15 +676,11 @@ pub unsafe extern "C" fn p99_cache_touch(
     key_len: usize,
     expiry: u32,
 ) -> p99_status {
-    guard(|| {
-        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
-        // not being freed (C contract: p99_cache_free runs alone).
-        let c = unsafe { ref_from(cache) }?;
-        // SAFETY: `key` is NULL only with `key_len` 0 (NULL with a nonzero length is rejected),
-        // else valid for `key_len` readable bytes until return, as the C contract requires; the
-        // bytes are copied or only read before returning.
-        let key = unsafe { slice_from(key, key_len) }?;
-        c.cache.touch(key, expiry).map_err(err)
+    guard(|| -> CResult {
+        let c = c_arg!(handle cache)?;
+        let key = c_arg!(slice key, key_len)?;
+        c.cache.touch(key, expiry)?;
+        Ok(())
     })
 }
 
@@ -758,22 +693,14 @@ unsafe fn delta(
     value_out: *mut u64,
     cas_out: *mut u64,
 ) -> p99_status {
-    guard(|| {
-        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
-        // not being freed (C contract: p99_cache_free runs alone).
-        let c = unsafe { ref_from(cache) }?;
-        // SAFETY: `key` is NULL only with `key_len` 0 (NULL with a nonzero length is rejected),
-        // else valid for `key_len` readable bytes until return, as the C contract requires; the
-        // bytes are copied or only read before returning.
-        let key = unsafe { slice_from(key, key_len) }?;
-        // SAFETY: NULL is rejected up front; a non-NULL `value_out` is writable for one value by
-        // the C contract, and is written only on success.
-        let out = unsafe { out_ptr(value_out) }?;
-        let (v, cas) = if incr { c.cache.incr(key, by) } else { c.cache.decr(key, by) }.map_err(err)?;
+    guard(|| -> CResult {
+        let c = c_arg!(handle cache)?;
+        let key = c_arg!(slice key, key_len)?;
+        let out = c_arg!(out value_out)?;
+        let (v, cas) = if incr { c.cache.incr(key, by) } else { c.cache.decr(key, by) }?;
         out.write(v);
-        if !cas_out.is_null() {
-            // SAFETY: non-NULL and writable by the caller's contract.
-            unsafe { cas_out.write(cas) };
+        if let Some(out) = c_arg!(opt_out cas_out) {
+            out.write(cas);
         }
         Ok(())
     })
@@ -820,10 +747,8 @@ pub unsafe extern "C" fn p99_cache_decr(
 /// readable until released. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_flush_all(cache: *const p99_cache, delay_seconds: u32) -> p99_status {
-    guard(|| {
-        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
-        // not being freed (C contract: p99_cache_free runs alone).
-        let c = unsafe { ref_from(cache) }?;
+    guard(|| -> CResult {
+        let c = c_arg!(handle cache)?;
         c.cache.flush_all(delay_seconds);
         Ok(())
     })
@@ -833,9 +758,7 @@ pub unsafe extern "C" fn p99_cache_flush_all(cache: *const p99_cache, delay_seco
 /// NULL. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_now(cache: *const p99_cache) -> u32 {
-    // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is not
-    // being freed (C contract: p99_cache_free runs alone).
-    guard_or(0, || match unsafe { ref_from(cache) } {
+    guard_or(0, || match c_arg!(handle cache) {
         Ok(c) => c.cache.now(),
         Err(_) => 0,
     })
@@ -845,11 +768,10 @@ pub unsafe extern "C" fn p99_cache_now(cache: *const p99_cache) -> u32 {
 /// using the system clock. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_set_time(cache: *const p99_cache, unix_seconds: u32) -> p99_status {
-    guard(|| {
-        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
-        // not being freed (C contract: p99_cache_free runs alone).
-        let c = unsafe { ref_from(cache) }?;
-        c.cache.set_time(unix_seconds).map_err(err)
+    guard(|| -> CResult {
+        let c = c_arg!(handle cache)?;
+        c.cache.set_time(unix_seconds)?;
+        Ok(())
     })
 }
 
@@ -864,13 +786,9 @@ pub unsafe extern "C" fn p99_cache_expiry_from_exptime(
     exptime: i64,
     expiry_out: *mut u32,
 ) -> p99_status {
-    guard(|| {
-        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
-        // not being freed (C contract: p99_cache_free runs alone).
-        let c = unsafe { ref_from(cache) }?;
-        // SAFETY: NULL is rejected up front; a non-NULL `expiry_out` is writable for one value by
-        // the C contract, and is written only on success.
-        let out = unsafe { out_ptr(expiry_out) }?;
+    guard(|| -> CResult {
+        let c = c_arg!(handle cache)?;
+        let out = c_arg!(out expiry_out)?;
         out.write(c.cache.expiry_from_exptime(exptime));
         Ok(())
     })
@@ -878,7 +796,7 @@ pub unsafe extern "C" fn p99_cache_expiry_from_exptime(
 
 fn stats_to_c(s: &Stats) -> p99_cache_stats {
     p99_cache_stats {
-        struct_size: std::mem::size_of::<p99_cache_stats>() as u32,
+        struct_size: struct_size::<p99_cache_stats>(),
         shards: s.shards as u32,
         items: s.items,
         item_bytes: s.item_bytes,
@@ -908,21 +826,15 @@ fn stats_to_c(s: &Stats) -> p99_cache_stats {
 }
 
 /// Fills `*stats` (caller sets `stats->struct_size` first; INVALID_ARGUMENT if smaller than
-/// the first published version of the struct). Only `struct_size` bytes are written, and
-/// `struct_size` is left as the caller set it. Thread-safe (locks each shard briefly).
+/// the first published version of the struct). At most `struct_size` bytes are written
+/// (fields this library does not know are zeroed), and `struct_size` is left as the caller
+/// set it. Thread-safe (locks each shard briefly).
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_get_stats(cache: *const p99_cache, stats: *mut p99_cache_stats) -> p99_status {
-    guard(|| {
-        // SAFETY: NULL is rejected; a non-NULL `cache` is a live handle from p99_cache_new that is
-        // not being freed (C contract: p99_cache_free runs alone).
-        let c = unsafe { ref_from(cache) }?;
-        // SAFETY: NULL is rejected; a non-NULL `stats` points to a caller struct that starts with
-        // `uint32_t struct_size` set by the caller (C contract), and only that field is read here.
-        let size = unsafe { struct_size_of(stats.cast_const().cast(), std::mem::size_of::<p99_cache_stats>()) }?;
-        let mut full = stats_to_c(&c.cache.stats());
-        full.struct_size = size as u32;
-        // SAFETY: `stats` is non-NULL (checked) and the caller declared `size` writable bytes.
-        unsafe { write_sized(stats, size, &full) };
+    guard(|| -> CResult {
+        let c = c_arg!(handle cache)?;
+        let out = c_arg!(versioned_out stats)?;
+        out.write(stats_to_c(&c.cache.stats()));
         Ok(())
     })
 }

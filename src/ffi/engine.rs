@@ -14,24 +14,28 @@
 // Every entry point that takes a pointer is an `unsafe extern "C" fn`: the caller promises
 // the pointers are valid as each doc comment says (NULL is checked and refused). Those doc
 // comments are the safety contract and become the header, so no separate `# Safety` section.
+// Pointers become references through `c_arg!` (boundary.rs), which states each form's safety
+// argument once; `p99_worker *` is checked by address instead (`worker_from`).
 #![allow(clippy::missing_safety_doc)]
 
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CString};
 use std::net::IpAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::boundary::{guard, guard_or, out_ptr, ref_from, slice_from, struct_size_of};
+use super::boundary::{c_arg, guard, guard_or, struct_size, CResult, Failure, Handle, Versioned};
 use super::status::p99_status;
 use super::tls::{p99_close_reason, p99_tls_config};
-use crate::engine::{self, Backend, ConnId, Engine, Error, Handler, TimerId, Worker};
+use crate::engine::{self, Backend, ConnId, Engine, Handler, TimerId, Worker};
 
 /// A running engine: worker threads, each with its own listener and event loop. Create with
 /// `p99_engine_start`, release with `p99_engine_free`.
 pub struct p99_engine {
     inner: Engine,
 }
+
+impl Handle for p99_engine {}
 
 /// One worker of an engine, as handed to callbacks, posted tasks and timers. Owned by the
 /// engine; valid only on its own thread, during the call it was passed to.
@@ -56,11 +60,12 @@ pub enum p99_backend {
     Epoll = 2,
 }
 
-/// Engine configuration. Fill with `p99_engine_config_defaults`, then change fields.
+/// Engine configuration. Set `struct_size = sizeof(p99_engine_config)`, fill with
+/// `p99_engine_config_defaults`, then change fields.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct p99_engine_config {
-    /// `sizeof(p99_engine_config)`, set by `p99_engine_config_defaults`.
+    /// `sizeof(p99_engine_config)`, set by the caller.
     pub struct_size: u32,
     /// IPv4 or IPv6 address to listen on, as text; NULL means "127.0.0.1". Borrowed until
     /// `p99_engine_start` returns.
@@ -100,32 +105,8 @@ pub struct p99_engine_config {
     pub tls: *const p99_tls_config,
 }
 
-/// Size of the first published `p99_engine_config`, which ended before `max_conns`.
-const ENGINE_CONFIG_V1_SIZE: usize = std::mem::offset_of!(p99_engine_config, max_conns);
-
-fn default_engine_config() -> p99_engine_config {
-    let d = engine::Config::default();
-    p99_engine_config {
-        struct_size: std::mem::size_of::<p99_engine_config>() as u32,
-        addr: std::ptr::null(),
-        port: d.port,
-        workers: d.workers as u32,
-        pin_workers: d.pin_workers,
-        tcp_nodelay: d.tcp_nodelay,
-        max_conns_per_worker: d.max_conns_per_worker as u32,
-        rx_buf_size: d.rx_buf_size as u32,
-        rx_buf_count: d.rx_buf_count as u32,
-        sq_entries: d.sq_entries,
-        out_high_water: d.out_high_water as u64,
-        close_linger_ms: d.close_linger.as_millis() as u32,
-        backlog: d.backlog,
-        max_conns: d.max_conns as u32,
-        tls: std::ptr::null(),
-    }
-}
-
-/// Callbacks and the user pointer passed to each. Zero-fill (or use
-/// `p99_engine_callbacks_defaults`), set `struct_size`, then set what you need; only
+/// Callbacks and the user pointer passed to each. Zero-fill with `struct_size` set (or set
+/// `struct_size` and call `p99_engine_callbacks_defaults`), then set what you need; only
 /// `on_data` is required. All run on the worker thread that owns the connection.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -180,15 +161,60 @@ pub struct p99_worker_stats {
     pub bufring_empty: u64,
 }
 
-fn status_of(e: Error) -> p99_status {
-    match e {
-        Error::InvalidConfig(_) => p99_status::InvalidArgument,
-        Error::StaleHandle => p99_status::StaleHandle,
-        Error::Closed => p99_status::Closed,
-        Error::WrongThread => p99_status::WrongThread,
-        Error::Unsupported(_) => p99_status::Unsupported,
-        Error::Io(e) => p99_status::from_io_error(&e),
-        Error::Tls(_) => p99_status::TlsConfig,
+// SAFETY (all three): repr(C), struct_size first, fields of integer, bool, pointer and
+// Option<extern fn> types; later versions append fields.
+unsafe impl Versioned for p99_engine_config {
+    const NAME: &'static str = "p99_engine_config";
+    /// The layout 0.1 published, which ended before `max_conns`.
+    const FIRST_SIZE: usize = 64;
+}
+const _: () = assert!(std::mem::offset_of!(p99_engine_config, max_conns) == 64);
+// SAFETY: see above.
+unsafe impl Versioned for p99_engine_callbacks {
+    const NAME: &'static str = "p99_engine_callbacks";
+    const FIRST_SIZE: usize = 64;
+}
+// SAFETY: see above.
+unsafe impl Versioned for p99_worker_stats {
+    const NAME: &'static str = "p99_worker_stats";
+    const FIRST_SIZE: usize = 80;
+}
+
+impl Default for p99_engine_config {
+    fn default() -> Self {
+        let d = engine::Config::default();
+        p99_engine_config {
+            struct_size: struct_size::<Self>(),
+            addr: std::ptr::null(),
+            port: d.port,
+            workers: d.workers as u32,
+            pin_workers: d.pin_workers,
+            tcp_nodelay: d.tcp_nodelay,
+            max_conns_per_worker: d.max_conns_per_worker as u32,
+            rx_buf_size: d.rx_buf_size as u32,
+            rx_buf_count: d.rx_buf_count as u32,
+            sq_entries: d.sq_entries,
+            out_high_water: d.out_high_water as u64,
+            close_linger_ms: d.close_linger.as_millis() as u32,
+            backlog: d.backlog,
+            max_conns: d.max_conns as u32,
+            tls: std::ptr::null(),
+        }
+    }
+}
+
+impl Default for p99_engine_callbacks {
+    fn default() -> Self {
+        p99_engine_callbacks {
+            struct_size: struct_size::<Self>(),
+            user: std::ptr::null_mut(),
+            on_worker_start: None,
+            on_accept: None,
+            on_data: None,
+            on_send_done: None,
+            on_close: None,
+            on_worker_stop: None,
+        }
     }
 }
 
@@ -263,19 +289,18 @@ impl Handler for CHandler {
     }
 }
 
-/// Borrows the worker behind `w` if, and only if, it is the calling thread's worker.
-///
-/// # Safety
-/// `w` is compared by address before it is dereferenced; a match means it is the live worker
-/// of this thread, which is inside a callback and not otherwise borrowed.
-unsafe fn worker_from<'a>(w: *mut p99_worker) -> Result<&'a mut Worker, p99_status> {
+/// Borrows the worker behind `w` if, and only if, it is the calling thread's worker: `w` is
+/// compared by address before it is dereferenced, so any pointer value is safe to pass.
+fn worker_from<'a>(w: *mut p99_worker) -> Result<&'a mut Worker, Failure> {
     if w.is_null() {
-        return Err(p99_status::NullParameter);
+        return Err(super::boundary::null_arg("worker"));
     }
     if !engine::is_current_worker(w as *const Worker) {
-        return Err(p99_status::WrongThread);
+        return Err(p99_status::WrongThread.into());
     }
-    // SAFETY: it is this thread's current worker (see above).
+    // SAFETY: the address is this thread's current worker, which is live while the thread is
+    // inside one of its callbacks, tasks or timers (the only place C holds it) and is not
+    // otherwise used until that C code returns.
     Ok(unsafe { &mut *(w as *mut Worker) })
 }
 
@@ -287,35 +312,27 @@ fn task(f: unsafe extern "C" fn(*mut c_void, *mut p99_worker), arg: SendPtr) -> 
     })
 }
 
-/// Fills `*config` with the defaults (see each field) and sets `struct_size`.
-/// Returns `P99_STATUS_NULL_PARAMETER` if `config` is NULL. Thread-safe.
+/// Fills `*config` with the defaults (see each field). The caller sets `config->struct_size
+/// = sizeof(p99_engine_config)` first; at most that many bytes are written and it is left as
+/// set. `P99_STATUS_NULL_PARAMETER` if `config` is NULL, `P99_STATUS_INVALID_ARGUMENT` if
+/// `struct_size` is smaller than the first published struct. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_engine_config_defaults(config: *mut p99_engine_config) -> p99_status {
-    guard(|| {
-        // SAFETY: checked for NULL; the caller provides a writable struct.
-        let out = unsafe { out_ptr(config) }?;
-        out.write(default_engine_config());
+    guard(|| -> CResult {
+        c_arg!(versioned_out config)?.write(p99_engine_config::default());
         Ok(())
     })
 }
 
-/// Zero-fills `*callbacks` (no user pointer, no callbacks) and sets `struct_size`.
-/// Returns `P99_STATUS_NULL_PARAMETER` if `callbacks` is NULL. Thread-safe.
+/// Clears `*callbacks` (no user pointer, no callbacks). The caller sets
+/// `callbacks->struct_size = sizeof(p99_engine_callbacks)` first; at most that many bytes are
+/// written and it is left as set. `P99_STATUS_NULL_PARAMETER` if `callbacks` is NULL,
+/// `P99_STATUS_INVALID_ARGUMENT` if `struct_size` is smaller than the first published struct.
+/// Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_engine_callbacks_defaults(callbacks: *mut p99_engine_callbacks) -> p99_status {
-    guard(|| {
-        // SAFETY: checked for NULL; the caller provides a writable struct.
-        let out = unsafe { out_ptr(callbacks) }?;
-        out.write(p99_engine_callbacks {
-            struct_size: std::mem::size_of::<p99_engine_callbacks>() as u32,
-            user: std::ptr::null_mut(),
-            on_worker_start: None,
-            on_accept: None,
-            on_data: None,
-            on_send_done: None,
-            on_close: None,
-            on_worker_stop: None,
-        });
+    guard(|| -> CResult {
+        c_arg!(versioned_out callbacks)?.write(p99_engine_callbacks::default());
         Ok(())
     })
 }
@@ -327,41 +344,27 @@ pub unsafe extern "C" fn p99_engine_callbacks_defaults(callbacks: *mut p99_engin
 /// `P99_STATUS_UNSUPPORTED` (P99_BACKEND forces an unavailable backend), or the status of the
 /// failed system call (e.g. `P99_STATUS_IO_ERROR` with errno EADDRINUSE), and with `tls` set,
 /// `P99_STATUS_TLS_CONFIG` (a certificate, key or CA file unreadable or unusable, or a key
-/// that does not match the certificate). Thread-safe.
+/// that does not match the certificate; `p99_last_error_message()` says which). Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_engine_start(
     config: *const p99_engine_config,
     callbacks: *const p99_engine_callbacks,
     out: *mut *mut p99_engine,
 ) -> p99_status {
-    guard(|| {
-        // SAFETY: checked for NULL; both structs start with struct_size.
-        let config_size = unsafe {
-            struct_size_of(callbacks.cast(), std::mem::size_of::<p99_engine_callbacks>())?;
-            struct_size_of(config.cast(), ENGINE_CONFIG_V1_SIZE)?
-        };
-        // The caller's fields over the defaults, as far as its struct reaches.
-        let mut c = default_engine_config();
-        let known = config_size.min(std::mem::size_of::<p99_engine_config>());
-        // SAFETY: the caller's struct is readable for its `struct_size` bytes (C contract) and
-        // `c` is a whole struct of this version; `known` covers a prefix of whole fields laid
-        // out alike in both (the struct only grows at its end).
-        unsafe {
-            std::ptr::copy_nonoverlapping(config.cast::<u8>(), (&mut c as *mut p99_engine_config).cast::<u8>(), known)
-        };
-        // SAFETY: as above.
-        let cb = *unsafe { ref_from(callbacks) }?;
-        // SAFETY: checked for NULL before any work.
-        let out = unsafe { out_ptr(out) }?;
+    guard(|| -> CResult {
+        let c = c_arg!(versioned_in config, p99_engine_config::default())?;
+        let cb = c_arg!(versioned_in callbacks, p99_engine_callbacks::default())?;
+        let out = c_arg!(out out)?;
         if cb.on_data.is_none() {
-            return Err(p99_status::InvalidArgument);
+            return Err(Failure::invalid("callbacks->on_data is NULL; it is required"));
         }
         let addr = if c.addr.is_null() {
             engine::Config::default().addr
         } else {
-            // SAFETY: non-NULL C string borrowed for the call.
-            let s = unsafe { CStr::from_ptr(c.addr) }.to_str().map_err(|_| p99_status::InvalidArgument)?;
-            s.parse::<IpAddr>().map_err(|_| p99_status::InvalidArgument)?
+            let addr = c.addr;
+            let text = c_arg!(cstr addr)?.to_str().map_err(|_| Failure::invalid("config->addr is not UTF-8"))?;
+            text.parse::<IpAddr>()
+                .map_err(|_| Failure::invalid(format!("config->addr \"{text}\" is not an IPv4 or IPv6 address")))?
         };
         let cfg = engine::Config {
             addr,
@@ -373,21 +376,20 @@ pub unsafe extern "C" fn p99_engine_start(
             rx_buf_size: c.rx_buf_size as usize,
             rx_buf_count: c.rx_buf_count as usize,
             sq_entries: c.sq_entries,
-            out_high_water: usize::try_from(c.out_high_water).map_err(|_| p99_status::InvalidArgument)?,
+            out_high_water: usize::try_from(c.out_high_water)
+                .map_err(|_| Failure::invalid("config->out_high_water does not fit this machine's size_t"))?,
             close_linger: Duration::from_millis(c.close_linger_ms as u64),
             backlog: c.backlog,
             tcp_nodelay: c.tcp_nodelay,
             backend: None,
-            // SAFETY: NULL or a p99_tls_config per its documented contract.
-            tls: unsafe { super::tls::load(c.tls) }?,
+            tls: super::tls::load(c.tls)?,
         };
         let shared = Callbacks { cb };
         let inner = Engine::start(cfg, move |_| {
             let shared = shared;
             CHandler { cb: shared.cb }
-        })
-        .map_err(status_of)?;
-        out.write(Box::into_raw(Box::new(p99_engine { inner })));
+        })?;
+        out.write(p99_engine { inner }.into_c());
         Ok(())
     })
 }
@@ -395,11 +397,9 @@ pub unsafe extern "C" fn p99_engine_start(
 /// Writes the TCP port the engine listens on to `*out`. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_engine_port(engine: *const p99_engine, out: *mut u16) -> p99_status {
-    guard(|| {
-        // SAFETY: checked for NULL; a live engine by contract.
-        let e = unsafe { ref_from(engine) }?;
-        // SAFETY: checked for NULL.
-        let out = unsafe { out_ptr(out) }?;
+    guard(|| -> CResult {
+        let e = c_arg!(handle engine)?;
+        let out = c_arg!(out out)?;
         out.write(e.inner.port());
         Ok(())
     })
@@ -408,11 +408,9 @@ pub unsafe extern "C" fn p99_engine_port(engine: *const p99_engine, out: *mut u1
 /// Writes the number of workers to `*out`. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_engine_workers(engine: *const p99_engine, out: *mut u32) -> p99_status {
-    guard(|| {
-        // SAFETY: checked for NULL; a live engine by contract.
-        let e = unsafe { ref_from(engine) }?;
-        // SAFETY: checked for NULL.
-        let out = unsafe { out_ptr(out) }?;
+    guard(|| -> CResult {
+        let e = c_arg!(handle engine)?;
+        let out = c_arg!(out out)?;
         out.write(e.inner.workers() as u32);
         Ok(())
     })
@@ -450,11 +448,10 @@ pub extern "C" fn p99_engine_backend_reason() -> *const c_char {
 /// `P99_STATUS_CLOSED` (the engine is stopping; the task will not run). Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_engine_post(engine: *const p99_engine, worker_index: u32, func: p99_task_fn, arg: *mut c_void) -> p99_status {
-    guard(|| {
-        // SAFETY: checked for NULL; a live engine by contract.
-        let e = unsafe { ref_from(engine) }?;
-        let f = func.ok_or(p99_status::NullParameter)?;
-        e.inner.post(worker_index as usize, task(f, SendPtr(arg))).map_err(status_of)
+    guard(|| -> CResult {
+        let e = c_arg!(handle engine)?;
+        let f = func.ok_or_else(|| super::boundary::null_arg("fn"))?;
+        Ok(e.inner.post(worker_index as usize, task(f, SendPtr(arg)))?)
     })
 }
 
@@ -462,9 +459,8 @@ pub unsafe extern "C" fn p99_engine_post(engine: *const p99_engine, worker_index
 /// thread, including the engine's workers. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_engine_request_stop(engine: *const p99_engine, drain_ms: u32) -> p99_status {
-    guard(|| {
-        // SAFETY: checked for NULL; a live engine by contract.
-        let e = unsafe { ref_from(engine) }?;
+    guard(|| -> CResult {
+        let e = c_arg!(handle engine)?;
         e.inner.request_stop(Duration::from_millis(drain_ms as u64));
         Ok(())
     })
@@ -478,28 +474,27 @@ pub unsafe extern "C" fn p99_engine_request_stop(engine: *const p99_engine, drai
 /// `p99_engine_request_stop` there). Thread-safe otherwise.
 #[no_mangle]
 pub unsafe extern "C" fn p99_engine_stop(engine: *const p99_engine, drain_ms: u32) -> p99_status {
-    guard(|| {
-        // SAFETY: checked for NULL; a live engine by contract.
-        let e = unsafe { ref_from(engine) }?;
-        e.inner.stop(Duration::from_millis(drain_ms as u64)).map_err(status_of)
+    guard(|| -> CResult {
+        let e = c_arg!(handle engine)?;
+        Ok(e.inner.stop(Duration::from_millis(drain_ms as u64))?)
     })
 }
 
 /// Writes worker `worker_index`'s counters to `*out`; the caller sets `out->struct_size`
-/// first. Only `struct_size` bytes are written (at most this library's struct size), and
-/// `struct_size` is left as the caller set it. Errors: NULL pointers,
+/// first. At most `struct_size` bytes are written (fields this library does not know are
+/// zeroed), and `struct_size` is left as the caller set it. Errors: NULL pointers,
 /// `P99_STATUS_INVALID_ARGUMENT` (no such worker, or struct_size smaller than the first
 /// published version of the struct). Works before and after stop. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_engine_stats(engine: *const p99_engine, worker_index: u32, out: *mut p99_worker_stats) -> p99_status {
-    guard(|| {
-        // SAFETY: checked for NULL; a live engine by contract.
-        let e = unsafe { ref_from(engine) }?;
-        // SAFETY: checked for NULL; starts with struct_size.
-        let size = unsafe { struct_size_of(out as *const u32, std::mem::size_of::<p99_worker_stats>()) }?;
-        let s = e.inner.stats(worker_index as usize).ok_or(p99_status::InvalidArgument)?;
-        let full = p99_worker_stats {
-            struct_size: size as u32,
+    guard(|| -> CResult {
+        let e = c_arg!(handle engine)?;
+        let out = c_arg!(versioned_out out)?;
+        let s = e.inner.stats(worker_index as usize).ok_or_else(|| {
+            Failure::invalid(format!("no worker {worker_index}: the engine has {}", e.inner.workers()))
+        })?;
+        out.write(p99_worker_stats {
+            struct_size: struct_size::<p99_worker_stats>(),
             accepted: s.accepted,
             open: s.open,
             rejected: s.rejected,
@@ -509,11 +504,7 @@ pub unsafe extern "C" fn p99_engine_stats(engine: *const p99_engine, worker_inde
             enters: s.enters,
             completions: s.completions,
             bufring_empty: s.bufring_empty,
-        };
-        let n = size.min(std::mem::size_of::<p99_worker_stats>());
-        // SAFETY: `out` is non-NULL (checked) and the caller declared `size` writable bytes;
-        // at most our struct's size is copied from a local value.
-        unsafe { std::ptr::copy_nonoverlapping((&full as *const p99_worker_stats).cast::<u8>(), out.cast::<u8>(), n) };
+        });
         Ok(())
     })
 }
@@ -525,17 +516,14 @@ pub unsafe extern "C" fn p99_engine_stats(engine: *const p99_engine, worker_inde
 /// another thread. Thread-safe otherwise; `engine` is invalid after `P99_STATUS_OK`.
 #[no_mangle]
 pub unsafe extern "C" fn p99_engine_free(engine: *mut p99_engine) -> p99_status {
-    guard(|| {
+    guard(|| -> CResult {
         if engine.is_null() {
             return Ok(());
         }
-        // SAFETY: non-NULL; a live engine by contract.
-        let e = unsafe { &*engine };
-        if e.inner.on_worker_thread() {
-            return Err(p99_status::WrongThread);
+        if c_arg!(handle engine)?.inner.on_worker_thread() {
+            return Err(p99_status::WrongThread.into());
         }
-        // SAFETY: created by Box::into_raw in p99_engine_start and freed once, here.
-        drop(unsafe { Box::from_raw(engine) });
+        drop(c_arg!(owned engine));
         Ok(())
     })
 }
@@ -549,11 +537,9 @@ pub extern "C" fn p99_conn_worker(conn: p99_conn) -> u32 {
 /// Writes the worker's index to `*out`. Worker thread only.
 #[no_mangle]
 pub unsafe extern "C" fn p99_worker_index(worker: *mut p99_worker, out: *mut u32) -> p99_status {
-    guard(|| {
-        // SAFETY: checked by address against this thread's worker.
-        let w = unsafe { worker_from(worker) }?;
-        // SAFETY: checked for NULL.
-        let out = unsafe { out_ptr(out) }?;
+    guard(|| -> CResult {
+        let w = worker_from(worker)?;
+        let out = c_arg!(out out)?;
         out.write(w.index() as u32);
         Ok(())
     })
@@ -564,12 +550,10 @@ pub unsafe extern "C" fn p99_worker_index(worker: *mut p99_worker, out: *mut u32
 /// STALE_HANDLE, CLOSED (the connection is closing). Worker thread only.
 #[no_mangle]
 pub unsafe extern "C" fn p99_worker_send(worker: *mut p99_worker, conn: p99_conn, data: *const u8, len: usize) -> p99_status {
-    guard(|| {
-        // SAFETY: checked by address against this thread's worker.
-        let w = unsafe { worker_from(worker) }?;
-        // SAFETY: `len` readable bytes by the caller's contract.
-        let bytes = unsafe { slice_from(data, len) }?;
-        w.send(ConnId::from_raw(conn), bytes).map_err(status_of)
+    guard(|| -> CResult {
+        let w = worker_from(worker)?;
+        let bytes = c_arg!(slice data, len)?;
+        Ok(w.send(ConnId::from_raw(conn), bytes)?)
     })
 }
 
@@ -587,25 +571,17 @@ pub unsafe extern "C" fn p99_worker_send_iov(
     iovcnt: c_int,
     cookie: u64,
 ) -> p99_status {
-    guard(|| {
-        // SAFETY: checked by address against this thread's worker.
-        let w = unsafe { worker_from(worker) }?;
+    guard(|| -> CResult {
+        let w = worker_from(worker)?;
         if iovcnt < 0 {
-            return Err(p99_status::InvalidArgument);
+            return Err(Failure::invalid("iovcnt is negative"));
         }
-        let iovs: &[libc::iovec] = if iovcnt == 0 {
-            &[]
-        } else if iov.is_null() {
-            return Err(p99_status::NullParameter);
-        } else {
-            // SAFETY: non-NULL, `iovcnt` entries by the caller's contract.
-            unsafe { std::slice::from_raw_parts(iov, iovcnt as usize) }
-        };
+        let iovs = c_arg!(slice iov, iovcnt as usize)?;
         if iovs.iter().any(|v| v.iov_base.is_null() && v.iov_len > 0) {
-            return Err(p99_status::InvalidArgument);
+            return Err(Failure::invalid("an iovec has a NULL base and a non-zero length"));
         }
         // SAFETY: the caller keeps the buffers valid until on_send_done (documented above).
-        unsafe { w.send_borrowed(ConnId::from_raw(conn), iovs, cookie) }.map_err(status_of)
+        Ok(unsafe { w.send_borrowed(ConnId::from_raw(conn), iovs, cookie) }?)
     })
 }
 
@@ -613,20 +589,18 @@ pub unsafe extern "C" fn p99_worker_send_iov(
 /// kept (bounded by what was already in flight) and delivered on resume. Worker thread only.
 #[no_mangle]
 pub unsafe extern "C" fn p99_worker_pause_recv(worker: *mut p99_worker, conn: p99_conn) -> p99_status {
-    guard(|| {
-        // SAFETY: checked by address against this thread's worker.
-        let w = unsafe { worker_from(worker) }?;
-        w.pause_recv(ConnId::from_raw(conn)).map_err(status_of)
+    guard(|| -> CResult {
+        let w = worker_from(worker)?;
+        Ok(w.pause_recv(ConnId::from_raw(conn))?)
     })
 }
 
 /// Undoes `p99_worker_pause_recv`. Worker thread only.
 #[no_mangle]
 pub unsafe extern "C" fn p99_worker_resume_recv(worker: *mut p99_worker, conn: p99_conn) -> p99_status {
-    guard(|| {
-        // SAFETY: checked by address against this thread's worker.
-        let w = unsafe { worker_from(worker) }?;
-        w.resume_recv(ConnId::from_raw(conn)).map_err(status_of)
+    guard(|| -> CResult {
+        let w = worker_from(worker)?;
+        Ok(w.resume_recv(ConnId::from_raw(conn))?)
     })
 }
 
@@ -635,10 +609,31 @@ pub unsafe extern "C" fn p99_worker_resume_recv(worker: *mut p99_worker, conn: p
 /// OK. Worker thread only.
 #[no_mangle]
 pub unsafe extern "C" fn p99_worker_close(worker: *mut p99_worker, conn: p99_conn) -> p99_status {
-    guard(|| {
-        // SAFETY: checked by address against this thread's worker.
-        let w = unsafe { worker_from(worker) }?;
-        w.close(ConnId::from_raw(conn)).map_err(status_of)
+    guard(|| -> CResult {
+        let w = worker_from(worker)?;
+        Ok(w.close(ConnId::from_raw(conn))?)
+    })
+}
+
+/// Stores a pointer with the connection (not dereferenced by libp99). Worker thread only.
+#[no_mangle]
+pub unsafe extern "C" fn p99_worker_set_conn_user(worker: *mut p99_worker, conn: p99_conn, user: *mut c_void) -> p99_status {
+    guard(|| -> CResult {
+        let w = worker_from(worker)?;
+        Ok(w.set_user(ConnId::from_raw(conn), user as usize)?)
+    })
+}
+
+/// Writes the pointer stored by `p99_worker_set_conn_user` (NULL if none) to `*out`.
+/// Worker thread only.
+#[no_mangle]
+pub unsafe extern "C" fn p99_worker_conn_user(worker: *mut p99_worker, conn: p99_conn, out: *mut *mut c_void) -> p99_status {
+    guard(|| -> CResult {
+        let w = worker_from(worker)?;
+        let out = c_arg!(out out)?;
+        let u = w.user(ConnId::from_raw(conn))?;
+        out.write(u as *mut c_void);
+        Ok(())
     })
 }
 
@@ -658,49 +653,22 @@ pub unsafe extern "C" fn p99_worker_conn_close_reason(
     detail_cap: usize,
     out_detail_len: *mut usize,
 ) -> p99_status {
-    guard(|| {
-        // SAFETY: checked by address against this thread's worker.
-        let w = unsafe { worker_from(worker) }?;
-        // SAFETY: checked for NULL.
-        let out = unsafe { out_ptr(out_reason) }?;
-        // SAFETY: `detail_cap` writable bytes by the caller's contract (NULL only with 0).
-        let buf = unsafe { super::boundary::slice_mut_from(detail.cast::<u8>(), detail_cap) }?;
-        let (reason, text) = w.close_reason(ConnId::from_raw(conn)).map_err(status_of)?;
+    guard(|| -> CResult {
+        let w = worker_from(worker)?;
+        let out = c_arg!(out out_reason)?;
+        let buf = c_arg!(slice_mut detail, detail_cap)?;
+        let (reason, text) = w.close_reason(ConnId::from_raw(conn))?;
         if let Some(last) = buf.len().checked_sub(1) {
             let n = text.len().min(last);
-            buf[..n].copy_from_slice(&text.as_bytes()[..n]);
+            for (d, s) in buf[..n].iter_mut().zip(text.as_bytes()) {
+                *d = *s as c_char;
+            }
             buf[n] = 0;
         }
-        if !out_detail_len.is_null() {
-            // SAFETY: non-NULL, writable by the caller's contract.
-            unsafe { out_detail_len.write(text.len()) };
+        if let Some(len) = c_arg!(opt_out out_detail_len) {
+            len.write(text.len());
         }
         out.write(reason.into());
-        Ok(())
-    })
-}
-
-/// Stores a pointer with the connection (not dereferenced by libp99). Worker thread only.
-#[no_mangle]
-pub unsafe extern "C" fn p99_worker_set_conn_user(worker: *mut p99_worker, conn: p99_conn, user: *mut c_void) -> p99_status {
-    guard(|| {
-        // SAFETY: checked by address against this thread's worker.
-        let w = unsafe { worker_from(worker) }?;
-        w.set_user(ConnId::from_raw(conn), user as usize).map_err(status_of)
-    })
-}
-
-/// Writes the pointer stored by `p99_worker_set_conn_user` (NULL if none) to `*out`.
-/// Worker thread only.
-#[no_mangle]
-pub unsafe extern "C" fn p99_worker_conn_user(worker: *mut p99_worker, conn: p99_conn, out: *mut *mut c_void) -> p99_status {
-    guard(|| {
-        // SAFETY: checked by address against this thread's worker.
-        let w = unsafe { worker_from(worker) }?;
-        // SAFETY: checked for NULL.
-        let out = unsafe { out_ptr(out) }?;
-        let u = w.user(ConnId::from_raw(conn)).map_err(status_of)?;
-        out.write(u as *mut c_void);
         Ok(())
     })
 }
@@ -709,12 +677,10 @@ pub unsafe extern "C" fn p99_worker_conn_user(worker: *mut p99_worker, conn: p99
 /// it: do not read, write or close it. Worker thread only.
 #[no_mangle]
 pub unsafe extern "C" fn p99_worker_conn_fd(worker: *mut p99_worker, conn: p99_conn, out: *mut c_int) -> p99_status {
-    guard(|| {
-        // SAFETY: checked by address against this thread's worker.
-        let w = unsafe { worker_from(worker) }?;
-        // SAFETY: checked for NULL.
-        let out = unsafe { out_ptr(out) }?;
-        out.write(w.fd(ConnId::from_raw(conn)).map_err(status_of)?);
+    guard(|| -> CResult {
+        let w = worker_from(worker)?;
+        let out = c_arg!(out out)?;
+        out.write(w.fd(ConnId::from_raw(conn))?);
         Ok(())
     })
 }
@@ -729,15 +695,13 @@ pub unsafe extern "C" fn p99_worker_add_timer(
     arg: *mut c_void,
     out_id: *mut u64,
 ) -> p99_status {
-    guard(|| {
-        // SAFETY: checked by address against this thread's worker.
-        let w = unsafe { worker_from(worker) }?;
-        let f = func.ok_or(p99_status::NullParameter)?;
+    guard(|| -> CResult {
+        let w = worker_from(worker)?;
+        let f = func.ok_or_else(|| super::boundary::null_arg("fn"))?;
         let t = task(f, SendPtr(arg));
         let id = w.add_timer(Duration::from_millis(delay_ms), t);
-        if !out_id.is_null() {
-            // SAFETY: non-NULL, writable by the caller's contract.
-            unsafe { out_id.write(id.0) };
+        if let Some(out) = c_arg!(opt_out out_id) {
+            out.write(id.0);
         }
         Ok(())
     })
@@ -747,13 +711,12 @@ pub unsafe extern "C" fn p99_worker_add_timer(
 /// only.
 #[no_mangle]
 pub unsafe extern "C" fn p99_worker_cancel_timer(worker: *mut p99_worker, timer_id: u64) -> p99_status {
-    guard(|| {
-        // SAFETY: checked by address against this thread's worker.
-        let w = unsafe { worker_from(worker) }?;
+    guard(|| -> CResult {
+        let w = worker_from(worker)?;
         if w.cancel_timer(TimerId(timer_id)) {
             Ok(())
         } else {
-            Err(p99_status::NotFound)
+            Err(p99_status::NotFound.into())
         }
     })
 }
@@ -774,11 +737,16 @@ mod tests {
     }
 
     #[test]
-    fn defaults_fill_struct_size() {
-        let mut c = std::mem::MaybeUninit::<p99_engine_config>::uninit();
-        // SAFETY: a valid out pointer; the call fills every field.
-        assert_eq!(unsafe { p99_engine_config_defaults(c.as_mut_ptr()) }, p99_status::Ok);
-        let c = unsafe { c.assume_init() };
-        assert_eq!(c.struct_size as usize, std::mem::size_of::<p99_engine_config>());
+    fn defaults_need_struct_size_and_keep_it() {
+        let mut c = p99_engine_config { struct_size: struct_size::<p99_engine_config>(), port: 7, ..Default::default() };
+        c.backlog = -5;
+        // SAFETY: a valid, writable struct with struct_size set.
+        assert_eq!(unsafe { p99_engine_config_defaults(&mut c) }, p99_status::Ok);
+        assert_eq!(c.struct_size, struct_size::<p99_engine_config>());
+        assert_eq!(c.backlog, engine::Config::default().backlog);
+        c.struct_size = 3;
+        // SAFETY: as above; the size is refused before anything is written.
+        assert_eq!(unsafe { p99_engine_config_defaults(&mut c) }, p99_status::InvalidArgument);
+        assert_eq!(c.struct_size, 3);
     }
 }

@@ -1,6 +1,34 @@
-//! `p99_status`: the single status type every fallible C entry point returns.
+//! `p99_status`: the single status type every fallible C entry point returns, its texts, and
+//! the conversions from the safe cores' errors (with the detail each one carries for
+//! `p99_last_error_message()`).
 
 use std::ffi::c_char;
+
+use super::boundary::Failure;
+use crate::{cache, engine, xdp};
+
+/// Generates `p99_status::ALL`, `p99_status::from_u32` and `p99_status::message` from one
+/// table of `Variant => "text"`.
+macro_rules! status_texts {
+    ($($name:ident => $text:literal,)+) => {
+        impl p99_status {
+            /// Every status, in declaration order.
+            pub const ALL: &'static [p99_status] = &[$(p99_status::$name),+];
+
+            /// The status with numeric value `v`, if there is one.
+            pub fn from_u32(v: u32) -> Option<p99_status> {
+                Self::ALL.iter().copied().find(|s| *s as u32 == v)
+            }
+
+            /// A short English description, NUL-terminated so C can use it directly.
+            pub fn message(self) -> &'static str {
+                match self {
+                    $(p99_status::$name => concat!($text, "\0"),)+
+                }
+            }
+        }
+    };
+}
 
 /// Result of a libp99 call. `P99_STATUS_OK` (0) is success; every other value names one
 /// failure. Values are fixed forever: new ones are added, none is ever reused or renumbered,
@@ -61,66 +89,36 @@ pub enum p99_status {
     TlsConfig = 48,
 }
 
+// The text of each status, and with it the list `from_u32` searches. The match in
+// `message` is exhaustive and names each variant, so a status added to the enum without a
+// text here (or a text for a name the enum lacks) does not compile.
+status_texts! {
+    Ok => "ok",
+    NullParameter => "a required pointer argument was NULL",
+    InvalidArgument => "invalid argument",
+    OutOfMemory => "out of memory",
+    TooLarge => "too large",
+    NotFound => "not found",
+    Exists => "exists",
+    NotStored => "not stored",
+    Busy => "busy",
+    WouldBlock => "would block",
+    Unsupported => "not supported by this kernel or device",
+    IoError => "I/O error (see p99_last_errno)",
+    Panic => "internal panic caught at the C boundary",
+    WrongThread => "called from a thread that does not own the object",
+    StaleHandle => "stale handle",
+    BufferTooSmall => "buffer too small",
+    NonNumeric => "value is not a decimal unsigned 64-bit number",
+    InvalidState => "object is not in a state that allows this call",
+    Closed => "closed",
+    TimedOut => "timed out",
+    PermissionDenied => "permission denied",
+    NoDevice => "no such device or queue",
+    TlsConfig => "TLS configuration unusable (certificate, key or CA)",
+}
+
 impl p99_status {
-    /// The status with numeric value `v`, if there is one.
-    pub fn from_u32(v: u32) -> Option<p99_status> {
-        Some(match v {
-            0 => Self::Ok,
-            1 => Self::NullParameter,
-            2 => Self::InvalidArgument,
-            3 => Self::OutOfMemory,
-            4 => Self::TooLarge,
-            5 => Self::NotFound,
-            6 => Self::Exists,
-            7 => Self::NotStored,
-            8 => Self::Busy,
-            9 => Self::WouldBlock,
-            10 => Self::Unsupported,
-            11 => Self::IoError,
-            12 => Self::Panic,
-            13 => Self::WrongThread,
-            14 => Self::StaleHandle,
-            15 => Self::BufferTooSmall,
-            16 => Self::NonNumeric,
-            17 => Self::InvalidState,
-            18 => Self::Closed,
-            19 => Self::TimedOut,
-            20 => Self::PermissionDenied,
-            21 => Self::NoDevice,
-            48 => Self::TlsConfig,
-            _ => return None,
-        })
-    }
-
-    /// A short English description, NUL-terminated so C can use it directly.
-    pub fn message(self) -> &'static str {
-        match self {
-            Self::Ok => "ok\0",
-            Self::NullParameter => "a required pointer argument was NULL\0",
-            Self::InvalidArgument => "invalid argument\0",
-            Self::OutOfMemory => "out of memory\0",
-            Self::TooLarge => "too large\0",
-            Self::NotFound => "not found\0",
-            Self::Exists => "exists\0",
-            Self::NotStored => "not stored\0",
-            Self::Busy => "busy\0",
-            Self::WouldBlock => "would block\0",
-            Self::Unsupported => "not supported by this kernel or device\0",
-            Self::IoError => "I/O error (see p99_last_errno)\0",
-            Self::Panic => "internal panic caught at the C boundary\0",
-            Self::WrongThread => "called from a thread that does not own the object\0",
-            Self::StaleHandle => "stale handle\0",
-            Self::BufferTooSmall => "buffer too small\0",
-            Self::NonNumeric => "value is not a decimal unsigned 64-bit number\0",
-            Self::InvalidState => "object is not in a state that allows this call\0",
-            Self::Closed => "closed\0",
-            Self::TimedOut => "timed out\0",
-            Self::PermissionDenied => "permission denied\0",
-            Self::NoDevice => "no such device or queue\0",
-            Self::TlsConfig => "TLS configuration unusable (certificate, key or CA)\0",
-        }
-    }
-
     /// The status for an OS error, recording its errno for `p99_last_errno()`.
     pub fn from_io_error(err: &std::io::Error) -> p99_status {
         let errno = err.raw_os_error().unwrap_or(0);
@@ -135,6 +133,61 @@ impl p99_status {
             libc::ETIMEDOUT => Self::TimedOut,
             _ => Self::IoError,
         }
+    }
+}
+
+/// Cache errors: the status says everything (which key, which mode is the caller's own call).
+impl From<cache::Error> for Failure {
+    fn from(e: cache::Error) -> Failure {
+        Failure::from(match e {
+            cache::Error::InvalidArgument => p99_status::InvalidArgument,
+            cache::Error::TooLarge => p99_status::TooLarge,
+            cache::Error::NotFound => p99_status::NotFound,
+            cache::Error::Exists => p99_status::Exists,
+            cache::Error::NotStored => p99_status::NotStored,
+            cache::Error::NonNumeric => p99_status::NonNumeric,
+            cache::Error::InvalidState => p99_status::InvalidState,
+            cache::Error::OutOfMemory => p99_status::OutOfMemory,
+        })
+    }
+}
+
+/// Engine errors: configuration, backend and system-call failures keep their text.
+impl From<engine::Error> for Failure {
+    fn from(e: engine::Error) -> Failure {
+        match &e {
+            engine::Error::InvalidConfig(_) => Failure::new(p99_status::InvalidArgument, e.to_string()),
+            engine::Error::StaleHandle => p99_status::StaleHandle.into(),
+            engine::Error::Closed => p99_status::Closed.into(),
+            engine::Error::WrongThread => p99_status::WrongThread.into(),
+            engine::Error::Unsupported(_) => Failure::new(p99_status::Unsupported, e.to_string()),
+            engine::Error::Io(err) => Failure::new(p99_status::from_io_error(err), e.to_string()),
+            engine::Error::Tls(_) => Failure::new(p99_status::TlsConfig, e.to_string()),
+        }
+    }
+}
+
+/// XDP errors: every one keeps its text (the verifier log included); those caused by a system
+/// call also record its errno.
+impl From<xdp::Error> for Failure {
+    fn from(e: xdp::Error) -> Failure {
+        let with_errno = |err: &std::io::Error, s: p99_status| {
+            crate::ffi::boundary::set_last_errno(err.raw_os_error().unwrap_or(0));
+            s
+        };
+        let status = match &e {
+            xdp::Error::Os { err, .. } => p99_status::from_io_error(err),
+            xdp::Error::Invalid(_) | xdp::Error::BadFrame(_) => p99_status::InvalidArgument,
+            xdp::Error::Unsupported { err, .. } => with_errno(err, p99_status::Unsupported),
+            xdp::Error::Busy { err, .. } => with_errno(err, p99_status::Busy),
+            xdp::Error::MtuTooLarge(err) => with_errno(err, p99_status::TooLarge),
+            xdp::Error::NoDevice { err, .. } | xdp::Error::NoQueue { err, .. } => {
+                with_errno(err, p99_status::NoDevice)
+            }
+            xdp::Error::Verifier { err, .. } => with_errno(err, p99_status::InvalidArgument),
+            xdp::Error::State(_) => p99_status::InvalidState,
+        };
+        Failure::new(status, e.to_string())
     }
 }
 

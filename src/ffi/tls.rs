@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::boundary::{guard, guard_or, out_ptr, slice_from, struct_size_of};
+use super::boundary::{c_arg, guard, guard_or, struct_size, CResult, Failure, Versioned};
 use super::status::p99_status;
 use crate::engine::{CloseReason, Pem, TlsConfig, TlsSettings, TlsVersion};
 
@@ -21,14 +21,14 @@ pub const P99_TLS_VERSION_1_2: u16 = 0x0303;
 pub const P99_TLS_VERSION_1_3: u16 = 0x0304;
 
 /// TLS settings for an engine: every connection it accepts is TLS, terminated in the
-/// worker (rustls), so callbacks see and send plaintext. Fill with
+/// worker (rustls), so callbacks see and send plaintext. Set `struct_size`, fill with
 /// `p99_tls_config_defaults`, set the certificate and key, and point
 /// `p99_engine_config.tls` at it. Every pointer is borrowed until `p99_engine_start`
 /// returns; nothing is kept.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct p99_tls_config {
-    /// `sizeof(p99_tls_config)`, set by `p99_tls_config_defaults`.
+    /// `sizeof(p99_tls_config)`, set by the caller before `p99_tls_config_defaults`.
     pub struct_size: u32,
     /// Path of a PEM file with the server's certificate chain, leaf first. NULL: use
     /// `cert_chain_pem` instead.
@@ -65,112 +65,99 @@ pub struct p99_tls_config {
     pub handshake_timeout_ms: u32,
 }
 
-fn defaults() -> p99_tls_config {
-    p99_tls_config {
-        struct_size: std::mem::size_of::<p99_tls_config>() as u32,
-        cert_chain_file: std::ptr::null(),
-        cert_chain_pem: std::ptr::null(),
-        cert_chain_pem_len: 0,
-        key_file: std::ptr::null(),
-        key_pem: std::ptr::null(),
-        key_pem_len: 0,
-        client_ca_file: std::ptr::null(),
-        client_cert_optional: false,
-        alpn: std::ptr::null(),
-        min_version: P99_TLS_VERSION_1_2,
-        session_tickets: true,
-        handshake_timeout_ms: 10_000,
+// SAFETY: repr(C), struct_size first, fields of integer, bool and pointer types; later
+// versions append fields.
+unsafe impl Versioned for p99_tls_config {
+    const NAME: &'static str = "p99_tls_config";
+    /// The layout first published (0.2).
+    const FIRST_SIZE: usize = std::mem::size_of::<p99_tls_config>();
+}
+
+impl Default for p99_tls_config {
+    fn default() -> Self {
+        p99_tls_config {
+            struct_size: struct_size::<Self>(),
+            cert_chain_file: std::ptr::null(),
+            cert_chain_pem: std::ptr::null(),
+            cert_chain_pem_len: 0,
+            key_file: std::ptr::null(),
+            key_pem: std::ptr::null(),
+            key_pem_len: 0,
+            client_ca_file: std::ptr::null(),
+            client_cert_optional: false,
+            alpn: std::ptr::null(),
+            min_version: P99_TLS_VERSION_1_2,
+            session_tickets: true,
+            handshake_timeout_ms: 10_000,
+        }
     }
 }
 
-/// Fills `*config` with the defaults (see each field; no certificate or key) and sets
-/// `struct_size`. Returns `P99_STATUS_NULL_PARAMETER` if `config` is NULL. Thread-safe.
+/// Fills `*config` with the defaults (see each field; no certificate or key); the caller
+/// sets `config->struct_size` first, and at most that many bytes are written. Errors: NULL,
+/// `P99_STATUS_INVALID_ARGUMENT` (a `struct_size` below the first published size).
+/// Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_tls_config_defaults(config: *mut p99_tls_config) -> p99_status {
-    guard(|| {
-        // SAFETY: checked for NULL; the caller provides a writable struct.
-        let out = unsafe { out_ptr(config) }?;
-        out.write(defaults());
+    guard(|| -> CResult {
+        c_arg!(versioned_out config)?.write(p99_tls_config::default());
         Ok(())
     })
 }
 
-/// A C path string as a `PathBuf`; NULL is `None`.
-///
-/// # Safety
-/// Non-NULL `p` is a NUL-terminated string borrowed for the call.
-unsafe fn path(p: *const c_char) -> Result<Option<PathBuf>, p99_status> {
+/// A path field as a `PathBuf`; NULL is `None`. `name` names the field in errors.
+fn path(p: *const c_char, name: &'static str) -> Result<Option<PathBuf>, Failure> {
     if p.is_null() {
         return Ok(None);
     }
-    // SAFETY: non-NULL, NUL-terminated by the caller's contract.
-    let s = unsafe { CStr::from_ptr(p) }.to_str().map_err(|_| p99_status::InvalidArgument)?;
+    // SAFETY: the p99_tls_config contract: a non-NULL path field is a NUL-terminated string
+    // borrowed until p99_engine_start returns.
+    let s = unsafe { CStr::from_ptr(p) }.to_str().map_err(|_| Failure::invalid(format!("tls->{name} is not UTF-8")))?;
     Ok(Some(PathBuf::from(s)))
 }
 
 /// The file, or else the in-memory PEM; neither is an invalid argument.
-///
-/// # Safety
-/// As `path` for `file`; `len` readable bytes at `bytes`.
-unsafe fn pem(file: *const c_char, bytes: *const u8, len: usize) -> Result<Pem, p99_status> {
-    // SAFETY: forwarded caller contract.
-    if let Some(p) = unsafe { path(file) }? {
+fn pem(file: *const c_char, bytes: *const u8, len: usize, name: &'static str) -> Result<Pem, Failure> {
+    if let Some(p) = path(file, name)? {
         return Ok(Pem::File(p));
     }
     if len == 0 {
-        return Err(p99_status::InvalidArgument);
+        return Err(Failure::invalid(format!("tls: neither {name}_file nor {name}_pem is set")));
     }
-    // SAFETY: forwarded caller contract.
-    Ok(Pem::Bytes(unsafe { slice_from(bytes, len) }?.to_vec()))
+    // SAFETY: the p99_tls_config contract: `len` readable bytes at the PEM field.
+    let b = unsafe { super::boundary::slice_from(bytes, len, name) }?;
+    Ok(Pem::Bytes(b.to_vec()))
 }
 
-/// Reads a caller's `p99_tls_config` (any published size) and loads it. Used by
-/// `p99_engine_start`. Errors: NULL fields where required or bad values
-/// (`P99_STATUS_INVALID_ARGUMENT`), unreadable or unusable certificates, key or CA
-/// (`P99_STATUS_TLS_CONFIG`).
-///
-/// # Safety
-/// `config` is NULL or a `p99_tls_config` readable for its `struct_size` bytes whose
-/// pointers follow the field contracts above.
-pub(super) unsafe fn load(config: *const p99_tls_config) -> Result<Option<Arc<TlsConfig>>, p99_status> {
+/// Reads a caller's `p99_tls_config` (any published size) and loads it, for
+/// `p99_engine_start` (`config` is its `tls` field, under the same contract). Errors: bad
+/// values (`P99_STATUS_INVALID_ARGUMENT`), unreadable or unusable certificates, key or CA
+/// (`P99_STATUS_TLS_CONFIG`), each with a message naming the file or field.
+pub(super) fn load(config: *const p99_tls_config) -> Result<Option<Arc<TlsConfig>>, Failure> {
     if config.is_null() {
         return Ok(None);
     }
-    // SAFETY: non-NULL; the struct starts with struct_size.
-    unsafe { struct_size_of(config.cast(), std::mem::size_of::<p99_tls_config>()) }?;
-    // SAFETY: the caller's struct is at least this version's size (checked above).
-    let c = unsafe { config.read() };
-    // SAFETY: field contracts of p99_tls_config.
-    let (chain, key, ca) = unsafe {
-        (
-            pem(c.cert_chain_file, c.cert_chain_pem, c.cert_chain_pem_len)?,
-            pem(c.key_file, c.key_pem, c.key_pem_len)?,
-            path(c.client_ca_file)?.map(Pem::File),
-        )
-    };
+    let c = c_arg!(versioned_in config, p99_tls_config::default())?;
+    let chain = pem(c.cert_chain_file, c.cert_chain_pem, c.cert_chain_pem_len, "cert_chain")?;
+    let key = pem(c.key_file, c.key_pem, c.key_pem_len, "key")?;
     let mut s = TlsSettings::new(chain, key);
-    s.client_ca = ca;
+    s.client_ca = path(c.client_ca_file, "client_ca_file")?.map(Pem::File);
     s.client_cert_optional = c.client_cert_optional;
-    // SAFETY: field contract: NULL or a NUL-terminated string.
-    if let Some(alpn) = unsafe { path(c.alpn) }? {
-        let list = alpn.to_str().unwrap_or_default().to_string();
+    if let Some(alpn) = path(c.alpn, "alpn")? {
+        let list = alpn.to_string_lossy().into_owned();
         s.alpn = list.split(',').filter(|p| !p.is_empty()).map(|p| p.as_bytes().to_vec()).collect();
     }
     s.min_version = match c.min_version {
         P99_TLS_VERSION_1_2 => TlsVersion::Tls12,
         P99_TLS_VERSION_1_3 => TlsVersion::Tls13,
-        _ => return Err(p99_status::InvalidArgument),
+        v => return Err(Failure::invalid(format!("tls->min_version {v:#06x} is neither P99_TLS_VERSION_1_2 nor _1_3"))),
     };
     s.session_tickets = c.session_tickets;
     if c.handshake_timeout_ms == 0 {
-        return Err(p99_status::InvalidArgument);
+        return Err(Failure::invalid("tls->handshake_timeout_ms is 0"));
     }
     s.handshake_timeout = Duration::from_millis(c.handshake_timeout_ms as u64);
-    match TlsConfig::new(&s) {
-        Ok(t) => Ok(Some(Arc::new(t))),
-        Err(crate::engine::Error::InvalidConfig(_)) => Err(p99_status::InvalidArgument),
-        Err(_) => Err(p99_status::TlsConfig),
-    }
+    Ok(Some(Arc::new(TlsConfig::new(&s)?)))
 }
 
 /// Why a connection closed, as `p99_worker_conn_close_reason` reports it. Values are fixed

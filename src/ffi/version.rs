@@ -6,7 +6,7 @@ use std::ffi::c_char;
 pub const P99_VERSION_MAJOR: u32 = 0;
 /// Minor version of the header in use. While the major version is 0, a new minor version may
 /// break the ABI, and the soname (`libp99.so.0.<minor>`) changes with it.
-pub const P99_VERSION_MINOR: u32 = 1;
+pub const P99_VERSION_MINOR: u32 = 2;
 /// Patch version of the header in use.
 pub const P99_VERSION_PATCH: u32 = 0;
 /// The version as one comparable number: major * 1000000 + minor * 1000 + patch.

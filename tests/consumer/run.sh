@@ -35,6 +35,20 @@ if ldd "$tmp/build/consumer_static" | grep -q libp99; then
 	echo "consumer: static build still links libp99.so" >&2; exit 1
 fi
 
+# While the major version is 0 the minor is part of the ABI: a project asking for another
+# minor must not configure against this package.
+major=${version%%.*} minor=$(echo "$version" | cut -d. -f2)
+if [ "$major" = 0 ] && [ "$minor" -gt 0 ]; then
+	mkdir "$tmp/old"
+	printf 'cmake_minimum_required(VERSION 3.16)\nproject(old C)\nfind_package(p99 0.%d CONFIG REQUIRED)\n' \
+		$((minor - 1)) >"$tmp/old/CMakeLists.txt"
+	if cmake -S "$tmp/old" -B "$tmp/old/build" -DCMAKE_PREFIX_PATH="$tmp/prefix" >/dev/null 2>&1; then
+		echo "consumer: find_package(p99 0.$((minor - 1))) accepted the $version package" >&2
+		exit 1
+	fi
+	echo "consumer (find_package of 0.$((minor - 1))): refused, as a different ABI"
+fi
+
 export PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig"
 test "$(pkg-config --modversion p99)" = "$version"
 # shellcheck disable=SC2046

@@ -524,9 +524,13 @@ class Churn(unittest.TestCase):
         def worker(seed):
             rnd = random.Random(seed)
             c = Conn(srv.port)
-            deadline = time.time() + 3
+            # at least 3 s and at least 400 operations per client, so a slow (shared) machine
+            # still exercises the churn; a hard cap keeps a stuck server from hanging the suite
+            start = time.time()
+            ops = 0
             try:
-                while time.time() < deadline:
+                while (time.time() < start + 3 or ops < 400) and time.time() < start + 60:
+                    ops += 1
                     key = b"ch%d" % rnd.randrange(300)
                     op = rnd.random()
                     if op < 0.4:

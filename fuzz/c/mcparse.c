@@ -1,5 +1,6 @@
+// sources: c-examples/mcserver/parse.c
 /*
- * fuzz_parse.c - libFuzzer target for mcserver's protocol parser (parse.c) alone.
+ * mcparse.c - libFuzzer target for mcserver's protocol parser (parse.c) alone.
  *
  * Any bytes are a command line (the framing strips "\r\n" before the parser sees a line, so
  * the input may hold anything else, NULs included). Besides ASan/UBSan findings, it checks
@@ -7,7 +8,7 @@
  * non-empty keys, none longer than MC_KEY_MAX unless the request is refused for that key, and
  * the fields are in their documented ranges.
  *
- * Build and run: make fuzz-mcparse [FUZZ_SECS=60]
+ * Build and run: make fuzz FUZZ_TARGETS=mcparse [FUZZ_SECS=60] (fuzz/run.sh)
  */
 #include <limits.h>
 #include <stdint.h>
