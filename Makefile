@@ -74,11 +74,13 @@ fuzz-deps:
 
 # --- build ------------------------------------------------------------------------------------
 
-# Rust programs copied into build/bin next to the C ones.
+# Rust programs copied into build/bin next to the C ones. `rust` builds the root package alone
+# (libp99 and pingserver-rs); the measuring tools are workspace members under benches/, built
+# by bench-bins.
 RUST_BINS := pingserver-rs
 
 rust:
-	$(CARGO) build --release --lib --bins
+	$(CARGO) build --release -p p99 --lib --bins
 	@install -d $(BIN)
 	@for b in $(RUST_BINS); do install -m 0755 target/release/$$b $(BIN)/$$b; done
 
@@ -135,8 +137,10 @@ test: deps
 	@$(MAKE) --no-print-directory -k $(TESTS)
 	@echo "make test: all tests passed"
 
+# Every workspace crate: libp99's unit and integration tests, p99-bench's and p99-parity's
+# unit tests, p99-xdp-load's.
 test-rust:
-	$(CARGO) test --release --no-fail-fast
+	$(CARGO) test --release --no-fail-fast --workspace
 
 check-header:
 	@tmp=$$(mktemp); log=$$(mktemp); \
@@ -176,9 +180,10 @@ test-mcserver:
 	cmake --build $(BUILD)/c-examples-asan -j $(JOBS) >/dev/null
 	tests/mcserver/run.sh $(BUILD)/bin-asan $(PYTHON)
 # The engine's tests that need the built programs: the ping servers answer identically.
+# --workspace resolves features as test-rust does, so its build is reused, not redone.
 .PHONY: test-engine
 test-engine:
-	P99_BIN_DIR=$(BIN) $(CARGO) test --release --test ping_parity -- --ignored
+	P99_BIN_DIR=$(BIN) $(CARGO) test --release --workspace --test ping_parity -- --ignored
 
 # mcserver on the engine: test-mcserver runs every suite on the *-uring variants on io_uring;
 # this runs the same suites on them with the engine forced onto its epoll fallback.
@@ -187,7 +192,7 @@ test-mcserver-uring:
 	@for b in $(BIN)/mcserver-*-uring; do \
 	  echo "== $$(basename $$b) with P99_BACKEND=epoll"; \
 	  (cd tests/mcserver && export P99_BACKEND=epoll MCSERVER_BIN=$$b && \
-	   $(PYTHON) -m unittest -q test_protocol test_badinput && \
+	   $(PYTHON) -m unittest -q test_protocol test_badinput test_meta && \
 	   DIFF_SEED=1 DIFF_COMMANDS=4000 $(PYTHON) test_diff.py && \
 	   $(PYTHON) test_memccapable.py) || exit 1; \
 	done
@@ -217,12 +222,16 @@ PARITY_FLAGS ?=
 .PHONY: parity bench-bins storebench test-bench
 all: bench-bins
 
+# The workspace's tools (benches/p99-bench, benches/p99-xdp-load). p99-xdp-load stays in
+# target/release, where test-xdp and bench-xdp take it from.
 bench-bins: rust
+	$(CARGO) build --release -p p99-bench -p p99-xdp-load --bins
 	install -d $(BIN)
 	install -m 0755 target/release/p99-bench target/release/p99-parity $(BIN)/
 
-# The in-process store benchmark (C slab store vs libp99's store, one C harness); a separate
-# crate so cc/bindgen never enter libp99's own build. Built only once the C store exists.
+# The in-process store benchmark (C slab store vs libp99's store, one C harness); a crate
+# outside the workspace (its build script needs the staged libp99, P99_STAGE) so cc/bindgen
+# never enter libp99's own build. Built only once the C store exists.
 storebench: stage
 	@if [ -f c-examples/mcserver/storage_slab.c ]; then \
 	  P99_STAGE=$(STAGE) $(CARGO) build --release --manifest-path benches/storebench/Cargo.toml && \

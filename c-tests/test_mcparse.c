@@ -2,6 +2,7 @@
  * memcached's limits, noreply, token counts and malformed lines, with the request each line
  * must become. Runs under ASan+UBSan and Valgrind like the other C tests. */
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,6 +22,10 @@ static struct mc_request parse(const char *line)
 	if (req.keys.n > 0 || req.nkeys > 0) {
 		CHECK(req.keys.s >= copy && req.keys.s + req.keys.n <= copy + n);
 		req.keys.s = line + (req.keys.s - copy);
+	}
+	if (req.meta.tokens.s) { /* the same for a meta command's flags */
+		CHECK(req.meta.tokens.s >= copy && req.meta.tokens.s + req.meta.tokens.n <= copy + n);
+		req.meta.tokens.s = line + (req.meta.tokens.s - copy);
 	}
 	free(copy);
 	return req;
@@ -305,6 +310,33 @@ static void other_commands(void)
 	CHECK_EQ(parse("verbosity 1 noreply").noreply, true);
 	CHECK_EQ(parse("verbosity x").error, MC_ERR_FORMAT);
 	CHECK_EQ(parse("verbosity").verb, MC_ERROR);
+	CHECK_EQ(parse("verbosity -1").error, MC_ERR_FORMAT);
+	CHECK_EQ(parse("verbosity 1 2").error, MC_OK);
+	CHECK_EQ(parse("verbosity 1 2 3").verb, MC_ERROR);
+
+	/* slabs automove: 0/1/2, ratio <r>; a non-number is a format error, other numbers ERROR */
+	for (unsigned i = 0; i <= 2; i++) {
+		char line[32];
+		snprintf(line, sizeof(line), "slabs automove %u", i);
+		r = parse(line);
+		CHECK_EQ(r.verb, MC_SLABS_AUTOMOVE);
+		CHECK_EQ(r.error, MC_OK);
+		CHECK_EQ(r.level, i);
+	}
+	CHECK_EQ(parse("slabs automove 3").error, MC_ERR_PLAIN);
+	CHECK_EQ(parse("slabs automove x").error, MC_ERR_FORMAT);
+	CHECK_EQ(parse("slabs automove -1").error, MC_ERR_FORMAT);
+	CHECK_EQ(parse("slabs automove 4294967296").level, 0); /* truncated like memcached */
+	CHECK_EQ(parse("slabs automove 1 noreply").noreply, true);
+	CHECK_EQ(parse("slabs automove").verb, MC_ERROR);
+	CHECK_EQ(parse("slabs reassign 1 2").verb, MC_ERROR);
+	CHECK_EQ(parse("slabs").verb, MC_ERROR);
+	r = parse("slabs automove ratio 0.5");
+	CHECK_EQ(r.ratio, true);
+	CHECK_EQ(r.error, MC_OK);
+	CHECK(r.ratio_value == 0.5);
+	CHECK_EQ(parse("slabs automove ratio").error, MC_ERR_PLAIN);
+	CHECK_EQ(parse("slabs automove ratio x").error, MC_ERR_PLAIN);
 }
 
 static void malformed(void)
@@ -312,7 +344,9 @@ static void malformed(void)
 	CHECK_EQ(parse("").verb, MC_ERROR);
 	CHECK_EQ(parse("    ").verb, MC_ERROR);
 	CHECK_EQ(parse("bogus").verb, MC_ERROR);
-	CHECK_EQ(parse("mg foo v").verb, MC_ERROR); /* meta commands are not spoken (yet) */
+	CHECK_EQ(parse("me foo").verb, MC_ERROR); /* me (debug) is not offered */
+	CHECK_EQ(parse("mx foo").verb, MC_ERROR);
+	CHECK_EQ(parse("mgg foo").verb, MC_ERROR);
 
 	/* HTTP request lines are dropped silently, but only after the storage commands */
 	CHECK_EQ(parse("GET / HTTP/1.1").verb, MC_HTTP);
@@ -341,6 +375,175 @@ static void malformed(void)
 	CHECK_STR(keys_of(&r), "k\t0");
 }
 
+/* The flag tokens of a meta request, as one string. */
+static const char *flags_of(const struct mc_request *req)
+{
+	static char out[1024];
+	memcpy(out, req->meta.tokens.s, req->meta.tokens.n);
+	out[req->meta.tokens.n] = '\0';
+	return out;
+}
+
+static void meta_commands(void)
+{
+	struct mc_request r = parse("mn");
+	CHECK_EQ(r.verb, MC_MN);
+	CHECK_EQ(parse("mn anything at all").verb, MC_MN);
+
+	r = parse("mg foo v k c f s t O123 q u T30");
+	CHECK_EQ(r.verb, MC_MG);
+	CHECK_EQ(r.error, MC_OK);
+	CHECK_STR(keys_of(&r), "foo");
+	CHECK_EQ(r.meta.value, true);
+	CHECK_EQ(r.meta.quiet, true);
+	CHECK_EQ(r.meta.has_ttl, true);
+	CHECK_EQ(r.exptime, 30);
+	CHECK_EQ(r.meta.ntokens, 10);
+	CHECK_STR(flags_of(&r), "v k c f s t O123 q u T30");
+	CHECK(mc_meta_has(&r.meta, 'u') && mc_meta_has(&r.meta, 'O') && !mc_meta_has(&r.meta, 'h'));
+	r = parse("mg foo");
+	CHECK_EQ(r.error, MC_OK);
+	CHECK_EQ(r.meta.ntokens, 0);
+	CHECK_EQ(r.meta.tokens.n, 0);
+	CHECK_EQ(parse("mg").verb, MC_ERROR);
+	CHECK_EQ(parse("mg foo vv").meta.value, true); /* only the first character counts */
+
+	/* errors, in memcached's order */
+	CHECK_EQ(parse("mg foo v v").error, MC_ERR_DUP_FLAG);
+	CHECK_EQ(parse("mg foo \xff").error, MC_ERR_DUP_FLAG); /* bytes >= 127: memcached's text */
+	CHECK_EQ(parse("mg foo E5").error, MC_ERR_INVALID_FLAG); /* E came after 1.6.18 */
+	CHECK_EQ(parse("mg foo Z").error, MC_ERR_INVALID_FLAG);
+	CHECK_EQ(parse("mg foo Tx").error, MC_ERR_BAD_TOKEN);
+	CHECK_EQ(parse("mg foo T").error, MC_ERR_BAD_TOKEN);
+	CHECK_EQ(parse("mg foo Fx").error, MC_ERR_FORMAT); /* F has no message of its own */
+	CHECK_EQ(parse("mg foo Tx Fx").error, MC_ERR_BAD_TOKEN);
+	CHECK_EQ(parse("mg foo Tx Z").error, MC_ERR_INVALID_FLAG); /* unknown stops the pass */
+	CHECK_EQ(parse("mg foo Tx Dx").error, MC_ERR_DELTA_VALUE); /* the last number error */
+	CHECK_EQ(parse("mg foo Jx").error, MC_ERR_INITIAL);
+	CHECK_EQ(parse("mg foo MSS").error, MC_ERR_M_LENGTH);
+	CHECK_EQ(parse("mg foo Cx").error, MC_ERR_BAD_TOKEN);
+	CHECK_EQ(parse("mg foo Nx").error, MC_ERR_BAD_TOKEN);
+	CHECK_EQ(parse("mg foo Rx").error, MC_ERR_BAD_TOKEN);
+	char *key = repeat('k', 251);
+	char line[600];
+	snprintf(line, sizeof(line), "mg %s v", key);
+	CHECK_EQ(parse(line).error, MC_ERR_FORMAT);
+	snprintf(line, sizeof(line), "mg %s a b c d e f g h i j k l m n o p q r s", key);
+	CHECK_EQ(parse(line).error, MC_ERR_FORMAT); /* the key is checked before the count */
+	free(key);
+	/* 20 tokens with memcached's terminal one: the limit; 19 pass */
+	CHECK_EQ(parse("mg k a b c d e f g h i j k l m n o p q r").error, MC_ERR_MG_TOO_LONG);
+	CHECK_EQ(parse("mg k v k c f s t q u O1 T1 F1 N1 R1 h l P I").error, MC_OK);
+	CHECK_EQ(parse("md k a b c d e f g h i j k l m n o p q r").error, MC_ERR_TOO_LONG);
+
+	/* opaque: up to 32 characters with its O; longer is found late (after the lookup) */
+	r = parse("mg foo OAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+	CHECK_EQ(r.error, MC_OK);
+	r = parse("mg foo T5 OAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+	CHECK_EQ(r.error, MC_ERR_OPAQUE);
+	CHECK_EQ(r.meta.ttl_before_opaque, true);
+	r = parse("mg foo OAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA T5");
+	CHECK_EQ(r.meta.ttl_before_opaque, false);
+
+	/* base64 keys */
+	r = parse("mg Zm9v b k");
+	CHECK_EQ(r.error, MC_OK);
+	CHECK_EQ(r.meta.key_binary, true);
+	CHECK_STR(keys_of(&r), "Zm9v"); /* the executor decodes it */
+	CHECK_EQ(parse("mg Zm9v= b").error, MC_ERR_KEY_DECODE);
+	CHECK_EQ(parse("mg Zm9v== b").error, MC_ERR_KEY_DECODE);
+	CHECK_EQ(parse("mg Z b").error, MC_ERR_KEY_DECODE);
+
+	/* ms: datalen first, then flags; every error after the datalen swallows the value */
+	r = parse("ms foo 5 T100 F7 C99 MA I q k O1 c");
+	CHECK_EQ(r.verb, MC_MS);
+	CHECK_EQ(r.error, MC_OK);
+	CHECK_EQ(r.vlen, 5);
+	CHECK_EQ(r.flags, 7);
+	CHECK_EQ(r.cas, 99);
+	CHECK_EQ(r.meta.has_cas, true);
+	CHECK_EQ(r.meta.mode, 'A');
+	CHECK_EQ(r.meta.data_follows, true);
+	CHECK_STR(flags_of(&r), "T100 F7 C99 MA I q k O1 c");
+	CHECK_EQ(parse("ms").verb, MC_ERROR);
+	r = parse("ms foo");
+	CHECK_EQ(r.error, MC_ERR_FORMAT);
+	CHECK_EQ(r.meta.data_follows, false);
+	CHECK_EQ(parse("ms foo x").meta.data_follows, false);
+	CHECK_EQ(parse("ms foo -1").error, MC_ERR_FORMAT);
+	CHECK_EQ(parse("ms foo 2147483646").error, MC_ERR_FORMAT);
+	CHECK_EQ(parse("ms foo 2147483645").error, MC_OK);
+	CHECK_EQ(parse("ms k 2 a b c d e f g h i j k l m n o p q").error, MC_ERR_TOO_LONG);
+	r = parse("ms foo 2 S2");
+	CHECK_EQ(r.error, MC_ERR_INVALID_FLAG); /* the old S<len> syntax */
+	CHECK_EQ(r.meta.data_follows, true);
+	CHECK_EQ(parse("ms foo 2 MZ").error, MC_ERR_MS_MODE);
+	CHECK_EQ(parse("ms foo 2 Ms").error, MC_ERR_MS_MODE);
+	CHECK_EQ(parse("ms foo 2 MZ OAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").error, MC_ERR_MS_MODE);
+	CHECK_EQ(parse("ms foo 2 OAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").error, MC_ERR_OPAQUE);
+	for (const char *m = "EAPRS"; *m; m++) {
+		snprintf(line, sizeof(line), "ms foo 2 M%c", *m);
+		CHECK_EQ(parse(line).meta.mode, *m);
+	}
+
+	/* md, ma: every flag error is one message */
+	CHECK_EQ(parse("md foo q q").error, MC_ERR_FLAG_MD_MA);
+	CHECK_EQ(parse("md foo Z").error, MC_ERR_FLAG_MD_MA);
+	CHECK_EQ(parse("ma foo Dx").error, MC_ERR_FLAG_MD_MA);
+	CHECK_EQ(parse("md foo OAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").error, MC_ERR_OPAQUE);
+	r = parse("ma foo");
+	CHECK_EQ(r.verb, MC_MA);
+	CHECK_EQ(r.delta, 1); /* default */
+	r = parse("ma foo N30 J5 D7 MD T60 t c v k q");
+	CHECK_EQ(r.error, MC_OK);
+	CHECK_EQ(r.meta.vivify, true);
+	CHECK_EQ(r.meta.vivify_exptime, 30);
+	CHECK_EQ(r.meta.initial, 5);
+	CHECK_EQ(r.delta, 7);
+	CHECK_EQ(r.meta.mode, 'D');
+	CHECK_EQ(r.exptime, 60);
+	CHECK_EQ(parse("ma foo D18446744073709551615").delta, UINT64_MAX);
+	CHECK_EQ(parse("ma foo D18446744073709551616").error, MC_ERR_FLAG_MD_MA);
+	for (const char *m = "I+D-"; *m; m++) {
+		snprintf(line, sizeof(line), "ma foo M%c", *m);
+		CHECK_EQ(parse(line).error, MC_OK);
+	}
+	CHECK_EQ(parse("ma foo MS").error, MC_ERR_MA_MODE);
+	CHECK_EQ(parse("ma foo Mi").error, MC_ERR_MA_MODE);
+}
+
+/* memcached's base64, including its lenient decoding rules. */
+static void base64(void)
+{
+	unsigned char out[64];
+	char enc[64];
+	CHECK_EQ(mc_base64_decode("Zm9v", 4, out), 3);
+	CHECK(memcmp(out, "foo", 3) == 0);
+	CHECK_EQ(mc_base64_decode("Zm8=", 4, out), 2);
+	CHECK(memcmp(out, "fo", 2) == 0);
+	CHECK_EQ(mc_base64_decode("Zg==", 4, out), 1);
+	CHECK_EQ(mc_base64_decode("Zg==Zm9v", 8, out), 1); /* stops after the padded group */
+	CHECK_EQ(mc_base64_decode("Z!m-9.v", 7, out), 3);  /* other characters are skipped */
+	CHECK_EQ(mc_base64_decode("Zm9", 3, out), 0);
+	CHECK_EQ(mc_base64_decode("Z===", 4, out), 0);
+	CHECK_EQ(mc_base64_decode("====", 4, out), 0);
+	CHECK_EQ(mc_base64_decode("", 0, out), 0);
+	CHECK_EQ(mc_base64_encode((const unsigned char *)"foo", 3, enc), 4);
+	CHECK(memcmp(enc, "Zm9v", 4) == 0);
+	CHECK_EQ(mc_base64_encode((const unsigned char *)"fo", 2, enc), 4);
+	CHECK(memcmp(enc, "Zm8=", 4) == 0);
+	CHECK_EQ(mc_base64_encode((const unsigned char *)"f", 1, enc), 4);
+	CHECK(memcmp(enc, "Zg==", 4) == 0);
+	/* round trip of every byte value */
+	unsigned char all[48];
+	for (size_t i = 0; i < sizeof(all); i++)
+		all[i] = (unsigned char)(i * 37 + 11);
+	size_t n = mc_base64_encode(all, sizeof(all), enc);
+	CHECK_EQ(n, 64);
+	CHECK_EQ(mc_base64_decode(enc, n, out), sizeof(all));
+	CHECK(memcmp(out, all, sizeof(all)) == 0);
+}
+
 int main(void)
 {
 	retrieval();
@@ -351,5 +554,7 @@ int main(void)
 	deletes_and_touch();
 	other_commands();
 	malformed();
+	meta_commands();
+	base64();
 	return check_done("mcparse");
 }

@@ -92,9 +92,7 @@ fn gen_value(r: &mut Rng, max: usize) -> Vec<u8> {
                 _ => r.next() >> r.below(64),
             };
             let mut v = n.to_string().into_bytes();
-            for _ in 0..r.below(3) {
-                v.push(b' ');
-            }
+            v.resize(v.len() + r.below(3) as usize, b' ');
             v
         }
         _ => {
@@ -218,7 +216,7 @@ impl Run {
         }
         self.model.settle();
         let present = self.model.items.get(&key).cloned();
-        if std::env::var("P99_TRACE").map_or(false, |k| k.as_bytes() == &key[..] || op >= 90 && op <= 91) {
+        if std::env::var("P99_TRACE").is_ok_and(|k| k.as_bytes() == &key[..] || (90..=91).contains(&op)) {
             eprintln!("op {} now {} op {op} present {:?}", self.ops, self.model.now, present);
         }
         match op {

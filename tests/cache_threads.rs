@@ -184,10 +184,8 @@ fn pinned_items_stay_intact_through_replace_delete_flush_and_eviction() {
                 s.spawn(move || {
                     barrier.wait();
                     let mut held = Vec::new();
-                    let mut i = r;
                     for round in 0..3_000u64 {
-                        let tag = (i * 13) % nkeys;
-                        i += 1;
+                        let tag = ((r + round) * 13) % nkeys;
                         if let Some(it) = c.get(format!("pin{tag}").as_bytes()).unwrap() {
                             let seq = check_value(tag, it.value()).unwrap();
                             held.push((tag, seq, it));
@@ -291,13 +289,11 @@ fn pins_taken_and_released_on_many_threads_balance_out() {
             });
         }
         // A writer rewrites the keys (moving them between segments, evicting) meanwhile.
-        let mut seq = 1;
-        for _ in 0..20 {
+        for seq in 1..=20 {
             for k in 0..keys {
                 c.set(format!("k{k}").as_bytes(), &make_value(k, seq, 100 + (seq as usize % 300)), 0, 0)
                     .unwrap();
             }
-            seq += 1;
         }
         stop.store(true, Ordering::Relaxed);
     });

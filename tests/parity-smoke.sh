@@ -18,6 +18,12 @@ import json, os, sys, xml.dom.minidom
 out, bin_dir = sys.argv[1], sys.argv[2]
 r = json.load(open(os.path.join(out, "results.json")))
 fail = []
+# p99-bench's words for a run that measured nothing because the machine did not run the
+# generator or the server in time (it retried twice already). That says nothing about the
+# server; a server that never answers is reported otherwise and still fails here.
+STARVED = "machine starved, nothing measured"
+def starved(problem):
+    return STARVED in (problem or "")
 for key in ("git_revision", "machine", "settings", "command"):
     if not r.get(key):
         fail.append(f"results.json lacks {key}")
@@ -41,7 +47,9 @@ if os.path.exists(os.path.join(bin_dir, "p99-storebench")):
 elif not (mod["problem"] or "").startswith("not built"):
     fail.append("store benchmark missing without a 'not built' note")
 mc = [v for v in sc["cache"]["variants"] if v["role"] == "reference"][0]
-if not (mc["median_requests_per_s"] or 0) > 0:
+if starved(mc["problem"]):
+    print(f"parity-smoke: note: memcached not checked, the machine was starved: {mc['problem']}")
+elif not (mc["median_requests_per_s"] or 0) > 0:
     fail.append(f"memcached has no throughput: {mc.get('problem')}")
 for scen in ("ping", "cache", "udp"):
     for v in sc[scen]["variants"]:
@@ -54,7 +62,7 @@ for scen in ("ping", "cache", "udp"):
             # The runner's job is to say so; whether a server works is its own tests' job.
             # memcached (Debian's) is the control and must work.
             print(f"parity-smoke: note: {v['name']}: {v['problem']}")
-            if v["role"] == "reference":
+            if v["role"] == "reference" and not starved(v["problem"]):
                 fail.append(f"{v['name']}: {v['problem']}")
             continue
         runs = v["peak_runs"] + v["latency_runs"]

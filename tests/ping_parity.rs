@@ -106,7 +106,7 @@ fn scripts() -> Vec<(&'static str, Vec<Vec<u8>>)> {
     v.push(("split-every-byte", mixed.iter().map(|&b| vec![b]).collect()));
     v.push(("mixed-whole", vec![mixed.clone()]));
     let mut long = b"PING\r\n".repeat(3);
-    long.extend(std::iter::repeat_n(b'a', 1025));
+    long.extend_from_slice(&[b'a'; 1025]);
     long.extend_from_slice(b"\nPING\r\n");
     v.push(("too-long-line", vec![long.clone()]));
     v.push(("too-long-line-split", long.chunks(100).map(|c| c.to_vec()).collect()));

@@ -29,6 +29,7 @@
 #define storage_touch STOREBENCH_CAT(STOREBENCH_PREFIX, storage_touch)
 #define storage_incr STOREBENCH_CAT(STOREBENCH_PREFIX, storage_incr)
 #define storage_flush STOREBENCH_CAT(STOREBENCH_PREFIX, storage_flush)
+#define storage_ttl_left STOREBENCH_CAT(STOREBENCH_PREFIX, storage_ttl_left)
 #define storage_stats STOREBENCH_CAT(STOREBENCH_PREFIX, storage_stats)
 #define harness_run STOREBENCH_CAT(STOREBENCH_PREFIX, harness_run)
 

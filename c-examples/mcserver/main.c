@@ -30,6 +30,7 @@ static void usage(FILE *f, const char *prog)
 		"  -I <num>                  largest item, with k/m suffix (default: 1m; 1k..1024m)\n"
 		"  -f <num>                  chunk size growth factor (default: 1.25)\n"
 		"  -C                        disable use of CAS\n"
+		"  -F                        disable flush_all\n"
 		"  -U <num>                  UDP port: only 0 (off) is supported\n"
 		"  -Z                        serve TLS (the p99 I/O module only); needs -o below\n"
 		"  -o ssl_chain_cert=<file>,ssl_key=<file>[,ssl_ca_cert=<file>][,ssl_verify_mode=<0-3>]\n"
@@ -111,7 +112,7 @@ int main(int argc, char **argv)
 	int opt;
 	bool tls_on = false;
 	struct io_tls tls = { 0 };
-	while ((opt = getopt(argc, argv, "p:l:t:c:m:I:f:CU:vhZo:")) != -1) {
+	while ((opt = getopt(argc, argv, "p:l:t:c:m:I:f:CFU:vhZo:")) != -1) {
 		switch (opt) {
 		case 'p':
 			if (!parse_ulong(optarg, 65535, &v)) goto bad;
@@ -145,6 +146,9 @@ int main(int argc, char **argv)
 			break;
 		case 'C':
 			ps.cas_enabled = false;
+			break;
+		case 'F':
+			ps.flush_disabled = true;
 			break;
 		case 'U':
 			if (strcmp(optarg, "0") != 0) {

@@ -112,13 +112,264 @@ static bool parse_i32(struct mc_token t, int32_t *out)
 	return ok;
 }
 
-/* --- commands ------------------------------------------------------------------------------ */
+static bool parse_double(struct mc_token t, double *out)
+{
+	char small[64], *heap;
+	char *s = tok_cstr(t, small, sizeof(small), &heap);
+	if (!s)
+		return false;
+	char *end;
+	errno = 0;
+	double d = strtod(s, &end);
+	bool ok = errno != ERANGE && end != s && ends_ok(s, end);
+	free(heap);
+	if (ok)
+		*out = d;
+	return ok;
+}
 
 static void set_key(struct mc_request *req, struct mc_token key)
 {
 	req->keys = key;
 	req->nkeys = 1;
 }
+
+/* --- meta commands (mg, ms, md, ma, mn) ------------------------------------------------------ */
+
+/* The 6-bit value of a base64 character; '=' counts as 0 (padding); -1 outside the alphabet. */
+static int b64_digit(unsigned char c)
+{
+	if (c >= 'A' && c <= 'Z')
+		return c - 'A';
+	if (c >= 'a' && c <= 'z')
+		return c - 'a' + 26;
+	if (c >= '0' && c <= '9')
+		return c - '0' + 52;
+	switch (c) {
+	case '+': return 62;
+	case '/': return 63;
+	case '=': return 0;
+	default: return -1;
+	}
+}
+
+size_t mc_base64_decode(const char *in, size_t n, unsigned char *out)
+{
+	size_t digits = 0;
+	for (size_t i = 0; i < n; i++)
+		digits += b64_digit((unsigned char)in[i]) >= 0;
+	if (digits == 0 || digits % 4 != 0)
+		return 0;
+	size_t o = 0;
+	uint32_t group = 0;
+	unsigned got = 0, pads = 0;
+	for (size_t i = 0; i < n; i++) {
+		int d = b64_digit((unsigned char)in[i]);
+		if (d < 0)
+			continue;
+		pads += in[i] == '=';
+		group = (group << 6) | (uint32_t)d;
+		if (++got < 4)
+			continue;
+		out[o++] = (unsigned char)(group >> 16);
+		out[o++] = (unsigned char)(group >> 8);
+		out[o++] = (unsigned char)group;
+		got = 0;
+		group = 0;
+		if (pads > 2)
+			return 0;
+		if (pads > 0) { /* the first padded group ends the input */
+			o -= pads;
+			break;
+		}
+	}
+	return o;
+}
+
+size_t mc_base64_encode(const unsigned char *in, size_t n, char *out)
+{
+	static const char alphabet[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	size_t o = 0;
+	for (size_t i = 0; i < n; i += 3) {
+		size_t left = n - i;
+		uint32_t group = (uint32_t)in[i] << 16;
+		if (left > 1)
+			group |= (uint32_t)in[i + 1] << 8;
+		if (left > 2)
+			group |= in[i + 2];
+		out[o++] = alphabet[(group >> 18) & 63];
+		out[o++] = alphabet[(group >> 12) & 63];
+		out[o++] = left > 1 ? alphabet[(group >> 6) & 63] : '=';
+		out[o++] = left > 2 ? alphabet[group & 63] : '=';
+	}
+	return o;
+}
+
+/*
+ * memcached's pass over a meta command's flags, in order: a repeated flag (or a byte >= 127)
+ * or an unknown one stops it at once; a bad number records its error and the pass goes on, so
+ * the last such error is the one reported (F's keeps the earlier text).
+ */
+static enum mc_error parse_meta_flags(struct mc_request *req, const struct mc_token *tok,
+				      size_t first, size_t n)
+{
+	struct mc_meta *m = &req->meta;
+	enum mc_error err = MC_ERR_FORMAT;
+	bool failed = false;
+	for (size_t i = first; i < n; i++) {
+		unsigned char f = (unsigned char)tok[i].s[0];
+		if (f >= 127 || mc_meta_has(m, f))
+			return MC_ERR_DUP_FLAG;
+		m->seen[f >> 6] |= (uint64_t)1 << (f & 63);
+		struct mc_token arg = {tok[i].s + 1, tok[i].n - 1};
+		switch (f) {
+		case 'b': {
+			unsigned char scratch[MC_KEY_MAX];
+			m->key_binary = true;
+			if (mc_base64_decode(req->keys.s, req->keys.n, scratch) == 0) {
+				err = MC_ERR_KEY_DECODE;
+				failed = true;
+			}
+			break;
+		}
+		case 'N':
+			m->vivify = true;
+			if (!parse_i32(arg, &m->vivify_exptime)) {
+				err = MC_ERR_BAD_TOKEN;
+				failed = true;
+			}
+			break;
+		case 'T':
+			if (!parse_i32(arg, &req->exptime)) {
+				err = MC_ERR_BAD_TOKEN;
+				failed = true;
+			} else {
+				m->has_ttl = true;
+			}
+			break;
+		case 'R':
+			if (!parse_i32(arg, &m->recache_exptime)) {
+				err = MC_ERR_BAD_TOKEN;
+				failed = true;
+			}
+			break;
+		case 'C':
+			if (!parse_u64(arg, &req->cas)) {
+				err = MC_ERR_BAD_TOKEN;
+				failed = true;
+			} else {
+				m->has_cas = true;
+			}
+			break;
+		case 'F':
+			if (!parse_u32(arg, &req->flags))
+				failed = true; /* memcached sets no message of its own for F */
+			break;
+		case 'M':
+			if (tok[i].n != 2) {
+				err = MC_ERR_M_LENGTH;
+				failed = true;
+			} else {
+				m->mode = tok[i].s[1];
+			}
+			break;
+		case 'J':
+			if (!parse_u64(arg, &m->initial)) {
+				err = MC_ERR_INITIAL;
+				failed = true;
+			}
+			break;
+		case 'D':
+			if (!parse_u64(arg, &req->delta)) {
+				err = MC_ERR_DELTA_VALUE;
+				failed = true;
+			}
+			break;
+		case 'v': m->value = true; break;
+		case 'q': m->quiet = true; break;
+		case 'O': case 'P': case 'L': case 'k': case 's': case 't': case 'c': case 'f':
+		case 'l': case 'h': case 'u': case 'I':
+			break;
+		default:
+			return MC_ERR_INVALID_FLAG;
+		}
+	}
+	return failed ? err : MC_OK;
+}
+
+/* Whether tokens first..n-1 hold an O token over MC_OPAQUE_MAX, and whether a T came first. */
+static bool opaque_too_long(const struct mc_token *tok, size_t first, size_t n, bool *ttl_first)
+{
+	bool ttl = false;
+	for (size_t i = first; i < n; i++) {
+		if (tok[i].s[0] == 'T')
+			ttl = true;
+		if (tok[i].s[0] == 'O' && tok[i].n > MC_OPAQUE_MAX) {
+			*ttl_first = ttl;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* mg, ms, md and ma, in memcached 1.6.18's order of checks (proto_text.c). */
+static void parse_meta(struct mc_request *req, const struct mc_token *tok, size_t n)
+{
+	struct mc_meta *m = &req->meta;
+	if (n < 2) {
+		req->verb = MC_ERROR;
+		return;
+	}
+	set_key(req, tok[1]);
+	if (tok[1].n > MC_KEY_MAX) {
+		req->error = MC_ERR_FORMAT;
+		return;
+	}
+	size_t first = 2;
+	if (req->verb == MC_MS) {
+		first = 3;
+		if (n == 2) {
+			req->error = MC_ERR_FORMAT;
+			return;
+		}
+	}
+	/* memcached counts its terminal token too: more than 20 is refused */
+	if (n + 1 > 20) {
+		req->error = req->verb == MC_MG ? MC_ERR_MG_TOO_LONG : MC_ERR_TOO_LONG;
+		return;
+	}
+	if (req->verb == MC_MS) {
+		if (!parse_i32(tok[2], &req->vlen) || req->vlen < 0 || req->vlen > INT_MAX - 2) {
+			req->error = MC_ERR_FORMAT;
+			return;
+		}
+		m->data_follows = true; /* from here on every error swallows the value */
+	}
+	if (req->verb == MC_MA)
+		req->delta = 1;
+	if (n > first) {
+		m->tokens.s = tok[first].s;
+		m->tokens.n = (size_t)(tok[n - 1].s + tok[n - 1].n - tok[first].s);
+		m->ntokens = n - first;
+	} else {
+		m->tokens.s = tok[n - 1].s + tok[n - 1].n;
+	}
+	enum mc_error e = parse_meta_flags(req, tok, first, n);
+	if (e != MC_OK) {
+		req->error = req->verb == MC_MD || req->verb == MC_MA ? MC_ERR_FLAG_MD_MA : e;
+		return;
+	}
+	bool opaque = opaque_too_long(tok, first, n, &m->ttl_before_opaque);
+	if (req->verb == MC_MS && m->mode && !strchr("EAPRS", m->mode))
+		req->error = MC_ERR_MS_MODE;
+	else if (req->verb == MC_MA && m->mode && !strchr("I+D-", m->mode))
+		req->error = MC_ERR_MA_MODE;
+	else if (opaque)
+		req->error = MC_ERR_OPAQUE;
+}
+
+/* --- commands ------------------------------------------------------------------------------ */
 
 /*
  * get/gets/gat/gats after the command word, at most maxkeys keys (memcached looks at any
@@ -268,6 +519,31 @@ static void parse_verbosity(struct mc_request *req, const struct mc_token *tok, 
 		req->error = MC_ERR_FORMAT;
 }
 
+/*
+ * slabs automove <level> [noreply] | slabs automove ratio <ratio> [noreply]. memcached takes
+ * levels 0, 1 and 2; a level that is not a number is a format error, any other number a plain
+ * ERROR (which noreply hides). Other "slabs" subcommands are not offered: ERROR.
+ */
+static void parse_slabs(struct mc_request *req, const struct mc_token *tok, size_t n)
+{
+	if (n < 3 || !tok_is(tok[1], "automove")) {
+		req->verb = MC_ERROR;
+		return;
+	}
+	req->verb = MC_SLABS_AUTOMOVE;
+	req->noreply = tok_is(tok[n - 1], "noreply");
+	if (tok_is(tok[2], "ratio")) {
+		req->ratio = true;
+		if (n < 4 || !parse_double(tok[3], &req->ratio_value))
+			req->error = MC_ERR_PLAIN;
+		return;
+	}
+	if (!parse_u32(tok[2], &req->level))
+		req->error = MC_ERR_FORMAT;
+	else if (req->level > 2)
+		req->error = MC_ERR_PLAIN;
+}
+
 /* The verb named by a command word (MC_ERROR when none). */
 static enum mc_verb verb_of(struct mc_token cmd)
 {
@@ -281,7 +557,7 @@ static enum mc_verb verb_of(struct mc_token cmd)
 		{"cas", MC_CAS},         {"incr", MC_INCR},           {"decr", MC_DECR},
 		{"delete", MC_DELETE},   {"touch", MC_TOUCH},         {"stats", MC_STATS},
 		{"flush_all", MC_FLUSH_ALL}, {"version", MC_VERSION}, {"verbosity", MC_VERBOSITY},
-		{"quit", MC_QUIT},
+		{"quit", MC_QUIT},       {"slabs", MC_SLABS_AUTOMOVE},
 	};
 	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
 		if (tok_is(cmd, verbs[i].name))
@@ -327,6 +603,18 @@ void mc_parse(const char *line, size_t len, struct mc_request *req)
 		n++;
 	if (n == 0)
 		return;
+	if (tok[0].n == 2 && tok[0].s[0] == 'm') {
+		switch (tok[0].s[1]) {
+		case 'n': req->verb = MC_MN; return;
+		case 'g': req->verb = MC_MG; break;
+		case 's': req->verb = MC_MS; break;
+		case 'd': req->verb = MC_MD; break;
+		case 'a': req->verb = MC_MA; break;
+		default: return; /* me (not offered) and unknown meta commands: ERROR */
+		}
+		parse_meta(req, tok, n);
+		return;
+	}
 	req->verb = verb_of(tok[0]);
 	switch (req->verb) {
 	case MC_GET:
@@ -357,6 +645,9 @@ void mc_parse(const char *line, size_t len, struct mc_request *req)
 		return;
 	case MC_STATS:
 		parse_stats(req, tok, n);
+		return;
+	case MC_SLABS_AUTOMOVE:
+		parse_slabs(req, tok, n);
 		return;
 	default:
 		break;

@@ -14,6 +14,7 @@
 #include "proto.h"
 
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +51,15 @@ struct pconn {
 	enum storage_op op;
 	uint64_t cas;
 	bool noreply;
+	/* an ms value: its reply ("HD"/"NS"/"EX"/"NF" and the O, k, c fields in the order given)
+	 * is written once the value is in */
+	bool meta_set;
+	bool meta_quiet;
+	char meta_fields[MC_MAX_TOKENS]; /* 'O', 'k', 'c' in request order, NUL-terminated */
+	char opaque[MC_OPAQUE_MAX];
+	size_t nopaque;
+	char key[STORAGE_KEY_MAX];
+	size_t nkey;
 };
 
 struct counters {
@@ -63,6 +73,8 @@ static struct io_server *server;
 static struct counters stats;
 static time_t process_started;
 static _Atomic int verbosity;
+static _Atomic int automove = 1;     /* slabs automove: memcached's default is 1 */
+static _Atomic double automove_ratio = 0.8; /* slabs automove ratio (only reported) */
 
 static void count(_Atomic uint64_t *c) { atomic_fetch_add_explicit(c, 1, memory_order_relaxed); }
 
@@ -82,7 +94,8 @@ static void reply(struct pconn *c, const char *s)
 	send_str(c, s);
 }
 
-/* memcached's exptime rules as seconds from now (0 never, <0 already past): flush_all's delay. */
+/* memcached's exptime rules as seconds from now (0 never, <0 already past): flush_all's delay,
+ * and what a meta t reports after a T. */
 static int64_t ttl_from_exptime(int32_t exptime)
 {
 	if (exptime == 0)
@@ -170,6 +183,487 @@ static void cmd_get(struct pconn *c, const struct mc_request *req)
 	send_str(c, "END\r\n");
 }
 
+/* --- meta commands ---------------------------------------------------------------------------- */
+
+/* A reply line being built (the longest: "VA", numbers, an opaque and a base64 key). */
+struct line {
+	char b[1024];
+	size_t n;
+};
+
+static void line_mem(struct line *l, const void *p, size_t n)
+{
+	if (n > sizeof(l->b) - l->n)
+		n = sizeof(l->b) - l->n; /* cannot happen with the limits parse.c enforces */
+	memcpy(l->b + l->n, p, n);
+	l->n += n;
+}
+
+static void line_str(struct line *l, const char *s) { line_mem(l, s, strlen(s)); }
+
+static void line_fmt(struct line *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void line_fmt(struct line *l, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(l->b + l->n, sizeof(l->b) - l->n, fmt, ap);
+	va_end(ap);
+	if (n > 0)
+		l->n += (size_t)n < sizeof(l->b) - l->n ? (size_t)n : sizeof(l->b) - l->n - 1;
+}
+
+static void line_send(struct pconn *c, struct line *l)
+{
+	line_str(l, "\r\n");
+	io_send_copy(c->io, l->b, l->n);
+}
+
+/* " k<key>", base64 with a trailing " b" when the client sent it that way. */
+static void line_key(struct line *l, const void *key, size_t n, bool binary)
+{
+	line_str(l, " k");
+	if (!binary) {
+		line_mem(l, key, n);
+		return;
+	}
+	char enc[(MC_KEY_MAX + 2) / 3 * 4];
+	line_mem(l, enc, mc_base64_encode(key, n, enc));
+	line_str(l, " b");
+}
+
+/* The flag tokens of a meta request, one at a time (NULL-free: t.n == 0 at the end). */
+static struct mc_token next_flag(const char **p, const struct mc_meta *m)
+{
+	return mc_next_key(p, m->tokens.s + m->tokens.n);
+}
+
+/* The O and k fields, in request order (the replies that carry nothing else). */
+static void line_opaque_key(struct line *l, const struct mc_meta *m, struct mc_token key)
+{
+	const char *p = m->tokens.s;
+	for (size_t i = 0; i < m->ntokens; i++) {
+		struct mc_token t = next_flag(&p, m);
+		if (t.s[0] == 'O') {
+			line_str(l, " ");
+			line_mem(l, t.s, t.n);
+		} else if (t.s[0] == 'k') {
+			line_key(l, key.s, key.n, m->key_binary);
+		}
+	}
+}
+
+/*
+ * What memcached prints for t: the seconds left, or -1 for never. An already expired item
+ * holds memcached's internal time 1, printed as 1 - now on its 32-bit clock (which starts 62 s
+ * before the process): mirrored here from this server's own start.
+ */
+static void line_ttl(struct line *l, int64_t ttl)
+{
+	if (ttl == 0)
+		line_str(l, " t-1");
+	else if (ttl > 0)
+		line_fmt(l, " t%" PRId64, ttl);
+	else
+		line_fmt(l, " t%" PRIu32, (uint32_t)(1 - (time(NULL) - process_started + 62)));
+}
+
+/* storage_ttl_left's figure as a ttl for line_ttl: -1 (never) is 0; an item read while live
+ * has at least 1 second left, as memcached would print for it. */
+static int64_t view_ttl(int64_t ttl) { return ttl == -1 ? 0 : ttl < 1 ? 1 : ttl; }
+
+/* Whether flag token a comes before flag token b (both present). */
+static bool flag_before(const struct mc_meta *m, char a, char b)
+{
+	const char *p = m->tokens.s;
+	for (size_t i = 0; i < m->ntokens; i++) {
+		struct mc_token t = next_flag(&p, m);
+		if (t.s[0] == a)
+			return true;
+		if (t.s[0] == b)
+			return false;
+	}
+	return false;
+}
+
+/*
+ * Flags memcached 1.6.18 accepts whose effect needs per-item state this server's stores do not
+ * keep yet (last access, fetched, stale and win marks, base64-key marks, CAS-checked delete,
+ * append and arithmetic): refused as an unknown flag rather than answered differently.
+ */
+static bool meta_unsupported(const struct mc_request *req)
+{
+	const struct mc_meta *m = &req->meta;
+	switch (req->verb) {
+	case MC_MG:
+		return mc_meta_has(m, 'h') || mc_meta_has(m, 'l') || mc_meta_has(m, 'N') ||
+		       mc_meta_has(m, 'R');
+	case MC_MS:
+		return mc_meta_has(m, 'b') ||
+		       (mc_meta_has(m, 'I') && m->has_cas && strchr("SR", m->mode ? m->mode : 'S')) ||
+		       (m->has_cas && req->cas != 0 && (m->mode == 'A' || m->mode == 'P'));
+	case MC_MD:
+		return mc_meta_has(m, 'C') || mc_meta_has(m, 'I');
+	case MC_MA:
+		return mc_meta_has(m, 'C');
+	default:
+		return false;
+	}
+}
+
+static void cmd_mg(struct pconn *c, const struct mc_request *req, struct mc_token key)
+{
+	const struct mc_meta *m = &req->meta;
+	bool late_error = req->error == MC_ERR_OPAQUE;
+	bool touch = m->has_ttl && (!late_error || m->ttl_before_opaque);
+	int64_t new_ttl = ttl_from_exptime(req->exptime);
+	/* a t before the T reports the ttl from before it */
+	bool old_ttl_shown = touch && mc_meta_has(m, 't') && flag_before(m, 't', 'T');
+	struct storage_view v;
+	int rc = touch && !old_ttl_shown ? storage_gat(key.s, key.n, req->exptime, &v)
+					 : storage_get(key.s, key.n, &v);
+	if (rc == STORAGE_OK && old_ttl_shown)
+		storage_touch(key.s, key.n, req->exptime);
+	if (m->has_ttl)
+		count(&stats.cmd_touch);
+	else
+		count(&stats.cmd_get);
+	if (rc == STORAGE_OK)
+		count(m->has_ttl ? &stats.touch_hits : &stats.get_hits);
+	else
+		count(m->has_ttl ? &stats.touch_misses : &stats.get_misses);
+	if (late_error) {
+		if (rc == STORAGE_OK)
+			storage_release(v.pin);
+		send_str(c, "CLIENT_ERROR opaque token too long\r\n");
+		return;
+	}
+	struct line l = {.n = 0};
+	if (rc != STORAGE_OK) {
+		if (m->quiet)
+			return;
+		line_str(&l, "EN");
+		line_opaque_key(&l, m, key);
+		line_send(c, &l);
+		return;
+	}
+	if (m->value)
+		line_fmt(&l, "VA %zu", v.len);
+	else
+		line_str(&l, "HD");
+	int64_t ttl = view_ttl(storage_ttl_left(v.expires));
+	const char *p = m->tokens.s;
+	for (size_t i = 0; i < m->ntokens; i++) {
+		struct mc_token t = next_flag(&p, m);
+		switch (t.s[0]) {
+		case 'T': ttl = new_ttl; break;
+		case 's': line_fmt(&l, " s%zu", v.len); break;
+		case 't': line_ttl(&l, ttl); break;
+		case 'c': line_fmt(&l, " c%" PRIu64, v.cas); break;
+		case 'f': line_fmt(&l, " f%" PRIu32, v.flags); break;
+		case 'O':
+			line_str(&l, " ");
+			line_mem(&l, t.s, t.n);
+			break;
+		/* the stored key, which is never marked binary here (ms b is refused) */
+		case 'k': line_key(&l, key.s, key.n, false); break;
+		default: break;
+		}
+	}
+	if (!m->value) {
+		line_send(c, &l);
+		storage_release(v.pin);
+		return;
+	}
+	line_str(&l, "\r\n");
+	if (v.len <= COPY_VALUE_MAX && l.n + v.len + 2 <= sizeof(l.b)) {
+		line_mem(&l, v.value, v.len);
+		line_send(c, &l);
+		storage_release(v.pin);
+	} else {
+		io_send_copy(c->io, l.b, l.n);
+		io_send_ref(c->io, v.value, v.len, release_pin, v.pin);
+		io_send_copy(c->io, "\r\n", 2);
+	}
+}
+
+static enum storage_op meta_set_op(const struct mc_meta *m)
+{
+	switch (m->mode) {
+	case 'E': return STORAGE_ADD;
+	case 'A': return STORAGE_APPEND;
+	case 'P': return STORAGE_PREPEND;
+	case 'R': return m->has_cas ? STORAGE_CAS : STORAGE_REPLACE;
+	default: return m->has_cas ? STORAGE_CAS : STORAGE_SET;
+	}
+}
+
+static void cmd_ms(struct pconn *c, const struct mc_request *req, struct mc_token key)
+{
+	const struct mc_meta *m = &req->meta;
+	count(&stats.cmd_set);
+	struct storage_reservation *res;
+	int rc = storage_reserve(key.s, key.n, req->flags, req->exptime, (size_t)req->vlen, &res);
+	if (rc != STORAGE_OK) {
+		send_str(c, rc == STORAGE_TOO_LARGE ? "SERVER_ERROR object too large for cache\r\n"
+						    : "SERVER_ERROR out of memory storing object\r\n");
+		c->state = ST_SWALLOW;
+		c->left = (size_t)req->vlen + 2;
+		storage_delete(key.s, key.n); /* memcached drops the old value whatever the mode */
+		return;
+	}
+	c->meta_set = true;
+	c->meta_quiet = m->quiet;
+	size_t nf = 0;
+	const char *p = m->tokens.s;
+	for (size_t i = 0; i < m->ntokens; i++) {
+		struct mc_token t = next_flag(&p, m);
+		if (t.s[0] == 'O' || t.s[0] == 'k' || t.s[0] == 'c')
+			c->meta_fields[nf++] = t.s[0];
+		if (t.s[0] == 'O') {
+			memcpy(c->opaque, t.s, t.n);
+			c->nopaque = t.n;
+		}
+	}
+	c->meta_fields[nf] = '\0';
+	memcpy(c->key, key.s, key.n);
+	c->nkey = key.n;
+	c->res = res;
+	c->op = meta_set_op(m);
+	c->cas = req->cas;
+	c->left = (size_t)req->vlen;
+	c->nterm = 0;
+	c->state = ST_DATA;
+}
+
+/* The reply to an ms once its value is in: rc from storage_commit, cas the new one (or 0). */
+static void finish_meta_set(struct pconn *c, int rc, uint64_t cas)
+{
+	c->meta_set = false;
+	if (rc == STORAGE_STORED && c->meta_quiet)
+		return;
+	struct line l = {.n = 0};
+	switch (rc) {
+	case STORAGE_STORED: line_str(&l, "HD"); break;
+	case STORAGE_EXISTS: line_str(&l, "EX"); break;
+	case STORAGE_NOT_FOUND: line_str(&l, "NF"); break;
+	default: line_str(&l, "NS"); break; /* not stored, or an append that no longer fits */
+	}
+	for (const char *f = c->meta_fields; *f; f++) {
+		if (*f == 'O') {
+			line_str(&l, " ");
+			line_mem(&l, c->opaque, c->nopaque);
+		} else if (*f == 'k') {
+			line_key(&l, c->key, c->nkey, false);
+		} else {
+			line_fmt(&l, " c%" PRIu64, rc == STORAGE_STORED ? cas : 0);
+		}
+	}
+	line_send(c, &l);
+}
+
+static void cmd_md(struct pconn *c, const struct mc_request *req, struct mc_token key)
+{
+	const struct mc_meta *m = &req->meta;
+	struct line l = {.n = 0};
+	if (storage_delete(key.s, key.n) == STORAGE_DELETED) {
+		count(&stats.delete_hits);
+		if (m->quiet)
+			return;
+		line_str(&l, "HD");
+	} else {
+		count(&stats.delete_misses);
+		line_str(&l, "NF");
+	}
+	line_opaque_key(&l, m, key);
+	line_send(c, &l);
+}
+
+/*
+ * ma's N: creates the counter at J. memcached creates it without expiry, then its reply loop
+ * applies T and N in order, stopping at an O token that is too long: same result here.
+ */
+static int meta_vivify(const struct mc_request *req, struct mc_token key, uint64_t *cas)
+{
+	const struct mc_meta *m = &req->meta;
+	int32_t exptime = 0;
+	const char *p = m->tokens.s;
+	for (size_t i = 0; i < m->ntokens; i++) {
+		struct mc_token t = next_flag(&p, m);
+		if (t.s[0] == 'O' && t.n > MC_OPAQUE_MAX)
+			break;
+		if (t.s[0] == 'T')
+			exptime = req->exptime;
+		else if (t.s[0] == 'N')
+			exptime = m->vivify_exptime;
+	}
+	char num[24];
+	int n = snprintf(num, sizeof(num), "%" PRIu64, m->initial);
+	struct storage_reservation *res;
+	int rc = storage_reserve(key.s, key.n, 0, exptime, (size_t)n, &res);
+	if (rc != STORAGE_OK)
+		return rc;
+	storage_fill(res, num, (size_t)n);
+	return storage_commit(res, STORAGE_ADD, 0, cas);
+}
+
+static void cmd_ma(struct pconn *c, const struct mc_request *req, struct mc_token key)
+{
+	const struct mc_meta *m = &req->meta;
+	bool incr = m->mode != 'D' && m->mode != '-';
+	bool late_error = req->error == MC_ERR_OPAQUE;
+	/*
+	 * memcached applies T to the item it incremented in place; when the number grew longer
+	 * it stored a new item and T lands on the old, unlinked one (the reply's t still shows
+	 * it). So look at the old length (and ttl) first.
+	 */
+	size_t old_len = 0;
+	int64_t ttl = 0;
+	if (m->has_ttl || mc_meta_has(m, 't')) {
+		struct storage_view v;
+		if (storage_get(key.s, key.n, &v) == STORAGE_OK) {
+			old_len = v.len;
+			ttl = view_ttl(storage_ttl_left(v.expires));
+			storage_release(v.pin);
+		}
+	}
+	uint64_t value = 0, cas = 0;
+	int rc = storage_incr(key.s, key.n, incr, req->delta, &value, &cas);
+	bool created = false;
+	struct line l = {.n = 0};
+	switch (rc) {
+	case STORAGE_OK:
+		count(incr ? &stats.incr_hits : &stats.decr_hits);
+		break;
+	case STORAGE_NON_NUMERIC:
+		send_str(c, "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n");
+		return;
+	case STORAGE_NO_MEMORY:
+		send_str(c, "SERVER_ERROR out of memory\r\n");
+		return;
+	default:
+		if (!m->vivify) {
+			count(incr ? &stats.incr_misses : &stats.decr_misses);
+			if (late_error) {
+				send_str(c, "CLIENT_ERROR opaque token too long\r\n");
+				return;
+			}
+			line_str(&l, "NF");
+			line_opaque_key(&l, m, key);
+			line_send(c, &l);
+			return;
+		}
+		rc = meta_vivify(req, key, &cas);
+		if (rc == STORAGE_TOO_LARGE || rc == STORAGE_NO_MEMORY) {
+			send_str(c, "SERVER_ERROR Out of memory allocating new item\r\n");
+			return;
+		}
+		if (rc != STORAGE_STORED) { /* another client created it meanwhile */
+			line_str(&l, "NS");
+			line_opaque_key(&l, m, key);
+			line_send(c, &l);
+			return;
+		}
+		created = true;
+		value = m->initial;
+	}
+	char num[24];
+	int nnum = snprintf(num, sizeof(num), "%" PRIu64, value);
+	bool in_place = !created && (size_t)nnum <= old_len;
+	if (in_place && m->has_ttl && (!late_error || m->ttl_before_opaque))
+		storage_touch(key.s, key.n, req->exptime);
+	if (late_error) {
+		send_str(c, "CLIENT_ERROR opaque token too long\r\n");
+		return;
+	}
+	if (rc == STORAGE_OK && m->quiet)
+		return;
+	/* the ttl as memcached's reply loop sees it: T (and N on a new item) set it in order */
+	if (created)
+		ttl = 0;
+	if (m->value)
+		line_fmt(&l, "VA %d", nnum);
+	else
+		line_str(&l, "HD");
+	const char *p = m->tokens.s;
+	for (size_t i = 0; i < m->ntokens; i++) {
+		struct mc_token t = next_flag(&p, m);
+		switch (t.s[0]) {
+		case 'c': line_fmt(&l, " c%" PRIu64, cas); break;
+		case 't': line_ttl(&l, ttl); break;
+		case 'T': ttl = ttl_from_exptime(req->exptime); break;
+		case 'N':
+			if (created)
+				ttl = ttl_from_exptime(m->vivify_exptime);
+			break;
+		case 'O':
+			line_str(&l, " ");
+			line_mem(&l, t.s, t.n);
+			break;
+		case 'k': line_key(&l, key.s, key.n, m->key_binary); break;
+		default: break;
+		}
+	}
+	if (m->value) {
+		line_str(&l, "\r\n");
+		line_mem(&l, num, (size_t)nnum);
+	}
+	line_send(c, &l);
+}
+
+static const char *meta_error(enum mc_error e)
+{
+	switch (e) {
+	case MC_ERR_DUP_FLAG: return "CLIENT_ERROR duplicate flag\r\n";
+	case MC_ERR_INVALID_FLAG: return "CLIENT_ERROR invalid flag\r\n";
+	case MC_ERR_FLAG_MD_MA: return "CLIENT_ERROR invalid or duplicate flag\r\n";
+	case MC_ERR_BAD_TOKEN: return "CLIENT_ERROR bad token in command line format\r\n";
+	case MC_ERR_KEY_DECODE: return "CLIENT_ERROR error decoding key\r\n";
+	case MC_ERR_M_LENGTH: return "CLIENT_ERROR incorrect length for M token\r\n";
+	case MC_ERR_INITIAL: return "CLIENT_ERROR invalid numeric initial value\r\n";
+	case MC_ERR_DELTA_VALUE: return "CLIENT_ERROR invalid numeric delta value\r\n";
+	case MC_ERR_MS_MODE: return "CLIENT_ERROR invalid mode for ms M token\r\n";
+	case MC_ERR_MA_MODE: return "CLIENT_ERROR invalid mode for ma M token\r\n";
+	case MC_ERR_OPAQUE: return "CLIENT_ERROR opaque token too long\r\n";
+	case MC_ERR_MG_TOO_LONG: return "CLIENT_ERROR options flags are too long\r\n";
+	case MC_ERR_TOO_LONG: return "CLIENT_ERROR options flags too long\r\n";
+	default: return "CLIENT_ERROR bad command line format\r\n";
+	}
+}
+
+/* mg, ms, md, ma: errors are always sent (q hides only the nominal replies). */
+static void cmd_meta(struct pconn *c, const struct mc_request *req)
+{
+	const struct mc_meta *m = &req->meta;
+	bool late = req->error == MC_ERR_OPAQUE && (req->verb == MC_MG || req->verb == MC_MA);
+	const char *err = NULL;
+	if (req->error != MC_OK && !late)
+		err = meta_error(req->error);
+	else if (meta_unsupported(req))
+		err = req->verb == MC_MD || req->verb == MC_MA
+			      ? "CLIENT_ERROR invalid or duplicate flag\r\n"
+			      : "CLIENT_ERROR invalid flag\r\n";
+	if (err) {
+		send_str(c, err);
+		if (req->verb == MC_MS && m->data_follows) {
+			c->state = ST_SWALLOW;
+			c->left = (size_t)req->vlen + 2;
+		}
+		return;
+	}
+	struct mc_token key = req->keys;
+	unsigned char decoded[MC_KEY_MAX];
+	if (m->key_binary) {
+		key.n = mc_base64_decode(req->keys.s, req->keys.n, decoded);
+		key.s = (const char *)decoded;
+	}
+	switch (req->verb) {
+	case MC_MG: cmd_mg(c, req, key); break;
+	case MC_MS: cmd_ms(c, req, key); break;
+	case MC_MD: cmd_md(c, req, key); break;
+	default: cmd_ma(c, req, key); break;
+	}
+}
+
 static enum storage_op storage_op_of(enum mc_verb verb)
 {
 	switch (verb) {
@@ -214,14 +708,21 @@ static void finish_update(struct pconn *c)
 	c->state = ST_LINE;
 	if (c->term[0] != '\r' || c->term[1] != '\n') {
 		storage_cancel(res);
+		c->noreply = c->noreply && !c->meta_set; /* an ms always reports it */
+		c->meta_set = false;
 		reply(c, "CLIENT_ERROR bad data chunk\r\n");
 		return;
 	}
 	enum storage_op op = c->op;
-	int rc = storage_commit(res, op, c->cas, NULL);
+	uint64_t new_cas = 0;
+	int rc = storage_commit(res, op, c->cas, &new_cas);
 	if (op == STORAGE_CAS) {
 		count(rc == STORAGE_STORED ? &stats.cas_hits
 		      : rc == STORAGE_EXISTS ? &stats.cas_badval : &stats.cas_misses);
+	}
+	if (c->meta_set) {
+		finish_meta_set(c, rc, new_cas);
+		return;
 	}
 	switch (rc) {
 	case STORAGE_STORED: reply(c, "STORED\r\n"); break;
@@ -238,7 +739,7 @@ static void cmd_incr(struct pconn *c, const struct mc_request *req)
 	bool incr = req->verb == MC_INCR;
 	struct mc_token key = req->keys;
 	uint64_t result;
-	int rc = storage_incr(key.s, key.n, incr, req->delta, &result);
+	int rc = storage_incr(key.s, key.n, incr, req->delta, &result, NULL);
 	char buf[32];
 	switch (rc) {
 	case STORAGE_OK:
@@ -285,7 +786,6 @@ static void cmd_touch(struct pconn *c, const struct mc_request *req)
 
 static void cmd_flush_all(struct pconn *c, const struct mc_request *req)
 {
-	count(&stats.cmd_flush);
 	uint32_t delay = 0;
 	if (req->exptime > 0) {
 		int64_t ttl = ttl_from_exptime(req->exptime);
@@ -298,6 +798,16 @@ static void cmd_flush_all(struct pconn *c, const struct mc_request *req)
 static void cmd_verbosity(struct pconn *c, const struct mc_request *req)
 {
 	atomic_store(&verbosity, req->level > 2 ? 2 : (int)req->level);
+	reply(c, "OK\r\n");
+}
+
+static void cmd_slabs_automove(struct pconn *c, const struct mc_request *req)
+{
+	/* this server has no slab mover to drive: the setting is kept for "stats settings" */
+	if (req->ratio)
+		automove_ratio = req->ratio_value;
+	else
+		atomic_store(&automove, (int)req->level);
 	reply(c, "OK\r\n");
 }
 
@@ -370,6 +880,10 @@ static void stats_settings(struct pconn *c)
 	stat_line(c, "growth_factor", buf);
 	stat_line(c, "cas_enabled", settings.cas_enabled ? "yes" : "no");
 	stat_u64(stat_line, c, "item_size_max", settings.item_max);
+	stat_u64(stat_line, c, "slab_automove", (uint64_t)atomic_load(&automove));
+	snprintf(buf, sizeof(buf), "%.2f", atomic_load(&automove_ratio));
+	stat_line(c, "slab_automove_ratio", buf);
+	stat_line(c, "flush_enabled", settings.flush_disabled ? "no" : "yes");
 	stat_line(c, "binding_protocol", "ascii");
 	stat_line(c, "storage", storage_name());
 	stat_line(c, "io", io_name());
@@ -415,6 +929,7 @@ static const char *error_reply(enum mc_error e)
 	case MC_ERR_DELTA: return "CLIENT_ERROR invalid numeric delta argument\r\n";
 	case MC_ERR_DELETE_USAGE:
 		return "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n";
+	case MC_ERR_PLAIN: return "ERROR\r\n";
 	default: return "CLIENT_ERROR bad command line format\r\n";
 	}
 }
@@ -423,6 +938,22 @@ static const char *error_reply(enum mc_error e)
 static void execute(struct pconn *c, const struct mc_request *req)
 {
 	c->noreply = req->noreply;
+	switch (req->verb) {
+	case MC_MG:
+	case MC_MS:
+	case MC_MD:
+	case MC_MA: cmd_meta(c, req); return;
+	case MC_MN: send_str(c, "MN\r\n"); return;
+	default: break;
+	}
+	if (req->verb == MC_FLUSH_ALL) {
+		/* memcached counts the command, then refuses it (-F) before reading its delay */
+		count(&stats.cmd_flush);
+		if (settings.flush_disabled) {
+			reply(c, "CLIENT_ERROR flush_all not allowed\r\n");
+			return;
+		}
+	}
 	bool retrieval = req->verb == MC_GET || req->verb == MC_GETS || req->verb == MC_GAT ||
 			 req->verb == MC_GATS;
 	if (req->error != MC_OK && !(retrieval && req->error == MC_ERR_FORMAT)) {
@@ -451,6 +982,8 @@ static void execute(struct pconn *c, const struct mc_request *req)
 	case MC_VERSION: send_str(c, "VERSION " SERVER_VERSION "\r\n"); break;
 	case MC_VERBOSITY: cmd_verbosity(c, req); break;
 	case MC_QUIT: close_conn(c); break;
+	case MC_SLABS_AUTOMOVE: cmd_slabs_automove(c, req); break;
+	default: break; /* the meta commands, run above */
 	}
 }
 

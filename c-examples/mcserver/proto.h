@@ -24,6 +24,7 @@ struct proto_settings {
 	size_t item_max;
 	double growth;
 	bool cas_enabled;
+	bool flush_disabled; /* -F: flush_all answers CLIENT_ERROR flush_all not allowed */
 	int verbose;
 };
 

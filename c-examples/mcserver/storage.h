@@ -85,6 +85,8 @@ struct storage_view {
 	size_t len;
 	uint32_t flags;
 	uint64_t cas;              /* 0 when CAS is disabled */
+	uint32_t expires;          /* when it expires on the store's clock, 0 = never: see
+				    * storage_ttl_left (kept raw so a read costs no clock call) */
 	struct storage_pin *pin;
 };
 
@@ -142,6 +144,9 @@ int storage_get_copy(const void *key, size_t nkey, void *buf, size_t cap,
 /* Like storage_get, and sets the item's exptime (cas unchanged). Returns OK or NOT_FOUND. */
 int storage_gat(const void *key, size_t nkey, int64_t exptime, struct storage_view *out);
 
+/* Seconds until a view's item expires (> 0; 0 or less once past), or -1 for never. */
+int64_t storage_ttl_left(uint32_t expires);
+
 /* Unpins a read item; the view's pointers must not be used after. NULL is a no-op. */
 void storage_release(struct storage_pin *pin);
 
@@ -155,9 +160,11 @@ int storage_touch(const void *key, size_t nkey, int64_t exptime);
  * incr (incr=true, wraps mod 2^64) or decr (saturates at 0) with memcached's rules: the value
  * must be an unsigned decimal (leading spaces allowed, ends at the end or at a space); a shorter
  * result is padded with spaces to the old length; flags and ttl kept; a new cas is assigned.
- * Returns STORAGE_OK with *result, STORAGE_NOT_FOUND, STORAGE_NON_NUMERIC, STORAGE_NO_MEMORY.
+ * Returns STORAGE_OK with *result (and the item's new cas in *cas_out when not NULL; 0 when
+ * CAS is disabled), STORAGE_NOT_FOUND, STORAGE_NON_NUMERIC, STORAGE_NO_MEMORY.
  */
-int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64_t *result);
+int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64_t *result,
+		 uint64_t *cas_out);
 
 /*
  * flush_all: delay 0 invalidates every item now; delay > 0 invalidates, once delay-1 seconds

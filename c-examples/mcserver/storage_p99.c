@@ -211,6 +211,11 @@ int storage_commit(struct storage_reservation *res, enum storage_op op, uint64_t
 	return map_status(st);
 }
 
+int64_t storage_ttl_left(uint32_t expires)
+{
+	return expires ? (int64_t)expires - (int64_t)p99_cache_now(cache) : -1;
+}
+
 static int pin_view(p99_status st, struct storage_pin *pin, struct storage_view *out)
 {
 	if (st != P99_STATUS_OK) {
@@ -221,6 +226,7 @@ static int pin_view(p99_status st, struct storage_pin *pin, struct storage_view 
 	out->len = pin->item.value_len;
 	out->flags = pin->item.flags;
 	out->cas = pin->item.cas;
+	out->expires = pin->item.expiry;
 	out->pin = pin;
 	return STORAGE_OK;
 }
@@ -250,6 +256,7 @@ int storage_get_copy(const void *key, size_t nkey, void *buf, size_t cap,
 	out->len = info.value_len;
 	out->flags = info.flags;
 	out->cas = info.cas;
+	out->expires = info.expiry;
 	out->pin = NULL;
 	return STORAGE_OK;
 }
@@ -285,11 +292,12 @@ int storage_touch(const void *key, size_t nkey, int64_t exptime)
 	return st == P99_STATUS_OK ? STORAGE_OK : STORAGE_NOT_FOUND;
 }
 
-int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64_t *result)
+int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64_t *result,
+		 uint64_t *cas_out)
 {
 	uint64_t v;
-	p99_status st = incr ? p99_cache_incr(cache, key, nkey, delta, &v, NULL)
-			     : p99_cache_decr(cache, key, nkey, delta, &v, NULL);
+	p99_status st = incr ? p99_cache_incr(cache, key, nkey, delta, &v, cas_out)
+			     : p99_cache_decr(cache, key, nkey, delta, &v, cas_out);
 	if (st != P99_STATUS_OK)
 		return map_status(st);
 	*result = v;

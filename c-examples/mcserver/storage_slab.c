@@ -626,6 +626,11 @@ int storage_commit(struct storage_reservation *r, enum storage_op op, uint64_t c
 	return rc;
 }
 
+int64_t storage_ttl_left(uint32_t expires)
+{
+	return expires ? (int64_t)expires - (int64_t)store_now() : -1;
+}
+
 static void pin_view(struct item *it, struct storage_view *out)
 {
 	it->refcount++;
@@ -635,6 +640,7 @@ static void pin_view(struct item *it, struct storage_view *out)
 	out->len = it->nbytes;
 	out->flags = it->flags;
 	out->cas = S.opts.cas_enabled ? it->cas : 0;
+	out->expires = it->exptime;
 	out->pin = (struct storage_pin *)it;
 }
 
@@ -668,6 +674,7 @@ int storage_get_copy(const void *key, size_t nkey, void *buf, size_t cap,
 		out->len = it->nbytes;
 		out->flags = it->flags;
 		out->cas = S.opts.cas_enabled ? it->cas : 0;
+		out->expires = it->exptime;
 		out->pin = NULL;
 	} else if (it) {
 		pin_view(it, out);
@@ -748,7 +755,8 @@ static bool parse_counter(const char *v, size_t n, uint64_t *out)
 	return ok;
 }
 
-int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64_t *result)
+int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64_t *result,
+		 uint64_t *cas_out)
 {
 	if (!key || !result || nkey == 0 || nkey > STORAGE_KEY_MAX)
 		return STORAGE_NOT_FOUND;
@@ -771,6 +779,8 @@ int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64
 			memcpy(item_value(it), num, (size_t)len);
 			it->cas = S.next_cas++;
 			it->time = store_now();
+			if (cas_out)
+				*cas_out = S.opts.cas_enabled ? it->cas : 0;
 		} else {
 			it->refcount++;
 			struct item *n = item_alloc(key, nkey, it->flags, it->exptime, (size_t)len);
@@ -782,6 +792,8 @@ int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64
 				n->time = (uint32_t)len;
 				item_unlink(it);
 				item_link(n, hv);
+				if (cas_out)
+					*cas_out = S.opts.cas_enabled ? n->cas : 0;
 				item_release(n);
 			}
 		}

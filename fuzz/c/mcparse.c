@@ -31,8 +31,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct mc_request req;
 	mc_parse(line, size, &req);
 
-	require(req.verb <= MC_QUIT);
-	require(req.error <= MC_ERR_DELETE_USAGE);
+	require(req.verb <= MC_MA);
+	require(req.error <= MC_ERR_TOO_LONG);
 	int retrieval = req.verb == MC_GET || req.verb == MC_GETS || req.verb == MC_GAT ||
 			req.verb == MC_GATS;
 	if (req.nkeys > 0) {
@@ -68,6 +68,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	case MC_HTTP:
 		require(req.error == MC_OK && !req.noreply);
 		break;
+	case MC_MG:
+	case MC_MS:
+	case MC_MD:
+	case MC_MA: {
+		/* meta: one key; the flag span inside the line, walked into exactly ntokens flags */
+		const struct mc_meta *m = &req.meta;
+		require(req.nkeys == 1 && !req.noreply);
+		if (req.error == MC_OK || req.error == MC_ERR_OPAQUE) {
+			require(req.keys.n <= MC_KEY_MAX);
+			require(m->tokens.s >= line && (size_t)(m->tokens.s - line) <= size &&
+				m->tokens.n <= size - (size_t)(m->tokens.s - line));
+			const char *p = m->tokens.s, *end = m->tokens.s + m->tokens.n;
+			for (size_t i = 0; i < m->ntokens; i++)
+				require(mc_next_key(&p, end).n > 0);
+			require(mc_next_key(&p, end).n == 0);
+			require(m->ntokens <= 18);
+			if (m->key_binary) {
+				unsigned char out[MC_KEY_MAX];
+				require(mc_base64_decode(req.keys.s, req.keys.n, out) > 0);
+			}
+		}
+		if (req.verb == MC_MS && m->data_follows)
+			require(req.vlen >= 0 && req.vlen <= INT_MAX - 2);
+		if (req.verb == MC_MA && req.error == MC_OK)
+			require(m->mode == 0 || strchr("I+D-", m->mode));
+		break;
+	}
 	default:
 		break;
 	}

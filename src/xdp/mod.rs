@@ -13,7 +13,6 @@
 //! may move between threads, but every data-path call takes `&mut self`; the frame table sits
 //! behind a lock that is taken once per batch (uncontended in the intended one-thread use).
 
-pub mod load;
 pub mod packet;
 pub mod prog;
 mod ring;

@@ -128,6 +128,12 @@ pub const XDP_FLAGS_DRV_MODE: u32 = 4;
 #[repr(C, align(8))]
 pub struct BpfAttr(pub [u8; 144]);
 
+impl Default for BpfAttr {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl BpfAttr {
     pub fn new() -> Self {
         BpfAttr([0; 144])

@@ -588,6 +588,57 @@ class NoCas(unittest.TestCase):
             self.assertEqual(srv.stop(signal.SIGINT), 0)
 
 
+class Settings(unittest.TestCase):
+    """-F, slabs automove and verbosity, with memcached 1.6.18's replies."""
+
+    def test_flush_disabled(self):
+        srv = start_mcserver(BIN, "-F", "-t", "1")
+        try:
+            c = Conn(srv.port)
+            self.assertEqual(c.cmd(b"set k 0 0 1\r\nv\r\n"), b"STORED\r\n")
+            for line in (b"flush_all\r\n", b"flush_all 0\r\n", b"flush_all abc\r\n"):
+                self.assertEqual(c.cmd(line), b"CLIENT_ERROR flush_all not allowed\r\n")
+            c.send(b"flush_all noreply\r\n")
+            self.assertEqual(c.cmd(b"flush_all 1 2 3\r\n"), b"ERROR\r\n")
+            self.assertEqual(c.cmd(b"get k\r\n"), b"VALUE k 0 1\r\n")
+            self.assertEqual(c.exactly(8), b"v\r\nEND\r\n")
+            c.send(b"stats settings\r\n")
+            st = c.get_reply()
+            self.assertIn(b"STAT flush_enabled no\r\n", st)
+            c.close()
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+    def test_slabs_automove_and_verbosity(self):
+        srv = start_mcserver(BIN, "-t", "1")
+        try:
+            c = Conn(srv.port)
+            cases = [(b"slabs automove 0", b"OK"), (b"slabs automove 2", b"OK"),
+                     (b"slabs automove 3", b"ERROR"),
+                     (b"slabs automove x", b"CLIENT_ERROR bad command line format"),
+                     (b"slabs automove -1", b"CLIENT_ERROR bad command line format"),
+                     (b"slabs automove", b"ERROR"), (b"slabs automove ratio 0.25", b"OK"),
+                     (b"slabs automove ratio", b"ERROR"), (b"slabs automove ratio x", b"ERROR"),
+                     (b"slabs foo", b"ERROR"), (b"verbosity", b"ERROR"),
+                     (b"verbosity x", b"CLIENT_ERROR bad command line format"),
+                     (b"verbosity -1", b"CLIENT_ERROR bad command line format"),
+                     (b"verbosity 1 2", b"OK"), (b"verbosity 1 2 3", b"ERROR"),
+                     (b"verbosity 7", b"OK")]
+            for line, want in cases:
+                self.assertEqual(c.cmd(line + b"\r\n"), want + b"\r\n", line)
+            c.send(b"slabs automove 1 noreply\r\nslabs automove 9 noreply\r\n"
+                   b"verbosity x noreply\r\n")
+            c.send(b"stats settings\r\n")
+            st = c.get_reply()
+            self.assertIn(b"STAT slab_automove 1\r\n", st)
+            self.assertIn(b"STAT slab_automove_ratio 0.25\r\n", st)
+            self.assertIn(b"STAT verbosity 2\r\n", st)
+            self.assertIn(b"STAT flush_enabled yes\r\n", st)
+            c.close()
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+
 class Eviction(unittest.TestCase):
     def test_lru_eviction_keeps_serving(self):
         srv = start_mcserver(BIN, "-m", "8", "-t", "1")

@@ -281,3 +281,110 @@ fn memcached_prefilled_gives_full_hits_and_verified_values() {
     assert_eq!(r.hit_ratio(), Some(1.0));
     assert!(r.server_cpu_pct.unwrap() > 1.0);
 }
+
+/// A listener with an accept queue of one that accepts nothing for `delay`, then answers pings:
+/// the kernel drops the SYNs of further connections meanwhile, so connecting takes a SYN
+/// retransmission (about 1 s), as a starved machine once made it take.
+fn slow_accepting_ping_server(delay: Duration) -> SocketAddr {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor created and owned here; results are checked,
+    // and the descriptor is handed to TcpListener (which closes it) only once it listens.
+    let l = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes([127, 0, 0, 1]) },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), len), 0);
+        assert_eq!(libc::listen(fd, 0), 0);
+        TcpListener::from_raw_fd(fd)
+    };
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        thread::sleep(delay);
+        for s in l.incoming() {
+            let Ok(s) = s else { return };
+            thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap_or(0) > 0 {
+                    if w.write_all(b"PONG\r\n").is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn the_window_starts_once_every_connection_is_up() {
+    // Connecting takes about a second, longer than warm-up and window together: a start fixed
+    // before the threads connected was over by then and the run measured nothing.
+    let addr = slow_accepting_ping_server(Duration::from_millis(300));
+    let mut c = cfg(Protocol::Ping, addr);
+    c.connections = 4;
+    c.pipeline = 2;
+    c.warmup = 0.1;
+    c.duration = 0.3;
+    let r = run::run_once(&c).unwrap();
+    assert!(r.counts.completed > 0 && r.counts.issued > 0, "{:?}", (r.counts.completed, r.counts.issued));
+    assert!(r.starved_attempts.is_empty(), "{:?}", r.starved_attempts);
+    assert_eq!(r.errors_total(), 0);
+}
+
+#[test]
+fn a_server_that_never_answers_fails_at_once_and_is_not_called_starved() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            thread::spawn(move || {
+                let mut b = [0u8; 4096];
+                while matches!(s.read(&mut b), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let mut c = cfg(Protocol::Ping, addr);
+    c.warmup = 0.1;
+    c.duration = 0.2;
+    c.drain = 0.2;
+    let e = run::run_once(&c).err().expect("a silent server must fail the run");
+    assert!(e.contains("no answer at all") && !e.contains(run::STARVED), "{e}");
+    assert!(!e.contains("times before"), "retried: {e}");
+}
+
+#[test]
+fn a_run_with_nothing_in_its_window_says_why() {
+    use crate::client::Window;
+    use crate::stats::Counts;
+    let ms = 1_000_000u64;
+    let win = Window { start: 1000 * ms, warm_end: 1100 * ms, end: 1600 * ms, drain_end: 2600 * ms };
+    let mut t = Counts::new();
+    assert!(run::no_answer_reason(&t, &win).starts_with("no request was sent"));
+    // The generator got going only after the window (the case seen on the loaded VM).
+    t.sent_all = 128;
+    t.answered_all = 128;
+    t.went_at = 1643 * ms;
+    t.first_answer_at = 1650 * ms;
+    let why = run::no_answer_reason(&t, &win);
+    assert!(why.starts_with(run::STARVED) && why.contains("643 ms"), "{why}");
+    // Requests went out in time, the first answer came after the window.
+    t.went_at = 1001 * ms;
+    t.first_answer_at = 1700 * ms;
+    let why = run::no_answer_reason(&t, &win);
+    assert!(why.starts_with(run::STARVED) && why.contains("700 ms"), "{why}");
+    // No answer at all: the server's failure, not the machine's.
+    t.first_answer_at = 0;
+    t.answered_all = 0;
+    let why = run::no_answer_reason(&t, &win);
+    assert!(why.starts_with("no answer at all") && !why.contains(run::STARVED), "{why}");
+}

@@ -25,6 +25,9 @@ pub struct Report {
     /// The machine's stalls during the measured window (with --stall-probe).
     pub stalls: Option<Stalls>,
     pub command: String,
+    /// Earlier attempts of this run that measured nothing because the machine was starved (why,
+    /// for each), discarded and run again.
+    pub starved_attempts: Vec<String>,
 }
 
 impl Report {
@@ -112,6 +115,7 @@ impl Report {
             .map(|(p, us)| J::Arr(vec![J::Num(p), J::Num(us)]))
             .collect();
         o.set("percentile_curve_us", J::Arr(curve));
+        o.set("discarded_starved_attempts", J::Arr(self.starved_attempts.iter().map(|s| J::from(s.clone())).collect()));
         o
     }
 
@@ -165,6 +169,9 @@ impl Report {
         }
         if let (Some(srv), Some(gen)) = (self.server_us_per_request(), self.generator_us_per_request()) {
             s += &format!("\n  cpu per request: server {srv:.3} us, generator {gen:.3} us");
+        }
+        for why in &self.starved_attempts {
+            s += &format!("\n  an earlier attempt was discarded: {why}");
         }
         if let Some(st) = &self.stalls {
             s += &format!(
@@ -226,28 +233,64 @@ fn progress_enabled(c: &Config) -> bool {
     c.progress.unwrap_or_else(|| std::io::stderr().is_terminal())
 }
 
+/// How many times a run that measured nothing because the machine was starved is run again.
+pub const STARVED_RETRIES: usize = 2;
+
 /// Runs the configured load once (open loop when `c.rate > 0`).
 pub fn run_once(c: &Config) -> Result<Report, String> {
+    run_once_with(c, || {})
+}
+
+/// Runs the configured load once; `at_warm_end` is called when the warm-up ends (within the
+/// 20 ms the monitor sleeps), for callers that meter something over the measured window. A run
+/// that measured nothing because the generator, or the first answer, came only after the
+/// window had ended (a starved machine, see `no_answer_reason`) is run again, at most
+/// `STARVED_RETRIES` times; the report lists the discarded attempts. A server that never
+/// answers fails at once.
+pub fn run_once_with(c: &Config, mut at_warm_end: impl FnMut()) -> Result<Report, String> {
+    let mut discarded = Vec::new();
+    loop {
+        match attempt(c, &mut at_warm_end) {
+            Ok(mut r) => {
+                r.starved_attempts = discarded;
+                return Ok(r);
+            }
+            Err(Attempt::Starved(why)) if discarded.len() < STARVED_RETRIES => discarded.push(why),
+            Err(Attempt::Starved(why)) => {
+                return Err(format!("{why} (and {} times before: {})", discarded.len(), discarded.join("; ")))
+            }
+            Err(Attempt::Failed(e)) => return Err(e),
+        }
+    }
+}
+
+enum Attempt {
+    Starved(String),
+    Failed(String),
+}
+
+impl From<String> for Attempt {
+    fn from(e: String) -> Attempt {
+        Attempt::Failed(e)
+    }
+}
+
+/// Threads wait this long after the last one connected, so all start on one schedule.
+const START_LEAD_NS: u64 = 10_000_000;
+
+fn attempt(c: &Config, at_warm_end: &mut impl FnMut()) -> Result<Report, Attempt> {
     if c.protocol == Protocol::Udp && c.udp_engine == crate::config::UdpEngine::Xdp {
-        return crate::xdp_sender::run(c);
+        return Ok(crate::xdp_sender::run(c)?);
     }
     let per_thread = |i: usize| c.connections / c.threads + usize::from(i < c.connections % c.threads);
     let shared = Shared::default();
-    // Threads get a moment to connect before the common start (16 local connections take a
-    // few ms; a late thread sends its first requests late and says so in its send lag).
-    let start = now_ns() + 50_000_000;
-    let win = Window::new(c, start);
     let show = progress_enabled(c);
     let mut server_meter = None;
     let mut gen_meter = None;
     let probe_stop = std::sync::atomic::AtomicBool::new(false);
     let mut stalls: Option<Result<Stalls, String>> = None;
+    let mut window = None;
     let results: Vec<Result<Counts, String>> = std::thread::scope(|scope| {
-        let probes = (c.stall_probe || c.inject_stall_ms > 0.0).then(|| {
-            let cpus = stall::watched_cpus(c.server_core, &c.cpus);
-            let inject = (c.inject_stall_ms > 0.0).then(|| (cpus[0], c.inject_stall_ms));
-            stall::start(scope, &cpus, inject, win, &probe_stop)
-        });
         let handles: Vec<_> = (0..c.threads)
             .map(|i| {
                 let plan = ThreadPlan {
@@ -259,7 +302,7 @@ pub fn run_once(c: &Config) -> Result<Report, String> {
                 };
                 let shared = &shared;
                 scope.spawn(move || {
-                    let r = client::run_thread(c, &plan, win, shared);
+                    let r = client::run_thread(c, &plan, shared);
                     if r.is_err() {
                         shared.abort.store(true, Ordering::Relaxed);
                     }
@@ -267,6 +310,17 @@ pub fn run_once(c: &Config) -> Result<Report, String> {
                 })
             })
             .collect();
+        // The window starts once every thread is connected (or one failed: then the others
+        // are let go at once and see the abort).
+        shared.gate.wait_all(c.threads, || shared.abort.load(Ordering::Relaxed) || handles.iter().any(|h| h.is_finished()));
+        let win = Window::new(c, now_ns() + START_LEAD_NS);
+        window = Some(win);
+        let probes = (c.stall_probe || c.inject_stall_ms > 0.0).then(|| {
+            let cpus = stall::watched_cpus(c.server_core, &c.cpus);
+            let inject = (c.inject_stall_ms > 0.0).then(|| (cpus[0], c.inject_stall_ms));
+            stall::start(scope, &cpus, inject, win, &probe_stop)
+        });
+        shared.gate.open(win);
         // Sample CPU use over exactly the measured window.
         let mut last = (now_ns(), 0u64);
         let mut sampled_end = false;
@@ -274,6 +328,7 @@ pub fn run_once(c: &Config) -> Result<Report, String> {
             std::thread::sleep(std::time::Duration::from_millis(20));
             let now = now_ns();
             if server_meter.is_none() && now >= win.warm_end {
+                at_warm_end();
                 server_meter = Some((
                     c.server_pid.map(CpuMeter::start),
                     CpuMeter::start(std::process::id()),
@@ -323,13 +378,12 @@ pub fn run_once(c: &Config) -> Result<Report, String> {
         total.merge(&r?);
     }
     if total.conn_errors > 0 && total.completed == 0 {
-        return Err(format!("{}: every connection failed ({} broken)", c.server, total.conn_errors));
+        return Err(format!("{}: every connection failed ({} broken)", c.server, total.conn_errors).into());
     }
     if total.completed == 0 {
-        return Err(format!(
-            "{}: no answer in the measured window ({} requests sent then, {} never answered)",
-            c.server, total.issued, total.unanswered
-        ));
+        let win = window.expect("set before the threads ran");
+        let why = format!("{}: {}", c.server, no_answer_reason(&total, &win));
+        return Err(if why.contains(STARVED) { Attempt::Starved(why) } else { Attempt::Failed(why) });
     }
     let (server_cpu_pct, generator_cpu_pct, server_core_busy_pct) = gen_meter.unwrap_or((None, None, None));
     Ok(Report {
@@ -341,8 +395,56 @@ pub fn run_once(c: &Config) -> Result<Report, String> {
         server_core_busy_pct,
         stalls,
         command: c.command_line(),
+        starved_attempts: Vec::new(),
     })
 }
+
+/// Why a run has no answer in its measured window, from its own timeline: a server that never
+/// answered, or a machine so starved that the generator only got going, or the first answer only
+/// came, after the window had ended (then the run measured nothing, whatever the server).
+pub fn no_answer_reason(t: &Counts, win: &Window) -> String {
+    let ms = |a: u64, b: u64| a.saturating_sub(b) as f64 / 1e6;
+    let window = format!(
+        "the measured window was {:.0}-{:.0} ms after the start",
+        ms(win.warm_end, win.start),
+        ms(win.end, win.start)
+    );
+    if t.sent_all == 0 {
+        return format!("no request was sent ({window})");
+    }
+    if t.went_at >= win.end {
+        return format!(
+            "{STARVED}: the generator only started sending {:.0} ms after the start, when the \
+             measured window had ended ({window}); {} of its {} requests were answered later",
+            ms(t.went_at, win.start),
+            t.answered_all,
+            t.sent_all
+        );
+    }
+    if t.first_answer_at == 0 {
+        return format!(
+            "no answer at all: {} requests sent from {:.0} ms after the start, none answered by the \
+             end of the drain {:.0} ms after it ({window})",
+            t.sent_all,
+            ms(t.went_at, win.start),
+            ms(win.drain_end, win.start)
+        );
+    }
+    format!(
+        "{STARVED}: requests went out {:.0} ms after the start but the first answer was only read \
+         {:.0} ms after it, when the measured window had ended ({window}); {} of {} requests were \
+         answered by then or in the drain, {} never",
+        ms(t.went_at, win.start),
+        ms(t.first_answer_at, win.start),
+        t.answered_all,
+        t.sent_all,
+        t.unanswered
+    )
+}
+
+/// How a run that measured nothing because the machine did not run the generator or the server
+/// in time is described (the words callers and tests can tell it by).
+pub const STARVED: &str = "machine starved, nothing measured";
 
 /// A step of a ramp passes at percentile `p` when every request was answered without error, the
 /// answers kept up with the offered rate (95%), and that percentile stayed under the objective.

@@ -15,25 +15,25 @@
 
 #![allow(dead_code)]
 
-#[path = "../p99-bench/client.rs"]
+#[path = "../../client.rs"]
 mod client;
-#[path = "../p99-bench/config.rs"]
+#[path = "../../config.rs"]
 mod config;
-#[path = "../p99-bench/json.rs"]
+#[path = "../../json.rs"]
 mod json;
 mod module;
 mod netns;
 mod proxy;
-#[path = "../p99-bench/run.rs"]
+#[path = "../../run.rs"]
 mod run;
-#[path = "../p99-bench/stall.rs"]
+#[path = "../../stall.rs"]
 mod stall;
-#[path = "../p99-bench/stats.rs"]
+#[path = "../../stats.rs"]
 mod stats;
 mod svg;
-#[path = "../p99-bench/workload.rs"]
+#[path = "../../workload.rs"]
 mod workload;
-#[path = "../p99-bench/xdp_sender.rs"]
+#[path = "../../xdp_sender.rs"]
 mod xdp_sender;
 
 use config::{Config, Protocol};

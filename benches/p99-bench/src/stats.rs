@@ -35,6 +35,14 @@ pub struct Counts {
     /// Open loop: how late the generator sent each request against its schedule. Large values
     /// mean the generator, not the server, fell behind (its latency is still charged).
     pub send_lag: Histogram<u64>,
+    /// The run's own timeline (CLOCK_MONOTONIC ns, 0 = never), so a run with no answer in its
+    /// window can tell a silent server from a starved machine: when the last generator thread
+    /// had connected and sent its first requests, when the first answer came, and every request
+    /// and answer of the run, warm-up and drain included.
+    pub went_at: u64,
+    pub first_answer_at: u64,
+    pub sent_all: u64,
+    pub answered_all: u64,
 }
 
 impl Counts {
@@ -50,6 +58,10 @@ impl Counts {
             issued: 0,
             conn_errors: 0,
             send_lag: new_histogram(),
+            went_at: 0,
+            first_answer_at: 0,
+            sent_all: 0,
+            answered_all: 0,
         }
     }
 
@@ -86,6 +98,14 @@ impl Counts {
         self.issued += o.issued;
         self.conn_errors += o.conn_errors;
         self.send_lag.add(&o.send_lag).expect("same bounds");
+        self.went_at = self.went_at.max(o.went_at);
+        self.first_answer_at = match (self.first_answer_at, o.first_answer_at) {
+            (0, b) => b,
+            (a, 0) => a,
+            (a, b) => a.min(b),
+        };
+        self.sent_all += o.sent_all;
+        self.answered_all += o.answered_all;
     }
 }
 

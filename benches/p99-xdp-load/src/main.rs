@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
-use p99::xdp::load::{run_ping_load, PingLoadConfig};
 use p99::xdp::{sys, AttachMode};
+use p99_xdp_load::{run_ping_load, PingLoadConfig};
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let v: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().ok()?;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use super::packet;
-use super::{AttachMode, Program, ProgramKind, Result, Socket, SocketConfig, Umem, UmemConfig, XdpDesc};
+use p99::xdp::packet;
+use p99::xdp::{AttachMode, Program, ProgramKind, Result, Socket, SocketConfig, Umem, UmemConfig, XdpDesc};
 
 /// What to send and how fast.
 #[derive(Clone, Debug)]
@@ -64,9 +64,9 @@ const BATCH: usize = 64;
 /// Runs the load; blocks for `duration + drain`.
 pub fn run_ping_load(cfg: &PingLoadConfig) -> Result<PingLoadReport> {
     if cfg.payload_len < 20 || cfg.payload_len > 1400 {
-        return Err(super::Error::Invalid(format!("payload length {} (must be 20..=1400)", cfg.payload_len)));
+        return Err(p99::xdp::Error::Invalid(format!("payload length {} (must be 20..=1400)", cfg.payload_len)));
     }
-    let mut prog = Program::load(ProgramKind::UdpPort(cfg.src_port), cfg.queue + 1, super::prog::XDP_PASS)?;
+    let mut prog = Program::load(ProgramKind::UdpPort(cfg.src_port), cfg.queue + 1, p99::xdp::prog::XDP_PASS)?;
     prog.attach(cfg.ifindex, cfg.attach)?;
     let mut umem = Umem::new(UmemConfig { frame_size: 2048, frame_count: 16384, headroom: 0, fill_size: 4096, comp_size: 4096 })?;
     let mut sock = Socket::bind(&umem, cfg.ifindex, cfg.queue, SocketConfig { rx_size: 4096, tx_size: 4096, ..SocketConfig::default() })?;

@@ -1,4 +1,4 @@
-//! UDP ping through AF_XDP (libp99's xdp module, `p99::xdp::load`), so the generator skips the
+//! UDP ping through AF_XDP (libp99's xdp module, via `p99_xdp_load`), so the generator skips the
 //! kernel's UDP stack and is not the bottleneck. Closed loop = at most connections x pipeline
 //! pings without a reply; open loop = fixed rate. Its round-trip times run from the moment each
 //! datagram was queued (the sender's stamp), not from an intended schedule; the report says so.
@@ -6,8 +6,8 @@
 use crate::config::Config;
 use crate::run::Report;
 use crate::stats::{CoreMeter, Counts, CpuMeter};
-use p99::xdp::load::{run_ping_load, PingLoadConfig};
 use p99::xdp::{sys, AttachMode};
+use p99_xdp_load::{run_ping_load, PingLoadConfig};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -142,5 +142,6 @@ pub fn run(c: &Config) -> Result<Report, String> {
         server_core_busy_pct: cpu.2,
         stalls,
         command: c.command_line(),
+        starved_attempts: Vec::new(),
     })
 }

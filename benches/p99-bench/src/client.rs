@@ -12,6 +12,8 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 /// CLOCK_MONOTONIC in nanoseconds (the clock timerfd uses too).
 pub fn now_ns() -> u64 {
@@ -43,12 +45,62 @@ impl Window {
     }
 }
 
-/// Live counters the progress line reads while threads run.
+/// Live counters the progress line reads while threads run, and the gate that holds every
+/// thread until all are connected.
 #[derive(Default)]
 pub struct Shared {
     pub answered: AtomicU64,
     pub errors: AtomicU64,
     pub abort: AtomicBool,
+    pub gate: Gate,
+}
+
+/// The common start: each generator thread connects first, then waits here; once every thread
+/// is ready the run's window is set from that moment, so slow connects or a thread scheduled
+/// late on a loaded machine cannot eat the warm-up and measured window (they once did: a start
+/// fixed 50 ms ahead before the threads existed was sometimes reached only after the window
+/// had ended, and such a run measured nothing).
+#[derive(Default)]
+pub struct Gate {
+    state: Mutex<(usize, Option<Window>)>,
+    cv: Condvar,
+}
+
+impl Gate {
+    /// A thread is connected: waits for the window (None once the run is aborted).
+    pub fn arrive(&self, abort: &AtomicBool) -> Option<Window> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.0 += 1;
+        self.cv.notify_all();
+        loop {
+            if let Some(w) = st.1 {
+                return Some(w);
+            }
+            if abort.load(Ordering::Relaxed) {
+                return None;
+            }
+            st = self.cv.wait_timeout(st, Duration::from_millis(20)).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// Waits until `n` threads have arrived or `gone()` says one of them will not (it failed).
+    /// Returns whether all arrived.
+    pub fn wait_all(&self, n: usize, gone: impl Fn() -> bool) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while st.0 < n {
+            if gone() {
+                return false;
+            }
+            st = self.cv.wait_timeout(st, Duration::from_millis(20)).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        true
+    }
+
+    /// Sets the window and lets every waiting thread go.
+    pub fn open(&self, w: Window) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(w);
+        self.cv.notify_all();
+    }
 }
 
 pub fn resolve(server: &str) -> Result<SocketAddr, String> {
@@ -233,20 +285,21 @@ pub struct ThreadPlan {
     pub seed: u64,
 }
 
-pub fn run_thread(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Result<Counts, String> {
+/// One generator thread: pins itself, connects, waits at the gate for the common window, runs.
+pub fn run_thread(c: &Config, plan: &ThreadPlan, shared: &Shared) -> Result<Counts, String> {
     if let Some(cpu) = plan.cpu {
         pin_to(cpu)?;
     }
     match c.protocol {
-        Protocol::Ping | Protocol::Memcache => run_tcp(c, plan, win, shared),
+        Protocol::Ping | Protocol::Memcache => run_tcp(c, plan, shared),
         Protocol::Udp => match c.udp_engine {
-            UdpEngine::Kernel => run_udp(c, plan, win, shared),
+            UdpEngine::Kernel => run_udp(c, plan, shared),
             UdpEngine::Xdp => Err("the AF_XDP sender runs through run::run_once".into()),
         },
     }
 }
 
-fn run_tcp(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Result<Counts, String> {
+fn run_tcp(c: &Config, plan: &ThreadPlan, shared: &Shared) -> Result<Counts, String> {
     let addr = resolve(&c.server)?;
     let mut conns = connect_all(addr, plan.connections)?;
     let mut ep = Epoll::new().map_err(|e| format!("epoll: {e}"))?;
@@ -269,10 +322,12 @@ fn run_tcp(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Resul
     let mut answered_all = 0u64;
     let mut errors_all = 0u64;
 
+    let Some(win) = shared.gate.arrive(&shared.abort) else { return Ok(counts) };
     // Waits until the start so every thread shares one schedule.
     while now_ns() < win.start {
         std::hint::spin_loop();
     }
+    counts.went_at = now_ns();
     if closed {
         let t = now_ns();
         for (i, cn) in conns.iter_mut().enumerate() {
@@ -280,6 +335,7 @@ fn run_tcp(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Resul
                 let k = gen.next(&mut cn.out, &mut cn.keys);
                 cn.inflight.push_back((t, k));
                 inflight_total += 1;
+                counts.sent_all += 1;
                 if win.measured(t) {
                     counts.issued += 1;
                 }
@@ -321,6 +377,7 @@ fn run_tcp(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Resul
                 let k = gen.next(&mut cn.out, &mut cn.keys);
                 cn.inflight.push_back((due, k));
                 inflight_total += 1;
+                counts.sent_all += 1;
                 if win.measured(due) {
                     counts.issued += 1;
                     counts.record_lag(now - due);
@@ -428,6 +485,9 @@ fn run_tcp(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Resul
                         cn.inflight.pop_front();
                         inflight_total -= 1;
                         answered_all += 1;
+                        if counts.first_answer_at == 0 {
+                            counts.first_answer_at = t;
+                        }
                         if out.error {
                             errors_all += 1;
                         }
@@ -444,6 +504,7 @@ fn run_tcp(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Resul
                             let k = gen.next(&mut cn.out, &mut cn.keys);
                             cn.inflight.push_back((t, k));
                             inflight_total += 1;
+                            counts.sent_all += 1;
                             if win.measured(t) {
                                 counts.issued += 1;
                             }
@@ -480,6 +541,7 @@ fn run_tcp(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Resul
     }
     shared.answered.fetch_add(answered_all - last_answered, Ordering::Relaxed);
     shared.errors.fetch_add(errors_all - last_errors, Ordering::Relaxed);
+    counts.answered_all = answered_all;
     // Whatever is still in flight never got an answer: an error of the run even when it was sent
     // during the warm-up; requests of the measured window are also charged at their age.
     let end = now_ns();
@@ -526,7 +588,7 @@ fn kill(cn: &mut Conn, win: &Window, counts: &mut Counts, now: u64) -> usize {
 
 /// UDP ping over kernel sockets: each datagram carries "PING" and a sequence number; the answer
 /// must carry "PONG" and the same number. An answer later than --udp-timeout counts as lost.
-fn run_udp(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Result<Counts, String> {
+fn run_udp(c: &Config, plan: &ThreadPlan, shared: &Shared) -> Result<Counts, String> {
     let addr = resolve(&c.server)?;
     let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
     let mut ep = Epoll::new().map_err(|e| format!("epoll: {e}"))?;
@@ -555,9 +617,11 @@ fn run_udp(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Resul
     let mut last_scan = 0u64;
     let (mut answered_all, mut errors_all, mut last_a, mut last_e) = (0u64, 0u64, 0u64, 0u64);
 
+    let Some(win) = shared.gate.arrive(&shared.abort) else { return Ok(counts) };
     let mut send = |s: &UdpSocket, map: &mut HashMap<u64, u64>, t0: u64, counts: &mut Counts, seq: &mut u64| {
         *seq += 1;
         pkt[4..12].copy_from_slice(&seq.to_le_bytes());
+        counts.sent_all += 1;
         if win.measured(t0) {
             counts.issued += 1;
         }
@@ -577,6 +641,7 @@ fn run_udp(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Resul
     while now_ns() < win.start {
         std::hint::spin_loop();
     }
+    counts.went_at = now_ns();
     if closed {
         let t = now_ns();
         for (i, s) in socks.iter().enumerate() {
@@ -654,6 +719,9 @@ fn run_udp(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Resul
                             continue;
                         };
                         answered_all += 1;
+                        if counts.first_answer_at == 0 {
+                            counts.first_answer_at = t;
+                        }
                         if !ok {
                             errors_all += 1;
                         }
@@ -682,6 +750,7 @@ fn run_udp(c: &Config, plan: &ThreadPlan, win: Window, shared: &Shared) -> Resul
     }
     shared.answered.fetch_add(answered_all - last_a, Ordering::Relaxed);
     shared.errors.fetch_add(errors_all - last_e, Ordering::Relaxed);
+    counts.answered_all = answered_all;
     for map in &pending {
         counts.unanswered += map.len() as u64;
     }
