@@ -29,7 +29,8 @@ CBINDGEN_VERSION := 0.29.0
 CARGO_FUZZ_VERSION := 0.13.1
 
 DEB_PACKAGES := build-essential cmake pkg-config clang libclang-dev memcached libmemcached-tools \
-	python3 python3-pymemcache valgrind bpftool iproute2 ethtool binutils iputils-ping nutcracker
+	python3 python3-pymemcache valgrind bpftool iproute2 ethtool binutils iputils-ping nutcracker \
+	libssl-dev openssl
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 

@@ -1,4 +1,8 @@
+#define _GNU_SOURCE
 #include "check.h"
+
+#include <stdatomic.h>
+#include <time.h>
 
 int check_failures;
 
@@ -19,6 +23,22 @@ void check_fail_int(const char *file, int line, const char *expr, long long got,
 {
 	fprintf(stderr, "%s:%d: check failed: %s (%lld != %lld)\n", file, line, expr, got, want);
 	check_failures++;
+}
+
+void check_sleep_ms(int ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+	nanosleep(&ts, NULL);
+}
+
+int check_wait_for(_Atomic int *v, int want)
+{
+	for (int i = 0; i < 1000; i++) {
+		if (atomic_load(v) >= want)
+			return 1;
+		check_sleep_ms(5);
+	}
+	return 0;
 }
 
 int check_done(const char *test_name)

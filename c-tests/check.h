@@ -14,6 +14,10 @@ extern int check_failures;
 void check_fail(const char *file, int line, const char *what);
 void check_fail_status(const char *file, int line, const char *expr, uint32_t got, uint32_t want);
 void check_fail_int(const char *file, int line, const char *expr, long long got, long long want);
+/* Sleeps `ms` milliseconds. */
+void check_sleep_ms(int ms);
+/* Polls `*v` (set by another thread) until it reaches `want`: 1 when it did within 5 s. */
+int check_wait_for(_Atomic int *v, int want);
 /* Prints a summary and returns the process exit code (0 when every check passed). */
 int check_done(const char *test_name);
 

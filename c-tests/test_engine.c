@@ -28,22 +28,6 @@ static _Atomic int free_in_worker_status = -1;
 static int user_marker;
 static p99_engine *the_engine;
 
-static void sleep_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-	nanosleep(&ts, NULL);
-}
-
-static int wait_for(_Atomic int *v, int want)
-{
-	for (int i = 0; i < 1000; i++) {
-		if (atomic_load(v) >= want)
-			return 1;
-		sleep_ms(5);
-	}
-	return 0;
-}
-
 static void on_worker_start(void *user, p99_worker *w)
 {
 	CHECK(user == &user_marker);
@@ -271,7 +255,7 @@ static void test_running_engine(void)
 	if (!e)
 		return;
 	the_engine = e;
-	CHECK(wait_for(&worker_started, 1));
+	CHECK(check_wait_for(&worker_started, 1));
 
 	uint16_t port = 0;
 	CHECK_OK(p99_engine_port(e, &port));
@@ -291,10 +275,10 @@ static void test_running_engine(void)
 	CHECK_EQ(read_n(fd, buf, want), want);
 	CHECK(memcmp(buf, "hello", 5) == 0);
 	CHECK(memcmp(buf + 5, BORROWED, sizeof(BORROWED) - 1) == 0);
-	CHECK(wait_for(&in_callback_checks_ok, 1));
-	CHECK(wait_for(&send_done_cookie_ok, 1));
-	CHECK(wait_for(&send_done_ok, 1));
-	CHECK(wait_for(&timer_fired, 2));
+	CHECK(check_wait_for(&in_callback_checks_ok, 1));
+	CHECK(check_wait_for(&send_done_cookie_ok, 1));
+	CHECK(check_wait_for(&send_done_ok, 1));
+	CHECK(check_wait_for(&timer_fired, 2));
 	CHECK_EQ(reentrant_stop_status, P99_STATUS_WRONG_THREAD);
 
 	/* Worker functions from the main thread are refused without touching the worker. */
@@ -317,14 +301,14 @@ static void test_running_engine(void)
 
 	/* The peer closes: on_close once, then the old handle is stale on its worker. */
 	close(fd);
-	CHECK(wait_for(&closed, 1));
+	CHECK(check_wait_for(&closed, 1));
 	static p99_conn old;
 	old = conn;
 	CHECK_STATUS(p99_engine_post(e, 0, NULL, NULL), P99_STATUS_NULL_PARAMETER);
 	CHECK_STATUS(p99_engine_post(e, 7, stale_task, &old), P99_STATUS_INVALID_ARGUMENT);
 	CHECK_STATUS(p99_engine_post(NULL, 0, stale_task, &old), P99_STATUS_NULL_PARAMETER);
 	CHECK_OK(p99_engine_post(e, 0, stale_task, &old));
-	CHECK(wait_for(&task_ran, 1));
+	CHECK(check_wait_for(&task_ran, 1));
 	CHECK_EQ(stale_status, P99_STATUS_STALE_HANDLE);
 	CHECK_EQ(stop_in_worker_status, P99_STATUS_WRONG_THREAD);
 	/* Refused on a worker, and the engine is untouched: it still serves and stops below. */
@@ -362,7 +346,7 @@ static void test_running_engine(void)
 	/* A connection still open at stop is closed by the stop, with its on_close. */
 	int fd2 = connect_to(port);
 	CHECK(fd2 >= 0);
-	CHECK(wait_for(&accepted, 2));
+	CHECK(check_wait_for(&accepted, 2));
 	CHECK_STATUS(p99_engine_request_stop(NULL, 0), P99_STATUS_NULL_PARAMETER);
 	CHECK_OK(p99_engine_request_stop(e, 100));
 	CHECK_OK(p99_engine_stop(e, 100));
@@ -386,7 +370,7 @@ static void slow_worker_stop(void *user, p99_worker *w)
 {
 	(void)user;
 	(void)w;
-	sleep_ms(200);
+	check_sleep_ms(200);
 	atomic_fetch_add(&slow_stopped, 1);
 }
 

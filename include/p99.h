@@ -75,6 +75,16 @@
 #define P99_CACHE_SEGMENT_BYTES_MAX 4194304
 
 /**
+ * TLS protocol version 1.2, as `p99_tls_config.min_version` takes it.
+ */
+#define P99_TLS_VERSION_1_2 771
+
+/**
+ * TLS protocol version 1.3, as `p99_tls_config.min_version` takes it.
+ */
+#define P99_TLS_VERSION_1_3 772
+
+/**
  * Major version of the header in use. Keep equal to Cargo.toml (checked by tests).
  */
 #define P99_VERSION_MAJOR 0
@@ -168,6 +178,50 @@ enum p99_backend
 };
 #ifndef __cplusplus
 typedef uint32_t p99_backend;
+#endif // __cplusplus
+
+/**
+ * Why a connection closed, as `p99_worker_conn_close_reason` reports it. Values are fixed
+ * forever, like `p99_status`.
+ */
+enum p99_close_reason
+#ifdef __cplusplus
+  : uint32_t
+#endif // __cplusplus
+ {
+  /**
+   * The application closed it (`p99_worker_close`), or the engine stopped.
+   */
+  P99_CLOSE_REASON_LOCAL = 0,
+  /**
+   * The peer ended the stream (TCP FIN; over TLS, after its close_notify).
+   */
+  P99_CLOSE_REASON_PEER_CLOSED = 1,
+  /**
+   * The socket failed (reset, a send or receive error); the detail gives the error.
+   */
+  P99_CLOSE_REASON_IO_ERROR = 2,
+  /**
+   * The TLS handshake failed: not TLS, no common version or cipher, a missing or rejected
+   * client certificate, a fatal alert, or the peer left mid-handshake.
+   */
+  P99_CLOSE_REASON_TLS_HANDSHAKE = 3,
+  /**
+   * The TLS handshake did not finish within `handshake_timeout_ms`.
+   */
+  P99_CLOSE_REASON_TLS_HANDSHAKE_TIMEOUT = 4,
+  /**
+   * After the handshake the TLS record layer failed: a malformed, oversized or
+   * undecryptable record, or a fatal alert from the peer.
+   */
+  P99_CLOSE_REASON_TLS_PROTOCOL = 5,
+  /**
+   * The peer closed the TCP stream without TLS close_notify (possibly mid-record).
+   */
+  P99_CLOSE_REASON_TLS_TRUNCATED = 6,
+};
+#ifndef __cplusplus
+typedef uint32_t p99_close_reason;
 #endif // __cplusplus
 
 /**
@@ -271,6 +325,12 @@ enum p99_status
    * The named device or queue does not exist.
    */
   P99_STATUS_NO_DEVICE = 21,
+  /**
+   * The engine's TLS configuration could not be used: a certificate, key or CA file is
+   * unreadable or not PEM, the key does not match the certificate, or a TLS setting is
+   * out of range.
+   */
+  P99_STATUS_TLS_CONFIG = 48,
 };
 #ifndef __cplusplus
 typedef uint32_t p99_status;
@@ -594,6 +654,77 @@ typedef struct p99_cache_stats {
 } p99_cache_stats;
 
 /**
+ * TLS settings for an engine: every connection it accepts is TLS, terminated in the
+ * worker (rustls), so callbacks see and send plaintext. Set `struct_size`, fill with
+ * `p99_tls_config_defaults`, set the certificate and key, and point
+ * `p99_engine_config.tls` at it. Every pointer is borrowed until `p99_engine_start`
+ * returns; nothing is kept.
+ */
+typedef struct p99_tls_config {
+  /**
+   * `sizeof(p99_tls_config)`, set by the caller before `p99_tls_config_defaults`.
+   */
+  uint32_t struct_size;
+  /**
+   * Path of a PEM file with the server's certificate chain, leaf first. NULL: use
+   * `cert_chain_pem` instead.
+   */
+  const char *cert_chain_file;
+  /**
+   * The certificate chain as PEM text in memory (`cert_chain_pem_len` bytes, no NUL
+   * needed), used when `cert_chain_file` is NULL.
+   */
+  const uint8_t *cert_chain_pem;
+  /**
+   * Length of `cert_chain_pem`.
+   */
+  size_t cert_chain_pem_len;
+  /**
+   * Path of a PEM file with the leaf certificate's private key (PKCS#8, PKCS#1 or SEC1).
+   * NULL: use `key_pem` instead.
+   */
+  const char *key_file;
+  /**
+   * The private key as PEM text in memory, used when `key_file` is NULL.
+   */
+  const uint8_t *key_pem;
+  /**
+   * Length of `key_pem`.
+   */
+  size_t key_pem_len;
+  /**
+   * Path of a PEM file of CA certificates that client certificates are verified against.
+   * NULL (default): no client certificate is asked for.
+   */
+  const char *client_ca_file;
+  /**
+   * With `client_ca_file`: accept clients that present no certificate (a presented one
+   * must still verify). Default false: a client certificate is required.
+   */
+  bool client_cert_optional;
+  /**
+   * ALPN protocols to accept, comma-separated, most preferred first (e.g.
+   * "memcached,http/1.1"). NULL or "" (default): no ALPN.
+   */
+  const char *alpn;
+  /**
+   * Lowest protocol version accepted: `P99_TLS_VERSION_1_2` (default) or
+   * `P99_TLS_VERSION_1_3`.
+   */
+  uint16_t min_version;
+  /**
+   * Resumption with stateless session tickets. Default true; when false, resumption uses
+   * a per-engine session cache.
+   */
+  bool session_tickets;
+  /**
+   * A connection whose handshake has not finished within this many milliseconds is cut
+   * (its `on_close` reason is `P99_CLOSE_REASON_TLS_HANDSHAKE_TIMEOUT`). Default 10000.
+   */
+  uint32_t handshake_timeout_ms;
+} p99_tls_config;
+
+/**
  * Engine configuration. Set `struct_size = sizeof(p99_engine_config)`, fill with
  * `p99_engine_config_defaults`, then change fields.
  */
@@ -660,6 +791,12 @@ typedef struct p99_engine_config {
    * without this field (its `struct_size` ends before it) gets the default.
    */
   uint32_t max_conns;
+  /**
+   * Serve TLS on every connection with these settings (see `p99_tls_config`); callbacks
+   * then see and send plaintext. NULL (default): plaintext. Borrowed until
+   * `p99_engine_start` returns. A caller whose `struct_size` ends before it gets NULL.
+   */
+  const struct p99_tls_config *tls;
 } p99_engine_config;
 
 /**
@@ -1229,7 +1366,9 @@ p99_status p99_engine_callbacks_defaults(struct p99_engine_callbacks *callbacks)
  * return (the callbacks are copied). Errors: NULL pointer, `P99_STATUS_INVALID_ARGUMENT`
  * (bad `struct_size`, bad address, out-of-range value, `on_data` NULL),
  * `P99_STATUS_UNSUPPORTED` (P99_BACKEND forces an unavailable backend), or the status of the
- * failed system call (e.g. `P99_STATUS_IO_ERROR` with errno EADDRINUSE). Thread-safe.
+ * failed system call (e.g. `P99_STATUS_IO_ERROR` with errno EADDRINUSE), and with `tls` set,
+ * `P99_STATUS_TLS_CONFIG` (a certificate, key or CA file unreadable or unusable, or a key
+ * that does not match the certificate; `p99_last_error_message()` says which). Thread-safe.
  */
 p99_status p99_engine_start(const struct p99_engine_config *config,
                             const struct p99_engine_callbacks *callbacks,
@@ -1371,6 +1510,22 @@ p99_status p99_worker_set_conn_user(struct p99_worker *worker, p99_conn conn, vo
 p99_status p99_worker_conn_user(struct p99_worker *worker, p99_conn conn, void **out);
 
 /**
+ * Why `conn` is closing: call it in `on_close` (or once the connection is closing). Writes
+ * the reason to `*out_reason`; with `detail` non-NULL, also up to `detail_cap - 1` bytes of
+ * the explanation (the TLS or socket error; "" when there is none) followed by a NUL, and
+ * the full length of the explanation (without the NUL) to `*out_detail_len` when that is
+ * non-NULL. A connection still open reports `P99_CLOSE_REASON_LOCAL`. Errors: NULL
+ * `out_reason`, NULL `detail` with `detail_cap` > 0, WRONG_THREAD, STALE_HANDLE (after
+ * `on_close` returned). Worker thread only.
+ */
+p99_status p99_worker_conn_close_reason(struct p99_worker *worker,
+                                        p99_conn conn,
+                                        p99_close_reason *out_reason,
+                                        char *detail,
+                                        size_t detail_cap,
+                                        size_t *out_detail_len);
+
+/**
  * Writes the connection's socket fd to `*out`, for getpeername/setsockopt. The engine owns
  * it: do not read, write or close it. Worker thread only.
  */
@@ -1399,6 +1554,20 @@ p99_status p99_worker_cancel_timer(struct p99_worker *worker, uint64_t timer_id)
  * libp99 and valid for the life of the process. Thread-safe.
  */
 const char *p99_status_str(uint32_t status);
+
+/**
+ * Fills `*config` with the defaults (see each field; no certificate or key); the caller
+ * sets `config->struct_size` first, and at most that many bytes are written. Errors: NULL,
+ * `P99_STATUS_INVALID_ARGUMENT` (a `struct_size` below the first published size).
+ * Thread-safe.
+ */
+p99_status p99_tls_config_defaults(struct p99_tls_config *config);
+
+/**
+ * A static description of `reason` ("unknown close reason" for a value not listed). Never
+ * NULL; owned by libp99, valid for the life of the process. Thread-safe.
+ */
+const char *p99_close_reason_str(uint32_t reason);
 
 /**
  * Returns the version of the loaded library as a static NUL-terminated string

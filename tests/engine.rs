@@ -7,27 +7,14 @@ use std::collections::HashSet;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod engine_util;
+
+use engine_util::{backends, count_fds, serial, wait_until};
 use p99::engine::{Backend, Config, ConnId, Engine, Handler, Worker};
 use p99::proto::ping::{PingParser, Verdict};
-
-/// The tests count fds of the whole process, so they run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn backends() -> Vec<Backend> {
-    let mut v = vec![Backend::Epoll];
-    match p99::engine::probe::uring_usable() {
-        Ok(_) => v.push(Backend::Uring),
-        Err(why) => eprintln!("io_uring unusable here ({why}); testing epoll only"),
-    }
-    v
-}
 
 #[derive(Default)]
 struct Counters {
@@ -116,18 +103,6 @@ fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
             Err(e) => panic!("read: {e}"),
         }
     }
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn count_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
 #[test]

@@ -10,6 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use p99::proto::ping::{PingParser, Verdict};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+mod engine_util;
 
 struct Server {
     child: Child,
@@ -149,6 +153,105 @@ fn three_ping_servers_answer_identically() {
             let got = session(s.port, &chunks);
             assert!(got == want, "{} differs on script {name}: got {} bytes, want {}", s.name, got.len(), want.len());
         }
+    }
+}
+
+/// `session` over TLS: a rustls client that trusts the test CA plays `chunks` (one TLS write
+/// each), sends close_notify where the plaintext session half-closes, and returns the
+/// plaintext the server sent until it closed.
+fn tls_session(port: u16, ca: &std::path::Path, chunks: &[Vec<u8>]) -> Vec<u8> {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut t = tls_stream(s, ca);
+    for c in chunks {
+        if t.write_all(c).and_then(|_| t.flush()).is_err() {
+            break; // the server closed on a too-long line; what it sent is still readable
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    t.conn.send_close_notify();
+    let _ = t.flush();
+    let mut v = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match t.read(&mut buf) {
+            Ok(0) => return v,
+            Ok(n) => v.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe) => return v,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+/// A rustls client over `s` that trusts the CA in `ca` (handshake on first use).
+fn tls_stream(s: TcpStream, ca: &std::path::Path) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(ca).unwrap()).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), ServerName::try_from("localhost").unwrap()).unwrap();
+    rustls::StreamOwned::new(conn, s)
+}
+
+/// The same scripts over TLS (`--tls-cert`/`--tls-key`): pingserver-c through OpenSSL,
+/// pingserver-c-p99 and pingserver-rs through the engine's TLS, on each backend, answer with
+/// the same plaintext as the model.
+#[test]
+#[ignore = "needs the built servers; run by make test-engine"]
+fn three_ping_servers_answer_identically_over_tls() {
+    let certs = engine_util::certs();
+    let (crt, key) = (certs.path("server.crt"), certs.path("server.key"));
+    let tls = ["-t", "2", "--tls-cert", crt.to_str().unwrap(), "--tls-key", key.to_str().unwrap()];
+    let mut servers = vec![start_with("pingserver-c", None, &tls)];
+    for b in ["uring", "epoll"] {
+        servers.push(start_with("pingserver-c-p99", Some(b), &tls));
+        servers.push(start_with("pingserver-rs", Some(b), &tls));
+    }
+    for (name, chunks) in scripts() {
+        let want = model(&chunks);
+        for s in &servers {
+            let got = tls_session(s.port, &certs.path("ca.crt"), &chunks);
+            assert!(got == want, "{} over TLS differs on script {name}: got {} bytes, want {}", s.name, got.len(), want.len());
+        }
+    }
+    // Clients that pipeline and vanish without reading: the server's writes then fail
+    // (EPIPE/ECONNRESET), which must close the connection, not kill the server.
+    let pings = vec![b"PING\r\n".repeat(20_000)];
+    for s in &mut servers {
+        for _ in 0..20 {
+            let stream = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+            let mut t = tls_stream(stream, &certs.path("ca.crt"));
+            let _ = t.write_all(&pings[0]).and_then(|_| t.flush());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(s.child.try_wait().unwrap().is_none(), "{} died after clients vanished mid-reply", s.name);
+        let got = tls_session(s.port, &certs.path("ca.crt"), &[b"PING\r\n".to_vec()]);
+        assert_eq!(got, b"PONG\r\n", "{} stopped serving after clients vanished", s.name);
+    }
+}
+
+/// A TLS server given a key that does not match its certificate refuses to start, naming the
+/// problem, instead of failing every handshake later.
+#[test]
+#[ignore = "needs the built servers; run by make test-engine"]
+fn ping_servers_refuse_a_mismatched_tls_key() {
+    let certs = engine_util::certs();
+    for name in ["pingserver-c", "pingserver-c-p99", "pingserver-rs"] {
+        let out = Command::new(bin_dir().join(name))
+            .args(["-p", "0", "--tls-cert"])
+            .arg(certs.path("server.crt"))
+            .arg("--tls-key")
+            .arg(certs.path("client.key"))
+            .output()
+            .expect("run server");
+        assert!(!out.status.success(), "{name} started with a mismatched key");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("TLS"), "{name}: unclear error: {err}");
     }
 }
 

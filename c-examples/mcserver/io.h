@@ -50,6 +50,15 @@ struct io_callbacks {
 	void *ctx;        /* passed to on_accept */
 };
 
+/* TLS settings (memcached's -Z -o ssl_chain_cert=,ssl_key=,ssl_ca_cert=,ssl_verify_mode=). */
+struct io_tls {
+	const char *chain_cert;  /* PEM certificate chain, leaf first */
+	const char *key;         /* PEM private key of the leaf */
+	const char *ca_cert;     /* PEM CA list for client certificates, or NULL */
+	int verify_mode;         /* 0: no client certificate asked (default); 1: asked, verified
+	                            when given; 2 or 3: required */
+};
+
 struct io_options {
 	const char *addr;        /* listen address (IPv4/IPv6 literal or host name) */
 	uint16_t port;           /* TCP port; 0 lets the kernel pick (see io_port) */
@@ -58,7 +67,11 @@ struct io_options {
 	                            "ERROR Too many open connections" and is closed */
 	size_t out_high_water;   /* queued output bytes above which reading pauses */
 	int verbose;             /* -v level: log connection events to stderr */
+	const struct io_tls *tls; /* serve TLS (only where io_supports_tls()); NULL: plaintext */
 };
+
+/* Whether this I/O module can serve TLS (-Z). */
+int io_supports_tls(void);
 
 /* Connection counters for "stats". */
 struct io_stats {

@@ -445,10 +445,17 @@ static void worker_free(struct worker *w)
 	if (w->stop_fd >= 0) close(w->stop_fd);
 }
 
+/* TLS belongs to the p99 I/O module (the engine terminates it); this loop is plaintext. */
+int io_supports_tls(void) { return 0; }
+
 struct io_server *io_start(const struct io_options *opts, const struct io_callbacks *cb,
 			   char *err, size_t errlen)
 {
 	err[0] = '\0';
+	if (opts->tls) {
+		snprintf(err, errlen, "TLS (-Z) comes with the p99 I/O module: use an mcserver-*-uring build");
+		return NULL;
+	}
 	struct io_server *srv = calloc(1, sizeof(*srv));
 	if (!srv) {
 		snprintf(err, errlen, "out of memory");

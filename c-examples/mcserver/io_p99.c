@@ -148,6 +148,9 @@ static int resolve(const char *addr, char *out, size_t outlen)
 	return ok ? 0 : -1;
 }
 
+/* The engine terminates TLS: the callbacks below see plaintext either way. */
+int io_supports_tls(void) { return 1; }
+
 struct io_server *io_start(const struct io_options *opts, const struct io_callbacks *cb, char *err, size_t errlen)
 {
 	char literal[INET6_ADDRSTRLEN];
@@ -173,6 +176,17 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 	 * process-wide limit only bounds the clients being told so. */
 	cfg.max_conns = opts->max_conns + 1024;
 	cfg.out_high_water = opts->out_high_water ? opts->out_high_water : cfg.out_high_water;
+	p99_tls_config tls = {.struct_size = sizeof tls};
+	p99_tls_config_defaults(&tls);
+	if (opts->tls) {
+		tls.cert_chain_file = opts->tls->chain_cert;
+		tls.key_file = opts->tls->key;
+		if (opts->tls->verify_mode > 0) {
+			tls.client_ca_file = opts->tls->ca_cert;
+			tls.client_cert_optional = opts->tls->verify_mode == 1;
+		}
+		cfg.tls = &tls;
+	}
 
 	p99_engine_callbacks ecb = {.struct_size = sizeof ecb};
 	p99_engine_callbacks_defaults(&ecb);
@@ -183,6 +197,13 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 	ecb.on_close = on_close;
 
 	p99_status st = p99_engine_start(&cfg, &ecb, &srv->engine);
+	if (st == P99_STATUS_TLS_CONFIG) {
+		snprintf(err, errlen, "TLS: %s (ssl_chain_cert=%s, ssl_key=%s%s%s)", p99_status_str(st),
+			 opts->tls->chain_cert, opts->tls->key, tls.client_ca_file ? ", ssl_ca_cert=" : "",
+			 tls.client_ca_file ? tls.client_ca_file : "");
+		free(srv);
+		return NULL;
+	}
 	if (st != P99_STATUS_OK) {
 		snprintf(err, errlen, "p99_engine_start: %s (%s)", p99_status_str(st), p99_last_error_message());
 		free(srv);

@@ -33,6 +33,10 @@ static void usage(FILE *f, const char *prog)
 		"  -C                        disable use of CAS\n"
 		"  -F                        disable flush_all\n"
 		"  -U <num>                  UDP port: only 0 (off) is supported\n"
+		"  -Z                        serve TLS (the p99 I/O module only); needs -o below\n"
+		"  -o ssl_chain_cert=<file>,ssl_key=<file>[,ssl_ca_cert=<file>][,ssl_verify_mode=<0-3>]\n"
+		"                            TLS certificate chain, key, client CA and client\n"
+		"                            certificate mode (0 none, 1 optional, 2/3 required)\n"
 		"  -v                        verbose (repeat for more)\n"
 		"  -h                        print this help and exit\n"
 		"storage module: %s, I/O module: %s\n",
@@ -47,6 +51,35 @@ static bool parse_ulong(const char *s, unsigned long max, unsigned long *out)
 	if (errno || end == s || *end != '\0' || v > max || s[0] == '-')
 		return false;
 	*out = v;
+	return true;
+}
+
+/* One -o list (memcached's extended options): only the TLS ones are known here. Returns
+ * false, with a message printed, on an unknown or malformed option. */
+static bool parse_ext_options(char *list, struct io_tls *tls)
+{
+	for (char *save = NULL, *opt = strtok_r(list, ",", &save); opt; opt = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(opt, '=');
+		if (!eq || eq[1] == '\0') {
+			fprintf(stderr, "mcserver: -o %s: expected name=value\n", opt);
+			return false;
+		}
+		*eq = '\0';
+		const char *val = eq + 1;
+		unsigned long v;
+		if (strcmp(opt, "ssl_chain_cert") == 0) {
+			tls->chain_cert = val;
+		} else if (strcmp(opt, "ssl_key") == 0) {
+			tls->key = val;
+		} else if (strcmp(opt, "ssl_ca_cert") == 0) {
+			tls->ca_cert = val;
+		} else if (strcmp(opt, "ssl_verify_mode") == 0 && parse_ulong(val, 3, &v)) {
+			tls->verify_mode = (int)v;
+		} else {
+			fprintf(stderr, "mcserver: -o %s=%s: not supported\n", opt, val);
+			return false;
+		}
+	}
 	return true;
 }
 
@@ -78,7 +111,9 @@ int main(int argc, char **argv)
 	};
 	unsigned long v;
 	int opt;
-	while ((opt = getopt(argc, argv, "p:l:t:c:m:I:f:CFU:vh")) != -1) {
+	bool tls_on = false;
+	struct io_tls tls = { 0 };
+	while ((opt = getopt(argc, argv, "p:l:t:c:m:I:f:CFU:vhZo:")) != -1) {
 		switch (opt) {
 		case 'p':
 			if (!parse_ulong(optarg, 65535, &v)) goto bad;
@@ -128,6 +163,13 @@ int main(int argc, char **argv)
 		case 'v':
 			ps.verbose++;
 			break;
+		case 'Z':
+			tls_on = true;
+			break;
+		case 'o':
+			if (!parse_ext_options(optarg, &tls))
+				return 1;
+			break;
 		case 'h':
 			usage(stdout, argv[0]);
 			return 0;
@@ -138,6 +180,19 @@ int main(int argc, char **argv)
 	}
 	if (optind < argc) {
 		fprintf(stderr, "mcserver: unexpected argument '%s'\n", argv[optind]);
+		return 1;
+	}
+	if (tls_on && !io_supports_tls()) {
+		fprintf(stderr, "mcserver: -Z: TLS comes with the p99 I/O module; this build's I/O module "
+				"is %s (use an mcserver-*-uring build)\n", io_name());
+		return 1;
+	}
+	if (tls_on && (!tls.chain_cert || !tls.key)) {
+		fprintf(stderr, "mcserver: -Z needs -o ssl_chain_cert=FILE,ssl_key=FILE\n");
+		return 1;
+	}
+	if (tls_on && tls.verify_mode > 0 && !tls.ca_cert) {
+		fprintf(stderr, "mcserver: ssl_verify_mode=%d needs -o ssl_ca_cert=FILE\n", tls.verify_mode);
 		return 1;
 	}
 	if (ps.item_max > ps.mem_limit) {
@@ -172,6 +227,7 @@ int main(int argc, char **argv)
 	struct io_options io = {
 		.addr = ps.addr, .port = ps.port, .threads = ps.threads,
 		.max_conns = ps.max_conns, .out_high_water = OUT_HIGH_WATER, .verbose = ps.verbose,
+		.tls = tls_on ? &tls : NULL,
 	};
 	struct io_server *srv = io_start(&io, &cb, err, sizeof(err));
 	if (!srv) {

@@ -3,6 +3,7 @@
 
 #include "fd_limits.h"
 
+#include <getopt.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,7 +12,9 @@
 static void usage(const char *prog)
 {
 	fprintf(stderr, "usage: %s [-p PORT] [-l ADDR] [-t THREADS] [-c MAXCONN] [-b NS]\n"
-			"  -b NS  test only: burn NS ns of CPU per request (a server slowed on purpose)\n",
+			"          [--tls-cert FILE --tls-key FILE]\n"
+			"  -b NS  test only: burn NS ns of CPU per request (a server slowed on purpose)\n"
+			"  --tls-cert FILE --tls-key FILE  serve TLS 1.2/1.3 with this PEM chain and key\n",
 		prog);
 	exit(2);
 }
@@ -33,8 +36,15 @@ void ping_args_parse(struct ping_args *a, int argc, char **argv, const char *pro
 	a->maxconn = 65536;
 	a->maxconn_given = 0;
 	a->burn_ns = 0;
+	a->tls_cert = NULL;
+	a->tls_key = NULL;
+	static const struct option longs[] = {
+		{ "tls-cert", required_argument, NULL, 'C' },
+		{ "tls-key", required_argument, NULL, 'K' },
+		{ NULL, 0, NULL, 0 },
+	};
 	int c;
-	while ((c = getopt(argc, argv, "p:l:t:c:b:")) != -1) {
+	while ((c = getopt_long(argc, argv, "p:l:t:c:b:", longs, NULL)) != -1) {
 		switch (c) {
 		case 'p': a->port = parse_int(optarg, 0, 65535, prog); break;
 		case 'l': a->addr = optarg; break;
@@ -44,11 +54,17 @@ void ping_args_parse(struct ping_args *a, int argc, char **argv, const char *pro
 			a->maxconn_given = 1;
 			break;
 		case 'b': a->burn_ns = parse_int(optarg, 0, 1000000, prog); break;
+		case 'C': a->tls_cert = optarg; break;
+		case 'K': a->tls_key = optarg; break;
 		default: usage(prog);
 		}
 	}
 	if (optind != argc)
 		usage(prog);
+	if ((a->tls_cert == NULL) != (a->tls_key == NULL)) {
+		fprintf(stderr, "%s: --tls-cert and --tls-key go together\n", prog);
+		exit(2);
+	}
 }
 
 int ping_affinity_cpus(void)

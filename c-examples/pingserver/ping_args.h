@@ -9,6 +9,8 @@ struct ping_args {
 	int maxconn;        /* -c, default 65536 (or what RLIMIT_NOFILE allows) */
 	int maxconn_given;  /* -c was on the command line */
 	long burn_ns;       /* -b, default 0; test only: CPU ns burnt per request (pingserver-c) */
+	const char *tls_cert; /* --tls-cert FILE: serve TLS with this PEM certificate chain */
+	const char *tls_key;  /* --tls-key FILE: its private key (PEM); both or neither */
 };
 
 /* Parses argv; prints usage and exits on a bad flag. */

@@ -11,7 +11,13 @@
  * a cache instead: a callback boundary, per-connection segment queues and borrowed,
  * released-later values, none of which a ping reply needs and all of which would change the
  * baseline's cost. What both loops must get right the same way, accepting when out of
- * descriptors and the descriptor limit at start, is shared (c-examples/common/fd_limits.h). */
+ * descriptors and the descriptor limit at start, is shared (c-examples/common/fd_limits.h).
+ *
+ * With --tls-cert/--tls-key it serves TLS through OpenSSL the way a C shop adds it to such a
+ * loop: one SSL per connection on the non-blocking socket, SSL_read until it wants more
+ * input (it buffers whole records, so level-triggered readiness alone would miss data),
+ * SSL_write for replies (partial writes on, a refused write retried from the pending
+ * buffer), SSL_shutdown's close_notify on an orderly close. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -31,6 +37,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include "fd_limits.h"
 #include "ping_args.h"
 #include "ping_proto.h"
@@ -43,6 +52,8 @@
 
 struct conn {
 	int fd;
+	SSL *ssl;             /* with --tls-cert: the connection's TLS state */
+	int tls_wants_write;  /* SSL_read needs the socket writable to go on (handshake) */
 	int closing;          /* close once the pending output is written */
 	uint32_t events;      /* current epoll interest */
 	struct ping_parser parser;
@@ -69,6 +80,9 @@ static int max_conns;
 /* -b (test only): CPU time burnt per request, so a benchmark can be shown a server that is
  * slower by a known amount. Set before the workers start, read-only after. */
 static long burn_ns;
+
+/* --tls-cert/--tls-key: every connection is TLS. Set before the workers start. */
+static SSL_CTX *tls_ctx;
 
 static long thread_cpu_ns(void)
 {
@@ -114,6 +128,8 @@ static int make_listener(const struct sockaddr_storage *ss, socklen_t sslen)
 static void conn_free(int epfd, struct conn *c)
 {
 	epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	if (c->ssl)
+		SSL_free(c->ssl);
 	close(c->fd);
 	ping_out_free(&c->pending);
 	free(c);
@@ -131,17 +147,34 @@ static int set_events(int epfd, struct conn *c, uint32_t ev)
 	return 0;
 }
 
+/* Writes up to `len` bytes: the count written, 0 when the socket takes nothing now, -1
+ * when the connection is dead. Over TLS the bytes are encrypted first; a write OpenSSL could
+ * not finish is retried later with the same bytes at the same place (they stay pending). */
+static ssize_t conn_write(struct conn *c, const char *buf, size_t len)
+{
+	if (c->ssl) {
+		ERR_clear_error();
+		int n = SSL_write(c->ssl, buf, (int)(len > INT32_MAX ? INT32_MAX : len));
+		if (n > 0)
+			return n;
+		int e = SSL_get_error(c->ssl, n);
+		return e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ ? 0 : -1;
+	}
+	ssize_t n = send(c->fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+	if (n < 0)
+		return errno == EAGAIN || errno == EINTR ? 0 : -1;
+	return n;
+}
+
 /* Writes what is pending; returns -1 when the connection is dead. */
 static int flush_pending(int epfd, struct conn *c)
 {
 	while (c->pending_off < c->pending.len) {
-		ssize_t n = send(c->fd, c->pending.buf + c->pending_off, c->pending.len - c->pending_off,
-				 MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (n < 0) {
-			if (errno == EAGAIN || errno == EINTR)
-				break;
+		ssize_t n = conn_write(c, c->pending.buf + c->pending_off, c->pending.len - c->pending_off);
+		if (n < 0)
 			return -1;
-		}
+		if (n == 0)
+			break;
 		c->pending_off += (size_t)n;
 	}
 	if (c->pending_off == c->pending.len) {
@@ -152,20 +185,70 @@ static int flush_pending(int epfd, struct conn *c)
 	 * it is what bounds the buffer's size. */
 	int want_read = !c->closing && c->pending.len <= PENDING_HIGH_WATER;
 	uint32_t ev = want_read ? (EPOLLIN | EPOLLRDHUP) : 0;
-	if (c->pending.len > 0)
+	if (c->pending.len > 0 || c->tls_wants_write)
 		ev |= EPOLLOUT;
 	return set_events(epfd, c, ev);
 }
 
+/* Sends close_notify on an orderly TLS close (best effort: the socket is closed next). */
+static void conn_close(int epfd, struct conn *c)
+{
+	if (c->ssl) {
+		ERR_clear_error();
+		SSL_shutdown(c->ssl);
+	}
+	conn_free(epfd, c);
+}
+
+/* Reads into `buf`: the byte count, 0 at the peer's orderly end, -1 when nothing is ready
+ * now (EAGAIN), -2 when the connection is dead. Over TLS this also drives the handshake. */
+static ssize_t conn_read(struct conn *c, char *buf)
+{
+	if (c->ssl) {
+		ERR_clear_error();
+		c->tls_wants_write = 0;
+		int n = SSL_read(c->ssl, buf, READ_SIZE);
+		if (n > 0)
+			return n;
+		switch (SSL_get_error(c->ssl, n)) {
+		case SSL_ERROR_WANT_READ: return -1;
+		case SSL_ERROR_WANT_WRITE: c->tls_wants_write = 1; return -1;
+		case SSL_ERROR_ZERO_RETURN: return 0;
+		default: return -2;
+		}
+	}
+	ssize_t n = recv(c->fd, buf, READ_SIZE, MSG_DONTWAIT);
+	if (n < 0)
+		return errno == EAGAIN || errno == EINTR ? -1 : -2;
+	return n;
+}
+
+/* One read's worth of input: parse, answer. Returns -1 once `c` is freed. */
+static int on_input(int epfd, struct conn *c, char *buf, ssize_t n, struct ping_out *out);
+
 static void on_readable(int epfd, struct conn *c, char *buf, struct ping_out *out)
 {
-	ssize_t n = recv(c->fd, buf, READ_SIZE, MSG_DONTWAIT);
-	if (n < 0) {
-		if (errno == EAGAIN || errno == EINTR)
+	/* TLS: SSL_read until OpenSSL has no whole record left, or it may sit on input that
+	 * epoll will never report again. Plaintext: one read per readiness, as before. */
+	do {
+		ssize_t n = conn_read(c, buf);
+		if (n == -2) {
+			conn_free(epfd, c);
 			return;
+		}
+		if (n == -1)
+			break;
+		if (on_input(epfd, c, buf, n, out) < 0)
+			return;
+	} while (c->ssl && !c->closing);
+	if (flush_pending(epfd, c) < 0)
 		conn_free(epfd, c);
-		return;
-	}
+	else if (c->closing && c->pending.len == 0)
+		conn_close(epfd, c);
+}
+
+static int on_input(int epfd, struct conn *c, char *buf, ssize_t n, struct ping_out *out)
+{
 	if (n == 0) {
 		/* Half-close: answer what was asked, then close. */
 		c->closing = 1;
@@ -179,12 +262,12 @@ static void on_readable(int epfd, struct conn *c, char *buf, struct ping_out *ou
 		if (out->len > 0) {
 			size_t off = 0;
 			if (c->pending.len == 0) {
-				ssize_t s = send(c->fd, out->buf, out->len, MSG_NOSIGNAL | MSG_DONTWAIT);
-				if (s < 0 && errno != EAGAIN && errno != EINTR) {
+				ssize_t s = conn_write(c, out->buf, out->len);
+				if (s < 0) {
 					conn_free(epfd, c);
-					return;
+					return -1;
 				}
-				off = s > 0 ? (size_t)s : 0;
+				off = (size_t)s;
 			}
 			if (off < out->len) {
 				/* Queue the remainder behind what is already pending. */
@@ -193,7 +276,7 @@ static void on_readable(int epfd, struct conn *c, char *buf, struct ping_out *ou
 					char *b = realloc(c->pending.buf, need);
 					if (!b) {
 						conn_free(epfd, c);
-						return;
+						return -1;
 					}
 					c->pending.buf = b;
 					c->pending.cap = need;
@@ -203,8 +286,7 @@ static void on_readable(int epfd, struct conn *c, char *buf, struct ping_out *ou
 			}
 		}
 	}
-	if (flush_pending(epfd, c) < 0 || (c->closing && c->pending.len == 0))
-		conn_free(epfd, c);
+	return 0;
 }
 
 /* Out of descriptors: the ping protocol has no error line, the client is just closed. */
@@ -240,12 +322,24 @@ static void accept_all(int epfd, struct worker *w)
 			continue;
 		}
 		c->fd = fd;
+		if (tls_ctx) {
+			c->ssl = SSL_new(tls_ctx);
+			if (!c->ssl || SSL_set_fd(c->ssl, fd) != 1) {
+				SSL_free(c->ssl);
+				atomic_fetch_sub(&open_conns, 1);
+				close(fd);
+				free(c);
+				continue;
+			}
+			SSL_set_accept_state(c->ssl);
+		}
 		c->events = EPOLLIN | EPOLLRDHUP;
 		ping_parser_init(&c->parser);
 		struct epoll_event e = { .events = c->events, .data.ptr = c };
 		if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &e) < 0) {
 			atomic_fetch_sub(&open_conns, 1);
 			close(fd);
+			SSL_free(c->ssl);
 			free(c);
 			continue;
 		}
@@ -293,8 +387,12 @@ static void *worker_main(void *arg)
 					}
 					on_readable(epfd, c, buf, &out);
 				} else if (evs[i].events & EPOLLOUT) {
-					if (flush_pending(epfd, c) < 0 || (c->closing && c->pending.len == 0))
+					if (c->tls_wants_write)
+						on_readable(epfd, c, buf, &out);
+					else if (flush_pending(epfd, c) < 0)
 						conn_free(epfd, c);
+					else if (c->closing && c->pending.len == 0)
+						conn_close(epfd, c);
 				}
 			}
 		}
@@ -320,10 +418,36 @@ static int worker_epoll(struct worker *w)
 	return 0;
 }
 
+/* The server's TLS context from --tls-cert/--tls-key: TLS 1.2 and 1.3, session tickets on
+ * (OpenSSL's default), partial writes so a reply can go out in pieces. NULL with a message
+ * on failure. */
+static SSL_CTX *tls_context(const char *cert, const char *key)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+	if (!ctx || SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1 ||
+	    SSL_CTX_use_certificate_chain_file(ctx, cert) != 1 ||
+	    SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
+	    SSL_CTX_check_private_key(ctx) != 1) {
+		char err[256];
+		ERR_error_string_n(ERR_get_error(), err, sizeof(err));
+		fprintf(stderr, "pingserver-c: TLS (--tls-cert %s --tls-key %s): %s\n", cert, key, err);
+		SSL_CTX_free(ctx);
+		return NULL;
+	}
+	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+				      SSL_MODE_RELEASE_BUFFERS);
+	return ctx;
+}
+
 int main(int argc, char **argv)
 {
 	struct ping_args a;
 	ping_args_parse(&a, argc, argv, "pingserver-c");
+	if (a.tls_cert && !(tls_ctx = tls_context(a.tls_cert, a.tls_key)))
+		return 1;
+	/* OpenSSL writes with write(2), not send(MSG_NOSIGNAL): a peer gone mid-write must not
+	 * kill the server. */
+	signal(SIGPIPE, SIG_IGN);
 	burn_ns = a.burn_ns;
 	int ncpu = ping_affinity_cpus();
 	int nthreads = a.threads > 0 ? a.threads : ncpu;
@@ -396,7 +520,8 @@ int main(int argc, char **argv)
 	}
 	for (int i = 0; i < nthreads; i++)
 		pthread_create(&ws[i].thread, NULL, worker_main, &ws[i]);
-	printf("pingserver-c: listening on %s:%d (backend epoll, %d workers)\n", a.addr, port, nthreads);
+	printf("pingserver-c: listening on %s:%d (backend epoll, %d workers%s)\n", a.addr, port, nthreads,
+	       tls_ctx ? ", TLS" : "");
 	fflush(stdout);
 
 	int sig;
@@ -414,6 +539,7 @@ int main(int argc, char **argv)
 	}
 	free(ws);
 	fd_spare_destroy(&spare);
+	SSL_CTX_free(tls_ctx);
 	fprintf(stderr, "pingserver-c: stopped\n");
 	return 0;
 }

@@ -81,6 +81,14 @@ int main(int argc, char **argv)
 	cfg.port = (uint16_t)a.port;
 	cfg.workers = (uint32_t)nthreads;
 	cfg.max_conns = (uint32_t)a.maxconn; /* -c: one limit for the process, not per worker */
+	/* TLS is the engine's: the callbacks below see plaintext either way. */
+	p99_tls_config tls = {.struct_size = sizeof tls};
+	p99_tls_config_defaults(&tls);
+	if (a.tls_cert) {
+		tls.cert_chain_file = a.tls_cert;
+		tls.key_file = a.tls_key;
+		cfg.tls = &tls;
+	}
 
 	p99_engine_callbacks cb = {.struct_size = sizeof cb};
 	p99_engine_callbacks_defaults(&cb);
@@ -91,6 +99,11 @@ int main(int argc, char **argv)
 
 	p99_engine *e = NULL;
 	p99_status st = p99_engine_start(&cfg, &cb, &e);
+	if (st == P99_STATUS_TLS_CONFIG) {
+		fprintf(stderr, "pingserver-c-p99: cannot start: %s (--tls-cert %s --tls-key %s)\n",
+			p99_status_str(st), a.tls_cert, a.tls_key);
+		return 1;
+	}
 	if (st != P99_STATUS_OK) {
 		fprintf(stderr, "pingserver-c-p99: cannot start: %s (%s)\n", p99_status_str(st),
 			p99_last_error_message());
@@ -98,8 +111,9 @@ int main(int argc, char **argv)
 	}
 	uint16_t port = 0;
 	p99_engine_port(e, &port);
-	printf("pingserver-c-p99: listening on %s:%u (backend %s, %d workers)\n", a.addr, port,
-	       p99_engine_backend() == P99_BACKEND_URING ? "io_uring" : "epoll", nthreads);
+	printf("pingserver-c-p99: listening on %s:%u (backend %s, %d workers%s)\n", a.addr, port,
+	       p99_engine_backend() == P99_BACKEND_URING ? "io_uring" : "epoll", nthreads,
+	       a.tls_cert ? ", TLS" : "");
 	fflush(stdout);
 
 	int sig;

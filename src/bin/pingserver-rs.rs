@@ -1,12 +1,15 @@
 //! pingserver-rs: the ping server (DESIGN.md "Protocols") in Rust on the p99 engine's Rust
 //! API, no C involved. Flags as memcached: -p PORT (0 = any; the chosen port is printed)
-//! -l ADDR -t THREADS (0 = one per CPU of the affinity mask) -c MAXCONN.
+//! -l ADDR -t THREADS (0 = one per CPU of the affinity mask) -c MAXCONN, and
+//! `--tls-cert FILE --tls-key FILE` to serve TLS (terminated by the engine).
 
 use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::process::exit;
 use std::time::Duration;
 
-use p99::engine::{self, ConnId, Engine, Handler, Worker};
+use p99::engine::{self, ConnId, Engine, Handler, Pem, TlsConfig, TlsSettings, Worker};
 use p99::proto::ping::{PingParser, Verdict};
 
 #[derive(Default)]
@@ -39,13 +42,14 @@ impl Handler for Ping {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: pingserver-rs [-p PORT] [-l ADDR] [-t THREADS] [-c MAXCONN]");
+    eprintln!("usage: pingserver-rs [-p PORT] [-l ADDR] [-t THREADS] [-c MAXCONN] [--tls-cert FILE --tls-key FILE]");
     exit(2);
 }
 
 fn main() {
     let mut cfg = engine::Config { port: 12321, ..Default::default() };
     let mut maxconn: usize = 65536;
+    let (mut tls_cert, mut tls_key): (Option<PathBuf>, Option<PathBuf>) = (None, None);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -55,9 +59,25 @@ fn main() {
             "-l" => cfg.addr = val.parse::<IpAddr>().unwrap_or_else(|_| usage()),
             "-t" => cfg.workers = val.parse().unwrap_or_else(|_| usage()),
             "-c" => maxconn = val.parse().unwrap_or_else(|_| usage()),
+            "--tls-cert" => tls_cert = Some(PathBuf::from(val)),
+            "--tls-key" => tls_key = Some(PathBuf::from(val)),
             _ => usage(),
         }
         i += 2;
+    }
+    match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => match TlsConfig::new(&TlsSettings::new(Pem::File(cert), Pem::File(key))) {
+            Ok(t) => cfg.tls = Some(Arc::new(t)),
+            Err(e) => {
+                eprintln!("pingserver-rs: cannot start: {e}");
+                exit(1);
+            }
+        },
+        (None, None) => {}
+        _ => {
+            eprintln!("pingserver-rs: --tls-cert and --tls-key go together");
+            exit(2);
+        }
     }
     // Block the stop signals before any worker exists, so only sigwait below sees them.
     // SAFETY: plain signal-mask calls on a local set.
@@ -72,6 +92,7 @@ fn main() {
     // -c is one limit for the process, however the kernel spreads connections over workers.
     cfg.max_conns = maxconn;
     let addr = cfg.addr;
+    let tls = if cfg.tls.is_some() { ", TLS" } else { "" };
     let eng = match Engine::start(cfg, |_| Ping::default()) {
         Ok(e) => e,
         Err(e) => {
@@ -80,7 +101,7 @@ fn main() {
         }
     };
     println!(
-        "pingserver-rs: listening on {}:{} (backend {}, {} workers)",
+        "pingserver-rs: listening on {}:{} (backend {}, {} workers{tls})",
         addr,
         eng.port(),
         eng.backend().name(),

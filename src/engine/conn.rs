@@ -8,7 +8,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Config, Error, Handler, Shared, StatCells, Task};
+use super::tls::TlsConn;
+use super::{CloseReason, Config, Error, Handler, Shared, StatCells, Task};
 
 /// A connection handle: worker index, slot and generation. The generation changes every time
 /// a slot is reused, so a handle kept after `on_close` is recognised as stale and can never
@@ -152,6 +153,10 @@ pub(crate) struct Conn {
     pub spare: Option<Vec<u8>>,
     /// Listed in `Worker::dirty`.
     pub in_dirty: bool,
+    /// The TLS session, on an engine that serves TLS.
+    pub tls: Option<Box<TlsConn>>,
+    /// The first recorded cause of the close, with detail text (the TLS error).
+    pub close_reason: Option<(CloseReason, Option<Box<str>>)>,
 }
 
 impl Conn {
@@ -171,6 +176,8 @@ impl Conn {
             stash: Vec::new(),
             spare: None,
             in_dirty: false,
+            tls: None,
+            close_reason: None,
         }
     }
 
@@ -296,6 +303,8 @@ pub struct Worker {
     pub(crate) shared: Arc<Shared>,
     pub(crate) stopping: bool,
     pub(crate) drain_deadline: Option<Instant>,
+    /// Plaintext just decrypted, before it is handed to the handler (TLS only).
+    plain: Vec<u8>,
 }
 
 pub(crate) const MAX_IOV: usize = 64;
@@ -315,6 +324,7 @@ impl Worker {
             shared,
             stopping: false,
             drain_deadline: None,
+            plain: Vec::new(),
         }
     }
 
@@ -382,7 +392,155 @@ impl Worker {
         let st = self.stats();
         StatCells::add(&st.accepted, 1);
         st.open.store(self.open as u64, Ordering::Relaxed);
+        if let Some(tls) = self.cfg.tls.clone() {
+            match TlsConn::new(&tls) {
+                Ok(t) => self.conns[slot].tls = Some(Box::new(t)),
+                Err(_) => {
+                    // rustls could not make a session (it never fails with a built
+                    // config); treat it as a refused accept.
+                    self.refuse(slot);
+                    return None;
+                }
+            }
+            let id = self.id_of(slot);
+            let timer = self.add_timer(tls.handshake_timeout, Box::new(move |w: &mut Worker| {
+                if let Ok(s) = w.slot_of(id) {
+                    if w.conns[s].tls.as_ref().is_some_and(|t| t.session.is_handshaking()) {
+                        w.fail(s, CloseReason::TlsHandshakeTimeout, None);
+                        w.begin_close(s, true);
+                    }
+                }
+            }));
+            if let Some(t) = self.conns[slot].tls.as_mut() {
+                t.deadline = Some(timer);
+            }
+        }
         Some(slot)
+    }
+
+    /// Cuts a connection whose socket failed with `errno`, recording the cause.
+    pub(crate) fn cut_on_error(&mut self, slot: usize, errno: i32) {
+        let text = (errno != 0).then(|| std::io::Error::from_raw_os_error(errno).to_string());
+        self.fail(slot, CloseReason::Io, text);
+        self.begin_close(slot, true);
+    }
+
+    /// Records why a connection is closing, unless a cause is already recorded.
+    pub(crate) fn fail(&mut self, slot: usize, reason: CloseReason, detail: Option<String>) {
+        let c = &mut self.conns[slot];
+        if c.close_reason.is_none() {
+            c.close_reason = Some((reason, detail.map(String::into_boxed_str)));
+        }
+    }
+
+    /// Why the connection is closing: [`CloseReason::Local`] when nothing else was recorded.
+    /// The text is the TLS error for the TLS reasons, and empty otherwise. Valid until
+    /// `on_close` returns.
+    pub fn close_reason(&self, conn: ConnId) -> Result<(CloseReason, &str), Error> {
+        let c = &self.conns[self.slot_of(conn)?];
+        Ok(match &c.close_reason {
+            None => (CloseReason::Local, ""),
+            Some((r, d)) => (*r, d.as_deref().unwrap_or("")),
+        })
+    }
+
+    /// Moves what rustls has ready to send (handshake messages, records, alerts) into the
+    /// connection's output queue, after everything queued before.
+    fn queue_tls_output(&mut self, slot: usize) {
+        let c = &mut self.conns[slot];
+        let Some(t) = c.tls.as_mut() else { return };
+        if !t.session.wants_write() {
+            return;
+        }
+        let extendable = c.out.len() > c.send.frozen_segs();
+        if !matches!(c.out.back(), Some(Segment::Copy(_))) || !extendable {
+            let v = c.spare.take().unwrap_or_default();
+            c.out.push_back(Segment::Copy(v));
+        }
+        let Some(Segment::Copy(v)) = c.out.back_mut() else { unreachable!("a copy segment was just ensured") };
+        let before = v.len();
+        while t.session.wants_write() {
+            // Writing into a Vec cannot fail.
+            if t.session.write_tls(v).is_err() {
+                break;
+            }
+        }
+        c.out_bytes += v.len() - before;
+        self.after_queue(slot);
+    }
+
+    /// Takes bytes received on a TLS connection: runs them through rustls, queues what it
+    /// answers, and hands the plaintext to the handler (or to the stash while paused).
+    fn tls_input<H: Handler>(&mut self, h: &mut H, slot: usize, mut input: &[u8]) {
+        while !input.is_empty() {
+            let c = &mut self.conns[slot];
+            if !c.is_open() {
+                return;
+            }
+            let Some(t) = c.tls.as_mut() else { return };
+            let handshaking = t.session.is_handshaking();
+            let read = t.session.read_tls(&mut input);
+            let processed = match read {
+                // close_notify was received: nothing after it is read.
+                Ok(0) => return,
+                Ok(_) => t.session.process_new_packets().map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let state = match processed {
+                Ok(st) => st,
+                Err(e) => {
+                    // rustls has queued the alert that tells the peer why: send it, then close.
+                    self.queue_tls_output(slot);
+                    let reason = if handshaking { CloseReason::TlsHandshake } else { CloseReason::TlsProtocol };
+                    self.fail(slot, reason, Some(e));
+                    self.begin_close_quiet(slot, false);
+                    return;
+                }
+            };
+            let mut done_now = false;
+            if !t.session.is_handshaking() {
+                if let Some(timer) = t.deadline.take() {
+                    done_now = true;
+                    self.cancel_timer(timer);
+                }
+            }
+            let c = &mut self.conns[slot];
+            let Some(t) = c.tls.as_mut() else { return };
+            let mut plain = std::mem::take(&mut self.plain);
+            plain.clear();
+            if state.plaintext_bytes_to_read() > 0 {
+                use std::io::Read;
+                // Reading from rustls's own buffer: an error is impossible while bytes are
+                // there, and the loop ends when they are all taken.
+                let _ = t.session.reader().read_to_end(&mut plain);
+            }
+            if state.peer_has_closed() {
+                t.peer_closed = true;
+                c.eof = true;
+                self.mark_dirty(slot);
+            }
+            self.queue_tls_output(slot);
+            if done_now {
+                self.answer_held_cookies(h, slot);
+            }
+            if !plain.is_empty() {
+                deliver_plain(self, h, slot, &plain);
+            }
+            if plain.capacity() <= 64 * 1024 {
+                self.plain = plain;
+            }
+        }
+    }
+
+    /// After the handshake: borrowed sends made during it are answered, their plaintext
+    /// having been encrypted into the queue by now; each answer is queued in order behind it.
+    fn answer_held_cookies<H: Handler>(&mut self, _h: &mut H, slot: usize) {
+        let c = &mut self.conns[slot];
+        let Some(t) = c.tls.as_mut() else { return };
+        for ck in std::mem::take(&mut t.held_cookies) {
+            c.out.push_back(Segment::Borrowed { ptr: std::ptr::null(), len: 0, cookie: Some(ck) });
+        }
+        self.mark_dirty(slot);
     }
 
     /// Undoes `insert` for a connection the handler refused: closes the fd at once.
@@ -417,6 +575,14 @@ impl Worker {
         if data.is_empty() {
             return Ok(());
         }
+        if let Some(t) = c.tls.as_mut() {
+            use std::io::Write;
+            // With no buffer limit rustls takes every byte (encrypted now, or held until the
+            // handshake is done).
+            t.session.writer().write_all(data).map_err(Error::Io)?;
+            self.queue_tls_output(slot);
+            return Ok(());
+        }
         let extendable = c.out.len() > c.send.frozen_segs();
         match c.out.back_mut() {
             Some(Segment::Copy(v)) if extendable => v.extend_from_slice(data),
@@ -442,6 +608,27 @@ impl Worker {
         let c = &mut self.conns[slot];
         if !c.is_open() {
             return Err(Error::Closed);
+        }
+        if let Some(t) = c.tls.as_mut() {
+            use std::io::Write;
+            for v in iov.iter().filter(|v| v.iov_len > 0) {
+                // SAFETY: the caller guarantees each iovec describes readable memory for the
+                // duration of the send; it is read once, here, and encrypted into the queue.
+                let bytes = unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
+                t.session.writer().write_all(bytes).map_err(Error::Io)?;
+            }
+            if t.session.is_handshaking() {
+                t.held_cookies.push(cookie);
+                self.queue_tls_output(slot);
+            } else {
+                self.queue_tls_output(slot);
+                // The caller's memory is no longer used; the answer comes once the ciphertext
+                // before it is on the socket, so `sent` keeps its meaning.
+                let c = &mut self.conns[slot];
+                c.out.push_back(Segment::Borrowed { ptr: std::ptr::null(), len: 0, cookie: Some(cookie) });
+                self.mark_dirty(slot);
+            }
+            return Ok(());
         }
         let mut total = 0usize;
         for (i, v) in iov.iter().enumerate() {
@@ -501,6 +688,26 @@ impl Worker {
     /// otherwise Open -> Draining, with a linger timer that cuts it if its queued output is
     /// not sent in time. A connection already further along is left as it is.
     pub(crate) fn begin_close(&mut self, slot: usize, abort: bool) {
+        if !abort {
+            self.send_close_notify(slot);
+        }
+        self.begin_close_quiet(slot, abort);
+    }
+
+    /// Queues TLS close_notify on an open TLS connection (no-op otherwise).
+    fn send_close_notify(&mut self, slot: usize) {
+        let c = &mut self.conns[slot];
+        if c.life != Life::Open {
+            return;
+        }
+        if let Some(t) = c.tls.as_mut() {
+            t.session.send_close_notify();
+            self.queue_tls_output(slot);
+        }
+    }
+
+    /// `begin_close` without TLS close_notify (after a TLS error, whose alert is queued).
+    fn begin_close_quiet(&mut self, slot: usize, abort: bool) {
         let c = &mut self.conns[slot];
         match (c.life, abort) {
             (Life::Open | Life::Draining, true) => c.life = Life::Aborting,
@@ -630,6 +837,9 @@ impl Worker {
         self.drain_deadline = Some(Instant::now() + drain);
         for slot in 0..self.conns.len() {
             if self.conns[slot].is_live() {
+                if !drain.is_zero() {
+                    self.send_close_notify(slot);
+                }
                 // Draining has no linger timer here: the drain deadline bounds it.
                 let c = &mut self.conns[slot];
                 if drain.is_zero() {
@@ -661,9 +871,19 @@ impl Worker {
     }
 }
 
-/// Delivers input to the handler, or keeps it for later when receiving is paused.
+/// Delivers received bytes to the handler (through TLS on a TLS connection), or keeps them
+/// for later when receiving is paused.
 pub(crate) fn deliver<H: Handler>(w: &mut Worker, h: &mut H, slot: usize, data: &[u8]) {
     StatCells::add(&w.stats().bytes_in, data.len() as u64);
+    if w.conns[slot].tls.is_some() {
+        w.tls_input(h, slot, data);
+        return;
+    }
+    deliver_plain(w, h, slot, data);
+}
+
+/// Delivers plaintext to the handler, or keeps it for later when receiving is paused.
+fn deliver_plain<H: Handler>(w: &mut Worker, h: &mut H, slot: usize, data: &[u8]) {
     let c = &mut w.conns[slot];
     if !c.is_open() {
         return;
@@ -720,6 +940,18 @@ pub(crate) fn next_dirty<H: Handler>(w: &mut Worker, h: &mut H) -> Option<usize>
         let c = &w.conns[slot];
         if c.eof && c.stash.is_empty() && c.is_open() {
             // Half-close from the peer: answer what was asked, then close.
+            let reason = match &c.tls {
+                None => CloseReason::PeerClosed,
+                Some(t) if t.peer_closed => CloseReason::PeerClosed,
+                Some(t) if t.session.is_handshaking() => CloseReason::TlsHandshake,
+                Some(_) => CloseReason::TlsTruncated,
+            };
+            let detail = match reason {
+                CloseReason::TlsHandshake => Some("peer closed the connection during the handshake".to_string()),
+                CloseReason::TlsTruncated => Some("peer closed the connection without close_notify".to_string()),
+                _ => None,
+            };
+            w.fail(slot, reason, detail);
             w.begin_close(slot, false);
         }
         return Some(slot);
@@ -781,6 +1013,7 @@ pub(crate) fn finalize<H: Handler>(w: &mut Worker, h: &mut H, slot: usize) {
     let in_kernel = c.send.frozen_segs();
     c.send = SendOp::Idle;
     let mut cookies: Vec<u64> = Vec::new();
+    let held = c.tls.as_mut().map(|t| std::mem::take(&mut t.held_cookies)).unwrap_or_default();
     for (i, seg) in c.out.drain(..).enumerate() {
         if i < in_kernel {
             std::mem::forget(seg);
@@ -788,6 +1021,7 @@ pub(crate) fn finalize<H: Handler>(w: &mut Worker, h: &mut H, slot: usize) {
             cookies.push(ck);
         }
     }
+    cookies.extend(held);
     c.out_bytes = 0;
     if fd >= 0 {
         // SAFETY: the fd was accepted by this worker and is closed exactly once, here, after

@@ -232,7 +232,7 @@ impl Loop {
         if !w.conns[slot].wants_read() {
             if mask & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
                 // Not reading, but the socket is dead: level-triggered HUP would spin.
-                w.begin_close(slot, true);
+                w.cut_on_error(slot, 0);
             }
             return;
         }
@@ -248,7 +248,7 @@ impl Loop {
         } else {
             let e = io::Error::last_os_error().raw_os_error().unwrap_or(0);
             if e != libc::EAGAIN && e != libc::EINTR {
-                w.begin_close(slot, true);
+                w.cut_on_error(slot, e);
             }
         }
     }
@@ -281,7 +281,7 @@ impl Loop {
                 if n < 0 {
                     let e = io::Error::last_os_error().raw_os_error().unwrap_or(0);
                     if e != libc::EAGAIN && e != libc::EINTR {
-                        w.begin_close(slot, true);
+                        w.cut_on_error(slot, e);
                     }
                     break;
                 }

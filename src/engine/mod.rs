@@ -11,6 +11,7 @@ mod conn;
 mod epoll;
 pub mod probe;
 mod sys;
+mod tls;
 mod uring;
 
 use std::fmt;
@@ -27,6 +28,7 @@ use parking_lot::Mutex;
 
 pub use conn::{is_current_worker, ConnId, TimerId, Worker};
 pub use probe::Backend;
+pub use tls::{Pem, TlsConfig, TlsSettings, TlsVersion};
 
 /// Number of CPUs in the calling thread's affinity mask: the default worker count.
 pub fn probe_cpus() -> usize {
@@ -73,6 +75,9 @@ pub struct Config {
     /// Backend for this engine; `None` (the default) uses the process-wide choice of
     /// [`probe::backend`] (probe, or `P99_BACKEND`).
     pub backend: Option<Backend>,
+    /// Serve TLS on every connection of this engine (`None`, the default: plaintext). The
+    /// handshake and record layer run in the worker: handlers see and send plaintext.
+    pub tls: Option<Arc<TlsConfig>>,
 }
 
 impl Default for Config {
@@ -92,6 +97,7 @@ impl Default for Config {
             backlog: 1024,
             tcp_nodelay: true,
             backend: None,
+            tls: None,
         }
     }
 }
@@ -111,6 +117,9 @@ pub enum Error {
     Unsupported(String),
     /// A system call failed.
     Io(io::Error),
+    /// The TLS configuration could not be built (certificate, key or CA unreadable or
+    /// unusable); the text says which and why.
+    Tls(String),
 }
 
 impl fmt::Display for Error {
@@ -122,6 +131,7 @@ impl fmt::Display for Error {
             Error::WrongThread => f.write_str("called from a thread that does not own the object"),
             Error::Unsupported(why) => write!(f, "unsupported: {why}"),
             Error::Io(e) => write!(f, "{e}"),
+            Error::Tls(why) => write!(f, "TLS configuration: {why}"),
         }
     }
 }
@@ -170,6 +180,29 @@ pub trait Handler {
     fn on_close(&mut self, _w: &mut Worker, _conn: ConnId) {}
     /// The worker's loop has ended (every connection is closed).
     fn on_worker_stop(&mut self, _w: &mut Worker) {}
+}
+
+/// Why a connection closed, as [`Worker::close_reason`] tells it (during `on_close`, or
+/// before it once the connection is closing). The first cause recorded is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The application closed it, or the engine stopped.
+    Local,
+    /// The peer ended the stream (TCP FIN; over TLS, after its close_notify).
+    PeerClosed,
+    /// The socket failed (connection reset, a send or receive error).
+    Io,
+    /// The TLS handshake failed: the peer sent something that is not TLS, no common version
+    /// or cipher suite, a missing or rejected client certificate, a fatal alert, or the peer
+    /// left during the handshake.
+    TlsHandshake,
+    /// The TLS handshake did not finish within the configured deadline.
+    TlsHandshakeTimeout,
+    /// After the handshake, the TLS record layer failed: a malformed, oversized or
+    /// undecryptable record, or a fatal alert from the peer.
+    TlsProtocol,
+    /// The peer closed the TCP stream without TLS close_notify (possibly mid-record).
+    TlsTruncated,
 }
 
 /// Counters of one worker, as read by [`Engine::stats`].

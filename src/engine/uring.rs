@@ -425,7 +425,7 @@ impl Loop {
                         conn::sent(w, h, slot, res as usize);
                     } else {
                         w.conns[slot].send = SendOp::Idle;
-                        w.begin_close(slot, true);
+                        w.cut_on_error(slot, -res);
                     }
                 }
                 Op::Cancel => self.inflight -= 1,
@@ -574,7 +574,7 @@ impl Loop {
                 StatCells::add(&w.stats().bufring_empty, 1);
             }
             libc::ECANCELED => {}
-            _ => w.begin_close(slot, true),
+            e => w.cut_on_error(slot, e),
         }
     }
 }

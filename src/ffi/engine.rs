@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use super::boundary::{c_arg, guard, guard_or, struct_size, CResult, Failure, Handle, Versioned};
 use super::status::p99_status;
+use super::tls::{p99_close_reason, p99_tls_config};
 use crate::engine::{self, Backend, ConnId, Engine, Handler, TimerId, Worker};
 
 /// A running engine: worker threads, each with its own listener and event loop. Create with
@@ -98,6 +99,10 @@ pub struct p99_engine_config {
     /// closed at accept, whichever worker they reach. Default 65536. A caller built against a header
     /// without this field (its `struct_size` ends before it) gets the default.
     pub max_conns: u32,
+    /// Serve TLS on every connection with these settings (see `p99_tls_config`); callbacks
+    /// then see and send plaintext. NULL (default): plaintext. Borrowed until
+    /// `p99_engine_start` returns. A caller whose `struct_size` ends before it gets NULL.
+    pub tls: *const p99_tls_config,
 }
 
 /// Callbacks and the user pointer passed to each. Zero-fill with `struct_size` set (or set
@@ -193,6 +198,7 @@ impl Default for p99_engine_config {
             close_linger_ms: d.close_linger.as_millis() as u32,
             backlog: d.backlog,
             max_conns: d.max_conns as u32,
+            tls: std::ptr::null(),
         }
     }
 }
@@ -336,7 +342,9 @@ pub unsafe extern "C" fn p99_engine_callbacks_defaults(callbacks: *mut p99_engin
 /// return (the callbacks are copied). Errors: NULL pointer, `P99_STATUS_INVALID_ARGUMENT`
 /// (bad `struct_size`, bad address, out-of-range value, `on_data` NULL),
 /// `P99_STATUS_UNSUPPORTED` (P99_BACKEND forces an unavailable backend), or the status of the
-/// failed system call (e.g. `P99_STATUS_IO_ERROR` with errno EADDRINUSE). Thread-safe.
+/// failed system call (e.g. `P99_STATUS_IO_ERROR` with errno EADDRINUSE), and with `tls` set,
+/// `P99_STATUS_TLS_CONFIG` (a certificate, key or CA file unreadable or unusable, or a key
+/// that does not match the certificate; `p99_last_error_message()` says which). Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_engine_start(
     config: *const p99_engine_config,
@@ -374,6 +382,7 @@ pub unsafe extern "C" fn p99_engine_start(
             backlog: c.backlog,
             tcp_nodelay: c.tcp_nodelay,
             backend: None,
+            tls: super::tls::load(c.tls)?,
         };
         let shared = Callbacks { cb };
         let inner = Engine::start(cfg, move |_| {
@@ -624,6 +633,42 @@ pub unsafe extern "C" fn p99_worker_conn_user(worker: *mut p99_worker, conn: p99
         let out = c_arg!(out out)?;
         let u = w.user(ConnId::from_raw(conn))?;
         out.write(u as *mut c_void);
+        Ok(())
+    })
+}
+
+/// Why `conn` is closing: call it in `on_close` (or once the connection is closing). Writes
+/// the reason to `*out_reason`; with `detail` non-NULL, also up to `detail_cap - 1` bytes of
+/// the explanation (the TLS or socket error; "" when there is none) followed by a NUL, and
+/// the full length of the explanation (without the NUL) to `*out_detail_len` when that is
+/// non-NULL. A connection still open reports `P99_CLOSE_REASON_LOCAL`. Errors: NULL
+/// `out_reason`, NULL `detail` with `detail_cap` > 0, WRONG_THREAD, STALE_HANDLE (after
+/// `on_close` returned). Worker thread only.
+#[no_mangle]
+pub unsafe extern "C" fn p99_worker_conn_close_reason(
+    worker: *mut p99_worker,
+    conn: p99_conn,
+    out_reason: *mut p99_close_reason,
+    detail: *mut c_char,
+    detail_cap: usize,
+    out_detail_len: *mut usize,
+) -> p99_status {
+    guard(|| -> CResult {
+        let w = worker_from(worker)?;
+        let out = c_arg!(out out_reason)?;
+        let buf = c_arg!(slice_mut detail, detail_cap)?;
+        let (reason, text) = w.close_reason(ConnId::from_raw(conn))?;
+        if let Some(last) = buf.len().checked_sub(1) {
+            let n = text.len().min(last);
+            for (d, s) in buf[..n].iter_mut().zip(text.as_bytes()) {
+                *d = *s as c_char;
+            }
+            buf[n] = 0;
+        }
+        if let Some(len) = c_arg!(opt_out out_detail_len) {
+            len.write(text.len());
+        }
+        out.write(reason.into());
         Ok(())
     })
 }

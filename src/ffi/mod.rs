@@ -12,5 +12,6 @@ pub mod boundary;
 pub mod cache;
 pub mod engine;
 pub mod status;
+pub mod tls;
 pub mod version;
 pub mod xdp;

@@ -83,6 +83,10 @@ pub enum p99_status {
     PermissionDenied = 20,
     /// The named device or queue does not exist.
     NoDevice = 21,
+    /// The engine's TLS configuration could not be used: a certificate, key or CA file is
+    /// unreadable or not PEM, the key does not match the certificate, or a TLS setting is
+    /// out of range.
+    TlsConfig = 48,
 }
 
 // The text of each status, and with it the list `from_u32` searches. The match in
@@ -111,6 +115,7 @@ status_texts! {
     TimedOut => "timed out",
     PermissionDenied => "permission denied",
     NoDevice => "no such device or queue",
+    TlsConfig => "TLS configuration unusable (certificate, key or CA)",
 }
 
 impl p99_status {
@@ -158,6 +163,7 @@ impl From<engine::Error> for Failure {
             engine::Error::WrongThread => p99_status::WrongThread.into(),
             engine::Error::Unsupported(_) => Failure::new(p99_status::Unsupported, e.to_string()),
             engine::Error::Io(err) => Failure::new(p99_status::from_io_error(err), e.to_string()),
+            engine::Error::Tls(_) => Failure::new(p99_status::TlsConfig, e.to_string()),
         }
     }
 }
