@@ -28,9 +28,9 @@ SONAME_VERSION := $(if $(filter 0,$(V_MAJOR)),0.$(V_MINOR),$(V_MAJOR))
 CBINDGEN_VERSION := 0.29.0
 CARGO_FUZZ_VERSION := 0.13.1
 
-DEB_PACKAGES := build-essential cmake pkg-config clang libclang-dev memcached libmemcached-tools \
-	python3 python3-pymemcache valgrind bpftool iproute2 ethtool binutils iputils-ping nutcracker \
-	libssl-dev openssl
+DEB_PACKAGES := build-essential cmake pkg-config clang clang-format libclang-dev memcached \
+	libmemcached-tools python3 python3-pymemcache valgrind bpftool iproute2 ethtool binutils \
+	iputils-ping nutcracker libssl-dev openssl
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
@@ -58,6 +58,10 @@ deps:
 	  echo "make deps: installing cbindgen $(CBINDGEN_VERSION)"; \
 	  $(CARGO) install cbindgen --version $(CBINDGEN_VERSION) --locked --quiet; \
 	fi
+	@for c in rustfmt clippy; do \
+	  rustup component list --installed 2>/dev/null | grep -q "^$$c" || { \
+	    echo "make deps: adding the $$c component"; rustup component add $$c; }; \
+	done
 	@$(MAKE) --no-print-directory fuzz-deps
 
 # The fuzz targets build with cargo-fuzz (pinned) on the nightly toolchain.
@@ -127,7 +131,8 @@ header:
 # --- tests ------------------------------------------------------------------------------------
 
 # Module test targets append themselves to TESTS below.
-TESTS := test-rust check-header check-abi test-c test-valgrind test-tsan test-consumer
+TESTS := check-format clippy test-rust check-header check-abi test-c test-valgrind test-tsan \
+	test-consumer
 TESTS += test-cache
 TESTS += test-mcserver
 TESTS += test-engine test-mcserver-uring
@@ -144,6 +149,25 @@ test: deps
 # unit tests, p99-xdp-load's.
 test-rust:
 	$(CARGO) test --release --no-fail-fast --workspace
+
+# Gates: rustfmt (rustfmt.toml) on every Rust crate, clang-format (.clang-format) on the C
+# sources, clippy with warnings as errors on every workspace target. `make format` applies
+# both formatters.
+C_SOURCES = $(shell git ls-files 'c-examples/*.[ch]' 'c-tests/*.[ch]' 'fuzz/c/*.[ch]' 'benches/*.[ch]')
+RUST_MANIFESTS := Cargo.toml benches/storebench/Cargo.toml fuzz/Cargo.toml
+.PHONY: check-format format clippy
+check-format:
+	@for m in $(RUST_MANIFESTS); do $(CARGO) fmt --manifest-path $$m --all -- --check >/dev/null || \
+	  { echo "check-format: $$m: cargo fmt would change files (run 'make format')"; \
+	    $(CARGO) fmt --manifest-path $$m --all -- --check | head -40; exit 1; }; done
+	@bad=$$(for f in $(C_SOURCES); do clang-format --dry-run -Werror $$f >/dev/null 2>&1 || echo $$f; done); \
+	if [ -n "$$bad" ]; then echo "check-format: clang-format would change:" $$bad "(run 'make format')"; exit 1; fi
+	@echo "check-format: Rust and C sources formatted"
+format:
+	@for m in $(RUST_MANIFESTS); do $(CARGO) fmt --manifest-path $$m --all; done
+	clang-format -i $(C_SOURCES)
+clippy:
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 check-header:
 	@tmp=$$(mktemp); log=$$(mktemp); \

@@ -5,11 +5,8 @@
 fn main() {
     let major = std::env::var("CARGO_PKG_VERSION_MAJOR").unwrap();
     let minor = std::env::var("CARGO_PKG_VERSION_MINOR").unwrap();
-    let soname = if major == "0" {
-        format!("libp99.so.0.{minor}")
-    } else {
-        format!("libp99.so.{major}")
-    };
+    let soname =
+        if major == "0" { format!("libp99.so.0.{minor}") } else { format!("libp99.so.{major}") };
     println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,{soname}");
     println!("cargo:rerun-if-changed=build.rs");
 }

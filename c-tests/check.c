@@ -14,8 +14,8 @@ void check_fail(const char *file, int line, const char *what)
 
 void check_fail_status(const char *file, int line, const char *expr, uint32_t got, uint32_t want)
 {
-	fprintf(stderr, "%s:%d: %s returned %u (%s), expected %u (%s)\n", file, line, expr,
-		got, p99_status_str(got), want, p99_status_str(want));
+	fprintf(stderr, "%s:%d: %s returned %u (%s), expected %u (%s)\n", file, line, expr, got,
+		p99_status_str(got), want, p99_status_str(want));
 	check_failures++;
 }
 

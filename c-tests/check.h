@@ -21,19 +21,27 @@ int check_wait_for(_Atomic int *v, int want);
 /* Prints a summary and returns the process exit code (0 when every check passed). */
 int check_done(const char *test_name);
 
-#define CHECK(cond) \
-	do { if (!(cond)) check_fail(__FILE__, __LINE__, #cond); } while (0)
+#define CHECK(cond)                                                                                \
+	do {                                                                                       \
+		if (!(cond))                                                                       \
+			check_fail(__FILE__, __LINE__, #cond);                                     \
+	} while (0)
 
 /* CHECK_STATUS(call, P99_STATUS_X): the call must return exactly that status. */
-#define CHECK_STATUS(call, want) \
-	do { uint32_t got_ = (uint32_t)(call); \
-	     if (got_ != (uint32_t)(want)) check_fail_status(__FILE__, __LINE__, #call, got_, (uint32_t)(want)); \
+#define CHECK_STATUS(call, want)                                                                   \
+	do {                                                                                       \
+		uint32_t got_ = (uint32_t)(call);                                                  \
+		if (got_ != (uint32_t)(want))                                                      \
+			check_fail_status(__FILE__, __LINE__, #call, got_, (uint32_t)(want));      \
 	} while (0)
 
 #define CHECK_OK(call) CHECK_STATUS(call, P99_STATUS_OK)
 
-#define CHECK_EQ(a, b) \
-	do { long long a_ = (long long)(a), b_ = (long long)(b); \
-	     if (a_ != b_) check_fail_int(__FILE__, __LINE__, #a " == " #b, a_, b_); } while (0)
+#define CHECK_EQ(a, b)                                                                             \
+	do {                                                                                       \
+		long long a_ = (long long)(a), b_ = (long long)(b);                                \
+		if (a_ != b_)                                                                      \
+			check_fail_int(__FILE__, __LINE__, #a " == " #b, a_, b_);                  \
+	} while (0)
 
 #endif

@@ -11,7 +11,7 @@
 
 static p99_cache *new_cache(int cas, uint32_t eviction)
 {
-	p99_cache_config cfg = {.struct_size = sizeof cfg};
+	p99_cache_config cfg = { .struct_size = sizeof cfg };
 	CHECK_OK(p99_cache_config_defaults(&cfg));
 	cfg.heap_bytes = 4u << 20;
 	cfg.segment_bytes = 64u << 10;
@@ -54,7 +54,7 @@ static void expect_value(p99_cache *c, const char *k, const char *want)
 
 static void test_config_and_lifecycle(void)
 {
-	p99_cache_config cfg = {.struct_size = sizeof cfg};
+	p99_cache_config cfg = { .struct_size = sizeof cfg };
 	CHECK_STATUS(p99_cache_config_defaults(NULL), P99_STATUS_NULL_PARAMETER);
 	CHECK_OK(p99_cache_config_defaults(&cfg));
 	CHECK_EQ(cfg.struct_size, sizeof(cfg));
@@ -113,7 +113,8 @@ static void test_null_handles(void)
 	CHECK_STATUS(p99_cache_reserve(c, k, 1, 1, 0, 0, NULL), P99_STATUS_NULL_PARAMETER);
 	CHECK_STATUS(p99_cache_reservation_write(NULL, k, 1), P99_STATUS_NULL_PARAMETER);
 	CHECK_STATUS(p99_cache_reservation_advance(NULL, 1), P99_STATUS_NULL_PARAMETER);
-	CHECK_STATUS(p99_cache_commit(c, NULL, P99_CACHE_MODE_SET, 0, NULL), P99_STATUS_NULL_PARAMETER);
+	CHECK_STATUS(p99_cache_commit(c, NULL, P99_CACHE_MODE_SET, 0, NULL),
+		     P99_STATUS_NULL_PARAMETER);
 	CHECK_STATUS(p99_cache_cancel(NULL), P99_STATUS_NULL_PARAMETER);
 	CHECK_STATUS(p99_cache_store(NULL, k, 1, k, 1, 0, 0, P99_CACHE_MODE_SET, 0, NULL),
 		     P99_STATUS_NULL_PARAMETER);
@@ -173,7 +174,8 @@ static void test_bad_keys_and_sizes(void)
 	CHECK_EQ(it.value_len, fit);
 	CHECK_OK(p99_cache_item_release(c, &it));
 	free(big);
-	CHECK_STATUS(p99_cache_store(c, key, 1, key, 1, 0, 0, 99, 0, NULL), P99_STATUS_INVALID_ARGUMENT);
+	CHECK_STATUS(p99_cache_store(c, key, 1, key, 1, 0, 0, 99, 0, NULL),
+		     P99_STATUS_INVALID_ARGUMENT);
 	CHECK_OK(p99_cache_free(c));
 }
 
@@ -189,7 +191,8 @@ static void test_two_phase_write(void)
 	CHECK_OK(p99_cache_reservation_write(&r, (const uint8_t *)"hello", 5));
 	memcpy(r.value + 5, " wo", 3);
 	CHECK_OK(p99_cache_reservation_advance(&r, 3));
-	CHECK_STATUS(p99_cache_reservation_write(&r, (const uint8_t *)"rldX", 4), P99_STATUS_INVALID_STATE);
+	CHECK_STATUS(p99_cache_reservation_write(&r, (const uint8_t *)"rldX", 4),
+		     P99_STATUS_INVALID_STATE);
 	CHECK_STATUS(p99_cache_reservation_advance(&r, 4), P99_STATUS_INVALID_STATE);
 	CHECK_OK(p99_cache_reservation_write(&r, (const uint8_t *)"rld", 3));
 	CHECK_OK(p99_cache_commit(c, &r, P99_CACHE_MODE_SET, 0, &cas));
@@ -198,14 +201,17 @@ static void test_two_phase_write(void)
 	expect_value(c, "k1", "hello world");
 
 	/* A second commit or a cancel of the consumed struct is a clear error. */
-	CHECK_STATUS(p99_cache_commit(c, &r, P99_CACHE_MODE_SET, 0, NULL), P99_STATUS_INVALID_STATE);
+	CHECK_STATUS(p99_cache_commit(c, &r, P99_CACHE_MODE_SET, 0, NULL),
+		     P99_STATUS_INVALID_STATE);
 	CHECK_STATUS(p99_cache_cancel(&r), P99_STATUS_INVALID_STATE);
-	CHECK_STATUS(p99_cache_reservation_write(&r, (const uint8_t *)"x", 1), P99_STATUS_INVALID_STATE);
+	CHECK_STATUS(p99_cache_reservation_write(&r, (const uint8_t *)"x", 1),
+		     P99_STATUS_INVALID_STATE);
 
 	/* Commit before the value is complete: refused, reservation consumed, nothing stored. */
 	CHECK_OK(p99_cache_reserve(c, (const uint8_t *)"k2", 2, 4, 0, 0, &r));
 	CHECK_OK(p99_cache_reservation_write(&r, (const uint8_t *)"ab", 2));
-	CHECK_STATUS(p99_cache_commit(c, &r, P99_CACHE_MODE_SET, 0, NULL), P99_STATUS_INVALID_STATE);
+	CHECK_STATUS(p99_cache_commit(c, &r, P99_CACHE_MODE_SET, 0, NULL),
+		     P99_STATUS_INVALID_STATE);
 	CHECK(r.state == NULL);
 	expect_value(c, "k2", NULL);
 
@@ -228,7 +234,8 @@ static void test_two_phase_write(void)
 	/* A reservation of another cache is refused (and consumed). */
 	p99_cache *other = new_cache(1, P99_CACHE_EVICTION_FIFO);
 	CHECK_OK(p99_cache_reserve(other, (const uint8_t *)"x", 1, 0, 0, 0, &r));
-	CHECK_STATUS(p99_cache_commit(c, &r, P99_CACHE_MODE_SET, 0, NULL), P99_STATUS_INVALID_ARGUMENT);
+	CHECK_STATUS(p99_cache_commit(c, &r, P99_CACHE_MODE_SET, 0, NULL),
+		     P99_STATUS_INVALID_ARGUMENT);
 	CHECK(r.state == NULL);
 	CHECK_OK(p99_cache_free(other));
 	CHECK_OK(p99_cache_free(c));
@@ -239,15 +246,23 @@ static void test_modes(void)
 	p99_cache *c = new_cache(1, P99_CACHE_EVICTION_MERGE);
 	const uint8_t *k = (const uint8_t *)"m";
 	uint64_t cas1 = 0, cas2 = 0;
-	CHECK_STATUS(p99_cache_store(c, k, 1, k, 1, 0, 0, P99_CACHE_MODE_REPLACE, 0, NULL), P99_STATUS_NOT_STORED);
-	CHECK_STATUS(p99_cache_store(c, k, 1, k, 1, 0, 0, P99_CACHE_MODE_APPEND, 0, NULL), P99_STATUS_NOT_STORED);
-	CHECK_STATUS(p99_cache_store(c, k, 1, k, 1, 0, 0, P99_CACHE_MODE_PREPEND, 0, NULL), P99_STATUS_NOT_STORED);
-	CHECK_STATUS(p99_cache_store(c, k, 1, k, 1, 0, 0, P99_CACHE_MODE_CAS, 1, NULL), P99_STATUS_NOT_FOUND);
-	CHECK_OK(p99_cache_store(c, k, 1, (const uint8_t *)"mid", 3, 5, 0, P99_CACHE_MODE_ADD, 0, &cas1));
-	CHECK_STATUS(p99_cache_store(c, k, 1, k, 1, 0, 0, P99_CACHE_MODE_ADD, 0, NULL), P99_STATUS_NOT_STORED);
-	CHECK_OK(p99_cache_store(c, k, 1, (const uint8_t *)">", 1, 99, 0, P99_CACHE_MODE_APPEND, 0, &cas2));
+	CHECK_STATUS(p99_cache_store(c, k, 1, k, 1, 0, 0, P99_CACHE_MODE_REPLACE, 0, NULL),
+		     P99_STATUS_NOT_STORED);
+	CHECK_STATUS(p99_cache_store(c, k, 1, k, 1, 0, 0, P99_CACHE_MODE_APPEND, 0, NULL),
+		     P99_STATUS_NOT_STORED);
+	CHECK_STATUS(p99_cache_store(c, k, 1, k, 1, 0, 0, P99_CACHE_MODE_PREPEND, 0, NULL),
+		     P99_STATUS_NOT_STORED);
+	CHECK_STATUS(p99_cache_store(c, k, 1, k, 1, 0, 0, P99_CACHE_MODE_CAS, 1, NULL),
+		     P99_STATUS_NOT_FOUND);
+	CHECK_OK(p99_cache_store(c, k, 1, (const uint8_t *)"mid", 3, 5, 0, P99_CACHE_MODE_ADD, 0,
+				 &cas1));
+	CHECK_STATUS(p99_cache_store(c, k, 1, k, 1, 0, 0, P99_CACHE_MODE_ADD, 0, NULL),
+		     P99_STATUS_NOT_STORED);
+	CHECK_OK(p99_cache_store(c, k, 1, (const uint8_t *)">", 1, 99, 0, P99_CACHE_MODE_APPEND, 0,
+				 &cas2));
 	CHECK(cas2 != cas1);
-	CHECK_OK(p99_cache_store(c, k, 1, (const uint8_t *)"<", 1, 99, 0, P99_CACHE_MODE_PREPEND, 0, NULL));
+	CHECK_OK(p99_cache_store(c, k, 1, (const uint8_t *)"<", 1, 99, 0, P99_CACHE_MODE_PREPEND, 0,
+				 NULL));
 	p99_cache_item it;
 	CHECK_OK(p99_cache_get(c, k, 1, &it));
 	CHECK_EQ(it.value_len, 5);
@@ -255,10 +270,13 @@ static void test_modes(void)
 	CHECK_EQ(it.flags, 5); /* append/prepend keep the item's flags */
 	uint64_t cur = it.cas;
 	CHECK_OK(p99_cache_item_release(c, &it));
-	CHECK_STATUS(p99_cache_store(c, k, 1, k, 1, 0, 0, P99_CACHE_MODE_CAS, cur + 1, NULL), P99_STATUS_EXISTS);
-	CHECK_OK(p99_cache_store(c, k, 1, (const uint8_t *)"new", 3, 0, 0, P99_CACHE_MODE_CAS, cur, &cas1));
+	CHECK_STATUS(p99_cache_store(c, k, 1, k, 1, 0, 0, P99_CACHE_MODE_CAS, cur + 1, NULL),
+		     P99_STATUS_EXISTS);
+	CHECK_OK(p99_cache_store(c, k, 1, (const uint8_t *)"new", 3, 0, 0, P99_CACHE_MODE_CAS, cur,
+				 &cas1));
 	CHECK(cas1 != cur);
-	CHECK_STATUS(p99_cache_store(c, k, 1, k, 1, 0, 0, P99_CACHE_MODE_CAS, cur, NULL), P99_STATUS_EXISTS);
+	CHECK_STATUS(p99_cache_store(c, k, 1, k, 1, 0, 0, P99_CACHE_MODE_CAS, cur, NULL),
+		     P99_STATUS_EXISTS);
 	CHECK_OK(p99_cache_store(c, k, 1, k, 1, 0, 0, P99_CACHE_MODE_REPLACE, 0, NULL));
 	CHECK_OK(p99_cache_delete(c, k, 1));
 	CHECK_STATUS(p99_cache_delete(c, k, 1), P99_STATUS_NOT_FOUND);
@@ -271,7 +289,8 @@ static void test_modes(void)
 	CHECK_OK(p99_cache_get(c, k, 1, &it));
 	CHECK_EQ(it.cas, 0);
 	CHECK_OK(p99_cache_item_release(c, &it));
-	CHECK_STATUS(p99_cache_store(c, k, 1, k, 1, 0, 0, P99_CACHE_MODE_CAS, 0, NULL), P99_STATUS_EXISTS);
+	CHECK_STATUS(p99_cache_store(c, k, 1, k, 1, 0, 0, P99_CACHE_MODE_CAS, 0, NULL),
+		     P99_STATUS_EXISTS);
 	CHECK_OK(p99_cache_free(c));
 }
 
@@ -345,12 +364,13 @@ static void test_expiry_touch_and_clock(void)
 	CHECK_EQ(it.expiry, T0 + 60);
 	CHECK_EQ(it.value_len, 2);
 	CHECK_OK(p99_cache_item_release(c, &it));
-	CHECK_STATUS(p99_cache_get_and_touch(c, (const uint8_t *)"zz", 2, 0, &it), P99_STATUS_NOT_FOUND);
+	CHECK_STATUS(p99_cache_get_and_touch(c, (const uint8_t *)"zz", 2, 0, &it),
+		     P99_STATUS_NOT_FOUND);
 	CHECK_OK(p99_cache_set_time(c, T0 + 60));
 	expect_value(c, "t", NULL);
 
 	/* A system-clock cache refuses set_time. */
-	p99_cache_config cfg = {.struct_size = sizeof cfg};
+	p99_cache_config cfg = { .struct_size = sizeof cfg };
 	p99_cache *sys = NULL;
 	CHECK_OK(p99_cache_config_defaults(&cfg));
 	CHECK_OK(p99_cache_new(&cfg, &sys));
@@ -399,7 +419,7 @@ static void test_pins_and_release(void)
 	}
 	CHECK(memcmp(it.value, "pinned value", 12) == 0);
 	CHECK(memcmp(it2.value, "pinned value", 12) == 0);
-	p99_cache_stats st = {.struct_size = sizeof(st)};
+	p99_cache_stats st = { .struct_size = sizeof(st) };
 	CHECK_OK(p99_cache_get_stats(c, &st));
 	CHECK(st.evictions > 0);
 	CHECK_EQ(st.pinned, 2);
@@ -432,7 +452,7 @@ static void test_pins_and_release(void)
 static void test_copied_item_release(void)
 {
 	p99_cache *c = new_cache(1, P99_CACHE_EVICTION_FIFO);
-	p99_cache_stats st = {.struct_size = sizeof(st)};
+	p99_cache_stats st = { .struct_size = sizeof(st) };
 	CHECK_OK(set_str(c, "p", "pinned value", 0, 0));
 	p99_cache_item it, copy, other;
 	CHECK_OK(p99_cache_get(c, (const uint8_t *)"p", 1, &it));
@@ -509,7 +529,11 @@ static void test_stats(void)
 	CHECK(st.total_bytes >= st.segment_bytes_allocated + st.hash_bytes);
 	/* A larger struct from a newer header: the field this library does not know is zeroed,
 	 * nothing past struct_size is written. */
-	struct big_stats { p99_cache_stats s; uint64_t extra; uint64_t beyond; } big;
+	struct big_stats {
+		p99_cache_stats s;
+		uint64_t extra;
+		uint64_t beyond;
+	} big;
 	memset(&big, 0xab, sizeof(big));
 	big.s.struct_size = offsetof(struct big_stats, beyond);
 	CHECK_OK(p99_cache_get_stats(c, &big.s));
@@ -523,12 +547,13 @@ static void test_get_copy(void)
 {
 	p99_cache *c = new_cache(1, P99_CACHE_EVICTION_MERGE);
 	uint64_t cas = 0;
-	CHECK_OK(p99_cache_store(c, (const uint8_t *)"k", 1, (const uint8_t *)"hello", 5, 42, T0 + 60,
-				 P99_CACHE_MODE_SET, 0, &cas));
+	CHECK_OK(p99_cache_store(c, (const uint8_t *)"k", 1, (const uint8_t *)"hello", 5, 42,
+				 T0 + 60, P99_CACHE_MODE_SET, 0, &cas));
 	char buf[16];
 	memset(buf, 0, sizeof(buf));
-	p99_cache_value_info info = {.struct_size = sizeof(info)};
-	CHECK_OK(p99_cache_get_copy(c, (const uint8_t *)"k", 1, (uint8_t *)buf, sizeof(buf), &info));
+	p99_cache_value_info info = { .struct_size = sizeof(info) };
+	CHECK_OK(
+		p99_cache_get_copy(c, (const uint8_t *)"k", 1, (uint8_t *)buf, sizeof(buf), &info));
 	CHECK_EQ(info.struct_size, sizeof(info));
 	CHECK_EQ(info.value_len, 5);
 	CHECK(memcmp(buf, "hello", 5) == 0);
@@ -536,7 +561,7 @@ static void test_get_copy(void)
 	CHECK(info.cas == cas);
 	CHECK_EQ(info.expiry, T0 + 60);
 	/* Nothing stays pinned: the cache can be freed at once (BUSY while pinned). */
-	p99_cache_stats st = {.struct_size = sizeof(st)};
+	p99_cache_stats st = { .struct_size = sizeof(st) };
 	CHECK_OK(p99_cache_get_stats(c, &st));
 	CHECK_EQ(st.pinned, 0);
 	CHECK_EQ(st.hits, 1);
@@ -555,35 +580,44 @@ static void test_get_copy(void)
 		     P99_STATUS_BUFFER_TOO_SMALL);
 	CHECK_EQ(info.value_len, 5);
 	/* Misses, bad arguments. */
-	CHECK_STATUS(p99_cache_get_copy(c, (const uint8_t *)"absent", 6, (uint8_t *)buf, sizeof(buf),
-					&info),
+	CHECK_STATUS(p99_cache_get_copy(c, (const uint8_t *)"absent", 6, (uint8_t *)buf,
+					sizeof(buf), &info),
 		     P99_STATUS_NOT_FOUND);
-	CHECK_STATUS(p99_cache_get_copy(c, (const uint8_t *)"k", 0, (uint8_t *)buf, sizeof(buf), &info),
-		     P99_STATUS_INVALID_ARGUMENT);
+	CHECK_STATUS(
+		p99_cache_get_copy(c, (const uint8_t *)"k", 0, (uint8_t *)buf, sizeof(buf), &info),
+		P99_STATUS_INVALID_ARGUMENT);
 	CHECK_STATUS(p99_cache_get_copy(NULL, (const uint8_t *)"k", 1, (uint8_t *)buf, sizeof(buf),
 					&info),
 		     P99_STATUS_NULL_PARAMETER);
 	CHECK_STATUS(p99_cache_get_copy(c, (const uint8_t *)"k", 1, NULL, 8, &info),
 		     P99_STATUS_NULL_PARAMETER);
-	CHECK_STATUS(p99_cache_get_copy(c, (const uint8_t *)"k", 1, (uint8_t *)buf, sizeof(buf), NULL),
-		     P99_STATUS_NULL_PARAMETER);
+	CHECK_STATUS(
+		p99_cache_get_copy(c, (const uint8_t *)"k", 1, (uint8_t *)buf, sizeof(buf), NULL),
+		P99_STATUS_NULL_PARAMETER);
 	info.struct_size = 4;
-	CHECK_STATUS(p99_cache_get_copy(c, (const uint8_t *)"k", 1, (uint8_t *)buf, sizeof(buf), &info),
-		     P99_STATUS_INVALID_ARGUMENT);
+	CHECK_STATUS(
+		p99_cache_get_copy(c, (const uint8_t *)"k", 1, (uint8_t *)buf, sizeof(buf), &info),
+		P99_STATUS_INVALID_ARGUMENT);
 	/* A larger struct from a newer header: the field this library does not know is zeroed,
 	 * nothing past struct_size is written. */
-	struct big_info { p99_cache_value_info i; uint64_t extra; uint64_t beyond; } big;
+	struct big_info {
+		p99_cache_value_info i;
+		uint64_t extra;
+		uint64_t beyond;
+	} big;
 	memset(&big, 0xab, sizeof(big));
 	big.i.struct_size = offsetof(struct big_info, beyond);
-	CHECK_OK(p99_cache_get_copy(c, (const uint8_t *)"k", 1, (uint8_t *)buf, sizeof(buf), &big.i));
+	CHECK_OK(p99_cache_get_copy(c, (const uint8_t *)"k", 1, (uint8_t *)buf, sizeof(buf),
+				    &big.i));
 	CHECK_EQ(big.i.value_len, 5);
 	CHECK(big.extra == 0);
 	CHECK(big.beyond == 0xababababababababull);
 	/* Expired: a miss. */
 	info.struct_size = sizeof(info);
 	CHECK_OK(p99_cache_set_time(c, T0 + 60));
-	CHECK_STATUS(p99_cache_get_copy(c, (const uint8_t *)"k", 1, (uint8_t *)buf, sizeof(buf), &info),
-		     P99_STATUS_NOT_FOUND);
+	CHECK_STATUS(
+		p99_cache_get_copy(c, (const uint8_t *)"k", 1, (uint8_t *)buf, sizeof(buf), &info),
+		P99_STATUS_NOT_FOUND);
 	CHECK_OK(p99_cache_free(c));
 }
 
@@ -616,7 +650,7 @@ static void *hammer(void *arg)
 
 static void test_threads_share_one_handle(void)
 {
-	p99_cache_config cfg = {.struct_size = sizeof cfg};
+	p99_cache_config cfg = { .struct_size = sizeof cfg };
 	CHECK_OK(p99_cache_config_defaults(&cfg));
 	cfg.heap_bytes = 8u << 20;
 	cfg.segment_bytes = 64u << 10;
@@ -626,7 +660,7 @@ static void test_threads_share_one_handle(void)
 	pthread_t t[4];
 	struct worker w[4];
 	for (int i = 0; i < 4; i++) {
-		w[i] = (struct worker){c, i};
+		w[i] = (struct worker){ c, i };
 		CHECK(pthread_create(&t[i], NULL, hammer, &w[i]) == 0);
 	}
 	for (int i = 0; i < 4; i++) {

@@ -17,12 +17,15 @@
 #define KEYS 200
 #define HANDOFF_MAX 64
 
-enum job_kind { JOB_COMMIT, JOB_RELEASE };
+enum job_kind {
+	JOB_COMMIT,
+	JOB_RELEASE
+};
 
 struct job {
 	enum job_kind kind;
 	p99_cache_reservation *res; /* JOB_COMMIT: filled, to be committed */
-	p99_cache_item *item;       /* JOB_RELEASE: pinned, to be read and released */
+	p99_cache_item *item; /* JOB_RELEASE: pinned, to be read and released */
 	char key[16];
 };
 
@@ -31,7 +34,7 @@ static struct {
 	pthread_mutex_t lock;
 	struct job jobs[HANDOFF_MAX];
 	int n;
-} handoff = {.lock = PTHREAD_MUTEX_INITIALIZER};
+} handoff = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 static p99_cache *cache;
 
@@ -80,7 +83,7 @@ static int finish(struct job *j)
 
 static int start_write(int id, int i)
 {
-	struct job j = {.kind = JOB_COMMIT};
+	struct job j = { .kind = JOB_COMMIT };
 	snprintf(j.key, sizeof(j.key), "k%d", (i * 7 + id) % KEYS);
 	char val[48];
 	int n = snprintf(val, sizeof(val), "%s:%d:%d", j.key, id, i);
@@ -105,7 +108,7 @@ static int start_write(int id, int i)
 
 static int start_read(int id, int i)
 {
-	struct job j = {.kind = JOB_RELEASE};
+	struct job j = { .kind = JOB_RELEASE };
 	snprintf(j.key, sizeof(j.key), "k%d", (i * 13 + id * 5) % KEYS);
 	j.item = malloc(sizeof(*j.item));
 	if (!j.item)
@@ -136,7 +139,7 @@ static void *worker(void *arg)
 
 int main(void)
 {
-	p99_cache_config cfg = {.struct_size = sizeof cfg};
+	p99_cache_config cfg = { .struct_size = sizeof cfg };
 	CHECK_OK(p99_cache_config_defaults(&cfg));
 	cfg.heap_bytes = 4u << 20;
 	cfg.segment_bytes = 64u << 10;
@@ -153,7 +156,7 @@ int main(void)
 	struct job j;
 	while (pop(&j))
 		CHECK_EQ(finish(&j), 0);
-	p99_cache_stats st = {.struct_size = sizeof st};
+	p99_cache_stats st = { .struct_size = sizeof st };
 	CHECK_OK(p99_cache_get_stats(cache, &st));
 	CHECK_EQ(st.pinned, 0);
 	CHECK(st.sets > 0 && st.hits > 0);

@@ -85,7 +85,8 @@ static void on_data(void *user, p99_worker *w, p99_conn conn, const uint8_t *dat
 
 	/* Echo by copy, then a borrowed send with a cookie; order must be kept. */
 	CHECK_OK(p99_worker_send(w, conn, data, len));
-	struct iovec iov[2] = { { (void *)BORROWED, 9 }, { (void *)(BORROWED + 9), sizeof(BORROWED) - 10 } };
+	struct iovec iov[2] = { { (void *)BORROWED, 9 },
+				{ (void *)(BORROWED + 9), sizeof(BORROWED) - 10 } };
 	CHECK_OK(p99_worker_send_iov(w, conn, iov, 2, 0xC00C1E));
 
 	/* Misuse inside a callback. */
@@ -98,7 +99,8 @@ static void on_data(void *user, p99_worker *w, p99_conn conn, const uint8_t *dat
 	CHECK_STATUS(p99_worker_send(w, conn + 1, data, len), P99_STATUS_STALE_HANDLE);
 	CHECK_STATUS(p99_worker_send(w, 0, data, len), P99_STATUS_STALE_HANDLE);
 	/* A handle naming another worker. */
-	CHECK_STATUS(p99_worker_send(w, conn | ((p99_conn)5 << 56), data, len), P99_STATUS_WRONG_THREAD);
+	CHECK_STATUS(p99_worker_send(w, conn | ((p99_conn)5 << 56), data, len),
+		     P99_STATUS_WRONG_THREAD);
 	CHECK_STATUS(p99_worker_send(NULL, conn, data, len), P99_STATUS_NULL_PARAMETER);
 
 	/* Pause and resume are accepted; the stop from a worker is refused, not deadlocked. */
@@ -176,7 +178,7 @@ static void test_defaults_and_bad_start(void)
 {
 	CHECK_STATUS(p99_engine_config_defaults(NULL), P99_STATUS_NULL_PARAMETER);
 	CHECK_STATUS(p99_engine_callbacks_defaults(NULL), P99_STATUS_NULL_PARAMETER);
-	p99_engine_config cfg = {.struct_size = sizeof cfg};
+	p99_engine_config cfg = { .struct_size = sizeof cfg };
 	CHECK_OK(p99_engine_config_defaults(&cfg));
 	CHECK_EQ(cfg.struct_size, sizeof(cfg));
 	CHECK_EQ(cfg.rx_buf_count, 1024);
@@ -184,7 +186,7 @@ static void test_defaults_and_bad_start(void)
 	CHECK_EQ(cfg.port, 0);
 	CHECK_EQ(cfg.max_conns, 65536);
 	CHECK(cfg.addr == NULL);
-	p99_engine_callbacks cb = {.struct_size = sizeof cb};
+	p99_engine_callbacks cb = { .struct_size = sizeof cb };
 	CHECK_OK(p99_engine_callbacks_defaults(&cb));
 	CHECK_EQ(cb.struct_size, sizeof(cb));
 	CHECK(cb.on_data == NULL);
@@ -219,7 +221,8 @@ static void test_defaults_and_bad_start(void)
 	bad = cfg;
 	bad.addr = "not-an-address";
 	CHECK_STATUS(p99_engine_start(&bad, &cb, &e), P99_STATUS_INVALID_ARGUMENT);
-	CHECK(strstr(p99_last_error_message(), "\"not-an-address\" is not an IPv4 or IPv6 address") != NULL);
+	CHECK(strstr(p99_last_error_message(),
+		     "\"not-an-address\" is not an IPv4 or IPv6 address") != NULL);
 	bad = cfg;
 	bad.rx_buf_count = 3;
 	CHECK_STATUS(p99_engine_start(&bad, &cb, &e), P99_STATUS_INVALID_ARGUMENT);
@@ -235,12 +238,12 @@ static void test_defaults_and_bad_start(void)
 
 static void test_running_engine(void)
 {
-	p99_engine_config cfg = {.struct_size = sizeof cfg};
+	p99_engine_config cfg = { .struct_size = sizeof cfg };
 	p99_engine_config_defaults(&cfg);
 	cfg.addr = "127.0.0.1";
 	cfg.workers = 1;
 	cfg.pin_workers = false;
-	p99_engine_callbacks cb = {.struct_size = sizeof cb};
+	p99_engine_callbacks cb = { .struct_size = sizeof cb };
 	p99_engine_callbacks_defaults(&cb);
 	cb.user = &user_marker;
 	cb.on_worker_start = on_worker_start;
@@ -393,12 +396,12 @@ static void *stop_thread(void *arg)
 
 static void test_concurrent_stop(void)
 {
-	p99_engine_config cfg = {.struct_size = sizeof cfg};
+	p99_engine_config cfg = { .struct_size = sizeof cfg };
 	p99_engine_config_defaults(&cfg);
 	cfg.addr = "127.0.0.1";
 	cfg.workers = 2;
 	cfg.pin_workers = false;
-	p99_engine_callbacks cb = {.struct_size = sizeof cb};
+	p99_engine_callbacks cb = { .struct_size = sizeof cb };
 	p99_engine_callbacks_defaults(&cb);
 	cb.on_data = ignore_data;
 	cb.on_worker_stop = slow_worker_stop;

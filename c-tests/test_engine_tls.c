@@ -48,8 +48,10 @@ static void on_close(void *user, p99_worker *w, p99_conn conn)
 	CHECK_OK(p99_worker_conn_close_reason(w, conn, &r2, small, sizeof(small), &full2));
 	int ok = r2 == r && full2 == full && small[strlen(small)] == '\0' && strlen(small) <= 3;
 	CHECK_OK(p99_worker_conn_close_reason(w, conn, &r2, NULL, 0, NULL));
-	CHECK_STATUS(p99_worker_conn_close_reason(w, conn, NULL, NULL, 0, NULL), P99_STATUS_NULL_PARAMETER);
-	CHECK_STATUS(p99_worker_conn_close_reason(w, conn, &r2, NULL, 8, NULL), P99_STATUS_NULL_PARAMETER);
+	CHECK_STATUS(p99_worker_conn_close_reason(w, conn, NULL, NULL, 0, NULL),
+		     P99_STATUS_NULL_PARAMETER);
+	CHECK_STATUS(p99_worker_conn_close_reason(w, conn, &r2, NULL, 8, NULL),
+		     P99_STATUS_NULL_PARAMETER);
 	if (ok)
 		atomic_fetch_add(&in_close_checks_ok, 1);
 	atomic_store(&reasons[i], (int)r);
@@ -70,16 +72,18 @@ static int make_certs(void)
 	if (!mkdtemp(dir))
 		return -1;
 	char cmd[1024];
-	snprintf(cmd, sizeof(cmd),
-		 "cd %s && "
-		 "openssl req -x509 -newkey ed25519 -nodes "
-		 "-keyout ca.key -out ca.crt -days 2 -subj /CN=p99-c-test-ca 2>/dev/null && "
-		 "openssl req -newkey ed25519 -nodes "
-		 "-keyout server.key -out server.csr -subj /CN=localhost 2>/dev/null && "
-		 "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext && "
-		 "openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial "
-		 "-out server.crt -days 2 -extfile ext 2>/dev/null",
-		 dir);
+	snprintf(
+		cmd, sizeof(cmd),
+		"cd %s && "
+		"openssl req -x509 -newkey ed25519 -nodes "
+		"-keyout ca.key -out ca.crt -days 2 -subj /CN=p99-c-test-ca 2>/dev/null && "
+		"openssl req -newkey ed25519 -nodes "
+		"-keyout server.key -out server.csr -subj /CN=localhost 2>/dev/null && "
+		"printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' "
+		"> ext && "
+		"openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial "
+		"-out server.crt -days 2 -extfile ext 2>/dev/null",
+		dir);
 	return sh(cmd);
 }
 
@@ -133,7 +137,7 @@ static void test_config_and_bad_starts(p99_engine_callbacks *cb)
 	CHECK_STATUS(p99_tls_config_defaults(NULL), P99_STATUS_NULL_PARAMETER);
 	p99_tls_config tiny = { .struct_size = 4 };
 	CHECK_STATUS(p99_tls_config_defaults(&tiny), P99_STATUS_INVALID_ARGUMENT);
-	p99_tls_config tls = {.struct_size = sizeof tls};
+	p99_tls_config tls = { .struct_size = sizeof tls };
 	CHECK_OK(p99_tls_config_defaults(&tls));
 	CHECK_EQ(tls.struct_size, sizeof(tls));
 	CHECK(tls.cert_chain_file == NULL && tls.key_file == NULL && tls.client_ca_file == NULL);
@@ -141,7 +145,7 @@ static void test_config_and_bad_starts(p99_engine_callbacks *cb)
 	CHECK(tls.session_tickets);
 	CHECK_EQ(tls.handshake_timeout_ms, 10000);
 
-	p99_engine_config cfg = {.struct_size = sizeof cfg};
+	p99_engine_config cfg = { .struct_size = sizeof cfg };
 	CHECK_OK(p99_engine_config_defaults(&cfg));
 	CHECK(cfg.tls == NULL);
 	cfg.workers = 1;
@@ -198,7 +202,7 @@ static void test_config_and_bad_starts(p99_engine_callbacks *cb)
 
 static void test_serving(p99_engine_callbacks *cb)
 {
-	p99_tls_config tls = {.struct_size = sizeof tls};
+	p99_tls_config tls = { .struct_size = sizeof tls };
 	CHECK_OK(p99_tls_config_defaults(&tls));
 	char crt[128], key[128];
 	snprintf(crt, sizeof(crt), "%s/server.crt", dir);
@@ -207,7 +211,7 @@ static void test_serving(p99_engine_callbacks *cb)
 	tls.key_file = key;
 	/* Long enough for a handshake under Valgrind, short enough for the test. */
 	tls.handshake_timeout_ms = 3000;
-	p99_engine_config cfg = {.struct_size = sizeof cfg};
+	p99_engine_config cfg = { .struct_size = sizeof cfg };
 	CHECK_OK(p99_engine_config_defaults(&cfg));
 	cfg.workers = 1;
 	cfg.pin_workers = false;
@@ -268,11 +272,14 @@ static void test_reason_strings(void)
 		CHECK(s != NULL && s[0] != '\0' && strcmp(s, "unknown close reason") != 0);
 	}
 	CHECK(strcmp(p99_close_reason_str(1000), "unknown close reason") == 0);
-	CHECK(strstr(p99_close_reason_str(P99_CLOSE_REASON_TLS_HANDSHAKE_TIMEOUT), "timed out") != NULL);
+	CHECK(strstr(p99_close_reason_str(P99_CLOSE_REASON_TLS_HANDSHAKE_TIMEOUT), "timed out") !=
+	      NULL);
 	/* Off a worker thread the close reason is refused without touching anything. */
 	p99_close_reason r;
-	CHECK_STATUS(p99_worker_conn_close_reason((p99_worker *)&r, 1, &r, NULL, 0, NULL), P99_STATUS_WRONG_THREAD);
-	CHECK_STATUS(p99_worker_conn_close_reason(NULL, 1, &r, NULL, 0, NULL), P99_STATUS_NULL_PARAMETER);
+	CHECK_STATUS(p99_worker_conn_close_reason((p99_worker *)&r, 1, &r, NULL, 0, NULL),
+		     P99_STATUS_WRONG_THREAD);
+	CHECK_STATUS(p99_worker_conn_close_reason(NULL, 1, &r, NULL, 0, NULL),
+		     P99_STATUS_NULL_PARAMETER);
 	CHECK(strcmp(p99_status_str(P99_STATUS_TLS_CONFIG), "unknown status") != 0);
 }
 
@@ -282,7 +289,7 @@ int main(void)
 		fprintf(stderr, "test_engine_tls: could not make certificates with openssl\n");
 		return 1;
 	}
-	p99_engine_callbacks cb = {.struct_size = sizeof cb};
+	p99_engine_callbacks cb = { .struct_size = sizeof cb };
 	CHECK_OK(p99_engine_callbacks_defaults(&cb));
 	cb.on_data = on_data;
 	cb.on_close = on_close;

@@ -7,7 +7,6 @@
 
 #include "check.h"
 
-
 static void test_status_values_are_fixed(void)
 {
 	/* The numeric values are ABI: they must never change. */
@@ -39,8 +38,10 @@ static void test_status_values_are_fixed(void)
 static void test_status_str(void)
 {
 	CHECK(strcmp(p99_status_str(P99_STATUS_OK), "ok") == 0);
-	CHECK(strcmp(p99_status_str(P99_STATUS_NULL_PARAMETER), "a required pointer argument was NULL") == 0);
-	CHECK(strcmp(p99_status_str(P99_STATUS_PANIC), "internal panic caught at the C boundary") == 0);
+	CHECK(strcmp(p99_status_str(P99_STATUS_NULL_PARAMETER),
+		     "a required pointer argument was NULL") == 0);
+	CHECK(strcmp(p99_status_str(P99_STATUS_PANIC), "internal panic caught at the C boundary") ==
+	      0);
 	/* Every known value has its own non-empty text; an unknown value still gets one. */
 	for (uint32_t s = 0; s <= P99_STATUS_NO_DEVICE; s++) {
 		const char *t = p99_status_str(s);
@@ -83,7 +84,8 @@ static void test_last_error_message(void)
 	const char *m = p99_last_error_message();
 	CHECK(strcmp(m, "`config` is NULL") == 0);
 	/* A success leaves it alone (the pointer stays valid until the next failure). */
-	CHECK_EQ(p99_xdp_udp_ping_reply((uint8_t *)"", 0, 0, &(uint32_t){0}), P99_STATUS_NOT_FOUND);
+	CHECK_EQ(p99_xdp_udp_ping_reply((uint8_t *)"", 0, 0, &(uint32_t){ 0 }),
+		 P99_STATUS_NOT_FOUND);
 	CHECK(strcmp(p99_last_error_message(), "not found") == 0);
 	CHECK(strcmp(p99_version(), "") != 0);
 }

@@ -11,7 +11,7 @@
 
 /* Each v1 field still sits where v1 put it, with the same size: v1 is a prefix of today's
  * struct. Fails to compile if a field is inserted, reordered or resized. */
-#define SAME_FIELD(v1, cur, f)                                                                  \
+#define SAME_FIELD(v1, cur, f)                                                                     \
 	_Static_assert(offsetof(v1, f) == offsetof(cur, f) &&                                      \
 			       sizeof(((v1 *)0)->f) == sizeof(((cur *)0)->f),                      \
 		       #cur "." #f " moved or changed size since v1")
@@ -324,7 +324,8 @@ static void test_cache_structs(void)
 	CHECK(c == NULL);
 }
 
-static void on_data(void *user, struct p99_worker *w, p99_conn conn, const uint8_t *data, size_t len)
+static void on_data(void *user, struct p99_worker *w, p99_conn conn, const uint8_t *data,
+		    size_t len)
 {
 	(void)user, (void)w, (void)conn, (void)data, (void)len;
 }

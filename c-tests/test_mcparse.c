@@ -24,7 +24,8 @@ static struct mc_request parse(const char *line)
 		req.keys.s = line + (req.keys.s - copy);
 	}
 	if (req.meta.tokens.s) { /* the same for a meta command's flags */
-		CHECK(req.meta.tokens.s >= copy && req.meta.tokens.s + req.meta.tokens.n <= copy + n);
+		CHECK(req.meta.tokens.s >= copy &&
+		      req.meta.tokens.s + req.meta.tokens.n <= copy + n);
 		req.meta.tokens.s = line + (req.meta.tokens.s - copy);
 	}
 	free(copy);
@@ -128,8 +129,8 @@ static void key_limits(void)
 	CHECK_EQ(r.error, MC_ERR_FORMAT);
 	CHECK_EQ(r.nkeys, 0);
 
-	const char *single[] = {"set %s 0 0 1", "cas %s 0 0 1 5", "incr %s 1", "delete %s",
-				"touch %s 10", "append %s 0 0 1"};
+	const char *single[] = { "set %s 0 0 1", "cas %s 0 0 1 5", "incr %s 1",
+				 "delete %s",    "touch %s 10",    "append %s 0 0 1" };
 	for (size_t i = 0; i < sizeof(single) / sizeof(single[0]); i++) {
 		snprintf(line, sizeof(line), single[i], k250);
 		r = parse(line);
@@ -366,7 +367,8 @@ static void malformed(void)
 	CHECK_EQ(parse("delete a b c d e f g h i j k l m n o p q r s t u v w x y HTTP/1.1").verb,
 		 MC_ERROR);
 	CHECK_EQ(parse("x a b c d e f g h i j k l m n o p q r s t u v w HTTP/1.1").verb, MC_HTTP);
-	CHECK_EQ(parse("x a b c d e f g h i j k l m n o p q r s t u v w x HTTP/1.1").verb, MC_ERROR);
+	CHECK_EQ(parse("x a b c d e f g h i j k l m n o p q r s t u v w x HTTP/1.1").verb,
+		 MC_ERROR);
 
 	/* tabs are not separators (memcached splits on ' ' only) */
 	CHECK_EQ(parse("get\tfoo").verb, MC_ERROR);
@@ -479,7 +481,8 @@ static void meta_commands(void)
 	CHECK_EQ(r.meta.data_follows, true);
 	CHECK_EQ(parse("ms foo 2 MZ").error, MC_ERR_MS_MODE);
 	CHECK_EQ(parse("ms foo 2 Ms").error, MC_ERR_MS_MODE);
-	CHECK_EQ(parse("ms foo 2 MZ OAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").error, MC_ERR_MS_MODE);
+	CHECK_EQ(parse("ms foo 2 MZ OAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").error,
+		 MC_ERR_MS_MODE);
 	CHECK_EQ(parse("ms foo 2 OAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").error, MC_ERR_OPAQUE);
 	for (const char *m = "EAPRS"; *m; m++) {
 		snprintf(line, sizeof(line), "ms foo 2 M%c", *m);
@@ -523,7 +526,7 @@ static void base64(void)
 	CHECK(memcmp(out, "fo", 2) == 0);
 	CHECK_EQ(mc_base64_decode("Zg==", 4, out), 1);
 	CHECK_EQ(mc_base64_decode("Zg==Zm9v", 8, out), 1); /* stops after the padded group */
-	CHECK_EQ(mc_base64_decode("Z!m-9.v", 7, out), 3);  /* other characters are skipped */
+	CHECK_EQ(mc_base64_decode("Z!m-9.v", 7, out), 3); /* other characters are skipped */
 	CHECK_EQ(mc_base64_decode("Zm9", 3, out), 0);
 	CHECK_EQ(mc_base64_decode("Z===", 4, out), 0);
 	CHECK_EQ(mc_base64_decode("====", 4, out), 0);

@@ -10,7 +10,8 @@
 
 static size_t build_ping(uint8_t *b, uint16_t dport, uint32_t seq)
 {
-	static const uint8_t mac_a[6] = {2, 0x99, 0, 0, 0, 0x0a}, mac_b[6] = {2, 0x99, 0, 0, 0, 0x0b};
+	static const uint8_t mac_a[6] = { 2, 0x99, 0, 0, 0, 0x0a },
+			     mac_b[6] = { 2, 0x99, 0, 0, 0, 0x0b };
 	const size_t payload = 12, ip_total = 20 + 8 + payload;
 	memcpy(b, mac_b, 6);
 	memcpy(b + 6, mac_a, 6);
@@ -39,14 +40,14 @@ static size_t build_ping(uint8_t *b, uint16_t dport, uint32_t seq)
 
 static void test_defaults_and_argument_checks(void)
 {
-	p99_xdp_umem_config uc = {.struct_size = sizeof uc};
+	p99_xdp_umem_config uc = { .struct_size = sizeof uc };
 	CHECK_STATUS(p99_xdp_umem_config_defaults(NULL), P99_STATUS_NULL_PARAMETER);
 	CHECK_OK(p99_xdp_umem_config_defaults(&uc));
 	CHECK_EQ(uc.struct_size, sizeof(uc));
 	CHECK_EQ(uc.frame_size, 4096);
 	CHECK_EQ(uc.frame_count, 4096);
 	CHECK_EQ(uc.headroom, 0);
-	p99_xdp_socket_config sc = {.struct_size = sizeof sc};
+	p99_xdp_socket_config sc = { .struct_size = sizeof sc };
 	CHECK_OK(p99_xdp_socket_config_defaults(&sc));
 	CHECK_EQ(sc.struct_size, sizeof(sc));
 	CHECK_EQ(sc.bind_mode, P99_XDP_BIND_COPY);
@@ -68,7 +69,8 @@ static void test_defaults_and_argument_checks(void)
 	uc.struct_size = 4;
 	CHECK_STATUS(p99_xdp_umem_create(&uc, &u), P99_STATUS_INVALID_ARGUMENT);
 	CHECK(strstr(p99_last_error_message(), "struct_size 4 is smaller") != NULL);
-	CHECK_STATUS(p99_xdp_umem_config_defaults(&uc), P99_STATUS_INVALID_ARGUMENT); /* size unset */
+	CHECK_STATUS(p99_xdp_umem_config_defaults(&uc),
+		     P99_STATUS_INVALID_ARGUMENT); /* size unset */
 	CHECK_EQ(uc.struct_size, 4); /* nothing written */
 	uc.struct_size = sizeof uc;
 
@@ -77,10 +79,10 @@ static void test_defaults_and_argument_checks(void)
 	CHECK_OK(p99_xdp_prog_free(NULL));
 	CHECK_EQ(p99_xdp_socket_fd(NULL), -1);
 	uint32_t n = 0;
-	p99_xdp_desc d = {0};
+	p99_xdp_desc d = { 0 };
 	uint8_t *data = NULL;
-	p99_xdp_frame_counts fc = {.struct_size = sizeof fc};
-	p99_xdp_stats st = {.struct_size = sizeof st};
+	p99_xdp_frame_counts fc = { .struct_size = sizeof fc };
+	p99_xdp_stats st = { .struct_size = sizeof st };
 	CHECK_STATUS(p99_xdp_umem_fill(NULL, 1, &n), P99_STATUS_NULL_PARAMETER);
 	CHECK_STATUS(p99_xdp_umem_reap(NULL, &n), P99_STATUS_NULL_PARAMETER);
 	CHECK_STATUS(p99_xdp_umem_alloc(NULL, &d, 1, &n), P99_STATUS_NULL_PARAMETER);
@@ -95,9 +97,11 @@ static void test_defaults_and_argument_checks(void)
 	CHECK_STATUS(p99_xdp_socket_mode(NULL, &n, &n), P99_STATUS_NULL_PARAMETER);
 	CHECK_STATUS(p99_xdp_socket_stats(NULL, &st), P99_STATUS_NULL_PARAMETER);
 	p99_xdp_prog *p = NULL;
-	CHECK_STATUS(p99_xdp_prog_load(P99_XDP_PROG_REDIRECT_ALL, 0, 4, NULL), P99_STATUS_NULL_PARAMETER);
+	CHECK_STATUS(p99_xdp_prog_load(P99_XDP_PROG_REDIRECT_ALL, 0, 4, NULL),
+		     P99_STATUS_NULL_PARAMETER);
 	CHECK_STATUS(p99_xdp_prog_load(7, 0, 4, &p), P99_STATUS_INVALID_ARGUMENT);
-	CHECK_STATUS(p99_xdp_prog_attach(NULL, "lo", P99_XDP_ATTACH_AUTO), P99_STATUS_NULL_PARAMETER);
+	CHECK_STATUS(p99_xdp_prog_attach(NULL, "lo", P99_XDP_ATTACH_AUTO),
+		     P99_STATUS_NULL_PARAMETER);
 	CHECK_STATUS(p99_xdp_prog_detach(NULL), P99_STATUS_NULL_PARAMETER);
 	CHECK_STATUS(p99_xdp_prog_mode(NULL, &n), P99_STATUS_NULL_PARAMETER);
 	CHECK_STATUS(p99_xdp_prog_register(NULL, NULL), P99_STATUS_NULL_PARAMETER);
@@ -114,7 +118,8 @@ static void test_defaults_and_argument_checks(void)
 	CHECK(memcmp(f + 42, "PONG", 4) == 0);
 	CHECK_EQ(f[14 + 12 + 3], 2); /* source now 10.99.0.2 */
 	CHECK_EQ(f[14 + 20 + 1], 0x58); /* source port 7000 = 0x1b58 */
-	CHECK_STATUS(p99_xdp_udp_ping_reply(f, (uint32_t)len, 0, &rlen), P99_STATUS_NOT_FOUND); /* PONG */
+	CHECK_STATUS(p99_xdp_udp_ping_reply(f, (uint32_t)len, 0, &rlen),
+		     P99_STATUS_NOT_FOUND); /* PONG */
 	build_ping(f, 7000, 1);
 	CHECK_STATUS(p99_xdp_udp_ping_reply(f, 40, 0, &rlen), P99_STATUS_NOT_FOUND); /* truncated */
 	f[17] = 0xff; /* IP total length beyond the frame */
@@ -153,7 +158,8 @@ static void test_round_trip_on_veth(void)
 {
 	/* Only missing privileges skip; with them, a namespace that cannot be made fails. */
 	if (geteuid() != 0) {
-		printf("SKIP veth round trip: not root (needs CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF)\n");
+		printf("SKIP veth round trip: not root (needs CAP_NET_ADMIN, CAP_SYS_ADMIN, "
+		       "CAP_BPF)\n");
 		return;
 	}
 	if (!has_net_and_sys_admin()) {
@@ -174,8 +180,10 @@ static void test_round_trip_on_veth(void)
 
 	/* Program: load, test-run, attach, conflicts, mode. */
 	p99_xdp_prog *prog = NULL, *other = NULL;
-	CHECK_STATUS(p99_xdp_prog_load(P99_XDP_PROG_UDP_PORT, 0, 4, &prog), P99_STATUS_INVALID_ARGUMENT);
-	CHECK_STATUS(p99_xdp_prog_load(P99_XDP_PROG_UDP_PORT, 7000, 0, &prog), P99_STATUS_INVALID_ARGUMENT);
+	CHECK_STATUS(p99_xdp_prog_load(P99_XDP_PROG_UDP_PORT, 0, 4, &prog),
+		     P99_STATUS_INVALID_ARGUMENT);
+	CHECK_STATUS(p99_xdp_prog_load(P99_XDP_PROG_UDP_PORT, 7000, 0, &prog),
+		     P99_STATUS_INVALID_ARGUMENT);
 	CHECK_OK(p99_xdp_prog_load(P99_XDP_PROG_UDP_PORT, 7000, 4, &prog));
 	uint8_t f[128];
 	size_t len = build_ping(f, 7001, 0);
@@ -184,15 +192,19 @@ static void test_round_trip_on_veth(void)
 	CHECK_EQ(action, P99_XDP_PASS);
 	CHECK_STATUS(p99_xdp_prog_test_run(prog, f, 4, &action), P99_STATUS_INVALID_ARGUMENT);
 	CHECK_STATUS(p99_xdp_prog_mode(prog, &mode), P99_STATUS_INVALID_STATE);
-	CHECK_STATUS(p99_xdp_prog_attach(prog, "nosuchdev0", P99_XDP_ATTACH_GENERIC), P99_STATUS_NO_DEVICE);
+	CHECK_STATUS(p99_xdp_prog_attach(prog, "nosuchdev0", P99_XDP_ATTACH_GENERIC),
+		     P99_STATUS_NO_DEVICE);
 	CHECK(strstr(p99_last_error_message(), "no interface named nosuchdev0") != NULL);
-	CHECK_STATUS(p99_xdp_prog_attach(prog, "", P99_XDP_ATTACH_GENERIC), P99_STATUS_INVALID_ARGUMENT);
+	CHECK_STATUS(p99_xdp_prog_attach(prog, "", P99_XDP_ATTACH_GENERIC),
+		     P99_STATUS_INVALID_ARGUMENT);
 	CHECK_STATUS(p99_xdp_prog_attach(prog, "sixteen-chars-xx", P99_XDP_ATTACH_GENERIC),
 		     P99_STATUS_INVALID_ARGUMENT); /* IFNAMSIZ counts the NUL */
 	CHECK_STATUS(p99_xdp_prog_attach(prog, "vb", 9), P99_STATUS_INVALID_ARGUMENT);
-	CHECK_STATUS(p99_xdp_prog_attach(prog, NULL, P99_XDP_ATTACH_GENERIC), P99_STATUS_NULL_PARAMETER);
+	CHECK_STATUS(p99_xdp_prog_attach(prog, NULL, P99_XDP_ATTACH_GENERIC),
+		     P99_STATUS_NULL_PARAMETER);
 	CHECK_OK(p99_xdp_prog_attach(prog, "vb", P99_XDP_ATTACH_GENERIC));
-	CHECK_STATUS(p99_xdp_prog_attach(prog, "vb", P99_XDP_ATTACH_GENERIC), P99_STATUS_INVALID_STATE);
+	CHECK_STATUS(p99_xdp_prog_attach(prog, "vb", P99_XDP_ATTACH_GENERIC),
+		     P99_STATUS_INVALID_STATE);
 	CHECK_OK(p99_xdp_prog_mode(prog, &mode));
 	CHECK_EQ(mode, P99_XDP_ATTACH_GENERIC);
 	CHECK_OK(p99_xdp_prog_load(P99_XDP_PROG_REDIRECT_ALL, 0, 4, &other));
@@ -201,10 +213,10 @@ static void test_round_trip_on_veth(void)
 
 	/* Receiver on vb queue 1; sender on va queue 2 (generic XDP on veth sees TX queue q as
 	 * RX queue q - 1). */
-	p99_xdp_umem_config uc = {.struct_size = sizeof uc};
+	p99_xdp_umem_config uc = { .struct_size = sizeof uc };
 	CHECK_OK(p99_xdp_umem_config_defaults(&uc));
 	uc.frame_count = 256, uc.fill_size = 128, uc.comp_size = 128;
-	p99_xdp_socket_config sc = {.struct_size = sizeof sc};
+	p99_xdp_socket_config sc = { .struct_size = sizeof sc };
 	CHECK_OK(p99_xdp_socket_config_defaults(&sc));
 	sc.rx_size = 128, sc.tx_size = 128;
 	p99_xdp_umem *ru = NULL, *tu = NULL;
@@ -262,7 +274,8 @@ static void test_round_trip_on_veth(void)
 	uint32_t queued = 0, pending = 99;
 	CHECK_OK(p99_xdp_socket_send(ts, d, 10, &queued));
 	CHECK_EQ(queued, 10);
-	CHECK_STATUS(p99_xdp_socket_send(ts, d, 1, &queued), P99_STATUS_INVALID_ARGUMENT); /* sent already */
+	CHECK_STATUS(p99_xdp_socket_send(ts, d, 1, &queued),
+		     P99_STATUS_INVALID_ARGUMENT); /* sent already */
 	CHECK_OK(p99_xdp_socket_kick(ts, &pending));
 	CHECK_EQ(pending, 0);
 
@@ -284,7 +297,7 @@ static void test_round_trip_on_veth(void)
 		CHECK_OK(p99_xdp_udp_ping_reply(data, d[i].len, 7000, &rlen));
 		d[i].len = rlen;
 	}
-	p99_xdp_frame_counts fc = {.struct_size = sizeof fc};
+	p99_xdp_frame_counts fc = { .struct_size = sizeof fc };
 	CHECK_OK(p99_xdp_umem_frame_counts(ru, &fc));
 	CHECK_EQ(fc.held, 8);
 	CHECK_EQ(fc.free + fc.in_fill + fc.held + fc.in_tx, 256);
@@ -310,7 +323,7 @@ static void test_round_trip_on_veth(void)
 	CHECK_EQ(fc.in_tx, 0);
 	CHECK_OK(p99_xdp_umem_reap(tu, &reaped));
 
-	p99_xdp_stats st = {.struct_size = sizeof st};
+	p99_xdp_stats st = { .struct_size = sizeof st };
 	CHECK_OK(p99_xdp_socket_stats(rs, &st));
 	CHECK_EQ(st.rx_packets, 8);
 	CHECK_EQ(st.tx_queued, 4);

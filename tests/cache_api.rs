@@ -235,7 +235,10 @@ fn get_ticketed_pins_under_a_ticket_released_once() {
     }
     // SAFETY: the ticket is not yet released, so the item's bytes are pinned.
     let (key, value) = unsafe {
-        (std::slice::from_raw_parts(it.key, it.key_len), std::slice::from_raw_parts(it.value, it.value_len))
+        (
+            std::slice::from_raw_parts(it.key, it.key_len),
+            std::slice::from_raw_parts(it.value, it.value_len),
+        )
     };
     assert_eq!((key, value), (&b"k"[..], &b"value"[..]));
     let copy = it.ticket;
@@ -340,15 +343,21 @@ fn open_reservations_are_bounded_by_the_allowance_and_give_it_back() {
     })
     .unwrap();
     let v = 60_000;
-    let mut open: Vec<_> = (0..3).map(|i| c.reserve(format!("big{i}").as_bytes(), v, 0, 0).unwrap()).collect();
+    let mut open: Vec<_> =
+        (0..3).map(|i| c.reserve(format!("big{i}").as_bytes(), v, 0, 0).unwrap()).collect();
     assert_eq!(c.reserved_bytes(), 3 * (4 + v as u64));
     // A fourth large value passes the allowance: refused cleanly, nothing taken.
     assert_eq!(c.reserve(b"big3", v, 0, 0).unwrap_err(), Error::OutOfMemory);
     assert_eq!(c.stats().reserved_bytes, 3 * (4 + v as u64));
     // Small writes still get room (an eighth more is kept for them), and writes that need no
     // reservation go on.
-    let small: Vec<_> = (0..200).map(|i| c.reserve(format!("s{i}").as_bytes(), 100, 0, 0).unwrap()).collect();
-    assert_eq!(c.reserve(b"s-last", 1600, 0, 0).unwrap_err(), Error::OutOfMemory, "small is at most 1/128");
+    let small: Vec<_> =
+        (0..200).map(|i| c.reserve(format!("s{i}").as_bytes(), 100, 0, 0).unwrap()).collect();
+    assert_eq!(
+        c.reserve(b"s-last", 1600, 0, 0).unwrap_err(),
+        Error::OutOfMemory,
+        "small is at most 1/128"
+    );
     c.set(b"direct", &[b'd'; 30_000], 0, 0).unwrap();
     drop(small);
     // A dropped reservation gives its bytes back.
@@ -369,8 +378,13 @@ fn open_reservations_are_bounded_by_the_allowance_and_give_it_back() {
 fn the_default_allowance_is_a_quarter_of_the_heap_with_one_largest_item_per_shard() {
     // 4 shards, 16 MiB: a quarter is 4 MiB, 1 MiB per shard, so one 1 MiB item per shard
     // fits and the whole allowance holds between 4 and 8 of the 600 KB values offered.
-    let c = Cache::new(Config { heap_bytes: 16 << 20, shards: 4, clock: ClockKind::Manual(T0), ..Config::default() })
-        .unwrap();
+    let c = Cache::new(Config {
+        heap_bytes: 16 << 20,
+        shards: 4,
+        clock: ClockKind::Manual(T0),
+        ..Config::default()
+    })
+    .unwrap();
     let mut held = Vec::new();
     let mut refused = 0;
     for i in 0..64 {
@@ -387,7 +401,13 @@ fn the_default_allowance_is_a_quarter_of_the_heap_with_one_largest_item_per_shar
     assert!(c.reserved_bytes() <= 4 << 20);
     // Each shard accepts its one largest item even with an allowance below it.
     drop(held);
-    let c = Cache::new(Config { heap_bytes: 4 << 20, shards: 1, reservation_bytes: 1, ..Config::default() }).unwrap();
+    let c = Cache::new(Config {
+        heap_bytes: 4 << 20,
+        shards: 1,
+        reservation_bytes: 1,
+        ..Config::default()
+    })
+    .unwrap();
     let item_max_value = (1 << 20) - 23 - 1;
     let r = c.reserve(b"k", item_max_value, 0, 0).unwrap();
     assert_eq!(c.reserve(b"j", 10_000, 0, 0).unwrap_err(), Error::OutOfMemory);

@@ -186,7 +186,15 @@ impl Run {
         }
     }
 
-    fn write(&mut self, key: &[u8], value: &[u8], flags: u32, expiry: u32, mode: Mode, cas_in: u64) -> Result<u64, Error> {
+    fn write(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        flags: u32,
+        expiry: u32,
+        mode: Mode,
+        cas_in: u64,
+    ) -> Result<u64, Error> {
         if self.r.chance(50) {
             return self.cache.store(key, value, flags, expiry, mode, cas_in);
         }
@@ -217,7 +225,9 @@ impl Run {
         }
         self.model.settle();
         let present = self.model.items.get(&key).cloned();
-        if std::env::var("P99_TRACE").is_ok_and(|k| k.as_bytes() == &key[..] || (90..=91).contains(&op)) {
+        if std::env::var("P99_TRACE")
+            .is_ok_and(|k| k.as_bytes() == &key[..] || (90..=91).contains(&op))
+        {
             eprintln!("op {} now {} op {op} present {:?}", self.ops, self.model.now, present);
         }
         match op {
@@ -225,7 +235,14 @@ impl Run {
                 // get
                 match self.cache.get(&key).unwrap().map(snap) {
                     Some(it) => {
-                        let m = present.unwrap_or_else(|| panic!("op {}: get returned an absent item {:?} key {:?}", self.ops, it, String::from_utf8_lossy(&key)));
+                        let m = present.unwrap_or_else(|| {
+                            panic!(
+                                "op {}: get returned an absent item {:?} key {:?}",
+                                self.ops,
+                                it,
+                                String::from_utf8_lossy(&key)
+                            )
+                        });
                         assert_eq!(it.value, m.value, "op {}: value", self.ops);
                         assert_eq!(it.flags, m.flags);
                         assert_eq!(it.cas, m.cas);
@@ -256,11 +273,19 @@ impl Run {
                 };
                 let got = self.write(&key, &value, flags, expiry, mode, cas_in);
                 let want: Result<MItem, Error> = match (mode, &present) {
-                    (Mode::Add, Some(_)) | (Mode::Replace | Mode::Append | Mode::Prepend, None) => Err(Error::NotStored),
+                    (Mode::Add, Some(_)) | (Mode::Replace | Mode::Append | Mode::Prepend, None) => {
+                        Err(Error::NotStored)
+                    }
                     (Mode::Cas, None) => Err(Error::NotFound),
-                    (Mode::Cas, Some(m)) if !self.model.cas_on || m.cas != cas_in => Err(Error::Exists),
-                    (Mode::Append, Some(m)) => Ok(MItem { value: [&m.value[..], &value].concat(), ..m.clone() }),
-                    (Mode::Prepend, Some(m)) => Ok(MItem { value: [&value[..], &m.value].concat(), ..m.clone() }),
+                    (Mode::Cas, Some(m)) if !self.model.cas_on || m.cas != cas_in => {
+                        Err(Error::Exists)
+                    }
+                    (Mode::Append, Some(m)) => {
+                        Ok(MItem { value: [&m.value[..], &value].concat(), ..m.clone() })
+                    }
+                    (Mode::Prepend, Some(m)) => {
+                        Ok(MItem { value: [&value[..], &m.value].concat(), ..m.clone() })
+                    }
                     _ => Ok(MItem { value: value.clone(), flags, expiry, cas: 0 }),
                 };
                 match (got, want) {
@@ -270,7 +295,8 @@ impl Run {
                         self.model.items.insert(key.clone(), m);
                     }
                     // The cache lost the item the model has.
-                    (Err(Error::NotStored | Error::NotFound), Ok(_)) | (Err(Error::NotFound), Err(Error::Exists))
+                    (Err(Error::NotStored | Error::NotFound), Ok(_))
+                    | (Err(Error::NotFound), Err(Error::Exists))
                         if present.is_some() =>
                     {
                         self.lost(&key, "write");
@@ -331,7 +357,9 @@ impl Run {
                 let expiry = self.expiry();
                 if self.r.chance(50) {
                     match (self.cache.touch(&key, expiry), present) {
-                        (Ok(()), Some(_)) => self.model.items.get_mut(&key).unwrap().expiry = expiry,
+                        (Ok(()), Some(_)) => {
+                            self.model.items.get_mut(&key).unwrap().expiry = expiry
+                        }
                         (Err(Error::NotFound), None) => {}
                         (Err(Error::NotFound), Some(_)) => self.lost(&key, "touch"),
                         (g, p) => panic!("op {}: touch: cache {g:?}, model {p:?}", self.ops),
@@ -362,7 +390,10 @@ impl Run {
                 let st = self.cache.stats();
                 assert!(st.segment_bytes_allocated <= st.heap_limit_bytes);
                 if st.evictions > 0 {
-                    assert_eq!(st.segment_bytes_allocated, st.heap_limit_bytes, "evicted before the budget was full");
+                    assert_eq!(
+                        st.segment_bytes_allocated, st.heap_limit_bytes,
+                        "evicted before the budget was full"
+                    );
                 }
                 if !self.lossy {
                     assert_eq!(st.evictions, 0);
@@ -393,7 +424,10 @@ fn run(seed: u64, ops: u64, cas_on: bool, lossy: bool, eviction: Eviction) {
     assert_eq!(r.cache.pinned(), 0);
     if lossy {
         let st = r.cache.stats();
-        assert!(st.evictions > 0, "the small budget never filled: the test is not testing eviction");
+        assert!(
+            st.evictions > 0,
+            "the small budget never filled: the test is not testing eviction"
+        );
         if eviction == Eviction::Merge {
             assert!(st.merged_items > 0, "merge eviction never carried an item forward");
         } else {

@@ -40,7 +40,10 @@ fn check_value(tag: u64, v: &[u8]) -> Result<u64, String> {
     let seq = u64::from_le_bytes(v[8..16].try_into().unwrap());
     let len = u32::from_le_bytes(v[16..20].try_into().unwrap()) as usize;
     if t != tag || len != v.len() || v != make_value(tag, seq, len) {
-        return Err(format!("torn or foreign value for tag {tag}: tag {t} seq {seq} len {len}/{}", v.len()));
+        return Err(format!(
+            "torn or foreign value for tag {tag}: tag {t} seq {seq} len {len}/{}",
+            v.len()
+        ));
     }
     Ok(seq)
 }
@@ -88,9 +91,19 @@ fn concurrent_cas_loops_lose_no_update() {
                     loop {
                         let (n, cas) = {
                             let it = c.get(b"casctr").unwrap().unwrap();
-                            (std::str::from_utf8(it.value()).unwrap().parse::<u64>().unwrap(), it.cas())
+                            (
+                                std::str::from_utf8(it.value()).unwrap().parse::<u64>().unwrap(),
+                                it.cas(),
+                            )
                         };
-                        match c.store(b"casctr", (n + 1).to_string().as_bytes(), 0, 0, Mode::Cas, cas) {
+                        match c.store(
+                            b"casctr",
+                            (n + 1).to_string().as_bytes(),
+                            0,
+                            0,
+                            Mode::Cas,
+                            cas,
+                        ) {
                             Ok(_) => break,
                             Err(Error::Exists) => {
                                 conflicts.fetch_add(1, Ordering::Relaxed);
@@ -184,7 +197,8 @@ fn pinned_items_stay_intact_through_replace_delete_flush_and_eviction() {
                 });
             }
             for r in 0..2u64 {
-                let (c, stop, barrier, verified, writes) = (&c, &stop, &barrier, &verified, &writes);
+                let (c, stop, barrier, verified, writes) =
+                    (&c, &stop, &barrier, &verified, &writes);
                 s.spawn(move || {
                     barrier.wait();
                     let mut held = Vec::new();
@@ -200,7 +214,11 @@ fn pinned_items_stay_intact_through_replace_delete_flush_and_eviction() {
                         if held.len() >= 16 || round % 97 == 0 {
                             thread::yield_now();
                             for (tag, seq, it) in held.drain(..) {
-                                assert_eq!(check_value(tag, it.value()).unwrap(), seq, "pinned bytes changed");
+                                assert_eq!(
+                                    check_value(tag, it.value()).unwrap(),
+                                    seq,
+                                    "pinned bytes changed"
+                                );
                                 verified.fetch_add(1, Ordering::Relaxed);
                             }
                         }
@@ -230,7 +248,8 @@ fn racing_releases_of_one_ticket_succeed_exactly_once() {
     let (tx, rx) = std::sync::mpsc::channel();
     // Thread 0 pins and publishes each ticket; every thread (copies of the ticket in hand)
     // releases it at once; exactly one release per ticket may succeed.
-    let tickets: Vec<_> = (0..rounds).map(|_| c.get_ticketed(b"k").unwrap().unwrap().ticket).collect();
+    let tickets: Vec<_> =
+        (0..rounds).map(|_| c.get_ticketed(b"k").unwrap().unwrap().ticket).collect();
     tx.send(tickets).unwrap();
     let tickets = rx.recv().unwrap();
     thread::scope(|s| {
@@ -297,8 +316,13 @@ fn pins_taken_and_released_on_many_threads_balance_out() {
         // A writer rewrites the keys (moving them between segments, evicting) meanwhile.
         for seq in 1..=20 {
             for k in 0..keys {
-                c.set(format!("k{k}").as_bytes(), &make_value(k, seq, 100 + (seq as usize % 300)), 0, 0)
-                    .unwrap();
+                c.set(
+                    format!("k{k}").as_bytes(),
+                    &make_value(k, seq, 100 + (seq as usize % 300)),
+                    0,
+                    0,
+                )
+                .unwrap();
             }
         }
         stop.store(true, Ordering::Relaxed);

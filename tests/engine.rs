@@ -34,8 +34,16 @@ struct Ping {
 }
 
 impl Ping {
-    fn factory(counters: Arc<Counters>, closed: Arc<Mutex<Vec<ConnId>>>) -> impl Fn(usize) -> Ping + Send + Sync + 'static {
-        move |_| Ping { parsers: Vec::new(), out: Vec::new(), counters: Arc::clone(&counters), closed_ids: Arc::clone(&closed) }
+    fn factory(
+        counters: Arc<Counters>,
+        closed: Arc<Mutex<Vec<ConnId>>>,
+    ) -> impl Fn(usize) -> Ping + Send + Sync + 'static {
+        move |_| Ping {
+            parsers: Vec::new(),
+            out: Vec::new(),
+            counters: Arc::clone(&counters),
+            closed_ids: Arc::clone(&closed),
+        }
     }
 }
 
@@ -74,7 +82,8 @@ fn config(backend: Backend) -> Config {
 fn start_ping(cfg: Config) -> (Engine, Arc<Counters>, Arc<Mutex<Vec<ConnId>>>) {
     let counters = Arc::new(Counters::default());
     let closed = Arc::new(Mutex::new(Vec::new()));
-    let e = Engine::start(cfg, Ping::factory(Arc::clone(&counters), Arc::clone(&closed))).expect("engine start");
+    let e = Engine::start(cfg, Ping::factory(Arc::clone(&counters), Arc::clone(&closed)))
+        .expect("engine start");
     (e, counters, closed)
 }
 
@@ -290,7 +299,10 @@ impl Handler for Streamer {
                 let boxed: Box<[u8]> = rec.into_bytes().into_boxed_slice();
                 let iov = [
                     libc::iovec { iov_base: boxed.as_ptr() as *mut _, iov_len: 5 },
-                    libc::iovec { iov_base: boxed[5..].as_ptr() as *mut _, iov_len: boxed.len() - 5 },
+                    libc::iovec {
+                        iov_base: boxed[5..].as_ptr() as *mut _,
+                        iov_len: boxed.len() - 5,
+                    },
                 ];
                 // SAFETY: the box is kept in `records` until the test ends.
                 unsafe { w.send_borrowed(conn, &iov, i as u64).unwrap() };
@@ -320,7 +332,11 @@ fn output_stays_ordered_under_short_sends() {
         let counters = Arc::new(Counters::default());
         let c2 = Arc::clone(&counters);
         let cfg = Config { workers: 1, out_high_water: 64 << 20, ..config(b) };
-        let e = Engine::start(cfg, move |_| Streamer { counters: Arc::clone(&c2), records: Vec::new() }).unwrap();
+        let e = Engine::start(cfg, move |_| Streamer {
+            counters: Arc::clone(&c2),
+            records: Vec::new(),
+        })
+        .unwrap();
         let s = socket_with_small_rcvbuf(e.port());
         let mut s = s;
         s.write_all(format!("GO {N}\n").as_bytes()).unwrap();
@@ -353,14 +369,27 @@ fn socket_with_small_rcvbuf(port: u16) -> TcpStream {
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
         let small: libc::c_int = 4096;
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (&small as *const libc::c_int).cast(), 4);
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&small as *const libc::c_int).cast(),
+            4,
+        );
         let sin = libc::sockaddr_in {
             sin_family: libc::AF_INET as u16,
             sin_port: port.to_be(),
             sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes([127, 0, 0, 1]) },
             sin_zero: [0; 8],
         };
-        assert_eq!(libc::connect(fd, (&sin as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32), 0);
+        assert_eq!(
+            libc::connect(
+                fd,
+                (&sin as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32
+            ),
+            0
+        );
         let s = TcpStream::from_raw_fd(fd);
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s
@@ -462,7 +491,11 @@ fn connection_limit_is_engine_wide_across_workers() {
         let mut served: Vec<TcpStream> = (0..L).map(|_| connect(e.port())).collect();
         for s in served.iter_mut() {
             s.write_all(b"PING\r\n").unwrap();
-            assert_eq!(read_exact_n(s, 6), b"PONG\r\n", "{b:?}: a connection below the limit was not served");
+            assert_eq!(
+                read_exact_n(s, 6),
+                b"PONG\r\n",
+                "{b:?}: a connection below the limit was not served"
+            );
         }
         let per_worker: Vec<u64> = (0..4).map(|i| e.stats(i).unwrap().open).collect();
         assert_eq!(per_worker.iter().sum::<u64>(), L as u64, "{b:?}: {per_worker:?}");
@@ -470,7 +503,12 @@ fn connection_limit_is_engine_wide_across_workers() {
         for k in 1..=3u64 {
             let mut extra = connect(e.port());
             let _ = extra.write_all(b"PING\r\n");
-            assert_eq!(read_to_close(&mut extra), b"", "{b:?}: connection {} beyond the limit was served", L as u64 + k);
+            assert_eq!(
+                read_to_close(&mut extra),
+                b"",
+                "{b:?}: connection {} beyond the limit was served",
+                L as u64 + k
+            );
             wait_until("reject counted", || rejected(&e) == k);
         }
         assert_eq!(c.accepted.load(Ordering::SeqCst), L, "{b:?}");
@@ -504,10 +542,13 @@ fn stale_handle_is_refused_after_slot_reuse() {
         s2.write_all(b"PING\r\n").unwrap();
         read_exact_n(&mut s2, 6);
         let (tx, rx) = std::sync::mpsc::channel();
-        e.post(0, Box::new(move |w: &mut Worker| {
-            let r = w.send(old, b"LEAK\r\n").map_err(|e| e.to_string());
-            tx.send(r).unwrap();
-        }))
+        e.post(
+            0,
+            Box::new(move |w: &mut Worker| {
+                let r = w.send(old, b"LEAK\r\n").map_err(|e| e.to_string());
+                tx.send(r).unwrap();
+            }),
+        )
         .unwrap();
         let r = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(r, Err("stale connection handle".to_string()), "{b:?}");
@@ -524,15 +565,24 @@ fn posted_work_and_timers_run_on_the_worker() {
         let fired = Arc::new(AtomicU64::new(0));
         for i in 0..e.workers() {
             let f = Arc::clone(&fired);
-            e.post(i, Box::new(move |w: &mut Worker| {
-                assert_eq!(w.index(), i);
-                let f2 = Arc::clone(&f);
-                w.add_timer(Duration::from_millis(20), Box::new(move |_w: &mut Worker| {
-                    f2.fetch_add(1, Ordering::SeqCst);
-                }));
-                let cancelled = w.add_timer(Duration::from_millis(10), Box::new(|_w: &mut Worker| panic!("cancelled timer ran")));
-                assert!(w.cancel_timer(cancelled));
-            }))
+            e.post(
+                i,
+                Box::new(move |w: &mut Worker| {
+                    assert_eq!(w.index(), i);
+                    let f2 = Arc::clone(&f);
+                    w.add_timer(
+                        Duration::from_millis(20),
+                        Box::new(move |_w: &mut Worker| {
+                            f2.fetch_add(1, Ordering::SeqCst);
+                        }),
+                    );
+                    let cancelled = w.add_timer(
+                        Duration::from_millis(10),
+                        Box::new(|_w: &mut Worker| panic!("cancelled timer ran")),
+                    );
+                    assert!(w.cancel_timer(cancelled));
+                }),
+            )
             .unwrap();
         }
         wait_until("timers", || fired.load(Ordering::SeqCst) == e.workers() as u64);
@@ -576,7 +626,8 @@ fn stop_with_open_connections_leaves_no_fd_and_closes_each_once() {
 fn bad_config_is_refused_with_its_reason() {
     let _g = serial();
     let cfg = Config { rx_buf_count: 3, ..config(Backend::Epoll) };
-    let err = Engine::start(cfg, |_| Flood { counters: Arc::new(Counters::default()) }).err().unwrap();
+    let err =
+        Engine::start(cfg, |_| Flood { counters: Arc::new(Counters::default()) }).err().unwrap();
     assert!(err.to_string().contains("rx_buf_count"), "{err}");
     // A port in use by a listener without SO_REUSEPORT cannot be joined.
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -604,7 +655,10 @@ fn stop_cuts_a_peer_that_never_reads() {
             let _ = s.write(&[b'r'; 512]);
             std::thread::sleep(Duration::from_millis(1));
         }
-        assert!(counters.max_queued.load(Ordering::SeqCst) >= 512 * 1024, "{b:?}: output never backed up");
+        assert!(
+            counters.max_queued.load(Ordering::SeqCst) >= 512 * 1024,
+            "{b:?}: output never backed up"
+        );
         let t = Instant::now();
         e.stop(Duration::from_millis(100)).unwrap();
         assert!(t.elapsed() < Duration::from_secs(5), "{b:?}: stop took {:?}", t.elapsed());
@@ -631,7 +685,10 @@ impl Handler for Panicky {
         if data.starts_with(b"BOOM") {
             panic!("handler panic on purpose (test)");
         }
-        let iov = [libc::iovec { iov_base: self.big.as_ptr() as *mut libc::c_void, iov_len: self.big.len() }];
+        let iov = [libc::iovec {
+            iov_base: self.big.as_ptr() as *mut libc::c_void,
+            iov_len: self.big.len(),
+        }];
         // SAFETY: the buffer is 'static and never written.
         unsafe { w.send_borrowed(conn, &iov, conn.to_raw()) }.unwrap();
     }
@@ -658,10 +715,15 @@ fn handler_panic_still_finalises_every_connection() {
         let closed = Arc::new(Mutex::new(Vec::new()));
         let (c2, cl2) = (Arc::clone(&counters), Arc::clone(&closed));
         let cfg = Config { workers: 1, ..config(b) };
-        let e = Engine::start(cfg, move |_| Panicky { counters: Arc::clone(&c2), closed: Arc::clone(&cl2), big })
-            .unwrap();
+        let e = Engine::start(cfg, move |_| Panicky {
+            counters: Arc::clone(&c2),
+            closed: Arc::clone(&cl2),
+            big,
+        })
+        .unwrap();
         // Clients that never read: each has a 4 MiB borrowed send stuck in its queue.
-        let mut conns: Vec<TcpStream> = (0..8).map(|_| socket_with_small_rcvbuf(e.port())).collect();
+        let mut conns: Vec<TcpStream> =
+            (0..8).map(|_| socket_with_small_rcvbuf(e.port())).collect();
         for s in conns.iter_mut() {
             s.write_all(b"go").unwrap();
         }
@@ -673,14 +735,22 @@ fn handler_panic_still_finalises_every_connection() {
         assert_eq!(counters.accepted.load(Ordering::SeqCst), 9, "{b:?}");
         let ids: HashSet<ConnId> = closed.lock().unwrap().iter().copied().collect();
         assert_eq!(ids.len(), 9, "{b:?}: a connection was closed twice");
-        assert_eq!(counters.send_done_dropped.load(Ordering::SeqCst), 8, "{b:?}: borrowed sends not handed back");
+        assert_eq!(
+            counters.send_done_dropped.load(Ordering::SeqCst),
+            8,
+            "{b:?}: borrowed sends not handed back"
+        );
         assert_eq!(counters.send_done_ok.load(Ordering::SeqCst), 0, "{b:?}");
         assert_eq!(read_to_close(&mut boom), b"", "{b:?}");
         drop(conns);
         drop(boom);
         drop(e);
         assert_eq!(count_fds(), before, "{b:?}: fd leak");
-        assert_eq!(counters.closed.load(Ordering::SeqCst), 9, "{b:?}: on_close after the panic was handled");
+        assert_eq!(
+            counters.closed.load(Ordering::SeqCst),
+            9,
+            "{b:?}: on_close after the panic was handled"
+        );
     }
 }
 

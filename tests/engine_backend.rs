@@ -30,10 +30,18 @@ fn refuse_io_uring() {
     for (i, nr) in nrs.iter().enumerate() {
         // If A == nr jump to the EPERM return, which follows the remaining checks.
         let to_deny = (nrs.len() - i - 1) as u8 + 1;
-        prog.push(libc::sock_filter { code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16, jt: to_deny, jf: 0, k: *nr as u32 });
+        prog.push(libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: to_deny,
+            jf: 0,
+            k: *nr as u32,
+        });
     }
     prog.push(stmt((libc::BPF_RET | libc::BPF_K) as u16, libc::SECCOMP_RET_ALLOW));
-    prog.push(stmt((libc::BPF_RET | libc::BPF_K) as u16, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32));
+    prog.push(stmt(
+        (libc::BPF_RET | libc::BPF_K) as u16,
+        libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+    ));
     let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
     // SAFETY: no_new_privs then a seccomp filter program that lives through the call.
     unsafe {
@@ -56,7 +64,8 @@ fn child_report_backend() {
     if std::env::var("P99_TEST_SECCOMP").is_ok() {
         refuse_io_uring();
     }
-    let e = Engine::start(Config { workers: 1, pin_workers: false, ..Config::default() }, |_| Echo).expect("start");
+    let e = Engine::start(Config { workers: 1, pin_workers: false, ..Config::default() }, |_| Echo)
+        .expect("start");
     let mut s = TcpStream::connect(("127.0.0.1", e.port())).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(b"hello").unwrap();
@@ -92,7 +101,11 @@ fn io_uring_refused_by_seccomp_falls_back_to_epoll_and_says_so() {
     let (out, err) = run_child(&[("P99_TEST_SECCOMP", "1")]);
     assert!(out.contains("CHILD backend=epoll"), "{out}");
     assert!(out.contains("io_uring unavailable"), "{out}");
-    assert!(err.contains("p99: io_uring unavailable") && err.contains("falling back to the epoll backend"), "{err}");
+    assert!(
+        err.contains("p99: io_uring unavailable")
+            && err.contains("falling back to the epoll backend"),
+        "{err}"
+    );
     assert!(err.contains("Operation not permitted"), "{err}");
 }
 
@@ -105,7 +118,8 @@ fn p99_backend_uring_when_refused_fails_clearly() {
         .env("P99_TEST_SECCOMP", "1")
         .output()
         .unwrap();
-    let all = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let all =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "forced io_uring under seccomp must not start: {all}");
     assert!(all.contains("P99_BACKEND=uring but io_uring is unusable"), "{all}");
 }
@@ -142,12 +156,22 @@ fn child_probe_then_blocking_read() {
 fn probing_does_not_interrupt_the_callers_blocking_calls() {
     let exe = std::env::current_exe().unwrap();
     let out = Command::new(exe)
-        .args(["child_probe_then_blocking_read", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "child_probe_then_blocking_read",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env_remove("P99_BACKEND")
         .output()
         .expect("spawn child");
-    let all = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let all =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "child failed:\n{all}");
     assert!(all.contains("CHILD backend="), "{all}");
-    assert!(all.contains("read=WouldBlock") || all.contains("read=TimedOut"), "the read did not end by its timeout:\n{all}");
+    assert!(
+        all.contains("read=WouldBlock") || all.contains("read=TimedOut"),
+        "the read did not end by its timeout:\n{all}"
+    );
 }

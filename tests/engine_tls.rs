@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 mod engine_util;
 
 use engine_util::{backends, certs, count_fds, serial, wait_until};
-use p99::engine::{Backend, CloseReason, Config, ConnId, Engine, Handler, Pem, TlsConfig, TlsSettings, TlsVersion, Worker};
+use p99::engine::{
+    Backend, CloseReason, Config, ConnId, Engine, Handler, Pem, TlsConfig, TlsSettings, TlsVersion,
+    Worker,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
@@ -46,7 +49,10 @@ impl Handler for Echo {
             w.send(conn, b"bye\n").unwrap();
             w.close(conn).unwrap();
         } else if data.starts_with(b"BORROW") {
-            let iov = [libc::iovec { iov_base: BORROWED.as_ptr() as *mut libc::c_void, iov_len: BORROWED.len() }];
+            let iov = [libc::iovec {
+                iov_base: BORROWED.as_ptr() as *mut libc::c_void,
+                iov_len: BORROWED.len(),
+            }];
             // SAFETY: 'static memory that is never written.
             unsafe { w.send_borrowed(conn, &iov, 42) }.unwrap();
         } else {
@@ -76,14 +82,19 @@ fn start(backend: Backend, tls: TlsSettings) -> (Engine, Arc<Seen>) {
     (e, seen)
 }
 
-fn client_config(versions: &[&'static rustls::SupportedProtocolVersion], with_cert: bool) -> Arc<rustls::ClientConfig> {
+fn client_config(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    with_cert: bool,
+) -> Arc<rustls::ClientConfig> {
     let c = certs();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_file(c.path("ca.crt")).unwrap()).unwrap();
-    let b = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(versions)
-        .unwrap()
-        .with_root_certificates(roots);
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .unwrap()
+    .with_root_certificates(roots);
     let mut cfg = if with_cert {
         let chain = vec![CertificateDer::from_pem_file(c.path("client.crt")).unwrap()];
         let key = PrivateKeyDer::from_pem_file(c.path("client.key")).unwrap();
@@ -105,7 +116,8 @@ fn tcp(port: u16) -> TcpStream {
 
 /// A TLS client with its handshake done.
 fn tls_client(port: u16, cfg: Arc<rustls::ClientConfig>) -> Client {
-    let conn = rustls::ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
+    let conn =
+        rustls::ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
     let mut s = rustls::StreamOwned::new(conn, tcp(port));
     while s.conn.is_handshaking() {
         s.conn.complete_io(&mut s.sock).expect("handshake");
@@ -151,7 +163,9 @@ fn bad_peer_case(name: &str, tls: TlsSettings, want: CloseReason, bad: impl Fn(u
         let mut good = tls_client(e.port(), client_config(&tls13(), true));
         echo_ok(&mut good, b"before\n");
         bad(e.port());
-        wait_until(&format!("{name} on {b:?}: the bad connection closed"), || !seen.closes.lock().unwrap().is_empty());
+        wait_until(&format!("{name} on {b:?}: the bad connection closed"), || {
+            !seen.closes.lock().unwrap().is_empty()
+        });
         echo_ok(&mut good, b"after\n");
         {
             let closes = seen.closes.lock().unwrap();
@@ -185,7 +199,11 @@ fn echo_over_tls12_and_tls13_with_alpn_and_close_notify_both_ways() {
             let _ = c.conn.complete_io(&mut c.sock);
         }
         wait_until("both clients closed", || seen.closes.lock().unwrap().len() == 2);
-        assert!(seen.closes.lock().unwrap().iter().all(|(r, _)| *r == CloseReason::PeerClosed), "{:?}", seen.closes.lock().unwrap());
+        assert!(
+            seen.closes.lock().unwrap().iter().all(|(r, _)| *r == CloseReason::PeerClosed),
+            "{:?}",
+            seen.closes.lock().unwrap()
+        );
         // Server-side close sends close_notify after the queued reply: a clean EOF for rustls.
         let mut c = tls_client(e.port(), client_config(&tls13(), false));
         c.write_all(b"CLOSE").unwrap();
@@ -247,7 +265,11 @@ fn random_bytes_are_closed_as_a_handshake_failure() {
 
 /// The first bytes of a real ClientHello, as a rustls client writes it.
 fn client_hello_prefix(n: usize) -> Vec<u8> {
-    let mut conn = rustls::ClientConnection::new(client_config(&tls13(), false), ServerName::try_from("localhost").unwrap()).unwrap();
+    let mut conn = rustls::ClientConnection::new(
+        client_config(&tls13(), false),
+        ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
     let mut hello = Vec::new();
     conn.write_tls(&mut hello).unwrap();
     assert!(hello.len() > n);
@@ -314,7 +336,11 @@ fn required_client_certificate_missing_is_a_handshake_failure() {
     let mut tls = settings();
     tls.client_ca = Some(Pem::File(certs().path("ca.crt")));
     bad_peer_case("no client certificate", tls, CloseReason::TlsHandshake, |port| {
-        let conn = rustls::ClientConnection::new(client_config(&tls13(), false), ServerName::try_from("localhost").unwrap()).unwrap();
+        let conn = rustls::ClientConnection::new(
+            client_config(&tls13(), false),
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap();
         let mut s = rustls::StreamOwned::new(conn, tcp(port));
         // TLS 1.3: the client finishes first; the refusal arrives on the next read.
         let r = s.write_all(b"hello\n").and_then(|_| s.flush()).and_then(|_| {
@@ -330,16 +356,24 @@ fn tls13_only_listener_refuses_a_tls12_client() {
     let _g = serial();
     let mut tls = settings();
     tls.min_version = TlsVersion::Tls13;
-    bad_peer_case("TLS 1.2 client on a TLS 1.3-only listener", tls, CloseReason::TlsHandshake, |port| {
-        let conn = rustls::ClientConnection::new(client_config(&[&rustls::version::TLS12], false), ServerName::try_from("localhost").unwrap())
+    bad_peer_case(
+        "TLS 1.2 client on a TLS 1.3-only listener",
+        tls,
+        CloseReason::TlsHandshake,
+        |port| {
+            let conn = rustls::ClientConnection::new(
+                client_config(&[&rustls::version::TLS12], false),
+                ServerName::try_from("localhost").unwrap(),
+            )
             .unwrap();
-        let mut s = rustls::StreamOwned::new(conn, tcp(port));
-        let mut r = Ok(());
-        while r.is_ok() && s.conn.is_handshaking() {
-            r = s.conn.complete_io(&mut s.sock).map(|_| ());
-        }
-        assert!(r.is_err(), "a TLS 1.2 handshake succeeded");
-    });
+            let mut s = rustls::StreamOwned::new(conn, tcp(port));
+            let mut r = Ok(());
+            while r.is_ok() && s.conn.is_handshaking() {
+                r = s.conn.complete_io(&mut s.sock).map(|_| ());
+            }
+            assert!(r.is_err(), "a TLS 1.2 handshake succeeded");
+        },
+    );
 }
 
 #[test]
@@ -348,8 +382,12 @@ fn config_errors_name_the_file() {
     let missing = TlsSettings::new(Pem::File(c.path("nope.crt")), Pem::File(c.path("server.key")));
     let e = TlsConfig::new(&missing).unwrap_err().to_string();
     assert!(e.contains("nope.crt"), "{e}");
-    let mismatched = TlsSettings::new(Pem::File(c.path("server.crt")), Pem::File(c.path("client.key")));
-    assert!(TlsConfig::new(&mismatched).is_err(), "a key that does not match the certificate was accepted");
+    let mismatched =
+        TlsSettings::new(Pem::File(c.path("server.crt")), Pem::File(c.path("client.key")));
+    assert!(
+        TlsConfig::new(&mismatched).is_err(),
+        "a key that does not match the certificate was accepted"
+    );
     let bytes = TlsSettings::new(
         Pem::Bytes(std::fs::read(c.path("server.crt")).unwrap()),
         Pem::Bytes(std::fs::read(c.path("server.key")).unwrap()),
@@ -391,11 +429,20 @@ fn openssl_s_client_interop_tls12_tls13_and_resumption() {
             let sess = format!("sess-{name}-{b:?}.pem");
             let first = s_client(e.port(), flag, &sess, "-sess_out");
             assert!(first.contains("interop line"), "{b:?} {name}: no echo:\n{first}");
-            assert!(first.contains(&format!("New, {name}")), "{b:?} {name}: not a full {name} handshake:\n{first}");
+            assert!(
+                first.contains(&format!("New, {name}")),
+                "{b:?} {name}: not a full {name} handshake:\n{first}"
+            );
             assert!(first.contains("ALPN protocol: p99test"), "{b:?} {name}: ALPN:\n{first}");
             let second = s_client(e.port(), flag, &sess, "-sess_in");
-            assert!(second.contains("interop line"), "{b:?} {name}: no echo on resumption:\n{second}");
-            assert!(second.contains(&format!("Reused, {name}")), "{b:?} {name}: session not resumed:\n{second}");
+            assert!(
+                second.contains("interop line"),
+                "{b:?} {name}: no echo on resumption:\n{second}"
+            );
+            assert!(
+                second.contains(&format!("Reused, {name}")),
+                "{b:?} {name}: session not resumed:\n{second}"
+            );
         }
         drop(e);
     }
@@ -436,7 +483,11 @@ sys.stdin.read()
         .spawn()
         .expect("spawn python3");
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
     assert_eq!(line.trim(), "ready", "client child failed");
     child
 }
@@ -471,7 +522,10 @@ fn idle_tls_connection_memory() {
         child.wait().unwrap();
         wait_until("clients closed", || seen.closes.lock().unwrap().len() == n + 1);
         let b = after.saturating_sub(before) / n;
-        println!("idle {} connection: {b} bytes of server heap each ({n} connections)", if tls { "TLS 1.3" } else { "plaintext" });
+        println!(
+            "idle {} connection: {b} bytes of server heap each ({n} connections)",
+            if tls { "TLS 1.3" } else { "plaintext" }
+        );
         per_conn.push(b);
         drop(e);
     }

@@ -57,7 +57,8 @@ fn start_with(name: &str, backend: Option<&str>, args: &[&str]) -> Server {
         line.push(byte[0]);
     }
     let line = String::from_utf8(line).unwrap();
-    let port = line.split(':').nth(2).and_then(|p| p.split(' ').next()).and_then(|p| p.parse().ok());
+    let port =
+        line.split(':').nth(2).and_then(|p| p.split(' ').next()).and_then(|p| p.parse().ok());
     let port = port.unwrap_or_else(|| panic!("{name}: no port in {line:?}"));
     Server { child, port, name: format!("{name}[{}]", backend.unwrap_or("default")) }
 }
@@ -151,7 +152,13 @@ fn three_ping_servers_answer_identically() {
         assert!(!want.is_empty());
         for s in &servers {
             let got = session(s.port, &chunks);
-            assert!(got == want, "{} differs on script {name}: got {} bytes, want {}", s.name, got.len(), want.len());
+            assert!(
+                got == want,
+                "{} differs on script {name}: got {} bytes, want {}",
+                s.name,
+                got.len(),
+                want.len()
+            );
         }
     }
 }
@@ -178,22 +185,38 @@ fn tls_session(port: u16, ca: &std::path::Path, chunks: &[Vec<u8>]) -> Vec<u8> {
         match t.read(&mut buf) {
             Ok(0) => return v,
             Ok(n) => v.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe) => return v,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe
+                ) =>
+            {
+                return v
+            }
             Err(e) => panic!("read: {e}"),
         }
     }
 }
 
 /// A rustls client over `s` that trusts the CA in `ca` (handshake on first use).
-fn tls_stream(s: TcpStream, ca: &std::path::Path) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+fn tls_stream(
+    s: TcpStream,
+    ca: &std::path::Path,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_file(ca).unwrap()).unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), ServerName::try_from("localhost").unwrap()).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(
+        std::sync::Arc::new(cfg),
+        ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
     rustls::StreamOwned::new(conn, s)
 }
 
@@ -215,7 +238,13 @@ fn three_ping_servers_answer_identically_over_tls() {
         let want = model(&chunks);
         for s in &servers {
             let got = tls_session(s.port, &certs.path("ca.crt"), &chunks);
-            assert!(got == want, "{} over TLS differs on script {name}: got {} bytes, want {}", s.name, got.len(), want.len());
+            assert!(
+                got == want,
+                "{} over TLS differs on script {name}: got {} bytes, want {}",
+                s.name,
+                got.len(),
+                want.len()
+            );
         }
     }
     // Clients that pipeline and vanish without reading: the server's writes then fail
@@ -229,7 +258,11 @@ fn three_ping_servers_answer_identically_over_tls() {
             std::thread::sleep(Duration::from_millis(5));
         }
         std::thread::sleep(Duration::from_millis(100));
-        assert!(s.child.try_wait().unwrap().is_none(), "{} died after clients vanished mid-reply", s.name);
+        assert!(
+            s.child.try_wait().unwrap().is_none(),
+            "{} died after clients vanished mid-reply",
+            s.name
+        );
         let got = tls_session(s.port, &certs.path("ca.crt"), &[b"PING\r\n".to_vec()]);
         assert_eq!(got, b"PONG\r\n", "{} stopped serving after clients vanished", s.name);
     }
@@ -352,11 +385,20 @@ fn out_of_fds_does_not_spin_and_recovers() {
             std::thread::sleep(Duration::from_millis(1500));
             let (dt, dc) = (t0.elapsed(), cpu_ticks(pid) - c0);
             let budget = (dt.as_secs_f64() * tick as f64 * 0.15) as u64;
-            assert!(dc <= budget, "{}: {dc} CPU ticks in {dt:?} while out of fds (budget {budget}): spinning", s.name);
+            assert!(
+                dc <= budget,
+                "{}: {dc} CPU ticks in {dt:?} while out of fds (budget {budget}): spinning",
+                s.name
+            );
             drop(clients);
             set_nofile(pid, 1024);
             let got = session(s.port, &[b"PING\r\n".to_vec()]);
-            assert_eq!(got, model(&[b"PING\r\n".to_vec()]), "{}: no answer after fds were freed", s.name);
+            assert_eq!(
+                got,
+                model(&[b"PING\r\n".to_vec()]),
+                "{}: no answer after fds were freed",
+                s.name
+            );
         }
     }
 }
@@ -380,7 +422,9 @@ fn connection_limit_is_process_wide_with_several_workers() {
             c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             c.write_all(b"PING\r\n").unwrap();
             let mut reply = [0u8; 6];
-            c.read_exact(&mut reply).unwrap_or_else(|e| panic!("{}: connection {} of {L} not served: {e}", s.name, i + 1));
+            c.read_exact(&mut reply).unwrap_or_else(|e| {
+                panic!("{}: connection {} of {L} not served: {e}", s.name, i + 1)
+            });
             assert_eq!(&reply, b"PONG\r\n", "{}", s.name);
             held.push(c);
         }

@@ -8,7 +8,9 @@ use p99::xdp::{Error, Program, ProgramKind};
 
 fn udp(dport: u16) -> Vec<u8> {
     let mut b = vec![0u8; 128];
-    let n = build_udp4(&mut b, [2; 6], [4; 6], [10, 0, 0, 1], [10, 0, 0, 2], 5555, dport, b"PING....").unwrap();
+    let n =
+        build_udp4(&mut b, [2; 6], [4; 6], [10, 0, 0, 1], [10, 0, 0, 2], 5555, dport, b"PING....")
+            .unwrap();
     b.truncate(n);
     b
 }
@@ -41,9 +43,17 @@ fn udp_filter_program_selects_only_its_port() {
     }
     // Miss action DROP marks "matched the filter" (no socket registered in the test).
     let p = Program::load(ProgramKind::UdpPort(4242), 4, XDP_DROP).unwrap();
-    assert_eq!(p.test_run(&udp(4242)).unwrap(), XDP_DROP, "matching datagram reaches the map lookup");
+    assert_eq!(
+        p.test_run(&udp(4242)).unwrap(),
+        XDP_DROP,
+        "matching datagram reaches the map lookup"
+    );
     assert_eq!(p.test_run(&udp(4243)).unwrap(), XDP_PASS, "other port passes");
-    assert_eq!(p.test_run(&udp(4242 << 8 & 0xff00 | 4242 >> 8)).unwrap(), XDP_PASS, "byte-swapped port passes");
+    assert_eq!(
+        p.test_run(&udp(4242 << 8 & 0xff00 | 4242 >> 8)).unwrap(),
+        XDP_PASS,
+        "byte-swapped port passes"
+    );
     let good = udp(4242);
     // Truncated frames pass (never read past data_end).
     for cut in [14, 33, 41] {

@@ -9,7 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use p99::xdp::umem::FrameState;
-use p99::xdp::{prog, AttachMode, Error, Program, ProgramKind, Socket, SocketConfig, Umem, XdpDesc};
+use p99::xdp::{
+    prog, AttachMode, Error, Program, ProgramKind, Socket, SocketConfig, Umem, XdpDesc,
+};
 use xdp_util::*;
 
 const MODES: [AttachMode; 2] = [AttachMode::Native, AttachMode::Generic];
@@ -36,13 +38,22 @@ fn transfer(tx: &mut Xsk, rx: &mut Xsk, count: u32, plen: usize) {
             send_seq(tx, sent..end, plen, 7777);
             sent = end;
         }
-        recv_n(rx, (sent - expect) as usize, Duration::from_millis(if sent == count { 2000 } else { 0 }), |f| {
-            let s = seq_of(f, plen);
-            assert_eq!(s, expect, "out of order");
-            expect += 1;
-        });
+        recv_n(
+            rx,
+            (sent - expect) as usize,
+            Duration::from_millis(if sent == count { 2000 } else { 0 }),
+            |f| {
+                let s = seq_of(f, plen);
+                assert_eq!(s, expect, "out of order");
+                expect += 1;
+            },
+        );
         if sent == count && expect < count {
-            panic!("lost packets: {} of {count} arrived; stats {:?}", expect, rx.sock.stats().unwrap());
+            panic!(
+                "lost packets: {} of {count} arrived; stats {:?}",
+                expect,
+                rx.sock.stats().unwrap()
+            );
         }
     }
     let st = rx.sock.stats().unwrap();
@@ -131,7 +142,10 @@ fn poll_with_and_without_traffic() {
             let mut tx = xsk(net.a, tx_queue_for(mode, 1), small_umem(4096, 64));
             send_seq(&mut tx, 0..1, 32, 7777);
             assert!(rx.sock.poll_rx(2000).unwrap(), "traffic: poll must report RX");
-            assert_eq!(recv_n(&mut rx, 1, Duration::from_secs(1), |f| assert_eq!(seq_of(f, 32), 0)), 1);
+            assert_eq!(
+                recv_n(&mut rx, 1, Duration::from_secs(1), |f| assert_eq!(seq_of(f, 32), 0)),
+                1
+            );
             // The raw fd works with the caller's own poll loop too.
             let mut p = libc::pollfd { fd: rx.sock.fd(), events: libc::POLLIN, revents: 0 };
             // SAFETY: one valid pollfd.
@@ -150,15 +164,18 @@ fn invalid_tx_descriptors_rejected_counted_no_leak() {
             assert_eq!(tx.umem.alloc(&mut held), 2);
             let good = XdpDesc { addr: held[0].addr, len: 60, options: 0 };
             let bad = [
-                XdpDesc { addr: 64 * 2048, len: 60, options: 0 },         // outside the umem
-                XdpDesc { addr: held[1].addr, len: 0, options: 0 },        // empty
+                XdpDesc { addr: 64 * 2048, len: 60, options: 0 }, // outside the umem
+                XdpDesc { addr: held[1].addr, len: 0, options: 0 }, // empty
                 XdpDesc { addr: held[1].addr + 2000, len: 60, options: 0 }, // crosses the frame end
-                XdpDesc { addr: held[1].addr, len: 60, options: 1 },        // unsupported options
-                XdpDesc { addr: 10 * 2048, len: 60, options: 0 },          // frame not held (free)
+                XdpDesc { addr: held[1].addr, len: 60, options: 1 }, // unsupported options
+                XdpDesc { addr: 10 * 2048, len: 60, options: 0 }, // frame not held (free)
             ];
             let mut refused = 0;
             for b in bad {
-                assert!(matches!(tx.sock.send(&[good, b]), Err(Error::BadFrame(_))), "{b:?} accepted");
+                assert!(
+                    matches!(tx.sock.send(&[good, b]), Err(Error::BadFrame(_))),
+                    "{b:?} accepted"
+                );
                 refused += 1;
             }
             // Duplicate within a batch.
@@ -171,10 +188,15 @@ fn invalid_tx_descriptors_rejected_counted_no_leak() {
             assert_eq!(st.rejected_descs, refused);
             assert_eq!(st.tx_queued, 0);
             // Sending a frame the kernel owns (in FILL) is refused too.
-            assert!(matches!(rx.sock.send(&[XdpDesc { addr: 0, len: 60, options: 0 }]), Err(Error::BadFrame(_))));
+            assert!(matches!(
+                rx.sock.send(&[XdpDesc { addr: 0, len: 60, options: 0 }]),
+                Err(Error::BadFrame(_))
+            ));
             // The kernel's own check: a raw descriptor longer than the frame is consumed and
             // counted as invalid, never completed.
-            tx.sock.push_raw_tx_for_test(XdpDesc { addr: held[1].addr, len: 4000, options: 0 }).unwrap();
+            tx.sock
+                .push_raw_tx_for_test(XdpDesc { addr: held[1].addr, len: 4000, options: 0 })
+                .unwrap();
             assert_eq!(tx.sock.stats().unwrap().kernel.tx_invalid_descs, 1);
             tx.umem.release(&held).unwrap();
             assert_no_leak(&tx);
@@ -193,7 +215,8 @@ fn statistics_counters_provoked() {
         for mode in MODES {
             // FILL ring empty: a receiver that never fills.
             {
-                let mut prog = Program::load(ProgramKind::RedirectAll, QUEUES, prog::XDP_PASS).unwrap();
+                let mut prog =
+                    Program::load(ProgramKind::RedirectAll, QUEUES, prog::XDP_PASS).unwrap();
                 prog.attach(net.b, mode).unwrap();
                 let mut rx = xsk(net.b, 1, small_umem(4096, 64));
                 prog.register(1, rx.sock.fd()).unwrap();
@@ -277,7 +300,10 @@ fn bidirectional_on_one_socket() {
             let mut descs = vec![XdpDesc::default(); 64];
             let deadline = Instant::now() + Duration::from_secs(20);
             while back < total {
-                assert!(Instant::now() < deadline, "stalled: sent {sent} echoed {echoed} back {back}");
+                assert!(
+                    Instant::now() < deadline,
+                    "stalled: sent {sent} echoed {echoed} back {back}"
+                );
                 if sent < total && sent - back < 256 {
                     let end = (sent + 32).min(total);
                     send_seq(&mut a, sent..end, 50, 7777);
@@ -302,7 +328,12 @@ fn bidirectional_on_one_socket() {
                     let f = a.umem.data(d.addr, d.len).unwrap();
                     let p = p99::xdp::packet::parse_udp4(f).unwrap();
                     assert_eq!(&f[p.payload_off..p.payload_off + 4], b"PONG");
-                    assert_eq!(u32::from_be_bytes(f[p.payload_off + 4..p.payload_off + 8].try_into().unwrap()), back);
+                    assert_eq!(
+                        u32::from_be_bytes(
+                            f[p.payload_off + 4..p.payload_off + 8].try_into().unwrap()
+                        ),
+                        back
+                    );
                     back += 1;
                 }
                 a.umem.release(&descs[..n]).unwrap();
@@ -337,8 +368,10 @@ fn several_queues() {
                     x
                 })
                 .collect();
-            let mut txs: Vec<Xsk> =
-                queues.iter().map(|&q| xsk(net.a, tx_queue_for(mode, q), small_umem(4096, 128))).collect();
+            let mut txs: Vec<Xsk> = queues
+                .iter()
+                .map(|&q| xsk(net.a, tx_queue_for(mode, q), small_umem(4096, 128)))
+                .collect();
             for (i, tx) in txs.iter_mut().enumerate() {
                 send_seq(tx, (i as u32) * 1000..(i as u32) * 1000 + 100, 40, 7777);
             }
@@ -373,10 +406,21 @@ fn bind_errors_missing_queue_double_bind_zero_copy() {
         assert!(matches!(r, Err(Error::Busy { .. })), "{:?}", r.err());
         // Zero-copy is not available on veth: a clean Unsupported.
         let zc = Umem::new(small_umem(4096, 64)).unwrap();
-        let r = Socket::bind(&zc, net.b, 1, SocketConfig { mode: p99::xdp::BindMode::ZeroCopy, ..sock_cfg() });
+        let r = Socket::bind(
+            &zc,
+            net.b,
+            1,
+            SocketConfig { mode: p99::xdp::BindMode::ZeroCopy, ..sock_cfg() },
+        );
         assert!(matches!(r, Err(Error::Unsupported { .. })), "{:?}", r.err());
         // Auto falls back to copy.
-        let s2 = Socket::bind(&zc, net.b, 1, SocketConfig { mode: p99::xdp::BindMode::Auto, ..sock_cfg() }).unwrap();
+        let s2 = Socket::bind(
+            &zc,
+            net.b,
+            1,
+            SocketConfig { mode: p99::xdp::BindMode::Auto, ..sock_cfg() },
+        )
+        .unwrap();
         assert!(!s2.is_zero_copy());
         drop(s);
     });
@@ -444,7 +488,13 @@ fn program_detached_after_sigkill() {
         for (mode, name) in [(AttachMode::Native, "native"), (AttachMode::Generic, "generic")] {
             let _ = mode;
             let mut child = Command::new(std::env::current_exe().unwrap())
-                .args(["--ignored", "--exact", "sigkill_holder_child", "--nocapture", "--test-threads=1"])
+                .args([
+                    "--ignored",
+                    "--exact",
+                    "sigkill_holder_child",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env("P99_XDP_HOLDER_IFINDEX", net.b.to_string())
                 .env("P99_XDP_HOLDER_MODE", name)
                 .stdout(Stdio::piped())
@@ -472,7 +522,8 @@ fn program_detached_after_sigkill() {
 fn udp_filter_program_passes_other_traffic() {
     with_net("udp_filter_program_passes_other_traffic", |net| {
         for mode in MODES {
-            let mut prog = Program::load(ProgramKind::UdpPort(7777), QUEUES, prog::XDP_PASS).unwrap();
+            let mut prog =
+                Program::load(ProgramKind::UdpPort(7777), QUEUES, prog::XDP_PASS).unwrap();
             prog.attach(net.b, mode).unwrap();
             let mut rx = xsk(net.b, 1, small_umem(4096, 256));
             prog.register(1, rx.sock.fd()).unwrap();
@@ -485,7 +536,11 @@ fn udp_filter_program_passes_other_traffic() {
             assert_eq!(seen, (5..10).collect::<Vec<_>>());
             prog.unregister(1).unwrap();
             send_seq(&mut tx, 10..12, 32, 7777);
-            assert_eq!(recv_n(&mut rx, 1, Duration::from_millis(100), |_| {}), 0, "unregistered socket got traffic");
+            assert_eq!(
+                recv_n(&mut rx, 1, Duration::from_millis(100), |_| {}),
+                0,
+                "unregistered socket got traffic"
+            );
         }
     });
 }

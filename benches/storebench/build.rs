@@ -58,7 +58,8 @@ fn main() {
     let mcserver = env::var_os("STOREBENCH_MCSERVER_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("c-examples/mcserver"));
-    let stage = env::var_os("P99_STAGE").map(PathBuf::from).unwrap_or_else(|| root.join("build/stage"));
+    let stage =
+        env::var_os("P99_STAGE").map(PathBuf::from).unwrap_or_else(|| root.join("build/stage"));
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     for f in ["harness.c", "harness.h", "rename.h", "build.rs"] {
         println!("cargo:rerun-if-changed={f}");

@@ -12,8 +12,8 @@
 #include <string.h>
 #include <time.h>
 
-#define COPY_MAX 1024          /* mcserver copies values up to this size into its reply */
-#define SET_BIT (1u << 31)     /* in a mix sequence entry: a set, not a get */
+#define COPY_MAX 1024 /* mcserver copies values up to this size into its reply */
+#define SET_BIT (1u << 31) /* in a mix sequence entry: a set, not a get */
 
 static uint64_t clock_ns(clockid_t id)
 {
@@ -22,11 +22,17 @@ static uint64_t clock_ns(clockid_t id)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static uint64_t now_ns(void) { return clock_ns(CLOCK_MONOTONIC); }
+static uint64_t now_ns(void)
+{
+	return clock_ns(CLOCK_MONOTONIC);
+}
 
 /* CPU time of the calling thread: on a shared machine, the cost of the operations without the
  * time the thread spent waiting for a CPU. */
-static uint64_t cpu_ns(void) { return clock_ns(CLOCK_THREAD_CPUTIME_ID); }
+static uint64_t cpu_ns(void)
+{
+	return clock_ns(CLOCK_THREAD_CPUTIME_ID);
+}
 
 static uint64_t next_rand(uint64_t *s)
 {
@@ -104,15 +110,19 @@ static void draw_keys(uint32_t *out, uint64_t n, uint64_t keys, uint64_t *rng, c
 	}
 }
 
-enum phase { PHASE_FILL, PHASE_GET, PHASE_MIX };
+enum phase {
+	PHASE_FILL,
+	PHASE_GET,
+	PHASE_MIX
+};
 
 struct worker {
 	const struct harness_params *p;
 	const char *keys, *vals;
 	enum phase phase;
-	const uint32_t *seq;      /* get/mix: key indexes (mix: SET_BIT marks a set) */
-	uint64_t from, to;        /* fill: key range; get/mix: range of seq */
-	int cpu;                  /* -1: not pinned */
+	const uint32_t *seq; /* get/mix: key indexes (mix: SET_BIT marks a set) */
+	uint64_t from, to; /* fill: key range; get/mix: range of seq */
+	int cpu; /* -1: not pinned */
 	pthread_barrier_t *start;
 	uint64_t t0, t1, cpu_used;
 	uint64_t hits, misses, bad, failed;
@@ -150,7 +160,8 @@ static void *work(void *arg)
 				if (store(w->keys + i * ks, ks, w->vals + i * vs, vs) != 0)
 					w->failed++;
 			} else {
-				int f = fetch(p->read_mode, w->keys + i * ks, ks, w->vals + i * vs, vs);
+				int f = fetch(p->read_mode, w->keys + i * ks, ks, w->vals + i * vs,
+					      vs);
 				w->hits += f == 1;
 				w->misses += f == 0;
 				w->bad += f < 0;
@@ -236,7 +247,8 @@ int harness_run(const struct harness_params *p, struct harness_result *r, char *
 		free(mix_seq);
 		free(cdf);
 		free(w);
-		snprintf(err, errlen, "harness: out of memory for %llu keys", (unsigned long long)p->keys);
+		snprintf(err, errlen, "harness: out of memory for %llu keys",
+			 (unsigned long long)p->keys);
 		return -1;
 	}
 	for (uint64_t i = 0; i < p->keys; i++) {
@@ -266,11 +278,15 @@ int harness_run(const struct harness_params *p, struct harness_result *r, char *
 		w[t].vals = vals;
 		w[t].cpu = (int)t < ncpu ? cpus[t] : -1;
 		w[t].samples = p->samples + p->samples_cap * t / threads;
-		w[t].samples_cap = p->samples_cap * (t + 1) / threads - p->samples_cap * t / threads;
+		w[t].samples_cap =
+			p->samples_cap * (t + 1) / threads - p->samples_cap * t / threads;
 	}
 
 	struct storage_options o = {
-		.mem_limit = p->mem_limit, .item_max = 1 << 20, .cas_enabled = true, .growth = 0,
+		.mem_limit = p->mem_limit,
+		.item_max = 1 << 20,
+		.cas_enabled = true,
+		.growth = 0,
 	};
 	if (storage_setup(&o, err, errlen) != 0) {
 		free(keys);

@@ -15,35 +15,37 @@
 
 /* How reads are made. */
 enum harness_read {
-	HARNESS_READ_COPY = 0, /* storage_get_copy into a 1 KiB reply buffer (mcserver's get path) */
-	HARNESS_READ_PIN = 1,  /* storage_get + storage_release */
+	HARNESS_READ_COPY =
+		0, /* storage_get_copy into a 1 KiB reply buffer (mcserver's get path) */
+	HARNESS_READ_PIN = 1, /* storage_get + storage_release */
 };
 
 struct harness_params {
-	uint64_t keys;        /* distinct keys */
-	uint32_t key_size;    /* bytes per key, >= 12 */
-	uint32_t value_size;  /* bytes per value, >= 8 */
+	uint64_t keys; /* distinct keys */
+	uint32_t key_size; /* bytes per key, >= 12 */
+	uint32_t value_size; /* bytes per value, >= 8 */
 	uint32_t get_percent; /* share of gets in the mix phase */
-	uint64_t ops;         /* operations in each of the get and mix phases, over all threads */
+	uint64_t ops; /* operations in each of the get and mix phases, over all threads */
 	uint64_t seed;
-	uint64_t mem_limit;   /* storage_options.mem_limit */
+	uint64_t mem_limit; /* storage_options.mem_limit */
 	uint32_t sample_every; /* time one operation in this many (>= 1) */
-	uint64_t *samples;    /* latency samples in ns of the mix phase, caller-owned */
+	uint64_t *samples; /* latency samples in ns of the mix phase, caller-owned */
 	size_t samples_cap;
-	uint32_t threads;     /* >= 1 */
-	double zipf_s;        /* key popularity: 0 uniform, else Zipf with this exponent */
-	uint32_t read_mode;   /* enum harness_read */
+	uint32_t threads; /* >= 1 */
+	double zipf_s; /* key popularity: 0 uniform, else Zipf with this exponent */
+	uint32_t read_mode; /* enum harness_read */
 };
 
 struct harness_result {
-	uint64_t fill_ns, get_ns, mix_ns;  /* wall time of each phase (first start to last end) */
-	uint64_t fill_cpu_ns, get_cpu_ns, mix_cpu_ns; /* CPU time of each phase, summed over threads */
+	uint64_t fill_ns, get_ns, mix_ns; /* wall time of each phase (first start to last end) */
+	uint64_t fill_cpu_ns, get_cpu_ns,
+		mix_cpu_ns; /* CPU time of each phase, summed over threads */
 	uint64_t fill_ops, get_ops, mix_ops;
-	uint64_t hits, misses;             /* over the get and mix phases */
-	uint64_t bad_values;               /* a value read back differs from the one written */
-	uint64_t failed_writes;            /* reserve/commit not STORED */
+	uint64_t hits, misses; /* over the get and mix phases */
+	uint64_t bad_values; /* a value read back differs from the one written */
+	uint64_t failed_writes; /* reserve/commit not STORED */
 	size_t samples_len;
-	uint32_t pinned_threads;           /* threads that could be pinned to a CPU of their own */
+	uint32_t pinned_threads; /* threads that could be pinned to a CPU of their own */
 	char store_name[32];
 };
 

@@ -84,7 +84,7 @@ static void die(const char *what, uint32_t st)
 
 static p99_cache *make_cache(int cas)
 {
-	p99_cache_config cfg = {.struct_size = sizeof cfg};
+	p99_cache_config cfg = { .struct_size = sizeof cfg };
 	p99_cache_config_defaults(&cfg);
 	/* Room for every key with no eviction: item = key + value + ~3 header bytes. */
 	size_t per_item = key_len + val_len + 8;
@@ -118,7 +118,7 @@ static void load(p99_cache *c)
 /* --- key sequences ---------------------------------------------------------------------- */
 
 static uint32_t *seq_uniform, *seq_zipf; /* ops_per_thread * max_threads indexes */
-static uint8_t *seq_is_set;                /* 1 = set in the 90/10 mix */
+static uint8_t *seq_is_set; /* 1 = set in the 90/10 mix */
 
 static void make_sequences(void)
 {
@@ -166,7 +166,12 @@ static void make_sequences(void)
 
 /* --- workloads -------------------------------------------------------------------------- */
 
-enum work { W_GET, W_SET, W_STORE, W_MIX };
+enum work {
+	W_GET,
+	W_SET,
+	W_STORE,
+	W_MIX
+};
 
 struct job {
 	p99_cache *c;
@@ -250,9 +255,12 @@ static double measure(p99_cache *c, enum work w, const uint32_t *seq, int thread
 	pthread_barrier_t start;
 	pthread_barrier_init(&start, NULL, (unsigned)threads);
 	for (int t = 0; t < threads; t++) {
-		jobs[t] = (struct job){.c = c, .w = w, .seq = seq + (size_t)t * ops_per_thread,
-				       .is_set = seq_is_set + (size_t)t * ops_per_thread,
-				       .n = ops_per_thread, .start = &start};
+		jobs[t] = (struct job){ .c = c,
+					.w = w,
+					.seq = seq + (size_t)t * ops_per_thread,
+					.is_set = seq_is_set + (size_t)t * ops_per_thread,
+					.n = ops_per_thread,
+					.start = &start };
 		pthread_create(&tid[t], NULL, run_job, &jobs[t]);
 	}
 	double t0 = 1e300, t1 = 0, cpu = 0;
@@ -279,7 +287,7 @@ static int cmp_double(const void *a, const void *b)
 
 struct figure {
 	double wall; /* ops/s, wall clock, all threads */
-	double cpu;  /* ops per CPU-second, per thread */
+	double cpu; /* ops per CPU-second, per thread */
 };
 
 static struct figure median_of(p99_cache *c, enum work w, const uint32_t *seq, int threads)
@@ -289,29 +297,31 @@ static struct figure median_of(p99_cache *c, enum work w, const uint32_t *seq, i
 	for (int r = 0; r < runs; r++) {
 		v[r] = measure(c, w, seq, threads, &misses, &pc[r]);
 		if (misses)
-			fprintf(stderr, "cachebench: %llu misses (expected none)\n", (unsigned long long)misses);
+			fprintf(stderr, "cachebench: %llu misses (expected none)\n",
+				(unsigned long long)misses);
 	}
 	qsort(v, (size_t)runs, sizeof(double), cmp_double);
 	qsort(pc, (size_t)runs, sizeof(double), cmp_double);
-	return (struct figure){v[runs / 2], pc[runs / 2]};
+	return (struct figure){ v[runs / 2], pc[runs / 2] };
 }
 
 static void report_memory(int cas)
 {
 	p99_cache *c = make_cache(cas);
 	load(c);
-	p99_cache_stats st = {.struct_size = sizeof(st)};
+	p99_cache_stats st = { .struct_size = sizeof(st) };
 	uint32_t s = p99_cache_get_stats(c, &st);
 	if (s)
 		die("p99_cache_get_stats", s);
 	double per = (double)st.total_bytes / (double)st.items;
 	double kv = (double)st.key_value_bytes / (double)st.items;
-	printf("memory, CAS %-3s: items %llu (of %zu), total %.1f MiB (segments %.1f MiB, hash %.1f MiB, "
+	printf("memory, CAS %-3s: items %llu (of %zu), total %.1f MiB (segments %.1f MiB, hash "
+	       "%.1f MiB, "
 	       "shards %u): %.2f B/item - %.0f key+value = overhead %.2f B/item "
 	       "(item headers %.2f B, hash %.2f B)\n",
 	       cas ? "on" : "off", (unsigned long long)st.items, nkeys, st.total_bytes / 1048576.0,
-	       st.segment_bytes_allocated / 1048576.0, st.hash_bytes / 1048576.0, st.shards, per, kv,
-	       per - kv, (double)(st.item_bytes - st.key_value_bytes) / (double)st.items,
+	       st.segment_bytes_allocated / 1048576.0, st.hash_bytes / 1048576.0, st.shards, per,
+	       kv, per - kv, (double)(st.item_bytes - st.key_value_bytes) / (double)st.items,
 	       (double)st.hash_bytes / (double)st.items);
 	if (st.items != nkeys || st.evictions != 0) {
 		fprintf(stderr, "cachebench: the store did not hold every key\n");
@@ -324,7 +334,7 @@ static void report_memory(int cas)
  * writes has gone through the budget, then count the items held and read every one back. */
 static void report_capacity(uint32_t mb)
 {
-	p99_cache_config cfg = {.struct_size = sizeof cfg};
+	p99_cache_config cfg = { .struct_size = sizeof cfg };
 	p99_cache_config_defaults(&cfg);
 	cfg.heap_bytes = (uint64_t)mb << 20;
 	cfg.segment_bytes = segment_bytes;
@@ -358,10 +368,12 @@ static void report_capacity(uint32_t mb)
 			bad++;
 		p99_cache_item_release(c, &it);
 	}
-	p99_cache_stats sts = {.struct_size = sizeof(sts)};
+	p99_cache_stats sts = { .struct_size = sizeof(sts) };
 	p99_cache_get_stats(c, &sts);
-	printf("capacity: a %u MiB store (%llu shards) holds %zu items of %zu+%zu B after %zu distinct "
-	       "sets (%zu read back corrupt); hash table %.1f MiB on top; segments used %llu of %llu, "
+	printf("capacity: a %u MiB store (%llu shards) holds %zu items of %zu+%zu B after %zu "
+	       "distinct "
+	       "sets (%zu read back corrupt); hash table %.1f MiB on top; segments used %llu of "
+	       "%llu, "
 	       "item bytes %.1f MiB, evictions %llu, items evicted %llu, merged %llu\n",
 	       mb, (unsigned long long)sts.shards, held, key_len, val_len, total, bad,
 	       sts.hash_bytes / 1048576.0, (unsigned long long)sts.segments_used,
@@ -394,15 +406,16 @@ int main(int argc, char **argv)
 		case 'w': only = optarg; break;
 		case 'm': capacity_mb = (uint32_t)strtoul(optarg, NULL, 10); break;
 		default:
-			fprintf(stderr, "usage: %s [-n keys] [-k key_bytes] [-v value_bytes] "
-					"[-o ops_per_thread] [-s segment_bytes] [-S shards] [-r runs] "
-					"[-t max_threads] [-w workload-prefix] [-m capacity_test_MiB]\n",
+			fprintf(stderr,
+				"usage: %s [-n keys] [-k key_bytes] [-v value_bytes] "
+				"[-o ops_per_thread] [-s segment_bytes] [-S shards] [-r runs] "
+				"[-t max_threads] [-w workload-prefix] [-m capacity_test_MiB]\n",
 				argv[0]);
 			return 2;
 		}
 	}
-	if (nkeys == 0 || key_len < 12 || key_len > P99_CACHE_KEY_MAX || val_len == 0 ||
-	    runs < 1 || runs > 15 || max_threads < 1 || max_threads > 16) {
+	if (nkeys == 0 || key_len < 12 || key_len > P99_CACHE_KEY_MAX || val_len == 0 || runs < 1 ||
+	    runs > 15 || max_threads < 1 || max_threads > 16) {
 		fprintf(stderr, "cachebench: bad arguments\n");
 		return 2;
 	}
@@ -430,14 +443,16 @@ int main(int argc, char **argv)
 		enum work w;
 		int zipf;
 	} tests[] = {
-		{"get uniform", W_GET, 0},
-		{"get zipf", W_GET, 1},
-		{"set uniform (reserve/write/commit)", W_SET, 0},
-		{"set uniform (p99_cache_store)", W_STORE, 0},
-		{"90/10 uniform", W_MIX, 0},
-		{"90/10 zipf", W_MIX, 1},
+		{ "get uniform", W_GET, 0 },
+		{ "get zipf", W_GET, 1 },
+		{ "set uniform (reserve/write/commit)", W_SET, 0 },
+		{ "set uniform (p99_cache_store)", W_STORE, 0 },
+		{ "90/10 uniform", W_MIX, 0 },
+		{ "90/10 zipf", W_MIX, 1 },
 	};
-	enum { NTESTS = sizeof(tests) / sizeof(tests[0]) };
+	enum {
+		NTESTS = sizeof(tests) / sizeof(tests[0])
+	};
 	struct figure base[NTESTS];
 	printf("%-36s %8s %14s %14s %10s %10s\n", "workload", "threads", "Mops/s wall",
 	       "Mops/CPU-s", "x1 wall", "x1 CPU");
@@ -445,8 +460,8 @@ int main(int argc, char **argv)
 		for (int i = 0; i < NTESTS; i++) {
 			if (only && strncmp(tests[i].name, only, strlen(only)) != 0)
 				continue;
-			struct figure f = median_of(c, tests[i].w, tests[i].zipf ? seq_zipf : seq_uniform,
-						    threads);
+			struct figure f = median_of(
+				c, tests[i].w, tests[i].zipf ? seq_zipf : seq_uniform, threads);
 			if (threads == 1)
 				base[i] = f;
 			printf("%-36s %8d %14.2f %14.2f %9.2fx %9.2fx\n", tests[i].name, threads,
@@ -454,7 +469,7 @@ int main(int argc, char **argv)
 			       f.cpu * threads / base[i].cpu);
 		}
 	}
-	p99_cache_stats st = {.struct_size = sizeof(st)};
+	p99_cache_stats st = { .struct_size = sizeof(st) };
 	p99_cache_get_stats(c, &st);
 	printf("after the runs: items %llu, evictions %llu, hits %llu, misses %llu\n",
 	       (unsigned long long)st.items, (unsigned long long)st.evictions,

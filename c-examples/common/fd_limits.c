@@ -13,7 +13,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-unsigned long fd_reserve_for(unsigned threads) { return 16 + 4ul * (threads ? threads : 1); }
+unsigned long fd_reserve_for(unsigned threads)
+{
+	return 16 + 4ul * (threads ? threads : 1);
+}
 
 int fd_limit_ensure(unsigned long need, unsigned long *allowed, char *err, size_t errlen)
 {
@@ -38,7 +41,7 @@ int fd_limit_ensure(unsigned long need, unsigned long *allowed, char *err, size_
 	}
 	/* at least go as far as the hard limit allows */
 	if (rl.rlim_cur < rl.rlim_max) {
-		struct rlimit up = {rl.rlim_max, rl.rlim_max};
+		struct rlimit up = { rl.rlim_max, rl.rlim_max };
 		if (setrlimit(RLIMIT_NOFILE, &up) == 0)
 			rl.rlim_cur = rl.rlim_max;
 	}
@@ -132,7 +135,7 @@ enum accept_result fd_spare_accept(struct fd_spare *s, int listen_fd, int flags,
 
 static void listener_poll(struct listener_pause *p, bool on)
 {
-	struct epoll_event ev = {.events = on ? EPOLLIN : 0, .data.ptr = p->tag};
+	struct epoll_event ev = { .events = on ? EPOLLIN : 0, .data.ptr = p->tag };
 	epoll_ctl(p->epfd, EPOLL_CTL_MOD, p->fd, &ev);
 	p->paused = !on;
 }

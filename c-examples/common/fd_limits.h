@@ -42,11 +42,11 @@ struct fd_spare {
 };
 
 enum accept_result {
-	ACCEPT_OK,        /* *fd is a new connection */
-	ACCEPT_EMPTY,     /* nothing waiting (EAGAIN), or a client vanished before accept */
-	ACCEPT_REFUSED,   /* out of fds: one waiting client was refused; call again */
+	ACCEPT_OK, /* *fd is a new connection */
+	ACCEPT_EMPTY, /* nothing waiting (EAGAIN), or a client vanished before accept */
+	ACCEPT_REFUSED, /* out of fds: one waiting client was refused; call again */
 	ACCEPT_EXHAUSTED, /* out of fds and no spare: stop polling the listener for a while */
-	ACCEPT_FAILED,    /* another accept error (errno set) */
+	ACCEPT_FAILED, /* another accept error (errno set) */
 };
 
 /* Opens the spare. Returns 0, or -1 (errno set). */

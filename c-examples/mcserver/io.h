@@ -35,7 +35,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct io_conn;   /* one client connection (opaque) */
+struct io_conn; /* one client connection (opaque) */
 struct io_server; /* the running I/O module (opaque) */
 
 typedef void (*io_release_fn)(void *cookie);
@@ -47,26 +47,26 @@ struct io_callbacks {
 	void (*on_data)(struct io_conn *conn, void *state, const char *data, size_t len);
 	/* Connection closed; free state. No io_* call on conn after this returns. */
 	void (*on_close)(struct io_conn *conn, void *state);
-	void *ctx;        /* passed to on_accept */
+	void *ctx; /* passed to on_accept */
 };
 
 /* TLS settings (memcached's -Z -o ssl_chain_cert=,ssl_key=,ssl_ca_cert=,ssl_verify_mode=). */
 struct io_tls {
-	const char *chain_cert;  /* PEM certificate chain, leaf first */
-	const char *key;         /* PEM private key of the leaf */
-	const char *ca_cert;     /* PEM CA list for client certificates, or NULL */
-	int verify_mode;         /* 0: no client certificate asked (default); 1: asked, verified
+	const char *chain_cert; /* PEM certificate chain, leaf first */
+	const char *key; /* PEM private key of the leaf */
+	const char *ca_cert; /* PEM CA list for client certificates, or NULL */
+	int verify_mode; /* 0: no client certificate asked (default); 1: asked, verified
 	                            when given; 2 or 3: required */
 };
 
 struct io_options {
-	const char *addr;        /* listen address (IPv4/IPv6 literal or host name) */
-	uint16_t port;           /* TCP port; 0 lets the kernel pick (see io_port) */
-	unsigned threads;        /* worker threads, >= 1 */
-	unsigned max_conns;      /* simultaneous connections; beyond it a client gets
+	const char *addr; /* listen address (IPv4/IPv6 literal or host name) */
+	uint16_t port; /* TCP port; 0 lets the kernel pick (see io_port) */
+	unsigned threads; /* worker threads, >= 1 */
+	unsigned max_conns; /* simultaneous connections; beyond it a client gets
 	                            "ERROR Too many open connections" and is closed */
-	size_t out_high_water;   /* queued output bytes above which reading pauses */
-	int verbose;             /* -v level: log connection events to stderr */
+	size_t out_high_water; /* queued output bytes above which reading pauses */
+	int verbose; /* -v level: log connection events to stderr */
 	const struct io_tls *tls; /* serve TLS (only where io_supports_tls()); NULL: plaintext */
 };
 
@@ -86,8 +86,8 @@ struct io_stats {
  * Binds, listens and starts the worker threads. Returns the server, or NULL with a message in
  * err. Signals should be blocked by the caller before, so the workers inherit the mask.
  */
-struct io_server *io_start(const struct io_options *opts, const struct io_callbacks *cb,
-			   char *err, size_t errlen);
+struct io_server *io_start(const struct io_options *opts, const struct io_callbacks *cb, char *err,
+			   size_t errlen);
 
 /* The TCP port actually bound (useful with port 0). */
 uint16_t io_port(const struct io_server *srv);

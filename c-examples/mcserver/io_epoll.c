@@ -39,9 +39,9 @@
 struct segment {
 	const char *data;
 	size_t len;
-	char *owned;             /* chunk to free (copies), or NULL */
-	size_t cap;              /* capacity of owned */
-	io_release_fn release;   /* for references */
+	char *owned; /* chunk to free (copies), or NULL */
+	size_t cap; /* capacity of owned */
+	io_release_fn release; /* for references */
 	void *cookie;
 };
 
@@ -53,13 +53,13 @@ struct io_conn {
 	void *state;
 	struct io_conn *prev, *next;
 	struct segment *segs;
-	size_t head, nsegs, segcap;   /* queued segments are segs[head .. nsegs) */
-	size_t head_off;              /* bytes of segs[head] already written */
-	size_t queued;                /* bytes queued, not yet written */
-	bool closing;                 /* io_close: close once output drained */
-	bool dead;                    /* socket failed: close now */
-	bool reading;                 /* EPOLLIN armed */
-	bool writing;                 /* EPOLLOUT armed */
+	size_t head, nsegs, segcap; /* queued segments are segs[head .. nsegs) */
+	size_t head_off; /* bytes of segs[head] already written */
+	size_t queued; /* bytes queued, not yet written */
+	bool closing; /* io_close: close once output drained */
+	bool dead; /* socket failed: close now */
+	bool reading; /* EPOLLIN armed */
+	bool writing; /* EPOLLOUT armed */
 };
 
 struct worker {
@@ -82,9 +82,15 @@ struct io_server {
 	struct fd_spare spare; /* accept-and-refuse when out of descriptors (fd_limits.h) */
 };
 
-static void add(_Atomic uint64_t *v, uint64_t n) { atomic_fetch_add_explicit(v, n, memory_order_relaxed); }
+static void add(_Atomic uint64_t *v, uint64_t n)
+{
+	atomic_fetch_add_explicit(v, n, memory_order_relaxed);
+}
 
-const char *io_name(void) { return "epoll"; }
+const char *io_name(void)
+{
+	return "epoll";
+}
 
 /* --- output queue -------------------------------------------------------------------------- */
 
@@ -168,7 +174,10 @@ int io_send_ref(struct io_conn *c, const void *data, size_t len, io_release_fn r
 	return 0;
 }
 
-void io_close(struct io_conn *c) { c->closing = true; }
+void io_close(struct io_conn *c)
+{
+	c->closing = true;
+}
 
 /* Writes what the socket takes. Returns false when the connection has failed. */
 static bool flush(struct io_conn *c)
@@ -226,8 +235,12 @@ static void conn_close(struct io_conn *c)
 	for (size_t i = c->head; i < c->nsegs; i++)
 		seg_done(&c->segs[i]);
 	free(c->segs);
-	if (c->prev) c->prev->next = c->next; else w->conns = c->next;
-	if (c->next) c->next->prev = c->prev;
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		w->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
 	w->srv->cb.on_close(c, c->state);
 	atomic_fetch_sub(&w->srv->conns, 1);
 	atomic_fetch_sub_explicit(&w->curr, 1, memory_order_relaxed);
@@ -332,7 +345,7 @@ static void accept_all(struct worker *w)
 		c->fd = fd;
 		c->w = w;
 		c->reading = true;
-		struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+		struct epoll_event ev = { .events = EPOLLIN, .data.ptr = c };
 		if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
 			atomic_fetch_sub(&srv->conns, 1);
 			close(fd);
@@ -378,7 +391,8 @@ static void *worker_main(void *arg)
 				struct io_conn *c = p;
 				uint32_t e = events[i].events;
 				if (!c->reading && (e & (EPOLLHUP | EPOLLERR)))
-					c->dead = true; /* paused and the peer is gone: nothing to deliver */
+					c->dead =
+						true; /* paused and the peer is gone: nothing to deliver */
 				if (c->reading && (e & (EPOLLIN | EPOLLHUP | EPOLLERR)))
 					conn_readable(c);
 				else
@@ -400,14 +414,16 @@ static void *worker_main(void *arg)
 static int listen_socket(const struct io_options *o, uint16_t port, uint16_t *bound, char *err,
 			 size_t errlen)
 {
-	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-				 .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+	struct addrinfo hints = { .ai_family = AF_UNSPEC,
+				  .ai_socktype = SOCK_STREAM,
+				  .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
 	struct addrinfo *res;
 	char portstr[8];
 	snprintf(portstr, sizeof(portstr), "%u", port);
 	int rc = getaddrinfo(o->addr, portstr, &hints, &res);
 	if (rc != 0) {
-		snprintf(err, errlen, "cannot resolve %s: %s", o->addr ? o->addr : "*", gai_strerror(rc));
+		snprintf(err, errlen, "cannot resolve %s: %s", o->addr ? o->addr : "*",
+			 gai_strerror(rc));
 		return -1;
 	}
 	int fd = -1;
@@ -440,20 +456,27 @@ static int listen_socket(const struct io_options *o, uint16_t port, uint16_t *bo
 
 static void worker_free(struct worker *w)
 {
-	if (w->epfd >= 0) close(w->epfd);
-	if (w->listen_fd >= 0) close(w->listen_fd);
-	if (w->stop_fd >= 0) close(w->stop_fd);
+	if (w->epfd >= 0)
+		close(w->epfd);
+	if (w->listen_fd >= 0)
+		close(w->listen_fd);
+	if (w->stop_fd >= 0)
+		close(w->stop_fd);
 }
 
 /* TLS belongs to the p99 I/O module (the engine terminates it); this loop is plaintext. */
-int io_supports_tls(void) { return 0; }
+int io_supports_tls(void)
+{
+	return 0;
+}
 
-struct io_server *io_start(const struct io_options *opts, const struct io_callbacks *cb,
-			   char *err, size_t errlen)
+struct io_server *io_start(const struct io_options *opts, const struct io_callbacks *cb, char *err,
+			   size_t errlen)
 {
 	err[0] = '\0';
 	if (opts->tls) {
-		snprintf(err, errlen, "TLS (-Z) comes with the p99 I/O module: use an mcserver-*-uring build");
+		snprintf(err, errlen,
+			 "TLS (-Z) comes with the p99 I/O module: use an mcserver-*-uring build");
 		return NULL;
 	}
 	struct io_server *srv = calloc(1, sizeof(*srv));
@@ -487,10 +510,11 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 			break;
 		w->epfd = epoll_create1(EPOLL_CLOEXEC);
 		w->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-		w->pause = (struct listener_pause){.epfd = w->epfd, .fd = w->listen_fd,
-						   .tag = &w->listen_fd};
-		struct epoll_event le = {.events = EPOLLIN, .data.ptr = &w->listen_fd};
-		struct epoll_event se = {.events = EPOLLIN, .data.ptr = &w->stop_fd};
+		w->pause = (struct listener_pause){ .epfd = w->epfd,
+						    .fd = w->listen_fd,
+						    .tag = &w->listen_fd };
+		struct epoll_event le = { .events = EPOLLIN, .data.ptr = &w->listen_fd };
+		struct epoll_event se = { .events = EPOLLIN, .data.ptr = &w->stop_fd };
 		if (w->epfd < 0 || w->stop_fd < 0 ||
 		    epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->listen_fd, &le) != 0 ||
 		    epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->stop_fd, &se) != 0) {
@@ -526,7 +550,10 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 	return NULL;
 }
 
-uint16_t io_port(const struct io_server *srv) { return srv->port; }
+uint16_t io_port(const struct io_server *srv)
+{
+	return srv->port;
+}
 
 void io_stop(struct io_server *srv)
 {
@@ -551,7 +578,8 @@ void io_get_stats(const struct io_server *srv, struct io_stats *out)
 		struct worker *w = &srv->workers[i];
 		out->curr_connections += atomic_load_explicit(&w->curr, memory_order_relaxed);
 		out->total_connections += atomic_load_explicit(&w->total, memory_order_relaxed);
-		out->rejected_connections += atomic_load_explicit(&w->rejected, memory_order_relaxed);
+		out->rejected_connections +=
+			atomic_load_explicit(&w->rejected, memory_order_relaxed);
 		out->bytes_read += atomic_load_explicit(&w->bytes_read, memory_order_relaxed);
 		out->bytes_written += atomic_load_explicit(&w->bytes_written, memory_order_relaxed);
 	}

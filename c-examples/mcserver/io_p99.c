@@ -25,14 +25,14 @@ struct io_conn {
 	p99_conn id;
 	void *state;
 	struct io_server *srv;
-	bool over_limit;   /* accepted beyond max_conns: told so, then closed */
+	bool over_limit; /* accepted beyond max_conns: told so, then closed */
 };
 
 struct io_server {
 	p99_engine *engine;
 	struct io_callbacks cb;
 	struct io_options opts;
-	_Atomic uint64_t conns;       /* open, counted against max_conns */
+	_Atomic uint64_t conns; /* open, counted against max_conns */
 	_Atomic uint64_t total;
 	_Atomic uint64_t rejected;
 	uint32_t workers;
@@ -46,7 +46,10 @@ struct ref {
 
 static __thread p99_worker *tls_worker;
 
-const char *io_name(void) { return "p99"; }
+const char *io_name(void)
+{
+	return "p99";
+}
 
 static void release_ref(struct ref *r)
 {
@@ -137,21 +140,28 @@ static void on_close(void *user, p99_worker *w, p99_conn id)
 /* The engine wants an address literal; io.h allows host names too. */
 static int resolve(const char *addr, char *out, size_t outlen)
 {
-	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE };
+	struct addrinfo hints = { .ai_family = AF_UNSPEC,
+				  .ai_socktype = SOCK_STREAM,
+				  .ai_flags = AI_PASSIVE };
 	struct addrinfo *res = NULL;
 	if (getaddrinfo(addr, NULL, &hints, &res) != 0 || !res)
 		return -1;
-	const void *src = res->ai_family == AF_INET ? (const void *)&((struct sockaddr_in *)res->ai_addr)->sin_addr
-						    : (const void *)&((struct sockaddr_in6 *)res->ai_addr)->sin6_addr;
+	const void *src = res->ai_family == AF_INET
+				  ? (const void *)&((struct sockaddr_in *)res->ai_addr)->sin_addr
+				  : (const void *)&((struct sockaddr_in6 *)res->ai_addr)->sin6_addr;
 	const char *ok = inet_ntop(res->ai_family, src, out, (socklen_t)outlen);
 	freeaddrinfo(res);
 	return ok ? 0 : -1;
 }
 
 /* The engine terminates TLS: the callbacks below see plaintext either way. */
-int io_supports_tls(void) { return 1; }
+int io_supports_tls(void)
+{
+	return 1;
+}
 
-struct io_server *io_start(const struct io_options *opts, const struct io_callbacks *cb, char *err, size_t errlen)
+struct io_server *io_start(const struct io_options *opts, const struct io_callbacks *cb, char *err,
+			   size_t errlen)
 {
 	char literal[INET6_ADDRSTRLEN];
 	if (resolve(opts->addr ? opts->addr : "127.0.0.1", literal, sizeof(literal)) != 0) {
@@ -167,7 +177,7 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 	srv->opts = *opts;
 	srv->workers = opts->threads ? opts->threads : 1;
 
-	p99_engine_config cfg = {.struct_size = sizeof cfg};
+	p99_engine_config cfg = { .struct_size = sizeof cfg };
 	p99_engine_config_defaults(&cfg);
 	cfg.addr = literal;
 	cfg.port = opts->port;
@@ -176,7 +186,7 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 	 * process-wide limit only bounds the clients being told so. */
 	cfg.max_conns = opts->max_conns + 1024;
 	cfg.out_high_water = opts->out_high_water ? opts->out_high_water : cfg.out_high_water;
-	p99_tls_config tls = {.struct_size = sizeof tls};
+	p99_tls_config tls = { .struct_size = sizeof tls };
 	p99_tls_config_defaults(&tls);
 	if (opts->tls) {
 		tls.cert_chain_file = opts->tls->chain_cert;
@@ -188,7 +198,7 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 		cfg.tls = &tls;
 	}
 
-	p99_engine_callbacks ecb = {.struct_size = sizeof ecb};
+	p99_engine_callbacks ecb = { .struct_size = sizeof ecb };
 	p99_engine_callbacks_defaults(&ecb);
 	ecb.user = srv;
 	ecb.on_accept = on_accept;
@@ -198,14 +208,16 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 
 	p99_status st = p99_engine_start(&cfg, &ecb, &srv->engine);
 	if (st == P99_STATUS_TLS_CONFIG) {
-		snprintf(err, errlen, "TLS: %s (ssl_chain_cert=%s, ssl_key=%s%s%s)", p99_status_str(st),
-			 opts->tls->chain_cert, opts->tls->key, tls.client_ca_file ? ", ssl_ca_cert=" : "",
+		snprintf(err, errlen, "TLS: %s (ssl_chain_cert=%s, ssl_key=%s%s%s)",
+			 p99_status_str(st), opts->tls->chain_cert, opts->tls->key,
+			 tls.client_ca_file ? ", ssl_ca_cert=" : "",
 			 tls.client_ca_file ? tls.client_ca_file : "");
 		free(srv);
 		return NULL;
 	}
 	if (st != P99_STATUS_OK) {
-		snprintf(err, errlen, "p99_engine_start: %s (%s)", p99_status_str(st), p99_last_error_message());
+		snprintf(err, errlen, "p99_engine_start: %s (%s)", p99_status_str(st),
+			 p99_last_error_message());
 		free(srv);
 		return NULL;
 	}
@@ -248,7 +260,8 @@ int io_send_copy(struct io_conn *conn, const void *data, size_t len)
 	return p99_worker_send(tls_worker, conn->id, data, len) == P99_STATUS_OK ? 0 : -1;
 }
 
-int io_send_ref(struct io_conn *conn, const void *data, size_t len, io_release_fn release, void *cookie)
+int io_send_ref(struct io_conn *conn, const void *data, size_t len, io_release_fn release,
+		void *cookie)
 {
 	struct ref *r = malloc(sizeof(*r));
 	if (!r) {
@@ -259,7 +272,8 @@ int io_send_ref(struct io_conn *conn, const void *data, size_t len, io_release_f
 	r->release = release;
 	r->cookie = cookie;
 	struct iovec iov = { (void *)data, len };
-	if (p99_worker_send_iov(tls_worker, conn->id, &iov, 1, (uint64_t)(uintptr_t)r) != P99_STATUS_OK) {
+	if (p99_worker_send_iov(tls_worker, conn->id, &iov, 1, (uint64_t)(uintptr_t)r) !=
+	    P99_STATUS_OK) {
 		release_ref(r);
 		return -1;
 	}

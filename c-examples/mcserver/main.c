@@ -22,7 +22,8 @@ static void usage(FILE *f, const char *prog)
 {
 	fprintf(f,
 		"usage: %s [options]\n"
-		"  -p <num>                  TCP port to listen on (default: 11211; 0 = any free port)\n"
+		"  -p <num>                  TCP port to listen on (default: 11211; 0 = any free "
+		"port)\n"
 		"  -l <addr>                 interface to listen on (default: 127.0.0.1)\n"
 		"  -t <num>                  number of worker threads (default: 4)\n"
 		"  -c <num>                  max simultaneous connections (default: 1024)\n"
@@ -34,7 +35,9 @@ static void usage(FILE *f, const char *prog)
 		"  -F                        disable flush_all\n"
 		"  -U <num>                  UDP port: only 0 (off) is supported\n"
 		"  -Z                        serve TLS (the p99 I/O module only); needs -o below\n"
-		"  -o ssl_chain_cert=<file>,ssl_key=<file>[,ssl_ca_cert=<file>][,ssl_verify_mode=<0-3>]\n"
+		"  -o "
+		"ssl_chain_cert=<file>,ssl_key=<file>[,ssl_ca_cert=<file>][,ssl_verify_mode=<0-3>]"
+		"\n"
 		"                            TLS certificate chain, key, client CA and client\n"
 		"                            certificate mode (0 none, 1 optional, 2/3 required)\n"
 		"  -v                        verbose (repeat for more)\n"
@@ -58,7 +61,8 @@ static bool parse_ulong(const char *s, unsigned long max, unsigned long *out)
  * false, with a message printed, on an unknown or malformed option. */
 static bool parse_ext_options(char *list, struct io_tls *tls)
 {
-	for (char *save = NULL, *opt = strtok_r(list, ",", &save); opt; opt = strtok_r(NULL, ",", &save)) {
+	for (char *save = NULL, *opt = strtok_r(list, ",", &save); opt;
+	     opt = strtok_r(NULL, ",", &save)) {
 		char *eq = strchr(opt, '=');
 		if (!eq || eq[1] == '\0') {
 			fprintf(stderr, "mcserver: -o %s: expected name=value\n", opt);
@@ -106,8 +110,14 @@ static bool parse_size(const char *s, size_t *out)
 int main(int argc, char **argv)
 {
 	struct proto_settings ps = {
-		.addr = "127.0.0.1", .port = 11211, .threads = 4, .max_conns = 1024,
-		.mem_limit = 64u << 20, .item_max = 1u << 20, .growth = 1.25, .cas_enabled = true,
+		.addr = "127.0.0.1",
+		.port = 11211,
+		.threads = 4,
+		.max_conns = 1024,
+		.mem_limit = 64u << 20,
+		.item_max = 1u << 20,
+		.growth = 1.25,
+		.cas_enabled = true,
 	};
 	unsigned long v;
 	int opt;
@@ -116,29 +126,32 @@ int main(int argc, char **argv)
 	while ((opt = getopt(argc, argv, "p:l:t:c:m:I:f:CFU:vhZo:")) != -1) {
 		switch (opt) {
 		case 'p':
-			if (!parse_ulong(optarg, 65535, &v)) goto bad;
+			if (!parse_ulong(optarg, 65535, &v))
+				goto bad;
 			ps.port = (uint16_t)v;
 			break;
-		case 'l':
-			ps.addr = optarg;
-			break;
+		case 'l': ps.addr = optarg; break;
 		case 't':
-			if (!parse_ulong(optarg, 256, &v) || v == 0) goto bad;
+			if (!parse_ulong(optarg, 256, &v) || v == 0)
+				goto bad;
 			ps.threads = (unsigned)v;
 			break;
 		case 'c':
-			if (!parse_ulong(optarg, 1000000, &v) || v == 0) goto bad;
+			if (!parse_ulong(optarg, 1000000, &v) || v == 0)
+				goto bad;
 			ps.max_conns = (unsigned)v;
 			break;
 		case 'm':
-			if (!parse_ulong(optarg, 1024 * 1024, &v) || v == 0) goto bad;
+			if (!parse_ulong(optarg, 1024 * 1024, &v) || v == 0)
+				goto bad;
 			ps.mem_limit = (size_t)v << 20;
 			break;
 		case 'I':
 			if (!parse_size(optarg, &ps.item_max) || ps.item_max < 1024 ||
 			    ps.item_max > storage_item_max_limit()) {
 				fprintf(stderr,
-					"mcserver: -I must be between 1k and %zum with the %s storage "
+					"mcserver: -I must be between 1k and %zum with the %s "
+					"storage "
 					"module\n",
 					storage_item_max_limit() >> 20, storage_name());
 				return 1;
@@ -146,36 +159,25 @@ int main(int argc, char **argv)
 			break;
 		case 'f':
 			ps.growth = strtod(optarg, NULL);
-			if (ps.growth <= 1.0 || ps.growth > 4.0) goto bad;
+			if (ps.growth <= 1.0 || ps.growth > 4.0)
+				goto bad;
 			break;
-		case 'C':
-			ps.cas_enabled = false;
-			break;
-		case 'F':
-			ps.flush_disabled = true;
-			break;
+		case 'C': ps.cas_enabled = false; break;
+		case 'F': ps.flush_disabled = true; break;
 		case 'U':
 			if (strcmp(optarg, "0") != 0) {
 				fprintf(stderr, "mcserver: UDP is not supported; only -U 0\n");
 				return 1;
 			}
 			break;
-		case 'v':
-			ps.verbose++;
-			break;
-		case 'Z':
-			tls_on = true;
-			break;
+		case 'v': ps.verbose++; break;
+		case 'Z': tls_on = true; break;
 		case 'o':
 			if (!parse_ext_options(optarg, &tls))
 				return 1;
 			break;
-		case 'h':
-			usage(stdout, argv[0]);
-			return 0;
-		default:
-			usage(stderr, argv[0]);
-			return 1;
+		case 'h': usage(stdout, argv[0]); return 0;
+		default: usage(stderr, argv[0]); return 1;
 		}
 	}
 	if (optind < argc) {
@@ -183,8 +185,10 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (tls_on && !io_supports_tls()) {
-		fprintf(stderr, "mcserver: -Z: TLS comes with the p99 I/O module; this build's I/O module "
-				"is %s (use an mcserver-*-uring build)\n", io_name());
+		fprintf(stderr,
+			"mcserver: -Z: TLS comes with the p99 I/O module; this build's I/O module "
+			"is %s (use an mcserver-*-uring build)\n",
+			io_name());
 		return 1;
 	}
 	if (tls_on && (!tls.chain_cert || !tls.key)) {
@@ -192,7 +196,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (tls_on && tls.verify_mode > 0 && !tls.ca_cert) {
-		fprintf(stderr, "mcserver: ssl_verify_mode=%d needs -o ssl_ca_cert=FILE\n", tls.verify_mode);
+		fprintf(stderr, "mcserver: ssl_verify_mode=%d needs -o ssl_ca_cert=FILE\n",
+			tls.verify_mode);
 		return 1;
 	}
 	if (ps.item_max > ps.mem_limit) {
@@ -202,15 +207,18 @@ int main(int argc, char **argv)
 
 	char err[256];
 	struct storage_options so = {
-		.mem_limit = ps.mem_limit, .item_max = ps.item_max,
-		.cas_enabled = ps.cas_enabled, .growth = ps.growth,
+		.mem_limit = ps.mem_limit,
+		.item_max = ps.item_max,
+		.cas_enabled = ps.cas_enabled,
+		.growth = ps.growth,
 	};
 	if (storage_setup(&so, err, sizeof(err)) != 0) {
 		fprintf(stderr, "mcserver: %s\n", err);
 		return 1;
 	}
 	/* like memcached: raise the descriptor limit to what -c needs, or refuse to start */
-	if (fd_limit_ensure(ps.max_conns + fd_reserve_for(ps.threads), NULL, err, sizeof(err)) != 0) {
+	if (fd_limit_ensure(ps.max_conns + fd_reserve_for(ps.threads), NULL, err, sizeof(err)) !=
+	    0) {
 		fprintf(stderr, "mcserver: -c %u: %s\n", ps.max_conns, err);
 		storage_teardown();
 		return 1;
@@ -225,8 +233,12 @@ int main(int argc, char **argv)
 	struct io_callbacks cb;
 	proto_init(&ps, &cb);
 	struct io_options io = {
-		.addr = ps.addr, .port = ps.port, .threads = ps.threads,
-		.max_conns = ps.max_conns, .out_high_water = OUT_HIGH_WATER, .verbose = ps.verbose,
+		.addr = ps.addr,
+		.port = ps.port,
+		.threads = ps.threads,
+		.max_conns = ps.max_conns,
+		.out_high_water = OUT_HIGH_WATER,
+		.verbose = ps.verbose,
 		.tls = tls_on ? &tls : NULL,
 	};
 	struct io_server *srv = io_start(&io, &cb, err, sizeof(err));

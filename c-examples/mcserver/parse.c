@@ -35,7 +35,7 @@ static bool next_token(const char **p, const char *end, struct mc_token *t)
 
 struct mc_token mc_next_key(const char **cursor, const char *end)
 {
-	struct mc_token t = {*cursor, 0};
+	struct mc_token t = { *cursor, 0 };
 	next_token(cursor, end, &t);
 	return t;
 }
@@ -222,7 +222,7 @@ static enum mc_error parse_meta_flags(struct mc_request *req, const struct mc_to
 		if (f >= 127 || mc_meta_has(m, f))
 			return MC_ERR_DUP_FLAG;
 		m->seen[f >> 6] |= (uint64_t)1 << (f & 63);
-		struct mc_token arg = {tok[i].s + 1, tok[i].n - 1};
+		struct mc_token arg = { tok[i].s + 1, tok[i].n - 1 };
 		switch (f) {
 		case 'b': {
 			unsigned char scratch[MC_KEY_MAX];
@@ -288,11 +288,19 @@ static enum mc_error parse_meta_flags(struct mc_request *req, const struct mc_to
 			break;
 		case 'v': m->value = true; break;
 		case 'q': m->quiet = true; break;
-		case 'O': case 'P': case 'L': case 'k': case 's': case 't': case 'c': case 'f':
-		case 'l': case 'h': case 'u': case 'I':
-			break;
-		default:
-			return MC_ERR_INVALID_FLAG;
+		case 'O':
+		case 'P':
+		case 'L':
+		case 'k':
+		case 's':
+		case 't':
+		case 'c':
+		case 'f':
+		case 'l':
+		case 'h':
+		case 'u':
+		case 'I': break;
+		default: return MC_ERR_INVALID_FLAG;
 		}
 	}
 	return failed ? err : MC_OK;
@@ -376,8 +384,7 @@ static void parse_meta(struct mc_request *req, const struct mc_token *tok, size_
  * number of keys only when the line starts with the command; otherwise its 24 tokens bound
  * them).
  */
-static void parse_retrieval(struct mc_request *req, const char *p, const char *end,
-			    size_t maxkeys)
+static void parse_retrieval(struct mc_request *req, const char *p, const char *end, size_t maxkeys)
 {
 	struct mc_token t;
 	if (!next_token(&p, end, &t)) {
@@ -551,13 +558,16 @@ static enum mc_verb verb_of(struct mc_token cmd)
 		const char *name;
 		enum mc_verb verb;
 	} verbs[] = {
-		{"get", MC_GET},         {"gets", MC_GETS},           {"gat", MC_GAT},
-		{"gats", MC_GATS},       {"set", MC_SET},             {"add", MC_ADD},
-		{"replace", MC_REPLACE}, {"append", MC_APPEND},       {"prepend", MC_PREPEND},
-		{"cas", MC_CAS},         {"incr", MC_INCR},           {"decr", MC_DECR},
-		{"delete", MC_DELETE},   {"touch", MC_TOUCH},         {"stats", MC_STATS},
-		{"flush_all", MC_FLUSH_ALL}, {"version", MC_VERSION}, {"verbosity", MC_VERBOSITY},
-		{"quit", MC_QUIT},       {"slabs", MC_SLABS_AUTOMOVE},
+		{ "get", MC_GET },         { "gets", MC_GETS },
+		{ "gat", MC_GAT },         { "gats", MC_GATS },
+		{ "set", MC_SET },         { "add", MC_ADD },
+		{ "replace", MC_REPLACE }, { "append", MC_APPEND },
+		{ "prepend", MC_PREPEND }, { "cas", MC_CAS },
+		{ "incr", MC_INCR },       { "decr", MC_DECR },
+		{ "delete", MC_DELETE },   { "touch", MC_TOUCH },
+		{ "stats", MC_STATS },     { "flush_all", MC_FLUSH_ALL },
+		{ "version", MC_VERSION }, { "verbosity", MC_VERBOSITY },
+		{ "quit", MC_QUIT },       { "slabs", MC_SLABS_AUTOMOVE },
 	};
 	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
 		if (tok_is(cmd, verbs[i].name))
@@ -618,39 +628,22 @@ void mc_parse(const char *line, size_t len, struct mc_request *req)
 	req->verb = verb_of(tok[0]);
 	switch (req->verb) {
 	case MC_GET:
-	case MC_GETS:
-		parse_retrieval(req, tok[0].s + tok[0].n, end, n - 1);
-		return;
+	case MC_GETS: parse_retrieval(req, tok[0].s + tok[0].n, end, n - 1); return;
 	case MC_GAT:
-	case MC_GATS:
-		parse_retrieval(req, tok[0].s + tok[0].n, end, n >= 2 ? n - 2 : 0);
-		return;
+	case MC_GATS: parse_retrieval(req, tok[0].s + tok[0].n, end, n >= 2 ? n - 2 : 0); return;
 	case MC_SET:
 	case MC_ADD:
 	case MC_REPLACE:
 	case MC_APPEND:
 	case MC_PREPEND:
-	case MC_CAS:
-		parse_update(req, tok, n);
-		return;
+	case MC_CAS: parse_update(req, tok, n); return;
 	case MC_INCR:
-	case MC_DECR:
-		parse_arith(req, tok, n);
-		return;
-	case MC_DELETE:
-		parse_delete(req, tok, n);
-		return;
-	case MC_TOUCH:
-		parse_touch(req, tok, n);
-		return;
-	case MC_STATS:
-		parse_stats(req, tok, n);
-		return;
-	case MC_SLABS_AUTOMOVE:
-		parse_slabs(req, tok, n);
-		return;
-	default:
-		break;
+	case MC_DECR: parse_arith(req, tok, n); return;
+	case MC_DELETE: parse_delete(req, tok, n); return;
+	case MC_TOUCH: parse_touch(req, tok, n); return;
+	case MC_STATS: parse_stats(req, tok, n); return;
+	case MC_SLABS_AUTOMOVE: parse_slabs(req, tok, n); return;
+	default: break;
 	}
 	/* memcached drops an HTTP request silently; it looks only after the commands above */
 	if (tok[n - 1].n >= 5 && memcmp(tok[n - 1].s, "HTTP/", 5) == 0) {
@@ -658,13 +651,8 @@ void mc_parse(const char *line, size_t len, struct mc_request *req)
 		return;
 	}
 	switch (req->verb) {
-	case MC_FLUSH_ALL:
-		parse_flush_all(req, tok, n);
-		return;
-	case MC_VERBOSITY:
-		parse_verbosity(req, tok, n);
-		return;
-	default: /* version and quit take no arguments and ignore any; ERROR stays */
-		return;
+	case MC_FLUSH_ALL: parse_flush_all(req, tok, n); return;
+	case MC_VERBOSITY: parse_verbosity(req, tok, n); return;
+	default: /* version and quit take no arguments and ignore any; ERROR stays */ return;
 	}
 }

@@ -28,19 +28,25 @@
 #include "storage.h"
 
 #define SERVER_VERSION "1.6.18-mcserver"
-#define LINE_MAX_PLAIN 2048            /* memcached closes a connection past this without '\n' */
-#define LINE_MAX_READ (16 * 1024)      /* memcached's read buffer (READ_BUFFER_SIZE) */
+#define LINE_MAX_PLAIN 2048 /* memcached closes a connection past this without '\n' */
+#define LINE_MAX_READ (16 * 1024) /* memcached's read buffer (READ_BUFFER_SIZE) */
 #define LINE_MAX_GET (4 * 1024 * 1024) /* multi-get lines may be long; cap them all the same */
-#define COPY_VALUE_MAX 1024            /* values up to this size are copied into the reply */
+#define COPY_VALUE_MAX 1024 /* values up to this size are copied into the reply */
 #define VALUE_HEAD_MAX (STORAGE_KEY_MAX + 96) /* "VALUE <key> <flags> <bytes> <cas>\r\n" */
 #define REALTIME_MAXDELTA (60 * 60 * 24 * 30)
 
-enum conn_state { ST_LINE, ST_DATA, ST_DATA_END, ST_SWALLOW, ST_CLOSED };
+enum conn_state {
+	ST_LINE,
+	ST_DATA,
+	ST_DATA_END,
+	ST_SWALLOW,
+	ST_CLOSED
+};
 
 struct pconn {
 	struct io_conn *io;
 	enum conn_state state;
-	char *line;             /* partial command line */
+	char *line; /* partial command line */
 	size_t len, cap;
 	bool seen_input;
 	/* value being received */
@@ -73,16 +79,25 @@ static struct io_server *server;
 static struct counters stats;
 static time_t process_started;
 static _Atomic int verbosity;
-static _Atomic int automove = 1;     /* slabs automove: memcached's default is 1 */
+static _Atomic int automove = 1; /* slabs automove: memcached's default is 1 */
 static _Atomic double automove_ratio = 0.8; /* slabs automove ratio (only reported) */
 
-static void count(_Atomic uint64_t *c) { atomic_fetch_add_explicit(c, 1, memory_order_relaxed); }
+static void count(_Atomic uint64_t *c)
+{
+	atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
+}
 
-static uint64_t load(_Atomic uint64_t *c) { return atomic_load_explicit(c, memory_order_relaxed); }
+static uint64_t load(_Atomic uint64_t *c)
+{
+	return atomic_load_explicit(c, memory_order_relaxed);
+}
 
 /* --- replies -------------------------------------------------------------------------------- */
 
-static void send_str(struct pconn *c, const char *s) { io_send_copy(c->io, s, strlen(s)); }
+static void send_str(struct pconn *c, const char *s)
+{
+	io_send_copy(c->io, s, strlen(s));
+}
 
 /* memcached's out_string: suppressed (once) by noreply. */
 static void reply(struct pconn *c, const char *s)
@@ -110,7 +125,10 @@ static int64_t ttl_from_exptime(int32_t exptime)
 
 /* --- commands --------------------------------------------------------------------------------- */
 
-static void release_pin(void *pin) { storage_release(pin); }
+static void release_pin(void *pin)
+{
+	storage_release(pin);
+}
 
 /* One VALUE reply: header, then a value of up to COPY_VALUE_MAX bytes at VALUE_HEAD_MAX (where
  * storage_get_copy puts it), then "\r\n". */
@@ -122,10 +140,11 @@ static void send_value(struct pconn *c, struct mc_token key, const struct storag
 		       bool with_cas, struct value_reply *r)
 {
 	char head[VALUE_HEAD_MAX];
-	int n = with_cas ? snprintf(head, sizeof(head), "VALUE %.*s %" PRIu32 " %zu %" PRIu64 "\r\n",
-				    (int)key.n, key.s, v->flags, v->len, v->cas)
-			 : snprintf(head, sizeof(head), "VALUE %.*s %" PRIu32 " %zu\r\n", (int)key.n,
-				    key.s, v->flags, v->len);
+	int n = with_cas
+			? snprintf(head, sizeof(head), "VALUE %.*s %" PRIu32 " %zu %" PRIu64 "\r\n",
+				   (int)key.n, key.s, v->flags, v->len, v->cas)
+			: snprintf(head, sizeof(head), "VALUE %.*s %" PRIu32 " %zu\r\n", (int)key.n,
+				   key.s, v->flags, v->len);
 	if (v->len <= COPY_VALUE_MAX) {
 		char *val = r->buf + VALUE_HEAD_MAX;
 		if (v->value != val)
@@ -199,7 +218,10 @@ static void line_mem(struct line *l, const void *p, size_t n)
 	l->n += n;
 }
 
-static void line_str(struct line *l, const char *s) { line_mem(l, s, strlen(s)); }
+static void line_str(struct line *l, const char *s)
+{
+	line_mem(l, s, strlen(s));
+}
 
 static void line_fmt(struct line *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void line_fmt(struct line *l, const char *fmt, ...)
@@ -269,7 +291,10 @@ static void line_ttl(struct line *l, int64_t ttl)
 
 /* storage_ttl_left's figure as a ttl for line_ttl: -1 (never) is 0; an item read while live
  * has at least 1 second left, as memcached would print for it. */
-static int64_t view_ttl(int64_t ttl) { return ttl == -1 ? 0 : ttl < 1 ? 1 : ttl; }
+static int64_t view_ttl(int64_t ttl)
+{
+	return ttl == -1 ? 0 : ttl < 1 ? 1 : ttl;
+}
 
 /* Whether flag token a comes before flag token b (both present). */
 static bool flag_before(const struct mc_meta *m, char a, char b)
@@ -299,14 +324,12 @@ static bool meta_unsupported(const struct mc_request *req)
 		       mc_meta_has(m, 'R');
 	case MC_MS:
 		return mc_meta_has(m, 'b') ||
-		       (mc_meta_has(m, 'I') && m->has_cas && strchr("SR", m->mode ? m->mode : 'S')) ||
+		       (mc_meta_has(m, 'I') && m->has_cas &&
+			strchr("SR", m->mode ? m->mode : 'S')) ||
 		       (m->has_cas && req->cas != 0 && (m->mode == 'A' || m->mode == 'P'));
-	case MC_MD:
-		return mc_meta_has(m, 'C') || mc_meta_has(m, 'I');
-	case MC_MA:
-		return mc_meta_has(m, 'C');
-	default:
-		return false;
+	case MC_MD: return mc_meta_has(m, 'C') || mc_meta_has(m, 'I');
+	case MC_MA: return mc_meta_has(m, 'C');
+	default: return false;
 	}
 }
 
@@ -337,7 +360,7 @@ static void cmd_mg(struct pconn *c, const struct mc_request *req, struct mc_toke
 		send_str(c, "CLIENT_ERROR opaque token too long\r\n");
 		return;
 	}
-	struct line l = {.n = 0};
+	struct line l = { .n = 0 };
 	if (rc != STORAGE_OK) {
 		if (m->quiet)
 			return;
@@ -404,8 +427,9 @@ static void cmd_ms(struct pconn *c, const struct mc_request *req, struct mc_toke
 	struct storage_reservation *res;
 	int rc = storage_reserve(key.s, key.n, req->flags, req->exptime, (size_t)req->vlen, &res);
 	if (rc != STORAGE_OK) {
-		send_str(c, rc == STORAGE_TOO_LARGE ? "SERVER_ERROR object too large for cache\r\n"
-						    : "SERVER_ERROR out of memory storing object\r\n");
+		send_str(c, rc == STORAGE_TOO_LARGE
+				    ? "SERVER_ERROR object too large for cache\r\n"
+				    : "SERVER_ERROR out of memory storing object\r\n");
 		c->state = ST_SWALLOW;
 		c->left = (size_t)req->vlen + 2;
 		storage_delete(key.s, key.n); /* memcached drops the old value whatever the mode */
@@ -441,7 +465,7 @@ static void finish_meta_set(struct pconn *c, int rc, uint64_t cas)
 	c->meta_set = false;
 	if (rc == STORAGE_STORED && c->meta_quiet)
 		return;
-	struct line l = {.n = 0};
+	struct line l = { .n = 0 };
 	switch (rc) {
 	case STORAGE_STORED: line_str(&l, "HD"); break;
 	case STORAGE_EXISTS: line_str(&l, "EX"); break;
@@ -464,7 +488,7 @@ static void finish_meta_set(struct pconn *c, int rc, uint64_t cas)
 static void cmd_md(struct pconn *c, const struct mc_request *req, struct mc_token key)
 {
 	const struct mc_meta *m = &req->meta;
-	struct line l = {.n = 0};
+	struct line l = { .n = 0 };
 	if (storage_delete(key.s, key.n) == STORAGE_DELETED) {
 		count(&stats.delete_hits);
 		if (m->quiet)
@@ -529,17 +553,13 @@ static void cmd_ma(struct pconn *c, const struct mc_request *req, struct mc_toke
 	uint64_t value = 0, cas = 0;
 	int rc = storage_incr(key.s, key.n, incr, req->delta, &value, &cas);
 	bool created = false;
-	struct line l = {.n = 0};
+	struct line l = { .n = 0 };
 	switch (rc) {
-	case STORAGE_OK:
-		count(incr ? &stats.incr_hits : &stats.decr_hits);
-		break;
+	case STORAGE_OK: count(incr ? &stats.incr_hits : &stats.decr_hits); break;
 	case STORAGE_NON_NUMERIC:
 		send_str(c, "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n");
 		return;
-	case STORAGE_NO_MEMORY:
-		send_str(c, "SERVER_ERROR out of memory\r\n");
-		return;
+	case STORAGE_NO_MEMORY: send_str(c, "SERVER_ERROR out of memory\r\n"); return;
 	default:
 		if (!m->vivify) {
 			count(incr ? &stats.incr_misses : &stats.decr_misses);
@@ -717,8 +737,9 @@ static void finish_update(struct pconn *c)
 	uint64_t new_cas = 0;
 	int rc = storage_commit(res, op, c->cas, &new_cas);
 	if (op == STORAGE_CAS) {
-		count(rc == STORAGE_STORED ? &stats.cas_hits
-		      : rc == STORAGE_EXISTS ? &stats.cas_badval : &stats.cas_misses);
+		count(rc == STORAGE_STORED   ? &stats.cas_hits
+		      : rc == STORAGE_EXISTS ? &stats.cas_badval
+					     : &stats.cas_misses);
 	}
 	if (c->meta_set) {
 		finish_meta_set(c, rc, new_cas);
@@ -750,12 +771,8 @@ static void cmd_incr(struct pconn *c, const struct mc_request *req)
 	case STORAGE_NON_NUMERIC:
 		reply(c, "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n");
 		break;
-	case STORAGE_NO_MEMORY:
-		reply(c, "SERVER_ERROR out of memory\r\n");
-		break;
-	default:
-		count(incr ? &stats.incr_misses : &stats.decr_misses);
-		reply(c, "NOT_FOUND\r\n");
+	case STORAGE_NO_MEMORY: reply(c, "SERVER_ERROR out of memory\r\n"); break;
+	default: count(incr ? &stats.incr_misses : &stats.decr_misses); reply(c, "NOT_FOUND\r\n");
 	}
 }
 
@@ -830,11 +847,13 @@ static void stats_general(struct pconn *c)
 	stat_u64(stat_line, c, "time", (uint64_t)now);
 	stat_line(c, "version", SERVER_VERSION);
 	stat_u64(stat_line, c, "pointer_size", sizeof(void *) * 8);
-	snprintf(buf, sizeof(buf), "%ld.%06ld", (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec);
+	snprintf(buf, sizeof(buf), "%ld.%06ld", (long)ru.ru_utime.tv_sec,
+		 (long)ru.ru_utime.tv_usec);
 	stat_line(c, "rusage_user", buf);
-	snprintf(buf, sizeof(buf), "%ld.%06ld", (long)ru.ru_stime.tv_sec, (long)ru.ru_stime.tv_usec);
+	snprintf(buf, sizeof(buf), "%ld.%06ld", (long)ru.ru_stime.tv_sec,
+		 (long)ru.ru_stime.tv_usec);
 	stat_line(c, "rusage_system", buf);
-	struct io_stats ios = {0};
+	struct io_stats ios = { 0 };
 	if (server)
 		io_get_stats(server, &ios);
 	stat_u64(stat_line, c, "max_connections", settings.max_conns);
@@ -892,10 +911,10 @@ static void stats_settings(struct pconn *c)
 static void reset_counters(void)
 {
 	_Atomic uint64_t *all[] = {
-		&stats.cmd_get, &stats.cmd_set, &stats.cmd_flush, &stats.cmd_touch,
-		&stats.get_hits, &stats.get_misses, &stats.delete_hits, &stats.delete_misses,
-		&stats.incr_hits, &stats.incr_misses, &stats.decr_hits, &stats.decr_misses,
-		&stats.cas_hits, &stats.cas_misses, &stats.cas_badval, &stats.touch_hits,
+		&stats.cmd_get,      &stats.cmd_set,     &stats.cmd_flush,   &stats.cmd_touch,
+		&stats.get_hits,     &stats.get_misses,  &stats.delete_hits, &stats.delete_misses,
+		&stats.incr_hits,    &stats.incr_misses, &stats.decr_hits,   &stats.decr_misses,
+		&stats.cas_hits,     &stats.cas_misses,  &stats.cas_badval,  &stats.touch_hits,
 		&stats.touch_misses,
 	};
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
@@ -1110,7 +1129,8 @@ static void on_data(struct io_conn *io, void *state, const char *data, size_t le
 			}
 			handle_line(c, c->line, c->len - 1);
 			c->len = 0;
-			if (c->cap > 64 * 1024) { /* do not keep a huge buffer for a whole connection */
+			if (c->cap >
+			    64 * 1024) { /* do not keep a huge buffer for a whole connection */
 				free(c->line);
 				c->line = NULL;
 				c->cap = 0;
@@ -1155,4 +1175,7 @@ void proto_init(const struct proto_settings *s, struct io_callbacks *cb)
 	cb->ctx = NULL;
 }
 
-void proto_set_server(struct io_server *srv) { server = srv; }
+void proto_set_server(struct io_server *srv)
+{
+	server = srv;
+}

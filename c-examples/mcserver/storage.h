@@ -43,34 +43,34 @@
 
 /* Outcome of a store call. Each function lists which of these it returns. */
 enum storage_result {
-	STORAGE_OK = 0,          /* done (reserve, fill, touch, incr/decr, flush) */
-	STORAGE_STORED,          /* commit: the item is now visible */
-	STORAGE_NOT_STORED,      /* commit: add on existing key; replace/append/prepend on missing */
-	STORAGE_EXISTS,          /* commit CAS: the item changed since it was read (or cas 0) */
-	STORAGE_NOT_FOUND,       /* no such (live) item */
-	STORAGE_DELETED,         /* delete: the item was removed */
-	STORAGE_TOO_LARGE,       /* reserve/commit: the item can never fit (over item_max) */
-	STORAGE_NO_MEMORY,       /* reserve/commit/incr: no room even after eviction */
-	STORAGE_NON_NUMERIC,     /* incr/decr: the value is not an unsigned 64-bit decimal */
-	STORAGE_INVALID,         /* a bad argument (NULL, key too long, fill past the length) */
+	STORAGE_OK = 0, /* done (reserve, fill, touch, incr/decr, flush) */
+	STORAGE_STORED, /* commit: the item is now visible */
+	STORAGE_NOT_STORED, /* commit: add on existing key; replace/append/prepend on missing */
+	STORAGE_EXISTS, /* commit CAS: the item changed since it was read (or cas 0) */
+	STORAGE_NOT_FOUND, /* no such (live) item */
+	STORAGE_DELETED, /* delete: the item was removed */
+	STORAGE_TOO_LARGE, /* reserve/commit: the item can never fit (over item_max) */
+	STORAGE_NO_MEMORY, /* reserve/commit/incr: no room even after eviction */
+	STORAGE_NON_NUMERIC, /* incr/decr: the value is not an unsigned 64-bit decimal */
+	STORAGE_INVALID, /* a bad argument (NULL, key too long, fill past the length) */
 };
 
 /* What storage_commit does with the reserved item. */
 enum storage_op {
-	STORAGE_SET,     /* store unconditionally */
-	STORAGE_ADD,     /* store only if the key is missing */
+	STORAGE_SET, /* store unconditionally */
+	STORAGE_ADD, /* store only if the key is missing */
 	STORAGE_REPLACE, /* store only if the key exists */
-	STORAGE_APPEND,  /* add the reserved bytes after the existing value (flags/ttl kept) */
+	STORAGE_APPEND, /* add the reserved bytes after the existing value (flags/ttl kept) */
 	STORAGE_PREPEND, /* add the reserved bytes before the existing value (flags/ttl kept) */
-	STORAGE_CAS,     /* store only if the existing item's cas equals the given one */
+	STORAGE_CAS, /* store only if the existing item's cas equals the given one */
 };
 
 /* Settings given once to storage_setup(). */
 struct storage_options {
-	size_t mem_limit;   /* bytes the store may use for items (memcached -m), > 0 */
-	size_t item_max;    /* largest item in bytes, header included (memcached -I), > 0 */
-	bool cas_enabled;   /* false with -C: every cas reads as 0 and CAS commits give EXISTS */
-	double growth;      /* slab growth factor (slab store only; 0 = default 1.25) */
+	size_t mem_limit; /* bytes the store may use for items (memcached -m), > 0 */
+	size_t item_max; /* largest item in bytes, header included (memcached -I), > 0 */
+	bool cas_enabled; /* false with -C: every cas reads as 0 and CAS commits give EXISTS */
+	double growth; /* slab growth factor (slab store only; 0 = default 1.25) */
 };
 
 /* A write in progress (opaque). */
@@ -84,8 +84,8 @@ struct storage_view {
 	const void *value;
 	size_t len;
 	uint32_t flags;
-	uint64_t cas;              /* 0 when CAS is disabled */
-	uint32_t expires;          /* when it expires on the store's clock, 0 = never: see
+	uint64_t cas; /* 0 when CAS is disabled */
+	uint32_t expires; /* when it expires on the store's clock, 0 = never: see
 				    * storage_ttl_left (kept raw so a read costs no clock call) */
 	struct storage_pin *pin;
 };
@@ -141,8 +141,7 @@ int storage_get(const void *key, size_t nkey, struct storage_view *out);
  * than cap is pinned instead, exactly as by storage_get (out->pin set; release it). Returns
  * STORAGE_OK or STORAGE_NOT_FOUND.
  */
-int storage_get_copy(const void *key, size_t nkey, void *buf, size_t cap,
-		     struct storage_view *out);
+int storage_get_copy(const void *key, size_t nkey, void *buf, size_t cap, struct storage_view *out);
 
 /* Like storage_get, and sets the item's exptime (cas unchanged). Returns OK or NOT_FOUND. */
 int storage_gat(const void *key, size_t nkey, int64_t exptime, struct storage_view *out);

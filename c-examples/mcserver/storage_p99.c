@@ -61,7 +61,10 @@ static void free_list(struct block_list *l)
 	l->n = 0;
 }
 
-static void blocks_thread_exit(void *list) { free_list(list); }
+static void blocks_thread_exit(void *list)
+{
+	free_list(list);
+}
 
 static void blocks_key_create(void)
 {
@@ -99,14 +102,20 @@ static void block_put(union block *b)
 	blocks.n++;
 }
 
-const char *storage_name(void) { return "p99"; }
+const char *storage_name(void)
+{
+	return "p99";
+}
 
 /* An item lives in one segment, and a segment is at most P99_CACHE_SEGMENT_BYTES_MAX. */
-size_t storage_item_max_limit(void) { return P99_CACHE_SEGMENT_BYTES_MAX; }
+size_t storage_item_max_limit(void)
+{
+	return P99_CACHE_SEGMENT_BYTES_MAX;
+}
 
 int storage_setup(const struct storage_options *opts, char *err, size_t errlen)
 {
-	p99_cache_config cfg = {.struct_size = sizeof cfg};
+	p99_cache_config cfg = { .struct_size = sizeof cfg };
 	p99_cache_config_defaults(&cfg);
 	cfg.heap_bytes = opts->mem_limit;
 	cfg.item_max = (uint32_t)opts->item_max;
@@ -116,8 +125,8 @@ int storage_setup(const struct storage_options *opts, char *err, size_t errlen)
 	mem_limit = opts->mem_limit;
 	p99_status st = p99_cache_new(&cfg, &cache);
 	if (st != P99_STATUS_OK) {
-		snprintf(err, errlen, "p99_cache_new: %s (-m %zu MiB, -I %zu)", p99_last_error_message(),
-			 opts->mem_limit >> 20, opts->item_max);
+		snprintf(err, errlen, "p99_cache_new: %s (-m %zu MiB, -I %zu)",
+			 p99_last_error_message(), opts->mem_limit >> 20, opts->item_max);
 		return -1;
 	}
 	return 0;
@@ -161,8 +170,8 @@ int storage_reserve(const void *key, size_t nkey, uint32_t flags, int64_t exptim
 	union block *b = block_get();
 	if (!b)
 		return STORAGE_NO_MEMORY;
-	p99_status st = p99_cache_reserve(cache, key, nkey, vlen, flags, expiry_of(exptime),
-					  &b->res.r);
+	p99_status st =
+		p99_cache_reserve(cache, key, nkey, vlen, flags, expiry_of(exptime), &b->res.r);
 	if (st != P99_STATUS_OK) {
 		block_put(b);
 		return map_status(st);
@@ -176,7 +185,7 @@ int storage_fill(struct storage_reservation *res, const void *data, size_t len)
 	if (!res)
 		return STORAGE_INVALID;
 	return p99_cache_reservation_write(&res->r, data, len) == P99_STATUS_OK ? STORAGE_OK
-										 : STORAGE_INVALID;
+										: STORAGE_INVALID;
 }
 
 void storage_cancel(struct storage_reservation *res)
@@ -191,9 +200,12 @@ int storage_commit(struct storage_reservation *res, enum storage_op op, uint64_t
 		   uint64_t *cas_out)
 {
 	static const uint32_t modes[] = {
-		[STORAGE_SET] = P99_CACHE_MODE_SET,         [STORAGE_ADD] = P99_CACHE_MODE_ADD,
-		[STORAGE_REPLACE] = P99_CACHE_MODE_REPLACE, [STORAGE_APPEND] = P99_CACHE_MODE_APPEND,
-		[STORAGE_PREPEND] = P99_CACHE_MODE_PREPEND, [STORAGE_CAS] = P99_CACHE_MODE_CAS,
+		[STORAGE_SET] = P99_CACHE_MODE_SET,
+		[STORAGE_ADD] = P99_CACHE_MODE_ADD,
+		[STORAGE_REPLACE] = P99_CACHE_MODE_REPLACE,
+		[STORAGE_APPEND] = P99_CACHE_MODE_APPEND,
+		[STORAGE_PREPEND] = P99_CACHE_MODE_PREPEND,
+		[STORAGE_CAS] = P99_CACHE_MODE_CAS,
 	};
 	if (!res)
 		return STORAGE_INVALID;
@@ -244,12 +256,11 @@ int storage_get(const void *key, size_t nkey, struct storage_view *out)
 	return pin_view(p99_cache_get(cache, key, nkey, &b->pin.item), &b->pin, out);
 }
 
-int storage_get_copy(const void *key, size_t nkey, void *buf, size_t cap,
-		     struct storage_view *out)
+int storage_get_copy(const void *key, size_t nkey, void *buf, size_t cap, struct storage_view *out)
 {
 	if (!out)
 		return STORAGE_INVALID;
-	p99_cache_value_info info = {.struct_size = sizeof(info)};
+	p99_cache_value_info info = { .struct_size = sizeof(info) };
 	p99_status st = p99_cache_get_copy(cache, key, nkey, buf, cap, &info);
 	if (st == P99_STATUS_BUFFER_TOO_SMALL)
 		return storage_get(key, nkey, out); /* a large value: pin it instead */
@@ -321,7 +332,7 @@ static void stat_u64(storage_stat_fn fn, void *ctx, const char *name, uint64_t v
 
 void storage_stats(storage_stat_fn fn, void *ctx)
 {
-	p99_cache_stats s = {.struct_size = sizeof(s)};
+	p99_cache_stats s = { .struct_size = sizeof(s) };
 	if (p99_cache_get_stats(cache, &s) != P99_STATUS_OK)
 		return;
 	stat_u64(fn, ctx, "curr_items", s.items);

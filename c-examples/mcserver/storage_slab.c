@@ -26,14 +26,14 @@
 #define PAGE_SIZE_MIN (1024 * 1024)
 #define CLASS_MAX 64
 #define CHUNK_ALIGN 8
-#define SMALLEST_CHUNK 96     /* memcached's: a 48-byte header + 48 bytes */
-#define LRU_SEARCH 50          /* items looked at from an LRU tail before giving up */
+#define SMALLEST_CHUNK 96 /* memcached's: a 48-byte header + 48 bytes */
+#define LRU_SEARCH 50 /* items looked at from an LRU tail before giving up */
 #define HASH_POWER_INIT 16
-#define HASH_MIGRATE_STEP 64   /* old buckets moved per write while the table grows */
+#define HASH_MIGRATE_STEP 64 /* old buckets moved per write while the table grows */
 #define REALTIME_MAXDELTA (60 * 60 * 24 * 30) /* memcached: a larger exptime is absolute */
 
 enum {
-	ITEM_LINKED = 1,  /* in the hash table and the LRU */
+	ITEM_LINKED = 1, /* in the hash table and the LRU */
 	ITEM_SLABBED = 2, /* on its class's free list */
 };
 
@@ -43,29 +43,29 @@ enum {
  */
 struct item {
 	struct item *next, *prev; /* LRU, or free list when slabbed */
-	struct item *h_next;      /* hash chain */
-	uint32_t time;            /* last write, store clock */
-	uint32_t exptime;         /* 0 = never, else store clock when it expires */
-	uint32_t nbytes;          /* value length */
-	uint32_t refcount;        /* pins + reservation */
+	struct item *h_next; /* hash chain */
+	uint32_t time; /* last write, store clock */
+	uint32_t exptime; /* 0 = never, else store clock when it expires */
+	uint32_t nbytes; /* value length */
+	uint32_t refcount; /* pins + reservation */
 	uint8_t it_flags;
 	uint8_t clsid;
 	uint8_t nkey;
 	uint8_t unused;
-	uint32_t flags;           /* client flags */
-	uint64_t cas;             /* always assigned; shown as 0 when CAS is disabled */
+	uint32_t flags; /* client flags */
+	uint64_t cas; /* always assigned; shown as 0 when CAS is disabled */
 	char data[];
 };
 
 struct page {
 	char *mem;
-	uint8_t clsid;            /* 0 = not assigned */
+	uint8_t clsid; /* 0 = not assigned */
 };
 
 struct slab_class {
-	size_t size;              /* chunk size */
+	size_t size; /* chunk size */
 	unsigned perpage;
-	struct item *free_head;   /* chunks not in use */
+	struct item *free_head; /* chunks not in use */
 	size_t free_count;
 	struct item *lru_head, *lru_tail;
 	uint64_t pages;
@@ -78,10 +78,10 @@ static struct {
 	struct storage_options opts;
 	size_t page_size;
 	struct slab_class classes[CLASS_MAX];
-	unsigned nclasses;               /* classes are 1..nclasses */
+	unsigned nclasses; /* classes are 1..nclasses */
 	struct page *pages;
 	size_t npages_max, npages;
-	size_t victim;                   /* next page to consider for slab eviction */
+	size_t victim; /* next page to consider for slab eviction */
 
 	struct item **table, **old_table;
 	unsigned hashpower;
@@ -89,10 +89,10 @@ static struct {
 	size_t migrate_next;
 
 	uint64_t next_cas;
-	uint32_t oldest_live;            /* delayed flush moment (store clock), 0 = none */
-	uint64_t oldest_cas;             /* items with cas below this are flushed */
+	uint32_t oldest_live; /* delayed flush moment (store clock), 0 = none */
+	uint64_t oldest_cas; /* items with cas below this are flushed */
 	struct timespec start;
-	time_t start_unix;               /* wall time at store time 2 (memcached's absolute exptimes) */
+	time_t start_unix; /* wall time at store time 2 (memcached's absolute exptimes) */
 
 	uint64_t curr_items, total_items, bytes, evictions, page_evictions, reclaimed;
 	uint64_t expired_unfetched, flushed;
@@ -117,8 +117,14 @@ static size_t memcached_total(size_t nkey, uint32_t flags, size_t nbytes)
 	return 48 + (S.opts.cas_enabled ? 8 : 0) + nkey + 1 + (flags ? 4 : 0) + nbytes + 2;
 }
 
-static char *item_key(struct item *it) { return it->data; }
-static char *item_value(struct item *it) { return it->data + it->nkey; }
+static char *item_key(struct item *it)
+{
+	return it->data;
+}
+static char *item_value(struct item *it)
+{
+	return it->data + it->nkey;
+}
 
 /* --- hashing ---------------------------------------------------------------------------- */
 
@@ -137,7 +143,10 @@ static uint64_t hash_key(const void *key, size_t n)
 	return h;
 }
 
-static size_t hash_mask(unsigned power) { return ((size_t)1 << power) - 1; }
+static size_t hash_mask(unsigned power)
+{
+	return ((size_t)1 << power) - 1;
+}
 
 static struct item **bucket_for(uint64_t hv)
 {
@@ -214,8 +223,14 @@ static void hash_remove(struct item *it)
 static void lru_unlink(struct item *it)
 {
 	struct slab_class *c = &S.classes[it->clsid];
-	if (it->prev) it->prev->next = it->next; else c->lru_head = it->next;
-	if (it->next) it->next->prev = it->prev; else c->lru_tail = it->prev;
+	if (it->prev)
+		it->prev->next = it->next;
+	else
+		c->lru_head = it->next;
+	if (it->next)
+		it->next->prev = it->prev;
+	else
+		c->lru_tail = it->prev;
 	it->next = it->prev = NULL;
 }
 
@@ -224,7 +239,10 @@ static void lru_push(struct item *it)
 	struct slab_class *c = &S.classes[it->clsid];
 	it->prev = NULL;
 	it->next = c->lru_head;
-	if (c->lru_head) c->lru_head->prev = it; else c->lru_tail = it;
+	if (c->lru_head)
+		c->lru_head->prev = it;
+	else
+		c->lru_tail = it;
 	c->lru_head = it;
 }
 
@@ -235,7 +253,8 @@ static void free_push(struct item *it)
 	it->refcount = 0;
 	it->prev = NULL;
 	it->next = c->free_head;
-	if (c->free_head) c->free_head->prev = it;
+	if (c->free_head)
+		c->free_head->prev = it;
 	c->free_head = it;
 	c->free_count++;
 }
@@ -243,8 +262,12 @@ static void free_push(struct item *it)
 static void free_unlink(struct item *it)
 {
 	struct slab_class *c = &S.classes[it->clsid];
-	if (it->prev) it->prev->next = it->next; else c->free_head = it->next;
-	if (it->next) it->next->prev = it->prev;
+	if (it->prev)
+		it->prev->next = it->next;
+	else
+		c->free_head = it->next;
+	if (it->next)
+		it->next->prev = it->prev;
 	it->next = it->prev = NULL;
 	it->it_flags = 0;
 	c->free_count--;
@@ -453,8 +476,8 @@ static uint32_t store_expiry(int64_t exptime)
 	if (exptime < 0)
 		return 1; /* already expired */
 	int64_t now = store_now();
-	int64_t e = exptime <= REALTIME_MAXDELTA ? now + exptime
-						 : exptime - (int64_t)S.start_unix + 2;
+	int64_t e =
+		exptime <= REALTIME_MAXDELTA ? now + exptime : exptime - (int64_t)S.start_unix + 2;
 	if (e <= now)
 		return 1;
 	return e > UINT32_MAX ? UINT32_MAX : (uint32_t)e;
@@ -462,10 +485,16 @@ static uint32_t store_expiry(int64_t exptime)
 
 /* --- storage.h ----------------------------------------------------------------------------- */
 
-const char *storage_name(void) { return "slab"; }
+const char *storage_name(void)
+{
+	return "slab";
+}
 
 /* A page is at least the largest item; memcached's own -I ceiling. */
-size_t storage_item_max_limit(void) { return (size_t)1024 << 20; }
+size_t storage_item_max_limit(void)
+{
+	return (size_t)1024 << 20;
+}
 
 int storage_setup(const struct storage_options *opts, char *err, size_t errlen)
 {
@@ -591,9 +620,7 @@ int storage_commit(struct storage_reservation *r, enum storage_op op, uint64_t c
 	struct item *old = find_live(item_key(it), it->nkey, hv);
 	struct item *store = it;
 	switch (op) {
-	case STORAGE_SET:
-		rc = STORAGE_STORED;
-		break;
+	case STORAGE_SET: rc = STORAGE_STORED; break;
 	case STORAGE_ADD:
 		rc = old ? STORAGE_NOT_STORED : STORAGE_STORED;
 		if (old) { /* memcached refreshes the existing item's recency */
@@ -601,9 +628,7 @@ int storage_commit(struct storage_reservation *r, enum storage_op op, uint64_t c
 			lru_push(old);
 		}
 		break;
-	case STORAGE_REPLACE:
-		rc = old ? STORAGE_STORED : STORAGE_NOT_STORED;
-		break;
+	case STORAGE_REPLACE: rc = old ? STORAGE_STORED : STORAGE_NOT_STORED; break;
 	case STORAGE_CAS:
 		if (!old)
 			rc = STORAGE_NOT_FOUND;
@@ -622,8 +647,7 @@ int storage_commit(struct storage_reservation *r, enum storage_op op, uint64_t c
 		if (rc == STORAGE_OK)
 			rc = STORAGE_STORED;
 		break;
-	default:
-		rc = STORAGE_INVALID;
+	default: rc = STORAGE_INVALID;
 	}
 	if (rc == STORAGE_STORED) {
 		if (old)
@@ -670,8 +694,7 @@ int storage_get(const void *key, size_t nkey, struct storage_view *out)
 	return it ? STORAGE_OK : STORAGE_NOT_FOUND;
 }
 
-int storage_get_copy(const void *key, size_t nkey, void *buf, size_t cap,
-		     struct storage_view *out)
+int storage_get_copy(const void *key, size_t nkey, void *buf, size_t cap, struct storage_view *out)
 {
 	if (!key || !out || (!buf && cap) || nkey == 0 || nkey > STORAGE_KEY_MAX)
 		return STORAGE_NOT_FOUND;

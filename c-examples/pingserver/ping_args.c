@@ -11,10 +11,11 @@
 
 static void usage(const char *prog)
 {
-	fprintf(stderr, "usage: %s [-p PORT] [-l ADDR] [-t THREADS] [-c MAXCONN] [-b NS]\n"
-			"          [--tls-cert FILE --tls-key FILE]\n"
-			"  -b NS  test only: burn NS ns of CPU per request (a server slowed on purpose)\n"
-			"  --tls-cert FILE --tls-key FILE  serve TLS 1.2/1.3 with this PEM chain and key\n",
+	fprintf(stderr,
+		"usage: %s [-p PORT] [-l ADDR] [-t THREADS] [-c MAXCONN] [-b NS]\n"
+		"          [--tls-cert FILE --tls-key FILE]\n"
+		"  -b NS  test only: burn NS ns of CPU per request (a server slowed on purpose)\n"
+		"  --tls-cert FILE --tls-key FILE  serve TLS 1.2/1.3 with this PEM chain and key\n",
 		prog);
 	exit(2);
 }

@@ -3,14 +3,14 @@
 #define PING_ARGS_H
 
 struct ping_args {
-	const char *addr;   /* -l, default 127.0.0.1 */
-	int port;           /* -p, default 12321; 0 = any free port (printed) */
-	int threads;        /* -t, default 0 = one per CPU of the affinity mask */
-	int maxconn;        /* -c, default 65536 (or what RLIMIT_NOFILE allows) */
-	int maxconn_given;  /* -c was on the command line */
-	long burn_ns;       /* -b, default 0; test only: CPU ns burnt per request (pingserver-c) */
+	const char *addr; /* -l, default 127.0.0.1 */
+	int port; /* -p, default 12321; 0 = any free port (printed) */
+	int threads; /* -t, default 0 = one per CPU of the affinity mask */
+	int maxconn; /* -c, default 65536 (or what RLIMIT_NOFILE allows) */
+	int maxconn_given; /* -c was on the command line */
+	long burn_ns; /* -b, default 0; test only: CPU ns burnt per request (pingserver-c) */
 	const char *tls_cert; /* --tls-cert FILE: serve TLS with this PEM certificate chain */
-	const char *tls_key;  /* --tls-key FILE: its private key (PEM); both or neither */
+	const char *tls_key; /* --tls-key FILE: its private key (PEM); both or neither */
 };
 
 /* Parses argv; prints usage and exits on a bad flag. */

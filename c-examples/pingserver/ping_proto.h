@@ -9,8 +9,8 @@
 #define PING_MAX_LINE 1024
 
 struct ping_parser {
-	size_t len;                     /* bytes of the unfinished line */
-	char line[PING_MAX_LINE + 1];   /* room for the line and its '\n' */
+	size_t len; /* bytes of the unfinished line */
+	char line[PING_MAX_LINE + 1]; /* room for the line and its '\n' */
 };
 
 /* A growable output buffer. */

@@ -52,12 +52,12 @@
 
 struct conn {
 	int fd;
-	SSL *ssl;             /* with --tls-cert: the connection's TLS state */
-	int tls_wants_write;  /* SSL_read needs the socket writable to go on (handshake) */
-	int closing;          /* close once the pending output is written */
-	uint32_t events;      /* current epoll interest */
+	SSL *ssl; /* with --tls-cert: the connection's TLS state */
+	int tls_wants_write; /* SSL_read needs the socket writable to go on (handshake) */
+	int closing; /* close once the pending output is written */
+	uint32_t events; /* current epoll interest */
 	struct ping_parser parser;
-	struct ping_out pending;  /* replies the socket did not take yet */
+	struct ping_out pending; /* replies the socket did not take yet */
 	size_t pending_off;
 };
 
@@ -66,9 +66,9 @@ struct worker {
 	int index;
 	int cpu;
 	int listen_fd;
-	int stop_fd;          /* eventfd: readable when the server stops */
+	int stop_fd; /* eventfd: readable when the server stops */
 	int epfd;
-	struct fd_spare *spare;  /* shared by the workers: accepting when out of fds */
+	struct fd_spare *spare; /* shared by the workers: accepting when out of fds */
 	struct listener_pause pause;
 };
 
@@ -170,7 +170,8 @@ static ssize_t conn_write(struct conn *c, const char *buf, size_t len)
 static int flush_pending(int epfd, struct conn *c)
 {
 	while (c->pending_off < c->pending.len) {
-		ssize_t n = conn_write(c, c->pending.buf + c->pending_off, c->pending.len - c->pending_off);
+		ssize_t n = conn_write(c, c->pending.buf + c->pending_off,
+				       c->pending.len - c->pending_off);
 		if (n < 0)
 			return -1;
 		if (n == 0)
@@ -281,7 +282,8 @@ static int on_input(int epfd, struct conn *c, char *buf, ssize_t n, struct ping_
 					c->pending.buf = b;
 					c->pending.cap = need;
 				}
-				memcpy(c->pending.buf + c->pending.len, out->buf + off, out->len - off);
+				memcpy(c->pending.buf + c->pending.len, out->buf + off,
+				       out->len - off);
 				c->pending.len = need;
 			}
 		}
@@ -300,8 +302,8 @@ static void accept_all(int epfd, struct worker *w)
 {
 	for (int i = 0; i < 64; i++) {
 		int fd;
-		enum accept_result r = fd_spare_accept(w->spare, w->listen_fd,
-						       SOCK_NONBLOCK | SOCK_CLOEXEC, refuse, NULL, &fd);
+		enum accept_result r = fd_spare_accept(
+			w->spare, w->listen_fd, SOCK_NONBLOCK | SOCK_CLOEXEC, refuse, NULL, &fd);
 		if (r == ACCEPT_REFUSED)
 			continue;
 		if (r == ACCEPT_EXHAUSTED || r == ACCEPT_FAILED)
@@ -414,7 +416,8 @@ static int worker_epoll(struct worker *w)
 	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->listen_fd, &e) < 0 ||
 	    epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->stop_fd, &s) < 0)
 		return -1;
-	w->pause = (struct listener_pause){ .epfd = w->epfd, .fd = w->listen_fd, .tag = &listen_tag };
+	w->pause =
+		(struct listener_pause){ .epfd = w->epfd, .fd = w->listen_fd, .tag = &listen_tag };
 	return 0;
 }
 
@@ -430,7 +433,8 @@ static SSL_CTX *tls_context(const char *cert, const char *key)
 	    SSL_CTX_check_private_key(ctx) != 1) {
 		char err[256];
 		ERR_error_string_n(ERR_get_error(), err, sizeof(err));
-		fprintf(stderr, "pingserver-c: TLS (--tls-cert %s --tls-key %s): %s\n", cert, key, err);
+		fprintf(stderr, "pingserver-c: TLS (--tls-cert %s --tls-key %s): %s\n", cert, key,
+			err);
 		SSL_CTX_free(ctx);
 		return NULL;
 	}
@@ -508,7 +512,7 @@ int main(int argc, char **argv)
 		socklen_t gl = sizeof(got);
 		getsockname(ws[i].listen_fd, (struct sockaddr *)&got, &gl);
 		port = ntohs(got.ss_family == AF_INET ? ((struct sockaddr_in *)&got)->sin_port
-						       : ((struct sockaddr_in6 *)&got)->sin6_port);
+						      : ((struct sockaddr_in6 *)&got)->sin6_port);
 		ws[i].stop_fd = eventfd(0, EFD_CLOEXEC);
 		if (ws[i].stop_fd < 0 || worker_epoll(&ws[i]) < 0) {
 			perror("pingserver-c: epoll");
@@ -520,8 +524,8 @@ int main(int argc, char **argv)
 	}
 	for (int i = 0; i < nthreads; i++)
 		pthread_create(&ws[i].thread, NULL, worker_main, &ws[i]);
-	printf("pingserver-c: listening on %s:%d (backend epoll, %d workers%s)\n", a.addr, port, nthreads,
-	       tls_ctx ? ", TLS" : "");
+	printf("pingserver-c: listening on %s:%d (backend epoll, %d workers%s)\n", a.addr, port,
+	       nthreads, tls_ctx ? ", TLS" : "");
 	fflush(stdout);
 
 	int sig;

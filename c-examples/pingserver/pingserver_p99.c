@@ -75,14 +75,14 @@ int main(int argc, char **argv)
 	sigaddset(&set, SIGTERM);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 
-	p99_engine_config cfg = {.struct_size = sizeof cfg};
+	p99_engine_config cfg = { .struct_size = sizeof cfg };
 	p99_engine_config_defaults(&cfg);
 	cfg.addr = a.addr;
 	cfg.port = (uint16_t)a.port;
 	cfg.workers = (uint32_t)nthreads;
 	cfg.max_conns = (uint32_t)a.maxconn; /* -c: one limit for the process, not per worker */
 	/* TLS is the engine's: the callbacks below see plaintext either way. */
-	p99_tls_config tls = {.struct_size = sizeof tls};
+	p99_tls_config tls = { .struct_size = sizeof tls };
 	p99_tls_config_defaults(&tls);
 	if (a.tls_cert) {
 		tls.cert_chain_file = a.tls_cert;
@@ -90,7 +90,7 @@ int main(int argc, char **argv)
 		cfg.tls = &tls;
 	}
 
-	p99_engine_callbacks cb = {.struct_size = sizeof cb};
+	p99_engine_callbacks cb = { .struct_size = sizeof cb };
 	p99_engine_callbacks_defaults(&cb);
 	cb.on_accept = on_accept;
 	cb.on_data = on_data;
@@ -130,7 +130,9 @@ int main(int argc, char **argv)
 		}
 	}
 	p99_engine_free(e);
-	fprintf(stderr, "pingserver-c-p99: stopped (enters %llu, submissions %llu, completions %llu, bytes_in %llu)\n",
+	fprintf(stderr,
+		"pingserver-c-p99: stopped (enters %llu, submissions %llu, completions %llu, "
+		"bytes_in %llu)\n",
 		(unsigned long long)enters, (unsigned long long)subs, (unsigned long long)comps,
 		(unsigned long long)bytes_in);
 	return 0;

@@ -58,7 +58,7 @@ int main(int argc, char **argv)
 	int big = 16 << 20;
 	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
 	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
-	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
 	if (inet_pton(AF_INET, addr, &sa.sin_addr) != 1) {
 		fprintf(stderr, "bad address %s\n", addr);
 		return 2;
@@ -68,9 +68,9 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	/* Wake up periodically so a signal stops the loop even without traffic. */
-	struct timeval tv = {.tv_sec = 0, .tv_usec = 200000};
+	struct timeval tv = { .tv_sec = 0, .tv_usec = 200000 };
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	struct sigaction act = {.sa_handler = on_signal};
+	struct sigaction act = { .sa_handler = on_signal };
 	sigaction(SIGINT, &act, NULL);
 	sigaction(SIGTERM, &act, NULL);
 	socklen_t slen = sizeof(sa);
@@ -105,7 +105,8 @@ int main(int argc, char **argv)
 		int k = 0;
 		for (int i = 0; i < n; i++) {
 			unsigned len = in[i].msg_len;
-			if (len < 4 || (in[i].msg_hdr.msg_flags & MSG_TRUNC) || memcmp(bufs[i], "PING", 4) != 0) {
+			if (len < 4 || (in[i].msg_hdr.msg_flags & MSG_TRUNC) ||
+			    memcmp(bufs[i], "PING", 4) != 0) {
 				ignored++;
 				continue;
 			}
@@ -132,7 +133,8 @@ int main(int argc, char **argv)
 		}
 		answered += (unsigned)done;
 	}
-	fprintf(stderr, "udpping-kernel: received %llu answered %llu ignored %llu send_errors %llu\n",
+	fprintf(stderr,
+		"udpping-kernel: received %llu answered %llu ignored %llu send_errors %llu\n",
 		received, answered, ignored, send_errors);
 	close(fd);
 	return 0;

@@ -29,13 +29,16 @@ static void on_signal(int sig)
 
 static void usage(const char *argv0)
 {
-	fprintf(stderr, "usage: %s -p PORT -i IFACE [-q QUEUE] [-m auto|native|generic] [-b BATCH] [-B]\n", argv0);
+	fprintf(stderr,
+		"usage: %s -p PORT -i IFACE [-q QUEUE] [-m auto|native|generic] [-b BATCH] [-B]\n",
+		argv0);
 	exit(2);
 }
 
 static int fail(const char *what, p99_status s)
 {
-	fprintf(stderr, "udpping-xdp: %s: %s (%s)\n", what, p99_status_str(s), p99_last_error_message());
+	fprintf(stderr, "udpping-xdp: %s: %s (%s)\n", what, p99_status_str(s),
+		p99_last_error_message());
 	return 1;
 }
 
@@ -55,7 +58,8 @@ int main(int argc, char **argv)
 		default: usage(argv[0]);
 		}
 	}
-	if (port < 1 || port > 65535 || !iface || queue < 0 || queue > 4095 || batch < 1 || batch > MAX_BATCH)
+	if (port < 1 || port > 65535 || !iface || queue < 0 || queue > 4095 || batch < 1 ||
+	    batch > MAX_BATCH)
 		usage(argv[0]);
 	uint32_t mode;
 	if (strcmp(mode_name, "auto") == 0)
@@ -72,10 +76,11 @@ int main(int argc, char **argv)
 	p99_xdp_socket *sock = NULL;
 	p99_status s;
 	int rc = 0;
-	if ((s = p99_xdp_prog_load(P99_XDP_PROG_UDP_PORT, (uint16_t)port, (uint32_t)queue + 1, &prog)))
+	if ((s = p99_xdp_prog_load(P99_XDP_PROG_UDP_PORT, (uint16_t)port, (uint32_t)queue + 1,
+				   &prog)))
 		return fail("load program", s);
-	p99_xdp_umem_config uc = {.struct_size = sizeof uc};
-	p99_xdp_socket_config sc = {.struct_size = sizeof sc};
+	p99_xdp_umem_config uc = { .struct_size = sizeof uc };
+	p99_xdp_socket_config sc = { .struct_size = sizeof sc };
 	if ((s = p99_xdp_umem_config_defaults(&uc)) || (s = p99_xdp_socket_config_defaults(&sc))) {
 		rc = fail("config defaults", s);
 		goto out;
@@ -103,10 +108,11 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	p99_xdp_umem_fill(umem, UINT32_MAX, NULL);
-	struct sigaction act = {.sa_handler = on_signal};
+	struct sigaction act = { .sa_handler = on_signal };
 	sigaction(SIGINT, &act, NULL);
 	sigaction(SIGTERM, &act, NULL);
-	fprintf(stderr, "udpping-xdp: serving UDP port %ld on %s queue %ld (%s XDP)\n", port, iface, queue, mode_name);
+	fprintf(stderr, "udpping-xdp: serving UDP port %ld on %s queue %ld (%s XDP)\n", port, iface,
+		queue, mode_name);
 
 	p99_xdp_desc rx[MAX_BATCH], tx[MAX_BATCH], drop[MAX_BATCH];
 	unsigned long long answered = 0, ignored = 0;
@@ -125,8 +131,10 @@ int main(int argc, char **argv)
 		for (uint32_t i = 0; i < n; i++) {
 			uint8_t *data = NULL;
 			uint32_t len = 0;
-			if (p99_xdp_umem_data(umem, rx[i].addr, rx[i].len, &data) == P99_STATUS_OK &&
-			    p99_xdp_udp_ping_reply(data, rx[i].len, (uint16_t)port, &len) == P99_STATUS_OK) {
+			if (p99_xdp_umem_data(umem, rx[i].addr, rx[i].len, &data) ==
+				    P99_STATUS_OK &&
+			    p99_xdp_udp_ping_reply(data, rx[i].len, (uint16_t)port, &len) ==
+				    P99_STATUS_OK) {
 				tx[nt] = rx[i];
 				tx[nt++].len = len;
 			} else {
@@ -152,14 +160,18 @@ int main(int argc, char **argv)
 			p99_xdp_umem_release(umem, tx + off, nt - off);
 		p99_xdp_umem_fill(umem, UINT32_MAX, NULL);
 	}
-	p99_xdp_stats st = {.struct_size = sizeof st};
+	p99_xdp_stats st = { .struct_size = sizeof st };
 	if (p99_xdp_socket_stats(sock, &st) == P99_STATUS_OK)
 		fprintf(stderr,
-			"udpping-xdp: answered %llu ignored %llu rx %llu tx_completed %llu tx_kernel_dropped %llu "
-			"rx_dropped %llu rx_ring_full %llu fill_empty %llu kicks %llu fill_wakeups %llu\n",
-			answered, ignored, (unsigned long long)st.rx_packets, (unsigned long long)st.tx_completed,
+			"udpping-xdp: answered %llu ignored %llu rx %llu tx_completed %llu "
+			"tx_kernel_dropped %llu "
+			"rx_dropped %llu rx_ring_full %llu fill_empty %llu kicks %llu fill_wakeups "
+			"%llu\n",
+			answered, ignored, (unsigned long long)st.rx_packets,
+			(unsigned long long)st.tx_completed,
 			(unsigned long long)st.tx_kernel_dropped, (unsigned long long)st.rx_dropped,
-			(unsigned long long)st.rx_ring_full, (unsigned long long)st.rx_fill_ring_empty_descs,
+			(unsigned long long)st.rx_ring_full,
+			(unsigned long long)st.rx_fill_ring_empty_descs,
 			(unsigned long long)st.tx_kicks, (unsigned long long)st.fill_wakeups);
 out:
 	p99_xdp_socket_free(sock);

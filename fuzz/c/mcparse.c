@@ -61,13 +61,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	case MC_INCR:
 	case MC_DECR:
 	case MC_DELETE:
-	case MC_TOUCH:
-		require(req.nkeys == 1);
-		break;
+	case MC_TOUCH: require(req.nkeys == 1); break;
 	case MC_ERROR:
-	case MC_HTTP:
-		require(req.error == MC_OK && !req.noreply);
-		break;
+	case MC_HTTP: require(req.error == MC_OK && !req.noreply); break;
 	case MC_MG:
 	case MC_MS:
 	case MC_MD:
@@ -95,8 +91,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			require(m->mode == 0 || strchr("I+D-", m->mode));
 		break;
 	}
-	default:
-		break;
+	default: break;
 	}
 	return 0;
 }

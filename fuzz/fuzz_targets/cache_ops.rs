@@ -104,14 +104,18 @@ fn model_number(v: &[u8]) -> Option<u64> {
 /// fuzzer's comparison tracing cost more than the store calls.
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     static BUF: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    let buf = BUF.get_or_init(|| (0..8192 + 256).map(|i| b'a' + ((i * 7 + i / 26) % 26) as u8).collect());
+    let buf =
+        BUF.get_or_init(|| (0..8192 + 256).map(|i| b'a' + ((i * 7 + i / 26) % 26) as u8).collect());
     let start = seed as usize;
     buf[start..start + len.min(8192)].to_vec()
 }
 
 impl<'a> Run<'a> {
     fn stats(&self) -> p99_cache_stats {
-        let mut s = p99_cache_stats { struct_size: std::mem::size_of::<p99_cache_stats>() as u32, ..Default::default() };
+        let mut s = p99_cache_stats {
+            struct_size: std::mem::size_of::<p99_cache_stats>() as u32,
+            ..Default::default()
+        };
         // SAFETY: live cache from p99_cache_new; `s` is a full-size stats struct.
         let st = unsafe { p99_cache_get_stats(self.cache, &mut s) };
         assert_eq!(st, S::Ok);
@@ -151,7 +155,11 @@ impl<'a> Run<'a> {
     }
 
     fn oom_allowed(&self, what: &str) {
-        assert!(!self.pins.is_empty(), "step {}: {what}: OUT_OF_MEMORY with no pin held", self.step);
+        assert!(
+            !self.pins.is_empty(),
+            "step {}: {what}: OUT_OF_MEMORY with no pin held",
+            self.step
+        );
     }
 
     fn new_cas(&mut self, cas: u64) {
@@ -196,13 +204,20 @@ impl<'a> Run<'a> {
             }
             // Large: fills segments quickly so eviction runs; sometimes just past the limit.
             4 | 5 => {
-                let len = if self.b.chance(10) { room + 1 + self.b.below(16) } else { self.b.below(room + 1) };
+                let len = if self.b.chance(10) {
+                    room + 1 + self.b.below(16)
+                } else {
+                    self.b.below(room + 1)
+                };
                 pattern(len, self.b.u8())
             }
             _ => {
                 let n = 1 + self.b.below(48);
                 let raw = self.b.take(n);
-                let mut v: Vec<u8> = raw.iter().map(|c| b"abcdefghijklmnopqrstuvwxyz0123456789"[*c as usize % 36]).collect();
+                let mut v: Vec<u8> = raw
+                    .iter()
+                    .map(|c| b"abcdefghijklmnopqrstuvwxyz0123456789"[*c as usize % 36])
+                    .collect();
                 if v.first().is_some_and(|c| c.is_ascii_digit()) && self.b.chance(50) {
                     v[0] = b'q';
                 }
@@ -253,16 +268,26 @@ impl<'a> Run<'a> {
         } else {
             match (mode, &present) {
                 (P99_CACHE_MODE_ADD, Some(_)) => Err(S::NotStored),
-                (P99_CACHE_MODE_REPLACE | P99_CACHE_MODE_APPEND | P99_CACHE_MODE_PREPEND, None) => Err(S::NotStored),
+                (P99_CACHE_MODE_REPLACE | P99_CACHE_MODE_APPEND | P99_CACHE_MODE_PREPEND, None) => {
+                    Err(S::NotStored)
+                }
                 (P99_CACHE_MODE_CAS, None) => Err(S::NotFound),
                 (P99_CACHE_MODE_CAS, Some(m)) if !self.cas_on || m.cas != cas_in => Err(S::Exists),
                 (P99_CACHE_MODE_APPEND | P99_CACHE_MODE_PREPEND, Some(m)) => {
                     if self.too_large(key.len(), m.value.len() + value.len()) {
                         Err(S::TooLarge)
                     } else if mode == P99_CACHE_MODE_APPEND {
-                        Ok(MItem { value: [&m.value[..], value].concat(), evicted_before, ..m.clone() })
+                        Ok(MItem {
+                            value: [&m.value[..], value].concat(),
+                            evicted_before,
+                            ..m.clone()
+                        })
                     } else {
-                        Ok(MItem { value: [value, &m.value[..]].concat(), evicted_before, ..m.clone() })
+                        Ok(MItem {
+                            value: [value, &m.value[..]].concat(),
+                            evicted_before,
+                            ..m.clone()
+                        })
                     }
                 }
                 _ => Ok(MItem { value: value.to_vec(), flags, expiry, cas: 0, evicted_before }),
@@ -289,14 +314,19 @@ impl<'a> Run<'a> {
                 self.lost(key, "write");
             }
             // An add the model refuses gets as far as allocating only if the store lost the item.
-            (Err(S::OutOfMemory), Err(S::NotStored)) if mode == P99_CACHE_MODE_ADD && present.is_some() => {
+            (Err(S::OutOfMemory), Err(S::NotStored))
+                if mode == P99_CACHE_MODE_ADD && present.is_some() =>
+            {
                 self.oom_allowed("add");
                 self.lost(key, "add");
             }
             (Ok(cas), Err(S::NotStored)) if mode == P99_CACHE_MODE_ADD && present.is_some() => {
                 self.lost(key, "add");
                 self.new_cas(cas);
-                self.model.insert(key.to_vec(), MItem { value: value.to_vec(), flags, expiry, cas, evicted_before });
+                self.model.insert(
+                    key.to_vec(),
+                    MItem { value: value.to_vec(), flags, expiry, cas, evicted_before },
+                );
             }
             (Err(g), Err(w)) if g == w => {}
             (g, w) => panic!("step {}: write mode {mode}: store {g:?}, model {w:?}", self.step),
@@ -321,7 +351,18 @@ impl<'a> Run<'a> {
         let mut cas = 0u64;
         // SAFETY: live cache; key/value slices valid for their lengths; `cas` writable.
         let st = unsafe {
-            p99_cache_store(self.cache, key.as_ptr(), key.len(), value.as_ptr(), value.len(), flags, expiry, mode, cas_in, &mut cas)
+            p99_cache_store(
+                self.cache,
+                key.as_ptr(),
+                key.len(),
+                value.as_ptr(),
+                value.len(),
+                flags,
+                expiry,
+                mode,
+                cas_in,
+                &mut cas,
+            )
         };
         let got = if st == S::Ok { Ok(cas) } else { Err(st) };
         self.check_write(&key, &value, flags, expiry, mode, cas_in, got, before);
@@ -330,7 +371,11 @@ impl<'a> Run<'a> {
     /// Whether `n` more bytes of reservation stay within the allowance.
     fn reservation_fits(&self, n: usize) -> bool {
         let held: usize = self.pending.iter().map(|p| p.key.len() + p.value.len()).sum();
-        let cap = if n <= self.reserve_limit / 128 { self.reserve_limit + self.reserve_limit / 8 } else { self.reserve_limit };
+        let cap = if n <= self.reserve_limit / 128 {
+            self.reserve_limit + self.reserve_limit / 8
+        } else {
+            self.reserve_limit
+        };
         held + n <= cap
     }
 
@@ -342,9 +387,23 @@ impl<'a> Run<'a> {
         let value = self.value(key.len());
         let flags = self.b.u32();
         let expiry = self.expiry();
-        let mut res = Box::new(p99_cache_reservation { value: std::ptr::null_mut(), value_len: 0, state: std::ptr::null_mut() });
+        let mut res = Box::new(p99_cache_reservation {
+            value: std::ptr::null_mut(),
+            value_len: 0,
+            state: std::ptr::null_mut(),
+        });
         // SAFETY: live cache; key valid for its length; `res` writable.
-        let st = unsafe { p99_cache_reserve(self.cache, key.as_ptr(), key.len(), value.len(), flags, expiry, &mut *res) };
+        let st = unsafe {
+            p99_cache_reserve(
+                self.cache,
+                key.as_ptr(),
+                key.len(),
+                value.len(),
+                flags,
+                expiry,
+                &mut *res,
+            )
+        };
         let want = if key.is_empty() || key.len() > 250 {
             S::InvalidArgument
         } else if self.too_large(key.len(), value.len()) {
@@ -377,12 +436,22 @@ impl<'a> Run<'a> {
         let st = if direct {
             if !over {
                 // SAFETY: `value` has value_len writable bytes until commit/cancel; n <= left.
-                unsafe { std::ptr::copy_nonoverlapping(p.value[p.written..].as_ptr(), p.res.value.add(p.written), n) };
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        p.value[p.written..].as_ptr(),
+                        p.res.value.add(p.written),
+                        n,
+                    )
+                };
             }
             // SAFETY: live reservation struct owned here.
             unsafe { p99_cache_reservation_advance(&mut *p.res, n) }
         } else {
-            let src = if over { [&p.value[p.written..], b"!"].concat() } else { p.value[p.written..p.written + n].to_vec() };
+            let src = if over {
+                [&p.value[p.written..], b"!"].concat()
+            } else {
+                p.value[p.written..p.written + n].to_vec()
+            };
             // SAFETY: live reservation struct; `src` valid for its length.
             unsafe { p99_cache_reservation_write(&mut *p.res, src.as_ptr(), src.len()) }
         };
@@ -422,7 +491,10 @@ impl<'a> Run<'a> {
         }
         // The struct is cleared: a second commit or cancel is refused.
         // SAFETY: as above.
-        assert_eq!(unsafe { p99_cache_commit(self.cache, &mut *p.res, mode, cas_in, &mut cas) }, S::InvalidState);
+        assert_eq!(
+            unsafe { p99_cache_commit(self.cache, &mut *p.res, mode, cas_in, &mut cas) },
+            S::InvalidState
+        );
         // SAFETY: as above.
         assert_eq!(unsafe { p99_cache_cancel(&mut *p.res) }, S::InvalidState);
     }
@@ -439,7 +511,10 @@ impl<'a> Run<'a> {
         assert_eq!(unsafe { p99_cache_cancel(&mut *p.res) }, S::InvalidState);
         let d = b"z";
         // SAFETY: as above.
-        assert_eq!(unsafe { p99_cache_reservation_write(&mut *p.res, d.as_ptr(), 1) }, S::InvalidState);
+        assert_eq!(
+            unsafe { p99_cache_reservation_write(&mut *p.res, d.as_ptr(), 1) },
+            S::InvalidState
+        );
     }
 
     /// get or gat; the pin is kept (released later) or released at once.
@@ -463,20 +538,40 @@ impl<'a> Run<'a> {
         }
         let present = self.model.get(&key).cloned();
         if self.trace {
-            eprintln!("step {} now {}: {} key {:.6?} expiry {expiry} -> {st:?}; model had {:?}", self.step, self.now,
-                if touch { "gat" } else { "get" }, String::from_utf8_lossy(&key), present.as_ref().map(|m| (m.value.len(), m.expiry)));
+            eprintln!(
+                "step {} now {}: {} key {:.6?} expiry {expiry} -> {st:?}; model had {:?}",
+                self.step,
+                self.now,
+                if touch { "gat" } else { "get" },
+                String::from_utf8_lossy(&key),
+                present.as_ref().map(|m| (m.value.len(), m.expiry))
+            );
         }
         match (st, present) {
             (S::Ok, Some(m)) => {
                 // SAFETY: a pinned item's key/value are valid for their lengths until release.
                 let (v, k) = unsafe {
-                    (std::slice::from_raw_parts(it.value, it.value_len).to_vec(), std::slice::from_raw_parts(it.key, it.key_len).to_vec())
+                    (
+                        std::slice::from_raw_parts(it.value, it.value_len).to_vec(),
+                        std::slice::from_raw_parts(it.key, it.key_len).to_vec(),
+                    )
                 };
                 assert_eq!(k, key, "step {}: pinned item has another key", self.step);
-                assert_eq!(v, m.value, "step {}: wrong value for {:?}", self.step, String::from_utf8_lossy(&key));
+                assert_eq!(
+                    v,
+                    m.value,
+                    "step {}: wrong value for {:?}",
+                    self.step,
+                    String::from_utf8_lossy(&key)
+                );
                 assert_eq!(it.flags, m.flags, "step {}: flags", self.step);
                 assert_eq!(it.cas, m.cas, "step {}: CAS (touch keeps it)", self.step);
-                assert_eq!(it.expiry, if touch { expiry } else { m.expiry }, "step {}: expiry", self.step);
+                assert_eq!(
+                    it.expiry,
+                    if touch { expiry } else { m.expiry },
+                    "step {}: expiry",
+                    self.step
+                );
                 assert_ne!(it.pin_magic, 0);
                 if touch {
                     self.model.get_mut(&key).unwrap().expiry = expiry;
@@ -488,7 +583,11 @@ impl<'a> Run<'a> {
                     self.release_pin(pin);
                 }
             }
-            (S::Ok, None) => panic!("step {}: read found {:?}, which the model does not have", self.step, String::from_utf8_lossy(&key)),
+            (S::Ok, None) => panic!(
+                "step {}: read found {:?}, which the model does not have",
+                self.step,
+                String::from_utf8_lossy(&key)
+            ),
             (S::NotFound, Some(_)) => {
                 assert_eq!(it.pin_magic, 0, "step {}: a miss filled the item", self.step);
                 self.lost(&key, if touch { "gat" } else { "get" });
@@ -504,14 +603,19 @@ impl<'a> Run<'a> {
     fn release_pin(&mut self, mut pin: Pin) {
         // SAFETY: the pin is still held, so key/value are valid for their lengths.
         let (v, k) = unsafe {
-            (std::slice::from_raw_parts(pin.item.value, pin.item.value_len), std::slice::from_raw_parts(pin.item.key, pin.item.key_len))
+            (
+                std::slice::from_raw_parts(pin.item.value, pin.item.value_len),
+                std::slice::from_raw_parts(pin.item.key, pin.item.key_len),
+            )
         };
         assert_eq!(v, &pin.value[..], "step {}: a pinned value changed while pinned", self.step);
         assert_eq!(k, &pin.key[..], "step {}: a pinned key changed while pinned", self.step);
         let through_copy = self.b.chance(25);
         let mut copy = copy_item(&pin.item);
         // SAFETY: live cache; the struct (or its copy) holds a live pin.
-        let st = unsafe { p99_cache_item_release(self.cache, if through_copy { &mut copy } else { &mut pin.item }) };
+        let st = unsafe {
+            p99_cache_item_release(self.cache, if through_copy { &mut copy } else { &mut pin.item })
+        };
         assert_eq!(st, S::Ok, "step {}: release of a held pin", self.step);
         let released = if through_copy { &copy } else { &pin.item };
         assert_eq!(released.pin_magic, 0, "step {}: release did not clear the struct", self.step);
@@ -555,7 +659,8 @@ impl<'a> Run<'a> {
             2 => {
                 let mut f = p99_cache_item::default();
                 f.pin_magic = self.b.u64();
-                let want: &[S] = if f.pin_magic == 0 { &[S::InvalidState] } else { &[S::InvalidArgument] };
+                let want: &[S] =
+                    if f.pin_magic == 0 { &[S::InvalidState] } else { &[S::InvalidArgument] };
                 (f, want)
             }
             _ => (p99_cache_item::default(), &[S::InvalidState]),
@@ -563,8 +668,17 @@ impl<'a> Run<'a> {
         // SAFETY: live cache; `it` is a caller-owned struct (its pointers are never read by
         // a refused release).
         let st = unsafe { p99_cache_item_release(self.cache, &mut it) };
-        assert!(want.contains(&st), "step {}: a bad release returned {st:?}, want one of {want:?}", self.step);
-        assert_eq!(self.stats().pinned, pinned_before, "step {}: a refused release changed the pins", self.step);
+        assert!(
+            want.contains(&st),
+            "step {}: a bad release returned {st:?}, want one of {want:?}",
+            self.step
+        );
+        assert_eq!(
+            self.stats().pinned,
+            pinned_before,
+            "step {}: a refused release changed the pins",
+            self.step
+        );
     }
 
     fn op_delta(&mut self) {
@@ -592,7 +706,12 @@ impl<'a> Run<'a> {
         }
         let present = self.model.get(&key).cloned();
         if self.trace {
-            eprintln!("step {} now {}: incr={incr} {:.6?} by {by} -> {st:?} {v}", self.step, self.now, String::from_utf8_lossy(&key));
+            eprintln!(
+                "step {} now {}: incr={incr} {:.6?} by {by} -> {st:?} {v}",
+                self.step,
+                self.now,
+                String::from_utf8_lossy(&key)
+            );
         }
         let want = match &present {
             None => Err(S::NotFound),
@@ -631,7 +750,12 @@ impl<'a> Run<'a> {
             return;
         }
         if self.trace {
-            eprintln!("step {} now {}: delete {:.6?} -> {st:?}", self.step, self.now, String::from_utf8_lossy(&key));
+            eprintln!(
+                "step {} now {}: delete {:.6?} -> {st:?}",
+                self.step,
+                self.now,
+                String::from_utf8_lossy(&key)
+            );
         }
         match (st, self.model.contains_key(&key)) {
             (S::Ok, true) => {
@@ -654,7 +778,12 @@ impl<'a> Run<'a> {
             return;
         }
         if self.trace {
-            eprintln!("step {} now {}: touch {:.6?} expiry {expiry} -> {st:?}", self.step, self.now, String::from_utf8_lossy(&key));
+            eprintln!(
+                "step {} now {}: touch {:.6?} expiry {expiry} -> {st:?}",
+                self.step,
+                self.now,
+                String::from_utf8_lossy(&key)
+            );
         }
         match (st, self.model.get(&key).cloned()) {
             (S::Ok, Some(_)) => self.model.get_mut(&key).unwrap().expiry = expiry,
@@ -692,9 +821,17 @@ impl<'a> Run<'a> {
     fn check_stats(&mut self) {
         let s = self.stats();
         assert_eq!(s.pinned as usize, self.pins.len(), "step {}: pinned gauge", self.step);
-        assert!(s.segment_bytes_allocated <= s.heap_limit_bytes, "step {}: over the heap budget", self.step);
+        assert!(
+            s.segment_bytes_allocated <= s.heap_limit_bytes,
+            "step {}: over the heap budget",
+            self.step
+        );
         if s.evictions > 0 {
-            assert_eq!(s.segment_bytes_allocated, s.heap_limit_bytes, "step {}: evicted before the budget was used", self.step);
+            assert_eq!(
+                s.segment_bytes_allocated, s.heap_limit_bytes,
+                "step {}: evicted before the budget was used",
+                self.step
+            );
         }
     }
 
@@ -735,7 +872,10 @@ impl<'a> Run<'a> {
                 }
                 (S::NotFound, None) => {}
                 (S::NotFound, Some(_)) => self.lost(&key, "final get"),
-                (st, m) => panic!("final read of {:?}: store {st:?}, model {m:?}", String::from_utf8_lossy(&key)),
+                (st, m) => panic!(
+                    "final read of {:?}: store {st:?}, model {m:?}",
+                    String::from_utf8_lossy(&key)
+                ),
             }
         }
         // SAFETY: live cache, no pin held, not used after.
@@ -757,7 +897,8 @@ fuzz_target!(|data: &[u8]| {
     cfg.shards = 1;
     cfg.expected_items = 16;
     cfg.cas = shape & 0x40 == 0;
-    cfg.eviction = if shape & 0x80 == 0 { P99_CACHE_EVICTION_MERGE } else { P99_CACHE_EVICTION_FIFO };
+    cfg.eviction =
+        if shape & 0x80 == 0 { P99_CACHE_EVICTION_MERGE } else { P99_CACHE_EVICTION_FIFO };
     cfg.manual_clock = true;
     cfg.manual_clock_start = T0;
     let mut cache = std::ptr::null_mut();

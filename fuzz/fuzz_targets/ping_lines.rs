@@ -24,7 +24,8 @@ fn reference(stream: &[u8]) -> (Vec<u8>, Verdict) {
             return (out, Verdict::Close);
         }
         let line = &rest[..=nl];
-        let ping = line.len() == 6 && line[..4].eq_ignore_ascii_case(b"PING") && &line[4..] == b"\r\n";
+        let ping =
+            line.len() == 6 && line[..4].eq_ignore_ascii_case(b"PING") && &line[4..] == b"\r\n";
         out.extend_from_slice(if ping { PONG } else { ERROR });
         rest = &rest[nl + 1..];
     }

@@ -82,7 +82,11 @@ fn counts(u: *mut p99_xdp_umem) -> p99_xdp_frame_counts {
 
 fn check_counts(u: *mut p99_xdp_umem, held: &BTreeSet<u64>) {
     let c = counts(u);
-    assert_eq!((c.held as usize, c.in_fill, c.in_tx), (held.len(), 0, 0), "frame counts vs held set");
+    assert_eq!(
+        (c.held as usize, c.in_fill, c.in_tx),
+        (held.len(), 0, 0),
+        "frame counts vs held set"
+    );
     assert_eq!(c.free as u64 + c.held as u64, COUNT);
 }
 
@@ -90,7 +94,11 @@ fn any_addr(b: &mut Bytes, held: &BTreeSet<u64>, released: &[u64]) -> u64 {
     let pick = |b: &mut Bytes, s: &[u64]| s[b.below(s.len())];
     match b.u8() % 8 {
         0 | 1 if !held.is_empty() => pick(b, &held.iter().copied().collect::<Vec<_>>()) * FRAME,
-        2 if !held.is_empty() => pick(b, &held.iter().copied().collect::<Vec<_>>()) * FRAME + 1 + b.below(FRAME as usize - 1) as u64,
+        2 if !held.is_empty() => {
+            pick(b, &held.iter().copied().collect::<Vec<_>>()) * FRAME
+                + 1
+                + b.below(FRAME as usize - 1) as u64
+        }
         3 if !released.is_empty() => pick(b, released) * FRAME + b.below(4) as u64,
         4 => COUNT * FRAME + b.below(3 * FRAME as usize) as u64,
         5 => u64::MAX - b.below(FRAME as usize) as u64,
@@ -115,7 +123,10 @@ fuzz_target!(|data: &[u8]| {
                 let mut d = vec![p99_xdp_desc { addr: 7, len: 7, options: 7 }; want];
                 let mut n = u32::MAX;
                 // SAFETY: live umem; `d` has room for `want` descs; `n` writable.
-                assert_eq!(unsafe { p99_xdp_umem_alloc(u, d.as_mut_ptr(), want as u32, &mut n) }, S::Ok);
+                assert_eq!(
+                    unsafe { p99_xdp_umem_alloc(u, d.as_mut_ptr(), want as u32, &mut n) },
+                    S::Ok
+                );
                 let free_before = COUNT as usize - held.len();
                 assert_eq!(n as usize, want.min(free_before), "alloc count");
                 for x in &d[..n as usize] {
@@ -130,7 +141,11 @@ fuzz_target!(|data: &[u8]| {
             1 => {
                 let k = b.below(6);
                 let descs: Vec<p99_xdp_desc> = (0..k)
-                    .map(|_| p99_xdp_desc { addr: any_addr(&mut b, &held, &released), len: b.u32(), options: b.u32() })
+                    .map(|_| p99_xdp_desc {
+                        addr: any_addr(&mut b, &held, &released),
+                        len: b.u32(),
+                        options: b.u32(),
+                    })
                     .collect();
                 let mut seen = BTreeSet::new();
                 let ok = descs.iter().all(|d| {
@@ -149,7 +164,11 @@ fuzz_target!(|data: &[u8]| {
                         released.drain(..16);
                     }
                 } else {
-                    assert_eq!(st, S::InvalidArgument, "bad release accepted: {descs:?} held {held:?}");
+                    assert_eq!(
+                        st,
+                        S::InvalidArgument,
+                        "bad release accepted: {descs:?} held {held:?}"
+                    );
                 }
             }
             2 => {
@@ -180,13 +199,17 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     check_counts(u, &held);
-    let all: Vec<p99_xdp_desc> = held.iter().map(|&i| p99_xdp_desc { addr: i * FRAME, len: 0, options: 0 }).collect();
+    let all: Vec<p99_xdp_desc> =
+        held.iter().map(|&i| p99_xdp_desc { addr: i * FRAME, len: 0, options: 0 }).collect();
     // SAFETY: live umem; `all` holds every frame held.
     assert_eq!(unsafe { p99_xdp_umem_release(u, all.as_ptr(), all.len() as u32) }, S::Ok);
     // Released twice: refused, nothing changes.
     if !all.is_empty() {
         // SAFETY: as above.
-        assert_eq!(unsafe { p99_xdp_umem_release(u, all.as_ptr(), all.len() as u32) }, S::InvalidArgument);
+        assert_eq!(
+            unsafe { p99_xdp_umem_release(u, all.as_ptr(), all.len() as u32) },
+            S::InvalidArgument
+        );
     }
     held.clear();
     check_counts(u, &held);

@@ -11,7 +11,9 @@
 use libfuzzer_sys::fuzz_target;
 use p99::ffi::status::p99_status as S;
 use p99::ffi::xdp::p99_xdp_udp_ping_reply;
-use p99::xdp::packet::{build_udp4, ipv4_checksum, parse_udp4, udp_ping_reply, ETH_HLEN, IPPROTO_UDP};
+use p99::xdp::packet::{
+    build_udp4, ipv4_checksum, parse_udp4, udp_ping_reply, ETH_HLEN, IPPROTO_UDP,
+};
 use p99_fuzz::Bytes;
 
 fn check_parse(frame: &[u8]) {
@@ -39,7 +41,8 @@ fn check_reply(frame: &[u8], port: u16) {
     let mut g = frame.to_vec();
     let mut reply_len = u32::MAX;
     // SAFETY: `g` has g.len() writable bytes; `reply_len` writable.
-    let st = unsafe { p99_xdp_udp_ping_reply(g.as_mut_ptr(), g.len() as u32, port, &mut reply_len) };
+    let st =
+        unsafe { p99_xdp_udp_ping_reply(g.as_mut_ptr(), g.len() as u32, port, &mut reply_len) };
     assert_eq!(f, g, "the C entry point and the Rust helper disagree");
     match got {
         None => {
@@ -61,7 +64,11 @@ fn check_reply(frame: &[u8], port: u16) {
             assert_eq!(f[0..6], frame[6..12]);
             assert_eq!(f[6..12], frame[0..6]);
             assert_eq!(&f[r.payload_off..r.payload_off + 4], b"PONG");
-            assert_eq!(f[r.payload_off + 4..n], frame[q.payload_off + 4..n], "payload after PING changed");
+            assert_eq!(
+                f[r.payload_off + 4..n],
+                frame[q.payload_off + 4..n],
+                "payload after PING changed"
+            );
             assert_eq!(ipv4_checksum(&f[r.ip_off..r.ip_off + r.ip_hlen]), 0, "bad IPv4 checksum");
         }
     }
@@ -81,7 +88,9 @@ fuzz_target!(|data: &[u8]| {
         _ => {
             let mut mac = [[0u8; 6]; 2];
             for m in &mut mac {
-                m.copy_from_slice(&b.take(6).iter().copied().chain([0; 6]).take(6).collect::<Vec<_>>());
+                m.copy_from_slice(
+                    &b.take(6).iter().copied().chain([0; 6]).take(6).collect::<Vec<_>>(),
+                );
             }
             let (sip, dip) = (b.u32().to_be_bytes(), b.u32().to_be_bytes());
             let (sport, dport) = (b.u16(), b.u16());
@@ -94,11 +103,16 @@ fuzz_target!(|data: &[u8]| {
             payload.extend_from_slice(b.rest());
             let mut buf = vec![0u8; cap];
             match build_udp4(&mut buf, mac[0], mac[1], sip, dip, sport, dport, &payload) {
-                None => assert!(ETH_HLEN + 28 + payload.len() > cap, "build refused a frame that fits"),
+                None => {
+                    assert!(ETH_HLEN + 28 + payload.len() > cap, "build refused a frame that fits")
+                }
                 Some(n) => {
                     assert_eq!(n, ETH_HLEN + 28 + payload.len());
                     let p = parse_udp4(&buf[..n]).expect("a built frame does not parse");
-                    assert_eq!((p.src_ip, p.dst_ip, p.src_port, p.dst_port), (sip, dip, sport, dport));
+                    assert_eq!(
+                        (p.src_ip, p.dst_ip, p.src_port, p.dst_port),
+                        (sip, dip, sport, dport)
+                    );
                     assert_eq!(&buf[p.payload_off..p.payload_off + p.payload_len], &payload[..]);
                     assert_eq!(ipv4_checksum(&buf[14..34]), 0);
                     // Trailing bytes (Ethernet padding) do not change the parse.

@@ -5,8 +5,8 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::process::exit;
+use std::sync::Arc;
 use std::time::Duration;
 
 use p99::engine::{self, ConnId, Engine, Handler, Pem, TlsConfig, TlsSettings, Worker};
@@ -66,13 +66,15 @@ fn main() {
         i += 2;
     }
     match (tls_cert, tls_key) {
-        (Some(cert), Some(key)) => match TlsConfig::new(&TlsSettings::new(Pem::File(cert), Pem::File(key))) {
-            Ok(t) => cfg.tls = Some(Arc::new(t)),
-            Err(e) => {
-                eprintln!("pingserver-rs: cannot start: {e}");
-                exit(1);
+        (Some(cert), Some(key)) => {
+            match TlsConfig::new(&TlsSettings::new(Pem::File(cert), Pem::File(key))) {
+                Ok(t) => cfg.tls = Some(Arc::new(t)),
+                Err(e) => {
+                    eprintln!("pingserver-rs: cannot start: {e}");
+                    exit(1);
+                }
             }
-        },
+        }
         (None, None) => {}
         _ => {
             eprintln!("pingserver-rs: --tls-cert and --tls-key go together");

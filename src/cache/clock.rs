@@ -37,10 +37,8 @@ impl Clock {
     pub(crate) fn new(kind: ClockKind) -> Clock {
         match kind {
             ClockKind::System => {
-                let unix = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
+                let unix =
+                    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
                 Clock::System {
                     base_unix: unix.min(u64::from(u32::MAX)) as u32,
                     base_mono: mono_coarse_secs(),

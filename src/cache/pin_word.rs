@@ -24,7 +24,13 @@ pub(crate) fn pin(w: &AtomicU32) {
 #[inline]
 pub(crate) fn unpin(w: &AtomicU32) -> Result<bool, ()> {
     let prev = w
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| if v & !RETIRED == 0 { None } else { Some(v - 1) })
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+            if v & !RETIRED == 0 {
+                None
+            } else {
+                Some(v - 1)
+            }
+        })
         .map_err(|_| ())?;
     Ok(prev == RETIRED | 1)
 }

@@ -18,8 +18,8 @@ const NONE: u32 = u32::MAX;
 pub(crate) fn item_size(klen: usize, vlen: usize) -> usize {
     klen.saturating_add(vlen).saturating_add(HEADER_MAX)
 }
-pub(crate) use super::pin_word::RETIRED;
 use super::pin_word;
+pub(crate) use super::pin_word::RETIRED;
 
 /// Per-segment pin counts of one shard, read and written by readers without the shard lock.
 /// The array is padded by 128 bytes on both sides so that no other shard's data shares its
@@ -209,7 +209,11 @@ pub(crate) struct Gauges {
 }
 
 impl ShardInner {
-    pub fn new(cfg: ShardConfig, expected_items: usize, pins: Arc<PinTable>) -> std::io::Result<ShardInner> {
+    pub fn new(
+        cfg: ShardConfig,
+        expected_items: usize,
+        pins: Arc<PinTable>,
+    ) -> std::io::Result<ShardInner> {
         let empty = TtlBucket { head: NONE, tail: NONE, open: NONE };
         let arena = Arena::new(cfg.max_segments * cfg.segment_bytes)?;
         Ok(ShardInner {
@@ -322,7 +326,13 @@ impl ShardInner {
     /// section (nothing pinned). A copy counts as a hit; a value too long for `buf` is
     /// reported (with its header) but neither copied nor counted, since the caller reads it
     /// another way. `None` is a miss.
-    pub fn get_copy(&mut self, key: &[u8], h: u64, now: u32, buf: &mut [u8]) -> Option<(ItemHeader, u64, bool)> {
+    pub fn get_copy(
+        &mut self,
+        key: &[u8],
+        h: u64,
+        now: u32,
+        buf: &mut [u8],
+    ) -> Option<(ItemHeader, u64, bool)> {
         let Some(f) = self.lookup(key, h, now) else {
             self.counters.misses += 1;
             return None;
@@ -366,12 +376,14 @@ impl ShardInner {
         let fits = |this: &ShardInner, s: u32| {
             let m = &this.segs[s as usize];
             let base = if m.write_off == 0 { expiry } else { m.exp_base };
-            let total = header_len(vlen, flags, expiry, base, explicit_cas.is_some()) + key.len() + vlen;
+            let total =
+                header_len(vlen, flags, expiry, base, explicit_cas.is_some()) + key.len() + vlen;
             m.write_off as usize + total <= this.cfg.segment_bytes
         };
         if seg == NONE || !fits(self, seg) {
             self.ttl[b].open = NONE;
-            let need = header_len(vlen, flags, expiry, expiry, explicit_cas.is_some()) + key.len() + vlen;
+            let need =
+                header_len(vlen, flags, expiry, expiry, explicit_cas.is_some()) + key.len() + vlen;
             if need > self.cfg.segment_bytes {
                 return Err(Error::TooLarge);
             }
@@ -390,7 +402,15 @@ impl ShardInner {
         let s = seg as usize;
         let off = self.segs[s].write_off;
         let mut hbuf = [0u8; HEADER_MAX];
-        let hl = encode_header(&mut hbuf, key.len(), vlen, flags, expiry, self.segs[s].exp_base, explicit_cas);
+        let hl = encode_header(
+            &mut hbuf,
+            key.len(),
+            vlen,
+            flags,
+            expiry,
+            self.segs[s].exp_base,
+            explicit_cas,
+        );
         let mem = &mut self.mem[s];
         let mut at = off as usize;
         mem.write(at, &hbuf[..hl]);
@@ -480,7 +500,6 @@ impl ShardInner {
         self.counters.sets += 1;
     }
 
-
     /// Inserts a record for a key not in the table, doubling the table first if it is full.
     fn insert_record(&mut self, h: u64, rec: Record) {
         if self.table.full() {
@@ -494,7 +513,9 @@ impl ShardInner {
         let mut t = Table::with_buckets(self.table.bucket_count() * 2);
         t.succeed(&self.table);
         for s in 0..self.segs.len() as u32 {
-            if self.segs[s as usize].state != SegState::Live || self.segs[s as usize].live_items == 0 {
+            if self.segs[s as usize].state != SegState::Live
+                || self.segs[s as usize].live_items == 0
+            {
                 continue;
             }
             for (off, hdr) in self.items_of(s) {
@@ -582,7 +603,13 @@ impl ShardInner {
     }
 
     /// gat: touch, then read and pin the item in the same critical section.
-    pub fn get_and_touch(&mut self, key: &[u8], h: u64, now: u32, expiry: u32) -> Result<Option<PinnedParts>, Error> {
+    pub fn get_and_touch(
+        &mut self,
+        key: &[u8],
+        h: u64,
+        now: u32,
+        expiry: u32,
+    ) -> Result<Option<PinnedParts>, Error> {
         match self.touch(key, h, now, expiry) {
             Ok(()) => {}
             Err(Error::NotFound) => {
@@ -597,7 +624,14 @@ impl ShardInner {
     }
 
     /// incr/decr with memcached's rules; returns the new value and CAS.
-    pub fn delta(&mut self, key: &[u8], h: u64, now: u32, incr: bool, by: u64) -> Result<(u64, u64), Error> {
+    pub fn delta(
+        &mut self,
+        key: &[u8],
+        h: u64,
+        now: u32,
+        incr: bool,
+        by: u64,
+    ) -> Result<(u64, u64), Error> {
         let f = self.lookup(key, h, now).ok_or(Error::NotFound)?;
         let old = self.value_copy(&f);
         let cur = parse_memcached_u64(&old).ok_or(Error::NonNumeric)?;
@@ -650,7 +684,10 @@ impl ShardInner {
                 oldest = Some((m.seq, i as u32));
             }
             let open = self.ttl[m.bucket as usize].open == i as u32;
-            if !open && m.live_bytes < half && emptiest.map_or(true, |(k, _)| (m.live_bytes, m.seq) < k) {
+            if !open
+                && m.live_bytes < half
+                && emptiest.map_or(true, |(k, _)| (m.live_bytes, m.seq) < k)
+            {
                 emptiest = Some(((m.live_bytes, m.seq), i as u32));
             }
         }
@@ -783,7 +820,9 @@ impl ShardInner {
         let mut merged = 0;
         for (key, value, flags, expiry, cas) in survivors {
             let h = hash_key(&key);
-            if let Ok((s, off, _)) = self.append_item(now, &key, &[&value], flags, expiry, Some(cas), false) {
+            if let Ok((s, off, _)) =
+                self.append_item(now, &key, &[&value], flags, expiry, Some(cas), false)
+            {
                 self.insert_record(h, Record::new(tag_of(h), s, off));
                 merged += 1;
             }
@@ -936,7 +975,20 @@ mod tests {
         let now = 1000;
         assert_eq!(ttl_bucket(0, now), 0);
         let mut last = 0;
-        for rel in [1u32, 7, 8, 2047, 2048, 32767, 32768, 524_287, 524_288, 8_388_607, 8_388_608, u32::MAX - now] {
+        for rel in [
+            1u32,
+            7,
+            8,
+            2047,
+            2048,
+            32767,
+            32768,
+            524_287,
+            524_288,
+            8_388_607,
+            8_388_608,
+            u32::MAX - now,
+        ] {
             let b = ttl_bucket(now + rel, now);
             assert!(b >= last && b < TTL_BUCKETS, "rel {rel} -> {b}");
             last = b;

@@ -50,7 +50,9 @@ impl ReserveBudget {
     fn take(&self, n: usize) -> bool {
         let cap = if n <= self.limit / 128 { self.ceiling() } else { self.limit };
         self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_add(n).filter(|&t| t <= cap))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(n).filter(|&t| t <= cap)
+            })
             .is_ok()
     }
 
@@ -491,7 +493,9 @@ impl Config {
     /// Shard count and segments per shard, or what is wrong with the configuration.
     fn layout(&self) -> Result<(usize, usize), String> {
         if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
-            return Err(format!("segment_bytes must be in {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX}"));
+            return Err(format!(
+                "segment_bytes must be in {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX}"
+            ));
         }
         if self.heap_bytes < self.segment_bytes {
             return Err("heap_bytes must hold at least one segment (segment_bytes)".into());
@@ -500,10 +504,15 @@ impl Config {
             return Err("item_max must not exceed segment_bytes".into());
         }
         if self.item_max < item_size(KEY_MAX, 0) {
-            return Err(format!("item_max must be at least {} (a {KEY_MAX}-byte key and its header)", item_size(KEY_MAX, 0)));
+            return Err(format!(
+                "item_max must be at least {} (a {KEY_MAX}-byte key and its header)",
+                item_size(KEY_MAX, 0)
+            ));
         }
         if self.shards > SHARDS_MAX || (self.shards != 0 && !self.shards.is_power_of_two()) {
-            return Err(format!("shards must be 0 (automatic) or a power of two up to {SHARDS_MAX}"));
+            return Err(format!(
+                "shards must be 0 (automatic) or a power of two up to {SHARDS_MAX}"
+            ));
         }
         let total_segments = self.heap_bytes / self.segment_bytes;
         let nshards = if self.shards != 0 {
@@ -547,11 +556,13 @@ impl Cache {
     /// until segments are written); `OutOfMemory` if even that fails.
     pub fn new(cfg: Config) -> Result<Cache, Error> {
         let (nshards, per_shard) = cfg.layout().map_err(|_| Error::InvalidArgument)?;
-        let expected = if cfg.expected_items != 0 { cfg.expected_items } else { cfg.heap_bytes / 128 };
+        let expected =
+            if cfg.expected_items != 0 { cfg.expected_items } else { cfg.heap_bytes / 128 };
         let shard_bits = nshards.trailing_zeros();
         // Each shard may hold an equal part of the allowance in open reservations, and at
         // least one largest item (else such an item could never be written).
-        let allowance = if cfg.reservation_bytes != 0 { cfg.reservation_bytes } else { cfg.heap_bytes / 4 };
+        let allowance =
+            if cfg.reservation_bytes != 0 { cfg.reservation_bytes } else { cfg.heap_bytes / 4 };
         let reserve_limit = (allowance / nshards).max(cfg.item_max);
         let mut shards = Vec::with_capacity(nshards);
         for i in 0..nshards {
@@ -671,7 +682,13 @@ impl Cache {
     /// `OutOfMemory` when the key's shard already holds its share of the reservation
     /// allowance (`Config::reservation_bytes`) in open reservations: until some of them are
     /// committed or dropped, the value has nowhere to go.
-    pub fn reserve(&self, key: &[u8], value_len: usize, flags: u32, expiry: u32) -> Result<Reservation, Error> {
+    pub fn reserve(
+        &self,
+        key: &[u8],
+        value_len: usize,
+        flags: u32,
+        expiry: u32,
+    ) -> Result<Reservation, Error> {
         self.check()?;
         check_key(key)?;
         if item_size(key.len(), value_len) > self.cfg.item_max {
@@ -720,7 +737,15 @@ impl Cache {
 
     /// One-call write (reserve, fill and commit in one): returns the new CAS. Takes nothing
     /// from the reservation allowance (the value is the caller's).
-    pub fn store(&self, key: &[u8], value: &[u8], flags: u32, expiry: u32, mode: Mode, cas_in: u64) -> Result<u64, Error> {
+    pub fn store(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        flags: u32,
+        expiry: u32,
+        mode: Mode,
+        cas_in: u64,
+    ) -> Result<u64, Error> {
         check_key(key)?;
         if item_size(key.len(), value.len()) > self.cfg.item_max {
             return Err(Error::TooLarge);
@@ -729,10 +754,21 @@ impl Cache {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn store_hashed(&self, key: &[u8], h: u64, value: &[u8], flags: u32, expiry: u32, mode: Mode, cas_in: u64) -> Result<u64, Error> {
+    fn store_hashed(
+        &self,
+        key: &[u8],
+        h: u64,
+        value: &[u8],
+        flags: u32,
+        expiry: u32,
+        mode: Mode,
+        cas_in: u64,
+    ) -> Result<u64, Error> {
         let now = self.now();
         let (_, mut g) = self.shard_for(h, now)?;
-        if self.panic_next_write.load(Ordering::Relaxed) && self.panic_next_write.swap(false, Ordering::AcqRel) {
+        if self.panic_next_write.load(Ordering::Relaxed)
+            && self.panic_next_write.swap(false, Ordering::AcqRel)
+        {
             panic!("injected panic in a write (test hook)");
         }
         g.store(now, key, h, value, flags, expiry, mode, cas_in)
@@ -783,7 +819,11 @@ impl Cache {
 
     /// [`Cache::get_and_touch`] with the pin handed out as a ticket, as in
     /// [`Cache::get_ticketed`].
-    pub fn get_and_touch_ticketed(&self, key: &[u8], expiry: u32) -> Result<Option<TicketedItem>, Error> {
+    pub fn get_and_touch_ticketed(
+        &self,
+        key: &[u8],
+        expiry: u32,
+    ) -> Result<Option<TicketedItem>, Error> {
         check_key(key)?;
         let now = self.now();
         let h = hash_key(key);
@@ -796,7 +836,12 @@ impl Cache {
 
     /// Issues the ticket of pin `p` of shard `i`, whose lock `g` is held; drops the pin if no
     /// ticket can be issued.
-    fn ticketed(&self, i: usize, g: &mut ShardInner, p: PinnedParts) -> Result<TicketedItem, Error> {
+    fn ticketed(
+        &self,
+        i: usize,
+        g: &mut ShardInner,
+        p: PinnedParts,
+    ) -> Result<TicketedItem, Error> {
         let shard = &self.shards[i];
         let Some((slot, generation)) = shard.tickets.issue(&mut g.ticket_cursor, p.seg) else {
             Self::unpin_locked(shard, g, p.seg)?;
@@ -834,7 +879,10 @@ impl Cache {
     }
 
     /// Looks up several keys; one result per key, in order.
-    pub fn get_many<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) -> Result<Vec<Option<ItemRef<'_>>>, Error> {
+    pub fn get_many<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k [u8]>,
+    ) -> Result<Vec<Option<ItemRef<'_>>>, Error> {
         keys.into_iter().map(|k| self.get(k)).collect()
     }
 
@@ -974,7 +1022,8 @@ impl Cache {
         let mut st = Stats {
             shards: self.shards.len() as u64,
             segments_total: (self.shards.len() * self.segments_per_shard) as u64,
-            heap_limit_bytes: (self.shards.len() * self.segments_per_shard * self.cfg.segment_bytes) as u64,
+            heap_limit_bytes: (self.shards.len() * self.segments_per_shard * self.cfg.segment_bytes)
+                as u64,
             ..Stats::default()
         };
         let mut meta = 0;
@@ -1019,6 +1068,9 @@ impl Cache {
 
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cache").field("config", &self.cfg).field("shards", &self.shards.len()).finish()
+        f.debug_struct("Cache")
+            .field("config", &self.cfg)
+            .field("shards", &self.shards.len())
+            .finish()
     }
 }

@@ -167,7 +167,8 @@ impl Table {
             let bucket = &self.buckets[b].0;
             for (i, &v) in bucket.iter().enumerate() {
                 if v >> 52 == tag && is_key(Record(v)) {
-                    let slot = Slot { bucket: b as u32, index: i as u8, generation: self.generation };
+                    let slot =
+                        Slot { bucket: b as u32, index: i as u8, generation: self.generation };
                     return Some((slot, Record(v)));
                 }
             }

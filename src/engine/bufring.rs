@@ -17,7 +17,14 @@ impl Mapping {
     fn new(len: usize) -> io::Result<Mapping> {
         // SAFETY: anonymous private mapping; the result is checked.
         let ptr = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
@@ -46,13 +53,33 @@ pub struct ProvidedBufRing {
 impl ProvidedBufRing {
     /// Maps `count` buffers of `size` bytes plus the ring, registers it as group `bgid` and
     /// provides every buffer. `count` is a power of two, at most 32768.
-    pub fn new(uring: &IoUring, bgid: u16, count: usize, size: usize) -> io::Result<ProvidedBufRing> {
+    pub fn new(
+        uring: &IoUring,
+        bgid: u16,
+        count: usize,
+        size: usize,
+    ) -> io::Result<ProvidedBufRing> {
         let ring = Mapping::new(count * std::mem::size_of::<BufRingEntry>())?;
         let bufs = Mapping::new(count * size)?;
-        let mut br = ProvidedBufRing { ring, bufs, entries: count, buf_size: size, bgid, tail: 0, registered: false };
+        let mut br = ProvidedBufRing {
+            ring,
+            bufs,
+            entries: count,
+            buf_size: size,
+            bgid,
+            tail: 0,
+            registered: false,
+        };
         // SAFETY: the ring mapping lives as long as `br`, which unregisters it in `drop`
         // before unmapping.
-        unsafe { uring.submitter().register_buf_ring_with_flags(br.ring.ptr as u64, count as u16, bgid, 0)? };
+        unsafe {
+            uring.submitter().register_buf_ring_with_flags(
+                br.ring.ptr as u64,
+                count as u16,
+                bgid,
+                0,
+            )?
+        };
         br.registered = true;
         for bid in 0..count {
             br.push(bid as u16);

@@ -198,7 +198,9 @@ impl Conn {
     /// Whether the backend should write queued output: there is some, no send is in the
     /// kernel, and the connection is not being cut.
     pub fn wants_send(&self) -> bool {
-        self.send == SendOp::Idle && !self.out.is_empty() && matches!(self.life, Life::Open | Life::Draining)
+        self.send == SendOp::Idle
+            && !self.out.is_empty()
+            && matches!(self.life, Life::Open | Life::Draining)
     }
 
     /// The step from closing to ending: a draining connection whose output is all sent, or
@@ -403,14 +405,17 @@ impl Worker {
                 }
             }
             let id = self.id_of(slot);
-            let timer = self.add_timer(tls.handshake_timeout, Box::new(move |w: &mut Worker| {
-                if let Ok(s) = w.slot_of(id) {
-                    if w.conns[s].tls.as_ref().is_some_and(|t| t.session.is_handshaking()) {
-                        w.fail(s, CloseReason::TlsHandshakeTimeout, None);
-                        w.begin_close(s, true);
+            let timer = self.add_timer(
+                tls.handshake_timeout,
+                Box::new(move |w: &mut Worker| {
+                    if let Ok(s) = w.slot_of(id) {
+                        if w.conns[s].tls.as_ref().is_some_and(|t| t.session.is_handshaking()) {
+                            w.fail(s, CloseReason::TlsHandshakeTimeout, None);
+                            w.begin_close(s, true);
+                        }
                     }
-                }
-            }));
+                }),
+            );
             if let Some(t) = self.conns[slot].tls.as_mut() {
                 t.deadline = Some(timer);
             }
@@ -457,7 +462,9 @@ impl Worker {
             let v = c.spare.take().unwrap_or_default();
             c.out.push_back(Segment::Copy(v));
         }
-        let Some(Segment::Copy(v)) = c.out.back_mut() else { unreachable!("a copy segment was just ensured") };
+        let Some(Segment::Copy(v)) = c.out.back_mut() else {
+            unreachable!("a copy segment was just ensured")
+        };
         let before = v.len();
         while t.session.wants_write() {
             // Writing into a Vec cannot fail.
@@ -491,7 +498,11 @@ impl Worker {
                 Err(e) => {
                     // rustls has queued the alert that tells the peer why: send it, then close.
                     self.queue_tls_output(slot);
-                    let reason = if handshaking { CloseReason::TlsHandshake } else { CloseReason::TlsProtocol };
+                    let reason = if handshaking {
+                        CloseReason::TlsHandshake
+                    } else {
+                        CloseReason::TlsProtocol
+                    };
                     self.fail(slot, reason, Some(e));
                     self.begin_close_quiet(slot, false);
                     return;
@@ -587,7 +598,8 @@ impl Worker {
         match c.out.back_mut() {
             Some(Segment::Copy(v)) if extendable => v.extend_from_slice(data),
             _ => {
-                let mut v = c.spare.take().unwrap_or_else(|| Vec::with_capacity(data.len().max(256)));
+                let mut v =
+                    c.spare.take().unwrap_or_else(|| Vec::with_capacity(data.len().max(256)));
                 v.extend_from_slice(data);
                 c.out.push_back(Segment::Copy(v));
             }
@@ -603,7 +615,12 @@ impl Worker {
     /// # Safety
     /// Every `iov[i]` must describe readable memory that stays valid and unchanged until
     /// `on_send_done` is called with `cookie` for this connection.
-    pub unsafe fn send_borrowed(&mut self, conn: ConnId, iov: &[libc::iovec], cookie: u64) -> Result<(), Error> {
+    pub unsafe fn send_borrowed(
+        &mut self,
+        conn: ConnId,
+        iov: &[libc::iovec],
+        cookie: u64,
+    ) -> Result<(), Error> {
         let slot = self.slot_of(conn)?;
         let c = &mut self.conns[slot];
         if !c.is_open() {
@@ -614,7 +631,8 @@ impl Worker {
             for v in iov.iter().filter(|v| v.iov_len > 0) {
                 // SAFETY: the caller guarantees each iovec describes readable memory for the
                 // duration of the send; it is read once, here, and encrypted into the queue.
-                let bytes = unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
+                let bytes =
+                    unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
                 t.session.writer().write_all(bytes).map_err(Error::Io)?;
             }
             if t.session.is_handshaking() {
@@ -625,7 +643,11 @@ impl Worker {
                 // The caller's memory is no longer used; the answer comes once the ciphertext
                 // before it is on the socket, so `sent` keeps its meaning.
                 let c = &mut self.conns[slot];
-                c.out.push_back(Segment::Borrowed { ptr: std::ptr::null(), len: 0, cookie: Some(cookie) });
+                c.out.push_back(Segment::Borrowed {
+                    ptr: std::ptr::null(),
+                    len: 0,
+                    cookie: Some(cookie),
+                });
                 self.mark_dirty(slot);
             }
             return Ok(());
@@ -642,7 +664,11 @@ impl Worker {
         }
         if iov.is_empty() {
             // Still answered in order, after what is queued before it.
-            c.out.push_back(Segment::Borrowed { ptr: std::ptr::null(), len: 0, cookie: Some(cookie) });
+            c.out.push_back(Segment::Borrowed {
+                ptr: std::ptr::null(),
+                len: 0,
+                cookie: Some(cookie),
+            });
         }
         c.out_bytes += total;
         self.after_queue(slot);
@@ -716,11 +742,14 @@ impl Worker {
                 if !c.out.is_empty() {
                     let id = self.id_of(slot);
                     let linger = self.cfg.close_linger;
-                    self.add_timer(linger, Box::new(move |w: &mut Worker| {
-                        if let Ok(s) = w.slot_of(id) {
-                            w.begin_close(s, true);
-                        }
-                    }));
+                    self.add_timer(
+                        linger,
+                        Box::new(move |w: &mut Worker| {
+                            if let Ok(s) = w.slot_of(id) {
+                                w.begin_close(s, true);
+                            }
+                        }),
+                    );
                 }
             }
             (Life::Draining | Life::Aborting | Life::Ending | Life::Free, _) => {}
@@ -947,8 +976,12 @@ pub(crate) fn next_dirty<H: Handler>(w: &mut Worker, h: &mut H) -> Option<usize>
                 Some(_) => CloseReason::TlsTruncated,
             };
             let detail = match reason {
-                CloseReason::TlsHandshake => Some("peer closed the connection during the handshake".to_string()),
-                CloseReason::TlsTruncated => Some("peer closed the connection without close_notify".to_string()),
+                CloseReason::TlsHandshake => {
+                    Some("peer closed the connection during the handshake".to_string())
+                }
+                CloseReason::TlsTruncated => {
+                    Some("peer closed the connection without close_notify".to_string())
+                }
                 _ => None,
             };
             w.fail(slot, reason, detail);
@@ -1069,7 +1102,10 @@ pub(crate) fn drive<L: WorkerLoop, H: Handler>(
             h.on_worker_stop(w);
             return None;
         }
-        Ok(Err(e)) => eprintln!("p99: engine worker {}: {failed} failed ({e}); closing its connections", w.index),
+        Ok(Err(e)) => eprintln!(
+            "p99: engine worker {}: {failed} failed ({e}); closing its connections",
+            w.index
+        ),
         Err(p) => panicked = Some(p),
     }
     l.abandon(w);
@@ -1089,7 +1125,10 @@ pub(crate) fn drive<L: WorkerLoop, H: Handler>(
 /// connections are still finalised; the first such panic is returned. A connection whose
 /// finalisation was under way when the loop ended (its `on_close` or `on_send_done` panicked)
 /// is only freed: its fd is already closed and its callbacks are not repeated.
-pub(crate) fn abort_all<H: Handler>(w: &mut Worker, h: &mut H) -> Option<Box<dyn std::any::Any + Send>> {
+pub(crate) fn abort_all<H: Handler>(
+    w: &mut Worker,
+    h: &mut H,
+) -> Option<Box<dyn std::any::Any + Send>> {
     let mut first = None;
     for slot in 0..w.conns.len() {
         if !w.conns[slot].is_live() {
@@ -1144,7 +1183,11 @@ mod tests {
         assert!(c.cancel_send());
         assert_eq!(c.send, SendOp::Cancelling { segs: 1 });
         assert!(!c.cancel_send(), "cancel submitted twice");
-        assert_eq!(c.send.frozen_segs(), 1, "a cancelled send still freezes its segments until its CQE");
+        assert_eq!(
+            c.send.frozen_segs(),
+            1,
+            "a cancelled send still freezes its segments until its CQE"
+        );
     }
 
     #[test]

@@ -89,8 +89,22 @@ pub(crate) fn run<H: Handler, M: FnOnce() -> H>(
     // SAFETY: fresh fd owned by nobody else.
     let ep = unsafe { OwnedFd::from_raw_fd(ep) };
     let wake_fd = shared.workers[index].wake.as_raw_fd();
-    let setup = ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, listener.as_raw_fd(), libc::EPOLLIN as u32, Source::Accept.tag(0, 0))
-        .and_then(|_| ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, wake_fd, libc::EPOLLIN as u32, Source::Wake.tag(0, 0)));
+    let setup = ctl(
+        ep.as_raw_fd(),
+        libc::EPOLL_CTL_ADD,
+        listener.as_raw_fd(),
+        libc::EPOLLIN as u32,
+        Source::Accept.tag(0, 0),
+    )
+    .and_then(|_| {
+        ctl(
+            ep.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            wake_fd,
+            libc::EPOLLIN as u32,
+            Source::Wake.tag(0, 0),
+        )
+    });
     if let Err(e) = setup {
         let _ = ready.send(Err(Error::Io(e)));
         return;
@@ -98,7 +112,16 @@ pub(crate) fn run<H: Handler, M: FnOnce() -> H>(
     let scratch = vec![0u8; cfg.rx_buf_size];
     let mut w = Worker::new(index, cfg, shared);
     let mut h = make();
-    let mut l = Loop { ep, listener: Some(listener), wake_fd, scratch, iov: Vec::with_capacity(MAX_IOV), syscalls: 0, masks: Vec::new(), accept_retry_at: None };
+    let mut l = Loop {
+        ep,
+        listener: Some(listener),
+        wake_fd,
+        scratch,
+        iov: Vec::with_capacity(MAX_IOV),
+        syscalls: 0,
+        masks: Vec::new(),
+        accept_retry_at: None,
+    };
     let _ = ready.send(Ok(()));
     if let Some(p) = conn::drive(&mut l, &mut w, &mut h, "epoll_wait") {
         std::panic::resume_unwind(p);
@@ -137,7 +160,9 @@ impl WorkerLoop for Loop {
                 Some(d) => d.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32,
             };
             // SAFETY: the events buffer holds events.len() entries.
-            let n = unsafe { libc::epoll_wait(self.ep.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, ms) };
+            let n = unsafe {
+                libc::epoll_wait(self.ep.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, ms)
+            };
             let st = w.stats();
             StatCells::add(&st.enters, 1);
             if n < 0 {
@@ -174,7 +199,12 @@ impl Loop {
             self.syscalls += 1;
             // SAFETY: accept4 without an address buffer.
             let fd = unsafe {
-                libc::accept4(listener, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+                libc::accept4(
+                    listener,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                )
             };
             if fd < 0 {
                 let e = io::Error::last_os_error().raw_os_error().unwrap_or(0);
@@ -193,7 +223,13 @@ impl Loop {
                 if self.masks.len() <= slot {
                     self.masks.resize(slot + 1, 0);
                 }
-                match ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, mask, Source::Conn.tag(slot, gen)) {
+                match ctl(
+                    self.ep.as_raw_fd(),
+                    libc::EPOLL_CTL_ADD,
+                    fd,
+                    mask,
+                    Source::Conn.tag(slot, gen),
+                ) {
                     Ok(()) => self.masks[slot] = mask,
                     Err(_) => w.begin_close(slot, true),
                 }
@@ -211,21 +247,35 @@ impl Loop {
             self.accept_retry_at = None;
             return;
         };
-        match ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, l.as_raw_fd(), libc::EPOLLIN as u32, Source::Accept.tag(0, 0)) {
+        match ctl(
+            self.ep.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            l.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            Source::Accept.tag(0, 0),
+        ) {
             Ok(()) => self.accept_retry_at = None,
             // Could not re-add (out of memory): try again after another back-off.
             Err(_) => self.accept_retry_at = Some(Instant::now() + ACCEPT_BACKOFF),
         }
     }
 
-    fn conn_event<H: Handler>(&mut self, w: &mut Worker, h: &mut H, slot: usize, gen: u32, mask: u32) {
+    fn conn_event<H: Handler>(
+        &mut self,
+        w: &mut Worker,
+        h: &mut H,
+        slot: usize,
+        gen: u32,
+        mask: u32,
+    ) {
         if !matches!(w.conns.get(slot), Some(c) if c.is_live() && c.gen == gen) {
             return;
         }
         if mask & libc::EPOLLOUT as u32 != 0 {
             w.mark_dirty(slot);
         }
-        let readable = mask & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0;
+        let readable =
+            mask & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0;
         if !readable {
             return;
         }
@@ -239,7 +289,9 @@ impl Loop {
         let fd = w.conns[slot].fd;
         self.syscalls += 1;
         // SAFETY: reads into the worker's scratch buffer of the length passed.
-        let n = unsafe { libc::recv(fd, self.scratch.as_mut_ptr().cast(), self.scratch.len(), libc::MSG_DONTWAIT) };
+        let n = unsafe {
+            libc::recv(fd, self.scratch.as_mut_ptr().cast(), self.scratch.len(), libc::MSG_DONTWAIT)
+        };
         if n > 0 {
             conn::deliver(w, h, slot, &self.scratch[..n as usize]);
         } else if n == 0 {
@@ -277,7 +329,8 @@ impl Loop {
                 msg.msg_iovlen = self.iov.len();
                 self.syscalls += 1;
                 // SAFETY: the iovecs point at queued segments that stay alive during the call.
-                let n = unsafe { libc::sendmsg(c.fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+                let n =
+                    unsafe { libc::sendmsg(c.fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
                 if n < 0 {
                     let e = io::Error::last_os_error().raw_os_error().unwrap_or(0);
                     if e != libc::EAGAIN && e != libc::EINTR {

@@ -363,14 +363,14 @@ impl Engine {
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), Error>>();
         let mut threads = Vec::with_capacity(nworkers);
         for (i, listener) in listeners.into_iter().enumerate() {
-            let cpu = if cfg.pin_workers && !cpus.is_empty() { Some(cpus[i % cpus.len()]) } else { None };
+            let cpu =
+                if cfg.pin_workers && !cpus.is_empty() { Some(cpus[i % cpus.len()]) } else { None };
             let wshared = Arc::clone(&shared);
             let cfg = Arc::clone(&cfg);
             let factory = Arc::clone(&factory);
             let ready = ready_tx.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("p99-worker-{i}"))
-                .spawn(move || {
+            let spawned =
+                std::thread::Builder::new().name(format!("p99-worker-{i}")).spawn(move || {
                     if let Some(cpu) = cpu {
                         sys::pin_to_cpu(cpu);
                     }

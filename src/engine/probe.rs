@@ -60,10 +60,18 @@ fn probe_on_own_thread() -> Result<&'static str, String> {
 
 fn choose() -> Choice {
     match std::env::var("P99_BACKEND").ok().as_deref() {
-        Some("epoll") => Choice { backend: Ok(Backend::Epoll), reason: "forced by P99_BACKEND=epoll".into() },
+        Some("epoll") => {
+            Choice { backend: Ok(Backend::Epoll), reason: "forced by P99_BACKEND=epoll".into() }
+        }
         Some("uring") | Some("io_uring") => match uring_usable() {
-            Ok(how) => Choice { backend: Ok(Backend::Uring), reason: format!("forced by P99_BACKEND=uring ({how})") },
-            Err(why) => Choice { backend: Err(format!("P99_BACKEND=uring but io_uring is unusable: {why}")), reason: why },
+            Ok(how) => Choice {
+                backend: Ok(Backend::Uring),
+                reason: format!("forced by P99_BACKEND=uring ({how})"),
+            },
+            Err(why) => Choice {
+                backend: Err(format!("P99_BACKEND=uring but io_uring is unusable: {why}")),
+                reason: why,
+            },
         },
         Some(other) if !other.is_empty() => Choice {
             backend: Err(format!("P99_BACKEND={other}: expected uring or epoll")),
@@ -73,7 +81,10 @@ fn choose() -> Choice {
             Ok(how) => Choice { backend: Ok(Backend::Uring), reason: format!("probed ({how})") },
             Err(why) => {
                 eprintln!("p99: io_uring unavailable ({why}); falling back to the epoll backend");
-                Choice { backend: Ok(Backend::Epoll), reason: format!("io_uring unavailable: {why}") }
+                Choice {
+                    backend: Ok(Backend::Epoll),
+                    reason: format!("io_uring unavailable: {why}"),
+                }
             }
         },
     }
@@ -120,7 +131,8 @@ pub(crate) fn build_ring(sq_entries: u32) -> io::Result<(IoUring, &'static str)>
 
 fn probe_uring() -> Result<&'static str, String> {
     let (ring, how) = build_ring(8).map_err(|e| {
-        let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").unwrap_or_default();
+        let sysctl =
+            std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").unwrap_or_default();
         match sysctl.trim() {
             "1" | "2" => format!("io_uring_setup: {e}; kernel.io_uring_disabled={}", sysctl.trim()),
             _ => format!("io_uring_setup: {e}"),
@@ -146,10 +158,14 @@ fn probe_uring() -> Result<&'static str, String> {
 /// Arms a multishot recv on a socketpair with a 2-buffer ring, writes one byte and expects a
 /// completion carrying a selected buffer and `F_MORE`.
 fn live_multishot_recv(mut ring: IoUring) -> Result<(), String> {
-    let mut bufs = ProvidedBufRing::new(&ring, 0, 2, 64).map_err(|e| format!("buffer ring: {e}"))?;
+    let mut bufs =
+        ProvidedBufRing::new(&ring, 0, 2, 64).map_err(|e| format!("buffer ring: {e}"))?;
     let mut fds = [0; 2];
     // SAFETY: socketpair writes two fds into the array.
-    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0 {
+    if unsafe {
+        libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
+    } != 0
+    {
         return Err(format!("socketpair: {}", io::Error::last_os_error()));
     }
     // SAFETY: fresh fds owned by nobody else.
@@ -172,10 +188,17 @@ fn live_multishot_recv(mut ring: IoUring) -> Result<(), String> {
         }
         for cqe in ring.completion() {
             if outcome.is_err() {
-                outcome = if cqe.result() == 1 && cqueue::buffer_select(cqe.flags()).is_some() && cqueue::more(cqe.flags()) {
+                outcome = if cqe.result() == 1
+                    && cqueue::buffer_select(cqe.flags()).is_some()
+                    && cqueue::more(cqe.flags())
+                {
                     Ok(())
                 } else {
-                    Err(format!("unexpected completion res={} flags={:#x}", cqe.result(), cqe.flags()))
+                    Err(format!(
+                        "unexpected completion res={} flags={:#x}",
+                        cqe.result(),
+                        cqe.flags()
+                    ))
                 };
             }
             if !cqueue::more(cqe.flags()) {
@@ -195,7 +218,9 @@ fn live_multishot_recv(mut ring: IoUring) -> Result<(), String> {
         }
         match ring.submitter().submit_with_args(1, &args) {
             Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ETIME) || e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e)
+                if e.raw_os_error() == Some(libc::ETIME)
+                    || e.raw_os_error() == Some(libc::EINTR) => {}
             Err(_) => break,
         }
         for cqe in ring.completion() {

@@ -16,7 +16,9 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 pub fn listener(addr: SocketAddr, backlog: i32) -> io::Result<(OwnedFd, u16)> {
     let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: plain socket(2); the result is checked and owned at once.
-    let fd = cvt(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) })?;
+    let fd = cvt(unsafe {
+        libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
+    })?;
     // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
@@ -65,20 +67,37 @@ fn local_port(fd: RawFd) -> io::Result<u16> {
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: pointers to live locals with the right sizes.
-    cvt(unsafe { libc::getsockname(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len) })?;
+    cvt(unsafe {
+        libc::getsockname(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len)
+    })?;
     let port = match storage.ss_family as libc::c_int {
         // SAFETY: the family says which sockaddr type the storage holds.
-        libc::AF_INET => unsafe { (*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()).sin_port },
+        libc::AF_INET => unsafe {
+            (*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()).sin_port
+        },
         // SAFETY: as above.
-        _ => unsafe { (*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()).sin6_port },
+        _ => unsafe {
+            (*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()).sin6_port
+        },
     };
     Ok(u16::from_be(port))
 }
 
-pub fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+pub fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: passes a pointer to a live c_int and its size.
     cvt(unsafe {
-        libc::setsockopt(fd, level, name, (&value as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
     })
     .map(drop)
 }

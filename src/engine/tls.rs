@@ -110,7 +110,9 @@ fn pem_error(what: &str, src: &Pem, e: impl fmt::Display) -> Error {
 
 fn load_certs(what: &str, src: &Pem) -> Result<Vec<CertificateDer<'static>>, Error> {
     let certs: Result<Vec<_>, _> = match src {
-        Pem::File(p) => CertificateDer::pem_file_iter(p).map_err(|e| pem_error(what, src, e))?.collect(),
+        Pem::File(p) => {
+            CertificateDer::pem_file_iter(p).map_err(|e| pem_error(what, src, e))?.collect()
+        }
         Pem::Bytes(b) => CertificateDer::pem_slice_iter(b).collect(),
     };
     let certs = certs.map_err(|e| pem_error(what, src, e))?;
@@ -163,14 +165,14 @@ impl TlsConfig {
                 builder.with_client_cert_verifier(v)
             }
         };
-        let mut server = builder
-            .with_single_cert(chain, key)
-            .map_err(|e| Error::Tls(format!("certificate and key do not make a usable pair: {e}")))?;
+        let mut server = builder.with_single_cert(chain, key).map_err(|e| {
+            Error::Tls(format!("certificate and key do not make a usable pair: {e}"))
+        })?;
         server.alpn_protocols = s.alpn.clone();
         server.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
         if s.session_tickets {
-            server.ticketer =
-                rustls::crypto::ring::Ticketer::new().map_err(|e| Error::Tls(format!("session ticket keys: {e}")))?;
+            server.ticketer = rustls::crypto::ring::Ticketer::new()
+                .map_err(|e| Error::Tls(format!("session ticket keys: {e}")))?;
         }
         Ok(TlsConfig { server: Arc::new(server), handshake_timeout: s.handshake_timeout })
     }

@@ -187,7 +187,12 @@ impl WorkerLoop for Loop {
             }
             w.settle(|w| self.flush(w, h));
             self.arm_listeners(w);
-            if w.stopping && w.open == 0 && self.accept == Multishot::Idle && self.wake == Multishot::Idle && self.inflight == 0 {
+            if w.stopping
+                && w.open == 0
+                && self.accept == Multishot::Idle
+                && self.wake == Multishot::Idle
+                && self.inflight == 0
+            {
                 return Ok(());
             }
             let mut timeout = w.next_timer();
@@ -235,7 +240,10 @@ impl WorkerLoop for Loop {
             let ts = types::Timespec::new().nsec(50_000_000);
             let args = types::SubmitArgs::new().timespec(&ts);
             if let Err(e) = self.ring.submitter().submit_with_args(1, &args) {
-                if !matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)) {
+                if !matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
+                ) {
                     self.reap_ends(w);
                     break;
                 }
@@ -295,7 +303,9 @@ impl Loop {
             }
             return;
         }
-        if self.accept == Multishot::Idle && self.accept_retry_at.map_or(true, |at| at <= Instant::now()) {
+        if self.accept == Multishot::Idle
+            && self.accept_retry_at.map_or(true, |at| at <= Instant::now())
+        {
             self.accept_retry_at = None;
             self.accept = Multishot::Armed;
             let e = opcode::AcceptMulti::new(types::Fd(self.listener.as_raw_fd()))
@@ -316,7 +326,11 @@ impl Loop {
 
     /// Asks the kernel to cancel the operation tagged (`op`, `slot`, `gen`).
     fn push_cancel(&mut self, op: Op, slot: usize, gen: u32) {
-        self.push(opcode::AsyncCancel::new(op.tag(slot, gen)).build().user_data(Op::Cancel.tag(slot, gen)));
+        self.push(
+            opcode::AsyncCancel::new(op.tag(slot, gen))
+                .build()
+                .user_data(Op::Cancel.tag(slot, gen)),
+        );
     }
 
     /// Turns the state changes of dirty connections into SQEs (and finishes closes).
@@ -336,7 +350,11 @@ impl Loop {
             match (want, self.io[slot].recv) {
                 (true, Multishot::Idle) => {
                     self.io[slot].recv = Multishot::Armed;
-                    self.push(opcode::RecvMulti::new(types::Fd(fd), BGID).build().user_data(Op::Recv.tag(slot, gen)));
+                    self.push(
+                        opcode::RecvMulti::new(types::Fd(fd), BGID)
+                            .build()
+                            .user_data(Op::Recv.tag(slot, gen)),
+                    );
                 }
                 (false, Multishot::Armed) => {
                     self.io[slot].recv = Multishot::Cancelling;
@@ -389,7 +407,8 @@ impl Loop {
         c.start_send(covered);
         let e = if io.iov.len() == 1 {
             // One contiguous piece (the common case): a plain send, no msghdr.
-            let (ptr, len) = (io.iov[0].iov_base as *const u8, io.iov[0].iov_len.min(u32::MAX as usize) as u32);
+            let (ptr, len) =
+                (io.iov[0].iov_base as *const u8, io.iov[0].iov_len.min(u32::MAX as usize) as u32);
             opcode::Send::new(fd, ptr, len).flags(libc::MSG_NOSIGNAL).build()
         } else {
             let msg = io.msg.get_or_insert_with(|| {
@@ -446,7 +465,8 @@ impl Loop {
     /// without calling the handler. A send's CQE makes its `SendOp` `Idle` (its memory is
     /// free to hand back); an accepted fd that arrives now is closed.
     fn reap_ends(&mut self, w: &mut Worker) {
-        let cqes: Vec<(u64, i32, u32)> = self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())).collect();
+        let cqes: Vec<(u64, i32, u32)> =
+            self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())).collect();
         for (data, res, flags) in cqes {
             let Some((op, slot, gen)) = Op::of(data) else { continue };
             let more = cqueue::more(flags);
@@ -536,7 +556,15 @@ impl Loop {
         accept_fd(w, h, fd);
     }
 
-    fn on_recv<H: Handler>(&mut self, w: &mut Worker, h: &mut H, slot: usize, gen: u32, res: i32, flags: u32) {
+    fn on_recv<H: Handler>(
+        &mut self,
+        w: &mut Worker,
+        h: &mut H,
+        slot: usize,
+        gen: u32,
+        res: i32,
+        flags: u32,
+    ) {
         let more = cqueue::more(flags);
         let bid = cqueue::buffer_select(flags);
         if !more {
@@ -656,7 +684,10 @@ mod tests {
     impl Handler for BigSender {
         fn on_data(&mut self, w: &mut Worker, conn: ConnId, data: &[u8]) {
             assert!(!data.starts_with(b"BOOM"), "handler panic on purpose (test)");
-            let iov = [libc::iovec { iov_base: self.big.as_ptr() as *mut libc::c_void, iov_len: self.big.len() }];
+            let iov = [libc::iovec {
+                iov_base: self.big.as_ptr() as *mut libc::c_void,
+                iov_len: self.big.len(),
+            }];
             // SAFETY: the buffer is 'static and never written.
             unsafe { w.send_borrowed(conn, &iov, 7) }.unwrap();
         }
@@ -689,13 +720,21 @@ mod tests {
         let big: &'static [u8] = Box::leak(vec![b'b'; 32 << 20].into_boxed_slice());
         let seen = Arc::new(Seen::default());
         let s2 = Arc::clone(&seen);
-        let cfg = Config { backend: Some(Backend::Uring), workers: 1, pin_workers: false, ..Config::default() };
+        let cfg = Config {
+            backend: Some(Backend::Uring),
+            workers: 1,
+            pin_workers: false,
+            ..Config::default()
+        };
         let e = Engine::start(cfg, move |_| BigSender { big, seen: Arc::clone(&s2) }).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        e.post(0, Box::new(move |_w: &mut Worker| {
-            SKIP_SYNC_CANCEL.with(|s| s.set(true));
-            tx.send(()).unwrap();
-        }))
+        e.post(
+            0,
+            Box::new(move |_w: &mut Worker| {
+                SKIP_SYNC_CANCEL.with(|s| s.set(true));
+                tx.send(()).unwrap();
+            }),
+        )
         .unwrap();
         rx.recv_timeout(Duration::from_secs(5)).unwrap();
         let mut stuck = TcpStream::connect(("127.0.0.1", e.port())).unwrap();
@@ -705,7 +744,11 @@ mod tests {
         let mut boom = TcpStream::connect(("127.0.0.1", e.port())).unwrap();
         boom.write_all(b"BOOM").unwrap();
         wait_until("both connections closed", || seen.closed.load(Ordering::SeqCst) == 2);
-        assert_eq!(seen.send_done.load(Ordering::SeqCst), 0, "memory under an unconfirmed send was handed back");
+        assert_eq!(
+            seen.send_done.load(Ordering::SeqCst),
+            0,
+            "memory under an unconfirmed send was handed back"
+        );
         let mut buf = [0u8; 16];
         boom.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         assert!(matches!(boom.read(&mut buf), Ok(0) | Err(_)));
@@ -723,7 +766,12 @@ mod tests {
         let big: &'static [u8] = Box::leak(vec![b'b'; 32 << 20].into_boxed_slice());
         let seen = Arc::new(Seen::default());
         let s2 = Arc::clone(&seen);
-        let cfg = Config { backend: Some(Backend::Uring), workers: 1, pin_workers: false, ..Config::default() };
+        let cfg = Config {
+            backend: Some(Backend::Uring),
+            workers: 1,
+            pin_workers: false,
+            ..Config::default()
+        };
         let e = Engine::start(cfg, move |_| BigSender { big, seen: Arc::clone(&s2) }).unwrap();
         let mut stuck = TcpStream::connect(("127.0.0.1", e.port())).unwrap();
         stuck.write_all(b"go").unwrap();

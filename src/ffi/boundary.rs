@@ -266,7 +266,11 @@ fn too_long(name: &'static str, len: usize) -> Failure {
 /// If `len > 0`, `ptr` points to `len` readable, initialised `T`s that stay unchanged during
 /// the call.
 #[inline]
-pub unsafe fn slice_from<'a, T>(ptr: *const T, len: usize, name: &'static str) -> Result<&'a [T], Failure> {
+pub unsafe fn slice_from<'a, T>(
+    ptr: *const T,
+    len: usize,
+    name: &'static str,
+) -> Result<&'a [T], Failure> {
     if len == 0 {
         return Ok(&[]);
     }
@@ -285,7 +289,11 @@ pub unsafe fn slice_from<'a, T>(ptr: *const T, len: usize, name: &'static str) -
 /// # Safety
 /// If `len > 0`, `ptr` points to `len` writable, initialised `T`s not aliased during the call.
 #[inline]
-pub unsafe fn slice_mut_from<'a, T>(ptr: *mut T, len: usize, name: &'static str) -> Result<&'a mut [T], Failure> {
+pub unsafe fn slice_mut_from<'a, T>(
+    ptr: *mut T,
+    len: usize,
+    name: &'static str,
+) -> Result<&'a mut [T], Failure> {
     if len == 0 {
         return Ok(&mut []);
     }
@@ -385,7 +393,11 @@ fn check_size<T: Versioned>(size: usize, name: &'static str) -> Result<(), Failu
 /// # Safety
 /// `ptr` is NULL or points to a struct whose first 4 bytes are its `struct_size` and whose
 /// `struct_size` bytes are readable.
-pub unsafe fn read_versioned<T: Versioned>(ptr: *const T, defaults: T, name: &'static str) -> Result<T, Failure> {
+pub unsafe fn read_versioned<T: Versioned>(
+    ptr: *const T,
+    defaults: T,
+    name: &'static str,
+) -> Result<T, Failure> {
     if ptr.is_null() {
         return Err(null(name));
     }
@@ -409,7 +421,11 @@ pub unsafe fn read_versioned<T: Versioned>(ptr: *const T, defaults: T, name: &'s
     // SAFETY: copies min(size, ours) bytes into a local T; T's fields accept every byte pattern
     // C stores (Versioned's contract), and fields past the caller's size keep their defaults.
     unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut value as *mut T).cast::<u8>(), size.min(ours))
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            (&mut value as *mut T).cast::<u8>(),
+            size.min(ours),
+        )
     };
     Ok(value)
 }
@@ -487,7 +503,9 @@ pub extern "C" fn p99_last_error_message() -> *const c_char {
     guard_or(c"".as_ptr(), || {
         let last = LAST_FAILURE.with(|l| l.get());
         if last & HAS_DETAIL != 0 {
-            if let Some(text) = LAST_DETAIL.try_with(|d| d.borrow().as_ref().map(|t| t.as_ptr())).ok().flatten() {
+            if let Some(text) =
+                LAST_DETAIL.try_with(|d| d.borrow().as_ref().map(|t| t.as_ptr())).ok().flatten()
+            {
                 // The CString's heap buffer stays put until a later detailed failure replaces
                 // it.
                 return text;
@@ -520,7 +538,10 @@ mod tests {
     fn last_error_message_follows_failures_and_ignores_successes() {
         std::thread::spawn(|| {
             assert_eq!(last_message(), "");
-            assert_eq!(guard(|| Err(Failure::invalid("the frame size is odd"))), p99_status::InvalidArgument);
+            assert_eq!(
+                guard(|| Err(Failure::invalid("the frame size is odd"))),
+                p99_status::InvalidArgument
+            );
             assert_eq!(last_message(), "the frame size is odd");
             assert_eq!(guard(|| Ok(())), p99_status::Ok);
             assert_eq!(last_message(), "the frame size is odd", "success must not clear it");
@@ -579,12 +600,21 @@ mod tests {
         // Too small, implausible, NULL.
         let tiny: [u32; 2] = [4, 0];
         let p = tiny.as_ptr().cast::<Grown>();
-        assert_eq!(c_arg!(versioned_in p, DEFAULTS).unwrap_err().status(), p99_status::InvalidArgument);
+        assert_eq!(
+            c_arg!(versioned_in p, DEFAULTS).unwrap_err().status(),
+            p99_status::InvalidArgument
+        );
         let huge: [u32; 2] = [1 << 20, 0];
         let p = huge.as_ptr().cast::<Grown>();
-        assert_eq!(c_arg!(versioned_in p, DEFAULTS).unwrap_err().status(), p99_status::InvalidArgument);
+        assert_eq!(
+            c_arg!(versioned_in p, DEFAULTS).unwrap_err().status(),
+            p99_status::InvalidArgument
+        );
         let p: *const Grown = std::ptr::null();
-        assert_eq!(c_arg!(versioned_in p, DEFAULTS).unwrap_err().status(), p99_status::NullParameter);
+        assert_eq!(
+            c_arg!(versioned_in p, DEFAULTS).unwrap_err().status(),
+            p99_status::NullParameter
+        );
     }
 
     #[test]

@@ -16,7 +16,8 @@ use std::ffi::c_void;
 use super::boundary::{c_arg, guard, guard_or, struct_size, CResult, Failure, Handle, Versioned};
 use super::status::p99_status;
 use crate::cache::{
-    Cache, ClockKind, Config, CopiedItem, Eviction, Mode, PinTicket, Reservation, Stats, TicketedItem,
+    Cache, ClockKind, Config, CopiedItem, Eviction, Mode, PinTicket, Reservation, Stats,
+    TicketedItem,
 };
 
 /// Eviction policy `P99_CACHE_EVICTION_FIFO`: drop the oldest unpinned segment.
@@ -360,13 +361,19 @@ pub unsafe extern "C" fn p99_cache_new(
         let eviction = match c.eviction {
             P99_CACHE_EVICTION_FIFO => Eviction::Fifo,
             P99_CACHE_EVICTION_MERGE => Eviction::Merge,
-            e => return Err(Failure::invalid(format!("eviction {e} is not one of P99_CACHE_EVICTION_*"))),
+            e => {
+                return Err(Failure::invalid(format!(
+                    "eviction {e} is not one of P99_CACHE_EVICTION_*"
+                )))
+            }
         };
-        let too_big = |what: &str| Failure::invalid(format!("{what} does not fit this machine's size_t"));
+        let too_big =
+            |what: &str| Failure::invalid(format!("{what} does not fit this machine's size_t"));
         let cfg = Config {
             heap_bytes: usize::try_from(c.heap_bytes).map_err(|_| too_big("heap_bytes"))?,
             segment_bytes: c.segment_bytes as usize,
-            expected_items: usize::try_from(c.expected_items).map_err(|_| too_big("expected_items"))?,
+            expected_items: usize::try_from(c.expected_items)
+                .map_err(|_| too_big("expected_items"))?,
             item_max: c.item_max as usize,
             cas: c.cas,
             reservation_bytes: 0, // the default allowance: a quarter of heap_bytes
@@ -396,7 +403,10 @@ pub unsafe extern "C" fn p99_cache_free(cache: *mut p99_cache) -> p99_status {
         }
         let pinned = c_arg!(handle cache)?.cache.pinned();
         if pinned != 0 {
-            return Err(Failure::new(p99_status::Busy, format!("{pinned} items are still pinned; release them first")));
+            return Err(Failure::new(
+                p99_status::Busy,
+                format!("{pinned} items are still pinned; release them first"),
+            ));
         }
         drop(c_arg!(owned cache));
         Ok(())
@@ -427,11 +437,7 @@ pub unsafe extern "C" fn p99_cache_reserve(
         let out = c_arg!(out out)?;
         let mut res = Box::new(c.cache.reserve(key, value_len, flags, expiry)?);
         let value = res.value_buffer().as_mut_ptr();
-        out.write(p99_cache_reservation {
-            value,
-            value_len,
-            state: Box::into_raw(res).cast(),
-        });
+        out.write(p99_cache_reservation { value, value_len, state: Box::into_raw(res).cast() });
         Ok(())
     })
 }
@@ -777,7 +783,10 @@ pub unsafe extern "C" fn p99_cache_decr(
 /// moment on (at once when 0). A later call replaces a pending one. Pinned items stay
 /// readable until released. Thread-safe.
 #[no_mangle]
-pub unsafe extern "C" fn p99_cache_flush_all(cache: *const p99_cache, delay_seconds: u32) -> p99_status {
+pub unsafe extern "C" fn p99_cache_flush_all(
+    cache: *const p99_cache,
+    delay_seconds: u32,
+) -> p99_status {
     guard(|| -> CResult {
         let c = c_arg!(handle cache)?;
         c.cache.flush_all(delay_seconds)?;
@@ -798,7 +807,10 @@ pub unsafe extern "C" fn p99_cache_now(cache: *const p99_cache) -> u32 {
 /// Sets the manual clock (config `manual_clock`) to `unix_seconds`. INVALID_STATE on a cache
 /// using the system clock. Thread-safe.
 #[no_mangle]
-pub unsafe extern "C" fn p99_cache_set_time(cache: *const p99_cache, unix_seconds: u32) -> p99_status {
+pub unsafe extern "C" fn p99_cache_set_time(
+    cache: *const p99_cache,
+    unix_seconds: u32,
+) -> p99_status {
     guard(|| -> CResult {
         let c = c_arg!(handle cache)?;
         c.cache.check()?;
@@ -863,7 +875,10 @@ fn stats_to_c(s: &Stats) -> p99_cache_stats {
 /// (fields this library does not know are zeroed), and `struct_size` is left as the caller
 /// set it. Thread-safe (locks each shard briefly).
 #[no_mangle]
-pub unsafe extern "C" fn p99_cache_get_stats(cache: *const p99_cache, stats: *mut p99_cache_stats) -> p99_status {
+pub unsafe extern "C" fn p99_cache_get_stats(
+    cache: *const p99_cache,
+    stats: *mut p99_cache_stats,
+) -> p99_status {
     guard(|| -> CResult {
         let c = c_arg!(handle cache)?;
         let out = c_arg!(versioned_out stats)?;

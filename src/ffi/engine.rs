@@ -119,15 +119,34 @@ pub struct p99_engine_callbacks {
     pub on_worker_start: Option<unsafe extern "C" fn(user: *mut c_void, worker: *mut p99_worker)>,
     /// A connection was accepted; return false to refuse it (closed at once, no `on_close`).
     /// Optional (NULL accepts all).
-    pub on_accept: Option<unsafe extern "C" fn(user: *mut c_void, worker: *mut p99_worker, conn: p99_conn) -> bool>,
+    pub on_accept: Option<
+        unsafe extern "C" fn(user: *mut c_void, worker: *mut p99_worker, conn: p99_conn) -> bool,
+    >,
     /// Bytes arrived; `data` is borrowed until the callback returns. Required.
-    pub on_data: Option<unsafe extern "C" fn(user: *mut c_void, worker: *mut p99_worker, conn: p99_conn, data: *const u8, len: usize)>,
+    pub on_data: Option<
+        unsafe extern "C" fn(
+            user: *mut c_void,
+            worker: *mut p99_worker,
+            conn: p99_conn,
+            data: *const u8,
+            len: usize,
+        ),
+    >,
     /// A `p99_worker_send_iov` is finished with its memory: `sent` is true when every byte
     /// was written to the socket, false when the connection closed first. Optional.
-    pub on_send_done: Option<unsafe extern "C" fn(user: *mut c_void, worker: *mut p99_worker, conn: p99_conn, cookie: u64, sent: bool)>,
+    pub on_send_done: Option<
+        unsafe extern "C" fn(
+            user: *mut c_void,
+            worker: *mut p99_worker,
+            conn: p99_conn,
+            cookie: u64,
+            sent: bool,
+        ),
+    >,
     /// The connection is closed: exactly once per accepted connection, after all of its
     /// `on_send_done`. The handle is stale afterwards. Optional.
-    pub on_close: Option<unsafe extern "C" fn(user: *mut c_void, worker: *mut p99_worker, conn: p99_conn)>,
+    pub on_close:
+        Option<unsafe extern "C" fn(user: *mut c_void, worker: *mut p99_worker, conn: p99_conn)>,
     /// The worker's loop has ended. Optional.
     pub on_worker_stop: Option<unsafe extern "C" fn(user: *mut c_void, worker: *mut p99_worker)>,
 }
@@ -266,7 +285,9 @@ impl Handler for CHandler {
     fn on_data(&mut self, w: &mut Worker, conn: ConnId, data: &[u8]) {
         if let Some(f) = self.cb.on_data {
             // SAFETY: as above; `data` stays valid for the call.
-            trampoline((), || unsafe { f(self.cb.user, wptr(w), conn.to_raw(), data.as_ptr(), data.len()) });
+            trampoline((), || unsafe {
+                f(self.cb.user, wptr(w), conn.to_raw(), data.as_ptr(), data.len())
+            });
         }
     }
     fn on_send_done(&mut self, w: &mut Worker, conn: ConnId, cookie: u64, sent: bool) {
@@ -304,7 +325,10 @@ fn worker_from<'a>(w: *mut p99_worker) -> Result<&'a mut Worker, Failure> {
     Ok(unsafe { &mut *(w as *mut Worker) })
 }
 
-fn task(f: unsafe extern "C" fn(*mut c_void, *mut p99_worker), arg: SendPtr) -> Box<dyn FnOnce(&mut Worker) + Send> {
+fn task(
+    f: unsafe extern "C" fn(*mut c_void, *mut p99_worker),
+    arg: SendPtr,
+) -> Box<dyn FnOnce(&mut Worker) + Send> {
     Box::new(move |w: &mut Worker| {
         let arg = arg;
         // SAFETY: the C task with the argument it was posted with.
@@ -330,7 +354,9 @@ pub unsafe extern "C" fn p99_engine_config_defaults(config: *mut p99_engine_conf
 /// `P99_STATUS_INVALID_ARGUMENT` if `struct_size` is smaller than the first published struct.
 /// Thread-safe.
 #[no_mangle]
-pub unsafe extern "C" fn p99_engine_callbacks_defaults(callbacks: *mut p99_engine_callbacks) -> p99_status {
+pub unsafe extern "C" fn p99_engine_callbacks_defaults(
+    callbacks: *mut p99_engine_callbacks,
+) -> p99_status {
     guard(|| -> CResult {
         c_arg!(versioned_out callbacks)?.write(p99_engine_callbacks::default());
         Ok(())
@@ -362,9 +388,12 @@ pub unsafe extern "C" fn p99_engine_start(
             engine::Config::default().addr
         } else {
             let addr = c.addr;
-            let text = c_arg!(cstr addr)?.to_str().map_err(|_| Failure::invalid("config->addr is not UTF-8"))?;
-            text.parse::<IpAddr>()
-                .map_err(|_| Failure::invalid(format!("config->addr \"{text}\" is not an IPv4 or IPv6 address")))?
+            let text = c_arg!(cstr addr)?
+                .to_str()
+                .map_err(|_| Failure::invalid("config->addr is not UTF-8"))?;
+            text.parse::<IpAddr>().map_err(|_| {
+                Failure::invalid(format!("config->addr \"{text}\" is not an IPv4 or IPv6 address"))
+            })?
         };
         let cfg = engine::Config {
             addr,
@@ -376,8 +405,9 @@ pub unsafe extern "C" fn p99_engine_start(
             rx_buf_size: c.rx_buf_size as usize,
             rx_buf_count: c.rx_buf_count as usize,
             sq_entries: c.sq_entries,
-            out_high_water: usize::try_from(c.out_high_water)
-                .map_err(|_| Failure::invalid("config->out_high_water does not fit this machine's size_t"))?,
+            out_high_water: usize::try_from(c.out_high_water).map_err(|_| {
+                Failure::invalid("config->out_high_water does not fit this machine's size_t")
+            })?,
             close_linger: Duration::from_millis(c.close_linger_ms as u64),
             backlog: c.backlog,
             tcp_nodelay: c.tcp_nodelay,
@@ -407,7 +437,10 @@ pub unsafe extern "C" fn p99_engine_port(engine: *const p99_engine, out: *mut u1
 
 /// Writes the number of workers to `*out`. Thread-safe.
 #[no_mangle]
-pub unsafe extern "C" fn p99_engine_workers(engine: *const p99_engine, out: *mut u32) -> p99_status {
+pub unsafe extern "C" fn p99_engine_workers(
+    engine: *const p99_engine,
+    out: *mut u32,
+) -> p99_status {
     guard(|| -> CResult {
         let e = c_arg!(handle engine)?;
         let out = c_arg!(out out)?;
@@ -437,7 +470,9 @@ pub extern "C" fn p99_engine_backend_reason() -> *const c_char {
     static REASON: OnceLock<CString> = OnceLock::new();
     guard_or(c"unknown".as_ptr(), || {
         REASON
-            .get_or_init(|| CString::new(engine::probe::reason().replace('\0', " ")).unwrap_or_default())
+            .get_or_init(|| {
+                CString::new(engine::probe::reason().replace('\0', " ")).unwrap_or_default()
+            })
             .as_ptr()
     })
 }
@@ -447,7 +482,12 @@ pub extern "C" fn p99_engine_backend_reason() -> *const c_char {
 /// Errors: NULL `engine`/`fn`, `P99_STATUS_INVALID_ARGUMENT` (no such worker),
 /// `P99_STATUS_CLOSED` (the engine is stopping; the task will not run). Thread-safe.
 #[no_mangle]
-pub unsafe extern "C" fn p99_engine_post(engine: *const p99_engine, worker_index: u32, func: p99_task_fn, arg: *mut c_void) -> p99_status {
+pub unsafe extern "C" fn p99_engine_post(
+    engine: *const p99_engine,
+    worker_index: u32,
+    func: p99_task_fn,
+    arg: *mut c_void,
+) -> p99_status {
     guard(|| -> CResult {
         let e = c_arg!(handle engine)?;
         let f = func.ok_or_else(|| super::boundary::null_arg("fn"))?;
@@ -458,7 +498,10 @@ pub unsafe extern "C" fn p99_engine_post(engine: *const p99_engine, worker_index
 /// Asks the engine to stop (see `p99_engine_stop`) and returns at once. Callable from any
 /// thread, including the engine's workers. Thread-safe.
 #[no_mangle]
-pub unsafe extern "C" fn p99_engine_request_stop(engine: *const p99_engine, drain_ms: u32) -> p99_status {
+pub unsafe extern "C" fn p99_engine_request_stop(
+    engine: *const p99_engine,
+    drain_ms: u32,
+) -> p99_status {
     guard(|| -> CResult {
         let e = c_arg!(handle engine)?;
         e.inner.request_stop(Duration::from_millis(drain_ms as u64));
@@ -486,12 +529,19 @@ pub unsafe extern "C" fn p99_engine_stop(engine: *const p99_engine, drain_ms: u3
 /// `P99_STATUS_INVALID_ARGUMENT` (no such worker, or struct_size smaller than the first
 /// published version of the struct). Works before and after stop. Thread-safe.
 #[no_mangle]
-pub unsafe extern "C" fn p99_engine_stats(engine: *const p99_engine, worker_index: u32, out: *mut p99_worker_stats) -> p99_status {
+pub unsafe extern "C" fn p99_engine_stats(
+    engine: *const p99_engine,
+    worker_index: u32,
+    out: *mut p99_worker_stats,
+) -> p99_status {
     guard(|| -> CResult {
         let e = c_arg!(handle engine)?;
         let out = c_arg!(versioned_out out)?;
         let s = e.inner.stats(worker_index as usize).ok_or_else(|| {
-            Failure::invalid(format!("no worker {worker_index}: the engine has {}", e.inner.workers()))
+            Failure::invalid(format!(
+                "no worker {worker_index}: the engine has {}",
+                e.inner.workers()
+            ))
         })?;
         out.write(p99_worker_stats {
             struct_size: struct_size::<p99_worker_stats>(),
@@ -549,7 +599,12 @@ pub unsafe extern "C" fn p99_worker_index(worker: *mut p99_worker, out: *mut u32
 /// before. `data` is borrowed until return. Errors: NULL (with len > 0), WRONG_THREAD,
 /// STALE_HANDLE, CLOSED (the connection is closing). Worker thread only.
 #[no_mangle]
-pub unsafe extern "C" fn p99_worker_send(worker: *mut p99_worker, conn: p99_conn, data: *const u8, len: usize) -> p99_status {
+pub unsafe extern "C" fn p99_worker_send(
+    worker: *mut p99_worker,
+    conn: p99_conn,
+    data: *const u8,
+    len: usize,
+) -> p99_status {
     guard(|| -> CResult {
         let w = worker_from(worker)?;
         let bytes = c_arg!(slice data, len)?;
@@ -588,7 +643,10 @@ pub unsafe extern "C" fn p99_worker_send_iov(
 /// Stops `on_data` for `conn` until `p99_worker_resume_recv`; bytes that arrive meanwhile are
 /// kept (bounded by what was already in flight) and delivered on resume. Worker thread only.
 #[no_mangle]
-pub unsafe extern "C" fn p99_worker_pause_recv(worker: *mut p99_worker, conn: p99_conn) -> p99_status {
+pub unsafe extern "C" fn p99_worker_pause_recv(
+    worker: *mut p99_worker,
+    conn: p99_conn,
+) -> p99_status {
     guard(|| -> CResult {
         let w = worker_from(worker)?;
         Ok(w.pause_recv(ConnId::from_raw(conn))?)
@@ -597,7 +655,10 @@ pub unsafe extern "C" fn p99_worker_pause_recv(worker: *mut p99_worker, conn: p9
 
 /// Undoes `p99_worker_pause_recv`. Worker thread only.
 #[no_mangle]
-pub unsafe extern "C" fn p99_worker_resume_recv(worker: *mut p99_worker, conn: p99_conn) -> p99_status {
+pub unsafe extern "C" fn p99_worker_resume_recv(
+    worker: *mut p99_worker,
+    conn: p99_conn,
+) -> p99_status {
     guard(|| -> CResult {
         let w = worker_from(worker)?;
         Ok(w.resume_recv(ConnId::from_raw(conn))?)
@@ -617,7 +678,11 @@ pub unsafe extern "C" fn p99_worker_close(worker: *mut p99_worker, conn: p99_con
 
 /// Stores a pointer with the connection (not dereferenced by libp99). Worker thread only.
 #[no_mangle]
-pub unsafe extern "C" fn p99_worker_set_conn_user(worker: *mut p99_worker, conn: p99_conn, user: *mut c_void) -> p99_status {
+pub unsafe extern "C" fn p99_worker_set_conn_user(
+    worker: *mut p99_worker,
+    conn: p99_conn,
+    user: *mut c_void,
+) -> p99_status {
     guard(|| -> CResult {
         let w = worker_from(worker)?;
         Ok(w.set_user(ConnId::from_raw(conn), user as usize)?)
@@ -627,7 +692,11 @@ pub unsafe extern "C" fn p99_worker_set_conn_user(worker: *mut p99_worker, conn:
 /// Writes the pointer stored by `p99_worker_set_conn_user` (NULL if none) to `*out`.
 /// Worker thread only.
 #[no_mangle]
-pub unsafe extern "C" fn p99_worker_conn_user(worker: *mut p99_worker, conn: p99_conn, out: *mut *mut c_void) -> p99_status {
+pub unsafe extern "C" fn p99_worker_conn_user(
+    worker: *mut p99_worker,
+    conn: p99_conn,
+    out: *mut *mut c_void,
+) -> p99_status {
     guard(|| -> CResult {
         let w = worker_from(worker)?;
         let out = c_arg!(out out)?;
@@ -676,7 +745,11 @@ pub unsafe extern "C" fn p99_worker_conn_close_reason(
 /// Writes the connection's socket fd to `*out`, for getpeername/setsockopt. The engine owns
 /// it: do not read, write or close it. Worker thread only.
 #[no_mangle]
-pub unsafe extern "C" fn p99_worker_conn_fd(worker: *mut p99_worker, conn: p99_conn, out: *mut c_int) -> p99_status {
+pub unsafe extern "C" fn p99_worker_conn_fd(
+    worker: *mut p99_worker,
+    conn: p99_conn,
+    out: *mut c_int,
+) -> p99_status {
     guard(|| -> CResult {
         let w = worker_from(worker)?;
         let out = c_arg!(out out)?;
@@ -710,7 +783,10 @@ pub unsafe extern "C" fn p99_worker_add_timer(
 /// Cancels a timer; `P99_STATUS_NOT_FOUND` if it already ran or was cancelled. Worker thread
 /// only.
 #[no_mangle]
-pub unsafe extern "C" fn p99_worker_cancel_timer(worker: *mut p99_worker, timer_id: u64) -> p99_status {
+pub unsafe extern "C" fn p99_worker_cancel_timer(
+    worker: *mut p99_worker,
+    timer_id: u64,
+) -> p99_status {
     guard(|| -> CResult {
         let w = worker_from(worker)?;
         if w.cancel_timer(TimerId(timer_id)) {
@@ -738,7 +814,11 @@ mod tests {
 
     #[test]
     fn defaults_need_struct_size_and_keep_it() {
-        let mut c = p99_engine_config { struct_size: struct_size::<p99_engine_config>(), port: 7, ..Default::default() };
+        let mut c = p99_engine_config {
+            struct_size: struct_size::<p99_engine_config>(),
+            port: 7,
+            ..Default::default()
+        };
         c.backlog = -5;
         // SAFETY: a valid, writable struct with struct_size set.
         assert_eq!(unsafe { p99_engine_config_defaults(&mut c) }, p99_status::Ok);

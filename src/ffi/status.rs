@@ -157,7 +157,9 @@ impl From<cache::Error> for Failure {
 impl From<engine::Error> for Failure {
     fn from(e: engine::Error) -> Failure {
         match &e {
-            engine::Error::InvalidConfig(_) => Failure::new(p99_status::InvalidArgument, e.to_string()),
+            engine::Error::InvalidConfig(_) => {
+                Failure::new(p99_status::InvalidArgument, e.to_string())
+            }
             engine::Error::StaleHandle => p99_status::StaleHandle.into(),
             engine::Error::Closed => p99_status::Closed.into(),
             engine::Error::WrongThread => p99_status::WrongThread.into(),
@@ -198,9 +200,7 @@ impl From<xdp::Error> for Failure {
 /// libp99 and valid for the life of the process. Thread-safe.
 #[no_mangle]
 pub extern "C" fn p99_status_str(status: u32) -> *const c_char {
-    let text = p99_status::from_u32(status)
-        .map(p99_status::message)
-        .unwrap_or("unknown status\0");
+    let text = p99_status::from_u32(status).map(p99_status::message).unwrap_or("unknown status\0");
     text.as_ptr().cast()
 }
 

@@ -112,12 +112,19 @@ fn path(p: *const c_char, name: &'static str) -> Result<Option<PathBuf>, Failure
     }
     // SAFETY: the p99_tls_config contract: a non-NULL path field is a NUL-terminated string
     // borrowed until p99_engine_start returns.
-    let s = unsafe { CStr::from_ptr(p) }.to_str().map_err(|_| Failure::invalid(format!("tls->{name} is not UTF-8")))?;
+    let s = unsafe { CStr::from_ptr(p) }
+        .to_str()
+        .map_err(|_| Failure::invalid(format!("tls->{name} is not UTF-8")))?;
     Ok(Some(PathBuf::from(s)))
 }
 
 /// The file, or else the in-memory PEM; neither is an invalid argument.
-fn pem(file: *const c_char, bytes: *const u8, len: usize, name: &'static str) -> Result<Pem, Failure> {
+fn pem(
+    file: *const c_char,
+    bytes: *const u8,
+    len: usize,
+    name: &'static str,
+) -> Result<Pem, Failure> {
     if let Some(p) = path(file, name)? {
         return Ok(Pem::File(p));
     }
@@ -150,7 +157,11 @@ pub(super) fn load(config: *const p99_tls_config) -> Result<Option<Arc<TlsConfig
     s.min_version = match c.min_version {
         P99_TLS_VERSION_1_2 => TlsVersion::Tls12,
         P99_TLS_VERSION_1_3 => TlsVersion::Tls13,
-        v => return Err(Failure::invalid(format!("tls->min_version {v:#06x} is neither P99_TLS_VERSION_1_2 nor _1_3"))),
+        v => {
+            return Err(Failure::invalid(format!(
+                "tls->min_version {v:#06x} is neither P99_TLS_VERSION_1_2 nor _1_3"
+            )))
+        }
     };
     s.session_tickets = c.session_tickets;
     if c.handshake_timeout_ms == 0 {

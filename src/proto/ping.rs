@@ -97,7 +97,10 @@ mod tests {
 
     #[test]
     fn other_lines_get_error() {
-        assert_eq!(run(&[b"PING\n", b"PINGS\r\n", b"\r\n", b"\n", b" PING\r\n"]).0, [ERROR; 5].concat());
+        assert_eq!(
+            run(&[b"PING\n", b"PINGS\r\n", b"\r\n", b"\n", b" PING\r\n"]).0,
+            [ERROR; 5].concat()
+        );
     }
 
     #[test]

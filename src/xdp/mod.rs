@@ -88,7 +88,9 @@ impl fmt::Display for Error {
             Error::NoQueue { ifindex, queue, err } => {
                 write!(f, "ifindex {ifindex} has no queue {queue} (bind: {err})")
             }
-            Error::Verifier { err, log } => write!(f, "program rejected by the verifier ({err}):\n{log}"),
+            Error::Verifier { err, log } => {
+                write!(f, "program rejected by the verifier ({err}):\n{log}")
+            }
             Error::State(m) => write!(f, "invalid state: {m}"),
         }
     }

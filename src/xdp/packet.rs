@@ -174,8 +174,17 @@ mod tests {
 
     fn sample(payload: &[u8]) -> Vec<u8> {
         let mut b = vec![0u8; 128];
-        let n = build_udp4(&mut b, [2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], [10, 0, 0, 1], [10, 0, 0, 2], 1000, 2000, payload)
-            .unwrap();
+        let n = build_udp4(
+            &mut b,
+            [2, 0, 0, 0, 0, 1],
+            [2, 0, 0, 0, 0, 2],
+            [10, 0, 0, 1],
+            [10, 0, 0, 2],
+            1000,
+            2000,
+            payload,
+        )
+        .unwrap();
         b.truncate(n);
         b
     }
@@ -192,8 +201,8 @@ mod tests {
     fn known_checksum_vector() {
         // RFC 1071-style example header (Wikipedia IPv4 header checksum example).
         let h = [
-            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8, 0x00, 0x01, 0xc0,
-            0xa8, 0x00, 0xc7,
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
         ];
         assert_eq!(ipv4_checksum(&h), 0xb861);
     }

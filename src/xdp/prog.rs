@@ -65,7 +65,10 @@ const BPF_PSEUDO_MAP_FD: u8 = 1;
 const FUNC_REDIRECT_MAP: i32 = 51;
 
 fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
-    code as u64 | ((dst as u64 | (src as u64) << 4) << 8) | ((off as u16 as u64) << 16) | ((imm as u32 as u64) << 32)
+    code as u64
+        | ((dst as u64 | (src as u64) << 4) << 8)
+        | ((off as u16 as u64) << 16)
+        | ((imm as u32 as u64) << 32)
 }
 
 struct Asm {
@@ -204,10 +207,13 @@ impl Program {
         let mut a = BpfAttr::new();
         a.u32_at(0, sys::BPF_MAP_TYPE_XSKMAP).u32_at(4, 4).u32_at(8, 4).u32_at(12, max_queues);
         a.0[28..44].copy_from_slice(&name16("p99_xsks"));
-        let map = Fd(sys::bpf(sys::BPF_MAP_CREATE, &mut a).map_err(|e| match e.raw_os_error() {
-            Some(libc::EPERM) => Error::Os { op: "bpf(BPF_MAP_CREATE): needs CAP_BPF and CAP_NET_ADMIN", err: e },
-            _ => Error::os("bpf(BPF_MAP_CREATE)", e),
-        })?);
+        let map =
+            Fd(sys::bpf(sys::BPF_MAP_CREATE, &mut a).map_err(|e| match e.raw_os_error() {
+                Some(libc::EPERM) => {
+                    Error::Os { op: "bpf(BPF_MAP_CREATE): needs CAP_BPF and CAP_NET_ADMIN", err: e }
+                }
+                _ => Error::os("bpf(BPF_MAP_CREATE)", e),
+            })?);
         let code = instructions(kind, map.0, miss_action);
         let prog = Fd(load_prog(&code, "p99_xsk_redir")?);
         Ok(Program { map, prog, link: None, ifindex: 0, mode: None, kind, max_queues })
@@ -252,9 +258,15 @@ impl Program {
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
         let link = loop {
             let mut a = BpfAttr::new();
-            a.u32_at(0, self.prog.0 as u32).u32_at(4, ifindex).u32_at(8, sys::BPF_XDP).u32_at(12, flags);
+            a.u32_at(0, self.prog.0 as u32)
+                .u32_at(4, ifindex)
+                .u32_at(8, sys::BPF_XDP)
+                .u32_at(12, flags);
             match sys::bpf(sys::BPF_LINK_CREATE, &mut a) {
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && std::time::Instant::now() < deadline => {
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EBUSY)
+                        && std::time::Instant::now() < deadline =>
+                {
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
                 r => break r,
@@ -291,7 +303,10 @@ impl Program {
     /// Registers the socket bound to `queue` (it must already be bound).
     pub fn register(&self, queue: u32, socket_fd: i32) -> Result<()> {
         if queue >= self.max_queues {
-            return Err(Error::Invalid(format!("queue {queue} beyond the map's {} slots", self.max_queues)));
+            return Err(Error::Invalid(format!(
+                "queue {queue} beyond the map's {} slots",
+                self.max_queues
+            )));
         }
         let key = queue;
         let val = socket_fd as u32;
@@ -312,7 +327,10 @@ impl Program {
     /// Removes the socket registered for `queue` (no-op if the slot is empty).
     pub fn unregister(&self, queue: u32) -> Result<()> {
         if queue >= self.max_queues {
-            return Err(Error::Invalid(format!("queue {queue} beyond the map's {} slots", self.max_queues)));
+            return Err(Error::Invalid(format!(
+                "queue {queue} beyond the map's {} slots",
+                self.max_queues
+            )));
         }
         let key = queue;
         let mut a = BpfAttr::new();
@@ -335,7 +353,8 @@ impl Program {
             .u64_at(16, packet.as_ptr() as u64)
             .u64_at(24, out.as_mut_ptr() as u64)
             .u32_at(32, 1);
-        sys::bpf(sys::BPF_PROG_TEST_RUN, &mut a).map_err(|e| Error::os("bpf(BPF_PROG_TEST_RUN)", e))?;
+        sys::bpf(sys::BPF_PROG_TEST_RUN, &mut a)
+            .map_err(|e| Error::os("bpf(BPF_PROG_TEST_RUN)", e))?;
         Ok(a.get_u32(4))
     }
 }

@@ -34,7 +34,13 @@ unsafe impl<T: Copy> Send for Ring<T> {}
 
 impl<T: Copy> Ring<T> {
     /// Maps ring `pgoff` of socket `fd` with `size` entries using the offsets the kernel reported.
-    pub fn map(fd: i32, off: &XdpRingOffset, size: u32, pgoff: i64, producer_side: bool) -> io::Result<Self> {
+    pub fn map(
+        fd: i32,
+        off: &XdpRingOffset,
+        size: u32,
+        pgoff: i64,
+        producer_side: bool,
+    ) -> io::Result<Self> {
         let map_len = off.desc as usize + size as usize * std::mem::size_of::<T>();
         // SAFETY: a fresh shared mapping of the ring the kernel created for `fd`; checked below.
         let p = unsafe {

@@ -35,7 +35,13 @@ pub struct SocketConfig {
 
 impl Default for SocketConfig {
     fn default() -> Self {
-        SocketConfig { rx_size: 2048, tx_size: 2048, mode: BindMode::Copy, need_wakeup: true, bind_retry_ms: 500 }
+        SocketConfig {
+            rx_size: 2048,
+            tx_size: 2048,
+            mode: BindMode::Copy,
+            need_wakeup: true,
+            bind_retry_ms: 500,
+        }
     }
 }
 
@@ -78,10 +84,20 @@ pub struct Socket {
 }
 
 fn bind_once(fd: i32, ifindex: u32, queue: u32, flags: u16) -> io::Result<()> {
-    let sa = SockaddrXdp { family: sys::AF_XDP as u16, flags, ifindex, queue_id: queue, shared_umem_fd: 0 };
+    let sa = SockaddrXdp {
+        family: sys::AF_XDP as u16,
+        flags,
+        ifindex,
+        queue_id: queue,
+        shared_umem_fd: 0,
+    };
     // SAFETY: `sa` is a valid sockaddr_xdp of the size passed.
     sys::cvt(unsafe {
-        libc::bind(fd, (&sa as *const SockaddrXdp).cast(), std::mem::size_of::<SockaddrXdp>() as u32)
+        libc::bind(
+            fd,
+            (&sa as *const SockaddrXdp).cast(),
+            std::mem::size_of::<SockaddrXdp>() as u32,
+        )
     })
     .map(|_| ())
 }
@@ -93,7 +109,9 @@ impl Socket {
         let sh = umem.shared.clone();
         for (name, s) in [("rx ring size", cfg.rx_size), ("tx ring size", cfg.tx_size)] {
             if s == 0 || !s.is_power_of_two() || s > (1 << 20) {
-                return Err(Error::Invalid(format!("{name} {s} (must be a power of two up to 1048576)")));
+                return Err(Error::Invalid(format!(
+                    "{name} {s} (must be a power of two up to 1048576)"
+                )));
             }
         }
         if ifindex == 0 {
@@ -148,7 +166,9 @@ impl Socket {
                         last_err = None;
                         break 'modes;
                     }
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+                    {
                         retries += 1;
                         std::thread::sleep(Duration::from_millis(2));
                     }
@@ -161,10 +181,13 @@ impl Socket {
         }
         if let Some((m, e)) = last_err {
             return Err(match e.raw_os_error() {
-                Some(libc::EOPNOTSUPP) if m == sys::XDP_ZEROCOPY => {
-                    Error::Unsupported { op: "zero-copy bind (the driver has no AF_XDP zero-copy support)", err: e }
+                Some(libc::EOPNOTSUPP) if m == sys::XDP_ZEROCOPY => Error::Unsupported {
+                    op: "zero-copy bind (the driver has no AF_XDP zero-copy support)",
+                    err: e,
+                },
+                Some(libc::EBUSY) => {
+                    Error::Busy { what: format!("queue {queue} of ifindex {ifindex}"), err: e }
                 }
-                Some(libc::EBUSY) => Error::Busy { what: format!("queue {queue} of ifindex {ifindex}"), err: e },
                 Some(libc::ENODEV) => Error::Os { op: "bind: no such interface", err: e },
                 Some(libc::EINVAL) => Error::NoQueue { ifindex, queue, err: e },
                 _ => Error::os("bind", e),
@@ -220,7 +243,10 @@ impl Socket {
         let mut bad = 0u64;
         self.rx.consume(out.len() as u32, |d| {
             let i = d.addr / fs;
-            if i < count && f.state[i as usize] == FrameState::InFill && (d.addr % fs) + d.len as u64 <= fs {
+            if i < count
+                && f.state[i as usize] == FrameState::InFill
+                && (d.addr % fs) + d.len as u64 <= fs
+            {
                 f.state[i as usize] = FrameState::User;
                 out[k] = d;
                 k += 1;
@@ -236,7 +262,14 @@ impl Socket {
             drop(f);
             // SAFETY: an empty non-blocking recvfrom only wakes the driver's RX processing.
             unsafe {
-                libc::recvfrom(self.fd(), std::ptr::null_mut(), 0, libc::MSG_DONTWAIT, std::ptr::null_mut(), std::ptr::null_mut())
+                libc::recvfrom(
+                    self.fd(),
+                    std::ptr::null_mut(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
             };
         }
         self.rx_packets += k as u64;
@@ -290,7 +323,16 @@ impl Socket {
             let before = self.tx.outstanding();
             self.tx_kicks += 1;
             // SAFETY: a zero-length non-blocking sendto on our socket only triggers TX.
-            let r = unsafe { libc::sendto(self.fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0) };
+            let r = unsafe {
+                libc::sendto(
+                    self.fd(),
+                    std::ptr::null(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null(),
+                    0,
+                )
+            };
             if r < 0 {
                 let e = io::Error::last_os_error();
                 match e.raw_os_error() {
@@ -341,7 +383,8 @@ impl Socket {
 
     pub fn stats(&self) -> Result<Stats> {
         let mut k = XdpStatistics::default();
-        sys::get_xdp_opt(self.fd(), sys::XDP_STATISTICS, &mut k).map_err(|e| Error::os("XDP_STATISTICS", e))?;
+        sys::get_xdp_opt(self.fd(), sys::XDP_STATISTICS, &mut k)
+            .map_err(|e| Error::os("XDP_STATISTICS", e))?;
         let c = self.umem.frames.lock().counters;
         Ok(Stats {
             kernel: k,

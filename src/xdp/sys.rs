@@ -156,7 +156,12 @@ pub fn bpf(cmd: u32, attr: &mut BpfAttr) -> io::Result<i32> {
     // SAFETY: `attr` is a valid, zero-initialised bpf_attr of the size passed; every pointer
     // written into it by the callers points to memory that outlives the call.
     let r = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd as libc::c_long, attr.0.as_mut_ptr(), attr.0.len() as libc::c_long)
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            attr.0.as_mut_ptr(),
+            attr.0.len() as libc::c_long,
+        )
     };
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -177,7 +182,13 @@ pub fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 pub fn set_xdp_opt<T: Copy>(fd: i32, opt: i32, val: &T) -> io::Result<()> {
     // SAFETY: `val` points to a live T of the size passed.
     cvt(unsafe {
-        libc::setsockopt(fd, SOL_XDP, opt, (val as *const T).cast(), std::mem::size_of::<T>() as u32)
+        libc::setsockopt(
+            fd,
+            SOL_XDP,
+            opt,
+            (val as *const T).cast(),
+            std::mem::size_of::<T>() as u32,
+        )
     })
     .map(|_| ())
 }
@@ -212,7 +223,8 @@ fn iface_name(name: &str) -> super::Result<std::ffi::CString> {
             name.len()
         )));
     }
-    std::ffi::CString::new(name).map_err(|_| super::Error::Invalid("interface name contains a NUL byte".into()))
+    std::ffi::CString::new(name)
+        .map_err(|_| super::Error::Invalid("interface name contains a NUL byte".into()))
 }
 
 /// Interface index of `name` in the calling thread's network namespace. The name must be
@@ -257,7 +269,10 @@ pub fn iface_mac(name: &str) -> super::Result<[u8; 6]> {
     // SAFETY: SIOCGIFHWADDR succeeded, so the union holds ifru_hwaddr.
     let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
     if sa.sa_family != libc::ARPHRD_ETHER {
-        return Err(super::Error::Invalid(format!("{name} is not an Ethernet interface (hardware type {})", sa.sa_family)));
+        return Err(super::Error::Invalid(format!(
+            "{name} is not an Ethernet interface (hardware type {})",
+            sa.sa_family
+        )));
     }
     let mut mac = [0u8; 6];
     for (d, s) in mac.iter_mut().zip(sa.sa_data.iter()) {

@@ -40,7 +40,13 @@ pub struct UmemConfig {
 
 impl Default for UmemConfig {
     fn default() -> Self {
-        UmemConfig { frame_size: 4096, frame_count: 4096, headroom: 0, fill_size: 2048, comp_size: 2048 }
+        UmemConfig {
+            frame_size: 4096,
+            frame_count: 4096,
+            headroom: 0,
+            fill_size: 2048,
+            comp_size: 2048,
+        }
     }
 }
 
@@ -112,10 +118,16 @@ impl Umem {
     /// COMPLETION rings. All frames start free.
     pub fn new(cfg: UmemConfig) -> Result<Umem> {
         if cfg.frame_size != 2048 && cfg.frame_size != 4096 {
-            return Err(Error::Invalid(format!("frame size {} (must be 2048 or 4096)", cfg.frame_size)));
+            return Err(Error::Invalid(format!(
+                "frame size {} (must be 2048 or 4096)",
+                cfg.frame_size
+            )));
         }
         if cfg.frame_count == 0 || cfg.frame_count > (1 << 24) {
-            return Err(Error::Invalid(format!("frame count {} (must be 1..=16777216)", cfg.frame_count)));
+            return Err(Error::Invalid(format!(
+                "frame count {} (must be 1..=16777216)",
+                cfg.frame_count
+            )));
         }
         if cfg.headroom >= cfg.frame_size - XDP_PACKET_HEADROOM - 64 {
             return Err(Error::Invalid(format!(
@@ -123,9 +135,13 @@ impl Umem {
                 cfg.headroom, cfg.frame_size
             )));
         }
-        for (name, s) in [("fill ring size", cfg.fill_size), ("completion ring size", cfg.comp_size)] {
+        for (name, s) in
+            [("fill ring size", cfg.fill_size), ("completion ring size", cfg.comp_size)]
+        {
             if s == 0 || !s.is_power_of_two() || s > (1 << 20) {
-                return Err(Error::Invalid(format!("{name} {s} (must be a power of two up to 1048576)")));
+                return Err(Error::Invalid(format!(
+                    "{name} {s} (must be a power of two up to 1048576)"
+                )));
             }
         }
         let area_len = cfg.frame_size as usize * cfg.frame_count as usize;
@@ -173,7 +189,8 @@ impl Umem {
             flags: 0,
             tx_metadata_len: 0,
         };
-        sys::set_xdp_opt(fd.0, sys::XDP_UMEM_REG, &reg).map_err(|e| Error::os("XDP_UMEM_REG", e))?;
+        sys::set_xdp_opt(fd.0, sys::XDP_UMEM_REG, &reg)
+            .map_err(|e| Error::os("XDP_UMEM_REG", e))?;
         sys::set_xdp_opt(fd.0, sys::XDP_UMEM_FILL_RING, &cfg.fill_size)
             .map_err(|e| Error::os("XDP_UMEM_FILL_RING", e))?;
         sys::set_xdp_opt(fd.0, sys::XDP_UMEM_COMPLETION_RING, &cfg.comp_size)
@@ -187,11 +204,17 @@ impl Umem {
                 err: io::Error::from_raw_os_error(libc::EOPNOTSUPP),
             });
         }
-        let fill = Ring::<u64>::map(fd.0, &off.fr, cfg.fill_size, sys::XDP_UMEM_PGOFF_FILL_RING, true)
-            .map_err(|e| Error::os("mmap fill ring", e))?;
-        let comp =
-            Ring::<u64>::map(fd.0, &off.cr, cfg.comp_size, sys::XDP_UMEM_PGOFF_COMPLETION_RING, false)
-                .map_err(|e| Error::os("mmap completion ring", e))?;
+        let fill =
+            Ring::<u64>::map(fd.0, &off.fr, cfg.fill_size, sys::XDP_UMEM_PGOFF_FILL_RING, true)
+                .map_err(|e| Error::os("mmap fill ring", e))?;
+        let comp = Ring::<u64>::map(
+            fd.0,
+            &off.cr,
+            cfg.comp_size,
+            sys::XDP_UMEM_PGOFF_COMPLETION_RING,
+            false,
+        )
+        .map_err(|e| Error::os("mmap completion ring", e))?;
         let n = cfg.frame_count;
         let frames = Frames {
             state: vec![FrameState::Free; n as usize],
@@ -251,7 +274,14 @@ impl Umem {
             f.counters.fill_wakeups += 1;
             // SAFETY: recvfrom with no buffer on our socket only wakes the driver.
             unsafe {
-                libc::recvfrom(sh.fd.0, std::ptr::null_mut(), 0, libc::MSG_DONTWAIT, std::ptr::null_mut(), std::ptr::null_mut())
+                libc::recvfrom(
+                    sh.fd.0,
+                    std::ptr::null_mut(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
             };
         }
         n
@@ -341,7 +371,13 @@ impl Shared {
 
     /// Moves every desc's frame from User to `to`, checking address, length (when
     /// `check_len`), options and duplicates first. All-or-nothing; refusals are counted.
-    pub(crate) fn transition(&self, f: &mut Frames, descs: &[XdpDesc], check_len: bool, to: FrameState) -> Result<()> {
+    pub(crate) fn transition(
+        &self,
+        f: &mut Frames,
+        descs: &[XdpDesc],
+        check_len: bool,
+        to: FrameState,
+    ) -> Result<()> {
         let fs = self.cfg.frame_size as u64;
         let mut err = None;
         let mut done = 0;
@@ -351,7 +387,10 @@ impl Shared {
             let e = if i >= self.cfg.frame_count as u64 {
                 Some(format!("address {:#x} is outside the umem", d.addr))
             } else if f.state[i as usize] != FrameState::User {
-                Some(format!("frame at {:#x} is not held by the caller ({:?})", d.addr, f.state[i as usize]))
+                Some(format!(
+                    "frame at {:#x} is not held by the caller ({:?})",
+                    d.addr, f.state[i as usize]
+                ))
             } else if check_len && (d.len == 0 || off + d.len as u64 > fs) {
                 Some(format!("length {} at offset {off} does not fit a {fs}-byte frame", d.len))
             } else if check_len && d.options != 0 {

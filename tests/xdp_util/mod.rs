@@ -72,7 +72,10 @@ pub fn ip_out(args: &str) -> String {
 /// (QUEUES queues each, static MAC addresses, IPv6 off so no stray traffic). Returns None
 /// (after printing why) when the process lacks the privileges; with them, a namespace or veth
 /// that cannot be made panics (fails the test).
-pub fn with_net<R: Send + 'static>(name: &str, f: impl FnOnce(&Net) -> R + Send + 'static) -> Option<R> {
+pub fn with_net<R: Send + 'static>(
+    name: &str,
+    f: impl FnOnce(&Net) -> R + Send + 'static,
+) -> Option<R> {
     if let Some(why) = unavailable() {
         skip_notice(name, &why);
         return None;
@@ -80,9 +83,15 @@ pub fn with_net<R: Send + 'static>(name: &str, f: impl FnOnce(&Net) -> R + Send 
     let h = std::thread::spawn(move || {
         // SAFETY: unshare affects only this thread's network namespace.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            panic!("unshare(CLONE_NEWNET) failed although privileged: {}", std::io::Error::last_os_error());
+            panic!(
+                "unshare(CLONE_NEWNET) failed although privileged: {}",
+                std::io::Error::last_os_error()
+            );
         }
-        for p in ["/proc/sys/net/ipv6/conf/default/disable_ipv6", "/proc/sys/net/ipv6/conf/all/disable_ipv6"] {
+        for p in [
+            "/proc/sys/net/ipv6/conf/default/disable_ipv6",
+            "/proc/sys/net/ipv6/conf/all/disable_ipv6",
+        ] {
             let _ = std::fs::write(p, "1");
         }
         ip(&format!(
@@ -93,7 +102,10 @@ pub fn with_net<R: Send + 'static>(name: &str, f: impl FnOnce(&Net) -> R + Send 
         ip("link set lo up");
         ip("link set va up");
         ip("link set vb up");
-        let net = Net { a: p99::xdp::sys::ifindex("va").unwrap(), b: p99::xdp::sys::ifindex("vb").unwrap() };
+        let net = Net {
+            a: p99::xdp::sys::ifindex("va").unwrap(),
+            b: p99::xdp::sys::ifindex("vb").unwrap(),
+        };
         f(&net)
     });
     match h.join() {
@@ -127,7 +139,8 @@ pub fn xsk(ifindex: u32, queue: u32, ucfg: UmemConfig) -> Xsk {
 
 /// A receiver on `vb` queue `queue` with a redirect program in `mode`.
 pub fn receiver(net: &Net, queue: u32, mode: AttachMode, ucfg: UmemConfig) -> (Xsk, Program) {
-    let mut prog = Program::load(ProgramKind::RedirectAll, QUEUES, p99::xdp::prog::XDP_PASS).expect("load");
+    let mut prog =
+        Program::load(ProgramKind::RedirectAll, QUEUES, p99::xdp::prog::XDP_PASS).expect("load");
     prog.attach(net.b, mode).expect("attach");
     let x = xsk(net.b, queue, ucfg);
     prog.register(queue, x.sock.fd()).expect("register");
@@ -174,7 +187,8 @@ pub fn send_seq(tx: &mut Xsk, seqs: std::ops::Range<u32>, payload_len: usize, dp
         for d in descs.iter_mut() {
             let p = payload(next, payload_len);
             let buf = tx.umem.data(d.addr, tx.umem.config().frame_size).unwrap();
-            d.len = packet::build_udp4(buf, MAC_A, MAC_B, IP_A, IP_B, 40000, dport, &p).unwrap() as u32;
+            d.len =
+                packet::build_udp4(buf, MAC_A, MAC_B, IP_A, IP_B, 40000, dport, &p).unwrap() as u32;
             next += 1;
         }
         let mut off = 0;
@@ -242,7 +256,7 @@ pub fn netlink_set_xdp(ifindex: u32, prog_fd: i32, flags: u32) -> std::io::Resul
     msg.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
     msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
     msg.extend_from_slice(&0u32.to_ne_bytes()); // pid
-    // ifinfomsg
+                                                // ifinfomsg
     msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0]);
     msg.extend_from_slice(&0u16.to_ne_bytes());
     msg.extend_from_slice(&(ifindex as i32).to_ne_bytes());
@@ -261,7 +275,11 @@ pub fn netlink_set_xdp(ifindex: u32, prog_fd: i32, flags: u32) -> std::io::Resul
     msg[0..4].copy_from_slice(&len.to_ne_bytes());
     // SAFETY: plain socket/send/recv/close on a netlink socket we own, with valid buffers.
     unsafe {
-        let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE);
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        );
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }

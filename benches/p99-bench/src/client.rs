@@ -79,7 +79,11 @@ impl Gate {
             if abort.load(Ordering::Relaxed) {
                 return None;
             }
-            st = self.cv.wait_timeout(st, Duration::from_millis(20)).unwrap_or_else(|e| e.into_inner()).0;
+            st = self
+                .cv
+                .wait_timeout(st, Duration::from_millis(20))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -91,7 +95,11 @@ impl Gate {
             if gone() {
                 return false;
             }
-            st = self.cv.wait_timeout(st, Duration::from_millis(20)).unwrap_or_else(|e| e.into_inner()).0;
+            st = self
+                .cv
+                .wait_timeout(st, Duration::from_millis(20))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
         true
     }
@@ -155,7 +163,12 @@ impl Epoll {
 
     /// Waits for events, at most until `deadline` (CLOCK_MONOTONIC ns). Deadlines under 30 µs
     /// away are polled rather than slept on, so high open-loop rates keep their schedule.
-    fn wait(&mut self, events: &mut [libc::epoll_event], now: u64, deadline: u64) -> io::Result<usize> {
+    fn wait(
+        &mut self,
+        events: &mut [libc::epoll_event],
+        now: u64,
+        deadline: u64,
+    ) -> io::Result<usize> {
         let timeout = if deadline <= now + 30_000 {
             0
         } else {
@@ -169,7 +182,12 @@ impl Epoll {
                 };
                 // SAFETY: timer is our timerfd; spec is a valid itimerspec.
                 let r = unsafe {
-                    libc::timerfd_settime(self.timer, libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut())
+                    libc::timerfd_settime(
+                        self.timer,
+                        libc::TFD_TIMER_ABSTIME,
+                        &spec,
+                        std::ptr::null_mut(),
+                    )
                 };
                 if r < 0 {
                     return Err(io::Error::last_os_error());
@@ -180,7 +198,8 @@ impl Epoll {
             100
         };
         // SAFETY: events is a valid, writable slice of epoll_event of the given length.
-        let n = unsafe { libc::epoll_wait(self.fd, events.as_mut_ptr(), events.len() as i32, timeout) };
+        let n =
+            unsafe { libc::epoll_wait(self.fd, events.as_mut_ptr(), events.len() as i32, timeout) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -349,7 +368,8 @@ fn run_tcp(c: &Config, plan: &ThreadPlan, shared: &Shared) -> Result<Counts, Str
         let abort = shared.abort.load(Ordering::Relaxed);
         // Open loop: the schedule is done once every request due before the end went out, even
         // if the thread woke up late (they are sent late and charged from their due time).
-        let sched_left = !closed && !abort && win.start + ((sent_sched as f64 * interval) as u64) < win.end;
+        let sched_left =
+            !closed && !abort && win.start + ((sent_sched as f64 * interval) as u64) < win.end;
         let issuing = (now < win.end || sched_left) && !abort;
         if !issuing && (inflight_total == 0 || now >= win.drain_end || abort) {
             break;
@@ -393,7 +413,8 @@ fn run_tcp(c: &Config, plan: &ThreadPlan, shared: &Shared) -> Result<Counts, Str
             match cn.flush() {
                 Ok(pending) => {
                     if pending != cn.want_out {
-                        let ev = libc::EPOLLIN as u32 | if pending { libc::EPOLLOUT as u32 } else { 0 };
+                        let ev =
+                            libc::EPOLLIN as u32 | if pending { libc::EPOLLOUT as u32 } else { 0 };
                         ep.ctl(libc::EPOLL_CTL_MOD, cn.sock.as_raw_fd(), ev, i as u64)
                             .map_err(|e| format!("epoll_ctl: {e}"))?;
                         cn.want_out = pending;
@@ -590,7 +611,8 @@ fn kill(cn: &mut Conn, win: &Window, counts: &mut Counts, now: u64) -> usize {
 /// must carry "PONG" and the same number. An answer later than --udp-timeout counts as lost.
 fn run_udp(c: &Config, plan: &ThreadPlan, shared: &Shared) -> Result<Counts, String> {
     let addr = resolve(&c.server)?;
-    let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+    let bind: SocketAddr =
+        if addr.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
     let mut ep = Epoll::new().map_err(|e| format!("epoll: {e}"))?;
     let mut socks = Vec::new();
     for i in 0..plan.connections {
@@ -618,7 +640,11 @@ fn run_udp(c: &Config, plan: &ThreadPlan, shared: &Shared) -> Result<Counts, Str
     let (mut answered_all, mut errors_all, mut last_a, mut last_e) = (0u64, 0u64, 0u64, 0u64);
 
     let Some(win) = shared.gate.arrive(&shared.abort) else { return Ok(counts) };
-    let mut send = |s: &UdpSocket, map: &mut HashMap<u64, u64>, t0: u64, counts: &mut Counts, seq: &mut u64| {
+    let mut send = |s: &UdpSocket,
+                    map: &mut HashMap<u64, u64>,
+                    t0: u64,
+                    counts: &mut Counts,
+                    seq: &mut u64| {
         *seq += 1;
         pkt[4..12].copy_from_slice(&seq.to_le_bytes());
         counts.sent_all += 1;
@@ -653,7 +679,8 @@ fn run_udp(c: &Config, plan: &ThreadPlan, shared: &Shared) -> Result<Counts, Str
     loop {
         let now = now_ns();
         let abort = shared.abort.load(Ordering::Relaxed);
-        let sched_left = !closed && !abort && win.start + ((sent_sched as f64 * interval) as u64) < win.end;
+        let sched_left =
+            !closed && !abort && win.start + ((sent_sched as f64 * interval) as u64) < win.end;
         let issuing = (now < win.end || sched_left) && !abort;
         let inflight: usize = pending.iter().map(|m| m.len()).sum();
         if !issuing && (inflight == 0 || now >= win.drain_end || abort) {
@@ -696,7 +723,8 @@ fn run_udp(c: &Config, plan: &ThreadPlan, shared: &Shared) -> Result<Counts, Str
             }
         }
         let deadline = if issuing {
-            let next = if closed { win.end } else { win.start + (sent_sched as f64 * interval) as u64 };
+            let next =
+                if closed { win.end } else { win.start + (sent_sched as f64 * interval) as u64 };
             next.min(win.end).min(now + 10_000_000)
         } else {
             win.drain_end.min(now + 10_000_000)
@@ -712,8 +740,14 @@ fn run_udp(c: &Config, plan: &ThreadPlan, shared: &Shared) -> Result<Counts, Str
                 match socks[i].recv(&mut rbuf) {
                     Ok(len) => {
                         let t = now_ns();
-                        let ok = len == plen && &rbuf[..4] == b"PONG" && rbuf[12..len].iter().all(|&b| b == b'x');
-                        let got = if len >= 12 { u64::from_le_bytes(rbuf[4..12].try_into().unwrap()) } else { 0 };
+                        let ok = len == plen
+                            && &rbuf[..4] == b"PONG"
+                            && rbuf[12..len].iter().all(|&b| b == b'x');
+                        let got = if len >= 12 {
+                            u64::from_le_bytes(rbuf[4..12].try_into().unwrap())
+                        } else {
+                            0
+                        };
                         let Some(t0) = pending[i].remove(&got) else {
                             // Late (already counted lost), duplicated or foreign.
                             continue;
@@ -725,7 +759,13 @@ fn run_udp(c: &Config, plan: &ThreadPlan, shared: &Shared) -> Result<Counts, Str
                         if !ok {
                             errors_all += 1;
                         }
-                        account(&mut counts, &win, t0, t, Outcome { error: !ok, hits: 0, misses: 0 });
+                        account(
+                            &mut counts,
+                            &win,
+                            t0,
+                            t,
+                            Outcome { error: !ok, hits: 0, misses: 0 },
+                        );
                         if closed && t < win.end && !shared.abort.load(Ordering::Relaxed) {
                             send(&socks[i], &mut pending[i], t, &mut counts, &mut seq);
                         }
@@ -785,7 +825,10 @@ pub fn prefill(c: &Config) -> Result<u64, String> {
             while let Some(p) = inb.windows(2).position(|w| w == b"\r\n") {
                 let line: Vec<u8> = inb.drain(..p + 2).collect();
                 if &line[..p] != b"STORED" {
-                    return Err(format!("prefill: set answered '{}'", String::from_utf8_lossy(&line[..p])));
+                    return Err(format!(
+                        "prefill: set answered '{}'",
+                        String::from_utf8_lossy(&line[..p])
+                    ));
                 }
                 stored += 1;
             }

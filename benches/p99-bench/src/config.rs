@@ -216,7 +216,9 @@ impl Config {
                         "ping" => Protocol::Ping,
                         "memcache" | "memcached" => Protocol::Memcache,
                         "udp" | "udp-ping" => Protocol::Udp,
-                        o => return Err(format!("--protocol: unknown '{o}' (ping, memcache, udp)")),
+                        o => {
+                            return Err(format!("--protocol: unknown '{o}' (ping, memcache, udp)"))
+                        }
                     }
                 }
                 "-s" | "--server" => c.server = take()?,
@@ -255,7 +257,9 @@ impl Config {
                         "uniform" => Popularity::Uniform,
                         "zipf" => Popularity::Zipf(0.99),
                         z if z.starts_with("zipf:") => Popularity::Zipf(num(flag, &z[5..])?),
-                        o => return Err(format!("--popularity: unknown '{o}' (uniform, zipf[:S])")),
+                        o => {
+                            return Err(format!("--popularity: unknown '{o}' (uniform, zipf[:S])"))
+                        }
                     }
                 }
                 "--multiget" => c.multiget = num(flag, &take()?)?,
@@ -386,7 +390,13 @@ impl Config {
         if let Some(r) = &self.ramp {
             p(
                 "--ramp",
-                format!("{}:{}:{}:{}", fmt_f(r.start), fmt_f(r.step), fmt_f(r.end), fmt_f(r.step_secs)),
+                format!(
+                    "{}:{}:{}:{}",
+                    fmt_f(r.start),
+                    fmt_f(r.step),
+                    fmt_f(r.end),
+                    fmt_f(r.step_secs)
+                ),
             );
         }
         p("--slo-us", fmt_f(self.slo_us));

@@ -56,8 +56,14 @@ fn real_main(c: &Config) -> Result<(), String> {
         }
         for (name, r) in [("p99", res.redline_p99), ("p99.9", res.redline_p999)] {
             match r {
-                Some(r) => println!("redline at {name}: {r:.0} req/s ({name} < {} us, no errors)", c.slo_us),
-                None => println!("redline at {name}: none of the rates passed ({name} < {} us, no errors)", c.slo_us),
+                Some(r) => println!(
+                    "redline at {name}: {r:.0} req/s ({name} < {} us, no errors)",
+                    c.slo_us
+                ),
+                None => println!(
+                    "redline at {name}: none of the rates passed ({name} < {} us, no errors)",
+                    c.slo_us
+                ),
             }
         }
         out.set("redline_p99_rps", res.redline_p99);
@@ -71,7 +77,9 @@ fn real_main(c: &Config) -> Result<(), String> {
     match c.json.as_deref() {
         None => {}
         Some("-") => print!("{}", out.to_string_pretty()),
-        Some(path) => std::fs::write(path, out.to_string_pretty()).map_err(|e| format!("{path}: {e}"))?,
+        Some(path) => {
+            std::fs::write(path, out.to_string_pretty()).map_err(|e| format!("{path}: {e}"))?
+        }
     }
     Ok(())
 }

@@ -37,7 +37,8 @@ impl Report {
 
     pub fn hit_ratio(&self) -> Option<f64> {
         let n = self.counts.hits + self.counts.misses;
-        (self.config.protocol == Protocol::Memcache && n > 0).then(|| self.counts.hits as f64 / n as f64)
+        (self.config.protocol == Protocol::Memcache && n > 0)
+            .then(|| self.counts.hits as f64 / n as f64)
     }
 
     pub fn pct(&self, p: f64) -> f64 {
@@ -66,7 +67,8 @@ impl Report {
         let mut o = J::obj();
         o.set("command", self.command.clone());
         o.set("mode", if self.config.rate > 0.0 { "open" } else { "closed" });
-        let xdp = self.config.protocol == Protocol::Udp && self.config.udp_engine == crate::config::UdpEngine::Xdp;
+        let xdp = self.config.protocol == Protocol::Udp
+            && self.config.udp_engine == crate::config::UdpEngine::Xdp;
         o.set(
             "latency_from",
             if xdp {
@@ -115,7 +117,10 @@ impl Report {
             .map(|(p, us)| J::Arr(vec![J::Num(p), J::Num(us)]))
             .collect();
         o.set("percentile_curve_us", J::Arr(curve));
-        o.set("discarded_starved_attempts", J::Arr(self.starved_attempts.iter().map(|s| J::from(s.clone())).collect()));
+        o.set(
+            "discarded_starved_attempts",
+            J::Arr(self.starved_attempts.iter().map(|s| J::from(s.clone())).collect()),
+        );
         o
     }
 
@@ -167,7 +172,9 @@ impl Report {
         if let Some(p) = self.server_core_busy_pct {
             s += &format!(", server core busy {p:.1}% (all processes)");
         }
-        if let (Some(srv), Some(gen)) = (self.server_us_per_request(), self.generator_us_per_request()) {
+        if let (Some(srv), Some(gen)) =
+            (self.server_us_per_request(), self.generator_us_per_request())
+        {
             s += &format!("\n  cpu per request: server {srv:.3} us, generator {gen:.3} us");
         }
         for why in &self.starved_attempts {
@@ -219,7 +226,9 @@ pub fn stalls_json(s: &Stalls) -> J {
                 .map(|c| {
                     let one = Stalls { cores: vec![c.clone()], window_s: s.window_s };
                     let mut j = J::obj();
-                    j.set("cpu", c.cpu).set("over_100us", one.over_100us()).set("over_1ms", one.over_1ms());
+                    j.set("cpu", c.cpu)
+                        .set("over_100us", one.over_100us())
+                        .set("over_1ms", one.over_1ms());
                     j.set("max_us", one.max_us());
                     j
                 })
@@ -257,7 +266,11 @@ pub fn run_once_with(c: &Config, mut at_warm_end: impl FnMut()) -> Result<Report
             }
             Err(Attempt::Starved(why)) if discarded.len() < STARVED_RETRIES => discarded.push(why),
             Err(Attempt::Starved(why)) => {
-                return Err(format!("{why} (and {} times before: {})", discarded.len(), discarded.join("; ")))
+                return Err(format!(
+                    "{why} (and {} times before: {})",
+                    discarded.len(),
+                    discarded.join("; ")
+                ))
             }
             Err(Attempt::Failed(e)) => return Err(e),
         }
@@ -282,7 +295,8 @@ fn attempt(c: &Config, at_warm_end: &mut impl FnMut()) -> Result<Report, Attempt
     if c.protocol == Protocol::Udp && c.udp_engine == crate::config::UdpEngine::Xdp {
         return Ok(crate::xdp_sender::run(c)?);
     }
-    let per_thread = |i: usize| c.connections / c.threads + usize::from(i < c.connections % c.threads);
+    let per_thread =
+        |i: usize| c.connections / c.threads + usize::from(i < c.connections % c.threads);
     let shared = Shared::default();
     let show = progress_enabled(c);
     let mut server_meter = None;
@@ -312,7 +326,9 @@ fn attempt(c: &Config, at_warm_end: &mut impl FnMut()) -> Result<Report, Attempt
             .collect();
         // The window starts once every thread is connected (or one failed: then the others
         // are let go at once and see the abort).
-        shared.gate.wait_all(c.threads, || shared.abort.load(Ordering::Relaxed) || handles.iter().any(|h| h.is_finished()));
+        shared.gate.wait_all(c.threads, || {
+            shared.abort.load(Ordering::Relaxed) || handles.iter().any(|h| h.is_finished())
+        });
         let win = Window::new(c, now_ns() + START_LEAD_NS);
         window = Some(win);
         let probes = (c.stall_probe || c.inject_stall_ms > 0.0).then(|| {
@@ -366,7 +382,10 @@ fn attempt(c: &Config, at_warm_end: &mut impl FnMut()) -> Result<Report, Attempt
         if show {
             eprint!("\r\x1b[K");
         }
-        let r = handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("generator thread panicked".into()))).collect();
+        let r = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("generator thread panicked".into())))
+            .collect();
         // Probes end with the window by themselves; this only shortens an aborted run.
         probe_stop.store(true, Ordering::Relaxed);
         stalls = probes.map(|p| p.finish());
@@ -378,14 +397,23 @@ fn attempt(c: &Config, at_warm_end: &mut impl FnMut()) -> Result<Report, Attempt
         total.merge(&r?);
     }
     if total.conn_errors > 0 && total.completed == 0 {
-        return Err(format!("{}: every connection failed ({} broken)", c.server, total.conn_errors).into());
+        return Err(format!(
+            "{}: every connection failed ({} broken)",
+            c.server, total.conn_errors
+        )
+        .into());
     }
     if total.completed == 0 {
         let win = window.expect("set before the threads ran");
         let why = format!("{}: {}", c.server, no_answer_reason(&total, &win));
-        return Err(if why.contains(STARVED) { Attempt::Starved(why) } else { Attempt::Failed(why) });
+        return Err(if why.contains(STARVED) {
+            Attempt::Starved(why)
+        } else {
+            Attempt::Failed(why)
+        });
     }
-    let (server_cpu_pct, generator_cpu_pct, server_core_busy_pct) = gen_meter.unwrap_or((None, None, None));
+    let (server_cpu_pct, generator_cpu_pct, server_core_busy_pct) =
+        gen_meter.unwrap_or((None, None, None));
     Ok(Report {
         config: c.clone(),
         rps: total.completed as f64 / c.duration,

@@ -114,7 +114,8 @@ impl Stalls {
             // The maximum: the longest stall delays the request due at its start by all of it.
             return self.max_us();
         }
-        let (mut lo, mut hi) = (0.0f64, self.cores.iter().map(|c| c.late.max()).max().unwrap_or(0) as f64);
+        let (mut lo, mut hi) =
+            (0.0f64, self.cores.iter().map(|c| c.late.max()).max().unwrap_or(0) as f64);
         if self.share_above(lo) < tail {
             return 0.0;
         }
@@ -145,7 +146,9 @@ fn sleep_until(deadline: u64) {
     };
     // SAFETY: ts is a valid timespec; the remaining-time pointer may be null with TIMER_ABSTIME.
     // An EINTR return only means an early wake-up, which the loop treats as on time.
-    unsafe { libc::clock_nanosleep(libc::CLOCK_MONOTONIC, libc::TIMER_ABSTIME, &ts, std::ptr::null_mut()) };
+    unsafe {
+        libc::clock_nanosleep(libc::CLOCK_MONOTONIC, libc::TIMER_ABSTIME, &ts, std::ptr::null_mut())
+    };
 }
 
 /// One probe: pinned to `cpu`, wakes every INTERVAL_NS until the window ends (or `stop`).
@@ -160,7 +163,8 @@ fn probe(cpu: usize, win: Window, stop: &AtomicBool) -> Result<CoreStalls, Strin
         sleep_until(deadline);
         let now = now_ns();
         if win.measured(deadline) {
-            late.record(now.saturating_sub(deadline).clamp(1, MAX_NS)).expect("value within bounds");
+            late.record(now.saturating_sub(deadline).clamp(1, MAX_NS))
+                .expect("value within bounds");
         }
         // After a stall, start afresh from now rather than firing the missed wake-ups at once.
         deadline = deadline.max(now) + INTERVAL_NS;

@@ -222,7 +222,8 @@ mod tests {
         for v in 1..=100_000u64 {
             c.record(v);
         }
-        for (p, want_us) in [(50.0, 50.0), (90.0, 90.0), (99.0, 99.0), (99.9, 99.9), (100.0, 100.0)] {
+        for (p, want_us) in [(50.0, 50.0), (90.0, 90.0), (99.0, 99.0), (99.9, 99.9), (100.0, 100.0)]
+        {
             let got = pct_us(&c.hist, p);
             assert!((got - want_us).abs() <= want_us * 0.001 + 0.001, "p{p}: {got} vs {want_us}");
         }
@@ -295,7 +296,9 @@ mod tests {
         let (p1, c1) = (proc_cpu_seconds(pid).unwrap(), cpu_clock());
         let (proc_s, clock_s) = (p1 - p0, c1 - c0);
         // /proc counts in clock ticks (10 ms at 100 Hz): allow a few ticks and 10%.
-        assert!((proc_s - clock_s).abs() < 0.05 + clock_s * 0.1, "/proc says {proc_s} s, the CPU clock {clock_s} s");
+        assert!(
+            (proc_s - clock_s).abs() < 0.05 + clock_s * 0.1,
+            "/proc says {proc_s} s, the CPU clock {clock_s} s"
+        );
     }
-
 }

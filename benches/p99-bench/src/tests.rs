@@ -97,8 +97,17 @@ fn open_loop_keeps_its_schedule_and_a_stall_shows_in_the_tail() {
     c.connections = 1;
     c.pipeline = 1;
     let closed = run::run_once(&c).unwrap();
-    assert!(closed.counts.hist.max() >= 250_000_000, "closed-loop max {}", closed.counts.hist.max());
-    assert!(closed.pct(99.0) * 10.0 < open.pct(99.0), "closed p99 {} vs open {}", closed.pct(99.0), open.pct(99.0));
+    assert!(
+        closed.counts.hist.max() >= 250_000_000,
+        "closed-loop max {}",
+        closed.counts.hist.max()
+    );
+    assert!(
+        closed.pct(99.0) * 10.0 < open.pct(99.0),
+        "closed p99 {} vs open {}",
+        closed.pct(99.0),
+        open.pct(99.0)
+    );
 }
 
 /// A memcache responder for gets and sets that answers with the generator's values, except that
@@ -139,7 +148,8 @@ fn fake_memcache(corrupt_every: u64, ks: KeySpace) -> (SocketAddr, Arc<AtomicU64
                             cc.fetch_add(1, Ordering::SeqCst);
                         }
                         out.extend_from_slice(
-                            format!("VALUE {key} {} {}\r\n", KeySpace::flags_for(idx), v.len()).as_bytes(),
+                            format!("VALUE {key} {} {}\r\n", KeySpace::flags_for(idx), v.len())
+                                .as_bytes(),
                         );
                         out.extend_from_slice(&v);
                         out.extend_from_slice(b"\r\n");
@@ -335,7 +345,11 @@ fn the_window_starts_once_every_connection_is_up() {
     c.warmup = 0.1;
     c.duration = 0.3;
     let r = run::run_once(&c).unwrap();
-    assert!(r.counts.completed > 0 && r.counts.issued > 0, "{:?}", (r.counts.completed, r.counts.issued));
+    assert!(
+        r.counts.completed > 0 && r.counts.issued > 0,
+        "{:?}",
+        (r.counts.completed, r.counts.issued)
+    );
     assert!(r.starved_attempts.is_empty(), "{:?}", r.starved_attempts);
     assert_eq!(r.errors_total(), 0);
 }
@@ -367,7 +381,8 @@ fn a_run_with_nothing_in_its_window_says_why() {
     use crate::client::Window;
     use crate::stats::Counts;
     let ms = 1_000_000u64;
-    let win = Window { start: 1000 * ms, warm_end: 1100 * ms, end: 1600 * ms, drain_end: 2600 * ms };
+    let win =
+        Window { start: 1000 * ms, warm_end: 1100 * ms, end: 1600 * ms, drain_end: 2600 * ms };
     let mut t = Counts::new();
     assert!(run::no_answer_reason(&t, &win).starts_with("no request was sent"));
     // The generator got going only after the window (the case seen on the loaded VM).

@@ -274,7 +274,9 @@ impl Generator {
 pub fn encode_set(ks: &KeySpace, k: u64, out: &mut Vec<u8>) {
     out.extend_from_slice(b"set ");
     ks.write_key(k, out);
-    out.extend_from_slice(format!(" {} 0 {}\r\n", KeySpace::flags_for(k), ks.value_size).as_bytes());
+    out.extend_from_slice(
+        format!(" {} 0 {}\r\n", KeySpace::flags_for(k), ks.value_size).as_bytes(),
+    );
     ks.write_value(k, out);
     out.extend_from_slice(b"\r\n");
 }
@@ -316,14 +318,22 @@ pub fn parse_answer(
     match kind {
         Kind::Ping => {
             let Some(e) = find_crlf(buf) else {
-                return if buf.len() > MAX_LINE { Err("ping: line too long".into()) } else { Ok(None) };
+                return if buf.len() > MAX_LINE {
+                    Err("ping: line too long".into())
+                } else {
+                    Ok(None)
+                };
             };
             let ok = &buf[..e] == b"PONG";
             Ok(Some((e + 2, Outcome { error: !ok, ..Default::default() })))
         }
         Kind::Set => {
             let Some(e) = find_crlf(buf) else {
-                return if buf.len() > MAX_LINE { Err("set: line too long".into()) } else { Ok(None) };
+                return if buf.len() > MAX_LINE {
+                    Err("set: line too long".into())
+                } else {
+                    Ok(None)
+                };
             };
             let ok = &buf[..e] == b"STORED";
             Ok(Some((e + 2, Outcome { error: !ok, ..Default::default() })))
@@ -346,7 +356,11 @@ fn parse_get(
     blocks.clear();
     let end = loop {
         let Some(e) = find_crlf(&buf[pos..]) else {
-            return if buf.len() - pos > MAX_LINE { Err("get: line too long".into()) } else { Ok(None) };
+            return if buf.len() - pos > MAX_LINE {
+                Err("get: line too long".into())
+            } else {
+                Ok(None)
+            };
         };
         let line = &buf[pos..pos + e];
         if line == b"END" {
@@ -396,7 +410,8 @@ fn parse_get(
                 out.misses += off as u32;
                 next += off + 1;
                 let v = &buf[data..data + len];
-                let good = !verify || (flags == KeySpace::flags_for(i) && ks.value_matches(i, v, vbuf));
+                let good =
+                    !verify || (flags == KeySpace::flags_for(i) && ks.value_matches(i, v, vbuf));
                 if good {
                     out.hits += 1;
                 } else {
@@ -427,8 +442,9 @@ mod tests {
     fn value_block(ks: &KeySpace, idx: u64, flags: u32, value: &[u8]) -> Vec<u8> {
         let mut key = Vec::new();
         ks.write_key(idx, &mut key);
-        let mut b = format!("VALUE {} {} {}\r\n", String::from_utf8(key).unwrap(), flags, value.len())
-            .into_bytes();
+        let mut b =
+            format!("VALUE {} {} {}\r\n", String::from_utf8(key).unwrap(), flags, value.len())
+                .into_bytes();
         b.extend_from_slice(value);
         b.extend_from_slice(b"\r\n");
         b
@@ -464,9 +480,13 @@ mod tests {
         // Every prefix is incomplete.
         for cut in 0..buf.len() {
             let mut kk = keys.clone();
-            assert_eq!(parse_answer(Kind::Get(3), &buf[..cut], &mut kk, &k, true, &mut s).unwrap(), None);
+            assert_eq!(
+                parse_answer(Kind::Get(3), &buf[..cut], &mut kk, &k, true, &mut s).unwrap(),
+                None
+            );
         }
-        let (used, o) = parse_answer(Kind::Get(3), &buf, &mut keys, &k, true, &mut s).unwrap().unwrap();
+        let (used, o) =
+            parse_answer(Kind::Get(3), &buf, &mut keys, &k, true, &mut s).unwrap().unwrap();
         assert_eq!(used, buf.len());
         assert_eq!(o, Outcome { error: false, hits: 2, misses: 1 });
         assert!(keys.is_empty());
@@ -489,7 +509,8 @@ mod tests {
         for mut c in cases {
             c.extend_from_slice(b"END\r\n");
             let mut keys: VecDeque<u64> = [9].into();
-            let (_, o) = parse_answer(Kind::Get(1), &c, &mut keys, &k, true, &mut s).unwrap().unwrap();
+            let (_, o) =
+                parse_answer(Kind::Get(1), &c, &mut keys, &k, true, &mut s).unwrap().unwrap();
             assert!(o.error, "accepted {}", String::from_utf8_lossy(&c));
             assert_eq!(o.hits, 0);
         }
@@ -501,15 +522,19 @@ mod tests {
         let mut s = Scratch::default();
         let mut keys: VecDeque<u64> = [1].into();
         let b = b"SERVER_ERROR out of memory\r\nEND\r\n";
-        let (used, o) = parse_answer(Kind::Get(1), b, &mut keys, &k, true, &mut s).unwrap().unwrap();
+        let (used, o) =
+            parse_answer(Kind::Get(1), b, &mut keys, &k, true, &mut s).unwrap().unwrap();
         assert_eq!(used, 28);
         assert!(o.error);
-        let (used, o) =
-            parse_answer(Kind::Set, b"NOT_STORED\r\n", &mut keys, &k, true, &mut s).unwrap().unwrap();
+        let (used, o) = parse_answer(Kind::Set, b"NOT_STORED\r\n", &mut keys, &k, true, &mut s)
+            .unwrap()
+            .unwrap();
         assert_eq!((used, o.error), (12, true));
-        let (_, o) = parse_answer(Kind::Ping, b"PONG\r\n", &mut keys, &k, true, &mut s).unwrap().unwrap();
+        let (_, o) =
+            parse_answer(Kind::Ping, b"PONG\r\n", &mut keys, &k, true, &mut s).unwrap().unwrap();
         assert!(!o.error);
-        let (_, o) = parse_answer(Kind::Ping, b"ERROR\r\n", &mut keys, &k, true, &mut s).unwrap().unwrap();
+        let (_, o) =
+            parse_answer(Kind::Ping, b"ERROR\r\n", &mut keys, &k, true, &mut s).unwrap().unwrap();
         assert!(o.error);
     }
 

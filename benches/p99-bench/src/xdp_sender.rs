@@ -12,7 +12,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let v: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().ok()?;
+    let v: Vec<u8> =
+        s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().ok()?;
     v.try_into().ok()
 }
 
@@ -22,8 +23,13 @@ fn iface_ipv4(iface: &str) -> Result<[u8; 4], String> {
         .output()
         .map_err(|e| format!("ip: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let cidr = text.split_whitespace().skip_while(|w| *w != "inet").nth(1).ok_or(format!("{iface} has no IPv4 address"))?;
-    let ip: std::net::Ipv4Addr = cidr.split('/').next().unwrap_or("").parse().map_err(|_| format!("bad address {cidr}"))?;
+    let cidr = text
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .ok_or(format!("{iface} has no IPv4 address"))?;
+    let ip: std::net::Ipv4Addr =
+        cidr.split('/').next().unwrap_or("").parse().map_err(|_| format!("bad address {cidr}"))?;
     Ok(ip.octets())
 }
 
@@ -40,11 +46,9 @@ fn neighbour_mac(iface: &str, dst: SocketAddr) -> Result<[u8; 6], String> {
         .output()
         .map_err(|e| format!("ip neigh: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .skip_while(|w| *w != "lladdr")
-        .nth(1)
-        .and_then(parse_mac)
-        .ok_or_else(|| format!("no neighbour entry for {} on {iface}; give --xdp-dst-mac", dst.ip()))
+    text.split_whitespace().skip_while(|w| *w != "lladdr").nth(1).and_then(parse_mac).ok_or_else(
+        || format!("no neighbour entry for {} on {iface}; give --xdp-dst-mac", dst.ip()),
+    )
 }
 
 pub fn run(c: &Config) -> Result<Report, String> {

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use p99::xdp::packet;
-use p99::xdp::{AttachMode, Program, ProgramKind, Result, Socket, SocketConfig, Umem, UmemConfig, XdpDesc};
+use p99::xdp::{
+    AttachMode, Program, ProgramKind, Result, Socket, SocketConfig, Umem, UmemConfig, XdpDesc,
+};
 
 /// What to send and how fast.
 #[derive(Clone, Debug)]
@@ -64,17 +66,33 @@ const BATCH: usize = 64;
 /// Runs the load; blocks for `duration + drain`.
 pub fn run_ping_load(cfg: &PingLoadConfig) -> Result<PingLoadReport> {
     if cfg.payload_len < 20 || cfg.payload_len > 1400 {
-        return Err(p99::xdp::Error::Invalid(format!("payload length {} (must be 20..=1400)", cfg.payload_len)));
+        return Err(p99::xdp::Error::Invalid(format!(
+            "payload length {} (must be 20..=1400)",
+            cfg.payload_len
+        )));
     }
-    let mut prog = Program::load(ProgramKind::UdpPort(cfg.src_port), cfg.queue + 1, p99::xdp::prog::XDP_PASS)?;
+    let mut prog =
+        Program::load(ProgramKind::UdpPort(cfg.src_port), cfg.queue + 1, p99::xdp::prog::XDP_PASS)?;
     prog.attach(cfg.ifindex, cfg.attach)?;
-    let mut umem = Umem::new(UmemConfig { frame_size: 2048, frame_count: 16384, headroom: 0, fill_size: 4096, comp_size: 4096 })?;
-    let mut sock = Socket::bind(&umem, cfg.ifindex, cfg.queue, SocketConfig { rx_size: 4096, tx_size: 4096, ..SocketConfig::default() })?;
+    let mut umem = Umem::new(UmemConfig {
+        frame_size: 2048,
+        frame_count: 16384,
+        headroom: 0,
+        fill_size: 4096,
+        comp_size: 4096,
+    })?;
+    let mut sock = Socket::bind(
+        &umem,
+        cfg.ifindex,
+        cfg.queue,
+        SocketConfig { rx_size: 4096, tx_size: 4096, ..SocketConfig::default() },
+    )?;
     prog.register(cfg.queue, sock.fd())?;
     umem.fill(4096);
 
     let base = Instant::now();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("histogram bounds");
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("histogram bounds");
     let mut payload = vec![0u8; cfg.payload_len];
     payload[..4].copy_from_slice(b"PING");
     let (mut sent, mut received, mut foreign) = (0u64, 0u64, 0u64);
@@ -111,7 +129,14 @@ pub fn run_ping_load(cfg: &PingLoadConfig) -> Result<PingLoadReport> {
                     payload[12..20].copy_from_slice(&t.to_le_bytes());
                     let buf = umem.data(d.addr, 2048)?;
                     d.len = packet::build_udp4(
-                        buf, cfg.src_mac, cfg.dst_mac, cfg.src_ip, cfg.dst_ip, cfg.src_port, cfg.dst_port, &payload,
+                        buf,
+                        cfg.src_mac,
+                        cfg.dst_mac,
+                        cfg.src_ip,
+                        cfg.dst_ip,
+                        cfg.src_port,
+                        cfg.dst_port,
+                        &payload,
                     )
                     .expect("frame fits") as u32;
                 }
@@ -130,8 +155,13 @@ pub fn run_ping_load(cfg: &PingLoadConfig) -> Result<PingLoadReport> {
             for d in &rx[..n] {
                 let f = umem.data(d.addr, d.len)?;
                 match packet::parse_udp4(f) {
-                    Some(p) if p.payload_len >= 20 && &f[p.payload_off..p.payload_off + 4] == b"PONG" => {
-                        let ts = u64::from_le_bytes(f[p.payload_off + 12..p.payload_off + 20].try_into().unwrap());
+                    Some(p)
+                        if p.payload_len >= 20
+                            && &f[p.payload_off..p.payload_off + 4] == b"PONG" =>
+                    {
+                        let ts = u64::from_le_bytes(
+                            f[p.payload_off + 12..p.payload_off + 20].try_into().unwrap(),
+                        );
                         let _ = hist.record(t.saturating_sub(ts).max(1));
                         received += 1;
                     }
@@ -152,6 +182,8 @@ pub fn run_ping_load(cfg: &PingLoadConfig) -> Result<PingLoadReport> {
         send_elapsed: send_end - base,
         rtt_ns: hist,
         tx_kernel_dropped: st.tx_kernel_dropped,
-        rx_dropped: st.kernel.rx_dropped + st.kernel.rx_ring_full + st.kernel.rx_fill_ring_empty_descs,
+        rx_dropped: st.kernel.rx_dropped
+            + st.kernel.rx_ring_full
+            + st.kernel.rx_fill_ring_empty_descs,
     })
 }

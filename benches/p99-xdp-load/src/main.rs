@@ -13,7 +13,8 @@ use p99::xdp::{sys, AttachMode};
 use p99_xdp_load::{run_ping_load, PingLoadConfig};
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let v: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().ok()?;
+    let v: Vec<u8> =
+        s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().ok()?;
     v.try_into().ok()
 }
 
@@ -22,7 +23,10 @@ fn parse_ip(s: &str) -> Option<[u8; 4]> {
 }
 
 fn iface_ip(name: &str) -> Option<[u8; 4]> {
-    let out = std::process::Command::new("ip").args(["-4", "-o", "addr", "show", "dev", name]).output().ok()?;
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", name])
+        .output()
+        .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let cidr = text.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
     parse_ip(cidr.split('/').next()?)
@@ -40,9 +44,12 @@ fn main() {
         args.get(i + 1).cloned()
     };
     let iface = get("-i").unwrap_or_else(|| die("-i IFACE required"));
-    let dst_ip = get("--dst-ip").and_then(|s| parse_ip(&s)).unwrap_or_else(|| die("--dst-ip required"));
-    let dst_mac = get("--dst-mac").and_then(|s| parse_mac(&s)).unwrap_or_else(|| die("--dst-mac required"));
-    let dst_port: u16 = get("-p").and_then(|s| s.parse().ok()).unwrap_or_else(|| die("-p PORT required"));
+    let dst_ip =
+        get("--dst-ip").and_then(|s| parse_ip(&s)).unwrap_or_else(|| die("--dst-ip required"));
+    let dst_mac =
+        get("--dst-mac").and_then(|s| parse_mac(&s)).unwrap_or_else(|| die("--dst-mac required"));
+    let dst_port: u16 =
+        get("-p").and_then(|s| s.parse().ok()).unwrap_or_else(|| die("-p PORT required"));
     let ifindex = sys::ifindex(&iface).unwrap_or_else(|e| die(&format!("{iface}: {e}")));
     let src_mac = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))
         .ok()
@@ -70,7 +77,9 @@ fn main() {
         dst_port,
         payload_len: get("--size").and_then(|s| s.parse().ok()).unwrap_or(32),
         rate: get("--rate").and_then(|s| s.parse().ok()).unwrap_or(0),
-        duration: Duration::from_secs_f64(get("--duration").and_then(|s| s.parse().ok()).unwrap_or(3.0)),
+        duration: Duration::from_secs_f64(
+            get("--duration").and_then(|s| s.parse().ok()).unwrap_or(3.0),
+        ),
         max_outstanding: get("--window").and_then(|s| s.parse().ok()).unwrap_or(0),
         drain: Duration::from_millis(300),
     };

@@ -85,7 +85,8 @@ macro_rules! run_with {
             unsafe { samples.set_len(r.samples_len) };
             let per = |ns: u64, ops: u64| if ops == 0 { 0.0 } else { ns as f64 / ops as f64 };
             // SAFETY: store_name is NUL-terminated by the harness (snprintf).
-            let name = unsafe { CStr::from_ptr(r.store_name.as_ptr()) }.to_string_lossy().into_owned();
+            let name =
+                unsafe { CStr::from_ptr(r.store_name.as_ptr()) }.to_string_lossy().into_owned();
             Ok(Outcome {
                 fill_ns_per_op: per(r.fill_ns, r.fill_ops),
                 get_ns_per_op: per(r.get_ns, r.get_ops),
@@ -104,7 +105,12 @@ macro_rules! run_with {
     }};
 }
 
-fn run_store(which: &str, p: &Params, threads: u32, samples: &mut Vec<u64>) -> Result<Outcome, String> {
+fn run_store(
+    which: &str,
+    p: &Params,
+    threads: u32,
+    samples: &mut Vec<u64>,
+) -> Result<Outcome, String> {
     samples.clear();
     match which {
         "slab" => run_with!(slab, slab_harness_run, p, threads, samples),
@@ -272,7 +278,9 @@ fn main() {
     // Index [store][thread-count position].
     let mut outcomes: Vec<Vec<Vec<Outcome>>> = vec![vec![Vec::new(); nt]; stores.len()];
     let mut hists: Vec<Vec<Histogram<u64>>> = (0..stores.len())
-        .map(|_| (0..nt).map(|_| Histogram::new_with_bounds(1, 10_000_000_000, 3).unwrap()).collect())
+        .map(|_| {
+            (0..nt).map(|_| Histogram::new_with_bounds(1, 10_000_000_000, 3).unwrap()).collect()
+        })
         .collect();
     let mut problems: Vec<Option<String>> = stores.iter().map(|s| s.1.map(String::from)).collect();
     let mut samples: Vec<u64> = Vec::with_capacity((p.ops / p.sample_every as u64 + 1) as usize);
@@ -314,7 +322,8 @@ fn main() {
         "store", "thr", "set ns/op", "get ns/op", "mix ns/op", "mix Mops/s", "x slab", "x 1 thr",
         "set cpu", "get cpu", "mix cpu", "p50 ns", "p99 ns", "p999 ns", "bad/miss"
     );
-    let cells: Vec<Vec<Cell>> = outcomes.iter().map(|per| per.iter().map(|os| cell(os)).collect()).collect();
+    let cells: Vec<Vec<Cell>> =
+        outcomes.iter().map(|per| per.iter().map(|os| cell(os)).collect()).collect();
     let mut rows = Vec::new();
     for (ti, &threads) in p.threads.iter().enumerate() {
         let base = &cells[0][ti];
@@ -326,7 +335,12 @@ fn main() {
             let scale = one.map_or(f64::NAN, |m1| m1 / c.mix);
             let ratio = |ours: f64, slab: f64| slab / ours;
             if c.rounds == 0 {
-                println!("{:<8} {:>3} {}", name, threads, problems[i].as_deref().unwrap_or("no figures"));
+                println!(
+                    "{:<8} {:>3} {}",
+                    name,
+                    threads,
+                    problems[i].as_deref().unwrap_or("no figures")
+                );
             } else {
                 println!(
                     "{:<8} {:>3} {:>10.1} {:>10.1} {:>10.1} {:>11.2} {:>7.2} {:>7.2} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>7} {:>7} {:>9}",
@@ -347,7 +361,10 @@ fn main() {
                     format!("{}/{}", c.bad, c.miss)
                 );
                 if c.pinned_threads < threads {
-                    println!("{:<8} note: only {} of {threads} threads had a CPU of their own", "", c.pinned_threads);
+                    println!(
+                        "{:<8} note: only {} of {threads} threads had a CPU of their own",
+                        "", c.pinned_threads
+                    );
                 }
                 if let Some(pr) = &problems[i] {
                     println!("{:<8} note: {pr}", "");

@@ -26,7 +26,9 @@ use crate::xdp;
 
 /// Looks up an interface index by name in the calling thread's network namespace.
 fn ifindex_of(name: &std::ffi::CStr) -> Result<u32, super::boundary::Failure> {
-    let name = name.to_str().map_err(|_| super::boundary::Failure::invalid("interface name is not UTF-8"))?;
+    let name = name
+        .to_str()
+        .map_err(|_| super::boundary::Failure::invalid("interface name is not UTF-8"))?;
     Ok(xdp::sys::ifindex(name)?)
 }
 
@@ -37,7 +39,12 @@ fn ifindex_of(name: &std::ffi::CStr) -> Result<u32, super::boundary::Failure> {
 /// Every length inside the packet is checked against `len`. `frame` (`len` writable bytes)
 /// is borrowed until return. Thread-safe.
 #[no_mangle]
-pub unsafe extern "C" fn p99_xdp_udp_ping_reply(frame: *mut u8, len: u32, port: u16, reply_len: *mut u32) -> p99_status {
+pub unsafe extern "C" fn p99_xdp_udp_ping_reply(
+    frame: *mut u8,
+    len: u32,
+    port: u16,
+    reply_len: *mut u32,
+) -> p99_status {
     guard(|| -> CResult {
         let out = c_arg!(out reply_len)?;
         let f = c_arg!(slice_mut frame, len as usize)?;

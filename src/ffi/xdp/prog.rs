@@ -61,7 +61,11 @@ pub unsafe extern "C" fn p99_xdp_prog_load(
         let k = match kind {
             P99_XDP_PROG_REDIRECT_ALL => ProgramKind::RedirectAll,
             P99_XDP_PROG_UDP_PORT => ProgramKind::UdpPort(udp_port),
-            _ => return Err(Failure::invalid("kind must be P99_XDP_PROG_REDIRECT_ALL or P99_XDP_PROG_UDP_PORT")),
+            _ => {
+                return Err(Failure::invalid(
+                    "kind must be P99_XDP_PROG_REDIRECT_ALL or P99_XDP_PROG_UDP_PORT",
+                ))
+            }
         };
         let p = Program::load(k, max_queues, xdp::prog::XDP_PASS)?;
         out.write(p99_xdp_prog { prog: Mutex::new(p) }.into_c());
@@ -75,7 +79,11 @@ pub unsafe extern "C" fn p99_xdp_prog_load(
 /// unavailable; INVALID_STATE if already attached.
 /// Thread-safe: calls on one program are serialised internally.
 #[no_mangle]
-pub unsafe extern "C" fn p99_xdp_prog_attach(prog: *const p99_xdp_prog, ifname: *const c_char, mode: u32) -> p99_status {
+pub unsafe extern "C" fn p99_xdp_prog_attach(
+    prog: *const p99_xdp_prog,
+    ifname: *const c_char,
+    mode: u32,
+) -> p99_status {
     guard(|| -> CResult {
         let p = c_arg!(handle prog)?;
         let ifindex = super::ifindex_of(c_arg!(cstr ifname)?)?;
@@ -103,7 +111,10 @@ pub unsafe extern "C" fn p99_xdp_prog_detach(prog: *const p99_xdp_prog) -> p99_s
 /// attached.
 /// Thread-safe: calls on one program are serialised internally.
 #[no_mangle]
-pub unsafe extern "C" fn p99_xdp_prog_mode(prog: *const p99_xdp_prog, mode: *mut u32) -> p99_status {
+pub unsafe extern "C" fn p99_xdp_prog_mode(
+    prog: *const p99_xdp_prog,
+    mode: *mut u32,
+) -> p99_status {
     guard(|| -> CResult {
         let p = c_arg!(handle prog)?;
         let out = c_arg!(out mode)?;
@@ -122,7 +133,10 @@ pub unsafe extern "C" fn p99_xdp_prog_mode(prog: *const p99_xdp_prog, mode: *mut
 /// INVALID_ARGUMENT if the queue is beyond `max_queues`.
 /// Thread-safe: calls on one program are serialised internally. Locks `sock` briefly.
 #[no_mangle]
-pub unsafe extern "C" fn p99_xdp_prog_register(prog: *const p99_xdp_prog, sock: *const p99_xdp_socket) -> p99_status {
+pub unsafe extern "C" fn p99_xdp_prog_register(
+    prog: *const p99_xdp_prog,
+    sock: *const p99_xdp_socket,
+) -> p99_status {
     guard(|| -> CResult {
         let p = c_arg!(handle prog)?;
         let s = c_arg!(handle sock)?;
@@ -137,7 +151,10 @@ pub unsafe extern "C" fn p99_xdp_prog_register(prog: *const p99_xdp_prog, sock: 
 /// Removes whatever socket is registered for `queue` (no-op if none).
 /// Thread-safe: calls on one program are serialised internally.
 #[no_mangle]
-pub unsafe extern "C" fn p99_xdp_prog_unregister(prog: *const p99_xdp_prog, queue: u32) -> p99_status {
+pub unsafe extern "C" fn p99_xdp_prog_unregister(
+    prog: *const p99_xdp_prog,
+    queue: u32,
+) -> p99_status {
     guard(|| -> CResult { Ok(c_arg!(handle prog)?.prog.lock().unregister(queue)?) })
 }
 

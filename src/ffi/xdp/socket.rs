@@ -9,7 +9,9 @@ use std::ffi::{c_char, c_int};
 
 use parking_lot::Mutex;
 
-use super::super::boundary::{c_arg, guard, guard_or, struct_size, CResult, Failure, Handle, Versioned};
+use super::super::boundary::{
+    c_arg, guard, guard_or, struct_size, CResult, Failure, Handle, Versioned,
+};
 use super::super::status::p99_status;
 use super::umem::{as_kernel, as_kernel_mut, p99_xdp_desc, p99_xdp_umem};
 use crate::xdp::{BindMode, Socket, SocketConfig};
@@ -119,7 +121,9 @@ impl Handle for p99_xdp_socket {}
 /// sizeof(p99_xdp_socket_config)` first; at most that many bytes are written and it is left
 /// as set (INVALID_ARGUMENT if smaller than the first published struct). Thread-safe.
 #[no_mangle]
-pub unsafe extern "C" fn p99_xdp_socket_config_defaults(config: *mut p99_xdp_socket_config) -> p99_status {
+pub unsafe extern "C" fn p99_xdp_socket_config_defaults(
+    config: *mut p99_xdp_socket_config,
+) -> p99_status {
     guard(|| -> CResult {
         c_arg!(versioned_out config)?.write(p99_xdp_socket_config::default());
         Ok(())
@@ -155,7 +159,11 @@ pub unsafe extern "C" fn p99_xdp_socket_create(
             P99_XDP_BIND_COPY => BindMode::Copy,
             P99_XDP_BIND_ZEROCOPY => BindMode::ZeroCopy,
             P99_XDP_BIND_AUTO => BindMode::Auto,
-            _ => return Err(Failure::invalid("bind_mode must be P99_XDP_BIND_COPY, _ZEROCOPY or _AUTO")),
+            _ => {
+                return Err(Failure::invalid(
+                    "bind_mode must be P99_XDP_BIND_COPY, _ZEROCOPY or _AUTO",
+                ))
+            }
         };
         let cfg = SocketConfig {
             rx_size: c.rx_size,
@@ -233,7 +241,10 @@ pub unsafe extern "C" fn p99_xdp_socket_send(
 /// remain on the ring.
 /// Thread-safe: calls on one socket are serialised internally.
 #[no_mangle]
-pub unsafe extern "C" fn p99_xdp_socket_kick(sock: *const p99_xdp_socket, pending: *mut u32) -> p99_status {
+pub unsafe extern "C" fn p99_xdp_socket_kick(
+    sock: *const p99_xdp_socket,
+    pending: *mut u32,
+) -> p99_status {
     guard(|| -> CResult {
         let s = c_arg!(handle sock)?;
         let mut g = s.sock.lock();
@@ -249,7 +260,11 @@ pub unsafe extern "C" fn p99_xdp_socket_kick(sock: *const p99_xdp_socket, pendin
 /// receives 1 if RX has packets, else 0.
 /// Thread-safe: serialised with other calls on `sock`, except the wait, which holds no lock.
 #[no_mangle]
-pub unsafe extern "C" fn p99_xdp_socket_wait(sock: *const p99_xdp_socket, timeout_ms: c_int, ready: *mut u32) -> p99_status {
+pub unsafe extern "C" fn p99_xdp_socket_wait(
+    sock: *const p99_xdp_socket,
+    timeout_ms: c_int,
+    ready: *mut u32,
+) -> p99_status {
     guard(|| -> CResult {
         let s = c_arg!(handle sock)?;
         let ready = c_arg!(out ready)?;
@@ -273,7 +288,11 @@ pub unsafe extern "C" fn p99_xdp_socket_fd(sock: *const p99_xdp_socket) -> c_int
 /// bound queue to the non-NULL out-parameters.
 /// Thread-safe: calls on one socket are serialised internally.
 #[no_mangle]
-pub unsafe extern "C" fn p99_xdp_socket_mode(sock: *const p99_xdp_socket, mode: *mut u32, queue: *mut u32) -> p99_status {
+pub unsafe extern "C" fn p99_xdp_socket_mode(
+    sock: *const p99_xdp_socket,
+    mode: *mut u32,
+    queue: *mut u32,
+) -> p99_status {
     guard(|| -> CResult {
         let s = c_arg!(handle sock)?;
         let g = s.sock.lock();
@@ -292,7 +311,10 @@ pub unsafe extern "C" fn p99_xdp_socket_mode(sock: *const p99_xdp_socket, mode: 
 /// left as set; INVALID_ARGUMENT if smaller than the first published struct.
 /// Thread-safe: calls on one socket are serialised internally.
 #[no_mangle]
-pub unsafe extern "C" fn p99_xdp_socket_stats(sock: *const p99_xdp_socket, stats: *mut p99_xdp_stats) -> p99_status {
+pub unsafe extern "C" fn p99_xdp_socket_stats(
+    sock: *const p99_xdp_socket,
+    stats: *mut p99_xdp_stats,
+) -> p99_status {
     guard(|| -> CResult {
         let s = c_arg!(handle sock)?;
         let out = c_arg!(versioned_out stats)?;

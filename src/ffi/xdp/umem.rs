@@ -111,7 +111,9 @@ impl Handle for p99_xdp_umem {}
 /// sizeof(p99_xdp_umem_config)` first; at most that many bytes are written and it is left
 /// as set (INVALID_ARGUMENT if smaller than the first published struct). Thread-safe.
 #[no_mangle]
-pub unsafe extern "C" fn p99_xdp_umem_config_defaults(config: *mut p99_xdp_umem_config) -> p99_status {
+pub unsafe extern "C" fn p99_xdp_umem_config_defaults(
+    config: *mut p99_xdp_umem_config,
+) -> p99_status {
     guard(|| -> CResult {
         c_arg!(versioned_out config)?.write(p99_xdp_umem_config::default());
         Ok(())
@@ -163,7 +165,11 @@ pub unsafe extern "C" fn p99_xdp_umem_free(umem: *mut p99_xdp_umem) -> p99_statu
 /// `*filled` (may be NULL) receives the count.
 /// Thread-safe: calls on one umem and its socket are serialised internally.
 #[no_mangle]
-pub unsafe extern "C" fn p99_xdp_umem_fill(umem: *const p99_xdp_umem, max: u32, filled: *mut u32) -> p99_status {
+pub unsafe extern "C" fn p99_xdp_umem_fill(
+    umem: *const p99_xdp_umem,
+    max: u32,
+    filled: *mut u32,
+) -> p99_status {
     guard(|| -> CResult {
         let u = c_arg!(handle umem)?;
         let n = u.umem.fill(max);
@@ -178,7 +184,10 @@ pub unsafe extern "C" fn p99_xdp_umem_fill(umem: *const p99_xdp_umem, max: u32, 
 /// receives the count.
 /// Thread-safe: calls on one umem and its socket are serialised internally.
 #[no_mangle]
-pub unsafe extern "C" fn p99_xdp_umem_reap(umem: *const p99_xdp_umem, reaped: *mut u32) -> p99_status {
+pub unsafe extern "C" fn p99_xdp_umem_reap(
+    umem: *const p99_xdp_umem,
+    reaped: *mut u32,
+) -> p99_status {
     guard(|| -> CResult {
         let u = c_arg!(handle umem)?;
         let n = u.umem.reap();
@@ -260,7 +269,13 @@ pub unsafe extern "C" fn p99_xdp_umem_frame_counts(
         let u = c_arg!(handle umem)?;
         let out = c_arg!(versioned_out counts)?;
         let (free, in_fill, held, in_tx) = u.umem.frame_counts();
-        out.write(p99_xdp_frame_counts { struct_size: struct_size::<p99_xdp_frame_counts>(), free, in_fill, held, in_tx });
+        out.write(p99_xdp_frame_counts {
+            struct_size: struct_size::<p99_xdp_frame_counts>(),
+            free,
+            in_fill,
+            held,
+            in_tx,
+        });
         Ok(())
     })
 }

@@ -292,7 +292,10 @@ fn start_server(
     while t.elapsed() < Duration::from_secs(5) {
         if let Ok(Some(st)) = s.child.try_wait() {
             let out = std::fs::read_to_string(log).unwrap_or_default();
-            return Err(format!("exited at start ({st}): {}", out.trim().lines().last().unwrap_or("")));
+            return Err(format!(
+                "exited at start ({st}): {}",
+                out.trim().lines().last().unwrap_or("")
+            ));
         }
         let up = match probe {
             Probe::Tcp => TcpStream::connect(addr).is_ok(),
@@ -381,7 +384,11 @@ impl VariantRun {
 
 /// Per-round ratios of `f(variant) / f(baseline)` over the rounds both have (rounds are
 /// interleaved, so round i of each ran minutes apart at most): the median, lowest and highest.
-fn round_ratios(v: &VariantRun, base: &VariantRun, f: impl Fn(&Report) -> Option<f64>) -> Option<(f64, f64, f64)> {
+fn round_ratios(
+    v: &VariantRun,
+    base: &VariantRun,
+    f: impl Fn(&Report) -> Option<f64>,
+) -> Option<(f64, f64, f64)> {
     let r: Vec<f64> = v
         .peaks
         .iter()
@@ -516,7 +523,15 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
                 std::thread::scope(|s| {
                     s.spawn(|| {
                         n.enter_client()?;
-                        start_server(&program, &args, o.server_cpu, Some(&n.server_ns), &addr, probe, &log)
+                        start_server(
+                            &program,
+                            &args,
+                            o.server_cpu,
+                            Some(&n.server_ns),
+                            &addr,
+                            probe,
+                            &log,
+                        )
                     })
                     .join()
                     .unwrap_or_else(|_| Err("panicked".into()))
@@ -546,7 +561,8 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
             }
         }
     }
-    let runnable: Vec<usize> = (0..sc.variants.len()).filter(|&i| sc.variants[i].problem.is_none()).collect();
+    let runnable: Vec<usize> =
+        (0..sc.variants.len()).filter(|&i| sc.variants[i].problem.is_none()).collect();
     if runnable.is_empty() {
         return;
     }
@@ -569,9 +585,13 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
                 .unwrap_or_else(|_| Err("panicked".into()))
             });
             match r {
-                Ok(_) => sc.notes.push("generator: AF_XDP sender (p99::xdp) on the client veth".into()),
+                Ok(_) => {
+                    sc.notes.push("generator: AF_XDP sender (p99::xdp) on the client veth".into())
+                }
                 Err(e) => {
-                    sc.notes.push(format!("AF_XDP sender could not run ({e}); kernel UDP sockets used instead"));
+                    sc.notes.push(format!(
+                        "AF_XDP sender could not run ({e}); kernel UDP sockets used instead"
+                    ));
                     sc.workload.udp_engine = config::UdpEngine::Kernel;
                 }
             }
@@ -613,7 +633,13 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
                 continue;
             }
             let c = cfg_for(v, 0.0);
-            progress(format_args!("[{}] round {}/{}: {} closed loop", sc.key, round + 1, o.rounds, v.spec.name));
+            progress(format_args!(
+                "[{}] round {}/{}: {} closed loop",
+                sc.key,
+                round + 1,
+                o.rounds,
+                v.spec.name
+            ));
             match run_in_ns(&c) {
                 Ok(r) => v.peaks.push(r),
                 Err(e) => v.problem = Some(format!("run failed: {e}")),
@@ -621,7 +647,8 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
         }
     }
     // Phase 2: latency at one common fixed rate (open loop), interleaved.
-    let slowest = runnable.iter().filter_map(|&i| sc.variants[i].median_peak()).fold(f64::INFINITY, f64::min);
+    let slowest =
+        runnable.iter().filter_map(|&i| sc.variants[i].median_peak()).fold(f64::INFINITY, f64::min);
     if slowest.is_finite() && slowest > 0.0 {
         let rate = (slowest * o.latency_fraction / 1000.0).round().max(1.0) * 1000.0;
         sc.latency_rate = Some(rate);
@@ -633,7 +660,13 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
                     continue;
                 }
                 let c = cfg_for(v, rate);
-                progress(format_args!("[{}] round {}/{}: {} at {rate} req/s", sc.key, round + 1, o.rounds, v.spec.name));
+                progress(format_args!(
+                    "[{}] round {}/{}: {} at {rate} req/s",
+                    sc.key,
+                    round + 1,
+                    o.rounds,
+                    v.spec.name
+                ));
                 match run_in_ns(&c) {
                     Ok(r) => v.lats.push(r),
                     Err(e) => v.problem = Some(format!("run failed: {e}")),
@@ -645,7 +678,12 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
     for &i in &runnable {
         let v = &mut sc.variants[i];
         let Some(peak) = v.median_peak().filter(|_| v.problem.is_none()) else { continue };
-        v.ladder = o.ladder.iter().map(|f| (peak * f / 100.0).round() * 100.0).filter(|r| *r > 0.0).collect();
+        v.ladder = o
+            .ladder
+            .iter()
+            .map(|f| (peak * f / 100.0).round() * 100.0)
+            .filter(|r| *r > 0.0)
+            .collect();
         progress(format_args!("[{}] {}: redline ramp", sc.key, v.spec.name));
         let c = cfg_for(v, 0.0);
         let ladder = v.ladder.clone();
@@ -770,8 +808,14 @@ fn print_table(sc: &Scenario) {
         let is_base = v.spec.role == Role::Baseline;
         let tput = base.filter(|_| !is_base).and_then(|b| round_ratios(v, b, |r| Some(r.rps)));
         // Baseline's CPU per request over the variant's: above 1 means the variant is cheaper.
-        let cost = base.filter(|_| !is_base).and_then(|b| round_ratios(b, v, |r| r.server_us_per_request()));
-        let verdict_text = if is_base { "baseline".to_string() } else { verdict(&v.cpu_per_request(), &base_cost).text().to_string() };
+        let cost = base
+            .filter(|_| !is_base)
+            .and_then(|b| round_ratios(b, v, |r| r.server_us_per_request()));
+        let verdict_text = if is_base {
+            "baseline".to_string()
+        } else {
+            verdict(&v.cpu_per_request(), &base_cost).text().to_string()
+        };
         let f = |r: Option<f64>| r.map_or("-".into(), |x| format!("{x:.2}"));
         let pc = |x: Option<f64>| x.map_or("-".into(), |c| format!("{c:.0}"));
         let us = |x: Option<f64>| x.map_or("-".into(), |c| format!("{c:.3}"));
@@ -808,8 +852,12 @@ fn print_table(sc: &Scenario) {
             .variants
             .iter()
             .filter_map(|v| {
-                let (h, m) = v.peaks.iter().fold((0u64, 0u64), |a, r| (a.0 + r.counts.hits, a.1 + r.counts.misses));
-                (h + m > 0).then(|| format!("{} {:.2}%", v.spec.name, h as f64 * 100.0 / (h + m) as f64))
+                let (h, m) = v
+                    .peaks
+                    .iter()
+                    .fold((0u64, 0u64), |a, r| (a.0 + r.counts.hits, a.1 + r.counts.misses));
+                (h + m > 0)
+                    .then(|| format!("{} {:.2}%", v.spec.name, h as f64 * 100.0 / (h + m) as f64))
             })
             .collect();
         if !hits.is_empty() {
@@ -834,7 +882,18 @@ fn print_table(sc: &Scenario) {
         println!();
         println!(
             "{:<24} {:>8} {:>8} {:>8} {:>8} {:>7} {:>6} {:>8} {:>12} {:>10} {:>10} {:>6}",
-            "variant", "p50us", "p99us", "p999us", "p9999us", ">=100us", ">=1ms", "longest", "1ms by round", "redline99", "redline999", "errors"
+            "variant",
+            "p50us",
+            "p99us",
+            "p999us",
+            "p9999us",
+            ">=100us",
+            ">=1ms",
+            "longest",
+            "1ms by round",
+            "redline99",
+            "redline999",
+            "errors"
         );
         for v in &sc.variants {
             if v.peaks.is_empty() && v.lats.is_empty() {
@@ -843,10 +902,15 @@ fn print_table(sc: &Scenario) {
             let lat = v.merged_latency();
             let st = v.merged_stalls();
             let p = |q: f64| {
-                lat.as_ref().map_or("-".into(), |c| fmt_marked(stats::pct_us(&c.hist, q), st.as_ref().map(|s| s.explained_us(q))))
+                lat.as_ref().map_or("-".into(), |c| {
+                    fmt_marked(stats::pct_us(&c.hist, q), st.as_ref().map(|s| s.explained_us(q)))
+                })
             };
-            let by_round: Vec<String> =
-                v.lats.iter().map(|r| r.stalls.as_ref().map_or("-".into(), |s| s.over_1ms().to_string())).collect();
+            let by_round: Vec<String> = v
+                .lats
+                .iter()
+                .map(|r| r.stalls.as_ref().map_or("-".into(), |s| s.over_1ms().to_string()))
+                .collect();
             let redline = |r: Option<f64>| match &v.ramp {
                 Some(_) => match r {
                     Some(x) => svg::group(x),
@@ -871,7 +935,8 @@ fn print_table(sc: &Scenario) {
                 errors
             );
             if let Some(c) = &lat {
-                let (lag99, lagmax) = (stats::pct_us(&c.send_lag, 99.0), stats::pct_us(&c.send_lag, 100.0));
+                let (lag99, lagmax) =
+                    (stats::pct_us(&c.send_lag, 99.0), stats::pct_us(&c.send_lag, 100.0));
                 if lag99 > 100.0 {
                     println!(
                         "{:<24} note: the generator fell behind its schedule (send lag p99 {}, max {}): \
@@ -883,7 +948,10 @@ fn print_table(sc: &Scenario) {
                 }
             }
             let others = median(
-                v.lats.iter().filter_map(|r| Some(r.server_core_busy_pct? - r.server_cpu_pct?)).collect(),
+                v.lats
+                    .iter()
+                    .filter_map(|r| Some(r.server_core_busy_pct? - r.server_cpu_pct?))
+                    .collect(),
             );
             if let Some(x) = others.filter(|x| *x > 10.0) {
                 println!(
@@ -924,8 +992,10 @@ fn scenario_json(sc: &Scenario) -> J {
     o.set("title", sc.title.clone());
     o.set("workload_command", sc.workload.command_line());
     o.set("latency_rate", sc.latency_rate);
-    let base_peak = sc.variants.iter().find(|v| v.spec.role == Role::Baseline).and_then(|v| v.median_peak());
-    let ref_peak = sc.variants.iter().find(|v| v.spec.role == Role::Reference).and_then(|v| v.median_peak());
+    let base_peak =
+        sc.variants.iter().find(|v| v.spec.role == Role::Baseline).and_then(|v| v.median_peak());
+    let ref_peak =
+        sc.variants.iter().find(|v| v.spec.role == Role::Reference).and_then(|v| v.median_peak());
     let mut vs = Vec::new();
     for v in &sc.variants {
         let mut j = J::obj();
@@ -949,7 +1019,10 @@ fn scenario_json(sc: &Scenario) -> J {
         j.set("server_bound", v.median_cpu().map(|c| c >= run::SERVER_BOUND_PCT));
         j.set("median_generator_cpu_pct", v.median_gen_cpu());
         j.set("median_server_core_busy_pct", v.median_core_busy());
-        j.set("server_cpu_us_per_request_by_round", J::Arr(v.cpu_per_request().into_iter().map(J::Num).collect()));
+        j.set(
+            "server_cpu_us_per_request_by_round",
+            J::Arr(v.cpu_per_request().into_iter().map(J::Num).collect()),
+        );
         j.set("median_server_cpu_us_per_request", v.median_cpu_per_request());
         j.set("median_generator_cpu_us_per_request", v.median_gen_per_request());
         let base = sc.variants.iter().find(|b| b.spec.role == Role::Baseline);
@@ -961,7 +1034,10 @@ fn scenario_json(sc: &Scenario) -> J {
             })
         };
         if v.spec.role != Role::Baseline {
-            j.set("throughput_ratio_by_round", spread(base.and_then(|b| round_ratios(v, b, |r| Some(r.rps)))));
+            j.set(
+                "throughput_ratio_by_round",
+                spread(base.and_then(|b| round_ratios(v, b, |r| Some(r.rps)))),
+            );
             j.set(
                 "cpu_per_request_ratio_by_round",
                 spread(base.and_then(|b| round_ratios(b, v, |r| r.server_us_per_request()))),
@@ -981,11 +1057,17 @@ fn scenario_json(sc: &Scenario) -> J {
             }
             j.set("latency_us_at_fixed_rate", l);
             let mut lag = J::obj();
-            lag.set("p99", stats::pct_us(&c.send_lag, 99.0)).set("max", stats::pct_us(&c.send_lag, 100.0));
+            lag.set("p99", stats::pct_us(&c.send_lag, 99.0))
+                .set("max", stats::pct_us(&c.send_lag, 100.0));
             j.set("send_lag_us_at_fixed_rate", lag);
             j.set(
                 "percentile_curve_us",
-                J::Arr(stats::percentile_curve(&c.hist, 4).into_iter().map(|(p, us)| J::Arr(vec![J::Num(p), J::Num(us)])).collect()),
+                J::Arr(
+                    stats::percentile_curve(&c.hist, 4)
+                        .into_iter()
+                        .map(|(p, us)| J::Arr(vec![J::Num(p), J::Num(us)]))
+                        .collect(),
+                ),
             );
         }
         j.set("peak_runs", J::Arr(v.peaks.iter().map(report_json).collect()));
@@ -1009,7 +1091,10 @@ fn write_plots(o: &Opts, sc: &Scenario) -> Vec<String> {
         .iter()
         .filter_map(|v| {
             let c = v.merged_latency()?;
-            Some(svg::Curve { label: v.spec.name.clone(), points: stats::percentile_curve(&c.hist, 4) })
+            Some(svg::Curve {
+                label: v.spec.name.clone(),
+                points: stats::percentile_curve(&c.hist, 4),
+            })
         })
         .collect();
     if !curves.is_empty() {
@@ -1021,18 +1106,25 @@ fn write_plots(o: &Opts, sc: &Scenario) -> Vec<String> {
             o.server_cpu,
             o.load_cpu
         );
-        if std::fs::write(&f, svg::latency_plot(&format!("{}: latency by percentile", sc.title), &sub, &curves)).is_ok() {
+        if std::fs::write(
+            &f,
+            svg::latency_plot(&format!("{}: latency by percentile", sc.title), &sub, &curves),
+        )
+        .is_ok()
+        {
             files.push(f.display().to_string());
         }
     }
-    let base_peak = sc.variants.iter().find(|v| v.spec.role == Role::Baseline).and_then(|v| v.median_peak());
+    let base_peak =
+        sc.variants.iter().find(|v| v.spec.role == Role::Baseline).and_then(|v| v.median_peak());
     let bars: Vec<svg::Bar> = sc
         .variants
         .iter()
         .map(|v| {
             let rps: Vec<f64> = v.peaks.iter().map(|r| r.rps).collect();
             let peak = v.median_peak();
-            let mut note = ratio(peak, base_peak).map_or(String::new(), |r| format!("({r:.2}x baseline)"));
+            let mut note =
+                ratio(peak, base_peak).map_or(String::new(), |r| format!("({r:.2}x baseline)"));
             let label = peak_label(v.median_cpu(), v.median_core_busy());
             if label != "server's" {
                 note += &format!(" {label}");
@@ -1050,8 +1142,13 @@ fn write_plots(o: &Opts, sc: &Scenario) -> Vec<String> {
         })
         .collect();
     let f = o.out.join(format!("{}-throughput.svg", sc.key));
-    let sub = format!("closed loop, median of {} interleaved rounds (whiskers: slowest to fastest round)", o.rounds);
-    if std::fs::write(&f, svg::throughput_bars(&format!("{}: requests/s", sc.title), &sub, &bars)).is_ok() {
+    let sub = format!(
+        "closed loop, median of {} interleaved rounds (whiskers: slowest to fastest round)",
+        o.rounds
+    );
+    if std::fs::write(&f, svg::throughput_bars(&format!("{}: requests/s", sc.title), &sub, &bars))
+        .is_ok()
+    {
         files.push(f.display().to_string());
     }
     files
@@ -1065,15 +1162,28 @@ fn cmd_out(prog: &str, args: &[&str]) -> Option<String> {
 fn machine_json() -> J {
     let mut m = J::obj();
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string());
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string());
     m.set("cpu_model", model);
     m.set("cpus_online", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
     m.set("kernel", cmd_out("uname", &["-srvm"]));
     m.set("hostname", cmd_out("uname", &["-n"]));
     let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    m.set("mem_total", mem.lines().next().map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")));
-    m.set("os", std::fs::read_to_string("/etc/debian_version").ok().map(|s| format!("Debian {}", s.trim())));
-    m.set("load_average_at_start", std::fs::read_to_string("/proc/loadavg").ok().map(|s| s.trim().to_string()));
+    m.set(
+        "mem_total",
+        mem.lines().next().map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")),
+    );
+    m.set(
+        "os",
+        std::fs::read_to_string("/etc/debian_version").ok().map(|s| format!("Debian {}", s.trim())),
+    );
+    m.set(
+        "load_average_at_start",
+        std::fs::read_to_string("/proc/loadavg").ok().map(|s| s.trim().to_string()),
+    );
     m
 }
 
@@ -1109,7 +1219,8 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
     results.set(
         "git_revision",
         cmd_out("git", &["rev-parse", "HEAD"]).map(|r| {
-            let dirty = cmd_out("git", &["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+            let dirty = cmd_out("git", &["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
             if dirty {
                 format!("{r} (with uncommitted changes)")
             } else {
@@ -1117,13 +1228,30 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
             }
         }),
     );
-    results.set("started_unix", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
+    results.set(
+        "started_unix",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    );
     results.set("machine", machine_json());
     let mut settings = J::obj();
-    settings.set("quick", o.quick).set("rounds", o.rounds).set("warmup_s", o.warmup).set("duration_s", o.duration);
-    settings.set("ramp_step_s", o.ramp_secs).set("ladder", J::Arr(o.ladder.iter().map(|f| J::Num(*f)).collect()));
-    settings.set("latency_fraction", o.latency_fraction).set("server_cpu", o.server_cpu).set("load_cpu", o.load_cpu);
-    settings.set("server_bound_threshold_pct", run::SERVER_BOUND_PCT).set("redline_objective_us", 1000.0);
+    settings
+        .set("quick", o.quick)
+        .set("rounds", o.rounds)
+        .set("warmup_s", o.warmup)
+        .set("duration_s", o.duration);
+    settings
+        .set("ramp_step_s", o.ramp_secs)
+        .set("ladder", J::Arr(o.ladder.iter().map(|f| J::Num(*f)).collect()));
+    settings
+        .set("latency_fraction", o.latency_fraction)
+        .set("server_cpu", o.server_cpu)
+        .set("load_cpu", o.load_cpu);
+    settings
+        .set("server_bound_threshold_pct", run::SERVER_BOUND_PCT)
+        .set("redline_objective_us", 1000.0);
     settings.set("verdict_rule", "server CPU per request, every round of the variant against every round of the baseline: faster/slower when the ranges do not overlap, otherwise within noise");
     results.set("settings", settings);
     println!(
@@ -1147,9 +1275,24 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
     if o.scenarios.iter().any(|s| s == "ping") {
         let wl = workload(o, Protocol::Ping, &o.ping_args)?;
         let specs = vec![
-            mk("pingserver-c", Role::Baseline, find_built(o, "pingserver-c"), "-p {port} -l {host} -t 1"),
-            mk("pingserver-c-p99", Role::Candidate, find_built(o, "pingserver-c-p99"), "-p {port} -l {host} -t 1"),
-            mk("pingserver-rs", Role::Candidate, find_built(o, "pingserver-rs"), "-p {port} -l {host} -t 1"),
+            mk(
+                "pingserver-c",
+                Role::Baseline,
+                find_built(o, "pingserver-c"),
+                "-p {port} -l {host} -t 1",
+            ),
+            mk(
+                "pingserver-c-p99",
+                Role::Candidate,
+                find_built(o, "pingserver-c-p99"),
+                "-p {port} -l {host} -t 1",
+            ),
+            mk(
+                "pingserver-rs",
+                Role::Candidate,
+                find_built(o, "pingserver-rs"),
+                "-p {port} -l {host} -t 1",
+            ),
         ];
         let mut sc = new_scenario("ping", "ping (TCP)", wl, specs);
         run_scenario(o, &mut sc, None);
@@ -1169,7 +1312,12 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
             mk("pingserver-c-twin", Role::Candidate, prog.clone(), args),
             mk("pingserver-c-slowed", Role::Candidate, prog, &format!("{args} -b {CHECK_BURN_NS}")),
         ];
-        let mut sc = new_scenario("check", "check: pingserver-c vs its twin and a copy slowed by 2 us of CPU per request", wl, specs);
+        let mut sc = new_scenario(
+            "check",
+            "check: pingserver-c vs its twin and a copy slowed by 2 us of CPU per request",
+            wl,
+            specs,
+        );
         run_scenario(o, &mut sc, None);
         print_table(&sc);
         scen_json.set("check", scenario_json(&sc));
@@ -1182,7 +1330,12 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
             mk("mcserver-p99-epoll", Role::Candidate, find_built(o, "mcserver-p99-epoll"), mc),
             mk("mcserver-slab-uring", Role::Candidate, find_built(o, "mcserver-slab-uring"), mc),
             mk("mcserver-p99-uring", Role::Candidate, find_built(o, "mcserver-p99-uring"), mc),
-            mk("memcached -t 1", Role::Reference, find_on_path("memcached"), "-p {port} -l {host} -t 1 -m 1024 -U 0 -u nobody"),
+            mk(
+                "memcached -t 1",
+                Role::Reference,
+                find_on_path("memcached"),
+                "-p {port} -l {host} -t 1 -m 1024 -U 0 -u nobody",
+            ),
         ];
         let mut sc = new_scenario("cache", "cache (memcache text protocol)", wl, specs);
         run_scenario(o, &mut sc, None);
@@ -1193,8 +1346,18 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
     if o.scenarios.iter().any(|s| s == "udp") {
         let wl = workload(o, Protocol::Udp, &o.udp_args)?;
         let specs = vec![
-            mk("udpping-kernel", Role::Baseline, find_built(o, "udpping-kernel"), "-p {port} -l {host}"),
-            mk("udpping-xdp", Role::Candidate, find_built(o, "udpping-xdp"), "-p {port} -i {iface} -q 0"),
+            mk(
+                "udpping-kernel",
+                Role::Baseline,
+                find_built(o, "udpping-kernel"),
+                "-p {port} -l {host}",
+            ),
+            mk(
+                "udpping-xdp",
+                Role::Candidate,
+                find_built(o, "udpping-xdp"),
+                "-p {port} -i {iface} -q 0",
+            ),
         ];
         let mut sc = new_scenario("udp", "UDP ping (veth pair between namespaces)", wl, specs);
         // SAFETY: geteuid has no preconditions.
@@ -1202,14 +1365,20 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
         let any_built = sc.variants.iter().any(|v| v.spec.program.is_ok());
         if !root {
             for v in sc.variants.iter_mut() {
-                v.problem = Some("not run: the UDP scenario needs root (network namespaces)".into());
+                v.problem =
+                    Some("not run: the UDP scenario needs root (network namespaces)".into());
             }
         } else if any_built {
             match netns::VethPair::create() {
                 Ok(pair) => {
                     sc.notes.push(format!(
                         "server in netns {} ({} {}), generator in {} ({} {})",
-                        pair.server_ns, pair.server_if, pair.server_ip, pair.client_ns, pair.client_if, pair.client_ip
+                        pair.server_ns,
+                        pair.server_if,
+                        pair.server_ip,
+                        pair.client_ns,
+                        pair.client_if,
+                        pair.client_ip
                     ));
                     run_scenario(o, &mut sc, Some(&pair));
                 }
@@ -1238,11 +1407,20 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
     results.set("scenarios", scen_json);
     results.set("plots", J::Arr(plots.iter().map(|p| J::Str(p.clone())).collect()));
     results.set("elapsed_s", started.elapsed().as_secs_f64());
-    results.set("load_average_at_end", std::fs::read_to_string("/proc/loadavg").ok().map(|s| s.trim().to_string()));
+    results.set(
+        "load_average_at_end",
+        std::fs::read_to_string("/proc/loadavg").ok().map(|s| s.trim().to_string()),
+    );
     let path = o.out.join("results.json");
-    std::fs::write(&path, results.to_string_pretty()).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::write(&path, results.to_string_pretty())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     println!();
-    println!("p99-parity: {:.0}s; results in {}; plots: {}", started.elapsed().as_secs_f64(), path.display(), plots.join(" "));
+    println!(
+        "p99-parity: {:.0}s; results in {}; plots: {}",
+        started.elapsed().as_secs_f64(),
+        path.display(),
+        plots.join(" ")
+    );
     Ok(())
 }
 
@@ -1261,7 +1439,16 @@ fn new_scenario(key: &'static str, title: &str, workload: Config, specs: Vec<Spe
         workload,
         variants: specs
             .into_iter()
-            .map(|spec| VariantRun { spec, server: None, problem: None, peaks: Vec::new(), lats: Vec::new(), ramp: None, ladder: Vec::new(), server_command: None })
+            .map(|spec| VariantRun {
+                spec,
+                server: None,
+                problem: None,
+                peaks: Vec::new(),
+                lats: Vec::new(),
+                ramp: None,
+                ladder: Vec::new(),
+                server_command: None,
+            })
             .collect(),
         latency_rate: None,
         notes: Vec::new(),
@@ -1287,6 +1474,10 @@ mod tests {
     fn default_ladder_steps_are_at_most_25_percent_apart() {
         let o = parse_opts(&[]).unwrap().unwrap();
         assert!((o.ladder[0] - 0.05).abs() < 1e-9 && (o.ladder.last().unwrap() - 1.0).abs() < 1e-9);
-        assert!(o.ladder.windows(2).all(|w| w[1] > w[0] && w[1] / w[0] <= 1.25 + 1e-9), "{:?}", o.ladder);
+        assert!(
+            o.ladder.windows(2).all(|w| w[1] > w[0] && w[1] / w[0] <= 1.25 + 1e-9),
+            "{:?}",
+            o.ladder
+        );
     }
 }

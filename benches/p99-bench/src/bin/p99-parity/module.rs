@@ -50,12 +50,18 @@ pub fn run(o: &Opts) -> ModuleResult {
     match out {
         Ok(out) => {
             let table = String::from_utf8_lossy(&out.stdout).into_owned();
-            let problem = (!out.status.success())
-                .then(|| format!("failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+            let problem = (!out.status.success()).then(|| {
+                format!("failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim())
+            });
             let json = std::fs::read_to_string(&json_path).ok();
             ModuleResult { problem, table, command: Some(command), json }
         }
-        Err(e) => ModuleResult { problem: Some(format!("taskset: {e}")), table: String::new(), command: Some(command), json: None },
+        Err(e) => ModuleResult {
+            problem: Some(format!("taskset: {e}")),
+            table: String::new(),
+            command: Some(command),
+            json: None,
+        },
     }
 }
 

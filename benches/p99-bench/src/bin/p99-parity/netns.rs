@@ -16,7 +16,11 @@ pub struct VethPair {
 fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
     if !out.status.success() {
-        return Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     Ok(())
 }
@@ -104,7 +108,10 @@ mod tests {
         }
         let n = VethPair::create().expect("veth pair");
         let mac = n.server_mac().expect("server MAC");
-        let out = Command::new("ip").args(["-n", &n.server_ns, "-o", "link", "show", "dev", &n.server_if]).output().unwrap();
+        let out = Command::new("ip")
+            .args(["-n", &n.server_ns, "-o", "link", "show", "dev", &n.server_if])
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains(&format!("link/ether {mac} ")), "{mac} not in: {text}");
         // The caller's namespace is untouched: the server end is not visible here.

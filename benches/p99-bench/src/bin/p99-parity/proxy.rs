@@ -44,11 +44,18 @@ pub struct ProxyResult {
 }
 
 fn loadavg() -> Option<String> {
-    std::fs::read_to_string("/proc/loadavg").ok().map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
 /// A nutcracker pool in front of one server; stopped on drop (through Server).
-fn start_proxy(o: &Opts, backend: &str, log_dir: &std::path::Path, tag: &str) -> Result<Server, String> {
+fn start_proxy(
+    o: &Opts,
+    backend: &str,
+    log_dir: &std::path::Path,
+    tag: &str,
+) -> Result<Server, String> {
     let nc = find_on_path("nutcracker").or_else(|_| {
         // Debian installs it in /usr/sbin, which is not on every user's PATH.
         let p = PathBuf::from("/usr/sbin/nutcracker");
@@ -76,7 +83,15 @@ fn start_proxy(o: &Opts, backend: &str, log_dir: &std::path::Path, tag: &str) ->
             log_dir.join(format!("proxy-{tag}.pid")).display().to_string(),
         ];
         let addr = format!("127.0.0.1:{port}");
-        match start_server(&nc, &args, o.server_cpu, None, &addr, Probe::Tcp, &log_dir.join(format!("proxy-{tag}-nutcracker.out"))) {
+        match start_server(
+            &nc,
+            &args,
+            o.server_cpu,
+            None,
+            &addr,
+            Probe::Tcp,
+            &log_dir.join(format!("proxy-{tag}-nutcracker.out")),
+        ) {
             Ok(s) => return Ok(s),
             Err(e) => last = e,
         }
@@ -84,13 +99,31 @@ fn start_proxy(o: &Opts, backend: &str, log_dir: &std::path::Path, tag: &str) ->
     Err(format!("nutcracker failed to start: {last}"))
 }
 
-fn start_backend(o: &Opts, program: &std::path::Path, args: &str, log_dir: &std::path::Path, tag: &str) -> Result<Server, String> {
+fn start_backend(
+    o: &Opts,
+    program: &std::path::Path,
+    args: &str,
+    log_dir: &std::path::Path,
+    tag: &str,
+) -> Result<Server, String> {
     let mut last = String::new();
     for _ in 0..3 {
         let port = free_port();
-        let argv: Vec<String> = args.replace("{port}", &port.to_string()).split_whitespace().map(String::from).collect();
+        let argv: Vec<String> = args
+            .replace("{port}", &port.to_string())
+            .split_whitespace()
+            .map(String::from)
+            .collect();
         let addr = format!("127.0.0.1:{port}");
-        match start_server(program, &argv, o.server_cpu, None, &addr, Probe::Tcp, &log_dir.join(format!("proxy-{tag}.log"))) {
+        match start_server(
+            program,
+            &argv,
+            o.server_cpu,
+            None,
+            &addr,
+            Probe::Tcp,
+            &log_dir.join(format!("proxy-{tag}.log")),
+        ) {
             Ok(s) => return Ok(s),
             Err(e) => last = e,
         }
@@ -117,15 +150,25 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 /// One closed-loop run with both processes' CPU read over its measured window: when the warm-up
 /// ends (p99-bench calls back then, within 20 ms), and again once the run has returned (only the
 /// answers to requests in flight are still drained then).
-fn measure(o: &Opts, wl: &Config, target: &Server, server: &Server, proxy: Option<&Server>) -> Result<Measured, String> {
+fn measure(
+    o: &Opts,
+    wl: &Config,
+    target: &Server,
+    server: &Server,
+    proxy: Option<&Server>,
+) -> Result<Measured, String> {
     let mut c = wl.clone();
     c.server = target.addr.clone();
     c.server_pid = Some(server.child.id());
     c.prefill = false;
     c.rate = 0.0;
     c.warmup = o.warmup.max(0.1);
-    let cpu = |s: &Server| cpu_seconds(s.child.id()).ok_or_else(|| "cannot read the CPU time of a process".to_string());
-    let both = || -> Result<(f64, Option<f64>), String> { Ok((cpu(server)?, proxy.map(cpu).transpose()?)) };
+    let cpu = |s: &Server| {
+        cpu_seconds(s.child.id()).ok_or_else(|| "cannot read the CPU time of a process".to_string())
+    };
+    let both = || -> Result<(f64, Option<f64>), String> {
+        Ok((cpu(server)?, proxy.map(cpu).transpose()?))
+    };
     let mut start = Err("the run ended before its warm-up did".to_string());
     let r = crate::run::run_once_with(&c, || start = both());
     let r: Report = r?;
@@ -147,14 +190,35 @@ pub fn run(o: &Opts) -> ProxyResult {
         ("mcserver-p99-epoll", find_built(o, "mcserver-p99-epoll"), mc),
         ("mcserver-slab-uring", find_built(o, "mcserver-slab-uring"), mc),
         ("mcserver-p99-uring", find_built(o, "mcserver-p99-uring"), mc),
-        ("memcached -t 1", find_on_path("memcached"), "-p {port} -l 127.0.0.1 -t 1 -m 1024 -U 0 -u nobody"),
+        (
+            "memcached -t 1",
+            find_on_path("memcached"),
+            "-p {port} -l 127.0.0.1 -t 1 -m 1024 -U 0 -u nobody",
+        ),
     ]
     .into_iter()
-    .map(|(name, program, args)| Variant { name, program, args, problem: None, direct: Vec::new(), proxied: Vec::new(), commands: Vec::new(), notes: Vec::new() })
+    .map(|(name, program, args)| Variant {
+        name,
+        program,
+        args,
+        problem: None,
+        direct: Vec::new(),
+        proxied: Vec::new(),
+        commands: Vec::new(),
+        notes: Vec::new(),
+    })
     .collect();
     let wl = match crate::workload(o, Protocol::Memcache, &o.cache_args) {
         Ok(w) => w,
-        Err(e) => return ProxyResult { problem: Some(e), variants, workload: String::new(), rounds: o.rounds, load: (None, None) },
+        Err(e) => {
+            return ProxyResult {
+                problem: Some(e),
+                variants,
+                workload: String::new(),
+                rounds: o.rounds,
+                load: (None, None),
+            }
+        }
     };
     let workload = wl.command_line();
     let load_before = loadavg();
@@ -196,7 +260,9 @@ pub fn run(o: &Opts) -> ProxyResult {
     for &i in &runnable {
         let Some((server, proxy)) = &procs[i] else { continue };
         let v = &mut variants[i];
-        for (label, target, px) in [("direct", server, None), ("through nutcracker", proxy, Some(proxy))] {
+        for (label, target, px) in
+            [("direct", server, None), ("through nutcracker", proxy, Some(proxy))]
+        {
             crate::progress(format_args!("[proxy] {} {label}: settling run", v.name));
             let Err(first) = measure(o, &wl, target, server, px) else { continue };
             v.notes.push(format!("settling run {label} failed ({first}), retried"));
@@ -223,18 +289,33 @@ pub fn run(o: &Opts) -> ProxyResult {
                     v.name,
                     if path == 0 { "direct" } else { "through nutcracker" }
                 ));
-                let r = if path == 0 { measure(o, &wl, server, server, None) } else { measure(o, &wl, proxy, server, Some(proxy)) };
+                let r = if path == 0 {
+                    measure(o, &wl, server, server, None)
+                } else {
+                    measure(o, &wl, proxy, server, Some(proxy))
+                };
                 match r {
                     Ok(m) if path == 0 => v.direct.push(m),
                     Ok(m) => v.proxied.push(m),
-                    Err(e) => v.problem = Some(format!("run failed ({}): {e}", if path == 0 { "direct" } else { "through nutcracker" })),
+                    Err(e) => {
+                        v.problem = Some(format!(
+                            "run failed ({}): {e}",
+                            if path == 0 { "direct" } else { "through nutcracker" }
+                        ))
+                    }
                 }
             }
         }
     }
     crate::progress(format_args!(""));
     drop(procs);
-    ProxyResult { problem: None, variants, workload, rounds: o.rounds, load: (load_before, loadavg()) }
+    ProxyResult {
+        problem: None,
+        variants,
+        workload,
+        rounds: o.rounds,
+        load: (load_before, loadavg()),
+    }
 }
 
 impl Variant {
@@ -288,10 +369,21 @@ impl ProxyResult {
             self.load.1.as_deref().unwrap_or("?")
         );
         let base = self.variants.first();
-        let (base_direct, base_total) = (base.and_then(|b| b.direct_server_us()), base.and_then(|b| b.proxied_total_us()));
+        let (base_direct, base_total) =
+            (base.and_then(|b| b.direct_server_us()), base.and_then(|b| b.proxied_total_us()));
         println!(
             "{:<22} {:>10} {:>10} {:>6} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6}",
-            "variant", "direct/s", "proxied/s", "kept", "srv us", "srv us", "proxy us", "total us", "x base", "x base", "errors"
+            "variant",
+            "direct/s",
+            "proxied/s",
+            "kept",
+            "srv us",
+            "srv us",
+            "proxy us",
+            "total us",
+            "x base",
+            "x base",
+            "errors"
         );
         println!(
             "{:<22} {:>10} {:>10} {:>6} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6}",
@@ -336,13 +428,17 @@ impl ProxyResult {
         let mut o = J::obj();
         o.set("problem", self.problem.clone());
         o.set("workload_command", self.workload.clone());
-        o.set("load_average_before", self.load.0.clone()).set("load_average_after", self.load.1.clone());
+        o.set("load_average_before", self.load.0.clone())
+            .set("load_average_after", self.load.1.clone());
         let base = self.variants.first();
-        let (base_direct, base_total) = (base.and_then(|b| b.direct_server_us()), base.and_then(|b| b.proxied_total_us()));
+        let (base_direct, base_total) =
+            (base.and_then(|b| b.direct_server_us()), base.and_then(|b| b.proxied_total_us()));
         let run_json = |m: &Measured| {
             let mut j = J::obj();
             j.set("requests_per_s", m.rps).set("server_cpu_us_per_request", m.server_us);
-            j.set("proxy_cpu_us_per_request", m.proxy_us).set("errors", m.errors).set("command", m.command.clone());
+            j.set("proxy_cpu_us_per_request", m.proxy_us)
+                .set("errors", m.errors)
+                .set("command", m.command.clone());
             j
         };
         let vs = self

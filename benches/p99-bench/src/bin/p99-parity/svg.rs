@@ -4,7 +4,8 @@
 
 use std::fmt::Write as _;
 
-const COLORS: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+const COLORS: [&str; 8] =
+    ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
@@ -27,7 +28,8 @@ pub fn latency_plot(title: &str, subtitle: &str, curves: &[Curve]) -> String {
         let p = p.min(99.999);
         (1.0 / (1.0 - p / 100.0)).log10().min(max_x)
     };
-    let all: Vec<f64> = curves.iter().flat_map(|c| c.points.iter().map(|p| p.1)).filter(|v| *v > 0.0).collect();
+    let all: Vec<f64> =
+        curves.iter().flat_map(|c| c.points.iter().map(|p| p.1)).filter(|v| *v > 0.0).collect();
     let lo = all.iter().cloned().fold(f64::INFINITY, f64::min);
     let hi = all.iter().cloned().fold(0.0, f64::max);
     let (ylo, yhi) = if all.is_empty() {
@@ -53,8 +55,10 @@ pub fn latency_plot(title: &str, subtitle: &str, curves: &[Curve]) -> String {
     // Grid and axes.
     for (i, lab) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"].iter().enumerate() {
         let x = px(i as f64);
-        let _ = writeln!(s, r##"<line x1="{x}" y1="{t}" x2="{x}" y2="{}" stroke="#ddd"/>"##, t + ph);
-        let _ = writeln!(s, r#"<text x="{x}" y="{}" text-anchor="middle">{lab}</text>"#, t + ph + 18.0);
+        let _ =
+            writeln!(s, r##"<line x1="{x}" y1="{t}" x2="{x}" y2="{}" stroke="#ddd"/>"##, t + ph);
+        let _ =
+            writeln!(s, r#"<text x="{x}" y="{}" text-anchor="middle">{lab}</text>"#, t + ph + 18.0);
     }
     let mut d = ylo as i32;
     while d <= yhi as i32 {
@@ -65,9 +69,18 @@ pub fn latency_plot(title: &str, subtitle: &str, curves: &[Curve]) -> String {
             }
             let y = py(v);
             let stroke = if m == 1.0 { "#ccc" } else { "#eee" };
-            let _ = writeln!(s, r#"<line x1="{l}" y1="{y}" x2="{}" y2="{y}" stroke="{stroke}"/>"#, l + pw);
+            let _ = writeln!(
+                s,
+                r#"<line x1="{l}" y1="{y}" x2="{}" y2="{y}" stroke="{stroke}"/>"#,
+                l + pw
+            );
             let label = if v >= 1000.0 { format!("{} ms", v / 1000.0) } else { format!("{v} µs") };
-            let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{label}</text>"#, l - 6.0, y + 4.0);
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{}" text-anchor="end">{label}</text>"#,
+                l - 6.0,
+                y + 4.0
+            );
         }
         d += 1;
     }
@@ -90,7 +103,11 @@ pub fn latency_plot(title: &str, subtitle: &str, curves: &[Curve]) -> String {
             .map(|&(p, us)| format!("{:.1},{:.1}", px(xof(p)), py(us)))
             .collect();
         if !pts.is_empty() {
-            let _ = writeln!(s, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, pts.join(" "));
+            let _ = writeln!(
+                s,
+                r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+                pts.join(" ")
+            );
         }
         let ly = t + 10.0 + i as f64 * 20.0;
         let _ = writeln!(
@@ -123,7 +140,8 @@ pub fn throughput_bars(title: &str, subtitle: &str, bars: &[Bar]) -> String {
     let w = 1000.0;
     let pw = w - l - r;
     let h = t + bars.len() as f64 * row + 40.0;
-    let top = bars.iter().filter_map(|b| b.value.map(|v| v.max(b.max))).fold(0.0, f64::max).max(1.0);
+    let top =
+        bars.iter().filter_map(|b| b.value.map(|v| v.max(b.max))).fold(0.0, f64::max).max(1.0);
     let mut s = String::new();
     let _ = write!(
         s,
@@ -137,19 +155,50 @@ pub fn throughput_bars(title: &str, subtitle: &str, bars: &[Bar]) -> String {
     );
     for (i, b) in bars.iter().enumerate() {
         let y = t + i as f64 * row;
-        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#, l - 8.0, y + row / 2.0 + 4.0, esc(&b.label));
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
+            l - 8.0,
+            y + row / 2.0 + 4.0,
+            esc(&b.label)
+        );
         match b.value {
             Some(v) => {
                 let bw = v / top * pw;
                 let color = COLORS[i % COLORS.len()];
-                let _ = writeln!(s, r#"<rect x="{l}" y="{}" width="{bw:.1}" height="{}" fill="{color}" opacity="0.8"/>"#, y + 6.0, row - 12.0);
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{l}" y="{}" width="{bw:.1}" height="{}" fill="{color}" opacity="0.8"/>"#,
+                    y + 6.0,
+                    row - 12.0
+                );
                 let (x0, x1) = (l + b.min / top * pw, l + b.max / top * pw);
                 let ym = y + row / 2.0;
-                let _ = writeln!(s, r##"<line x1="{x0:.1}" y1="{ym}" x2="{x1:.1}" y2="{ym}" stroke="#222"/><line x1="{x0:.1}" y1="{}" x2="{x0:.1}" y2="{}" stroke="#222"/><line x1="{x1:.1}" y1="{}" x2="{x1:.1}" y2="{}" stroke="#222"/>"##, ym - 5.0, ym + 5.0, ym - 5.0, ym + 5.0);
-                let _ = writeln!(s, r#"<text x="{}" y="{}">{} req/s {}</text>"#, l + bw.max(x1 - l) + 8.0, ym + 4.0, group(v), esc(&b.note));
+                let _ = writeln!(
+                    s,
+                    r##"<line x1="{x0:.1}" y1="{ym}" x2="{x1:.1}" y2="{ym}" stroke="#222"/><line x1="{x0:.1}" y1="{}" x2="{x0:.1}" y2="{}" stroke="#222"/><line x1="{x1:.1}" y1="{}" x2="{x1:.1}" y2="{}" stroke="#222"/>"##,
+                    ym - 5.0,
+                    ym + 5.0,
+                    ym - 5.0,
+                    ym + 5.0
+                );
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{}" y="{}">{} req/s {}</text>"#,
+                    l + bw.max(x1 - l) + 8.0,
+                    ym + 4.0,
+                    group(v),
+                    esc(&b.note)
+                );
             }
             None => {
-                let _ = writeln!(s, r##"<text x="{}" y="{}" fill="#888">{}</text>"##, l + 4.0, y + row / 2.0 + 4.0, esc(&b.note));
+                let _ = writeln!(
+                    s,
+                    r##"<text x="{}" y="{}" fill="#888">{}</text>"##,
+                    l + 4.0,
+                    y + row / 2.0 + 4.0,
+                    esc(&b.note)
+                );
             }
         }
     }
@@ -190,7 +239,13 @@ mod tests {
         assert!(s.contains("a&lt;b") && s.contains(">c<"));
         assert_eq!(s.matches("<polyline").count(), 1);
         let bars = vec![
-            Bar { label: "x".into(), value: Some(1000.0), min: 900.0, max: 1100.0, note: "(1.00×)".into() },
+            Bar {
+                label: "x".into(),
+                value: Some(1000.0),
+                min: 900.0,
+                max: 1100.0,
+                note: "(1.00×)".into(),
+            },
             Bar { label: "y".into(), value: None, min: 0.0, max: 0.0, note: "not built".into() },
         ];
         let s = throughput_bars("t", "s", &bars);
