@@ -34,6 +34,7 @@ struct harness_params {
 	uint32_t threads; /* >= 1 */
 	double zipf_s; /* key popularity: 0 uniform, else Zipf with this exponent */
 	uint32_t read_mode; /* enum harness_read */
+	uint32_t hashpower; /* storage_options.hashpower (memcached -o hashpower), 0 = default */
 };
 
 struct harness_result {

@@ -40,6 +40,7 @@ static void usage(FILE *f, const char *prog)
 		"\n"
 		"                            TLS certificate chain, key, client CA and client\n"
 		"                            certificate mode (0 none, 1 optional, 2/3 required)\n"
+		"  -o hashpower=<12-32>      size the hash table for 1.5 x 2^N items up front\n"
 		"  -v                        verbose (repeat for more)\n"
 		"  -h                        print this help and exit\n"
 		"storage module: %s, I/O module: %s\n",
@@ -57,9 +58,9 @@ static bool parse_ulong(const char *s, unsigned long max, unsigned long *out)
 	return true;
 }
 
-/* One -o list (memcached's extended options): only the TLS ones are known here. Returns
- * false, with a message printed, on an unknown or malformed option. */
-static bool parse_ext_options(char *list, struct io_tls *tls)
+/* One -o list (memcached's extended options): the TLS ones and hashpower are known here.
+ * Returns false, with a message printed, on an unknown or malformed option. */
+static bool parse_ext_options(char *list, struct io_tls *tls, unsigned *hashpower)
 {
 	for (char *save = NULL, *opt = strtok_r(list, ",", &save); opt;
 	     opt = strtok_r(NULL, ",", &save)) {
@@ -79,6 +80,13 @@ static bool parse_ext_options(char *list, struct io_tls *tls)
 			tls->ca_cert = val;
 		} else if (strcmp(opt, "ssl_verify_mode") == 0 && parse_ulong(val, 3, &v)) {
 			tls->verify_mode = (int)v;
+		} else if (strcmp(opt, "hashpower") == 0) {
+			if (!parse_ulong(val, ULONG_MAX, &v) || v < 12 || v > 32) {
+				fprintf(stderr, "mcserver: -o hashpower=%s: expected 12..32\n",
+					val);
+				return false;
+			}
+			*hashpower = (unsigned)v;
 		} else {
 			fprintf(stderr, "mcserver: -o %s=%s: not supported\n", opt, val);
 			return false;
@@ -123,6 +131,7 @@ int main(int argc, char **argv)
 	int opt;
 	bool tls_on = false;
 	struct io_tls tls = { 0 };
+	unsigned hashpower = 0;
 	while ((opt = getopt(argc, argv, "p:l:t:c:m:I:f:CFU:vhZo:")) != -1) {
 		switch (opt) {
 		case 'p':
@@ -173,7 +182,7 @@ int main(int argc, char **argv)
 		case 'v': ps.verbose++; break;
 		case 'Z': tls_on = true; break;
 		case 'o':
-			if (!parse_ext_options(optarg, &tls))
+			if (!parse_ext_options(optarg, &tls, &hashpower))
 				return 1;
 			break;
 		case 'h': usage(stdout, argv[0]); return 0;
@@ -211,6 +220,7 @@ int main(int argc, char **argv)
 		.item_max = ps.item_max,
 		.cas_enabled = ps.cas_enabled,
 		.growth = ps.growth,
+		.hashpower = hashpower,
 	};
 	if (storage_setup(&so, err, sizeof(err)) != 0) {
 		fprintf(stderr, "mcserver: %s\n", err);

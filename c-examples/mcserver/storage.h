@@ -71,6 +71,10 @@ struct storage_options {
 	size_t item_max; /* largest item in bytes, header included (memcached -I), > 0 */
 	bool cas_enabled; /* false with -C: every cas reads as 0 and CAS commits give EXISTS */
 	double growth; /* slab growth factor (slab store only; 0 = default 1.25) */
+	/* memcached -o hashpower=N (12..32): size the hash table up front for the items 2^N
+	 * buckets hold before memcached grows them (1.5 x 2^N); 0 = the store's default (slab:
+	 * 2^16 buckets, grown incrementally; p99: sized for a heap full of 128-byte items). */
+	unsigned hashpower;
 };
 
 /* A write in progress (opaque). */

@@ -122,6 +122,8 @@ int storage_setup(const struct storage_options *opts, char *err, size_t errlen)
 	if (opts->item_max > cfg.segment_bytes)
 		cfg.segment_bytes = (uint32_t)opts->item_max; /* an item must fit a segment */
 	cfg.cas = opts->cas_enabled;
+	if (opts->hashpower) /* as many items as memcached's table holds before it grows */
+		cfg.expected_items = ((uint64_t)3 << opts->hashpower) / 2;
 	mem_limit = opts->mem_limit;
 	p99_status st = p99_cache_new(&cfg, &cache);
 	if (st != P99_STATUS_OK) {

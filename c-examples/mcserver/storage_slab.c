@@ -527,7 +527,7 @@ int storage_setup(const struct storage_options *opts, char *err, size_t errlen)
 		S.classes[i].perpage = (unsigned)(S.page_size / S.classes[i].size);
 
 	S.pages = calloc(S.npages_max, sizeof(*S.pages));
-	S.hashpower = HASH_POWER_INIT;
+	S.hashpower = opts->hashpower ? opts->hashpower : HASH_POWER_INIT;
 	S.table = calloc((size_t)1 << S.hashpower, sizeof(*S.table));
 	if (!S.pages || !S.table || pthread_mutex_init(&S.lock, NULL) != 0) {
 		snprintf(err, errlen, "slab storage: out of memory");

@@ -41,6 +41,7 @@ mod clock;
 mod item;
 mod memory;
 mod pin_word;
+mod recycle;
 mod shard;
 mod store;
 mod table;
@@ -225,6 +226,7 @@ pub struct Stats {
     /// Times a shard's hash table was doubled (items beyond `expected_items`).
     pub table_grows: u64,
     /// Bytes held by open reservations (outside the segments, within the reservation
-    /// allowance).
+    /// allowance): their buffers' lengths, which for writes of up to 4 KiB (key and value)
+    /// are 256 B, 1 KiB or 4 KiB (buffers recycled per thread).
     pub reserved_bytes: u64,
 }

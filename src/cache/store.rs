@@ -242,8 +242,10 @@ impl Drop for ShardGuard<'_> {
 /// dropping it cancels the write. It owns its buffer and does not borrow the cache, so it
 /// may be filled on any thread, across as many network reads as the value needs.
 pub struct Reservation {
-    /// Key then value, in one allocation.
-    buf: Box<[u8]>,
+    /// Key then value in its first `len` bytes (a buffer recycled per thread, see
+    /// `recycle`; the bytes past `len` are not part of the write).
+    buf: Vec<u8>,
+    len: usize,
     klen: usize,
     filled: usize,
     flags: u32,
@@ -251,13 +253,14 @@ pub struct Reservation {
     cache_id: usize,
     /// The key's hash, computed once at reserve time.
     hash: u64,
-    /// The shard budget `buf.len()` bytes were taken from; given back on drop.
+    /// The shard budget the buffer's bytes (`buf.len()`) were taken from; given back on drop.
     budget: Arc<ReserveBudget>,
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.budget.give(self.buf.len());
+        super::recycle::give(std::mem::take(&mut self.buf));
     }
 }
 
@@ -276,7 +279,7 @@ impl std::fmt::Debug for Reservation {
 impl Reservation {
     /// The full value length declared at reserve time.
     pub fn value_len(&self) -> usize {
-        self.buf.len() - self.klen
+        self.len - self.klen
     }
 
     fn key(&self) -> &[u8] {
@@ -284,11 +287,11 @@ impl Reservation {
     }
 
     fn value(&self) -> &[u8] {
-        &self.buf[self.klen..]
+        &self.buf[self.klen..self.len]
     }
 
     fn value_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[self.klen..]
+        &mut self.buf[self.klen..self.len]
     }
 
     /// Bytes written so far.
@@ -697,14 +700,16 @@ impl Cache {
         let len = key.len() + value_len;
         let hash = hash_key(key);
         let budget = &self.shards[self.shard_index(hash)].reserved;
-        if !budget.take(len) {
+        // The buffer's whole length counts, a recycled class buffer's included.
+        if !budget.take(super::recycle::buffer_len(len)) {
             return Err(Error::OutOfMemory);
         }
         let budget = budget.clone();
-        let mut buf = vec![0u8; len].into_boxed_slice();
+        let mut buf = super::recycle::take(len);
         buf[..key.len()].copy_from_slice(key);
         Ok(Reservation {
             buf,
+            len,
             klen: key.len(),
             filled: 0,
             flags,

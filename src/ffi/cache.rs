@@ -435,11 +435,48 @@ pub unsafe extern "C" fn p99_cache_reserve(
         let c = c_arg!(handle cache)?;
         let key = c_arg!(slice key, key_len)?;
         let out = c_arg!(out out)?;
-        let mut res = Box::new(c.cache.reserve(key, value_len, flags, expiry)?);
-        let value = res.value_buffer().as_mut_ptr();
-        out.write(p99_cache_reservation { value, value_len, state: Box::into_raw(res).cast() });
+        let mut slot = reservation_slot(c.cache.reserve(key, value_len, flags, expiry)?);
+        let value = match &mut *slot {
+            Some(r) => r.value_buffer().as_mut_ptr(),
+            None => std::ptr::null_mut(), // cannot happen: the slot was just filled
+        };
+        out.write(p99_cache_reservation { value, value_len, state: Box::into_raw(slot).cast() });
         Ok(())
     })
+}
+
+/// What a reservation's `state` points to: a box holding the Rust reservation (`None` once
+/// taken). Emptied boxes are kept per thread for the next reserve, so a warm writer
+/// allocates nothing here (the value buffer is recycled the same way, inside the cache).
+type ReservationSlot = Box<Option<Reservation>>;
+
+/// Emptied slots kept per thread.
+const SLOTS_KEPT: usize = 16;
+
+thread_local! {
+    static FREE_SLOTS: std::cell::RefCell<Vec<ReservationSlot>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn reservation_slot(r: Reservation) -> ReservationSlot {
+    // try_with: during thread exit the list may already be gone; allocate then.
+    match FREE_SLOTS.try_with(|f| f.borrow_mut().pop()).ok().flatten() {
+        Some(mut slot) => {
+            *slot = Some(r);
+            slot
+        }
+        None => Box::new(Some(r)),
+    }
+}
+
+fn recycle_slot(slot: ReservationSlot) {
+    debug_assert!(slot.is_none());
+    let _ = FREE_SLOTS.try_with(|f| {
+        let mut f = f.borrow_mut();
+        if f.len() < SLOTS_KEPT {
+            f.push(slot);
+        }
+    });
 }
 
 fn reservation_of(res: &mut p99_cache_reservation) -> Result<&mut Reservation, p99_status> {
@@ -447,21 +484,29 @@ fn reservation_of(res: &mut p99_cache_reservation) -> Result<&mut Reservation, p
         return Err(p99_status::InvalidState);
     }
     // SAFETY: a non-NULL state was set by p99_cache_reserve from Box::into_raw and is cleared
-    // when the box is consumed; the C contract forbids copying the struct, so no other copy
-    // of this pointer can have consumed it.
-    Ok(unsafe { &mut *res.state.cast::<Reservation>() })
+    // when the box is taken back; the C contract forbids copying the struct, so no other copy
+    // of this pointer can have taken it.
+    let slot = unsafe { &mut *res.state.cast::<Option<Reservation>>() };
+    slot.as_mut().ok_or(p99_status::InvalidState)
 }
 
-fn take_reservation(res: &mut p99_cache_reservation) -> Result<Box<Reservation>, p99_status> {
+/// Takes the reservation out of `*res` (clearing it) and returns it with its emptied slot,
+/// which the caller gives to `recycle_slot`.
+fn take_reservation(
+    res: &mut p99_cache_reservation,
+) -> Result<(Reservation, ReservationSlot), p99_status> {
     if res.state.is_null() {
         return Err(p99_status::InvalidState);
     }
     // SAFETY: as in reservation_of; the pointer is cleared right away so it is taken once.
-    let b = unsafe { Box::from_raw(res.state.cast::<Reservation>()) };
+    let mut slot = unsafe { Box::from_raw(res.state.cast::<Option<Reservation>>()) };
     res.state = std::ptr::null_mut();
     res.value = std::ptr::null_mut();
     res.value_len = 0;
-    Ok(b)
+    match slot.take() {
+        Some(r) => Ok((r, slot)),
+        None => Err(p99_status::InvalidState), // cannot happen: slots are filled when issued
+    }
 }
 
 /// Appends the next `len` bytes of the value from `data` (borrowed until return).
@@ -515,9 +560,10 @@ pub unsafe extern "C" fn p99_cache_commit(
     guard(|| -> CResult {
         let c = c_arg!(handle cache)?;
         let r = c_arg!(mut res)?;
-        let b = take_reservation(r)?;
+        let (reservation, slot) = take_reservation(r)?;
+        recycle_slot(slot);
         let mode = mode_from(mode)?;
-        let cas = c.cache.commit(*b, mode, cas_in)?;
+        let cas = c.cache.commit(reservation, mode, cas_in)?;
         if let Some(out) = c_arg!(opt_out cas_out) {
             out.write(cas);
         }
@@ -531,7 +577,9 @@ pub unsafe extern "C" fn p99_cache_commit(
 pub unsafe extern "C" fn p99_cache_cancel(res: *mut p99_cache_reservation) -> p99_status {
     guard(|| -> CResult {
         let r = c_arg!(mut res)?;
-        drop(take_reservation(r)?);
+        let (reservation, slot) = take_reservation(r)?;
+        drop(reservation);
+        recycle_slot(slot);
         Ok(())
     })
 }

@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import socket
+import subprocess
 import threading
 import time
 import unittest
@@ -608,6 +609,29 @@ class Settings(unittest.TestCase):
             c.close()
         finally:
             self.assertEqual(srv.stop(), 0)
+
+    def test_hashpower_sizes_the_table_up_front(self):
+        # memcached's -o hashpower=N: the slab store starts with 2^N buckets, the p99 store
+        # sizes its table for 1.5 x 2^N items (well above its -m 64 default of ~0.5M).
+        srv = start_mcserver(BIN, "-t", "1", "-o", "hashpower=20")
+        try:
+            c = Conn(srv.port)
+            self.assertEqual(c.cmd(b"set k 0 0 1\r\nv\r\n"), b"STORED\r\n")
+            self.assertEqual(c.cmd(b"get k\r\n"), b"VALUE k 0 1\r\n")
+            self.assertEqual(c.exactly(8), b"v\r\nEND\r\n")
+            c.send(b"stats\r\n")
+            st = dict(l.split(b" ")[1:3] for l in c.get_reply().split(b"\r\n") if l.startswith(b"STAT "))
+            if b"p99_hash_bytes" in st:
+                self.assertGreaterEqual(int(st[b"p99_hash_bytes"]), (3 << 20) // 2 * 8)
+            else:
+                self.assertEqual(st[b"hash_power_level"], b"20")
+            c.close()
+        finally:
+            self.assertEqual(srv.stop(), 0)
+        for bad in ("hashpower=11", "hashpower=33", "hashpower=x", "hashpower="):
+            r = subprocess.run([BIN, "-U", "0", "-p", "0", "-o", bad], capture_output=True, timeout=10)
+            self.assertNotEqual(r.returncode, 0, bad)
+            self.assertIn(b"-o " + bad.encode(), r.stderr, bad)
 
     def test_slabs_automove_and_verbosity(self):
         srv = start_mcserver(BIN, "-t", "1")

@@ -32,6 +32,17 @@ struct Params {
     threads: Vec<u32>,
     zipf: f64,
     read_pin: bool,
+    /// memcached -o hashpower for both stores; None = auto (from the key count).
+    hashpower: Option<u32>,
+}
+
+impl Params {
+    /// The hashpower given to both stores: the smallest N (12..32) whose 1.5 x 2^N items
+    /// cover the keys, unless one was chosen (0: each store's default).
+    fn hashpower(&self) -> u32 {
+        self.hashpower
+            .unwrap_or_else(|| (12..32).find(|&n| (3u64 << n) / 2 >= self.keys).unwrap_or(32))
+    }
 }
 
 #[derive(Clone, Default)]
@@ -70,6 +81,7 @@ macro_rules! run_with {
             threads: $threads,
             zipf_s: p.zipf,
             read_mode: if p.read_pin { $m::HARNESS_READ_PIN } else { $m::HARNESS_READ_COPY },
+            hashpower: p.hashpower(),
         };
         // SAFETY: harness_result is plain data; the harness overwrites it.
         let mut r: $m::harness_result = unsafe { std::mem::zeroed() };
@@ -161,6 +173,7 @@ fn parse(args: &[String]) -> Result<Params, String> {
         threads: vec![1],
         zipf: 0.0,
         read_pin: false,
+        hashpower: None,
     };
     let mut i = 0;
     while i < args.len() {
@@ -185,6 +198,16 @@ fn parse(args: &[String]) -> Result<Params, String> {
             "--rounds" => p.rounds = n(v()?)?.max(1) as usize,
             "--sample-every" => p.sample_every = n(v()?)?.max(1) as u32,
             "--json" => p.json = Some(v()?),
+            "--hashpower" => {
+                p.hashpower = match v()?.as_str() {
+                    "auto" => None,
+                    s => match s.parse::<u32>() {
+                        Ok(0) => Some(0),
+                        Ok(n) if (12..=32).contains(&n) => Some(n),
+                        _ => return Err(format!("--hashpower: '{s}' is not auto, 0 or 12..32")),
+                    },
+                }
+            }
             "--threads" => {
                 p.threads = v()?
                     .split(',')
@@ -215,10 +238,13 @@ fn parse(args: &[String]) -> Result<Params, String> {
             "-h" | "--help" => {
                 return Err("usage: p99-storebench [--quick] [--keys N] [--key-size N] [--value-size N] \
                             [--get-percent N] [--ops N] [--mem-mb N] [--rounds N] [--sample-every N] \
-                            [--threads N[,N...]] [--popularity uniform|zipf:S] [--read copy|pin] [--json PATH]\n\
+                            [--threads N[,N...]] [--popularity uniform|zipf:S] [--read copy|pin] [--hashpower auto|0|N] [--json PATH]\n\
                             --threads: one run per count, threads pinned to distinct CPUs of the affinity set\n\
                             --read copy (default): storage_get_copy into a 1 KiB buffer, as mcserver's get does; \
-                            pin: storage_get + storage_release"
+                            pin: storage_get + storage_release\n\
+                            --hashpower (memcached -o hashpower, given to both stores): auto (default) sizes both \
+                            hash tables for the key count (the smallest N with 1.5 x 2^N >= keys), as an operator \
+                            who knows the item count would; 0 leaves each store's default sizing"
                     .into())
             }
             _ => return Err(format!("unknown flag '{f}'")),
@@ -306,7 +332,7 @@ fn main() {
     }
     let popularity = if p.zipf > 0.0 { format!("zipf {}", p.zipf) } else { "uniform".to_string() };
     println!(
-        "   {} keys ({popularity}), key {} B, value {} B; {} gets, then {} ops of {}% get / {}% set; reads by {}; {} rounds, medians",
+        "   {} keys ({popularity}), key {} B, value {} B; {} gets, then {} ops of {}% get / {}% set; reads by {}; hashpower {}; {} rounds, medians",
         p.keys,
         p.key_size,
         p.value_size,
@@ -315,6 +341,10 @@ fn main() {
         p.get_percent,
         100 - p.get_percent,
         if p.read_pin { "pin" } else { "copy" },
+        match p.hashpower() {
+            0 => "0 (store defaults)".to_string(),
+            n => format!("{n} (both stores)"),
+        },
         p.rounds
     );
     println!(
@@ -417,7 +447,7 @@ fn main() {
     let threads_json: Vec<String> = p.threads.iter().map(|t| t.to_string()).collect();
     let json = format!(
         "{{\n  \"stores\": [\n{}\n  ],\n  \"params\": {{\"keys\": {}, \"key_size\": {}, \"value_size\": {}, \"get_percent\": {}, \"ops\": {}, \
-         \"mem_mb\": {}, \"rounds\": {}, \"sample_every\": {}, \"threads\": [{}], \"popularity\": \"{}\", \"zipf_s\": {}, \"read\": \"{}\"}},\n  \
+         \"mem_mb\": {}, \"rounds\": {}, \"sample_every\": {}, \"threads\": [{}], \"popularity\": \"{}\", \"zipf_s\": {}, \"read\": \"{}\", \"hashpower\": {}}},\n  \
          \"note\": \"ns_per_op: wall time per operation (over all threads); cpu_ns_per_op: CPU time of the benchmark threads per operation \
          (leaves out time spent waiting for a CPU on a shared machine); ratio_to_slab / cpu_ratio_to_slab: the slab store's figure over \
          this store's at the same thread count (above 1: faster than slab); mix_scaling_to_1_thread: this store's mix throughput over \
@@ -435,6 +465,7 @@ fn main() {
         if p.zipf > 0.0 { "zipf" } else { "uniform" },
         p.zipf,
         if p.read_pin { "pin" } else { "copy" },
+        p.hashpower(),
     );
     if let Some(path) = &p.json {
         if let Err(e) = std::fs::write(path, &json) {
