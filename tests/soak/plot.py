@@ -33,11 +33,11 @@ def read_samples(path):
 
 
 def nice_max(v):
-    """A round axis maximum at or above v (1, 2 or 5 times a power of ten)."""
+    """A round axis maximum at or above v (a power of ten times 1, 1.5, 2, ... 8)."""
     if v <= 0:
         return 1.0
     p = 10 ** math.floor(math.log10(v))
-    for m in (1, 2, 5, 10):
+    for m in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
         if m * p >= v:
             return m * p
     return 10 * p
