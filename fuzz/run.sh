@@ -79,6 +79,7 @@ run_c_target() {
         -artifact_prefix="artifacts/$t/" $(dict_flag "$t") >"$log" 2>&1
     local rc=$?
     set -e
+    if [ $seeds_only = 0 ]; then cp "$log" "corpus/$t.last.log"; fi
     record "$t" "$log" $rc
 }
 

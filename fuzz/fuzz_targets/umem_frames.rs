@@ -17,7 +17,6 @@
 //! is held and `addr + len` stays inside it, and then points exactly at `area + addr`.
 #![no_main]
 
-use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
@@ -80,7 +79,46 @@ fn counts(u: *mut p99_xdp_umem) -> p99_xdp_frame_counts {
     c
 }
 
-fn check_counts(u: *mut p99_xdp_umem, held: &BTreeSet<u64>) {
+/// The frames the caller holds, one bit per frame (COUNT is 64): the model is checked after
+/// every step, so it must cost less than the calls it checks (a set collected into a vector
+/// on every address pick took a seventh of the run).
+#[derive(Clone, Copy, Debug, Default)]
+struct Held(u64);
+
+impl Held {
+    fn contains(self, i: u64) -> bool {
+        i < COUNT && self.0 & (1 << i) != 0
+    }
+    /// Adds frame `i`; false if it was held already.
+    fn insert(&mut self, i: u64) -> bool {
+        assert!(i < COUNT, "frame {i} is beyond the area");
+        let was = self.contains(i);
+        self.0 |= 1 << i;
+        !was
+    }
+    fn remove(&mut self, i: u64) {
+        self.0 &= !(1 << i);
+    }
+    fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+    fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    /// The `n`th held frame in increasing order (`n` < `len()`).
+    fn nth(self, n: usize) -> u64 {
+        let mut bits = self.0;
+        for _ in 0..n {
+            bits &= bits - 1;
+        }
+        u64::from(bits.trailing_zeros())
+    }
+    fn iter(self) -> impl Iterator<Item = u64> {
+        (0..COUNT).filter(move |&i| self.contains(i))
+    }
+}
+
+fn check_counts(u: *mut p99_xdp_umem, held: Held) {
     let c = counts(u);
     assert_eq!(
         (c.held as usize, c.in_fill, c.in_tx),
@@ -90,16 +128,13 @@ fn check_counts(u: *mut p99_xdp_umem, held: &BTreeSet<u64>) {
     assert_eq!(c.free as u64 + c.held as u64, COUNT);
 }
 
-fn any_addr(b: &mut Bytes, held: &BTreeSet<u64>, released: &[u64]) -> u64 {
-    let pick = |b: &mut Bytes, s: &[u64]| s[b.below(s.len())];
+fn any_addr(b: &mut Bytes, held: Held, released: &[u64]) -> u64 {
     match b.u8() % 8 {
-        0 | 1 if !held.is_empty() => pick(b, &held.iter().copied().collect::<Vec<_>>()) * FRAME,
+        0 | 1 if !held.is_empty() => held.nth(b.below(held.len())) * FRAME,
         2 if !held.is_empty() => {
-            pick(b, &held.iter().copied().collect::<Vec<_>>()) * FRAME
-                + 1
-                + b.below(FRAME as usize - 1) as u64
+            held.nth(b.below(held.len())) * FRAME + 1 + b.below(FRAME as usize - 1) as u64
         }
-        3 if !released.is_empty() => pick(b, released) * FRAME + b.below(4) as u64,
+        3 if !released.is_empty() => released[b.below(released.len())] * FRAME + b.below(4) as u64,
         4 => COUNT * FRAME + b.below(3 * FRAME as usize) as u64,
         5 => u64::MAX - b.below(FRAME as usize) as u64,
         6 => b.below(COUNT as usize) as u64 * FRAME,
@@ -111,16 +146,16 @@ fuzz_target!(|data: &[u8]| {
     let mut b = Bytes::new(data);
     let um = umem();
     let u = um.0;
-    let mut held: BTreeSet<u64> = BTreeSet::new();
-    let mut released: Vec<u64> = Vec::new();
-    check_counts(u, &held);
+    let mut held = Held::default();
+    let mut released: Vec<u64> = Vec::with_capacity(40);
+    check_counts(u, held);
     let mut steps = 0;
     while !b.is_empty() && steps < 2000 {
         steps += 1;
         match b.u8() % 4 {
             0 => {
                 let want = b.below(COUNT as usize / 2 + 1);
-                let mut d = vec![p99_xdp_desc { addr: 7, len: 7, options: 7 }; want];
+                let mut d = [p99_xdp_desc { addr: 7, len: 7, options: 7 }; COUNT as usize / 2];
                 let mut n = u32::MAX;
                 // SAFETY: live umem; `d` has room for `want` descs; `n` writable.
                 assert_eq!(
@@ -140,24 +175,24 @@ fuzz_target!(|data: &[u8]| {
             }
             1 => {
                 let k = b.below(6);
-                let descs: Vec<p99_xdp_desc> = (0..k)
-                    .map(|_| p99_xdp_desc {
-                        addr: any_addr(&mut b, &held, &released),
-                        len: b.u32(),
-                        options: b.u32(),
-                    })
-                    .collect();
-                let mut seen = BTreeSet::new();
+                let mut descs = [p99_xdp_desc { addr: 0, len: 0, options: 0 }; 5];
+                for d in &mut descs[..k] {
+                    d.addr = any_addr(&mut b, held, &released);
+                    d.len = b.u32();
+                    d.options = b.u32();
+                }
+                let descs = &descs[..k];
+                let mut seen = Held::default();
                 let ok = descs.iter().all(|d| {
                     let i = d.addr / FRAME;
-                    held.contains(&i) && seen.insert(i)
+                    held.contains(i) && seen.insert(i)
                 });
                 // SAFETY: live umem; `descs` holds `k` descs.
                 let st = unsafe { p99_xdp_umem_release(u, descs.as_ptr(), k as u32) };
                 if ok {
                     assert_eq!(st, S::Ok, "release of held frames refused: {descs:?}");
-                    for d in &descs {
-                        held.remove(&(d.addr / FRAME));
+                    for d in descs {
+                        held.remove(d.addr / FRAME);
                         released.push(d.addr / FRAME);
                     }
                     if released.len() > 32 {
@@ -172,7 +207,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             2 => {
-                let addr = any_addr(&mut b, &held, &released);
+                let addr = any_addr(&mut b, held, &released);
                 let len = match b.u8() % 4 {
                     0 => 0,
                     1 => FRAME as u32 - (addr % FRAME) as u32,
@@ -182,7 +217,7 @@ fuzz_target!(|data: &[u8]| {
                 let mut p = std::ptr::null_mut();
                 // SAFETY: live umem; `p` writable.
                 let st = unsafe { p99_xdp_umem_data(u, addr, len, &mut p) };
-                let ok = held.contains(&(addr / FRAME)) && (addr % FRAME) + len as u64 <= FRAME;
+                let ok = held.contains(addr / FRAME) && (addr % FRAME) + len as u64 <= FRAME;
                 if ok {
                     assert_eq!(st, S::Ok, "data refused for a held frame: {addr:#x}+{len}");
                     assert_eq!(p as usize, um.1 + addr as usize);
@@ -195,12 +230,12 @@ fuzz_target!(|data: &[u8]| {
                     assert!(p.is_null(), "output written on failure");
                 }
             }
-            _ => check_counts(u, &held),
+            _ => check_counts(u, held),
         }
     }
-    check_counts(u, &held);
+    check_counts(u, held);
     let all: Vec<p99_xdp_desc> =
-        held.iter().map(|&i| p99_xdp_desc { addr: i * FRAME, len: 0, options: 0 }).collect();
+        held.iter().map(|i| p99_xdp_desc { addr: i * FRAME, len: 0, options: 0 }).collect();
     // SAFETY: live umem; `all` holds every frame held.
     assert_eq!(unsafe { p99_xdp_umem_release(u, all.as_ptr(), all.len() as u32) }, S::Ok);
     // Released twice: refused, nothing changes.
@@ -211,6 +246,5 @@ fuzz_target!(|data: &[u8]| {
             S::InvalidArgument
         );
     }
-    held.clear();
-    check_counts(u, &held);
+    check_counts(u, Held::default());
 });

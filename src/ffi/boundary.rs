@@ -651,4 +651,228 @@ mod tests {
         assert!(c_arg!(versioned_out p).is_err());
         assert_eq!(tiny, [3, 7]);
     }
+
+    // The tests below are the ones `make miri` runs under Miri besides those above: each walks
+    // a pointer form with memory of exactly the size C promised (heap buffers, not arrays
+    // with room to spare), so that Miri flags any byte read or written past it, a use after
+    // `_free`, a leak, or a reference made from an unaligned or dangling pointer.
+
+    struct Thing {
+        v: Vec<u32>,
+    }
+    impl Handle for Thing {}
+
+    fn sum(h: *const Thing) -> Result<u32, Failure> {
+        let t = c_arg!(handle h)?;
+        Ok(t.v.iter().sum())
+    }
+
+    fn free(h: *mut Thing) -> Option<Box<Thing>> {
+        c_arg!(owned h)
+    }
+
+    #[test]
+    fn handle_lives_from_into_c_until_taken_back_once() {
+        let h = Thing { v: vec![1, 2, 3] }.into_c();
+        assert_eq!(sum(h).unwrap(), 6);
+        assert_eq!(sum(h).unwrap(), 6, "a borrow leaves the handle alive");
+        assert_eq!(sum(std::ptr::null()).unwrap_err().status(), p99_status::NullParameter);
+        assert_eq!(free(h).map(|t| t.v), Some(vec![1, 2, 3]));
+        assert!(free(std::ptr::null_mut()).is_none(), "freeing NULL is a no-op");
+    }
+
+    fn fill(fail: bool, out: *mut u64, extra: *mut u32) -> CResult {
+        let out = c_arg!(out out)?;
+        let extra = c_arg!(opt_out extra);
+        if fail {
+            return Err(Failure::invalid("refused"));
+        }
+        if let Some(e) = extra {
+            e.write(7);
+        }
+        out.write(u64::MAX);
+        Ok(())
+    }
+
+    #[test]
+    fn out_parameters_are_written_once_and_only_on_success() {
+        // Uninitialised memory, as C's `uint64_t v;`: written, never read, by the library.
+        let mut v = std::mem::MaybeUninit::<u64>::uninit();
+        assert_eq!(guard(|| fill(false, v.as_mut_ptr(), std::ptr::null_mut())), p99_status::Ok);
+        // SAFETY: the call succeeded, so it wrote `v`.
+        assert_eq!(unsafe { v.assume_init() }, u64::MAX);
+        let (mut v, mut e) = (Box::new(5u64), Box::new(1u32));
+        let (pv, pe) = (&mut *v as *mut u64, &mut *e as *mut u32);
+        assert_eq!(guard(|| fill(true, pv, pe)), p99_status::InvalidArgument);
+        assert_eq!((*v, *e), (5, 1), "nothing written on failure");
+        assert_eq!(guard(|| fill(false, pv, pe)), p99_status::Ok);
+        assert_eq!((*v, *e), (u64::MAX, 7));
+        assert_eq!(guard(|| fill(false, std::ptr::null_mut(), pe)), p99_status::NullParameter);
+        assert_eq!(last_message(), "`out` is NULL");
+    }
+
+    fn copy_name(buf: *mut u8, n: usize, name: *const c_char, cfg: *mut Grown) -> CResult {
+        let buf = c_arg!(slice_mut buf, n)?;
+        let name = c_arg!(cstr name)?;
+        let cfg = c_arg!(mut cfg)?;
+        let bytes = name.to_bytes();
+        let k = bytes.len().min(buf.len());
+        buf[..k].copy_from_slice(&bytes[..k]);
+        cfg.a = k as u32;
+        Ok(())
+    }
+
+    #[test]
+    fn buffers_and_strings_borrow_exactly_what_the_caller_gave() {
+        let mut g = Box::new(DEFAULTS);
+        let pg = &mut *g as *mut Grown;
+        // A heap buffer of exactly 3 bytes and a string longer than it.
+        let mut heap = vec![0u8; 3].into_boxed_slice();
+        assert_eq!(
+            guard(|| copy_name(heap.as_mut_ptr(), 3, c"xyzzy".as_ptr(), pg)),
+            p99_status::Ok
+        );
+        assert_eq!((&*heap, g.a), (&b"xyz"[..], 3));
+        // A string shorter than the buffer: its NUL ends the read.
+        let name = std::ffi::CString::new("q").unwrap();
+        assert_eq!(guard(|| copy_name(heap.as_mut_ptr(), 3, name.as_ptr(), pg)), p99_status::Ok);
+        assert_eq!((&*heap, g.a), (&b"qyz"[..], 1));
+        // No elements: NULL and a dangling pointer are both accepted and never touched.
+        assert_eq!(guard(|| copy_name(std::ptr::null_mut(), 0, c"a".as_ptr(), pg)), p99_status::Ok);
+        let dangling = std::ptr::NonNull::<u8>::dangling().as_ptr();
+        assert_eq!(guard(|| copy_name(dangling, 0, c"a".as_ptr(), pg)), p99_status::Ok);
+        assert_eq!(g.a, 0);
+        // NULLs are named, and nothing is written before they are found.
+        assert_eq!(
+            guard(|| copy_name(std::ptr::null_mut(), 1, c"a".as_ptr(), pg)),
+            p99_status::NullParameter
+        );
+        assert_eq!(last_message(), "`buf` is NULL");
+        assert_eq!(
+            guard(|| copy_name(heap.as_mut_ptr(), 3, std::ptr::null(), pg)),
+            p99_status::NullParameter
+        );
+        assert_eq!(last_message(), "`name` is NULL");
+        assert_eq!(
+            guard(|| copy_name(heap.as_mut_ptr(), 3, c"a".as_ptr(), std::ptr::null_mut())),
+            p99_status::NullParameter
+        );
+        assert_eq!(last_message(), "`cfg` is NULL");
+        assert_eq!(&*heap, b"qyz");
+        // A length no memory can hold is refused before a slice is made.
+        assert_eq!(
+            guard(|| copy_name(heap.as_mut_ptr(), usize::MAX, c"a".as_ptr(), pg)),
+            p99_status::InvalidArgument
+        );
+        let words: *const u64 = heap.as_ptr().cast();
+        // SAFETY: refused on the length before the pointer is used.
+        let r = unsafe { slice_from(words, usize::MAX / 4, "words") };
+        assert_eq!(r.unwrap_err().status(), p99_status::InvalidArgument);
+    }
+
+    #[test]
+    fn last_error_message_outlives_successes_and_follows_new_failures() {
+        std::thread::spawn(|| {
+            assert_eq!(guard(|| Err(Failure::invalid("first"))), p99_status::InvalidArgument);
+            let p = p99_last_error_message();
+            for _ in 0..3 {
+                assert_eq!(guard(|| Ok(())), p99_status::Ok);
+                assert_eq!(guard_or(1u8, || 2u8), 2);
+            }
+            // SAFETY: only successes since: the text is still the library's, unchanged.
+            assert_eq!(unsafe { CStr::from_ptr(p) }.to_str(), Ok("first"));
+            // A NUL inside a message cannot end it early.
+            assert_eq!(guard(|| Err(Failure::invalid("a\0b"))), p99_status::InvalidArgument);
+            assert_eq!(last_message(), "a b");
+            // Panics: a String payload, and one that is not text; guard_or's fallback value.
+            assert_eq!(guard(|| panic!("{} at {}", "boom", 7)), p99_status::Panic);
+            assert!(last_message().ends_with("boom at 7"), "{}", last_message());
+            assert_eq!(guard_or(9u8, || std::panic::panic_any(5u32)), 9);
+            assert!(last_message().ends_with("non-text panic payload"), "{}", last_message());
+            // A plain failure after a detailed one gives its status text.
+            assert_eq!(guard(|| Err(p99_status::Busy.into())), p99_status::Busy);
+            assert_eq!(last_message(), "busy");
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// A struct of exactly `size` bytes on the heap, as a C caller of that header version
+    /// would pass it: `struct_size` set, `fill` in every other byte.
+    fn c_struct(size: usize, fill: u8) -> Box<[u8]> {
+        let mut b = vec![fill; size].into_boxed_slice();
+        b[..4].copy_from_slice(&(size as u32).to_ne_bytes());
+        b
+    }
+
+    /// `defaults` writes the caller's size exactly: all of a first-published struct, and for a
+    /// larger (newer) struct this library's fields then zeros, never a byte past the end.
+    fn defaults_fit<T: Versioned>(defaults: unsafe extern "C" fn(*mut T) -> p99_status) {
+        let ours = std::mem::size_of::<T>();
+        for size in [T::FIRST_SIZE, ours, ours + 12] {
+            let mut b = c_struct(size, 0xee);
+            // SAFETY: `size` writable bytes whose first 4 hold struct_size (byte-wise access
+            // only, so no alignment is needed).
+            assert_eq!(unsafe { defaults(b.as_mut_ptr().cast()) }, p99_status::Ok, "{}", T::NAME);
+            assert_eq!(&b[..4], &(size as u32).to_ne_bytes(), "{}: struct_size kept", T::NAME);
+            assert!(
+                b[ours.min(size)..].iter().all(|&x| x == 0),
+                "{}: unknown tail zeroed",
+                T::NAME
+            );
+            // Read back as a caller-filled struct of the same size: accepted.
+            let p = b.as_ptr().cast::<T>();
+            // SAFETY: as above, readable.
+            let r = unsafe { read_versioned(p, defaults_value::<T>(defaults), "config") };
+            assert!(r.is_ok(), "{}: its own defaults refused at size {size}", T::NAME);
+        }
+        let mut b = c_struct(T::FIRST_SIZE - 1, 0);
+        // SAFETY: as above.
+        assert_eq!(unsafe { defaults(b.as_mut_ptr().cast()) }, p99_status::InvalidArgument);
+    }
+
+    fn defaults_value<T: Versioned>(defaults: unsafe extern "C" fn(*mut T) -> p99_status) -> T {
+        let mut v = std::mem::MaybeUninit::<T>::zeroed();
+        // SAFETY: a writable T whose struct_size is set first.
+        unsafe {
+            v.as_mut_ptr().cast::<u32>().write(std::mem::size_of::<T>() as u32);
+            assert_eq!(defaults(v.as_mut_ptr()), p99_status::Ok);
+            v.assume_init()
+        }
+    }
+
+    #[test]
+    fn every_defaults_call_writes_exactly_the_callers_struct() {
+        use crate::ffi::{cache, engine, tls, xdp};
+        defaults_fit(cache::p99_cache_config_defaults);
+        defaults_fit(engine::p99_engine_config_defaults);
+        defaults_fit(engine::p99_engine_callbacks_defaults);
+        defaults_fit(tls::p99_tls_config_defaults);
+        defaults_fit(xdp::umem::p99_xdp_umem_config_defaults);
+        defaults_fit(xdp::socket::p99_xdp_socket_config_defaults);
+    }
+
+    #[test]
+    fn versioned_in_reads_no_byte_past_a_first_published_struct() {
+        // Grown's first layout is 8 bytes: a heap buffer of exactly that, unaligned for Grown
+        // (an odd offset in a larger allocation would hide overreads, so the buffer is its own
+        // allocation and the read is byte-wise).
+        let b = c_struct(8, 0x11);
+        let g = {
+            let p = b.as_ptr().cast::<Grown>();
+            c_arg!(versioned_in p, DEFAULTS).unwrap()
+        };
+        assert_eq!((g.struct_size, g.a, g.b), (8, 0x1111_1111, DEFAULTS.b));
+        // A newer caller's zero tail is read (and accepted) up to its end, no further.
+        let mut b = c_struct(40, 0);
+        b[4] = 3;
+        let p = b.as_ptr().cast::<Grown>();
+        assert_eq!(c_arg!(versioned_in p, DEFAULTS).unwrap().a, 3);
+        b[39] = 1;
+        let p = b.as_ptr().cast::<Grown>();
+        assert_eq!(
+            c_arg!(versioned_in p, DEFAULTS).unwrap_err().status(),
+            p99_status::InvalidArgument
+        );
+    }
 }

@@ -402,8 +402,16 @@ def run_server(name, args, log):
     if srv.alive() and fds_end is not None and fds_end > base_fds:
         extra = {fd: t for fd, t in fd_targets(pid).items() if base_targets.get(fd) != t}
         inodes = {t[len("socket:["):-1] for t in extra.values() if t.startswith("socket:[")}
-        failures.append("fds not back to baseline: %d at start, %d 10 s after the faults ended; extra %s, TCP states %s"
-                        % (base_fds, fds_end, extra, tcp_states(inodes)))
+        # Late or leaked? The run fails either way; watching them a minute longer says which.
+        watch = time.time()
+        fate = "still open 70 s after the faults ended"
+        while srv.alive() and time.time() - watch < 60:
+            if fd_count(pid) <= base_fds:
+                fate = "closed %.1f s after the faults ended" % (10 + time.time() - watch)
+                break
+            time.sleep(0.5)
+        failures.append("fds not back to baseline: %d at start, %d 10 s after the faults ended; extra %s, TCP states %s; %s"
+                        % (base_fds, fds_end, extra, tcp_states(inodes), fate))
     try:
         _, berr = bproc.communicate(timeout=args.secs + 60)
     except subprocess.TimeoutExpired:
