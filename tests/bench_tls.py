@@ -11,12 +11,14 @@ usage: python3 tests/bench_tls.py BIN_DIR
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "mcserver"))
+import mcutil  # noqa: E402  (Server: a process on a free loopback port)
 
 BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build/bin")
 PING_SERVERS = ["pingserver-c", "pingserver-c-p99", "pingserver-rs"]
@@ -41,41 +43,6 @@ def make_certs(d):
         f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
     openssl(d, "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
             "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "server.crt")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Server:
-    def __init__(self, argv):
-        for _ in range(10):
-            self.port = free_port()
-            cmd = [a.replace("{port}", str(self.port)) for a in argv]
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            deadline = time.time() + 5
-            while time.time() < deadline and self.proc.poll() is None:
-                try:
-                    socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                    return
-                except OSError:
-                    time.sleep(0.02)
-            self.stop()
-        raise RuntimeError("did not start: %s" % " ".join(argv))
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
 
 
 # p99-bench's words for a run that measured nothing because the machine ran neither generator nor
@@ -109,8 +76,7 @@ class BenchTls(unittest.TestCase):
                    "--tls-key", os.path.join(cls.dir, "server.key")]
         cls.servers = {}
         for name in PING_SERVERS:
-            cls.servers[name] = Server([os.path.join(BIN, name), "-p", "{port}", "-l", "127.0.0.1",
-                                        "-t", "1"] + cls.tls)
+            cls.servers[name] = mcutil.Server([os.path.join(BIN, name), "-t", "1"] + cls.tls, name)
 
     @classmethod
     def tearDownClass(cls):
@@ -198,8 +164,7 @@ class BenchTls(unittest.TestCase):
             self.skipTest("mcserver-p99-uring not built")
         z = "ssl_chain_cert=%s,ssl_key=%s" % (os.path.join(self.dir, "server.crt"),
                                               os.path.join(self.dir, "server.key"))
-        s = Server([prog, "-p", "{port}", "-l", "127.0.0.1", "-t", "1", "-m", "64", "-U", "0",
-                    "-Z", "-o", z])
+        s = mcutil.Server([prog, "-t", "1", "-m", "64", "-U", "0", "-Z", "-o", z], "mcserver-p99-uring")
         try:
             rc, res, out = bench(s.port, "-P", "memcache", "--keys", "3000", "-c", "8", "-d", "8",
                                  "--tls", "--tls-ca", self.ca)
