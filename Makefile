@@ -281,6 +281,7 @@ parity: deps
 
 test-bench: storebench
 	tests/parity-smoke.sh $(BIN) $(BUILD)/parity-smoke
+	$(PYTHON) tests/bench_tls.py $(BIN)
 
 # --- fuzzing ----------------------------------------------------------------------------------
 #   make fuzz                    every target for FUZZ_SECS seconds each (fails on any crash)

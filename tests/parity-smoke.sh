@@ -94,6 +94,48 @@ if fail:
 print(f"parity-smoke: results.json and {len(r['plots'])} plots check out")
 PY
 
+# The TLS scenarios, one short round each: every built variant has figures without errors (or
+# says why not), memcached -Z has figures, and resumed handshakes did resume.
+"$BIN/p99-parity" --scenarios tls-ping,tls-cache,tls-handshake --tls-rounds 1 --warmup 0.1 \
+  --duration 0.3 --ramp-secs 0.2 --ladder 0.3 --cache-args "--keys 2000" --bin-dir "$BIN" \
+  --out "$OUT/tls" >"$OUT.tls.log" 2>&1 || {
+  cat "$OUT.tls.log"; echo "parity-smoke: p99-parity TLS scenarios failed"; exit 1; }
+/usr/bin/python3 - "$OUT/tls/results.json" <<'PY'
+import json, sys
+sc = json.load(open(sys.argv[1]))["scenarios"]
+STARVED = "machine starved, nothing measured"
+fail = []
+runs = {"tls-ping": sc["tls-ping"], "tls-cache": sc["tls-cache"],
+        "tls-handshake full": sc["tls-handshake"]["full"],
+        "tls-handshake resumed": sc["tls-handshake"]["resumed"]}
+for name, s in runs.items():
+    for v in s["variants"]:
+        if v["problem"]:
+            print(f"parity-smoke: note: {name} {v['name']}: {v['problem']}")
+            if v["role"] == "reference" and STARVED not in v["problem"]:
+                fail.append(f"{name} {v['name']}: {v['problem']}")
+            continue
+        for run in v["peak_runs"] + v["latency_runs"]:
+            if run["errors"] or run["unanswered"] or not run["completed"]:
+                # As above: the reference must be clean; the servers' own tests judge them
+                # (tests/bench_tls.py runs p99-bench over TLS against each of them).
+                msg = f"{name} {v['name']}: errors or unanswered in {run['command']}"
+                if v["role"] == "reference":
+                    fail.append(msg)
+                else:
+                    print("parity-smoke: note: " + msg)
+            if "--tls" not in run["command"]:
+                fail.append(f"{name} {v['name']}: a run without --tls: {run['command']}")
+        if name == "tls-handshake resumed":
+            for run in v["peak_runs"]:
+                if not run["handshakes"]["resumed_fraction"]:
+                    fail.append(f"{v['name']}: no resumed handshake in {run['command']}")
+if fail:
+    print("\n".join("parity-smoke: " + f for f in fail))
+    sys.exit(1)
+print("parity-smoke: TLS scenarios check out")
+PY
+
 # The verdict rule, on servers whose difference is known: the same program twice, and once
 # slowed by a fixed CPU burn per request. Five rounds, as a default run uses.
 if [ -x "$BIN/pingserver-c" ]; then

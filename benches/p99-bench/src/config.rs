@@ -17,6 +17,15 @@ pub enum Popularity {
     Zipf(f64),
 }
 
+/// `--handshake`: a new TLS connection per request (connect, handshake, one ping, close).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Handshake {
+    /// Every handshake full: the client keeps no sessions.
+    Full,
+    /// Resume the session of an earlier connection (TLS 1.3 tickets, TLS 1.2 tickets or ids).
+    Resumed,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum UdpEngine {
     Kernel,
@@ -78,6 +87,15 @@ pub struct Config {
     pub json: Option<String>,
     pub progress: Option<bool>,
     pub seed: u64,
+    /// TLS (rustls) on every TCP connection: with `tls_ca` (PEM roots to verify the server
+    /// with) or `tls_insecure` (accept any certificate), SNI name, only one version.
+    pub tls: bool,
+    pub tls_ca: Option<String>,
+    pub tls_insecure: bool,
+    pub tls_sni: Option<String>,
+    /// "1.2" or "1.3"; None offers both.
+    pub tls_version: Option<String>,
+    pub handshake: Option<Handshake>,
 }
 
 impl Default for Config {
@@ -117,6 +135,12 @@ impl Default for Config {
             json: None,
             progress: None,
             seed: 0x9e37_79b9_7f4a_7c15,
+            tls: false,
+            tls_ca: None,
+            tls_insecure: false,
+            tls_sni: None,
+            tls_version: None,
+            handshake: None,
         }
     }
 }
@@ -153,6 +177,19 @@ udp:
       --xdp-queue N                  AF_XDP sender: its queue (default 0)
       --xdp-dst-mac MAC              AF_XDP sender: next hop MAC (default: neighbour table)
       --xdp-mode auto|native|generic AF_XDP attach mode (default auto)
+tls (ping and memcache):
+      --tls                          TLS (rustls, ring) on every connection, set up before the
+                                     run; needs --tls-ca or --tls-insecure
+      --tls-ca FILE                  verify the server's certificate against these PEM roots
+      --tls-insecure                 accept any server certificate, unchecked, and do not check
+                                     the handshake's signature either (benchmarking only)
+      --tls-sni NAME                 server name to send and verify (default: the host of
+                                     --server; an IP address is verified but sends no SNI)
+      --tls-version 1.2|1.3          offer only this version (default both)
+      --handshake full|resumed       measure handshakes (ping only, closed loop): each of the
+                                     --connections in turn connects, handshakes, sends one
+                                     PING, reads PONG and closes; resumed reuses the sessions
+                                     of earlier connections and reports how many resumed
 general:
       --server-pid PID               record this process's CPU use during the run
       --server-core N                record how busy that core was (by any process)
@@ -294,6 +331,18 @@ impl Config {
                 "--progress" => c.progress = Some(true),
                 "--no-progress" => c.progress = Some(false),
                 "--seed" => c.seed = num(flag, &take()?)?,
+                "--tls" => c.tls = true,
+                "--tls-ca" => c.tls_ca = Some(take()?),
+                "--tls-insecure" => c.tls_insecure = true,
+                "--tls-sni" => c.tls_sni = Some(take()?),
+                "--tls-version" => c.tls_version = Some(take()?),
+                "--handshake" => {
+                    c.handshake = Some(match take()?.as_str() {
+                        "full" => Handshake::Full,
+                        "resumed" => Handshake::Resumed,
+                        o => return Err(format!("--handshake: unknown '{o}' (full, resumed)")),
+                    })
+                }
                 o => return Err(format!("unknown flag '{o}' (see --help)")),
             }
             i += 1;
@@ -359,6 +408,38 @@ impl Config {
         }
         if self.slo_us <= 0.0 {
             return bad("--slo-us: > 0");
+        }
+        self.validate_tls()
+    }
+
+    fn validate_tls(&self) -> Result<(), String> {
+        let bad = |m: &str| Err(m.to_string());
+        let any_tls_flag = self.tls_ca.is_some()
+            || self.tls_insecure
+            || self.tls_sni.is_some()
+            || self.tls_version.is_some()
+            || self.handshake.is_some();
+        if !self.tls {
+            return if any_tls_flag { bad("--tls-* and --handshake need --tls") } else { Ok(()) };
+        }
+        if self.protocol == Protocol::Udp {
+            return bad("--tls: ping and memcache only (TCP)");
+        }
+        if self.tls_ca.is_some() == self.tls_insecure {
+            return bad("--tls: give exactly one of --tls-ca FILE and --tls-insecure");
+        }
+        if let Some(v) = &self.tls_version {
+            if v != "1.2" && v != "1.3" {
+                return bad("--tls-version: 1.2 or 1.3");
+            }
+        }
+        if self.handshake.is_some() {
+            if self.protocol != Protocol::Ping {
+                return bad("--handshake: with --protocol ping");
+            }
+            if self.rate > 0.0 || self.ramp.is_some() {
+                return bad("--handshake: closed loop only (no --rate or --ramp)");
+            }
         }
         Ok(())
     }
@@ -453,6 +534,31 @@ impl Config {
             p("--inject-stall", fmt_f(self.inject_stall_ms));
         }
         p("--seed", self.seed.to_string());
+        if let Some(f) = &self.tls_ca {
+            p("--tls-ca", f.clone());
+        }
+        if let Some(n) = &self.tls_sni {
+            p("--tls-sni", n.clone());
+        }
+        if let Some(v) = &self.tls_version {
+            p("--tls-version", v.clone());
+        }
+        if let Some(h) = self.handshake {
+            p(
+                "--handshake",
+                match h {
+                    Handshake::Full => "full",
+                    Handshake::Resumed => "resumed",
+                }
+                .into(),
+            );
+        }
+        if self.tls {
+            a.push("--tls".into());
+        }
+        if self.tls_insecure {
+            a.push("--tls-insecure".into());
+        }
         if self.stall_probe {
             a.push("--stall-probe".into());
         }
@@ -506,6 +612,23 @@ mod tests {
     }
 
     #[test]
+    fn tls_flags_round_trip_through_the_command_line() {
+        let c = Config::parse(&args(
+            "--tls --tls-ca /tmp/ca.pem --tls-sni localhost --tls-version 1.3 --handshake resumed",
+        ))
+        .unwrap()
+        .unwrap();
+        let again = Config::parse(&c.to_args()).unwrap().unwrap();
+        assert_eq!(again.to_args(), c.to_args());
+        assert!(again.tls && !again.tls_insecure);
+        assert_eq!(again.tls_ca.as_deref(), Some("/tmp/ca.pem"));
+        assert_eq!(again.tls_sni.as_deref(), Some("localhost"));
+        assert_eq!(again.handshake, Some(Handshake::Resumed));
+        let i = Config::parse(&args("--tls --tls-insecure")).unwrap().unwrap();
+        assert!(Config::parse(&i.to_args()).unwrap().unwrap().tls_insecure);
+    }
+
+    #[test]
     fn bad_flags_are_rejected_with_a_message() {
         for bad in [
             "--protocol smtp",
@@ -516,6 +639,14 @@ mod tests {
             "--ramp 10:0:5",
             "--udp-payload 4",
             "--bogus 1",
+            "--tls-insecure",
+            "--tls",
+            "--tls --tls-insecure --tls-ca ca.pem",
+            "--tls --tls-insecure --tls-version 1.1",
+            "--tls --tls-insecure --handshake full -P memcache",
+            "--tls --tls-insecure --handshake resumed -r 1000",
+            "--tls --tls-insecure --handshake sometimes",
+            "-P udp --tls --tls-insecure",
         ] {
             let e = Config::parse(&args(bad)).err();
             assert!(e.is_some(), "accepted: {bad}");

@@ -9,6 +9,7 @@ mod json;
 mod run;
 mod stall;
 mod stats;
+mod tls;
 mod workload;
 mod xdp_sender;
 

@@ -112,6 +112,12 @@ impl Report {
         if let Some(s) = &self.stalls {
             o.set("stalls", stalls_json(s));
         }
+        if let Some(h) = self.config.handshake {
+            o.set("handshakes", self.handshakes_json(h));
+        }
+        if self.config.tls {
+            o.set("tls", self.tls_json());
+        }
         let curve: Vec<J> = stats::percentile_curve(&self.counts.hist, 4)
             .into_iter()
             .map(|(p, us)| J::Arr(vec![J::Num(p), J::Num(us)]))
@@ -124,9 +130,56 @@ impl Report {
         o
     }
 
+    /// Handshake mode: of the handshakes completed in the window, the share the server resumed.
+    pub fn resumed_fraction(&self) -> Option<f64> {
+        let n = self.counts.tls_full + self.counts.tls_resumed;
+        (self.config.handshake.is_some() && n > 0)
+            .then(|| self.counts.tls_resumed as f64 / n as f64)
+    }
+
+    fn handshakes_json(&self, h: crate::config::Handshake) -> J {
+        let mut o = J::obj();
+        o.set(
+            "mode",
+            match h {
+                crate::config::Handshake::Full => "full",
+                crate::config::Handshake::Resumed => "resumed",
+            },
+        );
+        o.set("per_s", self.rps);
+        o.set("full", self.counts.tls_full).set("resumed", self.counts.tls_resumed);
+        o.set("resumed_fraction", self.resumed_fraction());
+        o.set("failed", self.counts.errors);
+        o.set("first_error", self.counts.first_error.clone());
+        o.set(
+            "latency_is",
+            "from the start of the TCP connect to the end of the TLS handshake; each \
+             connection then sends one PING, reads PONG and closes",
+        );
+        o
+    }
+
+    fn tls_json(&self) -> J {
+        let c = &self.config;
+        let mut o = J::obj();
+        o.set("library", "rustls 0.23, ring provider");
+        o.set(
+            "verify",
+            match &c.tls_ca {
+                Some(f) => format!("certificate checked against {f}"),
+                None => "none (--tls-insecure: any certificate, signature unchecked)".into(),
+            },
+        );
+        o.set("sni", c.tls_sni.clone());
+        o.set("version", c.tls_version.clone().unwrap_or_else(|| "1.2 or 1.3".into()));
+        o
+    }
+
     pub fn summary(&self) -> String {
         let c = &self.config;
-        let mode = if c.rate > 0.0 {
+        let mode = if c.handshake.is_some() {
+            format!("a new connection per request, {} at a time", c.connections)
+        } else if c.rate > 0.0 {
             format!("open loop at {:.0}/s", c.rate)
         } else {
             format!("closed loop, {} conns x {} deep", c.connections, c.pipeline)
@@ -147,6 +200,23 @@ impl Report {
         );
         if let Some(h) = self.hit_ratio() {
             s += &format!(", hit ratio {:.2}%", h * 100.0);
+        }
+        if c.tls {
+            s += ", TLS";
+        }
+        if c.handshake.is_some() {
+            s += &format!(
+                "\n  handshakes: {:.0}/s, {} full, {} resumed ({:.1}% resumed), {} failed",
+                self.rps,
+                self.counts.tls_full,
+                self.counts.tls_resumed,
+                self.resumed_fraction().unwrap_or(0.0) * 100.0,
+                self.counts.errors
+            );
+            if let Some(e) = &self.counts.first_error {
+                s += &format!("\n  first failure: {e}");
+            }
+            s += "\n  handshake latency (connect to handshake done)";
         }
         s += "\n  latency us:";
         for (name, p) in PERCENTILES {

@@ -43,6 +43,11 @@ pub struct Counts {
     pub first_answer_at: u64,
     pub sent_all: u64,
     pub answered_all: u64,
+    /// Handshake mode: completed handshakes of the window that were full, and resumed.
+    pub tls_full: u64,
+    pub tls_resumed: u64,
+    /// Handshake mode: the text of the first failed attempt, if any.
+    pub first_error: Option<String>,
 }
 
 impl Counts {
@@ -62,6 +67,9 @@ impl Counts {
             first_answer_at: 0,
             sent_all: 0,
             answered_all: 0,
+            tls_full: 0,
+            tls_resumed: 0,
+            first_error: None,
         }
     }
 
@@ -106,6 +114,11 @@ impl Counts {
         };
         self.sent_all += o.sent_all;
         self.answered_all += o.answered_all;
+        self.tls_full += o.tls_full;
+        self.tls_resumed += o.tls_resumed;
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&o.first_error);
+        }
     }
 }
 

@@ -31,6 +31,9 @@ mod stall;
 #[path = "../../stats.rs"]
 mod stats;
 mod svg;
+#[path = "../../tls.rs"]
+mod tls;
+mod tls_scenarios;
 #[path = "../../workload.rs"]
 mod workload;
 #[path = "../../xdp_sender.rs"]
@@ -60,10 +63,12 @@ usage: p99-parity [flags]
   --latency-fraction F     fixed open-loop rate for the latency columns, as a fraction of the
                            slowest variant's median peak (default 0.25: open loop sends one
                            request per write, which costs a server more than pipelined load)
-  --scenarios LIST         any of module,ping,cache,udp (default all); opt-in: proxy
+  --scenarios LIST         any of module,ping,cache,udp,tls-ping,tls-cache,tls-handshake
+                           (default all of these); opt-in: proxy
                            (memcache through nutcracker, CPU per request of proxy and server)
                            and check (the benchmark's own test: pingserver-c against a twin of
                            itself and a copy slowed on purpose; verdicts within noise / slower)
+  --tls-rounds N           interleaved rounds of the TLS scenarios (default 4; --quick 3)
   --bin-dir DIR            where the servers are (default build/bin)
   --out DIR                results and plots (default build/parity)
   --server-cpu N           core for the servers (default 0)
@@ -78,12 +83,17 @@ usage: p99-parity [flags]
 const CHECK_BURN_NS: u64 = 2000;
 
 /// Every scenario `--scenarios` knows; `check` and `proxy` are not run by default.
-const SCENARIOS: [&str; 6] = ["module", "ping", "cache", "udp", "check", "proxy"];
+const SCENARIOS: [&str; 9] =
+    ["module", "ping", "cache", "udp", "tls-ping", "tls-cache", "tls-handshake", "check", "proxy"];
+/// The scenarios a run without `--scenarios` has.
+const DEFAULT_SCENARIOS: usize = 7;
 
 #[derive(Clone)]
 struct Opts {
     quick: bool,
     rounds: usize,
+    /// Rounds of the TLS scenarios (fewer, to keep `make parity` within its time).
+    tls_rounds: usize,
     warmup: f64,
     duration: f64,
     ramp_secs: f64,
@@ -104,12 +114,13 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
     let mut o = Opts {
         quick: false,
         rounds: 5,
+        tls_rounds: 4,
         warmup: 0.3,
         duration: 1.0,
         ramp_secs: 0.5,
         ladder: run::geometric_rates(0.05, 1.25, 1.0),
         latency_fraction: 0.25,
-        scenarios: SCENARIOS[..4].iter().map(|s| s.to_string()).collect(),
+        scenarios: SCENARIOS[..DEFAULT_SCENARIOS].iter().map(|s| s.to_string()).collect(),
         bin_dir: "build/bin".into(),
         out: "build/parity".into(),
         server_cpu: 0,
@@ -156,6 +167,10 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
                 explicit.push("ladder");
             }
             "--latency-fraction" => o.latency_fraction = num(val()?)?,
+            "--tls-rounds" => {
+                o.tls_rounds = num(val()?)? as usize;
+                explicit.push("tls-rounds");
+            }
             "--scenarios" => o.scenarios = val()?.split(',').map(String::from).collect(),
             "--bin-dir" => o.bin_dir = val()?.into(),
             "--out" => o.out = val()?.into(),
@@ -185,13 +200,16 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
         if !explicit.contains(&"ladder") {
             o.ladder = vec![0.1, 0.25, 0.5, 1.0];
         }
+        if !explicit.contains(&"tls-rounds") {
+            o.tls_rounds = 3;
+        }
     }
     for s in &o.scenarios {
         if !SCENARIOS.contains(&s.as_str()) {
             return Err(format!("--scenarios: unknown '{s}'"));
         }
     }
-    if o.rounds == 0 || o.duration <= 0.0 || o.ladder.is_empty() {
+    if o.rounds == 0 || o.tls_rounds == 0 || o.duration <= 0.0 || o.ladder.is_empty() {
         return Err("need --rounds >= 1, --duration > 0 and a non-empty --ladder".into());
     }
     Ok(Some(o))
@@ -645,6 +663,13 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
                 Err(e) => v.problem = Some(format!("run failed: {e}")),
             }
         }
+    }
+    // A handshake scenario has no open-loop phases: its figures are the closed-loop rounds.
+    if sc.workload.handshake.is_some() {
+        for v in sc.variants.iter_mut() {
+            v.server = None;
+        }
+        return;
     }
     // Phase 2: latency at one common fixed rate (open loop), interleaved.
     let slowest =
@@ -1240,6 +1265,7 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
     settings
         .set("quick", o.quick)
         .set("rounds", o.rounds)
+        .set("tls_rounds", o.tls_rounds)
         .set("warmup_s", o.warmup)
         .set("duration_s", o.duration);
     settings
@@ -1399,6 +1425,7 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
         plots.extend(write_plots(o, &sc));
         scen_json.set("udp", scenario_json(&sc));
     }
+    tls_scenarios::run(o, &mut scen_json, &mut plots)?;
     if o.scenarios.iter().any(|s| s == "proxy") {
         let p = proxy::run(o);
         p.print();
