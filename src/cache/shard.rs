@@ -642,6 +642,8 @@ impl ShardInner {
                 if opts.append_checks_cas && cas_in != 0 && f.cas != cas_in {
                     return Err(Error::Exists);
                 }
+                // memcached builds a new item from the old one's key: no marks carried.
+                marks = Marks::default();
                 let old = self.value_copy(&f);
                 let (flags, expiry) = (f.hdr.flags, f.hdr.expiry);
                 if item_size(key.len(), old.len() + value.len()) > self.cfg.item_max {
