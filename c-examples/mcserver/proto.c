@@ -338,8 +338,12 @@ static void cmd_mg(struct pconn *c, const struct mc_request *req, struct mc_toke
 	bool late_error = req->error == MC_ERR_OPAQUE;
 	/* memcached fails a too-long O while writing the reply: T flags before it were applied,
 	 * and no win token is handed out */
+	/* memcached reads these flags' items locked and counts the read after the reply, which a
+	 * late error skips; the others are counted at the lookup */
+	bool locked = m->has_ttl || m->vivify || m->has_recache || mc_meta_has(m, 'h') ||
+		      mc_meta_has(m, 'l');
 	struct storage_mget_args a = {
-		.no_bump = mc_meta_has(m, 'u'),
+		.no_bump = mc_meta_has(m, 'u') || (late_error && locked),
 		.touch = m->has_ttl && (!late_error || m->ttl_before_opaque),
 		.vivify = m->vivify,
 		.recache = m->has_recache,
@@ -627,8 +631,16 @@ static void cmd_ma(struct pconn *c, const struct mc_request *req, struct mc_toke
 	char num[24];
 	int nnum = snprintf(num, sizeof(num), "%" PRIu64, value);
 	bool in_place = !created && (size_t)nnum <= old_len;
-	if (in_place && m->has_ttl && (!late_error || m->ttl_before_opaque))
-		storage_touch(key.s, key.n, req->exptime);
+	if (in_place && m->has_ttl && (!late_error || m->ttl_before_opaque)) {
+		/* memcached sets the expiry on the item it holds: not a read (no fetched mark) */
+		struct storage_mget_args t = {
+			.no_bump = true, .no_win = true, .touch = true, .exptime = req->exptime
+		};
+		struct storage_view v;
+		struct storage_meta meta;
+		if (storage_mget(key.s, key.n, &t, &v, &meta) == STORAGE_OK)
+			storage_release(v.pin);
+	}
 	if (late_error) {
 		send_str(c, "CLIENT_ERROR opaque token too long\r\n");
 		return;

@@ -845,6 +845,8 @@ static int vivify(const void *key, size_t nkey, uint64_t hv, const struct storag
 	meta->won = !a->no_win;
 	if (meta->won)
 		it->it_flags |= ITEM_TOKEN_SENT;
+	if (!a->no_bump)
+		item_bump(it); /* memcached counts the creating read (after its reply) */
 	fill_view(it, out);
 	item_release(it); /* the allocation's reference; the view's pin remains */
 	return STORAGE_OK;
@@ -939,8 +941,10 @@ int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64
 	uint64_t v = 0;
 	if (!it) {
 		rc = STORAGE_NOT_FOUND;
+	} else if (it->nbytes == 0) {
+		rc = STORAGE_NON_NUMERIC; /* memcached refuses an empty value before the cas check */
 	} else if (expect_cas != 0 && (S.opts.cas_enabled ? it->cas : 0) != expect_cas) {
-		rc = STORAGE_EXISTS;
+		rc = STORAGE_EXISTS; /* and compares the cas before it reads the value */
 	} else if (!parse_counter(item_value(it), it->nbytes, &v)) {
 		rc = STORAGE_NON_NUMERIC;
 	} else {

@@ -733,6 +733,10 @@ impl ShardInner {
         expect_cas: u64,
     ) -> Result<(u64, u64), Error> {
         let f = self.lookup(key, h, now).ok_or(Error::NotFound)?;
+        // memcached refuses an empty value first, then compares the CAS, then reads the value
+        if f.hdr.vlen == 0 {
+            return Err(Error::NonNumeric);
+        }
         if expect_cas != 0 && f.cas != expect_cas {
             return Err(Error::Exists);
         }
@@ -783,7 +787,8 @@ impl ShardInner {
                 return Err(Error::TooLarge);
             }
             let meta = if a.claim_win { META_WIN_SENT } else { 0 };
-            let marks = Marks { fetched: false, meta };
+            // memcached counts the creating read as a fetch
+            let marks = Marks { fetched: a.bump, meta };
             let (seg, off, cas) = self.append_item(now, key, &[], 0, expiry, None, true, marks)?;
             self.link(key, h, seg, off, None);
             let hdr = self.header_at(seg, off);
