@@ -41,8 +41,8 @@ static uint64_t set_str(p99_cache *c, const char *key, const char *v, uint32_t e
 }
 
 /* One meta get: the status, and on OK the info (the item released). */
-static uint32_t mg(p99_cache *c, const char *key, uint32_t flags, uint32_t touch,
-		   uint32_t vivify, uint32_t recache, p99_cache_meta_info *info)
+static uint32_t mg(p99_cache *c, const char *key, uint32_t flags, uint32_t touch, uint32_t vivify,
+		   uint32_t recache, p99_cache_meta_info *info)
 {
 	p99_cache_meta_get_args a = { .struct_size = sizeof a,
 				      .flags = flags,
@@ -96,15 +96,12 @@ static void test_fetched_last_access_and_win_tokens(void)
 	p99_cache_meta_info small = { .struct_size = 4 };
 	CHECK_STATUS(p99_cache_meta_get(c, k("n"), 1, &a, &it, &small),
 		     P99_STATUS_INVALID_ARGUMENT);
-	CHECK_STATUS(p99_cache_meta_get(c, k("n"), 1, NULL, &it, &info),
-		     P99_STATUS_NULL_PARAMETER);
-	CHECK_STATUS(p99_cache_meta_get(c, k("n"), 1, &a, NULL, &info),
-		     P99_STATUS_NULL_PARAMETER);
+	CHECK_STATUS(p99_cache_meta_get(c, k("n"), 1, NULL, &it, &info), P99_STATUS_NULL_PARAMETER);
+	CHECK_STATUS(p99_cache_meta_get(c, k("n"), 1, &a, NULL, &info), P99_STATUS_NULL_PARAMETER);
 	CHECK_STATUS(p99_cache_meta_get(NULL, k("n"), 1, &a, &it, &info),
 		     P99_STATUS_NULL_PARAMETER);
 	a.flags = 1u << 20;
-	CHECK_STATUS(p99_cache_meta_get(c, k("n"), 1, &a, &it, &info),
-		     P99_STATUS_INVALID_ARGUMENT);
+	CHECK_STATUS(p99_cache_meta_get(c, k("n"), 1, &a, &it, &info), P99_STATUS_INVALID_ARGUMENT);
 	CHECK_OK(p99_cache_free(c));
 }
 

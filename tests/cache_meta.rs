@@ -1,9 +1,7 @@
 //! The cache's per-item meta-protocol state (memcached's mg h l N R W X Z, md C I, ms b I E,
 //! ma C), through the Rust API, one rule per test.
 
-use p99::cache::{
-    Cache, ClockKind, Config, Error, MetaDelete, MetaGet, Mode, Stats, WriteOptions,
-};
+use p99::cache::{Cache, ClockKind, Config, Error, MetaDelete, MetaGet, Mode, Stats, WriteOptions};
 
 const T0: u32 = 1_700_000_000;
 
@@ -95,7 +93,7 @@ fn vivify_creates_an_empty_item_and_hands_out_one_win_token() {
     let fresh = mg(&c, b"n", plain()).unwrap();
     assert!(!fresh.win_token_sent && !fresh.stale);
     assert!(mg(&c, b"none", plain()).is_none()); // no vivify: a miss
-    // claim_win false: created, but no token is marked sent
+                                                 // claim_win false: created, but no token is marked sent
     let quiet = MetaGet { vivify: Some(0), claim_win: false, ..plain() };
     assert!(!mg(&c, b"m", quiet).unwrap().won);
     assert!(!mg(&c, b"m", plain()).unwrap().win_token_sent);
@@ -112,7 +110,7 @@ fn recache_wins_once_when_the_item_expires_sooner() {
     assert!(!second.won && second.win_token_sent);
     c.set(b"never", b"v", 0, 0).unwrap();
     assert!(!mg(&c, b"never", win).unwrap().won); // no expiry: nothing to recache
-    // T before R: R compares the new expiry
+                                                  // T before R: R compares the new expiry
     c.set(b"t", b"v", 0, T0 + 100).unwrap();
     let t_then_r = MetaGet {
         touch: Some(T0 + 10),
