@@ -1007,6 +1007,7 @@ pub unsafe extern "C" fn p99_cache_touch(
     })
 }
 
+#[allow(clippy::too_many_arguments)] // the C signature's arguments, passed through
 unsafe fn delta(
     cache: *const p99_cache,
     key: *const u8,
@@ -1070,6 +1071,7 @@ pub unsafe extern "C" fn p99_cache_decr(
 /// item's CAS equals `expect_cas` when that is nonzero (else EXISTS, nothing changed;
 /// memcached's `ma C`). Thread-safe.
 #[no_mangle]
+#[allow(clippy::too_many_arguments)] // one call, as memcached's ma takes it
 pub unsafe extern "C" fn p99_cache_delta(
     cache: *const p99_cache,
     key: *const u8,
