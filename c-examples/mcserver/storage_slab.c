@@ -984,7 +984,8 @@ int storage_flush(uint32_t delay)
 {
 	pthread_mutex_lock(&S.lock);
 	if (delay == 0) {
-		S.oldest_cas = S.next_cas;
+		/* memcached takes a cas id for the boundary: later items number from one past it */
+		S.oldest_cas = S.next_cas++;
 		S.oldest_live = 0;
 	} else {
 		S.oldest_live = store_now() + delay - 1;

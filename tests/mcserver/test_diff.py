@@ -361,6 +361,8 @@ def main():
             ra, rb = a.exchange(pa), b.exchange(pb)
             for f, req, x, y, before in zip(builders, pb, ra, rb, pre):
                 history.append(req)
+                if os.environ.get("DIFF_TRACE") and done > int(os.environ["DIFF_TRACE"]):
+                    print("TRACE", req[:80], x[:80], y[:80])
                 if not same(x, y) and (huge_counter_quirk(x, before) or p99_cas_order(req, x, y)):
                     # documented difference: resynchronise the key on both sides
                     quirks += 1
