@@ -286,7 +286,11 @@ static void other_commands(void)
 	CHECK_EQ(parse("stats storage").stats, MC_STATS_STORAGE);
 	CHECK_EQ(parse("stats reset").stats, MC_STATS_RESET);
 	CHECK_EQ(parse("stats reset").verb, MC_STATS);
-	CHECK_EQ(parse("stats items").verb, MC_ERROR);
+	CHECK_EQ(parse("stats items").stats, MC_STATS_ITEMS);
+	CHECK_EQ(parse("stats items x").stats, MC_STATS_ITEMS); /* memcached ignores the rest */
+	CHECK_EQ(parse("stats slabs").stats, MC_STATS_SLABS);
+	CHECK_EQ(parse("stats sizes").stats, MC_STATS_SIZES);
+	CHECK_EQ(parse("stats conns").verb, MC_ERROR);
 	CHECK_EQ(parse("stats settings x").verb, MC_ERROR);
 
 	struct mc_request r = parse("flush_all");
@@ -345,7 +349,14 @@ static void malformed(void)
 	CHECK_EQ(parse("").verb, MC_ERROR);
 	CHECK_EQ(parse("    ").verb, MC_ERROR);
 	CHECK_EQ(parse("bogus").verb, MC_ERROR);
-	CHECK_EQ(parse("me foo").verb, MC_ERROR); /* me (debug) is not offered */
+	CHECK_EQ(parse("me foo").verb, MC_ME);
+	CHECK_EQ(parse("me foo").error, MC_OK);
+	CHECK_EQ(parse("me foo x y").error, MC_OK); /* only a "b" second token is looked at */
+	CHECK_EQ(parse("me Zm9v b").meta.key_binary, true);
+	CHECK_EQ(parse("me foo b").error, MC_ERR_FORMAT); /* does not decode */
+	CHECK_EQ(parse("me").error, MC_ERR_FORMAT);
+	CHECK_EQ(parse("mg k R30").meta.has_recache, true);
+	CHECK_EQ(parse("mg k R30").meta.recache_exptime, 30);
 	CHECK_EQ(parse("mx foo").verb, MC_ERROR);
 	CHECK_EQ(parse("mgg foo").verb, MC_ERROR);
 

@@ -60,6 +60,108 @@
 #define P99_CACHE_MODE_PREPEND 5
 
 /**
+ * `p99_cache_write_options.flags`: the key was sent base64-encoded (memcached's `ms b`); the
+ * item is marked so that `p99_cache_meta_get` reports `P99_CACHE_META_KEY_BINARY`. Costs the
+ * item one byte.
+ */
+#define P99_CACHE_WRITE_KEY_BINARY 1
+
+/**
+ * `p99_cache_write_options.flags`, `P99_CACHE_MODE_CAS` only: when `cas_in` is nonzero and
+ * older (smaller) than the item's CAS, store anyway, marked stale, keeping the item's expiry
+ * and its win-token mark (memcached's `ms I`).
+ */
+#define P99_CACHE_WRITE_STALE_IF_OLDER 2
+
+/**
+ * `p99_cache_write_options.flags`, `P99_CACHE_MODE_APPEND`/`PREPEND` only: a nonzero `cas_in`
+ * must equal the item's CAS, else `P99_STATUS_EXISTS` (memcached's `ms MA C<cas>`).
+ */
+#define P99_CACHE_WRITE_APPEND_CHECKS_CAS 4
+
+/**
+ * `p99_cache_meta_get_args.flags`: do not count the read (no fetched mark, no frequency
+ * bump; memcached's `u`).
+ */
+#define P99_CACHE_MG_NO_BUMP 1
+
+/**
+ * `p99_cache_meta_get_args.flags`: set the expiry to `touch_expiry` (memcached's `T`).
+ */
+#define P99_CACHE_MG_TOUCH 2
+
+/**
+ * `p99_cache_meta_get_args.flags`: on a miss, create an empty item (flags 0) expiring at
+ * `vivify_expiry` and hand this caller its win token (memcached's `N`).
+ */
+#define P99_CACHE_MG_VIVIFY 4
+
+/**
+ * `p99_cache_meta_get_args.flags`: win the token when the item expires before
+ * `recache_expiry` (memcached's `R`).
+ */
+#define P99_CACHE_MG_RECACHE 8
+
+/**
+ * `p99_cache_meta_get_args.flags`: compare `recache_expiry` with the expiry `touch_expiry`
+ * sets rather than the item's old one (T came before R in the request).
+ */
+#define P99_CACHE_MG_TOUCH_BEFORE_RECACHE 16
+
+/**
+ * `p99_cache_meta_get_args.flags`: hand out no win token (report the state only).
+ */
+#define P99_CACHE_MG_NO_WIN 32
+
+/**
+ * `p99_cache_meta_info.flags`: the item had been read since it was written.
+ */
+#define P99_CACHE_META_FETCHED 1
+
+/**
+ * `p99_cache_meta_info.flags`: the item is marked stale (memcached's `X`).
+ */
+#define P99_CACHE_META_STALE 2
+
+/**
+ * `p99_cache_meta_info.flags`: a win token had already been handed out (memcached's `Z`).
+ */
+#define P99_CACHE_META_WIN_TOKEN_SENT 4
+
+/**
+ * `p99_cache_meta_info.flags`: this call won the token (memcached's `W`).
+ */
+#define P99_CACHE_META_WON 8
+
+/**
+ * `p99_cache_meta_info.flags`: this call created the item (`P99_CACHE_MG_VIVIFY`).
+ */
+#define P99_CACHE_META_CREATED 16
+
+/**
+ * `p99_cache_meta_info.flags`: the item was written with `P99_CACHE_WRITE_KEY_BINARY`.
+ */
+#define P99_CACHE_META_KEY_BINARY 32
+
+/**
+ * `p99_cache_meta_delete_args.flags`: only if the item's CAS equals `cas` (else
+ * `P99_STATUS_EXISTS`; memcached's `md C`).
+ */
+#define P99_CACHE_MD_CHECK_CAS 1
+
+/**
+ * `p99_cache_meta_delete_args.flags`: keep the item, marked stale, with a new CAS and its win
+ * token taken back, instead of deleting it (memcached's `md I`).
+ */
+#define P99_CACHE_MD_MARK_STALE 2
+
+/**
+ * `p99_cache_meta_delete_args.flags`, with `P99_CACHE_MD_MARK_STALE`: set the expiry to
+ * `expiry` (memcached's `md I T`).
+ */
+#define P99_CACHE_MD_SET_EXPIRY 4
+
+/**
  * Longest key in bytes (memcached's limit).
  */
 #define P99_CACHE_KEY_MAX 250
@@ -459,6 +561,27 @@ typedef struct p99_cache_reservation {
 } p99_cache_reservation;
 
 /**
+ * Options of `p99_cache_commit_with`, filled by the caller: set `struct_size =
+ * sizeof(p99_cache_write_options)`; zeroed fields mean "no option" (later versions only
+ * append fields, whose zero keeps today's behaviour).
+ */
+typedef struct p99_cache_write_options {
+  /**
+   * Set by the caller: `sizeof(p99_cache_write_options)`.
+   */
+  uint32_t struct_size;
+  /**
+   * `P99_CACHE_WRITE_*` bits.
+   */
+  uint32_t flags;
+  /**
+   * The CAS the item gets instead of a new unique one (memcached's explicit CAS, `E`);
+   * 0 = assign one. Costs the item 8 bytes; ignored when CAS is disabled.
+   */
+  uint64_t new_cas;
+} p99_cache_write_options;
+
+/**
  * A pinned item returned by `p99_cache_get`/`p99_cache_get_and_touch`, owned by the caller.
  *
  * `key`/`value` point into the store and stay valid and unchanged until
@@ -541,6 +664,87 @@ typedef struct p99_cache_value_info {
    */
   uint32_t expiry;
 } p99_cache_value_info;
+
+/**
+ * Arguments of `p99_cache_meta_get`, filled by the caller: set `struct_size =
+ * sizeof(p99_cache_meta_get_args)`. Expiries are absolute on the cache clock (0 = never), as
+ * `p99_cache_expiry_from_exptime` makes them.
+ */
+typedef struct p99_cache_meta_get_args {
+  /**
+   * Set by the caller: `sizeof(p99_cache_meta_get_args)`.
+   */
+  uint32_t struct_size;
+  /**
+   * `P99_CACHE_MG_*` bits.
+   */
+  uint32_t flags;
+  /**
+   * With `P99_CACHE_MG_TOUCH`: the new expiry.
+   */
+  uint32_t touch_expiry;
+  /**
+   * With `P99_CACHE_MG_VIVIFY`: the created item's expiry.
+   */
+  uint32_t vivify_expiry;
+  /**
+   * With `P99_CACHE_MG_RECACHE`: win when the item expires before this.
+   */
+  uint32_t recache_expiry;
+} p99_cache_meta_get_args;
+
+/**
+ * The per-item state `p99_cache_meta_get` found, filled by the library (set `struct_size`
+ * first; at most `struct_size` bytes are written). It describes the item before this read
+ * changed it, plus what the read did (`P99_CACHE_META_WON`, `P99_CACHE_META_CREATED`).
+ */
+typedef struct p99_cache_meta_info {
+  /**
+   * Set by the caller: `sizeof(p99_cache_meta_info)`.
+   */
+  uint32_t struct_size;
+  /**
+   * `P99_CACHE_META_*` bits.
+   */
+  uint32_t flags;
+  /**
+   * Seconds since the item was last written or moved (touch, merge eviction); reads do
+   * not change it. Coarser (reads as older) for an item in a segment written to over more
+   * than 8 distinct seconds.
+   */
+  uint32_t last_access;
+  /**
+   * Bytes the item takes in its segment (header, key, value).
+   */
+  uint32_t item_bytes;
+  /**
+   * The expiry before this call (`p99_cache_item.expiry` has the one after it).
+   */
+  uint32_t expiry_before;
+} p99_cache_meta_info;
+
+/**
+ * Arguments of `p99_cache_meta_delete`, filled by the caller: set `struct_size =
+ * sizeof(p99_cache_meta_delete_args)`.
+ */
+typedef struct p99_cache_meta_delete_args {
+  /**
+   * Set by the caller: `sizeof(p99_cache_meta_delete_args)`.
+   */
+  uint32_t struct_size;
+  /**
+   * `P99_CACHE_MD_*` bits.
+   */
+  uint32_t flags;
+  /**
+   * With `P99_CACHE_MD_CHECK_CAS`: the CAS the item must have.
+   */
+  uint64_t cas;
+  /**
+   * With `P99_CACHE_MD_SET_EXPIRY`: the new expiry (absolute, 0 = never).
+   */
+  uint32_t expiry;
+} p99_cache_meta_delete_args;
 
 /**
  * Counters and gauges of a cache. Set `struct_size = sizeof(p99_cache_stats)` before
@@ -1181,6 +1385,21 @@ p99_status p99_cache_commit(const struct p99_cache *cache,
                             uint64_t *cas_out);
 
 /**
+ * `p99_cache_commit` with the meta-protocol options of `*options` (borrowed until return;
+ * see `p99_cache_write_options` and the `P99_CACHE_WRITE_*` bits): a base64-key mark, an
+ * explicit CAS, a stale-if-older CAS write, a CAS-checked append/prepend. NULL_PARAMETER
+ * for `options` NULL (nothing consumed); INVALID_ARGUMENT (reservation consumed) for a bad
+ * `struct_size` or unknown flag bits. Otherwise as `p99_cache_commit`. Thread-safe on
+ * `cache`.
+ */
+p99_status p99_cache_commit_with(const struct p99_cache *cache,
+                                 struct p99_cache_reservation *res,
+                                 uint32_t mode,
+                                 uint64_t cas_in,
+                                 const struct p99_cache_write_options *options,
+                                 uint64_t *cas_out);
+
+/**
  * Abandons the write in `*res` and clears it. NULL_PARAMETER for NULL, INVALID_STATE when
  * `*res` holds no reservation (e.g. a second cancel). Thread-safe per reservation.
  */
@@ -1266,6 +1485,40 @@ p99_status p99_cache_get_and_touch(const struct p99_cache *cache,
 p99_status p99_cache_item_release(const struct p99_cache *cache, struct p99_cache_item *item);
 
 /**
+ * memcached's mg with its per-item state, in one critical section of the key's shard: looks
+ * up `key` (borrowed until return), creating an empty item on a miss with
+ * `P99_CACHE_MG_VIVIFY`; decides whether this caller wins the token to refresh the item
+ * (it was just created, or is stale, or expires before `recache_expiry` with
+ * `P99_CACHE_MG_RECACHE`, and no token was handed out since it was written or marked
+ * stale); then applies `touch_expiry`, the win mark and the read (unless
+ * `P99_CACHE_MG_NO_BUMP`). On OK `*item` (caller-owned) holds the item pinned as read, with
+ * its new expiry (release it with `p99_cache_item_release`), and `*info` (caller sets
+ * `info->struct_size` first) its state before this call and what the call did.
+ * NOT_FOUND on a miss (outputs untouched). NULL_PARAMETER / INVALID_ARGUMENT (bad
+ * `struct_size`, unknown flag bits, key length 0 or > 250) as usual; TOO_LARGE /
+ * OUT_OF_MEMORY when creating the item, or moving it to a new expiry or its first win mark,
+ * finds no room (nothing pinned). Thread-safe.
+ */
+p99_status p99_cache_meta_get(const struct p99_cache *cache,
+                              const uint8_t *key,
+                              size_t key_len,
+                              const struct p99_cache_meta_get_args *args,
+                              struct p99_cache_item *item,
+                              struct p99_cache_meta_info *info);
+
+/**
+ * memcached's md with C and I (`*args` borrowed until return; see the `P99_CACHE_MD_*`
+ * bits): deletes `key`, or with `P99_CACHE_MD_MARK_STALE` keeps it marked stale with a new
+ * CAS and its win token taken back (the next `p99_cache_meta_get` wins it). NOT_FOUND if
+ * absent, EXISTS when `P99_CACHE_MD_CHECK_CAS` is set and the CAS differs; OUT_OF_MEMORY
+ * when marking finds no room (nothing changed). Thread-safe.
+ */
+p99_status p99_cache_meta_delete(const struct p99_cache *cache,
+                                 const uint8_t *key,
+                                 size_t key_len,
+                                 const struct p99_cache_meta_delete_args *args);
+
+/**
  * Deletes `key` (borrowed until return). NOT_FOUND if absent. Thread-safe.
  */
 p99_status p99_cache_delete(const struct p99_cache *cache, const uint8_t *key, size_t key_len);
@@ -1304,6 +1557,20 @@ p99_status p99_cache_decr(const struct p99_cache *cache,
                           uint64_t delta,
                           uint64_t *value_out,
                           uint64_t *cas_out);
+
+/**
+ * incr (`incr` true) or decr of `key` as `p99_cache_incr`/`p99_cache_decr`, only if the
+ * item's CAS equals `expect_cas` when that is nonzero (else EXISTS, nothing changed;
+ * memcached's `ma C`). Thread-safe.
+ */
+p99_status p99_cache_delta(const struct p99_cache *cache,
+                           const uint8_t *key,
+                           size_t key_len,
+                           bool incr,
+                           uint64_t delta,
+                           uint64_t expect_cas,
+                           uint64_t *value_out,
+                           uint64_t *cas_out);
 
 /**
  * memcached flush_all: every item stored before now + `delay_seconds` is gone from that

@@ -252,6 +252,8 @@ static enum mc_error parse_meta_flags(struct mc_request *req, const struct mc_to
 			if (!parse_i32(arg, &m->recache_exptime)) {
 				err = MC_ERR_BAD_TOKEN;
 				failed = true;
+			} else {
+				m->has_recache = true;
 			}
 			break;
 		case 'C':
@@ -377,6 +379,29 @@ static void parse_meta(struct mc_request *req, const struct mc_token *tok, size_
 		req->error = MC_ERR_OPAQUE;
 }
 
+/*
+ * me <key> [b]: memcached checks only the key (present, at most 250 bytes) and, when a second
+ * token "b" follows, that the key decodes; anything else is "bad command line format".
+ */
+static void parse_me(struct mc_request *req, const struct mc_token *tok, size_t n)
+{
+	if (n < 2) {
+		req->error = MC_ERR_FORMAT;
+		return;
+	}
+	set_key(req, tok[1]);
+	if (tok[1].n > MC_KEY_MAX) {
+		req->error = MC_ERR_FORMAT;
+		return;
+	}
+	if (n >= 3 && tok_is(tok[2], "b")) {
+		unsigned char scratch[MC_KEY_MAX];
+		req->meta.key_binary = true;
+		if (mc_base64_decode(tok[1].s, tok[1].n, scratch) == 0)
+			req->error = MC_ERR_FORMAT;
+	}
+}
+
 /* --- commands ------------------------------------------------------------------------------ */
 
 /*
@@ -499,6 +524,12 @@ static void parse_stats(struct mc_request *req, const struct mc_token *tok, size
 		req->stats = MC_STATS_STORAGE;
 	else if (n == 2 && tok_is(tok[1], "reset"))
 		req->stats = MC_STATS_RESET;
+	else if (tok_is(tok[1], "items")) /* memcached ignores further tokens */
+		req->stats = MC_STATS_ITEMS;
+	else if (tok_is(tok[1], "slabs"))
+		req->stats = MC_STATS_SLABS;
+	else if (tok_is(tok[1], "sizes"))
+		req->stats = MC_STATS_SIZES;
 	else
 		req->verb = MC_ERROR;
 }
@@ -620,7 +651,11 @@ void mc_parse(const char *line, size_t len, struct mc_request *req)
 		case 's': req->verb = MC_MS; break;
 		case 'd': req->verb = MC_MD; break;
 		case 'a': req->verb = MC_MA; break;
-		default: return; /* me (not offered) and unknown meta commands: ERROR */
+		case 'e':
+			req->verb = MC_ME;
+			parse_me(req, tok, n);
+			return;
+		default: return; /* unknown meta commands: ERROR */
 		}
 		parse_meta(req, tok, n);
 		return;

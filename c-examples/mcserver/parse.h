@@ -56,6 +56,7 @@ enum mc_verb {
 	MC_MS, /* meta set:        ms <key> <datalen> <flag>* */
 	MC_MD, /* meta delete:     md <key> <flag>* */
 	MC_MA, /* meta arithmetic: ma <key> <flag>* */
+	MC_ME, /* meta debug:      me <key> [b] */
 };
 
 /* How a recognised command's arguments failed; the text is memcached's reply. */
@@ -87,6 +88,9 @@ enum mc_stats_group {
 	MC_STATS_SETTINGS, /* "stats settings" */
 	MC_STATS_STORAGE, /* "stats storage" */
 	MC_STATS_RESET, /* "stats reset" */
+	MC_STATS_ITEMS, /* "stats items" */
+	MC_STATS_SLABS, /* "stats slabs" */
+	MC_STATS_SIZES, /* "stats sizes" */
 };
 
 #define MC_OPAQUE_MAX 32 /* longest O token, its 'O' included */
@@ -119,6 +123,7 @@ struct mc_meta {
 	 */
 	bool ttl_before_opaque;
 	bool data_follows; /* ms: the value follows and is read, or swallowed on error */
+	bool has_recache; /* R given: recache_exptime holds it */
 };
 
 /* True when meta flag character c was given. */

@@ -62,6 +62,7 @@ struct pconn {
 	bool meta_set;
 	bool meta_quiet;
 	char meta_fields[MC_MAX_TOKENS]; /* 'O', 'k', 'c' in request order, NUL-terminated */
+	bool meta_key_binary; /* ms b: the k field is base64 */
 	char opaque[MC_OPAQUE_MAX];
 	size_t nopaque;
 	char key[STORAGE_KEY_MAX];
@@ -311,41 +312,50 @@ static bool flag_before(const struct mc_meta *m, char a, char b)
 }
 
 /*
- * Flags memcached 1.6.18 accepts whose effect needs per-item state this server's stores do not
- * keep yet (last access, fetched, stale and win marks, base64-key marks, CAS-checked delete,
- * append and arithmetic): refused as an unknown flag rather than answered differently.
+ * The expiry memcached's mg and ma give an item they create (N): the item starts without one,
+ * then the reply loop applies T and N in order, stopping at an O token that is too long.
  */
-static bool meta_unsupported(const struct mc_request *req)
+static int32_t vivify_exptime(const struct mc_request *req)
 {
 	const struct mc_meta *m = &req->meta;
-	switch (req->verb) {
-	case MC_MG:
-		return mc_meta_has(m, 'h') || mc_meta_has(m, 'l') || mc_meta_has(m, 'N') ||
-		       mc_meta_has(m, 'R');
-	case MC_MS:
-		return mc_meta_has(m, 'b') ||
-		       (mc_meta_has(m, 'I') && m->has_cas &&
-			strchr("SR", m->mode ? m->mode : 'S')) ||
-		       (m->has_cas && req->cas != 0 && (m->mode == 'A' || m->mode == 'P'));
-	case MC_MD: return mc_meta_has(m, 'C') || mc_meta_has(m, 'I');
-	case MC_MA: return mc_meta_has(m, 'C');
-	default: return false;
+	int32_t exptime = 0;
+	const char *p = m->tokens.s;
+	for (size_t i = 0; i < m->ntokens; i++) {
+		struct mc_token t = next_flag(&p, m);
+		if (t.s[0] == 'O' && t.n > MC_OPAQUE_MAX)
+			break;
+		if (t.s[0] == 'T')
+			exptime = req->exptime;
+		else if (t.s[0] == 'N')
+			exptime = m->vivify_exptime;
 	}
+	return exptime;
 }
 
 static void cmd_mg(struct pconn *c, const struct mc_request *req, struct mc_token key)
 {
 	const struct mc_meta *m = &req->meta;
 	bool late_error = req->error == MC_ERR_OPAQUE;
-	bool touch = m->has_ttl && (!late_error || m->ttl_before_opaque);
-	int64_t new_ttl = ttl_from_exptime(req->exptime);
-	/* a t before the T reports the ttl from before it */
-	bool old_ttl_shown = touch && mc_meta_has(m, 't') && flag_before(m, 't', 'T');
+	/* memcached fails a too-long O while writing the reply: T flags before it were applied,
+	 * and no win token is handed out */
+	/* memcached reads these flags' items locked and counts the read after the reply, which a
+	 * late error skips; the others are counted at the lookup */
+	bool locked = m->has_ttl || m->vivify || m->has_recache || mc_meta_has(m, 'h') ||
+		      mc_meta_has(m, 'l');
+	struct storage_mget_args a = {
+		.no_bump = mc_meta_has(m, 'u') || (late_error && locked),
+		.touch = m->has_ttl && (!late_error || m->ttl_before_opaque),
+		.vivify = m->vivify,
+		.recache = m->has_recache,
+		.touch_before_recache = flag_before(m, 'T', 'R'),
+		.no_win = late_error,
+		.exptime = req->exptime,
+		.vivify_exptime = m->vivify ? vivify_exptime(req) : 0,
+		.recache_exptime = m->recache_exptime,
+	};
 	struct storage_view v;
-	int rc = touch && !old_ttl_shown ? storage_gat(key.s, key.n, req->exptime, &v)
-					 : storage_get(key.s, key.n, &v);
-	if (rc == STORAGE_OK && old_ttl_shown)
-		storage_touch(key.s, key.n, req->exptime);
+	struct storage_meta meta;
+	int rc = storage_mget(key.s, key.n, &a, &v, &meta);
 	if (m->has_ttl)
 		count(&stats.cmd_touch);
 	else
@@ -361,7 +371,7 @@ static void cmd_mg(struct pconn *c, const struct mc_request *req, struct mc_toke
 		return;
 	}
 	struct line l = { .n = 0 };
-	if (rc != STORAGE_OK) {
+	if (rc != STORAGE_OK) { /* a miss, or no room to vivify (memcached answers EN too) */
 		if (m->quiet)
 			return;
 		line_str(&l, "EN");
@@ -373,25 +383,39 @@ static void cmd_mg(struct pconn *c, const struct mc_request *req, struct mc_toke
 		line_fmt(&l, "VA %zu", v.len);
 	else
 		line_str(&l, "HD");
-	int64_t ttl = view_ttl(storage_ttl_left(v.expires));
+	/* the ttl as memcached's reply loop sees it: T (and N on a created item) set it in order */
+	int64_t ttl = meta.created ? 0 : view_ttl(storage_ttl_left(meta.expires_before));
 	const char *p = m->tokens.s;
 	for (size_t i = 0; i < m->ntokens; i++) {
 		struct mc_token t = next_flag(&p, m);
 		switch (t.s[0]) {
-		case 'T': ttl = new_ttl; break;
+		case 'T': ttl = ttl_from_exptime(req->exptime); break;
+		case 'N':
+			if (meta.created)
+				ttl = ttl_from_exptime(m->vivify_exptime);
+			break;
 		case 's': line_fmt(&l, " s%zu", v.len); break;
 		case 't': line_ttl(&l, ttl); break;
 		case 'c': line_fmt(&l, " c%" PRIu64, v.cas); break;
 		case 'f': line_fmt(&l, " f%" PRIu32, v.flags); break;
+		case 'l': line_fmt(&l, " l%" PRIu32, meta.last_access); break;
+		case 'h': line_str(&l, meta.fetched ? " h1" : " h0"); break;
 		case 'O':
 			line_str(&l, " ");
 			line_mem(&l, t.s, t.n);
 			break;
-		/* the stored key, which is never marked binary here (ms b is refused) */
-		case 'k': line_key(&l, key.s, key.n, false); break;
+		/* the key as the item was stored: base64 only if it was written with ms b */
+		case 'k': line_key(&l, key.s, key.n, meta.key_binary); break;
 		default: break;
 		}
 	}
+	/* memcached's order: Z (a token was already out), X (stale), W (this read won) */
+	if (meta.win_token_sent)
+		line_str(&l, " Z");
+	if (meta.stale)
+		line_str(&l, " X");
+	if (meta.won)
+		line_str(&l, " W");
 	if (!m->value) {
 		line_send(c, &l);
 		storage_release(v.pin);
@@ -409,14 +433,17 @@ static void cmd_mg(struct pconn *c, const struct mc_request *req, struct mc_toke
 	}
 }
 
+/* ms's mode as a commit op: with C, set and replace compare (I: stale if older), append and
+ * prepend compare a nonzero cas, add ignores it (memcached 1.6.18's process_mset_command). */
 static enum storage_op meta_set_op(const struct mc_meta *m)
 {
+	enum storage_op cas_op = mc_meta_has(m, 'I') ? STORAGE_CAS_STALE : STORAGE_CAS;
 	switch (m->mode) {
 	case 'E': return STORAGE_ADD;
 	case 'A': return STORAGE_APPEND;
 	case 'P': return STORAGE_PREPEND;
-	case 'R': return m->has_cas ? STORAGE_CAS : STORAGE_REPLACE;
-	default: return m->has_cas ? STORAGE_CAS : STORAGE_SET;
+	case 'R': return m->has_cas ? cas_op : STORAGE_REPLACE;
+	default: return m->has_cas ? cas_op : STORAGE_SET;
 	}
 }
 
@@ -449,11 +476,14 @@ static void cmd_ms(struct pconn *c, const struct mc_request *req, struct mc_toke
 		}
 	}
 	c->meta_fields[nf] = '\0';
+	c->meta_key_binary = m->key_binary;
+	if (m->key_binary)
+		storage_set_key_binary(res);
 	memcpy(c->key, key.s, key.n);
 	c->nkey = key.n;
 	c->res = res;
 	c->op = meta_set_op(m);
-	c->cas = req->cas;
+	c->cas = m->has_cas ? req->cas : 0;
 	c->left = (size_t)req->vlen;
 	c->nterm = 0;
 	c->state = ST_DATA;
@@ -477,7 +507,7 @@ static void finish_meta_set(struct pconn *c, int rc, uint64_t cas)
 			line_str(&l, " ");
 			line_mem(&l, c->opaque, c->nopaque);
 		} else if (*f == 'k') {
-			line_key(&l, c->key, c->nkey, false);
+			line_key(&l, c->key, c->nkey, c->meta_key_binary);
 		} else {
 			line_fmt(&l, " c%" PRIu64, rc == STORAGE_STORED ? cas : 0);
 		}
@@ -489,14 +519,23 @@ static void cmd_md(struct pconn *c, const struct mc_request *req, struct mc_toke
 {
 	const struct mc_meta *m = &req->meta;
 	struct line l = { .n = 0 };
-	if (storage_delete(key.s, key.n) == STORAGE_DELETED) {
-		count(&stats.delete_hits);
+	bool stale = mc_meta_has(m, 'I'); /* I: keep the item, marked stale (T sets its ttl) */
+	int rc = storage_mdelete(key.s, key.n, m->has_cas, req->cas, stale, stale && m->has_ttl,
+				 req->exptime);
+	switch (rc) {
+	case STORAGE_DELETED:
+		if (!stale)
+			count(&stats.delete_hits);
 		if (m->quiet)
 			return;
 		line_str(&l, "HD");
-	} else {
+		break;
+	case STORAGE_EXISTS:
 		count(&stats.delete_misses);
-		line_str(&l, "NF");
+		line_str(&l, "EX");
+		break;
+	case STORAGE_NO_MEMORY: send_str(c, "SERVER_ERROR out of memory\r\n"); return;
+	default: count(&stats.delete_misses); line_str(&l, "NF");
 	}
 	line_opaque_key(&l, m, key);
 	line_send(c, &l);
@@ -509,17 +548,7 @@ static void cmd_md(struct pconn *c, const struct mc_request *req, struct mc_toke
 static int meta_vivify(const struct mc_request *req, struct mc_token key, uint64_t *cas)
 {
 	const struct mc_meta *m = &req->meta;
-	int32_t exptime = 0;
-	const char *p = m->tokens.s;
-	for (size_t i = 0; i < m->ntokens; i++) {
-		struct mc_token t = next_flag(&p, m);
-		if (t.s[0] == 'O' && t.n > MC_OPAQUE_MAX)
-			break;
-		if (t.s[0] == 'T')
-			exptime = req->exptime;
-		else if (t.s[0] == 'N')
-			exptime = m->vivify_exptime;
-	}
+	int32_t exptime = vivify_exptime(req);
 	char num[24];
 	int n = snprintf(num, sizeof(num), "%" PRIu64, m->initial);
 	struct storage_reservation *res;
@@ -543,15 +572,19 @@ static void cmd_ma(struct pconn *c, const struct mc_request *req, struct mc_toke
 	size_t old_len = 0;
 	int64_t ttl = 0;
 	if (m->has_ttl || mc_meta_has(m, 't')) {
+		/* a look that memcached's ma does not count as a read */
+		struct storage_mget_args look = { .no_bump = true, .no_win = true };
 		struct storage_view v;
-		if (storage_get(key.s, key.n, &v) == STORAGE_OK) {
+		struct storage_meta meta;
+		if (storage_mget(key.s, key.n, &look, &v, &meta) == STORAGE_OK) {
 			old_len = v.len;
 			ttl = view_ttl(storage_ttl_left(v.expires));
 			storage_release(v.pin);
 		}
 	}
 	uint64_t value = 0, cas = 0;
-	int rc = storage_incr(key.s, key.n, incr, req->delta, &value, &cas);
+	int rc = storage_incr(key.s, key.n, incr, req->delta, m->has_cas ? req->cas : 0, &value,
+			      &cas);
 	bool created = false;
 	struct line l = { .n = 0 };
 	switch (rc) {
@@ -560,6 +593,15 @@ static void cmd_ma(struct pconn *c, const struct mc_request *req, struct mc_toke
 		send_str(c, "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n");
 		return;
 	case STORAGE_NO_MEMORY: send_str(c, "SERVER_ERROR out of memory\r\n"); return;
+	case STORAGE_EXISTS: /* C given and the item's cas differs */
+		if (late_error) {
+			send_str(c, "CLIENT_ERROR opaque token too long\r\n");
+			return;
+		}
+		line_str(&l, "EX");
+		line_opaque_key(&l, m, key);
+		line_send(c, &l);
+		return;
 	default:
 		if (!m->vivify) {
 			count(incr ? &stats.incr_misses : &stats.decr_misses);
@@ -589,8 +631,16 @@ static void cmd_ma(struct pconn *c, const struct mc_request *req, struct mc_toke
 	char num[24];
 	int nnum = snprintf(num, sizeof(num), "%" PRIu64, value);
 	bool in_place = !created && (size_t)nnum <= old_len;
-	if (in_place && m->has_ttl && (!late_error || m->ttl_before_opaque))
-		storage_touch(key.s, key.n, req->exptime);
+	if (in_place && m->has_ttl && (!late_error || m->ttl_before_opaque)) {
+		/* memcached sets the expiry on the item it holds: not a read (no fetched mark) */
+		struct storage_mget_args t = {
+			.no_bump = true, .no_win = true, .touch = true, .exptime = req->exptime
+		};
+		struct storage_view v;
+		struct storage_meta meta;
+		if (storage_mget(key.s, key.n, &t, &v, &meta) == STORAGE_OK)
+			storage_release(v.pin);
+	}
 	if (late_error) {
 		send_str(c, "CLIENT_ERROR opaque token too long\r\n");
 		return;
@@ -630,6 +680,36 @@ static void cmd_ma(struct pconn *c, const struct mc_request *req, struct mc_toke
 	line_send(c, &l);
 }
 
+/*
+ * me: memcached's debug line for an item, "ME <key> exp=<-ttl or -1> la=<secs> cas=<n>
+ * fetch=<yes|no> cls=<class> size=<bytes>" (exp is the time since expiry, so negative while the
+ * item lives). Nothing is counted as a read. cls and size are this store's own (README).
+ */
+static void cmd_me(struct pconn *c, struct mc_token key)
+{
+	struct storage_mget_args look = { .no_bump = true, .no_win = true };
+	struct storage_view v;
+	struct storage_meta meta;
+	if (storage_mget(key.s, key.n, &look, &v, &meta) != STORAGE_OK) {
+		send_str(c, "EN\r\n");
+		return;
+	}
+	int64_t left = storage_ttl_left(v.expires);
+	struct line l = { .n = 0 };
+	line_str(&l, "ME ");
+	if (meta.key_binary) {
+		char enc[(MC_KEY_MAX + 2) / 3 * 4];
+		line_mem(&l, enc, mc_base64_encode((const unsigned char *)key.s, key.n, enc));
+	} else {
+		line_mem(&l, key.s, key.n);
+	}
+	line_fmt(&l, " exp=%" PRId64 " la=%" PRIu32 " cas=%" PRIu64 " fetch=%s cls=%u size=%zu",
+		 left == -1 ? -1 : -left, meta.last_access, v.cas, meta.fetched ? "yes" : "no",
+		 meta.cls, meta.size);
+	storage_release(v.pin);
+	line_send(c, &l);
+}
+
 static const char *meta_error(enum mc_error e)
 {
 	switch (e) {
@@ -655,13 +735,13 @@ static void cmd_meta(struct pconn *c, const struct mc_request *req)
 {
 	const struct mc_meta *m = &req->meta;
 	bool late = req->error == MC_ERR_OPAQUE && (req->verb == MC_MG || req->verb == MC_MA);
+	if (req->verb == MC_ME && req->error != MC_OK) {
+		send_str(c, "CLIENT_ERROR bad command line format\r\n");
+		return;
+	}
 	const char *err = NULL;
 	if (req->error != MC_OK && !late)
 		err = meta_error(req->error);
-	else if (meta_unsupported(req))
-		err = req->verb == MC_MD || req->verb == MC_MA
-			      ? "CLIENT_ERROR invalid or duplicate flag\r\n"
-			      : "CLIENT_ERROR invalid flag\r\n";
 	if (err) {
 		send_str(c, err);
 		if (req->verb == MC_MS && m->data_follows) {
@@ -680,6 +760,7 @@ static void cmd_meta(struct pconn *c, const struct mc_request *req)
 	case MC_MG: cmd_mg(c, req, key); break;
 	case MC_MS: cmd_ms(c, req, key); break;
 	case MC_MD: cmd_md(c, req, key); break;
+	case MC_ME: cmd_me(c, key); break;
 	default: cmd_ma(c, req, key); break;
 	}
 }
@@ -760,7 +841,7 @@ static void cmd_incr(struct pconn *c, const struct mc_request *req)
 	bool incr = req->verb == MC_INCR;
 	struct mc_token key = req->keys;
 	uint64_t result;
-	int rc = storage_incr(key.s, key.n, incr, req->delta, &result, NULL);
+	int rc = storage_incr(key.s, key.n, incr, req->delta, 0, &result, NULL);
 	char buf[32];
 	switch (rc) {
 	case STORAGE_OK:
@@ -927,6 +1008,11 @@ static void cmd_stats(struct pconn *c, const struct mc_request *req)
 	case MC_STATS_GENERAL: stats_general(c); break;
 	case MC_STATS_SETTINGS: stats_settings(c); break;
 	case MC_STATS_STORAGE: storage_stats(stat_line, c); break;
+	case MC_STATS_ITEMS: storage_stats_items(stat_line, c); break;
+	case MC_STATS_SLABS: storage_stats_slabs(stat_line, c); break;
+	case MC_STATS_SIZES: /* item size histograms are not kept (memcached's default too) */
+		stat_line(c, "sizes_status", "disabled");
+		break;
 	case MC_STATS_RESET:
 		reset_counters();
 		send_str(c, "RESET\r\n");
@@ -961,7 +1047,8 @@ static void execute(struct pconn *c, const struct mc_request *req)
 	case MC_MG:
 	case MC_MS:
 	case MC_MD:
-	case MC_MA: cmd_meta(c, req); return;
+	case MC_MA:
+	case MC_ME: cmd_meta(c, req); return;
 	case MC_MN: send_str(c, "MN\r\n"); return;
 	default: break;
 	}

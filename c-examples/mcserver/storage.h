@@ -63,6 +63,9 @@ enum storage_op {
 	STORAGE_APPEND, /* add the reserved bytes after the existing value (flags/ttl kept) */
 	STORAGE_PREPEND, /* add the reserved bytes before the existing value (flags/ttl kept) */
 	STORAGE_CAS, /* store only if the existing item's cas equals the given one */
+	STORAGE_CAS_STALE, /* STORAGE_CAS, and when the given cas is older (smaller, nonzero) than
+			    * the item's, store anyway marked stale, keeping the item's exptime
+			    * and win-token mark (memcached's ms I, "invalidate") */
 };
 
 /* Settings given once to storage_setup(). */
@@ -92,6 +95,36 @@ struct storage_view {
 	uint32_t expires; /* when it expires on the store's clock, 0 = never: see
 				    * storage_ttl_left (kept raw so a read costs no clock call) */
 	struct storage_pin *pin;
+};
+
+/*
+ * Per-item state of memcached's meta commands (mg h l X W Z, me), as storage_mget found it:
+ * the state before that read, and what the read did.
+ */
+struct storage_meta {
+	bool fetched; /* read since it was written */
+	bool stale; /* marked stale (md I, ms I) */
+	bool win_token_sent; /* a win token (W) had been handed out */
+	bool won; /* this read won the token: the caller should refresh the item */
+	bool created; /* this read created the item (vivify) */
+	bool key_binary; /* written with a base64 key (ms b) */
+	uint32_t last_access; /* seconds since last access (each store's notion: see README) */
+	uint32_t expires_before; /* the item's expiry before this read (as storage_view.expires) */
+	unsigned cls; /* slab class holding the item (0: the store has no classes) */
+	size_t size; /* bytes the item takes in the store */
+};
+
+/* What storage_mget does besides reading. exptimes are memcached's, as for storage_gat. */
+struct storage_mget_args {
+	bool no_bump; /* u: the read is not counted (no fetched mark, no LRU bump) */
+	bool touch; /* T: set exptime */
+	bool vivify; /* N: on a miss create an empty item (flags 0) expiring at vivify_exptime */
+	bool recache; /* R: win the token if the item expires sooner than recache_exptime */
+	bool touch_before_recache; /* R compares the expiry T sets (T came first) */
+	bool no_win; /* hand out no win token (the caller will not report it) */
+	int64_t exptime;
+	int64_t vivify_exptime;
+	int64_t recache_exptime;
 };
 
 /* Called by storage_stats once per figure; name and value are borrowed for the call. */
@@ -125,13 +158,18 @@ int storage_fill(struct storage_reservation *r, const void *data, size_t len);
 
 /*
  * Phase 2: makes the reserved item visible according to op; the reservation is consumed
- * whatever the result. The value must have been filled completely. cas is compared only for
- * STORAGE_CAS. On STORAGE_STORED, *cas_out (if not NULL) gets the item's new cas.
+ * whatever the result. The value must have been filled completely. cas is compared for
+ * STORAGE_CAS and STORAGE_CAS_STALE, and for STORAGE_APPEND/PREPEND when it is not 0 (memcached's
+ * ms MA C: a mismatch gives STORAGE_EXISTS). On STORAGE_STORED, *cas_out (if not NULL) gets the
+ * item's new cas.
  * Returns STORAGE_STORED, STORAGE_NOT_STORED, STORAGE_EXISTS, STORAGE_NOT_FOUND (CAS on a
  * missing key), STORAGE_TOO_LARGE / STORAGE_NO_MEMORY (append/prepend result does not fit).
  */
 int storage_commit(struct storage_reservation *r, enum storage_op op, uint64_t cas,
 		   uint64_t *cas_out);
+
+/* Marks the reserved item as written with a base64 key (ms b): storage_meta.key_binary. */
+void storage_set_key_binary(struct storage_reservation *r);
 
 /* Abandons a reservation (consumed). Nothing changes in the store. */
 void storage_cancel(struct storage_reservation *r);
@@ -150,6 +188,26 @@ int storage_get_copy(const void *key, size_t nkey, void *buf, size_t cap, struct
 /* Like storage_get, and sets the item's exptime (cas unchanged). Returns OK or NOT_FOUND. */
 int storage_gat(const void *key, size_t nkey, int64_t exptime, struct storage_view *out);
 
+/*
+ * memcached's mg with its per-item state, atomically: looks up the item (creating an empty one
+ * on a miss with a->vivify), decides whether this caller wins the token to refresh it
+ * (created, stale, or with a->recache expiring sooner, and no token handed out yet), applies
+ * a->exptime, the win mark and the read, and pins the item as storage_get does (the view has
+ * the new expiry). *meta gets the item's state from before the read. Returns STORAGE_OK,
+ * STORAGE_NOT_FOUND, or STORAGE_NO_MEMORY/STORAGE_TOO_LARGE (vivify or a move found no room).
+ */
+int storage_mget(const void *key, size_t nkey, const struct storage_mget_args *a,
+		 struct storage_view *out, struct storage_meta *meta);
+
+/*
+ * memcached's md: deletes the item, only if its cas equals cas when check_cas; with mark_stale
+ * it is kept instead, marked stale with a new cas and its win token taken back, and with
+ * set_exptime given exptime. Returns STORAGE_DELETED (deleted or marked), STORAGE_NOT_FOUND,
+ * STORAGE_EXISTS (cas mismatch) or STORAGE_NO_MEMORY.
+ */
+int storage_mdelete(const void *key, size_t nkey, bool check_cas, uint64_t cas, bool mark_stale,
+		    bool set_exptime, int64_t exptime);
+
 /* Seconds until a view's item expires (> 0; 0 or less once past), or -1 for never. */
 int64_t storage_ttl_left(uint32_t expires);
 
@@ -166,11 +224,12 @@ int storage_touch(const void *key, size_t nkey, int64_t exptime);
  * incr (incr=true, wraps mod 2^64) or decr (saturates at 0) with memcached's rules: the value
  * must be an unsigned decimal (leading spaces allowed, ends at the end or at a space); a shorter
  * result is padded with spaces to the old length; flags and ttl kept; a new cas is assigned.
- * Returns STORAGE_OK with *result (and the item's new cas in *cas_out when not NULL; 0 when
- * CAS is disabled), STORAGE_NOT_FOUND, STORAGE_NON_NUMERIC, STORAGE_NO_MEMORY.
+ * When expect_cas is not 0 the item's cas must equal it (memcached's ma C). Returns STORAGE_OK
+ * with *result (and the item's new cas in *cas_out when not NULL; 0 when CAS is disabled),
+ * STORAGE_NOT_FOUND, STORAGE_EXISTS (cas mismatch), STORAGE_NON_NUMERIC, STORAGE_NO_MEMORY.
  */
-int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64_t *result,
-		 uint64_t *cas_out);
+int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64_t expect_cas,
+		 uint64_t *result, uint64_t *cas_out);
 
 /*
  * flush_all: delay 0 invalidates every item now; delay > 0 invalidates, once delay-1 seconds
@@ -180,5 +239,14 @@ int storage_flush(uint32_t delay);
 
 /* Reports the store's figures (curr_items, bytes, evictions, ... and module-specific ones). */
 void storage_stats(storage_stat_fn fn, void *ctx);
+
+/*
+ * memcached's "stats items" and "stats slabs" figures, in memcached's names and format
+ * ("items:<class>:<name>", "<class>:<name>", then the totals), from what the store has:
+ * the slab store reports its classes; the p99 store, which has segments instead, reports
+ * its items as one class (see README).
+ */
+void storage_stats_items(storage_stat_fn fn, void *ctx);
+void storage_stats_slabs(storage_stat_fn fn, void *ctx);
 
 #endif

@@ -21,6 +21,7 @@
 
 struct storage_reservation {
 	p99_cache_reservation r;
+	bool key_binary; /* ms b: committed with P99_CACHE_WRITE_KEY_BINARY */
 };
 
 struct storage_pin {
@@ -50,6 +51,7 @@ static bool blocks_key_ok;
 
 static p99_cache *cache;
 static size_t mem_limit;
+static uint32_t segment_bytes;
 
 static void free_list(struct block_list *l)
 {
@@ -125,6 +127,7 @@ int storage_setup(const struct storage_options *opts, char *err, size_t errlen)
 	if (opts->hashpower) /* as many items as memcached's table holds before it grows */
 		cfg.expected_items = ((uint64_t)3 << opts->hashpower) / 2;
 	mem_limit = opts->mem_limit;
+	segment_bytes = cfg.segment_bytes;
 	p99_status st = p99_cache_new(&cfg, &cache);
 	if (st != P99_STATUS_OK) {
 		snprintf(err, errlen, "p99_cache_new: %s (-m %zu MiB, -I %zu)",
@@ -178,8 +181,15 @@ int storage_reserve(const void *key, size_t nkey, uint32_t flags, int64_t exptim
 		block_put(b);
 		return map_status(st);
 	}
+	b->res.key_binary = false;
 	*out = &b->res;
 	return STORAGE_OK;
+}
+
+void storage_set_key_binary(struct storage_reservation *res)
+{
+	if (res)
+		res->key_binary = true;
 }
 
 int storage_fill(struct storage_reservation *res, const void *data, size_t len)
@@ -208,6 +218,7 @@ int storage_commit(struct storage_reservation *res, enum storage_op op, uint64_t
 		[STORAGE_APPEND] = P99_CACHE_MODE_APPEND,
 		[STORAGE_PREPEND] = P99_CACHE_MODE_PREPEND,
 		[STORAGE_CAS] = P99_CACHE_MODE_CAS,
+		[STORAGE_CAS_STALE] = P99_CACHE_MODE_CAS,
 	};
 	if (!res)
 		return STORAGE_INVALID;
@@ -216,7 +227,16 @@ int storage_commit(struct storage_reservation *res, enum storage_op op, uint64_t
 		return STORAGE_INVALID;
 	}
 	uint64_t new_cas = 0;
-	p99_status st = p99_cache_commit(cache, &res->r, modes[op], cas, &new_cas);
+	p99_status st;
+	if (!res->key_binary && op != STORAGE_CAS_STALE && cas == 0) {
+		st = p99_cache_commit(cache, &res->r, modes[op], cas, &new_cas);
+	} else {
+		p99_cache_write_options o = { .struct_size = sizeof(o) };
+		o.flags = (res->key_binary ? P99_CACHE_WRITE_KEY_BINARY : 0) |
+			  (op == STORAGE_CAS_STALE ? P99_CACHE_WRITE_STALE_IF_OLDER : 0) |
+			  P99_CACHE_WRITE_APPEND_CHECKS_CAS;
+		st = p99_cache_commit_with(cache, &res->r, modes[op], cas, &o, &new_cas);
+	}
 	if (res->r.state) /* not consumed (should not happen): never leak the buffer */
 		p99_cache_cancel(&res->r);
 	block_put((union block *)res);
@@ -296,6 +316,59 @@ void storage_release(struct storage_pin *pin)
 	block_put((union block *)pin);
 }
 
+int storage_mget(const void *key, size_t nkey, const struct storage_mget_args *a,
+		 struct storage_view *out, struct storage_meta *meta)
+{
+	if (!a || !out || !meta)
+		return STORAGE_INVALID;
+	p99_cache_meta_get_args args = { .struct_size = sizeof(args) };
+	args.flags = (a->no_bump ? P99_CACHE_MG_NO_BUMP : 0) | (a->touch ? P99_CACHE_MG_TOUCH : 0) |
+		     (a->vivify ? P99_CACHE_MG_VIVIFY : 0) |
+		     (a->recache ? P99_CACHE_MG_RECACHE : 0) |
+		     (a->touch_before_recache ? P99_CACHE_MG_TOUCH_BEFORE_RECACHE : 0) |
+		     (a->no_win ? P99_CACHE_MG_NO_WIN : 0);
+	args.touch_expiry = a->touch ? expiry_of(a->exptime) : 0;
+	args.vivify_expiry = a->vivify ? expiry_of(a->vivify_exptime) : 0;
+	/* R0 never wins (memcached compares with time 0) */
+	args.recache_expiry = a->recache ? expiry_of(a->recache_exptime) : 0;
+	union block *b = block_get();
+	if (!b)
+		return STORAGE_NO_MEMORY;
+	p99_cache_meta_info info = { .struct_size = sizeof(info) };
+	p99_status st = p99_cache_meta_get(cache, key, nkey, &args, &b->pin.item, &info);
+	int rc = pin_view(st, &b->pin, out);
+	if (rc != STORAGE_OK)
+		return rc;
+	*meta = (struct storage_meta){
+		.fetched = info.flags & P99_CACHE_META_FETCHED,
+		.stale = info.flags & P99_CACHE_META_STALE,
+		.win_token_sent = info.flags & P99_CACHE_META_WIN_TOKEN_SENT,
+		.won = info.flags & P99_CACHE_META_WON,
+		.created = info.flags & P99_CACHE_META_CREATED,
+		.key_binary = info.flags & P99_CACHE_META_KEY_BINARY,
+		.last_access = info.last_access,
+		.expires_before = info.expiry_before,
+		.cls = 0,
+		.size = info.item_bytes,
+	};
+	return STORAGE_OK;
+}
+
+int storage_mdelete(const void *key, size_t nkey, bool check_cas, uint64_t cas, bool mark_stale,
+		    bool set_exptime, int64_t exptime)
+{
+	p99_cache_meta_delete_args args = { .struct_size = sizeof(args) };
+	args.flags = (check_cas ? P99_CACHE_MD_CHECK_CAS : 0) |
+		     (mark_stale ? P99_CACHE_MD_MARK_STALE : 0) |
+		     (set_exptime ? P99_CACHE_MD_SET_EXPIRY : 0);
+	args.cas = cas;
+	args.expiry = set_exptime ? expiry_of(exptime) : 0;
+	p99_status st = p99_cache_meta_delete(cache, key, nkey, &args);
+	if (st == P99_STATUS_OK)
+		return STORAGE_DELETED;
+	return st == P99_STATUS_EXISTS ? STORAGE_EXISTS : map_status(st);
+}
+
 int storage_delete(const void *key, size_t nkey)
 {
 	p99_status st = p99_cache_delete(cache, key, nkey);
@@ -308,12 +381,11 @@ int storage_touch(const void *key, size_t nkey, int64_t exptime)
 	return st == P99_STATUS_OK ? STORAGE_OK : STORAGE_NOT_FOUND;
 }
 
-int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64_t *result,
-		 uint64_t *cas_out)
+int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64_t expect_cas,
+		 uint64_t *result, uint64_t *cas_out)
 {
 	uint64_t v;
-	p99_status st = incr ? p99_cache_incr(cache, key, nkey, delta, &v, cas_out)
-			     : p99_cache_decr(cache, key, nkey, delta, &v, cas_out);
+	p99_status st = p99_cache_delta(cache, key, nkey, incr, delta, expect_cas, &v, cas_out);
 	if (st != P99_STATUS_OK)
 		return map_status(st);
 	*result = v;
@@ -330,6 +402,43 @@ static void stat_u64(storage_stat_fn fn, void *ctx, const char *name, uint64_t v
 	char buf[32];
 	snprintf(buf, sizeof(buf), "%" PRIu64, v);
 	fn(ctx, name, buf);
+}
+
+/*
+ * The p99 store has no slab classes: its items are reported as one class, 1, whose "pages"
+ * are the store's segments (see README).
+ */
+void storage_stats_items(storage_stat_fn fn, void *ctx)
+{
+	p99_cache_stats s = { .struct_size = sizeof(s) };
+	if (p99_cache_get_stats(cache, &s) != P99_STATUS_OK || s.items == 0)
+		return;
+	stat_u64(fn, ctx, "items:1:number", s.items);
+	stat_u64(fn, ctx, "items:1:number_hot", 0);
+	stat_u64(fn, ctx, "items:1:number_warm", 0);
+	stat_u64(fn, ctx, "items:1:number_cold", s.items);
+	stat_u64(fn, ctx, "items:1:mem_requested", s.item_bytes);
+	stat_u64(fn, ctx, "items:1:evicted", s.evicted_items);
+	stat_u64(fn, ctx, "items:1:reclaimed", s.expirations);
+}
+
+void storage_stats_slabs(storage_stat_fn fn, void *ctx)
+{
+	p99_cache_stats s = { .struct_size = sizeof(s) };
+	if (p99_cache_get_stats(cache, &s) != P99_STATUS_OK)
+		return;
+	uint64_t allocated = segment_bytes ? s.segment_bytes_allocated / segment_bytes : 0;
+	if (allocated > 0) {
+		stat_u64(fn, ctx, "1:chunk_size", segment_bytes);
+		stat_u64(fn, ctx, "1:chunks_per_page", 1);
+		stat_u64(fn, ctx, "1:total_pages", allocated);
+		stat_u64(fn, ctx, "1:total_chunks", allocated);
+		stat_u64(fn, ctx, "1:used_chunks", s.segments_used);
+		stat_u64(fn, ctx, "1:free_chunks", allocated - s.segments_used);
+		stat_u64(fn, ctx, "1:free_chunks_end", s.segments_total - allocated);
+	}
+	stat_u64(fn, ctx, "active_slabs", allocated > 0 ? 1 : 0);
+	stat_u64(fn, ctx, "total_malloced", s.segment_bytes_allocated);
 }
 
 void storage_stats(storage_stat_fn fn, void *ctx)

@@ -35,6 +35,11 @@
 enum {
 	ITEM_LINKED = 1, /* in the hash table and the LRU */
 	ITEM_SLABBED = 2, /* on its class's free list */
+	/* memcached's meta-protocol marks */
+	ITEM_FETCHED = 4, /* read since written */
+	ITEM_STALE = 8, /* marked stale (md I, ms I) */
+	ITEM_TOKEN_SENT = 16, /* a win token was handed out */
+	ITEM_KEY_BINARY = 32, /* written with a base64 key (ms b) */
 };
 
 /*
@@ -44,7 +49,7 @@ enum {
 struct item {
 	struct item *next, *prev; /* LRU, or free list when slabbed */
 	struct item *h_next; /* hash chain */
-	uint32_t time; /* last write, store clock */
+	uint32_t time; /* last write or counted read, store clock (memcached's last access) */
 	uint32_t exptime; /* 0 = never, else store clock when it expires */
 	uint32_t nbytes; /* value length */
 	uint32_t refcount; /* pins + reservation */
@@ -96,6 +101,8 @@ static struct {
 
 	uint64_t curr_items, total_items, bytes, evictions, page_evictions, reclaimed;
 	uint64_t expired_unfetched, flushed;
+	uint64_t requested[CLASS_MAX]; /* memcached's mem_requested: item bytes per class */
+	uint64_t linked[CLASS_MAX]; /* linked items per class */
 } S;
 
 static uint32_t store_now(void)
@@ -291,6 +298,8 @@ static void item_unlink(struct item *it)
 	it->it_flags &= ~ITEM_LINKED;
 	S.curr_items--;
 	S.bytes -= item_total(it->nkey, it->nbytes);
+	S.requested[it->clsid] -= item_total(it->nkey, it->nbytes);
+	S.linked[it->clsid]--;
 	item_free_if_unused(it);
 }
 
@@ -304,6 +313,8 @@ static void item_link(struct item *it, uint64_t hv)
 	S.curr_items++;
 	S.total_items++;
 	S.bytes += item_total(it->nkey, it->nbytes);
+	S.requested[it->clsid] += item_total(it->nkey, it->nbytes);
+	S.linked[it->clsid]++;
 	hash_maybe_grow();
 	hash_migrate(HASH_MIGRATE_STEP);
 }
@@ -630,17 +641,30 @@ int storage_commit(struct storage_reservation *r, enum storage_op op, uint64_t c
 		break;
 	case STORAGE_REPLACE: rc = old ? STORAGE_STORED : STORAGE_NOT_STORED; break;
 	case STORAGE_CAS:
-		if (!old)
+	case STORAGE_CAS_STALE:
+		if (!old) {
 			rc = STORAGE_NOT_FOUND;
-		else if (!S.opts.cas_enabled || old->cas != cas)
-			rc = STORAGE_EXISTS;
-		else
+		} else if (S.opts.cas_enabled && old->cas == cas) {
 			rc = STORAGE_STORED;
+		} else if (op == STORAGE_CAS_STALE && S.opts.cas_enabled && cas != 0 &&
+			   cas < old->cas) {
+			/* memcached's ms I: an older cas still stores, marked stale, keeping the
+			 * old item's exptime and win-token mark */
+			it->exptime = old->exptime;
+			it->it_flags |= ITEM_STALE | (old->it_flags & ITEM_TOKEN_SENT);
+			rc = STORAGE_STORED;
+		} else {
+			rc = STORAGE_EXISTS;
+		}
 		break;
 	case STORAGE_APPEND:
 	case STORAGE_PREPEND:
 		if (!old) {
 			rc = STORAGE_NOT_STORED;
+			break;
+		}
+		if (cas != 0 && (S.opts.cas_enabled ? old->cas : 0) != cas) {
+			rc = STORAGE_EXISTS;
 			break;
 		}
 		rc = combine(old, it, op == STORAGE_APPEND, &store);
@@ -668,17 +692,34 @@ int64_t storage_ttl_left(uint32_t expires)
 	return expires ? (int64_t)expires - (int64_t)store_now() : -1;
 }
 
-static void pin_view(struct item *it, struct storage_view *out)
+#define ITEM_UPDATE_INTERVAL 60 /* memcached: a read refreshes the access time this rarely */
+
+/* A counted read: memcached's LRU bump, fetched mark and (coarse) last-access time. */
+static void item_bump(struct item *it)
 {
-	it->refcount++;
 	lru_unlink(it);
 	lru_push(it);
+	it->it_flags |= ITEM_FETCHED;
+	uint32_t now = store_now();
+	if (it->time + ITEM_UPDATE_INTERVAL < now)
+		it->time = now;
+}
+
+static void fill_view(struct item *it, struct storage_view *out)
+{
+	it->refcount++;
 	out->value = item_value(it);
 	out->len = it->nbytes;
 	out->flags = it->flags;
 	out->cas = S.opts.cas_enabled ? it->cas : 0;
 	out->expires = it->exptime;
 	out->pin = (struct storage_pin *)it;
+}
+
+static void pin_view(struct item *it, struct storage_view *out)
+{
+	item_bump(it);
+	fill_view(it, out);
 }
 
 int storage_get(const void *key, size_t nkey, struct storage_view *out)
@@ -702,8 +743,7 @@ int storage_get_copy(const void *key, size_t nkey, void *buf, size_t cap, struct
 	pthread_mutex_lock(&S.lock);
 	struct item *it = find_live(key, nkey, hv);
 	if (it && it->nbytes <= cap) {
-		lru_unlink(it);
-		lru_push(it);
+		item_bump(it);
 		if (it->nbytes)
 			memcpy(buf, item_value(it), it->nbytes);
 		out->value = buf;
@@ -763,10 +803,108 @@ int storage_touch(const void *key, size_t nkey, int64_t exptime)
 	uint64_t hv = hash_key(key, nkey);
 	pthread_mutex_lock(&S.lock);
 	struct item *it = find_live(key, nkey, hv);
-	if (it)
+	if (it) {
+		item_bump(it); /* memcached's touch reads the item as a get does */
 		it->exptime = store_expiry(exptime);
+	}
 	pthread_mutex_unlock(&S.lock);
 	return it ? STORAGE_OK : STORAGE_NOT_FOUND;
+}
+
+void storage_set_key_binary(struct storage_reservation *r)
+{
+	if (r)
+		((struct item *)r)->it_flags |= ITEM_KEY_BINARY;
+}
+
+static void fill_meta(const struct item *it, struct storage_meta *meta)
+{
+	meta->fetched = it->it_flags & ITEM_FETCHED;
+	meta->stale = it->it_flags & ITEM_STALE;
+	meta->win_token_sent = it->it_flags & ITEM_TOKEN_SENT;
+	meta->key_binary = it->it_flags & ITEM_KEY_BINARY;
+	meta->last_access = store_now() - it->time;
+	meta->expires_before = it->exptime;
+	meta->cls = it->clsid;
+	meta->size = item_total(it->nkey, it->nbytes);
+}
+
+/* mg N: an empty item, linked, with the win token handed out unless a->no_win. Lock held. */
+static int vivify(const void *key, size_t nkey, uint64_t hv, const struct storage_mget_args *a,
+		  struct storage_view *out, struct storage_meta *meta)
+{
+	if (memcached_total(nkey, 0, 0) > S.opts.item_max)
+		return STORAGE_TOO_LARGE;
+	struct item *it = item_alloc(key, nkey, 0, store_expiry(a->vivify_exptime), 0);
+	if (!it)
+		return STORAGE_NO_MEMORY;
+	item_link(it, hv);
+	fill_meta(it, meta);
+	meta->created = true;
+	meta->expires_before = 0;
+	meta->won = !a->no_win;
+	if (meta->won)
+		it->it_flags |= ITEM_TOKEN_SENT;
+	if (!a->no_bump)
+		item_bump(it); /* memcached counts the creating read (after its reply) */
+	fill_view(it, out);
+	item_release(it); /* the allocation's reference; the view's pin remains */
+	return STORAGE_OK;
+}
+
+int storage_mget(const void *key, size_t nkey, const struct storage_mget_args *a,
+		 struct storage_view *out, struct storage_meta *meta)
+{
+	if (!key || !a || !out || !meta || nkey == 0 || nkey > STORAGE_KEY_MAX)
+		return STORAGE_NOT_FOUND;
+	memset(meta, 0, sizeof(*meta));
+	uint64_t hv = hash_key(key, nkey);
+	pthread_mutex_lock(&S.lock);
+	struct item *it = find_live(key, nkey, hv);
+	if (!it) {
+		int rc = a->vivify ? vivify(key, nkey, hv, a, out, meta) : STORAGE_NOT_FOUND;
+		pthread_mutex_unlock(&S.lock);
+		return rc;
+	}
+	fill_meta(it, meta);
+	uint32_t exp = a->touch ? store_expiry(a->exptime) : it->exptime;
+	uint32_t r_exp = a->touch_before_recache ? exp : it->exptime;
+	bool recache = a->recache && r_exp != 0 && r_exp < store_expiry(a->recache_exptime);
+	meta->won = !a->no_win && !meta->win_token_sent && (recache || meta->stale);
+	if (meta->won)
+		it->it_flags |= ITEM_TOKEN_SENT;
+	it->exptime = exp;
+	if (a->no_bump)
+		fill_view(it, out);
+	else
+		pin_view(it, out);
+	pthread_mutex_unlock(&S.lock);
+	return STORAGE_OK;
+}
+
+int storage_mdelete(const void *key, size_t nkey, bool check_cas, uint64_t cas, bool mark_stale,
+		    bool set_exptime, int64_t exptime)
+{
+	if (!key || nkey == 0 || nkey > STORAGE_KEY_MAX)
+		return STORAGE_NOT_FOUND;
+	uint64_t hv = hash_key(key, nkey);
+	int rc = STORAGE_DELETED;
+	pthread_mutex_lock(&S.lock);
+	struct item *it = find_live(key, nkey, hv);
+	if (!it) {
+		rc = STORAGE_NOT_FOUND;
+	} else if (check_cas && (S.opts.cas_enabled ? it->cas : 0) != cas) {
+		rc = STORAGE_EXISTS;
+	} else if (mark_stale) {
+		it->it_flags = (it->it_flags | ITEM_STALE) & ~ITEM_TOKEN_SENT;
+		it->cas = S.next_cas++;
+		if (set_exptime)
+			it->exptime = store_expiry(exptime);
+	} else {
+		item_unlink(it);
+	}
+	pthread_mutex_unlock(&S.lock);
+	return rc;
 }
 
 /* memcached's safe_strtoull on a value: digits, optional leading space, ends at space/end. */
@@ -791,8 +929,8 @@ static bool parse_counter(const char *v, size_t n, uint64_t *out)
 	return ok;
 }
 
-int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64_t *result,
-		 uint64_t *cas_out)
+int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64_t expect_cas,
+		 uint64_t *result, uint64_t *cas_out)
 {
 	if (!key || !result || nkey == 0 || nkey > STORAGE_KEY_MAX)
 		return STORAGE_NOT_FOUND;
@@ -803,6 +941,10 @@ int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64
 	uint64_t v = 0;
 	if (!it) {
 		rc = STORAGE_NOT_FOUND;
+	} else if (it->nbytes == 0) {
+		rc = STORAGE_NON_NUMERIC; /* memcached refuses an empty value before the cas check */
+	} else if (expect_cas != 0 && (S.opts.cas_enabled ? it->cas : 0) != expect_cas) {
+		rc = STORAGE_EXISTS; /* and compares the cas before it reads the value */
 	} else if (!parse_counter(item_value(it), it->nbytes, &v)) {
 		rc = STORAGE_NON_NUMERIC;
 	} else {
@@ -814,7 +956,6 @@ int storage_incr(const void *key, size_t nkey, bool incr, uint64_t delta, uint64
 			memset(item_value(it), ' ', it->nbytes);
 			memcpy(item_value(it), num, (size_t)len);
 			it->cas = S.next_cas++;
-			it->time = store_now();
 			if (cas_out)
 				*cas_out = S.opts.cas_enabled ? it->cas : 0;
 		} else {
@@ -843,7 +984,8 @@ int storage_flush(uint32_t delay)
 {
 	pthread_mutex_lock(&S.lock);
 	if (delay == 0) {
-		S.oldest_cas = S.next_cas;
+		/* memcached takes a cas id for the boundary: later items number from one past it */
+		S.oldest_cas = S.next_cas++;
 		S.oldest_live = 0;
 	} else {
 		S.oldest_live = store_now() + delay - 1;
@@ -857,6 +999,61 @@ static void stat_u64(storage_stat_fn fn, void *ctx, const char *name, uint64_t v
 	char buf[32];
 	snprintf(buf, sizeof(buf), "%" PRIu64, v);
 	fn(ctx, name, buf);
+}
+
+/* "<prefix><class>:<name> <value>" */
+static void class_stat(storage_stat_fn fn, void *ctx, const char *prefix, unsigned id,
+		       const char *name, uint64_t v)
+{
+	char key[64];
+	snprintf(key, sizeof(key), "%s%u:%s", prefix, id, name);
+	stat_u64(fn, ctx, key, v);
+}
+
+void storage_stats_items(storage_stat_fn fn, void *ctx)
+{
+	pthread_mutex_lock(&S.lock);
+	uint32_t now = store_now();
+	for (unsigned i = 1; i <= S.nclasses; i++) {
+		struct slab_class *c = &S.classes[i];
+		uint64_t n = S.linked[i];
+		if (n == 0 || !c->lru_tail)
+			continue;
+		/* one LRU per class: every item counts as "cold" (memcached's main LRU) */
+		class_stat(fn, ctx, "items:", i, "number", n);
+		class_stat(fn, ctx, "items:", i, "number_hot", 0);
+		class_stat(fn, ctx, "items:", i, "number_warm", 0);
+		class_stat(fn, ctx, "items:", i, "number_cold", n);
+		class_stat(fn, ctx, "items:", i, "age_hot", 0);
+		class_stat(fn, ctx, "items:", i, "age_warm", 0);
+		class_stat(fn, ctx, "items:", i, "age", now - c->lru_tail->time);
+		class_stat(fn, ctx, "items:", i, "mem_requested", S.requested[i]);
+		class_stat(fn, ctx, "items:", i, "evicted", c->evictions);
+	}
+	pthread_mutex_unlock(&S.lock);
+}
+
+void storage_stats_slabs(storage_stat_fn fn, void *ctx)
+{
+	pthread_mutex_lock(&S.lock);
+	uint64_t active = 0;
+	for (unsigned i = 1; i <= S.nclasses; i++) {
+		struct slab_class *c = &S.classes[i];
+		if (c->pages == 0)
+			continue;
+		active++;
+		class_stat(fn, ctx, "", i, "chunk_size", c->size);
+		class_stat(fn, ctx, "", i, "chunks_per_page", c->perpage);
+		class_stat(fn, ctx, "", i, "total_pages", c->pages);
+		class_stat(fn, ctx, "", i, "total_chunks", c->pages * c->perpage);
+		class_stat(fn, ctx, "", i, "used_chunks", c->used);
+		class_stat(fn, ctx, "", i, "free_chunks", c->free_count);
+		class_stat(fn, ctx, "", i, "free_chunks_end", 0);
+	}
+	uint64_t malloced = (uint64_t)S.npages * S.page_size;
+	pthread_mutex_unlock(&S.lock);
+	stat_u64(fn, ctx, "active_slabs", active);
+	stat_u64(fn, ctx, "total_malloced", malloced);
 }
 
 void storage_stats(storage_stat_fn fn, void *ctx)

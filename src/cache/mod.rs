@@ -85,6 +85,92 @@ pub enum Mode {
     Prepend,
 }
 
+/// Options of a write beyond its mode (memcached's meta commands).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// The key was sent base64-encoded (memcached's `ms b`): the item is marked so that
+    /// replies naming it re-encode it (`MetaInfo::key_binary`). Costs the item one byte.
+    pub key_binary: bool,
+    /// The CAS the item gets (nonzero), instead of a new unique one: an explicit CAS chosen
+    /// by the client (memcached's `E`). Costs the item 8 bytes. Ignored when CAS is off.
+    pub new_cas: u64,
+    /// `Mode::Cas` only: when the given CAS is older (smaller, nonzero) than the item's, store
+    /// anyway, marked stale, keeping the item's expiry and win-token mark (memcached's `ms I`,
+    /// "invalidate": a late writer's value is kept but reads see it as stale).
+    pub stale_if_older: bool,
+    /// `Mode::Append`/`Mode::Prepend` only: a nonzero `cas_in` must equal the item's CAS,
+    /// else `Exists` (memcached's `ms MA C<cas>`).
+    pub append_checks_cas: bool,
+}
+
+/// What a meta read ([`Cache::meta_get`]) does besides reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetaGet {
+    /// Count the read: read frequency and the fetched mark (false: memcached's `u`).
+    pub bump: bool,
+    /// Set this expiry (memcached's `T`).
+    pub touch: Option<u32>,
+    /// On a miss, create an empty item (flags 0) with this expiry and hand this caller its
+    /// win token (memcached's `N`).
+    pub vivify: Option<u32>,
+    /// Win the token when the item expires before this expiry (memcached's `R`).
+    pub recache: Option<u32>,
+    /// `recache` compares the expiry set by `touch` (T came before R in the request).
+    pub touch_before_recache: bool,
+    /// Hand out win tokens (false: the caller will not report them, so none is marked sent).
+    pub claim_win: bool,
+}
+
+impl Default for MetaGet {
+    fn default() -> MetaGet {
+        MetaGet {
+            bump: true,
+            touch: None,
+            vivify: None,
+            recache: None,
+            touch_before_recache: false,
+            claim_win: true,
+        }
+    }
+}
+
+/// An item's meta-protocol state as a meta read found it (before the read changed it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetaInfo {
+    /// Read since it was written (memcached's `h`, `fetch=`).
+    pub fetched: bool,
+    /// Marked stale (memcached's `X`).
+    pub stale: bool,
+    /// A win token was already handed out for it (memcached's `Z`).
+    pub win_token_sent: bool,
+    /// This read won the token (memcached's `W`): the caller should refresh the item.
+    pub won: bool,
+    /// This read created the item (`MetaGet::vivify`).
+    pub created: bool,
+    /// Written with a base64 key (`WriteOptions::key_binary`).
+    pub key_binary: bool,
+    /// When it was last written or moved (touch, merge), on the cache clock. Reads do not
+    /// change it (a time per read would cost 4 bytes per item); a segment written to over
+    /// more than 8 distinct seconds keeps coarser times (an item may read as older).
+    pub written_at: u32,
+    /// Bytes the item takes in its segment (header, key, value).
+    pub item_bytes: u32,
+    /// The expiry before this read (0 for an item it created).
+    pub expiry_before: u32,
+}
+
+/// What a meta delete ([`Cache::meta_delete`]) does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetaDelete {
+    /// Only if the item's CAS is this one (else `Exists`; memcached's `md C`).
+    pub cas: Option<u64>,
+    /// Keep the item, marked stale, with a new CAS and its win token taken back (memcached's
+    /// `md I`) instead of deleting it.
+    pub mark_stale: bool,
+    /// With `mark_stale`: the new expiry (memcached's `md I T`); None keeps it.
+    pub stale_expiry: Option<u32>,
+}
+
 /// Configuration of a cache.
 #[derive(Clone, Debug)]
 pub struct Config {

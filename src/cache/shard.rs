@@ -5,11 +5,14 @@
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
-use super::item::{decode_header, encode_header, header_len, ItemHeader, DEAD_BIT, HEADER_MAX};
+use super::item::{
+    decode_header, encode_header, header_len, HeaderParts, ItemHeader, DEAD_BIT, FETCHED_BIT,
+    HEADER_MAX, META_KEY_BINARY, META_STALE, META_WIN_SENT,
+};
 use super::memory::{Arena, SegmentMemory};
 use super::store::TicketCursor;
 use super::table::{hash_key, tag_of, Record, Slot, Table, OFF_BITS};
-use super::{Error, Eviction, Mode};
+use super::{Error, Eviction, MetaDelete, MetaGet, MetaInfo, Mode, WriteOptions};
 
 const NONE: u32 = u32::MAX;
 
@@ -101,7 +104,16 @@ struct SegMeta {
     next: u32,
     /// Creation order, for FIFO eviction.
     seq: u64,
+    /// When the items from each offset on were written: (offset, store time), ascending, one
+    /// entry per second in which the segment was written to. An item's write time is that of
+    /// the last entry at or before its offset; when the array is full every other entry is
+    /// dropped, so a segment written over a long time tells write times more coarsely (an
+    /// item then reads as written earlier than it was, never later).
+    write_times: [(u32, u32); WRITE_TIMES],
+    n_write_times: u8,
 }
+
+const WRITE_TIMES: usize = 8;
 
 impl SegMeta {
     fn empty() -> SegMeta {
@@ -117,7 +129,46 @@ impl SegMeta {
             prev: NONE,
             next: NONE,
             seq: 0,
+            write_times: [(0, 0); WRITE_TIMES],
+            n_write_times: 0,
         }
+    }
+
+    /// Notes that the item at `off` was written at `now`.
+    fn note_write(&mut self, off: u32, now: u32) {
+        let n = self.n_write_times as usize;
+        if n > 0 && self.write_times[n - 1].1 == now {
+            return;
+        }
+        let mut n = n;
+        if n == WRITE_TIMES {
+            for i in 0..WRITE_TIMES / 2 {
+                self.write_times[i] = self.write_times[2 * i];
+            }
+            n = WRITE_TIMES / 2;
+        }
+        self.write_times[n] = (off, now);
+        self.n_write_times = (n + 1) as u8;
+    }
+
+    /// When the item at `off` was written (see `write_times`).
+    fn written_at(&self, off: u32) -> u32 {
+        let times = &self.write_times[..self.n_write_times as usize];
+        times.iter().rev().find(|&&(o, _)| o <= off).or(times.first()).map_or(0, |&(_, t)| t)
+    }
+}
+
+/// The meta-protocol state an item carries over when it is moved without a client write
+/// (touch, merge eviction, a win token handed out, an in-place incr).
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub(crate) struct Marks {
+    pub fetched: bool,
+    pub meta: u8,
+}
+
+impl Marks {
+    fn of(hdr: &ItemHeader) -> Marks {
+        Marks { fetched: hdr.fetched, meta: hdr.meta }
     }
 }
 
@@ -298,6 +349,17 @@ impl ShardInner {
         self.live_kv -= (hdr.klen + hdr.vlen) as u64;
     }
 
+    /// Sets the item's fetched bit (in place: the header keeps its length) on its first read.
+    #[inline]
+    fn mark_fetched(&mut self, f: &Found) {
+        if !f.hdr.fetched {
+            let at = f.rec.off() as usize + 1;
+            let m = &mut self.mem[f.rec.seg() as usize];
+            let first = m.read(at, 1)[0];
+            m.write(at, &[first | FETCHED_BIT]);
+        }
+    }
+
     /// Looks up and pins an item for a reader; counts a hit or miss.
     pub fn get_pinned(&mut self, key: &[u8], h: u64, now: u32) -> Option<PinnedParts> {
         let Some(f) = self.lookup(key, h, now) else {
@@ -309,6 +371,7 @@ impl ShardInner {
         if freq < u8::MAX {
             self.table.set(f.slot, f.rec.with_freq(freq + 1));
         }
+        self.mark_fetched(&f);
         let seg = f.rec.seg();
         pin_word::pin(&self.pins[seg as usize]);
         let m = &self.mem[seg as usize];
@@ -345,6 +408,7 @@ impl ShardInner {
         if freq < u8::MAX {
             self.table.set(f.slot, f.rec.with_freq(freq + 1));
         }
+        self.mark_fetched(&f);
         buf[..f.hdr.vlen].copy_from_slice(self.value_at(f.rec.seg(), f.rec.off(), &f.hdr));
         Some((f.hdr, f.cas, true))
     }
@@ -368,22 +432,30 @@ impl ShardInner {
         expiry: u32,
         explicit_cas: Option<u64>,
         allow_merge: bool,
+        marks: Marks,
     ) -> Result<(u32, u32, u64), Error> {
         let vlen: usize = parts.iter().map(|p| p.len()).sum();
         let b = ttl_bucket(expiry, now);
         let explicit_cas = if self.cfg.cas { explicit_cas } else { None };
+        let hp = HeaderParts {
+            klen: key.len(),
+            vlen,
+            flags,
+            expiry,
+            cas: explicit_cas,
+            fetched: marks.fetched,
+            meta: marks.meta,
+        };
         let mut seg = self.ttl[b].open;
         let fits = |this: &ShardInner, s: u32| {
             let m = &this.segs[s as usize];
             let base = if m.write_off == 0 { expiry } else { m.exp_base };
-            let total =
-                header_len(vlen, flags, expiry, base, explicit_cas.is_some()) + key.len() + vlen;
+            let total = header_len(&hp, base) + key.len() + vlen;
             m.write_off as usize + total <= this.cfg.segment_bytes
         };
         if seg == NONE || !fits(self, seg) {
             self.ttl[b].open = NONE;
-            let need =
-                header_len(vlen, flags, expiry, expiry, explicit_cas.is_some()) + key.len() + vlen;
+            let need = header_len(&hp, expiry) + key.len() + vlen;
             if need > self.cfg.segment_bytes {
                 return Err(Error::TooLarge);
             }
@@ -402,15 +474,7 @@ impl ShardInner {
         let s = seg as usize;
         let off = self.segs[s].write_off;
         let mut hbuf = [0u8; HEADER_MAX];
-        let hl = encode_header(
-            &mut hbuf,
-            key.len(),
-            vlen,
-            flags,
-            expiry,
-            self.segs[s].exp_base,
-            explicit_cas,
-        );
+        let hl = encode_header(&mut hbuf, &hp, self.segs[s].exp_base);
         let mem = &mut self.mem[s];
         let mut at = off as usize;
         mem.write(at, &hbuf[..hl]);
@@ -423,6 +487,7 @@ impl ShardInner {
         }
         self.live_kv += (key.len() + vlen) as u64;
         let meta = &mut self.segs[s];
+        meta.note_write(off, now);
         meta.write_off = at as u32;
         meta.live_items += 1;
         meta.live_bytes += (at - off as usize) as u32;
@@ -455,6 +520,7 @@ impl ShardInner {
             prev: tail,
             next: NONE,
             seq: self.seq,
+            ..SegMeta::empty()
         };
         if tail == NONE {
             self.ttl[bucket].head = seg;
@@ -542,26 +608,42 @@ impl ShardInner {
         expiry: u32,
         mode: Mode,
         cas_in: u64,
+        opts: &WriteOptions,
     ) -> Result<u64, Error> {
         let existing = self.lookup(key, h, now);
         let hint = existing.map(|f| (f.slot, f.rec));
+        let explicit = if opts.new_cas != 0 { Some(opts.new_cas) } else { None };
+        let mut marks =
+            Marks { fetched: false, meta: if opts.key_binary { META_KEY_BINARY } else { 0 } };
         let (seg, off, cas) = match mode {
             Mode::Set | Mode::Add | Mode::Replace | Mode::Cas => {
+                let mut expiry = expiry;
                 match (mode, &existing) {
                     (Mode::Add, Some(_)) | (Mode::Replace, None) => return Err(Error::NotStored),
                     (Mode::Cas, None) => return Err(Error::NotFound),
                     (Mode::Cas, Some(f)) if !self.cfg.cas || f.cas != cas_in => {
-                        return Err(Error::Exists)
+                        // memcached's ms I: a CAS older than the item's still stores, marked
+                        // stale, keeping the item's expiry and its win token.
+                        if !(self.cfg.cas && opts.stale_if_older && cas_in != 0 && cas_in < f.cas) {
+                            return Err(Error::Exists);
+                        }
+                        expiry = f.hdr.expiry;
+                        marks.meta |= META_STALE | (f.hdr.meta & META_WIN_SENT);
                     }
                     _ => {}
                 }
                 if item_size(key.len(), value.len()) > self.cfg.item_max {
                     return Err(Error::TooLarge);
                 }
-                self.append_item(now, key, &[value], flags, expiry, None, true)?
+                self.append_item(now, key, &[value], flags, expiry, explicit, true, marks)?
             }
             Mode::Append | Mode::Prepend => {
                 let Some(f) = existing else { return Err(Error::NotStored) };
+                if opts.append_checks_cas && cas_in != 0 && f.cas != cas_in {
+                    return Err(Error::Exists);
+                }
+                // memcached builds a new item from the old one's key: no marks carried.
+                marks = Marks::default();
                 let old = self.value_copy(&f);
                 let (flags, expiry) = (f.hdr.flags, f.hdr.expiry);
                 if item_size(key.len(), old.len() + value.len()) > self.cfg.item_max {
@@ -569,7 +651,7 @@ impl ShardInner {
                 }
                 let parts: [&[u8]; 2] =
                     if mode == Mode::Append { [&old, value] } else { [value, &old] };
-                self.append_item(now, key, &parts, flags, expiry, None, true)?
+                self.append_item(now, key, &parts, flags, expiry, explicit, true, marks)?
             }
         };
         self.link(key, h, seg, off, hint);
@@ -591,15 +673,32 @@ impl ShardInner {
     pub fn touch(&mut self, key: &[u8], h: u64, now: u32, expiry: u32) -> Result<(), Error> {
         let f = self.lookup(key, h, now).ok_or(Error::NotFound)?;
         self.counters.touches += 1;
+        // memcached's touch reads the item as a get does: it is fetched from then on.
         if f.hdr.expiry == expiry {
+            self.mark_fetched(&f);
             return Ok(());
         }
-        let value = self.value_copy(&f);
-        let (seg, off, _) =
-            self.append_item(now, key, &[&value], f.hdr.flags, expiry, Some(f.cas), true)?;
-        self.link(key, h, seg, off, Some((f.slot, f.rec)));
-        self.counters.sets -= 1; // a move, not a client write
+        self.move_item(now, key, h, &f, expiry, Marks { fetched: true, ..Marks::of(&f.hdr) })?;
         Ok(())
+    }
+
+    /// Rewrites a found item with a new expiry and marks, keeping value, flags and CAS (a
+    /// move, not a client write). Returns where it went.
+    fn move_item(
+        &mut self,
+        now: u32,
+        key: &[u8],
+        h: u64,
+        f: &Found,
+        expiry: u32,
+        marks: Marks,
+    ) -> Result<(u32, u32), Error> {
+        let value = self.value_copy(f);
+        let (seg, off, _) =
+            self.append_item(now, key, &[&value], f.hdr.flags, expiry, Some(f.cas), true, marks)?;
+        self.link(key, h, seg, off, Some((f.slot, f.rec)));
+        self.counters.sets -= 1;
+        Ok((seg, off))
     }
 
     /// gat: touch, then read and pin the item in the same critical section.
@@ -631,8 +730,16 @@ impl ShardInner {
         now: u32,
         incr: bool,
         by: u64,
+        expect_cas: u64,
     ) -> Result<(u64, u64), Error> {
         let f = self.lookup(key, h, now).ok_or(Error::NotFound)?;
+        // memcached refuses an empty value first, then compares the CAS, then reads the value
+        if f.hdr.vlen == 0 {
+            return Err(Error::NonNumeric);
+        }
+        if expect_cas != 0 && f.cas != expect_cas {
+            return Err(Error::Exists);
+        }
         let old = self.value_copy(&f);
         let cur = parse_memcached_u64(&old).ok_or(Error::NonNumeric)?;
         let new = if incr { cur.wrapping_add(by) } else { cur.saturating_sub(by) };
@@ -641,10 +748,154 @@ impl ShardInner {
         if text.len() < old.len() {
             text.resize(old.len(), b' ');
         }
+        // memcached changes a number that keeps its length in place, so the item keeps its
+        // marks; a longer one is a new item.
+        let marks = if text.len() == old.len() { Marks::of(&f.hdr) } else { Marks::default() };
         let (seg, off, cas) =
-            self.append_item(now, key, &[&text], f.hdr.flags, f.hdr.expiry, None, true)?;
+            self.append_item(now, key, &[&text], f.hdr.flags, f.hdr.expiry, None, true, marks)?;
         self.link(key, h, seg, off, Some((f.slot, f.rec)));
         Ok((new, cas))
+    }
+
+    /// Index of an item's meta byte (right after the first varint); the item must have one.
+    fn meta_byte_at(&self, seg: u32, off: u32) -> usize {
+        let m = &self.mem[seg as usize];
+        let mut at = off as usize + 1;
+        while m.read(at, 1)[0] & 0x80 != 0 {
+            at += 1;
+        }
+        at + 1
+    }
+
+    /// memcached's mg with its per-item state, in one critical section: reads (and pins) the
+    /// item, creating an empty one on a miss when `a.vivify` asks, decides whether this
+    /// caller wins the token to refresh it (vivified, stale, or expiring before `a.recache`,
+    /// and no token handed out yet), then applies the new expiry, the win mark and the read
+    /// (fetched mark, frequency). The pinned parts describe the item as read, with the new
+    /// expiry; `MetaInfo` the state from before this read. `Ok(None)` is a miss.
+    pub fn meta_get(
+        &mut self,
+        key: &[u8],
+        h: u64,
+        now: u32,
+        a: &MetaGet,
+    ) -> Result<Option<(PinnedParts, MetaInfo)>, Error> {
+        let Some(f) = self.lookup(key, h, now) else {
+            self.counters.misses += 1;
+            let Some(expiry) = a.vivify else { return Ok(None) };
+            if item_size(key.len(), 0) > self.cfg.item_max {
+                return Err(Error::TooLarge);
+            }
+            let meta = if a.claim_win { META_WIN_SENT } else { 0 };
+            // memcached counts the creating read as a fetch
+            let marks = Marks { fetched: a.bump, meta };
+            let (seg, off, cas) = self.append_item(now, key, &[], 0, expiry, None, true, marks)?;
+            self.link(key, h, seg, off, None);
+            let hdr = self.header_at(seg, off);
+            let info = MetaInfo {
+                won: a.claim_win,
+                created: true,
+                written_at: now,
+                item_bytes: hdr.total_len() as u32,
+                ..MetaInfo::default()
+            };
+            return Ok(Some((self.pin_parts(seg, off, hdr, cas), info)));
+        };
+        self.counters.hits += 1;
+        let old = f.hdr;
+        let win_sent = old.meta & META_WIN_SENT != 0;
+        let stale = old.meta & META_STALE != 0;
+        let expiry = a.touch.unwrap_or(old.expiry);
+        let r_expiry = if a.touch_before_recache { expiry } else { old.expiry };
+        let recache = a.recache.is_some_and(|r| r_expiry != 0 && r_expiry < r);
+        let won = a.claim_win && !win_sent && (recache || stale);
+        let info = MetaInfo {
+            fetched: old.fetched,
+            stale,
+            win_token_sent: win_sent,
+            won,
+            created: false,
+            key_binary: old.meta & META_KEY_BINARY != 0,
+            written_at: self.segs[f.rec.seg() as usize].written_at(f.rec.off()),
+            item_bytes: old.total_len() as u32,
+            expiry_before: old.expiry,
+        };
+        // Pinned where it is now: a move below leaves these bytes intact (and an expiry set
+        // in the past still lets this read see the item, as memcached's does).
+        let mut parts = self.pin_parts(f.rec.seg(), f.rec.off(), old, f.cas);
+        parts.hdr.expiry = expiry;
+        if a.touch.is_some() {
+            self.counters.touches += 1;
+        }
+        let mut marks = Marks::of(&old);
+        if won {
+            marks.meta |= META_WIN_SENT;
+        }
+        if expiry != old.expiry || (won && old.meta == 0) {
+            marks.fetched |= a.bump;
+            if let Err(e) = self.move_item(now, key, h, &f, expiry, marks) {
+                self.unpin_parts(&parts);
+                return Err(e);
+            }
+            return Ok(Some((parts, info)));
+        }
+        if won {
+            let at = self.meta_byte_at(f.rec.seg(), f.rec.off());
+            self.mem[f.rec.seg() as usize].write(at, &[marks.meta]);
+        }
+        if a.bump {
+            let freq = f.rec.freq();
+            if freq < u8::MAX {
+                self.table.set(f.slot, f.rec.with_freq(freq + 1));
+            }
+            self.mark_fetched(&f);
+        }
+        Ok(Some((parts, info)))
+    }
+
+    /// Pins the item at (seg, off) for a reader.
+    fn pin_parts(&self, seg: u32, off: u32, hdr: ItemHeader, cas: u64) -> PinnedParts {
+        pin_word::pin(&self.pins[seg as usize]);
+        let m = &self.mem[seg as usize];
+        let koff = off as usize + hdr.header_len;
+        PinnedParts { seg, key: m.addr(koff), value: m.addr(koff + hdr.klen), hdr, cas }
+    }
+
+    /// Drops a pin taken by `pin_parts` in this critical section (the segment cannot have
+    /// been retired meanwhile: it was pinned).
+    fn unpin_parts(&mut self, p: &PinnedParts) {
+        if let Ok(true) = pin_word::unpin(&self.pins[p.seg as usize]) {
+            self.free_retired(p.seg);
+        }
+    }
+
+    /// memcached's md with C and I: deletes the item, or with `d.mark_stale` keeps it marked
+    /// stale (its win token taken back so the next reader wins one) with a new CAS and, when
+    /// given, a new expiry. `NotFound` if absent, `Exists` if `d.cas` is given and differs.
+    pub fn meta_delete(
+        &mut self,
+        key: &[u8],
+        h: u64,
+        now: u32,
+        d: &MetaDelete,
+    ) -> Result<(), Error> {
+        let f = self.lookup(key, h, now).ok_or(Error::NotFound)?;
+        if d.cas.is_some_and(|c| c != f.cas) {
+            return Err(Error::Exists);
+        }
+        if !d.mark_stale {
+            self.unlink(f.slot, h, f.rec, &f.hdr);
+            self.counters.deletes += 1;
+            return Ok(());
+        }
+        let marks =
+            Marks { fetched: f.hdr.fetched, meta: (f.hdr.meta | META_STALE) & !META_WIN_SENT };
+        let expiry = d.stale_expiry.unwrap_or(f.hdr.expiry);
+        let value = self.value_copy(&f);
+        let (seg, off, _) =
+            self.append_item(now, key, &[&value], f.hdr.flags, expiry, None, true, marks)?;
+        self.link(key, h, seg, off, Some((f.slot, f.rec)));
+        Ok(())
     }
 
     // --- segments ------------------------------------------------------------------------------
@@ -778,7 +1029,7 @@ impl ShardInner {
                 live.push((rec.freq(), off, hdr, h, slot));
             }
         }
-        type Survivor = (Vec<u8>, Vec<u8>, u32, u32, u64);
+        type Survivor = (Vec<u8>, Vec<u8>, u32, u32, u64, Marks);
         let mut survivors: Vec<Survivor> = Vec::new();
         if merge {
             // Carry live items forward, up to half a segment: all of them when they fit (the
@@ -808,6 +1059,7 @@ impl ShardInner {
                     hdr.flags,
                     hdr.expiry,
                     cas,
+                    Marks::of(&hdr),
                 ));
             }
         }
@@ -818,10 +1070,10 @@ impl ShardInner {
         self.release_segment(seg);
         self.counters.evictions += 1;
         let mut merged = 0;
-        for (key, value, flags, expiry, cas) in survivors {
+        for (key, value, flags, expiry, cas, marks) in survivors {
             let h = hash_key(&key);
             if let Ok((s, off, _)) =
-                self.append_item(now, &key, &[&value], flags, expiry, Some(cas), false)
+                self.append_item(now, &key, &[&value], flags, expiry, Some(cas), false, marks)
             {
                 self.insert_record(h, Record::new(tag_of(h), s, off));
                 merged += 1;

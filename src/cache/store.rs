@@ -11,7 +11,10 @@ use super::item::KEY_MAX;
 use super::memory::pinned_slice;
 use super::shard::{item_size, PinTable, PinnedParts, ShardConfig, ShardInner, RETIRED};
 use super::table::hash_key;
-use super::{Config, Error, Mode, Stats, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
+use super::{
+    Config, Error, MetaDelete, MetaGet, MetaInfo, Mode, Stats, WriteOptions, SEGMENT_BYTES_MAX,
+    SEGMENT_BYTES_MIN,
+};
 
 /// Most shards a cache may have.
 const SHARDS_MAX: usize = 256;
@@ -730,6 +733,18 @@ impl Cache {
     /// `Mode::Cas` only. A reservation not completely filled gives `InvalidState`; one from
     /// another cache `InvalidArgument`.
     pub fn commit(&self, res: Reservation, mode: Mode, cas_in: u64) -> Result<u64, Error> {
+        self.commit_with(res, mode, cas_in, &WriteOptions::default())
+    }
+
+    /// [`Cache::commit`] with the meta-protocol options of `opts` (base64-key mark, explicit
+    /// CAS, stale-if-older CAS, CAS-checked append/prepend).
+    pub fn commit_with(
+        &self,
+        res: Reservation,
+        mode: Mode,
+        cas_in: u64,
+        opts: &WriteOptions,
+    ) -> Result<u64, Error> {
         if res.cache_id != self.id() {
             return Err(Error::InvalidArgument);
         }
@@ -737,7 +752,8 @@ impl Cache {
             return Err(Error::InvalidState);
         }
         // Checked at reserve time: the key is valid and the item within item_max.
-        self.store_hashed(res.key(), res.hash, res.value(), res.flags, res.expiry, mode, cas_in)
+        let (key, value) = (res.key(), res.value());
+        self.store_hashed(key, res.hash, value, res.flags, res.expiry, mode, cas_in, opts)
     }
 
     /// One-call write (reserve, fill and commit in one): returns the new CAS. Takes nothing
@@ -755,7 +771,8 @@ impl Cache {
         if item_size(key.len(), value.len()) > self.cfg.item_max {
             return Err(Error::TooLarge);
         }
-        self.store_hashed(key, hash_key(key), value, flags, expiry, mode, cas_in)
+        let opts = WriteOptions::default();
+        self.store_hashed(key, hash_key(key), value, flags, expiry, mode, cas_in, &opts)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -768,6 +785,7 @@ impl Cache {
         expiry: u32,
         mode: Mode,
         cas_in: u64,
+        opts: &WriteOptions,
     ) -> Result<u64, Error> {
         let now = self.now();
         let (_, mut g) = self.shard_for(h, now)?;
@@ -776,7 +794,7 @@ impl Cache {
         {
             panic!("injected panic in a write (test hook)");
         }
-        g.store(now, key, h, value, flags, expiry, mode, cas_in)
+        g.store(now, key, h, value, flags, expiry, mode, cas_in, opts)
     }
 
     /// Shorthand for `store(key, value, flags, expiry, Mode::Set, 0)`.
@@ -930,20 +948,70 @@ impl Cache {
 
     /// memcached incr: adds `delta` modulo 2^64. Returns (new value, new CAS).
     pub fn incr(&self, key: &[u8], delta: u64) -> Result<(u64, u64), Error> {
-        self.delta(key, true, delta)
+        self.delta(key, true, delta, 0)
     }
 
     /// memcached decr: subtracts `delta`, stopping at 0. Returns (new value, new CAS).
     pub fn decr(&self, key: &[u8], delta: u64) -> Result<(u64, u64), Error> {
-        self.delta(key, false, delta)
+        self.delta(key, false, delta, 0)
     }
 
-    fn delta(&self, key: &[u8], incr: bool, delta: u64) -> Result<(u64, u64), Error> {
+    /// incr (`incr` true) or decr of `key` by `delta`, only if the item's CAS is `expect_cas`
+    /// when that is nonzero (else `Exists`; memcached's `ma C`). Returns (new value, new CAS).
+    pub fn delta(
+        &self,
+        key: &[u8],
+        incr: bool,
+        delta: u64,
+        expect_cas: u64,
+    ) -> Result<(u64, u64), Error> {
         check_key(key)?;
         let now = self.now();
         let h = hash_key(key);
         let (_, mut g) = self.shard_for(h, now)?;
-        g.delta(key, h, now, incr, delta)
+        g.delta(key, h, now, incr, delta, expect_cas)
+    }
+
+    /// memcached's mg with its per-item state (see [`MetaGet`], [`MetaInfo`]): the item
+    /// pinned, with the state it had before this read. `Ok(None)` is a miss (never when
+    /// `a.vivify` is set). `TooLarge`/`OutOfMemory` only when vivifying or moving the item
+    /// (new expiry, first win mark) finds no room.
+    pub fn meta_get(
+        &self,
+        key: &[u8],
+        a: &MetaGet,
+    ) -> Result<Option<(ItemRef<'_>, MetaInfo)>, Error> {
+        check_key(key)?;
+        let now = self.now();
+        let h = hash_key(key);
+        let (i, mut g) = self.shard_for(h, now)?;
+        Ok(g.meta_get(key, h, now, a)?.map(|(p, info)| (self.item_ref(i, p), info)))
+    }
+
+    /// [`Cache::meta_get`] with the pin handed out as a ticket (see [`Cache::get_ticketed`]).
+    pub fn meta_get_ticketed(
+        &self,
+        key: &[u8],
+        a: &MetaGet,
+    ) -> Result<Option<(TicketedItem, MetaInfo)>, Error> {
+        check_key(key)?;
+        let now = self.now();
+        let h = hash_key(key);
+        let (i, mut g) = self.shard_for(h, now)?;
+        match g.meta_get(key, h, now, a)? {
+            Some((p, info)) => Ok(Some((self.ticketed(i, &mut g, p)?, info))),
+            None => Ok(None),
+        }
+    }
+
+    /// memcached's md with C and I (see [`MetaDelete`]): `NotFound` if absent, `Exists` on a
+    /// CAS mismatch.
+    pub fn meta_delete(&self, key: &[u8], d: &MetaDelete) -> Result<(), Error> {
+        check_key(key)?;
+        let now = self.now();
+        let h = hash_key(key);
+        let (_, mut g) = self.shard_for(h, now)?;
+        g.meta_delete(key, h, now, d)
     }
 
     /// memcached flush_all: every item stored before now + `delay` seconds disappears at

@@ -16,8 +16,8 @@ use std::ffi::c_void;
 use super::boundary::{c_arg, guard, guard_or, struct_size, CResult, Failure, Handle, Versioned};
 use super::status::p99_status;
 use crate::cache::{
-    Cache, ClockKind, Config, CopiedItem, Eviction, Mode, PinTicket, Reservation, Stats,
-    TicketedItem,
+    Cache, ClockKind, Config, CopiedItem, Eviction, MetaDelete, MetaGet, MetaInfo, Mode, PinTicket,
+    Reservation, Stats, TicketedItem, WriteOptions,
 };
 
 /// Eviction policy `P99_CACHE_EVICTION_FIFO`: drop the oldest unpinned segment.
@@ -42,6 +42,58 @@ pub const P99_CACHE_MODE_CAS: u32 = 3;
 pub const P99_CACHE_MODE_APPEND: u32 = 4;
 /// Commit mode: prepend, otherwise as `P99_CACHE_MODE_APPEND`.
 pub const P99_CACHE_MODE_PREPEND: u32 = 5;
+
+/// `p99_cache_write_options.flags`: the key was sent base64-encoded (memcached's `ms b`); the
+/// item is marked so that `p99_cache_meta_get` reports `P99_CACHE_META_KEY_BINARY`. Costs the
+/// item one byte.
+pub const P99_CACHE_WRITE_KEY_BINARY: u32 = 1;
+/// `p99_cache_write_options.flags`, `P99_CACHE_MODE_CAS` only: when `cas_in` is nonzero and
+/// older (smaller) than the item's CAS, store anyway, marked stale, keeping the item's expiry
+/// and its win-token mark (memcached's `ms I`).
+pub const P99_CACHE_WRITE_STALE_IF_OLDER: u32 = 2;
+/// `p99_cache_write_options.flags`, `P99_CACHE_MODE_APPEND`/`PREPEND` only: a nonzero `cas_in`
+/// must equal the item's CAS, else `P99_STATUS_EXISTS` (memcached's `ms MA C<cas>`).
+pub const P99_CACHE_WRITE_APPEND_CHECKS_CAS: u32 = 4;
+
+/// `p99_cache_meta_get_args.flags`: do not count the read (no fetched mark, no frequency
+/// bump; memcached's `u`).
+pub const P99_CACHE_MG_NO_BUMP: u32 = 1;
+/// `p99_cache_meta_get_args.flags`: set the expiry to `touch_expiry` (memcached's `T`).
+pub const P99_CACHE_MG_TOUCH: u32 = 2;
+/// `p99_cache_meta_get_args.flags`: on a miss, create an empty item (flags 0) expiring at
+/// `vivify_expiry` and hand this caller its win token (memcached's `N`).
+pub const P99_CACHE_MG_VIVIFY: u32 = 4;
+/// `p99_cache_meta_get_args.flags`: win the token when the item expires before
+/// `recache_expiry` (memcached's `R`).
+pub const P99_CACHE_MG_RECACHE: u32 = 8;
+/// `p99_cache_meta_get_args.flags`: compare `recache_expiry` with the expiry `touch_expiry`
+/// sets rather than the item's old one (T came before R in the request).
+pub const P99_CACHE_MG_TOUCH_BEFORE_RECACHE: u32 = 16;
+/// `p99_cache_meta_get_args.flags`: hand out no win token (report the state only).
+pub const P99_CACHE_MG_NO_WIN: u32 = 32;
+
+/// `p99_cache_meta_info.flags`: the item had been read since it was written.
+pub const P99_CACHE_META_FETCHED: u32 = 1;
+/// `p99_cache_meta_info.flags`: the item is marked stale (memcached's `X`).
+pub const P99_CACHE_META_STALE: u32 = 2;
+/// `p99_cache_meta_info.flags`: a win token had already been handed out (memcached's `Z`).
+pub const P99_CACHE_META_WIN_TOKEN_SENT: u32 = 4;
+/// `p99_cache_meta_info.flags`: this call won the token (memcached's `W`).
+pub const P99_CACHE_META_WON: u32 = 8;
+/// `p99_cache_meta_info.flags`: this call created the item (`P99_CACHE_MG_VIVIFY`).
+pub const P99_CACHE_META_CREATED: u32 = 16;
+/// `p99_cache_meta_info.flags`: the item was written with `P99_CACHE_WRITE_KEY_BINARY`.
+pub const P99_CACHE_META_KEY_BINARY: u32 = 32;
+
+/// `p99_cache_meta_delete_args.flags`: only if the item's CAS equals `cas` (else
+/// `P99_STATUS_EXISTS`; memcached's `md C`).
+pub const P99_CACHE_MD_CHECK_CAS: u32 = 1;
+/// `p99_cache_meta_delete_args.flags`: keep the item, marked stale, with a new CAS and its win
+/// token taken back, instead of deleting it (memcached's `md I`).
+pub const P99_CACHE_MD_MARK_STALE: u32 = 2;
+/// `p99_cache_meta_delete_args.flags`, with `P99_CACHE_MD_MARK_STALE`: set the expiry to
+/// `expiry` (memcached's `md I T`).
+pub const P99_CACHE_MD_SET_EXPIRY: u32 = 4;
 
 /// Longest key in bytes (memcached's limit).
 pub const P99_CACHE_KEY_MAX: u32 = 250;
@@ -201,6 +253,74 @@ pub struct p99_cache_value_info {
     pub expiry: u32,
 }
 
+/// Options of `p99_cache_commit_with`, filled by the caller: set `struct_size =
+/// sizeof(p99_cache_write_options)`; zeroed fields mean "no option" (later versions only
+/// append fields, whose zero keeps today's behaviour).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct p99_cache_write_options {
+    /// Set by the caller: `sizeof(p99_cache_write_options)`.
+    pub struct_size: u32,
+    /// `P99_CACHE_WRITE_*` bits.
+    pub flags: u32,
+    /// The CAS the item gets instead of a new unique one (memcached's explicit CAS, `E`);
+    /// 0 = assign one. Costs the item 8 bytes; ignored when CAS is disabled.
+    pub new_cas: u64,
+}
+
+/// Arguments of `p99_cache_meta_get`, filled by the caller: set `struct_size =
+/// sizeof(p99_cache_meta_get_args)`. Expiries are absolute on the cache clock (0 = never), as
+/// `p99_cache_expiry_from_exptime` makes them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct p99_cache_meta_get_args {
+    /// Set by the caller: `sizeof(p99_cache_meta_get_args)`.
+    pub struct_size: u32,
+    /// `P99_CACHE_MG_*` bits.
+    pub flags: u32,
+    /// With `P99_CACHE_MG_TOUCH`: the new expiry.
+    pub touch_expiry: u32,
+    /// With `P99_CACHE_MG_VIVIFY`: the created item's expiry.
+    pub vivify_expiry: u32,
+    /// With `P99_CACHE_MG_RECACHE`: win when the item expires before this.
+    pub recache_expiry: u32,
+}
+
+/// The per-item state `p99_cache_meta_get` found, filled by the library (set `struct_size`
+/// first; at most `struct_size` bytes are written). It describes the item before this read
+/// changed it, plus what the read did (`P99_CACHE_META_WON`, `P99_CACHE_META_CREATED`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct p99_cache_meta_info {
+    /// Set by the caller: `sizeof(p99_cache_meta_info)`.
+    pub struct_size: u32,
+    /// `P99_CACHE_META_*` bits.
+    pub flags: u32,
+    /// Seconds since the item was last written or moved (touch, merge eviction); reads do
+    /// not change it. Coarser (reads as older) for an item in a segment written to over more
+    /// than 8 distinct seconds.
+    pub last_access: u32,
+    /// Bytes the item takes in its segment (header, key, value).
+    pub item_bytes: u32,
+    /// The expiry before this call (`p99_cache_item.expiry` has the one after it).
+    pub expiry_before: u32,
+}
+
+/// Arguments of `p99_cache_meta_delete`, filled by the caller: set `struct_size =
+/// sizeof(p99_cache_meta_delete_args)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct p99_cache_meta_delete_args {
+    /// Set by the caller: `sizeof(p99_cache_meta_delete_args)`.
+    pub struct_size: u32,
+    /// `P99_CACHE_MD_*` bits.
+    pub flags: u32,
+    /// With `P99_CACHE_MD_CHECK_CAS`: the CAS the item must have.
+    pub cas: u64,
+    /// With `P99_CACHE_MD_SET_EXPIRY`: the new expiry (absolute, 0 = never).
+    pub expiry: u32,
+}
+
 /// Counters and gauges of a cache. Set `struct_size = sizeof(p99_cache_stats)` before
 /// `p99_cache_get_stats`; later library versions only append fields.
 #[repr(C)]
@@ -276,6 +396,35 @@ unsafe impl Versioned for p99_cache_stats {
 unsafe impl Versioned for p99_cache_value_info {
     const NAME: &'static str = "p99_cache_value_info";
     const FIRST_SIZE: usize = 32;
+}
+
+// SAFETY: repr(C), struct_size first, integer fields only; later versions append fields.
+unsafe impl Versioned for p99_cache_write_options {
+    const NAME: &'static str = "p99_cache_write_options";
+    const FIRST_SIZE: usize = 16;
+}
+// SAFETY: as above.
+unsafe impl Versioned for p99_cache_meta_get_args {
+    const NAME: &'static str = "p99_cache_meta_get_args";
+    const FIRST_SIZE: usize = 20;
+}
+// SAFETY: as above.
+unsafe impl Versioned for p99_cache_meta_info {
+    const NAME: &'static str = "p99_cache_meta_info";
+    const FIRST_SIZE: usize = 20;
+}
+// SAFETY: as above (its 4 bytes of trailing padding are never read as a field).
+unsafe impl Versioned for p99_cache_meta_delete_args {
+    const NAME: &'static str = "p99_cache_meta_delete_args";
+    const FIRST_SIZE: usize = 24;
+}
+
+/// Refuses bits outside `known` (a flag of a newer version this library cannot honour).
+fn check_flags(flags: u32, known: u32, name: &str) -> Result<(), Failure> {
+    if flags & !known != 0 {
+        return Err(Failure::invalid(format!("`{name}`: unknown flag bits {:#x}", flags & !known)));
+    }
+    Ok(())
 }
 
 impl Default for p99_cache_config {
@@ -571,6 +720,51 @@ pub unsafe extern "C" fn p99_cache_commit(
     })
 }
 
+/// `p99_cache_commit` with the meta-protocol options of `*options` (borrowed until return;
+/// see `p99_cache_write_options` and the `P99_CACHE_WRITE_*` bits): a base64-key mark, an
+/// explicit CAS, a stale-if-older CAS write, a CAS-checked append/prepend. NULL_PARAMETER
+/// for `options` NULL (nothing consumed); INVALID_ARGUMENT (reservation consumed) for a bad
+/// `struct_size` or unknown flag bits. Otherwise as `p99_cache_commit`. Thread-safe on
+/// `cache`.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_commit_with(
+    cache: *const p99_cache,
+    res: *mut p99_cache_reservation,
+    mode: u32,
+    cas_in: u64,
+    options: *const p99_cache_write_options,
+    cas_out: *mut u64,
+) -> p99_status {
+    guard(|| -> CResult {
+        let c = c_arg!(handle cache)?;
+        let r = c_arg!(mut res)?;
+        if options.is_null() {
+            return Err(super::boundary::null_arg("options"));
+        }
+        let b = take_reservation(r)?;
+        let o = c_arg!(versioned_in options, p99_cache_write_options::default())?;
+        check_flags(
+            o.flags,
+            P99_CACHE_WRITE_KEY_BINARY
+                | P99_CACHE_WRITE_STALE_IF_OLDER
+                | P99_CACHE_WRITE_APPEND_CHECKS_CAS,
+            "options",
+        )?;
+        let opts = WriteOptions {
+            key_binary: o.flags & P99_CACHE_WRITE_KEY_BINARY != 0,
+            new_cas: o.new_cas,
+            stale_if_older: o.flags & P99_CACHE_WRITE_STALE_IF_OLDER != 0,
+            append_checks_cas: o.flags & P99_CACHE_WRITE_APPEND_CHECKS_CAS != 0,
+        };
+        let mode = mode_from(mode)?;
+        let cas = c.cache.commit_with(*b, mode, cas_in, &opts)?;
+        if let Some(out) = c_arg!(opt_out cas_out) {
+            out.write(cas);
+        }
+        Ok(())
+    })
+}
+
 /// Abandons the write in `*res` and clears it. NULL_PARAMETER for NULL, INVALID_STATE when
 /// `*res` holds no reservation (e.g. a second cancel). Thread-safe per reservation.
 #[no_mangle]
@@ -737,6 +931,98 @@ pub unsafe extern "C" fn p99_cache_item_release(
     })
 }
 
+/// memcached's mg with its per-item state, in one critical section of the key's shard: looks
+/// up `key` (borrowed until return), creating an empty item on a miss with
+/// `P99_CACHE_MG_VIVIFY`; decides whether this caller wins the token to refresh the item
+/// (it was just created, or is stale, or expires before `recache_expiry` with
+/// `P99_CACHE_MG_RECACHE`, and no token was handed out since it was written or marked
+/// stale); then applies `touch_expiry`, the win mark and the read (unless
+/// `P99_CACHE_MG_NO_BUMP`). On OK `*item` (caller-owned) holds the item pinned as read, with
+/// its new expiry (release it with `p99_cache_item_release`), and `*info` (caller sets
+/// `info->struct_size` first) its state before this call and what the call did.
+/// NOT_FOUND on a miss (outputs untouched). NULL_PARAMETER / INVALID_ARGUMENT (bad
+/// `struct_size`, unknown flag bits, key length 0 or > 250) as usual; TOO_LARGE /
+/// OUT_OF_MEMORY when creating the item, or moving it to a new expiry or its first win mark,
+/// finds no room (nothing pinned). Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_meta_get(
+    cache: *const p99_cache,
+    key: *const u8,
+    key_len: usize,
+    args: *const p99_cache_meta_get_args,
+    item: *mut p99_cache_item,
+    info: *mut p99_cache_meta_info,
+) -> p99_status {
+    guard(|| -> CResult {
+        let c = c_arg!(handle cache)?;
+        let key = c_arg!(slice key, key_len)?;
+        let a = c_arg!(versioned_in args, p99_cache_meta_get_args::default())?;
+        let out = c_arg!(mut item)?;
+        let info_out = c_arg!(versioned_out info)?;
+        check_flags(a.flags, 63, "args")?;
+        let has = |bit: u32| a.flags & bit != 0;
+        let mg = MetaGet {
+            bump: !has(P99_CACHE_MG_NO_BUMP),
+            touch: has(P99_CACHE_MG_TOUCH).then_some(a.touch_expiry),
+            vivify: has(P99_CACHE_MG_VIVIFY).then_some(a.vivify_expiry),
+            recache: has(P99_CACHE_MG_RECACHE).then_some(a.recache_expiry),
+            touch_before_recache: has(P99_CACHE_MG_TOUCH_BEFORE_RECACHE),
+            claim_win: !has(P99_CACHE_MG_NO_WIN),
+        };
+        let (it, m) = c.cache.meta_get_ticketed(key, &mg)?.ok_or(p99_status::NotFound)?;
+        info_out.write(meta_info_to_c(&m, c.cache.now()));
+        fill_item(out, it, pin_tag(c));
+        Ok(())
+    })
+}
+
+fn meta_info_to_c(m: &MetaInfo, now: u32) -> p99_cache_meta_info {
+    let bit = |on: bool, b: u32| if on { b } else { 0 };
+    p99_cache_meta_info {
+        struct_size: struct_size::<p99_cache_meta_info>(),
+        flags: bit(m.fetched, P99_CACHE_META_FETCHED)
+            | bit(m.stale, P99_CACHE_META_STALE)
+            | bit(m.win_token_sent, P99_CACHE_META_WIN_TOKEN_SENT)
+            | bit(m.won, P99_CACHE_META_WON)
+            | bit(m.created, P99_CACHE_META_CREATED)
+            | bit(m.key_binary, P99_CACHE_META_KEY_BINARY),
+        last_access: now.saturating_sub(m.written_at),
+        item_bytes: m.item_bytes,
+        expiry_before: m.expiry_before,
+    }
+}
+
+/// memcached's md with C and I (`*args` borrowed until return; see the `P99_CACHE_MD_*`
+/// bits): deletes `key`, or with `P99_CACHE_MD_MARK_STALE` keeps it marked stale with a new
+/// CAS and its win token taken back (the next `p99_cache_meta_get` wins it). NOT_FOUND if
+/// absent, EXISTS when `P99_CACHE_MD_CHECK_CAS` is set and the CAS differs; OUT_OF_MEMORY
+/// when marking finds no room (nothing changed). Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn p99_cache_meta_delete(
+    cache: *const p99_cache,
+    key: *const u8,
+    key_len: usize,
+    args: *const p99_cache_meta_delete_args,
+) -> p99_status {
+    guard(|| -> CResult {
+        let c = c_arg!(handle cache)?;
+        let key = c_arg!(slice key, key_len)?;
+        let a = c_arg!(versioned_in args, p99_cache_meta_delete_args::default())?;
+        check_flags(
+            a.flags,
+            P99_CACHE_MD_CHECK_CAS | P99_CACHE_MD_MARK_STALE | P99_CACHE_MD_SET_EXPIRY,
+            "args",
+        )?;
+        let d = MetaDelete {
+            cas: (a.flags & P99_CACHE_MD_CHECK_CAS != 0).then_some(a.cas),
+            mark_stale: a.flags & P99_CACHE_MD_MARK_STALE != 0,
+            stale_expiry: (a.flags & P99_CACHE_MD_SET_EXPIRY != 0).then_some(a.expiry),
+        };
+        c.cache.meta_delete(key, &d)?;
+        Ok(())
+    })
+}
+
 /// Deletes `key` (borrowed until return). NOT_FOUND if absent. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_delete(
@@ -769,12 +1055,14 @@ pub unsafe extern "C" fn p99_cache_touch(
     })
 }
 
+#[allow(clippy::too_many_arguments)] // the C signature's arguments, passed through
 unsafe fn delta(
     cache: *const p99_cache,
     key: *const u8,
     key_len: usize,
     incr: bool,
     by: u64,
+    expect_cas: u64,
     value_out: *mut u64,
     cas_out: *mut u64,
 ) -> p99_status {
@@ -782,7 +1070,7 @@ unsafe fn delta(
         let c = c_arg!(handle cache)?;
         let key = c_arg!(slice key, key_len)?;
         let out = c_arg!(out value_out)?;
-        let (v, cas) = if incr { c.cache.incr(key, by) } else { c.cache.decr(key, by) }?;
+        let (v, cas) = c.cache.delta(key, incr, by, expect_cas)?;
         out.write(v);
         if let Some(out) = c_arg!(opt_out cas_out) {
             out.write(cas);
@@ -808,7 +1096,7 @@ pub unsafe extern "C" fn p99_cache_incr(
 ) -> p99_status {
     // SAFETY: the arguments are this function's own, passed on unchanged, so delta's contract is
     // exactly this function's C contract.
-    unsafe { self::delta(cache, key, key_len, true, delta, value_out, cas_out) }
+    unsafe { self::delta(cache, key, key_len, true, delta, 0, value_out, cas_out) }
 }
 
 /// memcached decr: subtracts `delta`, stopping at 0; otherwise as `p99_cache_incr`.
@@ -824,7 +1112,27 @@ pub unsafe extern "C" fn p99_cache_decr(
 ) -> p99_status {
     // SAFETY: the arguments are this function's own, passed on unchanged, so delta's contract is
     // exactly this function's C contract.
-    unsafe { self::delta(cache, key, key_len, false, delta, value_out, cas_out) }
+    unsafe { self::delta(cache, key, key_len, false, delta, 0, value_out, cas_out) }
+}
+
+/// incr (`incr` true) or decr of `key` as `p99_cache_incr`/`p99_cache_decr`, only if the
+/// item's CAS equals `expect_cas` when that is nonzero (else EXISTS, nothing changed;
+/// memcached's `ma C`). Thread-safe.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)] // one call, as memcached's ma takes it
+pub unsafe extern "C" fn p99_cache_delta(
+    cache: *const p99_cache,
+    key: *const u8,
+    key_len: usize,
+    incr: bool,
+    delta: u64,
+    expect_cas: u64,
+    value_out: *mut u64,
+    cas_out: *mut u64,
+) -> p99_status {
+    // SAFETY: the arguments are this function's own, passed on unchanged, so delta's contract is
+    // exactly this function's C contract.
+    unsafe { self::delta(cache, key, key_len, incr, delta, expect_cas, value_out, cas_out) }
 }
 
 /// memcached flush_all: every item stored before now + `delay_seconds` is gone from that

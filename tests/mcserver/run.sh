@@ -19,7 +19,7 @@ for bin in "${bins[@]}"; do
 	echo "== $name"
 	export MCSERVER_BIN=$bin
 	"$python" -m unittest -q test_protocol test_badinput test_meta || failed+=("$name: protocol/bad-input suite")
-	DIFF_SEED=1 DIFF_COMMANDS=4000 "$python" test_diff.py || failed+=("$name: differential test")
+	DIFF_SEED=1 DIFF_COMMANDS=20000 "$python" test_diff.py || failed+=("$name: differential test")
 	"$python" test_memccapable.py || failed+=("$name: memccapable -a")
 	"$python" test_tls.py || failed+=("$name: TLS (-Z)")
 done

@@ -1,6 +1,7 @@
-"""mcserver meta-protocol suite (memcached 1.6.18's mg, ms, md, ma, mn): every command and
+"""mcserver meta-protocol suite (memcached 1.6.18's mg, ms, md, ma, mn, me): every command and
 flag, quiet-mode pipelines, malformed lines, with memcached's exact replies. Every expectation
-except test_refused_flags' holds for memcached 1.6.18 itself (run with MCSERVER_BIN pointing at
+(but for me's cls/size and the stats group lines, which are each store's own) holds for
+memcached 1.6.18 itself (run with MCSERVER_BIN pointing at
 a script that execs "memcached -u nobody -o no_lru_crawler,no_lru_maintainer": its LRU threads
 pin items at random, which makes ma's T land or not); test_diff.py compares the two at random.
 
@@ -256,23 +257,152 @@ class Meta(unittest.TestCase):
         self.assertEqual(s(b"mg %s\r\n" % (b"k" * 250)), b"EN\r\n")
         self.assertEqual(s(b"mg k O%s\r\n" % (b"x" * 31)), b"EN O%s\r\n" % (b"x" * 31))
 
-    def test_refused_flags(self):
-        """Flags whose effect needs per-item marks this server's stores do not keep are
-        refused as unknown flags, and me (memcached's debug dump of them) is not offered (the
-        differential test documents both); everything else here is memcached's own answer."""
+    # --- per-item state: h l N R W X Z, ms b I, md C I, ma C, me ------------------------------
+    def test_mg_hit_and_last_access(self):
         s = self.line
-        self.assertEqual(s(b"me k\r\n"), b"ERROR\r\n")
         s(b"ms k 1\r\nx\r\n")
-        for flags in (b"h", b"l", b"N30", b"R30"):
-            self.assertEqual(s(b"mg k %s\r\n" % flags), b"CLIENT_ERROR invalid flag\r\n")
-        for flags in (b"C1", b"I"):
-            self.assertEqual(s(b"md k %s\r\n" % flags), b"CLIENT_ERROR invalid or duplicate flag\r\n")
-        self.assertEqual(s(b"ma k C1\r\n"), b"CLIENT_ERROR invalid or duplicate flag\r\n")
-        for flags in (b"b", b"I C1", b"MA C5", b"MP C5"):
-            self.assertEqual(s(b"ms Zm9v 1 %s\r\nx\r\n" % flags), b"CLIENT_ERROR invalid flag\r\n")
-        self.assertEqual(s(b"ms k 1 I\r\ny\r\n"), b"HD\r\n")  # I without C has no effect
-        self.assertEqual(s(b"ms k 1 MA C0\r\nz\r\n"), b"HD\r\n")
-        self.assertEqual(self.va(b"mg k v\r\n")[1], b"yz")
+        self.assertEqual(s(b"mg k h l\r\n"), b"HD h0 l0\r\n")  # state before this read
+        self.assertEqual(s(b"mg k h\r\n"), b"HD h1\r\n")
+        s(b"ms u 1\r\nx\r\n")
+        self.assertEqual(s(b"mg u u h\r\n"), b"HD h0\r\n")  # u: not counted as a read
+        self.assertEqual(s(b"mg u h\r\n"), b"HD h0\r\n")
+        self.assertEqual(s(b"mg u h\r\n"), b"HD h1\r\n")
+        s(b"ms t 1\r\nx\r\n")
+        self.assertEqual(s(b"touch t 100\r\n"), b"TOUCHED\r\n")
+        self.assertEqual(s(b"mg t h\r\n"), b"HD h1\r\n")  # touch reads, as in memcached
+        self.assertEqual(s(b"incr t 1\r\n"), b"CLIENT_ERROR cannot increment or decrement "
+                         b"non-numeric value\r\n")
+        s(b"ms n 1\r\n5\r\n")
+        self.assertEqual(s(b"incr n 1\r\n"), b"6\r\n")
+        self.assertEqual(s(b"mg n h\r\n"), b"HD h0\r\n")  # incr does not
+        time.sleep(2.1)
+        ln = s(b"mg k l h\r\n")
+        self.assertRegex(ln, rb"^HD l[23] h1\r\n$")  # seconds since written
+
+    def test_mg_vivify_and_win_tokens(self):
+        s = self.line
+        # N on a miss: an empty item, this client wins the token, later ones see Z
+        self.assertEqual(s(b"mg n N30 s t v k\r\n"), b"VA 0 s0 t30 kn W\r\n")
+        self.assertEqual(self.c.line(), b"\r\n")
+        self.assertEqual(s(b"mg n N30 t\r\n"), b"HD t30 Z\r\n")
+        self.assertEqual(s(b"mg n\r\n"), b"HD Z\r\n")
+        self.assertEqual(s(b"ms n 1\r\nv\r\n"), b"HD\r\n")  # a write clears the marks
+        self.assertEqual(s(b"mg n\r\n"), b"HD\r\n")
+        self.assertEqual(s(b"mg n2 N0 T30 t\r\n"), b"HD t30 W\r\n")  # T after N sets the ttl
+        self.assertEqual(s(b"mg n3 T30 N0 t\r\n"), b"HD t-1 W\r\n")
+        self.assertEqual(s(b"mg n4 N30 q\r\n"), b"HD W\r\n")  # created: q does not hide it
+        # R: win once when the remaining ttl is below the token's
+        s(b"ms r 1 T100\r\nx\r\n")
+        self.assertEqual(s(b"mg r R50\r\n"), b"HD\r\n")
+        self.assertEqual(s(b"mg r R200 t\r\n"), b"HD t100 W\r\n")
+        self.assertEqual(s(b"mg r R200\r\n"), b"HD Z\r\n")
+        s(b"ms r0 1\r\nx\r\n")
+        self.assertEqual(s(b"mg r0 R200\r\n"), b"HD\r\n")  # no ttl: never wins
+        s(b"ms r1 1 T100\r\nx\r\n")
+        self.assertEqual(s(b"mg r1 T10 R50\r\n"), b"HD W\r\n")  # R sees the T before it
+        s(b"ms r2 1 T100\r\nx\r\n")
+        self.assertEqual(s(b"mg r2 R50 T10\r\n"), b"HD\r\n")
+        self.assertEqual(s(b"mg r2 t\r\n"), b"HD t10\r\n")
+        # a too-long opaque fails the request after the read: no token is handed out
+        self.assertEqual(s(b"mg n5 N30 O%s\r\n" % (b"x" * 40)),
+                         b"CLIENT_ERROR opaque token too long\r\n")
+        self.assertEqual(s(b"mg n5 t\r\n"), b"HD t30\r\n")  # N before O was applied
+        self.assertEqual(s(b"mg n6 O%s N30\r\n" % (b"x" * 40)),
+                         b"CLIENT_ERROR opaque token too long\r\n")
+        self.assertEqual(s(b"mg n6 t\r\n"), b"HD t-1\r\n")  # N after it was not
+
+    def test_md_invalidate_and_cas(self):
+        s = self.line
+        s(b"ms k 1 T100\r\nx\r\n")
+        cas = self.cas(b"k")
+        self.assertEqual(s(b"md k C%d q\r\n" % (cas + 1)), b"EX\r\n")  # q does not hide EX
+        self.assertEqual(s(b"md k C0 k\r\n"), b"EX kk\r\n")
+        self.assertEqual(s(b"md k I T30 q\r\nmn\r\n"), b"MN\r\n")  # marked stale, not deleted
+        cas2 = int(re.search(rb" c(\d+)", s(b"mg k c t\r\n")).group(1))
+        self.assertNotEqual(cas2, cas)  # a new cas
+        self.assertEqual(s(b"mg k t c\r\n"), b"HD t30 c%d Z X\r\n" % cas2)
+        ln, v = self.va(b"mg k v\r\n")
+        self.assertEqual((ln, v), (b"VA 1 Z X\r\n", b"x"))
+        self.assertEqual(s(b"md k I\r\n"), b"HD\r\n")  # the token is handed out again
+        self.assertEqual(s(b"mg k\r\n"), b"HD X W\r\n")
+        # ms I with an older cas stores the late value, still stale, keeping the token mark
+        self.assertEqual(s(b"ms k 1 C%d I\r\ny\r\n" % cas), b"HD\r\n")
+        self.assertEqual(self.va(b"mg k v t\r\n"), (b"VA 1 t30 Z X\r\n", b"y"))
+        cur = self.cas(b"k")
+        self.assertEqual(s(b"ms k 1 C%d I\r\nz\r\n" % (cur + 1)), b"EX\r\n")  # newer: refused
+        self.assertEqual(s(b"ms k 1 C%d I T0\r\nz\r\n" % cur), b"HD\r\n")  # match: plain store
+        self.assertEqual(s(b"mg k t\r\n"), b"HD t-1\r\n")
+        self.assertEqual(s(b"md k C%d\r\n" % self.cas(b"k")), b"HD\r\n")
+        self.assertEqual(s(b"mg k\r\n"), b"EN\r\n")
+        self.assertEqual(s(b"md k I\r\n"), b"NF\r\n")
+
+    def test_cas_checked_append_and_arithmetic(self):
+        s = self.line
+        s(b"ms k 1\r\na\r\n")
+        cas = self.cas(b"k")
+        self.assertEqual(s(b"ms k 1 MA C%d\r\nb\r\n" % (cas + 1)), b"EX\r\n")
+        self.assertEqual(s(b"ms k 1 MA C%d c\r\nb\r\n" % cas)[:4], b"HD c")
+        self.assertEqual(s(b"ms k 1 MP C0\r\nz\r\n"), b"HD\r\n")  # C0: no check
+        self.assertEqual(s(b"ms k 1 MP C1 q\r\nz\r\n"), b"EX\r\n")
+        self.assertEqual(self.va(b"mg k v\r\n")[1], b"zab")
+        self.assertEqual(s(b"ms k 1 ME C1\r\nz\r\n"), b"NS\r\n")  # add ignores C
+        s(b"ms n 1\r\n5\r\n")
+        cas = self.cas(b"n")
+        self.assertEqual(s(b"ma n C%d O9 k\r\n" % (cas + 1)), b"EX O9 kn\r\n")
+        self.assertEqual(self.va(b"ma n C%d v\r\n" % cas)[1], b"6")
+        self.assertEqual(self.va(b"ma n C0 v\r\n")[1], b"7")
+
+    def test_base64_key_mark(self):
+        s = self.line
+        key = b"bin\x00key"
+        b64 = base64.b64encode(key)
+        self.assertEqual(s(b"ms %s 1 b k\r\nx\r\n" % b64), b"HD k%s b\r\n" % b64)
+        # the item is marked: k is base64 whatever the request, as in memcached
+        self.assertEqual(s(b"mg %s b k\r\n" % b64), b"HD k%s b\r\n" % b64)
+        self.assertEqual(s(b"md %s b k q\r\nmn\r\n" % b64), b"MN\r\n")
+        self.assertEqual(s(b"ms Zm9v 1 b\r\nx\r\n"), b"HD\r\n")
+        self.assertEqual(s(b"mg foo k\r\n"), b"HD kZm9v b\r\n")
+        self.assertEqual(s(b"me foo\r\n").split(b" ")[:2], [b"ME", b"Zm9v"])
+        self.assertEqual(s(b"ms Zm9v= 1 b\r\nx\r\n"), b"CLIENT_ERROR error decoding key\r\n")
+
+    def test_me(self):
+        s = self.line
+        s(b"ms k 3 T100\r\nabc\r\n")
+        cas = self.cas(b"k")
+        ln = s(b"me k\r\n")
+        m = re.match(rb"^ME k exp=(-?\d+) la=(\d+) cas=(\d+) fetch=(yes|no) cls=(\d+) "
+                     rb"size=(\d+)\r\n$", ln)
+        self.assertIsNotNone(m, ln)
+        self.assertIn(int(m.group(1)), (-100, -99))  # memcached prints -(seconds left)
+        self.assertLessEqual(int(m.group(2)), 1)
+        self.assertEqual((int(m.group(3)), m.group(4)), (cas, b"yes"))  # mg c fetched it
+        self.assertGreaterEqual(int(m.group(6)), 4)
+        s(b"ms f 1\r\nx\r\n")
+        self.assertRegex(s(b"me f\r\n"), rb"^ME f exp=-1 la=\d+ cas=\d+ fetch=no ")
+        self.assertRegex(s(b"me f\r\n"), rb" fetch=no ")  # me does not count as a read
+        self.assertEqual(s(b"me nosuch\r\n"), b"EN\r\n")
+        self.assertRegex(s(b"me Zg== b\r\n"), rb"^ME f exp=-1 ")
+        self.assertRegex(s(b"me f x y\r\n"), rb"^ME f ")
+        for bad in (b"me\r\n", b"me %s\r\n" % (b"k" * 251), b"me f b\r\n"):
+            self.assertEqual(s(bad), b"CLIENT_ERROR bad command line format\r\n", bad)
+
+    def test_stats_items_slabs_sizes(self):
+        s = self.line
+        s(b"ms k 3\r\nabc\r\n")
+        for group in (b"items", b"slabs"):
+            self.c.send(b"stats %s\r\n" % group)
+            r = self.c.get_reply()
+            lines = r.split(b"\r\n")[:-2]
+            self.assertTrue(lines, r)
+            for ln in lines:
+                self.assertRegex(ln, rb"^STAT [a-z_:0-9]+ \d+$")
+        self.c.send(b"stats items\r\n")
+        self.assertRegex(self.c.get_reply(), rb"STAT items:1:number [1-9]\d*\r\n")
+        self.c.send(b"stats slabs\r\n")
+        self.assertRegex(self.c.get_reply(),
+                         rb"STAT active_slabs 1\r\nSTAT total_malloced [1-9]\d*\r\nEND\r\n$")
+        self.assertEqual(s(b"stats sizes\r\n"), b"STAT sizes_status disabled\r\n")
+        self.assertEqual(self.c.line(), b"END\r\n")
 
     def test_mixed_with_classic(self):
         s = self.line
