@@ -32,6 +32,11 @@
 #define storage_flush STOREBENCH_CAT(STOREBENCH_PREFIX, storage_flush)
 #define storage_ttl_left STOREBENCH_CAT(STOREBENCH_PREFIX, storage_ttl_left)
 #define storage_stats STOREBENCH_CAT(STOREBENCH_PREFIX, storage_stats)
+#define storage_mget STOREBENCH_CAT(STOREBENCH_PREFIX, storage_mget)
+#define storage_mdelete STOREBENCH_CAT(STOREBENCH_PREFIX, storage_mdelete)
+#define storage_set_key_binary STOREBENCH_CAT(STOREBENCH_PREFIX, storage_set_key_binary)
+#define storage_stats_items STOREBENCH_CAT(STOREBENCH_PREFIX, storage_stats_items)
+#define storage_stats_slabs STOREBENCH_CAT(STOREBENCH_PREFIX, storage_stats_slabs)
 #define harness_run STOREBENCH_CAT(STOREBENCH_PREFIX, harness_run)
 
 #endif

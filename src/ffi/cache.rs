@@ -741,7 +741,8 @@ pub unsafe extern "C" fn p99_cache_commit_with(
         if options.is_null() {
             return Err(super::boundary::null_arg("options"));
         }
-        let b = take_reservation(r)?;
+        let (reservation, slot) = take_reservation(r)?;
+        recycle_slot(slot);
         let o = c_arg!(versioned_in options, p99_cache_write_options::default())?;
         check_flags(
             o.flags,
@@ -757,7 +758,7 @@ pub unsafe extern "C" fn p99_cache_commit_with(
             append_checks_cas: o.flags & P99_CACHE_WRITE_APPEND_CHECKS_CAS != 0,
         };
         let mode = mode_from(mode)?;
-        let cas = c.cache.commit_with(*b, mode, cas_in, &opts)?;
+        let cas = c.cache.commit_with(reservation, mode, cas_in, &opts)?;
         if let Some(out) = c_arg!(opt_out cas_out) {
             out.write(cas);
         }
