@@ -986,8 +986,11 @@ fn print_table(sc: &Scenario) {
              *: the machine's. A stall of D delays every request due during it, by up to D, so the stalls measured\n   \
              alone would put a share sum(D - x) / (measured time) of requests above latency x; a percentile is\n   \
              marked when that share reaches its tail (1% for p99) at a latency at or above the measured one.\n   \
-             redline99 / redline999: highest rate of an open-loop ramp (steps at most 25% apart, fractions of each\n   \
-             peak) where that step and all below it had p99 (p99.9) < 1 ms and no errors; <N: even the first failed.{}",
+             redline99 / redline999: highest open-loop rate where that step and every step run below it had p99\n   \
+             (p99.9) < 1 ms and no errors, searched from 0.05 of each peak (doubling, or halving down to 0.004)\n   \
+             until the next step up that failed is at most 25% higher; <N: even the lowest step, N, failed. A step\n   \
+             failing p99 that the stalls measured during it alone, or the generator's own send lag, explain is run\n   \
+             again (at most twice; results.json keeps the attempts set aside and why).{}",
             if xdp { "from the moment each datagram was queued (AF_XDP sender)" } else { "from intended send times" },
             if w.protocol == Protocol::Udp { "\n   errors: datagrams without an answer (lost) plus wrong answers." } else { "" }
         );
