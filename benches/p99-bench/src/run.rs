@@ -493,8 +493,8 @@ pub struct RampResult {
 }
 
 impl RampResult {
-    #[allow(dead_code)] // p99-parity's default ramp; p99-bench --ramp runs fixed steps
     /// The lowest rate any step ran at (what `<N` names when none passed).
+    #[allow(dead_code)] // p99-parity's default ramp; p99-bench --ramp runs fixed steps
     pub fn lowest_rate(&self) -> Option<f64> {
         self.steps.iter().map(|r| r.config.rate).reduce(f64::min)
     }
@@ -592,9 +592,9 @@ impl RampResult {
     }
 }
 
-#[allow(dead_code)] // p99-parity's default ramp; p99-bench --ramp runs fixed steps
 /// Where a redline search runs: it starts at `start`, never goes below `floor` or above `top`,
 /// and stops once the redline is bracketed by steps at most `max_ratio` apart.
+#[allow(dead_code)] // p99-parity's default ramp; p99-bench --ramp runs fixed steps
 #[derive(Clone, Copy, Debug)]
 pub struct Search {
     pub start: f64,
@@ -603,11 +603,11 @@ pub struct Search {
     pub max_ratio: f64,
 }
 
-#[allow(dead_code)] // p99-parity's default ramp; p99-bench --ramp runs fixed steps
 /// Brackets the highest passing rate: from `start` it doubles while steps pass (halves while
 /// they fail, down to `floor`), then splits the gap between the highest pass and the lowest
 /// failure (geometric middle, rates in whole hundreds) until they are at most `max_ratio`
 /// apart. `passes` runs (or recalls) the step at a rate.
+#[allow(dead_code)] // p99-parity's default ramp; p99-bench --ramp runs fixed steps
 pub fn search(
     sp: Search,
     passes: &mut impl FnMut(f64) -> Result<bool, String>,
@@ -647,23 +647,39 @@ pub fn search(
     Ok(())
 }
 
-#[allow(dead_code)] // p99-parity's default ramp; p99-bench --ramp runs fixed steps
 /// The redline search: brackets the p99 redline, then the p99.9 one (reusing every step
 /// already run), each between two steps at most `sp.max_ratio` apart, unless it lies below
-/// `sp.floor` or at `sp.top`.
+/// `sp.floor` or at `sp.top`. The redlines are read from all the steps at the end (the highest
+/// rate that passed with every step below it), so a step of the second search that failed
+/// below the first bracket is not hidden: that bracket is split again.
+#[allow(dead_code)] // p99-parity's default ramp; p99-bench --ramp runs fixed steps
 pub fn ramp_search(c: &Config, sp: Search, step_secs: f64) -> Result<RampResult, String> {
     let mut res = RampResult::empty();
-    search(sp, &mut |rate| {
-        let i = run_step(c, rate, step_secs, &mut res)?;
-        Ok(step_passes(&res.steps[i], 99.0))
-    })?;
-    res.settle();
+    let at = |res: &mut RampResult, sp: Search, p: f64| {
+        search(sp, &mut |rate| {
+            let i = run_step(c, rate, step_secs, res)?;
+            Ok(step_passes(&res.steps[i], p))
+        })
+    };
+    at(&mut res, sp, 99.0)?;
     // p99.9 cannot pass where p99 failed: its search runs from the p99 redline down.
-    let Some(top) = res.redline_p99 else { return Ok(res) };
-    search(Search { start: top, top, ..sp }, &mut |rate| {
-        let i = run_step(c, rate, step_secs, &mut res)?;
-        Ok(step_passes(&res.steps[i], 99.9))
-    })?;
+    if let Some(top) = res.bracket(99.0).0 {
+        at(&mut res, Search { start: top, top, ..sp }, 99.9)?;
+    }
+    for _ in 0..3 {
+        let mut split = false;
+        for p in [99.0, 99.9] {
+            if let (Some(lo), Some(hi)) = res.bracket(p) {
+                if hi / lo > sp.max_ratio {
+                    at(&mut res, Search { start: lo, top: hi, ..sp }, p)?;
+                    split = true;
+                }
+            }
+        }
+        if !split {
+            break;
+        }
+    }
     res.settle();
     Ok(res)
 }
