@@ -614,20 +614,24 @@ pub fn search(
 ) -> Result<(), String> {
     let round = |r: f64| ((r / 100.0).round() * 100.0).max(100.0);
     let (mut lo, mut hi): (Option<f64>, Option<f64>) = (None, None);
-    let mut r = round(sp.start.clamp(sp.floor, sp.top));
+    let mut r = round(sp.start.clamp(sp.floor.min(sp.top), sp.top));
+    // Rates are rounded, so the top or the floor may be reached as a rate a little off them:
+    // the search also stops when the next rate is no further on.
     loop {
         if passes(r)? {
             lo = Some(r);
-            if r >= sp.top || hi.is_some() {
+            let next = round((r * 2.0).min(sp.top));
+            if hi.is_some() || next <= r {
                 break;
             }
-            r = round((r * 2.0).min(sp.top));
+            r = next;
         } else {
             hi = Some(r);
-            if lo.is_some() || r <= sp.floor {
+            let next = round((r / 2.0).max(sp.floor));
+            if lo.is_some() || next >= r {
                 break;
             }
-            r = round((r / 2.0).max(sp.floor));
+            r = next;
         }
     }
     while let (Some(l), Some(h)) = (lo, hi) {

@@ -721,7 +721,12 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
 /// The default redline search for a variant whose median peak is `peak` req/s: from 0.05 of
 /// it, never below 0.004 of it (nor 200 req/s) or above it, steps at most 25% apart at the end.
 fn redline_search(peak: f64) -> run::Search {
-    run::Search { start: peak * 0.05, floor: (peak * 0.004).max(200.0), top: peak, max_ratio: 1.25 }
+    run::Search {
+        start: peak * 0.05,
+        floor: (peak * 0.004).max(200.0).min(peak),
+        top: peak,
+        max_ratio: 1.25,
+    }
 }
 
 /// Whose limit a closed-loop peak shows: the server's only when its process kept its core at
@@ -1532,5 +1537,13 @@ mod tests {
         // Nothing passes: the search stops at the floor.
         let (pass, fail, _) = searched(peak, 0.0);
         assert_eq!((pass, fail), (None, Some(peak * 0.004)));
+        // Peaks whose top and floor are not whole hundreds (a floor of 250 req/s rounds to 300,
+        // a top of 1,234,549 to 1,234,500): the search ends all the same.
+        for peak in [62_500.0, 1_234_549.0, 150.0] {
+            for limit in [0.0, peak * 0.3, f64::INFINITY] {
+                let (_, _, steps) = searched(peak, limit);
+                assert!(steps <= 12, "peak {peak}, limit {limit}: {steps} steps");
+            }
+        }
     }
 }
