@@ -10,7 +10,7 @@ BIN=$1
 OUT=$2
 rm -rf "$OUT"
 "$BIN/p99-parity" --scenarios module,ping,cache,udp --rounds 1 --warmup 0.1 --duration 0.3 \
-  --ramp-secs 0.2 --ladder 0.3 --cache-args "--keys 2000" \
+  --ramp-secs 0.2 --cache-args "--keys 2000" \
   --module-args "--keys 2000 --ops 20000 --rounds 1" --bin-dir "$BIN" --out "$OUT" >"$OUT.log" 2>&1 || {
   cat "$OUT.log"; echo "parity-smoke: p99-parity failed"; exit 1; }
 /usr/bin/python3 - "$OUT" "$BIN" <<'PY'
@@ -80,6 +80,19 @@ for scen in ("ping", "cache", "udp"):
             if not run["command"].startswith("p99-bench "):
                 fail.append(f"{v['name']}: run without its command")
     for v in sc[scen]["variants"]:
+        # The redline search: every step kept with its stall counts (one set aside because the
+        # machine starved it may have none), and a redline bracketed by
+        # steps at most 25% apart whenever both a pass and a failure above it were found.
+        if "ramp_steps" in v:
+            if not v["ramp_steps"]:
+                fail.append(f"{v['name']}: a redline search without steps")
+            for step in v["ramp_steps"]:
+                if not (step.get("stalls") or {}).get("wakeups"):
+                    fail.append(f"{v['name']}: ramp step without its stall counts")
+            for p in ("p99", "p999"):
+                red, over = v[f"redline_{p}_rps"], v[f"lowest_failing_rate_{p}"]
+                if red is not None and over is not None and over / red > 1.25 + 1e-9:
+                    fail.append(f"{v['name']}: {p} redline {red} not within 25% of {over}")
         for run in v["latency_runs"]:
             st = run.get("stalls")
             if not (st and st["wakeups"] > 0):

@@ -551,51 +551,211 @@ pub fn step_passes(r: &Report, p: f64) -> bool {
 }
 
 pub struct RampResult {
+    /// Every step kept, in the order run.
     pub steps: Vec<Report>,
-    /// The highest rate whose step, and every step below it, passed at p99.
+    /// The highest rate whose step, and every step run below it, passed at p99.
     pub redline_p99: Option<f64>,
     /// The same at p99.9 (the machine's stalls decide it more often than the server).
     pub redline_p999: Option<f64>,
+    /// Attempts run again because the machine, not the server, failed them (see `run_step`),
+    /// each with the reason.
+    pub discarded: Vec<(Report, String)>,
+}
+
+impl RampResult {
+    /// The lowest rate any step ran at (what `<N` names when none passed).
+    #[allow(dead_code)] // p99-parity's default ramp; p99-bench --ramp runs fixed steps
+    pub fn lowest_rate(&self) -> Option<f64> {
+        self.steps.iter().map(|r| r.config.rate).reduce(f64::min)
+    }
+
+    /// The redline at percentile `p` and the lowest rate that failed above it: the highest rate
+    /// whose step and every step below it passed, and the first step above that did not.
+    pub fn bracket(&self, p: f64) -> (Option<f64>, Option<f64>) {
+        let mut by_rate: Vec<&Report> = self.steps.iter().collect();
+        by_rate.sort_by(|a, b| a.config.rate.total_cmp(&b.config.rate));
+        let mut pass = None;
+        for r in by_rate {
+            if !step_passes(r, p) {
+                return (pass, Some(r.config.rate));
+            }
+            pass = Some(r.config.rate);
+        }
+        (pass, None)
+    }
+
+    fn settle(&mut self) {
+        self.redline_p99 = self.bracket(99.0).0;
+        self.redline_p999 = self.bracket(99.9).0;
+    }
+}
+
+/// How many times a ramp step that the machine failed is run again.
+pub const STEP_RETRIES: usize = 2;
+
+/// Why a step failing p99 failed because of the machine rather than the server, if it did: the
+/// stalls the probe measured during it would alone have put p99 at or above the objective, or
+/// the generator itself sent late by that much (its own p99 send lag).
+pub fn machine_failed(r: &Report) -> Option<String> {
+    if step_passes(r, 99.0) || r.errors_total() > 0 {
+        return None;
+    }
+    let slo = r.config.slo_us;
+    if let Some(st) = &r.stalls {
+        let explained = st.explained_us(99.0);
+        if explained >= slo {
+            return Some(format!(
+                "the machine's stalls alone explain p99 {explained:.0} us ({} >= 1 ms, longest {})",
+                st.over_1ms(),
+                fmt_us_unit(st.max_us())
+            ));
+        }
+    }
+    let lag = pct_us(&r.counts.send_lag, 99.0);
+    (lag >= slo).then(|| format!("the generator sent late (send lag p99 {lag:.0} us)"))
+}
+
+/// Runs one open-loop step at `rate`; a step the machine failed (`machine_failed`) is run
+/// again, at most `STEP_RETRIES` times, and the discarded attempts are kept with the reason.
+fn run_step(c: &Config, rate: f64, step_secs: f64, res: &mut RampResult) -> Result<usize, String> {
+    if let Some(i) = res.steps.iter().position(|r| r.config.rate == rate) {
+        return Ok(i);
+    }
+    let mut s = c.clone();
+    s.rate = rate;
+    s.duration = step_secs;
+    s.warmup = (step_secs / 4.0).min(0.5);
+    s.drain = s.drain.min(0.5);
+    s.ramp = None;
+    let mut r = run_once(&s)?;
+    for _ in 0..STEP_RETRIES {
+        let Some(why) = machine_failed(&r) else { break };
+        res.discarded.push((r, why));
+        r = run_once(&s)?;
+    }
+    res.steps.push(r);
+    Ok(res.steps.len() - 1)
 }
 
 /// Runs the open-loop steps in order until one fails at p99 (a step failing only at p99.9 ends
 /// the p99.9 redline but not the ramp).
 pub fn ramp(c: &Config, rates: &[f64], step_secs: f64) -> Result<RampResult, String> {
-    let mut res = RampResult { steps: Vec::new(), redline_p99: None, redline_p999: None };
-    let mut p999_failed = false;
+    let mut res = RampResult::empty();
     for &rate in rates {
-        let mut s = c.clone();
-        s.rate = rate;
-        s.duration = step_secs;
-        s.warmup = (step_secs / 4.0).min(0.5);
-        s.drain = s.drain.min(0.5);
-        s.ramp = None;
-        let r = run_once(&s)?;
-        let pass99 = step_passes(&r, 99.0);
-        p999_failed |= !step_passes(&r, 99.9);
-        res.steps.push(r);
-        if !pass99 {
+        let i = run_step(c, rate, step_secs, &mut res)?;
+        if !step_passes(&res.steps[i], 99.0) {
             break;
         }
-        res.redline_p99 = Some(rate);
-        if !p999_failed {
-            res.redline_p999 = Some(rate);
-        }
     }
+    res.settle();
     Ok(res)
 }
 
-/// Rates from `start` to `end`, each `factor` times the one before (the last is `end`).
-#[allow(dead_code)] // p99-parity builds its default ramp ladder with it
-pub fn geometric_rates(start: f64, factor: f64, end: f64) -> Vec<f64> {
-    let mut v = Vec::new();
-    let mut r = start;
-    while r < end * (1.0 - 1e-9) && factor > 1.0 {
-        v.push(r);
-        r *= factor;
+impl RampResult {
+    fn empty() -> RampResult {
+        RampResult {
+            steps: Vec::new(),
+            redline_p99: None,
+            redline_p999: None,
+            discarded: Vec::new(),
+        }
     }
-    v.push(end);
-    v
+}
+
+/// Where a redline search runs: it starts at `start`, never goes below `floor` or above `top`,
+/// and stops once the redline is bracketed by steps at most `max_ratio` apart.
+#[allow(dead_code)] // p99-parity's default ramp; p99-bench --ramp runs fixed steps
+#[derive(Clone, Copy, Debug)]
+pub struct Search {
+    pub start: f64,
+    pub floor: f64,
+    pub top: f64,
+    pub max_ratio: f64,
+}
+
+/// Brackets the highest passing rate: from `start` it doubles while steps pass (halves while
+/// they fail, down to `floor`), then splits the gap between the highest pass and the lowest
+/// failure (geometric middle, rates in whole hundreds) until they are at most `max_ratio`
+/// apart. `passes` runs (or recalls) the step at a rate.
+#[allow(dead_code)] // p99-parity's default ramp; p99-bench --ramp runs fixed steps
+pub fn search(
+    sp: Search,
+    passes: &mut impl FnMut(f64) -> Result<bool, String>,
+) -> Result<(), String> {
+    let round = |r: f64| ((r / 100.0).round() * 100.0).max(100.0);
+    let (mut lo, mut hi): (Option<f64>, Option<f64>) = (None, None);
+    let mut r = round(sp.start.clamp(sp.floor.min(sp.top), sp.top));
+    // Rates are rounded, so the top or the floor may be reached as a rate a little off them:
+    // the search also stops when the next rate is no further on.
+    loop {
+        if passes(r)? {
+            lo = Some(r);
+            let next = round((r * 2.0).min(sp.top));
+            if hi.is_some() || next <= r {
+                break;
+            }
+            r = next;
+        } else {
+            hi = Some(r);
+            let next = round((r / 2.0).max(sp.floor));
+            if lo.is_some() || next >= r {
+                break;
+            }
+            r = next;
+        }
+    }
+    while let (Some(l), Some(h)) = (lo, hi) {
+        if h / l <= sp.max_ratio {
+            break;
+        }
+        let m = round((l * h).sqrt());
+        if m <= l || m >= h {
+            break;
+        }
+        if passes(m)? {
+            lo = Some(m);
+        } else {
+            hi = Some(m);
+        }
+    }
+    Ok(())
+}
+
+/// The redline search: brackets the p99 redline, then the p99.9 one (reusing every step
+/// already run), each between two steps at most `sp.max_ratio` apart, unless it lies below
+/// `sp.floor` or at `sp.top`. The redlines are read from all the steps at the end (the highest
+/// rate that passed with every step below it), so a step of the second search that failed
+/// below the first bracket is not hidden: that bracket is split again.
+#[allow(dead_code)] // p99-parity's default ramp; p99-bench --ramp runs fixed steps
+pub fn ramp_search(c: &Config, sp: Search, step_secs: f64) -> Result<RampResult, String> {
+    let mut res = RampResult::empty();
+    let at = |res: &mut RampResult, sp: Search, p: f64| {
+        search(sp, &mut |rate| {
+            let i = run_step(c, rate, step_secs, res)?;
+            Ok(step_passes(&res.steps[i], p))
+        })
+    };
+    at(&mut res, sp, 99.0)?;
+    // p99.9 cannot pass where p99 failed: its search runs from the p99 redline down.
+    if let Some(top) = res.bracket(99.0).0 {
+        at(&mut res, Search { start: top, top, ..sp }, 99.9)?;
+    }
+    for _ in 0..3 {
+        let mut split = false;
+        for p in [99.0, 99.9] {
+            if let (Some(lo), Some(hi)) = res.bracket(p) {
+                if hi / lo > sp.max_ratio {
+                    at(&mut res, Search { start: lo, top: hi, ..sp }, p)?;
+                    split = true;
+                }
+            }
+        }
+        if !split {
+            break;
+        }
+    }
+    res.settle();
+    Ok(res)
 }
 
 pub fn ramp_rates(start: f64, step: f64, end: f64) -> Vec<f64> {

@@ -85,13 +85,18 @@ impl Counts {
         self.hist.record(v).expect("value within bounds");
     }
 
-    /// `n` answers, all without error, each `ns` after its request went out.
-    pub fn record_answers(&mut self, ns: u64, n: u64) {
+    /// `n` requests, each `ns` old (unanswered ones, charged at their age).
+    pub fn record_n(&mut self, ns: u64, n: u64) {
         let v = ns.clamp(1, MAX_NS);
         if ns > MAX_NS {
             self.clamped += n;
         }
         self.hist.record_n(v, n).expect("value within bounds");
+    }
+
+    /// `n` answers, all without error, each `ns` after its request went out.
+    pub fn record_answers(&mut self, ns: u64, n: u64) {
+        self.record_n(ns, n);
         self.completed += n;
     }
 

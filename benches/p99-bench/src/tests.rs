@@ -60,6 +60,55 @@ fn ping_server(conns: usize, stall_at: Duration, stall: Duration) -> SocketAddr 
     addr
 }
 
+/// A ping server whose every `error_every`-th answer on a connection is `ERROR`, and which
+/// writes its answers in 4-byte pieces, so answers arrive split across reads.
+fn ping_server_with_errors(conns: usize, error_every: u64) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for _ in 0..conns {
+            let (s, _) = l.accept().unwrap();
+            thread::spawn(move || {
+                s.set_nodelay(true).unwrap();
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                let mut line = String::new();
+                for n in 1u64.. {
+                    line.clear();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let ans: &[u8] = if n % error_every == 0 { b"ERROR\r\n" } else { b"PONG\r\n" };
+                    for piece in ans.chunks(4) {
+                        if w.write_all(piece).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn ping_answers_split_across_reads_and_error_answers_are_counted() {
+    let addr = ping_server_with_errors(3, 5);
+    let mut c = cfg(Protocol::Ping, addr);
+    c.connections = 3;
+    c.pipeline = 16;
+    c.duration = 0.5;
+    let r = run::run_once(&c).unwrap();
+    assert!(r.counts.completed > 100, "only {} answers", r.counts.completed);
+    assert_eq!(r.counts.completed, r.counts.issued);
+    assert_eq!(r.counts.unanswered + r.counts.conn_errors, 0);
+    assert_eq!(r.counts.hist.len(), r.counts.completed);
+    // Every fifth answer of each connection is an ERROR; the window cuts each connection's
+    // sequence at two places, so the share is a fifth give or take a few answers.
+    let share = r.counts.errors as f64 / r.counts.completed as f64;
+    assert!((share - 0.2).abs() < 0.01, "{} errors in {}", r.counts.errors, r.counts.completed);
+}
+
 #[test]
 fn closed_loop_ping_answers_everything() {
     let addr = ping_server(4, Duration::MAX, Duration::ZERO);

@@ -563,7 +563,10 @@ pub fn run_handshakes(c: &Config, plan: &ThreadPlan, shared: &Shared) -> Result<
             .unwrap_or(u64::MAX);
         let deadline = if issuing { win.end.min(next_retry.max(now)) } else { win.drain_end };
         let deadline = deadline.min(now + 10_000_000);
-        let n = ep.wait(&mut events, now, deadline).map_err(|e| format!("epoll_wait: {e}"))?;
+        // a handshake run is a closed loop: it sleeps in epoll_wait unless the deadline is close
+        let n = ep
+            .wait(&mut events, now, deadline, crate::client::spin_ns(true))
+            .map_err(|e| format!("epoll_wait: {e}"))?;
         for ev in &events[..n] {
             if ev.u64 == TIMER_TOKEN {
                 ep.clear_timer();

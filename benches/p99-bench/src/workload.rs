@@ -209,6 +209,9 @@ impl KeySpace {
 /// The answer to a ping; anything else (ERROR, garbage) goes through `parse_answer`.
 pub const PONG: &[u8] = b"PONG\r\n";
 
+/// A ping request.
+pub const PING: &[u8] = b"PING\r\n";
+
 /// The kind of request in flight, kept to parse and check its answer.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Kind {
@@ -250,7 +253,7 @@ impl Generator {
 
     pub fn next(&mut self, out: &mut Vec<u8>, keys: &mut std::collections::VecDeque<u64>) -> Kind {
         if self.ping {
-            out.extend_from_slice(b"PING\r\n");
+            out.extend_from_slice(PING);
             return Kind::Ping;
         }
         if self.rng.next_f64() < self.get_ratio {
@@ -305,6 +308,16 @@ pub struct Scratch {
 /// A line longer than this without CRLF means the stream is garbage.
 pub const MAX_LINE: usize = 4096;
 
+/// Parses one ping answer from the front of `buf`: `PONG` is an answer, any other line an error
+/// answer (see `parse_answer`).
+pub fn parse_ping_answer(buf: &[u8]) -> Result<Option<(usize, Outcome)>, String> {
+    let Some(e) = find_crlf(buf) else {
+        return if buf.len() > MAX_LINE { Err("ping: line too long".into()) } else { Ok(None) };
+    };
+    let ok = &buf[..e] == b"PONG";
+    Ok(Some((e + 2, Outcome { error: !ok, ..Default::default() })))
+}
+
 /// Parses one answer from the front of `buf`. Returns the bytes consumed and the outcome, or
 /// None when more bytes are needed. `Err` means the stream cannot be resynchronised.
 pub fn parse_answer(
@@ -316,17 +329,7 @@ pub fn parse_answer(
     scratch: &mut Scratch,
 ) -> Result<Option<(usize, Outcome)>, String> {
     match kind {
-        Kind::Ping => {
-            let Some(e) = find_crlf(buf) else {
-                return if buf.len() > MAX_LINE {
-                    Err("ping: line too long".into())
-                } else {
-                    Ok(None)
-                };
-            };
-            let ok = &buf[..e] == b"PONG";
-            Ok(Some((e + 2, Outcome { error: !ok, ..Default::default() })))
-        }
+        Kind::Ping => parse_ping_answer(buf),
         Kind::Set => {
             let Some(e) = find_crlf(buf) else {
                 return if buf.len() > MAX_LINE {

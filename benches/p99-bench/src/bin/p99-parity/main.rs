@@ -55,11 +55,14 @@ usage: p99-parity [flags]
                            rule calls two equal servers different too often)
   --warmup SECS            warm-up before each run (default 0.3)
   --duration SECS          measured time of each run (default 1.0)
-  --ramp-secs SECS         length of each redline ramp step (default 0.5)
-  --ladder F,F,...         ramp rates as fractions of the variant's median peak (default
-                           0.05, then x1.25 per step up to 1.0; the ramp stops at the first step
-                           failing p99 < 1 ms; open-loop requests go one per write, so redlines
-                           sit well below pipelined peaks)
+  --ramp-secs SECS         length of each redline ramp step (default 1.0)
+  --ladder F,F,...         fixed ramp rates as fractions of the variant's median peak, run in
+                           order until one fails p99 < 1 ms (default: a search, see the README:
+                           from 0.05 of the peak, doubling while steps pass and halving while
+                           they fail (down to 0.004), then splitting the gap until the redline
+                           lies between two steps at most 25% apart; a step the machine's
+                           measured stalls or the generator's own lag failed is run again, at
+                           most twice)
   --latency-fraction F     fixed open-loop rate for the latency columns, as a fraction of the
                            slowest variant's median peak (default 0.25: open loop sends one
                            request per write, which costs a server more than pipelined load)
@@ -97,7 +100,8 @@ struct Opts {
     warmup: f64,
     duration: f64,
     ramp_secs: f64,
-    ladder: Vec<f64>,
+    /// Fixed ramp rates (fractions of the peak); None: the redline search.
+    ladder: Option<Vec<f64>>,
     latency_fraction: f64,
     scenarios: Vec<String>,
     bin_dir: PathBuf,
@@ -117,8 +121,8 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
         tls_rounds: 4,
         warmup: 0.3,
         duration: 1.0,
-        ramp_secs: 0.5,
-        ladder: run::geometric_rates(0.05, 1.25, 1.0),
+        ramp_secs: 1.0,
+        ladder: None,
         latency_fraction: 0.25,
         scenarios: SCENARIOS[..DEFAULT_SCENARIOS].iter().map(|s| s.to_string()).collect(),
         bin_dir: "build/bin".into(),
@@ -160,10 +164,12 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
                 explicit.push("ramp");
             }
             "--ladder" => {
-                o.ladder = val()?
-                    .split(',')
-                    .map(|f| f.parse::<f64>().map_err(|_| format!("--ladder: bad '{f}'")))
-                    .collect::<Result<_, _>>()?;
+                o.ladder = Some(
+                    val()?
+                        .split(',')
+                        .map(|f| f.parse::<f64>().map_err(|_| format!("--ladder: bad '{f}'")))
+                        .collect::<Result<_, _>>()?,
+                );
                 explicit.push("ladder");
             }
             "--latency-fraction" => o.latency_fraction = num(val()?)?,
@@ -197,9 +203,6 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
         if !explicit.contains(&"ramp") {
             o.ramp_secs = 0.25;
         }
-        if !explicit.contains(&"ladder") {
-            o.ladder = vec![0.1, 0.25, 0.5, 1.0];
-        }
         if !explicit.contains(&"tls-rounds") {
             o.tls_rounds = 3;
         }
@@ -209,7 +212,11 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
             return Err(format!("--scenarios: unknown '{s}'"));
         }
     }
-    if o.rounds == 0 || o.tls_rounds == 0 || o.duration <= 0.0 || o.ladder.is_empty() {
+    if o.rounds == 0
+        || o.tls_rounds == 0
+        || o.duration <= 0.0
+        || o.ladder.as_ref().is_some_and(|l| l.is_empty())
+    {
         return Err("need --rounds >= 1, --duration > 0 and a non-empty --ladder".into());
     }
     Ok(Some(o))
@@ -345,7 +352,6 @@ struct VariantRun {
     peaks: Vec<Report>,
     lats: Vec<Report>,
     ramp: Option<run::RampResult>,
-    ladder: Vec<f64>,
     /// How the server was started (taskset, netns, program, flags).
     server_command: Option<String>,
 }
@@ -703,21 +709,27 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
     for &i in &runnable {
         let v = &mut sc.variants[i];
         let Some(peak) = v.median_peak().filter(|_| v.problem.is_none()) else { continue };
-        v.ladder = o
-            .ladder
-            .iter()
-            .map(|f| (peak * f / 100.0).round() * 100.0)
-            .filter(|r| *r > 0.0)
-            .collect();
         progress(format_args!("[{}] {}: redline ramp", sc.key, v.spec.name));
-        let c = cfg_for(v, 0.0);
-        let ladder = v.ladder.clone();
+        let mut c = cfg_for(v, 0.0);
+        // Every step counts the machine's stalls: a step they alone failed is run again.
+        c.stall_probe = true;
+        let ramp = || match &o.ladder {
+            Some(l) => {
+                let rates: Vec<f64> = l
+                    .iter()
+                    .map(|f| (peak * f / 100.0).round() * 100.0)
+                    .filter(|r| *r > 0.0)
+                    .collect();
+                run::ramp(&c, &rates, o.ramp_secs)
+            }
+            None => run::ramp_search(&c, redline_search(peak), o.ramp_secs),
+        };
         let res = match netns {
-            None => run::ramp(&c, &ladder, o.ramp_secs),
+            None => ramp(),
             Some(n) => std::thread::scope(|s| {
                 s.spawn(|| {
                     n.enter_client()?;
-                    run::ramp(&c, &ladder, o.ramp_secs)
+                    ramp()
                 })
                 .join()
                 .unwrap_or_else(|_| Err("generator panicked".into()))
@@ -732,6 +744,17 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
     // Servers stop here (drop), before the next scenario starts.
     for v in sc.variants.iter_mut() {
         v.server = None;
+    }
+}
+
+/// The default redline search for a variant whose median peak is `peak` req/s: from 0.05 of
+/// it, never below 0.004 of it (nor 200 req/s) or above it, steps at most 25% apart at the end.
+fn redline_search(peak: f64) -> run::Search {
+    run::Search {
+        start: peak * 0.05,
+        floor: (peak * 0.004).max(200.0).min(peak),
+        top: peak,
+        max_ratio: 1.25,
     }
 }
 
@@ -937,9 +960,9 @@ fn print_table(sc: &Scenario) {
                 .map(|r| r.stalls.as_ref().map_or("-".into(), |s| s.over_1ms().to_string()))
                 .collect();
             let redline = |r: Option<f64>| match &v.ramp {
-                Some(_) => match r {
+                Some(ramp) => match r {
                     Some(x) => svg::group(x),
-                    None => format!("<{}", svg::group(v.ladder.first().copied().unwrap_or(0.0))),
+                    None => format!("<{}", svg::group(ramp.lowest_rate().unwrap_or(0.0))),
                 },
                 None => "-".into(),
             };
@@ -997,8 +1020,11 @@ fn print_table(sc: &Scenario) {
              *: the machine's. A stall of D delays every request due during it, by up to D, so the stalls measured\n   \
              alone would put a share sum(D - x) / (measured time) of requests above latency x; a percentile is\n   \
              marked when that share reaches its tail (1% for p99) at a latency at or above the measured one.\n   \
-             redline99 / redline999: highest rate of an open-loop ramp (steps at most 25% apart, fractions of each\n   \
-             peak) where that step and all below it had p99 (p99.9) < 1 ms and no errors; <N: even the first failed.{}",
+             redline99 / redline999: highest open-loop rate where that step and every step run below it had p99\n   \
+             (p99.9) < 1 ms and no errors, searched from 0.05 of each peak (doubling, or halving down to 0.004)\n   \
+             until the next step up that failed is at most 25% higher; <N: even the lowest step, N, failed. A step\n   \
+             failing p99 that the stalls measured during it alone, or the generator's own send lag, explain is run\n   \
+             again (at most twice; results.json keeps the attempts set aside and why).{}",
             if xdp { "from the moment each datagram was queued (AF_XDP sender)" } else { "from intended send times" },
             if w.protocol == Protocol::Udp { "\n   errors: datagrams without an answer (lost) plus wrong answers." } else { "" }
         );
@@ -1100,7 +1126,22 @@ fn scenario_json(sc: &Scenario) -> J {
         if let Some(r) = &v.ramp {
             j.set("redline_p99_rps", r.redline_p99);
             j.set("redline_p999_rps", r.redline_p999);
+            j.set("lowest_failing_rate_p99", r.bracket(99.0).1);
+            j.set("lowest_failing_rate_p999", r.bracket(99.9).1);
             j.set("ramp_steps", J::Arr(r.steps.iter().map(report_json).collect()));
+            j.set(
+                "ramp_steps_run_again",
+                J::Arr(
+                    r.discarded
+                        .iter()
+                        .map(|(rep, why)| {
+                            let mut d = report_json(rep);
+                            d.set("run_again_because", why.clone());
+                            d
+                        })
+                        .collect(),
+                ),
+            );
         }
         vs.push(j);
     }
@@ -1268,9 +1309,12 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
         .set("tls_rounds", o.tls_rounds)
         .set("warmup_s", o.warmup)
         .set("duration_s", o.duration);
-    settings
-        .set("ramp_step_s", o.ramp_secs)
-        .set("ladder", J::Arr(o.ladder.iter().map(|f| J::Num(*f)).collect()));
+    settings.set("ramp_step_s", o.ramp_secs).set(
+        "ladder",
+        o.ladder
+            .as_ref()
+            .map_or(J::Str("search".into()), |l| J::Arr(l.iter().map(|f| J::Num(*f)).collect())),
+    );
     settings
         .set("latency_fraction", o.latency_fraction)
         .set("server_cpu", o.server_cpu)
@@ -1473,7 +1517,6 @@ fn new_scenario(key: &'static str, title: &str, workload: Config, specs: Vec<Spe
                 peaks: Vec::new(),
                 lats: Vec::new(),
                 ramp: None,
-                ladder: Vec::new(),
                 server_command: None,
             })
             .collect(),
@@ -1497,14 +1540,41 @@ mod tests {
         assert_eq!(verdict(&[0.5], &base), Verdict::TooFewRounds);
     }
 
+    /// Runs the default search against a server that passes below `limit` req/s.
+    fn searched(peak: f64, limit: f64) -> (Option<f64>, Option<f64>, usize) {
+        let mut tried = Vec::new();
+        run::search(redline_search(peak), &mut |r| {
+            tried.push(r);
+            Ok(r < limit)
+        })
+        .unwrap();
+        let pass = tried.iter().cloned().filter(|&r| r < limit).reduce(f64::max);
+        let fail = tried.iter().cloned().filter(|&r| r >= limit).reduce(f64::min);
+        (pass, fail, tried.len())
+    }
+
     #[test]
-    fn default_ladder_steps_are_at_most_25_percent_apart() {
-        let o = parse_opts(&[]).unwrap().unwrap();
-        assert!((o.ladder[0] - 0.05).abs() < 1e-9 && (o.ladder.last().unwrap() - 1.0).abs() < 1e-9);
-        assert!(
-            o.ladder.windows(2).all(|w| w[1] > w[0] && w[1] / w[0] <= 1.25 + 1e-9),
-            "{:?}",
-            o.ladder
-        );
+    fn default_search_brackets_the_redline_within_25_percent() {
+        let peak = 1_400_000.0;
+        // Redlines far below the first step, near it, and above it (up to the peak itself).
+        for limit in [7_000.0, 40_000.0, 69_000.0, 71_000.0, 300_000.0, 1_000_000.0] {
+            let (pass, fail, steps) = searched(peak, limit);
+            let (p, f) = (pass.unwrap(), fail.unwrap());
+            assert!(p < limit && f >= limit && f / p <= 1.25 + 1e-9, "{limit}: {p} {f}");
+            assert!(steps <= 10, "{limit}: {steps} steps");
+        }
+        // Everything passes: the peak itself is the last step.
+        assert_eq!(searched(peak, f64::INFINITY).0, Some(peak));
+        // Nothing passes: the search stops at the floor.
+        let (pass, fail, _) = searched(peak, 0.0);
+        assert_eq!((pass, fail), (None, Some(peak * 0.004)));
+        // Peaks whose top and floor are not whole hundreds (a floor of 250 req/s rounds to 300,
+        // a top of 1,234,549 to 1,234,500): the search ends all the same.
+        for peak in [62_500.0, 1_234_549.0, 150.0] {
+            for limit in [0.0, peak * 0.3, f64::INFINITY] {
+                let (_, _, steps) = searched(peak, limit);
+                assert!(steps <= 12, "peak {peak}, limit {limit}: {steps} steps");
+            }
+        }
     }
 }
