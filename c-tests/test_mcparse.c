@@ -290,6 +290,8 @@ static void other_commands(void)
 	CHECK_EQ(parse("stats items x").stats, MC_STATS_ITEMS); /* memcached ignores the rest */
 	CHECK_EQ(parse("stats slabs").stats, MC_STATS_SLABS);
 	CHECK_EQ(parse("stats sizes").stats, MC_STATS_SIZES);
+	CHECK_EQ(parse("stats conns").stats, MC_STATS_CONNS);
+	CHECK_EQ(parse("stats conns x").stats, MC_STATS_CONNS);
 	CHECK_EQ(parse("stats conns").verb, MC_ERROR);
 	CHECK_EQ(parse("stats settings x").verb, MC_ERROR);
 
