@@ -30,12 +30,12 @@ CARGO_FUZZ_VERSION := 0.13.1
 
 DEB_PACKAGES := build-essential cmake pkg-config clang clang-format libclang-dev memcached \
 	libmemcached-tools python3 python3-pymemcache valgrind bpftool iproute2 ethtool binutils \
-	iputils-ping nutcracker libssl-dev openssl
+	iputils-ping nutcracker libssl-dev openssl python3-venv
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: all rust stage install c-examples c-tests deps test test-rust test-c test-valgrind test-tsan test-cache \
-	check-header check-abi test-consumer header clean test-mcserver
+	check-header check-abi test-consumer header clean test-mcserver meta-client-deps
 
 all: rust stage c-examples c-tests
 
@@ -57,6 +57,26 @@ deps:
 	@if [ "$$(cbindgen --version 2>/dev/null)" != "cbindgen $(CBINDGEN_VERSION)" ]; then \
 	  echo "make deps: installing cbindgen $(CBINDGEN_VERSION)"; \
 	  $(CARGO) install cbindgen --version $(CBINDGEN_VERSION) --locked --quiet; \
+	fi
+	@$(MAKE) --no-print-directory meta-client-deps
+
+# meta-memcache (PyPI; Python >= 3.10) in a virtualenv, for tests/mcserver/test_meta_client.py.
+# Needs the package index: when the install fails the reason is kept in $(META_VENV).log, the
+# step still succeeds and the test skips quoting it (CI without network must not fail here).
+META_VENV := $(BUILD)/meta-venv
+META_MEMCACHE_VERSION := 4.3.0
+meta-client-deps:
+	@if [ -x $(META_VENV)/bin/python ] && $(META_VENV)/bin/python -c \
+	    'import meta_memcache, sys; sys.exit(meta_memcache.__version__ != "$(META_MEMCACHE_VERSION)")' \
+	    2>/dev/null; then exit 0; fi; \
+	rm -rf $(META_VENV); \
+	if $(PYTHON) -m venv $(META_VENV) >$(META_VENV).log 2>&1 && \
+	   $(META_VENV)/bin/pip install -q --disable-pip-version-check \
+	     meta-memcache==$(META_MEMCACHE_VERSION) >>$(META_VENV).log 2>&1; then \
+	  echo "meta-client-deps: meta-memcache $(META_MEMCACHE_VERSION) in $(META_VENV)"; \
+	else \
+	  echo "meta-client-deps: install failed (see $(META_VENV).log); test_meta_client will skip"; \
+	  rm -rf $(META_VENV); \
 	fi
 	@for c in rustfmt clippy; do \
 	  rustup component list --installed 2>/dev/null | grep -q "^$$c" || { \
@@ -208,7 +228,7 @@ test-cache:
 # mcserver: protocol, bad-input, differential (against memcached) and memccapable suites on
 # every build/bin/mcserver-* variant, then again on ASan+UBSan builds of them (a leak, an
 # invalid access or undefined behaviour makes the server exit non-zero, which fails the suite).
-test-mcserver:
+test-mcserver: meta-client-deps
 	tests/mcserver/run.sh $(BIN) $(PYTHON)
 	cmake -S c-examples -B $(BUILD)/c-examples-asan -DCMAKE_BUILD_TYPE=Debug -DP99_SANITIZE=ON \
 	    -DCMAKE_PREFIX_PATH=$(STAGE) -DCMAKE_RUNTIME_OUTPUT_DIRECTORY=$(BUILD)/bin-asan >/dev/null

@@ -290,7 +290,10 @@ static void other_commands(void)
 	CHECK_EQ(parse("stats items x").stats, MC_STATS_ITEMS); /* memcached ignores the rest */
 	CHECK_EQ(parse("stats slabs").stats, MC_STATS_SLABS);
 	CHECK_EQ(parse("stats sizes").stats, MC_STATS_SIZES);
-	CHECK_EQ(parse("stats conns").verb, MC_ERROR);
+	CHECK_EQ(parse("stats conns").stats, MC_STATS_CONNS);
+	CHECK_EQ(parse("stats conns x").stats, MC_STATS_CONNS);
+	CHECK_EQ(parse("stats conns").verb, MC_STATS);
+	CHECK_EQ(parse("stats detail").verb, MC_ERROR);
 	CHECK_EQ(parse("stats settings x").verb, MC_ERROR);
 
 	struct mc_request r = parse("flush_all");

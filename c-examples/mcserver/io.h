@@ -101,6 +101,25 @@ void io_stop(struct io_server *srv);
 /* Sums the connection counters of all workers (any thread; figures may be slightly stale). */
 void io_get_stats(const struct io_server *srv, struct io_stats *out);
 
+/* One line group of "stats conns" (memcached's format; see README.md for what differs). */
+struct io_conn_info {
+	int fd; /* the socket's descriptor */
+	const char *addr; /* peer address, or a listener's own: "tcp:IP:PORT", "tcp6:[IP]:PORT" */
+	const char *listen_addr; /* a connection's local address; NULL for a listener */
+	const char *state; /* memcached's state name: conn_listening, conn_read, ... */
+	uint64_t secs_since_last_cmd; /* since data last arrived (since accept if none) */
+};
+
+typedef void (*io_conn_fn)(void *ctx, const struct io_conn_info *info);
+
+/*
+ * Calls fn for each listener and each open connection of every worker, from any thread. The
+ * module holds its connection registry lock around each call, so fn must only copy what it
+ * needs (no io_* calls); the strings are valid during the call only. self, the connection
+ * asking (or NULL), is reported as conn_parse_cmd like memcached reports the one it serves.
+ */
+void io_for_each_conn(struct io_server *srv, const struct io_conn *self, io_conn_fn fn, void *ctx);
+
 /* Short name of the implementation, e.g. "epoll". */
 const char *io_name(void);
 

@@ -12,6 +12,7 @@
 #define _GNU_SOURCE
 #include "io.h"
 
+#include "conn_addr.h"
 #include "fd_limits.h"
 
 #include <errno.h>
@@ -60,6 +61,9 @@ struct io_conn {
 	bool dead; /* socket failed: close now */
 	bool reading; /* EPOLLIN armed */
 	bool writing; /* EPOLLOUT armed */
+	char addr[CONN_ADDR_LEN]; /* peer, for "stats conns" (set before it is listed) */
+	char local[CONN_ADDR_LEN]; /* own address */
+	_Atomic int64_t last_cmd; /* conn_clock_secs() when data last arrived */
 };
 
 struct worker {
@@ -67,7 +71,13 @@ struct worker {
 	pthread_t thread;
 	int epfd, listen_fd, stop_fd;
 	struct listener_pause pause; /* out of fds with no spare: listener not polled a while */
+	/* The conns list; taken by this worker only to link or unlink, and by io_for_each_conn
+	 * from any thread to walk it (it then reads only fd, addr, local, last_cmd). */
+	pthread_mutex_t conns_lock;
+	bool lock_made;
 	struct io_conn *conns;
+	char listen_addr[CONN_ADDR_LEN];
+	int64_t started; /* conn_clock_secs() at start: a listener's "last command" */
 	char rbuf[READ_BUF_SIZE];
 	_Atomic uint64_t curr, total, rejected, bytes_read, bytes_written;
 };
@@ -235,12 +245,14 @@ static void conn_close(struct io_conn *c)
 	for (size_t i = c->head; i < c->nsegs; i++)
 		seg_done(&c->segs[i]);
 	free(c->segs);
+	pthread_mutex_lock(&w->conns_lock);
 	if (c->prev)
 		c->prev->next = c->next;
 	else
 		w->conns = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
+	pthread_mutex_unlock(&w->conns_lock);
 	w->srv->cb.on_close(c, c->state);
 	atomic_fetch_sub(&w->srv->conns, 1);
 	atomic_fetch_sub_explicit(&w->curr, 1, memory_order_relaxed);
@@ -283,6 +295,8 @@ static void conn_readable(struct io_conn *c)
 		ssize_t r = read(c->fd, w->rbuf, sizeof(w->rbuf));
 		if (r > 0) {
 			add(&w->bytes_read, (uint64_t)r);
+			atomic_store_explicit(&c->last_cmd, conn_clock_secs(),
+					      memory_order_relaxed);
 			w->srv->cb.on_data(c, c->state, w->rbuf, (size_t)r);
 			if (c->closing || c->dead || (size_t)r < sizeof(w->rbuf))
 				break;
@@ -345,6 +359,9 @@ static void accept_all(struct worker *w)
 		c->fd = fd;
 		c->w = w;
 		c->reading = true;
+		conn_addr_format(fd, 1, c->addr, sizeof(c->addr));
+		conn_addr_format(fd, 0, c->local, sizeof(c->local));
+		atomic_init(&c->last_cmd, conn_clock_secs());
 		struct epoll_event ev = { .events = EPOLLIN, .data.ptr = c };
 		if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
 			atomic_fetch_sub(&srv->conns, 1);
@@ -352,10 +369,12 @@ static void accept_all(struct worker *w)
 			free(c);
 			continue;
 		}
+		pthread_mutex_lock(&w->conns_lock);
 		c->next = w->conns;
 		if (w->conns)
 			w->conns->prev = c;
 		w->conns = c;
+		pthread_mutex_unlock(&w->conns_lock);
 		add(&w->curr, 1);
 		add(&w->total, 1);
 		c->state = srv->cb.on_accept(c, srv->cb.ctx);
@@ -462,6 +481,8 @@ static void worker_free(struct worker *w)
 		close(w->listen_fd);
 	if (w->stop_fd >= 0)
 		close(w->stop_fd);
+	if (w->lock_made)
+		pthread_mutex_destroy(&w->conns_lock);
 }
 
 /* TLS belongs to the p99 I/O module (the engine terminates it); this loop is plaintext. */
@@ -508,6 +529,14 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 		w->listen_fd = listen_socket(opts, port, &port, err, errlen);
 		if (w->listen_fd < 0)
 			break;
+		if (pthread_mutex_init(&w->conns_lock, NULL) != 0) {
+			snprintf(err, errlen, "cannot create a mutex");
+			worker_free(w);
+			break;
+		}
+		w->lock_made = true;
+		conn_addr_format(w->listen_fd, 0, w->listen_addr, sizeof(w->listen_addr));
+		w->started = conn_clock_secs();
 		w->epfd = epoll_create1(EPOLL_CLOEXEC);
 		w->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 		w->pause = (struct listener_pause){ .epfd = w->epfd,
@@ -582,5 +611,32 @@ void io_get_stats(const struct io_server *srv, struct io_stats *out)
 			atomic_load_explicit(&w->rejected, memory_order_relaxed);
 		out->bytes_read += atomic_load_explicit(&w->bytes_read, memory_order_relaxed);
 		out->bytes_written += atomic_load_explicit(&w->bytes_written, memory_order_relaxed);
+	}
+}
+
+void io_for_each_conn(struct io_server *srv, const struct io_conn *self, io_conn_fn fn, void *ctx)
+{
+	int64_t now = conn_clock_secs();
+	for (unsigned i = 0; i < srv->nworkers; i++) {
+		struct worker *w = &srv->workers[i];
+		struct io_conn_info li = { .fd = w->listen_fd,
+					   .addr = w->listen_addr,
+					   .state = "conn_listening",
+					   .secs_since_last_cmd =
+						   conn_secs_since(w->started, now) };
+		fn(ctx, &li);
+		pthread_mutex_lock(&w->conns_lock);
+		for (const struct io_conn *c = w->conns; c; c = c->next) {
+			int64_t last = atomic_load_explicit(&c->last_cmd, memory_order_relaxed);
+			struct io_conn_info ci = {
+				.fd = c->fd,
+				.addr = c->addr,
+				.listen_addr = c->local,
+				.state = c == self ? "conn_parse_cmd" : "conn_read",
+				.secs_since_last_cmd = conn_secs_since(last, now)
+			};
+			fn(ctx, &ci);
+		}
+		pthread_mutex_unlock(&w->conns_lock);
 	}
 }

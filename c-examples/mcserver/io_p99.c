@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +20,7 @@
 
 #include <p99.h>
 
+#include "conn_addr.h"
 #include "io.h"
 
 struct io_conn {
@@ -26,6 +28,12 @@ struct io_conn {
 	void *state;
 	struct io_server *srv;
 	bool over_limit; /* accepted beyond max_conns: told so, then closed */
+	/* "stats conns": fixed at accept, before the connection is listed */
+	int fd;
+	char addr[CONN_ADDR_LEN];
+	char local[CONN_ADDR_LEN];
+	_Atomic int64_t last_cmd; /* conn_clock_secs() when data last arrived */
+	struct io_conn *prev, *next; /* in io_server.listed, under conns_lock */
 };
 
 struct io_server {
@@ -36,6 +44,11 @@ struct io_server {
 	_Atomic uint64_t total;
 	_Atomic uint64_t rejected;
 	uint32_t workers;
+	/* Every listed connection of every worker: linked and unlinked by its worker, walked by
+	 * io_for_each_conn from any thread (reading only the fields fixed at accept and
+	 * last_cmd). */
+	pthread_mutex_t conns_lock;
+	struct io_conn *listed;
 };
 
 /* A borrowed send's release, carried through the engine as the send-done cookie. */
@@ -80,11 +93,19 @@ static bool on_accept(void *user, p99_worker *w, p99_conn id)
 		p99_worker_close(w, id);
 		return true;
 	}
-	if (srv->opts.verbose > 1) {
-		int fd = -1;
-		p99_worker_conn_fd(w, id, &fd);
-		fprintf(stderr, "<%d new client connection\n", fd);
-	}
+	c->fd = -1;
+	p99_worker_conn_fd(w, id, &c->fd);
+	conn_addr_format(c->fd, 1, c->addr, sizeof(c->addr));
+	conn_addr_format(c->fd, 0, c->local, sizeof(c->local));
+	atomic_init(&c->last_cmd, conn_clock_secs());
+	pthread_mutex_lock(&srv->conns_lock);
+	c->next = srv->listed;
+	if (srv->listed)
+		srv->listed->prev = c;
+	srv->listed = c;
+	pthread_mutex_unlock(&srv->conns_lock);
+	if (srv->opts.verbose > 1)
+		fprintf(stderr, "<%d new client connection\n", c->fd);
 	c->state = srv->cb.on_accept(c, srv->cb.ctx);
 	if (!c->state)
 		p99_worker_close(w, id);
@@ -106,6 +127,7 @@ static void on_data(void *user, p99_worker *w, p99_conn id, const uint8_t *data,
 	struct io_conn *c = conn_of(w, id);
 	if (!c || c->over_limit || !c->state || len == 0)
 		return;
+	atomic_store_explicit(&c->last_cmd, conn_clock_secs(), memory_order_relaxed);
 	c->srv->cb.on_data(c, c->state, (const char *)data, len);
 }
 
@@ -132,6 +154,14 @@ static void on_close(void *user, p99_worker *w, p99_conn id)
 			fprintf(stderr, "<%d connection closed.\n", fd);
 		}
 		srv->cb.on_close(c, c->state);
+		pthread_mutex_lock(&srv->conns_lock);
+		if (c->prev)
+			c->prev->next = c->next;
+		else
+			srv->listed = c->next;
+		if (c->next)
+			c->next->prev = c->prev;
+		pthread_mutex_unlock(&srv->conns_lock);
 	}
 	atomic_fetch_sub(&srv->conns, 1);
 	free(c);
@@ -175,6 +205,11 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 	}
 	srv->cb = *cb;
 	srv->opts = *opts;
+	if (pthread_mutex_init(&srv->conns_lock, NULL) != 0) {
+		snprintf(err, errlen, "cannot create a mutex");
+		free(srv);
+		return NULL;
+	}
 	srv->workers = opts->threads ? opts->threads : 1;
 
 	p99_engine_config cfg = { .struct_size = sizeof cfg };
@@ -212,12 +247,14 @@ struct io_server *io_start(const struct io_options *opts, const struct io_callba
 			 p99_status_str(st), opts->tls->chain_cert, opts->tls->key,
 			 tls.client_ca_file ? ", ssl_ca_cert=" : "",
 			 tls.client_ca_file ? tls.client_ca_file : "");
+		pthread_mutex_destroy(&srv->conns_lock);
 		free(srv);
 		return NULL;
 	}
 	if (st != P99_STATUS_OK) {
 		snprintf(err, errlen, "p99_engine_start: %s (%s)", p99_status_str(st),
 			 p99_last_error_message());
+		pthread_mutex_destroy(&srv->conns_lock);
 		free(srv);
 		return NULL;
 	}
@@ -235,6 +272,7 @@ void io_stop(struct io_server *srv)
 {
 	p99_engine_stop(srv->engine, 1000);
 	p99_engine_free(srv->engine);
+	pthread_mutex_destroy(&srv->conns_lock);
 	free(srv);
 }
 
@@ -283,4 +321,21 @@ int io_send_ref(struct io_conn *conn, const void *data, size_t len, io_release_f
 void io_close(struct io_conn *conn)
 {
 	p99_worker_close(tls_worker, conn->id);
+}
+
+/* The engine owns its listeners and does not expose them: only connections are listed. */
+void io_for_each_conn(struct io_server *srv, const struct io_conn *self, io_conn_fn fn, void *ctx)
+{
+	int64_t now = conn_clock_secs();
+	pthread_mutex_lock(&srv->conns_lock);
+	for (const struct io_conn *c = srv->listed; c; c = c->next) {
+		int64_t last = atomic_load_explicit(&c->last_cmd, memory_order_relaxed);
+		struct io_conn_info ci = { .fd = c->fd,
+					   .addr = c->addr,
+					   .listen_addr = c->local,
+					   .state = c == self ? "conn_parse_cmd" : "conn_read",
+					   .secs_since_last_cmd = conn_secs_since(last, now) };
+		fn(ctx, &ci);
+	}
+	pthread_mutex_unlock(&srv->conns_lock);
 }

@@ -530,6 +530,8 @@ static void parse_stats(struct mc_request *req, const struct mc_token *tok, size
 		req->stats = MC_STATS_SLABS;
 	else if (tok_is(tok[1], "sizes"))
 		req->stats = MC_STATS_SIZES;
+	else if (tok_is(tok[1], "conns")) /* further tokens ignored, as memcached does */
+		req->stats = MC_STATS_CONNS;
 	else
 		req->verb = MC_ERROR;
 }

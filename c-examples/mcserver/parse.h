@@ -91,6 +91,7 @@ enum mc_stats_group {
 	MC_STATS_ITEMS, /* "stats items" */
 	MC_STATS_SLABS, /* "stats slabs" */
 	MC_STATS_SIZES, /* "stats sizes" */
+	MC_STATS_CONNS, /* "stats conns" */
 };
 
 #define MC_OPAQUE_MAX 32 /* longest O token, its 'O' included */

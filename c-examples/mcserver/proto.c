@@ -989,6 +989,64 @@ static void stats_settings(struct pconn *c)
 	stat_line(c, "io", io_name());
 }
 
+/* "stats conns": the lines are gathered under the I/O module's lock, sent after it. */
+struct conns_listing {
+	char *buf;
+	size_t len, cap;
+	bool failed; /* out of memory: the listing is cut short */
+};
+
+static void conns_append(struct conns_listing *l, const char *fmt, int fd, const char *value)
+{
+	char line[160];
+	int n = snprintf(line, sizeof(line), fmt, fd, value);
+	if (n < 0 || l->failed)
+		return;
+	size_t len = (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1;
+	if (l->len + len > l->cap) {
+		size_t cap = l->cap ? l->cap * 2 : 4096;
+		while (cap < l->len + len)
+			cap *= 2;
+		char *p = realloc(l->buf, cap);
+		if (!p) {
+			l->failed = true;
+			return;
+		}
+		l->buf = p;
+		l->cap = cap;
+	}
+	memcpy(l->buf + l->len, line, len);
+	l->len += len;
+}
+
+static void conns_line(void *ctx, const struct io_conn_info *info)
+{
+	struct conns_listing *l = ctx;
+	char secs[24];
+	snprintf(secs, sizeof(secs), "%" PRIu64, info->secs_since_last_cmd);
+	conns_append(l, "STAT %d:addr %s\r\n", info->fd, info->addr);
+	if (info->listen_addr)
+		conns_append(l, "STAT %d:listen_addr %s\r\n", info->fd, info->listen_addr);
+	conns_append(l, "STAT %d:state %s\r\n", info->fd, info->state);
+	conns_append(l, "STAT %d:secs_since_last_cmd %s\r\n", info->fd, secs);
+}
+
+static void stats_conns(struct pconn *c)
+{
+	struct conns_listing l = { 0 };
+	if (server)
+		io_for_each_conn(server, c->io, conns_line, &l);
+	if (l.failed) {
+		free(l.buf);
+		send_str(c, "SERVER_ERROR out of memory writing stats conns\r\n");
+		return;
+	}
+	if (l.len)
+		io_send_copy(c->io, l.buf, l.len);
+	free(l.buf);
+	send_str(c, "END\r\n");
+}
+
 static void reset_counters(void)
 {
 	_Atomic uint64_t *all[] = {
@@ -1013,6 +1071,7 @@ static void cmd_stats(struct pconn *c, const struct mc_request *req)
 	case MC_STATS_SIZES: /* item size histograms are not kept (memcached's default too) */
 		stat_line(c, "sizes_status", "disabled");
 		break;
+	case MC_STATS_CONNS: stats_conns(c); return;
 	case MC_STATS_RESET:
 		reset_counters();
 		send_str(c, "RESET\r\n");

@@ -6,6 +6,9 @@
 set -uo pipefail
 bindir=$(cd "$1" && pwd)
 python=${2:-/usr/bin/python3}
+# meta-memcache's virtualenv (make meta-client-deps); without it test_meta_client skips
+meta_python=${META_PYTHON:-$bindir/../meta-venv/bin/python}
+[ -x "$meta_python" ] || meta_python=$python
 cd "$(dirname "$0")"
 shopt -s nullglob
 bins=("$bindir"/mcserver-*)
@@ -22,6 +25,7 @@ for bin in "${bins[@]}"; do
 	DIFF_SEED=1 DIFF_COMMANDS=20000 "$python" test_diff.py || failed+=("$name: differential test")
 	"$python" test_memccapable.py || failed+=("$name: memccapable -a")
 	"$python" test_tls.py || failed+=("$name: TLS (-Z)")
+	"$meta_python" -m unittest -q test_meta_client || failed+=("$name: meta-memcache client")
 done
 if [ ${#failed[@]} -ne 0 ]; then
 	printf 'test-mcserver: FAILED %s\n' "${failed[@]}" >&2

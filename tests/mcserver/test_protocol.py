@@ -5,6 +5,7 @@ Run: MCSERVER_BIN=build/bin/mcserver-slab-epoll /usr/bin/python3 -m unittest tes
 """
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -14,7 +15,7 @@ import unittest
 
 from pymemcache.client.base import Client
 
-from mcutil import Conn, start_mcserver
+from mcutil import Conn, start_mcserver, start_memcached
 
 BIN = os.environ.get("MCSERVER_BIN", "build/bin/mcserver-slab-epoll")
 ITEM_MAX = 1024 * 1024
@@ -497,6 +498,88 @@ class Proto(unittest.TestCase):
         self.assertEqual(mc.get("c"), b"new!")
         self.assertTrue(mc.version().startswith(b"1.6"))
         mc.close()
+
+
+STATS_CONNS_LINE = re.compile(
+    rb"^STAT (\d+):(addr|listen_addr|state|secs_since_last_cmd) (\S+)\r\n$")
+
+
+def stats_conns(conn):
+    """'stats conns' as {fd: {field: value}}, asserting memcached's line shapes and order."""
+    conn.send(b"stats conns\r\n")
+    out = {}
+    order = {}
+    while True:
+        ln = conn.line()
+        if ln == b"END\r\n":
+            break
+        m = STATS_CONNS_LINE.match(ln)
+        assert m, "not a stats conns line: %r" % ln
+        fd, field, value = int(m.group(1)), m.group(2).decode(), m.group(3).decode()
+        assert field not in out.setdefault(fd, {}), "field repeated: %r" % ln
+        out[fd][field] = value
+        order.setdefault(fd, []).append(field)
+    for fd, fields in order.items():
+        want = ["addr", "state", "secs_since_last_cmd"]
+        if "listen_addr" in fields:
+            want.insert(1, "listen_addr")
+        assert fields == want, "fd %d: fields %r" % (fd, fields)
+    return out
+
+
+class StatsConns(unittest.TestCase):
+    """'stats conns' against memcached's own listing of the same situation."""
+
+    def check(self, srv, listeners_expected, idle_states=("conn_read",)):
+        asking, idle = Conn(srv.port), Conn(srv.port)
+        try:
+            self.assertEqual(idle.cmd(b"version\r\n")[:8], b"VERSION ")
+            listing = stats_conns(asking)
+            by_addr = {v["addr"]: (fd, v) for fd, v in listing.items() if "listen_addr" in v}
+            here = "tcp:127.0.0.1:%d" % srv.port
+            for conn, states in ((asking, ("conn_parse_cmd",)), (idle, idle_states)):
+                ip, port = conn.sock.getsockname()[:2]
+                addr = "tcp:%s:%d" % (ip, port)
+                self.assertIn(addr, by_addr, "%s: %r" % (srv.name, listing))
+                fd, info = by_addr[addr]
+                self.assertEqual(info["listen_addr"], here)
+                self.assertIn(info["state"], states)
+                self.assertGreaterEqual(int(info["secs_since_last_cmd"]), 0)
+            listeners = [v for v in listing.values() if "listen_addr" not in v]
+            for v in listeners:
+                self.assertEqual(v["addr"], here)
+                self.assertEqual(v["state"], "conn_listening")
+            self.assertEqual(bool(listeners), listeners_expected, "%s: %r" % (srv.name, listing))
+            # a closed connection leaves the listing (its close is seen by another thread)
+            gone = "tcp:%s:%d" % idle.sock.getsockname()[:2]
+            idle.close()
+            deadline = time.time() + 5
+            while gone in {v["addr"] for v in stats_conns(asking).values()}:
+                self.assertLess(time.time(), deadline, "closed connection still listed")
+                time.sleep(0.02)
+            # further tokens are ignored, as memcached does
+            asking.send(b"stats conns extra\r\n")
+            ln = asking.line()
+            while ln != b"END\r\n":
+                self.assertTrue(STATS_CONNS_LINE.match(ln), ln)
+                ln = asking.line()
+        finally:
+            asking.close()
+            idle.close()
+
+    def test_matches_memcached(self):
+        ref = start_memcached("-t", "2")
+        try:
+            # memcached may not have left its write state yet when the reply has arrived
+            self.check(ref, True, ("conn_read", "conn_waiting", "conn_new_cmd", "conn_mwrite"))
+        finally:
+            ref.stop()
+        srv = start_mcserver(BIN, "-t", "2")
+        try:
+            # the p99 engine owns its listeners and does not expose them (README.md)
+            self.check(srv, not os.path.basename(BIN).endswith("-uring"))
+        finally:
+            self.assertEqual(srv.stop(), 0)
 
 
 class Churn(unittest.TestCase):
