@@ -58,6 +58,11 @@ deps:
 	  echo "make deps: installing cbindgen $(CBINDGEN_VERSION)"; \
 	  $(CARGO) install cbindgen --version $(CBINDGEN_VERSION) --locked --quiet; \
 	fi
+	@for c in rustfmt clippy; do \
+	  rustup component list --installed 2>/dev/null | grep -q "^$$c" || { \
+	    echo "make deps: adding the $$c component"; rustup component add $$c; }; \
+	done
+	@$(MAKE) --no-print-directory fuzz-deps
 	@$(MAKE) --no-print-directory meta-client-deps
 
 # meta-memcache (PyPI; Python >= 3.10) in a virtualenv, for tests/mcserver/test_meta_client.py.
@@ -69,7 +74,7 @@ meta-client-deps:
 	@if [ -x $(META_VENV)/bin/python ] && $(META_VENV)/bin/python -c \
 	    'import meta_memcache, sys; sys.exit(meta_memcache.__version__ != "$(META_MEMCACHE_VERSION)")' \
 	    2>/dev/null; then exit 0; fi; \
-	rm -rf $(META_VENV); \
+	rm -rf $(META_VENV); mkdir -p $(BUILD); \
 	if $(PYTHON) -m venv $(META_VENV) >$(META_VENV).log 2>&1 && \
 	   $(META_VENV)/bin/pip install -q --disable-pip-version-check \
 	     meta-memcache==$(META_MEMCACHE_VERSION) >>$(META_VENV).log 2>&1; then \
@@ -78,11 +83,6 @@ meta-client-deps:
 	  echo "meta-client-deps: install failed (see $(META_VENV).log); test_meta_client will skip"; \
 	  rm -rf $(META_VENV); \
 	fi
-	@for c in rustfmt clippy; do \
-	  rustup component list --installed 2>/dev/null | grep -q "^$$c" || { \
-	    echo "make deps: adding the $$c component"; rustup component add $$c; }; \
-	done
-	@$(MAKE) --no-print-directory fuzz-deps
 
 # The fuzz targets build with cargo-fuzz (pinned) on the nightly toolchain.
 .PHONY: fuzz-deps

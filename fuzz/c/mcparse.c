@@ -31,7 +31,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct mc_request req;
 	mc_parse(line, size, &req);
 
-	require(req.verb <= MC_MA);
+	require(req.verb <= MC_ME);
 	require(req.error <= MC_ERR_TOO_LONG);
 	int retrieval = req.verb == MC_GET || req.verb == MC_GETS || req.verb == MC_GAT ||
 			req.verb == MC_GATS;

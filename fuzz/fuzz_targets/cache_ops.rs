@@ -368,9 +368,15 @@ impl<'a> Run<'a> {
         self.check_write(&key, &value, flags, expiry, mode, cas_in, got, before);
     }
 
-    /// Whether `n` more bytes of reservation stay within the allowance.
+    /// Whether a reservation of `n` bytes (key and value) stays within the allowance. The store
+    /// charges each reservation its buffer's length: writes of up to 4 KiB get a recycled buffer
+    /// of 256 B, 1 KiB or 4 KiB, larger ones exactly their size.
     fn reservation_fits(&self, n: usize) -> bool {
-        let held: usize = self.pending.iter().map(|p| p.key.len() + p.value.len()).sum();
+        fn charge(n: usize) -> usize {
+            [256, 1024, 4096].into_iter().find(|&c| n <= c).unwrap_or(n)
+        }
+        let held: usize = self.pending.iter().map(|p| charge(p.key.len() + p.value.len())).sum();
+        let n = charge(n);
         let cap = if n <= self.reserve_limit / 128 {
             self.reserve_limit + self.reserve_limit / 8
         } else {
