@@ -196,7 +196,7 @@ def meta_command(rnd, key):
     if r < 0.35:
         flags = base + rnd.sample([b"v", b"k", b"c", b"f", b"s", b"t", b"q", b"u", b"T%d"
                                    % meta_ttl(rnd), opaque(rnd), b"h", b"l",
-                                   b"N%d" % meta_ttl(rnd), b"R%d" % rnd.choice([0, 30, 2000])],
+                                   b"N%d" % meta_ttl(rnd), b"R%d" % rnd.choice([0, 60, 2000])],
                                   rnd.randint(0, 7))
         if rnd.random() < 0.05 and not any(f.startswith(b"t") for f in flags):
             flags.append(b"T-1")
