@@ -1380,8 +1380,15 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
     settings.set("verdict_rule", "server CPU per request, every round of the variant against every round of the baseline: faster/slower when the ranges do not overlap, otherwise within noise");
     results.set("settings", settings);
     println!(
-        "p99-parity: servers on cpu {}, load on cpu {}; {} rounds of {}s (+{}s warm-up) per variant, interleaved",
-        o.server_cpu, o.load_cpu, o.rounds, o.duration, o.warmup
+        "p99-parity: servers on cpu {}, load on cpu {}; per variant, interleaved: {} closed-loop rounds and {} at \
+         the fixed rate, {}s each (+{}s warm-up); redline steps of {}s",
+        o.server_cpu,
+        o.load_cpu,
+        o.rounds,
+        o.latency_rounds,
+        o.duration,
+        o.warmup,
+        o.ramp_secs
     );
     let mut scen_json = J::obj();
     let mut plots = Vec::new();
