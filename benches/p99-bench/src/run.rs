@@ -572,16 +572,7 @@ impl RampResult {
     /// The redline at percentile `p` and the lowest rate that failed above it: the highest rate
     /// whose step and every step below it passed, and the first step above that did not.
     pub fn bracket(&self, p: f64) -> (Option<f64>, Option<f64>) {
-        let mut by_rate: Vec<&Report> = self.steps.iter().collect();
-        by_rate.sort_by(|a, b| a.config.rate.total_cmp(&b.config.rate));
-        let mut pass = None;
-        for r in by_rate {
-            if !step_passes(r, p) {
-                return (pass, Some(r.config.rate));
-            }
-            pass = Some(r.config.rate);
-        }
-        (pass, None)
+        bracket_of(self.steps.iter().map(|r| (r.config.rate, step_passes(r, p))).collect())
     }
 
     fn settle(&mut self) {
@@ -826,6 +817,79 @@ pub fn bisect(
     Ok(())
 }
 
+/// The highest rate that passed with every step below it, and the lowest rate above that which
+/// failed; `steps` are (rate, passed), in any order.
+pub fn bracket_of(mut steps: Vec<(f64, bool)>) -> (Option<f64>, Option<f64>) {
+    steps.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut pass = None;
+    for (rate, passed) in steps {
+        if !passed {
+            return (pass, Some(rate));
+        }
+        pass = Some(rate);
+    }
+    (pass, None)
+}
+
+/// The steps a redline search has run: each rate once, with whether it passed p99 and p99.9.
+struct Outcomes<'a, F> {
+    run: &'a mut F,
+    seen: Vec<(f64, bool, bool)>,
+}
+
+impl<F: FnMut(f64) -> Result<(bool, bool), String>> Outcomes<'_, F> {
+    /// Whether the step at `rate` passed at percentile `p` (99 or 99.9), running it if new.
+    fn at(&mut self, rate: f64, p: f64) -> Result<bool, String> {
+        let o = match self.seen.iter().find(|s| s.0 == rate) {
+            Some(&(_, p99, p999)) => (p99, p999),
+            None => {
+                let o = (self.run)(rate)?;
+                self.seen.push((rate, o.0, o.1));
+                o
+            }
+        };
+        Ok(if p == 99.0 { o.0 } else { o.1 })
+    }
+
+    fn bracket(&self, p: f64) -> (Option<f64>, Option<f64>) {
+        bracket_of(self.seen.iter().map(|s| (s.0, if p == 99.0 { s.1 } else { s.2 })).collect())
+    }
+}
+
+/// The two redline searches of `ramp_search` over steps that `run` makes at a rate (each rate
+/// once), returning whether the step passed p99 and p99.9 (see `ramp_search` for the order).
+#[allow(dead_code)] // p99-parity's default ramp; p99-bench --ramp runs fixed steps
+pub fn search_redlines(
+    sp: Search,
+    run: &mut impl FnMut(f64) -> Result<(bool, bool), String>,
+) -> Result<(), String> {
+    let mut o = Outcomes { run, seen: Vec::new() };
+    search(sp, &mut |rate| o.at(rate, 99.0))?;
+    if let Some(top) = o.bracket(99.0).0 {
+        let floor = round_rate(sp.floor.min(top));
+        if o.at(floor, 99.9)? {
+            if let (Some(lo), Some(hi)) = o.bracket(99.9) {
+                bisect(lo, hi, sp.max_ratio, &mut |rate| o.at(rate, 99.9))?;
+            }
+        }
+    }
+    for _ in 0..3 {
+        let mut split = false;
+        for p in [99.0, 99.9] {
+            if let (Some(lo), Some(hi)) = o.bracket(p) {
+                if hi / lo > sp.max_ratio {
+                    bisect(lo, hi, sp.max_ratio, &mut |rate| o.at(rate, p))?;
+                    split = true;
+                }
+            }
+        }
+        if !split {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// The redline search. First the p99 redline (`search` from `sp.start`). Then the p99.9 one,
 /// which cannot pass where p99 failed and on a shared machine seldom passes far above the
 /// floor: the floor step first (if it fails, the p99.9 redline is below the floor), then the
@@ -858,33 +922,10 @@ pub fn ramp_search(
         keep_step(r.clone(), &again, prior, &mut res)?;
         sp1.start = r.config.rate;
     }
-    let step = |res: &mut RampResult, rate: f64, p: f64| -> Result<bool, String> {
-        let i = run_step(c, rate, step_secs, prior, res)?;
-        Ok(step_passes(&res.steps[i], p))
-    };
-    search(sp1, &mut |rate| step(&mut res, rate, 99.0))?;
-    if let Some(top) = res.bracket(99.0).0 {
-        let floor = round_rate(sp.floor.min(top));
-        if step(&mut res, floor, 99.9)? {
-            if let (Some(lo), Some(hi)) = res.bracket(99.9) {
-                bisect(lo, hi, sp.max_ratio, &mut |rate| step(&mut res, rate, 99.9))?;
-            }
-        }
-    }
-    for _ in 0..3 {
-        let mut split = false;
-        for p in [99.0, 99.9] {
-            if let (Some(lo), Some(hi)) = res.bracket(p) {
-                if hi / lo > sp.max_ratio {
-                    bisect(lo, hi, sp.max_ratio, &mut |rate| step(&mut res, rate, p))?;
-                    split = true;
-                }
-            }
-        }
-        if !split {
-            break;
-        }
-    }
+    search_redlines(sp1, &mut |rate| {
+        let i = run_step(c, rate, step_secs, prior, &mut res)?;
+        Ok((step_passes(&res.steps[i], 99.0), step_passes(&res.steps[i], 99.9)))
+    })?;
     res.settle();
     Ok(res)
 }
@@ -977,6 +1018,79 @@ mod tests {
         res.steps.push(step(500, 9));
         assert_eq!(usual_long_stalls(&[1.0, 2.0], &res), Some(2.0));
         assert_eq!(usual_long_stalls(&[1.0, 1.0, 2.0], &res), Some(1.5));
+    }
+
+    /// Runs the two searches against a server whose p99 passes below `r99` and p99.9 below
+    /// `r999` (req/s): the steps run, in order.
+    fn searched_both(start: f64, r99: f64, r999: f64) -> Vec<f64> {
+        let sp = Search { start, floor: 4_000.0, top: 1_000_000.0, max_ratio: 1.25 };
+        let mut tried = Vec::new();
+        search_redlines(sp, &mut |rate| {
+            tried.push(rate);
+            Ok((rate < r99, rate < r999))
+        })
+        .unwrap();
+        tried
+    }
+
+    fn brackets(tried: &[f64], limit: f64) -> (Option<f64>, Option<f64>) {
+        bracket_of(tried.iter().map(|&r| (r, r < limit)).collect())
+    }
+
+    #[test]
+    fn the_p999_search_tests_the_floor_first() {
+        // p99.9 fails everywhere: one step more than the p99 search, at the floor.
+        let p99_only = {
+            let mut n = 0;
+            let sp = Search { start: 50_000.0, floor: 4_000.0, top: 1_000_000.0, max_ratio: 1.25 };
+            search(sp, &mut |r| {
+                n += 1;
+                Ok(r < 300_000.0)
+            })
+            .unwrap();
+            n
+        };
+        let tried = searched_both(50_000.0, 300_000.0, 0.0);
+        assert_eq!(tried.len(), p99_only + 1, "{tried:?}");
+        assert_eq!(*tried.last().unwrap(), 4_000.0);
+        assert_eq!(brackets(&tried, 0.0), (None, Some(4_000.0)));
+        // p99.9 passes up to 3x the floor: both redlines bracketed within 25%, every rate once.
+        for (r99, r999) in [(300_000.0, 12_000.0), (30_000.0, 25_000.0), (8_000.0, 4_500.0)] {
+            let tried = searched_both(50_000.0, r99, r999);
+            for (limit, what) in [(r99, "p99"), (r999, "p99.9")] {
+                let (lo, hi) = brackets(&tried, limit);
+                let (lo, hi) = (lo.unwrap(), hi.unwrap());
+                assert!(
+                    lo < limit && hi >= limit && hi / lo <= 1.25,
+                    "{what}: {lo} {hi} {tried:?}"
+                );
+            }
+            let mut uniq = tried.clone();
+            uniq.sort_by(f64::total_cmp);
+            uniq.dedup();
+            assert_eq!(uniq.len(), tried.len(), "a rate run twice: {tried:?}");
+            assert!(tried.len() <= 14, "{r99} {r999}: {} steps {tried:?}", tried.len());
+        }
+    }
+
+    #[test]
+    fn a_failure_below_the_first_bracket_is_bracketed_again() {
+        // A server failing p99 at one rate only, which the p99.9 search's first split (between
+        // the floor, 4k, and 50k) meets after the p99 search had passed it by: the p99 redline
+        // is then read below that failure, and the gap under it is split to 25% as well.
+        let sp = Search { start: 50_000.0, floor: 4_000.0, top: 1_000_000.0, max_ratio: 1.25 };
+        let mut tried = Vec::new();
+        search_redlines(sp, &mut |rate| {
+            tried.push(rate);
+            let bad = rate == 14_100.0;
+            Ok((rate < 300_000.0 && !bad, rate < 10_000.0 && !bad))
+        })
+        .unwrap();
+        assert!(tried.contains(&14_100.0), "{tried:?}");
+        let (lo, hi) =
+            bracket_of(tried.iter().map(|&r| (r, r < 300_000.0 && r != 14_100.0)).collect());
+        assert_eq!(hi, Some(14_100.0), "{tried:?}");
+        assert!(14_100.0 / lo.unwrap() <= 1.25, "{lo:?} {tried:?}");
     }
 
     #[test]
