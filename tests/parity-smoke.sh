@@ -211,17 +211,20 @@ for v in vs:
     if v["problem"] or "ramp_steps" not in v:
         print(f"parity-smoke: note: {v['name']}: {v['problem']}")
         continue
-    checked += 1
     again = v["ramp_steps_run_again"]
     injected = [a for a in again if (a.get("stalls") or {}).get("max_us", 0) >= 15000]
-    if not injected:
-        fail.append(f"{v['name']}: no attempt with the injected stall was set aside ({len(again)} set aside)")
+    kept = [st for st in v["ramp_steps"] if st["stalls"]["max_us"] >= 15000]
+    for st in kept:
+        fail.append(f"{v['name']}: the step kept at {st['target_rate']} is the injected attempt")
+    if not injected and not kept:
+        # The injector thread is started with the run: on a machine too busy to run it before
+        # its moment, no stall happened and there is nothing to check for this server.
+        print(f"parity-smoke: note: {v['name']}: the injected stall did not happen")
+        continue
+    checked += 1
     for a in injected:
         if not a.get("run_again_because"):
             fail.append(f"{v['name']}: an attempt set aside without its reason")
-    for step in v["ramp_steps"]:
-        if step["stalls"]["max_us"] >= 15000:
-            fail.append(f"{v['name']}: the step kept at {step['target_rate']} is the injected attempt")
     if v["redline_p99_rps"] is not None:
         numbers += 1
     else:
@@ -236,7 +239,7 @@ for v in vs:
         else:
             fail.append(msg)
 if not checked:
-    fail.append("no ping variant ran its ramp")
+    fail.append("no ping variant ran its ramp with the injected stall")
 if fail:
     print("\n".join("parity-smoke: " + f for f in fail))
     sys.exit(1)
