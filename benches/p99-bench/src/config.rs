@@ -198,7 +198,9 @@ general:
                                      to the server core and to each generator CPU wakes every
                                      200 us and records how late it woke (like cyclictest)
       --inject-stall MS              test only: stall the server core for MS ms mid-run (a
-                                     real-time spinning thread; needs root)
+                                     real-time spinning thread; needs root); with --ramp, the
+                                     first attempt of each step only (a step the stall failed
+                                     is run again without it)
       --json PATH                    write the result as JSON (- for stdout)
       --progress / --no-progress     live progress line (default: when stderr is a terminal)
       --seed N                       workload random seed

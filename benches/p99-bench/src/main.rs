@@ -50,7 +50,10 @@ fn real_main(c: &Config) -> Result<(), String> {
     out.set("command", c.command_line());
     if let Some(r) = &c.ramp {
         let rates = run::ramp_rates(r.start, r.step, r.end);
-        let res = run::ramp(c, &rates, r.step_secs)?;
+        let res = run::ramp(c, &rates, r.step_secs, &[])?;
+        for (s, why) in &res.discarded {
+            println!("{}  [set aside and run again: {why}]", s.summary());
+        }
         for s in &res.steps {
             let verdict = |p| if run::step_passes(s, p) { "pass" } else { "FAIL" };
             println!("{}  [p99 {}, p99.9 {}]", s.summary(), verdict(99.0), verdict(99.9));
@@ -70,6 +73,19 @@ fn real_main(c: &Config) -> Result<(), String> {
         out.set("redline_p99_rps", res.redline_p99);
         out.set("redline_p999_rps", res.redline_p999);
         out.set("steps", J::Arr(res.steps.iter().map(|s| s.to_json()).collect()));
+        out.set(
+            "steps_run_again",
+            J::Arr(
+                res.discarded
+                    .iter()
+                    .map(|(s, why)| {
+                        let mut d = s.to_json();
+                        d.set("run_again_because", why.clone());
+                        d
+                    })
+                    .collect(),
+            ),
+        );
     } else {
         let r = run::run_once(c)?;
         println!("{}", r.summary());

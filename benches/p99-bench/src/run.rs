@@ -572,16 +572,7 @@ impl RampResult {
     /// The redline at percentile `p` and the lowest rate that failed above it: the highest rate
     /// whose step and every step below it passed, and the first step above that did not.
     pub fn bracket(&self, p: f64) -> (Option<f64>, Option<f64>) {
-        let mut by_rate: Vec<&Report> = self.steps.iter().collect();
-        by_rate.sort_by(|a, b| a.config.rate.total_cmp(&b.config.rate));
-        let mut pass = None;
-        for r in by_rate {
-            if !step_passes(r, p) {
-                return (pass, Some(r.config.rate));
-            }
-            pass = Some(r.config.rate);
-        }
-        (pass, None)
+        bracket_of(self.steps.iter().map(|r| (r.config.rate, step_passes(r, p))).collect())
     }
 
     fn settle(&mut self) {
@@ -593,10 +584,43 @@ impl RampResult {
 /// How many times a ramp step that the machine failed is run again.
 pub const STEP_RETRIES: usize = 2;
 
-/// Why a step failing p99 failed because of the machine rather than the server, if it did: the
-/// stalls the probe measured during it would alone have put p99 at or above the objective, or
-/// the generator itself sent late by that much (its own p99 send lag).
-pub fn machine_failed(r: &Report) -> Option<String> {
+/// A count of >= 1 ms stalls is more than the machine's usual when a steady rate of that usual
+/// would reach it in fewer than one window in 50 (Poisson tail).
+pub const UNUSUAL_STALLS_TAIL: f64 = 0.02;
+
+/// The usual rate is never taken below this (per second): with a machine that was quiet so
+/// far, a single stall must not count as unusual.
+pub const MIN_USUAL_STALLS_PER_S: f64 = 0.5;
+
+/// >= 1 ms stalls per second of measured time of one run, if its stalls were measured.
+pub fn long_stalls_per_s(r: &Report) -> Option<f64> {
+    let st = r.stalls.as_ref()?;
+    (st.window_s > 0.0).then(|| st.over_1ms() as f64 / st.window_s)
+}
+
+/// P(X >= k) for a Poisson count X of mean `mean`.
+pub fn poisson_tail(k: u64, mean: f64) -> f64 {
+    if k == 0 {
+        return 1.0;
+    }
+    // 1 - P(X < k), summed term by term (k is a handful of stalls).
+    let mut term = (-mean).exp();
+    let mut below = 0.0;
+    for i in 0..k {
+        below += term;
+        term *= mean / (i + 1) as f64;
+    }
+    (1.0 - below).max(0.0)
+}
+
+/// Why a step failing p99 failed because of the machine rather than the server, if it did:
+/// the stalls the probe measured during it would alone have put p99 at or above the objective;
+/// or it met more stalls >= 1 ms than the machine usually has in a window that long
+/// (`usual_per_s`: the median per second over the scenario's earlier windows, at least
+/// `MIN_USUAL_STALLS_PER_S`; "more" when a steady rate of that usual reaches the count in
+/// fewer than one window in 50); or the generator itself sent late by that much (its own p99
+/// send lag).
+pub fn machine_failed(r: &Report, usual_per_s: Option<f64>) -> Option<String> {
     if step_passes(r, 99.0) || r.errors_total() > 0 {
         return None;
     }
@@ -610,39 +634,94 @@ pub fn machine_failed(r: &Report) -> Option<String> {
                 fmt_us_unit(st.max_us())
             ));
         }
+        if let Some(usual) = usual_per_s {
+            let usual = usual.max(MIN_USUAL_STALLS_PER_S);
+            let expected = usual * st.window_s;
+            let k = st.over_1ms();
+            if k > 0 && poisson_tail(k, expected) < UNUSUAL_STALLS_TAIL {
+                return Some(format!(
+                    "{k} stalls >= 1 ms (longest {}) where the machine usually has {usual:.1} a \
+                     second ({expected:.1} expected in {:.2} s; {k} or more in fewer than one \
+                     window in {:.0})",
+                    fmt_us_unit(st.max_us()),
+                    st.window_s,
+                    1.0 / UNUSUAL_STALLS_TAIL
+                ));
+            }
+        }
     }
     let lag = pct_us(&r.counts.send_lag, 99.0);
     (lag >= slo).then(|| format!("the generator sent late (send lag p99 {lag:.0} us)"))
 }
 
+/// The machine's usual rate of stalls >= 1 ms per second: the median over `prior` (per-second
+/// rates of the scenario's earlier windows) and the steps kept so far.
+fn usual_long_stalls(prior: &[f64], res: &RampResult) -> Option<f64> {
+    let mut v: Vec<f64> = prior.to_vec();
+    v.extend(res.steps.iter().filter_map(long_stalls_per_s));
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+}
+
 /// Runs one open-loop step at `rate`; a step the machine failed (`machine_failed`) is run
 /// again, at most `STEP_RETRIES` times, and the discarded attempts are kept with the reason.
-fn run_step(c: &Config, rate: f64, step_secs: f64, res: &mut RampResult) -> Result<usize, String> {
+/// An injected test stall (`--inject-stall`) stands for a one-off stall of the machine: only
+/// the first attempt of a step has it.
+fn run_step(
+    c: &Config,
+    rate: f64,
+    step_secs: f64,
+    prior: &[f64],
+    res: &mut RampResult,
+) -> Result<usize, String> {
     if let Some(i) = res.steps.iter().position(|r| r.config.rate == rate) {
         return Ok(i);
     }
     let mut s = c.clone();
     s.rate = rate;
     s.duration = step_secs;
-    s.warmup = (step_secs / 4.0).min(0.5);
+    s.warmup = c.warmup.min(step_secs / 4.0).min(0.5);
     s.drain = s.drain.min(0.5);
     s.ramp = None;
-    let mut r = run_once(&s)?;
+    let r = run_once(&s)?;
+    s.inject_stall_ms = 0.0;
+    keep_step(r, &s, prior, res)
+}
+
+/// Keeps `first` as the step at its rate, or, when the machine failed it, sets it aside and
+/// runs the step (`s`) again, at most `STEP_RETRIES` times.
+fn keep_step(
+    first: Report,
+    s: &Config,
+    prior: &[f64],
+    res: &mut RampResult,
+) -> Result<usize, String> {
+    let mut r = first;
     for _ in 0..STEP_RETRIES {
-        let Some(why) = machine_failed(&r) else { break };
+        let Some(why) = machine_failed(&r, usual_long_stalls(prior, res)) else { break };
         res.discarded.push((r, why));
-        r = run_once(&s)?;
+        r = run_once(s)?;
     }
     res.steps.push(r);
     Ok(res.steps.len() - 1)
 }
 
 /// Runs the open-loop steps in order until one fails at p99 (a step failing only at p99.9 ends
-/// the p99.9 redline but not the ramp).
-pub fn ramp(c: &Config, rates: &[f64], step_secs: f64) -> Result<RampResult, String> {
+/// the p99.9 redline but not the ramp). `prior`: the >= 1 ms stalls per second of earlier
+/// windows on this machine, which tell `run_step` what is usual (may be empty).
+pub fn ramp(
+    c: &Config,
+    rates: &[f64],
+    step_secs: f64,
+    prior: &[f64],
+) -> Result<RampResult, String> {
     let mut res = RampResult::empty();
     for &rate in rates {
-        let i = run_step(c, rate, step_secs, &mut res)?;
+        let i = run_step(c, rate, step_secs, prior, &mut res)?;
         if !step_passes(&res.steps[i], 99.0) {
             break;
         }
@@ -682,7 +761,7 @@ pub fn search(
     sp: Search,
     passes: &mut impl FnMut(f64) -> Result<bool, String>,
 ) -> Result<(), String> {
-    let round = |r: f64| ((r / 100.0).round() * 100.0).max(100.0);
+    let round = round_rate;
     let (mut lo, mut hi): (Option<f64>, Option<f64>) = (None, None);
     let mut r = round(sp.start.clamp(sp.floor.min(sp.top), sp.top));
     // Rates are rounded, so the top or the floor may be reached as a rate a little off them:
@@ -704,48 +783,102 @@ pub fn search(
             r = next;
         }
     }
-    while let (Some(l), Some(h)) = (lo, hi) {
-        if h / l <= sp.max_ratio {
-            break;
-        }
-        let m = round((l * h).sqrt());
-        if m <= l || m >= h {
+    if let (Some(l), Some(h)) = (lo, hi) {
+        bisect(l, h, sp.max_ratio, passes)?;
+    }
+    Ok(())
+}
+
+/// Rates of a search are whole hundreds of requests per second (and at least 100).
+fn round_rate(r: f64) -> f64 {
+    ((r / 100.0).round() * 100.0).max(100.0)
+}
+
+/// Splits the gap between a rate that passed (`lo`) and a higher one that failed (`hi`) at
+/// their geometric middle (whole hundreds) until they are at most `max_ratio` apart.
+#[allow(dead_code)] // p99-parity's default ramp; p99-bench --ramp runs fixed steps
+pub fn bisect(
+    mut lo: f64,
+    mut hi: f64,
+    max_ratio: f64,
+    passes: &mut impl FnMut(f64) -> Result<bool, String>,
+) -> Result<(), String> {
+    while hi / lo > max_ratio {
+        let m = round_rate((lo * hi).sqrt());
+        if m <= lo || m >= hi {
             break;
         }
         if passes(m)? {
-            lo = Some(m);
+            lo = m;
         } else {
-            hi = Some(m);
+            hi = m;
         }
     }
     Ok(())
 }
 
-/// The redline search: brackets the p99 redline, then the p99.9 one (reusing every step
-/// already run), each between two steps at most `sp.max_ratio` apart, unless it lies below
-/// `sp.floor` or at `sp.top`. The redlines are read from all the steps at the end (the highest
-/// rate that passed with every step below it), so a step of the second search that failed
-/// below the first bracket is not hidden: that bracket is split again.
+/// The highest rate that passed with every step below it, and the lowest rate above that which
+/// failed; `steps` are (rate, passed), in any order.
+pub fn bracket_of(mut steps: Vec<(f64, bool)>) -> (Option<f64>, Option<f64>) {
+    steps.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut pass = None;
+    for (rate, passed) in steps {
+        if !passed {
+            return (pass, Some(rate));
+        }
+        pass = Some(rate);
+    }
+    (pass, None)
+}
+
+/// The steps a redline search has run: each rate once, with whether it passed p99 and p99.9.
+struct Outcomes<'a, F> {
+    run: &'a mut F,
+    seen: Vec<(f64, bool, bool)>,
+}
+
+impl<F: FnMut(f64) -> Result<(bool, bool), String>> Outcomes<'_, F> {
+    /// Whether the step at `rate` passed at percentile `p` (99 or 99.9), running it if new.
+    fn at(&mut self, rate: f64, p: f64) -> Result<bool, String> {
+        let o = match self.seen.iter().find(|s| s.0 == rate) {
+            Some(&(_, p99, p999)) => (p99, p999),
+            None => {
+                let o = (self.run)(rate)?;
+                self.seen.push((rate, o.0, o.1));
+                o
+            }
+        };
+        Ok(if p == 99.0 { o.0 } else { o.1 })
+    }
+
+    fn bracket(&self, p: f64) -> (Option<f64>, Option<f64>) {
+        bracket_of(self.seen.iter().map(|s| (s.0, if p == 99.0 { s.1 } else { s.2 })).collect())
+    }
+}
+
+/// The two redline searches of `ramp_search` over steps that `run` makes at a rate (each rate
+/// once), returning whether the step passed p99 and p99.9 (see `ramp_search` for the order).
 #[allow(dead_code)] // p99-parity's default ramp; p99-bench --ramp runs fixed steps
-pub fn ramp_search(c: &Config, sp: Search, step_secs: f64) -> Result<RampResult, String> {
-    let mut res = RampResult::empty();
-    let at = |res: &mut RampResult, sp: Search, p: f64| {
-        search(sp, &mut |rate| {
-            let i = run_step(c, rate, step_secs, res)?;
-            Ok(step_passes(&res.steps[i], p))
-        })
-    };
-    at(&mut res, sp, 99.0)?;
-    // p99.9 cannot pass where p99 failed: its search runs from the p99 redline down.
-    if let Some(top) = res.bracket(99.0).0 {
-        at(&mut res, Search { start: top, top, ..sp }, 99.9)?;
+pub fn search_redlines(
+    sp: Search,
+    run: &mut impl FnMut(f64) -> Result<(bool, bool), String>,
+) -> Result<(), String> {
+    let mut o = Outcomes { run, seen: Vec::new() };
+    search(sp, &mut |rate| o.at(rate, 99.0))?;
+    if let Some(top) = o.bracket(99.0).0 {
+        let floor = round_rate(sp.floor.min(top));
+        if o.at(floor, 99.9)? {
+            if let (Some(lo), Some(hi)) = o.bracket(99.9) {
+                bisect(lo, hi, sp.max_ratio, &mut |rate| o.at(rate, 99.9))?;
+            }
+        }
     }
     for _ in 0..3 {
         let mut split = false;
         for p in [99.0, 99.9] {
-            if let (Some(lo), Some(hi)) = res.bracket(p) {
+            if let (Some(lo), Some(hi)) = o.bracket(p) {
                 if hi / lo > sp.max_ratio {
-                    at(&mut res, Search { start: lo, top: hi, ..sp }, p)?;
+                    bisect(lo, hi, sp.max_ratio, &mut |rate| o.at(rate, p))?;
                     split = true;
                 }
             }
@@ -754,6 +887,45 @@ pub fn ramp_search(c: &Config, sp: Search, step_secs: f64) -> Result<RampResult,
             break;
         }
     }
+    Ok(())
+}
+
+/// The redline search. First the p99 redline (`search` from `sp.start`). Then the p99.9 one,
+/// which cannot pass where p99 failed and on a shared machine seldom passes far above the
+/// floor: the floor step first (if it fails, the p99.9 redline is below the floor), then the
+/// gap between the highest pass and the lowest failure the steps so far show is split. Last,
+/// both redlines are read from all the steps (the highest rate that passed with every step
+/// below it), and a bracket wider than `sp.max_ratio` (a step of the p99.9 search that failed
+/// p99 below the first bracket) is split again. Every step reuses one already run at its rate;
+/// `prior` is the scenario's earlier >= 1 ms stall rates (see `run_step`). `seed`, an open-loop
+/// run of this server already made (p99-parity's fixed-rate runs), is the first step: the p99
+/// search starts at its rate, and it is run again like any step if the machine failed it.
+#[allow(dead_code)] // p99-parity's default ramp; p99-bench --ramp runs fixed steps
+pub fn ramp_search(
+    c: &Config,
+    sp: Search,
+    step_secs: f64,
+    prior: &[f64],
+    seed: Option<&Report>,
+) -> Result<RampResult, String> {
+    let mut res = RampResult::empty();
+    let mut sp1 = sp;
+    if let Some(r) = seed.filter(|r| {
+        let rate = r.config.rate;
+        rate > 0.0 && rate == round_rate(rate) && rate >= sp.floor.min(sp.top) && rate <= sp.top
+    }) {
+        let mut again = r.config.clone();
+        again.duration = step_secs;
+        again.warmup = c.warmup.min(step_secs / 4.0).min(0.5);
+        again.drain = again.drain.min(0.5);
+        again.inject_stall_ms = 0.0;
+        keep_step(r.clone(), &again, prior, &mut res)?;
+        sp1.start = r.config.rate;
+    }
+    search_redlines(sp1, &mut |rate| {
+        let i = run_step(c, rate, step_secs, prior, &mut res)?;
+        Ok((step_passes(&res.steps[i], 99.0), step_passes(&res.steps[i], 99.9)))
+    })?;
     res.settle();
     Ok(res)
 }
@@ -766,4 +938,173 @@ pub fn ramp_rates(start: f64, step: f64, end: f64) -> Vec<f64> {
         r += step;
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stall::CoreStalls;
+    use crate::stats::new_histogram;
+
+    #[test]
+    fn poisson_tail_matches_known_values() {
+        assert_eq!(poisson_tail(0, 1.0), 1.0);
+        // P(X >= 1) = 1 - e^-1; P(X >= 4 | mean 1) = 0.01899.
+        assert!((poisson_tail(1, 1.0) - (1.0 - (-1.0f64).exp())).abs() < 1e-12);
+        assert!((poisson_tail(4, 1.0) - 0.018_988).abs() < 1e-5);
+        assert!((poisson_tail(3, 0.5) - 0.014_388).abs() < 1e-5);
+    }
+
+    /// A 1 s open-loop step at 10k req/s whose p99 is `p99_us` and whose probe met `stalls` stalls
+    /// of 1.2 ms (too short for the stall arithmetic to explain a 1 ms p99 by themselves).
+    fn step(p99_us: u64, stalls: u64) -> Report {
+        let args: Vec<String> = ["-r", "10000", "-t", "1"].iter().map(|s| s.to_string()).collect();
+        let c = Config::parse(&args).unwrap().unwrap();
+        let mut counts = Counts::new();
+        counts.hist.record_n(100_000, 9_800).unwrap();
+        counts.hist.record_n(p99_us * 1000, 200).unwrap();
+        counts.completed = 10_000;
+        counts.send_lag.record_n(20_000, 10_000).unwrap();
+        let mut late = new_histogram();
+        late.record_n(5_000, 4_900).unwrap();
+        if stalls > 0 {
+            late.record_n(1_200_000, stalls).unwrap();
+        }
+        Report {
+            config: c,
+            counts,
+            rps: 10_000.0,
+            server_cpu_pct: None,
+            generator_cpu_pct: None,
+            server_core_busy_pct: None,
+            stalls: Some(Stalls {
+                cores: vec![CoreStalls { cpu: 0, late, realtime: true }],
+                window_s: 1.0,
+            }),
+            command: String::new(),
+            starved_attempts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_failed_step_with_unusually_many_long_stalls_is_the_machines() {
+        let r = step(1_500, 5);
+        assert!(!step_passes(&r, 99.0));
+        // The arithmetic alone does not explain it (5 x 0.2 ms over 1 ms in 1 s)...
+        assert!(r.stalls.as_ref().unwrap().explained_us(99.0) < 1000.0);
+        // ...but 5 where the machine usually has 1 a second is unusual (P = 0.4%).
+        let why = machine_failed(&r, Some(1.0)).expect("unusual stalls");
+        assert!(why.contains("usually has 1.0"), "{why}");
+        // A machine that usually has 3 a second meets 5 in one of six seconds: the server's.
+        assert_eq!(machine_failed(&r, Some(3.0)), None);
+        // Unknown usual: only the arithmetic and the send lag count.
+        assert_eq!(machine_failed(&r, None), None);
+        // A quiet machine so far (usual 0) still needs 3 in a second (0.5 taken as usual).
+        assert_eq!(machine_failed(&step(1_500, 2), Some(0.0)), None);
+        assert!(machine_failed(&step(1_500, 3), Some(0.0)).is_some());
+    }
+
+    #[test]
+    fn a_passing_step_is_never_run_again() {
+        let r = step(500, 9);
+        assert!(step_passes(&r, 99.0));
+        assert_eq!(machine_failed(&r, Some(0.5)), None);
+    }
+
+    #[test]
+    fn the_usual_is_the_median_of_earlier_windows_and_kept_steps() {
+        let mut res = RampResult::empty();
+        assert_eq!(usual_long_stalls(&[], &res), None);
+        res.steps.push(step(500, 9));
+        assert_eq!(usual_long_stalls(&[1.0, 2.0], &res), Some(2.0));
+        assert_eq!(usual_long_stalls(&[1.0, 1.0, 2.0], &res), Some(1.5));
+    }
+
+    /// Runs the two searches against a server whose p99 passes below `r99` and p99.9 below
+    /// `r999` (req/s): the steps run, in order.
+    fn searched_both(start: f64, r99: f64, r999: f64) -> Vec<f64> {
+        let sp = Search { start, floor: 4_000.0, top: 1_000_000.0, max_ratio: 1.25 };
+        let mut tried = Vec::new();
+        search_redlines(sp, &mut |rate| {
+            tried.push(rate);
+            Ok((rate < r99, rate < r999))
+        })
+        .unwrap();
+        tried
+    }
+
+    fn brackets(tried: &[f64], limit: f64) -> (Option<f64>, Option<f64>) {
+        bracket_of(tried.iter().map(|&r| (r, r < limit)).collect())
+    }
+
+    #[test]
+    fn the_p999_search_tests_the_floor_first() {
+        // p99.9 fails everywhere: one step more than the p99 search, at the floor.
+        let p99_only = {
+            let mut n = 0;
+            let sp = Search { start: 50_000.0, floor: 4_000.0, top: 1_000_000.0, max_ratio: 1.25 };
+            search(sp, &mut |r| {
+                n += 1;
+                Ok(r < 300_000.0)
+            })
+            .unwrap();
+            n
+        };
+        let tried = searched_both(50_000.0, 300_000.0, 0.0);
+        assert_eq!(tried.len(), p99_only + 1, "{tried:?}");
+        assert_eq!(*tried.last().unwrap(), 4_000.0);
+        assert_eq!(brackets(&tried, 0.0), (None, Some(4_000.0)));
+        // p99.9 passes up to 3x the floor: both redlines bracketed within 25%, every rate once.
+        for (r99, r999) in [(300_000.0, 12_000.0), (30_000.0, 25_000.0), (8_000.0, 4_500.0)] {
+            let tried = searched_both(50_000.0, r99, r999);
+            for (limit, what) in [(r99, "p99"), (r999, "p99.9")] {
+                let (lo, hi) = brackets(&tried, limit);
+                let (lo, hi) = (lo.unwrap(), hi.unwrap());
+                assert!(
+                    lo < limit && hi >= limit && hi / lo <= 1.25,
+                    "{what}: {lo} {hi} {tried:?}"
+                );
+            }
+            let mut uniq = tried.clone();
+            uniq.sort_by(f64::total_cmp);
+            uniq.dedup();
+            assert_eq!(uniq.len(), tried.len(), "a rate run twice: {tried:?}");
+            assert!(tried.len() <= 14, "{r99} {r999}: {} steps {tried:?}", tried.len());
+        }
+    }
+
+    #[test]
+    fn a_failure_below_the_first_bracket_is_bracketed_again() {
+        // A server failing p99 at one rate only, which the p99.9 search's first split (between
+        // the floor, 4k, and 50k) meets after the p99 search had passed it by: the p99 redline
+        // is then read below that failure, and the gap under it is split to 25% as well.
+        let sp = Search { start: 50_000.0, floor: 4_000.0, top: 1_000_000.0, max_ratio: 1.25 };
+        let mut tried = Vec::new();
+        search_redlines(sp, &mut |rate| {
+            tried.push(rate);
+            let bad = rate == 14_100.0;
+            Ok((rate < 300_000.0 && !bad, rate < 10_000.0 && !bad))
+        })
+        .unwrap();
+        assert!(tried.contains(&14_100.0), "{tried:?}");
+        let (lo, hi) =
+            bracket_of(tried.iter().map(|&r| (r, r < 300_000.0 && r != 14_100.0)).collect());
+        assert_eq!(hi, Some(14_100.0), "{tried:?}");
+        assert!(14_100.0 / lo.unwrap() <= 1.25, "{lo:?} {tried:?}");
+    }
+
+    #[test]
+    fn bisect_stops_within_the_ratio() {
+        let mut tried = Vec::new();
+        bisect(1_000.0, 64_000.0, 1.25, &mut |r| {
+            tried.push(r);
+            Ok(r < 9_000.0)
+        })
+        .unwrap();
+        let lo = tried.iter().cloned().filter(|r| *r < 9_000.0).fold(1_000.0, f64::max);
+        let hi = tried.iter().cloned().filter(|r| *r >= 9_000.0).fold(64_000.0, f64::min);
+        assert!(hi / lo <= 1.25 && lo < 9_000.0 && hi >= 9_000.0, "{lo} {hi} {tried:?}");
+        // ln(64)/ln(1.25) = 18.6 gaps: five halvings of the log range.
+        assert!(tried.len() <= 5, "{tried:?}");
+    }
 }

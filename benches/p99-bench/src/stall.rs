@@ -175,15 +175,17 @@ fn probe(cpu: usize, win: Window, stop: &AtomicBool) -> Result<CoreStalls, Strin
 /// The injected test stall: a real-time thread on `cpu` that spins for `ms` in mid-window.
 fn inject(cpu: usize, ms: f64, win: Window, stop: &AtomicBool) -> Result<(), String> {
     pin_to(cpu)?;
+    // Real-time from the start: while it sleeps it takes nothing, and on a busy machine an
+    // ordinary thread could wake after the time its stall was due (and inject nothing).
+    if !set_fifo(INJECT_PRIO) {
+        return Err("--inject-stall needs real-time scheduling (root)".into());
+    }
     let at = win.warm_end + (win.end - win.warm_end) / 2;
     while now_ns() + 2_000_000 < at {
         if stop.load(Ordering::Relaxed) {
             return Ok(());
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    if !set_fifo(INJECT_PRIO) {
-        return Err("--inject-stall needs real-time scheduling (root)".into());
     }
     while now_ns() < at {
         std::hint::spin_loop();

@@ -50,19 +50,22 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "\
 usage: p99-parity [flags]
-  --quick                  short run (about 1 min): 3 rounds, 0.4 s runs, 4 ramp steps
-  --rounds N               interleaved rounds per scenario (default 5: with fewer, the verdict
-                           rule calls two equal servers different too often)
-  --warmup SECS            warm-up before each run (default 0.3)
+  --quick                  short run (about 1 min): 3 rounds, 0.4 s runs, 0.25 s ramp steps
+  --rounds N               interleaved closed-loop rounds per scenario (default 5: with fewer,
+                           the verdict rule calls two equal servers different too often)
+  --latency-rounds N       interleaved rounds at the common fixed rate (default 3; the TLS
+                           scenarios run at most --tls-rounds of them)
+  --warmup SECS            warm-up before each run and ramp step (default 0.1; servers are
+                           started, connected and prefilled before it)
   --duration SECS          measured time of each run (default 1.0)
-  --ramp-secs SECS         length of each redline ramp step (default 1.0)
+  --ramp-secs SECS         length of each redline ramp step (default 0.75)
   --ladder F,F,...         fixed ramp rates as fractions of the variant's median peak, run in
                            order until one fails p99 < 1 ms (default: a search, see the README:
                            from 0.05 of the peak, doubling while steps pass and halving while
                            they fail (down to 0.004), then splitting the gap until the redline
-                           lies between two steps at most 25% apart; a step the machine's
-                           measured stalls or the generator's own lag failed is run again, at
-                           most twice)
+                           lies between two steps at most 25% apart; the p99.9 search tests
+                           the floor first; a step the machine failed is run again, at most
+                           twice: see the legend)
   --latency-fraction F     fixed open-loop rate for the latency columns, as a fraction of the
                            slowest variant's median peak (default 0.25: open loop sends one
                            request per write, which costs a server more than pipelined load)
@@ -79,7 +82,9 @@ usage: p99-parity [flags]
   --ping-args '...'        p99-bench flags for the ping workload
   --cache-args '...'       p99-bench flags for the cache workload
   --udp-args '...'         p99-bench flags for the UDP workload
-  --module-args '...'      flags for the module-level store benchmark
+  --module-args '...'      flags for the module-level store benchmark (default --ops 500000)
+  --inject-ramp-stall MS   test only: the first attempt of every ramp step has a stall of MS
+                           ms on the server core (a real-time thread spinning; needs root)
 ";
 
 /// CPU time the slowed server of the `check` scenario burns per request, in ns.
@@ -95,6 +100,8 @@ const DEFAULT_SCENARIOS: usize = 7;
 struct Opts {
     quick: bool,
     rounds: usize,
+    /// Rounds of the fixed-rate latency runs.
+    latency_rounds: usize,
     /// Rounds of the TLS scenarios (fewer, to keep `make parity` within its time).
     tls_rounds: usize,
     warmup: f64,
@@ -112,16 +119,19 @@ struct Opts {
     cache_args: Vec<String>,
     udp_args: Vec<String>,
     module_args: Vec<String>,
+    /// Test only: a stall (ms) injected into the first attempt of every ramp step.
+    inject_ramp_stall: f64,
 }
 
 fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
     let mut o = Opts {
         quick: false,
         rounds: 5,
+        latency_rounds: 3,
         tls_rounds: 4,
-        warmup: 0.3,
+        warmup: 0.1,
         duration: 1.0,
-        ramp_secs: 1.0,
+        ramp_secs: 0.75,
         ladder: None,
         latency_fraction: 0.25,
         scenarios: SCENARIOS[..DEFAULT_SCENARIOS].iter().map(|s| s.to_string()).collect(),
@@ -133,6 +143,7 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
         cache_args: Vec::new(),
         udp_args: Vec::new(),
         module_args: Vec::new(),
+        inject_ramp_stall: 0.0,
     };
     let words = |s: String| s.split_whitespace().map(String::from).collect::<Vec<_>>();
     let mut explicit: Vec<&str> = Vec::new();
@@ -151,6 +162,11 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
                 o.rounds = num(val()?)? as usize;
                 explicit.push("rounds");
             }
+            "--latency-rounds" => {
+                o.latency_rounds = num(val()?)? as usize;
+                explicit.push("latency-rounds");
+            }
+            "--inject-ramp-stall" => o.inject_ramp_stall = num(val()?)?,
             "--warmup" => {
                 o.warmup = num(val()?)?;
                 explicit.push("warmup");
@@ -194,8 +210,8 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
         if !explicit.contains(&"rounds") {
             o.rounds = 3;
         }
-        if !explicit.contains(&"warmup") {
-            o.warmup = 0.15;
+        if !explicit.contains(&"latency-rounds") {
+            o.latency_rounds = 2;
         }
         if !explicit.contains(&"duration") {
             o.duration = 0.4;
@@ -214,10 +230,14 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
     }
     if o.rounds == 0
         || o.tls_rounds == 0
+        || o.latency_rounds == 0
         || o.duration <= 0.0
         || o.ladder.as_ref().is_some_and(|l| l.is_empty())
     {
-        return Err("need --rounds >= 1, --duration > 0 and a non-empty --ladder".into());
+        return Err(
+            "need --rounds, --latency-rounds, --tls-rounds >= 1, --duration > 0 and a non-empty --ladder"
+                .into(),
+        );
     }
     Ok(Some(o))
 }
@@ -484,6 +504,8 @@ struct Scenario {
     workload: Config,
     variants: Vec<VariantRun>,
     latency_rate: Option<f64>,
+    /// Length of the redline ramp's steps, in seconds.
+    ramp_secs: f64,
     notes: Vec<String>,
 }
 
@@ -519,6 +541,7 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
     let log_dir = o.out.join("logs");
     let _ = std::fs::create_dir_all(&log_dir);
     let proto = sc.workload.protocol;
+    sc.ramp_secs = o.ramp_secs;
     // Start every built variant once; idle servers sleep while the others are measured.
     for v in sc.variants.iter_mut() {
         let program = match &v.spec.program {
@@ -683,7 +706,7 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
     if slowest.is_finite() && slowest > 0.0 {
         let rate = (slowest * o.latency_fraction / 1000.0).round().max(1.0) * 1000.0;
         sc.latency_rate = Some(rate);
-        for round in 0..o.rounds {
+        for round in 0..o.latency_rounds {
             for k in 0..runnable.len() {
                 let i = runnable[(k + round) % runnable.len()];
                 let v = &mut sc.variants[i];
@@ -695,7 +718,7 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
                     "[{}] round {}/{}: {} at {rate} req/s",
                     sc.key,
                     round + 1,
-                    o.rounds,
+                    o.latency_rounds,
                     v.spec.name
                 ));
                 match run_in_ns(&c) {
@@ -705,14 +728,27 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
             }
         }
     }
-    // Phase 3: redline ramp per variant, at fractions of its own median peak.
+    // Phase 3: redline ramp per variant, at fractions of its own median peak. What is usual
+    // for the machine's >= 1 ms stalls comes from every variant's fixed-rate runs.
+    let prior: Vec<f64> =
+        sc.variants.iter().flat_map(|v| v.lats.iter().filter_map(run::long_stalls_per_s)).collect();
     for &i in &runnable {
         let v = &mut sc.variants[i];
         let Some(peak) = v.median_peak().filter(|_| v.problem.is_none()) else { continue };
         progress(format_args!("[{}] {}: redline ramp", sc.key, v.spec.name));
+        // The variant's fixed-rate round with the highest p99 is the search's first step (an
+        // open-loop run at a rate it needs anyway; the worst round, so that a step counted as
+        // passed passed in every round).
+        let seed = v
+            .lats
+            .iter()
+            .filter(|r| r.stalls.is_some())
+            .max_by(|a, b| a.pct(99.0).total_cmp(&b.pct(99.0)))
+            .cloned();
         let mut c = cfg_for(v, 0.0);
-        // Every step counts the machine's stalls: a step they alone failed is run again.
+        // Every step counts the machine's stalls: a step they failed is run again.
         c.stall_probe = true;
+        c.inject_stall_ms = o.inject_ramp_stall;
         let ramp = || match &o.ladder {
             Some(l) => {
                 let rates: Vec<f64> = l
@@ -720,9 +756,9 @@ fn run_scenario(o: &Opts, sc: &mut Scenario, netns: Option<&netns::VethPair>) {
                     .map(|f| (peak * f / 100.0).round() * 100.0)
                     .filter(|r| *r > 0.0)
                     .collect();
-                run::ramp(&c, &rates, o.ramp_secs)
+                run::ramp(&c, &rates, o.ramp_secs, &prior)
             }
-            None => run::ramp_search(&c, redline_search(peak), o.ramp_secs),
+            None => run::ramp_search(&c, redline_search(peak), o.ramp_secs, &prior, seed.as_ref()),
         };
         let res = match netns {
             None => ramp(),
@@ -1021,11 +1057,16 @@ fn print_table(sc: &Scenario) {
              alone would put a share sum(D - x) / (measured time) of requests above latency x; a percentile is\n   \
              marked when that share reaches its tail (1% for p99) at a latency at or above the measured one.\n   \
              redline99 / redline999: highest open-loop rate where that step and every step run below it had p99\n   \
-             (p99.9) < 1 ms and no errors, searched from 0.05 of each peak (doubling, or halving down to 0.004)\n   \
-             until the next step up that failed is at most 25% higher; <N: even the lowest step, N, failed. A step\n   \
-             failing p99 that the stalls measured during it alone, or the generator's own send lag, explain is run\n   \
-             again (at most twice; results.json keeps the attempts set aside and why).{}",
+             (p99.9) < 1 ms and no errors ({} s steps); <N: even the lowest step, N, failed. Search: the fixed-rate\n   \
+             round with the highest p99 is the first step, then doubling (or halving down to 0.004 of the peak)\n   \
+             until the next step up that failed is at most 25% higher; for p99.9 the 0.004 step first, then the gap\n   \
+             split alike. Run again (at most twice; results.json keeps the attempts set aside and why): a step\n   \
+             failing p99 whose measured stalls alone explain p99 >= 1 ms, or that met more stalls >= 1 ms than the\n   \
+             machine's usual (the median per second of the scenario's fixed-rate runs and kept steps, at least 0.5;\n   \
+             more: a count a steady usual rate reaches in fewer than 1 window in 50), or whose generator sent late\n   \
+             (send lag p99 >= 1 ms). A redline is always the rate of a kept step that passed.{}",
             if xdp { "from the moment each datagram was queued (AF_XDP sender)" } else { "from intended send times" },
+            config::fmt_f(sc.ramp_secs),
             if w.protocol == Protocol::Udp { "\n   errors: datagrams without an answer (lost) plus wrong answers." } else { "" }
         );
     }
@@ -1306,6 +1347,7 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
     settings
         .set("quick", o.quick)
         .set("rounds", o.rounds)
+        .set("latency_rounds", o.latency_rounds)
         .set("tls_rounds", o.tls_rounds)
         .set("warmup_s", o.warmup)
         .set("duration_s", o.duration);
@@ -1322,19 +1364,43 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
     settings
         .set("server_bound_threshold_pct", run::SERVER_BOUND_PCT)
         .set("redline_objective_us", 1000.0);
+    settings.set(
+        "ramp_step_run_again_rule",
+        format!(
+            "a step failing p99 is set aside and run again (at most {} times) when the stalls \
+             measured during it alone explain p99 >= the objective, or it met more stalls >= 1 ms \
+             than usual (usual: median per second of the scenario's fixed-rate runs and kept \
+             steps, at least {}; more: a Poisson count at the usual rate reaches it with \
+             probability < {}), or the generator's send lag p99 >= the objective",
+            run::STEP_RETRIES,
+            run::MIN_USUAL_STALLS_PER_S,
+            run::UNUSUAL_STALLS_TAIL
+        ),
+    );
     settings.set("verdict_rule", "server CPU per request, every round of the variant against every round of the baseline: faster/slower when the ranges do not overlap, otherwise within noise");
     results.set("settings", settings);
     println!(
-        "p99-parity: servers on cpu {}, load on cpu {}; {} rounds of {}s (+{}s warm-up) per variant, interleaved",
-        o.server_cpu, o.load_cpu, o.rounds, o.duration, o.warmup
+        "p99-parity: servers on cpu {}, load on cpu {}; per variant, interleaved: {} closed-loop rounds and {} at \
+         the fixed rate, {}s each (+{}s warm-up); redline steps of {}s",
+        o.server_cpu,
+        o.load_cpu,
+        o.rounds,
+        o.latency_rounds,
+        o.duration,
+        o.warmup,
+        o.ramp_secs
     );
     let mut scen_json = J::obj();
     let mut plots = Vec::new();
+    let mut laps = Laps::new();
+    // Certificates, machine facts and the like before the first scenario.
+    laps.lap("setup");
 
     if o.scenarios.iter().any(|s| s == "module") {
         let m = module::run(o);
         m.print();
         scen_json.set("module", m.to_json());
+        laps.lap("module");
     }
     let mk = |name: &str, role: Role, program: Result<PathBuf, String>, args: &str| Spec {
         name: name.to_string(),
@@ -1369,6 +1435,7 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
         print_table(&sc);
         plots.extend(write_plots(o, &sc));
         scen_json.set("ping", scenario_json(&sc));
+        laps.lap("ping");
     }
     if o.scenarios.iter().any(|s| s == "check") {
         // The benchmark's own test: the same server three times, once slowed by a fixed CPU
@@ -1391,6 +1458,7 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
         run_scenario(o, &mut sc, None);
         print_table(&sc);
         scen_json.set("check", scenario_json(&sc));
+        laps.lap("check");
     }
     if o.scenarios.iter().any(|s| s == "cache") {
         let wl = workload(o, Protocol::Memcache, &o.cache_args)?;
@@ -1412,6 +1480,7 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
         print_table(&sc);
         plots.extend(write_plots(o, &sc));
         scen_json.set("cache", scenario_json(&sc));
+        laps.lap("cache");
     }
     if o.scenarios.iter().any(|s| s == "udp") {
         let wl = workload(o, Protocol::Udp, &o.udp_args)?;
@@ -1468,16 +1537,24 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
         print_table(&sc);
         plots.extend(write_plots(o, &sc));
         scen_json.set("udp", scenario_json(&sc));
+        laps.lap("udp");
     }
-    tls_scenarios::run(o, &mut scen_json, &mut plots)?;
+    tls_scenarios::run(o, &mut scen_json, &mut plots, &mut laps)?;
     if o.scenarios.iter().any(|s| s == "proxy") {
         let p = proxy::run(o);
         p.print();
         scen_json.set("proxy", p.to_json());
+        laps.lap("proxy");
     }
     results.set("scenarios", scen_json);
     results.set("plots", J::Arr(plots.iter().map(|p| J::Str(p.clone())).collect()));
-    results.set("elapsed_s", started.elapsed().as_secs_f64());
+    let total = started.elapsed().as_secs_f64();
+    results.set("elapsed_s", total);
+    let mut per = J::obj();
+    for (name, secs) in &laps.parts {
+        per.set(name, *secs);
+    }
+    results.set("elapsed_s_by_scenario", per);
     results.set(
         "load_average_at_end",
         std::fs::read_to_string("/proc/loadavg").ok().map(|s| s.trim().to_string()),
@@ -1487,12 +1564,31 @@ fn real_main(o: &Opts, args: &[String]) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))?;
     println!();
     println!(
-        "p99-parity: {:.0}s; results in {}; plots: {}",
-        started.elapsed().as_secs_f64(),
+        "p99-parity: {total:.0}s ({}); results in {}; plots: {}",
+        laps.parts.iter().map(|(n, t)| format!("{n} {t:.0}s")).collect::<Vec<_>>().join(", "),
         path.display(),
         plots.join(" ")
     );
     Ok(())
+}
+
+/// Wall-clock time of each scenario, in the order run, for the summary and results.json.
+pub struct Laps {
+    last: Instant,
+    pub parts: Vec<(String, f64)>,
+}
+
+impl Laps {
+    fn new() -> Laps {
+        Laps { last: Instant::now(), parts: Vec::new() }
+    }
+
+    /// Ends the current part: the time since the previous lap (or the start) is `name`'s.
+    pub fn lap(&mut self, name: &str) {
+        let now = Instant::now();
+        self.parts.push((name.to_string(), (now - self.last).as_secs_f64()));
+        self.last = now;
+    }
 }
 
 /// A status line on a terminal, overwritten by the next; nothing when stderr is a file or pipe.
@@ -1521,6 +1617,7 @@ fn new_scenario(key: &'static str, title: &str, workload: Config, specs: Vec<Spe
             })
             .collect(),
         latency_rate: None,
+        ramp_secs: 0.0,
         notes: Vec::new(),
     }
 }

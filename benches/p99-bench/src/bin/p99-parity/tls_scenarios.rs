@@ -107,11 +107,16 @@ impl Certs {
 
 /// The options of a TLS scenario: the run's, with `--tls-rounds` rounds.
 fn tls_opts(o: &Opts) -> Opts {
-    Opts { rounds: o.tls_rounds, ..o.clone() }
+    Opts { rounds: o.tls_rounds, latency_rounds: o.latency_rounds.min(o.tls_rounds), ..o.clone() }
 }
 
 /// Runs the TLS scenarios `o.scenarios` asks for; their JSON goes into `scen_json`.
-pub fn run(o: &Opts, scen_json: &mut J, plots: &mut Vec<String>) -> Result<(), String> {
+pub fn run(
+    o: &Opts,
+    scen_json: &mut J,
+    plots: &mut Vec<String>,
+    laps: &mut Laps,
+) -> Result<(), String> {
     let wanted = |k: &str| o.scenarios.iter().any(|s| s == k);
     if !["tls-ping", "tls-cache", "tls-handshake"].iter().any(|k| wanted(k)) {
         return Ok(());
@@ -154,6 +159,7 @@ pub fn run(o: &Opts, scen_json: &mut J, plots: &mut Vec<String>) -> Result<(), S
         print_table(&sc);
         plots.extend(write_plots(&to, &sc));
         scen_json.set("tls-ping", scenario_json(&sc));
+        laps.lap("tls-ping");
     }
     if wanted("tls-cache") {
         let mut extra = client_verify.clone();
@@ -191,6 +197,7 @@ pub fn run(o: &Opts, scen_json: &mut J, plots: &mut Vec<String>) -> Result<(), S
         print_table(&sc);
         plots.extend(write_plots(&to, &sc));
         scen_json.set("tls-cache", scenario_json(&sc));
+        laps.lap("tls-cache");
     }
     if wanted("tls-handshake") {
         let mut j = J::obj();
@@ -214,6 +221,7 @@ pub fn run(o: &Opts, scen_json: &mut J, plots: &mut Vec<String>) -> Result<(), S
             j.set(mode, scenario_json(&sc));
         }
         scen_json.set("tls-handshake", j);
+        laps.lap("tls-handshake");
     }
     Ok(())
 }
