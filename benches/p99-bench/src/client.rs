@@ -270,12 +270,12 @@ pub fn pin_to(cpu: usize) -> Result<(), String> {
 /// always has answers coming, sleeps as before so its CPU per request stays a cost figure.
 const OPEN_LOOP_SPIN_NS: u64 = 2_000_000;
 
-/// Deadlines closer than this are polled (see `OPEN_LOOP_SPIN_NS`).
-pub fn spin_ns(closed: bool) -> u64 {
-    if closed {
-        30_000
-    } else {
-        OPEN_LOOP_SPIN_NS
+/// Deadlines closer than this are polled (see `OPEN_LOOP_SPIN_NS`); `--poll-us` overrides it.
+pub fn spin_ns(c: &Config, closed: bool) -> u64 {
+    match c.poll_us {
+        Some(us) => us * 1000,
+        None if closed => 30_000,
+        None => OPEN_LOOP_SPIN_NS,
     }
 }
 
@@ -496,7 +496,7 @@ fn run_tcp(c: &Config, plan: &ThreadPlan, shared: &Shared) -> Result<Counts, Str
             win.drain_end
         };
         let n = ep
-            .wait(&mut events, now, deadline, spin_ns(closed))
+            .wait(&mut events, now, deadline, spin_ns(c, closed))
             .map_err(|e| format!("epoll_wait: {e}"))?;
         for ev in &events[..n] {
             let token = ev.u64;
@@ -970,7 +970,7 @@ fn run_udp(c: &Config, plan: &ThreadPlan, shared: &Shared) -> Result<Counts, Str
             win.drain_end.min(now + 10_000_000)
         };
         let n = ep
-            .wait(&mut events, now, deadline, spin_ns(closed))
+            .wait(&mut events, now, deadline, spin_ns(c, closed))
             .map_err(|e| format!("epoll_wait: {e}"))?;
         for ev in &events[..n] {
             if ev.u64 == TIMER_TOKEN {

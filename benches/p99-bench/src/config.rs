@@ -84,6 +84,9 @@ pub struct Config {
     /// Test only: stall the server's core (or the first probed core) for this many ms in the
     /// middle of the measured window, with a real-time spinning thread.
     pub inject_stall_ms: f64,
+    /// Deadlines closer than this many microseconds are polled instead of slept on (None: the
+    /// mode's default, see client::spin_ns).
+    pub poll_us: Option<u64>,
     pub json: Option<String>,
     pub progress: Option<bool>,
     pub seed: u64,
@@ -132,6 +135,7 @@ impl Default for Config {
             cpus: Vec::new(),
             stall_probe: false,
             inject_stall_ms: 0.0,
+            poll_us: None,
             json: None,
             progress: None,
             seed: 0x9e37_79b9_7f4a_7c15,
@@ -201,6 +205,11 @@ general:
                                      real-time spinning thread; needs root); with --ramp, the
                                      first attempt of each step only (a step the stall failed
                                      is run again without it)
+      --poll-us N                    a next send or timeout closer than N us is polled, not
+                                     slept on (default: 2000 open loop, which keeps a VM's late
+                                     timer wake-ups out of the schedule but spins the
+                                     generator's core; 30 closed loop); 0 always sleeps, for
+                                     long low-rate runs beside other work (make soak)
       --json PATH                    write the result as JSON (- for stdout)
       --progress / --no-progress     live progress line (default: when stderr is a terminal)
       --seed N                       workload random seed
@@ -329,6 +338,7 @@ impl Config {
                 "--cpus" => c.cpus = parse_cpus(&take()?)?,
                 "--stall-probe" => c.stall_probe = true,
                 "--inject-stall" => c.inject_stall_ms = num(flag, &take()?)?,
+                "--poll-us" => c.poll_us = Some(num(flag, &take()?)?),
                 "--json" => c.json = Some(take()?),
                 "--progress" => c.progress = Some(true),
                 "--no-progress" => c.progress = Some(false),
@@ -357,6 +367,9 @@ impl Config {
         let bad = |m: &str| Err(m.to_string());
         if !(0.0..=50.0).contains(&self.inject_stall_ms) {
             return bad("--inject-stall: 0..=50 ms");
+        }
+        if self.poll_us.is_some_and(|us| us > 1_000_000) {
+            return bad("--poll-us: 0..=1000000");
         }
         if self.threads == 0 || self.threads > 256 {
             return bad("--threads: 1..=256");
@@ -534,6 +547,9 @@ impl Config {
         }
         if self.inject_stall_ms > 0.0 {
             p("--inject-stall", fmt_f(self.inject_stall_ms));
+        }
+        if let Some(us) = self.poll_us {
+            p("--poll-us", us.to_string());
         }
         p("--seed", self.seed.to_string());
         if let Some(f) = &self.tls_ca {

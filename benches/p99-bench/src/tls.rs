@@ -565,7 +565,7 @@ pub fn run_handshakes(c: &Config, plan: &ThreadPlan, shared: &Shared) -> Result<
         let deadline = deadline.min(now + 10_000_000);
         // a handshake run is a closed loop: it sleeps in epoll_wait unless the deadline is close
         let n = ep
-            .wait(&mut events, now, deadline, crate::client::spin_ns(true))
+            .wait(&mut events, now, deadline, crate::client::spin_ns(c, true))
             .map_err(|e| format!("epoll_wait: {e}"))?;
         for ev in &events[..n] {
             if ev.u64 == TIMER_TOKEN {
