@@ -542,7 +542,7 @@ def main():
             if args.result:
                 with open(args.result, "w") as f:
                     json.dump(r, f, indent=1)
-    for r in results:
+    for r in results if not args.result else []:  # a child's result is reported by its parent
         log("%s: %s; peak RSS %.1f MiB (bound %.1f), fds %s -> %s, bench %s req/s p99 %.2f ms, load average %s, faults %s"
             % (r["server"], "PASS" if r["passed"] else "FAIL", r["peak_rss_mib"], r["rss_bound_at_peak_mib"],
                r["start_fds"], r["end_fds"], round(r["bench"].get("requests_per_s") or 0),
@@ -554,9 +554,11 @@ def main():
             json.dump(results, f, indent=1)
     bad = [r["server"] for r in results if not r["passed"]]
     if bad:
-        log("FAILED: " + " ".join(bad))
+        if not args.result:
+            log("FAILED: " + " ".join(bad))
         sys.exit(1)
-    log("all passed")
+    if not args.result:
+        log("all passed")
 
 
 if __name__ == "__main__":
