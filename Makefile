@@ -335,7 +335,7 @@ miri: fuzz-deps
 	$(CARGO) +nightly miri test --lib -- $(MIRI_TESTS)
 
 # --- soak under faults -------------------------------------------------------------------------
-#   make soak                    each server SOAK_SECS (default 300) under load and faults
+#   make soak                    every server at once, SOAK_SECS (default 300), under load and faults
 #   make soak SOAK_SECS=1800 SOAK_SERVERS=mcserver-p99-uring
 # Writes RSS/fd samples per server to $(BUILD)/soak/SERVER.csv and a summary to
 # $(BUILD)/soak/summary.json.
@@ -353,7 +353,7 @@ soak: all
 # from 4 ms to 700 ms. That every request was answered (p99-bench: none unanswered) is still
 # checked.
 test-soak:
-	$(PYTHON) tests/soak/soak.py --bin-dir $(BIN) --out $(BUILD)/soak-test --secs 40 \
+	$(PYTHON) tests/soak/soak.py --bin-dir $(BIN) --out $(BUILD)/soak-test --secs 40 --jobs 1 \
 	    --p99-bound-ms 0 $(SOAK_SERVERS)
 
 clean:

@@ -7,7 +7,7 @@
  * lent to on_data; replies are queued per connection as a list of segments (owned copies,
  * or borrowed references with a release callback) and written with writev. While a
  * connection's queued output is above the high-water mark it is not read from, so a client
- * that sends but never reads costs at most that much memory.
+ * that sends but never reads costs at most that much memory, plus the replies to one read.
  */
 #define _GNU_SOURCE
 #include "io.h"
@@ -33,6 +33,11 @@
 
 #define READ_BUF_SIZE (16 * 1024)
 #define CHUNK_SIZE (16 * 1024)
+/* A copy queued right behind a reference starts a chunk this small: a pipeline of gets of large
+ * values alternates "\r\n" + the next VALUE line (copies) with values (references), and one
+ * 16 KiB read of such gets queued hundreds of 16 KiB chunks (a page of each touched) before the
+ * high-water mark could stop reading: about 1.9 MiB per connection that never reads. */
+#define CHUNK_AFTER_REF 512
 #define MAX_EVENTS 128
 #define MAX_IOV 64
 #define READS_PER_EVENT 4 /* fairness: then give other connections a turn */
@@ -148,7 +153,8 @@ int io_send_copy(struct io_conn *c, const void *data, size_t len)
 		c->queued += len;
 		return 0;
 	}
-	size_t cap = len > CHUNK_SIZE ? len : CHUNK_SIZE;
+	size_t want = last && !last->owned ? CHUNK_AFTER_REF : CHUNK_SIZE;
+	size_t cap = len > want ? len : want;
 	char *chunk = malloc(cap);
 	struct segment *s = chunk ? seg_push(c) : NULL;
 	if (!s) {

@@ -4,7 +4,8 @@ injector abuses it, with RSS and open fds sampled every second.
 
     soak.py --bin-dir build/bin --out build/soak --secs 300 mcserver-p99-uring pingserver-rs ...
 
-Per server (mcserver-*: `-t 2 -m 64`; ping servers: `-t 2`), for --secs seconds:
+The servers named are soaked at the same time, each by its own soak.py process (--jobs 1: one
+after another). Per server (mcserver-*: `-t 2 -m 64`; ping servers: `-t 2`), for --secs seconds:
 - p99-bench, open loop (memcache: 90% gets of 100-byte values, every value read back checked;
   ping: PING/PONG), the well-behaved client;
 - the fault injector, one thread per fault: clients killed mid-request with RST; half-sent
@@ -13,7 +14,8 @@ Per server (mcserver-*: `-t 2 -m 64`; ping servers: `-t 2`), for --secs seconds:
   answers; garbage, over-long lines and oversized values; 1,000 idle connections held the
   whole time; (mcserver) 400-600 KB values churned under fresh keys to force eviction, each
   read back right away and checked (a miss is allowed, a wrong value never);
-- a sampler: VmRSS and open fds of the server every second, to OUT/SERVER.csv.
+- a sampler: VmRSS and open fds of the server (and the 1-minute load average) every second,
+  to OUT/SERVER.csv.
 
 Pass (each is checked and reported; the run fails on any):
 - the server is alive throughout and exits cleanly on SIGTERM;
@@ -368,10 +370,11 @@ def run_server(name, args, log):
     # (Config::reservation_bytes: heap / 4, * 9 / 8 with the part kept for small writes).
     if memcache and "-p99-" in name:
         heap_kb += heap_kb // 4 * 9 // 8
+    loads = []
     t0 = time.time()
     with open(csv_path, "w", newline="") as cf:
         w = csv.writer(cf)
-        w.writerow(["t_s", "rss_kb", "fds", "injector_conns", "half_sent_bytes", "rss_bound_kb"])
+        w.writerow(["t_s", "rss_kb", "fds", "injector_conns", "half_sent_bytes", "rss_bound_kb", "loadavg_1m"])
         end = t0 + args.secs
         while time.time() < end:
             time.sleep(1)
@@ -386,7 +389,9 @@ def run_server(name, args, log):
             bound = base_rss + heap_kb + 32 * 1024 + 16 * conns
             with faults.lock:
                 half = faults.half_sent_bytes
-            w.writerow(["%.1f" % (time.time() - t0), rss, fds, conns, half, bound])
+            load = os.getloadavg()[0]
+            loads.append(load)
+            w.writerow(["%.1f" % (time.time() - t0), rss, fds, conns, half, bound, "%.2f" % load])
             cf.flush()
             if rss > peak["rss_kb"]:
                 peak["rss_kb"], peak["bound_kb"] = rss, bound
@@ -456,8 +461,50 @@ def run_server(name, args, log):
         "bench": {k: bench_res.get(k) for k in ("requests_per_s", "completed", "errors", "unanswered", "hits", "misses")},
         "bench_latency_ms": {k: v / 1000.0 for k, v in bench_res.get("latency_us", {}).items()},
         "faults": faults.counts, "csv": csv_path,
+        "loadavg_1m": ([round(min(loads), 1), round(sorted(loads)[len(loads) // 2], 1), round(max(loads), 1)]
+                       if loads else None),
     }
     return res
+
+
+def child_argv(args, name, result_path):
+    """soak.py's own command line for one server, run as its own process."""
+    return [sys.executable, os.path.abspath(__file__), "--bin-dir", args.bin_dir, "--out", args.out,
+            "--secs", str(args.secs), "--rate", str(args.rate), "--p99-bound-ms", str(args.p99_bound_ms),
+            "--half-sent-conns", str(args.half_sent_conns), "--jobs", "1", "--result", result_path, name]
+
+
+def run_parallel(args, log):
+    """Soaks the servers in child processes, at most --jobs at a time (0: all at once); each
+    child has its own injector threads, so one server's faults never wait on another's for
+    Python's interpreter lock. Returns the children's results in the order named."""
+    jobs = args.jobs or len(args.servers)
+    pending = list(args.servers)
+    running = {}
+    results = {}
+    while pending or running:
+        while pending and len(running) < jobs:
+            name = pending.pop(0)
+            path = os.path.join(args.out, name + ".result.json")
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            running[name] = (subprocess.Popen(child_argv(args, name, path)), path)
+        time.sleep(0.5)
+        for name, (proc, path) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[name]
+            try:
+                with open(path) as f:
+                    results[name] = json.load(f)
+            except (OSError, ValueError) as e:
+                results[name] = {"server": name, "secs": args.secs, "passed": False, "start_fds": None,
+                                 "end_fds": None, "peak_rss_mib": 0, "rss_bound_at_peak_mib": 0, "bench": {},
+                                 "bench_latency_ms": {}, "faults": {}, "loadavg_1m": None,
+                                 "failures": ["soak process exited %s without a result (%r)" % (proc.returncode, e)]}
+    return [results[n] for n in args.servers]
 
 
 def main():
@@ -470,6 +517,9 @@ def main():
                     help="fail if the well-behaved client's p99 is above this; 0: report it only")
     ap.add_argument("--half-sent-conns", type=int, default=64,
                     help="connections each holding 900 KB of a 1 MB set (mcserver), per wave")
+    ap.add_argument("--jobs", type=int, default=0,
+                    help="servers soaked at the same time, each in its own process (0: all at once; 1: one after another)")
+    ap.add_argument("--result", help=argparse.SUPPRESS)  # a child's result file (run_parallel)
     ap.add_argument("servers", nargs="+")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -486,23 +536,33 @@ def main():
     def log(msg):
         print("soak: " + msg, flush=True)
 
-    results = []
-    for name in args.servers:
-        r = run_server(name, args, log)
-        results.append(r)
-        log("%s: %s; peak RSS %.1f MiB (bound %.1f), fds %s -> %s, bench %s req/s p99 %.2f ms, faults %s"
-            % (name, "PASS" if r["passed"] else "FAIL", r["peak_rss_mib"], r["rss_bound_at_peak_mib"],
+    if args.jobs != 1 and len(args.servers) > 1:
+        results = run_parallel(args, log)
+    else:
+        results = []
+        for name in args.servers:
+            r = run_server(name, args, log)
+            results.append(r)
+            if args.result:
+                with open(args.result, "w") as f:
+                    json.dump(r, f, indent=1)
+    for r in results if not args.result else []:  # a child's result is reported by its parent
+        log("%s: %s; peak RSS %.1f MiB (bound %.1f), fds %s -> %s, bench %s req/s p99 %.2f ms, load average %s, faults %s"
+            % (r["server"], "PASS" if r["passed"] else "FAIL", r["peak_rss_mib"], r["rss_bound_at_peak_mib"],
                r["start_fds"], r["end_fds"], round(r["bench"].get("requests_per_s") or 0),
-               r["bench_latency_ms"].get("p99", float("nan")), r["faults"]))
+               r["bench_latency_ms"].get("p99", float("nan")), r.get("loadavg_1m"), r["faults"]))
         for f in r["failures"]:
-            log("%s: FAIL: %s" % (name, f))
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(results, f, indent=1)
+            log("%s: FAIL: %s" % (r["server"], f))
+    if not args.result:
+        with open(os.path.join(args.out, "summary.json"), "w") as f:
+            json.dump(results, f, indent=1)
     bad = [r["server"] for r in results if not r["passed"]]
     if bad:
-        log("FAILED: " + " ".join(bad))
+        if not args.result:
+            log("FAILED: " + " ".join(bad))
         sys.exit(1)
-    log("all passed")
+    if not args.result:
+        log("all passed")
 
 
 if __name__ == "__main__":
