@@ -263,7 +263,7 @@ int storage_store(const void *key, size_t nkey, uint32_t flags, int64_t exptime,
 	    (cas != 0 && (op == STORAGE_APPEND || op == STORAGE_PREPEND))) {
 		/* STORAGE_CAS_STALE and a CAS-checked append/prepend need the commit's write
 		 * options, which the one-call store does not take: write in two phases. */
-		struct storage_reservation *res;
+		struct storage_reservation *res = NULL;
 		int rc = storage_reserve(key, nkey, flags, exptime, vlen, &res);
 		if (rc != STORAGE_OK)
 			return rc;
