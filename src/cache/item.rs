@@ -198,6 +198,20 @@ pub(crate) fn decode_header(buf: &[u8], exp_base: u32) -> Option<ItemHeader> {
     let klen = *buf.first()? as usize;
     let (bits, n1) = get_varint(buf.get(1..)?)?;
     let mut n = 1 + n1;
+    if bits & (HAS_META | HAS_FLAGS | HAS_EXP | HAS_CAS) == 0 {
+        // The common item: no optional part.
+        return Some(ItemHeader {
+            klen,
+            vlen: (bits >> VLEN_SHIFT) as usize,
+            flags: 0,
+            expiry: exp_base,
+            cas: None,
+            header_len: n,
+            dead: bits & u64::from(DEAD_BIT) != 0,
+            fetched: bits & u64::from(FETCHED_BIT) != 0,
+            meta: 0,
+        });
+    }
     let mut meta = 0;
     if bits & HAS_META != 0 {
         meta = *buf.get(n)?;

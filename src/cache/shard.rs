@@ -303,7 +303,7 @@ impl ShardInner {
 
     // --- reading items -----------------------------------------------------------------------
 
-    #[inline]
+    #[inline(always)]
     fn header_at(&self, seg: u32, off: u32) -> ItemHeader {
         let m = &self.mem[seg as usize];
         let avail = (self.segs[seg as usize].write_off - off) as usize;
@@ -327,6 +327,7 @@ impl ShardInner {
     }
 
     /// Finds the live record for `key`; an expired one is unlinked and reported absent.
+    #[inline]
     pub fn lookup(&mut self, key: &[u8], h: u64, now: u32) -> Option<Found> {
         let mut matched = None;
         let (slot, rec) = {
