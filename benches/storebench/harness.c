@@ -63,8 +63,13 @@ static void make_value(char *out, uint32_t size, uint64_t i)
 		out[j] = (char)('a' + (i * 31 + j * 7) % 26);
 }
 
-static int store(const char *key, uint32_t klen, const char *val, uint32_t vlen)
+static int store(uint32_t mode, const char *key, uint32_t klen, const char *val, uint32_t vlen)
 {
+	if (mode == HARNESS_WRITE_STORE)
+		return storage_store(key, klen, 0, 0, val, vlen, STORAGE_SET, 0, NULL) ==
+				       STORAGE_STORED
+			       ? 0
+			       : -1;
 	struct storage_reservation *r;
 	if (storage_reserve(key, klen, 0, 0, vlen, &r) != STORAGE_OK)
 		return -1;
@@ -148,7 +153,7 @@ static void *work(void *arg)
 	w->t0 = now_ns();
 	if (w->phase == PHASE_FILL) {
 		for (uint64_t i = w->from; i < w->to; i++)
-			if (store(w->keys + i * ks, ks, w->vals + i * vs, vs) != 0)
+			if (store(p->write_mode, w->keys + i * ks, ks, w->vals + i * vs, vs) != 0)
 				w->failed++;
 	} else {
 		for (uint64_t n = w->from; n < w->to; n++) {
@@ -169,7 +174,8 @@ static void *work(void *arg)
 				     w->samples_len < w->samples_cap;
 			uint64_t t0 = timed ? now_ns() : 0;
 			if (e & SET_BIT) {
-				if (store(w->keys + i * ks, ks, w->vals + i * vs, vs) != 0)
+				if (store(p->write_mode, w->keys + i * ks, ks, w->vals + i * vs,
+					  vs) != 0)
 					w->failed++;
 			} else {
 				int f = fetch(p->read_mode, w->keys + i * ks, ks, w->vals + i * vs,

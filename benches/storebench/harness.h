@@ -20,6 +20,13 @@ enum harness_read {
 	HARNESS_READ_PIN = 1, /* storage_get + storage_release */
 };
 
+/* How writes are made. */
+enum harness_write {
+	HARNESS_WRITE_STORE = 0, /* storage_store: the value is whole in the caller's buffer, the
+				  * common case of mcserver's set */
+	HARNESS_WRITE_RESERVE = 1, /* storage_reserve + storage_fill + storage_commit */
+};
+
 struct harness_params {
 	uint64_t keys; /* distinct keys */
 	uint32_t key_size; /* bytes per key, >= 12 */
@@ -35,6 +42,7 @@ struct harness_params {
 	double zipf_s; /* key popularity: 0 uniform, else Zipf with this exponent */
 	uint32_t read_mode; /* enum harness_read */
 	uint32_t hashpower; /* storage_options.hashpower (memcached -o hashpower), 0 = default */
+	uint32_t write_mode; /* enum harness_write */
 };
 
 struct harness_result {

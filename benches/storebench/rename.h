@@ -22,6 +22,7 @@
 #define storage_fill STOREBENCH_CAT(STOREBENCH_PREFIX, storage_fill)
 #define storage_commit STOREBENCH_CAT(STOREBENCH_PREFIX, storage_commit)
 #define storage_cancel STOREBENCH_CAT(STOREBENCH_PREFIX, storage_cancel)
+#define storage_store STOREBENCH_CAT(STOREBENCH_PREFIX, storage_store)
 #define storage_get STOREBENCH_CAT(STOREBENCH_PREFIX, storage_get)
 #define storage_gat STOREBENCH_CAT(STOREBENCH_PREFIX, storage_gat)
 #define storage_get_copy STOREBENCH_CAT(STOREBENCH_PREFIX, storage_get_copy)

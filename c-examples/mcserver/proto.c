@@ -37,6 +37,7 @@
 
 enum conn_state {
 	ST_LINE,
+	ST_VALUE_START, /* a classic storage command's line is in, nothing reserved yet */
 	ST_DATA,
 	ST_DATA_END,
 	ST_SWALLOW,
@@ -56,6 +57,8 @@ struct pconn {
 	size_t nterm;
 	enum storage_op op;
 	uint64_t cas;
+	uint32_t flags; /* ST_VALUE_START: the write's client flags and exptime (key in key) */
+	int32_t exptime;
 	bool noreply;
 	/* an ms value: its reply ("HD"/"NS"/"EX"/"NF" and the O, k, c fields in the order given)
 	 * is written once the value is in */
@@ -777,29 +780,82 @@ static enum storage_op storage_op_of(enum mc_verb verb)
 	}
 }
 
+/* A classic storage command's line: its value comes next (see start_value). */
 static void cmd_update(struct pconn *c, const struct mc_request *req)
 {
-	enum storage_op op = storage_op_of(req->verb);
 	struct mc_token key = req->keys;
 	count(&stats.cmd_set);
+	memcpy(c->key, key.s, key.n);
+	c->nkey = key.n;
+	c->op = storage_op_of(req->verb);
+	c->cas = req->cas;
+	c->flags = req->flags;
+	c->exptime = req->exptime;
+	c->left = (size_t)req->vlen;
+	c->state = ST_VALUE_START;
+}
+
+/* A write that could not start (or, stored in one call, could not fit): memcached's reply,
+ * and a set never leaves the old value behind. */
+static void write_failed(struct pconn *c, int rc)
+{
+	reply(c, rc == STORAGE_TOO_LARGE ? "SERVER_ERROR object too large for cache\r\n"
+					 : "SERVER_ERROR out of memory storing object\r\n");
+	if (c->op == STORAGE_SET)
+		storage_delete(c->key, c->nkey);
+}
+
+/* The reply to a classic storage command once its value is in: rc from the commit. */
+static void report_write(struct pconn *c, int rc)
+{
+	if (c->op == STORAGE_CAS) {
+		count(rc == STORAGE_STORED   ? &stats.cas_hits
+		      : rc == STORAGE_EXISTS ? &stats.cas_badval
+					     : &stats.cas_misses);
+	}
+	switch (rc) {
+	case STORAGE_STORED: reply(c, "STORED\r\n"); break;
+	case STORAGE_NOT_STORED: reply(c, "NOT_STORED\r\n"); break;
+	case STORAGE_EXISTS: reply(c, "EXISTS\r\n"); break;
+	case STORAGE_NOT_FOUND: reply(c, "NOT_FOUND\r\n"); break;
+	case STORAGE_TOO_LARGE: reply(c, "SERVER_ERROR object too large for cache\r\n"); break;
+	default: reply(c, "SERVER_ERROR out of memory storing object\r\n"); break;
+	}
+}
+
+/*
+ * The value of a classic storage command starts at data (len bytes received so far, maybe
+ * none). When all of it and its "\r\n" are there (the common case: the value came with its
+ * command line) it is stored in one call, straight from the receive buffer; otherwise room is
+ * reserved now, as the command line asks, and filled as the value arrives. Returns the bytes
+ * used.
+ */
+static size_t start_value(struct pconn *c, const char *data, size_t len)
+{
+	size_t vlen = c->left;
+	if (len >= vlen && len - vlen >= 2 && data[vlen] == '\r' && data[vlen + 1] == '\n') {
+		c->state = ST_LINE;
+		int rc = storage_store(c->key, c->nkey, c->flags, c->exptime, data, vlen, c->op,
+				       c->cas, NULL);
+		/* the errors a reserve would have given: the same reply as then */
+		if (rc == STORAGE_TOO_LARGE || rc == STORAGE_NO_MEMORY || rc == STORAGE_INVALID)
+			write_failed(c, rc);
+		else
+			report_write(c, rc);
+		return vlen + 2;
+	}
 	struct storage_reservation *res;
-	int rc = storage_reserve(key.s, key.n, req->flags, req->exptime, (size_t)req->vlen, &res);
+	int rc = storage_reserve(c->key, c->nkey, c->flags, c->exptime, vlen, &res);
 	if (rc != STORAGE_OK) {
-		reply(c, rc == STORAGE_TOO_LARGE ? "SERVER_ERROR object too large for cache\r\n"
-						 : "SERVER_ERROR out of memory storing object\r\n");
+		write_failed(c, rc);
 		c->state = ST_SWALLOW;
-		c->left = (size_t)req->vlen + 2;
-		/* memcached: never leave the old value behind a failed set */
-		if (op == STORAGE_SET)
-			storage_delete(key.s, key.n);
-		return;
+		c->left = vlen + 2;
+		return 0;
 	}
 	c->res = res;
-	c->op = op;
-	c->cas = req->cas;
-	c->left = (size_t)req->vlen;
 	c->nterm = 0;
 	c->state = ST_DATA;
+	return 0;
 }
 
 static void finish_update(struct pconn *c)
@@ -814,26 +870,18 @@ static void finish_update(struct pconn *c)
 		reply(c, "CLIENT_ERROR bad data chunk\r\n");
 		return;
 	}
-	enum storage_op op = c->op;
 	uint64_t new_cas = 0;
-	int rc = storage_commit(res, op, c->cas, &new_cas);
-	if (op == STORAGE_CAS) {
-		count(rc == STORAGE_STORED   ? &stats.cas_hits
-		      : rc == STORAGE_EXISTS ? &stats.cas_badval
-					     : &stats.cas_misses);
-	}
+	int rc = storage_commit(res, c->op, c->cas, &new_cas);
 	if (c->meta_set) {
+		if (c->op == STORAGE_CAS) {
+			count(rc == STORAGE_STORED   ? &stats.cas_hits
+			      : rc == STORAGE_EXISTS ? &stats.cas_badval
+						     : &stats.cas_misses);
+		}
 		finish_meta_set(c, rc, new_cas);
 		return;
 	}
-	switch (rc) {
-	case STORAGE_STORED: reply(c, "STORED\r\n"); break;
-	case STORAGE_NOT_STORED: reply(c, "NOT_STORED\r\n"); break;
-	case STORAGE_EXISTS: reply(c, "EXISTS\r\n"); break;
-	case STORAGE_NOT_FOUND: reply(c, "NOT_FOUND\r\n"); break;
-	case STORAGE_TOO_LARGE: reply(c, "SERVER_ERROR object too large for cache\r\n"); break;
-	default: reply(c, "SERVER_ERROR out of memory storing object\r\n"); break;
-	}
+	report_write(c, rc);
 }
 
 static void cmd_incr(struct pconn *c, const struct mc_request *req)
@@ -1286,6 +1334,11 @@ static void on_data(struct io_conn *io, void *state, const char *data, size_t le
 		}
 		data += k;
 		len -= k;
+		if (c->state == ST_VALUE_START) {
+			k = start_value(c, data, len);
+			data += k;
+			len -= k;
+		}
 	}
 }
 

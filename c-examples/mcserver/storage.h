@@ -11,7 +11,9 @@
  * dangles:
  *
  *   write:  storage_reserve()  -> storage_fill() once or more, as the value arrives
- *                              -> storage_commit(op) or storage_cancel()
+ *                              -> storage_commit(op) or storage_cancel();
+ *           or storage_store(op) when the whole value is already in the caller's buffer
+ *           (one call, one copy, the store's lock taken once)
  *   read:   storage_get() / storage_gat()  -> the value stays pinned (valid, unchanged) until
  *           storage_release(), so it can be handed to the socket by reference;
  *           or storage_get_copy() -> a value that fits the caller's buffer is copied there
@@ -167,6 +169,17 @@ int storage_fill(struct storage_reservation *r, const void *data, size_t len);
  */
 int storage_commit(struct storage_reservation *r, enum storage_op op, uint64_t cas,
 		   uint64_t *cas_out);
+
+/*
+ * A whole write in one call, for a value already complete in the caller's buffer (value and
+ * key borrowed until return): storage_reserve + storage_fill(value) + storage_commit(op, cas)
+ * with one copy of the value. Returns what those would: STORAGE_TOO_LARGE, STORAGE_NO_MEMORY
+ * or STORAGE_INVALID (where storage_reserve would fail, or a commit could not fit), else
+ * STORAGE_STORED (with *cas_out as storage_commit), STORAGE_NOT_STORED, STORAGE_EXISTS or
+ * STORAGE_NOT_FOUND.
+ */
+int storage_store(const void *key, size_t nkey, uint32_t flags, int64_t exptime, const void *value,
+		  size_t vlen, enum storage_op op, uint64_t cas, uint64_t *cas_out);
 
 /* Marks the reserved item as written with a base64 key (ms b): storage_meta.key_binary. */
 void storage_set_key_binary(struct storage_reservation *r);

@@ -248,6 +248,41 @@ int storage_commit(struct storage_reservation *res, enum storage_op op, uint64_t
 	return map_status(st);
 }
 
+int storage_store(const void *key, size_t nkey, uint32_t flags, int64_t exptime, const void *value,
+		  size_t vlen, enum storage_op op, uint64_t cas, uint64_t *cas_out)
+{
+	static const uint32_t modes[] = {
+		[STORAGE_SET] = P99_CACHE_MODE_SET,
+		[STORAGE_ADD] = P99_CACHE_MODE_ADD,
+		[STORAGE_REPLACE] = P99_CACHE_MODE_REPLACE,
+		[STORAGE_APPEND] = P99_CACHE_MODE_APPEND,
+		[STORAGE_PREPEND] = P99_CACHE_MODE_PREPEND,
+		[STORAGE_CAS] = P99_CACHE_MODE_CAS,
+	};
+	if ((unsigned)op >= sizeof(modes) / sizeof(modes[0]) ||
+	    (cas != 0 && (op == STORAGE_APPEND || op == STORAGE_PREPEND))) {
+		/* STORAGE_CAS_STALE and a CAS-checked append/prepend need the commit's write
+		 * options, which the one-call store does not take: write in two phases. */
+		struct storage_reservation *res = NULL;
+		int rc = storage_reserve(key, nkey, flags, exptime, vlen, &res);
+		if (rc != STORAGE_OK)
+			return rc;
+		if (storage_fill(res, value, vlen) != STORAGE_OK) {
+			storage_cancel(res);
+			return STORAGE_INVALID;
+		}
+		return storage_commit(res, op, cas, cas_out);
+	}
+	uint64_t new_cas = 0;
+	p99_status st = p99_cache_store(cache, key, nkey, value, vlen, flags, expiry_of(exptime),
+					modes[op], cas, &new_cas);
+	if (st != P99_STATUS_OK)
+		return map_status(st);
+	if (cas_out)
+		*cas_out = new_cas;
+	return STORAGE_STORED;
+}
+
 int64_t storage_ttl_left(uint32_t expires)
 {
 	return expires ? (int64_t)expires - (int64_t)p99_cache_now(cache) : -1;

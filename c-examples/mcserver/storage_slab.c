@@ -615,19 +615,12 @@ static int combine(struct item *old, struct item *add, bool append, struct item 
 	return STORAGE_OK;
 }
 
-int storage_commit(struct storage_reservation *r, enum storage_op op, uint64_t cas,
-		   uint64_t *cas_out)
+/* Makes the filled, unlinked item it visible according to op and drops the writer's
+ * reference to it, whatever the result. Lock held. */
+static int commit_locked(struct item *it, uint64_t hv, enum storage_op op, uint64_t cas,
+			 uint64_t *cas_out)
 {
-	struct item *it = (struct item *)r;
-	if (!it)
-		return STORAGE_INVALID;
-	if (it->time != it->nbytes) {
-		storage_cancel(r);
-		return STORAGE_INVALID;
-	}
-	uint64_t hv = hash_key(item_key(it), it->nkey);
 	int rc;
-	pthread_mutex_lock(&S.lock);
 	struct item *old = find_live(item_key(it), it->nkey, hv);
 	struct item *store = it;
 	switch (op) {
@@ -683,6 +676,43 @@ int storage_commit(struct storage_reservation *r, enum storage_op op, uint64_t c
 			item_release(store);
 	}
 	item_release(it);
+	return rc;
+}
+
+int storage_commit(struct storage_reservation *r, enum storage_op op, uint64_t cas,
+		   uint64_t *cas_out)
+{
+	struct item *it = (struct item *)r;
+	if (!it)
+		return STORAGE_INVALID;
+	if (it->time != it->nbytes) {
+		storage_cancel(r);
+		return STORAGE_INVALID;
+	}
+	uint64_t hv = hash_key(item_key(it), it->nkey);
+	pthread_mutex_lock(&S.lock);
+	int rc = commit_locked(it, hv, op, cas, cas_out);
+	pthread_mutex_unlock(&S.lock);
+	return rc;
+}
+
+int storage_store(const void *key, size_t nkey, uint32_t flags, int64_t exptime, const void *value,
+		  size_t vlen, enum storage_op op, uint64_t cas, uint64_t *cas_out)
+{
+	if (!key || (vlen && !value) || nkey == 0 || nkey > STORAGE_KEY_MAX)
+		return STORAGE_INVALID;
+	if (memcached_total(nkey, flags, vlen) > S.opts.item_max ||
+	    item_total(nkey, vlen) > S.page_size)
+		return STORAGE_TOO_LARGE;
+	uint64_t hv = hash_key(key, nkey);
+	pthread_mutex_lock(&S.lock);
+	struct item *it = item_alloc(key, nkey, flags, store_expiry(exptime), vlen);
+	int rc = STORAGE_NO_MEMORY;
+	if (it) {
+		memcpy(item_value(it), value, vlen);
+		it->time = (uint32_t)vlen; /* filled */
+		rc = commit_locked(it, hv, op, cas, cas_out);
+	}
 	pthread_mutex_unlock(&S.lock);
 	return rc;
 }

@@ -92,7 +92,17 @@ fn put_varint(out: &mut [u8], mut v: u64) -> usize {
     i + 1
 }
 
+#[inline]
 fn get_varint(buf: &[u8]) -> Option<(u64, usize)> {
+    // Every item's first varint (a value under 256 bytes with its flag bits) and most expiry
+    // deltas take one or two bytes: decode those without the loop.
+    match *buf {
+        [b0, ..] if b0 < 0x80 => return Some((u64::from(b0), 1)),
+        [b0, b1, ..] if b1 < 0x80 => {
+            return Some((u64::from(b0 & 0x7f) | (u64::from(b1) << 7), 2));
+        }
+        _ => {}
+    }
     let mut v: u64 = 0;
     for (i, &b) in buf.iter().enumerate().take(10) {
         v |= u64::from(b & 0x7f) << (7 * i);
@@ -183,10 +193,25 @@ pub(crate) fn header_len(p: &HeaderParts, exp_base: u32) -> usize {
 
 /// Decodes the header at the start of `buf`. Returns None for bytes that are not a header
 /// (which would be a bug in the store: items are written whole under the shard lock).
+#[inline]
 pub(crate) fn decode_header(buf: &[u8], exp_base: u32) -> Option<ItemHeader> {
     let klen = *buf.first()? as usize;
     let (bits, n1) = get_varint(buf.get(1..)?)?;
     let mut n = 1 + n1;
+    if bits & (HAS_META | HAS_FLAGS | HAS_EXP | HAS_CAS) == 0 {
+        // The common item: no optional part.
+        return Some(ItemHeader {
+            klen,
+            vlen: (bits >> VLEN_SHIFT) as usize,
+            flags: 0,
+            expiry: exp_base,
+            cas: None,
+            header_len: n,
+            dead: bits & u64::from(DEAD_BIT) != 0,
+            fetched: bits & u64::from(FETCHED_BIT) != 0,
+            meta: 0,
+        });
+    }
     let mut meta = 0;
     if bits & HAS_META != 0 {
         meta = *buf.get(n)?;

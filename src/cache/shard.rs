@@ -215,6 +215,21 @@ pub(crate) struct Found {
     pub cas: u64,
 }
 
+/// What a lookup found for a key about to be written again (see `ShardInner::link`).
+#[derive(Clone, Copy)]
+enum Prior {
+    /// Not in the table.
+    Absent,
+    /// This record, at this slot, with this header.
+    At(Slot, Record, ItemHeader),
+}
+
+impl Prior {
+    fn of(f: &Found) -> Prior {
+        Prior::At(f.slot, f.rec, f.hdr)
+    }
+}
+
 /// A located item handed to a pinned reader.
 pub(crate) struct PinnedParts {
     pub seg: u32,
@@ -288,6 +303,7 @@ impl ShardInner {
 
     // --- reading items -----------------------------------------------------------------------
 
+    #[inline(always)]
     fn header_at(&self, seg: u32, off: u32) -> ItemHeader {
         let m = &self.mem[seg as usize];
         let avail = (self.segs[seg as usize].write_off - off) as usize;
@@ -311,6 +327,7 @@ impl ShardInner {
     }
 
     /// Finds the live record for `key`; an expired one is unlinked and reported absent.
+    #[inline]
     pub fn lookup(&mut self, key: &[u8], h: u64, now: u32) -> Option<Found> {
         let mut matched = None;
         let (slot, rec) = {
@@ -532,30 +549,27 @@ impl ShardInner {
     }
 
     /// Links a freshly appended item for `key`, replacing (and killing) any current one.
-    /// `hint` is where the current one was found before the append; it is used if the
-    /// append (which may evict or rebuild the table) left it in place.
-    fn link(&mut self, key: &[u8], h: u64, seg: u32, off: u32, hint: Option<(Slot, Record)>) {
+    /// `prior` is what a lookup just before the append found: with `Prior::Absent` the key
+    /// is known not to be in the table (the append may evict or move other items, never add
+    /// this key), so its record is inserted without a probe; with `Prior::At` the found
+    /// record is replaced in place if the append left it where it was, and is looked up again
+    /// only if eviction moved it or rebuilt the table.
+    fn link(&mut self, key: &[u8], h: u64, seg: u32, off: u32, prior: Prior) {
         let rec = Record::new(tag_of(h), seg, off);
-        if let Some((slot, old)) = hint {
-            if self.table.get(slot) == Some(old) {
-                let hdr = self.header_at(old.seg(), old.off());
-                self.account_remove(old.seg(), old.off(), &hdr);
-                self.table.set(slot, rec);
-                self.counters.sets += 1;
-                return;
+        self.counters.sets += 1;
+        match prior {
+            Prior::Absent => {
+                debug_assert!(self.find_other(key, h, seg, off).is_none());
+                return self.insert_record(h, rec);
             }
+            Prior::At(slot, old, hdr) if self.table.get(slot) == Some(old) => {
+                // The same record, so the same item: its header is the one the lookup read.
+                self.account_remove(old.seg(), old.off(), &hdr);
+                return self.table.set(slot, rec);
+            }
+            Prior::At(..) => {}
         }
-        let existing = {
-            let this = &*self;
-            this.table.find(h, |r| {
-                if r.seg() == seg && r.off() == off {
-                    return false;
-                }
-                let hdr = this.header_at(r.seg(), r.off());
-                hdr.klen == key.len() && this.key_at(r.seg(), r.off(), &hdr) == key
-            })
-        };
-        match existing {
+        match self.find_other(key, h, seg, off) {
             Some((slot, old)) => {
                 let hdr = self.header_at(old.seg(), old.off());
                 self.account_remove(old.seg(), old.off(), &hdr);
@@ -563,7 +577,17 @@ impl ShardInner {
             }
             None => self.insert_record(h, rec),
         }
-        self.counters.sets += 1;
+    }
+
+    /// The record of `key` other than the one at (seg, off).
+    fn find_other(&self, key: &[u8], h: u64, seg: u32, off: u32) -> Option<(Slot, Record)> {
+        self.table.find(h, |r| {
+            if r.seg() == seg && r.off() == off {
+                return false;
+            }
+            let hdr = self.header_at(r.seg(), r.off());
+            hdr.klen == key.len() && self.key_at(r.seg(), r.off(), &hdr) == key
+        })
     }
 
     /// Inserts a record for a key not in the table, doubling the table first if it is full.
@@ -611,7 +635,7 @@ impl ShardInner {
         opts: &WriteOptions,
     ) -> Result<u64, Error> {
         let existing = self.lookup(key, h, now);
-        let hint = existing.map(|f| (f.slot, f.rec));
+        let prior = existing.as_ref().map_or(Prior::Absent, Prior::of);
         let explicit = if opts.new_cas != 0 { Some(opts.new_cas) } else { None };
         let mut marks =
             Marks { fetched: false, meta: if opts.key_binary { META_KEY_BINARY } else { 0 } };
@@ -654,7 +678,7 @@ impl ShardInner {
                 self.append_item(now, key, &parts, flags, expiry, explicit, true, marks)?
             }
         };
-        self.link(key, h, seg, off, hint);
+        self.link(key, h, seg, off, prior);
         Ok(cas)
     }
 
@@ -696,7 +720,7 @@ impl ShardInner {
         let value = self.value_copy(f);
         let (seg, off, _) =
             self.append_item(now, key, &[&value], f.hdr.flags, expiry, Some(f.cas), true, marks)?;
-        self.link(key, h, seg, off, Some((f.slot, f.rec)));
+        self.link(key, h, seg, off, Prior::of(f));
         self.counters.sets -= 1;
         Ok((seg, off))
     }
@@ -753,7 +777,7 @@ impl ShardInner {
         let marks = if text.len() == old.len() { Marks::of(&f.hdr) } else { Marks::default() };
         let (seg, off, cas) =
             self.append_item(now, key, &[&text], f.hdr.flags, f.hdr.expiry, None, true, marks)?;
-        self.link(key, h, seg, off, Some((f.slot, f.rec)));
+        self.link(key, h, seg, off, Prior::of(&f));
         Ok((new, cas))
     }
 
@@ -790,7 +814,7 @@ impl ShardInner {
             // memcached counts the creating read as a fetch
             let marks = Marks { fetched: a.bump, meta };
             let (seg, off, cas) = self.append_item(now, key, &[], 0, expiry, None, true, marks)?;
-            self.link(key, h, seg, off, None);
+            self.link(key, h, seg, off, Prior::Absent);
             let hdr = self.header_at(seg, off);
             let info = MetaInfo {
                 won: a.claim_win,
@@ -894,7 +918,7 @@ impl ShardInner {
         let value = self.value_copy(&f);
         let (seg, off, _) =
             self.append_item(now, key, &[&value], f.hdr.flags, expiry, None, true, marks)?;
-        self.link(key, h, seg, off, Some((f.slot, f.rec)));
+        self.link(key, h, seg, off, Prior::of(&f));
         Ok(())
     }
 

@@ -32,6 +32,7 @@ struct Params {
     threads: Vec<u32>,
     zipf: f64,
     read_pin: bool,
+    write_reserve: bool,
     /// memcached -o hashpower for both stores; None = auto (from the key count).
     hashpower: Option<u32>,
 }
@@ -81,6 +82,11 @@ macro_rules! run_with {
             threads: $threads,
             zipf_s: p.zipf,
             read_mode: if p.read_pin { $m::HARNESS_READ_PIN } else { $m::HARNESS_READ_COPY },
+            write_mode: if p.write_reserve {
+                $m::HARNESS_WRITE_RESERVE
+            } else {
+                $m::HARNESS_WRITE_STORE
+            },
             hashpower: p.hashpower(),
         };
         // SAFETY: harness_result is plain data; the harness overwrites it.
@@ -173,6 +179,7 @@ fn parse(args: &[String]) -> Result<Params, String> {
         threads: vec![1],
         zipf: 0.0,
         read_pin: false,
+        write_reserve: false,
         hashpower: None,
     };
     let mut i = 0;
@@ -235,13 +242,22 @@ fn parse(args: &[String]) -> Result<Params, String> {
                     other => return Err(format!("--read: '{other}' is not copy or pin")),
                 }
             }
+            "--write" => {
+                p.write_reserve = match v()?.as_str() {
+                    "store" => false,
+                    "reserve" => true,
+                    other => return Err(format!("--write: '{other}' is not store or reserve")),
+                }
+            }
             "-h" | "--help" => {
                 return Err("usage: p99-storebench [--quick] [--keys N] [--key-size N] [--value-size N] \
                             [--get-percent N] [--ops N] [--mem-mb N] [--rounds N] [--sample-every N] \
-                            [--threads N[,N...]] [--popularity uniform|zipf:S] [--read copy|pin] [--hashpower auto|0|N] [--json PATH]\n\
+                            [--threads N[,N...]] [--popularity uniform|zipf:S] [--read copy|pin] [--write store|reserve] [--hashpower auto|0|N] [--json PATH]\n\
                             --threads: one run per count, threads pinned to distinct CPUs of the affinity set\n\
                             --read copy (default): storage_get_copy into a 1 KiB buffer, as mcserver's get does; \
                             pin: storage_get + storage_release\n\
+                            --write store (default): storage_store with the whole value, as mcserver's set does when \
+                            the value arrived with its command line; reserve: storage_reserve + storage_fill + storage_commit\n\
                             --hashpower (memcached -o hashpower, given to both stores): auto (default) sizes both \
                             hash tables for the key count (the smallest N with 1.5 x 2^N >= keys), as an operator \
                             who knows the item count would; 0 leaves each store's default sizing"
@@ -332,7 +348,7 @@ fn main() {
     }
     let popularity = if p.zipf > 0.0 { format!("zipf {}", p.zipf) } else { "uniform".to_string() };
     println!(
-        "   {} keys ({popularity}), key {} B, value {} B; {} gets, then {} ops of {}% get / {}% set; reads by {}; hashpower {}; {} rounds, medians",
+        "   {} keys ({popularity}), key {} B, value {} B; {} gets, then {} ops of {}% get / {}% set; reads by {}, writes by {}; hashpower {}; {} rounds, medians",
         p.keys,
         p.key_size,
         p.value_size,
@@ -341,6 +357,7 @@ fn main() {
         p.get_percent,
         100 - p.get_percent,
         if p.read_pin { "pin" } else { "copy" },
+        if p.write_reserve { "reserve" } else { "store" },
         match p.hashpower() {
             0 => "0 (store defaults)".to_string(),
             n => format!("{n} (both stores)"),
@@ -447,7 +464,7 @@ fn main() {
     let threads_json: Vec<String> = p.threads.iter().map(|t| t.to_string()).collect();
     let json = format!(
         "{{\n  \"stores\": [\n{}\n  ],\n  \"params\": {{\"keys\": {}, \"key_size\": {}, \"value_size\": {}, \"get_percent\": {}, \"ops\": {}, \
-         \"mem_mb\": {}, \"rounds\": {}, \"sample_every\": {}, \"threads\": [{}], \"popularity\": \"{}\", \"zipf_s\": {}, \"read\": \"{}\", \"hashpower\": {}}},\n  \
+         \"mem_mb\": {}, \"rounds\": {}, \"sample_every\": {}, \"threads\": [{}], \"popularity\": \"{}\", \"zipf_s\": {}, \"read\": \"{}\", \"write\": \"{}\", \"hashpower\": {}}},\n  \
          \"note\": \"ns_per_op: wall time per operation (over all threads); cpu_ns_per_op: CPU time of the benchmark threads per operation \
          (leaves out time spent waiting for a CPU on a shared machine); ratio_to_slab / cpu_ratio_to_slab: the slab store's figure over \
          this store's at the same thread count (above 1: faster than slab); mix_scaling_to_1_thread: this store's mix throughput over \
@@ -465,6 +482,7 @@ fn main() {
         if p.zipf > 0.0 { "zipf" } else { "uniform" },
         p.zipf,
         if p.read_pin { "pin" } else { "copy" },
+        if p.write_reserve { "reserve" } else { "store" },
         p.hashpower(),
     );
     if let Some(path) = &p.json {
