@@ -378,6 +378,8 @@ fn tls13_only_listener_refuses_a_tls12_client() {
 
 #[test]
 fn config_errors_name_the_file() {
+    // serial: the files it opens would count in another test's fd baseline
+    let _g = serial();
     let c = certs();
     let missing = TlsSettings::new(Pem::File(c.path("nope.crt")), Pem::File(c.path("server.key")));
     let e = TlsConfig::new(&missing).unwrap_err().to_string();
