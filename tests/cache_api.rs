@@ -174,6 +174,34 @@ fn expired_segment_is_freed_whole_without_a_lookup() {
 }
 
 #[test]
+fn expiry_frees_segments_of_every_ttl_tier_and_of_reused_buckets() {
+    // TTLs in buckets far apart (the first tier, the middle ones, the last bucket), so the
+    // sweep must find chains all over the bucket range; each expires on its own tick.
+    let c = small();
+    let ttls = [5u32, 5_000, 100_000, 1_000_000, 10_000_000];
+    for &ttl in &ttls {
+        c.set(format!("t{ttl}").as_bytes(), b"v", 0, T0 + ttl).unwrap();
+    }
+    c.set(b"forever", b"x", 0, 0).unwrap();
+    for (i, &ttl) in ttls.iter().enumerate() {
+        c.set_time(T0 + ttl - 1).unwrap();
+        assert_eq!(c.stats().expired_segments, i as u64, "before the TTL of {ttl}s");
+        c.set_time(T0 + ttl).unwrap();
+        let st = c.stats();
+        assert_eq!(st.expired_segments, i as u64 + 1, "at the TTL of {ttl}s");
+        assert_eq!(st.items, (ttls.len() - i) as u64);
+    }
+    // A bucket emptied by the sweep is swept again once it holds a segment again.
+    let now = T0 + ttls[4];
+    c.set(b"again", b"v", 0, now + 5).unwrap();
+    c.set_time(now + 5).unwrap();
+    let st = c.stats();
+    assert_eq!(st.expired_segments, ttls.len() as u64 + 1);
+    assert_eq!(st.items, 1);
+    assert_eq!(st.segments_used, 1);
+}
+
+#[test]
 fn get_and_touch_with_a_past_expiry_returns_the_item_once() {
     let c = small();
     let cas = c.set(b"k", b"v", 3, 0).unwrap();

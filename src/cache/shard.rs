@@ -62,6 +62,9 @@ impl std::ops::Index<usize> for PinTable {
 /// four tiers of 256 buckets (widths 8 s, 128 s, 2048 s, 32768 s), plus one for longer TTLs.
 const TTL_BUCKETS: usize = 978;
 
+/// Words of the bitmap of TTL buckets whose chain is not empty.
+const TTL_WORDS: usize = TTL_BUCKETS.div_ceil(64);
+
 fn ttl_bucket(expiry: u32, now: u32) -> usize {
     if expiry == 0 {
         return 0;
@@ -247,6 +250,9 @@ pub(crate) struct ShardInner {
     arena: Arena,
     free: Vec<u32>,
     ttl: Box<[TtlBucket]>,
+    /// Bit b set while TTL bucket b's chain is not empty: the per-tick sweep visits only
+    /// those chains instead of all 978 buckets.
+    ttl_chained: [u64; TTL_WORDS],
     pins: Arc<PinTable>,
     seq: u64,
     gen_counter: u64,
@@ -289,6 +295,7 @@ impl ShardInner {
             mem: Vec::new(),
             free: Vec::new(),
             ttl: vec![empty; TTL_BUCKETS].into_boxed_slice(),
+            ttl_chained: [0; TTL_WORDS],
             pins,
             seq: 0,
             gen_counter: 0,
@@ -541,6 +548,7 @@ impl ShardInner {
         };
         if tail == NONE {
             self.ttl[bucket].head = seg;
+            self.ttl_chained[bucket / 64] |= 1 << (bucket % 64);
         } else {
             self.segs[tail as usize].next = seg;
         }
@@ -1015,6 +1023,9 @@ impl ShardInner {
         };
         if prev == NONE {
             self.ttl[b].head = next;
+            if next == NONE {
+                self.ttl_chained[b / 64] &= !(1 << (b % 64));
+            }
         } else {
             self.segs[prev as usize].next = next;
         }
@@ -1114,21 +1125,34 @@ impl ShardInner {
             return;
         }
         self.last_tick = now;
-        for b in 1..TTL_BUCKETS {
-            loop {
-                let head = self.ttl[b].head;
-                if head == NONE {
-                    break;
-                }
-                let m = &self.segs[head as usize];
-                if m.exp_max == 0 || m.exp_max > now {
-                    break;
-                }
-                let n = self.unlink_all(head);
-                self.counters.expirations += n;
-                self.counters.expired_segments += 1;
-                self.release_segment(head);
+        for w in 0..TTL_WORDS {
+            let mut bits = self.ttl_chained[w];
+            if w == 0 {
+                bits &= !1; // bucket 0 never expires
             }
+            while bits != 0 {
+                let b = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                self.expire_chain(b, now);
+            }
+        }
+    }
+
+    /// Frees the expired segments at the head of TTL bucket `b`'s chain.
+    fn expire_chain(&mut self, b: usize, now: u32) {
+        loop {
+            let head = self.ttl[b].head;
+            if head == NONE {
+                break;
+            }
+            let m = &self.segs[head as usize];
+            if m.exp_max == 0 || m.exp_max > now {
+                break;
+            }
+            let n = self.unlink_all(head);
+            self.counters.expirations += n;
+            self.counters.expired_segments += 1;
+            self.release_segment(head);
         }
     }
 
