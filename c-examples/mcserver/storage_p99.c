@@ -208,18 +208,18 @@ void storage_cancel(struct storage_reservation *res)
 	block_put((union block *)res);
 }
 
+/* storage.h's write ops as the p99 cache's modes (STORAGE_CAS_STALE is a CAS with a write
+ * option, see storage_commit). */
+static const uint32_t modes[] = {
+	[STORAGE_SET] = P99_CACHE_MODE_SET,         [STORAGE_ADD] = P99_CACHE_MODE_ADD,
+	[STORAGE_REPLACE] = P99_CACHE_MODE_REPLACE, [STORAGE_APPEND] = P99_CACHE_MODE_APPEND,
+	[STORAGE_PREPEND] = P99_CACHE_MODE_PREPEND, [STORAGE_CAS] = P99_CACHE_MODE_CAS,
+	[STORAGE_CAS_STALE] = P99_CACHE_MODE_CAS,
+};
+
 int storage_commit(struct storage_reservation *res, enum storage_op op, uint64_t cas,
 		   uint64_t *cas_out)
 {
-	static const uint32_t modes[] = {
-		[STORAGE_SET] = P99_CACHE_MODE_SET,
-		[STORAGE_ADD] = P99_CACHE_MODE_ADD,
-		[STORAGE_REPLACE] = P99_CACHE_MODE_REPLACE,
-		[STORAGE_APPEND] = P99_CACHE_MODE_APPEND,
-		[STORAGE_PREPEND] = P99_CACHE_MODE_PREPEND,
-		[STORAGE_CAS] = P99_CACHE_MODE_CAS,
-		[STORAGE_CAS_STALE] = P99_CACHE_MODE_CAS,
-	};
 	if (!res)
 		return STORAGE_INVALID;
 	if ((unsigned)op >= sizeof(modes) / sizeof(modes[0])) {
@@ -251,15 +251,7 @@ int storage_commit(struct storage_reservation *res, enum storage_op op, uint64_t
 int storage_store(const void *key, size_t nkey, uint32_t flags, int64_t exptime, const void *value,
 		  size_t vlen, enum storage_op op, uint64_t cas, uint64_t *cas_out)
 {
-	static const uint32_t modes[] = {
-		[STORAGE_SET] = P99_CACHE_MODE_SET,
-		[STORAGE_ADD] = P99_CACHE_MODE_ADD,
-		[STORAGE_REPLACE] = P99_CACHE_MODE_REPLACE,
-		[STORAGE_APPEND] = P99_CACHE_MODE_APPEND,
-		[STORAGE_PREPEND] = P99_CACHE_MODE_PREPEND,
-		[STORAGE_CAS] = P99_CACHE_MODE_CAS,
-	};
-	if ((unsigned)op >= sizeof(modes) / sizeof(modes[0]) ||
+	if ((unsigned)op >= sizeof(modes) / sizeof(modes[0]) || op == STORAGE_CAS_STALE ||
 	    (cas != 0 && (op == STORAGE_APPEND || op == STORAGE_PREPEND))) {
 		/* STORAGE_CAS_STALE and a CAS-checked append/prepend need the commit's write
 		 * options, which the one-call store does not take: write in two phases. */
