@@ -197,8 +197,10 @@ pub(crate) fn header_len(p: &HeaderParts, exp_base: u32) -> usize {
 /// Decodes the header at the start of `buf`. Returns None for bytes that are not a header
 /// (which would be a bug in the store: items are written whole under the shard lock).
 ///
-/// Inlined into every lookup: the common header (no optional part, a varint of one or two
-/// bytes) decodes in a few instructions; headers with optional parts take [`decode_optional`].
+/// Inlined into every lookup, optional parts included ([`decode_optional`]): items with
+/// client flags or a TTL of their own are common, and a call returning the header through
+/// memory would also keep the common header (no optional part, a varint of one or two bytes)
+/// out of registers.
 #[inline(always)]
 pub(crate) fn decode_header(buf: &[u8], exp_base: u32) -> Option<ItemHeader> {
     let klen = *buf.first()? as usize;
@@ -222,7 +224,7 @@ pub(crate) fn decode_header(buf: &[u8], exp_base: u32) -> Option<ItemHeader> {
 
 /// The rest of [`decode_header`] for a header with optional parts (`bits`, the first varint,
 /// says which), which start at byte `n`.
-#[inline(never)]
+#[inline(always)]
 fn decode_optional(
     buf: &[u8],
     klen: usize,
