@@ -92,17 +92,20 @@ fn put_varint(out: &mut [u8], mut v: u64) -> usize {
     i + 1
 }
 
-#[inline]
+#[inline(always)]
 fn get_varint(buf: &[u8]) -> Option<(u64, usize)> {
     // Every item's first varint (a value under 256 bytes with its flag bits) and most expiry
     // deltas take one or two bytes: decode those without the loop.
     match *buf {
-        [b0, ..] if b0 < 0x80 => return Some((u64::from(b0), 1)),
-        [b0, b1, ..] if b1 < 0x80 => {
-            return Some((u64::from(b0 & 0x7f) | (u64::from(b1) << 7), 2));
-        }
-        _ => {}
+        [b0, ..] if b0 < 0x80 => Some((u64::from(b0), 1)),
+        [b0, b1, ..] if b1 < 0x80 => Some((u64::from(b0 & 0x7f) | (u64::from(b1) << 7), 2)),
+        _ => get_varint_long(buf),
     }
+}
+
+/// [`get_varint`] for three bytes and more (values of 256 bytes and up, far expiry deltas).
+#[inline(never)]
+fn get_varint_long(buf: &[u8]) -> Option<(u64, usize)> {
     let mut v: u64 = 0;
     for (i, &b) in buf.iter().enumerate().take(10) {
         v |= u64::from(b & 0x7f) << (7 * i);
@@ -193,25 +196,42 @@ pub(crate) fn header_len(p: &HeaderParts, exp_base: u32) -> usize {
 
 /// Decodes the header at the start of `buf`. Returns None for bytes that are not a header
 /// (which would be a bug in the store: items are written whole under the shard lock).
-#[inline]
+///
+/// Inlined into every lookup, optional parts included ([`decode_optional`]): items with
+/// client flags or a TTL of their own are common, and a call returning the header through
+/// memory would also keep the common header (no optional part, a varint of one or two bytes)
+/// out of registers.
+#[inline(always)]
 pub(crate) fn decode_header(buf: &[u8], exp_base: u32) -> Option<ItemHeader> {
     let klen = *buf.first()? as usize;
     let (bits, n1) = get_varint(buf.get(1..)?)?;
-    let mut n = 1 + n1;
-    if bits & (HAS_META | HAS_FLAGS | HAS_EXP | HAS_CAS) == 0 {
-        // The common item: no optional part.
-        return Some(ItemHeader {
-            klen,
-            vlen: (bits >> VLEN_SHIFT) as usize,
-            flags: 0,
-            expiry: exp_base,
-            cas: None,
-            header_len: n,
-            dead: bits & u64::from(DEAD_BIT) != 0,
-            fetched: bits & u64::from(FETCHED_BIT) != 0,
-            meta: 0,
-        });
+    let n = 1 + n1;
+    if bits & (HAS_META | HAS_FLAGS | HAS_EXP | HAS_CAS) != 0 {
+        return decode_optional(buf, klen, bits, n, exp_base);
     }
+    Some(ItemHeader {
+        klen,
+        vlen: (bits >> VLEN_SHIFT) as usize,
+        flags: 0,
+        expiry: exp_base,
+        cas: None,
+        header_len: n,
+        dead: bits & u64::from(DEAD_BIT) != 0,
+        fetched: bits & u64::from(FETCHED_BIT) != 0,
+        meta: 0,
+    })
+}
+
+/// The rest of [`decode_header`] for a header with optional parts (`bits`, the first varint,
+/// says which), which start at byte `n`.
+#[inline(always)]
+fn decode_optional(
+    buf: &[u8],
+    klen: usize,
+    bits: u64,
+    mut n: usize,
+    exp_base: u32,
+) -> Option<ItemHeader> {
     let mut meta = 0;
     if bits & HAS_META != 0 {
         meta = *buf.get(n)?;

@@ -333,22 +333,33 @@ impl ShardInner {
         hdr.cas.unwrap_or((self.segs[seg as usize].gen << OFF_BITS) | u64::from(off))
     }
 
+    /// The header of the item at (`seg`, `off`) if that item's key is `key`. The header and
+    /// the key are read as one window of the segment, and a key of another length is told
+    /// apart by the header's first byte, before the rest is decoded.
+    #[inline(always)]
+    fn header_if_key(&self, seg: u32, off: u32, key: &[u8]) -> Option<ItemHeader> {
+        let m = &self.mem[seg as usize];
+        let meta = &self.segs[seg as usize];
+        let avail = (meta.write_off - off) as usize;
+        let buf = m.read(off as usize, avail.min(HEADER_MAX + key.len()));
+        if usize::from(*buf.first()?) != key.len() {
+            return None;
+        }
+        let hdr = decode_header(buf, meta.exp_base).expect("corrupt item header");
+        let stored = buf.get(hdr.header_len..hdr.header_len + hdr.klen);
+        (stored.expect("item key past its segment's written bytes") == key).then_some(hdr)
+    }
+
     /// Finds the live record for `key`; an expired one is unlinked and reported absent.
-    #[inline]
+    #[inline(always)]
     pub fn lookup(&mut self, key: &[u8], h: u64, now: u32) -> Option<Found> {
-        let mut matched = None;
-        let (slot, rec) = {
-            let this = &*self;
-            this.table.find(h, |r| {
-                let hdr = this.header_at(r.seg(), r.off());
-                let hit = hdr.klen == key.len() && this.key_at(r.seg(), r.off(), &hdr) == key;
-                if hit {
-                    matched = Some(hdr);
-                }
-                hit
-            })?
+        let mut probe = self.table.probe(h);
+        let (slot, rec, hdr) = loop {
+            let (slot, r) = probe.next()?;
+            if let Some(hdr) = self.header_if_key(r.seg(), r.off(), key) {
+                break (slot, r, hdr);
+            }
         };
-        let hdr = matched.expect("find matched without a header");
         if hdr.expiry != 0 && hdr.expiry <= now {
             self.unlink(slot, h, rec, &hdr);
             self.counters.expirations += 1;
@@ -1119,11 +1130,18 @@ impl ShardInner {
     }
 
     /// Per-second housekeeping: frees segments whose items have all expired. Only the head
-    /// of each TTL chain is looked at (segments are chained in creation order).
+    /// of each TTL chain is looked at (segments are chained in creation order). Every
+    /// operation calls this; all but the first of each second return at the check, inlined.
+    #[inline(always)]
     pub fn expire(&mut self, now: u32) {
-        if now == self.last_tick {
-            return;
+        if now != self.last_tick {
+            self.expire_tick(now);
         }
+    }
+
+    /// The sweep of [`ShardInner::expire`], once per second.
+    #[inline(never)]
+    fn expire_tick(&mut self, now: u32) {
         self.last_tick = now;
         for w in 0..TTL_WORDS {
             let mut bits = self.ttl_chained[w];

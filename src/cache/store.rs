@@ -655,7 +655,7 @@ impl Cache {
 
     /// Locks the shard of hash `h`, applying a due flush_all and eager expiry first;
     /// `Poisoned` (nothing locked) if the cache is.
-    #[inline]
+    #[inline(always)]
     fn shard_for(&self, h: u64, now: u32) -> Result<(usize, ShardGuard<'_>), Error> {
         self.check()?;
         let i = self.shard_index(h);
@@ -671,15 +671,24 @@ impl Cache {
         self.panic_next_write.store(true, Ordering::Release);
     }
 
-    #[inline]
+    /// Applies a due flush_all and the per-second expiry sweep to a locked shard. Inlined
+    /// into every operation: on all but the rare calls that have work to do, it is a load
+    /// and two compares.
+    #[inline(always)]
     fn housekeep(&self, g: &mut ShardInner, now: u32) {
         let f = self.flush.load(Ordering::Acquire);
         let (epoch, deadline) = ((f >> 32) as u32, f as u32);
         if epoch != g.flush_epoch && now >= deadline {
-            g.flush();
-            g.flush_epoch = epoch;
+            Self::apply_flush(g, epoch);
         }
         g.expire(now);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn apply_flush(g: &mut ShardInner, epoch: u32) {
+        g.flush();
+        g.flush_epoch = epoch;
     }
 
     /// Starts a write of `key` with a value of `value_len` bytes. `expiry` is absolute on the

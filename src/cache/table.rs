@@ -92,6 +92,45 @@ pub(crate) struct Slot {
     generation: u32,
 }
 
+/// Iterator of [`Table::probe`].
+pub(crate) struct Probe<'t> {
+    table: &'t Table,
+    tag: u64,
+    bucket: usize,
+    /// The next slot of `bucket` to look at.
+    index: usize,
+}
+
+impl Iterator for Probe<'_> {
+    type Item = (Slot, Record);
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<(Slot, Record)> {
+        let t = self.table;
+        loop {
+            let bucket = &t.buckets[self.bucket].0;
+            while let Some(&v) = bucket.get(self.index) {
+                let i = self.index;
+                self.index += 1;
+                if v >> 52 == self.tag {
+                    let slot = Slot {
+                        bucket: self.bucket as u32,
+                        index: i as u8,
+                        generation: t.generation,
+                    };
+                    return Some((slot, Record(v)));
+                }
+            }
+            // A lookup stops at the first bucket no record's probe passes.
+            if t.passing[self.bucket] == 0 {
+                return None;
+            }
+            self.bucket = t.next(self.bucket);
+            self.index = 0;
+        }
+    }
+}
+
 /// Largest fill (records / slots) before the table must grow.
 const MAX_LOAD: f64 = 0.93;
 /// Fill the table is sized for at creation.
@@ -159,24 +198,18 @@ impl Table {
     }
 
     /// Finds the record whose tag matches and for which `is_key(record)` is true.
-    #[inline]
+    #[inline(always)]
     pub fn find(&self, h: u64, mut is_key: impl FnMut(Record) -> bool) -> Option<(Slot, Record)> {
-        let tag = tag_of(h);
-        let mut b = self.home(h);
-        loop {
-            let bucket = &self.buckets[b].0;
-            for (i, &v) in bucket.iter().enumerate() {
-                if v >> 52 == tag && is_key(Record(v)) {
-                    let slot =
-                        Slot { bucket: b as u32, index: i as u8, generation: self.generation };
-                    return Some((slot, Record(v)));
-                }
-            }
-            if self.passing[b] == 0 {
-                return None;
-            }
-            b = self.next(b);
-        }
+        self.probe(h).find(|&(_, r)| is_key(r))
+    }
+
+    /// The records whose tag matches `h`'s, in probe order, with their slots: the candidates
+    /// a lookup checks the key of. A caller that loops over them itself (rather than passing
+    /// a check to [`Table::find`]) keeps the check in one place in the machine code, where it
+    /// can be inlined.
+    #[inline(always)]
+    pub fn probe(&self, h: u64) -> Probe<'_> {
+        Probe { table: self, tag: tag_of(h), bucket: self.home(h), index: 0 }
     }
 
     /// Finds the record at exactly (seg, off) for a key with hash `h`.

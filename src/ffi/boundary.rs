@@ -72,6 +72,7 @@ impl Failure {
     }
 
     /// Leaves this failure for `p99_last_error_message()` and returns its status.
+    #[inline(never)]
     fn record(self) -> p99_status {
         match self.detail {
             None => LAST_FAILURE.with(|l| l.set(self.status as u64)),
@@ -98,6 +99,8 @@ impl From<p99_status> for Failure {
 /// The body of an exported function that returns `p99_status`.
 pub type CResult = Result<(), Failure>;
 
+#[cold]
+#[inline(never)]
 fn panic_failure(payload: Box<dyn std::any::Any + Send>) -> Failure {
     let what = payload
         .downcast_ref::<&str>()
@@ -109,6 +112,11 @@ fn panic_failure(payload: Box<dyn std::any::Any + Send>) -> Failure {
 
 /// Runs an entry point's body: `Ok(())` becomes `P99_STATUS_OK`; a failure or a panic is
 /// recorded for `p99_last_error_message()` and its status returned.
+///
+/// Inlined into the entry point, so that the body's arguments are not first spilled to the
+/// stack for a closure called through another function (a few dozen instructions on the
+/// cache's hottest calls); recording a failure and catching a panic stay out of line.
+#[inline(always)]
 pub fn guard<F>(body: F) -> p99_status
 where
     F: FnOnce() -> CResult,
@@ -364,24 +372,34 @@ pub unsafe trait Versioned: Copy {
 }
 
 /// Checks a `struct_size` a caller declared for `T`.
+#[inline]
 fn check_size<T: Versioned>(size: usize, name: &'static str) -> Result<(), Failure> {
+    if (T::FIRST_SIZE..=STRUCT_SIZE_MAX).contains(&size) {
+        Ok(())
+    } else {
+        Err(bad_size::<T>(size, name))
+    }
+}
+
+/// Why `size` is refused for `T` (see [`check_size`]).
+#[cold]
+#[inline(never)]
+fn bad_size<T: Versioned>(size: usize, name: &'static str) -> Failure {
     if size < T::FIRST_SIZE {
-        return Err(Failure::invalid(format!(
+        Failure::invalid(format!(
             "`{name}`: struct_size {size} is smaller than the first published {} ({} bytes); \
              set it to sizeof({})",
             T::NAME,
             T::FIRST_SIZE,
             T::NAME
-        )));
-    }
-    if size > STRUCT_SIZE_MAX {
-        return Err(Failure::invalid(format!(
+        ))
+    } else {
+        Failure::invalid(format!(
             "`{name}`: struct_size {size} is not plausible for {} (at most {STRUCT_SIZE_MAX}); set it to sizeof({})",
             T::NAME,
             T::NAME
-        )));
+        ))
     }
-    Ok(())
 }
 
 /// Reads a caller-filled struct of any published size: `defaults` with the first
@@ -444,6 +462,7 @@ impl<T: Versioned> VersionedOut<T> {
     /// # Safety
     /// `ptr` is NULL or points to a struct whose first 4 bytes are its `struct_size` and whose
     /// `struct_size` bytes are writable until the call returns.
+    #[inline]
     pub unsafe fn new(ptr: *mut T, name: &'static str) -> Result<VersionedOut<T>, Failure> {
         if ptr.is_null() {
             return Err(null(name));
@@ -455,8 +474,19 @@ impl<T: Versioned> VersionedOut<T> {
     }
 
     /// Writes `value` (its `struct_size` replaced by the caller's). Call last.
+    #[inline]
     pub fn write(self, value: T) {
         let ours = std::mem::size_of::<T>();
+        if self.size == ours {
+            // The caller's struct is this library's: one plain store of the whole value.
+            // SAFETY: `size` (= sizeof(T)) writable bytes at `ptr` (contract of `new`),
+            // written without assuming alignment; struct_size at offset 0 as above.
+            unsafe {
+                self.ptr.write_unaligned(value);
+                self.ptr.cast::<u32>().write_unaligned(self.size as u32);
+            }
+            return;
+        }
         let n = self.size.min(ours);
         let dst = self.ptr.cast::<u8>();
         // SAFETY: the caller declared `size` writable bytes at `ptr` (contract of `new`); at
