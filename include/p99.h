@@ -540,8 +540,8 @@ typedef struct p99_cache_config {
    */
   uint32_t manual_clock_start;
   /**
-   * `P99_CACHE_CONFIG_*` bits (default 0). Appended in 0.3 (the struct grew from 48 to 56
-   * bytes); a caller built against the 48-byte struct gets 0.
+   * `P99_CACHE_CONFIG_*` bits (default 0). Appended after the first published layout (the
+   * struct grew from 48 to 56 bytes): a caller built against the 48-byte struct gets 0.
    */
   uint64_t flags;
 } p99_cache_config;

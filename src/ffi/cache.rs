@@ -164,8 +164,8 @@ pub struct p99_cache_config {
     pub shards: u32,
     /// Start of the manual clock in unix seconds.
     pub manual_clock_start: u32,
-    /// `P99_CACHE_CONFIG_*` bits (default 0). Appended in 0.3 (the struct grew from 48 to 56
-    /// bytes); a caller built against the 48-byte struct gets 0.
+    /// `P99_CACHE_CONFIG_*` bits (default 0). Appended after the first published layout (the
+    /// struct grew from 48 to 56 bytes): a caller built against the 48-byte struct gets 0.
     pub flags: u64,
 }
 
