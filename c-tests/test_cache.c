@@ -63,6 +63,7 @@ static void test_config_and_lifecycle(void)
 	CHECK_EQ(cfg.heap_bytes, 64u << 20);
 	CHECK(cfg.cas);
 	CHECK_EQ(cfg.eviction, P99_CACHE_EVICTION_MERGE);
+	CHECK_EQ(cfg.flags, 0);
 
 	p99_cache *c = NULL;
 	CHECK_STATUS(p99_cache_new(NULL, &c), P99_STATUS_NULL_PARAMETER);
@@ -89,6 +90,26 @@ static void test_config_and_lifecycle(void)
 	bad.heap_bytes = 1000;
 	CHECK_STATUS(p99_cache_new(&bad, &c), P99_STATUS_INVALID_ARGUMENT);
 	CHECK(c == NULL);
+	bad = cfg;
+	bad.flags = P99_CACHE_CONFIG_PREFAULT | 2; /* a bit this version does not know */
+	CHECK_STATUS(p99_cache_new(&bad, &c), P99_STATUS_INVALID_ARGUMENT);
+	CHECK(strstr(p99_last_error_message(), "flags") != NULL);
+	CHECK(c == NULL);
+
+	/* A prefaulted heap works as any other. */
+	p99_cache_config pre = cfg;
+	pre.heap_bytes = 4u << 20;
+	pre.flags = P99_CACHE_CONFIG_PREFAULT;
+	CHECK_OK(p99_cache_new(&pre, &c));
+	CHECK_OK(p99_cache_store(c, (const uint8_t *)"pk", 2, (const uint8_t *)"pv", 2, 0, 0,
+				 P99_CACHE_MODE_SET, 0, NULL));
+	uint8_t got[8];
+	p99_cache_value_info info = { .struct_size = sizeof info };
+	CHECK_OK(p99_cache_get_copy(c, (const uint8_t *)"pk", 2, got, sizeof got, &info));
+	CHECK_EQ(info.value_len, 2);
+	CHECK(memcmp(got, "pv", 2) == 0);
+	CHECK_OK(p99_cache_free(c));
+	c = NULL;
 
 	CHECK_OK(p99_cache_new(&cfg, &c));
 	CHECK(c != NULL);

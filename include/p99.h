@@ -60,6 +60,14 @@
 #define P99_CACHE_MODE_PREPEND 5
 
 /**
+ * `p99_cache_config.flags`: back the whole heap with memory in `p99_cache_new` (memcached's
+ * `-L`) instead of page by page as segments are first written. Creation takes longer and the
+ * process holds `heap_bytes` from the start; no write waits for a page fault. `p99_cache_new`
+ * fails with OUT_OF_MEMORY if the memory is not there.
+ */
+#define P99_CACHE_CONFIG_PREFAULT 1
+
+/**
  * `p99_cache_write_options.flags`: the key was sent base64-encoded (memcached's `ms b`); the
  * item is marked so that `p99_cache_meta_get` reports `P99_CACHE_META_KEY_BINARY`. Costs the
  * item one byte.
@@ -531,6 +539,11 @@ typedef struct p99_cache_config {
    * Start of the manual clock in unix seconds.
    */
   uint32_t manual_clock_start;
+  /**
+   * `P99_CACHE_CONFIG_*` bits (default 0). Appended after the first published layout (the
+   * struct grew from 48 to 56 bytes): a caller built against the 48-byte struct gets 0.
+   */
+  uint64_t flags;
 } p99_cache_config;
 
 /**
@@ -1322,8 +1335,9 @@ p99_status p99_cache_config_defaults(struct p99_cache_config *config);
  * Creates a cache from `*config` (borrowed until return) and stores it in `*out`; free it
  * with `p99_cache_free`. INVALID_ARGUMENT for a bad `struct_size` or an inconsistent
  * configuration (segment size out of range, heap smaller than a segment, item_max above
- * segment_bytes or below a maximal key, bad eviction or shard count); then
- * `p99_last_error_message()` names the field and the rule. Thread-safe.
+ * segment_bytes or below a maximal key, bad eviction or shard count, unknown `flags` bits);
+ * then `p99_last_error_message()` names the field and the rule. OUT_OF_MEMORY when the heap
+ * cannot be reserved (or, with `P99_CACHE_CONFIG_PREFAULT`, backed). Thread-safe.
  */
 p99_status p99_cache_new(const struct p99_cache_config *config, struct p99_cache **out);
 

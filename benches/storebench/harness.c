@@ -306,6 +306,7 @@ int harness_run(const struct harness_params *p, struct harness_result *r, char *
 		.cas_enabled = true,
 		.growth = 0,
 		.hashpower = p->hashpower,
+		.prealloc = p->prealloc != 0,
 	};
 	if (storage_setup(&o, err, errlen) != 0) {
 		free(keys);

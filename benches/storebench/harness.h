@@ -43,6 +43,8 @@ struct harness_params {
 	uint32_t read_mode; /* enum harness_read */
 	uint32_t hashpower; /* storage_options.hashpower (memcached -o hashpower), 0 = default */
 	uint32_t write_mode; /* enum harness_write */
+	uint32_t prealloc; /* storage_options.prealloc (memcached -L): 1 = back the whole
+			    * mem_limit at setup, before the clock starts */
 };
 
 struct harness_result {

@@ -31,6 +31,9 @@ static void usage(FILE *f, const char *prog)
 		"  -I <num>                  largest item, with k/m suffix (default: 1m; 1k..%zum\n"
 		"                            with this storage module)\n"
 		"  -f <num>                  chunk size growth factor (default: 1.25)\n"
+		"  -L                        back all of -m with memory (huge pages where the "
+		"kernel\n"
+		"                            gives them) at start-up, so writes never page-fault\n"
 		"  -C                        disable use of CAS\n"
 		"  -F                        disable flush_all\n"
 		"  -U <num>                  UDP port: only 0 (off) is supported\n"
@@ -132,7 +135,8 @@ int main(int argc, char **argv)
 	bool tls_on = false;
 	struct io_tls tls = { 0 };
 	unsigned hashpower = 0;
-	while ((opt = getopt(argc, argv, "p:l:t:c:m:I:f:CFU:vhZo:")) != -1) {
+	bool prealloc = false;
+	while ((opt = getopt(argc, argv, "p:l:t:c:m:I:f:LCFU:vhZo:")) != -1) {
 		switch (opt) {
 		case 'p':
 			if (!parse_ulong(optarg, 65535, &v))
@@ -171,6 +175,7 @@ int main(int argc, char **argv)
 			if (ps.growth <= 1.0 || ps.growth > 4.0)
 				goto bad;
 			break;
+		case 'L': prealloc = true; break;
 		case 'C': ps.cas_enabled = false; break;
 		case 'F': ps.flush_disabled = true; break;
 		case 'U':
@@ -221,6 +226,7 @@ int main(int argc, char **argv)
 		.cas_enabled = ps.cas_enabled,
 		.growth = ps.growth,
 		.hashpower = hashpower,
+		.prealloc = prealloc,
 	};
 	if (storage_setup(&so, err, sizeof(err)) != 0) {
 		fprintf(stderr, "mcserver: %s\n", err);

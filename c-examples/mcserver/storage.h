@@ -80,6 +80,10 @@ struct storage_options {
 	 * buckets hold before memcached grows them (1.5 x 2^N); 0 = the store's default (slab:
 	 * 2^16 buckets, grown incrementally; p99: sized for a heap full of 128-byte items). */
 	unsigned hashpower;
+	/* memcached -L: back the whole mem_limit with memory (huge pages where the kernel gives
+	 * them) at setup, so no write later waits for a page fault; setup takes longer, the
+	 * process holds mem_limit from the start, and it fails if the memory is not there. */
+	bool prealloc;
 };
 
 /* A write in progress (opaque). */

@@ -124,14 +124,17 @@ int storage_setup(const struct storage_options *opts, char *err, size_t errlen)
 	if (opts->item_max > cfg.segment_bytes)
 		cfg.segment_bytes = (uint32_t)opts->item_max; /* an item must fit a segment */
 	cfg.cas = opts->cas_enabled;
+	if (opts->prealloc)
+		cfg.flags |= P99_CACHE_CONFIG_PREFAULT;
 	if (opts->hashpower) /* as many items as memcached's table holds before it grows */
 		cfg.expected_items = ((uint64_t)3 << opts->hashpower) / 2;
 	mem_limit = opts->mem_limit;
 	segment_bytes = cfg.segment_bytes;
 	p99_status st = p99_cache_new(&cfg, &cache);
 	if (st != P99_STATUS_OK) {
-		snprintf(err, errlen, "p99_cache_new: %s (-m %zu MiB, -I %zu)",
-			 p99_last_error_message(), opts->mem_limit >> 20, opts->item_max);
+		snprintf(err, errlen, "p99_cache_new: %s (-m %zu MiB, -I %zu%s)",
+			 p99_last_error_message(), opts->mem_limit >> 20, opts->item_max,
+			 opts->prealloc ? ", -L" : "");
 		return -1;
 	}
 	return 0;

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #define PAGE_SIZE_MIN (1024 * 1024)
@@ -86,6 +87,8 @@ static struct {
 	unsigned nclasses; /* classes are 1..nclasses */
 	struct page *pages;
 	size_t npages_max, npages;
+	char *arena; /* with prealloc (-L): every page, carved in order; else pages are malloc'd */
+	size_t arena_len;
 	size_t victim; /* next page to consider for slab eviction */
 
 	struct item **table, **old_table;
@@ -369,7 +372,7 @@ static bool page_new(unsigned id)
 {
 	if (S.npages >= S.npages_max)
 		return false;
-	char *mem = malloc(S.page_size);
+	char *mem = S.arena ? S.arena + S.npages * S.page_size : malloc(S.page_size);
 	if (!mem)
 		return false;
 	S.pages[S.npages].mem = mem;
@@ -507,6 +510,38 @@ size_t storage_item_max_limit(void)
 	return (size_t)1024 << 20;
 }
 
+/*
+ * memcached -L: maps every page of the budget at once, asks for transparent huge pages and
+ * backs it with memory now (MADV_POPULATE_WRITE, Linux 5.14+, which reports ENOMEM instead of
+ * calling the OOM killer; older kernels: one write per page). Pages are carved from it in
+ * order. 0, or -1 with err set.
+ */
+static int prealloc_pages(char *err, size_t errlen)
+{
+	const int populate_write = 23; /* MADV_POPULATE_WRITE, not in every libc's headers */
+	size_t len = S.npages_max * S.page_size;
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED) {
+		snprintf(err, errlen, "slab storage: -L: mmap of %zu bytes: %s", len,
+			 strerror(errno));
+		return -1;
+	}
+	(void)madvise(p, len, MADV_HUGEPAGE); /* an optimisation: refused without THP */
+	if (madvise(p, len, populate_write) != 0) {
+		if (errno != EINVAL) {
+			snprintf(err, errlen, "slab storage: -L: backing %zu bytes: %s", len,
+				 strerror(errno));
+			munmap(p, len);
+			return -1;
+		}
+		for (size_t off = 0; off < len; off += 4096)
+			((volatile char *)p)[off] = 0;
+	}
+	S.arena = p;
+	S.arena_len = len;
+	return 0;
+}
+
 int storage_setup(const struct storage_options *opts, char *err, size_t errlen)
 {
 	memset(&S, 0, sizeof(S));
@@ -537,6 +572,8 @@ int storage_setup(const struct storage_options *opts, char *err, size_t errlen)
 	for (unsigned i = 1; i <= n; i++)
 		S.classes[i].perpage = (unsigned)(S.page_size / S.classes[i].size);
 
+	if (opts->prealloc && prealloc_pages(err, errlen) != 0)
+		return -1;
 	S.pages = calloc(S.npages_max, sizeof(*S.pages));
 	S.hashpower = opts->hashpower ? opts->hashpower : HASH_POWER_INIT;
 	S.table = calloc((size_t)1 << S.hashpower, sizeof(*S.table));
@@ -544,6 +581,8 @@ int storage_setup(const struct storage_options *opts, char *err, size_t errlen)
 		snprintf(err, errlen, "slab storage: out of memory");
 		free(S.pages);
 		free(S.table);
+		if (S.arena)
+			munmap(S.arena, S.arena_len);
 		return -1;
 	}
 	return 0;
@@ -551,8 +590,11 @@ int storage_setup(const struct storage_options *opts, char *err, size_t errlen)
 
 void storage_teardown(void)
 {
-	for (size_t i = 0; i < S.npages; i++)
-		free(S.pages[i].mem);
+	if (S.arena)
+		munmap(S.arena, S.arena_len);
+	else
+		for (size_t i = 0; i < S.npages; i++)
+			free(S.pages[i].mem);
 	free(S.pages);
 	free(S.table);
 	free(S.old_table);

@@ -20,8 +20,9 @@ use std::ptr::NonNull;
 
 /// The memory of all segments of one shard: one anonymous mapping of the shard's whole
 /// budget, reserved up front (`MAP_NORESERVE`: pages cost nothing until a segment is first
-/// written) and advised for transparent huge pages, so random reads over a large heap do not
-/// also miss the TLB. Unmapped when the shard is dropped.
+/// written, unless the cache is configured to prefault them) and advised for transparent huge
+/// pages, so random reads over a large heap do not also miss the TLB. Unmapped when the shard
+/// is dropped.
 pub(crate) struct Arena {
     ptr: NonNull<u8>,
     len: usize,
@@ -52,8 +53,11 @@ pub(crate) fn advise_huge_pages<T>(v: &mut Vec<T>) {
 }
 
 impl Arena {
-    /// Maps `len` bytes (at least one page). Fails with the OS error when the mapping fails.
-    pub(crate) fn new(len: usize) -> std::io::Result<Arena> {
+    /// Maps `len` bytes (at least one page). With `prefault`, every page is also backed now
+    /// (`MADV_POPULATE_WRITE`, Linux 5.14+; on older kernels by writing one byte per page),
+    /// so no later write faults. Fails with the OS error when the mapping fails, or when
+    /// prefaulting finds too little memory (`ENOMEM`: the mapping is released).
+    pub(crate) fn new(len: usize, prefault: bool) -> std::io::Result<Arena> {
         let len = len.max(1);
         // SAFETY: an anonymous private mapping at an address of the kernel's choosing has no
         // preconditions; the result is checked against MAP_FAILED.
@@ -73,7 +77,35 @@ impl Arena {
         // SAFETY: [p, p + len) is the mapping just created. Huge pages are an optimisation:
         // a kernel without THP refuses the advice and the mapping works as it is.
         unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) };
-        Ok(Arena { ptr: NonNull::new(p.cast()).expect("mmap returned NULL"), len })
+        let arena = Arena { ptr: NonNull::new(p.cast()).expect("mmap returned NULL"), len };
+        if prefault {
+            arena.populate()?;
+        }
+        Ok(arena)
+    }
+
+    /// Backs every page of the mapping now (huge pages where the advice above was taken).
+    fn populate(&self) -> std::io::Result<()> {
+        /// `MADV_POPULATE_WRITE` (Linux 5.14; not in the libc crate yet): fault the range in as
+        /// if written, reporting ENOMEM instead of invoking the OOM killer mid-way.
+        const MADV_POPULATE_WRITE: libc::c_int = 23;
+        // SAFETY: the whole range is this arena's own mapping; populating does not change
+        // its contents (zero pages stay zero).
+        let r = unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len, MADV_POPULATE_WRITE) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            return Err(e);
+        }
+        // A kernel without MADV_POPULATE_WRITE: write a zero into every page (the mapping is
+        // fresh and zero-filled, so the contents do not change).
+        for off in (0..self.len).step_by(4096) {
+            // SAFETY: `off < len`, inside the mapping; nothing else references it yet.
+            unsafe { std::ptr::write_volatile(self.ptr.as_ptr().add(off), 0) };
+        }
+        Ok(())
     }
 
     /// The bytes of segment `index` of `size` bytes. Panics if outside the mapping.

@@ -207,6 +207,7 @@ pub(crate) struct ShardConfig {
     pub eviction: Eviction,
     pub shard_index: u32,
     pub shard_bits: u32,
+    pub prefault: bool,
 }
 
 /// A found item: where it is and what its header says.
@@ -287,7 +288,7 @@ impl ShardInner {
         pins: Arc<PinTable>,
     ) -> std::io::Result<ShardInner> {
         let empty = TtlBucket { head: NONE, tail: NONE, open: NONE };
-        let arena = Arena::new(cfg.max_segments * cfg.segment_bytes)?;
+        let arena = Arena::new(cfg.max_segments * cfg.segment_bytes, cfg.prefault)?;
         Ok(ShardInner {
             arena,
             table: Table::new(expected_items),

@@ -559,7 +559,8 @@ impl Cache {
     pub const EXPTIME_RELATIVE_MAX: i64 = super::clock::EXPTIME_RELATIVE_MAX;
 
     /// Creates a cache. The segment budget is reserved as address space (no memory is used
-    /// until segments are written); `OutOfMemory` if even that fails.
+    /// until segments are written) or, with `Config::prefault`, backed with memory now;
+    /// `OutOfMemory` if that fails.
     pub fn new(cfg: Config) -> Result<Cache, Error> {
         let (nshards, per_shard) = cfg.layout().map_err(|_| Error::InvalidArgument)?;
         let expected =
@@ -581,6 +582,7 @@ impl Cache {
                 eviction: cfg.eviction,
                 shard_index: i as u32,
                 shard_bits,
+                prefault: cfg.prefault,
             };
             let inner = ShardInner::new(sc, expected.div_ceil(nshards), pins.clone())
                 .map_err(|_| Error::OutOfMemory)?;

@@ -43,6 +43,12 @@ pub const P99_CACHE_MODE_APPEND: u32 = 4;
 /// Commit mode: prepend, otherwise as `P99_CACHE_MODE_APPEND`.
 pub const P99_CACHE_MODE_PREPEND: u32 = 5;
 
+/// `p99_cache_config.flags`: back the whole heap with memory in `p99_cache_new` (memcached's
+/// `-L`) instead of page by page as segments are first written. Creation takes longer and the
+/// process holds `heap_bytes` from the start; no write waits for a page fault. `p99_cache_new`
+/// fails with OUT_OF_MEMORY if the memory is not there.
+pub const P99_CACHE_CONFIG_PREFAULT: u64 = 1;
+
 /// `p99_cache_write_options.flags`: the key was sent base64-encoded (memcached's `ms b`); the
 /// item is marked so that `p99_cache_meta_get` reports `P99_CACHE_META_KEY_BINARY`. Costs the
 /// item one byte.
@@ -158,6 +164,9 @@ pub struct p99_cache_config {
     pub shards: u32,
     /// Start of the manual clock in unix seconds.
     pub manual_clock_start: u32,
+    /// `P99_CACHE_CONFIG_*` bits (default 0). Appended after the first published layout (the
+    /// struct grew from 48 to 56 bytes): a caller built against the 48-byte struct gets 0.
+    pub flags: u64,
 }
 
 /// A write in progress (two-phase write), owned by the caller, filled by `p99_cache_reserve`.
@@ -441,6 +450,7 @@ impl Default for p99_cache_config {
             eviction: P99_CACHE_EVICTION_MERGE,
             shards: d.shards as u32,
             manual_clock_start: 0,
+            flags: 0,
         }
     }
 }
@@ -497,8 +507,9 @@ pub unsafe extern "C" fn p99_cache_config_defaults(config: *mut p99_cache_config
 /// Creates a cache from `*config` (borrowed until return) and stores it in `*out`; free it
 /// with `p99_cache_free`. INVALID_ARGUMENT for a bad `struct_size` or an inconsistent
 /// configuration (segment size out of range, heap smaller than a segment, item_max above
-/// segment_bytes or below a maximal key, bad eviction or shard count); then
-/// `p99_last_error_message()` names the field and the rule. Thread-safe.
+/// segment_bytes or below a maximal key, bad eviction or shard count, unknown `flags` bits);
+/// then `p99_last_error_message()` names the field and the rule. OUT_OF_MEMORY when the heap
+/// cannot be reserved (or, with `P99_CACHE_CONFIG_PREFAULT`, backed). Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn p99_cache_new(
     config: *const p99_cache_config,
@@ -518,6 +529,12 @@ pub unsafe extern "C" fn p99_cache_new(
         };
         let too_big =
             |what: &str| Failure::invalid(format!("{what} does not fit this machine's size_t"));
+        if c.flags & !P99_CACHE_CONFIG_PREFAULT != 0 {
+            return Err(Failure::invalid(format!(
+                "`flags`: unknown bits {:#x} (not P99_CACHE_CONFIG_*)",
+                c.flags & !P99_CACHE_CONFIG_PREFAULT
+            )));
+        }
         let cfg = Config {
             heap_bytes: usize::try_from(c.heap_bytes).map_err(|_| too_big("heap_bytes"))?,
             segment_bytes: c.segment_bytes as usize,
@@ -533,6 +550,7 @@ pub unsafe extern "C" fn p99_cache_new(
             } else {
                 ClockKind::System
             },
+            prefault: c.flags & P99_CACHE_CONFIG_PREFAULT != 0,
         };
         cfg.check().map_err(Failure::invalid)?;
         let cache = Cache::new(cfg)?;

@@ -12,8 +12,9 @@ a first win token), where memcached counts from its last write: they are not com
 (per-item access times would cost the store 4 bytes per item).
 
 Counted apart and resynchronised (documented differences): memcached's huge-counter quirk (see
-huge_counter_quirk) and, on the p99 store, ms I with a CAS older in time but not smaller in
-number (see p99_cas_order).
+huge_counter_quirk) and, on the p99 store, ms I whose C compares the other way there: older in
+time but not smaller in number, or a number no reply reported, which is above every memcached CAS
+of a short run and below every p99 one (see p99_cas_order).
 
 Not generated (documented differences): values made only of whitespace, which memcached's
 incr/decr/ma parse past their end (into stale memory, so its answer is not reproducible), and a
@@ -87,6 +88,8 @@ META_TTL_RE = re.compile(rb" t(\d+)")
 CLOCK_RE = re.compile(rb"( t| l| exp=-?| la=)(\d+)")
 ME_STORE_RE = re.compile(rb" cls=\d+ size=\d+")
 P99 = "p99" in os.path.basename(BIN)
+# Added to a known CAS to make a wrong one (see the md and ma builders).
+WRONG_CAS = 1_000_003
 
 
 def meta_cas(reply):
@@ -127,10 +130,17 @@ def huge_counter_quirk(x, before):
 def p99_cas_order(req, x, y):
     """ms I with an older C stored (stale) on memcached and was refused on the p99 store: its
     CAS uniques are unique per write but ordered by time only within one TTL bucket's segments
-    (generation << 22 | offset), so "older" is not always "smaller" there (documented)."""
+    (generation << 22 | offset), so "older" is not always "smaller" there (documented). With
+    q, an HD is not sent at all."""
     head = req.split(b"\r\n", 1)[0].split(b" ")
+    quiet = b"q" in head
+
+    def stored(r):
+        return r.startswith(b"HD") or (r == b"" and quiet)
+    # Either way round: a C no reply reported (424242 for a key never seen) is "newer" than
+    # every memcached CAS of a short run and "older" than every p99 one.
     return (P99 and head[0] == b"ms" and b"I" in head and any(t.startswith(b"C") for t in head)
-            and x.startswith(b"HD") and y.startswith(b"EX"))
+            and ((stored(x) and y.startswith(b"EX")) or (x.startswith(b"EX") and stored(y))))
 
 
 def same(x, y):
@@ -231,7 +241,9 @@ def meta_command(rnd, key):
                                   rnd.randint(0, 4))
         if b"T30" in flags and b"I" not in flags and rnd.random() < 0.8:
             flags.remove(b"T30")
-        how = rnd.choice([0, 1, None])
+        # the cas this side last saw, a wrong one, or 0; wrong is far off, not +1: memcached's
+        # counter gives the next write exactly last + 1, which would match by chance
+        how = rnd.choice([0, WRONG_CAS, None])
         key_ = key
 
         def build(side, flags=flags, how=how):
@@ -245,7 +257,7 @@ def meta_command(rnd, key):
                                    b"M" + rnd.choice([b"I", b"+", b"D", b"-"]),
                                    b"T%d" % meta_ttl(rnd), b"t", b"c", b"v", b"k", b"q",
                                    opaque(rnd), b"C"], rnd.randint(0, 6))
-        how = rnd.choice([0, 0, 1, None])
+        how = rnd.choice([0, 0, WRONG_CAS, None])
         key_ = key
 
         def build(side, flags=flags, how=how):

@@ -693,6 +693,25 @@ class Settings(unittest.TestCase):
         finally:
             self.assertEqual(srv.stop(), 0)
 
+    def test_prealloc_backs_the_memory_limit_at_start(self):
+        # memcached's -L: the whole -m is memory from the start (the store preallocates and
+        # touches it), and the server serves as usual. Without -L the same -m costs memory
+        # only as items arrive.
+        rss = {}
+        for flags in ((), ("-L",)):
+            srv = start_mcserver(BIN, "-t", "1", "-m", "48", *flags)
+            try:
+                c = Conn(srv.port)
+                self.assertEqual(c.cmd(b"set k 0 0 2\r\nhi\r\n"), b"STORED\r\n")
+                self.assertEqual(c.cmd(b"get k\r\n"), b"VALUE k 0 2\r\n")
+                self.assertEqual(c.exactly(9), b"hi\r\nEND\r\n")
+                rss[flags] = srv.rss_kb()
+                c.close()
+            finally:
+                self.assertEqual(srv.stop(), 0)
+        grown = (rss[("-L",)] - rss[()]) / 1024
+        self.assertGreaterEqual(grown, 40, "-L -m 48 added only %.1f MiB of RSS (%s)" % (grown, rss))
+
     def test_hashpower_sizes_the_table_up_front(self):
         # memcached's -o hashpower=N: the slab store starts with 2^N buckets, the p99 store
         # sizes its table for 1.5 x 2^N items (well above its -m 64 default of ~0.5M).

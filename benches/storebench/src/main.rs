@@ -35,6 +35,8 @@ struct Params {
     write_reserve: bool,
     /// memcached -o hashpower for both stores; None = auto (from the key count).
     hashpower: Option<u32>,
+    /// memcached -L for both stores: heap backed with memory before the clock starts.
+    prealloc: bool,
 }
 
 impl Params {
@@ -88,6 +90,7 @@ macro_rules! run_with {
                 $m::HARNESS_WRITE_STORE
             },
             hashpower: p.hashpower(),
+            prealloc: u32::from(p.prealloc),
         };
         // SAFETY: harness_result is plain data; the harness overwrites it.
         let mut r: $m::harness_result = unsafe { std::mem::zeroed() };
@@ -181,6 +184,7 @@ fn parse(args: &[String]) -> Result<Params, String> {
         read_pin: false,
         write_reserve: false,
         hashpower: None,
+        prealloc: true,
     };
     let mut i = 0;
     while i < args.len() {
@@ -213,6 +217,13 @@ fn parse(args: &[String]) -> Result<Params, String> {
                         Ok(n) if (12..=32).contains(&n) => Some(n),
                         _ => return Err(format!("--hashpower: '{s}' is not auto, 0 or 12..32")),
                     },
+                }
+            }
+            "--prealloc" => {
+                p.prealloc = match v()?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => return Err(format!("--prealloc: '{other}' is not on or off")),
                 }
             }
             "--threads" => {
@@ -252,7 +263,7 @@ fn parse(args: &[String]) -> Result<Params, String> {
             "-h" | "--help" => {
                 return Err("usage: p99-storebench [--quick] [--keys N] [--key-size N] [--value-size N] \
                             [--get-percent N] [--ops N] [--mem-mb N] [--rounds N] [--sample-every N] \
-                            [--threads N[,N...]] [--popularity uniform|zipf:S] [--read copy|pin] [--write store|reserve] [--hashpower auto|0|N] [--json PATH]\n\
+                            [--threads N[,N...]] [--popularity uniform|zipf:S] [--read copy|pin] [--write store|reserve] [--hashpower auto|0|N] [--prealloc on|off] [--json PATH]\n\
                             --threads: one run per count, threads pinned to distinct CPUs of the affinity set\n\
                             --read copy (default): storage_get_copy into a 1 KiB buffer, as mcserver's get does; \
                             pin: storage_get + storage_release\n\
@@ -260,7 +271,11 @@ fn parse(args: &[String]) -> Result<Params, String> {
                             the value arrived with its command line; reserve: storage_reserve + storage_fill + storage_commit\n\
                             --hashpower (memcached -o hashpower, given to both stores): auto (default) sizes both \
                             hash tables for the key count (the smallest N with 1.5 x 2^N >= keys), as an operator \
-                            who knows the item count would; 0 leaves each store's default sizing"
+                            who knows the item count would; 0 leaves each store's default sizing\n\
+                            --prealloc on (default): both stores back their whole --mem-mb with memory at setup \
+                            (memcached -L), before the clock starts, so the set phase times the stores' writes and \
+                            not the first touch of fresh pages (which on this VM swings 2x between runs); off: \
+                            pages are faulted in by the set phase, as a server started without -L does"
                     .into())
             }
             _ => return Err(format!("unknown flag '{f}'")),
@@ -348,7 +363,7 @@ fn main() {
     }
     let popularity = if p.zipf > 0.0 { format!("zipf {}", p.zipf) } else { "uniform".to_string() };
     println!(
-        "   {} keys ({popularity}), key {} B, value {} B; {} gets, then {} ops of {}% get / {}% set; reads by {}, writes by {}; hashpower {}; {} rounds, medians",
+        "   {} keys ({popularity}), key {} B, value {} B; {} gets, then {} ops of {}% get / {}% set; reads by {}, writes by {}; hashpower {}; heap {}; {} rounds, medians",
         p.keys,
         p.key_size,
         p.value_size,
@@ -362,6 +377,7 @@ fn main() {
             0 => "0 (store defaults)".to_string(),
             n => format!("{n} (both stores)"),
         },
+        if p.prealloc { "preallocated (-L, both stores)" } else { "faulted in by the writes" },
         p.rounds
     );
     println!(
@@ -464,7 +480,7 @@ fn main() {
     let threads_json: Vec<String> = p.threads.iter().map(|t| t.to_string()).collect();
     let json = format!(
         "{{\n  \"stores\": [\n{}\n  ],\n  \"params\": {{\"keys\": {}, \"key_size\": {}, \"value_size\": {}, \"get_percent\": {}, \"ops\": {}, \
-         \"mem_mb\": {}, \"rounds\": {}, \"sample_every\": {}, \"threads\": [{}], \"popularity\": \"{}\", \"zipf_s\": {}, \"read\": \"{}\", \"write\": \"{}\", \"hashpower\": {}}},\n  \
+         \"mem_mb\": {}, \"rounds\": {}, \"sample_every\": {}, \"threads\": [{}], \"popularity\": \"{}\", \"zipf_s\": {}, \"read\": \"{}\", \"write\": \"{}\", \"hashpower\": {}, \"prealloc\": {}}},\n  \
          \"note\": \"ns_per_op: wall time per operation (over all threads); cpu_ns_per_op: CPU time of the benchmark threads per operation \
          (leaves out time spent waiting for a CPU on a shared machine); ratio_to_slab / cpu_ratio_to_slab: the slab store's figure over \
          this store's at the same thread count (above 1: faster than slab); mix_scaling_to_1_thread: this store's mix throughput over \
@@ -484,6 +500,7 @@ fn main() {
         if p.read_pin { "pin" } else { "copy" },
         if p.write_reserve { "reserve" } else { "store" },
         p.hashpower(),
+        p.prealloc,
     );
     if let Some(path) = &p.json {
         if let Err(e) = std::fs::write(path, &json) {
