@@ -145,6 +145,7 @@ impl SegmentMemory {
     /// Copies `data` to `off`. Panics when out of bounds.
     ///
     /// Callers hold the shard lock and write only bytes no pinned reader can see (rule 1).
+    #[inline]
     pub(crate) fn write(&mut self, off: usize, data: &[u8]) {
         assert!(off <= self.len && data.len() <= self.len - off, "segment write out of bounds");
         // SAFETY: in bounds (checked above); no reference to these bytes exists (rule 1),
@@ -156,6 +157,7 @@ impl SegmentMemory {
 
     /// Borrows `len` bytes at `off` while the caller holds the shard lock. Panics when out of
     /// bounds.
+    #[inline]
     pub(crate) fn read(&self, off: usize, len: usize) -> &[u8] {
         assert!(off <= self.len && len <= self.len - off, "segment read out of bounds");
         // SAFETY: in bounds; these bytes were written before and are not written while this
@@ -164,6 +166,7 @@ impl SegmentMemory {
     }
 
     /// The address of byte `off`, for a pinned reader (rule 2). Panics when out of bounds.
+    #[inline]
     pub(crate) fn addr(&self, off: usize) -> *const u8 {
         assert!(off <= self.len, "segment address out of bounds");
         // SAFETY: `off` is within the window (or one past its end).
