@@ -138,6 +138,7 @@ pub(crate) struct HeaderParts {
 
 /// Encodes a header into `out` (at least `HEADER_MAX` bytes) and returns its length.
 /// `exp_base` is the segment's expiry base.
+#[inline]
 pub(crate) fn encode_header(out: &mut [u8; HEADER_MAX], p: &HeaderParts, exp_base: u32) -> usize {
     let HeaderParts { klen, vlen, flags, expiry, cas, fetched, meta } = *p;
     debug_assert!((1..=KEY_MAX).contains(&klen));

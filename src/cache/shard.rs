@@ -482,38 +482,54 @@ impl ShardInner {
             fetched: marks.fetched,
             meta: marks.meta,
         };
-        let mut seg = self.ttl[b].open;
-        let fits = |this: &ShardInner, s: u32| {
+        let body = key.len() + vlen;
+        // The header is encoded against the segment's expiry base, so once for the open
+        // segment, and again only if the item goes to another one.
+        let mut hbuf = [0u8; HEADER_MAX];
+        let fit = |this: &ShardInner, s: u32, hbuf: &mut [u8; HEADER_MAX]| {
             let m = &this.segs[s as usize];
-            let base = if m.write_off == 0 { expiry } else { m.exp_base };
-            let total = header_len(&hp, base) + key.len() + vlen;
-            m.write_off as usize + total <= this.cfg.segment_bytes
+            let hl = encode_header(hbuf, &hp, m.exp_base);
+            (m.write_off as usize + hl + body <= this.cfg.segment_bytes).then_some(hl)
         };
-        if seg == NONE || !fits(self, seg) {
-            self.ttl[b].open = NONE;
-            let need = header_len(&hp, expiry) + key.len() + vlen;
-            if need > self.cfg.segment_bytes {
-                return Err(Error::TooLarge);
+        let mut seg = self.ttl[b].open;
+        let open_fit = if seg == NONE { None } else { fit(self, seg, &mut hbuf) };
+        let hl = match open_fit {
+            Some(hl) => hl,
+            None => {
+                self.ttl[b].open = NONE;
+                if header_len(&hp, expiry) + body > self.cfg.segment_bytes {
+                    return Err(Error::TooLarge);
+                }
+                let fresh = self.take_segment(now, allow_merge)?;
+                // Merge eviction may have opened a segment for this bucket meanwhile (carrying
+                // items forward into it): fill that one first rather than leave it half empty.
+                let cur = self.ttl[b].open;
+                match if cur == NONE { None } else { fit(self, cur, &mut hbuf) } {
+                    Some(hl) => {
+                        self.free.push(fresh);
+                        seg = cur;
+                        hl
+                    }
+                    None => {
+                        seg = fresh;
+                        self.open_segment(seg, b, expiry);
+                        encode_header(&mut hbuf, &hp, expiry)
+                    }
+                }
             }
-            let fresh = self.take_segment(now, allow_merge)?;
-            // Merge eviction may have opened a segment for this bucket meanwhile (carrying
-            // items forward into it): fill that one first rather than leave it half empty.
-            let cur = self.ttl[b].open;
-            if cur != NONE && fits(self, cur) {
-                self.free.push(fresh);
-                seg = cur;
-            } else {
-                seg = fresh;
-                self.open_segment(seg, b, expiry);
-            }
-        }
+        };
         let s = seg as usize;
         let off = self.segs[s].write_off;
-        let mut hbuf = [0u8; HEADER_MAX];
-        let hl = encode_header(&mut hbuf, &hp, self.segs[s].exp_base);
         let mem = &mut self.mem[s];
         let mut at = off as usize;
-        mem.write(at, &hbuf[..hl]);
+        if at + HEADER_MAX <= self.cfg.segment_bytes {
+            // The whole buffer (a fixed-size copy, no memcpy call): the bytes after the
+            // header are overwritten by the key and value just below, or lie past the item
+            // in the segment's unwritten space.
+            mem.write(at, &hbuf);
+        } else {
+            mem.write(at, &hbuf[..hl]);
+        }
         at += hl;
         mem.write(at, key);
         at += key.len();
