@@ -429,7 +429,8 @@ unsafe impl Versioned for p99_cache_meta_delete_args {
 }
 
 /// Refuses bits outside `known` (a flag of a newer version this library cannot honour).
-fn check_flags(flags: u32, known: u32, name: &str) -> Result<(), Failure> {
+fn check_flags<T: Into<u64>>(flags: T, known: T, name: &str) -> Result<(), Failure> {
+    let (flags, known) = (flags.into(), known.into());
     if flags & !known != 0 {
         return Err(Failure::invalid(format!("`{name}`: unknown flag bits {:#x}", flags & !known)));
     }
@@ -529,12 +530,7 @@ pub unsafe extern "C" fn p99_cache_new(
         };
         let too_big =
             |what: &str| Failure::invalid(format!("{what} does not fit this machine's size_t"));
-        if c.flags & !P99_CACHE_CONFIG_PREFAULT != 0 {
-            return Err(Failure::invalid(format!(
-                "`flags`: unknown bits {:#x} (not P99_CACHE_CONFIG_*)",
-                c.flags & !P99_CACHE_CONFIG_PREFAULT
-            )));
-        }
+        check_flags(c.flags, P99_CACHE_CONFIG_PREFAULT, "config")?;
         let cfg = Config {
             heap_bytes: usize::try_from(c.heap_bytes).map_err(|_| too_big("heap_bytes"))?,
             segment_bytes: c.segment_bytes as usize,
