@@ -122,8 +122,11 @@ enum phase {
 	PHASE_MIX
 };
 
+/* Each worker on cache lines of its own (128 B: a line and its adjacent-line prefetch pair), so
+ * one thread's counters never share a line with what the other thread reads on every
+ * operation. */
 struct worker {
-	const struct harness_params *p;
+	_Alignas(128) const struct harness_params *p;
 	const char *keys, *vals;
 	enum phase phase;
 	const uint32_t *seq; /* get/mix: key indexes (mix: SET_BIT marks a set) */
@@ -257,7 +260,7 @@ int harness_run(const struct harness_params *p, struct harness_result *r, char *
 	uint32_t *get_seq = malloc(p->ops * sizeof(uint32_t) + 1);
 	uint32_t *mix_seq = malloc(p->ops * sizeof(uint32_t) + 1);
 	double *cdf = p->zipf_s > 0 ? malloc(p->keys * sizeof(double)) : NULL;
-	struct worker *w = calloc(threads, sizeof(*w));
+	struct worker *w = aligned_alloc(128, threads * sizeof(*w));
 	if (!keys || !vals || !get_seq || !mix_seq || (p->zipf_s > 0 && !cdf) || !w) {
 		free(keys);
 		free(vals);
@@ -288,6 +291,7 @@ int harness_run(const struct harness_params *p, struct harness_result *r, char *
 			mix_seq[n] |= SET_BIT;
 	free(cdf);
 
+	memset(w, 0, threads * sizeof(*w));
 	int cpus[256];
 	int ncpu = allowed_cpus(cpus, 256);
 	for (uint32_t t = 0; t < threads; t++) {

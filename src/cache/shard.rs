@@ -9,9 +9,9 @@ use super::item::{
     decode_header, encode_header, header_len, HeaderParts, ItemHeader, DEAD_BIT, FETCHED_BIT,
     HEADER_MAX, META_KEY_BINARY, META_STALE, META_WIN_SENT,
 };
-use super::memory::{Arena, SegmentMemory};
+use super::memory::{copy_into, Arena, SegmentMemory};
 use super::store::TicketCursor;
-use super::table::{hash_key, tag_of, Record, Slot, Table, OFF_BITS};
+use super::table::{hash_key, tag_of, BucketHint, Record, Slot, Table, OFF_BITS};
 use super::{Error, Eviction, MetaDelete, MetaGet, MetaInfo, Mode, WriteOptions};
 
 const NONE: u32 = u32::MAX;
@@ -182,8 +182,10 @@ struct TtlBucket {
     open: u32,
 }
 
-/// Per-shard counters (summed into `Stats`).
+/// Per-shard counters (summed into `Stats`). The ones every get or set writes come first:
+/// with `ShardInner`'s layout they share the shard lock's cache line (see there).
 #[derive(Default, Clone, Copy)]
+#[repr(C)]
 pub(crate) struct Counters {
     pub hits: u64,
     pub misses: u64,
@@ -243,7 +245,25 @@ pub(crate) struct PinnedParts {
     pub cas: u64,
 }
 
+/// One shard's state, behind the shard's lock.
+///
+/// The layout is fixed (`repr(C)`) for two cores taking turns on the shard: what every
+/// operation reads or writes (the per-second tick, the flush epoch, the write sequence, the
+/// live byte count and the hit/miss/set counters) comes first, so with the lock byte before it
+/// (`Shard` keeps the lock at its start) it is one cache line, and the line that moves to a
+/// core when it takes the lock is the only one an operation has to wait for. The rarer
+/// counters fill the next line; the fields a get only reads (table, segments, configuration)
+/// come after them and stay shared between the cores; the pin ticket cursor, written by
+/// every pinned get, is last, away from them. `store::layout_tests` checks it.
+#[repr(C)]
 pub(crate) struct ShardInner {
+    last_tick: u32,
+    /// Last flush epoch applied here.
+    pub flush_epoch: u32,
+    seq: u64,
+    /// Key and value bytes of linked items.
+    live_kv: u64,
+    pub counters: Counters,
     cfg: ShardConfig,
     table: Table,
     segs: Vec<SegMeta>,
@@ -255,14 +275,9 @@ pub(crate) struct ShardInner {
     /// those chains instead of all 978 buckets.
     ttl_chained: [u64; TTL_WORDS],
     pins: Arc<PinTable>,
-    seq: u64,
+    /// Where `table`'s buckets are, for lock-free prefetching (updated when it is replaced).
+    hint: Arc<BucketHint>,
     gen_counter: u64,
-    /// Last flush epoch applied here.
-    pub flush_epoch: u32,
-    last_tick: u32,
-    /// Key and value bytes of linked items.
-    live_kv: u64,
-    pub counters: Counters,
     /// Where the shard's pin tickets are issued next (issuing happens under the shard lock,
     /// in the same critical section as the lookup; releasing needs no lock).
     pub ticket_cursor: TicketCursor,
@@ -286,12 +301,16 @@ impl ShardInner {
         cfg: ShardConfig,
         expected_items: usize,
         pins: Arc<PinTable>,
+        hint: Arc<BucketHint>,
     ) -> std::io::Result<ShardInner> {
         let empty = TtlBucket { head: NONE, tail: NONE, open: NONE };
         let arena = Arena::new(cfg.max_segments * cfg.segment_bytes, cfg.prefault)?;
+        let table = Table::new(expected_items);
+        hint.publish(&table);
         Ok(ShardInner {
             arena,
-            table: Table::new(expected_items),
+            table,
+            hint,
             segs: Vec::new(),
             mem: Vec::new(),
             free: Vec::new(),
@@ -445,7 +464,7 @@ impl ShardInner {
             self.table.set(f.slot, f.rec.with_freq(freq + 1));
         }
         self.mark_fetched(&f);
-        buf[..f.hdr.vlen].copy_from_slice(self.value_at(f.rec.seg(), f.rec.off(), &f.hdr));
+        copy_into(&mut buf[..f.hdr.vlen], self.value_at(f.rec.seg(), f.rec.off(), &f.hdr));
         Some((f.hdr, f.cas, true))
     }
 
@@ -653,6 +672,7 @@ impl ShardInner {
         }
         debug_assert_eq!(t.len(), self.table.len());
         self.table = t;
+        self.hint.publish(&self.table);
         self.counters.table_grows += 1;
     }
 
@@ -1284,6 +1304,25 @@ pub(crate) fn parse_memcached_u64(v: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fields every operation touches lead `ShardInner`, within 56 bytes (the lock's
+    /// word takes the first 8 of the shard's line; see `store::layout_tests`).
+    #[test]
+    fn hot_fields_lead() {
+        use std::mem::offset_of;
+        let hot = [
+            offset_of!(ShardInner, last_tick),
+            offset_of!(ShardInner, flush_epoch),
+            offset_of!(ShardInner, seq),
+            offset_of!(ShardInner, live_kv),
+            offset_of!(ShardInner, counters) + offset_of!(Counters, hits),
+            offset_of!(ShardInner, counters) + offset_of!(Counters, misses),
+            offset_of!(ShardInner, counters) + offset_of!(Counters, sets),
+        ];
+        assert!(hot.iter().all(|&o| o + 8 <= 56), "hot fields at {hot:?}");
+        assert!(offset_of!(ShardInner, table) >= 64);
+        assert!(offset_of!(ShardInner, ticket_cursor) > offset_of!(ShardInner, gen_counter));
+    }
 
     #[test]
     fn parse_follows_memcached_strtoull() {

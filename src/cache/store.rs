@@ -10,7 +10,7 @@ use super::clock::Clock;
 use super::item::KEY_MAX;
 use super::memory::pinned_slice;
 use super::shard::{item_size, PinTable, PinnedParts, ShardConfig, ShardInner, RETIRED};
-use super::table::hash_key;
+use super::table::{hash_key, BucketHint};
 use super::{
     Config, Error, MetaDelete, MetaGet, MetaInfo, Mode, Stats, WriteOptions, SEGMENT_BYTES_MAX,
     SEGMENT_BYTES_MIN,
@@ -19,11 +19,16 @@ use super::{
 /// Most shards a cache may have.
 const SHARDS_MAX: usize = 256;
 
+/// The lock comes first: its byte then shares a cache line with the fields every operation
+/// writes (see `ShardInner`), the shard being cache-line aligned (`CachePadded`).
+#[repr(C)]
 struct Shard {
     inner: Mutex<ShardInner>,
     pins: Arc<PinTable>,
     tickets: TicketTable,
     reserved: Arc<ReserveBudget>,
+    /// Where the shard's table buckets are, read without the lock (see [`BucketHint`]).
+    hint: Arc<BucketHint>,
 }
 
 /// The bytes a shard's open reservations may hold (their value buffers live outside the
@@ -584,12 +589,14 @@ impl Cache {
                 shard_bits,
                 prefault: cfg.prefault,
             };
-            let inner = ShardInner::new(sc, expected.div_ceil(nshards), pins.clone())
+            let hint = Arc::new(BucketHint::default());
+            let inner = ShardInner::new(sc, expected.div_ceil(nshards), pins.clone(), hint.clone())
                 .map_err(|_| Error::OutOfMemory)?;
             shards.push(CachePadded::new(Shard {
                 inner: Mutex::new(inner),
                 pins,
                 tickets: TicketTable::new(),
+                hint,
                 reserved: Arc::new(ReserveBudget::new(reserve_limit)),
             }));
         }
@@ -637,6 +644,15 @@ impl Cache {
     #[inline]
     fn shard_index(&self, h: u64) -> usize {
         ((h >> 32) & self.shard_mask) as usize
+    }
+
+    /// The hash of `key`, with its home bucket prefetched: issued before the caller reads the
+    /// clock and takes the shard lock, the bucket's cache miss overlaps both.
+    #[inline(always)]
+    fn hashed(&self, key: &[u8]) -> u64 {
+        let h = hash_key(key);
+        self.shards[self.shard_index(h)].hint.prefetch(h);
+        h
     }
 
     /// `Poisoned` once a panic has unwound out of a shard's critical section (see
@@ -764,11 +780,13 @@ impl Cache {
         }
         // Checked at reserve time: the key is valid and the item within item_max.
         let (key, value) = (res.key(), res.value());
+        self.shards[self.shard_index(res.hash)].hint.prefetch(res.hash);
         self.store_hashed(key, res.hash, value, res.flags, res.expiry, mode, cas_in, opts)
     }
 
     /// One-call write (reserve, fill and commit in one): returns the new CAS. Takes nothing
     /// from the reservation allowance (the value is the caller's).
+    #[inline]
     pub fn store(
         &self,
         key: &[u8],
@@ -783,7 +801,7 @@ impl Cache {
             return Err(Error::TooLarge);
         }
         let opts = WriteOptions::default();
-        self.store_hashed(key, hash_key(key), value, flags, expiry, mode, cas_in, &opts)
+        self.store_hashed(key, self.hashed(key), value, flags, expiry, mode, cas_in, &opts)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -831,8 +849,8 @@ impl Cache {
     /// Looks up `key` and pins it. `Ok(None)` is a miss.
     pub fn get(&self, key: &[u8]) -> Result<Option<ItemRef<'_>>, Error> {
         check_key(key)?;
+        let h = self.hashed(key);
         let now = self.now();
-        let h = hash_key(key);
         let (i, mut g) = self.shard_for(h, now)?;
         Ok(g.get_pinned(key, h, now).map(|p| self.item_ref(i, p)))
     }
@@ -842,8 +860,8 @@ impl Cache {
     /// pinned) only if 4,194,304 tickets of the shard are held at once.
     pub fn get_ticketed(&self, key: &[u8]) -> Result<Option<TicketedItem>, Error> {
         check_key(key)?;
+        let h = self.hashed(key);
         let now = self.now();
-        let h = hash_key(key);
         let (i, mut g) = self.shard_for(h, now)?;
         match g.get_pinned(key, h, now) {
             Some(p) => self.ticketed(i, &mut g, p).map(Some),
@@ -859,8 +877,8 @@ impl Cache {
         expiry: u32,
     ) -> Result<Option<TicketedItem>, Error> {
         check_key(key)?;
+        let h = self.hashed(key);
         let now = self.now();
-        let h = hash_key(key);
         let (i, mut g) = self.shard_for(h, now)?;
         match g.get_and_touch(key, h, now, expiry)? {
             Some(p) => self.ticketed(i, &mut g, p).map(Some),
@@ -900,8 +918,8 @@ impl Cache {
     /// read it with a larger buffer or through [`Cache::get`].
     pub fn get_copy(&self, key: &[u8], buf: &mut [u8]) -> Result<Option<CopiedItem>, Error> {
         check_key(key)?;
+        let h = self.hashed(key);
         let now = self.now();
-        let h = hash_key(key);
         let (_, mut g) = self.shard_for(h, now)?;
         Ok(g.get_copy(key, h, now, buf).map(|(hdr, cas, copied)| CopiedItem {
             value_len: hdr.vlen,
@@ -928,8 +946,8 @@ impl Cache {
     /// Deletes `key`; `NotFound` if absent.
     pub fn delete(&self, key: &[u8]) -> Result<(), Error> {
         check_key(key)?;
+        let h = self.hashed(key);
         let now = self.now();
-        let h = hash_key(key);
         let (_, mut g) = self.shard_for(h, now)?;
         if g.delete(key, h, now) {
             Ok(())
@@ -941,8 +959,8 @@ impl Cache {
     /// Sets a new expiry on `key`, keeping value, flags and CAS; `NotFound` if absent.
     pub fn touch(&self, key: &[u8], expiry: u32) -> Result<(), Error> {
         check_key(key)?;
+        let h = self.hashed(key);
         let now = self.now();
-        let h = hash_key(key);
         let (_, mut g) = self.shard_for(h, now)?;
         g.touch(key, h, now, expiry)
     }
@@ -951,8 +969,8 @@ impl Cache {
     /// memcached, an expiry already past still returns the item this once.
     pub fn get_and_touch(&self, key: &[u8], expiry: u32) -> Result<Option<ItemRef<'_>>, Error> {
         check_key(key)?;
+        let h = self.hashed(key);
         let now = self.now();
-        let h = hash_key(key);
         let (i, mut g) = self.shard_for(h, now)?;
         Ok(g.get_and_touch(key, h, now, expiry)?.map(|p| self.item_ref(i, p)))
     }
@@ -977,8 +995,8 @@ impl Cache {
         expect_cas: u64,
     ) -> Result<(u64, u64), Error> {
         check_key(key)?;
+        let h = self.hashed(key);
         let now = self.now();
-        let h = hash_key(key);
         let (_, mut g) = self.shard_for(h, now)?;
         g.delta(key, h, now, incr, delta, expect_cas)
     }
@@ -993,8 +1011,8 @@ impl Cache {
         a: &MetaGet,
     ) -> Result<Option<(ItemRef<'_>, MetaInfo)>, Error> {
         check_key(key)?;
+        let h = self.hashed(key);
         let now = self.now();
-        let h = hash_key(key);
         let (i, mut g) = self.shard_for(h, now)?;
         Ok(g.meta_get(key, h, now, a)?.map(|(p, info)| (self.item_ref(i, p), info)))
     }
@@ -1006,8 +1024,8 @@ impl Cache {
         a: &MetaGet,
     ) -> Result<Option<(TicketedItem, MetaInfo)>, Error> {
         check_key(key)?;
+        let h = self.hashed(key);
         let now = self.now();
-        let h = hash_key(key);
         let (i, mut g) = self.shard_for(h, now)?;
         match g.meta_get(key, h, now, a)? {
             Some((p, info)) => Ok(Some((self.ticketed(i, &mut g, p)?, info))),
@@ -1019,8 +1037,8 @@ impl Cache {
     /// CAS mismatch.
     pub fn meta_delete(&self, key: &[u8], d: &MetaDelete) -> Result<(), Error> {
         check_key(key)?;
+        let h = self.hashed(key);
         let now = self.now();
-        let h = hash_key(key);
         let (_, mut g) = self.shard_for(h, now)?;
         g.meta_delete(key, h, now, d)
     }
@@ -1156,5 +1174,30 @@ impl std::fmt::Debug for Cache {
             .field("config", &self.cfg)
             .field("shards", &self.shards.len())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    /// A shard starts on a cache line with its lock, and the lock's line also holds the
+    /// fields every get and set writes (`ShardInner`'s leading fields): on two cores taking
+    /// turns on a shard, one line moves per operation, not two or three.
+    #[test]
+    fn hot_fields_share_the_lock_line() {
+        let cache = Cache::new(Config { heap_bytes: 4 << 20, ..Config::default() }).unwrap();
+        assert_eq!(std::mem::offset_of!(Shard, inner), 0);
+        for shard in cache.shards.iter() {
+            let base = &**shard as *const Shard as usize;
+            assert_eq!(base % 64, 0, "shard not line-aligned");
+            let g = shard.inner.lock();
+            let data = &*g as *const ShardInner as usize - base;
+            assert!(data <= 8, "shard data at {data}: the lock is not in front of it");
+            let last_hot = data
+                + std::mem::offset_of!(ShardInner, counters)
+                + std::mem::offset_of!(super::super::shard::Counters, sets);
+            assert!(last_hot + 8 <= 64, "hot fields end at {}", last_hot + 8);
+        }
     }
 }

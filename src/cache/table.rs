@@ -10,7 +10,9 @@
 //! would pass 93%: the shard rebuilds it from its segments (a pause proportional to the
 //! shard's items, which a correctly sized table never takes).
 
-use super::memory::advise_huge_pages;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::memory::{advise_huge_pages, prefetch};
 
 /// Hash of a key (a folded-multiply hash written for this store; keys are short).
 pub(crate) fn hash_key(key: &[u8]) -> u64 {
@@ -84,6 +86,38 @@ impl Record {
 struct Bucket([u64; 8]);
 
 /// Where a record sits, for updating or removing it.
+/// The home bucket of hash `h` in a table of `n` buckets.
+#[inline(always)]
+fn home_of(h: u64, n: usize) -> usize {
+    (((h & 0xffff_ffff) * n as u64) >> 32) as usize
+}
+
+/// Where a shard's table keeps its buckets, readable without the shard lock: an operation
+/// prefetches its key's home bucket before it takes the lock, so that memory access overlaps
+/// any wait for the lock instead of lengthening the time the lock is held. Published under the
+/// lock whenever the table is replaced. A reader may see the old table's address, or the new
+/// address with the old count: it only ever prefetches, which is harmless at any address.
+#[derive(Default)]
+pub(crate) struct BucketHint {
+    base: AtomicUsize,
+    count: AtomicUsize,
+}
+
+impl BucketHint {
+    pub fn publish(&self, t: &Table) {
+        self.base.store(t.buckets.as_ptr() as usize, Ordering::Relaxed);
+        self.count.store(t.buckets.len(), Ordering::Relaxed);
+    }
+
+    /// Prefetches the home bucket of hash `h`.
+    #[inline(always)]
+    pub fn prefetch(&self, h: u64) {
+        let base = self.base.load(Ordering::Relaxed);
+        let home = home_of(h, self.count.load(Ordering::Relaxed));
+        prefetch(base.wrapping_add(home.wrapping_mul(std::mem::size_of::<Bucket>())));
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Slot {
     bucket: u32,
@@ -185,7 +219,7 @@ impl Table {
 
     #[inline]
     fn home(&self, h: u64) -> usize {
-        (((h & 0xffff_ffff) * self.buckets.len() as u64) >> 32) as usize
+        home_of(h, self.buckets.len())
     }
 
     #[inline]
