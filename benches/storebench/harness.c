@@ -245,6 +245,84 @@ static int allowed_cpus(int *out, int cap)
 	return n;
 }
 
+struct relay {
+	_Alignas(128) uint64_t turn; /* whose turn: even = the first thread's, odd = the second's */
+	_Alignas(128) uint64_t trips;
+	int cpu[2];
+	pthread_barrier_t start;
+	uint64_t ns; /* measured by the first thread */
+	int failed;
+};
+
+struct relay_arg {
+	struct relay *r;
+	int side;
+};
+
+static void *relay_run(void *arg)
+{
+	struct relay_arg *a = arg;
+	struct relay *r = a->r;
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(r->cpu[a->side], &set);
+	if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set) != 0)
+		__atomic_store_n(&r->failed, 1, __ATOMIC_RELAXED);
+	pthread_barrier_wait(&r->start);
+	if (__atomic_load_n(&r->failed, __ATOMIC_RELAXED))
+		return NULL;
+	uint64_t t0 = now_ns();
+	for (uint64_t k = 0; k < r->trips; k++) {
+		uint64_t mine = 2 * k + (uint64_t)a->side;
+		while (__atomic_load_n(&r->turn, __ATOMIC_ACQUIRE) != mine)
+			__builtin_ia32_pause();
+		__atomic_store_n(&r->turn, mine + 1, __ATOMIC_RELEASE);
+	}
+	if (a->side == 0)
+		r->ns = now_ns() - t0;
+	return NULL;
+}
+
+double harness_line_transfer_ns(uint64_t round_trips)
+{
+	int cpus[256];
+	if (round_trips == 0 || allowed_cpus(cpus, 256) < 2)
+		return -1;
+	struct relay *r = aligned_alloc(128, sizeof(*r));
+	if (!r)
+		return -1;
+	memset(r, 0, sizeof(*r));
+	r->trips = round_trips;
+	r->cpu[0] = cpus[0];
+	r->cpu[1] = cpus[1];
+	if (pthread_barrier_init(&r->start, NULL, 2) != 0) {
+		free(r);
+		return -1;
+	}
+	struct relay_arg args[2] = { { r, 0 }, { r, 1 } };
+	pthread_t tid[2];
+	if (pthread_create(&tid[0], NULL, relay_run, &args[0]) != 0) {
+		pthread_barrier_destroy(&r->start);
+		free(r);
+		return -1;
+	}
+	if (pthread_create(&tid[1], NULL, relay_run, &args[1]) != 0) {
+		/* The first thread waits at the barrier for a partner that never comes: be it. */
+		__atomic_store_n(&r->failed, 1, __ATOMIC_RELAXED);
+		pthread_barrier_wait(&r->start);
+		pthread_join(tid[0], NULL);
+		pthread_barrier_destroy(&r->start);
+		free(r);
+		return -1;
+	}
+	pthread_join(tid[0], NULL);
+	pthread_join(tid[1], NULL);
+	pthread_barrier_destroy(&r->start);
+	double ns = r->failed ? -1 : (double)r->ns / (2.0 * (double)round_trips);
+	free(r);
+	return ns;
+}
+
 int harness_run(const struct harness_params *p, struct harness_result *r, char *err, size_t errlen)
 {
 	memset(r, 0, sizeof(*r));

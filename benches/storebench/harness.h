@@ -63,4 +63,12 @@ struct harness_result {
 /* Returns 0, or -1 with a message in err (setup failed, out of memory, threads). */
 int harness_run(const struct harness_params *p, struct harness_result *r, char *err, size_t errlen);
 
+/* The one-way time, in ns, of handing one cache line back and forth between the first two CPUs
+ * of the process's affinity set (two threads pinned there take turns writing it,
+ * `round_trips` times each): what a lock or counter written by both threads costs each time
+ * it changes hands. On a VM it depends on where the host runs the virtual CPUs at the time
+ * (sharing a cache or not), which is why the 2-thread figures are reported with it. -1 with
+ * fewer than two CPUs, or when the threads cannot be pinned. */
+double harness_line_transfer_ns(uint64_t round_trips);
+
 #endif

@@ -39,5 +39,6 @@
 #define storage_stats_items STOREBENCH_CAT(STOREBENCH_PREFIX, storage_stats_items)
 #define storage_stats_slabs STOREBENCH_CAT(STOREBENCH_PREFIX, storage_stats_slabs)
 #define harness_run STOREBENCH_CAT(STOREBENCH_PREFIX, harness_run)
+#define harness_line_transfer_ns STOREBENCH_CAT(STOREBENCH_PREFIX, harness_line_transfer_ns)
 
 #endif

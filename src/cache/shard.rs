@@ -690,11 +690,26 @@ impl ShardInner {
         cas_in: u64,
         opts: &WriteOptions,
     ) -> Result<u64, Error> {
-        let existing = self.lookup(key, h, now);
-        let prior = existing.as_ref().map_or(Prior::Absent, Prior::of);
         let explicit = if opts.new_cas != 0 { Some(opts.new_cas) } else { None };
         let mut marks =
             Marks { fetched: false, meta: if opts.key_binary { META_KEY_BINARY } else { 0 } };
+        if mode == Mode::Set {
+            // A plain set stores whatever the key holds now, so the item is appended first and
+            // the key looked up after: the append's work (all in the open segment, in cache)
+            // then overlaps the load of the key's table bucket, prefetched before the lock was
+            // taken, instead of waiting behind it. The new item is not linked yet, so the
+            // lookup finds only the current one (wherever eviction during the append left it).
+            if item_size(key.len(), value.len()) > self.cfg.item_max {
+                return Err(Error::TooLarge);
+            }
+            let (seg, off, cas) =
+                self.append_item(now, key, &[value], flags, expiry, explicit, true, marks)?;
+            let prior = self.lookup(key, h, now).as_ref().map_or(Prior::Absent, Prior::of);
+            self.link(key, h, seg, off, prior);
+            return Ok(cas);
+        }
+        let existing = self.lookup(key, h, now);
+        let prior = existing.as_ref().map_or(Prior::Absent, Prior::of);
         let (seg, off, cas) = match mode {
             Mode::Set | Mode::Add | Mode::Replace | Mode::Cas => {
                 let mut expiry = expiry;

@@ -155,6 +155,9 @@ fn built() -> Vec<(&'static str, Option<&'static str>)> {
     ]
 }
 
+/// Round trips of the cache line handoff measurement (about 10-70 ms).
+const HANDOFF_TRIPS: u64 = 100_000;
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
@@ -341,7 +344,19 @@ fn main() {
         .collect();
     let mut problems: Vec<Option<String>> = stores.iter().map(|s| s.1.map(String::from)).collect();
     let mut samples: Vec<u64> = Vec::with_capacity((p.ops / p.sample_every as u64 + 1) as usize);
+    // Per round, the cost of handing a cache line between the two CPUs the threads run on:
+    // on a VM it changes with where the host puts the virtual CPUs, and the 2-thread figures
+    // change with it.
+    let mut handoff: Vec<f64> = Vec::new();
+    let measure_handoff = p.threads.iter().any(|&t| t > 1);
     for round in 0..p.rounds {
+        if measure_handoff {
+            // SAFETY: a plain C function without pointer arguments.
+            let ns = unsafe { slab::slab_harness_line_transfer_ns(HANDOFF_TRIPS) };
+            if ns > 0.0 {
+                handoff.push(ns);
+            }
+        }
         for (ti, &threads) in p.threads.iter().enumerate() {
             for k in 0..runnable.len() {
                 let name = runnable[(k + round) % runnable.len()];
@@ -380,6 +395,15 @@ fn main() {
         if p.prealloc { "preallocated (-L, both stores)" } else { "faulted in by the writes" },
         p.rounds
     );
+    if !handoff.is_empty() {
+        let lo = handoff.iter().cloned().fold(f64::INFINITY, f64::min);
+        let hi = handoff.iter().cloned().fold(0.0, f64::max);
+        println!(
+            "   cache line handoff between the first two CPUs: {:.1} ns (median of {} rounds, {lo:.1}-{hi:.1}); every line both threads write costs this when it changes hands",
+            median(handoff.clone()),
+            handoff.len()
+        );
+    }
     println!(
         "{:<8} {:>3} {:>10} {:>10} {:>10} {:>11} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>9}",
         "store", "thr", "set ns/op", "get ns/op", "mix ns/op", "mix Mops/s", "x slab", "x 1 thr",
@@ -481,10 +505,11 @@ fn main() {
     let json = format!(
         "{{\n  \"stores\": [\n{}\n  ],\n  \"params\": {{\"keys\": {}, \"key_size\": {}, \"value_size\": {}, \"get_percent\": {}, \"ops\": {}, \
          \"mem_mb\": {}, \"rounds\": {}, \"sample_every\": {}, \"threads\": [{}], \"popularity\": \"{}\", \"zipf_s\": {}, \"read\": \"{}\", \"write\": \"{}\", \"hashpower\": {}, \"prealloc\": {}}},\n  \
-         \"note\": \"ns_per_op: wall time per operation (over all threads); cpu_ns_per_op: CPU time of the benchmark threads per operation \
+         \"line_handoff_ns\": {{\"median\": {}, \"rounds\": [{}]}},\n  \"note\": \"ns_per_op: wall time per operation (over all threads); cpu_ns_per_op: CPU time of the benchmark threads per operation \
          (leaves out time spent waiting for a CPU on a shared machine); ratio_to_slab / cpu_ratio_to_slab: the slab store's figure over \
          this store's at the same thread count (above 1: faster than slab); mix_scaling_to_1_thread: this store's mix throughput over \
-         its own 1-thread figure\"\n}}\n",
+         its own 1-thread figure; line_handoff_ns: one-way time of handing a cache line between the first two CPUs, measured before each round \
+         (null/empty with one thread)\"\n}}\n",
         rows.join(",\n"),
         p.keys,
         p.key_size,
@@ -501,6 +526,8 @@ fn main() {
         if p.write_reserve { "reserve" } else { "store" },
         p.hashpower(),
         p.prealloc,
+        if handoff.is_empty() { "null".to_string() } else { format!("{:.1}", median(handoff.clone())) },
+        handoff.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(", "),
     );
     if let Some(path) = &p.json {
         if let Err(e) = std::fs::write(path, &json) {
