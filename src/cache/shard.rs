@@ -91,29 +91,40 @@ enum SegState {
 }
 
 /// Metadata of one segment (kept outside the segment's bytes).
+///
+/// A lookup reads the segment's generation and expiry base, set when the segment is opened;
+/// every append and every overwrite or delete of one of its items writes the offset and live
+/// counts. The two groups are kept on different cache lines (`repr(C)`, line-aligned), so a
+/// read on one core does not have to fetch a line that writes on the other core keep taking
+/// away.
+#[repr(C, align(64))]
 struct SegMeta {
-    state: SegState,
+    // Set when the segment is opened (and on chain changes: prev/next, once a second: exp_max).
     /// Write generation: unique per opening of a segment in this cache (CAS derivation).
     gen: u64,
-    write_off: u32,
-    live_items: u32,
-    live_bytes: u32,
+    /// Creation order, for FIFO eviction.
+    seq: u64,
     /// Expiry of the first item; items store only their difference to it.
     exp_base: u32,
     /// Latest expiry of any item (0 = some item never expires).
     exp_max: u32,
-    bucket: u16,
     prev: u32,
     next: u32,
-    /// Creation order, for FIFO eviction.
-    seq: u64,
+    bucket: u16,
+    state: SegState,
+    /// Fills the first cache line (`tests::seg_meta_lines` checks the offsets).
+    _line: [u8; 29],
+    // Written by appends and item removals, from the second cache line on.
+    write_off: u32,
+    live_items: u32,
+    live_bytes: u32,
+    n_write_times: u8,
     /// When the items from each offset on were written: (offset, store time), ascending, one
     /// entry per second in which the segment was written to. An item's write time is that of
     /// the last entry at or before its offset; when the array is full every other entry is
     /// dropped, so a segment written over a long time tells write times more coarsely (an
     /// item then reads as written earlier than it was, never later).
     write_times: [(u32, u32); WRITE_TIMES],
-    n_write_times: u8,
 }
 
 const WRITE_TIMES: usize = 8;
@@ -133,6 +144,7 @@ impl SegMeta {
             next: NONE,
             seq: 0,
             write_times: [(0, 0); WRITE_TIMES],
+            _line: [0; 29],
             n_write_times: 0,
         }
     }
@@ -333,7 +345,7 @@ impl ShardInner {
     #[inline(always)]
     fn header_at(&self, seg: u32, off: u32) -> ItemHeader {
         let m = &self.mem[seg as usize];
-        let avail = (self.segs[seg as usize].write_off - off) as usize;
+        let avail = self.cfg.segment_bytes - off as usize;
         let buf = m.read(off as usize, avail.min(HEADER_MAX));
         decode_header(buf, self.segs[seg as usize].exp_base).expect("corrupt item header")
     }
@@ -355,19 +367,22 @@ impl ShardInner {
 
     /// The header of the item at (`seg`, `off`) if that item's key is `key`. The header and
     /// the key are read as one window of the segment, and a key of another length is told
-    /// apart by the header's first byte, before the rest is decoded.
+    /// apart by the header's first byte, before the rest is decoded. The window ends at the
+    /// segment's end, not at its write offset (the item is whole before it; what follows it
+    /// is not read unless the header says so): so a lookup reads nothing of the segment's
+    /// metadata that appends keep changing.
     #[inline(always)]
     fn header_if_key(&self, seg: u32, off: u32, key: &[u8]) -> Option<ItemHeader> {
         let m = &self.mem[seg as usize];
         let meta = &self.segs[seg as usize];
-        let avail = (meta.write_off - off) as usize;
+        let avail = self.cfg.segment_bytes - off as usize;
         let buf = m.read(off as usize, avail.min(HEADER_MAX + key.len()));
         if usize::from(*buf.first()?) != key.len() {
             return None;
         }
         let hdr = decode_header(buf, meta.exp_base).expect("corrupt item header");
         let stored = buf.get(hdr.header_len..hdr.header_len + hdr.klen);
-        (stored.expect("item key past its segment's written bytes") == key).then_some(hdr)
+        (stored.expect("item key past its segment's end") == key).then_some(hdr)
     }
 
     /// Finds the live record for `key`; an expired one is unlinked and reported absent.
@@ -1322,6 +1337,19 @@ mod tests {
 
     /// The fields every operation touches lead `ShardInner`, within 56 bytes (the lock's
     /// word takes the first 8 of the shard's line; see `store::layout_tests`).
+    /// What lookups read of a segment's metadata is on its first cache line; what appends and
+    /// removals write starts on the second.
+    #[test]
+    fn seg_meta_lines() {
+        use std::mem::{align_of, offset_of, size_of};
+        assert_eq!(align_of::<SegMeta>(), 64);
+        assert!(offset_of!(SegMeta, gen) + 8 <= 64 && offset_of!(SegMeta, exp_base) + 4 <= 64);
+        assert!(offset_of!(SegMeta, state) < 64);
+        assert_eq!(offset_of!(SegMeta, write_off), 64);
+        assert!(offset_of!(SegMeta, live_items) >= 64 && offset_of!(SegMeta, live_bytes) >= 64);
+        assert_eq!(size_of::<SegMeta>(), 192);
+    }
+
     #[test]
     fn hot_fields_lead() {
         use std::mem::offset_of;
