@@ -786,7 +786,7 @@ impl Cache {
 
     /// One-call write (reserve, fill and commit in one): returns the new CAS. Takes nothing
     /// from the reservation allowance (the value is the caller's).
-    #[inline]
+    #[inline(always)]
     pub fn store(
         &self,
         key: &[u8],
