@@ -158,8 +158,9 @@ impl SegmentMemory {
     #[inline]
     pub(crate) fn read(&self, off: usize, len: usize) -> &[u8] {
         assert!(off <= self.len && len <= self.len - off, "segment read out of bounds");
-        // SAFETY: in bounds; these bytes were written before and are not written while this
-        // borrow (tied to `&self`, hence to the held lock) lives (rule 1).
+        // SAFETY: in bounds; the mapping is initialised (zero-filled, or bytes written
+        // before: a window may reach past the write offset), and none of these bytes is
+        // written while this borrow (tied to `&self`, hence to the held lock) lives (rule 1).
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(off), len) }
     }
 
@@ -183,9 +184,9 @@ pub(crate) fn copy_into(dst: &mut [u8], src: &[u8]) {
     unsafe { copy_bytes(src.as_ptr(), dst.as_mut_ptr(), src.len()) }
 }
 
-/// Copies `n` bytes from `src` to `dst`: up to 128 bytes as two fixed-size moves of the
-/// largest power of two not above `n` (from the start and to the end, overlapping in the
-/// middle), longer runs through `copy_nonoverlapping` (`memcpy`).
+/// Copies `n` bytes from `src` to `dst`: 1-3 bytes one by one, 4-128 bytes as two moves of
+/// `N` bytes with `N <= n <= 2N` (from the start and to the end, overlapping in the middle),
+/// longer runs through `copy_nonoverlapping` (`memcpy`).
 ///
 /// # Safety
 /// `src` valid for `n` byte reads, `dst` for `n` byte writes, the ranges not overlapping.

@@ -99,7 +99,8 @@ enum SegState {
 /// away.
 #[repr(C, align(64))]
 struct SegMeta {
-    // Set when the segment is opened (and on chain changes: prev/next, once a second: exp_max).
+    // Set when the segment is opened (and rarely after: prev/next on chain changes, exp_max
+    // when an item expiring later than all before it is appended).
     /// Write generation: unique per opening of a segment in this cache (CAS derivation).
     gen: u64,
     /// Creation order, for FIFO eviction.
@@ -619,11 +620,12 @@ impl ShardInner {
     }
 
     /// Links a freshly appended item for `key`, replacing (and killing) any current one.
-    /// `prior` is what a lookup just before the append found: with `Prior::Absent` the key
-    /// is known not to be in the table (the append may evict or move other items, never add
-    /// this key), so its record is inserted without a probe; with `Prior::At` the found
-    /// record is replaced in place if the append left it where it was, and is looked up again
-    /// only if eviction moved it or rebuilt the table.
+    /// `prior` is what a lookup found, just before the append or (for a plain set) just after
+    /// it, the new item not being linked yet: with `Prior::Absent` the key is known not to be
+    /// in the table (an append may evict or move other items, never add this key), so its
+    /// record is inserted without a probe; with `Prior::At` the found record is replaced in
+    /// place if it is still where it was, and is looked up again only if eviction moved it or
+    /// rebuilt the table.
     fn link(&mut self, key: &[u8], h: u64, seg: u32, off: u32, prior: Prior) {
         let rec = Record::new(tag_of(h), seg, off);
         self.counters.sets += 1;
@@ -713,7 +715,11 @@ impl ShardInner {
             // the key looked up after: the append's work (all in the open segment, in cache)
             // then overlaps the load of the key's table bucket, prefetched before the lock was
             // taken, instead of waiting behind it. The new item is not linked yet, so the
-            // lookup finds only the current one (wherever eviction during the append left it).
+            // lookup finds only the current one, wherever eviction during the append left it.
+            // One difference from looking up first: an expired current item is still linked
+            // during the append, so if its segment is the one evicted it is reclaimed there
+            // (counted as an expiration all the same, see `evict`), and under merge eviction
+            // it still counts in its segment's live bytes when the victim is chosen.
             if item_size(key.len(), value.len()) > self.cfg.item_max {
                 return Err(Error::TooLarge);
             }
@@ -1177,6 +1183,7 @@ impl ShardInner {
             }
         }
         let n = live.len() as u64;
+        let expired = live.iter().filter(|l| l.2.expiry != 0 && l.2.expiry <= now).count() as u64;
         for (_, off, hdr, h, slot) in live {
             self.unlink(slot, h, Record::new(0, seg, off), &hdr);
         }
@@ -1192,7 +1199,10 @@ impl ShardInner {
                 merged += 1;
             }
         }
-        self.counters.evicted_items += n - merged;
+        // Items already past their expiry were not lost to eviction: they count as
+        // expirations, as if the per-second sweep or a lookup had reclaimed them first.
+        self.counters.evicted_items += n - merged - expired;
+        self.counters.expirations += expired;
         self.counters.merged_items += merged;
     }
 
@@ -1335,8 +1345,6 @@ pub(crate) fn parse_memcached_u64(v: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
 
-    /// The fields every operation touches lead `ShardInner`, within 56 bytes (the lock's
-    /// word takes the first 8 of the shard's line; see `store::layout_tests`).
     /// What lookups read of a segment's metadata is on its first cache line; what appends and
     /// removals write starts on the second.
     #[test]
@@ -1350,6 +1358,8 @@ mod tests {
         assert_eq!(size_of::<SegMeta>(), 192);
     }
 
+    /// The fields every operation touches lead `ShardInner`, within 56 bytes (the lock's
+    /// word takes the first 8 of the shard's line; see `store::layout_tests`).
     #[test]
     fn hot_fields_lead() {
         use std::mem::offset_of;
@@ -1365,6 +1375,55 @@ mod tests {
         assert!(hot.iter().all(|&o| o + 8 <= 56), "hot fields at {hot:?}");
         assert!(offset_of!(ShardInner, table) >= 64);
         assert!(offset_of!(ShardInner, ticket_cursor) > offset_of!(ShardInner, gen_counter));
+    }
+
+    /// A shard of two 4 KiB segments with FIFO eviction.
+    fn two_segment_shard() -> ShardInner {
+        let cfg = ShardConfig {
+            segment_bytes: 4096,
+            max_segments: 2,
+            item_max: 2048,
+            cas: true,
+            eviction: Eviction::Fifo,
+            shard_index: 0,
+            shard_bits: 0,
+            prefault: false,
+        };
+        let pins = Arc::new(PinTable::new(2));
+        ShardInner::new(cfg, 64, pins, Arc::new(BucketHint::default())).unwrap()
+    }
+
+    /// A set whose append evicts the segment holding the key's expired item: the item is
+    /// reclaimed by the eviction (a plain set appends before it looks the key up) and counts
+    /// as an expiration, not an eviction, as when the lookup came first; the new value is
+    /// what a read finds, and the unexpired neighbour is counted as evicted.
+    #[test]
+    fn set_over_an_expired_item_in_the_evicted_segment() {
+        let mut s = two_segment_shard();
+        let o = WriteOptions::default();
+        let v = vec![7u8; 1500];
+        let now = 1000;
+        let set = |s: &mut ShardInner, k: &[u8], v: &[u8], e: u32, now: u32| {
+            s.store(now, k, hash_key(k), v, 0, e, Mode::Set, 0, &o)
+        };
+        // Segment 0: K (expires at now + 2) and J (now + 5); segment 1: A and B, no expiry.
+        set(&mut s, b"K", &v, now + 2, now).unwrap();
+        set(&mut s, b"J", &v, now + 5, now).unwrap();
+        set(&mut s, b"A", &v, 0, now).unwrap();
+        set(&mut s, b"B", &v, 0, now).unwrap();
+        let later = now + 3;
+        s.expire(later);
+        assert_eq!(s.counters.evictions, 0);
+        // No room in segment 1 and no free segment: segment 0 is evicted for this write.
+        set(&mut s, b"K", &[9u8; 1500], 0, later).unwrap();
+        assert_eq!(s.counters.evictions, 1);
+        assert_eq!(s.counters.expirations, 1, "K had expired");
+        assert_eq!(s.counters.evicted_items, 1, "J had not");
+        let mut buf = [0u8; 2048];
+        let (hdr, _, copied) = s.get_copy(b"K", hash_key(b"K"), later, &mut buf).unwrap();
+        assert!(copied && hdr.vlen == 1500 && buf[..1500].iter().all(|&b| b == 9));
+        assert!(s.get_copy(b"J", hash_key(b"J"), later, &mut buf).is_none());
+        assert_eq!(s.live_kv, 3 * (1 + 1500));
     }
 
     #[test]

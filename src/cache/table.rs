@@ -85,7 +85,6 @@ impl Record {
 #[repr(C, align(64))]
 struct Bucket([u64; 8]);
 
-/// Where a record sits, for updating or removing it.
 /// The home bucket of hash `h` in a table of `n` buckets.
 #[inline(always)]
 fn home_of(h: u64, n: usize) -> usize {
@@ -118,6 +117,7 @@ impl BucketHint {
     }
 }
 
+/// Where a record sits, for updating or removing it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Slot {
     bucket: u32,
