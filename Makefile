@@ -328,7 +328,8 @@ test-fuzz:
 # uses after free, leaks and data races fail the run. Not part of make test: about 1.5 min warm
 # on a loaded machine, plus about 2 min to build the Miri sysroot and crates from cold.
 MIRI_TESTS := ffi::boundary ffi::status ffi::version ffi::engine::tests::defaults \
-	cache::item cache::table::tests cache::shard::tests cache::memory::tests cache::pin_word \
+	cache::item cache::table::tests cache::shard::tests cache::memory::tests cache::shard_lock \
+	cache::pin_word \
 	engine::conn \
 	proto::ping xdp::packet
 .PHONY: miri

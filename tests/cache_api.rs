@@ -445,3 +445,32 @@ fn the_default_allowance_is_a_quarter_of_the_heap_with_one_largest_item_per_shar
     drop((r, small));
     assert_eq!(c.reserved_bytes(), 0);
 }
+
+/// Copying reads of items read before (served by the shard's shared readers) still honour
+/// expiry, a delayed flush_all and deletes, and are counted once each.
+#[test]
+fn repeated_copy_reads_honour_expiry_flush_and_delete() {
+    let c = small();
+    let mut buf = [0u8; 64];
+    c.set(b"ttl", b"v1", 0, T0 + 5).unwrap();
+    c.set(b"keep", b"v2", 0, 0).unwrap();
+    c.set(b"gone", b"v3", 0, 0).unwrap();
+    for _ in 0..3 {
+        assert_eq!(c.get_copy(b"ttl", &mut buf).unwrap().unwrap().value_len, 2);
+        assert!(c.get_copy(b"keep", &mut buf).unwrap().is_some());
+        assert!(c.get_copy(b"gone", &mut buf).unwrap().is_some());
+    }
+    assert!(c.get_copy(b"absent", &mut buf).unwrap().is_none());
+    c.delete(b"gone").unwrap();
+    assert!(c.get_copy(b"gone", &mut buf).unwrap().is_none());
+    c.set_time(T0 + 5).unwrap();
+    assert!(c.get_copy(b"ttl", &mut buf).unwrap().is_none(), "expired at T0 + 5");
+    assert!(c.get_copy(b"keep", &mut buf).unwrap().is_some());
+    c.flush_all(2).unwrap();
+    assert!(c.get_copy(b"keep", &mut buf).unwrap().is_some(), "the flush is not due yet");
+    c.set_time(T0 + 7).unwrap();
+    assert!(c.get_copy(b"keep", &mut buf).unwrap().is_none(), "flushed at T0 + 7");
+    let st = c.stats();
+    assert_eq!(st.hits, 3 * 3 + 2, "hits");
+    assert_eq!(st.misses, 4, "misses");
+}

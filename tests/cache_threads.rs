@@ -160,6 +160,76 @@ fn readers_never_see_torn_values() {
     assert!(reads.load(Ordering::Relaxed) >= 200_000, "both readers ran to the end");
 }
 
+/// Copying reads (which share the shard with other readers and take the writer's side only
+/// when they must) against writers that replace, delete and evict, in a heap of 32 segments
+/// and a table sized for 16 items (so it also grows while readers read): every value a read
+/// copies is whole and the key's own; the hit and miss counts add up.
+#[test]
+fn copying_readers_never_see_torn_values_through_eviction_and_growth() {
+    for eviction in [Eviction::Fifo, Eviction::Merge] {
+        let c = Cache::new(Config {
+            heap_bytes: 2 << 20,
+            segment_bytes: 64 << 10,
+            item_max: 64 << 10,
+            expected_items: 16,
+            eviction,
+            ..Config::default()
+        })
+        .unwrap();
+        let stop = AtomicBool::new(false);
+        let (hits, misses) = (AtomicU64::new(0), AtomicU64::new(0));
+        let nkeys = 400u64;
+        thread::scope(|s| {
+            for w in 0..2u64 {
+                let (c, stop) = (&c, &stop);
+                s.spawn(move || {
+                    let mut seq = w;
+                    while !stop.load(Ordering::Relaxed) {
+                        let tag = (seq * 7919) % nkeys;
+                        let key = format!("copy{tag}");
+                        if seq % 13 == 0 {
+                            let _ = c.delete(key.as_bytes());
+                        } else {
+                            let v = make_value(tag, seq, 20 + (seq as usize * 104_729) % 3000);
+                            c.set(key.as_bytes(), &v, 0, 0).unwrap();
+                        }
+                        seq += 2;
+                    }
+                });
+            }
+            for r in 0..2u64 {
+                let (c, stop, hits, misses) = (&c, &stop, &hits, &misses);
+                s.spawn(move || {
+                    let mut buf = vec![0u8; 4096];
+                    let mut i = r + 1;
+                    for _ in 0..100_000 {
+                        let tag = i % nkeys;
+                        match c.get_copy(format!("copy{tag}").as_bytes(), &mut buf).unwrap() {
+                            Some(got) => {
+                                assert!(got.copied, "every value fits the buffer");
+                                check_value(tag, &buf[..got.value_len]).unwrap();
+                                hits.fetch_add(1, Ordering::Relaxed);
+                            }
+                            None => {
+                                misses.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        i = i.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407)
+                            >> 1;
+                    }
+                    stop.store(true, Ordering::Relaxed);
+                });
+            }
+        });
+        let (h, m) = (hits.load(Ordering::Relaxed), misses.load(Ordering::Relaxed));
+        assert_eq!(h + m, 200_000);
+        assert!(h > 0, "some reads hit");
+        let st = c.stats();
+        assert_eq!((st.hits, st.misses), (h, m), "the store counted every read once");
+        assert!(st.table_grows > 0 && st.evictions > 0, "the table grew and segments were evicted");
+    }
+}
+
 #[test]
 fn pinned_items_stay_intact_through_replace_delete_flush_and_eviction() {
     for eviction in [Eviction::Fifo, Eviction::Merge] {

@@ -1,7 +1,8 @@
 //! The bytes of one segment, shared between the writer (under the shard lock) and pinned
 //! readers (without it).
 //!
-//! This is the one place in the cache that needs `unsafe`: a pinned item hands out its value
+//! This is one of the two places in the cache with `unsafe` (the other is `shard_lock`, the
+//! shard's reader-writer lock): a pinned item hands out its value
 //! bytes to a reader on another thread while the shard keeps appending other items to the
 //! same segment. Safe Rust cannot express "these byte ranges are disjoint and written once",
 //! so the segment memory is a raw allocation and the invariants below are upheld by the shard:

@@ -43,6 +43,7 @@ mod memory;
 mod pin_word;
 mod recycle;
 mod shard;
+mod shard_lock;
 mod store;
 mod table;
 

@@ -3,13 +3,14 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use super::shard_lock::{ShardLock, WriteGuard};
 use crossbeam_utils::CachePadded;
-use parking_lot::{Mutex, MutexGuard};
 
 use super::clock::Clock;
+use super::item::ItemHeader;
 use super::item::KEY_MAX;
 use super::memory::pinned_slice;
-use super::shard::{item_size, PinTable, PinnedParts, ShardConfig, ShardInner, RETIRED};
+use super::shard::{item_size, PinTable, PinnedParts, ShardConfig, ShardInner, SharedGet, RETIRED};
 use super::table::{hash_key, BucketHint};
 use super::{
     Config, Error, MetaDelete, MetaGet, MetaInfo, Mode, Stats, WriteOptions, SEGMENT_BYTES_MAX,
@@ -19,11 +20,11 @@ use super::{
 /// Most shards a cache may have.
 const SHARDS_MAX: usize = 256;
 
-/// The lock comes first: its byte then shares a cache line with the fields every operation
-/// writes (see `ShardInner`), the shard being cache-line aligned (`CachePadded`).
+/// The lock comes first: the writer's mutex and flag then share a cache line with the fields
+/// every write changes (see `ShardInner`), the shard being cache-line aligned (`CachePadded`).
 #[repr(C)]
 struct Shard {
-    inner: Mutex<ShardInner>,
+    inner: ShardLock<ShardInner>,
     pins: Arc<PinTable>,
     tickets: TicketTable,
     reserved: Arc<ReserveBudget>,
@@ -218,7 +219,7 @@ pub struct Cache {
 
 /// A locked shard. Unlocking it while a panic unwinds poisons the cache.
 struct ShardGuard<'c> {
-    g: MutexGuard<'c, ShardInner>,
+    g: WriteGuard<'c, ShardInner>,
     poisoned: &'c AtomicBool,
 }
 
@@ -422,7 +423,7 @@ impl<'c> ItemRef<'c> {
     pub fn into_ticket(self) -> Result<PinTicket, Error> {
         let t = self.token;
         let shard = &self.cache.shards[t.shard as usize];
-        let issued = shard.tickets.issue(&mut shard.inner.lock().ticket_cursor, t.segment);
+        let issued = shard.tickets.issue(&mut shard.inner.write().ticket_cursor, t.segment);
         let (slot, generation) = issued.ok_or(Error::OutOfMemory)?;
         std::mem::forget(self);
         Ok(PinTicket { shard: t.shard, slot, generation })
@@ -593,7 +594,7 @@ impl Cache {
             let inner = ShardInner::new(sc, expected.div_ceil(nshards), pins.clone(), hint.clone())
                 .map_err(|_| Error::OutOfMemory)?;
             shards.push(CachePadded::new(Shard {
-                inner: Mutex::new(inner),
+                inner: ShardLock::new(inner),
                 pins,
                 tickets: TicketTable::new(),
                 hint,
@@ -668,7 +669,7 @@ impl Cache {
     /// Locks shard `i`; a panic before the guard is dropped poisons the cache.
     #[inline]
     fn lock_shard(&self, i: usize) -> ShardGuard<'_> {
-        ShardGuard { g: self.shards[i].inner.lock(), poisoned: &self.poisoned }
+        ShardGuard { g: self.shards[i].inner.write(), poisoned: &self.poisoned }
     }
 
     /// Locks the shard of hash `h`, applying a due flush_all and eager expiry first;
@@ -920,6 +921,27 @@ impl Cache {
         check_key(key)?;
         let h = self.hashed(key);
         let now = self.now();
+        self.check()?;
+        // First as one of the shard's readers (no line another core writes on every get); the
+        // writer's side when a writer is in, or when the get must change the shard.
+        if let Some(r) = self.shards[self.shard_index(h)].inner.try_read() {
+            let f = self.flush.load(Ordering::Acquire);
+            let flush_due = (f >> 32) as u32 != r.flush_epoch && now >= f as u32;
+            if !flush_due {
+                let copied = |hdr: ItemHeader, cas: u64, copied: bool| CopiedItem {
+                    value_len: hdr.vlen,
+                    flags: hdr.flags,
+                    cas,
+                    expiry: hdr.expiry,
+                    copied,
+                };
+                match r.get_copy_shared(key, h, now, buf, r.slot()) {
+                    SharedGet::Found(hdr, cas, c) => return Ok(Some(copied(hdr, cas, c))),
+                    SharedGet::Miss => return Ok(None),
+                    SharedGet::NeedsWriter => {}
+                }
+            }
+        }
         let (_, mut g) = self.shard_for(h, now)?;
         Ok(g.get_copy(key, h, now, buf).map(|(hdr, cas, copied)| CopiedItem {
             value_len: hdr.vlen,
@@ -1084,7 +1106,7 @@ impl Cache {
         let shard = self.shards.get(t.shard as usize).ok_or(Error::InvalidArgument)?;
         if Self::drop_pin(shard, t.segment)? {
             // Last reader of a segment emptied while pinned: free it now.
-            shard.inner.lock().free_retired(t.segment);
+            shard.inner.write().free_retired(t.segment);
         }
         Ok(())
     }
@@ -1145,6 +1167,10 @@ impl Cache {
             st.segments_retired += ga.segments_retired;
             st.hits += c.hits;
             st.misses += c.misses;
+            for slot in self.shards[i].inner.slots() {
+                st.hits += slot.hits.load(Ordering::Relaxed);
+                st.misses += slot.misses.load(Ordering::Relaxed);
+            }
             st.sets += c.sets;
             st.deletes += c.deletes;
             st.touches += c.touches;
@@ -1161,7 +1187,8 @@ impl Cache {
             + st.hash_bytes
             + meta
             + std::mem::size_of::<Cache>() as u64
-            + (self.shards.len() * std::mem::size_of::<CachePadded<Shard>>()) as u64;
+            + (self.shards.len() * std::mem::size_of::<CachePadded<Shard>>()) as u64
+            + (self.shards.len() * ShardLock::<ShardInner>::slots_bytes()) as u64;
         st.pinned = self.pinned();
         st.reserved_bytes = self.reserved_bytes();
         st
@@ -1181,9 +1208,9 @@ impl std::fmt::Debug for Cache {
 mod layout_tests {
     use super::*;
 
-    /// A shard starts on a cache line with its lock, and the lock's line also holds the
-    /// fields every get and set writes (`ShardInner`'s leading fields): on two cores taking
-    /// turns on a shard, one line moves per operation, not two or three.
+    /// A shard starts on a cache line with its lock (the writers' mutex and flag, 16 bytes
+    /// with the reader slots' address), and that line also holds the fields every write
+    /// changes (`ShardInner`'s leading fields).
     #[test]
     fn hot_fields_share_the_lock_line() {
         let cache = Cache::new(Config { heap_bytes: 4 << 20, ..Config::default() }).unwrap();
@@ -1191,9 +1218,8 @@ mod layout_tests {
         for shard in cache.shards.iter() {
             let base = &**shard as *const Shard as usize;
             assert_eq!(base % 64, 0, "shard not line-aligned");
-            let g = shard.inner.lock();
-            let data = &*g as *const ShardInner as usize - base;
-            assert!(data <= 8, "shard data at {data}: the lock is not in front of it");
+            assert_eq!(shard.inner.data_addr() - base, 16, "the writer's lock is not in front");
+            let data = 16;
             let last_hot = data
                 + std::mem::offset_of!(ShardInner, counters)
                 + std::mem::offset_of!(super::super::shard::Counters, sets);

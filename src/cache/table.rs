@@ -10,7 +10,7 @@
 //! would pass 93%: the shard rebuilds it from its segments (a pause proportional to the
 //! shard's items, which a correctly sized table never takes).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::memory::{advise_huge_pages, prefetch};
 
@@ -81,9 +81,12 @@ impl Record {
     }
 }
 
-#[derive(Clone, Copy, Default)]
+/// Eight record words. Atomic because readers that share the shard (see `shard_lock`) bump a
+/// record's read frequency while others read it; a writer has the table to itself and uses
+/// plain access (`get_mut`).
+#[derive(Default)]
 #[repr(C, align(64))]
-struct Bucket([u64; 8]);
+struct Bucket([AtomicU64; 8]);
 
 /// The home bucket of hash `h` in a table of `n` buckets.
 #[inline(always)]
@@ -143,7 +146,7 @@ impl Iterator for Probe<'_> {
         let t = self.table;
         loop {
             let bucket = &t.buckets[self.bucket].0;
-            while let Some(&v) = bucket.get(self.index) {
+            while let Some(v) = bucket.get(self.index).map(|w| w.load(Ordering::Relaxed)) {
                 let i = self.index;
                 self.index += 1;
                 if v >> 52 == self.tag {
@@ -189,7 +192,7 @@ impl Table {
     pub fn with_buckets(n: usize) -> Table {
         let mut buckets = Vec::with_capacity(n);
         advise_huge_pages(&mut buckets);
-        buckets.resize(n, Bucket::default());
+        buckets.resize_with(n, Bucket::default);
         Table {
             buckets,
             passing: vec![0; n],
@@ -253,8 +256,23 @@ impl Table {
 
     /// The record at `slot`, if the slot is still of this table generation.
     pub fn get(&self, slot: Slot) -> Option<Record> {
-        (slot.generation == self.generation)
-            .then(|| Record(self.buckets[slot.bucket as usize].0[slot.index as usize]))
+        (slot.generation == self.generation).then(|| {
+            Record(
+                self.buckets[slot.bucket as usize].0[slot.index as usize].load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Raises the read frequency of the record at `slot` by one, if it is still `r` and below
+    /// the maximum: for readers sharing the table (a concurrent change of the record wins and
+    /// the bump is dropped, which only makes the count lower).
+    pub fn bump_freq_shared(&self, slot: Slot, r: Record) {
+        let f = r.freq();
+        if f == u8::MAX || slot.generation != self.generation {
+            return;
+        }
+        let w = &self.buckets[slot.bucket as usize].0[slot.index as usize];
+        let _ = w.compare_exchange(r.0, r.with_freq(f + 1).0, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// A table whose slots are not confused with those of `old` (for a rebuild).
@@ -263,12 +281,12 @@ impl Table {
     }
 
     pub fn set(&mut self, slot: Slot, r: Record) {
-        self.buckets[slot.bucket as usize].0[slot.index as usize] = r.0;
+        *self.buckets[slot.bucket as usize].0[slot.index as usize].get_mut() = r.0;
     }
 
     /// Removes the record at `slot`, whose key hashes to `h`.
     pub fn remove(&mut self, slot: Slot, h: u64) {
-        self.buckets[slot.bucket as usize].0[slot.index as usize] = 0;
+        *self.buckets[slot.bucket as usize].0[slot.index as usize].get_mut() = 0;
         self.len -= 1;
         let mut b = self.home(h);
         while b != slot.bucket as usize {
@@ -283,8 +301,9 @@ impl Table {
         assert!(self.len < self.buckets.len() * 8, "hash table full");
         let mut b = self.home(h);
         loop {
-            if let Some(i) = self.buckets[b].0.iter().position(|&v| v == 0) {
-                self.buckets[b].0[i] = r.0;
+            if let Some(w) = self.buckets[b].0.iter_mut().map(AtomicU64::get_mut).find(|v| **v == 0)
+            {
+                *w = r.0;
                 self.len += 1;
                 return;
             }
