@@ -34,11 +34,15 @@ pub(crate) struct ReaderSlot {
     pub misses: AtomicU64,
 }
 
+/// Threads that have read from any shard lock so far (each took the next slot number).
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+
 /// The slot of the calling thread (threads are numbered in the order they first read).
 fn my_slot() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
-        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed) % READER_SLOTS;
+        // SeqCst: a writer that reads THREADS after raising its flag either counts this
+        // thread's slot or is seen by this thread's first read (see `ShardLock::write`).
+        static SLOT: usize = THREADS.fetch_add(1, Ordering::SeqCst) % READER_SLOTS;
     }
     SLOT.with(|s| *s)
 }
@@ -87,7 +91,11 @@ impl<T> ShardLock<T> {
     pub(crate) fn write(&self) -> WriteGuard<'_, T> {
         let g = self.writer.lock();
         self.writing.store(true, Ordering::SeqCst);
-        for s in self.slots.iter() {
+        // Only slots some thread has taken can hold a reader; a thread that takes its slot
+        // after this count was read takes it after the flag was raised, so its first read sees
+        // the flag and backs off (all three are SeqCst).
+        let used = THREADS.load(Ordering::SeqCst).min(READER_SLOTS);
+        for s in self.slots[..used].iter() {
             let mut spins = 0u32;
             while s.active.load(Ordering::SeqCst) != 0 {
                 // A reader's section is a lookup and a copy; one that lasts is a descheduled
