@@ -695,12 +695,19 @@ impl Cache {
     /// and two compares.
     #[inline(always)]
     fn housekeep(&self, g: &mut ShardInner, now: u32) {
-        let f = self.flush.load(Ordering::Acquire);
-        let (epoch, deadline) = ((f >> 32) as u32, f as u32);
-        if epoch != g.flush_epoch && now >= deadline {
+        if let Some(epoch) = self.due_flush(g.flush_epoch, now) {
             Self::apply_flush(g, epoch);
         }
         g.expire(now);
+    }
+
+    /// The epoch of a flush_all that is due at `now` on a shard that last applied
+    /// `applied`, if there is one.
+    #[inline(always)]
+    fn due_flush(&self, applied: u32, now: u32) -> Option<u32> {
+        let f = self.flush.load(Ordering::Acquire);
+        let (epoch, deadline) = ((f >> 32) as u32, f as u32);
+        (epoch != applied && now >= deadline).then_some(epoch)
     }
 
     #[cold]
@@ -922,34 +929,26 @@ impl Cache {
         let h = self.hashed(key);
         let now = self.now();
         self.check()?;
+        let item = |(hdr, cas, copied): (ItemHeader, u64, bool)| CopiedItem {
+            value_len: hdr.vlen,
+            flags: hdr.flags,
+            cas,
+            expiry: hdr.expiry,
+            copied,
+        };
         // First as one of the shard's readers (no line another core writes on every get); the
         // writer's side when a writer is in, or when the get must change the shard.
         if let Some(r) = self.shards[self.shard_index(h)].inner.try_read() {
-            let f = self.flush.load(Ordering::Acquire);
-            let flush_due = (f >> 32) as u32 != r.flush_epoch && now >= f as u32;
-            if !flush_due {
-                let copied = |hdr: ItemHeader, cas: u64, copied: bool| CopiedItem {
-                    value_len: hdr.vlen,
-                    flags: hdr.flags,
-                    cas,
-                    expiry: hdr.expiry,
-                    copied,
-                };
+            if self.due_flush(r.flush_epoch, now).is_none() {
                 match r.get_copy_shared(key, h, now, buf, r.slot()) {
-                    SharedGet::Found(hdr, cas, c) => return Ok(Some(copied(hdr, cas, c))),
+                    SharedGet::Found(hdr, cas, c) => return Ok(Some(item((hdr, cas, c)))),
                     SharedGet::Miss => return Ok(None),
                     SharedGet::NeedsWriter => {}
                 }
             }
         }
         let (_, mut g) = self.shard_for(h, now)?;
-        Ok(g.get_copy(key, h, now, buf).map(|(hdr, cas, copied)| CopiedItem {
-            value_len: hdr.vlen,
-            flags: hdr.flags,
-            cas,
-            expiry: hdr.expiry,
-            copied,
-        }))
+        Ok(g.get_copy(key, h, now, buf).map(item))
     }
 
     /// Looks up several keys; one result per key, in order.
