@@ -586,6 +586,10 @@ fn run_tcp(c: &Config, plan: &ThreadPlan, shared: &Shared) -> Result<Counts, Str
                     );
                     match parsed {
                         Ok(Some((used, out))) => {
+                            if out.error && counts.first_error.is_none() {
+                                counts.first_error =
+                                    Some(workload::describe_error(kind, &avail[..used]));
+                            }
                             cn.in_pos += used;
                             cn.inflight.pop_front();
                             inflight_total -= 1;
@@ -822,6 +826,7 @@ fn account(counts: &mut Counts, win: &Window, t0: u64, t: u64, out: Outcome) {
     if out.error {
         counts.errors += 1;
     }
+    counts.refused += u64::from(out.refused);
     counts.hits += out.hits as u64;
     counts.misses += out.misses as u64;
 }
@@ -1006,7 +1011,7 @@ fn run_udp(c: &Config, plan: &ThreadPlan, shared: &Shared) -> Result<Counts, Str
                             &win,
                             t0,
                             t,
-                            Outcome { error: !ok, hits: 0, misses: 0 },
+                            Outcome { error: !ok, ..Default::default() },
                         );
                         if closed && t < win.end && !shared.abort.load(Ordering::Relaxed) {
                             send(&socks[i], &mut pending[i], t, &mut counts, &mut seq);

@@ -85,6 +85,10 @@ impl Report {
         o.set("issued", self.counts.issued);
         o.set("completed", self.counts.completed);
         o.set("errors", self.counts.errors);
+        o.set("refused_for_memory", self.counts.refused);
+        if let Some(e) = &self.counts.first_error {
+            o.set("first_error", e.as_str());
+        }
         o.set("unanswered", self.counts.unanswered);
         o.set("broken_connections", self.counts.conn_errors);
         o.set("hit_ratio", self.hit_ratio());
@@ -217,6 +221,14 @@ impl Report {
                 s += &format!("\n  first failure: {e}");
             }
             s += "\n  handshake latency (connect to handshake done)";
+        } else if let Some(e) = &self.counts.first_error {
+            if self.counts.refused > 0 {
+                s += &format!(
+                    "\n  {} of the errors: sets refused for want of memory",
+                    self.counts.refused
+                );
+            }
+            s += &format!("\n  first error: {e}");
         }
         s += "\n  latency us:";
         for (name, p) in PERCENTILES {

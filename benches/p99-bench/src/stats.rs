@@ -22,6 +22,8 @@ pub struct Counts {
     /// Answers to requests issued inside the measured window.
     pub completed: u64,
     pub errors: u64,
+    /// Of the errors, sets answered `SERVER_ERROR out of memory` (a store with no room left).
+    pub refused: u64,
     /// Requests with no answer by the end of the drain, warm-up included (those of the measured
     /// window are also recorded in the histogram at their age, so a stall shows in the tail).
     pub unanswered: u64,
@@ -46,7 +48,9 @@ pub struct Counts {
     /// Handshake mode: completed handshakes of the window that were full, and resumed.
     pub tls_full: u64,
     pub tls_resumed: u64,
-    /// Handshake mode: the text of the first failed attempt, if any.
+    /// The first error, if any: handshake mode, the failed attempt; otherwise the request's
+    /// kind and up to 120 bytes of the wrong answer, so a run that counted errors says what
+    /// they were.
     pub first_error: Option<String>,
 }
 
@@ -56,6 +60,7 @@ impl Counts {
             hist: new_histogram(),
             completed: 0,
             errors: 0,
+            refused: 0,
             unanswered: 0,
             hits: 0,
             misses: 0,
@@ -104,6 +109,7 @@ impl Counts {
         self.hist.add(&o.hist).expect("same bounds");
         self.completed += o.completed;
         self.errors += o.errors;
+        self.refused += o.refused;
         self.unanswered += o.unanswered;
         self.hits += o.hits;
         self.misses += o.misses;

@@ -225,6 +225,10 @@ pub enum Kind {
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Outcome {
     pub error: bool,
+    /// The error was a set the server refused for want of memory (`SERVER_ERROR out of
+    /// memory...`, memcached's answer when no room can be made): counted in the errors and,
+    /// apart, as refused, since a full store is not a wrong answer.
+    pub refused: bool,
     pub hits: u32,
     pub misses: u32,
 }
@@ -320,6 +324,18 @@ pub fn parse_ping_answer(buf: &[u8]) -> Result<Option<(usize, Outcome)>, String>
 
 /// Parses one answer from the front of `buf`. Returns the bytes consumed and the outcome, or
 /// None when more bytes are needed. `Err` means the stream cannot be resynchronised.
+/// A wrong answer in a line a person can read: what was asked, and the start of the answer
+/// (bytes outside printable ASCII escaped).
+pub fn describe_error(kind: Kind, answer: &[u8]) -> String {
+    let asked = match kind {
+        Kind::Ping => "ping".to_string(),
+        Kind::Set => "set".to_string(),
+        Kind::Get(n) => format!("get of {n} keys"),
+    };
+    let shown: String = answer[..answer.len().min(120)].escape_ascii().to_string();
+    format!("{asked}: {shown}")
+}
+
 pub fn parse_answer(
     kind: Kind,
     buf: &[u8],
@@ -338,8 +354,10 @@ pub fn parse_answer(
                     Ok(None)
                 };
             };
-            let ok = &buf[..e] == b"STORED";
-            Ok(Some((e + 2, Outcome { error: !ok, ..Default::default() })))
+            let line = &buf[..e];
+            let ok = line == b"STORED";
+            let refused = line.starts_with(b"SERVER_ERROR out of memory");
+            Ok(Some((e + 2, Outcome { error: !ok, refused, ..Default::default() })))
         }
         Kind::Get(n) => parse_get(n as usize, buf, keys, ks, verify, scratch),
     }
@@ -491,7 +509,7 @@ mod tests {
         let (used, o) =
             parse_answer(Kind::Get(3), &buf, &mut keys, &k, true, &mut s).unwrap().unwrap();
         assert_eq!(used, buf.len());
-        assert_eq!(o, Outcome { error: false, hits: 2, misses: 1 });
+        assert_eq!(o, Outcome { error: false, refused: false, hits: 2, misses: 1 });
         assert!(keys.is_empty());
     }
 
@@ -527,12 +545,19 @@ mod tests {
         let b = b"SERVER_ERROR out of memory\r\nEND\r\n";
         let (used, o) =
             parse_answer(Kind::Get(1), b, &mut keys, &k, true, &mut s).unwrap().unwrap();
-        assert_eq!(used, 28);
-        assert!(o.error);
-        let (used, o) = parse_answer(Kind::Set, b"NOT_STORED\r\n", &mut keys, &k, true, &mut s)
-            .unwrap()
-            .unwrap();
-        assert_eq!((used, o.error), (12, true));
+        // An out-of-memory answer to a get is an error, not a refused set.
+        assert_eq!((used, o.error, o.refused), (28, true, false));
+        // A set refused for want of memory is an error and counted apart; other errors are not.
+        for (answer, refused) in [
+            (&b"NOT_STORED\r\n"[..], false),
+            (b"SERVER_ERROR out of memory storing object\r\n", true),
+            (b"SERVER_ERROR out of memory\r\n", true),
+            (b"SERVER_ERROR object too large for cache\r\n", false),
+        ] {
+            let (used, o) =
+                parse_answer(Kind::Set, answer, &mut keys, &k, true, &mut s).unwrap().unwrap();
+            assert_eq!((used, o.error, o.refused), (answer.len(), true, refused));
+        }
         let (_, o) =
             parse_answer(Kind::Ping, b"PONG\r\n", &mut keys, &k, true, &mut s).unwrap().unwrap();
         assert!(!o.error);
