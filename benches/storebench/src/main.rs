@@ -37,6 +37,8 @@ struct Params {
     hashpower: Option<u32>,
     /// memcached -L for both stores: heap backed with memory before the clock starts.
     prealloc: bool,
+    /// Fills timed per round and store, each into a store set up afresh.
+    fills: u32,
 }
 
 impl Params {
@@ -50,10 +52,11 @@ impl Params {
 
 #[derive(Clone, Default)]
 struct Outcome {
-    fill_ns_per_op: f64,
+    /// Every fill of the round (the set figures are medians over these).
+    fill_ns_per_op: Vec<f64>,
     get_ns_per_op: f64,
     mix_ns_per_op: f64,
-    fill_cpu_ns_per_op: f64,
+    fill_cpu_ns_per_op: Vec<f64>,
     get_cpu_ns_per_op: f64,
     mix_cpu_ns_per_op: f64,
     hits: u64,
@@ -91,6 +94,7 @@ macro_rules! run_with {
             },
             hashpower: p.hashpower(),
             prealloc: u32::from(p.prealloc),
+            fills: p.fills,
         };
         // SAFETY: harness_result is plain data; the harness overwrites it.
         let mut r: $m::harness_result = unsafe { std::mem::zeroed() };
@@ -109,10 +113,16 @@ macro_rules! run_with {
             let name =
                 unsafe { CStr::from_ptr(r.store_name.as_ptr()) }.to_string_lossy().into_owned();
             Ok(Outcome {
-                fill_ns_per_op: per(r.fill_ns, r.fill_ops),
+                fill_ns_per_op: r.fill_ns_each[..r.fills as usize]
+                    .iter()
+                    .map(|&ns| per(ns, r.fill_ops))
+                    .collect(),
                 get_ns_per_op: per(r.get_ns, r.get_ops),
                 mix_ns_per_op: per(r.mix_ns, r.mix_ops),
-                fill_cpu_ns_per_op: per(r.fill_cpu_ns, r.fill_ops),
+                fill_cpu_ns_per_op: r.fill_cpu_ns_each[..r.fills as usize]
+                    .iter()
+                    .map(|&ns| per(ns, r.fill_ops))
+                    .collect(),
                 get_cpu_ns_per_op: per(r.get_cpu_ns, r.get_ops),
                 mix_cpu_ns_per_op: per(r.mix_cpu_ns, r.mix_ops),
                 hits: r.hits,
@@ -188,6 +198,7 @@ fn parse(args: &[String]) -> Result<Params, String> {
         write_reserve: false,
         hashpower: None,
         prealloc: true,
+        fills: 3,
     };
     let mut i = 0;
     while i < args.len() {
@@ -210,6 +221,12 @@ fn parse(args: &[String]) -> Result<Params, String> {
             "--ops" => p.ops = n(v()?)?,
             "--mem-mb" => p.mem_mb = n(v()?)?,
             "--rounds" => p.rounds = n(v()?)?.max(1) as usize,
+            "--fills" => {
+                p.fills = match n(v()?)? {
+                    f @ 1..=16 => f as u32,
+                    f => return Err(format!("--fills: {f} is not 1..16")),
+                }
+            }
             "--sample-every" => p.sample_every = n(v()?)?.max(1) as u32,
             "--json" => p.json = Some(v()?),
             "--hashpower" => {
@@ -265,9 +282,12 @@ fn parse(args: &[String]) -> Result<Params, String> {
             }
             "-h" | "--help" => {
                 return Err("usage: p99-storebench [--quick] [--keys N] [--key-size N] [--value-size N] \
-                            [--get-percent N] [--ops N] [--mem-mb N] [--rounds N] [--sample-every N] \
+                            [--get-percent N] [--ops N] [--mem-mb N] [--rounds N] [--fills N] [--sample-every N] \
                             [--threads N[,N...]] [--popularity uniform|zipf:S] [--read copy|pin] [--write store|reserve] [--hashpower auto|0|N] [--prealloc on|off] [--json PATH]\n\
                             --threads: one run per count, threads pinned to distinct CPUs of the affinity set\n\
+                            --fills N (default 3, 1..16): fills timed per round and store, each into a store set up \
+                            afresh; the set figure is the median of all of them (one fill of 200k keys lasts some \
+                            30 ms, short enough for this VM's noise to move it by half)\n\
                             --read copy (default): storage_get_copy into a 1 KiB buffer, as mcserver's get does; \
                             pin: storage_get + storage_release\n\
                             --write store (default): storage_store with the whole value, as mcserver's set does when \
@@ -307,12 +327,18 @@ struct Cell {
     rounds: usize,
 }
 
+/// One figure of every round, in round order (the stores alternate which runs first), so
+/// two stores' rounds can be paired.
+fn per_round(os: &[Outcome], f: impl Fn(&Outcome) -> f64) -> String {
+    os.iter().map(|o| format!("{:.2}", f(o))).collect::<Vec<_>>().join(", ")
+}
+
 fn cell(os: &[Outcome]) -> Cell {
     Cell {
-        set: median(os.iter().map(|o| o.fill_ns_per_op).collect()),
+        set: median(os.iter().flat_map(|o| o.fill_ns_per_op.iter().copied()).collect()),
         get: median(os.iter().map(|o| o.get_ns_per_op).collect()),
         mix: median(os.iter().map(|o| o.mix_ns_per_op).collect()),
-        set_cpu: median(os.iter().map(|o| o.fill_cpu_ns_per_op).collect()),
+        set_cpu: median(os.iter().flat_map(|o| o.fill_cpu_ns_per_op.iter().copied()).collect()),
         get_cpu: median(os.iter().map(|o| o.get_cpu_ns_per_op).collect()),
         mix_cpu: median(os.iter().map(|o| o.mix_cpu_ns_per_op).collect()),
         bad: os.iter().map(|o| o.bad_values + o.failed_writes).sum(),
@@ -378,7 +404,7 @@ fn main() {
     }
     let popularity = if p.zipf > 0.0 { format!("zipf {}", p.zipf) } else { "uniform".to_string() };
     println!(
-        "   {} keys ({popularity}), key {} B, value {} B; {} gets, then {} ops of {}% get / {}% set; reads by {}, writes by {}; hashpower {}; heap {}; {} rounds, medians",
+        "   {} keys ({popularity}), key {} B, value {} B; {} gets, then {} ops of {}% get / {}% set; reads by {}, writes by {}; hashpower {}; heap {}; {} rounds ({} fills each), medians",
         p.keys,
         p.key_size,
         p.value_size,
@@ -393,7 +419,8 @@ fn main() {
             n => format!("{n} (both stores)"),
         },
         if p.prealloc { "preallocated (-L, both stores)" } else { "faulted in by the writes" },
-        p.rounds
+        p.rounds,
+        p.fills
     );
     if !handoff.is_empty() {
         let lo = handoff.iter().cloned().fold(f64::INFINITY, f64::min);
@@ -468,7 +495,8 @@ fn main() {
                  \"cpu_ratio_to_slab\": {{\"set\": {}, \"get\": {}, \"mix\": {}}}, \
                  \"mix_scaling_to_1_thread\": {}, \
                  \"mix_latency_ns\": {{\"p50\": {}, \"p99\": {}, \"p999\": {}, \"max\": {}}}, \
-                 \"bad_values_or_failed_writes\": {}, \"hits\": {}, \"misses\": {}}}",
+                 \"bad_values_or_failed_writes\": {}, \"hits\": {}, \"misses\": {}, \
+                 \"per_round_ns_per_op\": {{\"set\": [{}], \"get\": [{}], \"mix\": [{}]}}}}",
                 os.first().map_or("null".into(), |o| format!("\"{}\"", esc(&o.store_name))),
                 problems[i].as_ref().map_or("null".into(), |s| format!("\"{}\"", esc(s))),
                 c.rounds,
@@ -498,17 +526,25 @@ fn main() {
                 c.bad,
                 c.hits,
                 c.miss,
+                os.iter()
+                    .map(|o| {
+                        o.fill_ns_per_op.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(", ")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                per_round(os, |o| o.get_ns_per_op),
+                per_round(os, |o| o.mix_ns_per_op),
             ));
         }
     }
     let threads_json: Vec<String> = p.threads.iter().map(|t| t.to_string()).collect();
     let json = format!(
         "{{\n  \"stores\": [\n{}\n  ],\n  \"params\": {{\"keys\": {}, \"key_size\": {}, \"value_size\": {}, \"get_percent\": {}, \"ops\": {}, \
-         \"mem_mb\": {}, \"rounds\": {}, \"sample_every\": {}, \"threads\": [{}], \"popularity\": \"{}\", \"zipf_s\": {}, \"read\": \"{}\", \"write\": \"{}\", \"hashpower\": {}, \"prealloc\": {}}},\n  \
+         \"mem_mb\": {}, \"rounds\": {}, \"sample_every\": {}, \"threads\": [{}], \"popularity\": \"{}\", \"zipf_s\": {}, \"read\": \"{}\", \"write\": \"{}\", \"hashpower\": {}, \"prealloc\": {}, \"fills\": {}}},\n  \
          \"line_handoff_ns\": {{\"median\": {}, \"rounds\": [{}]}},\n  \"note\": \"ns_per_op: wall time per operation (over all threads); cpu_ns_per_op: CPU time of the benchmark threads per operation \
          (leaves out time spent waiting for a CPU on a shared machine); ratio_to_slab / cpu_ratio_to_slab: the slab store's figure over \
          this store's at the same thread count (above 1: faster than slab); mix_scaling_to_1_thread: this store's mix throughput over \
-         its own 1-thread figure; line_handoff_ns: one-way time of handing a cache line between the first two CPUs, measured before each round \
+         its own 1-thread figure; per_round_ns_per_op: each round's figure (the medians are of these; set: every fill of every round, in order); line_handoff_ns: one-way time of handing a cache line between the first two CPUs, measured before each round \
          (null/empty with one thread)\"\n}}\n",
         rows.join(",\n"),
         p.keys,
@@ -526,6 +562,7 @@ fn main() {
         if p.write_reserve { "reserve" } else { "store" },
         p.hashpower(),
         p.prealloc,
+        p.fills,
         if handoff.is_empty() { "null".to_string() } else { format!("{:.1}", median(handoff.clone())) },
         handoff.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(", "),
     );
