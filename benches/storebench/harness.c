@@ -328,7 +328,7 @@ int harness_run(const struct harness_params *p, struct harness_result *r, char *
 	memset(r, 0, sizeof(*r));
 	if (p->keys == 0 || p->keys >= SET_BIT || p->key_size < 12 ||
 	    p->key_size > STORAGE_KEY_MAX || p->value_size < 8 || p->sample_every == 0 ||
-	    p->threads == 0 || p->threads > 256 || p->zipf_s < 0 || p->fills > HARNESS_FILLS_MAX) {
+	    p->threads == 0 || p->threads > 256 || p->zipf_s < 0) {
 		snprintf(err, errlen, "harness: bad parameters");
 		return -1;
 	}
@@ -390,24 +390,17 @@ int harness_run(const struct harness_params *p, struct harness_result *r, char *
 		.hashpower = p->hashpower,
 		.prealloc = p->prealloc != 0,
 	};
-	const uint32_t fills = p->fills == 0 ? 1 : p->fills;
-	for (uint32_t f = 0; f < fills; f++) {
-		if (f > 0)
-			storage_teardown();
-		if (storage_setup(&o, err, errlen) != 0) {
-			free(keys);
-			free(vals);
-			free(get_seq);
-			free(mix_seq);
-			free(w);
-			return -1;
-		}
-		r->fill_ns = run_phase(w, threads, PHASE_FILL, p->keys, &r->fill_cpu_ns);
-		r->fill_ns_each[f] = r->fill_ns;
-		r->fill_cpu_ns_each[f] = r->fill_cpu_ns;
+	if (storage_setup(&o, err, errlen) != 0) {
+		free(keys);
+		free(vals);
+		free(get_seq);
+		free(mix_seq);
+		free(w);
+		return -1;
 	}
-	r->fills = fills;
 	snprintf(r->store_name, sizeof(r->store_name), "%s", storage_name());
+
+	r->fill_ns = run_phase(w, threads, PHASE_FILL, p->keys, &r->fill_cpu_ns);
 	r->fill_ops = p->keys;
 	for (uint32_t t = 0; t < threads; t++)
 		w[t].seq = get_seq;

@@ -1,8 +1,6 @@
 /*
  * The store benchmark harness: one C driver for any storage.h implementation. It sets the
- * store up, stores every key (fill; repeated `fills` times, each into a store set up afresh,
- * since one fill is short enough for the machine's noise to move it), reads keys (get), then
- * runs a get/set mix, checking
+ * store up, stores every key (fill), reads keys (get), then runs a get/set mix, checking
  * every value it reads against the one it wrote. Each phase runs on `threads` threads, each
  * pinned to its own CPU of the process's affinity set, over one shared key space; the keys
  * each thread touches are drawn before the clock starts (uniform or Zipf), so both stores see
@@ -47,19 +45,12 @@ struct harness_params {
 	uint32_t write_mode; /* enum harness_write */
 	uint32_t prealloc; /* storage_options.prealloc (memcached -L): 1 = back the whole
 			    * mem_limit at setup, before the clock starts */
-	uint32_t fills; /* fills timed (1..HARNESS_FILLS_MAX), each into a freshly set up store;
-			 * the get and mix phases run on the last one */
 };
 
-#define HARNESS_FILLS_MAX 16
-
 struct harness_result {
-	uint64_t fill_ns, get_ns, mix_ns; /* wall time of each phase (first start to last end);
-					   * fill_ns: the last fill's */
+	uint64_t fill_ns, get_ns, mix_ns; /* wall time of each phase (first start to last end) */
 	uint64_t fill_cpu_ns, get_cpu_ns,
 		mix_cpu_ns; /* CPU time of each phase, summed over threads */
-	uint64_t fill_ns_each[HARNESS_FILLS_MAX], fill_cpu_ns_each[HARNESS_FILLS_MAX];
-	uint32_t fills; /* fills timed: the entries of fill_ns_each / fill_cpu_ns_each */
 	uint64_t fill_ops, get_ops, mix_ops;
 	uint64_t hits, misses; /* over the get and mix phases */
 	uint64_t bad_values; /* a value read back differs from the one written */

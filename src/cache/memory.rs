@@ -154,6 +154,48 @@ impl SegmentMemory {
         unsafe { copy_bytes(data.as_ptr(), self.ptr.as_ptr().add(off), data.len()) }
     }
 
+    /// Writes an item at `off`: the first `head_len` bytes of `head` (its encoded header), then
+    /// `key`, then each of `parts`; returns the offset just past it. One bounds check for the
+    /// whole item. When the segment has room past the item for it, all of `head` is copied
+    /// (a fixed-size move, no call): the bytes past the header are overwritten by the key and
+    /// value, or lie in the segment's unwritten space. Panics when the item does not fit.
+    ///
+    /// Callers hold the shard lock and write only bytes no pinned reader can see (rule 1).
+    #[inline(always)]
+    pub(crate) fn write_item<const H: usize>(
+        &mut self,
+        off: usize,
+        head: &[u8; H],
+        head_len: usize,
+        key: &[u8],
+        parts: &[&[u8]],
+    ) -> usize {
+        let body = key.len() + parts.iter().map(|p| p.len()).sum::<usize>();
+        assert!(
+            head_len <= H && off <= self.len && head_len + body <= self.len - off,
+            "segment write out of bounds"
+        );
+        let base = self.ptr.as_ptr();
+        // SAFETY: every copy below lands in [off, off + head_len + body), in bounds (checked
+        // above), or, for the whole `head`, in [off, off + H) when that is in bounds too; no
+        // reference to these bytes exists (rule 1), and the sources are distinct live borrows.
+        unsafe {
+            if off + H <= self.len {
+                std::ptr::copy_nonoverlapping(head.as_ptr(), base.add(off), H);
+            } else {
+                copy_bytes(head.as_ptr(), base.add(off), head_len);
+            }
+            let mut at = off + head_len;
+            copy_bytes(key.as_ptr(), base.add(at), key.len());
+            at += key.len();
+            for p in parts {
+                copy_bytes(p.as_ptr(), base.add(at), p.len());
+                at += p.len();
+            }
+            at
+        }
+    }
+
     /// Borrows `len` bytes at `off` while the caller holds the shard lock. Panics when out of
     /// bounds.
     #[inline]
@@ -258,7 +300,31 @@ pub(crate) unsafe fn pinned_slice<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
 
 #[cfg(test)]
 mod tests {
-    use super::copy_into;
+    use super::{copy_into, Arena};
+
+    /// An item lands whole: its header's first bytes, key and parts in order, at the start of a
+    /// segment (the whole header buffer copied) and ending exactly at its end (only the
+    /// header's bytes copied); one that does not fit is refused before anything is written.
+    #[test]
+    #[cfg_attr(miri, ignore)] // Miri cannot map the arena (MAP_NORESERVE)
+    fn write_item_places_every_part_and_checks_the_whole_item() {
+        let arena = Arena::new(4096, false).unwrap();
+        let mut seg = arena.segment(0, 4096);
+        let head = *b"HHHxxxxx";
+        let (key, a, b) = (&b"key"[..], &b"value-"[..], &b"and-more"[..]);
+        let end = seg.write_item(0, &head, 3, key, &[a, b]);
+        assert_eq!(end, 3 + 3 + 6 + 8);
+        assert_eq!(seg.read(0, end), b"HHHkeyvalue-and-more");
+        let at = 4096 - end;
+        assert_eq!(seg.write_item(at, &head, 3, key, &[a, b]), 4096);
+        assert_eq!(seg.read(at, end), b"HHHkeyvalue-and-more");
+        assert!(seg.read(at - 8, 8).iter().all(|&x| x == 0), "wrote before the item");
+        let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            seg.write_item(at + 1, &head, 3, key, &[a, b]);
+        }));
+        assert!(refused.is_err(), "an item past the segment's end was written");
+        assert_eq!(seg.read(at, end), b"HHHkeyvalue-and-more", "a refused write changed bytes");
+    }
 
     /// Every length up to and past the inlined sizes, at aligned and unaligned offsets: each byte
     /// lands where it belongs and nothing around the destination changes.

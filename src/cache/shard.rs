@@ -544,6 +544,7 @@ impl ShardInner {
     /// Appends an item to the open segment of its TTL bucket (opening a new segment, and
     /// evicting if the budget is full). Returns its location and CAS. Does not link it.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn append_item(
         &mut self,
         now: u32,
@@ -605,23 +606,7 @@ impl ShardInner {
         };
         let s = seg as usize;
         let off = self.segs[s].write_off;
-        let mem = &mut self.mem[s];
-        let mut at = off as usize;
-        if at + HEADER_MAX <= self.cfg.segment_bytes {
-            // The whole buffer (a fixed-size copy, no memcpy call): the bytes after the
-            // header are overwritten by the key and value just below, or lie past the item
-            // in the segment's unwritten space.
-            mem.write(at, &hbuf);
-        } else {
-            mem.write(at, &hbuf[..hl]);
-        }
-        at += hl;
-        mem.write(at, key);
-        at += key.len();
-        for p in parts {
-            mem.write(at, p);
-            at += p.len();
-        }
+        let at = self.mem[s].write_item(off as usize, &hbuf, hl, key, parts);
         self.live_kv += (key.len() + vlen) as u64;
         let meta = &mut self.segs[s];
         meta.note_write(off, now);
@@ -676,6 +661,7 @@ impl ShardInner {
     /// record is inserted without a probe; with `Prior::At` the found record is replaced in
     /// place if it is still where it was, and is looked up again only if eviction moved it or
     /// rebuilt the table.
+    #[inline(always)]
     fn link(&mut self, key: &[u8], h: u64, seg: u32, off: u32, prior: Prior) {
         let rec = Record::new(tag_of(h), seg, off);
         self.counters.sets += 1;
@@ -713,6 +699,7 @@ impl ShardInner {
     }
 
     /// Inserts a record for a key not in the table, doubling the table first if it is full.
+    #[inline(always)]
     fn insert_record(&mut self, h: u64, rec: Record) {
         if self.table.full() {
             self.grow_table();
@@ -743,9 +730,69 @@ impl ShardInner {
         self.counters.table_grows += 1;
     }
 
-    /// A storage command (the commit of a reservation).
+    /// A storage command (the commit of a reservation). A plain set, the common write, is
+    /// inlined into its caller (`set`); the other modes are a call (`store_checked`).
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     pub fn store(
+        &mut self,
+        now: u32,
+        key: &[u8],
+        h: u64,
+        value: &[u8],
+        flags: u32,
+        expiry: u32,
+        mode: Mode,
+        cas_in: u64,
+        opts: &WriteOptions,
+    ) -> Result<u64, Error> {
+        if mode == Mode::Set {
+            self.set(now, key, h, value, flags, expiry, opts)
+        } else {
+            self.store_checked(now, key, h, value, flags, expiry, mode, cas_in, opts)
+        }
+    }
+
+    /// `store` in `Mode::Set`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn set(
+        &mut self,
+        now: u32,
+        key: &[u8],
+        h: u64,
+        value: &[u8],
+        flags: u32,
+        expiry: u32,
+        opts: &WriteOptions,
+    ) -> Result<u64, Error> {
+        let explicit = if opts.new_cas != 0 { Some(opts.new_cas) } else { None };
+        let marks =
+            Marks { fetched: false, meta: if opts.key_binary { META_KEY_BINARY } else { 0 } };
+        // A plain set stores whatever the key holds now, so the item is appended first and
+        // the key looked up after: the append's work (all in the open segment, in cache)
+        // then overlaps the load of the key's table bucket, prefetched before the lock was
+        // taken, instead of waiting behind it. The new item is not linked yet, so the
+        // lookup finds only the current one, wherever eviction during the append left it.
+        // One difference from looking up first: an expired current item is still linked
+        // during the append, so if its segment is the one evicted it is reclaimed there
+        // (counted as an expiration all the same, see `evict`), and under merge eviction
+        // it still counts in its segment's live bytes when the victim is chosen.
+        if item_size(key.len(), value.len()) > self.cfg.item_max {
+            return Err(Error::TooLarge);
+        }
+        let (seg, off, cas) =
+            self.append_item(now, key, &[value], flags, expiry, explicit, true, marks)?;
+        let prior = self.lookup(key, h, now).as_ref().map_or(Prior::Absent, Prior::of);
+        self.link(key, h, seg, off, prior);
+        Ok(cas)
+    }
+
+    /// `store` in every mode but `Mode::Set`: the key is looked up first, since whether and
+    /// what is written depends on what it holds.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn store_checked(
         &mut self,
         now: u32,
         key: &[u8],
@@ -760,25 +807,6 @@ impl ShardInner {
         let explicit = if opts.new_cas != 0 { Some(opts.new_cas) } else { None };
         let mut marks =
             Marks { fetched: false, meta: if opts.key_binary { META_KEY_BINARY } else { 0 } };
-        if mode == Mode::Set {
-            // A plain set stores whatever the key holds now, so the item is appended first and
-            // the key looked up after: the append's work (all in the open segment, in cache)
-            // then overlaps the load of the key's table bucket, prefetched before the lock was
-            // taken, instead of waiting behind it. The new item is not linked yet, so the
-            // lookup finds only the current one, wherever eviction during the append left it.
-            // One difference from looking up first: an expired current item is still linked
-            // during the append, so if its segment is the one evicted it is reclaimed there
-            // (counted as an expiration all the same, see `evict`), and under merge eviction
-            // it still counts in its segment's live bytes when the victim is chosen.
-            if item_size(key.len(), value.len()) > self.cfg.item_max {
-                return Err(Error::TooLarge);
-            }
-            let (seg, off, cas) =
-                self.append_item(now, key, &[value], flags, expiry, explicit, true, marks)?;
-            let prior = self.lookup(key, h, now).as_ref().map_or(Prior::Absent, Prior::of);
-            self.link(key, h, seg, off, prior);
-            return Ok(cas);
-        }
         let existing = self.lookup(key, h, now);
         let prior = existing.as_ref().map_or(Prior::Absent, Prior::of);
         let (seg, off, cas) = match mode {

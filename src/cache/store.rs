@@ -20,7 +20,7 @@ use super::{
 /// Most shards a cache may have.
 const SHARDS_MAX: usize = 256;
 
-/// The lock comes first: the writer's mutex and flag then share a cache line with the fields
+/// The lock comes first: the writers' flag and queue then share a cache line with the fields
 /// every write changes (see `ShardInner`), the shard being cache-line aligned (`CachePadded`).
 #[repr(C)]
 struct Shard {
@@ -813,6 +813,7 @@ impl Cache {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn store_hashed(
         &self,
         key: &[u8],
@@ -1207,7 +1208,7 @@ impl std::fmt::Debug for Cache {
 mod layout_tests {
     use super::*;
 
-    /// A shard starts on a cache line with its lock (the writers' mutex and flag, 16 bytes
+    /// A shard starts on a cache line with its lock (the writers' queue and flag, 16 bytes
     /// with the reader slots' address), and that line also holds the fields every write
     /// changes (`ShardInner`'s leading fields).
     #[test]

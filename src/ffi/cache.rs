@@ -465,7 +465,12 @@ fn pin_tag(c: &p99_cache) -> u32 {
     ((m >> 32) as u32 ^ m as u32) | 1
 }
 
+#[inline]
 fn mode_from(mode: u32) -> Result<Mode, Failure> {
+    #[cold]
+    fn unknown(mode: u32) -> Failure {
+        Failure::invalid(format!("mode {mode} is not one of P99_CACHE_MODE_*"))
+    }
     Ok(match mode {
         P99_CACHE_MODE_SET => Mode::Set,
         P99_CACHE_MODE_ADD => Mode::Add,
@@ -473,7 +478,7 @@ fn mode_from(mode: u32) -> Result<Mode, Failure> {
         P99_CACHE_MODE_CAS => Mode::Cas,
         P99_CACHE_MODE_APPEND => Mode::Append,
         P99_CACHE_MODE_PREPEND => Mode::Prepend,
-        _ => return Err(Failure::invalid(format!("mode {mode} is not one of P99_CACHE_MODE_*"))),
+        _ => return Err(unknown(mode)),
     })
 }
 

@@ -37,7 +37,8 @@ struct Params {
     hashpower: Option<u32>,
     /// memcached -L for both stores: heap backed with memory before the clock starts.
     prealloc: bool,
-    /// Fills timed per round and store, each into a store set up afresh.
+    /// Fills timed per round and store, each into a store set up afresh (the stores take
+    /// turns: all but the last are fill-only runs, the last is the full run's).
     fills: u32,
 }
 
@@ -70,7 +71,7 @@ struct Outcome {
 /// Calls one store's harness. The two stores' bindings have the same shapes, so one macro body
 /// serves both.
 macro_rules! run_with {
-    ($m:ident, $run:ident, $p:expr, $threads:expr, $samples:expr) => {{
+    ($m:ident, $run:ident, $p:expr, $threads:expr, $fill_only:expr, $samples:expr) => {{
         let p: &Params = $p;
         let samples: &mut Vec<u64> = $samples;
         let hp = $m::harness_params {
@@ -78,7 +79,8 @@ macro_rules! run_with {
             key_size: p.key_size,
             value_size: p.value_size,
             get_percent: p.get_percent,
-            ops: p.ops,
+            // No gets and no mix: the harness then times the fill only.
+            ops: if $fill_only { 0 } else { p.ops },
             seed: 0x9e37_79b9_7f4a_7c15,
             mem_limit: p.mem_mb << 20,
             sample_every: p.sample_every,
@@ -94,7 +96,6 @@ macro_rules! run_with {
             },
             hashpower: p.hashpower(),
             prealloc: u32::from(p.prealloc),
-            fills: p.fills,
         };
         // SAFETY: harness_result is plain data; the harness overwrites it.
         let mut r: $m::harness_result = unsafe { std::mem::zeroed() };
@@ -113,16 +114,10 @@ macro_rules! run_with {
             let name =
                 unsafe { CStr::from_ptr(r.store_name.as_ptr()) }.to_string_lossy().into_owned();
             Ok(Outcome {
-                fill_ns_per_op: r.fill_ns_each[..r.fills as usize]
-                    .iter()
-                    .map(|&ns| per(ns, r.fill_ops))
-                    .collect(),
+                fill_ns_per_op: vec![per(r.fill_ns, r.fill_ops)],
                 get_ns_per_op: per(r.get_ns, r.get_ops),
                 mix_ns_per_op: per(r.mix_ns, r.mix_ops),
-                fill_cpu_ns_per_op: r.fill_cpu_ns_each[..r.fills as usize]
-                    .iter()
-                    .map(|&ns| per(ns, r.fill_ops))
-                    .collect(),
+                fill_cpu_ns_per_op: vec![per(r.fill_cpu_ns, r.fill_ops)],
                 get_cpu_ns_per_op: per(r.get_cpu_ns, r.get_ops),
                 mix_cpu_ns_per_op: per(r.mix_cpu_ns, r.mix_ops),
                 hits: r.hits,
@@ -136,17 +131,20 @@ macro_rules! run_with {
     }};
 }
 
+/// One harness run of store `which`: set up, fill, then (unless `fill_only`) the get and mix
+/// phases, torn down.
 fn run_store(
     which: &str,
     p: &Params,
     threads: u32,
+    fill_only: bool,
     samples: &mut Vec<u64>,
 ) -> Result<Outcome, String> {
     samples.clear();
     match which {
-        "slab" => run_with!(slab, slab_harness_run, p, threads, samples),
+        "slab" => run_with!(slab, slab_harness_run, p, threads, fill_only, samples),
         #[cfg(has_p99_store)]
-        "p99" => run_with!(p99, p99_harness_run, p, threads, samples),
+        "p99" => run_with!(p99, p99_harness_run, p, threads, fill_only, samples),
         _ => Err("not built".into()),
     }
 }
@@ -286,8 +284,8 @@ fn parse(args: &[String]) -> Result<Params, String> {
                             [--threads N[,N...]] [--popularity uniform|zipf:S] [--read copy|pin] [--write store|reserve] [--hashpower auto|0|N] [--prealloc on|off] [--json PATH]\n\
                             --threads: one run per count, threads pinned to distinct CPUs of the affinity set\n\
                             --fills N (default 3, 1..16): fills timed per round and store, each into a store set up \
-                            afresh; the set figure is the median of all of them (one fill of 200k keys lasts some \
-                            30 ms, short enough for this VM's noise to move it by half)\n\
+                            afresh, the stores taking turns; the set figure is the median of all of them (one fill \
+                            of 200k keys lasts some 30 ms, short enough for this VM's noise to move it by half)\n\
                             --read copy (default): storage_get_copy into a 1 KiB buffer, as mcserver's get does; \
                             pin: storage_get + storage_release\n\
                             --write store (default): storage_store with the whole value, as mcserver's set does when \
@@ -384,16 +382,40 @@ fn main() {
             }
         }
         for (ti, &threads) in p.threads.iter().enumerate() {
+            // The fills beyond the full run's own: one per store in turn, so that each store's
+            // fills sit next to the other's in time and a slow spell of the host lands on both.
+            let mut extra: Vec<Vec<(f64, f64)>> = vec![Vec::new(); stores.len()];
+            for f in 1..p.fills as usize {
+                for k in 0..runnable.len() {
+                    let name = runnable[(k + round + f) % runnable.len()];
+                    let idx = stores.iter().position(|s| s.0 == name).unwrap();
+                    if problems[idx].is_some() {
+                        continue;
+                    }
+                    match run_store(name, &p, threads, true, &mut samples) {
+                        Ok(o) if o.failed_writes > 0 => {
+                            problems[idx] =
+                                Some(format!("{} writes failed in a fill", o.failed_writes))
+                        }
+                        Ok(o) => extra[idx].push((o.fill_ns_per_op[0], o.fill_cpu_ns_per_op[0])),
+                        Err(e) => problems[idx] = Some(format!("failed: {e}")),
+                    }
+                }
+            }
             for k in 0..runnable.len() {
                 let name = runnable[(k + round) % runnable.len()];
                 let idx = stores.iter().position(|s| s.0 == name).unwrap();
                 if problems[idx].is_some() {
                     continue;
                 }
-                match run_store(name, &p, threads, &mut samples) {
-                    Ok(o) => {
+                match run_store(name, &p, threads, false, &mut samples) {
+                    Ok(mut o) => {
                         for &s in &samples {
                             hists[idx][ti].record(s.clamp(1, 10_000_000_000)).unwrap();
+                        }
+                        for &(wall, cpu) in &extra[idx] {
+                            o.fill_ns_per_op.push(wall);
+                            o.fill_cpu_ns_per_op.push(cpu);
                         }
                         outcomes[idx][ti].push(o);
                     }
