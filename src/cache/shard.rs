@@ -730,33 +730,10 @@ impl ShardInner {
         self.counters.table_grows += 1;
     }
 
-    /// A storage command (the commit of a reservation). A plain set, the common write, is
-    /// inlined into its caller (`set`); the other modes are a call (`store_checked`).
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    pub fn store(
-        &mut self,
-        now: u32,
-        key: &[u8],
-        h: u64,
-        value: &[u8],
-        flags: u32,
-        expiry: u32,
-        mode: Mode,
-        cas_in: u64,
-        opts: &WriteOptions,
-    ) -> Result<u64, Error> {
-        if mode == Mode::Set {
-            self.set(now, key, h, value, flags, expiry, opts)
-        } else {
-            self.store_checked(now, key, h, value, flags, expiry, mode, cas_in, opts)
-        }
-    }
-
     /// `store` in `Mode::Set`.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn set(
+    pub fn set(
         &mut self,
         now: u32,
         key: &[u8],
@@ -788,11 +765,12 @@ impl ShardInner {
         Ok(cas)
     }
 
-    /// `store` in every mode but `Mode::Set`: the key is looked up first, since whether and
-    /// what is written depends on what it holds.
+    /// A storage command (the commit of a reservation). Every mode but `Mode::Set` looks the
+    /// key up first, since whether and what is written depends on what it holds; a plain set
+    /// is `set` (which the C entry point calls directly, inlined).
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
-    fn store_checked(
+    pub fn store(
         &mut self,
         now: u32,
         key: &[u8],
@@ -807,6 +785,9 @@ impl ShardInner {
         let explicit = if opts.new_cas != 0 { Some(opts.new_cas) } else { None };
         let mut marks =
             Marks { fetched: false, meta: if opts.key_binary { META_KEY_BINARY } else { 0 } };
+        if mode == Mode::Set {
+            return self.set(now, key, h, value, flags, expiry, opts);
+        }
         let existing = self.lookup(key, h, now);
         let prior = existing.as_ref().map_or(Prior::Absent, Prior::of);
         let (seg, off, cas) = match mode {

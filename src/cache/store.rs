@@ -832,7 +832,11 @@ impl Cache {
         {
             panic!("injected panic in a write (test hook)");
         }
-        g.store(now, key, h, value, flags, expiry, mode, cas_in, opts)
+        if mode == Mode::Set {
+            g.set(now, key, h, value, flags, expiry, opts)
+        } else {
+            g.store(now, key, h, value, flags, expiry, mode, cas_in, opts)
+        }
     }
 
     /// Shorthand for `store(key, value, flags, expiry, Mode::Set, 0)`.
