@@ -572,13 +572,20 @@ impl ShardInner {
         // The header is encoded against the segment's expiry base, so once for the open
         // segment, and again only if the item goes to another one.
         let mut hbuf = [0u8; HEADER_MAX];
-        let fit = |this: &ShardInner, s: u32, hbuf: &mut [u8; HEADER_MAX]| {
+        #[inline(always)]
+        fn fit(
+            this: &ShardInner,
+            s: u32,
+            hp: &HeaderParts,
+            body: usize,
+            hbuf: &mut [u8; HEADER_MAX],
+        ) -> Option<usize> {
             let m = &this.segs[s as usize];
-            let hl = encode_header(hbuf, &hp, m.exp_base);
+            let hl = encode_header(hbuf, hp, m.exp_base);
             (m.write_off as usize + hl + body <= this.cfg.segment_bytes).then_some(hl)
-        };
+        }
         let mut seg = self.ttl[b].open;
-        let open_fit = if seg == NONE { None } else { fit(self, seg, &mut hbuf) };
+        let open_fit = if seg == NONE { None } else { fit(self, seg, &hp, body, &mut hbuf) };
         let hl = match open_fit {
             Some(hl) => hl,
             None => {
@@ -590,7 +597,7 @@ impl ShardInner {
                 // Merge eviction may have opened a segment for this bucket meanwhile (carrying
                 // items forward into it): fill that one first rather than leave it half empty.
                 let cur = self.ttl[b].open;
-                match if cur == NONE { None } else { fit(self, cur, &mut hbuf) } {
+                match if cur == NONE { None } else { fit(self, cur, &hp, body, &mut hbuf) } {
                     Some(hl) => {
                         self.free.push(fresh);
                         seg = cur;
