@@ -196,7 +196,7 @@ fn parse(args: &[String]) -> Result<Params, String> {
         write_reserve: false,
         hashpower: None,
         prealloc: true,
-        fills: 3,
+        fills: 6,
     };
     let mut i = 0;
     while i < args.len() {
@@ -283,7 +283,7 @@ fn parse(args: &[String]) -> Result<Params, String> {
                             [--get-percent N] [--ops N] [--mem-mb N] [--rounds N] [--fills N] [--sample-every N] \
                             [--threads N[,N...]] [--popularity uniform|zipf:S] [--read copy|pin] [--write store|reserve] [--hashpower auto|0|N] [--prealloc on|off] [--json PATH]\n\
                             --threads: one run per count, threads pinned to distinct CPUs of the affinity set\n\
-                            --fills N (default 3, 1..16): fills timed per round and store, each into a store set up \
+                            --fills N (default 6, 1..16): fills timed per round and store, each into a store set up \
                             afresh, the stores taking turns; the set figure is the median of all of them (one fill \
                             of 200k keys lasts some 30 ms, short enough for this VM's noise to move it by half)\n\
                             --read copy (default): storage_get_copy into a 1 KiB buffer, as mcserver's get does; \
