@@ -49,6 +49,7 @@ int main(void)
 		for (size_t i = 0; i < loads; i++)
 			p = buf[p];
 		double t1 = now_ns();
+		/* p is printed (as nothing: it is never -1) so the chase cannot be optimised away */
 		printf("%4zu MiB: %6.1f ns per dependent load%s\n", mib, (t1 - t0) / (double)loads,
 		       p == (size_t)-1 ? " " : "");
 		free(buf);

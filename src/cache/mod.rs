@@ -104,6 +104,14 @@ pub struct WriteOptions {
     pub append_checks_cas: bool,
 }
 
+impl WriteOptions {
+    /// `new_cas` as the CAS to write, if one was chosen.
+    #[inline(always)]
+    pub(crate) fn explicit_cas(&self) -> Option<u64> {
+        (self.new_cas != 0).then_some(self.new_cas)
+    }
+}
+
 /// What a meta read ([`Cache::meta_get`]) does besides reading.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MetaGet {

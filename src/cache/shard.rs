@@ -184,6 +184,12 @@ pub(crate) struct Marks {
 }
 
 impl Marks {
+    /// The marks a client write starts with: unread, and the key's encoding if it is binary.
+    #[inline(always)]
+    fn of_write(opts: &WriteOptions) -> Marks {
+        Marks { fetched: false, meta: if opts.key_binary { META_KEY_BINARY } else { 0 } }
+    }
+
     fn of(hdr: &ItemHeader) -> Marks {
         Marks { fetched: hdr.fetched, meta: hdr.meta }
     }
@@ -750,9 +756,7 @@ impl ShardInner {
         expiry: u32,
         opts: &WriteOptions,
     ) -> Result<u64, Error> {
-        let explicit = if opts.new_cas != 0 { Some(opts.new_cas) } else { None };
-        let marks =
-            Marks { fetched: false, meta: if opts.key_binary { META_KEY_BINARY } else { 0 } };
+        let (explicit, marks) = (opts.explicit_cas(), Marks::of_write(opts));
         // A plain set stores whatever the key holds now, so the item is appended first and
         // the key looked up after: the append's work (all in the open segment, in cache)
         // then overlaps the load of the key's table bucket, prefetched before the lock was
@@ -789,12 +793,10 @@ impl ShardInner {
         cas_in: u64,
         opts: &WriteOptions,
     ) -> Result<u64, Error> {
-        let explicit = if opts.new_cas != 0 { Some(opts.new_cas) } else { None };
-        let mut marks =
-            Marks { fetched: false, meta: if opts.key_binary { META_KEY_BINARY } else { 0 } };
         if mode == Mode::Set {
             return self.set(now, key, h, value, flags, expiry, opts);
         }
+        let (explicit, mut marks) = (opts.explicit_cas(), Marks::of_write(opts));
         let existing = self.lookup(key, h, now);
         let prior = existing.as_ref().map_or(Prior::Absent, Prior::of);
         let (seg, off, cas) = match mode {
