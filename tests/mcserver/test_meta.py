@@ -13,11 +13,12 @@ import re
 import time
 import unittest
 
-from mcutil import Conn, start_mcserver
+from mcutil import Conn, retry_clock_ticks, start_mcserver
 
 BIN = os.environ.get("MCSERVER_BIN", "build/bin/mcserver-slab-epoll")
 
 
+@retry_clock_ticks
 class Meta(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
